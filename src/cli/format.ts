@@ -1,0 +1,92 @@
+/**
+ * Output helpers: aligned tables, colour (only on a TTY and never with NO_COLOR), address and process text.
+ */
+import { writeSync } from "node:fs";
+import type { SocketOwner } from "../inspect/owners.js";
+
+/** Buffered stdout: large outputs go out in 64 KiB chunks; call end() once done. */
+export class Out {
+  readonly color: boolean;
+  private pending: string[] = [];
+  private size = 0;
+
+  constructor(private readonly fd = 1) {
+    const tty = fd === 1 ? process.stdout.isTTY : process.stderr.isTTY;
+    this.color = tty === true && !process.env.NO_COLOR && process.env.TERM !== "dumb";
+  }
+
+  write(text: string): void {
+    this.pending.push(text);
+    this.size += text.length;
+    if (this.size > 1 << 16) this.end();
+  }
+
+  end(): void {
+    if (this.pending.length) writeAll(this.fd, this.pending.join(""));
+    this.pending = [];
+    this.size = 0;
+  }
+}
+
+/** Synchronous write that survives EAGAIN on a non-blocking pipe and stops quietly on EPIPE. */
+function writeAll(fd: number, text: string): void {
+  let buf = Buffer.from(text);
+  while (buf.length) {
+    try {
+      buf = buf.subarray(writeSync(fd, buf));
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === "EAGAIN") continue;
+      if (code === "EPIPE") process.exit(0);
+      throw e;
+    }
+  }
+}
+
+const CODES = { red: 31, green: 32, yellow: 33, dim: 2, bold: 1 } as const;
+export type Style = keyof typeof CODES;
+
+export function paint(out: Out, style: Style, text: string): string {
+  return out.color ? `\x1b[${CODES[style]}m${text}\x1b[0m` : text;
+}
+
+/** Visible width, ignoring colour escapes. */
+function width(s: string): number {
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: colour escapes are what is being removed
+  return s.replace(/\x1b\[[0-9;]*m/g, "").length;
+}
+
+/** Render rows under a header, columns separated by two spaces; the last column is not padded. */
+export function table(header: readonly string[], rows: readonly (readonly string[])[], out: Out, indent = ""): void {
+  const widths = header.map((h) => h.length);
+  for (const r of rows) {
+    for (let i = 0; i < r.length; i++) widths[i] = Math.max(widths[i] ?? 0, width(r[i] as string));
+  }
+  const line = (cells: readonly string[]) => {
+    let s = "";
+    for (let i = 0; i < cells.length; i++) {
+      const cell = cells[i] as string;
+      s += i === cells.length - 1 ? cell : cell + " ".repeat((widths[i] as number) - width(cell) + 2);
+    }
+    return `${indent}${s.trimEnd()}\n`;
+  };
+  out.write(line(header));
+  for (const r of rows) out.write(line(r));
+}
+
+/** "192.0.2.7:443" or "[2001:db8::1]:443". */
+export function hostPort(address: string, port: number): string {
+  return address.includes(":") ? `[${address}]:${port}` : `${address}:${port}`;
+}
+
+/** "java[2203] fd 87", with "+N" when more processes share the socket. */
+export function ownerText(owners: readonly SocketOwner[]): string {
+  const first = owners[0];
+  if (!first) return "-";
+  const more = owners.length > 1 ? ` +${owners.length - 1}` : "";
+  return `${first.comm}[${first.pid}] fd ${first.fd}${more}`;
+}
+
+export function plural(n: number, one: string, many = `${one}s`): string {
+  return `${n} ${n === 1 ? one : many}`;
+}

@@ -1,0 +1,250 @@
+/**
+ * `tcpka ls`: one line per socket, like `ss -tanoe` but about keepalive.
+ */
+import { geteuid } from "node:process";
+import { usage } from "../errors.js";
+import { type Connection, type Inspection, inspect } from "../inspect/connections.js";
+import { formatMs, formatSeconds } from "../settings.js";
+import { bool, FILTER_HELP, FILTER_OPTIONS, filterFrom, parse, str } from "./args.js";
+import { hostPort, type Out, ownerText, paint, plural, table } from "./format.js";
+
+export const LS_HELP = `Usage: tcpka ls [filters] [--json]
+
+List TCP sockets with their keepalive state: whether it is on, the real idle/interval/count and user timeout
+(read from the socket itself), when the next probe goes out, and how long a peer that vanished would go
+unnoticed. Run as root (or as the owner of the processes) for exact answers; otherwise the kernel's keepalive
+timer is shown as a hint, marked with '?'.
+
+${FILTER_HELP}
+
+Output:
+      --json             one JSON object: {"defaults", "connections": [...], "summary"}; durations in
+                         fields named _s (seconds) or _ms (milliseconds)
+      --no-process       do not look up owning processes (faster; keepalive comes from the timer only)
+      --via SOURCE       netlink (default) or proc: read /proc/net/tcp{,6} instead of NETLINK_SOCK_DIAG
+
+Examples:
+  sudo tcpka ls                        established connections and their keepalive
+  sudo tcpka ls --no-keepalive         only the ones at risk
+  tcpka ls --dport 5432 --json         PostgreSQL connections, for a script
+  sudo tcpka ls -l                     listening sockets: accepted connections inherit their keepalive
+`;
+
+const LS_OPTIONS = {
+  ...FILTER_OPTIONS,
+  json: { type: "boolean" },
+  "no-process": { type: "boolean" },
+  via: { type: "string" },
+} as const;
+
+export function runLs(argv: readonly string[], out: Out): number {
+  const { values } = parse("ls", argv, LS_OPTIONS);
+  if (bool(values, "help")) {
+    out.write(LS_HELP);
+    return 0;
+  }
+  const via = str(values, "via");
+  if (via !== undefined && via !== "netlink" && via !== "proc") {
+    throw usage(`--via ${via}: use netlink or proc`);
+  }
+  const filter = filterFrom(values);
+  const result = inspect(filter, { via, processes: !bool(values, "no-process") });
+  if (bool(values, "json")) writeJson(result, out);
+  else writeTable(result, out);
+  return 0;
+}
+
+/** The JSON form of a connection: stable snake_case names, units in the names. */
+export function connectionJson(c: Connection): Record<string, unknown> {
+  const s = c.socket;
+  const e = c.settings;
+  return {
+    state: s.state,
+    family: s.family,
+    local_address: s.localAddress,
+    local_port: s.localPort,
+    peer_address: s.peerAddress,
+    peer_port: s.peerPort,
+    inode: s.inode,
+    uid: s.uid,
+    keepalive: c.keepalive,
+    source: c.source,
+    timer: s.timer,
+    timer_ms: s.timerMs,
+    timer_count: s.timerCount,
+    next_probe_ms: s.timer === "keepalive" && c.keepalive !== null ? s.timerMs : null,
+    probes: s.timer === "keepalive" && c.keepalive !== null ? s.timerCount : null,
+    idle_s: e ? e.idle : null,
+    interval_s: e ? e.interval : null,
+    count: e ? e.count : null,
+    user_timeout_ms: e ? e.userTimeout : null,
+    dead_peer_after_s: c.deadPeerAfter,
+    send_queue: s.sendQueue,
+    recv_queue: s.recvQueue,
+    processes: c.owners.map((o) => ({ pid: o.pid, comm: o.comm, fd: o.fd })),
+    ...(c.exactError ? { exact_error: c.exactError } : {}),
+  };
+}
+
+export interface Summary {
+  total: number;
+  keepaliveOn: number;
+  keepaliveOff: number;
+  unknown: number;
+  /** Owners of the sockets without keepalive: "comm[pid]" -> count. */
+  offOwners: Map<string, number>;
+  /** Longest known detection time in seconds, or Infinity when some connection never notices. */
+  worstDeadPeer: number | null;
+  exact: number;
+}
+
+export function summarize(conns: readonly Connection[]): Summary {
+  const sum: Summary = {
+    total: conns.length,
+    keepaliveOn: 0,
+    keepaliveOff: 0,
+    unknown: 0,
+    offOwners: new Map(),
+    worstDeadPeer: null,
+    exact: 0,
+  };
+  for (const c of conns) {
+    if (c.source === "exact") sum.exact++;
+    if (c.keepalive === true) sum.keepaliveOn++;
+    else if (c.keepalive === false) sum.keepaliveOff++;
+    else sum.unknown++;
+    if (c.keepalive === false && c.socket.state !== "LISTEN") {
+      sum.worstDeadPeer = Number.POSITIVE_INFINITY;
+      const o = c.owners[0];
+      const key = o ? `${o.comm}[${o.pid}]` : "unknown process";
+      sum.offOwners.set(key, (sum.offOwners.get(key) ?? 0) + 1);
+    } else if (c.deadPeerAfter !== null) {
+      sum.worstDeadPeer = Math.max(sum.worstDeadPeer ?? 0, c.deadPeerAfter);
+    }
+  }
+  return sum;
+}
+
+function writeJson(r: Inspection, out: Out): void {
+  const sum = summarize(r.connections);
+  out.write(
+    `{"defaults":${JSON.stringify({ idle_s: r.defaults.idle, interval_s: r.defaults.interval, count: r.defaults.count })},\n"connections":[`,
+  );
+  let first = true;
+  for (const c of r.connections) {
+    out.write((first ? "\n" : ",\n") + JSON.stringify(connectionJson(c)));
+    first = false;
+  }
+  const summary = {
+    connections: sum.total,
+    keepalive_on: sum.keepaliveOn,
+    keepalive_off: sum.keepaliveOff,
+    keepalive_unknown: sum.unknown,
+    exact: sum.exact,
+    worst_dead_peer_after_s: sum.worstDeadPeer === Number.POSITIVE_INFINITY ? null : sum.worstDeadPeer,
+    some_never_detect_dead_peer: sum.worstDeadPeer === Number.POSITIVE_INFINITY,
+    without_keepalive: [...sum.offOwners].map(([process, count]) => ({ process, count })),
+    unreadable_pids: r.unreadablePids.length,
+  };
+  out.write(`\n],\n"summary":${JSON.stringify(summary)}}\n`);
+}
+
+function keepaliveCell(c: Connection, out: Out): string {
+  const mark = c.source === "timer" ? "?" : "";
+  if (c.keepalive === true) return paint(out, "green", `on${mark}`);
+  if (c.keepalive === false) return paint(out, "red", `off${mark}`);
+  return "?";
+}
+
+function nextProbeCell(c: Connection): string {
+  const s = c.socket;
+  if (c.keepalive === false) return "-";
+  if (s.timer === "keepalive") return formatMs(s.timerMs);
+  // A pending retransmission or zero-window probe hides the keepalive timer.
+  if (c.keepalive === true && (s.timer === "on" || s.timer === "persist"))
+    return s.timer === "on" ? "(retrans)" : "(persist)";
+  return "-";
+}
+
+function deadPeerCell(c: Connection, out: Out): string {
+  if (c.keepalive === false) return c.socket.state === "LISTEN" ? "-" : paint(out, "red", "never");
+  if (c.deadPeerAfter === null) return "?";
+  return formatSeconds(c.deadPeerAfter);
+}
+
+function writeTable(r: Inspection, out: Out): void {
+  const rows = r.connections.map((c) => {
+    const s = c.socket;
+    const e = c.settings;
+    const on = c.keepalive === true;
+    return [
+      s.state,
+      hostPort(s.localAddress, s.localPort),
+      hostPort(s.peerAddress, s.peerPort),
+      keepaliveCell(c, out),
+      nextProbeCell(c),
+      on && s.timer === "keepalive" ? String(s.timerCount) : "-",
+      e && on ? `${e.idle}/${e.interval}/${e.count}` : "-",
+      e && on && e.userTimeout ? formatMs(e.userTimeout) : "-",
+      deadPeerCell(c, out),
+      ownerText(c.owners),
+    ];
+  });
+  const header = [
+    "STATE",
+    "LOCAL",
+    "PEER",
+    "KEEPALIVE",
+    "NEXT PROBE",
+    "PROBES",
+    "IDLE/INTVL/CNT",
+    "USER TIMEOUT",
+    "DEAD PEER AFTER",
+    "PROCESS",
+  ];
+  if (rows.length) table(header, rows, out);
+  writeFooter(r, out);
+}
+
+function writeFooter(r: Inspection, out: Out): void {
+  const sum = summarize(r.connections);
+  if (sum.total === 0) {
+    out.write("no TCP sockets match\n");
+    return;
+  }
+  let line = `${plural(sum.total, "socket")}: ${sum.keepaliveOn} with keepalive, ${sum.keepaliveOff} without`;
+  if (sum.offOwners.size)
+    line += ` (${[...sum.offOwners.keys()].slice(0, 5).join(", ")}${sum.offOwners.size > 5 ? ", …" : ""})`;
+  if (sum.unknown) line += `, ${sum.unknown} unknown`;
+  out.write(`${line}\n`);
+  if (sum.worstDeadPeer === Number.POSITIVE_INFINITY) {
+    out.write(
+      `${paint(out, "red", "a dead peer is never noticed")} on ${plural(sum.keepaliveOff, "connection")} without keepalive\n`,
+    );
+  } else if (sum.worstDeadPeer !== null) {
+    out.write(`a dead peer is noticed after at most ${formatSeconds(sum.worstDeadPeer)}\n`);
+  }
+  writeExactHint(r, sum.total - sum.exact, out);
+}
+
+/** One line on how to get exact answers, when some came from the timer only. */
+export function writeExactHint(r: Inspection, inexact: number, out: Out): void {
+  if (inexact === 0 || !r.processes) return;
+  if (geteuid?.() !== 0 && (r.unreadablePids.length > 0 || r.exactDenied > 0)) {
+    out.write(
+      paint(
+        out,
+        "dim",
+        `${plural(inexact, "socket")} marked '?': only the kernel's timer was visible; run as root (or give tcpka CAP_SYS_PTRACE) for exact settings\n`,
+      ),
+    );
+  } else if (r.exactDenied > 0) {
+    out.write(
+      paint(
+        out,
+        "dim",
+        `${plural(r.exactDenied, "socket")} could not be read (EPERM); their keepalive is a timer hint\n`,
+      ),
+    );
+  }
+}

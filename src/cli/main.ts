@@ -1,0 +1,79 @@
+/**
+ * The tcpka command: dispatch to a subcommand, print expected failures as `tcpka: message` + `hint: ...` on
+ * stderr with exit code 2 (bad usage or input) or 1 (failure), and never show a stack trace for them.
+ */
+import { readFileSync } from "node:fs";
+import { TcpkaError } from "../errors.js";
+import { Out } from "./format.js";
+import { runLs } from "./ls.js";
+import { runSummary } from "./summary.js";
+import { runSysctl } from "./sysctl.js";
+
+export const HELP = `tcpka: find TCP connections without keepalive, and turn keepalive on without changing the program.
+
+Stateful firewalls, NAT gateways and load balancers drop connections that stay idle longer than their timeout,
+and a peer that vanished goes unnoticed for 2h11m15s by default, or forever when keepalive is off (the default
+for every socket that does not ask for it).
+
+Usage: tcpka [COMMAND] [OPTIONS]
+
+Commands:
+  (none)     a summary: how many connections lack keepalive, whose they are, and how to fix them
+  ls         every TCP socket with its keepalive state, real settings and owning process
+  sysctl     the namespace's keepalive defaults, what they mean, and --set to change them
+
+Run 'tcpka COMMAND --help' for the options of each. Exact per-socket answers need root (or CAP_SYS_PTRACE);
+without, tcpka shows the kernel's keepalive timer as a hint.
+`;
+
+type Command = (argv: readonly string[], out: Out) => number;
+
+const COMMANDS: Record<string, Command> = {
+  ls: runLs,
+  sysctl: runSysctl,
+};
+
+export function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string };
+  return pkg.version;
+}
+
+export async function main(argv: readonly string[]): Promise<number> {
+  const out = new Out(1);
+  try {
+    const [first, ...rest] = argv;
+    if (first === undefined) return runSummary(out);
+    if (first === "-h" || first === "--help" || first === "help") {
+      out.write(HELP);
+      return 0;
+    }
+    if (first === "-V" || first === "--version") {
+      out.write(`tcpka ${version()}\n`);
+      return 0;
+    }
+    const command = COMMANDS[first];
+    if (!command) {
+      const what = first.startsWith("-") ? `unknown option ${first}` : `unknown command ${first}`;
+      throw new TcpkaError("usage", what, { hint: `commands: ${Object.keys(COMMANDS).join(", ")}; see tcpka --help` });
+    }
+    return command(rest, out);
+  } catch (e) {
+    out.end();
+    return reportError(e);
+  } finally {
+    out.end();
+  }
+}
+
+export function reportError(e: unknown): number {
+  if (e instanceof TcpkaError) {
+    let text = `tcpka: ${e.message}\n`;
+    if (e.hint) text += `hint: ${e.hint}\n`;
+    process.stderr.write(text);
+    return e.exitCode;
+  }
+  // An unexpected failure is a bug: show everything that helps to report it.
+  process.stderr.write(`tcpka: internal error: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
+  process.stderr.write("hint: this is a bug in tcpka; please report it with the command that caused it\n");
+  return 1;
+}

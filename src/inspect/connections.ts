@@ -1,0 +1,120 @@
+/**
+ * The whole inspection behind `tcpka ls` and `tcpka`: list sockets, find their owners, read their exact
+ * keepalive settings where this user may, and fall back to the kernel's timer as a hint where it may not.
+ */
+import { addressMatcher, DEFAULT_FILTER, type SocketFilter } from "../filter.js";
+import { deadPeerAfter, type EffectiveKeepAlive, type SystemDefaults } from "../settings.js";
+import { SysError } from "../sys/libc.js";
+import { SocketBorrower } from "../sys/pidfd.js";
+import { readKeepAlive } from "./exact.js";
+import { findOwners, listPids, type SocketOwner } from "./owners.js";
+import { readSockets, type TcpSocket } from "./sockets.js";
+import { readSystemDefaults } from "./sysctl.js";
+
+export interface Connection {
+  socket: TcpSocket;
+  owners: SocketOwner[];
+  /** "exact": getsockopt on the socket itself; "timer": only the kernel's timer was visible. */
+  source: "exact" | "timer";
+  /** true/false; null when the timer could not tell (listening, SYN-SENT, a retransmission hiding it). */
+  keepalive: boolean | null;
+  /** Effective settings, known only when exact. */
+  settings: EffectiveKeepAlive | null;
+  /** Seconds until a vanished peer is noticed; null when never (keepalive off) or unknown. */
+  deadPeerAfter: number | null;
+  /** Why the exact answer could not be read (e.g. "EPERM"), when an owner was known. */
+  exactError?: string;
+}
+
+export interface Inspection {
+  connections: Connection[];
+  defaults: SystemDefaults;
+  /** Processes whose fds this user may not read: their sockets have no owner and only a timer hint. */
+  unreadablePids: number[];
+  /** Owners were looked up at all (not with `processes: false`). */
+  processes: boolean;
+  /** How many sockets had an owner but getsockopt on it was refused (EPERM). */
+  exactDenied: number;
+}
+
+export interface InspectOptions {
+  via?: "netlink" | "proc";
+  /** Look up owning processes and read exact settings (default true). */
+  processes?: boolean;
+}
+
+/**
+ * What the timer alone says. The keepalive timer (sk_timer) is armed on every ESTABLISHED or CLOSE-WAIT socket
+ * with SO_KEEPALIVE, but /proc and sock_diag show a pending retransmit or zero-window probe timer in its place
+ * (inet_sk_diag_fill), and it never runs on LISTEN, SYN-SENT or CLOSE sockets (tcp_keepalive_timer); an orphaned
+ * FIN-WAIT-2 socket uses the same timer without keepalive.
+ */
+export function keepaliveFromTimer(s: TcpSocket): boolean | null {
+  if (s.state !== "ESTAB" && s.state !== "CLOSE-WAIT") return null;
+  if (s.timer === "keepalive") return true;
+  if (s.timer === "off") return false;
+  return null;
+}
+
+export function inspect(filter: SocketFilter = DEFAULT_FILTER, opts: InspectOptions = {}): Inspection {
+  const defaults = readSystemDefaults();
+  const matches = addressMatcher(filter);
+  const sockets = readSockets({ states: filter.states, families: filter.families, via: opts.via }).filter(matches);
+  const processes = opts.processes ?? true;
+  const wantOwners = processes || filter.pids.length > 0 || filter.comms.length > 0;
+
+  let owners = new Map<number, SocketOwner[]>();
+  let unreadablePids: number[] = [];
+  if (wantOwners) {
+    const inodes = new Set<number>();
+    for (const s of sockets) if (s.inode) inodes.add(s.inode);
+    const scan = findOwners(inodes, filter.pids.length ? filter.pids : listPids());
+    owners = scan.owners;
+    unreadablePids = scan.unreadable;
+  }
+
+  const comms = new Set(filter.comms);
+  const borrower = new SocketBorrower();
+  const connections: Connection[] = [];
+  let exactDenied = 0;
+  try {
+    for (const socket of sockets) {
+      let own = owners.get(socket.inode) ?? [];
+      if (filter.pids.length) {
+        own = own.filter((o) => filter.pids.includes(o.pid));
+        if (own.length === 0) continue;
+      }
+      if (comms.size && !own.some((o) => comms.has(o.comm))) continue;
+
+      const c: Connection = {
+        socket,
+        owners: own,
+        source: "timer",
+        keepalive: keepaliveFromTimer(socket),
+        settings: null,
+        deadPeerAfter: null,
+      };
+      if (processes) {
+        for (const o of own) {
+          try {
+            c.settings = borrower.with(o.pid, o.fd, socket.inode, readKeepAlive);
+            c.source = "exact";
+            c.keepalive = c.settings.keepalive;
+            c.deadPeerAfter = deadPeerAfter(c.settings);
+            delete c.exactError;
+            break;
+          } catch (e) {
+            if (!(e instanceof SysError)) throw e;
+            c.exactError = e.errnoName;
+          }
+        }
+        if (c.exactError === "EPERM") exactDenied++;
+      }
+      if (filter.noKeepalive && c.keepalive !== false) continue;
+      connections.push(c);
+    }
+  } finally {
+    borrower.close();
+  }
+  return { connections, defaults, unreadablePids, processes, exactDenied };
+}

@@ -1,0 +1,153 @@
+/**
+ * Keepalive settings: parsing of durations, the kernel's limits, and the time a dead peer goes unnoticed.
+ * One source of truth for every command and mechanism of tcpka.
+ */
+import { invalid } from "./errors.js";
+import { MAX_TCP_KEEPCNT, MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL, MAX_TCP_USER_TIMEOUT_MS } from "./sys/constants.js";
+
+/** Requested keepalive settings. An absent field means "leave it to the system default". */
+export interface KeepAliveSettings {
+  /** TCP_KEEPIDLE: seconds of idleness before the first probe (1..32767). */
+  idle?: number;
+  /** TCP_KEEPINTVL: seconds between unanswered probes (1..32767). */
+  interval?: number;
+  /** TCP_KEEPCNT: unanswered probes before the connection is dropped (1..127). */
+  count?: number;
+  /** TCP_USER_TIMEOUT: milliseconds; 0 means "use the normal rules". */
+  userTimeout?: number;
+}
+
+/** What a socket really does: keepalive on or off, and the effective values getsockopt reports. */
+export interface EffectiveKeepAlive {
+  keepalive: boolean;
+  idle: number;
+  interval: number;
+  count: number;
+  userTimeout: number;
+}
+
+/** The namespace's sysctl defaults (net.ipv4.tcp_keepalive_time / _intvl / _probes). */
+export interface SystemDefaults {
+  idle: number;
+  interval: number;
+  count: number;
+}
+
+const UNIT_MS: Readonly<Record<string, number>> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+const DURATION = /^(?:(\d+(?:\.\d+)?)(ms|s|m|h|d))+$/;
+const PART = /(\d+(?:\.\d+)?)(ms|s|m|h|d)/g;
+
+/**
+ * Parse "75", "75s", "2m", "1h30m", "500ms" into milliseconds. A bare number means seconds. Returns undefined
+ * for text that is not a duration; the caller words the error for its flag.
+ */
+export function parseDurationMs(text: string): number | undefined {
+  const t = text.trim();
+  if (/^\d+(?:\.\d+)?$/.test(t)) return Math.round(Number(t) * 1000 * 1000) / 1000;
+  if (!DURATION.test(t)) return undefined;
+  let ms = 0;
+  for (const m of t.matchAll(PART)) ms += Number(m[1]) * (UNIT_MS[m[2] as string] as number);
+  return Math.round(ms * 1000) / 1000;
+}
+
+/** Parse a duration the kernel counts in whole seconds (TCP_KEEPIDLE, TCP_KEEPINTVL), within [1, max]. */
+export function parseSeconds(flag: string, text: string, max: number): number {
+  const ms = parseDurationMs(text);
+  if (ms === undefined) {
+    throw invalid(`${label(flag, text)}: not a duration`, `use seconds or a unit: 75, 75s, 2m, 1h30m`);
+  }
+  if (ms % 1000 !== 0) {
+    throw invalid(`${label(flag, text)}: the kernel counts keepalive ${what(flag)} in whole seconds (1 to ${max})`);
+  }
+  const s = ms / 1000;
+  if (s < 1 || s > max) {
+    throw invalid(`${label(flag, text)}: out of range; the kernel accepts 1 to ${max} seconds (${formatSeconds(max)})`);
+  }
+  return s;
+}
+
+/** "--idle 1.5s" or, for KEY=VALUE input, "idle=1.5s". */
+function label(flag: string, text: string): string {
+  return flag.endsWith("=") ? `${flag}${text}` : `${flag} ${text}`;
+}
+
+function what(flag: string): string {
+  return flag.includes("interval") ? "intervals" : "idle time";
+}
+
+export function parseIdle(text: string, flag = "--idle"): number {
+  return parseSeconds(flag, text, MAX_TCP_KEEPIDLE);
+}
+
+export function parseInterval(text: string, flag = "--interval"): number {
+  return parseSeconds(flag, text, MAX_TCP_KEEPINTVL);
+}
+
+export function parseCount(text: string, flag = "--count"): number {
+  const t = text.trim();
+  if (!/^\d+$/.test(t)) throw invalid(`${label(flag, text)}: not a whole number of probes`);
+  const n = Number(t);
+  if (n < 1 || n > MAX_TCP_KEEPCNT) {
+    throw invalid(`${label(flag, text)}: out of range; the kernel accepts 1 to ${MAX_TCP_KEEPCNT} probes`);
+  }
+  return n;
+}
+
+/** TCP_USER_TIMEOUT is in milliseconds; "0" turns it off. */
+export function parseUserTimeout(text: string, flag = "--user-timeout"): number {
+  const ms = parseDurationMs(text);
+  if (ms === undefined) throw invalid(`${label(flag, text)}: not a duration`, "use 90s, 2m or 500ms; 0 turns it off");
+  if (!Number.isInteger(ms))
+    throw invalid(`${label(flag, text)}: the kernel counts the user timeout in whole milliseconds`);
+  if (ms > MAX_TCP_USER_TIMEOUT_MS)
+    throw invalid(`${label(flag, text)}: out of range; at most ${MAX_TCP_USER_TIMEOUT_MS} ms`);
+  return ms;
+}
+
+/**
+ * How long, in seconds, a peer that vanished without a word goes unnoticed on an idle connection; null when
+ * never (keepalive off). Follows tcp_keepalive_timer() in net/ipv4/tcp_timer.c: the first probe goes out after
+ * `idle`, then one every `interval`; without TCP_USER_TIMEOUT the connection is aborted when `count` probes are
+ * unanswered, with it at the first probe time at which the connection has been silent for at least the user
+ * timeout and one probe has gone out (KEEPCNT is then ignored).
+ */
+export function deadPeerAfter(e: EffectiveKeepAlive): number | null {
+  if (!e.keepalive) return null;
+  if (e.userTimeout > 0) {
+    const ut = e.userTimeout / 1000;
+    const probes = Math.max(1, Math.ceil((ut - e.idle) / e.interval));
+    return e.idle + e.interval * probes;
+  }
+  return e.idle + e.interval * e.count;
+}
+
+/** "2h11m15s", "10m", "1m30s", "45s", "0s". */
+export function formatSeconds(total: number): string {
+  if (!Number.isFinite(total)) return "never";
+  let s = Math.round(total);
+  if (s === 0) return "0s";
+  const neg = s < 0;
+  s = Math.abs(s);
+  const d = Math.floor(s / 86400);
+  const h = Math.floor((s % 86400) / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  const sec = s % 60;
+  let out = "";
+  if (d) out += `${d}d`;
+  if (h) out += `${h}h`;
+  if (m) out += `${m}m`;
+  if (sec) out += `${sec}s`;
+  return (neg ? "-" : "") + out;
+}
+
+/** Milliseconds as a duration; below 10 s keeps tenths ("1.5s"), below 1 s prints "ms". */
+export function formatMs(ms: number): string {
+  if (ms < 1000) return `${Math.round(ms)}ms`;
+  if (ms < 10_000 && ms % 1000 !== 0) return `${(ms / 1000).toFixed(1)}s`;
+  return formatSeconds(ms / 1000);
+}
+
+/** "7200s + 75s × 9": how the detection time is made up. */
+export function describeSettings(e: { idle: number; interval: number; count: number }): string {
+  return `${e.idle}s + ${e.interval}s × ${e.count}`;
+}

@@ -1,0 +1,110 @@
+/**
+ * Kernel constants used by tcpka, each with the header it comes from. The only place numbers like these live.
+ */
+
+// include/linux/socket.h
+export const AF_INET = 2;
+export const AF_INET6 = 10;
+export const AF_NETLINK = 16;
+
+// include/linux/net.h (enum sock_type) and include/linux/net.h flags
+export const SOCK_STREAM = 1;
+export const SOCK_DGRAM = 2;
+export const SOCK_RAW = 3;
+export const SOCK_CLOEXEC = 0o2000000;
+
+// include/uapi/asm-generic/socket.h
+export const SOL_SOCKET = 1;
+export const SO_TYPE = 3;
+export const SO_KEEPALIVE = 9;
+export const SO_DOMAIN = 39;
+export const SO_PROTOCOL = 38;
+
+// include/uapi/linux/in.h
+export const IPPROTO_TCP = 6;
+export const SOL_TCP = IPPROTO_TCP;
+
+// include/uapi/linux/tcp.h
+export const TCP_KEEPIDLE = 4;
+export const TCP_KEEPINTVL = 5;
+export const TCP_KEEPCNT = 6;
+export const TCP_USER_TIMEOUT = 18;
+
+// include/net/tcp.h: MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL, MAX_TCP_KEEPCNT (checked in do_tcp_setsockopt)
+export const MAX_TCP_KEEPIDLE = 32767;
+export const MAX_TCP_KEEPINTVL = 32767;
+export const MAX_TCP_KEEPCNT = 127;
+// TCP_USER_TIMEOUT is an int of milliseconds; negative values give EINVAL (do_tcp_setsockopt).
+export const MAX_TCP_USER_TIMEOUT_MS = 2 ** 31 - 1;
+
+// include/uapi/linux/netlink.h
+export const NETLINK_SOCK_DIAG = 4;
+export const NLM_F_REQUEST = 0x1;
+export const NLM_F_MULTI = 0x2;
+export const NLM_F_ROOT = 0x100;
+export const NLM_F_MATCH = 0x200;
+export const NLM_F_DUMP = NLM_F_ROOT | NLM_F_MATCH;
+export const NLMSG_ERROR = 2;
+export const NLMSG_DONE = 3;
+export const NLMSG_HDRLEN = 16;
+
+// include/uapi/linux/sock_diag.h
+export const SOCK_DIAG_BY_FAMILY = 20;
+
+// include/uapi/linux/inet_diag.h
+export const INET_DIAG_REQ_V2_LEN = 56;
+export const INET_DIAG_MSG_LEN = 72;
+
+// include/net/tcp_states.h (enum), as numbered by the kernel
+export const TCP_STATES = {
+  ESTABLISHED: 1,
+  SYN_SENT: 2,
+  SYN_RECV: 3,
+  FIN_WAIT1: 4,
+  FIN_WAIT2: 5,
+  TIME_WAIT: 6,
+  CLOSE: 7,
+  CLOSE_WAIT: 8,
+  LAST_ACK: 9,
+  LISTEN: 10,
+  CLOSING: 11,
+  NEW_SYN_RECV: 12,
+} as const;
+
+// Timer codes of /proc/net/tcp `tr` and inet_diag_msg.idiag_timer (get_tcp4_sock, inet_sk_diag_fill).
+export const TIMER_CODES = {
+  0: "off",
+  1: "on", // retransmit, RACK reordering or tail loss probe
+  2: "keepalive", // sk_timer: keepalive, or the FIN_WAIT2 timer of an orphan
+  3: "timewait",
+  4: "persist", // zero-window probe
+  5: "delack",
+} as const;
+
+// arch/x86/entry/syscalls/syscall_64.tbl and include/uapi/asm-generic/unistd.h: the same numbers on both.
+export const SYS_pidfd_open = 434;
+export const SYS_pidfd_getfd = 438;
+
+// include/uapi/asm-generic/errno-base.h and errno.h
+export const ERRNO_NAMES: Readonly<Record<number, string>> = {
+  1: "EPERM",
+  2: "ENOENT",
+  3: "ESRCH",
+  4: "EINTR",
+  9: "EBADF",
+  11: "EAGAIN",
+  12: "ENOMEM",
+  13: "EACCES",
+  22: "EINVAL",
+  24: "EMFILE",
+  38: "ENOSYS",
+  88: "ENOTSOCK",
+  92: "ENOPROTOOPT",
+  93: "EPROTONOSUPPORT",
+  95: "EOPNOTSUPP",
+  97: "EAFNOSUPPORT",
+  116: "ESTALE",
+};
+
+// The fd number now holds another file than the one listed: reported as ESTALE ("stale file handle").
+export const ESTALE_REUSED = 116;
