@@ -14,14 +14,14 @@ export type ErrorCode =
 export class TcpkaError extends Error {
   readonly code: ErrorCode;
   readonly hint: string | undefined;
-  readonly exitCode: 1 | 2;
+  readonly exitCode: number;
 
-  constructor(code: ErrorCode, message: string, options: { hint?: string; cause?: unknown } = {}) {
+  constructor(code: ErrorCode, message: string, options: { hint?: string; cause?: unknown; exitCode?: number } = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = "TcpkaError";
     this.code = code;
     this.hint = options.hint;
-    this.exitCode = code === "usage" || code === "invalid" || code === "not-found" ? 2 : 1;
+    this.exitCode = options.exitCode ?? (code === "usage" || code === "invalid" || code === "not-found" ? 2 : 1);
   }
 }
 

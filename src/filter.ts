@@ -3,7 +3,7 @@
  * keepalive state. Parsing turns user text into a SocketFilter or throws a usage error that names the flag.
  */
 import { BlockList, isIP } from "node:net";
-import { invalid, usage } from "./errors.js";
+import { usage } from "./errors.js";
 import { ALL_STATES, stateMask, type TcpSocket, type TcpStateName } from "./inspect/sockets.js";
 
 export interface PortRange {
@@ -72,7 +72,7 @@ export function parseStates(words: readonly string[]): number {
         mask |= ALL_STATES;
         continue;
       }
-      const names = STATE_WORDS[word];
+      const names = Object.hasOwn(STATE_WORDS, word) ? STATE_WORDS[word] : undefined;
       if (!names) {
         throw usage(`--state ${w}: unknown state`, `use one of: all, ${Object.keys(STATE_WORDS).join(", ")}`);
       }
@@ -157,10 +157,48 @@ export function addressMatcher(f: SocketFilter): (s: TcpSocket) => boolean {
   };
 }
 
-/** Validate a number given to a flag that expects one (used for --count-like arguments outside settings). */
-export function parseWhole(flag: string, text: string, min: number, max: number): number {
-  if (!/^\d+$/.test(text.trim())) throw invalid(`${flag} ${text}: not a whole number`);
-  const n = Number(text);
-  if (n < min || n > max) throw invalid(`${flag} ${text}: out of range (${min} to ${max})`);
-  return n;
+/**
+ * A rule of `--only` / `--except` for the mechanisms that act on connections as they are made (the preload
+ * shim, the BPF program): a peer network and/or a service port (the peer port of an outgoing connection, the
+ * local port of an accepted one). Forms: 198.18.0.0/15, 198.18.0.1:80, [2001:db8::/32]:443, 2001:db8::1, :5432.
+ */
+export interface EndpointRule {
+  cidr?: Cidr;
+  port?: number;
+}
+
+export function parseEndpointRule(flag: string, text: string): EndpointRule {
+  const t = text.trim();
+  const hint = "use CIDR, CIDR:PORT or :PORT, e.g. 198.18.0.0/15, 198.18.0.1:5432, [2001:db8::/32]:443, :5432";
+  let addr: string | undefined = t;
+  let port: string | undefined;
+  const bracket = /^\[([^\]]+)\](?::(.*))?$/.exec(t);
+  if (bracket) {
+    addr = bracket[1];
+    port = bracket[2];
+  } else if (t.startsWith(":")) {
+    addr = undefined;
+    port = t.slice(1);
+  } else if ((t.match(/:/g) ?? []).length === 1) {
+    [addr, port] = t.split(":");
+  }
+  const rule: EndpointRule = {};
+  if (port !== undefined) {
+    if (!/^\d+$/.test(port) || Number(port) < 1 || Number(port) > 65535) {
+      throw usage(`${flag} ${text}: the port must be 1 to 65535`, hint);
+    }
+    rule.port = Number(port);
+  }
+  if (addr !== undefined) {
+    if (addr === "") throw usage(`${flag} ${text}: not a network or port`, hint);
+    rule.cidr = parseCidr(flag, addr);
+  }
+  return rule;
+}
+
+/** The canonical text of a rule, as the shim reads it from TCPKA_ONLY / TCPKA_EXCEPT. */
+export function endpointRuleText(r: EndpointRule): string {
+  const net = r.cidr ? `${r.cidr.address}/${r.cidr.prefix}` : "";
+  if (r.port === undefined) return net;
+  return r.cidr?.family === 6 ? `[${net}]:${r.port}` : `${net}:${r.port}`;
 }

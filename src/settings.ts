@@ -142,9 +142,11 @@ export function formatSeconds(total: number): string {
 
 /** Milliseconds as a duration; below 10 s keeps tenths ("1.5s"), below 1 s prints "ms". */
 export function formatMs(ms: number): string {
-  if (ms < 1000) return `${Math.round(ms)}ms`;
-  if (ms < 10_000 && ms % 1000 !== 0) return `${(ms / 1000).toFixed(1)}s`;
-  return formatSeconds(ms / 1000);
+  const whole = Math.round(ms);
+  if (whole < 1000) return `${whole}ms`;
+  const tenths = Math.round(whole / 100);
+  if (tenths < 100 && tenths % 10 !== 0) return `${(tenths / 10).toFixed(1)}s`;
+  return formatSeconds(whole / 1000);
 }
 
 /** "7200s + 75s × 9": how the detection time is made up. */

@@ -8,6 +8,7 @@ import { usage } from "../errors.js";
 import { DEFAULT_FILTER, parseCidr, parsePid, parsePorts, parseStates, type SocketFilter } from "../filter.js";
 import { processExists } from "../inspect/owners.js";
 import { ALL_STATES, stateMask } from "../inspect/sockets.js";
+import { type KeepAliveSettings, parseCount, parseIdle, parseInterval, parseUserTimeout } from "../settings.js";
 
 export type Options = NonNullable<ParseArgsConfig["options"]>;
 type Values = Record<string, string | boolean | (string | boolean)[] | undefined>;
@@ -34,8 +35,10 @@ export function parse(command: string, argv: readonly string[], options: Options
       throw usage(`${command}: unknown option ${flag}`.trimEnd(), hint);
     }
     if (err.code === "ERR_PARSE_ARGS_INVALID_OPTION_VALUE") {
-      const flag = /'(-[^']*)'/.exec(err.message)?.[1] ?? "an option";
-      throw usage(`${command}: ${flag.replace(/^-\w, /, "")} needs a value`, hint);
+      // "Option '-o, --output <value>' argument missing" or "Option '--json' does not take an argument"
+      const flag = (/'(-[^']*)'/.exec(err.message)?.[1] ?? "an option").replace(/^-\w, /, "").replace(/ <value>$/, "");
+      const what = err.message.includes("does not take") ? "takes no value" : "needs a value";
+      throw usage(`${command}: ${flag} ${what}`, hint);
     }
     if (err.code === "ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL") {
       const arg = /'([^']+)'/.exec(err.message)?.[1] ?? "";
@@ -117,4 +120,56 @@ export function filterFrom(v: Values): SocketFilter {
     comms: strs(v, "comm"),
     noKeepalive: bool(v, "no-keepalive"),
   };
+}
+
+/**
+ * Split `[options] [--] CMD ARGS…` into tcpka's own options and the command: the command starts after "--" or
+ * at the first word that is neither an option nor an option's value.
+ */
+export function splitCommand(argv: readonly string[], options: Options): { own: string[]; command: string[] } {
+  const takesValue = new Set<string>();
+  for (const [name, o] of Object.entries(options)) {
+    if (o.type !== "string") continue;
+    takesValue.add(`--${name}`);
+    if (o.short) takesValue.add(`-${o.short}`);
+  }
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i] as string;
+    if (a === "--") return { own: argv.slice(0, i), command: argv.slice(i + 1) };
+    if (!a.startsWith("-") || a === "-") return { own: argv.slice(0, i), command: argv.slice(i) };
+    if (takesValue.has(a)) i++;
+  }
+  return { own: [...argv], command: [] };
+}
+
+/** The keepalive settings flags of run, trace, enable and enforce. */
+export const SETTINGS_OPTIONS: Options = {
+  idle: { type: "string" },
+  interval: { type: "string" },
+  count: { type: "string" },
+  "user-timeout": { type: "string" },
+  force: { type: "boolean" },
+};
+
+export const DEFAULT_SETTINGS = { idle: 60, interval: 10, count: 6 } as const;
+
+export const SETTINGS_HELP = `Settings (defaults: --idle 60s --interval 10s --count 6: a dead peer is noticed within 2 minutes):
+      --idle DURATION          idle time before the first probe (TCP_KEEPIDLE): 75, 75s, 2m, 1h30m; 1s to 32767s
+      --interval DURATION      time between unanswered probes (TCP_KEEPINTVL); 1s to 32767s
+      --count N                unanswered probes before the connection is dropped (TCP_KEEPCNT); 1 to 127
+      --user-timeout DURATION  drop a connection whose data stays unacknowledged this long (TCP_USER_TIMEOUT,
+                               e.g. 90s or 500ms); also bounds keepalive. Not set unless given.
+      --force                  set exactly these values; by default tcpka only strengthens: a value the program
+                               chose that is already stricter (shorter) stays`;
+
+export function settingsFrom(v: Values): KeepAliveSettings {
+  const s: KeepAliveSettings = {
+    idle: str(v, "idle") === undefined ? DEFAULT_SETTINGS.idle : parseIdle(str(v, "idle") as string),
+    interval:
+      str(v, "interval") === undefined ? DEFAULT_SETTINGS.interval : parseInterval(str(v, "interval") as string),
+    count: str(v, "count") === undefined ? DEFAULT_SETTINGS.count : parseCount(str(v, "count") as string),
+  };
+  const ut = str(v, "user-timeout");
+  if (ut !== undefined) s.userTimeout = parseUserTimeout(ut);
+  return s;
 }

@@ -4,14 +4,14 @@
 import { writeSync } from "node:fs";
 import type { SocketOwner } from "../inspect/owners.js";
 
-/** Buffered stdout: large outputs go out in 64 KiB chunks; call end() once done. */
+/** Buffered output to fd 1 or 2 (any other fd: only collects colour-free text); call end() once done. */
 export class Out {
   readonly color: boolean;
   private pending: string[] = [];
   private size = 0;
 
   constructor(private readonly fd = 1) {
-    const tty = fd === 1 ? process.stdout.isTTY : process.stderr.isTTY;
+    const tty = fd === 1 ? process.stdout.isTTY : fd === 2 ? process.stderr.isTTY : false;
     this.color = tty === true && !process.env.NO_COLOR && process.env.TERM !== "dumb";
   }
 

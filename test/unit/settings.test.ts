@@ -1,20 +1,202 @@
 import assert from "node:assert/strict";
-import { test } from "node:test";
-import { deadPeerAfter, parseDurationMs, parseIdle } from "../../src/settings.js";
+import { describe, test } from "node:test";
+import {
+  deadPeerAfter,
+  type EffectiveKeepAlive,
+  formatMs,
+  formatSeconds,
+  parseCount,
+  parseDurationMs,
+  parseIdle,
+  parseInterval,
+  parseUserTimeout,
+} from "../../src/settings.js";
+import { each, throwsExit2 } from "./expect.js";
 
-test("durations parse with units and a bare number means seconds", () => {
-  assert.equal(parseDurationMs("75"), 75_000);
-  assert.equal(parseDurationMs("1h30m"), 5_400_000);
-  assert.equal(parseDurationMs("2x"), undefined);
+describe("parseDurationMs", () => {
+  test("a bare number means seconds; units alone and combined; fractions without floating-point noise", () => {
+    each(parseDurationMs, [
+      ["75", 75_000],
+      [" 75 ", 75_000],
+      ["0", 0],
+      ["1.5", 1500],
+      ["75s", 75_000],
+      ["2m", 120_000],
+      ["1h30m", 5_400_000],
+      ["1d", 86_400_000],
+      ["500ms", 500],
+      ["1m5s", 65_000],
+      ["1s500ms", 1500],
+      ["1.5s", 1500],
+      ["1.1s", 1100],
+      ["0.29s", 290],
+      ["1.5ms", 1.5],
+    ]);
+  });
+
+  test("anything else is undefined", () => {
+    for (const bad of ["", "   ", "2x", "s", "-5", "1.2.3", ".5s", "1h 30m", "75S", "ten", "1e3"]) {
+      assert.equal(parseDurationMs(bad), undefined, bad);
+    }
+  });
 });
 
-test("idle rejects what the kernel cannot represent", () => {
-  assert.equal(parseIdle("2m"), 120);
-  assert.throws(() => parseIdle("1.5s"), /whole seconds/);
-  assert.throws(() => parseIdle("32768"), /out of range/);
+describe("parseIdle and parseInterval", () => {
+  test("accept whole seconds from 1 to 32767", () => {
+    each(parseIdle, [
+      ["1", 1],
+      ["2m", 120],
+      ["1.0s", 1],
+      ["9h6m7s", 32767],
+    ]);
+    each(parseInterval, [
+      ["75s", 75],
+      ["32767", 32767],
+    ]);
+  });
+
+  test("reject sub-second values, naming the flag and the limits", () => {
+    const msg = "the kernel counts keepalive idle time in whole seconds (1 to 32767)";
+    throwsExit2(() => parseIdle("1.5s"), "invalid", `--idle 1.5s: ${msg}`);
+    throwsExit2(() => parseIdle("500ms"), "invalid", `--idle 500ms: ${msg}`);
+    throwsExit2(
+      () => parseInterval("0.5"),
+      "invalid",
+      "--interval 0.5: the kernel counts keepalive intervals in whole seconds (1 to 32767)",
+    );
+  });
+
+  test("reject values out of range", () => {
+    const range = "out of range; the kernel accepts 1 to 32767 seconds (9h6m7s)";
+    throwsExit2(() => parseIdle("0"), "invalid", `--idle 0: ${range}`);
+    throwsExit2(() => parseIdle("32768"), "invalid", `--idle 32768: ${range}`);
+    throwsExit2(() => parseInterval("9h6m8s"), "invalid", `--interval 9h6m8s: ${range}`);
+  });
+
+  test("reject garbage", () => {
+    throwsExit2(() => parseIdle("soon"), "invalid", "--idle soon: not a duration");
+    throwsExit2(() => parseInterval(""), "invalid", "--interval : not a duration");
+  });
+
+  test("a KEY= flag is written without a space", () => {
+    throwsExit2(() => parseIdle("1.5s", "idle="), "invalid", /^idle=1\.5s: the kernel counts keepalive idle time/);
+  });
 });
 
-test("dead peer detection follows tcp_keepalive_timer", () => {
-  assert.equal(deadPeerAfter({ keepalive: true, idle: 7200, interval: 75, count: 9, userTimeout: 0 }), 7875);
-  assert.equal(deadPeerAfter({ keepalive: false, idle: 7200, interval: 75, count: 9, userTimeout: 0 }), null);
+describe("parseCount", () => {
+  test("accepts 1 to 127", () => {
+    each(parseCount, [
+      ["1", 1],
+      [" 9 ", 9],
+      ["127", 127],
+    ]);
+  });
+
+  test("rejects 0, 128 and non-numbers", () => {
+    const range = "out of range; the kernel accepts 1 to 127 probes";
+    throwsExit2(() => parseCount("0"), "invalid", `--count 0: ${range}`);
+    throwsExit2(() => parseCount("128"), "invalid", `--count 128: ${range}`);
+    for (const bad of ["x", "1.5", "-1", ""]) {
+      throwsExit2(() => parseCount(bad), "invalid", `--count ${bad}: not a whole number of probes`);
+    }
+  });
+});
+
+describe("parseUserTimeout", () => {
+  test("returns milliseconds; 0 turns it off", () => {
+    each(parseUserTimeout, [
+      ["0", 0],
+      ["500ms", 500],
+      ["90s", 90_000],
+      ["2m", 120_000],
+      ["24d", 2_073_600_000],
+    ]);
+  });
+
+  test("rejects fractions of a millisecond, garbage and more than an int holds", () => {
+    throwsExit2(
+      () => parseUserTimeout("1.5ms"),
+      "invalid",
+      "--user-timeout 1.5ms: the kernel counts the user timeout in whole milliseconds",
+    );
+    throwsExit2(() => parseUserTimeout("-1"), "invalid", "--user-timeout -1: not a duration");
+    throwsExit2(() => parseUserTimeout("25d"), "invalid", "--user-timeout 25d: out of range; at most 2147483647 ms");
+  });
+});
+
+describe("deadPeerAfter", () => {
+  /** [idle, interval, count, user timeout in ms] with keepalive on. */
+  const on = ([idle, interval, count, userTimeout]: readonly number[]): EffectiveKeepAlive => ({
+    keepalive: true,
+    idle: idle as number,
+    interval: interval as number,
+    count: count as number,
+    userTimeout: userTimeout ?? 0,
+  });
+  const after = (s: readonly number[]) => deadPeerAfter(on(s));
+
+  test("idle + interval × count without a user timeout", () => {
+    each(after, [
+      [[7200, 75, 9], 7875],
+      [[60, 10, 6], 120],
+    ]);
+  });
+
+  test("keepalive off: never", () => {
+    assert.equal(deadPeerAfter({ ...on([7200, 75, 9]), keepalive: false }), null);
+    assert.equal(deadPeerAfter({ ...on([60, 10, 6, 30_000]), keepalive: false }), null);
+  });
+
+  test("with a user timeout: the first probe time idle + k × interval (k ≥ 1) at or after it", () => {
+    each(after, [
+      [[60, 10, 6, 90_000], 90], // exactly on a probe: aborts then
+      [[60, 10, 6, 95_000], 100], // between probes: at the next one
+      [[60, 10, 6, 90_001], 100],
+      [[60, 10, 6, 30_000], 70], // before the first probe: one probe must have gone out
+      [[60, 10, 6, 60_000], 70],
+      [[7200, 75, 9, 7_875_000], 7875],
+    ]);
+  });
+
+  test("with a user timeout the probe count is ignored", () => {
+    each(after, [
+      [[60, 10, 2, 200_000], 200],
+      [[60, 10, 127, 75_000], 80],
+    ]);
+  });
+});
+
+describe("formatSeconds and formatMs", () => {
+  test("formatSeconds leaves out zero units", () => {
+    each(formatSeconds, [
+      [7875, "2h11m15s"],
+      [600, "10m"],
+      [90, "1m30s"],
+      [45, "45s"],
+      [3600, "1h"],
+      [86_401, "1d1s"],
+      [0, "0s"],
+    ]);
+  });
+
+  test("formatSeconds rounds, keeps the sign and says never for infinity", () => {
+    each(formatSeconds, [
+      [0.4, "0s"],
+      [59.6, "1m"],
+      [-90, "-1m30s"],
+      [Number.POSITIVE_INFINITY, "never"],
+    ]);
+  });
+
+  test("formatMs: ms below a second, tenths below 10 s, then like formatSeconds", () => {
+    each(formatMs, [
+      [0, "0ms"],
+      [500, "500ms"],
+      [1000, "1s"],
+      [1500, "1.5s"],
+      [10_000, "10s"],
+      [90_000, "1m30s"],
+      [7_875_000, "2h11m15s"],
+    ]);
+  });
 });

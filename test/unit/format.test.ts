@@ -1,0 +1,91 @@
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import { hostPort, type Out, ownerText, paint, plural, table } from "../../src/cli/format.js";
+
+/** Something with Out's shape that keeps what is written. */
+function capture(color: boolean): { out: Out; text: () => string } {
+  const chunks: string[] = [];
+  const fake = { color, write: (s: string) => void chunks.push(s) };
+  return { out: fake as unknown as Out, text: () => chunks.join("") };
+}
+
+describe("hostPort", () => {
+  test("IPv4 as address:port", () => assert.equal(hostPort("192.0.2.7", 443), "192.0.2.7:443"));
+  test("IPv6, IPv4-mapped included, in brackets", () => {
+    assert.equal(hostPort("2001:db8::1", 443), "[2001:db8::1]:443");
+    assert.equal(hostPort("::", 0), "[::]:0");
+    assert.equal(hostPort("::ffff:127.0.0.1", 22), "[::ffff:127.0.0.1]:22");
+  });
+});
+
+describe("ownerText", () => {
+  const java = { pid: 2203, fd: 87, comm: "java" };
+  test("no owner", () => assert.equal(ownerText([]), "-"));
+  test("one owner", () => assert.equal(ownerText([java]), "java[2203] fd 87"));
+  test("shared by several processes", () => {
+    assert.equal(
+      ownerText([java, { pid: 2204, fd: 3, comm: "sh" }, { pid: 9, fd: 4, comm: "x" }]),
+      "java[2203] fd 87 +2",
+    );
+  });
+});
+
+describe("plural", () => {
+  test("one, many, and an irregular plural", () => {
+    assert.deepEqual(
+      [plural(1, "socket"), plural(0, "socket"), plural(2, "process", "processes")],
+      ["1 socket", "0 sockets", "2 processes"],
+    );
+  });
+});
+
+describe("paint", () => {
+  test("plain text without colour, SGR escapes with it", () => {
+    assert.equal(paint(capture(false).out, "red", "off"), "off");
+    assert.equal(paint(capture(true).out, "red", "off"), "\x1b[31moff\x1b[0m");
+    assert.equal(paint(capture(true).out, "dim", "-"), "\x1b[2m-\x1b[0m");
+  });
+});
+
+describe("table", () => {
+  const header = ["State", "Local", "Peer"];
+  const rows = [
+    ["ESTAB", "127.0.0.1:22", "10.0.0.1:5555"],
+    ["LISTEN", "0.0.0.0:22", "*"],
+  ];
+
+  test("columns padded to the widest cell plus two spaces; the last column not padded", () => {
+    const { out, text } = capture(false);
+    table(header, rows, out);
+    assert.equal(
+      text(),
+      ["State   Local         Peer", "ESTAB   127.0.0.1:22  10.0.0.1:5555", "LISTEN  0.0.0.0:22    *", ""].join("\n"),
+    );
+  });
+
+  test("an indent before every line, and no trailing spaces", () => {
+    const { out, text } = capture(false);
+    table(["A", "B"], [["x", ""]], out, "  ");
+    assert.equal(text(), "  A  B\n  x\n");
+  });
+
+  test("colour escapes do not count towards the width", () => {
+    const plain = capture(false);
+    const colored = capture(true);
+    table(header, rows, plain.out);
+    table(
+      header,
+      rows.map(([state, ...rest]) => [paint(colored.out, "green", state as string), ...rest]),
+      colored.out,
+    );
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: removing the colour escapes
+    assert.equal(colored.text().replace(/\x1b\[\d+m/g, ""), plain.text());
+    assert.notEqual(colored.text(), plain.text());
+  });
+
+  test("a header alone", () => {
+    const { out, text } = capture(false);
+    table(header, [], out);
+    assert.equal(text(), "State  Local  Peer\n");
+  });
+});
