@@ -6,8 +6,10 @@ import { readFileSync } from "node:fs";
 import { TcpkaError } from "../errors.js";
 import { Out } from "./format.js";
 import { runLs } from "./ls.js";
+import { runRun } from "./run.js";
 import { runSummary } from "./summary.js";
 import { runSysctl } from "./sysctl.js";
+import { runTrace } from "./trace.js";
 
 export const HELP = `tcpka: find TCP connections without keepalive, and turn keepalive on without changing the program.
 
@@ -20,16 +22,20 @@ Usage: tcpka [COMMAND] [OPTIONS]
 Commands:
   (none)     a summary: how many connections lack keepalive, whose they are, and how to fix them
   ls         every TCP socket with its keepalive state, real settings and owning process
+  run        run a program with keepalive turned on for its connections (LD_PRELOAD), no code change
+  trace      run a program and report, socket by socket, what keepalive it set itself
   sysctl     the namespace's keepalive defaults, what they mean, and --set to change them
 
 Run 'tcpka COMMAND --help' for the options of each. Exact per-socket answers need root (or CAP_SYS_PTRACE);
 without, tcpka shows the kernel's keepalive timer as a hint.
 `;
 
-type Command = (argv: readonly string[], out: Out) => number;
+type Command = (argv: readonly string[], out: Out) => number | Promise<number>;
 
 const COMMANDS: Record<string, Command> = {
   ls: runLs,
+  run: runRun,
+  trace: runTrace,
   sysctl: runSysctl,
 };
 
@@ -56,7 +62,7 @@ export async function main(argv: readonly string[]): Promise<number> {
       const what = first.startsWith("-") ? `unknown option ${first}` : `unknown command ${first}`;
       throw new TcpkaError("usage", what, { hint: `commands: ${Object.keys(COMMANDS).join(", ")}; see tcpka --help` });
     }
-    return command(rest, out);
+    return await command(rest, out);
   } catch (e) {
     out.end();
     return reportError(e);

@@ -1,0 +1,786 @@
+/*
+ * libtcpka.so: the LD_PRELOAD shim of tcpka. It turns TCP keepalive on for the connections of a program that
+ * never asked for it, and reports what the program itself set (for `tcpka trace`).
+ *
+ * It runs inside other people's programs, so:
+ *  - configuration is parsed once, when the library is loaded; invalid configuration disables it entirely;
+ *  - the program's calls go through unchanged: same arguments, same return value, same errno;
+ *  - no malloc, no locks, nothing that blocks on the hot path; per-fd state lives in a static table;
+ *  - everything here is async-signal-safe (no stdio), and safe across threads, fork() and exec().
+ *
+ * Environment (written by `tcpka run` / `tcpka trace`, which validate it first):
+ *   TCPKA_MODE        strengthen (default): keepalive on, and idle/interval/count/user timeout lowered to the
+ *                     requested values where the program's are higher or unset, never weakened;
+ *                     force: exactly the requested values; observe: change nothing, only report.
+ *   TCPKA_IDLE, TCPKA_INTVL, TCPKA_CNT    seconds, seconds, probes (kernel limits 1..32767, 1..32767, 1..127)
+ *   TCPKA_USER_TIMEOUT                    milliseconds (0..INT_MAX)
+ *   TCPKA_ONLY, TCPKA_EXCEPT              comma-separated CIDR, CIDR:PORT, [IPv6CIDR]:PORT or :PORT entries; the
+ *                     address is the peer's, the port the service's (the peer port of an outgoing connection, the
+ *                     local port of an accepted one)
+ *   TCPKA_EVENTS      a file that tcpka created: one JSON line per event is appended to it (O_APPEND, opened and
+ *                     closed per event so that programs that close all their fds cannot break it)
+ *   TCPKA_DEBUG       1: report the shim's own errors on stderr
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#ifndef TCP_USER_TIMEOUT
+#define TCP_USER_TIMEOUT 18
+#endif
+#ifndef SO_COOKIE
+#define SO_COOKIE 57
+#endif
+
+/* ------------------------------------------------------------------------------------------------ config */
+
+enum mode { MODE_OFF, MODE_STRENGTHEN, MODE_FORCE, MODE_OBSERVE };
+
+/* The options tcpka manages, in one order everywhere. */
+enum opt { O_KEEPALIVE, O_IDLE, O_INTVL, O_CNT, O_UT, O_COUNT };
+static const int opt_level[O_COUNT] = {SOL_SOCKET, IPPROTO_TCP, IPPROTO_TCP, IPPROTO_TCP, IPPROTO_TCP};
+static const int opt_name[O_COUNT] = {SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT, TCP_USER_TIMEOUT};
+static const char *const opt_json[O_COUNT] = {"keepalive", "idle", "interval", "count", "user_timeout_ms"};
+
+#define MAX_RULES 32
+struct rule {
+  uint8_t family; /* 0: any address (port-only rule), 4 or 6 */
+  uint8_t prefix;
+  uint16_t port; /* 0: any */
+  uint8_t addr[16];
+};
+
+static struct {
+  enum mode mode;
+  int want[O_COUNT]; /* requested values; -1 = leave alone. want[O_KEEPALIVE] is 1 unless observing */
+  int sysdef[O_COUNT]; /* the namespace's defaults, read once: what an unset option means */
+  struct rule only[MAX_RULES], except[MAX_RULES];
+  int n_only, n_except;
+  int addr_rules; /* some rule names an address: listeners cannot be decided before accept() */
+  char events[PATH_MAX];
+  int debug;
+} cfg;
+
+/* ------------------------------------------------------------------------------------------------ per fd */
+
+#define MAX_FDS 65536
+#define SET(o) (1u << (o))
+struct slot {
+  uint8_t typed;    /* `tcp` below is known */
+  uint8_t tcp;      /* AF_INET/AF_INET6 stream socket with protocol TCP */
+  uint8_t seen;     /* created by socket() (or accepted from such a listener) while we watched: an option
+                       the program did not set has the namespace default */
+  uint8_t managed;  /* connected/listening and matched: the program's later setsockopt calls get the rule */
+  uint8_t inherits; /* a listener tcpka set up: accepted sockets inherit the settings */
+  uint8_t progset;  /* bitmask of options the program set itself */
+  uint8_t applied;  /* bitmask of options tcpka set */
+  uint16_t svcport; /* local port of a listener */
+  int prog[O_COUNT];  /* the values the program set */
+  int value[O_COUNT]; /* the values tcpka set */
+};
+static struct slot slots[MAX_FDS];
+
+static inline struct slot *slot_of(int fd) { return fd >= 0 && fd < MAX_FDS ? &slots[fd] : NULL; }
+
+static inline void slot_reset(int fd) {
+  struct slot *s = slot_of(fd);
+  if (s) memset(s, 0, sizeof *s);
+}
+
+/* ------------------------------------------------------------------------------------------------ real calls */
+
+static int (*real_socket)(int, int, int);
+static int (*real_connect)(int, const struct sockaddr *, socklen_t);
+static int (*real_listen)(int, int);
+static int (*real_accept)(int, struct sockaddr *, socklen_t *);
+static int (*real_accept4)(int, struct sockaddr *, socklen_t *, int);
+static int (*real_setsockopt)(int, int, int, const void *, socklen_t);
+static int (*real_close)(int);
+static int (*real_dup2)(int, int);
+static int (*real_dup3)(int, int, int);
+
+#define RESOLVE(name)                                                                                          \
+  do {                                                                                                         \
+    if (!real_##name) real_##name = (__typeof__(real_##name))dlsym(RTLD_NEXT, #name);                         \
+  } while (0)
+
+static void resolve_all(void) {
+  RESOLVE(socket);
+  RESOLVE(connect);
+  RESOLVE(listen);
+  RESOLVE(accept);
+  RESOLVE(accept4);
+  RESOLVE(setsockopt);
+  RESOLVE(close);
+  RESOLVE(dup2);
+  RESOLVE(dup3);
+}
+
+/* getsockopt is only called, never hooked: through the syscall so a program's own interposer cannot loop. */
+static int get_int(int fd, int level, int name, int *out) {
+  socklen_t len = sizeof *out;
+  return (int)syscall(SYS_getsockopt, fd, level, name, out, &len);
+}
+
+static int set_int(int fd, int level, int name, int v) {
+  return (int)syscall(SYS_setsockopt, fd, level, name, &v, (socklen_t)sizeof v);
+}
+
+/* ------------------------------------------------------------------------------------------------ text */
+
+/* A fixed buffer with append helpers: the shim's only string formatting (no stdio, no malloc). */
+struct buf {
+  char b[1024];
+  size_t n;
+};
+
+static void put(struct buf *o, const char *s) {
+  while (*s && o->n < sizeof o->b - 2) o->b[o->n++] = *s++;
+}
+
+static void put_u(struct buf *o, unsigned long long v) {
+  char t[24];
+  int i = 0;
+  do t[i++] = (char)('0' + v % 10); while ((v /= 10) && i < 23);
+  while (i && o->n < sizeof o->b - 2) o->b[o->n++] = t[--i];
+}
+
+static void put_i(struct buf *o, long long v) {
+  if (v < 0) {
+    put(o, "-");
+    put_u(o, (unsigned long long)(-(v + 1)) + 1);
+  } else {
+    put_u(o, (unsigned long long)v);
+  }
+}
+
+/* A JSON string of trusted characters only (process names are escaped crudely: quotes and controls dropped). */
+static void put_q(struct buf *o, const char *s) {
+  put(o, "\"");
+  for (; *s && o->n < sizeof o->b - 3; s++)
+    if ((unsigned char)*s >= 0x20 && *s != '"' && *s != '\\') o->b[o->n++] = *s;
+  put(o, "\"");
+}
+
+static void debug(const char *what, const char *detail) {
+  if (!cfg.debug) return;
+  struct buf o = {.n = 0};
+  put(&o, "libtcpka: ");
+  put(&o, what);
+  if (detail) {
+    put(&o, ": ");
+    put(&o, detail);
+  }
+  put(&o, "\n");
+  ssize_t r = write(2, o.b, o.n);
+  (void)r;
+}
+
+/* ------------------------------------------------------------------------------------------------ events */
+
+static pid_t ev_pid;
+static unsigned long ev_seq, ev_lost;
+
+/* Append one line to the event file. Never blocks: a FIFO without reader fails ENXIO (O_NONBLOCK), a regular
+ * file append does not wait. A failure is counted and reported in the next event that gets through. */
+static void emit(struct buf *o) {
+  if (!cfg.events[0]) return;
+  put(o, "}\n");
+  int fd = (int)syscall(SYS_openat, AT_FDCWD, cfg.events, O_WRONLY | O_APPEND | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+  if (fd < 0) {
+    __atomic_fetch_add(&ev_lost, 1, __ATOMIC_RELAXED);
+    return;
+  }
+  if (write(fd, o->b, o->n) != (ssize_t)o->n) __atomic_fetch_add(&ev_lost, 1, __ATOMIC_RELAXED);
+  syscall(SYS_close, fd);
+}
+
+/* Start an event line: kind, pid, per-process sequence number, events lost so far, process name. */
+static void ev_begin(struct buf *o, const char *kind) {
+  pid_t pid = (pid_t)syscall(SYS_getpid);
+  if (pid != ev_pid) { /* a fork()ed child numbers its own events from 0 */
+    ev_pid = pid;
+    ev_seq = 0;
+    ev_lost = 0;
+  }
+  char comm[17] = {0};
+  prctl(PR_GET_NAME, comm, 0, 0, 0);
+  o->n = 0;
+  put(o, "{\"ev\":\"");
+  put(o, kind);
+  put(o, "\",\"pid\":");
+  put_u(o, (unsigned long long)pid);
+  put(o, ",\"seq\":");
+  put_u(o, __atomic_fetch_add(&ev_seq, 1, __ATOMIC_RELAXED));
+  put(o, ",\"lost\":");
+  put_u(o, __atomic_load_n(&ev_lost, __ATOMIC_RELAXED));
+  put(o, ",\"comm\":");
+  put_q(o, comm);
+}
+
+static void put_addr(struct buf *o, const char *key, const struct sockaddr_storage *ss) {
+  char text[INET6_ADDRSTRLEN] = "";
+  unsigned port = 0;
+  if (ss->ss_family == AF_INET) {
+    const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+    inet_ntop(AF_INET, &a->sin_addr, text, sizeof text);
+    port = ntohs(a->sin_port);
+  } else if (ss->ss_family == AF_INET6) {
+    const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+    inet_ntop(AF_INET6, &a->sin6_addr, text, sizeof text);
+    port = ntohs(a->sin6_port);
+  }
+  put(o, ",\"");
+  put(o, key);
+  put(o, "\":");
+  put_q(o, text);
+  put(o, ",\"");
+  put(o, key);
+  put(o, "_port\":");
+  put_u(o, port);
+}
+
+static void put_opts(struct buf *o, const char *key, unsigned mask, const int *v) {
+  put(o, ",\"");
+  put(o, key);
+  put(o, "\":{");
+  int first = 1;
+  for (int i = 0; i < O_COUNT; i++) {
+    if (!(mask & SET(i))) continue;
+    if (!first) put(o, ",");
+    first = 0;
+    put(o, "\"");
+    put(o, opt_json[i]);
+    put(o, "\":");
+    put_i(o, v[i]);
+  }
+  put(o, "}");
+}
+
+/* One event about a socket: addresses, what the program set, what tcpka set, and the outcome of the call. */
+static void ev_socket(const char *kind, int fd, const struct slot *s, int matched, int ret, int err,
+                      const struct sockaddr_storage *target) {
+  if (!cfg.events[0]) return;
+  struct buf o;
+  ev_begin(&o, kind);
+  put(&o, ",\"fd\":");
+  put_i(&o, fd);
+  unsigned long long cookie = 0;
+  socklen_t len = sizeof cookie;
+  if (syscall(SYS_getsockopt, fd, SOL_SOCKET, SO_COOKIE, &cookie, &len) == 0) {
+    put(&o, ",\"cookie\":");
+    put_u(&o, cookie);
+  }
+  struct sockaddr_storage ss;
+  socklen_t sl = sizeof ss;
+  memset(&ss, 0, sizeof ss);
+  if (syscall(SYS_getsockname, fd, &ss, &sl) == 0) put_addr(&o, "local", &ss);
+  sl = sizeof ss;
+  memset(&ss, 0, sizeof ss);
+  if (syscall(SYS_getpeername, fd, &ss, &sl) == 0) put_addr(&o, "peer", &ss);
+  else if (target) put_addr(&o, "peer", target); /* a connect still in progress, or one that failed */
+  put(&o, ",\"matched\":");
+  put(&o, matched ? "true" : "false");
+  put(&o, ",\"ret\":");
+  put_i(&o, ret);
+  if (ret < 0) {
+    put(&o, ",\"errno\":");
+    put_i(&o, err);
+  }
+  /* What the socket really has now, read back: the verdict rests on this, not on what was asked. */
+  int now[O_COUNT];
+  unsigned have = 0;
+  for (int i = 0; i < O_COUNT; i++)
+    if (get_int(fd, opt_level[i], opt_name[i], &now[i]) == 0) have |= SET(i);
+  put_opts(&o, "program", s ? s->progset : 0, s ? s->prog : now);
+  put_opts(&o, "tcpka", s ? s->applied : 0, s ? s->value : now);
+  put_opts(&o, "effective", have, now);
+  emit(&o);
+}
+
+/* ------------------------------------------------------------------------------------------------ policy */
+
+static unsigned local_port(int fd) {
+  struct sockaddr_storage me;
+  socklen_t ml = sizeof me;
+  memset(&me, 0, sizeof me);
+  if (syscall(SYS_getsockname, fd, &me, &ml) != 0) return 0;
+  if (me.ss_family == AF_INET) return ntohs(((struct sockaddr_in *)&me)->sin_port);
+  if (me.ss_family == AF_INET6) return ntohs(((struct sockaddr_in6 *)&me)->sin6_port);
+  return 0;
+}
+
+static int rule_matches(const struct rule *r, const struct sockaddr_storage *peer, unsigned svcport) {
+  if (r->port && r->port != svcport) return 0;
+  if (!r->family) return 1;
+  const uint8_t *a;
+  int fam;
+  if (peer->ss_family == AF_INET) {
+    a = (const uint8_t *)&((const struct sockaddr_in *)peer)->sin_addr;
+    fam = 4;
+  } else if (peer->ss_family == AF_INET6) {
+    a = ((const struct sockaddr_in6 *)peer)->sin6_addr.s6_addr;
+    fam = 6;
+    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    if (memcmp(a, mapped, 12) == 0) { /* an IPv4-mapped peer is the IPv4 peer */
+      a += 12;
+      fam = 4;
+    }
+  } else {
+    return 0;
+  }
+  if (fam != r->family) return 0;
+  int bits = r->prefix;
+  for (int i = 0; bits > 0; i++, bits -= 8) {
+    uint8_t m = bits >= 8 ? 0xff : (uint8_t)(0xff << (8 - bits));
+    if ((a[i] & m) != (r->addr[i] & m)) return 0;
+  }
+  return 1;
+}
+
+/* Does the connection with this peer and service port get keepalive? peer NULL: not known yet (a listener). */
+static int wanted(const struct sockaddr_storage *peer, unsigned svcport) {
+  struct sockaddr_storage none;
+  if (!peer) {
+    memset(&none, 0, sizeof none);
+    peer = &none;
+  }
+  if (cfg.n_only) {
+    int any = 0;
+    for (int i = 0; i < cfg.n_only && !any; i++) any = rule_matches(&cfg.only[i], peer, svcport);
+    if (!any) return 0;
+  }
+  for (int i = 0; i < cfg.n_except; i++)
+    if (rule_matches(&cfg.except[i], peer, svcport)) return 0;
+  return 1;
+}
+
+/* Is `fd` a TCP socket over IPv4/IPv6? From the slot when known, otherwise asked of the kernel (a socket
+ * inherited across exec, passed over a Unix socket or made by dup). */
+static int is_tcp(int fd, struct slot *s) {
+  if (s && s->typed) return s->tcp;
+  int dom, type, proto;
+  if (get_int(fd, SOL_SOCKET, SO_DOMAIN, &dom) || get_int(fd, SOL_SOCKET, SO_TYPE, &type) ||
+      get_int(fd, SOL_SOCKET, SO_PROTOCOL, &proto))
+    return 0;
+  int tcp = (dom == AF_INET || dom == AF_INET6) && type == SOCK_STREAM && proto == IPPROTO_TCP;
+  if (s) {
+    memset(s, 0, sizeof *s);
+    s->typed = 1;
+    s->tcp = (uint8_t)tcp;
+  }
+  return tcp;
+}
+
+/* The value option `o` has now when the program did not set it: from the slot, or from the kernel. */
+static int current(int fd, const struct slot *s, int o) {
+  if (s && (s->progset & SET(o))) return s->prog[o];
+  if (s && s->seen) return cfg.sysdef[o];
+  int v;
+  return get_int(fd, opt_level[o], opt_name[o], &v) == 0 ? v : cfg.sysdef[o];
+}
+
+/* Is `have` at least as strong as `want`? Smaller times and counts are stronger; keepalive on beats off; a user
+ * timeout of 0 means none, the weakest. */
+static int strong_enough(int o, int have, int want) {
+  if (o == O_KEEPALIVE) return have != 0;
+  if (o == O_UT && have == 0) return 0;
+  return have <= want;
+}
+
+/* Apply the requested settings to `fd` under the mode's rule; records what was set in the slot. */
+static void enforce(int fd, struct slot *s, unsigned only_mask) {
+  for (int o = 0; o < O_COUNT; o++) {
+    if (cfg.want[o] < 0 || !(only_mask & SET(o))) continue;
+    if (cfg.mode == MODE_STRENGTHEN && strong_enough(o, current(fd, s, o), cfg.want[o])) continue;
+    if (set_int(fd, opt_level[o], opt_name[o], cfg.want[o]) != 0) {
+      debug("setsockopt failed", opt_json[o]);
+      continue;
+    }
+    if (s) {
+      s->applied |= (uint8_t)SET(o);
+      s->value[o] = cfg.want[o];
+    }
+  }
+}
+
+static int changes(void) { return cfg.mode == MODE_STRENGTHEN || cfg.mode == MODE_FORCE; }
+
+/* ------------------------------------------------------------------------------------------------ hooks */
+
+/* The library is built with hidden visibility: only these functions are exported, to interpose libc's. */
+#define HOOK __attribute__((visibility("default")))
+
+HOOK int socket(int domain, int type, int protocol) {
+  RESOLVE(socket);
+  int fd = real_socket(domain, type, protocol);
+  if (fd < 0 || cfg.mode == MODE_OFF) return fd;
+  int saved = errno;
+  struct slot *s = slot_of(fd);
+  if (s) {
+    memset(s, 0, sizeof *s);
+    s->typed = s->seen = 1;
+    /* SOCK_NONBLOCK and SOCK_CLOEXEC are or-ed into type: compare the type bits only. */
+    s->tcp = (domain == AF_INET || domain == AF_INET6) && (type & 0xf) == SOCK_STREAM &&
+             (protocol == 0 || protocol == IPPROTO_TCP);
+  }
+  errno = saved;
+  return fd;
+}
+
+HOOK int connect(int fd, const struct sockaddr *addr, socklen_t len) {
+  RESOLVE(connect);
+  if (cfg.mode == MODE_OFF || !addr || len < sizeof(sa_family_t) ||
+      (addr->sa_family != AF_INET && addr->sa_family != AF_INET6))
+    return real_connect(fd, addr, len);
+  int saved = errno;
+  struct slot *s = slot_of(fd);
+  int matched = 0;
+  struct sockaddr_storage peer;
+  memset(&peer, 0, sizeof peer);
+  if (is_tcp(fd, s)) {
+    memcpy(&peer, addr, len < sizeof peer ? len : sizeof peer);
+    unsigned port = ntohs(addr->sa_family == AF_INET ? ((const struct sockaddr_in *)addr)->sin_port
+                                                     : ((const struct sockaddr_in6 *)addr)->sin6_port);
+    matched = wanted(&peer, port);
+    /* Before the real connect: the settings are in place when the connection is established (also for a
+     * non-blocking connect), and the connect call itself is untouched. */
+    if (matched && changes()) enforce(fd, s, ~0u);
+    if (matched && s) s->managed = 1;
+  } else {
+    errno = saved;
+    return real_connect(fd, addr, len);
+  }
+  errno = saved;
+  int ret = real_connect(fd, addr, len);
+  int err = errno;
+  ev_socket("connect", fd, s, matched, ret, err, &peer);
+  errno = err;
+  return ret;
+}
+
+HOOK int listen(int fd, int backlog) {
+  RESOLVE(listen);
+  if (cfg.mode == MODE_OFF) return real_listen(fd, backlog);
+  int saved = errno;
+  struct slot *s = slot_of(fd);
+  int tcp = is_tcp(fd, s), matched = 0;
+  if (tcp) {
+    unsigned port = local_port(fd);
+    if (s) s->svcport = (uint16_t)port;
+    /* Accepted sockets inherit the listener's options: set them here when no rule depends on the peer. */
+    if (!cfg.addr_rules && wanted(NULL, port)) {
+      matched = 1;
+      if (changes()) enforce(fd, s, ~0u);
+      if (s) s->managed = s->inherits = 1;
+    }
+  }
+  errno = saved;
+  int ret = real_listen(fd, backlog);
+  int err = errno;
+  if (tcp) ev_socket("listen", fd, s, matched, ret, err, NULL);
+  errno = err;
+  return ret;
+}
+
+/* After accept: a listener tcpka set up passes its settings on by itself; otherwise (a listener inherited from
+ * a parent or socket activation, or one whose rules depend on the peer) decide and apply per connection. */
+static void accepted(int lfd, int fd) {
+  struct slot *ls = slot_of(lfd), *s = slot_of(fd);
+  if (!is_tcp(lfd, ls)) return;
+  if (s) {
+    memset(s, 0, sizeof *s);
+    s->typed = s->tcp = 1;
+    if (ls && ls->seen) { /* inherited: what the program and tcpka set on the listener */
+      s->seen = 1;
+      s->progset = ls->progset;
+      s->applied = ls->applied;
+      memcpy(s->prog, ls->prog, sizeof s->prog);
+      memcpy(s->value, ls->value, sizeof s->value);
+    }
+  }
+  int matched = 1;
+  if (!ls || !ls->inherits) {
+    struct sockaddr_storage peer;
+    socklen_t pl = sizeof peer;
+    memset(&peer, 0, sizeof peer);
+    syscall(SYS_getpeername, fd, &peer, &pl);
+    unsigned port = ls && ls->svcport ? ls->svcport : local_port(fd);
+    matched = wanted(&peer, port);
+    if (matched && changes()) enforce(fd, s, ~0u);
+  }
+  if (s) s->managed = (uint8_t)matched;
+  ev_socket("accept", fd, s, matched, fd, 0, NULL);
+}
+
+HOOK int accept(int lfd, struct sockaddr *addr, socklen_t *len) {
+  RESOLVE(accept);
+  int fd = real_accept(lfd, addr, len);
+  if (fd < 0 || cfg.mode == MODE_OFF) return fd;
+  int saved = errno;
+  accepted(lfd, fd);
+  errno = saved;
+  return fd;
+}
+
+HOOK int accept4(int lfd, struct sockaddr *addr, socklen_t *len, int flags) {
+  RESOLVE(accept4);
+  int fd = real_accept4(lfd, addr, len, flags);
+  if (fd < 0 || cfg.mode == MODE_OFF) return fd;
+  int saved = errno;
+  accepted(lfd, fd);
+  errno = saved;
+  return fd;
+}
+
+static int which_opt(int level, int name) {
+  for (int o = 0; o < O_COUNT; o++)
+    if (opt_level[o] == level && opt_name[o] == name) return o;
+  return -1;
+}
+
+HOOK int setsockopt(int fd, int level, int name, const void *val, socklen_t len) {
+  RESOLVE(setsockopt);
+  int ret = real_setsockopt(fd, level, name, val, len);
+  if (cfg.mode == MODE_OFF) return ret;
+  int o = which_opt(level, name);
+  if (o < 0 || ret != 0 || !val || len < sizeof(int)) return ret;
+  int err = errno;
+  struct slot *s = slot_of(fd);
+  if (s && s->typed && s->tcp) {
+    int v;
+    memcpy(&v, val, sizeof v);
+    s->progset |= (uint8_t)SET(o);
+    s->prog[o] = v;
+    s->applied &= (uint8_t)~SET(o);
+    /* A managed socket keeps the rule: a looser value set after connect() is lowered again. */
+    if (s->managed) {
+      if (changes()) enforce(fd, s, SET(o));
+      ev_socket("setsockopt", fd, s, 1, 0, 0, NULL);
+    }
+  }
+  errno = err;
+  return ret;
+}
+
+HOOK int close(int fd) {
+  RESOLVE(close);
+  slot_reset(fd);
+  return real_close(fd);
+}
+
+HOOK int dup2(int oldfd, int newfd) {
+  RESOLVE(dup2);
+  int ret = real_dup2(oldfd, newfd);
+  if (ret >= 0 && oldfd != newfd) {
+    int saved = errno;
+    struct slot *from = slot_of(oldfd), *to = slot_of(newfd);
+    if (to) {
+      if (from) *to = *from;
+      else memset(to, 0, sizeof *to);
+    }
+    errno = saved;
+  }
+  return ret;
+}
+
+HOOK int dup3(int oldfd, int newfd, int flags) {
+  RESOLVE(dup3);
+  int ret = real_dup3(oldfd, newfd, flags);
+  if (ret >= 0) {
+    int saved = errno;
+    struct slot *from = slot_of(oldfd), *to = slot_of(newfd);
+    if (to) {
+      if (from) *to = *from;
+      else memset(to, 0, sizeof *to);
+    }
+    errno = saved;
+  }
+  return ret;
+}
+
+/* ------------------------------------------------------------------------------------------------ setup */
+
+/* Parse a whole decimal number within [lo, hi]; 0 on success. */
+static int parse_num(const char *s, long lo, long hi, int *out) {
+  if (!s || !*s) return -1;
+  long v = 0;
+  for (; *s; s++) {
+    if (*s < '0' || *s > '9') return -1;
+    v = v * 10 + (*s - '0');
+    if (v > hi) return -1;
+  }
+  if (v < lo) return -1;
+  *out = (int)v;
+  return 0;
+}
+
+/* One filter entry: "198.18.0.0/15", "198.18.0.1:80", "[2001:db8::/32]:443", "2001:db8::1", ":5432". */
+static int parse_rule(const char *s, size_t n, struct rule *r) {
+  char t[80];
+  if (n == 0 || n >= sizeof t) return -1;
+  memcpy(t, s, n);
+  t[n] = 0;
+  memset(r, 0, sizeof *r);
+  char *addr = t, *port = NULL;
+  if (t[0] == '[') {
+    char *end = strchr(t, ']');
+    if (!end) return -1;
+    *end = 0;
+    addr = t + 1;
+    if (end[1] == ':') port = end + 2;
+    else if (end[1]) return -1;
+  } else if (t[0] == ':') {
+    addr = NULL;
+    port = t + 1;
+  } else {
+    char *c = strchr(t, ':');
+    if (c && !strchr(c + 1, ':')) { /* one colon: IPv4 with a port */
+      *c = 0;
+      port = c + 1;
+    }
+  }
+  if (port) {
+    int p;
+    if (parse_num(port, 1, 65535, &p)) return -1;
+    r->port = (uint16_t)p;
+  }
+  if (!addr) return 0;
+  char *slash = strchr(addr, '/');
+  int prefix = -1;
+  if (slash) {
+    *slash = 0;
+    if (parse_num(slash + 1, 0, 128, &prefix)) return -1;
+  }
+  if (inet_pton(AF_INET, addr, r->addr) == 1) {
+    r->family = 4;
+    if (prefix > 32) return -1;
+    r->prefix = (uint8_t)(prefix < 0 ? 32 : prefix);
+  } else if (inet_pton(AF_INET6, addr, r->addr) == 1) {
+    r->family = 6;
+    r->prefix = (uint8_t)(prefix < 0 ? 128 : prefix);
+  } else {
+    return -1;
+  }
+  return 0;
+}
+
+static int parse_rules(const char *s, struct rule *rules, int *count) {
+  *count = 0;
+  if (!s) return 0;
+  while (*s) {
+    const char *comma = strchr(s, ',');
+    size_t n = comma ? (size_t)(comma - s) : strlen(s);
+    if (n) {
+      if (*count >= MAX_RULES || parse_rule(s, n, &rules[*count])) return -1;
+      if (rules[*count].family) cfg.addr_rules = 1;
+      (*count)++;
+    }
+    s += n + (comma ? 1 : 0);
+  }
+  return 0;
+}
+
+static int read_sysctl(const char *path, int fallback) {
+  char t[32];
+  int fd = (int)syscall(SYS_openat, AT_FDCWD, path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return fallback;
+  ssize_t n = read(fd, t, sizeof t - 1);
+  syscall(SYS_close, fd);
+  if (n <= 0) return fallback;
+  t[n] = 0;
+  int v = 0, i = 0;
+  for (; t[i] >= '0' && t[i] <= '9'; i++) v = v * 10 + (t[i] - '0');
+  return i ? v : fallback;
+}
+
+static void disable(const char *why, const char *value) {
+  cfg.mode = MODE_OFF;
+  cfg.debug = 1; /* invalid configuration is always reported */
+  debug(why, value);
+  if (cfg.events[0]) { /* tell tcpka too, when it is listening */
+    struct buf o;
+    ev_begin(&o, "error");
+    put(&o, ",\"message\":");
+    put_q(&o, why);
+    put(&o, ",\"value\":");
+    put_q(&o, value ? value : "");
+    emit(&o);
+  }
+}
+
+__attribute__((constructor)) static void tcpka_init(void) {
+  int saved = errno;
+  resolve_all();
+  memset(&cfg, 0, sizeof cfg);
+  cfg.mode = MODE_STRENGTHEN;
+  const char *dbg = getenv("TCPKA_DEBUG");
+  cfg.debug = dbg && *dbg && strcmp(dbg, "0") != 0;
+  const char *ev = getenv("TCPKA_EVENTS");
+  if (ev && *ev) {
+    size_t n = strlen(ev);
+    if (n < sizeof cfg.events) memcpy(cfg.events, ev, n + 1);
+  }
+
+  const char *mode = getenv("TCPKA_MODE");
+  if (!mode || !*mode || !strcmp(mode, "strengthen")) cfg.mode = MODE_STRENGTHEN;
+  else if (!strcmp(mode, "force")) cfg.mode = MODE_FORCE;
+  else if (!strcmp(mode, "observe")) cfg.mode = MODE_OBSERVE;
+  else return disable("invalid TCPKA_MODE (strengthen, force or observe); keepalive shim disabled", mode);
+
+  static const char *const env[O_COUNT] = {NULL, "TCPKA_IDLE", "TCPKA_INTVL", "TCPKA_CNT", "TCPKA_USER_TIMEOUT"};
+  static const long lo[O_COUNT] = {1, 1, 1, 1, 0};
+  static const long hi[O_COUNT] = {1, 32767, 32767, 127, INT_MAX};
+  cfg.want[O_KEEPALIVE] = cfg.mode == MODE_OBSERVE ? -1 : 1;
+  for (int o = 1; o < O_COUNT; o++) {
+    cfg.want[o] = -1;
+    const char *v = getenv(env[o]);
+    if (!v || !*v) continue;
+    if (parse_num(v, lo[o], hi[o], &cfg.want[o])) {
+      errno = saved;
+      return disable("invalid value; keepalive shim disabled", env[o]);
+    }
+    if (cfg.mode == MODE_OBSERVE) cfg.want[o] = -1;
+  }
+  if (parse_rules(getenv("TCPKA_ONLY"), cfg.only, &cfg.n_only) ||
+      parse_rules(getenv("TCPKA_EXCEPT"), cfg.except, &cfg.n_except)) {
+    errno = saved;
+    return disable("invalid TCPKA_ONLY/TCPKA_EXCEPT filter; keepalive shim disabled", NULL);
+  }
+
+  /* What an option the program never set is worth: the namespace's sysctl (SO_KEEPALIVE: off; no user
+   * timeout). Read once; tcp_keepalive_time and friends are per network namespace. */
+  cfg.sysdef[O_KEEPALIVE] = 0;
+  cfg.sysdef[O_IDLE] = read_sysctl("/proc/sys/net/ipv4/tcp_keepalive_time", 7200);
+  cfg.sysdef[O_INTVL] = read_sysctl("/proc/sys/net/ipv4/tcp_keepalive_intvl", 75);
+  cfg.sysdef[O_CNT] = read_sysctl("/proc/sys/net/ipv4/tcp_keepalive_probes", 9);
+  cfg.sysdef[O_UT] = 0;
+  if (cfg.events[0]) { /* tell tcpka that this process runs with the shim */
+    struct buf o;
+    ev_begin(&o, "start");
+    emit(&o);
+  }
+  errno = saved;
+}
+
+/* On a normal exit: the last word, so that tcpka learns of events lost after the last one that got through. */
+__attribute__((destructor)) static void tcpka_fini(void) {
+  if (cfg.mode == MODE_OFF || !cfg.events[0]) return;
+  int saved = errno;
+  struct buf o;
+  ev_begin(&o, "exit");
+  emit(&o);
+  errno = saved;
+}

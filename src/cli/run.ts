@@ -1,0 +1,126 @@
+/**
+ * `tcpka run [settings] [--only …] [--except …] [--force] -- CMD ARGS…`: run a program with keepalive forced on
+ * through the preload shim. Everything is validated before the program starts.
+ */
+
+import { preloadBlocker, resolveCommand, shimEnvironment } from "../enforce/preload.js";
+import { TcpkaError, usage } from "../errors.js";
+import { type EndpointRule, parseEndpointRule } from "../filter.js";
+import { deadPeerAfter, formatSeconds, type KeepAliveSettings } from "../settings.js";
+import {
+  bool,
+  type Options,
+  parse,
+  SETTINGS_HELP,
+  SETTINGS_OPTIONS,
+  settingsFrom,
+  splitCommand,
+  strs,
+} from "./args.js";
+import { passThrough, runChild } from "./child.js";
+import type { Out } from "./format.js";
+
+export const RUN_HELP = `Usage: tcpka run [settings] [--only RULE]… [--except RULE]… [--force] [--] CMD [ARGS…]
+
+Run CMD with TCP keepalive on for its connections, without changing it: the preload library libtcpka.so
+turns keepalive on when a socket connects, when it listens (accepted connections inherit it) and when a
+connection is accepted from a listener it did not see. Child processes inherit it. Exit code and signals of
+CMD pass through.
+
+${SETTINGS_HELP}
+
+Which connections (default: all TCP over IPv4 and IPv6):
+      --only RULE       only connections that match: CIDR, CIDR:PORT, [IPv6CIDR]:PORT or :PORT; the address is
+                        the peer's, the port the service's (the peer port of an outgoing connection, the local
+                        port of an accepted one). Give it several times for several rules.
+      --except RULE     leave these alone (same forms); wins over --only
+      --debug           the library reports its own errors on stderr
+
+LD_PRELOAD cannot reach statically linked programs (most Go binaries) or set-user-ID programs; tcpka says so
+and does not start them. Sockets made by raw syscalls or io_uring bypass the library too.
+
+Examples:
+  tcpka run -- psql -h db.internal
+  tcpka run --idle 2m --interval 20s --count 3 -- java -jar app.jar
+  tcpka run --only :5432 --only 198.18.0.0/15 -- ./worker
+`;
+
+const OPTIONS: Options = {
+  ...SETTINGS_OPTIONS,
+  only: { type: "string", multiple: true },
+  except: { type: "string", multiple: true },
+  debug: { type: "boolean" },
+};
+
+export interface PreloadPlan {
+  file: string;
+  args: string[];
+  argv0: string;
+  settings: KeepAliveSettings;
+  only: EndpointRule[];
+  except: EndpointRule[];
+}
+
+/** Parse and check a run-like command line (shared with trace): settings, rules, and a runnable CMD. */
+export function planPreload(
+  command: string,
+  argv: readonly string[],
+  options: Options,
+): PreloadPlan & { values: ReturnType<typeof parse>["values"] } {
+  const split = splitCommand(argv, options);
+  const { values } = parse(command, split.own, options);
+  const plan = {
+    values,
+    settings: settingsFrom(values),
+    only: strs(values, "only").map((r) => parseEndpointRule("--only", r)),
+    except: strs(values, "except").map((r) => parseEndpointRule("--except", r)),
+    file: "",
+    args: split.command.slice(1),
+    argv0: split.command[0] ?? "",
+  };
+  if (bool(values, "help")) return plan;
+  if (!plan.argv0) throw usage(`${command}: no command given`, `e.g. tcpka ${command} -- curl http://127.0.0.1:8080/`);
+  plan.file = resolveCommand(plan.argv0);
+  return plan;
+}
+
+/** The one-line refusal for a program that LD_PRELOAD cannot reach. */
+export function blockedError(plan: PreloadPlan, why: string): TcpkaError {
+  return new TcpkaError("unsupported", `${plan.file} is ${why}: LD_PRELOAD cannot reach it`, {
+    hint:
+      why === "statically linked"
+        ? "the dynamic loader does not run for it; turn keepalive on for its live connections with tcpka enable --pid (coming) or for its cgroup with tcpka enforce (coming)"
+        : "the loader ignores LD_PRELOAD when exec changes credentials; run it as its owner, or use tcpka enable --pid (coming)",
+  });
+}
+
+export async function runRun(argv: readonly string[], out: Out): Promise<number> {
+  const plan = planPreload("run", argv, OPTIONS);
+  if (bool(plan.values, "help")) {
+    out.write(RUN_HELP);
+    return 0;
+  }
+  const why = preloadBlocker(plan.file);
+  if (why) throw blockedError(plan, why);
+  const env = shimEnvironment({
+    mode: bool(plan.values, "force") ? "force" : "strengthen",
+    settings: plan.settings,
+    only: plan.only,
+    except: plan.except,
+    debug: bool(plan.values, "debug"),
+  });
+  out.end();
+  return passThrough(await runChild(plan.file, plan.argv0, plan.args, env));
+}
+
+/** "60s / 10s / 6, a dead peer is noticed within 2m" */
+export function settingsSentence(s: KeepAliveSettings): string {
+  const d = deadPeerAfter({
+    keepalive: true,
+    idle: s.idle ?? 7200,
+    interval: s.interval ?? 75,
+    count: s.count ?? 9,
+    userTimeout: s.userTimeout ?? 0,
+  });
+  return `${s.idle}s / ${s.interval}s / ${s.count}${s.userTimeout ? `, user timeout ${s.userTimeout}ms` : ""}: a dead peer is noticed within ${formatSeconds(d ?? 0)}`;
+}

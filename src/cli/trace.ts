@@ -1,0 +1,192 @@
+/**
+ * `tcpka trace [--json] [-o FILE] [settings] -- CMD ARGS…`: run CMD with the shim watching and report, socket
+ * by socket, whether the program turned keepalive on itself and with what values — what people otherwise read
+ * out of `strace -f -e trace=network`. With settings, tcpka also applies them (as `tcpka run` would) and
+ * reports what it changed.
+ */
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { preloadBlocker, shimEnvironment } from "../enforce/preload.js";
+import { type OptionValues, readEvents, type TracedSocket, type TraceResult } from "../inspect/events.js";
+import { describeSettings, formatSeconds } from "../settings.js";
+import { errnoName } from "../sys/libc.js";
+import { bool, type Options, SETTINGS_HELP, SETTINGS_OPTIONS, str } from "./args.js";
+import { passThrough, runChild } from "./child.js";
+import { hostPort, Out, paint, plural } from "./format.js";
+import { blockedError, planPreload } from "./run.js";
+
+export const TRACE_HELP = `Usage: tcpka trace [--json] [-o FILE] [settings] [--] CMD [ARGS…]
+
+Run CMD (and its children) and report every TCP socket it made: process, addresses, what the program set
+itself (SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT, TCP_USER_TIMEOUT), what the socket really has,
+and a verdict in plain words. CMD's own output is untouched; the report goes to stderr (like strace) or FILE.
+The exit code of CMD passes through.
+
+Options:
+      --json        the report as JSON
+  -o, --output FILE write the report to FILE
+      --apply       also turn keepalive on (as tcpka run does) and report what tcpka changed; the settings
+                    flags below imply it
+
+${SETTINGS_HELP.replace("Settings (defaults", "Settings, with --apply (defaults")}
+
+Examples:
+  tcpka trace -- curl -s http://127.0.0.1:8080/
+  tcpka trace --json -o report.json -- python3 client.py
+  tcpka trace --idle 30s -- psql -h 127.0.0.1 -c 'select 1'
+`;
+
+const OPTIONS: Options = {
+  ...SETTINGS_OPTIONS,
+  json: { type: "boolean" },
+  output: { type: "string", short: "o" },
+  apply: { type: "boolean" },
+  only: { type: "string", multiple: true },
+  except: { type: "string", multiple: true },
+};
+
+const OPT_NAMES: [keyof OptionValues, string][] = [
+  ["keepalive", "SO_KEEPALIVE"],
+  ["idle", "TCP_KEEPIDLE"],
+  ["interval", "TCP_KEEPINTVL"],
+  ["count", "TCP_KEEPCNT"],
+  ["user_timeout_ms", "TCP_USER_TIMEOUT"],
+];
+
+export async function runTrace(argv: readonly string[], out: Out): Promise<number> {
+  const plan = planPreload("trace", argv, OPTIONS);
+  const v = plan.values;
+  if (bool(v, "help")) {
+    out.write(TRACE_HELP);
+    return 0;
+  }
+  const why = preloadBlocker(plan.file);
+  if (why) throw blockedError(plan, why);
+  const apply =
+    bool(v, "apply") || ["idle", "interval", "count", "user-timeout", "force"].some((k) => v[k] !== undefined);
+
+  const dir = mkdtempSync(join(tmpdir(), "tcpka-trace-"));
+  const events = join(dir, "events.jsonl");
+  let result: TraceResult;
+  let code: number;
+  try {
+    // The program may drop privileges: let any user append to the file (the directory stays private to list).
+    writeFileSync(events, "");
+    chmodSync(dir, 0o711);
+    chmodSync(events, 0o666);
+    const env = shimEnvironment({
+      mode: apply ? (bool(v, "force") ? "force" : "strengthen") : "observe",
+      settings: apply ? plan.settings : {},
+      only: plan.only,
+      except: plan.except,
+      events,
+    });
+    out.end();
+    const child = await runChild(plan.file, plan.argv0, plan.args, env);
+    result = readEvents(events);
+    code = passThrough(child);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+
+  const file = str(v, "output");
+  const report = new Out(file ? -1 : 2);
+  const text = bool(v, "json")
+    ? `${JSON.stringify(traceJson(result, [plan.argv0, ...plan.args]), null, 2)}\n`
+    : traceText(result, [plan.argv0, ...plan.args], apply, report);
+  if (file) writeFileSync(file, text);
+  else {
+    report.write(text);
+    report.end();
+  }
+  return code;
+}
+
+function optionsText(o: OptionValues): string {
+  const parts = OPT_NAMES.filter(([k]) => o[k] !== undefined).map(([k, n]) => `${n}=${o[k]}`);
+  return parts.length ? parts.join(" ") : "nothing";
+}
+
+function verdict(s: TracedSocket, out: Out): string {
+  const e = s.effective;
+  if (!e) return "unknown: the socket could not be read back";
+  if (s.kind === "listen") {
+    return e.keepalive
+      ? `accepted connections inherit keepalive on (${describeSettings(e)})`
+      : `accepted connections inherit keepalive ${paint(out, "red", "OFF")}`;
+  }
+  if (!e.keepalive) {
+    return `keepalive ${paint(out, "red", "OFF")}: a vanished peer is never noticed; idle connections die behind stateful firewalls and NAT`;
+  }
+  const how = e.userTimeout
+    ? `user timeout ${e.userTimeout}ms with probes every ${e.interval}s after ${e.idle}s`
+    : describeSettings(e);
+  return `keepalive on: a dead peer is noticed after ${formatSeconds(s.deadPeerAfter ?? 0)} (${how})`;
+}
+
+function shellQuote(words: readonly string[]): string {
+  return words.map((w) => (/^[\w@%+=:,./-]+$/.test(w) ? w : `'${w.replace(/'/g, "'\\''")}'`)).join(" ");
+}
+
+export function traceText(r: TraceResult, command: readonly string[], applied: boolean, out: Out): string {
+  let t = "";
+  for (const s of r.sockets) {
+    const head = `${s.comm}[${s.pid}] fd ${s.fd}  `;
+    const local = hostPort(s.local, s.localPort);
+    const peer = hostPort(s.peer, s.peerPort);
+    if (s.kind === "listen") t += `${head}listening on ${local}\n`;
+    else if (s.kind === "accept") t += `${head}${local} <- ${peer} (accepted)\n`;
+    else t += `${head}${local} -> ${peer}\n`;
+    if (s.errno !== undefined) {
+      t += `  ${s.kind} failed: ${errnoName(s.errno)}\n`;
+      continue;
+    }
+    t += `  program set  ${optionsText(s.program)}\n`;
+    if (applied) t += `  tcpka set    ${s.matched ? optionsText(s.tcpka) : "nothing (filtered out)"}\n`;
+    t += `  verdict      ${verdict(s, out)}\n`;
+    if (s.effective && !s.effective.keepalive && s.kind !== "accept") {
+      t += `  fix          tcpka run --idle 60s -- ${shellQuote(command)}\n`;
+    }
+  }
+  const used = r.sockets.filter((s) => s.errno === undefined && s.kind !== "listen");
+  const on = used.filter((s) => s.effective?.keepalive).length;
+  if (r.processes.length === 0) {
+    t += "no process ran with the tcpka library: the program may clear LD_PRELOAD, or exited before it loaded\n";
+  } else {
+    t += `${plural(used.length, "TCP connection")} in ${plural(r.processes.length, "process", "processes")}: ${on} with keepalive, ${used.length - on} without\n`;
+  }
+  for (const e of r.errors) t += `error: ${e}\n`;
+  if (r.lost)
+    t += `warning: ${plural(r.lost, "event")} lost (the event file could not be written): this report may be incomplete\n`;
+  return t;
+}
+
+export function traceJson(r: TraceResult, command: readonly string[]): Record<string, unknown> {
+  return {
+    command,
+    processes: r.processes,
+    sockets: r.sockets.map((s) => ({
+      pid: s.pid,
+      comm: s.comm,
+      fd: s.fd,
+      kind: s.kind,
+      local_address: s.local,
+      local_port: s.localPort,
+      peer_address: s.peer,
+      peer_port: s.peerPort,
+      ...(s.errno !== undefined ? { error: errnoName(s.errno) } : {}),
+      matched: s.matched,
+      program: s.program,
+      tcpka: s.tcpka,
+      keepalive: s.effective ? s.effective.keepalive : null,
+      idle_s: s.effective?.idle ?? null,
+      interval_s: s.effective?.interval ?? null,
+      count: s.effective?.count ?? null,
+      user_timeout_ms: s.effective?.userTimeout ?? null,
+      dead_peer_after_s: s.deadPeerAfter,
+    })),
+    events_lost: r.lost,
+    errors: r.errors,
+  };
+}

@@ -1,0 +1,151 @@
+/**
+ * The events that the preload shim appends to its event file (one JSON line each, see native/preload.c),
+ * folded into one record per socket: what the program set, what tcpka set, what the socket really has, and
+ * how many events were lost on the way.
+ */
+import { readFileSync } from "node:fs";
+import { deadPeerAfter, type EffectiveKeepAlive } from "../settings.js";
+
+/** Options as the shim names them in events. */
+export interface OptionValues {
+  keepalive?: number;
+  idle?: number;
+  interval?: number;
+  count?: number;
+  user_timeout_ms?: number;
+}
+
+export interface ShimEvent {
+  ev: "start" | "exit" | "connect" | "listen" | "accept" | "setsockopt" | "error";
+  pid: number;
+  seq: number;
+  lost: number;
+  comm: string;
+  fd?: number;
+  cookie?: number;
+  local?: string;
+  local_port?: number;
+  peer?: string;
+  peer_port?: number;
+  matched?: boolean;
+  ret?: number;
+  errno?: number;
+  program?: OptionValues;
+  tcpka?: OptionValues;
+  effective?: OptionValues;
+  message?: string;
+  value?: string;
+}
+
+export interface TracedSocket {
+  pid: number;
+  comm: string;
+  fd: number;
+  kind: "connect" | "listen" | "accept";
+  local: string;
+  localPort: number;
+  peer: string;
+  peerPort: number;
+  /** errno of a failed connect or listen (EINPROGRESS is not a failure). */
+  errno?: number;
+  matched: boolean;
+  program: OptionValues;
+  tcpka: OptionValues;
+  effective: EffectiveKeepAlive | null;
+  deadPeerAfter: number | null;
+}
+
+export interface TraceResult {
+  sockets: TracedSocket[];
+  /** Processes that ran with the shim loaded. */
+  processes: { pid: number; comm: string }[];
+  lost: number;
+  errors: string[];
+}
+
+const EINPROGRESS = 115;
+
+export function parseEvents(text: string): ShimEvent[] {
+  const events: ShimEvent[] = [];
+  for (const line of text.split("\n")) {
+    if (!line) continue;
+    try {
+      events.push(JSON.parse(line) as ShimEvent);
+    } catch {
+      // A line cut short (the program was killed mid-write) is counted as lost by the sequence numbers.
+    }
+  }
+  return events;
+}
+
+function effectiveOf(v: OptionValues | undefined): EffectiveKeepAlive | null {
+  if (!v || v.keepalive === undefined) return null;
+  return {
+    keepalive: v.keepalive !== 0,
+    idle: v.idle ?? 0,
+    interval: v.interval ?? 0,
+    count: v.count ?? 0,
+    userTimeout: v.user_timeout_ms ?? 0,
+  };
+}
+
+export function foldEvents(events: readonly ShimEvent[]): TraceResult {
+  const sockets = new Map<string, TracedSocket>();
+  const processes = new Map<number, string>();
+  const seqs = new Map<number, { seen: number; max: number; lost: number }>();
+  const errors: string[] = [];
+  for (const e of events) {
+    const s = seqs.get(e.pid) ?? { seen: 0, max: -1, lost: 0 };
+    s.seen++;
+    s.max = Math.max(s.max, e.seq);
+    s.lost = Math.max(s.lost, e.lost);
+    seqs.set(e.pid, s);
+    if (e.ev === "start" || !processes.has(e.pid)) processes.set(e.pid, e.comm);
+    if (e.ev === "error") {
+      errors.push(`${e.comm}[${e.pid}]: ${e.message}${e.value ? ` (${e.value})` : ""}`);
+      continue;
+    }
+    if (e.ev === "start" || e.ev === "exit" || e.fd === undefined) continue;
+    // A socket is its cookie within a process; fds are reused.
+    const key = `${e.pid}/${e.cookie ?? `fd${e.fd}`}`;
+    const prev = sockets.get(key);
+    const effective = effectiveOf(e.effective);
+    const failed = e.ev !== "accept" && e.ev !== "setsockopt" && (e.ret ?? 0) < 0 && e.errno !== EINPROGRESS;
+    const rec: TracedSocket = {
+      pid: e.pid,
+      comm: e.comm,
+      fd: e.fd,
+      kind: prev?.kind ?? (e.ev === "setsockopt" ? "connect" : e.ev),
+      local: e.local ?? prev?.local ?? "",
+      localPort: e.local_port ?? prev?.localPort ?? 0,
+      peer: e.peer || prev?.peer || "",
+      peerPort: e.peer_port || prev?.peerPort || 0,
+      matched: e.matched ?? prev?.matched ?? false,
+      program: e.program ?? {},
+      tcpka: { ...prev?.tcpka, ...e.tcpka },
+      effective,
+      deadPeerAfter: effective ? deadPeerAfter(effective) : null,
+    };
+    const errno = failed ? e.errno : prev?.errno;
+    if (errno !== undefined) rec.errno = errno;
+    sockets.set(key, rec);
+  }
+  let lost = 0;
+  for (const s of seqs.values()) lost += Math.max(s.lost, s.max + 1 - s.seen);
+  return {
+    sockets: [...sockets.values()],
+    processes: [...processes].map(([pid, comm]) => ({ pid, comm })),
+    lost,
+    errors,
+  };
+}
+
+export function readEvents(file: string): TraceResult {
+  let text = "";
+  try {
+    text = readFileSync(file, "utf8");
+  } catch {
+    // No file: nothing was reported.
+  }
+  return foldEvents(parseEvents(text));
+}
