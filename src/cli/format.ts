@@ -74,9 +74,10 @@ export function table(header: readonly string[], rows: readonly (readonly string
   for (const r of rows) out.write(line(r));
 }
 
-/** "192.0.2.7:443" or "[2001:db8::1]:443". */
+/** "192.0.2.7:443", "[2001:db8::1]:443", or "0.0.0.0:*" for port 0. */
 export function hostPort(address: string, port: number): string {
-  return address.includes(":") ? `[${address}]:${port}` : `${address}:${port}`;
+  const p = port === 0 ? "*" : String(port); // a listener's peer, as ss prints it
+  return address.includes(":") ? `[${address}]:${p}` : `${address}:${p}`;
 }
 
 /** "java[2203] fd 87", with "+N" when more processes share the socket. */

@@ -116,7 +116,7 @@ export function summarize(conns: readonly Connection[]): Summary {
     if (c.keepalive === false && c.socket.state !== "LISTEN") {
       sum.worstDeadPeer = Number.POSITIVE_INFINITY;
       const o = c.owners[0];
-      const key = o ? `${o.comm}[${o.pid}]` : "unknown process";
+      const key = o ? `${o.comm}[${o.pid}]` : "owner not visible";
       sum.offOwners.set(key, (sum.offOwners.get(key) ?? 0) + 1);
     } else if (c.deadPeerAfter !== null) {
       sum.worstDeadPeer = Math.max(sum.worstDeadPeer ?? 0, c.deadPeerAfter);

@@ -154,7 +154,9 @@ export function traceText(r: TraceResult, command: readonly string[], applied: b
   if (r.processes.length === 0) {
     t += "no process ran with the tcpka library: the program may clear LD_PRELOAD, or exited before it loaded\n";
   } else {
-    t += `${plural(used.length, "TCP connection")} in ${plural(r.processes.length, "process", "processes")}: ${on} with keepalive, ${used.length - on} without\n`;
+    const owners = new Set(used.map((s) => s.pid)).size;
+    t += `${plural(used.length, "TCP connection")} from ${plural(owners, "process", "processes")}: ${on} with keepalive, ${used.length - on} without`;
+    t += ` (${plural(r.processes.length, "process", "processes")} ran with the tcpka library)\n`;
   }
   for (const e of r.errors) t += `error: ${e}\n`;
   if (r.lost)

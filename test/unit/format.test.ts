@@ -13,7 +13,7 @@ describe("hostPort", () => {
   test("IPv4 as address:port", () => assert.equal(hostPort("192.0.2.7", 443), "192.0.2.7:443"));
   test("IPv6, IPv4-mapped included, in brackets", () => {
     assert.equal(hostPort("2001:db8::1", 443), "[2001:db8::1]:443");
-    assert.equal(hostPort("::", 0), "[::]:0");
+    assert.equal(hostPort("::", 0), "[::]:*");
     assert.equal(hostPort("::ffff:127.0.0.1", 22), "[::ffff:127.0.0.1]:22");
   });
 });
