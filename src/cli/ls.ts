@@ -167,7 +167,8 @@ function nextProbeCell(c: Connection): string {
 }
 
 function deadPeerCell(c: Connection, out: Out): string {
-  if (c.keepalive === false) return c.socket.state === "LISTEN" ? "-" : paint(out, "red", "never");
+  if (c.keepalive === false)
+    return c.socket.state === "LISTEN" ? "-" : paint(out, "red", c.source === "timer" ? "never?" : "never");
   if (c.deadPeerAfter === null) return "?";
   return formatSeconds(c.deadPeerAfter);
 }

@@ -3,7 +3,12 @@
  * writes them to a sysctl.d file.
  */
 import { readlinkSync } from "node:fs";
-import { DEFAULT_PERSIST_FILE, persistSystemDefaults, writeSystemDefaults } from "../enforce/sysctl.js";
+import {
+  checkPersistTarget,
+  DEFAULT_PERSIST_FILE,
+  persistSystemDefaults,
+  writeSystemDefaults,
+} from "../enforce/sysctl.js";
 import { TcpkaError, usage } from "../errors.js";
 import { readSystemDefaults, SYSCTL_NAMES } from "../inspect/sysctl.js";
 import {
@@ -60,6 +65,7 @@ export function runSysctl(argv: readonly string[], out: Out): number {
     if (persist) throw usage("sysctl: --persist goes with --set", "e.g. sudo tcpka sysctl --set idle=5m --persist");
   }
 
+  if (persist) checkPersistTarget(persistFile);
   const before = readSystemDefaults();
   let changes: Partial<SystemDefaults> = {};
   if (bool(values, "set")) {
