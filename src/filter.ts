@@ -140,13 +140,14 @@ function blockList(cidrs: readonly Cidr[]): BlockList | undefined {
 }
 
 /**
- * A predicate for the address part of a filter (family, ports, networks). An IPv4-mapped IPv6 peer
- * (::ffff:192.0.2.1) matches an IPv4 network, as it is the same peer.
+ * A predicate for the address part of a filter (family, ports, networks), or null when it lets every socket
+ * through. An IPv4-mapped IPv6 peer (::ffff:192.0.2.1) matches an IPv4 network, as it is the same peer.
  */
-export function addressMatcher(f: SocketFilter): (s: TcpSocket) => boolean {
+export function addressMatcher(f: SocketFilter): ((s: TcpSocket) => boolean) | null {
   const dst = blockList(f.dst);
   const src = blockList(f.src);
   const fams = new Set(f.families);
+  if (!dst && !src && !f.sports.length && !f.dports.length && fams.has(4) && fams.has(6)) return null;
   return (s) => {
     if (!fams.has(s.family)) return false;
     if (f.sports.length && !inRanges(s.localPort, f.sports)) return false;

@@ -4,11 +4,14 @@
 import { writeSync } from "node:fs";
 import type { SocketOwner } from "../inspect/owners.js";
 
-/** Buffered output to fd 1 or 2 (any other fd: only collects colour-free text); call end() once done. */
+/**
+ * Buffered output to fd 1 or 2 (any other fd: only collects colour-free text); call end() once done. Text is
+ * encoded straight into one reused 256 KiB buffer, so a table of 100,000 rows costs no string joins.
+ */
 export class Out {
   readonly color: boolean;
-  private pending: string[] = [];
-  private size = 0;
+  private readonly buf = Buffer.allocUnsafe(1 << 18);
+  private used = 0;
 
   constructor(private readonly fd = 1) {
     const tty = fd === 1 ? process.stdout.isTTY : fd === 2 ? process.stderr.isTTY : false;
@@ -16,21 +19,26 @@ export class Out {
   }
 
   write(text: string): void {
-    this.pending.push(text);
-    this.size += text.length;
-    if (this.size > 1 << 16) this.end();
+    // Worst case 3 bytes per UTF-16 unit; a longer text than the buffer goes out on its own.
+    if (this.used + text.length * 3 > this.buf.length) {
+      this.end();
+      if (text.length * 3 > this.buf.length) {
+        writeAll(this.fd, Buffer.from(text));
+        return;
+      }
+    }
+    this.used += this.buf.write(text, this.used);
   }
 
   end(): void {
-    if (this.pending.length) writeAll(this.fd, this.pending.join(""));
-    this.pending = [];
-    this.size = 0;
+    if (this.used) writeAll(this.fd, this.buf.subarray(0, this.used));
+    this.used = 0;
   }
 }
 
 /** Synchronous write that survives EAGAIN on a non-blocking pipe and stops quietly on EPIPE. */
-function writeAll(fd: number, text: string): void {
-  let buf = Buffer.from(text);
+function writeAll(fd: number, data: Buffer): void {
+  let buf = data;
   while (buf.length) {
     try {
       buf = buf.subarray(writeSync(fd, buf));

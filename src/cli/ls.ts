@@ -3,7 +3,9 @@
  */
 import { geteuid } from "node:process";
 import { usage } from "../errors.js";
-import { type Connection, type Inspection, inspect } from "../inspect/connections.js";
+import type { SocketFilter } from "../filter.js";
+import { type Connection, type Inspection, type InspectOptions, inspect, inspectEach } from "../inspect/connections.js";
+import { readSystemDefaults } from "../inspect/sysctl.js";
 import { formatMs, formatSeconds } from "../settings.js";
 import { bool, FILTER_HELP, FILTER_OPTIONS, filterFrom, parse, str } from "./args.js";
 import { hostPort, type Out, ownerText, paint, plural, table } from "./format.js";
@@ -48,42 +50,34 @@ export function runLs(argv: readonly string[], out: Out): number {
     throw usage(`--via ${via}: use netlink or proc`);
   }
   const filter = filterFrom(values);
-  const result = inspect(filter, { via, processes: !bool(values, "no-process") });
-  if (bool(values, "json")) writeJson(result, out);
-  else writeTable(result, out);
+  const opts: InspectOptions = { via, processes: !bool(values, "no-process") };
+  if (bool(values, "json")) writeJson(filter, opts, out);
+  else writeTable(inspect(filter, opts), out);
   return 0;
 }
 
-/** The JSON form of a connection: stable snake_case names, units in the names. */
-export function connectionJson(c: Connection): Record<string, unknown> {
+/**
+ * The JSON form of a connection: stable snake_case names, units in the names. Built as text: at 100,000
+ * sockets this is several times faster than objects through JSON.stringify, and makes far less garbage.
+ * Every value is a number, boolean, null or a string that needs no escaping, except the process name.
+ */
+export function connectionJsonText(c: Connection): string {
   const s = c.socket;
   const e = c.settings;
-  return {
-    state: s.state,
-    family: s.family,
-    local_address: s.localAddress,
-    local_port: s.localPort,
-    peer_address: s.peerAddress,
-    peer_port: s.peerPort,
-    inode: s.inode,
-    uid: s.uid,
-    keepalive: c.keepalive,
-    source: c.source,
-    timer: s.timer,
-    timer_ms: s.timerMs,
-    timer_count: s.timerCount,
-    next_probe_ms: s.timer === "keepalive" && c.keepalive !== null ? s.timerMs : null,
-    probes: s.timer === "keepalive" && c.keepalive !== null ? s.timerCount : null,
-    idle_s: e ? e.idle : null,
-    interval_s: e ? e.interval : null,
-    count: e ? e.count : null,
-    user_timeout_ms: e ? e.userTimeout : null,
-    dead_peer_after_s: c.deadPeerAfter,
-    send_queue: s.sendQueue,
-    recv_queue: s.recvQueue,
-    processes: c.owners.map((o) => ({ pid: o.pid, comm: o.comm, fd: o.fd })),
-    ...(c.exactError ? { exact_error: c.exactError } : {}),
-  };
+  const probe = s.timer === "keepalive" && c.keepalive !== null;
+  const procs = c.owners.map((o) => `{"pid":${o.pid},"comm":${JSON.stringify(o.comm)},"fd":${o.fd}}`).join(",");
+  return (
+    `{"state":"${s.state}","family":${s.family},` +
+    `"local_address":"${s.localAddress}","local_port":${s.localPort},` +
+    `"peer_address":"${s.peerAddress}","peer_port":${s.peerPort},"inode":${s.inode},"uid":${s.uid},` +
+    `"keepalive":${c.keepalive},"source":"${c.source}",` +
+    `"timer":"${s.timer}","timer_ms":${s.timerMs},"timer_count":${s.timerCount},` +
+    `"next_probe_ms":${probe ? s.timerMs : null},"probes":${probe ? s.timerCount : null},` +
+    `"idle_s":${e ? e.idle : null},"interval_s":${e ? e.interval : null},"count":${e ? e.count : null},` +
+    `"user_timeout_ms":${e ? e.userTimeout : null},"dead_peer_after_s":${c.deadPeerAfter},` +
+    `"send_queue":${s.sendQueue},"recv_queue":${s.recvQueue},"processes":[${procs}]` +
+    `${c.exactError ? `,"exact_error":"${c.exactError}"` : ""}}`
+  );
 }
 
 export interface Summary {
@@ -98,43 +92,42 @@ export interface Summary {
   exact: number;
 }
 
-export function summarize(conns: readonly Connection[]): Summary {
-  const sum: Summary = {
-    total: conns.length,
-    keepaliveOn: 0,
-    keepaliveOff: 0,
-    unknown: 0,
-    offOwners: new Map(),
-    worstDeadPeer: null,
-    exact: 0,
-  };
-  for (const c of conns) {
-    if (c.source === "exact") sum.exact++;
-    if (c.keepalive === true) sum.keepaliveOn++;
-    else if (c.keepalive === false) sum.keepaliveOff++;
-    else sum.unknown++;
-    if (c.keepalive === false && c.socket.state !== "LISTEN") {
-      sum.worstDeadPeer = Number.POSITIVE_INFINITY;
-      const o = c.owners[0];
-      const key = o ? `${o.comm}[${o.pid}]` : "owner not visible";
-      sum.offOwners.set(key, (sum.offOwners.get(key) ?? 0) + 1);
-    } else if (c.deadPeerAfter !== null) {
-      sum.worstDeadPeer = Math.max(sum.worstDeadPeer ?? 0, c.deadPeerAfter);
-    }
+export function emptySummary(): Summary {
+  return { total: 0, keepaliveOn: 0, keepaliveOff: 0, unknown: 0, offOwners: new Map(), worstDeadPeer: null, exact: 0 };
+}
+
+/** Count one connection into a summary. */
+export function addToSummary(sum: Summary, c: Connection): void {
+  sum.total++;
+  if (c.source === "exact") sum.exact++;
+  if (c.keepalive === true) sum.keepaliveOn++;
+  else if (c.keepalive === false) sum.keepaliveOff++;
+  else sum.unknown++;
+  if (c.keepalive === false && c.socket.state !== "LISTEN") {
+    sum.worstDeadPeer = Number.POSITIVE_INFINITY;
+    const o = c.owners[0];
+    const key = o ? `${o.comm}[${o.pid}]` : "owner not visible";
+    sum.offOwners.set(key, (sum.offOwners.get(key) ?? 0) + 1);
+  } else if (c.deadPeerAfter !== null) {
+    sum.worstDeadPeer = Math.max(sum.worstDeadPeer ?? 0, c.deadPeerAfter);
   }
+}
+
+export function summarize(conns: readonly Connection[]): Summary {
+  const sum = emptySummary();
+  for (const c of conns) addToSummary(sum, c);
   return sum;
 }
 
-function writeJson(r: Inspection, out: Out): void {
-  const sum = summarize(r.connections);
-  out.write(
-    `{"defaults":${JSON.stringify({ idle_s: r.defaults.idle, interval_s: r.defaults.interval, count: r.defaults.count })},\n"connections":[`,
-  );
-  let first = true;
-  for (const c of r.connections) {
-    out.write((first ? "\n" : ",\n") + JSON.stringify(connectionJson(c)));
-    first = false;
-  }
+/** Stream the JSON: each connection is written as soon as it is known and not kept. */
+function writeJson(filter: SocketFilter, opts: InspectOptions, out: Out): void {
+  const d = readSystemDefaults();
+  out.write(`{"defaults":{"idle_s":${d.idle},"interval_s":${d.interval},"count":${d.count}},\n"connections":[`);
+  const sum = emptySummary();
+  const info = inspectEach(filter, opts, (c) => {
+    out.write((sum.total === 0 ? "\n" : ",\n") + connectionJsonText(c));
+    addToSummary(sum, c);
+  });
   const summary = {
     connections: sum.total,
     keepalive_on: sum.keepaliveOn,
@@ -144,7 +137,7 @@ function writeJson(r: Inspection, out: Out): void {
     worst_dead_peer_after_s: sum.worstDeadPeer === Number.POSITIVE_INFINITY ? null : sum.worstDeadPeer,
     some_never_detect_dead_peer: sum.worstDeadPeer === Number.POSITIVE_INFINITY,
     without_keepalive: [...sum.offOwners].map(([process, count]) => ({ process, count })),
-    unreadable_pids: r.unreadablePids.length,
+    unreadable_pids: info.unreadablePids.length,
   };
   out.write(`\n],\n"summary":${JSON.stringify(summary)}}\n`);
 }

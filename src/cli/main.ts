@@ -5,11 +5,6 @@
 import { readFileSync } from "node:fs";
 import { TcpkaError } from "../errors.js";
 import { Out } from "./format.js";
-import { runLs } from "./ls.js";
-import { runRun } from "./run.js";
-import { runSummary } from "./summary.js";
-import { runSysctl } from "./sysctl.js";
-import { runTrace } from "./trace.js";
 
 export const HELP = `tcpka: find TCP connections without keepalive, and turn keepalive on without changing the program.
 
@@ -32,11 +27,12 @@ without, tcpka shows the kernel's keepalive timer as a hint.
 
 type Command = (argv: readonly string[], out: Out) => number | Promise<number>;
 
-const COMMANDS: Record<string, Command> = {
-  ls: runLs,
-  run: runRun,
-  trace: runTrace,
-  sysctl: runSysctl,
+// Each command's module is loaded only when it runs: start-up time is most of a small `tcpka ls`.
+const COMMANDS: Record<string, () => Promise<Command>> = {
+  ls: async () => (await import("./ls.js")).runLs,
+  run: async () => (await import("./run.js")).runRun,
+  trace: async () => (await import("./trace.js")).runTrace,
+  sysctl: async () => (await import("./sysctl.js")).runSysctl,
 };
 
 export function version(): string {
@@ -48,7 +44,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   const out = new Out(1);
   try {
     const [first, ...rest] = argv;
-    if (first === undefined) return runSummary(out);
+    if (first === undefined) return (await import("./summary.js")).runSummary(out);
     if (first === "-h" || first === "--help" || first === "help") {
       out.write(HELP);
       return 0;
@@ -57,12 +53,12 @@ export async function main(argv: readonly string[]): Promise<number> {
       out.write(`tcpka ${version()}\n`);
       return 0;
     }
-    const command = COMMANDS[first];
-    if (!command) {
+    const load = COMMANDS[first];
+    if (!load) {
       const what = first.startsWith("-") ? `unknown option ${first}` : `unknown command ${first}`;
       throw new TcpkaError("usage", what, { hint: `commands: ${Object.keys(COMMANDS).join(", ")}; see tcpka --help` });
     }
-    return await command(rest, out);
+    return await (await load())(rest, out);
   } catch (e) {
     out.end();
     return reportError(e);

@@ -26,8 +26,8 @@ export interface Connection {
   exactError?: string;
 }
 
-export interface Inspection {
-  connections: Connection[];
+/** What an inspection learned besides the connections themselves. */
+export interface InspectionInfo {
   defaults: SystemDefaults;
   /** Processes whose fds this user may not read: their sockets have no owner and only a timer hint. */
   unreadablePids: number[];
@@ -35,6 +35,10 @@ export interface Inspection {
   processes: boolean;
   /** How many sockets had an owner but getsockopt on it was refused (EPERM). */
   exactDenied: number;
+}
+
+export interface Inspection extends InspectionInfo {
+  connections: Connection[];
 }
 
 export interface InspectOptions {
@@ -56,10 +60,22 @@ export function keepaliveFromTimer(s: TcpSocket): boolean | null {
   return null;
 }
 
+/** Inspect and collect every matching connection. */
 export function inspect(filter: SocketFilter = DEFAULT_FILTER, opts: InspectOptions = {}): Inspection {
+  const connections: Connection[] = [];
+  const info = inspectEach(filter, opts, (c) => connections.push(c));
+  return { ...info, connections };
+}
+
+/**
+ * Inspect and hand each matching connection to `each` as soon as it is known, keeping none: what a streaming
+ * consumer (ls --json) needs to stay small at 100,000 sockets.
+ */
+export function inspectEach(filter: SocketFilter, opts: InspectOptions, each: (c: Connection) => void): InspectionInfo {
   const defaults = readSystemDefaults();
   const matches = addressMatcher(filter);
-  const sockets = readSockets({ states: filter.states, families: filter.families, via: opts.via }).filter(matches);
+  let sockets = readSockets({ states: filter.states, families: filter.families, via: opts.via });
+  if (matches) sockets = sockets.filter(matches);
   const processes = opts.processes ?? true;
   const wantOwners = processes || filter.pids.length > 0 || filter.comms.length > 0;
 
@@ -75,11 +91,11 @@ export function inspect(filter: SocketFilter = DEFAULT_FILTER, opts: InspectOpti
 
   const comms = new Set(filter.comms);
   const borrower = new SocketBorrower();
-  const connections: Connection[] = [];
+  const none: SocketOwner[] = [];
   let exactDenied = 0;
   try {
     for (const socket of sockets) {
-      let own = owners.get(socket.inode) ?? [];
+      let own = owners.get(socket.inode) ?? none;
       if (filter.pids.length) {
         own = own.filter((o) => filter.pids.includes(o.pid));
         if (own.length === 0) continue;
@@ -111,10 +127,10 @@ export function inspect(filter: SocketFilter = DEFAULT_FILTER, opts: InspectOpti
         if (c.exactError === "EPERM") exactDenied++;
       }
       if (filter.noKeepalive && c.keepalive !== false) continue;
-      connections.push(c);
+      each(c);
     }
   } finally {
     borrower.close();
   }
-  return { connections, defaults, unreadablePids, processes, exactDenied };
+  return { defaults, unreadablePids, processes, exactDenied };
 }

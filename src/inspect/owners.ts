@@ -3,7 +3,8 @@
  * A socket shared across fork() has several owners. Processes whose fd table this user may not read are
  * counted, so the caller can say that some owners are unknown and how to see them.
  */
-import { readdirSync, readFileSync, readlinkSync } from "node:fs";
+import { closeSync, constants, openSync, readdirSync, readFileSync } from "node:fs";
+import { readlinkAt } from "../sys/libc.js";
 
 export interface SocketOwner {
   pid: number;
@@ -46,28 +47,43 @@ export function commOf(pid: number): string {
   }
 }
 
+// "socket:[" as bytes, and a buffer for the link texts: a socket's is at most "socket:[4294967295]".
+const SOCKET_PREFIX = Buffer.from("socket:[");
+const linkBuf = Buffer.alloc(64);
+
 /** The socket inodes among a process's open fds, as [fd, inode] pairs; null when the table cannot be read. */
 export function socketFds(pid: number): [number, number][] | null {
-  const dir = `/proc/${pid}/fd/`;
+  const dir = `/proc/${pid}/fd`;
+  let dirfd: number; // libuv opens every fd O_CLOEXEC
   let fds: string[];
   try {
-    fds = readdirSync(dir);
+    dirfd = openSync(dir, constants.O_RDONLY | constants.O_DIRECTORY);
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     return code === "EACCES" || code === "EPERM" ? null : [];
   }
   const out: [number, number][] = [];
-  for (const fd of fds) {
-    let target: string;
-    try {
-      target = readlinkSync(dir + fd);
-    } catch {
-      continue; // closed since readdir
+  try {
+    fds = readdirSync(dir);
+    for (const fd of fds) {
+      const n = readlinkAt(dirfd, fd, linkBuf);
+      if (
+        n <= SOCKET_PREFIX.length ||
+        linkBuf.compare(SOCKET_PREFIX, 0, SOCKET_PREFIX.length, 0, SOCKET_PREFIX.length) !== 0
+      ) {
+        continue; // closed since readdir, or not a socket
+      }
+      let inode = 0;
+      for (let i = SOCKET_PREFIX.length; i < n && linkBuf[i] !== 0x5d; i++)
+        inode = inode * 10 + (linkBuf[i] as number) - 48;
+      out.push([Number(fd), inode]);
     }
-    // "socket:[12345]"
-    if (target.charCodeAt(0) === 115 && target.startsWith("socket:[")) {
-      out.push([Number(fd), Number(target.slice(8, -1))]);
-    }
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === "EACCES" || code === "EPERM") return null;
+    if (code !== "ENOENT") throw e;
+  } finally {
+    closeSync(dirfd);
   }
   return out;
 }

@@ -18,7 +18,10 @@ const c = {
   setsockopt: lib.func("int setsockopt(int fd, int level, int name, void *val, uint32_t len)"),
   getsockopt: lib.func("int getsockopt(int fd, int level, int name, void *val, void *len)"),
   fstat: lib.func("int fstat(int fd, void *buf)"),
-  syscall2: lib.func("long syscall(long nr, ...)"),
+  readlinkat: lib.func("long readlinkat(int dirfd, const char *path, void *buf, size_t size)"),
+  // syscall(2) is variadic, but glibc implements it in assembly that reads all six argument registers, so a
+  // fixed-arity prototype is safe and spares koffi's slower variadic path.
+  syscall: lib.func("long syscall(long nr, long a, long b, long c)"),
 };
 
 /** A failed system call: errno, its symbolic name and the call that failed. */
@@ -86,10 +89,15 @@ export function fdInode(fd: number): number {
   return Number(statBuf.readBigUInt64LE(8));
 }
 
-/** A raw system call with integer arguments; returns the result or throws SysError named `name`. */
-export function syscall(name: string, nr: number, ...args: number[]): number {
-  const typed: unknown[] = [];
-  for (const a of args) typed.push("long", a);
-  const ret = Number(c.syscall2(nr, ...typed));
-  return check(name, ret);
+/** A raw system call with up to three integer arguments; returns the result or throws SysError named `name`. */
+export function syscall(name: string, nr: number, a = 0, b = 0, d = 0): number {
+  return check(name, Number(c.syscall(nr, a, b, d)));
+}
+
+/**
+ * readlinkat(2) into `buf`: the length of the link's text, or -1 when it cannot be read (the fd was closed in
+ * the meantime). Reading into a reused buffer spares a string per fd when scanning every /proc/PID/fd.
+ */
+export function readlinkAt(dirfd: number, name: string, buf: Buffer): number {
+  return Number(c.readlinkat(dirfd, name, buf, buf.length));
 }

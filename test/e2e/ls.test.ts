@@ -125,7 +125,7 @@ interface Held {
   user_timeout_ms: number;
 }
 
-/** The fields of a `tcpka ls --json` connection that these tests read (connectionJson in src/cli/ls.ts). */
+/** The fields of a `tcpka ls --json` connection that these tests read (connectionJsonText in src/cli/ls.ts). */
 interface Conn {
   state: string;
   family: number;
