@@ -197,6 +197,27 @@ export function parseEndpointRule(flag: string, text: string): EndpointRule {
   return rule;
 }
 
+/**
+ * The rules as a predicate over listed sockets (for mechanisms that find sockets after the fact). A listed
+ * socket does not say which side opened it, so a rule's port matches either the peer port or the local port.
+ * A listener has no peer: it matches only rules without an address, as in the shim.
+ */
+export function endpointMatcher(
+  only: readonly EndpointRule[],
+  except: readonly EndpointRule[],
+): ((s: TcpSocket) => boolean) | null {
+  if (!only.length && !except.length) return null;
+  const one = (r: EndpointRule, s: TcpSocket): boolean => {
+    if (r.port !== undefined && r.port !== s.peerPort && r.port !== s.localPort) return false;
+    if (!r.cidr) return true;
+    if (s.state === "LISTEN") return false;
+    const bl = new BlockList();
+    bl.addSubnet(r.cidr.address, r.cidr.prefix, r.cidr.family === 4 ? "ipv4" : "ipv6");
+    return bl.check(s.peerAddress, s.family === 4 ? "ipv4" : "ipv6");
+  };
+  return (s) => (only.length === 0 || only.some((r) => one(r, s))) && !except.some((r) => one(r, s));
+}
+
 /** The canonical text of a rule, as the shim reads it from TCPKA_ONLY / TCPKA_EXCEPT. */
 export function endpointRuleText(r: EndpointRule): string {
   const net = r.cidr ? `${r.cidr.address}/${r.cidr.prefix}` : "";

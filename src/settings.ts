@@ -153,3 +153,51 @@ export function formatMs(ms: number): string {
 export function describeSettings(e: { idle: number; interval: number; count: number }): string {
   return `${e.idle}s + ${e.interval}s × ${e.count}`;
 }
+
+/** How requested settings meet a socket's own: `strengthen` never weakens, `force` sets exactly. */
+export type ApplyMode = "strengthen" | "force";
+
+export type OptionName = keyof EffectiveKeepAlive;
+
+export interface Change {
+  option: OptionName;
+  from: number;
+  to: number;
+}
+
+const ORDER: readonly OptionName[] = ["keepalive", "idle", "interval", "count", "userTimeout"];
+
+/**
+ * Is the socket's value at least as strong as the requested one? Shorter times and fewer probes are stronger;
+ * keepalive on beats off; a user timeout of 0 means none, the weakest.
+ */
+export function strongEnough(option: OptionName, have: number, want: number): boolean {
+  if (option === "keepalive") return have !== 0;
+  if (option === "userTimeout" && have === 0) return false;
+  return have <= want;
+}
+
+/**
+ * The setsockopt calls that bring a socket from `current` to the request, in the order they must be made
+ * (SO_KEEPALIVE first: setting TCP_KEEPIDLE afterwards re-arms the timer with the new idle time, see
+ * tcp_sock_set_keepidle_locked in net/ipv4/tcp.c). The same rule as native/preload.c applies.
+ */
+export function planChanges(current: EffectiveKeepAlive, want: KeepAliveSettings, mode: ApplyMode): Change[] {
+  const target: Partial<Record<OptionName, number>> = {
+    keepalive: 1,
+    idle: want.idle,
+    interval: want.interval,
+    count: want.count,
+    userTimeout: want.userTimeout,
+  };
+  const changes: Change[] = [];
+  for (const option of ORDER) {
+    const to = target[option];
+    if (to === undefined) continue;
+    const from = Number(current[option]);
+    if (from === to) continue;
+    if (mode === "strengthen" && strongEnough(option, from, to)) continue;
+    changes.push({ option, from, to });
+  }
+  return changes;
+}

@@ -79,19 +79,31 @@ export const FILTER_OPTIONS: Options = {
   ipv6: { type: "boolean", short: "6" },
 };
 
-export const FILTER_HELP = `Filters (all must match; a flag given twice matches either value):
-  -a, --all              every state (default: established connections only)
-  -l, --listening        listening sockets only
-      --state NAME       established, syn-sent, syn-recv, fin-wait-1, fin-wait-2, time-wait,
-                         closed, close-wait, last-ack, listening, closing, connected, all
-      --no-keepalive     only sockets that have keepalive off
-      --sport PORT       local port: 5432, :5432, 8000-8100 or a list
-      --dport PORT       peer port, same forms
-      --dst CIDR         peer address or network: 198.18.0.0/15, 2001:db8::/32, 192.0.2.7
-      --src CIDR         local address or network
-      --pid PID          sockets held by this process
-      --comm NAME        sockets held by processes with this name (as in /proc/PID/comm)
-  -4, -6                 IPv4 or IPv6 only (IPv4-mapped addresses are IPv6 sockets)`;
+/** One help line per filter flag, so that each command lists the ones it takes. */
+export const FILTER_LINES = {
+  all: "  -a, --all              every state (default: established connections only)",
+  listening: "  -l, --listening        listening sockets only",
+  state:
+    "      --state NAME       established, syn-sent, syn-recv, fin-wait-1, fin-wait-2, time-wait,\n" +
+    "                         closed, close-wait, last-ack, listening, closing, connected, all",
+  "no-keepalive": "      --no-keepalive     only sockets that have keepalive off",
+  sport: "      --sport PORT       local port: 5432, :5432, 8000-8100 or a list",
+  dport: "      --dport PORT       peer port, same forms",
+  dst: "      --dst CIDR         peer address or network: 198.18.0.0/15, 2001:db8::/32, 192.0.2.7",
+  src: "      --src CIDR         local address or network",
+  pid: "      --pid PID          sockets held by this process",
+  comm: "      --comm NAME        sockets held by processes with this name (as in /proc/PID/comm)",
+  ip: "  -4, -6                 IPv4 or IPv6 only (IPv4-mapped addresses are IPv6 sockets)",
+} as const;
+
+export function filterHelp(title: string, keys: readonly (keyof typeof FILTER_LINES)[]): string {
+  return [title, ...keys.map((k) => FILTER_LINES[k])].join("\n");
+}
+
+export const FILTER_HELP = filterHelp(
+  "Filters (all must match; a flag given twice matches either value):",
+  Object.keys(FILTER_LINES) as (keyof typeof FILTER_LINES)[],
+);
 
 export function filterFrom(v: Values): SocketFilter {
   let states = DEFAULT_FILTER.states;

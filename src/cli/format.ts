@@ -2,6 +2,7 @@
  * Output helpers: aligned tables, colour (only on a TTY and never with NO_COLOR), address and process text.
  */
 import { writeSync } from "node:fs";
+import { TcpkaError } from "../errors.js";
 import type { SocketOwner } from "../inspect/owners.js";
 
 /**
@@ -98,4 +99,18 @@ export function ownerText(owners: readonly SocketOwner[]): string {
 
 export function plural(n: number, one: string, many = `${one}s`): string {
   return `${n} ${n === 1 ? one : many}`;
+}
+
+/** Print an error: `tcpka: message` and `hint: …` for expected failures; the exit code to use. */
+export function reportError(e: unknown): number {
+  if (e instanceof TcpkaError) {
+    let text = `tcpka: ${e.message}\n`;
+    if (e.hint) text += `hint: ${e.hint}\n`;
+    process.stderr.write(text);
+    return e.exitCode;
+  }
+  // An unexpected failure is a bug: show everything that helps to report it.
+  process.stderr.write(`tcpka: internal error: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
+  process.stderr.write("hint: this is a bug in tcpka; please report it with the command that caused it\n");
+  return 1;
 }

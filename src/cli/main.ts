@@ -4,7 +4,7 @@
  */
 import { readFileSync } from "node:fs";
 import { TcpkaError } from "../errors.js";
-import { Out } from "./format.js";
+import { Out, reportError } from "./format.js";
 
 export const HELP = `tcpka: find TCP connections without keepalive, and turn keepalive on without changing the program.
 
@@ -19,6 +19,8 @@ Commands:
   ls         every TCP socket with its keepalive state, real settings and owning process
   run        run a program with keepalive turned on for its connections (LD_PRELOAD), no code change
   trace      run a program and report, socket by socket, what keepalive it set itself
+  enable     turn keepalive on for the live connections of running processes (pidfd_getfd), no restart
+  disable    turn it off again
   sysctl     the namespace's keepalive defaults, what they mean, and --set to change them
 
 Run 'tcpka COMMAND --help' for the options of each. Exact per-socket answers need root (or CAP_SYS_PTRACE);
@@ -32,6 +34,8 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   ls: async () => (await import("./ls.js")).runLs,
   run: async () => (await import("./run.js")).runRun,
   trace: async () => (await import("./trace.js")).runTrace,
+  enable: async () => (await import("./enable.js")).runEnable,
+  disable: async () => (await import("./enable.js")).runDisable,
   sysctl: async () => (await import("./sysctl.js")).runSysctl,
 };
 
@@ -65,17 +69,4 @@ export async function main(argv: readonly string[]): Promise<number> {
   } finally {
     out.end();
   }
-}
-
-export function reportError(e: unknown): number {
-  if (e instanceof TcpkaError) {
-    let text = `tcpka: ${e.message}\n`;
-    if (e.hint) text += `hint: ${e.hint}\n`;
-    process.stderr.write(text);
-    return e.exitCode;
-  }
-  // An unexpected failure is a bug: show everything that helps to report it.
-  process.stderr.write(`tcpka: internal error: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
-  process.stderr.write("hint: this is a bug in tcpka; please report it with the command that caused it\n");
-  return 1;
 }

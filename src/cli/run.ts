@@ -3,10 +3,13 @@
  * through the preload shim. Everything is validated before the program starts.
  */
 
+import { readdirSync, readFileSync } from "node:fs";
+import { setTimeout as sleep } from "node:timers/promises";
 import { preloadBlocker, resolveCommand, shimEnvironment } from "../enforce/preload.js";
 import { TcpkaError, usage } from "../errors.js";
-import { type EndpointRule, parseEndpointRule } from "../filter.js";
-import { deadPeerAfter, formatSeconds, type KeepAliveSettings } from "../settings.js";
+import { DEFAULT_FILTER, type EndpointRule, endpointMatcher, parseEndpointRule } from "../filter.js";
+import { stateMask } from "../inspect/sockets.js";
+import type { KeepAliveSettings } from "../settings.js";
 import {
   bool,
   type Options,
@@ -18,7 +21,8 @@ import {
   strs,
 } from "./args.js";
 import { passThrough, runChild } from "./child.js";
-import type { Out } from "./format.js";
+import { runLive } from "./enable.js";
+import { Out, reportError } from "./format.js";
 
 export const RUN_HELP = `Usage: tcpka run [settings] [--only RULE]… [--except RULE]… [--force] [--] CMD [ARGS…]
 
@@ -89,8 +93,8 @@ export function blockedError(plan: PreloadPlan, why: string): TcpkaError {
   return new TcpkaError("unsupported", `${plan.file} is ${why}: LD_PRELOAD cannot reach it`, {
     hint:
       why === "statically linked"
-        ? "the dynamic loader does not run for it; turn keepalive on for its live connections with tcpka enable --pid (coming) or for its cgroup with tcpka enforce (coming)"
-        : "the loader ignores LD_PRELOAD when exec changes credentials; run it as its owner, or use tcpka enable --pid (coming)",
+        ? "the dynamic loader does not run for it; tcpka run falls back to pidfd_getfd for it, tcpka enable --pid does the same for a running process"
+        : "the loader ignores LD_PRELOAD when exec changes credentials; run it as its owner, or use tcpka enable --pid",
   });
 }
 
@@ -101,7 +105,7 @@ export async function runRun(argv: readonly string[], out: Out): Promise<number>
     return 0;
   }
   const why = preloadBlocker(plan.file);
-  if (why) throw blockedError(plan, why);
+  if (why) return runWatched(plan, why, bool(plan.values, "force"));
   const env = shimEnvironment({
     mode: bool(plan.values, "force") ? "force" : "strengthen",
     settings: plan.settings,
@@ -113,14 +117,75 @@ export async function runRun(argv: readonly string[], out: Out): Promise<number>
   return passThrough(await runChild(plan.file, plan.argv0, plan.args, env));
 }
 
-/** "60s / 10s / 6, a dead peer is noticed within 2m" */
-export function settingsSentence(s: KeepAliveSettings): string {
-  const d = deadPeerAfter({
-    keepalive: true,
-    idle: s.idle ?? 7200,
-    interval: s.interval ?? 75,
-    count: s.count ?? 9,
-    userTimeout: s.userTimeout ?? 0,
+/** Every descendant of a process (through /proc/PID/task/TID/children), itself included. */
+function withDescendants(root: number): number[] {
+  const out: number[] = [];
+  const queue = [root];
+  while (queue.length) {
+    const pid = queue.shift() as number;
+    out.push(pid);
+    let tasks: string[] = [];
+    try {
+      tasks = readdirSync(`/proc/${pid}/task`);
+    } catch {
+      continue;
+    }
+    for (const tid of tasks) {
+      try {
+        for (const c of readFileSync(`/proc/${pid}/task/${tid}/children`, "ascii").split(" "))
+          if (c.trim()) queue.push(Number(c));
+      } catch {
+        /* exited */
+      }
+    }
+  }
+  return out;
+}
+
+const WATCH_EVERY_MS = 200;
+
+/**
+ * The fallback for a program that LD_PRELOAD cannot reach (statically linked, set-user-ID): run it as it is
+ * and, while it runs, turn keepalive on for its connections and its children's through pidfd_getfd, looking
+ * every 200 ms. The report goes to stderr; the exit code is the program's.
+ */
+async function runWatched(plan: PreloadPlan, why: string, force: boolean): Promise<number> {
+  const err = new Out(2);
+  err.write(
+    `tcpka: ${plan.file} is ${why}: LD_PRELOAD cannot reach it; setting keepalive on its connections through pidfd_getfd every ${WATCH_EVERY_MS}ms instead\n`,
+  );
+  err.end();
+  let pid = 0;
+  let exited = false;
+  const child = runChild(plan.file, plan.argv0, plan.args, process.env, (p) => {
+    pid = p;
+  }).finally(() => {
+    exited = true;
   });
-  return `${s.idle}s / ${s.interval}s / ${s.count}${s.userTimeout ? `, user timeout ${s.userTimeout}ms` : ""}: a dead peer is noticed within ${formatSeconds(d ?? 0)}`;
+  const filter = { ...DEFAULT_FILTER, states: stateMask(["ESTAB", "LISTEN"]) };
+  const watching = (async () => {
+    while (pid === 0 && !exited) await sleep(5);
+    if (exited) return 0;
+    return runLive(
+      { pids: () => (exited ? [] : withDescendants(pid)), fixed: true },
+      {
+        disable: false,
+        settings: plan.settings,
+        force,
+        filter,
+        matches: endpointMatcher(plan.only, plan.except),
+        dryRun: false,
+        watch: true,
+        everyMs: WATCH_EVERY_MS,
+        quiet: true,
+        json: false,
+        stopOnSignal: false,
+      },
+      err,
+    );
+  })();
+  const result = await child;
+  await watching.catch((e: unknown) => reportError(e));
+  err.end();
+  return passThrough(result);
 }

@@ -79,12 +79,18 @@ export interface ReadOptions {
   families?: readonly (4 | 6)[];
   /** "netlink" (default) or the /proc/net/tcp fallback. */
   via?: "netlink" | "proc";
+  /**
+   * Read the network namespace of this process instead of tcpka's own, through /proc/PID/net/tcp{,6}
+   * (sock_diag only answers for the namespace of the socket it is asked on).
+   */
+  netnsOf?: number;
 }
 
 /** Read the TCP sockets of this network namespace. Falls back to /proc when sock_diag is unavailable. */
 export function readSockets(opts: ReadOptions = {}): TcpSocket[] {
   const states = opts.states ?? 1 << TCP_STATES.ESTABLISHED;
   const families = opts.families ?? [4, 6];
+  if (opts.netnsOf !== undefined) return readProc(states, families, `/proc/${opts.netnsOf}/net`);
   if (opts.via === "proc") return readProc(states, families);
   try {
     return readNetlink(states, families);
@@ -198,10 +204,10 @@ export function formatIPv6(w: readonly number[]): string {
 // that tcpka runs on (x86_64, arm64).
 const USER_HZ = 100;
 
-export function readProc(states: number, families: readonly (4 | 6)[]): TcpSocket[] {
+export function readProc(states: number, families: readonly (4 | 6)[], dir = "/proc/net"): TcpSocket[] {
   const out: TcpSocket[] = [];
   for (const fam of families) {
-    const path = fam === 4 ? "/proc/net/tcp" : "/proc/net/tcp6";
+    const path = fam === 4 ? `${dir}/tcp` : `${dir}/tcp6`;
     let text: string;
     try {
       text = readFileSync(path, "latin1");

@@ -1,0 +1,71 @@
+/**
+ * cgroup v2: where it is mounted (/sys/fs/cgroup on most systems, /sys/fs/cgroup/unified on hybrid ones), a
+ * cgroup named by path, and the processes in it and below it.
+ */
+import { readdirSync, readFileSync, statSync } from "node:fs";
+import { isAbsolute, join, resolve } from "node:path";
+import { TcpkaError } from "../errors.js";
+
+/** The mount point of the cgroup2 hierarchy, from /proc/self/mountinfo. */
+export function cgroup2Mount(): string {
+  let text: string;
+  try {
+    text = readFileSync("/proc/self/mountinfo", "utf8");
+  } catch (e) {
+    throw new TcpkaError("system", `cannot read /proc/self/mountinfo: ${(e as Error).message}`);
+  }
+  for (const line of text.split("\n")) {
+    // "36 35 0:30 / /sys/fs/cgroup rw,nosuid shared:9 - cgroup2 cgroup2 rw": fstype after the " - ".
+    const dash = line.indexOf(" - ");
+    if (dash < 0 || !line.slice(dash + 3).startsWith("cgroup2 ")) continue;
+    const mountPoint = line.slice(0, dash).split(" ")[4];
+    if (mountPoint) return mountPoint.replace(/\\040/g, " ");
+  }
+  throw new TcpkaError("unsupported", "no cgroup v2 hierarchy is mounted", {
+    hint: "mount one: mount -t cgroup2 none /sys/fs/cgroup (systemd does this at boot on current systems)",
+  });
+}
+
+/**
+ * A cgroup directory from what a user typed: an absolute path inside the cgroup2 mount, or a path relative to
+ * it ("system.slice/nginx.service", "/system.slice/..." as /proc/PID/cgroup prints it).
+ */
+export function resolveCgroup(path: string, mount = cgroup2Mount()): string {
+  const candidates = isAbsolute(path) && path.startsWith(`${mount}/`) ? [path] : [join(mount, path)];
+  if (isAbsolute(path) && !path.startsWith(`${mount}/`) && path !== mount) candidates.push(resolve(path));
+  for (const c of candidates) {
+    try {
+      if (statSync(join(c, "cgroup.procs")).isFile()) return c;
+    } catch {
+      /* next */
+    }
+  }
+  throw new TcpkaError("not-found", `--cgroup ${path}: no such cgroup under ${mount}`, {
+    hint: "give a path inside the cgroup2 mount, e.g. system.slice/nginx.service (see /proc/PID/cgroup)",
+  });
+}
+
+/** Every process in the cgroup and its descendants. */
+export function pidsInCgroup(dir: string): number[] {
+  const pids: number[] = [];
+  const walk = (d: string) => {
+    let text = "";
+    try {
+      text = readFileSync(join(d, "cgroup.procs"), "ascii");
+    } catch {
+      return; // removed meanwhile
+    }
+    for (const line of text.split("\n")) if (line) pids.push(Number(line));
+    let entries: string[] = [];
+    try {
+      entries = readdirSync(d, { withFileTypes: true })
+        .filter((e) => e.isDirectory())
+        .map((e) => e.name);
+    } catch {
+      return;
+    }
+    for (const e of entries) walk(join(d, e));
+  };
+  walk(dir);
+  return pids;
+}
