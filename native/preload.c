@@ -642,7 +642,7 @@ static int parse_rule(const char *s, size_t n, struct rule *r) {
     addr = t + 1;
     if (end[1] == ':') port = end + 2;
     else if (end[1]) return -1;
-  } else if (t[0] == ':') {
+  } else if (t[0] == ':' && t[1] != ':') { /* ":5432"; "::1" is an address */
     addr = NULL;
     port = t + 1;
   } else {

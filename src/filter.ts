@@ -177,7 +177,7 @@ export function parseEndpointRule(flag: string, text: string): EndpointRule {
   if (bracket) {
     addr = bracket[1];
     port = bracket[2];
-  } else if (t.startsWith(":")) {
+  } else if (/^:\d*$/.test(t)) {
     addr = undefined;
     port = t.slice(1);
   } else if ((t.match(/:/g) ?? []).length === 1) {

@@ -21,6 +21,7 @@ Commands:
   trace      run a program and report, socket by socket, what keepalive it set itself
   enable     turn keepalive on for the live connections of running processes (pidfd_getfd), no restart
   disable    turn it off again
+  enforce    keepalive for every new connection of a cgroup (BPF sock_ops), for any program
   sysctl     the namespace's keepalive defaults, what they mean, and --set to change them
 
 Run 'tcpka COMMAND --help' for the options of each. Exact per-socket answers need root (or CAP_SYS_PTRACE);
@@ -36,6 +37,7 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   trace: async () => (await import("./trace.js")).runTrace,
   enable: async () => (await import("./enable.js")).runEnable,
   disable: async () => (await import("./enable.js")).runDisable,
+  enforce: async () => (await import("./enforce.js")).runEnforce,
   sysctl: async () => (await import("./sysctl.js")).runSysctl,
 };
 

@@ -85,6 +85,27 @@ export const TIMER_CODES = {
 export const SYS_pidfd_open = 434;
 export const SYS_pidfd_getfd = 438;
 
+// bpf(2): arch/x86/entry/syscalls/syscall_64.tbl (321), include/uapi/asm-generic/unistd.h (280, arm64).
+export const SYS_bpf = process.arch === "arm64" ? 280 : 321;
+
+// include/uapi/linux/bpf.h: enum bpf_cmd, bpf_prog_type, bpf_attach_type, bpf_map_type
+export const BPF_CMD = {
+  MAP_CREATE: 0,
+  MAP_LOOKUP_ELEM: 1,
+  MAP_UPDATE_ELEM: 2,
+  PROG_LOAD: 5,
+  OBJ_PIN: 6,
+  OBJ_GET: 7,
+  OBJ_GET_INFO_BY_FD: 15,
+  LINK_CREATE: 28,
+  LINK_UPDATE: 29,
+  LINK_DETACH: 34,
+} as const;
+export const BPF_PROG_TYPE_SOCK_OPS = 13;
+export const BPF_CGROUP_SOCK_OPS = 3;
+export const BPF_MAP_TYPE_ARRAY = 2;
+export const BPF_OBJ_NAME_LEN = 16;
+
 // include/uapi/asm-generic/errno-base.h and errno.h
 export const ERRNO_NAMES: Readonly<Record<number, string>> = {
   1: "EPERM",

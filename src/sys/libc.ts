@@ -19,6 +19,9 @@ const c = {
   getsockopt: lib.func("int getsockopt(int fd, int level, int name, void *val, void *len)"),
   fstat: lib.func("int fstat(int fd, void *buf)"),
   readlinkat: lib.func("long readlinkat(int dirfd, const char *path, void *buf, size_t size)"),
+  mount: lib.func(
+    "int mount(const char *src, const char *target, const char *fstype, unsigned long flags, const void *data)",
+  ),
   // syscall(2) is variadic, but glibc implements it in assembly that reads all six argument registers, so a
   // fixed-arity prototype is safe and spares koffi's slower variadic path.
   syscall: lib.func("long syscall(long nr, long a, long b, long c)"),
@@ -92,6 +95,15 @@ export function fdInode(fd: number): number {
 /** A raw system call with up to three integer arguments; returns the result or throws SysError named `name`. */
 export function syscall(name: string, nr: number, a = 0, b = 0, d = 0): number {
   return check(name, Number(c.syscall(nr, a, b, d)));
+}
+
+export function mount(source: string, target: string, fstype: string): void {
+  check("mount", c.mount(source, target, fstype, 0, null) as number);
+}
+
+/** The address of a Buffer's memory, for system calls that take structs with pointers (bpf(2)). */
+export function addressOf(buf: Buffer): number {
+  return Number(koffi.address(buf));
 }
 
 /**

@@ -1,0 +1,194 @@
+/**
+ * A small typed eBPF assembler: instructions are values built by readable constructors, jumps name their
+ * target by symbol, and `assemble` resolves the labels into offsets and encodes the bytes
+ * (Documentation/bpf/standardization/instruction-set.rst; include/uapi/linux/bpf.h, bpf_common.h).
+ *
+ *   Mov.Reg(R6, R1)                  r6 = r1
+ *   LoadMem(R2, R6, 0, "W")          r2 = *(u32 *)(r6 + 0)
+ *   JEq32.Imm(R2, 4, "set")          if (u32)r2 == 4 goto set
+ *   Call(Fn.setsockopt)              r0 = bpf_setsockopt(r1..r5)
+ *   Return().withSymbol("out")       out: exit
+ */
+
+export type Reg = 0 | 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 | 9 | 10;
+export const R0: Reg = 0;
+export const R1: Reg = 1;
+export const R2: Reg = 2;
+export const R3: Reg = 3;
+export const R4: Reg = 4;
+export const R5: Reg = 5;
+export const R6: Reg = 6;
+export const R7: Reg = 7;
+export const R8: Reg = 8;
+export const R9: Reg = 9;
+/** The read-only frame pointer; the stack is the 512 bytes below it. */
+export const R10: Reg = 10;
+
+// Instruction classes, sizes, modes, operations (include/uapi/linux/bpf_common.h and bpf.h).
+const CLASS = { LD: 0x00, LDX: 0x01, ST: 0x02, STX: 0x03, ALU: 0x04, JMP: 0x05, JMP32: 0x06, ALU64: 0x07 } as const;
+const SIZE = { W: 0x00, H: 0x08, B: 0x10, DW: 0x18 } as const;
+const MODE_MEM = 0x60;
+const SRC_K = 0x00;
+const SRC_X = 0x08;
+const ALU_OP = { add: 0x00, sub: 0x10, or: 0x40, and: 0x50, lsh: 0x60, rsh: 0x70, mov: 0xb0, end: 0xd0 } as const;
+const JMP_OP = {
+  ja: 0x00,
+  jeq: 0x10,
+  jgt: 0x20,
+  jge: 0x30,
+  jset: 0x40,
+  jne: 0x50,
+  call: 0x80,
+  exit: 0x90,
+  jlt: 0xa0,
+  jle: 0xb0,
+} as const;
+
+export type Size = keyof typeof SIZE;
+
+/** Helper functions by their number in enum bpf_func_id (include/uapi/linux/bpf.h). */
+export const Fn = { setsockopt: 49, getsockopt: 57 } as const;
+
+export class Instruction {
+  constructor(
+    readonly opcode: number,
+    readonly dst: Reg,
+    readonly src: Reg,
+    readonly off: number,
+    readonly imm: number,
+    /** The label this jump goes to; resolved into `off` by assemble(). */
+    readonly target?: string,
+    /** The label of this instruction. */
+    readonly symbol?: string,
+  ) {}
+
+  /** This instruction, labelled so that jumps can name it. */
+  withSymbol(symbol: string): Instruction {
+    return new Instruction(this.opcode, this.dst, this.src, this.off, this.imm, this.target, symbol);
+  }
+}
+
+function alu(cls: number, op: number) {
+  return {
+    Imm: (dst: Reg, imm: number) => new Instruction(cls | op | SRC_K, dst, 0, 0, imm | 0),
+    Reg: (dst: Reg, src: Reg) => new Instruction(cls | op | SRC_X, dst, src, 0, 0),
+  };
+}
+
+/** 64-bit ALU operations. */
+export const Mov = alu(CLASS.ALU64, ALU_OP.mov);
+export const Add = alu(CLASS.ALU64, ALU_OP.add);
+/** 32-bit ALU operations (the upper half of dst is zeroed). */
+export const And32 = alu(CLASS.ALU, ALU_OP.and);
+export const Rsh32 = alu(CLASS.ALU, ALU_OP.rsh);
+export const Mov32 = alu(CLASS.ALU, ALU_OP.mov);
+
+/** dst = bswap to big endian of its low `bits` (16, 32 or 64): a network-order value read on a little-endian host. */
+export function ToBE(dst: Reg, bits: 16 | 32 | 64): Instruction {
+  return new Instruction(CLASS.ALU | ALU_OP.end | SRC_X, dst, 0, 0, bits);
+}
+
+function jmp(cls: number, op: number) {
+  return {
+    Imm: (dst: Reg, imm: number, target: string) => new Instruction(cls | op | SRC_K, dst, 0, 0, imm | 0, target),
+    Reg: (dst: Reg, src: Reg, target: string) => new Instruction(cls | op | SRC_X, dst, src, 0, 0, target),
+  };
+}
+
+/** 32-bit compares: the operands' low halves, immediates not sign-extended (needs Linux 5.1+). */
+export const JEq32 = jmp(CLASS.JMP32, JMP_OP.jeq);
+export const JNE32 = jmp(CLASS.JMP32, JMP_OP.jne);
+export const JGT32 = jmp(CLASS.JMP32, JMP_OP.jgt);
+export const JLE32 = jmp(CLASS.JMP32, JMP_OP.jle);
+/** 64-bit compares. */
+export const JEq = jmp(CLASS.JMP, JMP_OP.jeq);
+export const JNE = jmp(CLASS.JMP, JMP_OP.jne);
+
+export function Ja(target: string): Instruction {
+  return new Instruction(CLASS.JMP | JMP_OP.ja, 0, 0, 0, 0, target);
+}
+
+/** dst = *(size *)(src + off) */
+export function LoadMem(dst: Reg, src: Reg, off: number, size: Size): Instruction {
+  return new Instruction(CLASS.LDX | MODE_MEM | SIZE[size], dst, src, off, 0);
+}
+
+/** *(size *)(dst + off) = src */
+export function StoreMem(dst: Reg, off: number, src: Reg, size: Size): Instruction {
+  return new Instruction(CLASS.STX | MODE_MEM | SIZE[size], dst, src, off, 0);
+}
+
+/** *(size *)(dst + off) = imm */
+export function StoreImm(dst: Reg, off: number, imm: number, size: Size): Instruction {
+  return new Instruction(CLASS.ST | MODE_MEM | SIZE[size], dst, 0, off, imm | 0);
+}
+
+export function Call(fn: number): Instruction {
+  return new Instruction(CLASS.JMP | JMP_OP.call, 0, 0, 0, fn);
+}
+
+export function Return(): Instruction {
+  return new Instruction(CLASS.JMP | JMP_OP.exit, 0, 0, 0, 0);
+}
+
+/** Resolve labels and encode: 8 bytes per instruction (opcode, dst/src nibbles, s16 offset, s32 immediate). */
+export function assemble(program: readonly Instruction[]): Buffer {
+  const at = new Map<string, number>();
+  program.forEach((insn, i) => {
+    if (insn.symbol === undefined) return;
+    if (at.has(insn.symbol)) throw new Error(`bpf asm: label ${insn.symbol} defined twice`);
+    at.set(insn.symbol, i);
+  });
+  const out = Buffer.alloc(program.length * 8);
+  program.forEach((insn, i) => {
+    let off = insn.off;
+    if (insn.target !== undefined) {
+      const to = at.get(insn.target);
+      if (to === undefined) throw new Error(`bpf asm: jump to undefined label ${insn.target}`);
+      off = to - (i + 1);
+      if (off < -32768 || off > 32767) throw new Error(`bpf asm: jump to ${insn.target} is too far`);
+    }
+    out.writeUInt8(insn.opcode, i * 8);
+    out.writeUInt8((insn.src << 4) | insn.dst, i * 8 + 1); // little endian: dst in the low nibble
+    out.writeInt16LE(off, i * 8 + 2);
+    out.writeInt32LE(insn.imm, i * 8 + 4);
+  });
+  return out;
+}
+
+/**
+ * Builds a program in order: `label(name)` names the next instruction emitted (several labels may name the
+ * same one), `emit(...)` appends. build() returns the instructions with every jump pointing at a symbol.
+ */
+export class ProgramBuilder {
+  private readonly insns: Instruction[] = [];
+  private pending: string[] = [];
+  private readonly alias = new Map<string, string>();
+
+  label(name: string): this {
+    this.pending.push(name);
+    return this;
+  }
+
+  emit(...insns: Instruction[]): this {
+    for (let insn of insns) {
+      const [first, ...rest] = this.pending;
+      if (first !== undefined) {
+        if (insn.symbol !== undefined) this.alias.set(first, insn.symbol);
+        else insn = insn.withSymbol(first);
+        for (const r of rest) this.alias.set(r, insn.symbol as string);
+        this.pending = [];
+      }
+      this.insns.push(insn);
+    }
+    return this;
+  }
+
+  build(): Instruction[] {
+    if (this.pending.length) throw new Error(`bpf asm: label ${this.pending[0]} names no instruction`);
+    return this.insns.map((i) => {
+      const to = i.target === undefined ? undefined : this.alias.get(i.target);
+      return to === undefined ? i : new Instruction(i.opcode, i.dst, i.src, i.off, i.imm, to, i.symbol);
+    });
+  }
+}

@@ -1,0 +1,238 @@
+/**
+ * The sock_ops program of `tcpka enforce`, generated from the settings and the --only/--except rules.
+ *
+ * It runs for every TCP socket of the cgroup at three points (enum bpf_sock_ops_op, include/uapi/linux/bpf.h):
+ * ACTIVE_ESTABLISHED_CB (4, a connect() completed), PASSIVE_ESTABLISHED_CB (5, a connection was accepted) and
+ * TCP_LISTEN_CB (11, listen(); accepted sockets inherit). On each it decides with the rules (peer address;
+ * service port = the peer port of an outgoing connection, the local port of an accepted one or a listener)
+ * and then sets the options with bpf_setsockopt. In strengthen mode it first reads each one with
+ * bpf_getsockopt (SOL_SOCKET options since Linux 6.0; where the read fails it sets the value) and only lowers.
+ * It cannot see a program's own setsockopt calls made after the connection is established.
+ */
+import { endianness } from "node:os";
+import type { EndpointRule } from "../filter.js";
+import { SOCKOPTS } from "../inspect/exact.js";
+import type { ApplyMode, KeepAliveSettings, OptionName } from "../settings.js";
+import {
+  Add,
+  And32,
+  Call,
+  Fn,
+  type Instruction,
+  Ja,
+  JEq32,
+  JLE32,
+  JNE,
+  JNE32,
+  LoadMem,
+  Mov,
+  ProgramBuilder,
+  R0,
+  R1,
+  R2,
+  R3,
+  R4,
+  R5,
+  R6,
+  R7,
+  R9,
+  R10,
+  Return,
+  Rsh32,
+  StoreImm,
+  ToBE,
+} from "./asm.js";
+
+// struct bpf_sock_ops (include/uapi/linux/bpf.h): the u32 fields the program reads.
+const CTX = {
+  op: 0,
+  family: 20,
+  remoteIp4: 24,
+  remoteIp6: 32,
+  remotePort: 64, // network order; in the upper 16 bits on little-endian kernels (sock_ops_convert_ctx_access)
+  localPort: 68, // host order
+} as const;
+const OP = { activeEstablished: 4, passiveEstablished: 5, tcpListen: 11 } as const;
+const AF_INET = 2;
+const AF_INET6 = 10;
+const SCRATCH = -8; // stack slot for option values
+
+export interface EnforceSpec {
+  settings: KeepAliveSettings;
+  mode: ApplyMode;
+  only: readonly EndpointRule[];
+  except: readonly EndpointRule[];
+}
+
+/** Network-order bytes as the u32 that a 32-bit load of them gives on this host. */
+function word(bytes: Buffer, i: number): number {
+  return endianness() === "LE" ? bytes.readUInt32LE(i * 4) : bytes.readUInt32BE(i * 4);
+}
+
+function addressBytes(address: string, family: 4 | 6): Buffer {
+  if (family === 4) return Buffer.from(address.split(".").map(Number));
+  // Expand "::" and any dotted IPv4 tail into eight 16-bit groups.
+  let text = address;
+  const dotted = /(\d+\.\d+\.\d+\.\d+)$/.exec(text);
+  if (dotted) {
+    const b = (dotted[1] as string).split(".").map(Number) as [number, number, number, number];
+    text = `${text.slice(0, -dotted[0].length)}${((b[0] << 8) | b[1]).toString(16)}:${((b[2] << 8) | b[3]).toString(16)}`;
+  }
+  const [head, tail] = text.split("::") as [string, string | undefined];
+  const h = head ? head.split(":") : [];
+  const t = tail ? tail.split(":") : [];
+  const groups = tail === undefined ? h : [...h, ...Array(8 - h.length - t.length).fill("0"), ...t];
+  const out = Buffer.alloc(16);
+  for (const [i, g] of groups.entries()) out.writeUInt16BE(Number.parseInt(g, 16), i * 2);
+  return out;
+}
+
+function maskBytes(prefix: number, length: number): Buffer {
+  const out = Buffer.alloc(length);
+  for (let i = 0; i < length; i++) {
+    const bits = Math.max(0, Math.min(8, prefix - i * 8));
+    out[i] = bits === 0 ? 0 : (0xff << (8 - bits)) & 0xff;
+  }
+  return out;
+}
+
+/** Code that falls through when the connection matches `r`, and jumps to `fail` when it does not. */
+function ruleCheck(p: ProgramBuilder, r: EndpointRule, fail: string, id: string): void {
+  if (r.port !== undefined) p.emit(JNE32.Imm(R7, r.port, fail));
+  const cidr = r.cidr;
+  if (!cidr) return;
+  p.emit(LoadMem(R9, R6, CTX.family, "W"));
+  if (cidr.family === 4) {
+    const net = addressBytes(cidr.address, 4);
+    const mask = maskBytes(cidr.prefix, 4);
+    // An AF_INET6 socket talking to an IPv4 peer has it as ::ffff:a.b.c.d.
+    const mapped = word(Buffer.from([0, 0, 0xff, 0xff]), 0);
+    p.emit(
+      JEq32.Imm(R9, AF_INET, `${id}_v4`),
+      JNE32.Imm(R9, AF_INET6, fail),
+      LoadMem(R2, R6, CTX.remoteIp6, "W"),
+      JNE32.Imm(R2, 0, fail),
+      LoadMem(R2, R6, CTX.remoteIp6 + 4, "W"),
+      JNE32.Imm(R2, 0, fail),
+      LoadMem(R2, R6, CTX.remoteIp6 + 8, "W"),
+      JNE32.Imm(R2, mapped, fail),
+      LoadMem(R2, R6, CTX.remoteIp6 + 12, "W"),
+      Ja(`${id}_cmp`),
+    );
+    p.label(`${id}_v4`).emit(LoadMem(R2, R6, CTX.remoteIp4, "W"));
+    p.label(`${id}_cmp`).emit(And32.Imm(R2, word(mask, 0)), JNE32.Imm(R2, word(net, 0) & word(mask, 0), fail));
+    return;
+  }
+  const net = addressBytes(cidr.address, 6);
+  const mask = maskBytes(cidr.prefix, 16);
+  p.emit(JNE32.Imm(R9, AF_INET6, fail));
+  for (let k = 0; k < 4; k++) {
+    const m = word(mask, k);
+    if (m === 0) continue;
+    p.emit(
+      LoadMem(R2, R6, CTX.remoteIp6 + 4 * k, "W"),
+      And32.Imm(R2, m),
+      JNE32.Imm(R2, (word(net, k) & m) >>> 0, fail),
+    );
+  }
+}
+
+/** bpf_setsockopt(ctx, level, name, &value, 4) */
+function setOption(p: ProgramBuilder, option: OptionName, value: number): void {
+  const [level, name] = SOCKOPTS[option];
+  p.emit(
+    StoreImm(R10, SCRATCH, value, "W"),
+    Mov.Reg(R1, R6),
+    Mov.Imm(R2, level),
+    Mov.Imm(R3, name),
+    Mov.Reg(R4, R10),
+    Add.Imm(R4, SCRATCH),
+    Mov.Imm(R5, 4),
+    Call(Fn.setsockopt),
+  );
+}
+
+/** Read the option; skip the set when the socket's value is already as strong (see strongEnough in settings). */
+function strengthenOption(p: ProgramBuilder, option: OptionName, value: number): void {
+  const [level, name] = SOCKOPTS[option];
+  const set = `set_${option}`;
+  const done = `done_${option}`;
+  p.emit(
+    StoreImm(R10, SCRATCH, 0, "W"),
+    Mov.Reg(R1, R6),
+    Mov.Imm(R2, level),
+    Mov.Imm(R3, name),
+    Mov.Reg(R4, R10),
+    Add.Imm(R4, SCRATCH),
+    Mov.Imm(R5, 4),
+    Call(Fn.getsockopt),
+    JNE.Imm(R0, 0, set),
+    LoadMem(R2, R10, SCRATCH, "W"),
+  );
+  if (option === "keepalive") p.emit(JNE32.Imm(R2, 0, done));
+  else {
+    if (option === "userTimeout") p.emit(JEq32.Imm(R2, 0, set));
+    p.emit(JLE32.Imm(R2, value, done));
+  }
+  p.label(set);
+  setOption(p, option, value);
+  p.label(done);
+}
+
+export function keepaliveProgram(spec: EnforceSpec): Instruction[] {
+  const p = new ProgramBuilder();
+  const rules = [...spec.only, ...spec.except];
+  // A listener has no peer yet: set it up only when no rule depends on the peer's address, as the shim does.
+  const listeners = !rules.some((r) => r.cidr);
+
+  p.emit(
+    Mov.Reg(R6, R1),
+    LoadMem(R2, R6, CTX.op, "W"),
+    JEq32.Imm(R2, OP.activeEstablished, "active"),
+    JEq32.Imm(R2, OP.passiveEstablished, "local_port"),
+  );
+  if (listeners) p.emit(JEq32.Imm(R2, OP.tcpListen, "local_port"));
+  p.emit(Ja("out"));
+
+  // The service port, in host order, in r7.
+  p.label("active").emit(
+    LoadMem(R7, R6, CTX.remotePort, "W"),
+    JLE32.Imm(R7, 0xffff, "swap"), // kernels that do not shift it up
+    Rsh32.Imm(R7, 16),
+  );
+  p.label("swap").emit(ToBE(R7, 16), Ja("filter"));
+  p.label("local_port").emit(LoadMem(R7, R6, CTX.localPort, "W"));
+
+  p.label("filter");
+  spec.except.forEach((r, i) => {
+    ruleCheck(p, r, `except_${i}_no`, `except_${i}`);
+    p.emit(Ja("out"));
+    p.label(`except_${i}_no`);
+  });
+  if (spec.only.length) {
+    spec.only.forEach((r, i) => {
+      ruleCheck(p, r, `only_${i}_no`, `only_${i}`);
+      p.emit(Ja("apply"));
+      p.label(`only_${i}_no`);
+    });
+    p.emit(Ja("out"));
+  }
+
+  p.label("apply");
+  const s = spec.settings;
+  const values: [OptionName, number | undefined][] = [
+    ["keepalive", 1],
+    ["idle", s.idle],
+    ["interval", s.interval],
+    ["count", s.count],
+    ["userTimeout", s.userTimeout],
+  ];
+  for (const [option, value] of values) {
+    if (value === undefined) continue;
+    if (spec.mode === "strengthen") strengthenOption(p, option, value);
+    else setOption(p, option, value);
+  }
+  // sock_ops programs return 1 (the reply is not used for these ops).
+  p.label("out").emit(Mov.Imm(R0, 1), Return());
+  return p.build();
+}

@@ -1,0 +1,216 @@
+/**
+ * `tcpka enforce`: keepalive for every new connection of a cgroup through a BPF sock_ops program; --list and
+ * --remove manage what is in place.
+ */
+import { spawnSync } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { type Enforcement, enforceOnCgroup, listEnforcements, pinName, removeEnforcement } from "../enforce/cgroup.js";
+import { TcpkaError, usage } from "../errors.js";
+import { DEFAULT_FILTER, endpointMatcher, parseEndpointRule, parsePid } from "../filter.js";
+import { cgroup2Mount, pidsInCgroup, resolveCgroup } from "../inspect/cgroup.js";
+import { processExists } from "../inspect/owners.js";
+import { stateMask } from "../inspect/sockets.js";
+import { formatMs } from "../settings.js";
+import { bool, type Options, parse, SETTINGS_HELP, SETTINGS_OPTIONS, settingsFrom, str, strs } from "./args.js";
+import { runLive } from "./enable.js";
+import { type Out, table } from "./format.js";
+
+export const ENFORCE_HELP = `Usage: tcpka enforce (--cgroup PATH | --unit NAME.service | --pid PID) [settings] [--only RULE]…
+                     [--except RULE]… [--force] [--existing]
+       tcpka enforce --list [--json]
+       tcpka enforce --remove (--cgroup PATH | --unit NAME.service | --pid PID | --all)
+
+Turn TCP keepalive on for every connection made or accepted in a cgroup v2 (and the cgroups below it) from
+now on, whatever the program: statically linked, io_uring, any language. A BPF sock_ops program attached to the
+cgroup sets the options when a connection is established and when a socket listens; it is pinned under
+/sys/fs/bpf/tcpka/ and stays in place after tcpka exits, until --remove or a reboot. Other sock_ops programs
+on the cgroup keep working. Running it again on the same cgroup replaces the settings in one step.
+Connections that already exist are not touched unless --existing is given. Needs root (CAP_BPF and
+CAP_NET_ADMIN) and Linux 5.9+; strengthen mode reads the current values with bpf_getsockopt (Linux 6.0+ for
+SO_KEEPALIVE; where a read fails the value is set), and cannot see a program's own setsockopt calls made after
+the connection is established.
+
+Target (one):
+      --cgroup PATH      a cgroup, as a path in the cgroup2 mount or relative to it (system.slice/app.service)
+      --unit NAME        the cgroup of a systemd unit
+      --pid PID          the cgroup of a process
+
+${SETTINGS_HELP}
+
+Which connections (default: all):
+      --only RULE        CIDR, CIDR:PORT, [IPv6CIDR]:PORT or :PORT; the address is the peer's, the port the
+                         service's (the peer port of an outgoing connection, the local port of an accepted one)
+      --except RULE      leave these alone; wins over --only
+
+Other:
+      --existing         also change the connections that exist now (as tcpka enable --cgroup does)
+      --list             what is enforced where; --json for scripts
+      --remove           detach and unpin; new connections are no longer touched (existing ones keep theirs)
+
+Examples:
+  sudo tcpka enforce --unit app.service --idle 60s
+  sudo tcpka enforce --cgroup /workers --only :5432 --existing
+  sudo tcpka enforce --list
+  sudo tcpka enforce --remove --unit app.service
+`;
+
+const OPTIONS: Options = {
+  ...SETTINGS_OPTIONS,
+  cgroup: { type: "string" },
+  unit: { type: "string" },
+  pid: { type: "string" },
+  only: { type: "string", multiple: true },
+  except: { type: "string", multiple: true },
+  existing: { type: "boolean" },
+  list: { type: "boolean" },
+  remove: { type: "boolean" },
+  all: { type: "boolean" },
+  json: { type: "boolean" },
+};
+
+/** The cgroup v2 directory of a process: the "0::/path" line of /proc/PID/cgroup. */
+function cgroupOfPid(pid: number, mount: string): string {
+  let text: string;
+  try {
+    text = readFileSync(`/proc/${pid}/cgroup`, "utf8");
+  } catch {
+    throw usage(`--pid ${pid}: no such process`);
+  }
+  const line = text.split("\n").find((l) => l.startsWith("0::"));
+  if (!line)
+    throw new TcpkaError("unsupported", `process ${pid} is in no cgroup v2 (no 0:: line in /proc/${pid}/cgroup)`);
+  return join(mount, line.slice(3));
+}
+
+function cgroupOfUnit(unit: string): string {
+  const r = spawnSync("systemctl", ["show", "-p", "ControlGroup", "--value", unit], { encoding: "utf8" });
+  if (r.error) {
+    throw new TcpkaError(
+      "unsupported",
+      `--unit ${unit}: systemctl is not available (${(r.error as NodeJS.ErrnoException).code})`,
+      {
+        hint: "give the cgroup with --cgroup PATH instead",
+      },
+    );
+  }
+  const path = r.stdout.trim();
+  if (r.status !== 0 || !path) {
+    throw new TcpkaError("not-found", `--unit ${unit}: no such unit, or it is not running`, {
+      hint: "systemctl status NAME shows it; units get a cgroup only while they run",
+    });
+  }
+  return path;
+}
+
+/** The target cgroup directory from --cgroup, --unit or --pid (exactly one). */
+function targetCgroup(v: ReturnType<typeof parse>["values"], mount: string): string | undefined {
+  const given = ["cgroup", "unit", "pid"].filter((k) => v[k] !== undefined);
+  if (given.length > 1) throw usage(`give one target, not ${given.map((k) => `--${k}`).join(" and ")}`);
+  const cg = str(v, "cgroup");
+  if (cg !== undefined) return resolveCgroup(cg, mount);
+  const unit = str(v, "unit");
+  if (unit !== undefined) return resolveCgroup(cgroupOfUnit(unit), mount);
+  const pid = str(v, "pid");
+  if (pid !== undefined) {
+    const p = parsePid("--pid", pid);
+    if (!processExists(p)) throw usage(`--pid ${pid}: no such process`);
+    return cgroupOfPid(p, mount);
+  }
+  return undefined;
+}
+
+function settingsText(e: Enforcement): string {
+  const parts = [e.idle_s, e.interval_s, e.count].map((x) => (x === undefined ? "-" : String(x)));
+  let t = `${parts[0]}s / ${parts[1]}s / ${parts[2]}`;
+  if (e.user_timeout_ms !== undefined) t += `, user timeout ${formatMs(e.user_timeout_ms)}`;
+  return `${t} (${e.mode})`;
+}
+
+function rulesText(e: Enforcement): string {
+  const parts: string[] = [];
+  if (e.only.length) parts.push(`only ${e.only.join(",")}`);
+  if (e.except.length) parts.push(`except ${e.except.join(",")}`);
+  return parts.join("; ") || "all";
+}
+
+export async function runEnforce(argv: readonly string[], out: Out): Promise<number> {
+  const { values } = parse("enforce", argv, OPTIONS);
+  if (bool(values, "help")) {
+    out.write(ENFORCE_HELP);
+    return 0;
+  }
+  if (bool(values, "list")) {
+    const list = listEnforcements();
+    if (bool(values, "json")) out.write(`${JSON.stringify(list)}\n`);
+    else if (list.length === 0) out.write("nothing is enforced (no pins under /sys/fs/bpf/tcpka)\n");
+    else {
+      table(
+        ["CGROUP", "SETTINGS", "CONNECTIONS", "SINCE"],
+        list.map((e) => [
+          e.cgroup,
+          settingsText(e),
+          rulesText(e),
+          e.updated ? `${e.since} (updated ${e.updated})` : e.since,
+        ]),
+        out,
+      );
+    }
+    return 0;
+  }
+  const mount = cgroup2Mount();
+  if (bool(values, "remove")) {
+    if (bool(values, "all")) {
+      const list = listEnforcements();
+      for (const e of list) removeEnforcement(e.name);
+      out.write(`removed ${list.length} enforcement${list.length === 1 ? "" : "s"}\n`);
+      return 0;
+    }
+    const dir = targetCgroup(values, mount);
+    if (!dir) throw usage("--remove needs a target: --cgroup, --unit, --pid or --all");
+    const cgroup = `/${dir.slice(mount.length).replace(/^\/+/, "")}`;
+    if (!removeEnforcement(pinName(cgroup))) {
+      throw new TcpkaError("not-found", `nothing is enforced on ${cgroup}`, {
+        hint: "tcpka enforce --list shows what is",
+      });
+    }
+    out.write(`removed: new connections in ${cgroup} are no longer touched (existing ones keep their settings)\n`);
+    return 0;
+  }
+
+  const dir = targetCgroup(values, mount);
+  if (!dir)
+    throw usage("no target: give --cgroup, --unit or --pid", "e.g. sudo tcpka enforce --cgroup /workers --idle 60s");
+  if (bool(values, "all")) throw usage("--all goes with --remove");
+  const only = strs(values, "only").map((r) => parseEndpointRule("--only", r));
+  const except = strs(values, "except").map((r) => parseEndpointRule("--except", r));
+  const settings = settingsFrom(values);
+  const mode = bool(values, "force") ? "force" : "strengthen";
+  const r = enforceOnCgroup(dir, mount, { settings, mode, only, except });
+  const e = r.enforcement;
+  out.write(
+    `${r.replaced ? "replaced the settings" : "enforcing keepalive"} on new connections in cgroup ${e.cgroup}: ${settingsText(e)}, ${rulesText(e)}\n`,
+  );
+  out.write(`pinned at ${r.pinDir}; remove with: tcpka enforce --remove --cgroup ${e.cgroup}\n`);
+  if (!bool(values, "existing")) {
+    out.write(`connections that exist now are unchanged: add --existing, or run tcpka enable --cgroup ${e.cgroup}\n`);
+    return 0;
+  }
+  out.end();
+  return runLive(
+    { pids: () => pidsInCgroup(dir), fixed: false },
+    {
+      disable: false,
+      settings,
+      force: mode === "force",
+      filter: { ...DEFAULT_FILTER, states: stateMask(["ESTAB", "LISTEN"]) },
+      matches: endpointMatcher(only, except),
+      dryRun: false,
+      watch: false,
+      everyMs: 1000,
+      quiet: true,
+      json: false,
+    },
+    out,
+  );
+}

@@ -1,0 +1,164 @@
+/**
+ * The bpf(2) system call for the few commands tcpka needs: load a program, attach it to a cgroup with a link,
+ * replace a link's program, detach, pin and get objects, and a one-entry array map for metadata. Each command's
+ * attribute block is laid out as in union bpf_attr (include/uapi/linux/bpf.h).
+ */
+import { TcpkaError } from "../errors.js";
+import { BPF_CMD, BPF_MAP_TYPE_ARRAY, BPF_OBJ_NAME_LEN, SYS_bpf } from "./constants.js";
+import { addressOf, SysError, syscall } from "./libc.js";
+
+const ATTR_SIZE = 128;
+
+function bpf(cmd: keyof typeof BPF_CMD, attr: Buffer): number {
+  return syscall(`bpf(${cmd})`, SYS_bpf, BPF_CMD[cmd], addressOf(attr), attr.length);
+}
+
+function cString(s: string): Buffer {
+  return Buffer.from(`${s}\0`);
+}
+
+export class VerifierError extends TcpkaError {
+  constructor(
+    readonly errno: SysError,
+    readonly log: string,
+  ) {
+    const lines = log.trim().split("\n");
+    super("unsupported", `the kernel's verifier rejected the BPF program (${errno.errnoName}): ${lines.at(-1) ?? ""}`, {
+      hint: `the last lines of its log:\n  ${lines.slice(-6).join("\n  ")}`,
+    });
+  }
+}
+
+export interface ProgLoad {
+  type: number;
+  insns: Buffer;
+  license: string;
+  name: string;
+  expectedAttachType?: number;
+}
+
+/** Load a program; on failure load it again with the verifier's log and throw a VerifierError with it. */
+export function progLoad(p: ProgLoad): number {
+  const license = cString(p.license);
+  const attempt = (log?: Buffer): number => {
+    const attr = Buffer.alloc(ATTR_SIZE);
+    attr.writeUInt32LE(p.type, 0);
+    attr.writeUInt32LE(p.insns.length / 8, 4);
+    attr.writeBigUInt64LE(BigInt(addressOf(p.insns)), 8);
+    attr.writeBigUInt64LE(BigInt(addressOf(license)), 16);
+    if (log) {
+      attr.writeUInt32LE(1, 24); // log_level
+      attr.writeUInt32LE(log.length, 28);
+      attr.writeBigUInt64LE(BigInt(addressOf(log)), 32);
+    }
+    attr.write(p.name.slice(0, BPF_OBJ_NAME_LEN - 1), 48, "latin1");
+    attr.writeUInt32LE(p.expectedAttachType ?? 0, 68);
+    return bpf("PROG_LOAD", attr);
+  };
+  try {
+    return attempt();
+  } catch (e) {
+    if (!(e instanceof SysError) || e.errnoName === "EPERM") throw e;
+    const log = Buffer.alloc(1 << 20);
+    try {
+      return attempt(log);
+    } catch (e2) {
+      if (!(e2 instanceof SysError)) throw e2;
+      const text = log.toString("latin1", 0, Math.max(0, log.indexOf(0)));
+      if (!text) throw e2;
+      throw new VerifierError(e2, text);
+    }
+  }
+}
+
+/** Attach a program to a cgroup through a link (always multi-attach: other programs keep working). */
+export function linkCreate(progFd: number, targetFd: number, attachType: number): number {
+  const attr = Buffer.alloc(ATTR_SIZE);
+  attr.writeUInt32LE(progFd, 0);
+  attr.writeUInt32LE(targetFd, 4);
+  attr.writeUInt32LE(attachType, 8);
+  return bpf("LINK_CREATE", attr);
+}
+
+/** Swap the program behind a link in one step: no moment without a program. */
+export function linkUpdate(linkFd: number, newProgFd: number): void {
+  const attr = Buffer.alloc(ATTR_SIZE);
+  attr.writeUInt32LE(linkFd, 0);
+  attr.writeUInt32LE(newProgFd, 4);
+  bpf("LINK_UPDATE", attr);
+}
+
+/** Detach a link's program now, even while the link is still pinned or open elsewhere. */
+export function linkDetach(linkFd: number): void {
+  const attr = Buffer.alloc(ATTR_SIZE);
+  attr.writeUInt32LE(linkFd, 0);
+  bpf("LINK_DETACH", attr);
+}
+
+export function objPin(fd: number, path: string): void {
+  const p = cString(path);
+  const attr = Buffer.alloc(ATTR_SIZE);
+  attr.writeBigUInt64LE(BigInt(addressOf(p)), 0);
+  attr.writeUInt32LE(fd, 8);
+  bpf("OBJ_PIN", attr);
+}
+
+export function objGet(path: string): number {
+  const p = cString(path);
+  const attr = Buffer.alloc(ATTR_SIZE);
+  attr.writeBigUInt64LE(BigInt(addressOf(p)), 0);
+  return bpf("OBJ_GET", attr);
+}
+
+export interface LinkInfo {
+  id: number;
+  progId: number;
+  cgroupId: bigint;
+  attachType: number;
+}
+
+/** struct bpf_link_info of a cgroup link. */
+export function linkInfo(linkFd: number): LinkInfo {
+  const info = Buffer.alloc(64);
+  const attr = Buffer.alloc(ATTR_SIZE);
+  attr.writeUInt32LE(linkFd, 0);
+  attr.writeUInt32LE(info.length, 4);
+  attr.writeBigUInt64LE(BigInt(addressOf(info)), 8);
+  bpf("OBJ_GET_INFO_BY_FD", attr);
+  return {
+    id: info.readUInt32LE(4),
+    progId: info.readUInt32LE(8),
+    cgroupId: info.readBigUInt64LE(16),
+    attachType: info.readUInt32LE(24),
+  };
+}
+
+/** A one-entry array map whose value holds `size` bytes: tcpka keeps an enforcement's description in it. */
+export function blobMapCreate(name: string, size: number): number {
+  const attr = Buffer.alloc(ATTR_SIZE);
+  attr.writeUInt32LE(BPF_MAP_TYPE_ARRAY, 0);
+  attr.writeUInt32LE(4, 4); // key_size
+  attr.writeUInt32LE(size, 8); // value_size
+  attr.writeUInt32LE(1, 12); // max_entries
+  attr.write(name.slice(0, BPF_OBJ_NAME_LEN - 1), 28, "latin1");
+  return bpf("MAP_CREATE", attr);
+}
+
+function mapElem(cmd: "MAP_LOOKUP_ELEM" | "MAP_UPDATE_ELEM", mapFd: number, value: Buffer): void {
+  const key = Buffer.alloc(4);
+  const attr = Buffer.alloc(ATTR_SIZE);
+  attr.writeUInt32LE(mapFd, 0);
+  attr.writeBigUInt64LE(BigInt(addressOf(key)), 8);
+  attr.writeBigUInt64LE(BigInt(addressOf(value)), 16);
+  bpf(cmd, attr);
+}
+
+export function blobMapWrite(mapFd: number, value: Buffer): void {
+  mapElem("MAP_UPDATE_ELEM", mapFd, value);
+}
+
+export function blobMapRead(mapFd: number, size: number): Buffer {
+  const value = Buffer.alloc(size);
+  mapElem("MAP_LOOKUP_ELEM", mapFd, value);
+  return value;
+}

@@ -1,0 +1,126 @@
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import {
+  Add,
+  assemble,
+  Call,
+  Fn,
+  type Instruction,
+  Ja,
+  JEq32,
+  LoadMem,
+  Mov,
+  ProgramBuilder,
+  R0,
+  R1,
+  R2,
+  R4,
+  R6,
+  R7,
+  R10,
+  Return,
+  Rsh32,
+  StoreImm,
+  ToBE,
+} from "../../src/bpf/asm.js";
+import { keepaliveProgram } from "../../src/bpf/keepalive.js";
+import { parseEndpointRule } from "../../src/filter.js";
+
+const hex = (insns: Instruction[]) => assemble(insns).toString("hex");
+
+describe("instruction encoding (opcode, dst|src<<4, s16 offset, s32 immediate)", () => {
+  const cases: [string, Instruction, string][] = [
+    ["r6 = r1", Mov.Reg(R6, R1), "bf16000000000000"],
+    ["r0 = 1", Mov.Imm(R0, 1), "b700000001000000"],
+    ["exit", Return(), "9500000000000000"],
+    ["r2 = *(u32 *)(r6 + 64)", LoadMem(R2, R6, 64, "W"), "6162400000000000"],
+    ["*(u32 *)(r10 - 8) = 1", StoreImm(R10, -8, 1, "W"), "620af8ff01000000"],
+    ["call bpf_setsockopt", Call(Fn.setsockopt), "8500000031000000"],
+    ["call bpf_getsockopt", Call(Fn.getsockopt), "8500000039000000"],
+    ["r4 += -8", Add.Imm(R4, -8), "07040000f8ffffff"],
+    ["w7 >>= 16", Rsh32.Imm(R7, 16), "7407000010000000"],
+    ["r7 = be16 r7", ToBE(R7, 16), "dc07000010000000"],
+  ];
+  for (const [name, insn, bytes] of cases) test(name, () => assert.equal(hex([insn]), bytes));
+
+  test("an immediate above 2^31 is stored as its 32-bit pattern", () => {
+    assert.equal(hex([JEq32.Imm(R2, 0xffff0000, "x").withSymbol("x")]), "1602ffff0000ffff");
+  });
+});
+
+describe("labels", () => {
+  test("a forward jump's offset counts the instructions in between", () => {
+    const bytes = assemble([JEq32.Imm(R2, 4, "out"), Mov.Imm(R0, 0), Mov.Imm(R0, 1).withSymbol("out"), Return()]);
+    assert.equal(bytes.readInt16LE(2), 1);
+    assert.equal(bytes.subarray(0, 8).toString("hex"), "1602010004000000");
+  });
+
+  test("a backward jump has a negative offset", () => {
+    const bytes = assemble([Mov.Imm(R0, 0).withSymbol("top"), Ja("top")]);
+    assert.equal(bytes.readInt16LE(8 + 2), -2);
+  });
+
+  test("undefined and duplicate labels are errors", () => {
+    assert.throws(() => assemble([Ja("nowhere")]), /undefined label nowhere/);
+    assert.throws(() => assemble([Return().withSymbol("a"), Return().withSymbol("a")]), /defined twice/);
+  });
+
+  test("several labels can name one instruction", () => {
+    const p = new ProgramBuilder();
+    p.emit(Ja("b"), Ja("a"));
+    p.label("a").label("b").emit(Return());
+    const bytes = assemble(p.build());
+    assert.equal(bytes.readInt16LE(2), 1);
+    assert.equal(bytes.readInt16LE(10), 0);
+  });
+
+  test("a label that names nothing is an error", () => {
+    const p = new ProgramBuilder();
+    p.emit(Return()).label("dangling");
+    assert.throws(() => p.build(), /names no instruction/);
+  });
+});
+
+describe("the keepalive sock_ops program", () => {
+  const calls = (insns: Instruction[], fn: number) => insns.filter((i) => i.opcode === 0x85 && i.imm === fn).length;
+  const settings = { idle: 60, interval: 10, count: 6 };
+
+  test("force sets keepalive and each given option once, and reads nothing", () => {
+    const p = keepaliveProgram({ settings, mode: "force", only: [], except: [] });
+    assert.equal(calls(p, Fn.setsockopt), 4);
+    assert.equal(calls(p, Fn.getsockopt), 0);
+    assert.ok(assemble(p).length > 0);
+  });
+
+  test("strengthen reads each option before it may set it", () => {
+    const p = keepaliveProgram({
+      settings: { ...settings, userTimeout: 30_000 },
+      mode: "strengthen",
+      only: [],
+      except: [],
+    });
+    assert.equal(calls(p, Fn.getsockopt), 5);
+    assert.equal(calls(p, Fn.setsockopt), 5);
+  });
+
+  test("rules on the peer's address leave listeners alone (their peers are not known yet)", () => {
+    const listenOp = (p: Instruction[]) => p.some((i) => i.opcode === 0x16 && i.imm === 11);
+    assert.equal(listenOp(keepaliveProgram({ settings, mode: "force", only: [], except: [] })), true);
+    const byPort = [parseEndpointRule("--only", ":5432")];
+    assert.equal(listenOp(keepaliveProgram({ settings, mode: "force", only: byPort, except: [] })), true);
+    const byNet = [parseEndpointRule("--only", "198.18.0.0/15")];
+    assert.equal(listenOp(keepaliveProgram({ settings, mode: "force", only: byNet, except: [] })), false);
+  });
+
+  test("an IPv4 rule compares the masked address as loaded from network order", () => {
+    const p = keepaliveProgram({
+      settings,
+      mode: "force",
+      only: [parseEndpointRule("--only", "198.18.0.0/15")],
+      except: [],
+    });
+    // 198.18.0.0/15 -> bytes c6 12 00 00, mask ff fe 00 00, read as a little-endian u32.
+    assert.ok(p.some((i) => i.opcode === 0x54 && i.imm === 0x0000feff));
+    assert.ok(p.some((i) => i.opcode === 0x56 && i.imm === 0x000012c6));
+  });
+});
