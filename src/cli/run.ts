@@ -40,8 +40,10 @@ Which connections (default: all TCP over IPv4 and IPv6):
       --except RULE     leave these alone (same forms); wins over --only
       --debug           the library reports its own errors on stderr
 
-LD_PRELOAD cannot reach statically linked programs (most Go binaries) or set-user-ID programs; tcpka says so
-and does not start them. Sockets made by raw syscalls or io_uring bypass the library too.
+LD_PRELOAD cannot reach statically linked programs (most Go binaries) or set-user-ID programs: for those,
+tcpka says so, runs CMD as it is and sets keepalive on its connections (and its children's) through
+pidfd_getfd every 200 ms, as tcpka enable does (needs root or CAP_SYS_PTRACE). Sockets made by raw syscalls
+or io_uring bypass the library; tcpka enforce (BPF) covers them.
 
 Examples:
   tcpka run -- psql -h db.internal
