@@ -29,6 +29,7 @@
 #include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -110,6 +111,10 @@ static int (*real_setsockopt)(int, int, int, const void *, socklen_t);
 static int (*real_close)(int);
 static int (*real_dup2)(int, int);
 static int (*real_dup3)(int, int, int);
+static int (*real_dup)(int);
+static int (*real_fcntl)(int, int, ...);
+static int (*real_fcntl64)(int, int, ...);
+static int (*real_close_range)(unsigned, unsigned, int);
 
 #define RESOLVE(name)                                                                                          \
   do {                                                                                                         \
@@ -126,6 +131,10 @@ static void resolve_all(void) {
   RESOLVE(close);
   RESOLVE(dup2);
   RESOLVE(dup3);
+  RESOLVE(dup);
+  RESOLVE(fcntl);
+  RESOLVE(fcntl64);
+  RESOLVE(close_range);
 }
 
 /* getsockopt is only called, never hooked: through the syscall so a program's own interposer cannot loop. */
@@ -442,8 +451,11 @@ HOOK int socket(int domain, int type, int protocol) {
 
 HOOK int connect(int fd, const struct sockaddr *addr, socklen_t len) {
   RESOLVE(connect);
+  /* Only a well-formed IPv4/IPv6 address is looked at; anything shorter goes to the kernel untouched (which
+   * answers EINVAL) without the shim reading past what the program passed. */
   if (cfg.mode == MODE_OFF || !addr || len < sizeof(sa_family_t) ||
-      (addr->sa_family != AF_INET && addr->sa_family != AF_INET6))
+      !((addr->sa_family == AF_INET && len >= sizeof(struct sockaddr_in)) ||
+        (addr->sa_family == AF_INET6 && len >= sizeof(struct sockaddr_in6))))
     return real_connect(fd, addr, len);
   int saved = errno;
   struct slot *s = slot_of(fd);
@@ -606,6 +618,77 @@ HOOK int dup3(int oldfd, int newfd, int flags) {
       if (from) *to = *from;
       else memset(to, 0, sizeof *to);
     }
+    errno = saved;
+  }
+  return ret;
+}
+
+/* A new fd that refers to the same socket as `from` carries its slot; any other new fd starts clean. */
+static void slot_copy(int from, int to) {
+  struct slot *a = slot_of(from), *b = slot_of(to);
+  if (!b) return;
+  if (a) *b = *a;
+  else memset(b, 0, sizeof *b);
+}
+
+HOOK int dup(int oldfd) {
+  RESOLVE(dup);
+  int fd = real_dup(oldfd);
+  if (fd >= 0) {
+    int saved = errno;
+    slot_copy(oldfd, fd);
+    errno = saved;
+  }
+  return fd;
+}
+
+/* fcntl(F_DUPFD / F_DUPFD_CLOEXEC) makes a new fd too. The third argument is read and passed on as a pointer-
+ * sized word, as glibc's own fcntl does. */
+static int fcntl_common(int (*real)(int, int, ...), int fd, int cmd, void *arg) {
+  int ret = real(fd, cmd, arg);
+  if (ret >= 0 && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC)) {
+    int saved = errno;
+    slot_copy(fd, ret);
+    errno = saved;
+  }
+  return ret;
+}
+
+HOOK int fcntl(int fd, int cmd, ...) {
+  RESOLVE(fcntl);
+  va_list ap;
+  va_start(ap, cmd);
+  void *arg = va_arg(ap, void *);
+  va_end(ap);
+  return fcntl_common(real_fcntl, fd, cmd, arg);
+}
+
+HOOK int fcntl64(int fd, int cmd, ...) {
+  RESOLVE(fcntl64);
+  va_list ap;
+  va_start(ap, cmd);
+  void *arg = va_arg(ap, void *);
+  va_end(ap);
+  if (!real_fcntl64) { /* a libc without fcntl64: the program cannot have linked against it, but be safe */
+    RESOLVE(fcntl);
+    return fcntl_common(real_fcntl, fd, cmd, arg);
+  }
+  return fcntl_common(real_fcntl64, fd, cmd, arg);
+}
+
+HOOK int close_range(unsigned first, unsigned last, int flags) {
+  RESOLVE(close_range);
+  if (!real_close_range) {
+    errno = ENOSYS;
+    return -1;
+  }
+  int ret = real_close_range(first, last, flags);
+  /* CLOSE_RANGE_CLOEXEC (4) only marks the fds; a plain call closes them. */
+  if (ret == 0 && !(flags & 4)) {
+    int saved = errno;
+    /* Read before writing: slots never used stay untouched zero pages. */
+    for (unsigned fd = first; fd <= last && fd < MAX_FDS; fd++)
+      if (slots[fd].typed) slot_reset((int)fd);
     errno = saved;
   }
   return ret;

@@ -4,11 +4,39 @@
  * tcpka are forwarded; SIGINT and SIGQUIT from a terminal already reach the whole foreground process group, so
  * they are not forwarded twice.
  */
-import { spawn } from "node:child_process";
+import { type StdioOptions, spawn } from "node:child_process";
+import { readdirSync, readlinkSync } from "node:fs";
 import { constants } from "node:os";
+import { isatty } from "node:tty";
 import { TcpkaError } from "../errors.js";
 
 const FORWARD: NodeJS.Signals[] = ["SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGWINCH", "SIGINT", "SIGQUIT"];
+
+/**
+ * The fds above 2 that tcpka's caller passed on to it: Node marks them close-on-exec at start-up, so they are
+ * handed to the child explicitly, as exec would (inherited listeners, socket activation, `5<file`). Node's own
+ * fds are left out: anonymous inodes (epoll, eventfd), self-pipes (both ends held) and /dev/null.
+ */
+function inheritedFds(): number[] {
+  const targets = new Map<number, string>();
+  for (const name of readdirSync("/proc/self/fd")) {
+    const fd = Number(name);
+    if (fd < 3) continue;
+    try {
+      targets.set(fd, readlinkSync(`/proc/self/fd/${name}`));
+    } catch {
+      /* the directory's own fd, closed by now */
+    }
+  }
+  const pipeEnds = new Map<string, number>();
+  for (const t of targets.values()) if (t.startsWith("pipe:")) pipeEnds.set(t, (pipeEnds.get(t) ?? 0) + 1);
+  return [...targets]
+    .filter(
+      ([, t]) => !t.startsWith("anon_inode:") && t !== "/dev/null" && !(t.startsWith("pipe:") && pipeEnds.get(t) !== 1),
+    )
+    .map(([fd]) => fd)
+    .sort((a, b) => a - b);
+}
 
 export interface ChildResult {
   code: number | null;
@@ -24,8 +52,19 @@ export function runChild(
   onStart?: (pid: number) => void,
 ): Promise<ChildResult> {
   return new Promise((resolveResult, reject) => {
-    const child = spawn(file, args, { stdio: "inherit", env, argv0 });
-    const fromTty = process.stdin.isTTY === true;
+    const stdio: StdioOptions = ["inherit", "inherit", "inherit"];
+    for (const fd of inheritedFds()) {
+      while (stdio.length < fd) stdio.push("ignore");
+      stdio[fd] = fd;
+    }
+    // Socket activation: the fds are for the process whose pid is LISTEN_PID, which must become the child's.
+    const activation = env.LISTEN_FDS !== undefined && env.LISTEN_PID === String(process.pid);
+    const child = activation
+      ? spawn("/bin/sh", ["-c", 'LISTEN_PID=$$; export LISTEN_PID; exec "$0" "$@"', file, ...args], { stdio, env })
+      : spawn(file, args, { stdio, env, argv0 });
+    // isatty(0), not process.stdin: touching process.stdin opens it as a libuv stream, which makes a pipe
+    // that the child shares non-blocking.
+    const fromTty = isatty(0);
     const handlers = new Map<NodeJS.Signals, () => void>();
     for (const sig of FORWARD) {
       const h = () => {

@@ -23,6 +23,8 @@ Commands:
   disable    turn it off again
   enforce    keepalive for every new connection of a cgroup (BPF sock_ops), for any program
   sysctl     the namespace's keepalive defaults, what they mean, and --set to change them
+  idle-timeout  measure how long a path (firewall, NAT) lets a connection idle, and the keepalive to use
+  echo       the echo server that idle-timeout measures against
 
 Run 'tcpka COMMAND --help' for the options of each. Exact per-socket answers need root (or CAP_SYS_PTRACE);
 without, tcpka shows the kernel's keepalive timer as a hint.
@@ -39,6 +41,8 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   disable: async () => (await import("./enable.js")).runDisable,
   enforce: async () => (await import("./enforce.js")).runEnforce,
   sysctl: async () => (await import("./sysctl.js")).runSysctl,
+  "idle-timeout": async () => (await import("./idle-timeout.js")).runIdleTimeout,
+  echo: async () => (await import("./echo.js")).runEcho,
 };
 
 export function version(): string {

@@ -12,7 +12,7 @@ import { type OptionValues, readEvents, type TracedSocket, type TraceResult } fr
 import { describeSettings, formatSeconds } from "../settings.js";
 import { errnoName } from "../sys/libc.js";
 import { bool, type Options, SETTINGS_HELP, SETTINGS_OPTIONS, str } from "./args.js";
-import { passThrough, runChild } from "./child.js";
+import { type ChildResult, passThrough, runChild } from "./child.js";
 import { hostPort, Out, paint, plural } from "./format.js";
 import { blockedError, planPreload } from "./run.js";
 
@@ -69,7 +69,7 @@ export async function runTrace(argv: readonly string[], out: Out): Promise<numbe
   const dir = mkdtempSync(join(tmpdir(), "tcpka-trace-"));
   const events = join(dir, "events.jsonl");
   let result: TraceResult;
-  let code: number;
+  let child: ChildResult;
   try {
     // The program may drop privileges: let any user append to the file (the directory stays private to list).
     writeFileSync(events, "");
@@ -83,9 +83,8 @@ export async function runTrace(argv: readonly string[], out: Out): Promise<numbe
       events,
     });
     out.end();
-    const child = await runChild(plan.file, plan.argv0, plan.args, env);
+    child = await runChild(plan.file, plan.argv0, plan.args, env);
     result = readEvents(events);
-    code = passThrough(child);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -100,7 +99,8 @@ export async function runTrace(argv: readonly string[], out: Out): Promise<numbe
     report.write(text);
     report.end();
   }
-  return code;
+  // Last: when the program died of a signal, this raises it on tcpka too.
+  return passThrough(child);
 }
 
 function optionsText(o: OptionValues): string {

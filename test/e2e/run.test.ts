@@ -1,0 +1,475 @@
+/**
+ * `tcpka run` end to end: real programs (curl, python3, Java, a forking server, a server on an inherited
+ * listener, a C client with 8 threads × 1,000 connections) under the preload shim, checked from inside (the
+ * program's own getsockopt) and from outside (`tcpka ls --json --pid`: exact getsockopt through pidfd_getfd;
+ * `ss -tnoe` keepalive timers). Loopback only.
+ */
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { connect, type Socket } from "node:net";
+import { join } from "node:path";
+import { after, describe, type TestContext, test } from "node:test";
+import { needs } from "../helpers/env.js";
+import {
+  assertKeepaliveTimers,
+  compileC,
+  exactConnections,
+  exec,
+  fixture,
+  listener,
+  python,
+  SHIM,
+  type Started,
+  settingsOf,
+  start,
+  startTcpka,
+  TCPKA,
+  tcpka,
+  tempDir,
+  WANT,
+  WANT_FLAGS,
+} from "./programs.js";
+
+const DIR = tempDir({ after });
+const EXACT = { keepalive: 1, ...WANT };
+
+/** The keepalive defaults of this network namespace: what a socket nobody touched reports. */
+function systemDefaults() {
+  const read = (n: string) => Number(readFileSync(`/proc/sys/net/ipv4/${n}`, "utf8").trim());
+  return {
+    keepalive: 0,
+    idle: read("tcp_keepalive_time"),
+    interval: read("tcp_keepalive_intvl"),
+    count: read("tcp_keepalive_probes"),
+  };
+}
+
+interface ClientReport {
+  target: string;
+  pid: number;
+  family: 4 | 6;
+  keepalive: number;
+  idle: number;
+  interval: number;
+  count: number;
+  user_timeout_ms: number;
+}
+
+function settings(r: { keepalive: number; idle: number; interval: number; count: number }) {
+  return { keepalive: r.keepalive, idle: r.idle, interval: r.interval, count: r.count };
+}
+
+/** The child processes of `pid` (tcpka run's program is its child). */
+function childrenOf(pid: number): number[] {
+  const text = readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim();
+  return text ? text.split(/\s+/).map(Number) : [];
+}
+
+async function until<T>(what: string, fn: () => T | undefined, timeoutMs = 10_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = fn();
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** Kill (by pid) a process that a program under test forked, if it is still that program. */
+function killForked(pid: number, marker: string): void {
+  try {
+    if (readFileSync(`/proc/${pid}/cmdline`, "utf8").includes(marker)) process.kill(pid, "SIGKILL");
+  } catch {
+    /* gone */
+  }
+}
+
+function connectTo(port: number): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const s = connect({ host: "127.0.0.1", port }, () => resolve(s));
+    s.once("error", reject);
+  });
+}
+
+describe("tcpka run gives every kind of program exactly the requested settings", () => {
+  test("curl --no-keepalive: keepalive on with 7s/3s/4 (tcpka ls --pid and ss), output and exit code untouched", async (t) => {
+    if (!needs(t, { root: true, tools: ["curl", "ss"] })) return;
+    const server = await listener(t);
+    const run = startTcpka(t, [
+      "run",
+      ...WANT_FLAGS,
+      "--",
+      "curl",
+      "-sS",
+      "--no-keepalive",
+      `http://127.0.0.1:${server.port}/hello`,
+    ]);
+    await server.accepted(1, true); // curl sent its request and now waits for the answer: the connection is idle
+    const curl = await until("curl under tcpka", () => childrenOf(run.pid)[0]);
+    const conns = await exactConnections(t, curl);
+    assert.equal(conns.length, 1, JSON.stringify(conns));
+    assert.equal(conns[0]!.peer_port, server.port);
+    assert.deepEqual(settingsOf(conns[0]!), EXACT);
+    await assertKeepaliveTimers(`dport = :${server.port}`, 1, WANT.idle);
+
+    server.sockets[0]!.end("HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nhello\n");
+    const done = await run.done;
+    assert.equal(done.stdout, "hello\n");
+    assert.equal(done.stderr, "");
+    assert.equal(done.code, 0);
+  });
+
+  test("python3 client: the program itself reads back 7s/3s/4, and so does tcpka ls from outside", async (t) => {
+    if (!needs(t, { root: true, tools: ["python3", "ss"] })) return;
+    const server = await listener(t);
+    const run = startTcpka(t, [
+      "run",
+      ...WANT_FLAGS,
+      "--",
+      python(),
+      fixture("ka_client.py"),
+      "--hold",
+      `127.0.0.1:${server.port}`,
+    ]);
+    await run.waitFor(/^ready$/m);
+    const [inside] = run.json<ClientReport>();
+    assert.deepEqual(settings(inside!), EXACT);
+    assert.equal(inside!.user_timeout_ms, 0, "no user timeout unless asked for");
+    const conns = await exactConnections(t, inside!.pid);
+    assert.equal(conns.length, 1);
+    assert.deepEqual(settingsOf(conns[0]!), EXACT);
+    await assertKeepaliveTimers(`dport = :${server.port}`, 1, WANT.idle);
+    const done = await run.finish();
+    assert.equal(done.code, 0, done.stderr);
+  });
+
+  test("Java client on a dual-stack IPv6 socket (AF_INET6 to ::ffff:127.0.0.1) gets 7s/3s/4", async (t) => {
+    if (!needs(t, { root: true, tools: ["java", "javac", "ss"] })) return;
+    const classes = join(DIR, "java");
+    const javac = spawnSync("javac", ["-J-XX:-UsePerfData", "-d", classes, fixture("KaClient.java")], {
+      encoding: "utf8",
+    });
+    assert.equal(javac.status, 0, javac.stderr);
+    const server = await listener(t);
+    const run = startTcpka(t, [
+      "run",
+      ...WANT_FLAGS,
+      "--",
+      "java",
+      "-XX:-UsePerfData", // no /tmp/hsperfdata_*
+      "-cp",
+      classes,
+      "KaClient",
+      "127.0.0.1",
+      String(server.port),
+    ]);
+    await run.waitFor(/^\{.*\}$/m, 30_000);
+    const [inside] = run.json<ClientReport & { local_port: number }>();
+    assert.deepEqual(settings(inside!), EXACT, "as the JVM reads it (ExtendedSocketOptions)");
+    const conns = await exactConnections(t, inside!.pid);
+    const c = conns.find((x) => x.local_port === inside!.local_port);
+    assert.ok(c, JSON.stringify(conns));
+    assert.equal(c.family, 6, "Java's default socket is AF_INET6 (dual stack)");
+    assert.equal(c.local_address, "::ffff:127.0.0.1");
+    assert.equal(c.peer_address, "::ffff:127.0.0.1");
+    assert.deepEqual(settingsOf(c), EXACT);
+    await assertKeepaliveTimers(`dport = :${server.port}`, 1, WANT.idle);
+    const done = await run.finish();
+    assert.equal(done.code, 0, done.stderr);
+  });
+
+  test("forking server: connections accepted and served by forked children get 7s/3s/4", async (t) => {
+    if (!needs(t, { root: true, tools: ["python3"] })) return;
+    const run = startTcpka(t, ["run", ...WANT_FLAGS, "--", python(), fixture("forking_server.py")]);
+    const { port, pid: serverPid } = JSON.parse((await run.waitFor(/^\{"port".*$/m))[0]) as {
+      port: number;
+      pid: number;
+    };
+    const clients = await Promise.all([connectTo(port), connectTo(port), connectTo(port)]);
+    t.after(() => {
+      for (const c of clients) c.destroy();
+    });
+    await run.waitFor(/(^\{"pid".*\n){3}/m);
+    const handlers = run.json<{ pid: number; peer_port: number } & ClientReport>().filter((r) => r.pid !== serverPid);
+    t.after(() => {
+      for (const h of handlers) killForked(h.pid, "forking_server.py");
+    });
+    assert.equal(handlers.length, 3);
+    assert.equal(new Set(handlers.map((h) => h.pid)).size, 3, "one child per connection");
+    for (const h of handlers) {
+      assert.deepEqual(settings(h), EXACT, `child ${h.pid}, from inside`);
+      const conns = await exactConnections(t, h.pid);
+      const mine = conns.find((c) => c.local_port === port && c.peer_port === h.peer_port);
+      assert.ok(mine, `child ${h.pid}: ${JSON.stringify(conns)}`);
+      assert.deepEqual(settingsOf(mine), EXACT, `child ${h.pid}, from outside`);
+    }
+    for (const c of clients) c.end();
+    await run.stop();
+  });
+
+  test("a listener inherited from a parent without the shim: accepted connections get 7s/3s/4 (through tcpka run)", async (t) => {
+    if (!needs(t, { root: true, tools: ["python3"] })) return;
+    // The parent creates and listens, then execs `tcpka run … -- python3 accept_child.py`, which accepts on the
+    // inherited fd (socket activation works this way): the shim never saw the listener.
+    const parent = start(t, [
+      python(),
+      fixture("inherit_parent.py"),
+      process.execPath,
+      TCPKA,
+      "run",
+      ...WANT_FLAGS,
+      "--",
+      python(),
+      fixture("accept_child.py"),
+    ]);
+    await checkInheritedListener(t, parent);
+  });
+
+  test("a listener inherited from a parent without the shim: the shim alone (LD_PRELOAD set as tcpka run sets it)", async (t) => {
+    if (!needs(t, { root: true, tools: ["python3"] })) return;
+    // The same without tcpka's own process in between: the parent execs env(1), which sets up the shim's
+    // environment and execs the child.
+    const parent = start(t, [
+      python(),
+      fixture("inherit_parent.py"),
+      "env",
+      `LD_PRELOAD=${SHIM}`,
+      "TCPKA_MODE=strengthen",
+      `TCPKA_IDLE=${WANT.idle}`,
+      `TCPKA_INTVL=${WANT.interval}`,
+      `TCPKA_CNT=${WANT.count}`,
+      python(),
+      fixture("accept_child.py"),
+    ]);
+    await checkInheritedListener(t, parent);
+  });
+
+  test("C client, 8 threads × 1,000 connections: every one has 7s/3s/4 (inside), the last ones also by ls and ss", async (t) => {
+    if (!needs(t, { root: true, tools: ["gcc", "ss"] })) return;
+    const many = compileC(DIR, "many.c", "many", ["-pthread"]);
+    const server = await listener(t);
+    const run = startTcpka(t, [
+      "run",
+      ...WANT_FLAGS,
+      "--",
+      many,
+      "127.0.0.1",
+      String(server.port),
+      "8",
+      "1000",
+      String(WANT.idle),
+      String(WANT.interval),
+      String(WANT.count),
+    ]);
+    const m = await run.waitFor(/^pid=(\d+) connections=(\d+) wrong=(\d+) failed=(\d+)$/m, 30_000);
+    assert.deepEqual(m.slice(2), ["8000", "0", "0"], run.stdout);
+    await run.waitFor(/^ready$/m);
+    const held = (await exactConnections(t, Number(m[1]))).filter((c) => c.peer_port === server.port);
+    assert.equal(held.length, 8, "each thread keeps its last connection");
+    for (const c of held) assert.deepEqual(settingsOf(c), EXACT);
+    await assertKeepaliveTimers(`dport = :${server.port}`, 8, WANT.idle);
+    const done = await run.finish();
+    assert.equal(done.code, 0, done.stderr);
+  });
+});
+
+describe("tcpka run: strengthen (default) and --force against a program's own values", () => {
+  // One process, one connection per case, all read back by the program itself after its last setsockopt.
+  const CASES: [string, { strengthen: object; force: object }][] = [
+    ["pre:idle=3", { strengthen: { keepalive: 1, idle: 3, interval: 3, count: 4 }, force: EXACT }],
+    ["pre:idle=600", { strengthen: EXACT, force: EXACT }],
+    ["post:idle=600", { strengthen: EXACT, force: EXACT }],
+    ["post:idle=3", { strengthen: { keepalive: 1, idle: 3, interval: 3, count: 4 }, force: EXACT }],
+    ["post:keepalive=0", { strengthen: EXACT, force: EXACT }],
+    ["pre:interval=1/pre:count=2", { strengthen: { keepalive: 1, idle: 7, interval: 1, count: 2 }, force: EXACT }],
+    [
+      "pre:keepalive=1/pre:idle=5/pre:interval=60/pre:count=20",
+      { strengthen: { keepalive: 1, idle: 5, interval: 3, count: 4 }, force: EXACT },
+    ],
+  ];
+
+  for (const mode of ["strengthen", "force"] as const) {
+    test(`${mode}: ${CASES.map(([steps]) => steps).join(", ")}`, async (t) => {
+      if (!needs(t, { tools: ["python3"] })) return;
+      const server = await listener(t);
+      const targets = CASES.map(([steps]) => `127.0.0.1:${server.port}/${steps}`);
+      const flags = mode === "force" ? [...WANT_FLAGS, "--force"] : WANT_FLAGS;
+      const r = await tcpka(t, ["run", ...flags, "--", python(), fixture("ka_client.py"), ...targets]);
+      assert.equal(r.code, 0, r.stderr);
+      const reports = r.stdout
+        .trim()
+        .split("\n")
+        .map((l) => JSON.parse(l) as ClientReport);
+      assert.deepEqual(
+        reports.map((x) => [x.target.split("/").slice(1).join("/"), settings(x)]),
+        CASES.map(([steps, want]) => [steps, want[mode]]),
+      );
+    });
+  }
+});
+
+describe("tcpka run --only / --except pick the right connections", () => {
+  /** Targets: 127.0.0.1:P1, 127.0.0.1:P2, [::1]:P6, and P2 again from an AF_INET6 socket as ::ffff:127.0.0.1. */
+  async function servers(t: TestContext) {
+    const [a, b, six] = await Promise.all([listener(t), listener(t), listener(t, "::1")]);
+    return {
+      p1: a.port,
+      p2: b.port,
+      p6: six.port,
+      targets: [`127.0.0.1:${a.port}`, `127.0.0.1:${b.port}`, `[::1]:${six.port}`, `[::ffff:127.0.0.1]:${b.port}`],
+    };
+  }
+
+  /** Which of the targets got keepalive (1) under `flags`; each one has either exactly 7s/3s/4 or the defaults. */
+  async function keepaliveUnder(t: TestContext, targets: readonly string[], flags: readonly string[]) {
+    const r = await tcpka(t, ["run", ...WANT_FLAGS, ...flags, "--", python(), fixture("ka_client.py"), ...targets]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stderr, "", "the shim says nothing");
+    const reports = r.stdout
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as ClientReport);
+    const defaults = systemDefaults();
+    return reports.map((x) => {
+      assert.deepEqual(settings(x), x.keepalive ? EXACT : defaults, x.target);
+      return x.keepalive;
+    });
+  }
+
+  test("IPv4 and IPv6 rules by port, address and network; --except wins over --only", async (t) => {
+    if (!needs(t, { tools: ["python3"] })) return;
+    const { p1, p2, p6, targets } = await servers(t);
+    const cases: [string[], number[]][] = [
+      [[], [1, 1, 1, 1]],
+      [
+        ["--only", `:${p1}`],
+        [1, 0, 0, 0],
+      ],
+      [
+        ["--except", `127.0.0.1:${p2}`],
+        [1, 0, 1, 0],
+      ],
+      [
+        ["--only", "127.0.0.0/8"],
+        [1, 1, 0, 1],
+      ],
+      [
+        ["--only", "10.0.0.0/8"],
+        [0, 0, 0, 0],
+      ],
+      [
+        ["--only", `[::1]:${p6}`],
+        [0, 0, 1, 0],
+      ],
+      [
+        ["--only", `127.0.0.1:${p1}`, "--only", `[::1/128]:${p6}`],
+        [1, 0, 1, 0],
+      ],
+      [
+        ["--except", `[::1/128]:${p6}`],
+        [1, 1, 0, 1],
+      ],
+      [
+        ["--only", `:${p1}`, "--except", "127.0.0.1/32"],
+        [0, 0, 0, 0],
+      ],
+    ];
+    for (const [flags, want] of cases) {
+      assert.deepEqual(await keepaliveUnder(t, targets, flags), want, `tcpka run ${flags.join(" ")}`);
+    }
+  });
+
+  test("an IPv6 rule without a port: --except ::1 (an address that starts with ':')", async (t) => {
+    if (!needs(t, { tools: ["python3"] })) return;
+    const { targets } = await servers(t);
+    assert.deepEqual(await keepaliveUnder(t, targets, ["--except", "::1"]), [1, 1, 0, 1]);
+  });
+
+  test("an IPv6 rule without a port, in brackets: --except [::1]", async (t) => {
+    if (!needs(t, { tools: ["python3"] })) return;
+    const { targets } = await servers(t);
+    assert.deepEqual(await keepaliveUnder(t, targets, ["--except", "[::1]"]), [1, 1, 0, 1]);
+  });
+
+  test("accepted connections are filtered by the peer's address (forking server)", async (t) => {
+    if (!needs(t, { tools: ["python3"] })) return;
+    const cases: [string[], number][] = [
+      [["--only", "127.0.0.1/32"], 1],
+      [["--except", "127.0.0.0/8"], 0],
+      [["--only", "[::1]:1"], 0],
+    ];
+    for (const [flags, want] of cases) {
+      const run = startTcpka(t, ["run", ...WANT_FLAGS, ...flags, "--", python(), fixture("forking_server.py")]);
+      const { port, pid } = JSON.parse((await run.waitFor(/^\{"port".*$/m))[0]) as { port: number; pid: number };
+      const client = await connectTo(port);
+      const m = await run.waitFor(/^\{"pid".*$/m);
+      const handler = JSON.parse(m[0]) as ClientReport;
+      t.after(() => killForked(handler.pid, "forking_server.py"));
+      assert.notEqual(handler.pid, pid);
+      assert.deepEqual(settings(handler), want ? EXACT : systemDefaults(), flags.join(" "));
+      client.destroy();
+      await run.stop();
+    }
+  });
+});
+
+describe("tcpka run is transparent to the program", () => {
+  test("stdout, stderr and the exit code pass through; death by a signal passes through", async (t) => {
+    if (!needs(t, { tools: ["python3"] })) return;
+    const exit7 = await tcpka(t, ["run", "--", python(), fixture("ka_client.py"), "--exit", "7"]);
+    assert.deepEqual([exit7.code, exit7.stdout, exit7.stderr], [7, "", ""]);
+    const killed = await tcpka(t, ["run", "--", "sh", "-c", "echo out; echo err >&2; kill -TERM $$"]);
+    assert.deepEqual([killed.signal, killed.stdout, killed.stderr], ["SIGTERM", "out\n", "err\n"]);
+    const missing = await tcpka(t, ["run", "--", "no-such-command-tcpka-e2e"]);
+    assert.equal(missing.code, 127);
+    assert.match(missing.stderr, /^tcpka: no-such-command-tcpka-e2e: command not found$/m);
+  });
+
+  test("the program's stdin stays as it was: a pipe is not made non-blocking", async (t) => {
+    if (!needs(t, { tools: ["python3"] })) return;
+    const script = [
+      "import fcntl, os, sys",
+      "print('O_NONBLOCK' if fcntl.fcntl(0, fcntl.F_GETFL) & os.O_NONBLOCK else 'blocking')",
+      "print(sys.stdin.read(), end='')",
+    ].join("\n");
+    const plain = await exec(t, [python(), "-c", script], { input: "data\n" });
+    assert.deepEqual([plain.code, plain.stdout], [0, "blocking\ndata\n"]);
+    for (const command of ["run", "trace"]) {
+      const r = await tcpka(t, [command, "--", python(), "-c", script], { input: "data\n" });
+      assert.deepEqual([r.code, r.stdout], [0, "blocking\ndata\n"], `tcpka ${command}: ${r.stderr}`);
+    }
+  });
+
+  test("a dup() of a new socket onto an fd number whose earlier socket was closed by close_range()", async (t) => {
+    if (!needs(t, { tools: ["python3"] })) return;
+    const server = await listener(t);
+    const r = await tcpka(t, [
+      "run",
+      ...WANT_FLAGS,
+      "--",
+      python(),
+      fixture("ka_client.py"),
+      "--stale-slot",
+      `127.0.0.1:${server.port}/dup`,
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(settings(JSON.parse(r.stdout) as ClientReport), EXACT);
+  });
+});
+
+/** accept_child.py under an inherit_parent.py: one connection, settings from inside; ends the programs. */
+async function checkInheritedListener(t: TestContext, parent: Started): Promise<void> {
+  const { port } = JSON.parse((await parent.waitFor(/^\{"port".*$/m))[0]) as { port: number };
+  const client = await connectTo(port);
+  t.after(() => client.destroy());
+  await parent.waitFor(/"what": "accepted"/);
+  const reports = parent.json<ClientReport & { what: string }>();
+  const listening = reports.find((r) => r.what === "listener");
+  const accepted = reports.find((r) => r.what === "accepted");
+  assert.deepEqual(settings(listening!), systemDefaults(), "the shim never touched the inherited listener");
+  assert.deepEqual(settings(accepted!), EXACT);
+  client.end();
+  const done = await parent.finish();
+  assert.equal(done.code, 0, done.stderr);
+}

@@ -1,0 +1,398 @@
+/**
+ * `tcpka trace` end to end: real programs (curl against a python3 http.server, python3 clients, a forking
+ * server) traced through the shim's event file, checked in the text report (stderr), in --json (-o FILE), and
+ * for what it must leave alone: the program's stdout and exit code.
+ */
+import assert from "node:assert/strict";
+import { readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { connect, createServer, type Socket } from "node:net";
+import { join } from "node:path";
+import { after, describe, type TestContext, test } from "node:test";
+import { needs } from "../helpers/env.js";
+import {
+  cleanEnv,
+  compileC,
+  fixture,
+  listener,
+  python,
+  type Scope,
+  type Started,
+  start,
+  TCPKA,
+  tcpka,
+  tempDir,
+  WANT,
+} from "./programs.js";
+
+/** Cleanups of things shared by the tests of this file (the HTTP server), run when the file ends. */
+const cleanups: (() => void | Promise<void>)[] = [];
+const FILE: Scope = { after: (fn) => cleanups.push(fn) };
+after(async () => {
+  for (const fn of cleanups.reverse()) await fn();
+});
+
+const DIR = tempDir(FILE);
+const BODY = "hello from the e2e http server\n";
+
+/** The namespace's keepalive probe count: what curl's dead-peer time is made of (it sets idle and interval only). */
+const PROBES = Number(readFileSync("/proc/sys/net/ipv4/tcp_keepalive_probes", "utf8").trim());
+
+let http: Promise<number> | undefined;
+
+/** `python3 -m http.server` on 127.0.0.1 and an ephemeral port, serving hello.txt; its port. */
+function httpServer(): Promise<number> {
+  http ??= (async () => {
+    writeFileSync(join(DIR, "hello.txt"), BODY);
+    const server = start(FILE, [python(), "-u", "-m", "http.server", "--bind", "127.0.0.1", "--directory", DIR, "0"], {
+      timeoutMs: 10 * 60_000,
+    });
+    const m = await server.waitFor(/^Serving HTTP on 127\.0\.0\.1 port (\d+) /m);
+    return Number(m[1]);
+  })();
+  return http;
+}
+
+interface TraceSocket {
+  pid: number;
+  comm: string;
+  fd: number;
+  kind: "connect" | "listen" | "accept";
+  local_address: string;
+  local_port: number;
+  peer_address: string;
+  peer_port: number;
+  error?: string;
+  matched: boolean;
+  program: Record<string, number>;
+  tcpka: Record<string, number>;
+  keepalive: boolean | null;
+  idle_s: number | null;
+  interval_s: number | null;
+  count: number | null;
+  user_timeout_ms: number | null;
+  dead_peer_after_s: number | null;
+}
+
+interface TraceJson {
+  command: string[];
+  processes: { pid: number; comm: string }[];
+  sockets: TraceSocket[];
+  events_lost: number;
+  errors: string[];
+}
+
+/** `tcpka trace --json -o FILE ARGS…`: the run's result and the parsed report. */
+async function traceJson(t: TestContext, args: readonly string[], opts: { input?: string } = {}) {
+  const out = join(tempDir(t), "report.json");
+  const r = await tcpka(t, ["trace", "--json", "-o", out, ...args], opts);
+  let report: TraceJson | undefined;
+  try {
+    report = JSON.parse(readFileSync(out, "utf8")) as TraceJson;
+  } catch (e) {
+    assert.fail(`no JSON report in ${out} (${String(e)}); exit ${r.code} signal ${r.signal}; stderr: ${r.stderr}`);
+  }
+  return { ...r, report };
+}
+
+function connectTo(port: number): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const s = connect({ host: "127.0.0.1", port }, () => resolve(s));
+    s.once("error", reject);
+  });
+}
+
+describe("tcpka trace reports what the program set itself", () => {
+  test("curl: its own keepalive (on, idle 60, interval 60) in the text report; stdout and exit code untouched", async (t) => {
+    if (!needs(t, { tools: ["curl", "python3"] })) return;
+    const port = await httpServer();
+    const url = `http://127.0.0.1:${port}/hello.txt`;
+    const r = await tcpka(t, ["trace", "--", "curl", "-sS", url]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, BODY, "curl's output, and nothing else, on stdout");
+    const head = new RegExp(`^curl\\[(\\d+)\\] fd \\d+  127\\.0\\.0\\.1:\\d+ -> 127\\.0\\.0\\.1:${port}$`, "m");
+    assert.match(r.stderr, head);
+    assert.match(r.stderr, /^ {2}program set {2}SO_KEEPALIVE=1 TCP_KEEPIDLE=60 TCP_KEEPINTVL=60$/m);
+    assert.match(r.stderr, /^ {2}verdict {6}keepalive on: a dead peer is noticed after /m);
+    assert.ok(r.stderr.includes(`(60s + 60s × ${PROBES})`), r.stderr);
+    assert.doesNotMatch(r.stderr, /^ {2}fix /m);
+    assert.doesNotMatch(r.stderr, /tcpka set/, "nothing applied without --apply or settings");
+    assert.equal(r.stderr.match(/ -> /g)?.length, 1, "one connection");
+  });
+
+  test("curl: --json -o FILE has the same facts with stable names; nothing on stderr", async (t) => {
+    if (!needs(t, { tools: ["curl", "python3"] })) return;
+    const port = await httpServer();
+    const url = `http://127.0.0.1:${port}/hello.txt`;
+    const { code, stdout, stderr, report } = await traceJson(t, ["--", "curl", "-sS", url]);
+    assert.equal(code, 0, stderr);
+    assert.equal(stdout, BODY);
+    assert.equal(stderr, "", "the report went to the file");
+    assert.deepEqual(report.command, ["curl", "-sS", url]);
+    assert.equal(report.sockets.length, 1, JSON.stringify(report.sockets));
+    const s = report.sockets[0]!;
+    assert.ok(
+      report.processes.some((p) => p.pid === s.pid && p.comm === "curl"),
+      JSON.stringify(report.processes),
+    );
+    assert.deepEqual(
+      {
+        comm: s.comm,
+        kind: s.kind,
+        local_address: s.local_address,
+        peer_address: s.peer_address,
+        peer_port: s.peer_port,
+        program: s.program,
+        tcpka: s.tcpka,
+        keepalive: s.keepalive,
+        idle_s: s.idle_s,
+        interval_s: s.interval_s,
+        count: s.count,
+        user_timeout_ms: s.user_timeout_ms,
+        dead_peer_after_s: s.dead_peer_after_s,
+      },
+      {
+        comm: "curl",
+        kind: "connect",
+        local_address: "127.0.0.1",
+        peer_address: "127.0.0.1",
+        peer_port: port,
+        program: { keepalive: 1, idle: 60, interval: 60 },
+        tcpka: {},
+        keepalive: true,
+        idle_s: 60,
+        interval_s: 60,
+        count: PROBES,
+        user_timeout_ms: 0,
+        dead_peer_after_s: 60 + 60 * PROBES,
+      },
+    );
+    assert.ok(s.local_port > 0);
+    assert.deepEqual([report.events_lost, report.errors], [0, []]);
+  });
+
+  test("curl --no-keepalive: keepalive OFF, in text (with the fix) and in JSON", async (t) => {
+    if (!needs(t, { tools: ["curl", "python3"] })) return;
+    const port = await httpServer();
+    const url = `http://127.0.0.1:${port}/hello.txt`;
+    const text = await tcpka(t, ["trace", "--", "curl", "-sS", "--no-keepalive", url]);
+    assert.equal(text.code, 0, text.stderr);
+    assert.equal(text.stdout, BODY);
+    assert.match(text.stderr, /^ {2}program set {2}nothing$/m);
+    assert.match(text.stderr, /^ {2}verdict {6}keepalive OFF: /m);
+    assert.match(text.stderr, /^ {2}fix {10}tcpka run --idle 60s -- curl -sS --no-keepalive http:\S+$/m);
+
+    const { code, stdout, report } = await traceJson(t, ["--", "curl", "-sS", "--no-keepalive", url]);
+    assert.equal(code, 0);
+    assert.equal(stdout, BODY);
+    assert.equal(report.sockets.length, 1);
+    const s = report.sockets[0]!;
+    assert.deepEqual(
+      [s.program, s.keepalive, s.dead_peer_after_s, s.peer_port],
+      [{}, false, null, port],
+      JSON.stringify(s),
+    );
+  });
+
+  test("exit codes pass through (curl -f on a 404: 22, to a closed port: 7); a failed connect is named by its errno", async (t) => {
+    if (!needs(t, { tools: ["curl", "python3"] })) return;
+    const port = await httpServer();
+    const notFound = await tcpka(t, ["trace", "--", "curl", "-sSf", `http://127.0.0.1:${port}/missing`]);
+    assert.equal(notFound.code, 22, notFound.stderr);
+    assert.match(notFound.stderr, /^ {2}program set {2}SO_KEEPALIVE=1 /m);
+
+    // curl's connect is non-blocking (EINPROGRESS; the refusal comes later): only its exit code is checked.
+    const refusedPort = await freePort();
+    const curl = await tcpka(t, ["trace", "--", "curl", "-sS", `http://127.0.0.1:${refusedPort}/`]);
+    assert.equal(curl.code, 7, curl.stderr);
+    // A blocking connect() that fails is reported with its errno, and the program's exit code is kept.
+    const script = [
+      "import socket, sys",
+      "try:",
+      `    socket.create_connection(("127.0.0.1", ${refusedPort}))`,
+      "except ConnectionRefusedError:",
+      "    sys.exit(9)",
+    ].join("\n");
+    const refused = await traceJson(t, ["--", python(), "-c", script]);
+    assert.equal(refused.code, 9, refused.stderr);
+    assert.deepEqual(
+      refused.report.sockets.map((s) => [s.kind, s.peer_port, s.error]),
+      [["connect", refusedPort, "ECONNREFUSED"]],
+    );
+    const text = await tcpka(t, ["trace", "--", python(), "-c", script]);
+    assert.equal(text.code, 9);
+    assert.match(text.stderr, /^ {2}connect failed: ECONNREFUSED$/m);
+  });
+
+  test("--idle 7s --interval 3s --count 4 (apply): what tcpka set, for curl with and without its own keepalive", async (t) => {
+    if (!needs(t, { tools: ["curl", "python3"] })) return;
+    const port = await httpServer();
+    const url = `http://127.0.0.1:${port}/hello.txt`;
+    const flags = ["--idle", "7s", "--interval", "3s", "--count", "4"];
+    const off = await tcpka(t, ["trace", ...flags, "--", "curl", "-sS", "--no-keepalive", url]);
+    assert.equal(off.code, 0, off.stderr);
+    assert.equal(off.stdout, BODY);
+    assert.match(off.stderr, /^ {2}program set {2}nothing$/m);
+    assert.match(off.stderr, /^ {2}tcpka set {4}SO_KEEPALIVE=1 TCP_KEEPIDLE=7 TCP_KEEPINTVL=3 TCP_KEEPCNT=4$/m);
+    assert.match(off.stderr, /^ {2}verdict {6}keepalive on: /m);
+
+    const on = await traceJson(t, [...flags, "--", "curl", "-sS", url]);
+    assert.equal(on.code, 0, on.stderr);
+    const s = on.report.sockets[0]!;
+    assert.deepEqual(
+      [s.program, s.tcpka, s.keepalive, s.idle_s, s.interval_s, s.count],
+      [
+        { keepalive: 1, idle: 60, interval: 60 },
+        { idle: WANT.idle, interval: WANT.interval, count: WANT.count },
+        true,
+        WANT.idle,
+        WANT.interval,
+        WANT.count,
+      ],
+      "curl's own keepalive stays on and is strengthened",
+    );
+  });
+
+  test("a program that closes all its fds (os.closerange) before connecting is still traced", async (t) => {
+    if (!needs(t, { tools: ["python3"] })) return;
+    const server = await listener(t);
+    const target = `127.0.0.1:${server.port}/pre:keepalive=1`;
+    const some = await traceJson(t, ["--", python(), fixture("ka_client.py"), "--closerange", target]);
+    assert.equal(some.code, 0, some.stderr);
+    assert.equal(JSON.parse(some.stdout).keepalive, 1);
+    assert.deepEqual(
+      some.report.sockets.map((s) => [s.kind, s.peer_port, s.program, s.keepalive]),
+      [["connect", server.port, { keepalive: 1 }, true]],
+    );
+    assert.equal(some.report.events_lost, 0);
+
+    // With stdin, stdout and stderr closed too, the shim's event file is opened on fd 0 for each event.
+    const all = await traceJson(t, ["--", python(), fixture("ka_client.py"), "--closerange-all", target]);
+    assert.equal(all.code, 0);
+    assert.deepEqual(
+      all.report.sockets.map((s) => [s.kind, s.peer_port, s.program, s.keepalive]),
+      [["connect", server.port, { keepalive: 1 }, true]],
+    );
+
+    const text = await tcpka(t, ["trace", "--", python(), fixture("ka_client.py"), "--closerange", target]);
+    assert.match(text.stderr, new RegExp(`-> 127\\.0\\.0\\.1:${server.port}\\n {2}program set {2}SO_KEEPALIVE=1\\n`));
+  });
+
+  test("a forking server: the listener and the connections it accepts, then serves in forked children", async (t) => {
+    if (!needs(t, { tools: ["python3"] })) return;
+    const out = join(tempDir(t), "report.json");
+    const run = start(t, [
+      process.execPath,
+      TCPKA,
+      "trace",
+      "--json",
+      "-o",
+      out,
+      "--idle",
+      "7s",
+      "--interval",
+      "3s",
+      "--count",
+      "4",
+      "--",
+      python(),
+      fixture("forking_server.py"),
+      "2",
+    ]);
+    const handlers = await serveTwo(t, run);
+    const done = await run.done;
+    assert.equal(done.code, 0, done.stderr);
+    const report = JSON.parse(readFileSync(out, "utf8")) as TraceJson;
+    const listening = report.sockets.filter((s) => s.kind === "listen");
+    assert.equal(listening.length, 1, JSON.stringify(report.sockets));
+    assert.equal(listening[0]!.pid, handlers.serverPid);
+    // socketserver accepts in the server process and forks afterwards: the accept events are the server's.
+    const accepted = report.sockets.filter((s) => s.kind === "accept");
+    assert.deepEqual(
+      accepted.map((s) => [s.pid, s.peer_port, s.keepalive, s.idle_s, s.interval_s, s.count]).sort(),
+      handlers.children
+        .map((h) => [handlers.serverPid, h.peer_port, true, WANT.idle, WANT.interval, WANT.count])
+        .sort(),
+    );
+    // The children read back the same from inside.
+    for (const h of handlers.children) {
+      assert.deepEqual([h.keepalive, h.idle, h.interval, h.count], [1, WANT.idle, WANT.interval, WANT.count]);
+    }
+  });
+
+  test("8 threads × 1,000 connections: every one is in the report, once, with no event lost", async (t) => {
+    if (!needs(t, { tools: ["gcc"] })) return;
+    const many = compileC(tempDir(t), "many.c", "many", ["-pthread"]);
+    const server = await listener(t);
+    const flags = ["--idle", "7s", "--interval", "3s", "--count", "4"];
+    const args = ["127.0.0.1", String(server.port), "8", "1000", String(WANT.idle), String(WANT.interval)];
+    const r = await traceJson(t, [...flags, "--", many, ...args, String(WANT.count)]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /^pid=\d+ connections=8000 wrong=0 failed=0$/m);
+    // Sockets are told apart by their cookie: fds and (after a reset) local ports are reused.
+    assert.deepEqual([r.report.events_lost, r.report.errors, r.report.sockets.length], [0, [], 8000]);
+    const wrong = r.report.sockets.filter(
+      (s) =>
+        s.kind !== "connect" ||
+        s.peer_port !== server.port ||
+        !s.keepalive ||
+        s.idle_s !== WANT.idle ||
+        s.interval_s !== WANT.interval ||
+        s.count !== WANT.count,
+    );
+    assert.deepEqual(wrong, []);
+  });
+
+  test("the report is written when the program dies of a signal (and the signal passes through)", async (t) => {
+    if (!needs(t, { tools: ["python3"] })) return;
+    const server = await listener(t);
+    const script = [
+      "import os, signal, socket",
+      `s = socket.create_connection(("127.0.0.1", ${server.port}))`,
+      "print('connected', flush=True)",
+      "os.kill(os.getpid(), signal.SIGTERM)",
+    ].join("\n");
+    // tcpka's own temporary directory (the event file) goes here, to see that it is removed.
+    const tmp = tempDir(t);
+    const text = await tcpka(t, ["trace", "--", python(), "-c", script], { env: cleanEnv({ TMPDIR: tmp }) });
+    assert.equal(text.signal, "SIGTERM");
+    assert.equal(text.stdout, "connected\n");
+    assert.match(text.stderr, new RegExp(`-> 127\\.0\\.0\\.1:${server.port}\\n {2}program set {2}nothing\\n`));
+    assert.deepEqual(readdirSync(tmp), [], "tcpka trace removed its event directory");
+  });
+});
+
+/** Two clients of forking_server.py under `run`; the handlers' reports, once both connections are closed. */
+async function serveTwo(t: TestContext, run: Started) {
+  const { port, pid } = JSON.parse((await run.waitFor(/^\{"port".*$/m))[0]) as { port: number; pid: number };
+  const clients = [await connectTo(port), await connectTo(port)];
+  t.after(() => {
+    for (const c of clients) c.destroy();
+  });
+  await run.waitFor(/(^\{"pid".*\n){2}/m);
+  const children = run.stdout
+    .split("\n")
+    .filter((l) => l.startsWith('{"pid"'))
+    .map(
+      (l) =>
+        JSON.parse(l) as {
+          pid: number;
+          peer_port: number;
+          keepalive: number;
+          idle: number;
+          interval: number;
+          count: number;
+        },
+    );
+  for (const c of clients) c.end();
+  return { serverPid: pid, children };
+}
+
+/** A port on 127.0.0.1 that nothing listens on: taken from a listener that is then closed. */
+async function freePort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((resolve) => s.listen({ host: "127.0.0.1", port: 0 }, resolve));
+  const address = s.address();
+  await new Promise<void>((resolve) => s.close(() => resolve()));
+  if (address === null || typeof address === "string") throw new Error("no port");
+  return address.port;
+}
