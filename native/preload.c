@@ -100,6 +100,14 @@ static inline void slot_reset(int fd) {
   if (s) memset(s, 0, sizeof *s);
 }
 
+/* A new fd that refers to the same socket as `from` carries its slot; any other new fd starts clean. */
+static void slot_copy(int from, int to) {
+  struct slot *a = slot_of(from), *b = slot_of(to);
+  if (!b) return;
+  if (a) *b = *a;
+  else memset(b, 0, sizeof *b);
+}
+
 /* ------------------------------------------------------------------------------------------------ real calls */
 
 static int (*real_socket)(int, int, int);
@@ -598,11 +606,7 @@ HOOK int dup2(int oldfd, int newfd) {
   int ret = real_dup2(oldfd, newfd);
   if (ret >= 0 && oldfd != newfd) {
     int saved = errno;
-    struct slot *from = slot_of(oldfd), *to = slot_of(newfd);
-    if (to) {
-      if (from) *to = *from;
-      else memset(to, 0, sizeof *to);
-    }
+    slot_copy(oldfd, newfd);
     errno = saved;
   }
   return ret;
@@ -613,22 +617,10 @@ HOOK int dup3(int oldfd, int newfd, int flags) {
   int ret = real_dup3(oldfd, newfd, flags);
   if (ret >= 0) {
     int saved = errno;
-    struct slot *from = slot_of(oldfd), *to = slot_of(newfd);
-    if (to) {
-      if (from) *to = *from;
-      else memset(to, 0, sizeof *to);
-    }
+    slot_copy(oldfd, newfd);
     errno = saved;
   }
   return ret;
-}
-
-/* A new fd that refers to the same socket as `from` carries its slot; any other new fd starts clean. */
-static void slot_copy(int from, int to) {
-  struct slot *a = slot_of(from), *b = slot_of(to);
-  if (!b) return;
-  if (a) *b = *a;
-  else memset(b, 0, sizeof *b);
 }
 
 HOOK int dup(int oldfd) {

@@ -137,8 +137,8 @@ function ruleCheck(p: ProgramBuilder, r: EndpointRule, fail: string, id: string)
   }
 }
 
-/** bpf_setsockopt(ctx, level, name, &value, 4) */
-function setOption(p: ProgramBuilder, option: OptionName, value: number): void {
+/** bpf_setsockopt or bpf_getsockopt (ctx, level, name, &slot, 4), with the stack slot first holding `value`. */
+function sockoptCall(p: ProgramBuilder, fn: number, option: OptionName, value: number): void {
   const [level, name] = SOCKOPTS[option];
   p.emit(
     StoreImm(R10, SCRATCH, value, "W"),
@@ -148,27 +148,20 @@ function setOption(p: ProgramBuilder, option: OptionName, value: number): void {
     Mov.Reg(R4, R10),
     Add.Imm(R4, SCRATCH),
     Mov.Imm(R5, 4),
-    Call(Fn.setsockopt),
+    Call(fn),
   );
+}
+
+function setOption(p: ProgramBuilder, option: OptionName, value: number): void {
+  sockoptCall(p, Fn.setsockopt, option, value);
 }
 
 /** Read the option; skip the set when the socket's value is already as strong (see strongEnough in settings). */
 function strengthenOption(p: ProgramBuilder, option: OptionName, value: number): void {
-  const [level, name] = SOCKOPTS[option];
   const set = `set_${option}`;
   const done = `done_${option}`;
-  p.emit(
-    StoreImm(R10, SCRATCH, 0, "W"),
-    Mov.Reg(R1, R6),
-    Mov.Imm(R2, level),
-    Mov.Imm(R3, name),
-    Mov.Reg(R4, R10),
-    Add.Imm(R4, SCRATCH),
-    Mov.Imm(R5, 4),
-    Call(Fn.getsockopt),
-    JNE.Imm(R0, 0, set),
-    LoadMem(R2, R10, SCRATCH, "W"),
-  );
+  sockoptCall(p, Fn.getsockopt, option, 0);
+  p.emit(JNE.Imm(R0, 0, set), LoadMem(R2, R10, SCRATCH, "W"));
   if (option === "keepalive") p.emit(JNE32.Imm(R2, 0, done));
   else {
     if (option === "userTimeout") p.emit(JEq32.Imm(R2, 0, set));
