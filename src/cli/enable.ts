@@ -7,7 +7,7 @@ import { type LiveResult, LiveSession } from "../enforce/live.js";
 import { TcpkaError, usage } from "../errors.js";
 import { addressMatcher, parsePid, type SocketFilter } from "../filter.js";
 import { pidsInCgroup, resolveCgroup } from "../inspect/cgroup.js";
-import { commOf, listPids, processExists } from "../inspect/owners.js";
+import { commOf, listPids, processExists, processOf } from "../inspect/owners.js";
 import { stateMask, type TcpSocket } from "../inspect/sockets.js";
 import {
   type Change,
@@ -91,12 +91,12 @@ ${TARGETS_HELP}
 ${RUN_HELP}
 `;
 
-function enableOptions(): Options {
+function enableOptions(disable: boolean): Options {
   const filters: Options = { ...FILTER_OPTIONS };
   delete filters.all; // --all means every process here
   return {
     ...filters,
-    ...SETTINGS_OPTIONS,
+    ...(disable ? {} : SETTINGS_OPTIONS),
     pid: { type: "string", multiple: true },
     comm: { type: "string", multiple: true },
     cgroup: { type: "string", multiple: true },
@@ -110,13 +110,17 @@ function enableOptions(): Options {
 }
 
 /** The target processes, re-read at every round (a --comm or --cgroup target gains new processes). */
-export function targetResolver(v: ReturnType<typeof parse>["values"]): { pids: () => number[]; fixed: boolean } {
-  const pids = strs(v, "pid").map((p) => parsePid("--pid", p));
+export function targetResolver(
+  v: ReturnType<typeof parse>["values"],
+  command = "enable",
+): { pids: () => number[]; fixed: boolean } {
+  // A thread id stands for its process: fds belong to the process.
+  const pids = [...new Set(strs(v, "pid").map((p) => processOf(parsePid("--pid", p))))];
   const comms = new Set(strs(v, "comm"));
   const cgroups = strs(v, "cgroup").map((c) => resolveCgroup(c));
   const all = bool(v, "all");
   if (!pids.length && !comms.size && !cgroups.length && !all) {
-    throw usage("no target: give --pid, --comm, --cgroup or --all", "e.g. sudo tcpka enable --pid 2203");
+    throw usage("no target: give --pid, --comm, --cgroup or --all", `e.g. sudo tcpka ${command} --pid 2203`);
   }
   for (const pid of pids) if (!processExists(pid)) throw usage(`--pid ${pid}: no such process`);
   const self = process.pid;
@@ -302,6 +306,7 @@ export async function runLive(
       const round = session.round(pids);
       for (const p of round.unreadable) unreadable.add(p);
       t.filtered += round.filtered;
+      for (const pid of round.holders) t.processes.add(pid);
       tally(t, round.results);
       if (round.results.some((r) => r.outcome.result === "failed" && r.outcome.error.errnoName === "ENOSYS")) {
         throw new TcpkaError("unsupported", "this kernel has no pidfd_getfd: tcpka enable needs Linux 5.6 or newer", {
@@ -311,6 +316,16 @@ export async function runLive(
       if (o.json) all.push(...round.results);
       else if (!o.quiet) for (const r of round.results) out.write(lineFor(r, out));
       out.end();
+      // Waiting is pointless when none of the targets can be read: say so now, not at the end.
+      if (
+        o.watch &&
+        targets.fixed &&
+        pids.length > 0 &&
+        round.unreadable.length === pids.length &&
+        t.processes.size === 0
+      ) {
+        throw permissionError(round.unreadable);
+      }
       if (!o.watch || stop || (targets.fixed && pids.length === 0)) break;
       await sleep(o.everyMs);
       if (stop) break;
@@ -382,18 +397,19 @@ function writeSummary(t: Tally, o: LiveOptions, denied: readonly number[], out: 
 }
 
 async function runTargets(argv: readonly string[], out: Out, disable: boolean): Promise<number> {
-  const options = enableOptions();
+  const options = enableOptions(disable);
   const { values } = parse(disable ? "disable" : "enable", argv, options);
   if (bool(values, "help")) {
     out.write(disable ? DISABLE_HELP : ENABLE_HELP);
     return 0;
   }
-  const targets = targetResolver(values);
+  const targets = targetResolver(values, disable ? "disable" : "enable");
   const filterValues = { ...values, all: undefined, pid: undefined, comm: undefined };
   const filter = filterFrom(filterValues);
   if (!values.state && !values.listening) filter.states = stateMask(["ESTAB", "LISTEN"]);
   const every = str(values, "every");
   let everyMs = 1000;
+  if (every !== undefined && !bool(values, "watch")) throw usage("--every goes with --watch");
   if (every !== undefined) {
     const ms = parseDurationMs(every);
     if (ms === undefined || ms < 10)

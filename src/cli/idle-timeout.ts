@@ -36,8 +36,9 @@ keepalive settings that keep connections open through it (first probe at half th
 
 The far end must echo: run 'tcpka echo --listen PORT' there (any echo server works). Several connections are
 held idle for different times in parallel; the search narrows the range between the longest idle time that
-survived and the shortest that did not, to 1s or 5%. It takes up to about twice the timeout. Progress goes to
-stderr, the result to stdout.
+survived and the shortest that did not, to 1s or 5%. That takes about twice the timeout (up to 2.5 times;
+less with a higher --parallel). Progress goes to stderr, the result to stdout; Ctrl-C stops early and prints
+what is known so far.
 
 Options:
       --max DURATION            give up looking beyond this idle time (default 15m, at most 24h)
@@ -62,6 +63,8 @@ const OPTIONS = {
 const CONNECT_TIMEOUT_MS = 5000;
 const HELLO_TIMEOUT_MS = 3000;
 const MAX_MAX_MS = 24 * 3600_000;
+/** A pong this late (or 4 round trips, if longer) makes the probe a suspected drop for planning. */
+const SUSPECT_MS = 200;
 
 // ---------------------------------------------------------------------------------------------------------
 // The search, apart from sockets and clocks (the unit tests drive it with a simulated clock).
@@ -539,7 +542,17 @@ async function measure(o: MeasureOptions): Promise<Measurement> {
     const idleMs = now - slot.since;
     slot.probing = idleMs;
     slot.point = null;
-    conn.ping(++seq, Math.max(o.probeTimeoutMs, 3 * rttMs)).then((r) => {
+    const timeoutMs = Math.max(o.probeTimeoutMs, 3 * rttMs);
+    const late = setTimeout(
+      () => {
+        search.suspect(idleMs);
+        wake();
+      },
+      Math.min(timeoutMs / 2, Math.max(SUSPECT_MS, 4 * rttMs)),
+    );
+    conn.ping(++seq, timeoutMs).then((r) => {
+      clearTimeout(late);
+      search.settled(idleMs);
       slot.probing = null;
       if (slot.conn === conn && !finished) record(slot, idleMs, r);
       wake();

@@ -144,26 +144,40 @@ export class LiveSession {
   ) {}
 
   /** One pass over the processes: the results for sockets not seen before, and the pids that were unreadable. */
-  round(pids: readonly number[]): { results: LiveResult[]; filtered: number; unreadable: number[] } {
+  round(pids: readonly number[]): {
+    results: LiveResult[];
+    filtered: number;
+    unreadable: number[];
+    holders: Set<number>;
+  } {
     const scan = scanProcesses(pids, this.states, this.seen);
     // Forget sockets that are gone, so that a long watch does not grow without bound.
     for (const inode of this.seen) if (!scan.present.has(inode)) this.seen.delete(inode);
     const results: LiveResult[] = [];
+    const handled = new Set<number>();
+    const holders = new Set<number>(); // processes holding a socket handled in this round
     let filtered = 0;
     // pidfds live for one round only: a pid seen again later may be another process.
     const borrower = new SocketBorrower();
     try {
       for (const s of scan.sockets) {
+        // A socket shared by several processes (after fork) is one socket: handled once, through its first holder.
+        if (this.seen.has(s.socket.inode)) {
+          if (handled.has(s.socket.inode)) holders.add(s.pid);
+          continue;
+        }
         this.seen.add(s.socket.inode);
         if (this.matches && !this.matches(s.socket)) {
           filtered++;
           continue;
         }
+        handled.add(s.socket.inode);
+        holders.add(s.pid);
         results.push({ socket: s, outcome: applyLive(borrower, s, this.plan, this.dryRun) });
       }
     } finally {
       borrower.close();
     }
-    return { results, filtered, unreadable: scan.unreadable };
+    return { results, filtered, unreadable: scan.unreadable, holders };
   }
 }

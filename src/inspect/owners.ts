@@ -29,12 +29,24 @@ export function listPids(): number[] {
   return pids.sort((a, b) => a - b);
 }
 
+/** A running process: /proc/PID exists and it is not a zombie (exited, not yet reaped) or dead. */
 export function processExists(pid: number): boolean {
   try {
-    readFileSync(`/proc/${pid}/stat`);
-    return true;
+    const stat = readFileSync(`/proc/${pid}/stat`, "latin1");
+    const state = stat[stat.lastIndexOf(")") + 2]; // "PID (comm) S ...": comm may hold spaces and parentheses
+    return state !== "Z" && state !== "X";
   } catch {
     return false;
+  }
+}
+
+/** The process a thread id belongs to (its thread group id); the pid itself for a process. */
+export function processOf(pid: number): number {
+  try {
+    const m = /^Tgid:\s*(\d+)$/m.exec(readFileSync(`/proc/${pid}/status`, "latin1"));
+    return m ? Number(m[1]) : pid;
+  } catch {
+    return pid;
   }
 }
 
