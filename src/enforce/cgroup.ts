@@ -14,6 +14,7 @@ import {
   readdirSync,
   readFileSync,
   rmdirSync,
+  statSync,
   unlinkSync,
 } from "node:fs";
 import { join, relative } from "node:path";
@@ -27,6 +28,7 @@ import {
   blobMapWrite,
   linkCreate,
   linkDetach,
+  linkInfo,
   linkUpdate,
   objGet,
   objPin,
@@ -56,10 +58,15 @@ export interface Enforcement {
   updated?: string;
 }
 
-/** The pin directory name for a cgroup: its path with "/" as ":" ("system.slice:app.service"), "root" for /. */
+/**
+ * The pin directory name for a cgroup: its path with "/" as ":", "root" for /. bpffs refuses names with a dot
+ * (bpf_lookup in kernel/bpf/inode.c: dots are reserved), so ".", ":" and "%" are percent-encoded, which also
+ * keeps /a/b and /a:b apart: "system.slice/app.service" -> "system%2Eslice:app%2Eservice".
+ */
 export function pinName(cgroup: string): string {
   const rel = cgroup.replace(/^\/+|\/+$/g, "");
-  return rel === "" ? "root" : rel.replaceAll("/", ":");
+  if (rel === "") return "root";
+  return rel.replace(/[%.:]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`).replaceAll("/", ":");
 }
 
 function bpffsMounted(): boolean {
@@ -162,6 +169,9 @@ export function enforceOnCgroup(cgroupDir: string, mount: string, spec: EnforceS
     fds.push(progFd);
     const linkPin = join(dir, "link");
     const metaPin = join(dir, "meta");
+    // A pin left by a cgroup of the same path that has since been removed (a service restart) holds a link to
+    // the dead cgroup: replace it rather than update it.
+    if (existsSync(linkPin) && !pinnedForCgroup(linkPin, cgroupDir)) removePins(dir, true);
     if (existsSync(linkPin)) {
       const linkFd = objGet(linkPin);
       fds.push(linkFd);
@@ -221,7 +231,38 @@ function readMeta(mapFd: number): Enforcement | undefined {
   }
 }
 
-function removePins(dir: string): void {
+/** Is the link pinned at `linkPin` attached to this very cgroup? A cgroup v2's id is its directory's inode. */
+function pinnedForCgroup(linkPin: string, cgroupDir: string): boolean {
+  try {
+    const fd = objGet(linkPin);
+    try {
+      return linkInfo(fd).cgroupId === statSync(cgroupDir, { bigint: true }).ino;
+    } finally {
+      close(fd);
+    }
+  } catch {
+    return false;
+  }
+}
+
+/** Detach the program of a pinned link now (the pin itself stays until unlinked). */
+function detachPinned(linkPin: string): void {
+  const fd = objGet(linkPin);
+  try {
+    linkDetach(fd);
+  } finally {
+    close(fd);
+  }
+}
+
+function removePins(dir: string, detach = false): void {
+  if (detach) {
+    try {
+      detachPinned(join(dir, "link"));
+    } catch {
+      /* already detached or gone */
+    }
+  }
   for (const f of ["link", "meta"]) {
     try {
       unlinkSync(join(dir, f));
@@ -272,12 +313,7 @@ export function removeEnforcement(name: string): boolean {
     return false;
   }
   try {
-    const fd = objGet(linkPin);
-    try {
-      linkDetach(fd);
-    } finally {
-      close(fd);
-    }
+    detachPinned(linkPin);
   } catch (e) {
     throw explain(e, `cannot detach ${linkPin}`);
   }
