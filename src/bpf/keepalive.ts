@@ -213,12 +213,15 @@ export function keepaliveProgram(spec: EnforceSpec): Instruction[] {
 
   p.label("apply");
   const s = spec.settings;
+  // SO_KEEPALIVE last: on an established socket with keepalive already on, each TCP_KEEPIDLE re-arms the
+  // timer (tcp_sock_set_keepidle_locked); turning it on last arms it once, with the new idle time
+  // (tcp_set_keepalive -> keepalive_time_when).
   const values: [OptionName, number | undefined][] = [
-    ["keepalive", 1],
     ["idle", s.idle],
     ["interval", s.interval],
     ["count", s.count],
     ["userTimeout", s.userTimeout],
+    ["keepalive", 1],
   ];
   for (const [option, value] of values) {
     if (value === undefined) continue;

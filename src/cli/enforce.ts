@@ -3,7 +3,7 @@
  * --remove manage what is in place.
  */
 import { spawnSync } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { type Enforcement, enforceOnCgroup, listEnforcements, pinName, removeEnforcement } from "../enforce/cgroup.js";
 import { TcpkaError, usage } from "../errors.js";
@@ -103,6 +103,16 @@ function cgroupOfUnit(unit: string): string {
   return path;
 }
 
+/** "/sys/fs/cgroup/a/b", "a/b" or "/a/b" as the path inside the cgroup2 mount: "/a/b". */
+function cgroupPath(path: string, mount: string): string {
+  const inside = path.startsWith(`${mount}/`) ? path.slice(mount.length) : path;
+  return `/${inside.replace(/^\/+|\/+$/g, "")}`;
+}
+
+function cgroupExists(path: string, mount: string): boolean {
+  return existsSync(join(mount, cgroupPath(path, mount), "cgroup.procs"));
+}
+
 /** The target cgroup directory from --cgroup, --unit or --pid (exactly one). */
 function targetCgroup(v: ReturnType<typeof parse>["values"], mount: string): string | undefined {
   const given = ["cgroup", "unit", "pid"].filter((k) => v[k] !== undefined);
@@ -142,13 +152,15 @@ export async function runEnforce(argv: readonly string[], out: Out): Promise<num
   }
   if (bool(values, "list")) {
     const list = listEnforcements();
-    if (bool(values, "json")) out.write(`${JSON.stringify(list)}\n`);
+    const mount = cgroup2Mount();
+    const alive = (e: Enforcement) => e.cgroup !== "?" && cgroupExists(e.cgroup, mount);
+    if (bool(values, "json")) out.write(`${JSON.stringify(list.map((e) => ({ ...e, cgroup_exists: alive(e) })))}\n`);
     else if (list.length === 0) out.write("nothing is enforced (no pins under /sys/fs/bpf/tcpka)\n");
     else {
       table(
         ["CGROUP", "SETTINGS", "CONNECTIONS", "SINCE"],
         list.map((e) => [
-          e.cgroup,
+          alive(e) ? e.cgroup : `${e.cgroup} (gone: tcpka enforce --remove --cgroup ${e.cgroup})`,
           settingsText(e),
           rulesText(e),
           e.updated ? `${e.since} (updated ${e.updated})` : e.since,
@@ -166,9 +178,12 @@ export async function runEnforce(argv: readonly string[], out: Out): Promise<num
       out.write(`removed ${list.length} enforcement${list.length === 1 ? "" : "s"}\n`);
       return 0;
     }
-    const dir = targetCgroup(values, mount);
-    if (!dir) throw usage("--remove needs a target: --cgroup, --unit, --pid or --all");
-    const cgroup = `/${dir.slice(mount.length).replace(/^\/+/, "")}`;
+    // The cgroup may be gone (a stopped service): its enforcement is still found by the path.
+    const given = str(values, "cgroup");
+    const gone = given !== undefined && !cgroupExists(given, mount);
+    const dir = gone ? undefined : targetCgroup(values, mount);
+    if (!dir && !gone) throw usage("--remove needs a target: --cgroup, --unit, --pid or --all");
+    const cgroup = dir ? `/${dir.slice(mount.length).replace(/^\/+/, "")}` : cgroupPath(given as string, mount);
     if (!removeEnforcement(pinName(cgroup))) {
       throw new TcpkaError("not-found", `nothing is enforced on ${cgroup}`, {
         hint: "tcpka enforce --list shows what is",

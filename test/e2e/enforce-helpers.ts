@@ -1,0 +1,291 @@
+/**
+ * Shared by the end-to-end tests of `tcpka enforce` (enforce*.test.ts): the agent of test/fixtures/enforce_agent.py
+ * (a python3 process in a test cgroup, or outside it, that listens, connects and accepts when told and reports
+ * each socket's options read with getsockopt from inside), tcpka run in this process's namespaces (where the
+ * cgroup2 mount and /sys/fs/bpf are visible; `ip netns exec` would remount /sys and hide both), and the pins that
+ * an enforcement leaves under /sys/fs/bpf/tcpka. Every agent is killed by pid, and every enforcement a test makes
+ * is removed with `tcpka enforce --remove`, when its test ends.
+ */
+import assert from "node:assert/strict";
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { chmodSync, cpSync, existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { NAME_PREFIX, type Scope, type TestCgroup } from "../helpers/cgroup.js";
+import { type Netns, REPO, type Result, TCPKA, type User } from "../helpers/netns.js";
+
+export const AGENT = join(REPO, "test", "fixtures", "enforce_agent.py");
+export const PIN_ROOT = "/sys/fs/bpf/tcpka";
+
+/** The options of one socket as the agent reads them with getsockopt. */
+export interface Opts {
+  keepalive: number;
+  idle: number;
+  interval: number;
+  count: number;
+  user_timeout_ms: number;
+  nodelay: number;
+}
+
+/** Distinctive settings that no program or default has: what enforce is asked for in these tests. */
+export const WANT_FLAGS = ["--idle", "7s", "--interval", "3s", "--count", "4"];
+export const WANT = { keepalive: 1, idle: 7, interval: 3, count: 4, user_timeout_ms: 0 };
+/** A socket nothing touched, in a fresh network namespace (compiled-in sysctl defaults). */
+export const UNTOUCHED = { keepalive: 0, idle: 7200, interval: 75, count: 9, user_timeout_ms: 0 };
+
+/** The keepalive part of a socket's options (everything but nodelay). */
+export function ka(o: Opts): Omit<Opts, "nodelay"> {
+  const { nodelay: _, ...rest } = o;
+  return rest;
+}
+
+export interface Sock {
+  id: number;
+  /** the local port */
+  port: number;
+  opts: Opts;
+  /** for an accepted socket: the peer [address, port] */
+  peer?: [string, number];
+}
+
+export interface ConnectOptions {
+  family?: 4 | 6;
+  /** bind the client to this address first (the peer address the server sees) */
+  bind?: string;
+  /** setsockopt before connect() */
+  pre?: Partial<Opts>;
+}
+
+export interface ListenOptions {
+  port?: number;
+  /** 6: an AF_INET6 socket that also accepts IPv4 (IPV6_V6ONLY off), peers then appear as ::ffff:a.b.c.d */
+  family?: 4 | 6;
+  /** setsockopt before listen() */
+  pre?: Partial<Opts>;
+}
+
+/** A running enforce_agent.py in the network namespace `ns`, inside `cgroup` or (without it) outside any test one. */
+export class Agent {
+  readonly pid: number;
+  /** its cgroup v2 path, as it read it from /proc/self/cgroup */
+  cgroup = "";
+  private stderr = "";
+  private readonly lines: AsyncIterator<string>;
+
+  private constructor(private readonly child: ChildProcess) {
+    this.pid = child.pid as number;
+    child.stderr?.setEncoding("utf8").on("data", (d: string) => {
+      this.stderr += d;
+    });
+    this.lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]();
+  }
+
+  static async start(scope: Scope, ns: Netns, cgroup?: TestCgroup): Promise<Agent> {
+    const argv = ["ip", "netns", "exec", ns.name, "python3", AGENT];
+    const child = cgroup ? cgroup.spawn(argv) : spawn(argv[0]!, argv.slice(1), { stdio: ["pipe", "pipe", "pipe"] });
+    const agent = new Agent(child);
+    scope.after(() => agent.kill());
+    const hello = JSON.parse(await agent.line()) as { pid: number; cgroup: string };
+    assert.equal(hello.pid, agent.pid, "ip netns exec execs the agent: same pid");
+    agent.cgroup = hello.cgroup;
+    if (cgroup) assert.equal(agent.cgroup, cgroup.path, "the agent runs in the test cgroup");
+    return agent;
+  }
+
+  private async line(timeoutMs = 15_000): Promise<string> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`agent ${this.pid}: no answer for ${timeoutMs} ms`)), timeoutMs);
+    });
+    try {
+      const next = await Promise.race([this.lines.next(), timeout]);
+      if (next.done) throw new Error(`agent ${this.pid} ended; stderr: ${this.stderr.trim()}`);
+      return next.value;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private async ask<T>(cmd: Record<string, unknown>): Promise<T> {
+    this.child.stdin?.write(`${JSON.stringify(cmd)}\n`);
+    const reply = JSON.parse(await this.line()) as T & { error?: string };
+    if (reply.error) throw new Error(`agent ${this.pid}: ${JSON.stringify(cmd)}: ${reply.error}`);
+    return reply;
+  }
+
+  listen(host: string, o: ListenOptions = {}): Promise<Sock> {
+    return this.ask({ op: "listen", host, port: o.port ?? 0, family: o.family ?? 4, pre: o.pre ?? {} });
+  }
+
+  connect(host: string, port: number, o: ConnectOptions = {}): Promise<Sock> {
+    return this.ask({ op: "connect", host, port, family: o.family ?? 4, bind: o.bind ?? "", pre: o.pre ?? {} });
+  }
+
+  accept(listener: Sock): Promise<Sock> {
+    return this.ask({ op: "accept", id: listener.id });
+  }
+
+  async get(s: Sock): Promise<Opts> {
+    return (await this.ask<Sock>({ op: "get", id: s.id })).opts;
+  }
+
+  async close(s: Sock): Promise<void> {
+    await this.ask({ op: "close", id: s.id });
+  }
+
+  /** SIGKILL by pid, unless it has already exited. */
+  kill(): void {
+    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill("SIGKILL");
+  }
+}
+
+/**
+ * A connection from `client` to `server`'s listener, both ends as they are once accepted:
+ * [client's socket, accepted socket].
+ */
+export async function connectPair(
+  client: Agent,
+  server: Agent,
+  listener: Sock,
+  host: string,
+  o: ConnectOptions = {},
+): Promise<[Sock, Sock]> {
+  const c = await client.connect(host, listener.port, o);
+  const a = await server.accept(listener);
+  return [c, a];
+}
+
+let readableCopy: string | undefined;
+
+/**
+ * bin/tcpka.js where `user` can read it: the checkout itself when it can, otherwise a copy of what tcpka needs
+ * at run time (package.json, bin, dist, node_modules/koffi), removed when this process exits.
+ */
+function tcpkaFor(user: User): string {
+  const readable = spawnSync(
+    "setpriv",
+    [
+      `--reuid=${user.uid}`,
+      `--regid=${user.gid}`,
+      "--clear-groups",
+      "--",
+      "test",
+      "-r",
+      join(REPO, "dist", "cli", "main.js"),
+    ],
+    { stdio: "ignore" },
+  );
+  if (readable.status === 0) return TCPKA;
+  if (readableCopy === undefined) {
+    const dir = mkdtempSync(join(tmpdir(), "tcpka-t-"));
+    process.once("exit", () => rmSync(dir, { recursive: true, force: true }));
+    chmodSync(dir, 0o755);
+    for (const f of ["package.json", "bin", "dist", join("node_modules", "koffi")]) {
+      cpSync(join(REPO, f), join(dir, f), { recursive: true });
+    }
+    readableCopy = dir;
+  }
+  return join(readableCopy, "bin", "tcpka.js");
+}
+
+/** The tcpka CLI in this process's namespaces, as root or as `user` (through setpriv). */
+export function tcpka(args: readonly string[], opts: { user?: User } = {}): Result {
+  const argv = opts.user
+    ? [
+        "setpriv",
+        `--reuid=${opts.user.uid}`,
+        `--regid=${opts.user.gid}`,
+        "--clear-groups",
+        "--",
+        process.execPath,
+        tcpkaFor(opts.user),
+        ...args,
+      ]
+    : [process.execPath, TCPKA, ...args];
+  const r = spawnSync(argv[0]!, argv.slice(1), { encoding: "utf8", timeout: 60_000, killSignal: "SIGKILL" });
+  if (r.error) throw new Error(`${argv.join(" ")}: ${r.error.message}`);
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+const guarded = new WeakSet<TestCgroup>();
+
+/**
+ * Make sure nothing enforced on `cgroup` outlives it: when it is destroyed (before its rmdir), `tcpka enforce
+ * --remove` it if --list still shows it; if that fails, delete its pin directory by hand and report the failure.
+ */
+export function guard(cgroup: TestCgroup): void {
+  if (guarded.has(cgroup)) return;
+  guarded.add(cgroup);
+  cgroup.onDestroy(() => {
+    const e = enforcedOn(cgroup);
+    if (!e) return;
+    const r = tcpka(["enforce", "--remove", "--cgroup", cgroup.path]);
+    if (r.status === 0 && !existsSync(join(PIN_ROOT, e.name))) return;
+    rmSync(join(PIN_ROOT, e.name), { recursive: true, force: true });
+    throw new Error(`cleanup: tcpka enforce --remove --cgroup ${cgroup.path} exited ${r.status}: ${r.stderr}`);
+  });
+}
+
+/** `tcpka enforce --cgroup CGROUP ARGS...`, which must succeed; its stdout. Removed when the cgroup is destroyed. */
+export function enforce(cgroup: TestCgroup, args: readonly string[]): string {
+  guard(cgroup);
+  const r = tcpka(["enforce", "--cgroup", cgroup.path, ...args]);
+  assert.equal(r.status, 0, `tcpka enforce --cgroup ${cgroup.path} ${args.join(" ")}: ${r.stderr}`);
+  assert.equal(r.stderr, "");
+  return r.stdout;
+}
+
+/** `tcpka enforce --remove --cgroup CGROUP`, which must succeed, and leave no pin and no --list entry for it. */
+export function remove(cgroup: TestCgroup): string {
+  const e = enforcedOn(cgroup);
+  assert.ok(e, `${cgroup.path} is enforced on before --remove`);
+  const r = tcpka(["enforce", "--remove", "--cgroup", cgroup.path]);
+  assert.equal(r.status, 0, `tcpka enforce --remove --cgroup ${cgroup.path}: ${r.stderr}`);
+  assert.ok(!existsSync(join(PIN_ROOT, e.name)), `no pin left at ${join(PIN_ROOT, e.name)}`);
+  assert.equal(enforcedOn(cgroup), undefined, "--list no longer shows it");
+  return r.stdout;
+}
+
+export interface Listed {
+  name: string;
+  cgroup: string;
+  mode: "strengthen" | "force";
+  idle_s?: number;
+  interval_s?: number;
+  count?: number;
+  user_timeout_ms?: number;
+  only: string[];
+  except: string[];
+  since: string;
+  updated?: string;
+}
+
+/** `tcpka enforce --list --json`, parsed. */
+export function listJson(): Listed[] {
+  const r = tcpka(["enforce", "--list", "--json"]);
+  assert.equal(r.status, 0, r.stderr);
+  return JSON.parse(r.stdout) as Listed[];
+}
+
+/** What --list --json says is enforced on `cgroup` itself, if anything. */
+export function enforcedOn(cgroup: TestCgroup): Listed | undefined {
+  return listJson().find((e) => e.cgroup === cgroup.path);
+}
+
+/**
+ * The pins under /sys/fs/bpf/tcpka that belong to this test process's cgroups: every test cgroup's name starts
+ * with NAME_PREFIX, which has nothing that a pin name would have to encode.
+ */
+export function ourPins(): string[] {
+  try {
+    return readdirSync(PIN_ROOT).filter((n) => n.startsWith(NAME_PREFIX));
+  } catch {
+    return [];
+  }
+}
+
+/** Pass when no pin of this process is left under /sys/fs/bpf/tcpka. */
+export function assertNoPinsLeft(): void {
+  assert.deepEqual(ourPins(), [], `no pin left under ${PIN_ROOT}`);
+}
