@@ -52,7 +52,7 @@ export interface Endpoint {
 export function parsePort(what: string, text: string): number {
   if (!/^\d+$/.test(text)) throw usage(`${what}: ${text || "(empty)"} is not a port number`, "a port is 1 to 65535");
   const port = Number(text);
-  if (port === 0) throw usage(`${what}: port 0 is not a port you can reach`, "give a port from 1 to 65535");
+  if (port === 0) throw usage(`${what}: port 0 is not a usable port`, "give a port from 1 to 65535");
   if (port > 65535) throw usage(`${what}: port ${port} is out of range`, "a port is 1 to 65535");
   return port;
 }
@@ -70,10 +70,10 @@ export function parseEndpoint(what: string, text: string, hostOptional: boolean)
     : "198.51.100.7:7007, db.internal:5432 or [2001:db8::7]:7007";
   const t = text.trim();
   if (hostOptional && /^:?\d+$/.test(t)) return { host: undefined, port: parsePort(what, t.replace(/^:/, "")) };
-  const bracketed = /^\[([^\]]+)\]:(\d*)$/.exec(t);
+  const bracketed = /^\[([^\]]*)\]:(.*)$/.exec(t);
   if (bracketed) {
     const host = bracketed[1] as string;
-    if (isIP(host) !== 6) throw usage(`${what}: ${host} is not an IPv6 address`, `use ${example}`);
+    if (isIP(host) !== 6) throw usage(`${what}: [${host}] is not an IPv6 address`, `use ${example}`);
     return { host, port: parsePort(what, bracketed[2] as string) };
   }
   const i = t.lastIndexOf(":");

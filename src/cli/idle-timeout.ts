@@ -20,7 +20,8 @@
  *  replaced (it cannot tell anything new). Simulated over 1s..15m with 8 connections, this ends within about
  *  2× the true timeout (less for short ones), with both bounds within the resolution.
  */
-import { connect, type Socket } from "node:net";
+import { lookup } from "node:dns/promises";
+import { connect, isIP, type Socket } from "node:net";
 import { performance } from "node:perf_hooks";
 import { TcpkaError, usage } from "../errors.js";
 import { formatMs, formatSeconds, parseDurationMs } from "../settings.js";
@@ -444,6 +445,7 @@ interface LiveSlot extends Slot {
 }
 
 export interface Measurement {
+  /** As given (the host name, if one was given). */
   target: string;
   search: IdleSearch;
   probes: ProbeRecord[];
@@ -560,15 +562,18 @@ async function measure(o: MeasureOptions): Promise<Measurement> {
   };
 
   try {
-    const first = await Promise.allSettled(Array.from({ length: o.parallel }, () => open()));
-    const bad = first.find((r) => r.status === "rejected");
+    // One connection first: if the far end is unreachable or no echo server, that is one clear error.
+    const conns = [await open()];
+    const rest = await Promise.allSettled(Array.from({ length: o.parallel - 1 }, () => open()));
+    for (const r of rest) if (r.status === "fulfilled") conns.push(r.value);
+    const bad = rest.find((r) => r.status === "rejected");
     if (bad) {
-      for (const r of first) if (r.status === "fulfilled") r.value.destroy();
+      for (const c of conns) c.destroy();
       throw bad.reason;
     }
-    for (const r of first) {
+    for (const conn of conns) {
       const slot: LiveSlot = { since: 0, ready: false, probing: null, point: null, conn: undefined };
-      attach(slot, (r as PromiseFulfilledResult<EchoConnection>).value);
+      attach(slot, conn);
       slots.push(slot);
     }
     o.progress.start(t0, search);
@@ -592,6 +597,11 @@ async function measure(o: MeasureOptions): Promise<Measurement> {
         } else next = Math.min(next, due);
       }
       if (started) continue; // plan again with these probes in flight
+      if (!Number.isFinite(next) && slots.every((s) => s.ready && s.probing === null)) {
+        throw new Error(
+          `idle-timeout: nothing left to probe between ${search.longestAlive} and ${search.shortestDropped} ms`,
+        );
+      }
       await new Promise<void>((resolve) => {
         const timer = Number.isFinite(next) ? setTimeout(resolve, Math.max(0, next - performance.now())) : undefined;
         wakeUp = () => {
@@ -641,7 +651,11 @@ class Progress {
     this.err.end();
   }
 
+  /** Printed once the connections are open (an error before that needs no heading). */
+  heading = "";
+
   start(t0: number, search: IdleSearch): void {
+    this.say(this.heading);
     this.t0 = t0;
     this.search = search;
     if (this.tty && !this.quiet) {
@@ -705,6 +719,44 @@ class Progress {
 // ---------------------------------------------------------------------------------------------------------
 // The command.
 
+/** The address to connect to: every connection goes to the same one. */
+async function resolve(host: string): Promise<string> {
+  if (isIP(host)) return host;
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () =>
+        reject(
+          new TcpkaError("system", `cannot resolve ${host}: no answer within ${formatMs(CONNECT_TIMEOUT_MS)}`, {
+            hint: "check the DNS servers in /etc/resolv.conf, or give an IP address",
+          }),
+        ),
+      CONNECT_TIMEOUT_MS,
+    );
+  });
+  try {
+    const r = await Promise.race([lookup(host), timeout]);
+    return r.address;
+  } catch (e) {
+    if (e instanceof TcpkaError) throw e;
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === "ENOTFOUND") {
+      throw new TcpkaError("not-found", `cannot resolve ${host}: no such host`, {
+        hint: "check the host name, or give an IP address",
+      });
+    }
+    throw new TcpkaError(
+      "system",
+      `cannot resolve ${host}: ${code === "EAI_AGAIN" ? "DNS did not answer" : (code ?? String(e))}`,
+      {
+        hint: "check the DNS servers in /etc/resolv.conf, or give an IP address",
+      },
+    );
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 function parseMax(text: string): number {
   const ms = parseDurationMs(text);
   if (ms === undefined) throw usage(`--max ${text}: not a duration`, "e.g. --max 15m, --max 2h, --max 90s");
@@ -749,10 +801,10 @@ export async function runIdleTimeout(argv: readonly string[], out: Out): Promise
   const err = new Out(2);
   const progress = new Progress(err, false);
   const target = hostPort(host as string, port);
-  progress.say(
-    `measuring the idle timeout of the path to ${target} (${parallel} connections in parallel, up to ${formatSeconds(maxMs / 1000)})`,
-  );
-  const m = await measure({ host: host as string, port, maxMs, parallel, probeTimeoutMs, progress });
+  progress.heading = `measuring the idle timeout of the path to ${target} (${parallel} connections in parallel, up to ${formatSeconds(maxMs / 1000)})`;
+  const address = await resolve(host as string);
+  const m = await measure({ host: address, port, maxMs, parallel, probeTimeoutMs, progress });
+  m.target = target;
   if (json) writeJson(m, out);
   else writeText(m, out);
   return m.interrupted ? 130 : 0;
