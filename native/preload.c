@@ -95,9 +95,11 @@ static struct slot slots[MAX_FDS];
 
 static inline struct slot *slot_of(int fd) { return fd >= 0 && fd < MAX_FDS ? &slots[fd] : NULL; }
 
+/* Forget an fd. Clearing `typed` is enough: a slot is trusted only while typed, and every path that makes one
+ * typed (socket, accept, is_tcp) clears the whole slot first. One store on every close(). */
 static inline void slot_reset(int fd) {
   struct slot *s = slot_of(fd);
-  if (s) memset(s, 0, sizeof *s);
+  if (s) s->typed = 0;
 }
 
 /* A new fd that refers to the same socket as `from` carries its slot; any other new fd starts clean. */
@@ -469,12 +471,16 @@ HOOK int connect(int fd, const struct sockaddr *addr, socklen_t len) {
   struct slot *s = slot_of(fd);
   int matched = 0;
   struct sockaddr_storage peer;
-  memset(&peer, 0, sizeof peer);
   if (is_tcp(fd, s)) {
-    memcpy(&peer, addr, len < sizeof peer ? len : sizeof peer);
-    unsigned port = ntohs(addr->sa_family == AF_INET ? ((const struct sockaddr_in *)addr)->sin_port
-                                                     : ((const struct sockaddr_in6 *)addr)->sin6_port);
-    matched = wanted(&peer, port);
+    /* The address is only looked at when there are rules to match or events to report. */
+    matched = 1;
+    if (cfg.n_only || cfg.n_except || cfg.events[0]) {
+      memset(&peer, 0, sizeof peer);
+      memcpy(&peer, addr, len < sizeof peer ? len : sizeof peer);
+      unsigned port = ntohs(addr->sa_family == AF_INET ? ((const struct sockaddr_in *)addr)->sin_port
+                                                       : ((const struct sockaddr_in6 *)addr)->sin6_port);
+      matched = wanted(&peer, port);
+    }
     /* Before the real connect: the settings are in place when the connection is established (also for a
      * non-blocking connect), and the connect call itself is untouched. */
     if (matched && changes()) enforce(fd, s, ~0u);
