@@ -8,7 +8,7 @@
  */
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { chmodSync, cpSync, existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { chmodSync, cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
@@ -288,4 +288,23 @@ export function ourPins(): string[] {
 /** Pass when no pin of this process is left under /sys/fs/bpf/tcpka. */
 export function assertNoPinsLeft(): void {
   assert.deepEqual(ourPins(), [], `no pin left under ${PIN_ROOT}`);
+}
+
+function bpffsMounted(): boolean {
+  return readFileSync("/proc/self/mounts", "utf8")
+    .split("\n")
+    .some((l) => l.split(" ")[1] === "/sys/fs/bpf" && l.split(" ")[2] === "bpf");
+}
+
+/**
+ * tcpka enforce mounts the BPF file system when it is missing (as bpftool does). A test file calls this once at
+ * load and uses the returned function in its `after`: when the file system was not there before the tests,
+ * it is unmounted again once nothing is pinned in it, so the machine is left as it was found.
+ */
+export function bpffsRestorer(): () => void {
+  const wasMounted = bpffsMounted();
+  return () => {
+    if (wasMounted || !bpffsMounted() || existsSync(PIN_ROOT)) return;
+    spawnSync("umount", ["/sys/fs/bpf"], { stdio: "ignore" });
+  };
 }

@@ -8,9 +8,13 @@ import assert from "node:assert/strict";
 import { after, test } from "node:test";
 import { TestCgroup } from "../helpers/cgroup.js";
 import { needs } from "../helpers/env.js";
-import { assertNoPinsLeft, enforce, listJson, remove } from "./enforce-helpers.js";
+import { assertNoPinsLeft, bpffsRestorer, enforce, listJson, remove } from "./enforce-helpers.js";
 
-after(() => assertNoPinsLeft());
+const restoreBpffs = bpffsRestorer();
+after(() => {
+  assertNoPinsLeft();
+  restoreBpffs();
+});
 
 const MODES: [string, string[]][] = [
   ["strengthen", []],

@@ -44,6 +44,7 @@ import { Netns, NOBODY, type Result } from "../helpers/netns.js";
 import {
   Agent,
   assertNoPinsLeft,
+  bpffsRestorer,
   connectPair,
   enforce,
   enforcedOn,
@@ -58,9 +59,11 @@ import {
   WANT_FLAGS,
 } from "./enforce-helpers.js";
 
+const restoreBpffs = bpffsRestorer();
 after(() => {
   Netns.destroyAll();
   assertNoPinsLeft();
+  restoreBpffs();
 });
 
 const NEEDS = { root: true, tools: ["ip", "python3"] };
