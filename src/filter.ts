@@ -207,15 +207,17 @@ export function endpointMatcher(
   except: readonly EndpointRule[],
 ): ((s: TcpSocket) => boolean) | null {
   if (!only.length && !except.length) return null;
-  const one = (r: EndpointRule, s: TcpSocket): boolean => {
-    if (r.port !== undefined && r.port !== s.peerPort && r.port !== s.localPort) return false;
-    if (!r.cidr) return true;
-    if (s.state === "LISTEN") return false;
-    const bl = new BlockList();
-    bl.addSubnet(r.cidr.address, r.cidr.prefix, r.cidr.family === 4 ? "ipv4" : "ipv6");
-    return bl.check(s.peerAddress, s.family === 4 ? "ipv4" : "ipv6");
+  const compile = (r: EndpointRule) => {
+    const net = r.cidr ? blockList([r.cidr]) : undefined;
+    return (s: TcpSocket): boolean => {
+      if (r.port !== undefined && r.port !== s.peerPort && r.port !== s.localPort) return false;
+      if (!net) return true;
+      return s.state !== "LISTEN" && net.check(s.peerAddress, s.family === 4 ? "ipv4" : "ipv6");
+    };
   };
-  return (s) => (only.length === 0 || only.some((r) => one(r, s))) && !except.some((r) => one(r, s));
+  const yes = only.map(compile);
+  const no = except.map(compile);
+  return (s) => (yes.length === 0 || yes.some((m) => m(s))) && !no.some((m) => m(s));
 }
 
 /** The canonical text of a rule, as the shim reads it from TCPKA_ONLY / TCPKA_EXCEPT. */
