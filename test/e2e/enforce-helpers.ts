@@ -12,6 +12,7 @@ import { chmodSync, cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, 
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
+import type { Enforcement } from "../../src/enforce/cgroup.js";
 import { NAME_PREFIX, type Scope, type TestCgroup } from "../helpers/cgroup.js";
 import { type Netns, REPO, type Result, TCPKA, type User } from "../helpers/netns.js";
 
@@ -247,19 +248,8 @@ export function remove(cgroup: TestCgroup): string {
   return r.stdout;
 }
 
-export interface Listed {
-  name: string;
-  cgroup: string;
-  mode: "strengthen" | "force";
-  idle_s?: number;
-  interval_s?: number;
-  count?: number;
-  user_timeout_ms?: number;
-  only: string[];
-  except: string[];
-  since: string;
-  updated?: string;
-}
+/** An entry of `tcpka enforce --list --json`. */
+export type Listed = Enforcement & { cgroup_exists: boolean };
 
 /** `tcpka enforce --list --json`, parsed. */
 export function listJson(): Listed[] {
