@@ -4,9 +4,8 @@
  * and close the duplicate at once. Only sockets that the kernel lists as TCP in the process's own network
  * namespace are ever duplicated: a pipe, a Unix socket or a UDP socket is never touched.
  */
-import { readlinkSync } from "node:fs";
 import { readKeepAlive, SOCKOPTS } from "../inspect/exact.js";
-import { commOf, socketFds } from "../inspect/owners.js";
+import { commOf, netnsOf, socketFds } from "../inspect/owners.js";
 import { readSockets, type TcpSocket } from "../inspect/sockets.js";
 import type { Change, EffectiveKeepAlive } from "../settings.js";
 import { SysError, setsockoptInt } from "../sys/libc.js";
@@ -25,15 +24,6 @@ export interface LiveScan {
   unreadable: number[];
   /** every socket inode the processes hold now, skipped ones included */
   present: Set<number>;
-}
-
-/** The network namespace of a process, as "net:[4026531840]"; undefined once it has exited. */
-function netnsOf(pid: number): string | undefined {
-  try {
-    return readlinkSync(`/proc/${pid}/ns/net`);
-  } catch {
-    return undefined;
-  }
 }
 
 /**

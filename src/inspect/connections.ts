@@ -7,7 +7,7 @@ import { deadPeerAfter, type EffectiveKeepAlive, type SystemDefaults } from "../
 import { SysError } from "../sys/libc.js";
 import { SocketBorrower } from "../sys/pidfd.js";
 import { readKeepAlive } from "./exact.js";
-import { findOwners, listPids, type SocketOwner } from "./owners.js";
+import { findOwners, listPids, netnsOf, type SocketOwner } from "./owners.js";
 import { readSockets, type TcpSocket } from "./sockets.js";
 import { readSystemDefaults } from "./sysctl.js";
 
@@ -60,6 +60,24 @@ export function keepaliveFromTimer(s: TcpSocket): boolean | null {
   return null;
 }
 
+/**
+ * The sockets to look at: this network namespace's; with --pid, those of each target's own namespace
+ * (through /proc/PID/net/tcp for another one), so that `tcpka ls --pid` works on a container's process.
+ */
+function socketsOf(filter: SocketFilter, opts: InspectOptions): TcpSocket[] {
+  const read = { states: filter.states, families: filter.families, via: opts.via };
+  if (!filter.pids.length) return readSockets(read);
+  const own = netnsOf(process.pid);
+  const namespaces = new Map<string, number>();
+  for (const pid of filter.pids) {
+    const ns = netnsOf(pid);
+    if (ns !== undefined && !namespaces.has(ns)) namespaces.set(ns, pid);
+  }
+  const out: TcpSocket[] = [];
+  for (const [ns, pid] of namespaces) out.push(...readSockets(ns === own ? read : { ...read, netnsOf: pid }));
+  return out;
+}
+
 /** Inspect and collect every matching connection. */
 export function inspect(filter: SocketFilter = DEFAULT_FILTER, opts: InspectOptions = {}): Inspection {
   const connections: Connection[] = [];
@@ -74,7 +92,7 @@ export function inspect(filter: SocketFilter = DEFAULT_FILTER, opts: InspectOpti
 export function inspectEach(filter: SocketFilter, opts: InspectOptions, each: (c: Connection) => void): InspectionInfo {
   const defaults = readSystemDefaults();
   const matches = addressMatcher(filter);
-  let sockets = readSockets({ states: filter.states, families: filter.families, via: opts.via });
+  let sockets = socketsOf(filter, opts);
   if (matches) sockets = sockets.filter(matches);
   const processes = opts.processes ?? true;
   const wantOwners = processes || filter.pids.length > 0 || filter.comms.length > 0;

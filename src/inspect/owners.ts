@@ -3,7 +3,7 @@
  * A socket shared across fork() has several owners. Processes whose fd table this user may not read are
  * counted, so the caller can say that some owners are unknown and how to see them.
  */
-import { closeSync, constants, openSync, readdirSync, readFileSync } from "node:fs";
+import { closeSync, constants, openSync, readdirSync, readFileSync, readlinkSync } from "node:fs";
 import { readlinkAt } from "../sys/libc.js";
 
 export interface SocketOwner {
@@ -27,6 +27,15 @@ export function listPids(): number[] {
     if (c >= 48 && c <= 57) pids.push(Number(name));
   }
   return pids.sort((a, b) => a - b);
+}
+
+/** The network namespace of a process, as "net:[4026531840]"; undefined once it has exited. */
+export function netnsOf(pid: number): string | undefined {
+  try {
+    return readlinkSync(`/proc/${pid}/ns/net`);
+  } catch {
+    return undefined;
+  }
 }
 
 /** A running process: /proc/PID exists and it is not a zombie (exited, not yet reaped) or dead. */

@@ -1,0 +1,48 @@
+/**
+ * `tcpka ls --pid` from the host's network namespace on a process in another one (a container's): its
+ * sockets are read from its own namespace (/proc/PID/net/tcp) and their settings exactly.
+ */
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { test } from "node:test";
+import { needs } from "../helpers/env.js";
+import { Netns, TCPKA } from "../helpers/netns.js";
+
+const HOLDER = `
+import socket, sys
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen()
+on = socket.create_connection(srv.getsockname())
+on.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+on.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 77)
+off = socket.create_connection(srv.getsockname())
+a, _ = srv.accept(); b, _ = srv.accept()
+print(on.getsockname()[1], off.getsockname()[1], flush=True)
+sys.stdin.readline()
+`;
+
+interface Row {
+  local_port: number;
+  keepalive: boolean | null;
+  source: string;
+  idle_s: number | null;
+  processes: { pid: number }[];
+}
+
+test("ls --pid reaches a process in another network namespace, exactly", async (t) => {
+  if (!needs(t, { root: true, tools: ["ip", "python3"] })) return;
+  const ns = Netns.create(t);
+  const holder = ns.spawn(["python3", "-c", HOLDER]);
+  const [onPort, offPort] = (await holder.line()).split(" ").map(Number);
+
+  // From the host namespace: the holder's sockets are not in it, yet --pid finds them.
+  const r = spawnSync(process.execPath, [TCPKA, "ls", "--pid", String(holder.pid), "--json"], { encoding: "utf8" });
+  assert.equal(r.status, 0, r.stderr);
+  const rows = (JSON.parse(r.stdout) as { connections: Row[] }).connections;
+  const on = rows.find((c) => c.local_port === onPort);
+  const off = rows.find((c) => c.local_port === offPort);
+  assert.ok(on && off, `both client ends listed: ${r.stdout}`);
+  assert.deepEqual([on.source, on.keepalive, on.idle_s], ["exact", true, 77]);
+  assert.deepEqual([off.source, off.keepalive], ["exact", false]);
+  assert.equal(rows.length, 4, "both ends of both connections, and nothing from the host");
+  for (const c of rows) assert.equal(c.processes[0]?.pid, holder.pid);
+});
