@@ -15,16 +15,16 @@ for every socket that does not ask for it).
 Usage: tcpka [COMMAND] [OPTIONS]
 
 Commands:
-  (none)     a summary: how many connections lack keepalive, whose they are, and how to fix them
-  ls         every TCP socket with its keepalive state, real settings and owning process
-  run        run a program with keepalive turned on for its connections (LD_PRELOAD), no code change
-  trace      run a program and report, socket by socket, what keepalive it set itself
-  enable     turn keepalive on for the live connections of running processes (pidfd_getfd), no restart
-  disable    turn it off again
-  enforce    keepalive for every new connection of a cgroup (BPF sock_ops), for any program
-  sysctl     the namespace's keepalive defaults, what they mean, and --set to change them
+  (none)        a summary: how many connections lack keepalive, whose they are, and how to fix them
+  ls            every TCP socket with its keepalive state, real settings and owning process
+  run           run a program with keepalive turned on for its connections (LD_PRELOAD), no code change
+  trace         run a program and report, socket by socket, what keepalive it set itself
+  enable        turn keepalive on for the live connections of running processes (pidfd_getfd), no restart
+  disable       turn it off again
+  enforce       keepalive for every new connection of a cgroup (BPF sock_ops), for any program
+  sysctl        the namespace's keepalive defaults, what they mean, and --set to change them
   idle-timeout  measure how long a path (firewall, NAT) lets a connection idle, and the keepalive to use
-  echo       the echo server that idle-timeout measures against
+  echo          the echo server that idle-timeout measures against
 
 Run 'tcpka COMMAND --help' for the options of each. Exact per-socket answers need root (or CAP_SYS_PTRACE);
 without, tcpka shows the kernel's keepalive timer as a hint.
