@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { IdleSearch, recommend, type Slot } from "../../src/cli/idle-timeout.js";
+import { IdleSearch, recommend, type Slot } from "../../src/probe/idle-search.js";
 
 interface Sim {
   lo: number;
