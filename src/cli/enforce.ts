@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { type Enforcement, enforceOnCgroup, listEnforcements, pinName, removeEnforcement } from "../enforce/cgroup.js";
 import { TcpkaError, usage } from "../errors.js";
 import { DEFAULT_FILTER, endpointMatcher, parseEndpointRule, parsePid } from "../filter.js";
-import { cgroup2Mount, pidsInCgroup, resolveCgroup } from "../inspect/cgroup.js";
+import { cgroup2Mount, cgroupPath, pidsInCgroup, resolveCgroup } from "../inspect/cgroup.js";
 import { processExists } from "../inspect/owners.js";
 import { stateMask } from "../inspect/sockets.js";
 import { formatMs } from "../settings.js";
@@ -103,12 +103,6 @@ function cgroupOfUnit(unit: string): string {
   return path;
 }
 
-/** "/sys/fs/cgroup/a/b", "a/b" or "/a/b" as the path inside the cgroup2 mount: "/a/b". */
-function cgroupPath(path: string, mount: string): string {
-  const inside = path.startsWith(`${mount}/`) ? path.slice(mount.length) : path;
-  return `/${inside.replace(/^\/+|\/+$/g, "")}`;
-}
-
 function cgroupExists(path: string, mount: string): boolean {
   return existsSync(join(mount, cgroupPath(path, mount), "cgroup.procs"));
 }
@@ -183,7 +177,7 @@ export async function runEnforce(argv: readonly string[], out: Out): Promise<num
     const gone = given !== undefined && !cgroupExists(given, mount);
     const dir = gone ? undefined : targetCgroup(values, mount);
     if (!dir && !gone) throw usage("--remove needs a target: --cgroup, --unit, --pid or --all");
-    const cgroup = dir ? `/${dir.slice(mount.length).replace(/^\/+/, "")}` : cgroupPath(given as string, mount);
+    const cgroup = cgroupPath(dir ?? (given as string), mount);
     if (!removeEnforcement(pinName(cgroup))) {
       throw new TcpkaError("not-found", `nothing is enforced on ${cgroup}`, {
         hint: "tcpka enforce --list shows what is",

@@ -17,11 +17,12 @@ import {
   statSync,
   unlinkSync,
 } from "node:fs";
-import { join, relative } from "node:path";
+import { join } from "node:path";
 import { assemble } from "../bpf/asm.js";
 import { type EnforceSpec, keepaliveProgram } from "../bpf/keepalive.js";
 import { TcpkaError } from "../errors.js";
 import { endpointRuleText } from "../filter.js";
+import { cgroupPath } from "../inspect/cgroup.js";
 import {
   blobMapCreate,
   blobMapRead,
@@ -155,7 +156,7 @@ export interface EnforceResult {
  */
 export function enforceOnCgroup(cgroupDir: string, mount: string, spec: EnforceSpec): EnforceResult {
   ensureBpffs();
-  const cgroup = `/${relative(mount, cgroupDir)}`.replace(/\/$/, "") || "/";
+  const cgroup = cgroupPath(cgroupDir, mount);
   const dir = join(PIN_ROOT, pinName(cgroup));
   const insns = assemble(keepaliveProgram(spec));
   const fds: number[] = [];

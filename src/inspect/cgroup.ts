@@ -45,6 +45,12 @@ export function resolveCgroup(path: string, mount = cgroup2Mount()): string {
   });
 }
 
+/** "/sys/fs/cgroup/a/b", "a/b" or "/a/b" as the path inside the cgroup2 mount: "/a/b" ("/" for the root). */
+export function cgroupPath(path: string, mount: string): string {
+  const inside = path === mount ? "" : path.startsWith(`${mount}/`) ? path.slice(mount.length) : path;
+  return `/${inside.replace(/^\/+|\/+$/g, "")}`;
+}
+
 /** Every process in the cgroup and its descendants. */
 export function pidsInCgroup(dir: string): number[] {
   const pids: number[] = [];
