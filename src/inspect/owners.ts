@@ -4,7 +4,7 @@
  * counted, so the caller can say that some owners are unknown and how to see them.
  */
 import { closeSync, constants, openSync, readdirSync, readFileSync, readlinkSync } from "node:fs";
-import { readlinkAt } from "../sys/libc.js";
+import { procFdSockets, procFds, SysError } from "../sys/libc.js";
 
 export interface SocketOwner {
   pid: number;
@@ -68,44 +68,49 @@ export function commOf(pid: number): string {
   }
 }
 
-// "socket:[" as bytes, and a buffer for the link texts: a socket's is at most "socket:[4294967295]".
-const SOCKET_PREFIX = Buffer.from("socket:[");
-const linkBuf = Buffer.alloc(64);
-
-/** The socket inodes among a process's open fds, as [fd, inode] pairs; null when the table cannot be read. */
-export function socketFds(pid: number): [number, number][] | null {
-  const dir = `/proc/${pid}/fd`;
-  let dirfd: number; // libuv opens every fd O_CLOEXEC
-  let fds: string[];
+/** A process's open fd numbers, ascending; null when this user may not read its fd table, [] once it exited. */
+export function fdNumbers(pid: number): number[] | null {
+  let dirfd: number;
   try {
-    dirfd = openSync(dir, constants.O_RDONLY | constants.O_DIRECTORY);
+    dirfd = openSync(`/proc/${pid}/fd`, constants.O_RDONLY | constants.O_DIRECTORY);
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     return code === "EACCES" || code === "EPERM" ? null : [];
   }
-  const out: [number, number][] = [];
+  const out: number[] = [];
   try {
-    fds = readdirSync(dir);
-    for (const fd of fds) {
-      const n = readlinkAt(dirfd, fd, linkBuf);
-      if (
-        n <= SOCKET_PREFIX.length ||
-        linkBuf.compare(SOCKET_PREFIX, 0, SOCKET_PREFIX.length, 0, SOCKET_PREFIX.length) !== 0
-      ) {
-        continue; // closed since readdir, or not a socket
-      }
-      let inode = 0;
-      for (let i = SOCKET_PREFIX.length; i < n && linkBuf[i] !== 0x5d; i++)
-        inode = inode * 10 + (linkBuf[i] as number) - 48;
-      out.push([Number(fd), inode]);
-    }
+    procFds(dirfd, out);
   } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === "EACCES" || code === "EPERM") return null;
-    if (code !== "ENOENT") throw e;
+    if (!(e instanceof SysError)) throw e;
+    if (e.errnoName === "EACCES" || e.errnoName === "EPERM") return null;
+    if (e.errnoName !== "ENOENT" && e.errnoName !== "ESRCH") throw e; // exited meanwhile: what was read stands
   } finally {
     closeSync(dirfd);
   }
+  return out;
+}
+
+/** The socket inodes among a process's open fds, as [fd, inode] pairs; null when the table cannot be read. */
+export function socketFds(pid: number): [number, number][] | null {
+  let dirfd: number; // libuv opens every fd O_CLOEXEC
+  try {
+    dirfd = openSync(`/proc/${pid}/fd`, constants.O_RDONLY | constants.O_DIRECTORY);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    return code === "EACCES" || code === "EPERM" ? null : [];
+  }
+  const flat: number[] = [];
+  try {
+    procFdSockets(dirfd, flat);
+  } catch (e) {
+    if (!(e instanceof SysError)) throw e;
+    if (e.errnoName === "EACCES" || e.errnoName === "EPERM") return null;
+    if (e.errnoName !== "ENOENT" && e.errnoName !== "ESRCH") throw e; // the process exited: what was read stands
+  } finally {
+    closeSync(dirfd);
+  }
+  const out: [number, number][] = new Array(flat.length / 2);
+  for (let i = 0; i < flat.length; i += 2) out[i / 2] = [flat[i] as number, flat[i + 1] as number];
   return out;
 }
 
