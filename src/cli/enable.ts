@@ -17,7 +17,6 @@ import {
   formatSeconds,
   type KeepAliveSettings,
   parseDurationMs,
-  planChanges,
 } from "../settings.js";
 import {
   bool,
@@ -168,6 +167,8 @@ function afterChanges(before: EffectiveKeepAlive, changes: readonly Change[]): E
 }
 
 function tally(t: Tally, results: readonly LiveResult[]): void {
+  // Outcomes share their `before` and `changes` objects (enforce/batch.ts): work each pair out once.
+  const times = new Map<EffectiveKeepAlive, Map<readonly Change[], [number, number]>>();
   for (const { socket, outcome } of results) {
     t.processes.add(socket.pid);
     if (outcome.result === "gone") {
@@ -186,8 +187,18 @@ function tally(t: Tally, results: readonly LiveResult[]): void {
       t.listening++;
       continue;
     }
-    t.before = worst(t.before, detection(outcome.before));
-    t.after = worst(t.after, detection(afterChanges(outcome.before, outcome.changes)));
+    let byChanges = times.get(outcome.before);
+    if (!byChanges) {
+      byChanges = new Map();
+      times.set(outcome.before, byChanges);
+    }
+    let pair = byChanges.get(outcome.changes);
+    if (!pair) {
+      pair = [detection(outcome.before), detection(afterChanges(outcome.before, outcome.changes))];
+      byChanges.set(outcome.changes, pair);
+    }
+    t.before = worst(t.before, pair[0]);
+    t.after = worst(t.after, pair[1]);
   }
 }
 
@@ -273,9 +284,7 @@ export async function runLive(
   o: LiveOptions,
   out: Out,
 ): Promise<number> {
-  const plan = o.disable
-    ? (cur: EffectiveKeepAlive): Change[] => (cur.keepalive ? [{ option: "keepalive", from: 1, to: 0 }] : [])
-    : (cur: EffectiveKeepAlive): Change[] => planChanges(cur, o.settings, o.force ? "force" : "strengthen");
+  const plan = { disable: o.disable, settings: o.settings, mode: o.force ? "force" : "strengthen" } as const;
   const matches = o.matches === undefined ? addressMatcher(o.filter) : o.matches;
   const session = new LiveSession(o.filter.states, matches, plan, o.dryRun);
   const t: Tally = {
@@ -303,7 +312,7 @@ export async function runLive(
   try {
     for (;;) {
       const pids = targets.pids();
-      const round = session.round(pids);
+      const round = await session.round(pids);
       for (const p of round.unreadable) unreadable.add(p);
       t.filtered += round.filtered;
       for (const pid of round.holders) t.processes.add(pid);
@@ -331,6 +340,7 @@ export async function runLive(
       if (stop) break;
     }
   } finally {
+    session.close();
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
   }

@@ -4,12 +4,13 @@
  * and close the duplicate at once. Only sockets that the kernel lists as TCP in the process's own network
  * namespace are ever duplicated: a pipe, a Unix socket or a UDP socket is never touched.
  */
-import { readKeepAlive, SOCKOPTS } from "../inspect/exact.js";
-import { commOf, netnsOf, socketFds } from "../inspect/owners.js";
+import { statSync } from "node:fs";
+import { commOf, fdNumbers, netnsOf } from "../inspect/owners.js";
 import { readSockets, type TcpSocket } from "../inspect/sockets.js";
-import type { Change, EffectiveKeepAlive } from "../settings.js";
-import { SysError, setsockoptInt } from "../sys/libc.js";
-import { SocketBorrower } from "../sys/pidfd.js";
+import { applyPhase, linksPhase, type Outcome, OutcomeReader, type PlanSpec } from "./batch.js";
+import { HelperThread } from "./helper.js";
+
+export type { Outcome, PlanSpec } from "./batch.js";
 
 export interface LiveSocket {
   pid: number;
@@ -18,156 +19,162 @@ export interface LiveSocket {
   socket: TcpSocket;
 }
 
-export interface LiveScan {
-  sockets: LiveSocket[];
-  /** pids whose fd table this user may not read */
-  unreadable: number[];
-  /** every socket inode the processes hold now, skipped ones included */
-  present: Set<number>;
-}
-
-/**
- * The TCP sockets in the given states held by these processes, each with the kernel's facts about it (read
- * from the process's own network namespace). Sockets whose inode is in `skip` are left out before anything is
- * read about them, so that a watch loop only pays for new sockets.
- */
-export function scanProcesses(pids: readonly number[], states: number, skip?: ReadonlySet<number>): LiveScan {
-  const fdsOf = new Map<number, [number, number][]>();
-  const unreadable: number[] = [];
-  const byNetns = new Map<string, number>(); // netns -> one pid in it
-  const present = new Set<number>();
-  for (const pid of pids) {
-    const fds = socketFds(pid);
-    if (fds === null) {
-      unreadable.push(pid);
-      continue;
-    }
-    for (const [, inode] of fds) present.add(inode);
-    const fresh = skip ? fds.filter(([, inode]) => !skip.has(inode)) : fds;
-    if (fresh.length === 0) continue;
-    const ns = netnsOf(pid);
-    if (ns === undefined) continue;
-    fdsOf.set(pid, fresh);
-    if (!byNetns.has(ns)) byNetns.set(ns, pid);
-  }
-  if (fdsOf.size === 0) return { sockets: [], unreadable, present };
-
-  const own = netnsOf(process.pid);
-  const tcp = new Map<number, TcpSocket>();
-  for (const [ns, pid] of byNetns) {
-    const list = readSockets(ns === own ? { states } : { states, netnsOf: pid });
-    for (const s of list) if (s.inode) tcp.set(s.inode, s);
-  }
-
-  const sockets: LiveSocket[] = [];
-  for (const [pid, fds] of fdsOf) {
-    let comm: string | undefined;
-    for (const [fd, inode] of fds) {
-      const socket = tcp.get(inode);
-      if (!socket) continue; // not TCP, not in a wanted state, or gone
-      comm ??= commOf(pid);
-      sockets.push({ pid, comm, fd, socket });
-    }
-  }
-  return { sockets, unreadable, present };
-}
-
-export type Outcome =
-  | { result: "changed" | "would change"; before: EffectiveKeepAlive; changes: Change[] }
-  | { result: "unchanged"; before: EffectiveKeepAlive; changes: [] }
-  /** the process exited, or closed or replaced the fd, between listing and changing */
-  | { result: "gone"; error: SysError; changes: [] }
-  | { result: "failed"; error: SysError; changes: Change[] };
-
-const GONE = new Set(["ESRCH", "EBADF", "ESTALE"]);
-
-/**
- * Apply the changes that `plan` computes from a socket's current settings. A failure part-way reports the
- * changes not made; the duplicate is closed in every case.
- */
-export function applyLive(
-  borrower: SocketBorrower,
-  s: LiveSocket,
-  plan: (current: EffectiveKeepAlive) => Change[],
-  dryRun: boolean,
-): Outcome {
-  let pending: Change[] = [];
-  try {
-    return borrower.with(s.pid, s.fd, s.socket.inode, (dup): Outcome => {
-      const before = readKeepAlive(dup);
-      const changes = plan(before);
-      if (changes.length === 0) return { result: "unchanged", before, changes: [] };
-      if (dryRun) return { result: "would change", before, changes };
-      pending = [...changes];
-      for (const c of changes) {
-        const [level, name] = SOCKOPTS[c.option];
-        setsockoptInt(dup, level, name, c.to);
-        pending.shift();
-      }
-      return { result: "changed", before, changes };
-    });
-  } catch (e) {
-    if (!(e instanceof SysError)) throw e;
-    if (GONE.has(e.errnoName)) return { result: "gone", error: e, changes: [] };
-    return { result: "failed", error: e, changes: pending };
-  }
-}
-
 export interface LiveResult {
   socket: LiveSocket;
   outcome: Outcome;
 }
 
+/** Below this many fds in a round, the helper thread would cost more than it saves. */
+const HELP_FROM = 2000;
+
+/** How many fds these processes have open: /proc/PID/fd's size (Linux 6.2 and later; 0 before). */
+function openFds(pids: readonly number[]): number {
+  let n = 0;
+  for (const pid of pids) {
+    try {
+      n += statSync(`/proc/${pid}/fd`).size;
+    } catch {
+      // exited or unreadable: the listing below says which
+    }
+  }
+  return n;
+}
+
 /**
  * One enable/disable run over time: each round lists the targets' sockets, skips the ones already handled,
  * and applies the plan to the rest. A socket in a state that is not wanted yet (still connecting) is looked
- * at again in the next round.
+ * at again in the next round. close() must be called at the end.
  */
 export class LiveSession {
   private readonly seen = new Set<number>();
+  private readonly helper = new HelperThread();
 
   constructor(
     private readonly states: number,
     private readonly matches: ((s: TcpSocket) => boolean) | null,
-    private readonly plan: (current: EffectiveKeepAlive) => Change[],
+    private readonly plan: PlanSpec,
     private readonly dryRun: boolean,
   ) {}
 
+  close(): void {
+    this.helper.close();
+  }
+
   /** One pass over the processes: the results for sockets not seen before, and the pids that were unreadable. */
-  round(pids: readonly number[]): {
+  async round(pids: readonly number[]): Promise<{
     results: LiveResult[];
     filtered: number;
     unreadable: number[];
     holders: Set<number>;
-  } {
-    const scan = scanProcesses(pids, this.states, this.seen);
-    // Forget sockets that are gone, so that a long watch does not grow without bound.
-    for (const inode of this.seen) if (!scan.present.has(inode)) this.seen.delete(inode);
-    const results: LiveResult[] = [];
-    const handled = new Set<number>();
-    const holders = new Set<number>(); // processes holding a socket handled in this round
-    let filtered = 0;
-    // pidfds live for one round only: a pid seen again later may be another process.
-    const borrower = new SocketBorrower();
-    try {
-      for (const s of scan.sockets) {
-        // A socket shared by several processes (after fork) is one socket: handled once, through its first holder.
-        if (this.seen.has(s.socket.inode)) {
-          if (handled.has(s.socket.inode)) holders.add(s.pid);
-          continue;
-        }
-        this.seen.add(s.socket.inode);
-        if (this.matches && !this.matches(s.socket)) {
-          filtered++;
-          continue;
-        }
-        handled.add(s.socket.inode);
-        holders.add(s.pid);
-        results.push({ socket: s, outcome: applyLive(borrower, s, this.plan, this.dryRun) });
+  }> {
+    // 1. Every target's fd numbers. A big table starts the helper first, so that its start-up overlaps this.
+    if (openFds(pids) >= HELP_FROM) this.helper.start();
+    const unreadable: number[] = [];
+    const entryPid: number[] = [];
+    const entryFd: number[] = [];
+    const listed: number[] = [];
+    for (const pid of pids) {
+      const fds = fdNumbers(pid);
+      if (fds === null) {
+        unreadable.push(pid);
+        continue;
       }
-    } finally {
-      borrower.close();
+      if (fds.length === 0) continue;
+      listed.push(pid);
+      for (const fd of fds) {
+        entryPid.push(pid);
+        entryFd.push(fd);
+      }
     }
-    return { results, filtered, unreadable: scan.unreadable, holders };
+    if (entryPid.length >= HELP_FROM) this.helper.start();
+
+    // 2. Which of them are sockets (readlinkat). In the first round of a big run every TCP socket is new, so
+    // the kernel's TCP tables are read meanwhile; otherwise only once a new socket turned up.
+    const links = linksPhase(entryPid, entryFd);
+    let tcp: Map<number, TcpSocket> | undefined;
+    const overlap = this.seen.size === 0 && links.n >= HELP_FROM;
+    await this.helper.run(
+      links,
+      overlap
+        ? () => {
+            tcp = this.tcpTables(listed);
+          }
+        : undefined,
+    );
+
+    const present = new Set<number>();
+    let fresh = false;
+    for (let i = 0; i < links.n; i++) {
+      const inode = links.inodes[i] as number;
+      if (inode <= 0) continue;
+      present.add(inode);
+      if (!this.seen.has(inode)) fresh = true;
+    }
+    // Forget sockets that are gone, so that a long watch does not grow without bound.
+    for (const inode of this.seen) if (!present.has(inode)) this.seen.delete(inode);
+    const results: LiveResult[] = [];
+    const holders = new Set<number>(); // processes holding a socket handled in this round
+    if (!fresh) return { results, filtered: 0, unreadable, holders };
+    tcp ??= this.tcpTables(listed);
+
+    // 3. The new TCP sockets in wanted states that pass the filters. A socket shared by several processes
+    // (after fork) is one socket: handled once, through its first holder.
+    const handled = new Set<number>();
+    const jobs: LiveSocket[] = [];
+    const comms = new Map<number, string>();
+    let filtered = 0;
+    for (let i = 0; i < links.n; i++) {
+      const inode = links.inodes[i] as number;
+      if (inode <= 0) continue;
+      const pid = links.pids[i] as number;
+      if (this.seen.has(inode)) {
+        if (handled.has(inode)) holders.add(pid);
+        continue;
+      }
+      const socket = tcp.get(inode);
+      if (!socket) continue; // not TCP, not in a wanted state yet, or gone
+      this.seen.add(inode);
+      if (this.matches && !this.matches(socket)) {
+        filtered++;
+        continue;
+      }
+      handled.add(inode);
+      holders.add(pid);
+      let comm = comms.get(pid);
+      if (comm === undefined) {
+        comm = commOf(pid);
+        comms.set(pid, comm);
+      }
+      jobs.push({ pid, comm, fd: links.fds[i] as number, socket });
+    }
+
+    // 4. Change them, shared with the helper.
+    const apply = applyPhase(
+      jobs.map((j) => j.pid),
+      jobs.map((j) => j.fd),
+      jobs.map((j) => j.socket.inode),
+      this.plan,
+      this.dryRun,
+    );
+    await this.helper.run(apply);
+    const reader = new OutcomeReader(this.plan);
+    for (const [i, socket] of jobs.entries()) results.push({ socket, outcome: reader.read(apply, i) });
+    return { results, filtered, unreadable, holders };
+  }
+
+  /** The TCP sockets in wanted states, by inode, from the network namespaces of these processes. */
+  private tcpTables(pids: readonly number[]): Map<number, TcpSocket> {
+    const byNetns = new Map<string, number>(); // netns -> one pid in it
+    for (const pid of pids) {
+      const ns = netnsOf(pid);
+      if (ns !== undefined && !byNetns.has(ns)) byNetns.set(ns, pid);
+    }
+    const own = netnsOf(process.pid);
+    const tcp = new Map<number, TcpSocket>();
+    for (const [ns, pid] of byNetns) {
+      const list = readSockets(ns === own ? { states: this.states } : { states: this.states, netnsOf: pid });
+      for (const s of list) if (s.inode) tcp.set(s.inode, s);
+    }
+    return tcp;
   }
 }

@@ -1,0 +1,304 @@
+/**
+ * The per-fd work of `tcpka enable`, shared by two threads. Listing the sockets of 50,000 fds and changing them
+ * is about ten system calls per fd, each a few microseconds of kernel time (readlinkat, pidfd_getfd, fstat,
+ * getsockopt, setsockopt, close): one thread needs well over a second for it, two need half.
+ *
+ * A phase is one such job over n entries, in memory both threads share (SharedArrayBuffer). The entries are cut
+ * into chunks; each thread claims the next chunk with an atomic add, does it, and marks it done. The main thread
+ * works too, so nothing waits for the helper thread to start, and a slow or dead helper only means the main
+ * thread does more. The results sit at the entry's index, so their order is the order of the entries.
+ *
+ * This module runs in both threads: it holds no state between phases, and each thread closes the fds it opened
+ * before its part of a phase returns.
+ */
+import { closeSync, constants, openSync } from "node:fs";
+import { isMainThread } from "node:worker_threads";
+import { readKeepAlive, SOCKOPTS } from "../inspect/exact.js";
+import {
+  type ApplyMode,
+  type Change,
+  type EffectiveKeepAlive,
+  type KeepAliveSettings,
+  planChanges,
+} from "../settings.js";
+import { ESTALE_REUSED } from "../sys/constants.js";
+import { close, fdInode, fdSocketInode, SysError, setsockoptInt } from "../sys/libc.js";
+import { pidfdGetfd, pidfdOpen } from "../sys/pidfd.js";
+
+/** Entries per chunk: small enough that the last chunk of a thread ends soon after the other's. */
+export const CHUNK = 256;
+
+/** What enable or disable does to a socket, given its current settings: plain data, so it can cross threads. */
+export interface PlanSpec {
+  disable: boolean;
+  settings: KeepAliveSettings;
+  mode: ApplyMode;
+}
+
+export function planner(spec: PlanSpec): (current: EffectiveKeepAlive) => Change[] {
+  if (spec.disable) return (cur) => (cur.keepalive ? [{ option: "keepalive", from: 1, to: 0 }] : []);
+  return (cur) => planChanges(cur, spec.settings, spec.mode);
+}
+
+interface PhaseBase {
+  id: number;
+  n: number;
+  /** [0]: the next chunk to claim */
+  control: Int32Array;
+  /** per chunk once it is done: 1 when the main thread did it, 2 when the helper did */
+  done: Int32Array;
+  pids: Int32Array;
+  fds: Int32Array;
+}
+
+/** Read what each fd (pids[i], fds[i]) refers to: inodes[i] = its socket inode, 0 not a socket, -1 gone. */
+export interface LinksPhase extends PhaseBase {
+  kind: "links";
+  inodes: Float64Array;
+}
+
+/** Apply the plan to each socket (pids[i], fds[i], listed as inodes[i]); the outcome in out[i * SLOTS ...]. */
+export interface ApplyPhase extends PhaseBase {
+  kind: "apply";
+  inodes: Float64Array;
+  plan: PlanSpec;
+  dryRun: boolean;
+  out: Int32Array;
+}
+
+export type Phase = LinksPhase | ApplyPhase;
+
+function shared<T extends Int32Array | Float64Array>(
+  Type: { new (b: SharedArrayBuffer): T; BYTES_PER_ELEMENT: number },
+  n: number,
+): T {
+  return new Type(new SharedArrayBuffer(Math.max(1, n) * Type.BYTES_PER_ELEMENT));
+}
+
+let nextId = 1;
+
+function base(n: number, pids: readonly number[], fds: readonly number[]): PhaseBase {
+  const p: PhaseBase = {
+    id: nextId++,
+    n,
+    control: shared(Int32Array, 1),
+    done: shared(Int32Array, Math.ceil(n / CHUNK)),
+    pids: shared(Int32Array, n),
+    fds: shared(Int32Array, n),
+  };
+  p.pids.set(pids);
+  p.fds.set(fds);
+  return p;
+}
+
+export function linksPhase(pids: readonly number[], fds: readonly number[]): LinksPhase {
+  return { ...base(pids.length, pids, fds), kind: "links", inodes: shared(Float64Array, pids.length) };
+}
+
+export function applyPhase(
+  pids: readonly number[],
+  fds: readonly number[],
+  inodes: readonly number[],
+  plan: PlanSpec,
+  dryRun: boolean,
+): ApplyPhase {
+  const p = base(pids.length, pids, fds);
+  const ino = shared(Float64Array, pids.length);
+  ino.set(inodes);
+  return { ...p, kind: "apply", inodes: ino, plan, dryRun, out: shared(Int32Array, pids.length * SLOTS) };
+}
+
+export function chunks(p: Phase): number {
+  return Math.ceil(p.n / CHUNK);
+}
+
+export function allDone(p: Phase): boolean {
+  for (let c = 0; c < chunks(p); c++) if (Atomics.load(p.done, c) === 0) return false;
+  return true;
+}
+
+/**
+ * This thread's part of a phase: claim chunks until none is left. With `only`, do exactly those chunks instead
+ * (the main thread finishing what a helper that died had claimed).
+ */
+export function work(p: Phase, only?: readonly number[]): void {
+  const opened = new Map<number, number>(); // pid -> its /proc/PID/fd directory, or its pidfd
+  const failed = new Map<number, SysError>(); // pid -> why it could not be opened
+  try {
+    const plan = p.kind === "apply" ? planner(p.plan) : undefined;
+    const run =
+      p.kind === "links"
+        ? (i: number) => links(p, i, opened, failed)
+        : (i: number) => apply(p, i, plan as (current: EffectiveKeepAlive) => Change[], opened, failed);
+    const total = chunks(p);
+    for (let k = 0; ; k++) {
+      const c = only ? only[k] : Atomics.add(p.control, 0, 1);
+      if (c === undefined || c >= total) break;
+      const end = Math.min(p.n, (c + 1) * CHUNK);
+      for (let i = c * CHUNK; i < end; i++) run(i);
+      Atomics.store(p.done, c, isMainThread ? 1 : 2);
+    }
+  } finally {
+    // Directories were opened through node:fs (which tracks them in a worker thread), pidfds through syscall(2).
+    for (const fd of opened.values()) p.kind === "links" ? closeSync(fd) : close(fd);
+  }
+}
+
+function opener(
+  pid: number,
+  opened: Map<number, number>,
+  failed: Map<number, SysError>,
+  open: (pid: number) => number,
+): number {
+  const fd = opened.get(pid);
+  if (fd !== undefined) return fd;
+  const err = failed.get(pid);
+  if (err) throw err;
+  try {
+    const f = open(pid);
+    opened.set(pid, f);
+    return f;
+  } catch (e) {
+    if (!(e instanceof SysError)) throw e;
+    failed.set(pid, e);
+    throw e;
+  }
+}
+
+function openFdDir(pid: number): number {
+  try {
+    return openSync(`/proc/${pid}/fd`, constants.O_RDONLY | constants.O_DIRECTORY);
+  } catch (e) {
+    throw new SysError("open", Math.abs((e as NodeJS.ErrnoException).errno ?? 2));
+  }
+}
+
+function links(p: LinksPhase, i: number, opened: Map<number, number>, failed: Map<number, SysError>): void {
+  let dir: number;
+  try {
+    dir = opener(p.pids[i] as number, opened, failed, openFdDir);
+  } catch {
+    p.inodes[i] = -1; // the process exited since its fds were listed
+    return;
+  }
+  p.inodes[i] = fdSocketInode(dir, p.fds[i] as number);
+}
+
+// An outcome in SLOTS int32: result, errno, the call that failed, changes made before it failed (-1: the
+// settings were never read), then the settings read: keepalive, idle, interval, count, user timeout.
+export const SLOTS = 9;
+export const RESULTS = ["changed", "would change", "unchanged", "gone", "failed"] as const;
+export type ResultName = (typeof RESULTS)[number];
+const CALLS = ["pidfd_open", "pidfd_getfd", "fstat", "getsockopt", "setsockopt"] as const;
+const GONE = new Set(["ESRCH", "EBADF", "ESTALE"]);
+
+function apply(
+  p: ApplyPhase,
+  i: number,
+  plan: (current: EffectiveKeepAlive) => Change[],
+  opened: Map<number, number>,
+  failed: Map<number, SysError>,
+): void {
+  const o = i * SLOTS;
+  const out = p.out;
+  let made = -1;
+  let call = 0;
+  let dup = -1;
+  try {
+    const pidfd = opener(p.pids[i] as number, opened, failed, pidfdOpen);
+    call = 1;
+    dup = pidfdGetfd(pidfd, p.fds[i] as number);
+    call = 2;
+    // The fd number may have been reused since it was listed: change only the socket that was listed.
+    if (fdInode(dup) !== p.inodes[i]) throw new SysError("pidfd_getfd", ESTALE_REUSED);
+    call = 3;
+    const before = readSettings(dup, out, o + 4);
+    const changes = plan(before);
+    made = 0;
+    if (changes.length === 0) out[o] = 2;
+    else if (p.dryRun) out[o] = 1;
+    else {
+      call = 4;
+      for (const c of changes) {
+        const [level, name] = SOCKOPTS[c.option];
+        setsockoptInt(dup, level, name, c.to);
+        made++;
+      }
+      out[o] = 0;
+    }
+  } catch (e) {
+    if (!(e instanceof SysError)) throw e;
+    out[o] = GONE.has(e.errnoName) ? 3 : 4;
+    out[o + 1] = e.errno;
+    out[o + 2] = e.errno === ESTALE_REUSED ? 1 : call;
+  } finally {
+    if (dup >= 0) close(dup);
+  }
+  out[o + 3] = made;
+}
+
+/** readKeepAlive (inspect/exact.ts), with the values also written to out[o ...]. */
+function readSettings(fd: number, out: Int32Array, o: number): EffectiveKeepAlive {
+  const s = readKeepAlive(fd);
+  out[o] = s.keepalive ? 1 : 0;
+  out[o + 1] = s.idle;
+  out[o + 2] = s.interval;
+  out[o + 3] = s.count;
+  out[o + 4] = s.userTimeout;
+  return s;
+}
+
+export type Outcome =
+  | { result: "changed" | "would change"; before: EffectiveKeepAlive; changes: Change[] }
+  | { result: "unchanged"; before: EffectiveKeepAlive; changes: [] }
+  /** the process exited, or closed or replaced the fd, between listing and changing */
+  | { result: "gone"; error: SysError; changes: [] }
+  | { result: "failed"; error: SysError; changes: Change[] };
+
+/**
+ * Turns the outcomes of finished apply phases into objects. Sockets read with the same settings (typically
+ * nearly all of them) share one `before` object and one list of changes, so 50,000 outcomes do not make
+ * 150,000 more objects.
+ */
+export class OutcomeReader {
+  private readonly plan: (current: EffectiveKeepAlive) => Change[];
+  private readonly known = new Map<string, { before: EffectiveKeepAlive; changes: Change[] }>();
+
+  constructor(spec: PlanSpec) {
+    this.plan = planner(spec);
+  }
+
+  /** The outcome of entry i of a finished apply phase. */
+  read(p: ApplyPhase, i: number): Outcome {
+    const o = i * SLOTS;
+    const out = p.out;
+    const result = RESULTS[out[o] as number] as ResultName;
+    const made = out[o + 3] as number;
+    const read = made < 0 ? undefined : this.settings(out, o + 4);
+    if (result === "gone" || result === "failed") {
+      const error = new SysError(CALLS[out[o + 2] as number] ?? "?", out[o + 1] as number);
+      if (result === "gone") return { result, error, changes: [] };
+      return { result, error, changes: read ? read.changes.slice(made) : [] };
+    }
+    const { before, changes } = read as { before: EffectiveKeepAlive; changes: Change[] };
+    if (result === "unchanged") return { result, before, changes: [] };
+    return { result, before, changes };
+  }
+
+  private settings(out: Int32Array, o: number): { before: EffectiveKeepAlive; changes: Change[] } {
+    const key = `${out[o]} ${out[o + 1]} ${out[o + 2]} ${out[o + 3]} ${out[o + 4]}`;
+    let k = this.known.get(key);
+    if (!k) {
+      const before: EffectiveKeepAlive = {
+        keepalive: out[o] !== 0,
+        idle: out[o + 1] as number,
+        interval: out[o + 2] as number,
+        count: out[o + 3] as number,
+        userTimeout: out[o + 4] as number,
+      };
+      k = { before, changes: this.plan(before) };
+      this.known.set(key, k);
+    }
+    return k;
+  }
+}
