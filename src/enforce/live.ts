@@ -92,7 +92,8 @@ export class LiveSession {
     // the kernel's TCP tables are read meanwhile; otherwise only once a new socket turned up.
     const links = linksPhase(entryPid, entryFd);
     let tcp: Map<number, TcpSocket> | undefined;
-    const overlap = this.seen.size === 0 && links.n >= HELP_FROM;
+    const first = this.seen.size === 0;
+    const overlap = first && links.n >= HELP_FROM;
     await this.helper.run(
       links,
       overlap
@@ -102,16 +103,20 @@ export class LiveSession {
         : undefined,
     );
 
-    const present = new Set<number>();
     let fresh = false;
-    for (let i = 0; i < links.n; i++) {
-      const inode = links.inodes[i] as number;
-      if (inode <= 0) continue;
-      present.add(inode);
-      if (!this.seen.has(inode)) fresh = true;
+    if (first) {
+      for (let i = 0; i < links.n && !fresh; i++) fresh = (links.inodes[i] as number) > 0;
+    } else {
+      const present = new Set<number>();
+      for (let i = 0; i < links.n; i++) {
+        const inode = links.inodes[i] as number;
+        if (inode <= 0) continue;
+        present.add(inode);
+        if (!this.seen.has(inode)) fresh = true;
+      }
+      // Forget sockets that are gone, so that a long watch does not grow without bound.
+      for (const inode of this.seen) if (!present.has(inode)) this.seen.delete(inode);
     }
-    // Forget sockets that are gone, so that a long watch does not grow without bound.
-    for (const inode of this.seen) if (!present.has(inode)) this.seen.delete(inode);
     const results: LiveResult[] = [];
     const holders = new Set<number>(); // processes holding a socket handled in this round
     if (!fresh) return { results, filtered: 0, unreadable, holders };
