@@ -5,18 +5,20 @@
  *   npm run build && npm run build:test && node dist-test/bench/enforce.js [--cycles N] [--rounds R] [--json FILE]
  *
  * As root. bench/enforce-cycle.c (compiled with gcc -O2 into a temporary directory) makes N loopback connections
- * (socket + connect + accept + close both ends, SO_LINGER 0: no TIME-WAIT) in one thread, inside a fresh cgroup
- * (tcpka-t-<pid>-<random> under the cgroup2 mount) and a fresh network namespace (loopback only, no firewall rules).
- * Variants: no enforcement; `tcpka enforce --force`; `tcpka enforce` (strengthen: bpf_getsockopt before each set),
- * both with --idle 60s --interval 10s --count 6; and two references: an empty sock_ops program attached to the
- * cgroup (the floor of any sock_ops mechanism: the kernel then calls it at every TCP event), and the program setting
- * the same options itself with setsockopt (what keepalive costs without BPF). The enforcement is made before a run
- * and removed after it, so its setup is not timed; the program's own clock times only its N cycles (after 1000
- * warm-up cycles), wall time and CPU time. Runs are
- * interleaved round by round, the order rotating every round, after one round that is not counted, so a slow period
- * of the machine hits every variant alike. Every run checks from inside that its sockets did (or did not) get the
- * settings. Reports per variant the median, min and max connections per second over the rounds, and the overhead
- * against no enforcement: of the medians, and the median of each round's paired overhead.
+ * (socket + connect + accept + close both ends, SO_LINGER 0: no TIME-WAIT) in one thread pinned to one CPU
+ * (taskset), inside a fresh cgroup (tcpka-t-<pid>-<random> under the cgroup2 mount) and a fresh network namespace
+ * (loopback only, no firewall rules). Both ends of every connection are in the cgroup, so the program runs for both.
+ * Variants: no enforcement; `tcpka enforce --force`; `tcpka enforce` (strengthen: bpf_getsockopt before each time
+ * and count), both with --idle 60s --interval 10s --count 6; and three references: an empty sock_ops program (the
+ * floor of any sock_ops mechanism: the kernel calls it at every TCP event), tcpka's program with no setting but
+ * SO_KEEPALIVE (what turning keepalive on costs at all: a keepalive timer on both ends), and the program setting the
+ * same options itself with setsockopt (what keepalive costs without BPF). The enforcement is made before a run and
+ * removed after it, so its setup is not timed; the program's own clock times only its N cycles (after 1000 warm-up
+ * cycles), wall time and CPU time. Runs are interleaved round by round, the order rotating every round, after one
+ * round that is not counted, so a slow period of the machine hits every variant alike. Every run checks from inside
+ * that its sockets did (or did not) get the settings. Reports per variant the median, min and max connections per
+ * second over the rounds, and the overhead against no enforcement: of the medians, and the median of each round's
+ * paired overhead (wall and CPU).
  *
  * Cleans up on every exit path: the enforcement (tcpka enforce --remove), the cgroup, the namespace, the directory.
  */
@@ -25,7 +27,8 @@ import { closeSync, constants, existsSync, mkdtempSync, openSync, rmSync, writeF
 import { cpus, tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { assemble, Mov, R0, Return } from "../src/bpf/asm.js";
+import { assemble, type Instruction, Mov, R0, Return } from "../src/bpf/asm.js";
+import { keepaliveProgram } from "../src/bpf/keepalive.js";
 import { linkCreate, progLoad } from "../src/sys/bpf.js";
 import { BPF_CGROUP_SOCK_OPS, BPF_PROG_TYPE_SOCK_OPS } from "../src/sys/constants.js";
 import { TestCgroup } from "../test/helpers/cgroup.js";
@@ -35,6 +38,8 @@ const ROOT = fileURLToPath(new URL("../../", import.meta.url)); // dist-test/ben
 const TCPKA = join(ROOT, "bin", "tcpka.js");
 const SETTINGS = ["--idle", "60s", "--interval", "10s", "--count", "6"];
 const WANT = { keepalive: 1, idle: 60, interval: 10, count: 6 };
+/** The CPU the loop runs on: the last one, away from where interrupts and the shell tend to run. */
+const CPU = String(cpus().length - 1);
 
 interface Variant {
   name: string;
@@ -56,10 +61,15 @@ function enforcing(args: string[]) {
   };
 }
 
-/** A sock_ops program that does nothing (returns 1): the floor of any sock_ops mechanism. Detached by closing it. */
+/** A sock_ops program that does nothing (returns 1): the floor of any sock_ops mechanism. */
 function emptyProgram(cg: TestCgroup): () => void {
-  const insns = assemble([Mov.Imm(R0, 1), Return()]);
-  const prog = progLoad({ type: BPF_PROG_TYPE_SOCK_OPS, insns, license: "GPL", name: "tcpka_bench_nop" });
+  return attachProgram(cg, [Mov.Imm(R0, 1), Return()]);
+}
+
+/** Load a sock_ops program and link it to the cgroup; detached by closing the link. */
+function attachProgram(cg: TestCgroup, program: Instruction[]): () => void {
+  const insns = assemble(program);
+  const prog = progLoad({ type: BPF_PROG_TYPE_SOCK_OPS, insns, license: "GPL", name: "tcpka_bench_ref" });
   try {
     const dir = openSync(cg.dir, constants.O_RDONLY | constants.O_DIRECTORY);
     try {
@@ -73,11 +83,21 @@ function emptyProgram(cg: TestCgroup): () => void {
   }
 }
 
+/** tcpka's own program with no setting but SO_KEEPALIVE: what keepalive itself costs, through sock_ops. */
+function keepaliveOnly(cg: TestCgroup): () => void {
+  return attachProgram(cg, keepaliveProgram({ settings: {}, mode: "force", only: [], except: [] }));
+}
+
 const VARIANTS: Variant[] = [
   { name: "no enforcement", want: UNTOUCHED },
   { name: "tcpka enforce --force", attach: enforcing([...SETTINGS, "--force"]), want: WANT },
   { name: "tcpka enforce (strengthen)", attach: enforcing(SETTINGS), want: WANT },
   { name: "reference: an empty sock_ops program", attach: emptyProgram, want: UNTOUCHED },
+  {
+    name: "reference: a sock_ops program that only turns SO_KEEPALIVE on",
+    attach: keepaliveOnly,
+    want: { ...UNTOUCHED, keepalive: 1 },
+  },
   { name: "reference: the program sets the options itself", own: true, want: WANT },
 ];
 
@@ -136,14 +156,14 @@ async function main(): Promise<number> {
     log("run as root (tcpka enforce loads a BPF program)");
     return 1;
   }
-  for (const tool of ["gcc", "ip"]) {
+  for (const tool of ["gcc", "ip", "taskset"]) {
     if (spawnSync("sh", ["-c", `command -v ${tool}`]).status !== 0) {
       log(`needs ${tool}`);
       return 1;
     }
   }
-  const cycles = Number(arg("--cycles", "20000"));
-  const rounds = Number(arg("--rounds", "10"));
+  const cycles = Number(arg("--cycles", "10000"));
+  const rounds = Number(arg("--rounds", "30"));
   const jsonFile = process.argv.includes("--json") ? arg("--json", "") : "";
   if (!Number.isInteger(cycles) || cycles < 1000 || !Number.isInteger(rounds) || rounds < 1) {
     log("usage: node dist-test/bench/enforce.js [--cycles N >= 1000] [--rounds R >= 1] [--json FILE]");
@@ -177,7 +197,9 @@ async function main(): Promise<number> {
       const detach = v.attach?.(cgroup);
       let r: Run;
       try {
-        const argv = ["ip", "netns", "exec", netns.name, bin, `${cycles}`, ...(v.own ? ["own"] : [])];
+        // Pinned to one CPU: the loop is one thread, and moving between CPUs adds noise of several percent.
+        const argv = ["ip", "netns", "exec", netns.name, "taskset", "-c", CPU, bin, `${cycles}`];
+        if (v.own) argv.push("own");
         const p = spawnSync("sh", ["-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', cgroup.dir, ...argv], {
           encoding: "utf8",
           timeout: 600_000,
@@ -209,13 +231,12 @@ async function main(): Promise<number> {
 
     const base = results.get(VARIANTS[0]!.name)!;
     const baseMedian = stats(base.map((r) => r.per_second)).median;
-    const baseCpu = stats(base.map((r) => r.cpu_us)).median;
     const fmt = (x: number) => Math.round(x).toLocaleString("en-US");
     const pct = (x: number) => `${x >= 0 ? "+" : ""}${x.toFixed(1)}%`;
     const lines = [
       `Connections per second, ${cycles} loopback connect+accept+close per run, ${rounds} interleaved runs per variant`,
       "",
-      "| variant | median conn/s | min | max | overhead (medians) | overhead (paired rounds, median) | CPU µs/conn (median) | CPU overhead |",
+      "| variant | median conn/s | min | max | overhead (medians) | overhead (paired rounds, median) | CPU µs/conn (median) | CPU overhead (paired rounds, median) |",
       "|---|---:|---:|---:|---:|---:|---:|---:|",
     ];
     const summary: Record<string, unknown> = {};
@@ -225,7 +246,7 @@ async function main(): Promise<number> {
       const cpu = stats(rs.map((r) => r.cpu_us)).median;
       const paired = stats(rs.map((r, i) => (1 - r.per_second / base[i]!.per_second) * 100)).median;
       const over = (1 - s.median / baseMedian) * 100;
-      const overCpu = (cpu / baseCpu - 1) * 100;
+      const overCpu = stats(rs.map((r, i) => (r.cpu_us / base[i]!.cpu_us - 1) * 100)).median;
       const dash = (x: string) => (v === VARIANTS[0] ? "—" : x);
       lines.push(
         `| ${v.name} | ${fmt(s.median)} | ${fmt(s.min)} | ${fmt(s.max)} | ${dash(pct(over))} | ${dash(pct(paired))} | ${cpu.toFixed(2)} | ${dash(pct(overCpu))} |`,

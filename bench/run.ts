@@ -119,7 +119,7 @@ async function main(): Promise<number> {
     // These two are scripts of their own, run as they are run by hand (see the comment at their top).
     const scripts: [string, string[]][] = [
       ["enable", []],
-      ["enforce", ["--cycles", "20000", "--rounds", "9"]],
+      ["enforce", ["--cycles", "10000", "--rounds", "30"]],
     ];
     for (const [name, args] of scripts) {
       if (!ONLY.has(name)) continue;

@@ -5,8 +5,9 @@
  * ACTIVE_ESTABLISHED_CB (4, a connect() completed), PASSIVE_ESTABLISHED_CB (5, a connection was accepted) and
  * TCP_LISTEN_CB (11, listen(); accepted sockets inherit). On each it decides with the rules (peer address;
  * service port = the peer port of an outgoing connection, the local port of an accepted one or a listener)
- * and then sets the options with bpf_setsockopt. In strengthen mode it first reads each one with
- * bpf_getsockopt (SOL_SOCKET options since Linux 6.0; where the read fails it sets the value) and only lowers.
+ * and then sets the options with bpf_setsockopt. In strengthen mode it first reads each time and count with
+ * bpf_getsockopt (where the read fails it sets the value) and only lowers; SO_KEEPALIVE is turned on in both
+ * modes.
  * It cannot see a program's own setsockopt calls made after the connection is established.
  */
 import { endianness } from "node:os";
@@ -162,11 +163,8 @@ function strengthenOption(p: ProgramBuilder, option: OptionName, value: number):
   const done = `done_${option}`;
   sockoptCall(p, Fn.getsockopt, option, 0);
   p.emit(JNE.Imm(R0, 0, set), LoadMem(R2, R10, SCRATCH, "W"));
-  if (option === "keepalive") p.emit(JNE32.Imm(R2, 0, done));
-  else {
-    if (option === "userTimeout") p.emit(JEq32.Imm(R2, 0, set));
-    p.emit(JLE32.Imm(R2, value, done));
-  }
+  if (option === "userTimeout") p.emit(JEq32.Imm(R2, 0, set));
+  p.emit(JLE32.Imm(R2, value, done));
   p.label(set);
   setOption(p, option, value);
   p.label(done);
@@ -213,21 +211,22 @@ export function keepaliveProgram(spec: EnforceSpec): Instruction[] {
 
   p.label("apply");
   const s = spec.settings;
-  // SO_KEEPALIVE last: on an established socket with keepalive already on, each TCP_KEEPIDLE re-arms the
-  // timer (tcp_sock_set_keepidle_locked); turning it on last arms it once, with the new idle time
-  // (tcp_set_keepalive -> keepalive_time_when).
+  // SO_KEEPALIVE last: on a socket with keepalive already on, each TCP_KEEPIDLE re-arms the keepalive timer
+  // (tcp_sock_set_keepidle_locked); turning it on last arms it once, with the new idle time (tcp_set_keepalive ->
+  // keepalive_time_when). It is set without being read, in both modes: on a socket that has it on already,
+  // tcp_set_keepalive does nothing, and one call is cheaper than two.
   const values: [OptionName, number | undefined][] = [
     ["idle", s.idle],
     ["interval", s.interval],
     ["count", s.count],
     ["userTimeout", s.userTimeout],
-    ["keepalive", 1],
   ];
   for (const [option, value] of values) {
     if (value === undefined) continue;
     if (spec.mode === "strengthen") strengthenOption(p, option, value);
     else setOption(p, option, value);
   }
+  setOption(p, "keepalive", 1);
   // sock_ops programs return 1 (the reply is not used for these ops).
   p.label("out").emit(Mov.Imm(R0, 1), Return());
   return p.build();

@@ -27,9 +27,9 @@ cgroup sets the options when a connection is established and when a socket liste
 /sys/fs/bpf/tcpka/ and stays in place after tcpka exits, until --remove or a reboot. Other sock_ops programs
 on the cgroup keep working. Running it again on the same cgroup replaces the settings in one step.
 Connections that already exist are not touched unless --existing is given. Needs root (CAP_BPF and
-CAP_NET_ADMIN) and Linux 5.9+; strengthen mode reads the current values with bpf_getsockopt (Linux 6.0+ for
-SO_KEEPALIVE; where a read fails the value is set), and cannot see a program's own setsockopt calls made after
-the connection is established.
+CAP_NET_ADMIN) and Linux 5.9+; strengthen mode reads the current times and count with bpf_getsockopt (where a
+read fails the value is set), and cannot see a program's own setsockopt calls made after the connection is
+established.
 
 Target (one):
       --cgroup PATH      a cgroup, as a path in the cgroup2 mount or relative to it (system.slice/app.service)

@@ -92,15 +92,28 @@ describe("the keepalive sock_ops program", () => {
     assert.ok(assemble(p).length > 0);
   });
 
-  test("strengthen reads each option before it may set it", () => {
+  test("strengthen reads each time and count before it may set it, and turns keepalive on unread", () => {
     const p = keepaliveProgram({
       settings: { ...settings, userTimeout: 30_000 },
       mode: "strengthen",
       only: [],
       except: [],
     });
-    assert.equal(calls(p, Fn.getsockopt), 5);
+    assert.equal(calls(p, Fn.getsockopt), 4);
     assert.equal(calls(p, Fn.setsockopt), 5);
+    // The last call sets SO_KEEPALIVE (level SOL_SOCKET = 1, name 9): after the others, so that the timer is
+    // armed once, with the new idle time.
+    const last = p.map((i, n) => [i, n] as const).filter(([i]) => i.opcode === 0x85);
+    const [, n] = last[last.length - 1] as readonly [Instruction, number];
+    const args = p.slice(n - 8, n);
+    assert.ok(
+      args.some((i) => i.opcode === 0xb7 && i.dst === 2 && i.imm === 1),
+      "level SOL_SOCKET",
+    );
+    assert.ok(
+      args.some((i) => i.opcode === 0xb7 && i.dst === 3 && i.imm === 9),
+      "SO_KEEPALIVE",
+    );
   });
 
   test("rules on the peer's address leave listeners alone (their peers are not known yet)", () => {
