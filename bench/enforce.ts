@@ -31,6 +31,7 @@ import { assemble, type Instruction, Mov, R0, Return } from "../src/bpf/asm.js";
 import { keepaliveProgram } from "../src/bpf/keepalive.js";
 import { linkCreate, progLoad } from "../src/sys/bpf.js";
 import { BPF_CGROUP_SOCK_OPS, BPF_PROG_TYPE_SOCK_OPS } from "../src/sys/constants.js";
+import { bpffsRestorer } from "../test/e2e/enforce-helpers.js";
 import { TestCgroup } from "../test/helpers/cgroup.js";
 import { Netns } from "../test/helpers/netns.js";
 
@@ -179,6 +180,8 @@ async function main(): Promise<number> {
   process.on("SIGTERM", onSignal);
 
   const tmp = mkdtempSync(join(tmpdir(), "tcpka-bench-"));
+  // tcpka enforce mounts the BPF file system when it is missing: unmount it again afterwards in that case.
+  const restoreBpffs = bpffsRestorer();
   let ns: Netns | undefined;
   let cg: TestCgroup | undefined;
   try {
@@ -294,6 +297,7 @@ async function main(): Promise<number> {
     cg?.destroy();
     ns?.destroy();
     rmSync(tmp, { recursive: true, force: true });
+    restoreBpffs();
   }
 }
 
