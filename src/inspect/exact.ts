@@ -27,11 +27,19 @@ export const SOCKOPTS: Readonly<Record<OptionName, readonly [level: number, name
 
 /** Read the effective keepalive settings of a socket fd of this process. */
 export function readKeepAlive(fd: number): EffectiveKeepAlive {
-  return {
-    keepalive: getsockoptInt(fd, SOL_SOCKET, SO_KEEPALIVE) !== 0,
-    idle: getsockoptInt(fd, SOL_TCP, TCP_KEEPIDLE),
-    interval: getsockoptInt(fd, SOL_TCP, TCP_KEEPINTVL),
-    count: getsockoptInt(fd, SOL_TCP, TCP_KEEPCNT),
-    userTimeout: getsockoptInt(fd, SOL_TCP, TCP_USER_TIMEOUT),
-  };
+  const v = new Int32Array(5);
+  readKeepAliveInto(fd, v, 0);
+  return { keepalive: v[0] !== 0, idle: v[1]!, interval: v[2]!, count: v[3]!, userTimeout: v[4]! };
+}
+
+/**
+ * The same, as five numbers in out[o ...]: keepalive (0 or 1), idle, interval, count, user timeout. For
+ * callers that read thousands of sockets and keep the values in shared memory (enforce/batch.ts).
+ */
+export function readKeepAliveInto(fd: number, out: Int32Array, o: number): void {
+  out[o] = getsockoptInt(fd, SOL_SOCKET, SO_KEEPALIVE) !== 0 ? 1 : 0;
+  out[o + 1] = getsockoptInt(fd, SOL_TCP, TCP_KEEPIDLE);
+  out[o + 2] = getsockoptInt(fd, SOL_TCP, TCP_KEEPINTVL);
+  out[o + 3] = getsockoptInt(fd, SOL_TCP, TCP_KEEPCNT);
+  out[o + 4] = getsockoptInt(fd, SOL_TCP, TCP_USER_TIMEOUT);
 }
