@@ -275,6 +275,7 @@ export type Outcome =
 export class OutcomeReader {
   private readonly plan: (current: EffectiveKeepAlive) => Change[];
   private readonly known = new Map<string, { before: EffectiveKeepAlive; changes: Change[] }>();
+  private last: [number, number, number, number, number, { before: EffectiveKeepAlive; changes: Change[] }] | undefined;
 
   constructor(spec: PlanSpec) {
     this.plan = planner(spec);
@@ -298,6 +299,11 @@ export class OutcomeReader {
   }
 
   private settings(out: Int32Array, o: number): { before: EffectiveKeepAlive; changes: Change[] } {
+    // Most often the same as the socket before: no key to make.
+    const last = this.last;
+    if (last && out[o] === last[0] && out[o + 1] === last[1] && out[o + 2] === last[2]) {
+      if (out[o + 3] === last[3] && out[o + 4] === last[4]) return last[5];
+    }
     const key = `${out[o]} ${out[o + 1]} ${out[o + 2]} ${out[o + 3]} ${out[o + 4]}`;
     let k = this.known.get(key);
     if (!k) {
@@ -311,6 +317,14 @@ export class OutcomeReader {
       k = { before, changes: this.plan(before) };
       this.known.set(key, k);
     }
+    this.last = [
+      out[o] as number,
+      out[o + 1] as number,
+      out[o + 2] as number,
+      out[o + 3] as number,
+      out[o + 4] as number,
+      k,
+    ];
     return k;
   }
 }
