@@ -68,9 +68,12 @@ export function commOf(pid: number): string {
   }
 }
 
-/** A process's open fd numbers, ascending; null when this user may not read its fd table, [] once it exited. */
-export function fdNumbers(pid: number): number[] | null {
-  let dirfd: number;
+/**
+ * Open /proc/PID/fd and let `read` append numbers to a list: the list; null when this user may not read the
+ * fd table. A process that exits before or during the reading gives what was read.
+ */
+function fromFdDir(pid: number, read: (dirfd: number, out: number[]) => void): number[] | null {
+  let dirfd: number; // libuv opens every fd O_CLOEXEC
   try {
     dirfd = openSync(`/proc/${pid}/fd`, constants.O_RDONLY | constants.O_DIRECTORY);
   } catch (e) {
@@ -79,36 +82,26 @@ export function fdNumbers(pid: number): number[] | null {
   }
   const out: number[] = [];
   try {
-    procFds(dirfd, out);
+    read(dirfd, out);
   } catch (e) {
     if (!(e instanceof SysError)) throw e;
     if (e.errnoName === "EACCES" || e.errnoName === "EPERM") return null;
-    if (e.errnoName !== "ENOENT" && e.errnoName !== "ESRCH") throw e; // exited meanwhile: what was read stands
+    if (e.errnoName !== "ENOENT" && e.errnoName !== "ESRCH") throw e;
   } finally {
     closeSync(dirfd);
   }
   return out;
 }
 
+/** A process's open fd numbers, ascending; null when this user may not read its fd table, [] once it exited. */
+export function fdNumbers(pid: number): number[] | null {
+  return fromFdDir(pid, procFds);
+}
+
 /** The socket inodes among a process's open fds, as [fd, inode] pairs; null when the table cannot be read. */
 export function socketFds(pid: number): [number, number][] | null {
-  let dirfd: number; // libuv opens every fd O_CLOEXEC
-  try {
-    dirfd = openSync(`/proc/${pid}/fd`, constants.O_RDONLY | constants.O_DIRECTORY);
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    return code === "EACCES" || code === "EPERM" ? null : [];
-  }
-  const flat: number[] = [];
-  try {
-    procFdSockets(dirfd, flat);
-  } catch (e) {
-    if (!(e instanceof SysError)) throw e;
-    if (e.errnoName === "EACCES" || e.errnoName === "EPERM") return null;
-    if (e.errnoName !== "ENOENT" && e.errnoName !== "ESRCH") throw e; // the process exited: what was read stands
-  } finally {
-    closeSync(dirfd);
-  }
+  const flat = fromFdDir(pid, procFdSockets);
+  if (flat === null) return null;
   const out: [number, number][] = new Array(flat.length / 2);
   for (let i = 0; i < flat.length; i += 2) out[i / 2] = [flat[i] as number, flat[i + 1] as number];
   return out;
