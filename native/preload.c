@@ -87,6 +87,7 @@ struct slot {
   uint8_t inherits; /* a listener tcpka set up: accepted sockets inherit the settings */
   uint8_t progset;  /* bitmask of options the program set itself */
   uint8_t applied;  /* bitmask of options tcpka set */
+  uint8_t connecting; /* connect() returned EINPROGRESS: its outcome is reported when the program reads it */
   uint16_t svcport; /* local port of a listener */
   int prog[O_COUNT];  /* the values the program set */
   int value[O_COUNT]; /* the values tcpka set */
@@ -118,6 +119,7 @@ static int (*real_listen)(int, int);
 static int (*real_accept)(int, struct sockaddr *, socklen_t *);
 static int (*real_accept4)(int, struct sockaddr *, socklen_t *, int);
 static int (*real_setsockopt)(int, int, int, const void *, socklen_t);
+static int (*real_getsockopt)(int, int, int, void *, socklen_t *);
 static int (*real_close)(int);
 static int (*real_dup2)(int, int);
 static int (*real_dup3)(int, int, int);
@@ -138,6 +140,7 @@ static void resolve_all(void) {
   RESOLVE(accept);
   RESOLVE(accept4);
   RESOLVE(setsockopt);
+  RESOLVE(getsockopt);
   RESOLVE(close);
   RESOLVE(dup2);
   RESOLVE(dup3);
@@ -147,7 +150,7 @@ static void resolve_all(void) {
   RESOLVE(close_range);
 }
 
-/* getsockopt is only called, never hooked: through the syscall so a program's own interposer cannot loop. */
+/* tcpka's own reads go through the syscall: they meet neither the getsockopt hook nor a program's own interposer. */
 static int get_int(int fd, int level, int name, int *out) {
   socklen_t len = sizeof *out;
   return (int)syscall(SYS_getsockopt, fd, level, name, out, &len);
@@ -492,6 +495,9 @@ HOOK int connect(int fd, const struct sockaddr *addr, socklen_t len) {
   errno = saved;
   int ret = real_connect(fd, addr, len);
   int err = errno;
+  /* A connect that goes on in the background (non-blocking, or a blocking one a signal interrupted) ends
+   * later: the program learns how from getsockopt(SO_ERROR), and the hook below reports it then. */
+  if (s) s->connecting = ret < 0 && (err == EINPROGRESS || err == EINTR);
   ev_socket("connect", fd, s, matched, ret, err, &peer);
   errno = err;
   return ret;
@@ -598,6 +604,31 @@ HOOK int setsockopt(int fd, int level, int name, const void *val, socklen_t len)
     }
   }
   errno = err;
+  return ret;
+}
+
+/* Only to see how a connect in progress ended, and only when events are reported (tcpka trace): the program
+ * gets exactly what the kernel answered. SO_ERROR clears the socket's error as it is read, so the value the
+ * program got is the one reported; 0 with a peer means connected, 0 without one means still connecting. */
+HOOK int getsockopt(int fd, int level, int name, void *val, socklen_t *len) {
+  RESOLVE(getsockopt);
+  int ret = real_getsockopt(fd, level, name, val, len);
+  if (ret != 0 || level != SOL_SOCKET || name != SO_ERROR || cfg.mode == MODE_OFF || !cfg.events[0]) return ret;
+  struct slot *s = slot_of(fd);
+  if (!s || !s->typed || !s->connecting || !val || !len || *len < (socklen_t)sizeof(int)) return ret;
+  int saved = errno;
+  int soerr;
+  memcpy(&soerr, val, sizeof soerr);
+  struct sockaddr_storage ss;
+  socklen_t sl = sizeof ss;
+  if (soerr != 0) {
+    s->connecting = 0;
+    ev_socket("connected", fd, s, s->managed, -1, soerr, NULL);
+  } else if (syscall(SYS_getpeername, fd, &ss, &sl) == 0) {
+    s->connecting = 0;
+    ev_socket("connected", fd, s, s->managed, 0, 0, NULL);
+  }
+  errno = saved;
   return ret;
 }
 

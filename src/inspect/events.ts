@@ -16,7 +16,8 @@ export interface OptionValues {
 }
 
 export interface ShimEvent {
-  ev: "start" | "exit" | "connect" | "listen" | "accept" | "setsockopt" | "error";
+  /** "connected": how a connect that returned EINPROGRESS ended, seen when the program read SO_ERROR */
+  ev: "start" | "exit" | "connect" | "connected" | "listen" | "accept" | "setsockopt" | "error";
   pid: number;
   seq: number;
   lost: number;
@@ -46,7 +47,10 @@ export interface TracedSocket {
   localPort: number;
   peer: string;
   peerPort: number;
-  /** errno of a failed connect or listen (EINPROGRESS is not a failure). */
+  /**
+   * errno of a failed connect or listen. A non-blocking connect (EINPROGRESS) fails later, when the program
+   * reads SO_ERROR; one the program never checks stays reported as a connection.
+   */
   errno?: number;
   matched: boolean;
   program: OptionValues;
@@ -115,7 +119,7 @@ export function foldEvents(events: readonly ShimEvent[]): TraceResult {
       pid: e.pid,
       comm: e.comm,
       fd: e.fd,
-      kind: prev?.kind ?? (e.ev === "setsockopt" ? "connect" : e.ev),
+      kind: prev?.kind ?? (e.ev === "setsockopt" || e.ev === "connected" ? "connect" : e.ev),
       local: e.local ?? prev?.local ?? "",
       localPort: e.local_port ?? prev?.localPort ?? 0,
       peer: e.peer || prev?.peer || "",

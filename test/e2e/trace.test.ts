@@ -200,10 +200,19 @@ describe("tcpka trace reports what the program set itself", () => {
     assert.equal(notFound.code, 22, notFound.stderr);
     assert.match(notFound.stderr, /^ {2}program set {2}SO_KEEPALIVE=1 /m);
 
-    // curl's connect is non-blocking (EINPROGRESS; the refusal comes later): only its exit code is checked.
+    // curl's connect is non-blocking: connect() says EINPROGRESS, and the refusal comes when curl reads
+    // SO_ERROR. The report names it there, and does not count it as a connection.
     const refusedPort = await freePort();
-    const curl = await tcpka(t, ["trace", "--", "curl", "-sS", `http://127.0.0.1:${refusedPort}/`]);
+    const curl = await traceJson(t, ["--", "curl", "-sS", `http://127.0.0.1:${refusedPort}/`]);
     assert.equal(curl.code, 7, curl.stderr);
+    assert.deepEqual(
+      curl.report.sockets.map((s) => [s.kind, s.peer_port, s.error]),
+      [["connect", refusedPort, "ECONNREFUSED"]],
+    );
+    const curlText = await tcpka(t, ["trace", "--", "curl", "-sS", `http://127.0.0.1:${refusedPort}/`]);
+    assert.equal(curlText.code, 7);
+    assert.match(curlText.stderr, /^ {2}connect failed: ECONNREFUSED$/m);
+    assert.match(curlText.stderr, /^0 TCP connections from 0 processes/m);
     // A blocking connect() that fails is reported with its errno, and the program's exit code is kept.
     const script = [
       "import socket, sys",
