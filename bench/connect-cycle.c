@@ -9,69 +9,15 @@
  * The handshake completes inside connect() (loopback), the backlog holds the connection until accept().
  * "bare" run under LD_PRELOAD=libtcpka.so (TCPKA_IDLE/INTVL/CNT, or TCPKA_MODE=observe) is the shim's variant.
  *
- * The listener has SO_LINGER {1, 0}, which accepted sockets inherit: closing the accepted end first sends a
- * RST, so neither end goes through TIME-WAIT and a run leaves nothing behind and never runs out of ports.
- * "own" also sets the four options on the listener once, as the shim does in listen(): accepted sockets then
- * have keepalive in both variants and the kernel does the same work in both.
+ * The listener and the loop are in cycle.h. "own" also sets the four options on the listener once, as the shim
+ * does in listen(): accepted sockets then have keepalive in both variants and the kernel does the same work in both.
  *
  * Prints one JSON line: the connections made and the seconds they took; wall_ns and cpu_ns, the wall time and
  * this thread's CPU time per connection in the median batch of BATCH connections (robust against the bursts of
  * steal time and of other processes on a shared VM); and the keepalive options read back from one more client
  * and accepted socket (-1 = off), which show whether the shim really acted.
  */
-#define _GNU_SOURCE
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <time.h>
-#include <unistd.h>
-
-static int own, idle, intvl, cnt;
-static struct sockaddr_in addr;
-static int lfd;
-
-static void die(const char *what) {
-  perror(what);
-  exit(1);
-}
-
-static void set(int fd, int level, int name, int v) {
-  if (setsockopt(fd, level, name, &v, sizeof v) != 0) die("setsockopt");
-}
-
-static void keepalive(int fd) {
-  set(fd, SOL_SOCKET, SO_KEEPALIVE, 1);
-  set(fd, IPPROTO_TCP, TCP_KEEPIDLE, idle);
-  set(fd, IPPROTO_TCP, TCP_KEEPINTVL, intvl);
-  set(fd, IPPROTO_TCP, TCP_KEEPCNT, cnt);
-}
-
-/* One connection; with `keep`, the two ends are left open for the caller. */
-static void cycle(int keep[2]) {
-  int c = socket(AF_INET, SOCK_STREAM, 0);
-  if (c < 0) die("socket");
-  if (own) keepalive(c);
-  if (connect(c, (struct sockaddr *)&addr, sizeof addr) != 0) die("connect");
-  int a = accept(lfd, NULL, NULL);
-  if (a < 0) die("accept");
-  if (keep) {
-    keep[0] = c;
-    keep[1] = a;
-    return;
-  }
-  if (close(a) != 0) die("close");
-  if (close(c) != 0) die("close");
-}
-
-static long long clock_ns(clockid_t id) {
-  struct timespec t;
-  clock_gettime(id, &t);
-  return t.tv_sec * 1000000000LL + t.tv_nsec;
-}
-static long long now_ns(void) { return clock_ns(CLOCK_MONOTONIC); }
+#include "cycle.h"
 
 #define BATCH 1000
 #define MAX_BATCHES 10000
@@ -99,18 +45,6 @@ __attribute__((noinline)) long cycles(long n, long long deadline) {
   return i;
 }
 
-static int cmp_ll(const void *a, const void *b) {
-  long long x = *(const long long *)a, y = *(const long long *)b;
-  return (x > y) - (x < y);
-}
-
-static int get(int fd, int level, int name) {
-  int v = -1;
-  socklen_t len = sizeof v;
-  if (getsockopt(fd, level, name, &v, &len) != 0) die("getsockopt");
-  return v;
-}
-
 static void print_opts(const char *key, int fd) {
   int on = get(fd, SOL_SOCKET, SO_KEEPALIVE);
   printf("\"%s\":{\"keepalive\":%d,\"idle\":%d,\"interval\":%d,\"count\":%d}", key, on,
@@ -130,17 +64,7 @@ int main(int argc, char **argv) {
   intvl = atoi(argv[5]);
   cnt = atoi(argv[6]);
 
-  lfd = socket(AF_INET, SOCK_STREAM, 0);
-  if (lfd < 0) die("socket");
-  struct linger lg = {1, 0};
-  if (setsockopt(lfd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg) != 0) die("setsockopt SO_LINGER");
-  if (own) keepalive(lfd);
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t al = sizeof addr;
-  if (bind(lfd, (struct sockaddr *)&addr, sizeof addr) != 0 || listen(lfd, 16) != 0 ||
-      getsockname(lfd, (struct sockaddr *)&addr, &al) != 0)
-    die("listener");
+  listen_loopback();
 
   for (int i = 0; i < 1000; i++) cycle(NULL); /* warm-up, not counted */
   long long t0 = now_ns();

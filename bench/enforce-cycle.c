@@ -20,74 +20,12 @@
  * runs in this thread, and CPU time is not inflated by other processes' load), and the keepalive options read back
  * from one more client and accepted socket, which show whether enforcement was on.
  */
-#define _GNU_SOURCE
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <time.h>
-#include <unistd.h>
+#include "cycle.h"
 
 #define BATCH 1000
 #define MAX_BATCHES 100000
 
-static struct sockaddr_in addr;
-static int lfd, own;
 static long long batch_ns[MAX_BATCHES];
-
-static void die(const char *what) {
-  perror(what);
-  exit(1);
-}
-
-static long long clock_ns(clockid_t id) {
-  struct timespec t;
-  clock_gettime(id, &t);
-  return t.tv_sec * 1000000000LL + t.tv_nsec;
-}
-static long long now_ns(void) { return clock_ns(CLOCK_MONOTONIC); }
-
-static void set(int fd, int level, int name, int v) {
-  if (setsockopt(fd, level, name, &v, sizeof v) != 0) die("setsockopt");
-}
-
-static void keepalive(int fd) {
-  set(fd, SOL_SOCKET, SO_KEEPALIVE, 1);
-  set(fd, IPPROTO_TCP, TCP_KEEPIDLE, 60);
-  set(fd, IPPROTO_TCP, TCP_KEEPINTVL, 10);
-  set(fd, IPPROTO_TCP, TCP_KEEPCNT, 6);
-}
-
-/* One connection; with `keep`, the two ends are left open for the caller. */
-static void cycle(int keep[2]) {
-  int c = socket(AF_INET, SOCK_STREAM, 0);
-  if (c < 0) die("socket");
-  if (own) keepalive(c);
-  if (connect(c, (struct sockaddr *)&addr, sizeof addr) != 0) die("connect");
-  int a = accept(lfd, NULL, NULL);
-  if (a < 0) die("accept");
-  if (keep) {
-    keep[0] = c;
-    keep[1] = a;
-    return;
-  }
-  if (close(a) != 0) die("close");
-  if (close(c) != 0) die("close");
-}
-
-static int cmp_ll(const void *a, const void *b) {
-  long long x = *(const long long *)a, y = *(const long long *)b;
-  return (x > y) - (x < y);
-}
-
-static int get(int fd, int level, int name) {
-  int v = -1;
-  socklen_t len = sizeof v;
-  if (getsockopt(fd, level, name, &v, &len) != 0) die("getsockopt");
-  return v;
-}
 
 static void print_opts(const char *key, int fd) {
   printf("\"%s\":{\"keepalive\":%d,\"idle\":%d,\"interval\":%d,\"count\":%d}", key, get(fd, SOL_SOCKET, SO_KEEPALIVE),
@@ -102,18 +40,10 @@ int main(int argc, char **argv) {
   long n = atol(argv[1]);
   own = argc == 3;
 
-  lfd = socket(AF_INET, SOCK_STREAM, 0);
-  if (lfd < 0) die("socket");
-  struct linger lg = {1, 0};
-  if (setsockopt(lfd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg) != 0) die("setsockopt SO_LINGER");
-  if (own) keepalive(lfd);
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t al = sizeof addr;
-  if (bind(lfd, (struct sockaddr *)&addr, sizeof addr) != 0 || listen(lfd, 16) != 0 ||
-      getsockname(lfd, (struct sockaddr *)&addr, &al) != 0)
-    die("listener");
-
+  idle = 60;
+  intvl = 10;
+  cnt = 6;
+  listen_loopback();
   for (int i = 0; i < 1000; i++) cycle(NULL); /* warm-up, not counted */
   int batches = 0;
   long long t0 = now_ns(), t = t0, cpu0 = clock_ns(CLOCK_PROCESS_CPUTIME_ID);
