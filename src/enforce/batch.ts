@@ -26,7 +26,7 @@ import { close, fdInode, fdSocketInode, SysError, setsockoptInt } from "../sys/l
 import { pidfdGetfd, pidfdOpen } from "../sys/pidfd.js";
 
 /** Entries per chunk: small enough that the last chunk of a thread ends soon after the other's. */
-export const CHUNK = 256;
+const CHUNK = 256;
 
 /** What enable or disable does to a socket, given its current settings: plain data, so it can cross threads. */
 export interface PlanSpec {
@@ -35,7 +35,7 @@ export interface PlanSpec {
   mode: ApplyMode;
 }
 
-export function planner(spec: PlanSpec): (current: EffectiveKeepAlive) => Change[] {
+function planner(spec: PlanSpec): (current: EffectiveKeepAlive) => Change[] {
   if (spec.disable) return (cur) => (cur.keepalive ? [{ option: "keepalive", from: 1, to: 0 }] : []);
   return (cur) => planChanges(cur, spec.settings, spec.mode);
 }
@@ -186,9 +186,9 @@ function links(p: LinksPhase, i: number, opened: Map<number, number>, failed: Ma
 
 // An outcome in SLOTS int32: result, errno, the call that failed, changes made before it failed (-1: the
 // settings were never read), then the settings read: keepalive, idle, interval, count, user timeout.
-export const SLOTS = 9;
-export const RESULTS = ["changed", "would change", "unchanged", "gone", "failed"] as const;
-export type ResultName = (typeof RESULTS)[number];
+const SLOTS = 9;
+const RESULTS = ["changed", "would change", "unchanged", "gone", "failed"] as const;
+type ResultName = (typeof RESULTS)[number];
 const CALLS = ["pidfd_open", "pidfd_getfd", "fstat", "getsockopt", "setsockopt"] as const;
 const GONE = new Set(["ESRCH", "EBADF", "ESTALE"]);
 
