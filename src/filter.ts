@@ -4,7 +4,7 @@
  */
 import { BlockList, isIP } from "node:net";
 import { usage } from "./errors.js";
-import { ALL_STATES, stateMask, type TcpSocket, type TcpStateName } from "./inspect/sockets.js";
+import { ALL_STATES, stateMask, type TcpEndpoints, type TcpStateName } from "./inspect/sockets.js";
 
 export interface PortRange {
   from: number;
@@ -143,7 +143,7 @@ function blockList(cidrs: readonly Cidr[]): BlockList | undefined {
  * A predicate for the address part of a filter (family, ports, networks), or null when it lets every socket
  * through. An IPv4-mapped IPv6 peer (::ffff:192.0.2.1) matches an IPv4 network, as it is the same peer.
  */
-export function addressMatcher(f: SocketFilter): ((s: TcpSocket) => boolean) | null {
+export function addressMatcher(f: SocketFilter): ((s: TcpEndpoints) => boolean) | null {
   const dst = blockList(f.dst);
   const src = blockList(f.src);
   const fams = new Set(f.families);
@@ -205,11 +205,11 @@ export function parseEndpointRule(flag: string, text: string): EndpointRule {
 export function endpointMatcher(
   only: readonly EndpointRule[],
   except: readonly EndpointRule[],
-): ((s: TcpSocket) => boolean) | null {
+): ((s: TcpEndpoints) => boolean) | null {
   if (!only.length && !except.length) return null;
   const compile = (r: EndpointRule) => {
     const net = r.cidr ? blockList([r.cidr]) : undefined;
-    return (s: TcpSocket): boolean => {
+    return (s: TcpEndpoints): boolean => {
       if (r.port !== undefined && r.port !== s.peerPort && r.port !== s.localPort) return false;
       if (!net) return true;
       return s.state !== "LISTEN" && net.check(s.peerAddress, s.family === 4 ? "ipv4" : "ipv6");

@@ -47,7 +47,7 @@ const JMP_OP = {
 export type Size = keyof typeof SIZE;
 
 /** Helper functions by their number in enum bpf_func_id (include/uapi/linux/bpf.h). */
-export const Fn = { setsockopt: 49, getsockopt: 57 } as const;
+export const Fn = { setsockopt: 49, getsockopt: 57, seqWrite: 127, sockFromFile: 162 } as const;
 
 export class Instruction {
   constructor(

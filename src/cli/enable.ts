@@ -8,7 +8,7 @@ import { TcpkaError, usage } from "../errors.js";
 import { addressMatcher, parsePid, type SocketFilter } from "../filter.js";
 import { pidsInCgroup, resolveCgroup } from "../inspect/cgroup.js";
 import { commOf, listPids, processExists, processOf } from "../inspect/owners.js";
-import { stateMask, type TcpSocket } from "../inspect/sockets.js";
+import { stateMask, type TcpEndpoints } from "../inspect/sockets.js";
 import {
   type Change,
   deadPeerAfter,
@@ -268,7 +268,7 @@ export interface LiveOptions {
   force: boolean;
   filter: SocketFilter;
   /** Overrides the address part of `filter` (tcpka run's --only/--except rules). */
-  matches?: ((s: TcpSocket) => boolean) | null;
+  matches?: ((s: TcpEndpoints) => boolean) | null;
   /** --watch stops at SIGINT/SIGTERM (default); tcpka run's fallback stops when its child exits instead. */
   stopOnSignal?: boolean;
   dryRun: boolean;

@@ -6,7 +6,8 @@
  */
 import { statSync } from "node:fs";
 import { commOf, fdNumbers, netnsOf } from "../inspect/owners.js";
-import { readSockets, type TcpSocket } from "../inspect/sockets.js";
+import { type SocketFd, SocketFdIterator } from "../inspect/socket-fds.js";
+import { readSockets, STATE_NAMES, type TcpEndpoints, type TcpSocket, type TcpStateName } from "../inspect/sockets.js";
 import { applyPhase, linksPhase, type Outcome, OutcomeReader, type PlanSpec } from "./batch.js";
 import { HelperThread } from "./helper.js";
 
@@ -16,7 +17,7 @@ export interface LiveSocket {
   pid: number;
   comm: string;
   fd: number;
-  socket: TcpSocket;
+  socket: TcpEndpoints;
 }
 
 export interface LiveResult {
@@ -26,6 +27,18 @@ export interface LiveResult {
 
 /** Below this many fds in a round, the helper thread would cost more than it saves. */
 const HELP_FROM = 2000;
+
+/**
+ * Where the fds of a round point: entry i is fd fds[i] of process pids[i], socket inodes[i] (0: not a socket,
+ * -1: closed meanwhile). The BPF listing has TCP sockets only, each with what it is in sockets[i].
+ */
+interface Listing {
+  n: number;
+  pids: ArrayLike<number>;
+  fds: ArrayLike<number>;
+  inodes: ArrayLike<number>;
+  sockets?: TcpEndpoints[];
+}
 
 /** How many fds these processes have open: /proc/PID/fd's size (Linux 6.2 and later; 0 before). */
 function openFds(pids: readonly number[]): number {
@@ -48,16 +61,24 @@ function openFds(pids: readonly number[]): number {
 export class LiveSession {
   private readonly seen = new Set<number>();
   private readonly helper = new HelperThread();
+  /** the BPF socket lister: undefined until a big round tried it, null where it cannot load */
+  private lister: SocketFdIterator | null | undefined;
+  private readonly wanted: Set<TcpStateName>;
 
   constructor(
     private readonly states: number,
-    private readonly matches: ((s: TcpSocket) => boolean) | null,
+    private readonly matches: ((s: TcpEndpoints) => boolean) | null,
     private readonly plan: PlanSpec,
     private readonly dryRun: boolean,
-  ) {}
+    /** false: list through /proc and sock_diag even where the BPF iterator would load (for tests) */
+    private readonly useIterator = true,
+  ) {
+    this.wanted = new Set(STATE_NAMES.filter((name, i): name is TcpStateName => !!name && (states & (1 << i)) !== 0));
+  }
 
   close(): void {
     this.helper.close();
+    this.lister?.close();
   }
 
   /** One pass over the processes: the results for sockets not seen before, and the pids that were unreadable. */
@@ -67,41 +88,55 @@ export class LiveSession {
     unreadable: number[];
     holders: Set<number>;
   }> {
-    // 1. Every target's fd numbers. A big table starts the helper first, so that its start-up overlaps this.
+    // 1. Which fds of each target are TCP sockets: through the BPF iterator where it loads, else /proc and the
+    // kernel's TCP tables. A big table starts the helper first, so that its start-up overlaps the listing.
     if (openFds(pids) >= HELP_FROM) this.helper.start();
-    const unreadable: number[] = [];
-    const entryPid: number[] = [];
-    const entryFd: number[] = [];
-    const listed: number[] = [];
-    for (const pid of pids) {
-      const fds = fdNumbers(pid);
-      if (fds === null) {
-        unreadable.push(pid);
-        continue;
-      }
-      if (fds.length === 0) continue;
-      listed.push(pid);
-      for (const fd of fds) {
-        entryPid.push(pid);
-        entryFd.push(fd);
+    if (this.lister === undefined) {
+      try {
+        this.lister = this.useIterator && SocketFdIterator.possible() ? SocketFdIterator.open() : null;
+      } catch {
+        this.lister = null; // no BTF, an older kernel, or a BPF LSM said no: /proc does the same, slower
       }
     }
-    if (entryPid.length >= HELP_FROM) this.helper.start();
-
-    // 2. Which of them are sockets (readlinkat). In the first round of a big run every TCP socket is new, so
-    // the kernel's TCP tables are read meanwhile; otherwise only once a new socket turned up.
-    const links = linksPhase(entryPid, entryFd);
-    let tcp: Map<number, TcpSocket> | undefined;
     const first = this.seen.size === 0;
-    const overlap = first && links.n >= HELP_FROM;
-    await this.helper.run(
-      links,
-      overlap
-        ? () => {
-            tcp = this.tcpTables(listed);
-          }
-        : undefined,
-    );
+    const unreadable: number[] = [];
+    const listed: number[] = [];
+    let links: Listing | undefined;
+    let tcp: Map<number, TcpSocket> | undefined;
+    if (this.lister) links = this.listByIterator(this.lister, pids, listed, unreadable);
+    if (!links) {
+      unreadable.length = 0;
+      listed.length = 0;
+      const entryPid: number[] = [];
+      const entryFd: number[] = [];
+      for (const pid of pids) {
+        const fds = fdNumbers(pid);
+        if (fds === null) {
+          unreadable.push(pid);
+          continue;
+        }
+        if (fds.length === 0) continue;
+        listed.push(pid);
+        for (const fd of fds) {
+          entryPid.push(pid);
+          entryFd.push(fd);
+        }
+      }
+      if (entryPid.length >= HELP_FROM) this.helper.start();
+      // Which of them are sockets (readlinkat), shared with the helper. In the first round of a big run every
+      // TCP socket is new, so the kernel's TCP tables are read meanwhile; otherwise only once one turned up.
+      const phase = linksPhase(entryPid, entryFd);
+      const overlap = first && phase.n >= HELP_FROM;
+      await this.helper.run(
+        phase,
+        overlap
+          ? () => {
+              tcp = this.tcpTables(listed);
+            }
+          : undefined,
+      );
+      links = phase;
+    }
 
     let fresh = false;
     if (first) {
@@ -120,7 +155,7 @@ export class LiveSession {
     const results: LiveResult[] = [];
     const holders = new Set<number>(); // processes holding a socket handled in this round
     if (!fresh) return { results, filtered: 0, unreadable, holders };
-    tcp ??= this.tcpTables(listed);
+    if (!links.sockets) tcp ??= this.tcpTables(listed);
 
     // 3. The new TCP sockets in wanted states that pass the filters. A socket shared by several processes
     // (after fork) is one socket: handled once, through its first holder.
@@ -136,8 +171,14 @@ export class LiveSession {
         if (handled.has(inode)) holders.add(pid);
         continue;
       }
-      const socket = tcp.get(inode);
-      if (!socket) continue; // not TCP, not in a wanted state yet, or gone
+      let socket: TcpEndpoints | undefined;
+      if (links.sockets) {
+        socket = links.sockets[i] as TcpEndpoints;
+        if (!this.wanted.has(socket.state)) continue; // not in a wanted state yet
+      } else {
+        socket = tcp?.get(inode);
+        if (!socket) continue; // not TCP, not in a wanted state yet, or gone
+      }
       this.seen.add(inode);
       if (this.matches && !this.matches(socket)) {
         filtered++;
@@ -165,6 +206,42 @@ export class LiveSession {
     const reader = new OutcomeReader(this.plan);
     for (const [i, socket] of jobs.entries()) results.push({ socket, outcome: reader.read(apply, i) });
     return { results, filtered, unreadable, holders };
+  }
+
+  /**
+   * The socket fds of these processes through the BPF iterator: the pids it found are pushed on `listed`, the
+   * others on `unreadable`. undefined when the iterator failed: it is not used again, and /proc is read instead.
+   */
+  private listByIterator(
+    lister: SocketFdIterator,
+    pids: readonly number[],
+    listed: number[],
+    unreadable: number[],
+  ): Listing | undefined {
+    const entryPid: number[] = [];
+    const found: SocketFd[] = [];
+    try {
+      for (const pid of pids) {
+        const before = found.length;
+        if (!lister.list(pid, found)) {
+          unreadable.push(pid);
+          continue;
+        }
+        if (found.length > before) listed.push(pid);
+        for (let i = before; i < found.length; i++) entryPid.push(pid);
+      }
+    } catch {
+      lister.close();
+      this.lister = null;
+      return undefined;
+    }
+    return {
+      n: found.length,
+      pids: entryPid,
+      fds: found.map((f) => f.fd),
+      inodes: found.map((f) => f.socket.inode),
+      sockets: found.map((f) => f.socket),
+    };
   }
 
   /** The TCP sockets in wanted states, by inode, from the network namespaces of these processes. */

@@ -61,6 +61,12 @@ export interface TcpSocket {
   inode: number;
 }
 
+/** What identifies a connection and its state: all that `tcpka enable` needs of a socket to filter and report it. */
+export type TcpEndpoints = Pick<
+  TcpSocket,
+  "family" | "state" | "localAddress" | "localPort" | "peerAddress" | "peerPort" | "inode"
+>;
+
 /** Bitmask of all states, TCP_NEW_SYN_RECV included. */
 export const ALL_STATES = 0x1ffe;
 
@@ -148,7 +154,8 @@ const CACHE_LIMIT = 1 << 16;
 const v4Text = new Map<number, string>();
 const v6Text = new Map<string, string>();
 
-function ipv4(buf: Buffer, o: number): string {
+/** An IPv4 address in network order at buf[o], as text (cached: a table repeats few addresses many times). */
+export function ipv4(buf: Buffer, o: number): string {
   const key = buf.readUInt32BE(o);
   let text = v4Text.get(key);
   if (text === undefined) {
@@ -159,7 +166,8 @@ function ipv4(buf: Buffer, o: number): string {
   return text;
 }
 
-function ipv6(buf: Buffer, o: number): string {
+/** An IPv6 address at buf[o], as text (cached). */
+export function ipv6(buf: Buffer, o: number): string {
   const key = buf.toString("latin1", o, o + 16);
   let text = v6Text.get(key);
   if (text === undefined) {

@@ -35,6 +35,8 @@ export interface ProgLoad {
   license: string;
   name: string;
   expectedAttachType?: number;
+  /** for tracing programs: the BTF id (in vmlinux) of the function they attach to */
+  attachBtfId?: number;
 }
 
 /** Load a program; on failure load it again with the verifier's log and throw a VerifierError with it. */
@@ -53,6 +55,7 @@ export function progLoad(p: ProgLoad): number {
     }
     attr.write(p.name.slice(0, BPF_OBJ_NAME_LEN - 1), 48, "latin1");
     attr.writeUInt32LE(p.expectedAttachType ?? 0, 68);
+    attr.writeUInt32LE(p.attachBtfId ?? 0, 108);
     return bpf("PROG_LOAD", attr);
   };
   try {
@@ -78,6 +81,26 @@ export function linkCreate(progFd: number, targetFd: number, attachType: number)
   attr.writeUInt32LE(targetFd, 4);
   attr.writeUInt32LE(attachType, 8);
   return bpf("LINK_CREATE", attr);
+}
+
+/**
+ * Attach an iterator program (BPF_TRACE_ITER) through a link. `iterInfo` is its union bpf_iter_link_info, for
+ * example the process that a task iterator walks.
+ */
+export function iterLinkCreate(progFd: number, attachType: number, iterInfo: Buffer): number {
+  const attr = Buffer.alloc(ATTR_SIZE);
+  attr.writeUInt32LE(progFd, 0);
+  attr.writeUInt32LE(attachType, 8);
+  attr.writeBigUInt64LE(BigInt(addressOf(iterInfo)), 16);
+  attr.writeUInt32LE(iterInfo.length, 24);
+  return bpf("LINK_CREATE", attr);
+}
+
+/** A new run of an iterator link: read(2) the returned fd to its end to get what the program wrote. */
+export function iterCreate(linkFd: number): number {
+  const attr = Buffer.alloc(ATTR_SIZE);
+  attr.writeUInt32LE(linkFd, 0);
+  return bpf("ITER_CREATE", attr);
 }
 
 /** Swap the program behind a link in one step: no moment without a program. */

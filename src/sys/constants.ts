@@ -99,9 +99,12 @@ export const BPF_CMD = {
   OBJ_GET_INFO_BY_FD: 15,
   LINK_CREATE: 28,
   LINK_UPDATE: 29,
+  ITER_CREATE: 33,
   LINK_DETACH: 34,
 } as const;
 export const BPF_PROG_TYPE_SOCK_OPS = 13;
+export const BPF_PROG_TYPE_TRACING = 26;
+export const BPF_TRACE_ITER = 28;
 export const BPF_CGROUP_SOCK_OPS = 3;
 export const BPF_MAP_TYPE_ARRAY = 2;
 export const BPF_OBJ_NAME_LEN = 16;

@@ -22,6 +22,7 @@ const c = {
   fstat: lib.func("int fstat(int fd, intptr_t buf)"),
   readlinkat: lib.func("long readlinkat(int dirfd, intptr_t path, intptr_t buf, size_t size)"),
   getdents64: lib.func("long getdents64(int fd, intptr_t buf, size_t size)"),
+  read: lib.func("long read(int fd, intptr_t buf, size_t size)"),
   mount: lib.func(
     "int mount(const char *src, const char *target, const char *fstype, unsigned long flags, const void *data)",
   ),
@@ -114,8 +115,21 @@ export function mount(source: string, target: string, fstype: string): void {
   check("mount", c.mount(source, target, fstype, 0, null) as number);
 }
 
+/**
+ * read(2) into `buf` (whose address is `address`, from addressOf: its memory never moves); retried on EINTR.
+ * Returns the bytes read, 0 at the end.
+ */
+export function readInto(fd: number, buf: Uint8Array, address: number): number {
+  for (;;) {
+    const n = Number(c.read(fd, address, buf.length));
+    if (n >= 0) return n;
+    const errno = koffi.errno();
+    if (errno !== 4) throw new SysError("read", errno);
+  }
+}
+
 /** The address of a Buffer's memory, for system calls that take structs with pointers (bpf(2)). */
-export function addressOf(buf: Buffer): number {
+export function addressOf(buf: Uint8Array): number {
   return Number(koffi.address(buf));
 }
 

@@ -1,0 +1,144 @@
+/**
+ * The task_file iterator program behind `tcpka enable`'s listing (src/inspect/socket-fds.ts). The kernel calls
+ * it once per open file of the process it walks (bpf_iter_task_file, kernel/bpf/task_iter.c) with a context of
+ * four 8-byte slots: meta, task, fd, file (struct bpf_iter__task_file). For each file that is a TCP socket of the
+ * process's main thread it writes one record with bpf_seq_write, all of it from the socket itself:
+ *
+ *   0 u32 fd              4 u16 family        6 u8 state (enum tcp_state)   7 u8 zero
+ *   8 u64 inode number (file->f_inode->i_ino: what /proc/PID/fd shows as socket:[INODE])
+ *  16 u16 local port (host order)   18 u16 peer port (network order)        20 u32 zero
+ *  24 16 bytes local address       40 16 bytes peer address  (IPv4: the first 4 bytes, network order)
+ *
+ * That is what sock_diag reports for it (inet_diag_msg_common_fill reads the same fields), so no TCP table needs
+ * to be read. A socket is TCP when bpf_sock_from_file finds a struct socket behind the file (Linux 5.11) and its
+ * sock is SOCK_STREAM with protocol IPPROTO_TCP (MPTCP's own sockets are not). Other threads are walked only
+ * when they have a file table of their own (after unshare(CLONE_FILES)); those files are not in /proc/PID/fd and
+ * pidfd_getfd cannot reach them, so they are skipped (task->pid != task->tgid).
+ *
+ * The struct offsets differ between kernel builds, so they come from the running kernel's BTF (src/sys/btf.ts).
+ */
+import {
+  Add,
+  Call,
+  Fn,
+  type Instruction,
+  Ja,
+  JEq,
+  JEq32,
+  JNE32,
+  LoadMem,
+  Mov,
+  ProgramBuilder,
+  R0,
+  R1,
+  R2,
+  R3,
+  R6,
+  R7,
+  R8,
+  R9,
+  R10,
+  Return,
+  StoreImm,
+  StoreMem,
+} from "./asm.js";
+
+/** Offsets, in bytes, of the members the program reads, from the running kernel's BTF. */
+export interface TaskFileOffsets {
+  /** struct bpf_iter_meta: seq */
+  metaSeq: number;
+  /** struct task_struct: pid (the thread's id), tgid (the process's) */
+  taskPid: number;
+  taskTgid: number;
+  /** struct file: f_inode; struct inode: i_ino */
+  fileInode: number;
+  inodeIno: number;
+  /** struct socket: sk */
+  socketSk: number;
+  /** struct sock: sk_type, sk_protocol (u16 each since Linux 5.6) */
+  skType: number;
+  skProtocol: number;
+  /** struct sock_common (at the start of struct sock): the connection's identity */
+  skcFamily: number;
+  skcState: number;
+  skcNum: number;
+  skcDport: number;
+  skcRcvSaddr: number;
+  skcDaddr: number;
+  skcV6RcvSaddr: number;
+  skcV6Daddr: number;
+}
+
+export const RECORD_SIZE = 56;
+const REC = -RECORD_SIZE; // the record on the stack, from r10
+const SOCK_STREAM = 1;
+const IPPROTO_TCP = 6;
+const AF_INET6 = 10;
+
+export function socketFdsProgram(o: TaskFileOffsets): Instruction[] {
+  const b = new ProgramBuilder();
+  b.emit(
+    LoadMem(R6, R1, 0, "DW"), // meta
+    LoadMem(R7, R1, 8, "DW"), // task, NULL once the walk is over
+    LoadMem(R8, R1, 16, "DW"), // fd: a u32 in an 8-byte slot
+    LoadMem(R9, R1, 24, "DW"), // file, NULL once the walk is over
+    JEq.Imm(R9, 0, "out"),
+    JEq.Imm(R7, 0, "out"),
+    LoadMem(R2, R7, o.taskPid, "W"),
+    LoadMem(R3, R7, o.taskTgid, "W"),
+    JNE32.Reg(R2, R3, "out"),
+    Mov.Reg(R1, R9),
+    Call(Fn.sockFromFile), // struct socket *, or NULL when the file is no socket
+    JEq.Imm(R0, 0, "out"),
+    LoadMem(R7, R0, o.socketSk, "DW"),
+    JEq.Imm(R7, 0, "out"),
+    LoadMem(R2, R7, o.skType, "H"),
+    JNE32.Imm(R2, SOCK_STREAM, "out"),
+    LoadMem(R2, R7, o.skProtocol, "H"),
+    JNE32.Imm(R2, IPPROTO_TCP, "out"),
+    LoadMem(R2, R9, o.fileInode, "DW"),
+    JEq.Imm(R2, 0, "out"),
+    LoadMem(R3, R2, o.inodeIno, "DW"),
+    StoreMem(R10, REC + 8, R3, "DW"),
+    StoreMem(R10, REC, R8, "W"),
+    LoadMem(R2, R7, o.skcFamily, "H"),
+    StoreMem(R10, REC + 4, R2, "H"),
+    LoadMem(R3, R7, o.skcState, "B"),
+    StoreMem(R10, REC + 6, R3, "B"),
+    StoreImm(R10, REC + 7, 0, "B"),
+    LoadMem(R3, R7, o.skcNum, "H"),
+    StoreMem(R10, REC + 16, R3, "H"),
+    LoadMem(R3, R7, o.skcDport, "H"),
+    StoreMem(R10, REC + 18, R3, "H"),
+    StoreImm(R10, REC + 20, 0, "W"),
+    JEq32.Imm(R2, AF_INET6, "v6"),
+    LoadMem(R3, R7, o.skcRcvSaddr, "W"),
+    StoreMem(R10, REC + 24, R3, "W"),
+    StoreImm(R10, REC + 28, 0, "W"),
+    StoreImm(R10, REC + 32, 0, "DW"),
+    LoadMem(R3, R7, o.skcDaddr, "W"),
+    StoreMem(R10, REC + 40, R3, "W"),
+    StoreImm(R10, REC + 44, 0, "W"),
+    StoreImm(R10, REC + 48, 0, "DW"),
+    Ja("write"),
+  );
+  b.label("v6").emit(
+    LoadMem(R3, R7, o.skcV6RcvSaddr, "DW"),
+    StoreMem(R10, REC + 24, R3, "DW"),
+    LoadMem(R3, R7, o.skcV6RcvSaddr + 8, "DW"),
+    StoreMem(R10, REC + 32, R3, "DW"),
+    LoadMem(R3, R7, o.skcV6Daddr, "DW"),
+    StoreMem(R10, REC + 40, R3, "DW"),
+    LoadMem(R3, R7, o.skcV6Daddr + 8, "DW"),
+    StoreMem(R10, REC + 48, R3, "DW"),
+  );
+  b.label("write").emit(
+    LoadMem(R1, R6, o.metaSeq, "DW"),
+    Mov.Reg(R2, R10),
+    Add.Imm(R2, REC),
+    Mov.Imm(R3, RECORD_SIZE),
+    Call(Fn.seqWrite),
+  );
+  b.label("out").emit(Mov.Imm(R0, 0), Return());
+  return b.build();
+}

@@ -1,0 +1,153 @@
+/**
+ * The TCP sockets among a process's fds, with their inode, state and addresses, in one pass in the kernel: a BPF
+ * task_file iterator (src/bpf/socket-fds.ts). The other way, a readlinkat(2) of /proc/PID/fd/N per fd (about
+ * 4.5 µs each here: the kernel builds a proc dentry and prints "socket:[N]") and then the TCP tables through
+ * sock_diag (about 2 µs per socket) to learn which inodes are TCP and where they connect, costs ten times as much
+ * for a process with tens of thousands of sockets.
+ *
+ * It needs the kernel's BTF, BPF iterators with a process filter (Linux 6.1, bpf_iter_link_info.task),
+ * bpf_sock_from_file (5.11) and CAP_BPF with CAP_PERFMON (or root). SocketFdIterator.open() throws when any is
+ * missing, and callers then read /proc/PID/fd and sock_diag (owners.ts, sockets.ts).
+ */
+import { existsSync, readFileSync } from "node:fs";
+import { assemble } from "../bpf/asm.js";
+import { RECORD_SIZE, socketFdsProgram } from "../bpf/socket-fds.js";
+import { iterCreate, iterLinkCreate, progLoad } from "../sys/bpf.js";
+import { Btf } from "../sys/btf.js";
+import { BPF_PROG_TYPE_TRACING, BPF_TRACE_ITER } from "../sys/constants.js";
+import { addressOf, close, readInto } from "../sys/libc.js";
+import { ipv4, ipv6, STATE_NAMES, type TcpEndpoints } from "./sockets.js";
+
+const READ_SIZE = 64 * 1024; // bpf_seq_read hands out at most 8 pages per read
+const AF_INET = 2;
+const AF_INET6 = 10;
+// include/uapi/linux/capability.h
+const CAP_SYS_ADMIN = 21;
+const CAP_PERFMON = 38;
+const CAP_BPF = 39;
+
+/** A TCP socket of a process: its fd there, and what the socket is. */
+export interface SocketFd {
+  fd: number;
+  socket: TcpEndpoints;
+}
+
+export class SocketFdIterator {
+  private readonly buf = Buffer.from(new ArrayBuffer(READ_SIZE + RECORD_SIZE));
+  private readonly address = addressOf(this.buf);
+  private readonly info = Buffer.alloc(16); // union bpf_iter_link_info
+
+  private constructor(private progFd: number) {}
+
+  /**
+   * Whether this process has the rights to load the program: CAP_BPF with CAP_PERFMON, or CAP_SYS_ADMIN
+   * (bpf_capable and perfmon_capable in the kernel). A cheap check that spares reading the BTF in vain.
+   */
+  static possible(): boolean {
+    let caps: bigint;
+    try {
+      const m = /^CapEff:\s*([0-9a-f]+)$/m.exec(readFileSync("/proc/self/status", "latin1"));
+      if (!m) return false;
+      caps = BigInt(`0x${m[1]}`);
+    } catch {
+      return false;
+    }
+    const has = (bit: number) => (caps >> BigInt(bit)) & 1n;
+    return has(CAP_SYS_ADMIN) === 1n || (has(CAP_BPF) === 1n && has(CAP_PERFMON) === 1n);
+  }
+
+  /** Load the program; throws (BtfError, SysError, VerifierError) when this kernel or these rights cannot. */
+  static open(): SocketFdIterator {
+    const btf = Btf.vmlinux();
+    const common = (m: string) => btf.memberOffset("sock", "__sk_common") + btf.memberOffset("sock_common", m);
+    const insns = assemble(
+      socketFdsProgram({
+        metaSeq: btf.memberOffset("bpf_iter_meta", "seq"),
+        taskPid: btf.memberOffset("task_struct", "pid"),
+        taskTgid: btf.memberOffset("task_struct", "tgid"),
+        fileInode: btf.memberOffset("file", "f_inode"),
+        inodeIno: btf.memberOffset("inode", "i_ino"),
+        socketSk: btf.memberOffset("socket", "sk"),
+        skType: btf.memberOffset("sock", "sk_type"),
+        skProtocol: btf.memberOffset("sock", "sk_protocol"),
+        skcFamily: common("skc_family"),
+        skcState: common("skc_state"),
+        skcNum: common("skc_num"),
+        skcDport: common("skc_dport"),
+        skcRcvSaddr: common("skc_rcv_saddr"),
+        skcDaddr: common("skc_daddr"),
+        skcV6RcvSaddr: common("skc_v6_rcv_saddr"),
+        skcV6Daddr: common("skc_v6_daddr"),
+      }),
+    );
+    const progFd = progLoad({
+      type: BPF_PROG_TYPE_TRACING,
+      expectedAttachType: BPF_TRACE_ITER,
+      attachBtfId: btf.typeId("FUNC", "bpf_iter_task_file"),
+      insns,
+      license: "Dual MIT/GPL", // bpf_seq_write and bpf_sock_from_file are for GPL-compatible programs
+      name: "tcpka_sockfds",
+    });
+    return new SocketFdIterator(progFd);
+  }
+
+  /**
+   * Append the TCP sockets of process `pid` to `out`, in fd order. Returns false when the process does not exist
+   * (the kernel then walks nothing).
+   */
+  list(pid: number, out: SocketFd[]): boolean {
+    if (this.progFd < 0) throw new Error("SocketFdIterator used after close()");
+    const start = out.length;
+    this.info.fill(0);
+    this.info.writeUInt32LE(pid, 4); // task.pid: this process and its threads (BPF_TASK_ITER_TGID)
+    const link = iterLinkCreate(this.progFd, BPF_TRACE_ITER, this.info);
+    let iter = -1;
+    try {
+      iter = iterCreate(link);
+      const b = this.buf;
+      let have = 0; // bytes in buf; a partial record at the end is carried to the next read
+      for (;;) {
+        const n = readInto(iter, b.subarray(have, have + READ_SIZE), this.address + have);
+        if (n === 0) break;
+        have += n;
+        const whole = have - (have % RECORD_SIZE);
+        for (let at = 0; at < whole; at += RECORD_SIZE) {
+          const s = record(b, at);
+          if (s) out.push(s);
+        }
+        b.copyWithin(0, whole, have);
+        have -= whole;
+      }
+    } finally {
+      if (iter >= 0) close(iter);
+      close(link);
+    }
+    // Nothing at all: the process may be gone, which /proc tells apart.
+    return out.length > start || existsSync(`/proc/${pid}`);
+  }
+
+  close(): void {
+    if (this.progFd >= 0) close(this.progFd);
+    this.progFd = -1;
+  }
+}
+
+/** Decode one record (layout in src/bpf/socket-fds.ts). */
+function record(b: Buffer, at: number): SocketFd | undefined {
+  const fam = b.readUInt16LE(at + 4);
+  const state = STATE_NAMES[b[at + 6] as number];
+  if (!state || (fam !== AF_INET && fam !== AF_INET6)) return undefined;
+  const family = fam === AF_INET ? 4 : 6;
+  return {
+    fd: b.readUInt32LE(at),
+    socket: {
+      family,
+      state,
+      localAddress: family === 4 ? ipv4(b, at + 24) : ipv6(b, at + 24),
+      localPort: b.readUInt16LE(at + 16),
+      peerAddress: family === 4 ? ipv4(b, at + 40) : ipv6(b, at + 40),
+      peerPort: b.readUInt16BE(at + 18),
+      inode: b.readUInt32LE(at + 8) + b.readUInt32LE(at + 12) * 0x1_0000_0000,
+    },
+  };
+}

@@ -1,0 +1,165 @@
+/**
+ * The running kernel's own type information (BTF, /sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF): the few
+ * facts a tracing BPF program needs that differ between kernel builds, such as the id of the function an
+ * iterator attaches to and the byte offset of a struct member. The format is include/uapi/linux/btf.h and
+ * Documentation/bpf/btf.rst: a header, then the types (ids from 1, each a 12-byte struct btf_type followed by
+ * data whose size depends on its kind), then the names.
+ */
+import { readFileSync } from "node:fs";
+import { TcpkaError } from "../errors.js";
+
+const VMLINUX = "/sys/kernel/btf/vmlinux";
+const MAGIC = 0xeb9f;
+
+// enum in include/uapi/linux/btf.h: BTF_KIND_*
+const KIND = {
+  INT: 1,
+  ARRAY: 3,
+  STRUCT: 4,
+  UNION: 5,
+  ENUM: 6,
+  FUNC_PROTO: 13,
+  VAR: 14,
+  DATASEC: 15,
+  DECL_TAG: 17,
+  ENUM64: 19,
+  FUNC: 12,
+} as const;
+
+/** Bytes of kind-specific data after a struct btf_type of this kind with vlen entries. */
+function extraBytes(kind: number, vlen: number): number {
+  switch (kind) {
+    case KIND.INT:
+    case KIND.VAR:
+    case KIND.DECL_TAG:
+      return 4;
+    case KIND.ARRAY:
+      return 12;
+    case KIND.STRUCT:
+    case KIND.UNION:
+    case KIND.DATASEC:
+    case KIND.ENUM64:
+      return 12 * vlen;
+    case KIND.ENUM:
+    case KIND.FUNC_PROTO:
+      return 8 * vlen;
+    default:
+      return 0; // PTR, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT, FUNC, FLOAT, TYPE_TAG
+  }
+}
+
+export class BtfError extends TcpkaError {
+  constructor(message: string) {
+    super("unsupported", message);
+  }
+}
+
+/** One kernel's BTF, indexed once: where each type starts. */
+export class Btf {
+  private readonly buf: Buffer;
+  /** the same bytes as 32-bit words: struct btf_type and its members are 4-byte aligned */
+  private readonly words: Uint32Array;
+  private readonly strings: number;
+  private readonly stringsEnd: number;
+  /** offsets[id] = byte offset of type id's struct btf_type */
+  private readonly offsets: Uint32Array;
+
+  private constructor(buf: Buffer) {
+    if (buf.length < 24 || buf.readUInt16LE(0) !== MAGIC) throw new BtfError(`${VMLINUX} is not BTF`);
+    // readFileSync gives a file this big its own ArrayBuffer, so the view starts at a 4-byte boundary.
+    if (buf.byteOffset % 4 !== 0) buf = Buffer.from(buf);
+    this.buf = buf;
+    this.words = new Uint32Array(buf.buffer, buf.byteOffset, buf.length >>> 2);
+    const hdrLen = buf.readUInt32LE(4);
+    const typeOff = hdrLen + buf.readUInt32LE(8);
+    const typeEnd = typeOff + buf.readUInt32LE(12);
+    this.strings = hdrLen + buf.readUInt32LE(16);
+    this.stringsEnd = this.strings + buf.readUInt32LE(20);
+    // Every type is at least 12 bytes, which bounds how many there can be.
+    const offsets = new Uint32Array(Math.floor((typeEnd - typeOff) / 12) + 2);
+    const w = this.words;
+    let n = 1;
+    for (let at = typeOff; at < typeEnd; n++) {
+      offsets[n] = at;
+      const info = w[(at >>> 2) + 1] as number;
+      at += 12 + extraBytes((info >>> 24) & 0x1f, info & 0xffff);
+    }
+    this.offsets = offsets.subarray(0, n);
+  }
+
+  /** The running kernel's BTF; throws BtfError when the kernel has none. */
+  static vmlinux(): Btf {
+    let buf: Buffer;
+    try {
+      buf = readFileSync(VMLINUX);
+    } catch (e) {
+      throw new BtfError(`the kernel has no BTF (${VMLINUX}: ${(e as NodeJS.ErrnoException).code ?? e})`);
+    }
+    return new Btf(buf);
+  }
+
+  /** Whether the name at offset `off` of the string section is `name` (as latin1 bytes). */
+  private nameIs(off: number, name: Buffer): boolean {
+    const b = this.buf;
+    const at = this.strings + off;
+    if (at + name.length >= this.stringsEnd || b[at] !== name[0]) return false;
+    for (let i = 1; i < name.length; i++) if (b[at + i] !== name[i]) return false;
+    return b[at + name.length] === 0;
+  }
+
+  /** The id of the type of this kind and name; throws when there is none. */
+  typeId(kind: "FUNC" | "STRUCT", name: string): number {
+    const want = KIND[kind];
+    const bytes = Buffer.from(name, "latin1");
+    const w = this.words;
+    for (let id = 1; id < this.offsets.length; id++) {
+      const word = (this.offsets[id] as number) >>> 2;
+      if ((((w[word + 1] as number) >>> 24) & 0x1f) === want && this.nameIs(w[word] as number, bytes)) return id;
+    }
+    throw new BtfError(`the kernel's BTF has no ${kind.toLowerCase()} ${name}`);
+  }
+
+  /**
+   * The byte offset of `member` in struct `struct`, looking into anonymous structs and unions too; throws when
+   * it is missing or is a bit field.
+   */
+  memberOffset(struct: string, member: string): number {
+    const found = this.findMember(this.typeId("STRUCT", struct), Buffer.from(member, "latin1"), 0);
+    if (found === undefined) throw new BtfError(`the kernel's struct ${struct} has no member ${member}`);
+    return found;
+  }
+
+  private findMember(id: number, name: Buffer, base: number): number | undefined {
+    const b = this.buf;
+    const at = this.offsets[id] as number;
+    const info = b.readUInt32LE(at + 4);
+    const kind = (info >>> 24) & 0x1f;
+    if (kind !== KIND.STRUCT && kind !== KIND.UNION) return undefined;
+    const bitfields = info >>> 31 === 1;
+    for (let i = 0, m = at + 12; i < (info & 0xffff); i++, m += 12) {
+      const nameOff = b.readUInt32LE(m);
+      const raw = b.readUInt32LE(m + 8);
+      const bits = bitfields ? raw & 0xffffff : raw;
+      if (nameOff !== 0 && this.nameIs(nameOff, name)) {
+        if (bits % 8 !== 0 || (bitfields && raw >>> 24 !== 0)) return undefined;
+        return base + bits / 8;
+      }
+      if (nameOff === 0) {
+        const inner = this.findMember(this.resolve(b.readUInt32LE(m + 4)), name, base + bits / 8);
+        if (inner !== undefined) return inner;
+      }
+    }
+    return undefined;
+  }
+
+  /** Follow typedefs and qualifiers (TYPEDEF, VOLATILE, CONST, RESTRICT, TYPE_TAG) to the type beneath. */
+  private resolve(id: number): number {
+    for (let depth = 0; depth < 32 && id > 0 && id < this.offsets.length; depth++) {
+      const at = this.offsets[id] as number;
+      const kind = (this.buf.readUInt32LE(at + 4) >>> 24) & 0x1f;
+      if (kind !== 8 && kind !== 9 && kind !== 10 && kind !== 11 && kind !== 18) return id;
+      id = this.buf.readUInt32LE(at + 8);
+    }
+    return id;
+  }
+}
