@@ -56,7 +56,16 @@ export function progLoad(p: ProgLoad): number {
     attr.write(p.name.slice(0, BPF_OBJ_NAME_LEN - 1), 48, "latin1");
     attr.writeUInt32LE(p.expectedAttachType ?? 0, 68);
     attr.writeUInt32LE(p.attachBtfId ?? 0, 108);
-    return bpf("PROG_LOAD", attr);
+    // BPF_PROG_LOAD fails now and then with EAGAIN: the verifier gives up when it sees a signal pending
+    // (do_check in kernel/bpf/verifier.c). Loading a tracing program takes milliseconds, and under a profiler
+    // (Node's --cpu-prof) a third of the loads failed so. libbpf tries again too.
+    for (let tries = 1; ; tries++) {
+      try {
+        return bpf("PROG_LOAD", attr);
+      } catch (e) {
+        if (!(e instanceof SysError) || e.errnoName !== "EAGAIN" || tries >= 10) throw e;
+      }
+    }
   };
   try {
     return attempt();

@@ -6,15 +6,19 @@
  * the rest; and `tcpka enable` must reach the same sockets through it as through /proc.
  */
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, test } from "node:test";
+import { pathToFileURL } from "node:url";
 import { LiveSession, type PlanSpec } from "../../src/enforce/live.js";
 import { socketFds } from "../../src/inspect/owners.js";
 import { type SocketFd, SocketFdIterator } from "../../src/inspect/socket-fds.js";
 import { ALL_STATES, readSockets, stateMask } from "../../src/inspect/sockets.js";
 import { needs } from "../helpers/env.js";
 import { python3 } from "../helpers/lab.js";
-import { Netns, type Process } from "../helpers/netns.js";
+import { Netns, type Process, REPO } from "../helpers/netns.js";
 import { FIXTURES } from "./enable-helpers.js";
 
 interface Held {
@@ -91,6 +95,22 @@ describe("the BPF listing of a process's TCP sockets", () => {
     // pid_max is at most 2^22: this pid cannot exist.
     assert.equal(it.list(4_194_305, out), false);
     assert.equal(it.list(1, out), true); // init exists; whether it holds TCP sockets does not matter
+  });
+
+  test("loads while signals keep arriving (the verifier's EAGAIN is retried)", (t) => {
+    if (!needs(t, { root: true })) return;
+    // Under Node's CPU profiler (a SIGPROF every millisecond) about a third of the loads fail with EAGAIN.
+    const dir = mkdtempSync(join(tmpdir(), "tcpka-prof-"));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const module = pathToFileURL(join(REPO, "dist", "inspect", "socket-fds.js")).href;
+    const script = `const { SocketFdIterator } = await import(${JSON.stringify(module)});
+      for (let i = 0; i < 20; i++) SocketFdIterator.open().close();`;
+    const r = spawnSync(
+      process.execPath,
+      ["--cpu-prof", "--cpu-prof-interval", "1000", "--cpu-prof-dir", dir, "--input-type=module", "-e", script],
+      { encoding: "utf8", timeout: 60_000 },
+    );
+    assert.equal(r.status, 0, r.stderr);
   });
 
   test("tcpka enable reaches the same sockets through it as through /proc", async (t) => {
