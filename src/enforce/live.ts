@@ -6,7 +6,7 @@
  */
 import { statSync } from "node:fs";
 import { commOf, fdNumbers, netnsOf } from "../inspect/owners.js";
-import { type SocketFd, SocketFdIterator } from "../inspect/socket-fds.js";
+import { SocketFdIterator } from "../inspect/socket-fds.js";
 import { readSockets, STATE_NAMES, type TcpEndpoints, type TcpSocket, type TcpStateName } from "../inspect/sockets.js";
 import { applyPhase, linksPhase, type Outcome, OutcomeReader, type PlanSpec } from "./batch.js";
 import { HelperThread } from "./helper.js";
@@ -219,29 +219,24 @@ export class LiveSession {
     unreadable: number[],
   ): Listing | undefined {
     const entryPid: number[] = [];
-    const found: SocketFd[] = [];
+    const fds: number[] = [];
+    const sockets: TcpEndpoints[] = [];
     try {
       for (const pid of pids) {
-        const before = found.length;
-        if (!lister.list(pid, found)) {
+        const before = fds.length;
+        if (!lister.list(pid, fds, sockets)) {
           unreadable.push(pid);
           continue;
         }
-        if (found.length > before) listed.push(pid);
-        for (let i = before; i < found.length; i++) entryPid.push(pid);
+        if (fds.length > before) listed.push(pid);
+        for (let i = before; i < fds.length; i++) entryPid.push(pid);
       }
     } catch {
       lister.close();
       this.lister = null;
       return undefined;
     }
-    return {
-      n: found.length,
-      pids: entryPid,
-      fds: found.map((f) => f.fd),
-      inodes: found.map((f) => f.socket.inode),
-      sockets: found.map((f) => f.socket),
-    };
+    return { n: fds.length, pids: entryPid, fds, inodes: sockets.map((s) => s.inode), sockets };
   }
 
   /** The TCP sockets in wanted states, by inode, from the network namespaces of these processes. */

@@ -26,15 +26,11 @@ const CAP_SYS_ADMIN = 21;
 const CAP_PERFMON = 38;
 const CAP_BPF = 39;
 
-/** A TCP socket of a process: its fd there, and what the socket is. */
-export interface SocketFd {
-  fd: number;
-  socket: TcpEndpoints;
-}
-
 export class SocketFdIterator {
   private readonly buf = Buffer.from(new ArrayBuffer(READ_SIZE + RECORD_SIZE));
   private readonly address = addressOf(this.buf);
+  // little-endian words of the records, which start at multiples of 8
+  private readonly u32 = new Uint32Array(this.buf.buffer);
   private readonly info = Buffer.alloc(16); // union bpf_iter_link_info
 
   private constructor(private progFd: number) {}
@@ -92,12 +88,12 @@ export class SocketFdIterator {
   }
 
   /**
-   * Append the TCP sockets of process `pid` to `out`, in fd order. Returns false when the process does not exist
-   * (the kernel then walks nothing).
+   * Append the TCP sockets of process `pid` to `fds` and `sockets` (entry i: fds[i] is sockets[i]), in fd order.
+   * Returns false when the process does not exist (the kernel then walks nothing).
    */
-  list(pid: number, out: SocketFd[]): boolean {
+  list(pid: number, fds: number[], sockets: TcpEndpoints[]): boolean {
     if (this.progFd < 0) throw new Error("SocketFdIterator used after close()");
-    const start = out.length;
+    const start = fds.length;
     this.info.fill(0);
     this.info.writeUInt32LE(pid, 4); // task.pid: this process and its threads (BPF_TASK_ITER_TGID)
     const link = iterLinkCreate(this.progFd, BPF_TRACE_ITER, this.info);
@@ -112,8 +108,10 @@ export class SocketFdIterator {
         have += n;
         const whole = have - (have % RECORD_SIZE);
         for (let at = 0; at < whole; at += RECORD_SIZE) {
-          const s = record(b, at);
-          if (s) out.push(s);
+          const s = this.record(at);
+          if (!s) continue;
+          fds.push(this.u32[at >> 2] as number);
+          sockets.push(s);
         }
         b.copyWithin(0, whole, have);
         have -= whole;
@@ -123,31 +121,34 @@ export class SocketFdIterator {
       close(link);
     }
     // Nothing at all: the process may be gone, which /proc tells apart.
-    return out.length > start || existsSync(`/proc/${pid}`);
+    return fds.length > start || existsSync(`/proc/${pid}`);
+  }
+
+  /** Decode the socket of the record at buf[at] (layout in src/bpf/socket-fds.ts). */
+  private record(at: number): TcpEndpoints | undefined {
+    const b = this.buf;
+    const w = at >> 2;
+    const fam = (this.u32[w + 1] as number) & 0xffff;
+    const state = STATE_NAMES[b[at + 6] as number];
+    if (!state || (fam !== AF_INET && fam !== AF_INET6)) return undefined;
+    const family = fam === AF_INET ? 4 : 6;
+    const low = this.u32[w + 2] as number;
+    const high = this.u32[w + 3] as number;
+    const ports = this.u32[w + 4] as number; // local port (host order), then the peer's (network order)
+    return {
+      family,
+      state,
+      localAddress: family === 4 ? ipv4(b, at + 24) : ipv6(b, at + 24),
+      localPort: ports & 0xffff,
+      peerAddress: family === 4 ? ipv4(b, at + 40) : ipv6(b, at + 40),
+      peerPort: ((ports >>> 16) & 0xff) * 256 + (ports >>> 24),
+      // Kept a small integer where it fits, which makes the sets and maps of inodes faster.
+      inode: high === 0 ? low : low + high * 0x1_0000_0000,
+    };
   }
 
   close(): void {
     if (this.progFd >= 0) close(this.progFd);
     this.progFd = -1;
   }
-}
-
-/** Decode one record (layout in src/bpf/socket-fds.ts). */
-function record(b: Buffer, at: number): SocketFd | undefined {
-  const fam = b.readUInt16LE(at + 4);
-  const state = STATE_NAMES[b[at + 6] as number];
-  if (!state || (fam !== AF_INET && fam !== AF_INET6)) return undefined;
-  const family = fam === AF_INET ? 4 : 6;
-  return {
-    fd: b.readUInt32LE(at),
-    socket: {
-      family,
-      state,
-      localAddress: family === 4 ? ipv4(b, at + 24) : ipv6(b, at + 24),
-      localPort: b.readUInt16LE(at + 16),
-      peerAddress: family === 4 ? ipv4(b, at + 40) : ipv6(b, at + 40),
-      peerPort: b.readUInt16BE(at + 18),
-      inode: b.readUInt32LE(at + 8) + b.readUInt32LE(at + 12) * 0x1_0000_0000,
-    },
-  };
 }

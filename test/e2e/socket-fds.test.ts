@@ -14,8 +14,8 @@ import { after, describe, test } from "node:test";
 import { pathToFileURL } from "node:url";
 import { LiveSession, type PlanSpec } from "../../src/enforce/live.js";
 import { socketFds } from "../../src/inspect/owners.js";
-import { type SocketFd, SocketFdIterator } from "../../src/inspect/socket-fds.js";
-import { ALL_STATES, readSockets, stateMask } from "../../src/inspect/sockets.js";
+import { SocketFdIterator } from "../../src/inspect/socket-fds.js";
+import { ALL_STATES, readSockets, stateMask, type TcpEndpoints } from "../../src/inspect/sockets.js";
 import { needs } from "../helpers/env.js";
 import { python3 } from "../helpers/lab.js";
 import { Netns, type Process, REPO } from "../helpers/netns.js";
@@ -44,8 +44,10 @@ describe("the BPF listing of a process's TCP sockets", () => {
     const it = SocketFdIterator.open();
     t.after(() => it.close());
 
-    const listed: SocketFd[] = [];
-    assert.equal(it.list(p.pid, listed), true);
+    const fds: number[] = [];
+    const sockets: TcpEndpoints[] = [];
+    assert.equal(it.list(p.pid, fds, sockets), true);
+    const listed = fds.map((fd, i) => ({ fd, socket: sockets[i] as TcpEndpoints }));
     const byFd = new Map(listed.map((s) => [s.fd, s]));
 
     // Every TCP socket it holds, and nothing else.
@@ -91,10 +93,9 @@ describe("the BPF listing of a process's TCP sockets", () => {
     if (!needs(t, { root: true })) return;
     const it = SocketFdIterator.open();
     t.after(() => it.close());
-    const out: SocketFd[] = [];
     // pid_max is at most 2^22: this pid cannot exist.
-    assert.equal(it.list(4_194_305, out), false);
-    assert.equal(it.list(1, out), true); // init exists; whether it holds TCP sockets does not matter
+    assert.equal(it.list(4_194_305, [], []), false);
+    assert.equal(it.list(1, [], []), true); // init exists; whether it holds TCP sockets does not matter
   });
 
   test("loads while signals keep arriving (the verifier's EAGAIN is retried)", (t) => {
