@@ -59,7 +59,9 @@ function openFds(pids: readonly number[]): number {
  * at again in the next round. close() must be called at the end.
  */
 export class LiveSession {
-  private readonly seen = new Set<number>();
+  /** inodes of the sockets looked at: the round that handled them, 0 when filtered out */
+  private readonly seen = new Map<number, number>();
+  private rounds = 0;
   private readonly helper = new HelperThread();
   /** the BPF socket lister: undefined until a big round tried it, null where it cannot load */
   private lister: SocketFdIterator | null | undefined;
@@ -150,7 +152,7 @@ export class LiveSession {
         if (!this.seen.has(inode)) fresh = true;
       }
       // Forget sockets that are gone, so that a long watch does not grow without bound.
-      for (const inode of this.seen) if (!present.has(inode)) this.seen.delete(inode);
+      for (const inode of this.seen.keys()) if (!present.has(inode)) this.seen.delete(inode);
     }
     const results: LiveResult[] = [];
     const holders = new Set<number>(); // processes holding a socket handled in this round
@@ -159,16 +161,19 @@ export class LiveSession {
 
     // 3. The new TCP sockets in wanted states that pass the filters. A socket shared by several processes
     // (after fork) is one socket: handled once, through its first holder.
-    const handled = new Set<number>();
+    const round = ++this.rounds;
     const jobs: LiveSocket[] = [];
-    const comms = new Map<number, string>();
     let filtered = 0;
+    let comm = "";
+    let commPid = -1; // entries come grouped by process: its comm and holding are noted once
+    let holder = -1;
     for (let i = 0; i < links.n; i++) {
       const inode = links.inodes[i] as number;
       if (inode <= 0) continue;
       const pid = links.pids[i] as number;
-      if (this.seen.has(inode)) {
-        if (handled.has(inode)) holders.add(pid);
+      const mark = this.seen.get(inode);
+      if (mark !== undefined) {
+        if (mark === round) holders.add(pid); // shared with a process before it in this round
         continue;
       }
       let socket: TcpEndpoints | undefined;
@@ -179,17 +184,19 @@ export class LiveSession {
         socket = tcp?.get(inode);
         if (!socket) continue; // not TCP, not in a wanted state yet, or gone
       }
-      this.seen.add(inode);
       if (this.matches && !this.matches(socket)) {
+        this.seen.set(inode, 0);
         filtered++;
         continue;
       }
-      handled.add(inode);
-      holders.add(pid);
-      let comm = comms.get(pid);
-      if (comm === undefined) {
+      this.seen.set(inode, round);
+      if (pid !== holder) {
+        holders.add(pid);
+        holder = pid;
+      }
+      if (pid !== commPid) {
         comm = commOf(pid);
-        comms.set(pid, comm);
+        commPid = pid;
       }
       jobs.push({ pid, comm, fd: links.fds[i] as number, socket });
     }
@@ -204,7 +211,8 @@ export class LiveSession {
     );
     await this.helper.run(apply);
     const reader = new OutcomeReader(this.plan);
-    for (const [i, socket] of jobs.entries()) results.push({ socket, outcome: reader.read(apply, i) });
+    for (let i = 0; i < jobs.length; i++)
+      results.push({ socket: jobs[i] as LiveSocket, outcome: reader.read(apply, i) });
     return { results, filtered, unreadable, holders };
   }
 
