@@ -6,7 +6,7 @@
  *
  *   0 u32 fd              4 u16 family        6 u8 state (enum tcp_state)   7 u8 zero
  *   8 u64 inode number (file->f_inode->i_ino: what /proc/PID/fd shows as socket:[INODE])
- *  16 u16 local port (host order)   18 u16 peer port (network order)        20 u32 zero
+ *  16 u16 local port (host order)   18 u16 peer port (network order)        20 u32 task->tgid
  *  24 16 bytes local address       40 16 bytes peer address  (IPv4: the first 4 bytes, network order)
  *
  * That is what sock_diag reports for it (inet_diag_msg_common_fill reads the same fields), so no TCP table needs
@@ -87,6 +87,7 @@ export function socketFdsProgram(o: TaskFileOffsets): Instruction[] {
     LoadMem(R2, R7, o.taskPid, "W"),
     LoadMem(R3, R7, o.taskTgid, "W"),
     JNE32.Reg(R2, R3, "out"),
+    StoreMem(R10, REC + 20, R3, "W"), // the process, as the kernel numbers it, to check the walk's filter
     Mov.Reg(R1, R9),
     Call(Fn.sockFromFile), // struct socket *, or NULL when the file is no socket
     JEq.Imm(R0, 0, "out"),
@@ -110,7 +111,6 @@ export function socketFdsProgram(o: TaskFileOffsets): Instruction[] {
     StoreMem(R10, REC + 16, R3, "H"),
     LoadMem(R3, R7, o.skcDport, "H"),
     StoreMem(R10, REC + 18, R3, "H"),
-    StoreImm(R10, REC + 20, 0, "W"),
     JEq32.Imm(R2, AF_INET6, "v6"),
     LoadMem(R3, R7, o.skcRcvSaddr, "W"),
     StoreMem(R10, REC + 24, R3, "W"),

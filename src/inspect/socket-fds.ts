@@ -10,6 +10,7 @@
  * missing, and callers then read /proc/PID/fd and sock_diag (owners.ts, sockets.ts).
  */
 import { existsSync, readFileSync } from "node:fs";
+import { release } from "node:os";
 import { assemble } from "../bpf/asm.js";
 import { RECORD_SIZE, socketFdsProgram } from "../bpf/socket-fds.js";
 import { iterCreate, iterLinkCreate, progLoad } from "../sys/bpf.js";
@@ -36,10 +37,16 @@ export class SocketFdIterator {
   private constructor(private progFd: number) {}
 
   /**
-   * Whether this process has the rights to load the program: CAP_BPF with CAP_PERFMON, or CAP_SYS_ADMIN
-   * (bpf_capable and perfmon_capable in the kernel). A cheap check that spares reading the BTF in vain.
+   * Whether the kernel is new enough (6.1) and this process has the rights to load the program: CAP_BPF with
+   * CAP_PERFMON, or CAP_SYS_ADMIN (bpf_capable and perfmon_capable in the kernel). A cheap check that spares
+   * reading the BTF in vain.
    */
   static possible(): boolean {
+    // The process filter of task iterators (bpf_iter_link_info.task) came in Linux 6.1; before, it is ignored.
+    const [major = 0, minor = 0] = release()
+      .split(".")
+      .map((n) => Number.parseInt(n, 10));
+    if (major < 6 || (major === 6 && minor < 1)) return false;
     let caps: bigint;
     try {
       const m = /^CapEff:\s*([0-9a-f]+)$/m.exec(readFileSync("/proc/self/status", "latin1"));
@@ -102,12 +109,17 @@ export class SocketFdIterator {
       iter = iterCreate(link);
       const b = this.buf;
       let have = 0; // bytes in buf; a partial record at the end is carried to the next read
+      let owner = -1;
       for (;;) {
         const n = readInto(iter, b.subarray(have, have + READ_SIZE), this.address + have);
         if (n === 0) break;
         have += n;
         const whole = have - (have % RECORD_SIZE);
         for (let at = 0; at < whole; at += RECORD_SIZE) {
+          // Every record of one walk comes from one process: a kernel that ignored the filter walked them all.
+          const tgid = this.u32[(at >> 2) + 5] as number;
+          if (owner < 0) owner = tgid;
+          else if (tgid !== owner) throw new Error("the kernel ignored the task iterator's process filter");
           const s = this.record(at);
           if (!s) continue;
           fds.push(this.u32[at >> 2] as number);
