@@ -1,8 +1,10 @@
 /**
  * Keepalive for the live sockets of running processes: find their TCP sockets, duplicate each with
  * pidfd_getfd, check that the duplicate is still the socket that was listed, read its settings, change them,
- * and close the duplicate at once. Only sockets that the kernel lists as TCP in the process's own network
- * namespace are ever duplicated: a pipe, a Unix socket or a UDP socket is never touched.
+ * and close the duplicate at once. Only sockets that the kernel lists as TCP are ever duplicated: a pipe, a Unix
+ * socket or a UDP socket is never touched. As root the BPF iterator of src/inspect/socket-fds.ts lists them, one
+ * read per process; elsewhere each fd's /proc/PID/fd link is read and the socket looked up in the TCP tables of
+ * the process's own network namespace.
  */
 import { statSync } from "node:fs";
 import { commOf, fdNumbers, netnsOf } from "../inspect/owners.js";
@@ -63,7 +65,7 @@ export class LiveSession {
   private readonly seen = new Map<number, number>();
   private rounds = 0;
   private readonly helper = new HelperThread();
-  /** the BPF socket lister: undefined until a big round tried it, null where it cannot load */
+  /** the BPF socket lister: undefined until the first round tried it, null where it cannot load */
   private lister: SocketFdIterator | null | undefined;
   private readonly wanted: Set<TcpStateName>;
 
@@ -103,41 +105,14 @@ export class LiveSession {
     const first = this.seen.size === 0;
     const unreadable: number[] = [];
     const listed: number[] = [];
-    let links: Listing | undefined;
     let tcp: Map<number, TcpSocket> | undefined;
-    if (this.lister) links = this.listByIterator(this.lister, pids, listed, unreadable);
+    let links = this.lister ? this.listByIterator(this.lister, pids, listed, unreadable) : undefined;
     if (!links) {
       unreadable.length = 0;
       listed.length = 0;
-      const entryPid: number[] = [];
-      const entryFd: number[] = [];
-      for (const pid of pids) {
-        const fds = fdNumbers(pid);
-        if (fds === null) {
-          unreadable.push(pid);
-          continue;
-        }
-        if (fds.length === 0) continue;
-        listed.push(pid);
-        for (const fd of fds) {
-          entryPid.push(pid);
-          entryFd.push(fd);
-        }
-      }
-      if (entryPid.length >= HELP_FROM) this.helper.start();
-      // Which of them are sockets (readlinkat), shared with the helper. In the first round of a big run every
-      // TCP socket is new, so the kernel's TCP tables are read meanwhile; otherwise only once one turned up.
-      const phase = linksPhase(entryPid, entryFd);
-      const overlap = first && phase.n >= HELP_FROM;
-      await this.helper.run(
-        phase,
-        overlap
-          ? () => {
-              tcp = this.tcpTables(listed);
-            }
-          : undefined,
-      );
-      links = phase;
+      const onProc = await this.listByProc(pids, listed, unreadable, first);
+      links = onProc.links;
+      tcp = onProc.tcp;
     }
 
     let fresh = false;
@@ -245,6 +220,47 @@ export class LiveSession {
       return undefined;
     }
     return { n: fds.length, pids: entryPid, fds, inodes: sockets.map((s) => s.inode), sockets };
+  }
+
+  /**
+   * The fds of these processes through /proc, and which are sockets (a readlinkat each, shared with the helper):
+   * the pids listed are pushed on `listed`, the others on `unreadable`. In the first round of a big run every
+   * TCP socket is new, so the kernel's TCP tables are read meanwhile and returned too.
+   */
+  private async listByProc(
+    pids: readonly number[],
+    listed: number[],
+    unreadable: number[],
+    first: boolean,
+  ): Promise<{ links: Listing; tcp?: Map<number, TcpSocket> }> {
+    const entryPid: number[] = [];
+    const entryFd: number[] = [];
+    for (const pid of pids) {
+      const fds = fdNumbers(pid);
+      if (fds === null) {
+        unreadable.push(pid);
+        continue;
+      }
+      if (fds.length === 0) continue;
+      listed.push(pid);
+      for (const fd of fds) {
+        entryPid.push(pid);
+        entryFd.push(fd);
+      }
+    }
+    if (entryPid.length >= HELP_FROM) this.helper.start();
+    const links = linksPhase(entryPid, entryFd);
+    let tcp: Map<number, TcpSocket> | undefined;
+    const overlap = first && links.n >= HELP_FROM;
+    await this.helper.run(
+      links,
+      overlap
+        ? () => {
+            tcp = this.tcpTables(listed);
+          }
+        : undefined,
+    );
+    return tcp ? { links, tcp } : { links };
   }
 
   /** The TCP sockets in wanted states, by inode, from the network namespaces of these processes. */
