@@ -11,20 +11,31 @@ import { TcpkaError } from "../errors.js";
 const VMLINUX = "/sys/kernel/btf/vmlinux";
 const MAGIC = 0xeb9f;
 
-// enum in include/uapi/linux/btf.h: BTF_KIND_*
+// BTF_KIND_* in include/uapi/linux/btf.h
 const KIND = {
   INT: 1,
+  PTR: 2,
   ARRAY: 3,
   STRUCT: 4,
   UNION: 5,
   ENUM: 6,
+  FWD: 7,
+  TYPEDEF: 8,
+  VOLATILE: 9,
+  CONST: 10,
+  RESTRICT: 11,
+  FUNC: 12,
   FUNC_PROTO: 13,
   VAR: 14,
   DATASEC: 15,
+  FLOAT: 16,
   DECL_TAG: 17,
+  TYPE_TAG: 18,
   ENUM64: 19,
-  FUNC: 12,
 } as const;
+
+/** Kinds that only qualify or rename the type they point at. */
+const ALIASES: ReadonlySet<number> = new Set([KIND.TYPEDEF, KIND.VOLATILE, KIND.CONST, KIND.RESTRICT, KIND.TYPE_TAG]);
 
 /** Bytes of kind-specific data after a struct btf_type of this kind with vlen entries. */
 function extraBytes(kind: number, vlen: number): number {
@@ -63,6 +74,8 @@ export class Btf {
   private readonly stringsEnd: number;
   /** offsets[id] = byte offset of type id's struct btf_type */
   private readonly offsets: Uint32Array;
+  /** ids found so far, by kind and name: a lookup walks every type */
+  private readonly ids = new Map<string, number>();
 
   private constructor(buf: Buffer) {
     if (buf.length < 24 || buf.readUInt16LE(0) !== MAGIC) throw new BtfError(`${VMLINUX} is not BTF`);
@@ -109,6 +122,16 @@ export class Btf {
 
   /** The id of the type of this kind and name; throws when there is none. */
   typeId(kind: "FUNC" | "STRUCT", name: string): number {
+    const key = `${kind} ${name}`;
+    let id = this.ids.get(key);
+    if (id === undefined) {
+      id = this.find(kind, name);
+      this.ids.set(key, id);
+    }
+    return id;
+  }
+
+  private find(kind: "FUNC" | "STRUCT", name: string): number {
     const want = KIND[kind];
     const bytes = Buffer.from(name, "latin1");
     const w = this.words;
@@ -125,7 +148,9 @@ export class Btf {
    */
   memberOffset(struct: string, member: string): number {
     const found = this.findMember(this.typeId("STRUCT", struct), Buffer.from(member, "latin1"), 0);
-    if (found === undefined) throw new BtfError(`the kernel's struct ${struct} has no member ${member}`);
+    if (found === undefined) {
+      throw new BtfError(`the kernel's struct ${struct} has no member ${member} at a whole byte (or none at all)`);
+    }
     return found;
   }
 
@@ -152,12 +177,12 @@ export class Btf {
     return undefined;
   }
 
-  /** Follow typedefs and qualifiers (TYPEDEF, VOLATILE, CONST, RESTRICT, TYPE_TAG) to the type beneath. */
+  /** Follow typedefs and qualifiers to the type beneath. */
   private resolve(id: number): number {
     for (let depth = 0; depth < 32 && id > 0 && id < this.offsets.length; depth++) {
       const at = this.offsets[id] as number;
       const kind = (this.buf.readUInt32LE(at + 4) >>> 24) & 0x1f;
-      if (kind !== 8 && kind !== 9 && kind !== 10 && kind !== 11 && kind !== 18) return id;
+      if (!ALIASES.has(kind)) return id;
       id = this.buf.readUInt32LE(at + 8);
     }
     return id;
