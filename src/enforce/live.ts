@@ -6,8 +6,7 @@
  * read per process; elsewhere each fd's /proc/PID/fd link is read and the socket looked up in the TCP tables of
  * the process's own network namespace.
  */
-import { statSync } from "node:fs";
-import { commOf, fdNumbers, netnsOf } from "../inspect/owners.js";
+import { commOf, fdNumbers, netnsOf, openFdCount } from "../inspect/owners.js";
 import { SocketFdIterator } from "../inspect/socket-fds.js";
 import { readSockets, STATE_NAMES, type TcpEndpoints, type TcpSocket, type TcpStateName } from "../inspect/sockets.js";
 import { applyPhase, linksPhase, type Outcome, OutcomeReader, type PlanSpec } from "./batch.js";
@@ -40,19 +39,6 @@ interface Listing {
   fds: ArrayLike<number>;
   inodes: ArrayLike<number>;
   sockets?: TcpEndpoints[];
-}
-
-/** How many fds these processes have open: /proc/PID/fd's size (Linux 6.2 and later; 0 before). */
-function openFds(pids: readonly number[]): number {
-  let n = 0;
-  for (const pid of pids) {
-    try {
-      n += statSync(`/proc/${pid}/fd`).size;
-    } catch {
-      // exited or unreadable: the listing below says which
-    }
-  }
-  return n;
 }
 
 /**
@@ -94,7 +80,7 @@ export class LiveSession {
   }> {
     // 1. Which fds of each target are TCP sockets: through the BPF iterator where it loads, else /proc and the
     // kernel's TCP tables. A big table starts the helper first, so that its start-up overlaps the listing.
-    if (openFds(pids) >= HELP_FROM) this.helper.start();
+    if (openFdCount(pids) >= HELP_FROM) this.helper.start();
     if (this.lister === undefined) {
       try {
         this.lister = this.useIterator && SocketFdIterator.possible() ? SocketFdIterator.open() : null;

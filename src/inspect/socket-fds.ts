@@ -99,8 +99,28 @@ export class SocketFdIterator {
    * Returns false when the process does not exist (the kernel then walks nothing).
    */
   list(pid: number, fds: number[], sockets: TcpEndpoints[]): boolean {
+    return this.walk(pid, (at) => {
+      const s = this.record(at);
+      if (!s) return;
+      fds.push(this.u32[at >> 2] as number);
+      sockets.push(s);
+    });
+  }
+
+  /** The same with only each socket's inode, appended to `out` as fd, inode, fd, inode, ... */
+  listInodes(pid: number, out: number[]): boolean {
+    return this.walk(pid, (at) => {
+      const w = at >> 2;
+      const low = this.u32[w + 2] as number;
+      const high = this.u32[w + 3] as number;
+      out.push(this.u32[w] as number, high === 0 ? low : low + high * 0x1_0000_0000);
+    });
+  }
+
+  /** Run the iterator over process `pid`, handing each record's offset in buf to `each`. */
+  private walk(pid: number, each: (at: number) => void): boolean {
     if (this.progFd < 0) throw new Error("SocketFdIterator used after close()");
-    const start = fds.length;
+    let found = false;
     this.info.fill(0);
     this.info.writeUInt32LE(pid, 4); // task.pid: this process and its threads (BPF_TASK_ITER_TGID)
     const link = iterLinkCreate(this.progFd, BPF_TRACE_ITER, this.info);
@@ -120,10 +140,8 @@ export class SocketFdIterator {
           const tgid = this.u32[(at >> 2) + 5] as number;
           if (owner < 0) owner = tgid;
           else if (tgid !== owner) throw new Error("the kernel ignored the task iterator's process filter");
-          const s = this.record(at);
-          if (!s) continue;
-          fds.push(this.u32[at >> 2] as number);
-          sockets.push(s);
+          found = true;
+          each(at);
         }
         b.copyWithin(0, whole, have);
         have -= whole;
@@ -133,7 +151,7 @@ export class SocketFdIterator {
       close(link);
     }
     // Nothing at all: the process may be gone, which /proc tells apart.
-    return fds.length > start || existsSync(`/proc/${pid}`);
+    return found || existsSync(`/proc/${pid}`);
   }
 
   /** Decode the socket of the record at buf[at] (layout in src/bpf/socket-fds.ts). */

@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { after, describe, test } from "node:test";
 import { pathToFileURL } from "node:url";
 import { LiveSession, type PlanSpec } from "../../src/enforce/live.js";
-import { socketFds } from "../../src/inspect/owners.js";
+import { findOwners, listPids, type OwnerScan, socketFds } from "../../src/inspect/owners.js";
 import { SocketFdIterator } from "../../src/inspect/socket-fds.js";
 import { ALL_STATES, readSockets, stateMask, type TcpEndpoints } from "../../src/inspect/sockets.js";
 import { needs } from "../helpers/env.js";
@@ -112,6 +112,31 @@ describe("the BPF listing of a process's TCP sockets", () => {
       { encoding: "utf8", timeout: 60_000 },
     );
     assert.equal(r.status, 0, r.stderr);
+  });
+
+  test("tcpka ls finds the same owners through it as through /proc", async (t) => {
+    if (!needs(t, { root: true, tools: ["ip", "python3"] })) return;
+    const { p, held } = await startHolder(t);
+    const table = readSockets({ states: ALL_STATES, netnsOf: p.pid });
+    const inodes = new Set(table.map((s) => s.inode).filter((i) => i > 0));
+    const pids = listPids();
+    const byIterator = findOwners(inodes, pids, "iterator");
+    const byProc = findOwners(inodes, pids, "proc");
+    const mine = (scan: OwnerScan) =>
+      [...scan.owners.entries()].filter(([, owners]) => owners.some((o) => o.pid === p.pid)).sort(([a], [b]) => a - b);
+    assert.equal(mine(byIterator).length, 6, "both ends and the listener, IPv4 and IPv6");
+    assert.deepEqual(mine(byIterator), mine(byProc));
+    assert.deepEqual(
+      mine(byIterator)
+        .flatMap(([, owners]) => owners.map((o) => o.fd))
+        .sort((a, b) => a - b),
+      [...held.fds.tcp4, ...held.fds.tcp6].sort((a, b) => a - b),
+    );
+    // Every process: the same owners for every socket of this namespace, whoever holds it.
+    assert.deepEqual(
+      [...byIterator.owners.entries()].sort(([a], [b]) => a - b),
+      [...byProc.owners.entries()].sort(([a], [b]) => a - b),
+    );
   });
 
   test("tcpka enable reaches the same sockets through it as through /proc", async (t) => {
