@@ -340,7 +340,7 @@ export async function runLive(
       if (stop) break;
     }
   } finally {
-    session.close();
+    await session.close();
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
   }

@@ -6,6 +6,9 @@
 import { Worker } from "node:worker_threads";
 import { allDone, chunks, type Phase, work } from "./batch.js";
 
+/** How long close() waits for a starting helper to finish loading; it takes about 0.1 s. */
+const LOAD_PATIENCE_MS = 5000;
+
 export class HelperThread {
   private worker: Worker | undefined;
   private broken = false;
@@ -76,9 +79,23 @@ export class HelperThread {
     work(p, left);
   }
 
-  close(): void {
+  /**
+   * Stop the thread. One that is still starting is first let finish loading: terminating it while koffi sets
+   * itself up (its module runs a script then) aborts the whole process with "FATAL ERROR:
+   * Error::ThrowAsJavaScriptException napi_throw". Node ends a live worker the same way when the process exits,
+   * so this must be awaited before the process ends.
+   */
+  async close(): Promise<void> {
+    const w = this.worker;
     this.broken = true;
-    void this.worker?.terminate();
     this.worker = undefined;
+    if (!w) return;
+    let timer: NodeJS.Timeout | undefined;
+    const patience = new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, LOAD_PATIENCE_MS);
+    });
+    await Promise.race([this.readiness, patience]);
+    clearTimeout(timer);
+    await w.terminate();
   }
 }

@@ -66,9 +66,11 @@ export class LiveSession {
     this.wanted = new Set(STATE_NAMES.filter((name, i): name is TcpStateName => !!name && (states & (1 << i)) !== 0));
   }
 
-  close(): void {
-    this.helper.close();
+  /** Stop the helper thread and unload the iterator; must be awaited before the process ends (HelperThread). */
+  async close(): Promise<void> {
     this.lister?.close();
+    this.lister = null;
+    await this.helper.close();
   }
 
   /** One pass over the processes: the results for sockets not seen before, and the pids that were unreadable. */

@@ -156,7 +156,7 @@ describe("the BPF listing of a process's TCP sockets", () => {
           }),
         );
       } finally {
-        session.close();
+        await session.close();
       }
     }
     assert.equal(rounds[0]?.length, 6, "both ends and the listener, IPv4 and IPv6");
