@@ -184,6 +184,7 @@ function execHere(argv: readonly string[], opts: ExecOptions = {}): Result {
     encoding: "utf8",
     timeout: opts.timeoutMs ?? 30_000,
     killSignal: "SIGKILL",
+    maxBuffer: 64 * 1024 * 1024, // tcpka --json on 10,000 sockets prints about 3 MB
   });
   if (r.error) throw new Error(`${argv.join(" ")}: ${r.error.message}`);
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
