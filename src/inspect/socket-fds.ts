@@ -110,10 +110,7 @@ export class SocketFdIterator {
   /** The same with only each socket's inode, appended to `out` as fd, inode, fd, inode, ... */
   listInodes(pid: number, out: number[]): boolean {
     return this.walk(pid, (at) => {
-      const w = at >> 2;
-      const low = this.u32[w + 2] as number;
-      const high = this.u32[w + 3] as number;
-      out.push(this.u32[w] as number, high === 0 ? low : low + high * 0x1_0000_0000);
+      out.push(this.u32[at >> 2] as number, this.inode(at));
     });
   }
 
@@ -154,6 +151,13 @@ export class SocketFdIterator {
     return found || existsSync(`/proc/${pid}`);
   }
 
+  /** The inode number of the record at buf[at]: a small integer where it fits, which sets and maps hash faster. */
+  private inode(at: number): number {
+    const low = this.u32[(at >> 2) + 2] as number;
+    const high = this.u32[(at >> 2) + 3] as number;
+    return high === 0 ? low : low + high * 0x1_0000_0000;
+  }
+
   /** Decode the socket of the record at buf[at] (layout in src/bpf/socket-fds.ts). */
   private record(at: number): TcpEndpoints | undefined {
     const b = this.buf;
@@ -162,8 +166,6 @@ export class SocketFdIterator {
     const state = STATE_NAMES[b[at + 6] as number];
     if (!state || (fam !== AF_INET && fam !== AF_INET6)) return undefined;
     const family = fam === AF_INET ? 4 : 6;
-    const low = this.u32[w + 2] as number;
-    const high = this.u32[w + 3] as number;
     const ports = this.u32[w + 4] as number; // local port (host order), then the peer's (network order)
     return {
       family,
@@ -172,8 +174,7 @@ export class SocketFdIterator {
       localPort: ports & 0xffff,
       peerAddress: family === 4 ? ipv4(b, at + 40) : ipv6(b, at + 40),
       peerPort: ((ports >>> 16) & 0xff) * 256 + (ports >>> 24),
-      // Kept a small integer where it fits, which makes the sets and maps of inodes faster.
-      inode: high === 0 ? low : low + high * 0x1_0000_0000,
+      inode: this.inode(at),
     };
   }
 
