@@ -49,7 +49,7 @@ interface Listing {
 /**
  * One enable/disable run over time: each round lists the targets' sockets, skips the ones already handled,
  * and applies the plan to the rest. A socket in a state that is not wanted yet (still connecting) is looked
- * at again in the next round. close() must be called at the end.
+ * at again in the next round. close() must be awaited at the end.
  */
 export class LiveSession {
   /** inodes of the sockets looked at: the round that handled them, 0 when filtered out */
