@@ -89,6 +89,29 @@ export function hostPort(address: string, port: number): string {
   return address.includes(":") ? `[${address}]:${p}` : `${address}:${p}`;
 }
 
+// C0 controls, DEL and C1 controls; characters that reorder the text around them (bidirectional embeddings,
+// overrides and isolates, the Arabic letter mark); line and paragraph separators; and the backslash, so that
+// an escape in the output always means one.
+// biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what this finds
+const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\\]/g;
+
+/**
+ * Text that another process chose (a process name set with prctl(PR_SET_NAME), a cgroup or unit name, an event
+ * of the shim), made safe for a terminal: every character that is not printable is shown as \xHH (or \u{HHHH}
+ * beyond U+00FF), and a backslash as \\, so nothing it holds can move the cursor, retitle the window or hide
+ * text, and what is shown still tells the bytes apart. Like ps, which prints '?' for them, but reversible. JSON
+ * output keeps the exact text.
+ */
+export function printable(text: string): string {
+  UNPRINTABLE.lastIndex = 0;
+  if (!UNPRINTABLE.test(text)) return text;
+  return text.replace(UNPRINTABLE, (ch) => {
+    if (ch === "\\") return "\\\\";
+    const code = ch.charCodeAt(0);
+    return code <= 0xff ? `\\x${code.toString(16).padStart(2, "0")}` : `\\u{${code.toString(16)}}`;
+  });
+}
+
 /** "java[2203] fd 87", with "+N" when more processes share the socket. */
 export function ownerText(owners: readonly SocketOwner[]): string {
   const first = owners[0];
@@ -104,8 +127,10 @@ export function plural(n: number, one: string, many = `${one}s`): string {
 /** Print an error: `tcpka: message` and `hint: …` for expected failures; the exit code to use. */
 export function reportError(e: unknown): number {
   if (e instanceof TcpkaError) {
-    let text = `tcpka: ${e.message}\n`;
-    if (e.hint) text += `hint: ${e.hint}\n`;
+    // A message may quote what another process chose (a process or cgroup name): escaped, line by line.
+    const lines = (t: string) => t.split("\n").map(printable).join("\n");
+    let text = `tcpka: ${lines(e.message)}\n`;
+    if (e.hint) text += `hint: ${lines(e.hint)}\n`;
     process.stderr.write(text);
     return e.exitCode;
   }
