@@ -109,6 +109,14 @@ export const BPF_CGROUP_SOCK_OPS = 3;
 export const BPF_MAP_TYPE_ARRAY = 2;
 export const BPF_OBJ_NAME_LEN = 16;
 
+// include/uapi/asm-generic/fcntl.h: flock(2) operations
+export const LOCK_SH = 1;
+export const LOCK_EX = 2;
+export const LOCK_NB = 4;
+
+// include/uapi/asm-generic/errno.h: EWOULDBLOCK is EAGAIN
+export const EWOULDBLOCK = 11;
+
 // include/uapi/asm-generic/errno-base.h and errno.h
 export const ERRNO_NAMES: Readonly<Record<number, string>> = {
   1: "EPERM",

@@ -4,7 +4,7 @@
  */
 import { createRequire } from "node:module";
 import { TcpkaError } from "../errors.js";
-import { ERRNO_NAMES } from "./constants.js";
+import { ERRNO_NAMES, EWOULDBLOCK, LOCK_NB } from "./constants.js";
 
 // koffi ships as CommonJS with a prebuilt binary for this platform; createRequire keeps this module ESM.
 const require = createRequire(import.meta.url);
@@ -23,6 +23,7 @@ const c = {
   readlinkat: lib.func("long readlinkat(int dirfd, intptr_t path, intptr_t buf, size_t size)"),
   getdents64: lib.func("long getdents64(int fd, intptr_t buf, size_t size)"),
   read: lib.func("long read(int fd, intptr_t buf, size_t size)"),
+  flock: lib.func("int flock(int fd, int op)"),
   mount: lib.func(
     "int mount(const char *src, const char *target, const char *fstype, unsigned long flags, const void *data)",
   ),
@@ -109,6 +110,17 @@ export function fdInode(fd: number): number {
 /** A raw system call with up to three integer arguments; returns the result or throws SysError named `name`. */
 export function syscall(name: string, nr: number, a = 0, b = 0, d = 0): number {
   return check(name, Number(c.syscall(nr, a, b, d)));
+}
+
+/**
+ * flock(2) without waiting (LOCK_NB is or-ed in): true when the lock was taken, false when another open file
+ * description holds it (EWOULDBLOCK); any other failure throws.
+ */
+export function flockNow(fd: number, op: number): boolean {
+  if ((c.flock(fd, op | LOCK_NB) as number) === 0) return true;
+  const errno = koffi.errno();
+  if (errno === EWOULDBLOCK || errno === 4) return false;
+  throw new SysError("flock", errno);
 }
 
 export function mount(source: string, target: string, fstype: string): void {
