@@ -20,6 +20,9 @@
  *   TCPKA_EVENTS      a file that tcpka created: one JSON line per event is appended to it (O_APPEND, opened and
  *                     closed per event so that programs that close all their fds cannot break it)
  *   TCPKA_DEBUG       1: report the shim's own errors on stderr
+ *   TCPKA_PROBE       an fd number, set only in the probe process that tcpka starts before CMD: once configured,
+ *                     the library writes one line to it, "tcpka-shim ok MODE" or "tcpka-shim off REASON", so
+ *                     that tcpka knows it loads and accepts its configuration here before it relies on it
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -818,8 +821,27 @@ static int read_sysctl(const char *path, int fallback) {
   return i ? v : fallback;
 }
 
+static int probe_fd = -1;
+
+/* The probe's answer (see TCPKA_PROBE): one line, written once. */
+static void probe_report(const char *state, const char *detail) {
+  if (probe_fd < 0) return;
+  struct buf o = {.n = 0};
+  put(&o, "tcpka-shim ");
+  put(&o, state);
+  if (detail) {
+    put(&o, " ");
+    put(&o, detail);
+  }
+  put(&o, "\n");
+  ssize_t r = write(probe_fd, o.b, o.n);
+  (void)r;
+  probe_fd = -1;
+}
+
 static void disable(const char *why, const char *value) {
   cfg.mode = MODE_OFF;
+  probe_report("off", why);
   cfg.debug = 1; /* invalid configuration is always reported */
   debug(why, value);
   if (cfg.events[0]) { /* tell tcpka too, when it is listening */
@@ -838,6 +860,8 @@ __attribute__((constructor)) static void tcpka_init(void) {
   resolve_all();
   memset(&cfg, 0, sizeof cfg);
   cfg.mode = MODE_STRENGTHEN;
+  const char *probe = getenv("TCPKA_PROBE");
+  if (probe && parse_num(probe, 0, 1 << 20, &probe_fd)) probe_fd = -1;
   const char *dbg = getenv("TCPKA_DEBUG");
   cfg.debug = dbg && *dbg && strcmp(dbg, "0") != 0;
   const char *ev = getenv("TCPKA_EVENTS");
@@ -884,6 +908,8 @@ __attribute__((constructor)) static void tcpka_init(void) {
     ev_begin(&o, "start");
     emit(&o);
   }
+  static const char *const mode_name[] = {"off", "strengthen", "force", "observe"};
+  probe_report("ok", mode_name[cfg.mode]);
   errno = saved;
 }
 
