@@ -112,6 +112,8 @@ function fileError(path: string, e: unknown, what: string): TcpkaError {
     return new TcpkaError("permission", `cannot ${what} ${path}: permission denied`);
   }
   if (code === "ENOENT") return new TcpkaError("not-found", `cannot ${what} ${path}: no such directory`);
+  if (code === "ENOTDIR")
+    return new TcpkaError("not-found", `cannot ${what} ${path}: a part of its path is not a directory`);
   if (code === "EISDIR") return new TcpkaError("invalid", `cannot write ${path}: it is a directory`);
   return new TcpkaError("system", `cannot ${what} ${path}: ${code}`);
 }
@@ -135,7 +137,12 @@ export class AtomicFile {
   }
 
   static create(path: string, mode = 0o644): AtomicFile {
-    const st = lstatOrUndefined(path);
+    let st: Stats | undefined;
+    try {
+      st = lstatOrUndefined(path);
+    } catch (e) {
+      throw fileError(path, e, "write"); // ENOTDIR: a part of the path is a file
+    }
     if (st?.isDirectory()) throw new TcpkaError("invalid", `cannot write ${path}: it is a directory`);
     if (st && !st.isFile() && !st.isSymbolicLink()) {
       throw new TcpkaError("invalid", `cannot write ${path}: it is not a regular file`);
