@@ -4,8 +4,8 @@
  */
 import { readlinkSync } from "node:fs";
 import {
-  checkPersistTarget,
   DEFAULT_PERSIST_FILE,
+  openPersistFile,
   persistSystemDefaults,
   writeSystemDefaults,
 } from "../enforce/sysctl.js";
@@ -65,15 +65,20 @@ export function runSysctl(argv: readonly string[], out: Out): number {
     if (persist) throw usage("sysctl: --persist goes with --set", "e.g. sudo tcpka sysctl --set idle=5m --persist");
   }
 
-  if (persist) checkPersistTarget(persistFile);
-  const before = readSystemDefaults();
-  let changes: Partial<SystemDefaults> = {};
-  if (bool(values, "set")) {
-    changes = parseAssignments(positionals);
+  const changes: Partial<SystemDefaults> = bool(values, "set") ? parseAssignments(positionals) : {};
+  // The file is begun before any live value changes, so that one that cannot be written changes nothing.
+  const target = persist ? openPersistFile(persistFile) : undefined;
+  let before: SystemDefaults;
+  let now: SystemDefaults;
+  try {
+    before = readSystemDefaults();
     writeSystemDefaults(changes);
+    now = readSystemDefaults();
+    if (target) persistSystemDefaults(now, target);
+  } catch (e) {
+    target?.abort();
+    throw e;
   }
-  const now = readSystemDefaults();
-  if (persist) persistSystemDefaults(now, persistFile);
 
   if (bool(values, "json")) {
     out.write(
