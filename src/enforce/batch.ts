@@ -22,7 +22,7 @@ import {
   planChanges,
 } from "../settings.js";
 import { ESTALE_REUSED } from "../sys/constants.js";
-import { close, fdInode, fdSocketInode, SysError, setsockoptInt } from "../sys/libc.js";
+import { close, fdSocketInode, SysError, setsockoptInt, sockfsInode } from "../sys/libc.js";
 import { pidfdGetfd, pidfdOpen } from "../sys/pidfd.js";
 
 /** Entries per chunk: small enough that the last chunk of a thread ends soon after the other's. */
@@ -232,8 +232,9 @@ function apply(
     call = 1;
     dup = pidfdGetfd(pidfd, p.fds[i] as number);
     call = 2;
-    // The fd number may have been reused since it was listed: change only the socket that was listed.
-    if (fdInode(dup) !== p.inodes[i]) throw new SysError("pidfd_getfd", ESTALE_REUSED);
+    // The fd number may have been reused since it was listed: change only the socket that was listed, a socket
+    // of sockfs with that inode, not a file that happens to have the same inode number on its own file system.
+    if (sockfsInode(dup) !== p.inodes[i]) throw new SysError("pidfd_getfd", ESTALE_REUSED);
     call = 3;
     readKeepAliveInto(dup, out, o + 4);
     const changes = plan(out, o + 4);

@@ -3,6 +3,7 @@
  */
 
 // include/linux/socket.h
+export const AF_UNIX = 1;
 export const AF_INET = 2;
 export const AF_INET6 = 10;
 export const AF_NETLINK = 16;
@@ -36,6 +37,10 @@ export const MAX_TCP_KEEPINTVL = 32767;
 export const MAX_TCP_KEEPCNT = 127;
 // TCP_USER_TIMEOUT is an int of milliseconds; negative values give EINVAL (do_tcp_setsockopt).
 export const MAX_TCP_USER_TIMEOUT_MS = 2 ** 31 - 1;
+
+// include/uapi/linux/stat.h
+export const S_IFMT = 0o170000;
+export const S_IFSOCK = 0o140000;
 
 // include/uapi/linux/netlink.h
 export const NETLINK_SOCK_DIAG = 4;

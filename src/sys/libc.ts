@@ -4,7 +4,7 @@
  */
 import { createRequire } from "node:module";
 import { TcpkaError } from "../errors.js";
-import { ERRNO_NAMES, EWOULDBLOCK, LOCK_NB } from "./constants.js";
+import { AF_UNIX, ERRNO_NAMES, EWOULDBLOCK, LOCK_NB, S_IFMT, S_IFSOCK, SOCK_CLOEXEC, SOCK_DGRAM } from "./constants.js";
 
 // koffi ships as CommonJS with a prebuilt binary for this platform; createRequire keeps this module ESM.
 const require = createRequire(import.meta.url);
@@ -99,11 +99,43 @@ export function setsockoptInt(fd: number, level: number, name: number, value: nu
   check("setsockopt", c.setsockopt(fd, level, name, SCRATCH + INT, 4) as number);
 }
 
-/** The inode number of an open file descriptor (what /proc/PID/fd shows as socket:[INODE]). */
-export function fdInode(fd: number): number {
+// struct stat as glibc's fstat fills it: st_dev (8 bytes) at 0 and st_ino (8 bytes) at 8 on every 64-bit
+// layout; st_mode at 24 on x86_64, where the 8-byte st_nlink comes before it (arch/x86/include/uapi/asm/stat.h),
+// and at 16 on the generic layout of arm64 and riscv64 (include/uapi/asm-generic/stat.h). Little-endian.
+const ST_MODE = process.arch === "x64" ? 24 : 16;
+
+// sockfs's device as fstat reports it, learnt from a socket of this thread's own: -1 until then.
+let sockfsDevLow = -1;
+let sockfsDevHigh = -1;
+
+function fstatScratch(fd: number): void {
   check("fstat", c.fstat(fd, SCRATCH + STAT) as number);
-  // struct stat: st_ino is the second 64-bit field on x86_64 and on the generic layout (arm64, riscv64);
-  // little-endian, and exact as a double below 2^53.
+}
+
+function learnSockfsDevice(): void {
+  const fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  try {
+    fstatScratch(fd);
+  } finally {
+    close(fd);
+  }
+  sockfsDevLow = u32[STAT / 4] as number;
+  sockfsDevHigh = u32[STAT / 4 + 1] as number;
+}
+
+/**
+ * The inode number of `fd` when it is a socket of sockfs (what /proc/PID/fd shows as socket:[INODE]), 0 when it
+ * is anything else: a regular file, a pipe, or a Unix socket's file opened O_PATH (S_ISSOCK, but on the file
+ * system it lives in), any of which may carry the same inode number as a socket. One fstat(2). Every socket's
+ * inode, in every namespace, comes from one kernel-internal sockfs mount (sock_alloc() takes it from sock_mnt,
+ * which sock_init() mounts once), so its device is learnt once, from a socket of tcpka's own, not assumed.
+ */
+export function sockfsInode(fd: number): number {
+  if (sockfsDevLow < 0) learnSockfsDevice();
+  fstatScratch(fd);
+  if (u32[STAT / 4] !== sockfsDevLow || u32[STAT / 4 + 1] !== sockfsDevHigh) return 0;
+  if (((u32[(STAT + ST_MODE) / 4] as number) & S_IFMT) !== S_IFSOCK) return 0;
+  // Exact as a double below 2^53.
   return (u32[(STAT + 8) / 4] as number) + (u32[(STAT + 12) / 4] as number) * 0x1_0000_0000;
 }
 

@@ -4,7 +4,7 @@
  * target, or CAP_SYS_PTRACE); the duplicate is the same open file description and is created O_CLOEXEC.
  */
 import { ESTALE_REUSED, SYS_pidfd_getfd, SYS_pidfd_open } from "./constants.js";
-import { close, fdInode, SysError, syscall } from "./libc.js";
+import { close, SysError, sockfsInode, syscall } from "./libc.js";
 
 export function pidfdOpen(pid: number): number {
   return syscall("pidfd_open", SYS_pidfd_open, pid, 0);
@@ -23,8 +23,10 @@ export class SocketBorrower {
   private readonly pidfds = new Map<number, number | SysError>();
 
   /**
-   * Run `fn` on a duplicate of `fd` of process `pid`, after checking that it is still socket `inode` (the fd
-   * number may have been reused since it was listed). The duplicate is closed before this returns.
+   * Run `fn` on a duplicate of `fd` of process `pid`, after checking that it is still socket `inode`: the fd
+   * number may have been reused since it was listed, by another socket or by a file whose inode number (on its
+   * own file system) is the same, so the duplicate must be a socket of sockfs with that inode. A reused fd throws
+   * ESTALE without `fn` ever seeing it. The duplicate is closed before this returns.
    */
   with<T>(pid: number, fd: number, inode: number, fn: (dup: number) => T): T {
     let pidfd = this.pidfds.get(pid);
@@ -40,8 +42,7 @@ export class SocketBorrower {
     if (pidfd instanceof SysError) throw pidfd;
     const dup = pidfdGetfd(pidfd, fd);
     try {
-      const ino = fdInode(dup);
-      if (ino !== inode) throw new SysError("pidfd_getfd", ESTALE_REUSED);
+      if (sockfsInode(dup) !== inode) throw new SysError("pidfd_getfd", ESTALE_REUSED);
       return fn(dup);
     } finally {
       close(dup);

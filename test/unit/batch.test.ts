@@ -2,11 +2,12 @@
  * The per-fd work of tcpka enable that two threads share (src/enforce/batch.ts, src/enforce/helper.ts), on this
  * process's own fds and on loopback connections it makes: the results are the same whichever thread did a
  * chunk, a helper that dies part-way loses nothing, and the apply phase changes exactly the sockets it was
- * given, telling a reused or closed fd from a changed one.
+ * given, telling a reused or closed fd from a changed one (also when what now sits at the fd number has the
+ * listed inode number but is no socket).
  */
 import assert from "node:assert/strict";
 import { once } from "node:events";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { closeSync, fstatSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -17,6 +18,9 @@ import { HelperThread } from "../../src/enforce/helper.js";
 import { SOCKOPTS } from "../../src/inspect/exact.js";
 import { socketFds } from "../../src/inspect/owners.js";
 import { getsockoptInt } from "../../src/sys/libc.js";
+
+/** include/uapi/asm-generic/fcntl.h (x86_64 and arm64 alike); node:fs does not export it. */
+const O_PATH = 0o10000000;
 
 /** This namespace's defaults, which a socket that never set an option reads. */
 const sysctl = (name: string) => Number(readFileSync(`/proc/sys/net/ipv4/tcp_keepalive_${name}`, "utf8"));
@@ -219,6 +223,40 @@ describe("apply phase", () => {
     const gone = outcomes[targets.length + 1];
     assert.equal(gone?.result, "gone");
     assert.equal(gone?.result === "gone" && gone.error.errnoName, "EBADF");
+  });
+
+  test("a duplicate with the listed inode number that is no sockfs socket is reported reused, never read", async () => {
+    // A regular file, and a Unix socket's file opened O_PATH (S_ISSOCK, but on this file system, not on sockfs),
+    // each listed with its own inode number, as if the fd had been a socket with that number when it was listed.
+    const file = join(dir, "plain");
+    writeFileSync(file, "");
+    const path = join(dir, "unix.sock");
+    const unix = net.createServer().listen(path);
+    await once(unix, "listening");
+    const fds = [openSync(file, "r"), openSync(path, O_PATH)];
+    try {
+      const p = applyPhase(
+        fds.map(() => process.pid),
+        fds,
+        fds.map((fd) => fstatSync(fd).ino),
+        PLAN,
+        false,
+      );
+      await new HelperThread().run(p);
+      const reader = new OutcomeReader(PLAN);
+      for (const i of fds.keys()) {
+        const o = reader.read(p, i);
+        assert.equal(o.result, "gone", JSON.stringify(o));
+        assert.equal(
+          o.result === "gone" && `${o.error.syscall} ${o.error.errnoName}`,
+          "pidfd_getfd ESTALE",
+          "refused as a reused fd before any getsockopt",
+        );
+      }
+    } finally {
+      for (const fd of fds) closeSync(fd);
+      unix.close();
+    }
   });
 
   test("a dry run reads and plans, and changes nothing", async () => {
