@@ -2,6 +2,9 @@
  * pidfd_open(2) and pidfd_getfd(2): reach the sockets of another process. No glibc wrappers exist, so both go
  * through syscall(2). pidfd_getfd needs PTRACE_MODE_ATTACH_REALCREDS over the target (same real uid and a dumpable
  * target, or CAP_SYS_PTRACE); the duplicate is the same open file description and is created O_CLOEXEC.
+ * Duplicating is not invisible to the target: pidfd_getfd installs the duplicate with receive_fd(), whose
+ * __receive_sock() sets the socket's net_cls classid and net_prio index to the caller's cgroup
+ * (sock_update_classid, sock_update_netprioidx), and the socket keeps them. README.md says what that means.
  */
 import { ESTALE_REUSED, SYS_pidfd_getfd, SYS_pidfd_open } from "./constants.js";
 import { close, SysError, sockfsInode, syscall } from "./libc.js";
