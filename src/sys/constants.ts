@@ -38,6 +38,9 @@ export const MAX_TCP_KEEPCNT = 127;
 // TCP_USER_TIMEOUT is an int of milliseconds; negative values give EINVAL (do_tcp_setsockopt).
 export const MAX_TCP_USER_TIMEOUT_MS = 2 ** 31 - 1;
 
+// include/uapi/asm-generic/fcntl.h (x86_64 and arm64 alike); node:fs does not export it
+export const O_PATH = 0o10000000;
+
 // include/uapi/linux/stat.h
 export const S_IFMT = 0o170000;
 export const S_IFSOCK = 0o140000;

@@ -17,10 +17,8 @@ import { applyPhase, chunks, linksPhase, OutcomeReader, type Phase, type PlanSpe
 import { HelperThread } from "../../src/enforce/helper.js";
 import { SOCKOPTS } from "../../src/inspect/exact.js";
 import { socketFds } from "../../src/inspect/owners.js";
+import { O_PATH } from "../../src/sys/constants.js";
 import { getsockoptInt } from "../../src/sys/libc.js";
-
-/** include/uapi/asm-generic/fcntl.h (x86_64 and arm64 alike); node:fs does not export it. */
-const O_PATH = 0o10000000;
 
 /** This namespace's defaults, which a socket that never set an option reads. */
 const sysctl = (name: string) => Number(readFileSync(`/proc/sys/net/ipv4/tcp_keepalive_${name}`, "utf8"));

@@ -10,12 +10,9 @@ import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
-import { SO_TYPE, SOCK_STREAM, SOL_SOCKET } from "../../src/sys/constants.js";
+import { O_PATH, SO_TYPE, SOCK_STREAM, SOL_SOCKET } from "../../src/sys/constants.js";
 import { getsockoptInt, SysError } from "../../src/sys/libc.js";
 import { SocketBorrower } from "../../src/sys/pidfd.js";
-
-/** include/uapi/asm-generic/fcntl.h (x86_64 and arm64 alike); node:fs does not export it. */
-const O_PATH = 0o10000000;
 
 test("with() refuses a duplicate that has the listed inode number but is no sockfs socket", async (t) => {
   const dir = mkdtempSync(join(tmpdir(), "tcpka-pidfd-"));
