@@ -31,7 +31,7 @@ import {
   str,
   strs,
 } from "./args.js";
-import { hostPort, type Out, paint, plural } from "./format.js";
+import { hostPort, type Out, paint, plural, processText } from "./format.js";
 
 const TARGETS_HELP = `Targets (one kind at least):
       --pid PID          this process (give it several times for several)
@@ -211,7 +211,7 @@ function changeText(c: Change): string {
 
 function lineFor(r: LiveResult, out: Out): string {
   const s = r.socket;
-  const where = `${s.comm}[${s.pid}] fd ${s.fd}  ${s.socket.state} ${hostPort(s.socket.localAddress, s.socket.localPort)}${
+  const where = `${processText(s.comm, s.pid)} fd ${s.fd}  ${s.socket.state} ${hostPort(s.socket.localAddress, s.socket.localPort)}${
     s.socket.state === "LISTEN" ? "" : ` -> ${hostPort(s.socket.peerAddress, s.socket.peerPort)}`
   }`;
   const o = r.outcome;

@@ -112,12 +112,17 @@ export function printable(text: string): string {
   });
 }
 
+/** "java[2203]": a process as people name it, its name made printable. */
+export function processText(comm: string, pid: number): string {
+  return `${printable(comm)}[${pid}]`;
+}
+
 /** "java[2203] fd 87", with "+N" when more processes share the socket. */
 export function ownerText(owners: readonly SocketOwner[]): string {
   const first = owners[0];
   if (!first) return "-";
   const more = owners.length > 1 ? ` +${owners.length - 1}` : "";
-  return `${first.comm}[${first.pid}] fd ${first.fd}${more}`;
+  return `${processText(first.comm, first.pid)} fd ${first.fd}${more}`;
 }
 
 export function plural(n: number, one: string, many = `${one}s`): string {
@@ -127,10 +132,11 @@ export function plural(n: number, one: string, many = `${one}s`): string {
 /** Print an error: `tcpka: message` and `hint: …` for expected failures; the exit code to use. */
 export function reportError(e: unknown): number {
   if (e instanceof TcpkaError) {
-    // A message may quote what another process chose (a process or cgroup name): escaped, line by line.
-    const lines = (t: string) => t.split("\n").map(printable).join("\n");
-    let text = `tcpka: ${lines(e.message)}\n`;
-    if (e.hint) text += `hint: ${lines(e.hint)}\n`;
+    // A message may quote what another process chose (a process or cgroup name): escaped. A message is one
+    // line, so a newline in it came from such a name and is escaped too; a hint may have lines of its own (the
+    // verifier's log), each escaped.
+    let text = `tcpka: ${printable(e.message)}\n`;
+    if (e.hint) text += `hint: ${e.hint.split("\n").map(printable).join("\n")}\n`;
     process.stderr.write(text);
     return e.exitCode;
   }

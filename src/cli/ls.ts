@@ -8,7 +8,7 @@ import { type Connection, type Inspection, type InspectOptions, inspect, inspect
 import { readSystemDefaults } from "../inspect/sysctl.js";
 import { formatMs, formatSeconds } from "../settings.js";
 import { bool, FILTER_HELP, FILTER_OPTIONS, filterFrom, parse, str } from "./args.js";
-import { hostPort, type Out, ownerText, paint, plural, table } from "./format.js";
+import { hostPort, type Out, ownerText, paint, plural, printable, table } from "./format.js";
 
 export const LS_HELP = `Usage: tcpka ls [filters] [--json]
 
@@ -208,7 +208,7 @@ function writeFooter(r: Inspection, out: Out): void {
   }
   let line = `${plural(sum.total, "socket")}: ${sum.keepaliveOn} with keepalive, ${sum.keepaliveOff} without`;
   if (sum.offOwners.size)
-    line += ` (${[...sum.offOwners.keys()].slice(0, 5).join(", ")}${sum.offOwners.size > 5 ? ", …" : ""})`;
+    line += ` (${[...sum.offOwners.keys()].slice(0, 5).map(printable).join(", ")}${sum.offOwners.size > 5 ? ", …" : ""})`;
   if (sum.unknown) line += `, ${sum.unknown} unknown`;
   out.write(`${line}\n`);
   if (sum.worstDeadPeer === Number.POSITIVE_INFINITY) {

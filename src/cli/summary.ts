@@ -6,7 +6,7 @@
 import { DEFAULT_FILTER } from "../filter.js";
 import { inspect } from "../inspect/connections.js";
 import { formatSeconds } from "../settings.js";
-import { hostPort, type Out, paint, table } from "./format.js";
+import { hostPort, type Out, paint, printable, table } from "./format.js";
 import { summarize, writeExactHint } from "./ls.js";
 
 export function runSummary(out: Out): number {
@@ -60,7 +60,7 @@ export function runSummary(out: Out): number {
     }
     const rows = [...groups.values()]
       .sort((a, b) => b.peers.length - a.peers.length)
-      .map((g) => [g.comm, g.pid, String(g.peers.length), peerSummary(g.peers)]);
+      .map((g) => [printable(g.comm), g.pid, String(g.peers.length), peerSummary(g.peers)]);
     out.write("\nWithout keepalive:\n");
     table(["PROCESS", "PID", "CONNS", "PEERS"], rows, out, "  ");
     const top = [...groups.values()].find((g) => g.pid !== "?");

@@ -61,10 +61,13 @@ export function processOf(pid: number): number {
   }
 }
 
-/** The command name of a process (/proc/PID/comm), or "?" once it has exited. */
+/**
+ * The command name of a process (/proc/PID/comm), exactly as the process set it (proc_task_name() adds one
+ * newline; a name may end in spaces or hold a newline of its own), or "?" once it has exited.
+ */
 export function commOf(pid: number): string {
   try {
-    return readFileSync(`/proc/${pid}/comm`, "utf8").trimEnd();
+    return readFileSync(`/proc/${pid}/comm`, "utf8").replace(/\n$/, "");
   } catch {
     return "?";
   }
