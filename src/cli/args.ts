@@ -4,9 +4,9 @@
  * share: socket filters.
  */
 import { type ParseArgsConfig, parseArgs } from "node:util";
-import { usage } from "../errors.js";
+import { TcpkaError, usage } from "../errors.js";
 import { DEFAULT_FILTER, parseCidr, parsePid, parsePorts, parseStates, type SocketFilter } from "../filter.js";
-import { processExists } from "../inspect/owners.js";
+import { commOf, processExists } from "../inspect/owners.js";
 import { ALL_STATES, stateMask } from "../inspect/sockets.js";
 import { type KeepAliveSettings, parseCount, parseIdle, parseInterval, parseUserTimeout } from "../settings.js";
 
@@ -132,6 +132,21 @@ export function filterFrom(v: Values): SocketFilter {
     comms: strs(v, "comm"),
     noKeepalive: bool(v, "no-keepalive"),
   };
+}
+
+/** The error for target processes whose sockets this user may not reach: the first three named. */
+export function permissionError(pids: readonly number[]): TcpkaError {
+  let who = pids
+    .slice(0, 3)
+    .map((p) => `${commOf(p)}[${p}]`)
+    .join(", ");
+  if (pids.length > 3) who += ` and ${pids.length - 3} more`;
+  return new TcpkaError("permission", `cannot reach the sockets of ${who}: permission denied`, {
+    hint:
+      process.geteuid?.() === 0
+        ? "a security module (Yama ptrace_scope, SELinux, AppArmor) forbids it"
+        : "run as root, or give tcpka CAP_SYS_PTRACE",
+  });
 }
 
 /**

@@ -25,6 +25,7 @@ import {
   filterHelp,
   type Options,
   parse,
+  permissionError,
   SETTINGS_HELP,
   SETTINGS_OPTIONS,
   settingsFrom,
@@ -247,19 +248,6 @@ function resultJson(r: LiveResult): Record<string, unknown> {
     changes: o.changes.map((c) => ({ option: c.option, from: c.from, to: c.to })),
     ...("error" in o ? { error: o.error.errnoName, message: o.error.message } : {}),
   };
-}
-
-function permissionError(pids: readonly number[]): TcpkaError {
-  const who = pids
-    .slice(0, 3)
-    .map((p) => `${commOf(p)}[${p}]`)
-    .join(", ");
-  return new TcpkaError("permission", `cannot reach the sockets of ${who}: permission denied`, {
-    hint:
-      process.geteuid?.() === 0
-        ? "a security module (Yama ptrace_scope, SELinux, AppArmor) forbids it"
-        : "run as root, or give tcpka CAP_SYS_PTRACE",
-  });
 }
 
 export interface LiveOptions {

@@ -4,10 +4,18 @@
 import { geteuid } from "node:process";
 import { usage } from "../errors.js";
 import type { SocketFilter } from "../filter.js";
-import { type Connection, type Inspection, type InspectOptions, inspect, inspectEach } from "../inspect/connections.js";
+import {
+  type Connection,
+  type Inspection,
+  type InspectionInfo,
+  type InspectOptions,
+  inspect,
+  inspectEach,
+} from "../inspect/connections.js";
+import { commOf } from "../inspect/owners.js";
 import { readSystemDefaults } from "../inspect/sysctl.js";
 import { formatMs, formatSeconds } from "../settings.js";
-import { bool, FILTER_HELP, FILTER_OPTIONS, filterFrom, parse, str } from "./args.js";
+import { bool, FILTER_HELP, FILTER_OPTIONS, filterFrom, parse, permissionError, str } from "./args.js";
 import { hostPort, type Out, ownerText, paint, plural, printable, table } from "./format.js";
 
 export const LS_HELP = `Usage: tcpka ls [filters] [--json]
@@ -51,9 +59,25 @@ export function runLs(argv: readonly string[], out: Out): number {
   }
   const filter = filterFrom(values);
   const opts: InspectOptions = { via, processes: !bool(values, "no-process") };
-  if (bool(values, "json")) writeJson(filter, opts, out);
-  else writeTable(inspect(filter, opts), out);
+  let denied: number[];
+  if (bool(values, "json")) denied = deniedTargets(filter, writeJson(filter, opts, out));
+  else {
+    const r = inspect(filter, opts);
+    denied = deniedTargets(filter, r);
+    writeTable(r, out, denied.length > 0);
+  }
+  // What was asked for by process could not all be read: not "no TCP sockets match", and not exit 0.
+  if (denied.length) throw permissionError(denied);
   return 0;
+}
+
+/** The processes named by --pid or --comm whose fds this user may not read (/proc/PID/comm is world-readable). */
+function deniedTargets(filter: SocketFilter, info: InspectionInfo): number[] {
+  if (!filter.pids.length && !filter.comms.length) return [];
+  const comms = new Set(filter.comms);
+  return info.unreadablePids.filter(
+    (p) => (!filter.pids.length || filter.pids.includes(p)) && (!comms.size || comms.has(commOf(p))),
+  );
 }
 
 /**
@@ -120,7 +144,7 @@ export function summarize(conns: readonly Connection[]): Summary {
 }
 
 /** Stream the JSON: each connection is written as soon as it is known and not kept. */
-function writeJson(filter: SocketFilter, opts: InspectOptions, out: Out): void {
+function writeJson(filter: SocketFilter, opts: InspectOptions, out: Out): InspectionInfo {
   const d = readSystemDefaults();
   out.write(`{"defaults":{"idle_s":${d.idle},"interval_s":${d.interval},"count":${d.count}},\n"connections":[`);
   const sum = emptySummary();
@@ -140,6 +164,7 @@ function writeJson(filter: SocketFilter, opts: InspectOptions, out: Out): void {
     unreadable_pids: info.unreadablePids.length,
   };
   out.write(`\n],\n"summary":${JSON.stringify(summary)}}\n`);
+  return info;
 }
 
 function keepaliveCell(c: Connection, out: Out): string {
@@ -166,7 +191,8 @@ function deadPeerCell(c: Connection, out: Out): string {
   return formatSeconds(c.deadPeerAfter);
 }
 
-function writeTable(r: Inspection, out: Out): void {
+/** The table and its footer; `denied`: some targets could not be read, which is said instead of "no match". */
+function writeTable(r: Inspection, out: Out, denied: boolean): void {
   const rows = r.connections.map((c) => {
     const s = c.socket;
     const e = c.settings;
@@ -197,13 +223,13 @@ function writeTable(r: Inspection, out: Out): void {
     "PROCESS",
   ];
   if (rows.length) table(header, rows, out);
-  writeFooter(r, out);
+  writeFooter(r, out, denied);
 }
 
-function writeFooter(r: Inspection, out: Out): void {
+function writeFooter(r: Inspection, out: Out, denied: boolean): void {
   const sum = summarize(r.connections);
   if (sum.total === 0) {
-    out.write("no TCP sockets match\n");
+    if (!denied) out.write("no TCP sockets match\n");
     return;
   }
   let line = `${plural(sum.total, "socket")}: ${sum.keepaliveOn} with keepalive, ${sum.keepaliveOff} without`;

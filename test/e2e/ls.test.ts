@@ -418,3 +418,23 @@ test("without root, ls falls back to the timer hint and says how to get exact an
   assert.equal(r.status, 0, r.stderr);
   assert.match(r.stdout, /^.*marked '\?'.*run as root.*$/m);
 });
+
+test("without root, ls --pid and --comm for another user's process say it could not be read, exit 1", async (t) => {
+  if (!needs(t, NEEDS)) return;
+  const f = await lab();
+  const cases: [string[], number][] = [
+    [["--pid", String(f.python.pid)], f.python.pid],
+    [["--comm", "tcpka-holder"], f.holder.pid],
+    [["--comm", "tcpka-holder", "--json"], f.holder.pid],
+  ];
+  for (const [args, pid] of cases) {
+    const r = f.ns.tcpka(["ls", ...args], { user: NOBODY });
+    assert.equal(r.status, 1, `ls ${args.join(" ")}: ${r.stdout} ${r.stderr}`);
+    assert.match(r.stderr, new RegExp(`^tcpka: cannot reach the sockets of [^\\n]*\\[${pid}\\]: permission denied\\n`));
+    assert.match(r.stderr, /^hint: run as root/m);
+    assert.doesNotMatch(r.stdout, /no TCP sockets match/);
+  }
+  // A name that no process has is still an empty answer, not an error.
+  const none = f.ns.tcpka(["ls", "--comm", "no-such-name"], { user: NOBODY });
+  assert.deepEqual([none.status, none.stdout], [0, "no TCP sockets match\n"]);
+});
