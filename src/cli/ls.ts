@@ -13,6 +13,7 @@ import {
   inspectEach,
 } from "../inspect/connections.js";
 import { commOf } from "../inspect/owners.js";
+import type { TcpStateName } from "../inspect/sockets.js";
 import { readSystemDefaults } from "../inspect/sysctl.js";
 import { formatMs, formatSeconds } from "../settings.js";
 import { bool, FILTER_HELP, FILTER_OPTIONS, filterFrom, parse, permissionError, str } from "./args.js";
@@ -104,30 +105,67 @@ export function connectionJsonText(c: Connection): string {
   );
 }
 
+/**
+ * What the listed sockets mean, by state. Only established connections are at risk: keepalive is what notices
+ * their peer vanishing. A listener has no peer; its keepalive is what the connections it accepts inherit
+ * (sk_clone_lock copies SO_KEEPALIVE and the TCP_KEEP* values). Every other state is a connection opening or
+ * closing (TIME-WAIT is a mini-socket without options, inet_timewait_sock): not counted as without keepalive.
+ */
 export interface Summary {
+  /** Every socket listed. */
   total: number;
+  established: number;
+  /** Established connections with keepalive on, off, and not known (a retransmission hides the timer). */
   keepaliveOn: number;
   keepaliveOff: number;
   unknown: number;
-  /** Owners of the sockets without keepalive: "comm[pid]" -> count. */
+  listening: number;
+  listeningOn: number;
+  listeningOff: number;
+  /** Every socket listed, by state. */
+  states: Map<TcpStateName, number>;
+  /** Owners of the established connections without keepalive: "comm[pid]" -> count. */
   offOwners: Map<string, number>;
-  /** Longest known detection time in seconds, or Infinity when some connection never notices. */
+  /** Longest known detection time of an established connection in seconds; Infinity when one never notices. */
   worstDeadPeer: number | null;
   exact: number;
 }
 
 export function emptySummary(): Summary {
-  return { total: 0, keepaliveOn: 0, keepaliveOff: 0, unknown: 0, offOwners: new Map(), worstDeadPeer: null, exact: 0 };
+  return {
+    total: 0,
+    established: 0,
+    keepaliveOn: 0,
+    keepaliveOff: 0,
+    unknown: 0,
+    listening: 0,
+    listeningOn: 0,
+    listeningOff: 0,
+    states: new Map(),
+    offOwners: new Map(),
+    worstDeadPeer: null,
+    exact: 0,
+  };
 }
 
 /** Count one connection into a summary. */
 export function addToSummary(sum: Summary, c: Connection): void {
+  const state = c.socket.state;
   sum.total++;
+  sum.states.set(state, (sum.states.get(state) ?? 0) + 1);
   if (c.source === "exact") sum.exact++;
+  if (state === "LISTEN") {
+    sum.listening++;
+    if (c.keepalive === true) sum.listeningOn++;
+    else if (c.keepalive === false) sum.listeningOff++;
+    return;
+  }
+  if (state !== "ESTAB") return;
+  sum.established++;
   if (c.keepalive === true) sum.keepaliveOn++;
   else if (c.keepalive === false) sum.keepaliveOff++;
   else sum.unknown++;
-  if (c.keepalive === false && c.socket.state !== "LISTEN") {
+  if (c.keepalive === false) {
     sum.worstDeadPeer = Number.POSITIVE_INFINITY;
     const o = c.owners[0];
     const key = o ? `${o.comm}[${o.pid}]` : "owner not visible";
@@ -154,9 +192,14 @@ function writeJson(filter: SocketFilter, opts: InspectOptions, out: Out): Inspec
   });
   const summary = {
     connections: sum.total,
+    states: Object.fromEntries(sum.states),
+    established: sum.established,
     keepalive_on: sum.keepaliveOn,
     keepalive_off: sum.keepaliveOff,
     keepalive_unknown: sum.unknown,
+    listening: sum.listening,
+    listening_keepalive_on: sum.listeningOn,
+    listening_keepalive_off: sum.listeningOff,
     exact: sum.exact,
     worst_dead_peer_after_s: sum.worstDeadPeer === Number.POSITIVE_INFINITY ? null : sum.worstDeadPeer,
     some_never_detect_dead_peer: sum.worstDeadPeer === Number.POSITIVE_INFINITY,
@@ -168,6 +211,7 @@ function writeJson(filter: SocketFilter, opts: InspectOptions, out: Out): Inspec
 }
 
 function keepaliveCell(c: Connection, out: Out): string {
+  if (c.socket.state === "TIME-WAIT") return "-"; // a mini-socket without options (inet_timewait_sock)
   const mark = c.source === "timer" ? "?" : "";
   if (c.keepalive === true) return paint(out, "green", `on${mark}`);
   if (c.keepalive === false) return paint(out, "red", `off${mark}`);
@@ -185,6 +229,7 @@ function nextProbeCell(c: Connection): string {
 }
 
 function deadPeerCell(c: Connection, out: Out): string {
+  if (c.socket.state === "TIME-WAIT") return "-";
   if (c.keepalive === false)
     return c.socket.state === "LISTEN" ? "-" : paint(out, "red", c.source === "timer" ? "never?" : "never");
   if (c.deadPeerAfter === null) return "?";
@@ -232,11 +277,20 @@ function writeFooter(r: Inspection, out: Out, denied: boolean): void {
     if (!denied) out.write("no TCP sockets match\n");
     return;
   }
-  let line = `${plural(sum.total, "socket")}: ${sum.keepaliveOn} with keepalive, ${sum.keepaliveOff} without`;
-  if (sum.offOwners.size)
-    line += ` (${[...sum.offOwners.keys()].slice(0, 5).map(printable).join(", ")}${sum.offOwners.size > 5 ? ", …" : ""})`;
-  if (sum.unknown) line += `, ${sum.unknown} unknown`;
-  out.write(`${line}\n`);
+  if (sum.established) {
+    let line = `${plural(sum.established, "connection")}: ${sum.keepaliveOn} with keepalive, ${sum.keepaliveOff} without`;
+    const owners = [...sum.offOwners.keys()];
+    if (owners.length) line += ` (${owners.slice(0, 5).map(printable).join(", ")}${owners.length > 5 ? ", …" : ""})`;
+    if (sum.unknown) line += `, ${sum.unknown} unknown`;
+    out.write(`${line}\n`);
+  }
+  if (sum.listening) out.write(`${listeningText(sum)}\n`);
+  const others = [...sum.states].filter(([state]) => state !== "ESTAB" && state !== "LISTEN");
+  if (others.length) {
+    const n = others.reduce((a, [, k]) => a + k, 0);
+    const which = others.map(([state, k]) => `${k} ${state}`).join(", ");
+    out.write(`${plural(n, "socket")} opening or closing (${which}): not counted as connections\n`);
+  }
   if (sum.worstDeadPeer === Number.POSITIVE_INFINITY) {
     out.write(
       `${paint(out, "red", "a dead peer is never noticed")} on ${plural(sum.keepaliveOff, "connection")} without keepalive\n`,
@@ -244,7 +298,17 @@ function writeFooter(r: Inspection, out: Out, denied: boolean): void {
   } else if (sum.worstDeadPeer !== null) {
     out.write(`a dead peer is noticed after at most ${formatSeconds(sum.worstDeadPeer)}\n`);
   }
-  writeExactHint(r, sum.total - sum.exact, out);
+  // A TIME-WAIT socket has no owner and no options: it can never be read exactly.
+  writeExactHint(r, sum.total - sum.exact - (sum.states.get("TIME-WAIT") ?? 0), out);
+}
+
+/** The listeners' keepalive: what the connections they accept start with. */
+function listeningText(sum: Summary): string {
+  const unknown = sum.listening - sum.listeningOn - sum.listeningOff;
+  return (
+    `${plural(sum.listening, "listening socket")}: ${sum.listeningOn} with keepalive, ${sum.listeningOff} without` +
+    `${unknown ? `, ${unknown} unknown` : ""}; accepted connections inherit their listener's`
+  );
 }
 
 /** One line on how to get exact answers, when some came from the timer only. */

@@ -22,10 +22,10 @@ export function runSummary(out: Out): number {
   const r = inspect(DEFAULT_FILTER);
   const conns = r.connections;
   const sum = summarize(conns);
-  out.write(`${plural(sum.total, "established TCP connection")} in this network namespace\n`);
-  if (sum.total === 0) return 0;
+  out.write(`${plural(sum.established, "established TCP connection")} in this network namespace\n`);
+  if (sum.established === 0) return 0;
 
-  const w = String(sum.total).length;
+  const w = String(sum.established).length;
   const row = (label: string, n: number, text: string) =>
     out.write(`  ${label.padEnd(15)}${String(n).padStart(w)}   ${text}`.trimEnd() + "\n");
   row("keepalive on", sum.keepaliveOn, detection(conns, r.defaults));

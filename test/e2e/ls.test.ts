@@ -438,3 +438,60 @@ test("without root, ls --pid and --comm for another user's process say it could 
   const none = f.ns.tcpka(["ls", "--comm", "no-such-name"], { user: NOBODY });
   assert.deepEqual([none.status, none.stdout], [0, "no TCP sockets match\n"]);
 });
+
+/** One established connection with keepalive on one end, a listener without, and one socket in each closing state. */
+const PY_STATES = `
+import socket, sys
+srv = socket.socket(); srv.bind(("127.0.0.1", 7010)); srv.listen()
+on = socket.socket(); on.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1); on.connect(("127.0.0.1", 7010))
+accepted = srv.accept()[0]
+closing = socket.create_connection(("127.0.0.1", 7010)); close_wait = srv.accept()[0]
+closing.close()  # this end: FIN-WAIT-2 (orphaned), the accepted end: CLOSE-WAIT
+done = socket.create_connection(("127.0.0.1", 7010)); active = srv.accept()[0]
+active.close(); done.close()  # the end that closed first: TIME-WAIT
+print("ready", flush=True)
+sys.stdin.readline()
+`;
+
+test("ls -a counts each state for what it means: only established connections can lack keepalive", async (t) => {
+  if (!needs(t, NEEDS)) return;
+  const ns = Netns.create(t);
+  const p = ns.spawn(["python3", "-c", PY_STATES]);
+  assert.equal(await p.line(), "ready");
+
+  const r = ns.tcpka(["ls", "-a"]);
+  assert.equal(r.status, 0, r.stderr);
+  const comm = readFileSync(`/proc/${p.pid}/comm`, "utf8").trim();
+  const footer = r.stdout.split("\n").filter((l) => l && !/^[A-Z0-9-]+ {2}/.test(l));
+  assert.deepEqual(footer.slice(0, 2), [
+    `2 connections: 1 with keepalive, 1 without (${comm}[${p.pid}])`,
+    "1 listening socket: 0 with keepalive, 1 without; accepted connections inherit their listener's",
+  ]);
+  assert.match(footer[2]!, /^3 sockets opening or closing \((?=.*1 TIME-WAIT)(?=.*1 CLOSE-WAIT)(?=.*1 FIN-WAIT-2).*\)/);
+  assert.equal(footer[3], "a dead peer is never noticed on 1 connection without keepalive");
+  assert.equal(footer.length, 4, r.stdout);
+  const timeWait = r.stdout.split("\n").find((l) => l.startsWith("TIME-WAIT "));
+  assert.equal(timeWait?.split(/ {2,}/)[3], "-", "a TIME-WAIT socket has no keepalive to show");
+
+  const json = ns.tcpka(["ls", "-a", "--json"]);
+  assert.equal(json.status, 0, json.stderr);
+  const { summary } = JSON.parse(json.stdout) as { summary: Record<string, unknown> };
+  assert.deepEqual(
+    {
+      connections: summary.connections,
+      states: summary.states,
+      established: summary.established,
+      keepalive: [summary.keepalive_on, summary.keepalive_off, summary.keepalive_unknown],
+      listening: [summary.listening, summary.listening_keepalive_on, summary.listening_keepalive_off],
+      without_keepalive: summary.without_keepalive,
+    },
+    {
+      connections: 6,
+      states: { ESTAB: 2, LISTEN: 1, "TIME-WAIT": 1, "CLOSE-WAIT": 1, "FIN-WAIT-2": 1 },
+      established: 2,
+      keepalive: [1, 1, 0],
+      listening: [1, 0, 1],
+      without_keepalive: [{ process: `${comm}[${p.pid}]`, count: 1 }],
+    },
+  );
+});
