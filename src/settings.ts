@@ -52,18 +52,26 @@ export function parseDurationMs(text: string): number | undefined {
 
 /** Parse a duration the kernel counts in whole seconds (TCP_KEEPIDLE, TCP_KEEPINTVL), within [1, max]. */
 export function parseSeconds(flag: string, text: string, max: number): number {
-  const ms = parseDurationMs(text);
+  const { ms, negative } = signedDurationMs(text);
   if (ms === undefined) {
     throw invalid(`${label(flag, text)}: not a duration`, `use seconds or a unit: 75, 75s, 2m, 1h30m`);
   }
-  if (ms % 1000 !== 0) {
+  // The range first: a huge number is not "a fraction" because floating point lost its last digits.
+  const s = ms / 1000;
+  if (!negative && s <= max && ms % 1000 !== 0) {
     throw invalid(`${label(flag, text)}: the kernel counts keepalive ${what(flag)} in whole seconds (1 to ${max})`);
   }
-  const s = ms / 1000;
-  if (s < 1 || s > max) {
+  if (negative || s < 1 || s > max) {
     throw invalid(`${label(flag, text)}: out of range; the kernel accepts 1 to ${max} seconds (${formatSeconds(max)})`);
   }
   return s;
+}
+
+/** A duration that may carry a minus sign, so that "-1" is called out of range rather than not a duration. */
+function signedDurationMs(text: string): { ms: number | undefined; negative: boolean } {
+  const t = text.trim();
+  const negative = t.startsWith("-");
+  return { ms: parseDurationMs(negative ? t.slice(1) : t), negative };
 }
 
 /** "--idle 1.5s" or, for KEY=VALUE input, "idle=1.5s". */
@@ -85,7 +93,7 @@ export function parseInterval(text: string, flag = "--interval"): number {
 
 export function parseCount(text: string, flag = "--count"): number {
   const t = text.trim();
-  if (!/^\d+$/.test(t)) throw invalid(`${label(flag, text)}: not a whole number of probes`);
+  if (!/^-?\d+$/.test(t)) throw invalid(`${label(flag, text)}: not a whole number of probes`);
   const n = Number(t);
   if (n < 1 || n > MAX_TCP_KEEPCNT) {
     throw invalid(`${label(flag, text)}: out of range; the kernel accepts 1 to ${MAX_TCP_KEEPCNT} probes`);
@@ -95,12 +103,12 @@ export function parseCount(text: string, flag = "--count"): number {
 
 /** TCP_USER_TIMEOUT is in milliseconds; "0" turns it off. */
 export function parseUserTimeout(text: string, flag = "--user-timeout"): number {
-  const ms = parseDurationMs(text);
+  const { ms, negative } = signedDurationMs(text);
   if (ms === undefined) throw invalid(`${label(flag, text)}: not a duration`, "use 90s, 2m or 500ms; 0 turns it off");
+  if ((negative && ms > 0) || ms > MAX_TCP_USER_TIMEOUT_MS)
+    throw invalid(`${label(flag, text)}: out of range; 0 (off) to ${MAX_TCP_USER_TIMEOUT_MS} ms`);
   if (!Number.isInteger(ms))
     throw invalid(`${label(flag, text)}: the kernel counts the user timeout in whole milliseconds`);
-  if (ms > MAX_TCP_USER_TIMEOUT_MS)
-    throw invalid(`${label(flag, text)}: out of range; at most ${MAX_TCP_USER_TIMEOUT_MS} ms`);
   return ms;
 }
 

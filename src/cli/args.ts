@@ -19,14 +19,15 @@ export interface Parsed {
 }
 
 export function parse(command: string, argv: readonly string[], options: Options, allowPositionals = false): Parsed {
+  let parsed: Parsed;
   try {
     const { values, positionals } = parseArgs({
-      args: [...argv],
+      args: negativeValues(argv, options),
       options: { ...options, help: { type: "boolean", short: "h" } },
       allowPositionals,
       strict: true,
     });
-    return { values: values as Values, positionals };
+    parsed = { values: values as Values, positionals };
   } catch (e) {
     const err = e as { code?: string; message: string };
     const hint = `see: tcpka ${command} --help`;
@@ -46,6 +47,39 @@ export function parse(command: string, argv: readonly string[], options: Options
     }
     throw usage(`${command}: ${err.message}`, hint);
   }
+  // No option means anything with an empty value: say so, rather than match nothing or everything.
+  for (const [name, value] of Object.entries(parsed.values)) {
+    if (value === "" || (Array.isArray(value) && value.includes(""))) {
+      throw usage(`${command}: --${name} needs a value, not an empty string`, `see: tcpka ${command} --help`);
+    }
+  }
+  return parsed;
+}
+
+/**
+ * parseArgs takes "-1" after "--idle" for an option of its own and says that --idle needs a value. As getopt
+ * does, a flag that takes a value takes the next word when it looks like a negative number, so that the value's
+ * own check can say what is wrong with it ("--idle -1: out of range").
+ */
+function negativeValues(argv: readonly string[], options: Options): string[] {
+  const long = new Map<string, string>();
+  for (const [name, o] of Object.entries(options)) {
+    if (o.type !== "string") continue;
+    long.set(`--${name}`, name);
+    if (o.short) long.set(`-${o.short}`, name);
+  }
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i] as string;
+    if (a === "--") return out.concat(argv.slice(i));
+    const name = long.get(a);
+    const next = argv[i + 1];
+    if (name !== undefined && next !== undefined && /^-[\d.]/.test(next)) {
+      out.push(`--${name}=${next}`);
+      i++;
+    } else out.push(a);
+  }
+  return out;
 }
 
 export function str(v: Values, name: string): string | undefined {
@@ -129,9 +163,22 @@ export function filterFrom(v: Values): SocketFilter {
     dst: strs(v, "dst").map((c) => parseCidr("--dst", c)),
     src: strs(v, "src").map((c) => parseCidr("--src", c)),
     pids,
-    comms: strs(v, "comm"),
+    comms: strs(v, "comm").map(parseComm),
     noKeepalive: bool(v, "no-keepalive"),
   };
+}
+
+/**
+ * A process name for --comm. The kernel keeps at most 15 bytes of one (TASK_COMM_LEN is 16 with the NUL,
+ * __set_task_comm cuts the rest), so a longer name matches no process: refused, with the name it would have.
+ */
+export function parseComm(text: string): string {
+  const bytes = Buffer.from(text);
+  if (bytes.length <= 15) return text;
+  throw usage(
+    `--comm ${text}: longer than a process name can be; the kernel keeps the first 15 bytes`,
+    `use --comm ${bytes.subarray(0, 15).toString()}`,
+  );
 }
 
 /** The error for target processes whose sockets this user may not reach: the first three named. */

@@ -30,6 +30,16 @@ test("bad input is refused with exit code 2 and one line that names it", async (
     [["ls", "--dport", "70000"], /--dport 70000/],
     [["ls", "--pid", String(gone)], new RegExp(`--pid ${gone}: no such process`)],
     [["sysctl", "--set", "count=0"], /count=0/],
+    // A negative number is the value of the flag before it, and its own check words the error.
+    [["enable", "--pid", "1", "--idle", "-1", "--dry-run"], /^tcpka: --idle -1: out of range/],
+    [["enable", "--pid", "1", "--count", "-1", "--dry-run"], /^tcpka: --count -1: out of range/],
+    [["run", "--idle", "-1", "--", "true"], /^tcpka: --idle -1: out of range/],
+    [["enable", "--pid", "1", "--idle", `1${"0".repeat(23)}`, "--dry-run"], /^tcpka: --idle 10+: out of range/],
+    // Nothing that would match nothing, or everything, is taken silently.
+    [["ls", "--comm", ""], /^tcpka: ls: --comm needs a value, not an empty string$/],
+    [["enable", "--comm", "", "--dry-run"], /^tcpka: enable: --comm needs a value, not an empty string$/],
+    [["enable", "--cgroup", "", "--dry-run"], /^tcpka: enable: --cgroup needs a value, not an empty string$/],
+    [["ls", "--comm", "a-name-of-16-byt"], /^tcpka: --comm a-name-of-16-byt: longer than a process name can be/],
   ];
   for (const [args, message] of cases) {
     await t.test(`tcpka ${args.join(" ")}`, () => assertOneLineError(ns.tcpka(args), 2, message));
@@ -43,3 +53,4 @@ test("sysctl --set without root fails with exit code 1 and a permission message"
   assertOneLineError(ns.tcpka(["sysctl", "--set", "idle=60"], { user: NOBODY }), 1, /permission denied/);
   assert.equal(ns.sysctl("net.ipv4.tcp_keepalive_time"), "7200");
 });
+

@@ -71,6 +71,26 @@ describe("parse (command-line options)", () => {
     throwsExit2(() => parse("ls", ["--json", "-a", "--state"], OPTIONS), "usage", "ls: --state needs a value");
   });
 
+  test("a negative number after a flag that takes a value is its value, for the value's own check", () => {
+    const options = { ...OPTIONS, idle: { type: "string" }, count: { type: "string", short: "c" } } as const;
+    assert.deepEqual(
+      { ...parse("enable", ["--idle", "-1", "-c", "-5", "-4"], options).values },
+      {
+        idle: "-1",
+        count: "-5",
+        ipv4: true,
+      },
+    );
+    // Not after "--": that is the command's.
+    assert.deepEqual(parse("run", ["--", "--idle", "-1"], options, true).positionals, ["--idle", "-1"]);
+    throwsExit2(() => parse("ls", ["--dport", "--json"], OPTIONS), "usage", "ls: --dport needs a value");
+  });
+
+  test("an empty value is refused, whatever the option", () => {
+    throwsExit2(() => parse("ls", ["--comm", ""], OPTIONS), "usage", "ls: --comm needs a value, not an empty string");
+    throwsExit2(() => parse("ls", ["--dport=", "--dport", "1"], OPTIONS), "usage", /^ls: --dport needs a value, not/);
+  });
+
   test("a value given to a flag that takes none", () => {
     // Not "needs a value": the flag takes none (e.g. "ls: --json takes no value").
     throwsExit2(() => parse("ls", ["--json=yes"], OPTIONS), "usage", /^ls: --json (?!needs a value)/);

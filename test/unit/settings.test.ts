@@ -73,6 +73,14 @@ describe("parseIdle and parseInterval", () => {
     throwsExit2(() => parseInterval("9h6m8s"), "invalid", `--interval 9h6m8s: ${range}`);
   });
 
+  test("negative and huge values are out of range, not 'not a duration' or 'whole seconds'", () => {
+    const range = "out of range; the kernel accepts 1 to 32767 seconds (9h6m7s)";
+    throwsExit2(() => parseIdle("-1"), "invalid", `--idle -1: ${range}`);
+    throwsExit2(() => parseInterval("-1.5s"), "invalid", `--interval -1.5s: ${range}`);
+    throwsExit2(() => parseIdle("1".padEnd(24, "0")), "invalid", `--idle 1${"0".repeat(23)}: ${range}`);
+    throwsExit2(() => parseIdle("9".repeat(400)), "invalid", /^--idle 9+: out of range/);
+  });
+
   test("reject garbage", () => {
     throwsExit2(() => parseIdle("soon"), "invalid", "--idle soon: not a duration");
     throwsExit2(() => parseInterval(""), "invalid", "--interval : not a duration");
@@ -92,11 +100,13 @@ describe("parseCount", () => {
     ]);
   });
 
-  test("rejects 0, 128 and non-numbers", () => {
+  test("rejects 0, 128, negative numbers and non-numbers", () => {
     const range = "out of range; the kernel accepts 1 to 127 probes";
     throwsExit2(() => parseCount("0"), "invalid", `--count 0: ${range}`);
     throwsExit2(() => parseCount("128"), "invalid", `--count 128: ${range}`);
-    for (const bad of ["x", "1.5", "-1", ""]) {
+    throwsExit2(() => parseCount("-1"), "invalid", `--count -1: ${range}`);
+    throwsExit2(() => parseCount("1".padEnd(24, "0")), "invalid", `--count 1${"0".repeat(23)}: ${range}`);
+    for (const bad of ["x", "1.5", "-", ""]) {
       throwsExit2(() => parseCount(bad), "invalid", `--count ${bad}: not a whole number of probes`);
     }
   });
@@ -119,8 +129,10 @@ describe("parseUserTimeout", () => {
       "invalid",
       "--user-timeout 1.5ms: the kernel counts the user timeout in whole milliseconds",
     );
-    throwsExit2(() => parseUserTimeout("-1"), "invalid", "--user-timeout -1: not a duration");
-    throwsExit2(() => parseUserTimeout("25d"), "invalid", "--user-timeout 25d: out of range; at most 2147483647 ms");
+    const range = "out of range; 0 (off) to 2147483647 ms";
+    throwsExit2(() => parseUserTimeout("-1"), "invalid", `--user-timeout -1: ${range}`);
+    throwsExit2(() => parseUserTimeout("25d"), "invalid", `--user-timeout 25d: ${range}`);
+    throwsExit2(() => parseUserTimeout("soon"), "invalid", "--user-timeout soon: not a duration");
   });
 });
 
