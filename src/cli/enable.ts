@@ -7,7 +7,7 @@ import { type LiveResult, LiveSession } from "../enforce/live.js";
 import { TcpkaError, usage } from "../errors.js";
 import { addressMatcher, parsePid, type SocketFilter } from "../filter.js";
 import { pidsInCgroup, resolveCgroup } from "../inspect/cgroup.js";
-import { commOf, listPids, processExists, processOf } from "../inspect/owners.js";
+import { commOf, listPids, mayHoldSockets, processExists, processOf } from "../inspect/owners.js";
 import { stateMask, type TcpEndpoints } from "../inspect/sockets.js";
 import {
   type Change,
@@ -25,6 +25,7 @@ import {
   filterHelp,
   type Options,
   parse,
+  parseComm,
   permissionError,
   SETTINGS_HELP,
   SETTINGS_OPTIONS,
@@ -114,11 +115,13 @@ export function targetResolver(
   v: ReturnType<typeof parse>["values"],
   command = "enable",
 ): { pids: () => number[]; fixed: boolean } {
+  const all = bool(v, "all");
+  const others = ["pid", "comm", "cgroup"].filter((k) => strs(v, k).length);
+  if (all && others.length) throw usage(`--all means every process: give it without --${others.join(" or --")}`);
   // A thread id stands for its process: fds belong to the process.
   const pids = [...new Set(strs(v, "pid").map((p) => processOf(parsePid("--pid", p))))];
-  const comms = new Set(strs(v, "comm"));
+  const comms = new Set(strs(v, "comm").map(parseComm));
   const cgroups = strs(v, "cgroup").map((c) => resolveCgroup(c));
-  const all = bool(v, "all");
   if (!pids.length && !comms.size && !cgroups.length && !all) {
     throw usage("no target: give --pid, --comm, --cgroup or --all", `e.g. sudo tcpka ${command} --pid 2203`);
   }
@@ -126,9 +129,13 @@ export function targetResolver(
   const self = process.pid;
   const resolve = () => {
     const out = new Set<number>(pids.filter(processExists));
-    if (all) for (const p of listPids()) out.add(p);
-    else if (comms.size) for (const p of listPids()) if (comms.has(commOf(p))) out.add(p);
-    for (const dir of cgroups) for (const p of pidsInCgroup(dir)) out.add(p);
+    // What a search finds may be a kernel thread or a zombie: no sockets there, and as non-root not readable.
+    const add = (found: readonly number[]) => {
+      for (const p of found) if (mayHoldSockets(p)) out.add(p);
+    };
+    if (all) add(listPids());
+    else if (comms.size) add(listPids().filter((p) => comms.has(commOf(p))));
+    for (const dir of cgroups) add(pidsInCgroup(dir));
     out.delete(self);
     return [...out];
   };
@@ -289,6 +296,7 @@ export async function runLive(
   };
   const all: LiveResult[] = [];
   const unreadable = new Set<number>();
+  let reached = 0; // target processes whose fds could be read, summed over the rounds
   let stop = false;
   const onSignal = () => {
     stop = true;
@@ -302,6 +310,7 @@ export async function runLive(
       const pids = targets.pids();
       const round = await session.round(pids);
       for (const p of round.unreadable) unreadable.add(p);
+      reached += pids.length - round.unreadable.length;
       t.filtered += round.filtered;
       for (const pid of round.holders) t.processes.add(pid);
       tally(t, round.results);
@@ -333,12 +342,13 @@ export async function runLive(
     process.off("SIGTERM", onSignal);
   }
 
+  // Processes that could not be read are skipped, counted and make the exit code 1; but when nothing at all
+  // could be reached, the permission error says it in one line.
   const denied = [...unreadable];
   const eperm = t.errors.size > 0 && [...t.errors.keys()].every((k) => k.endsWith("EPERM"));
-  if (t.changed + t.unchanged === 0 && (denied.length > 0 || (eperm && t.failed > 0))) {
+  if (t.changed + t.unchanged === 0 && ((denied.length > 0 && reached === 0) || (eperm && t.failed > 0))) {
     throw permissionError(denied.length ? denied : [...t.processes]);
   }
-  t.failed += denied.length;
 
   if (o.json) {
     out.write(
@@ -361,7 +371,7 @@ export async function runLive(
   } else {
     writeSummary(t, o, denied, out);
   }
-  return t.failed > 0 ? 1 : 0;
+  return t.failed > 0 || denied.length > 0 ? 1 : 0;
 }
 
 function finite(x: number | null): number | null {
@@ -369,7 +379,7 @@ function finite(x: number | null): number | null {
 }
 
 function writeSummary(t: Tally, o: LiveOptions, denied: readonly number[], out: Out): void {
-  const total = t.changed + t.unchanged + t.gone + t.failed - denied.length;
+  const total = t.changed + t.unchanged + t.gone + t.failed;
   const verb = o.dryRun ? "would change" : "changed";
   const s = o.settings;
   const what = o.disable ? "keepalive off" : `keepalive on, ${s.idle}s / ${s.interval}s / ${s.count}`;

@@ -40,15 +40,32 @@ export function netnsOf(pid: number): string | undefined {
   }
 }
 
-/** A running process: /proc/PID exists and it is not a zombie (exited, not yet reaped) or dead. */
-export function processExists(pid: number): boolean {
+/** The fields of /proc/PID/stat after the name (state first); undefined once the process has gone. */
+function statFields(pid: number): string[] | undefined {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, "latin1");
-    const state = stat[stat.lastIndexOf(")") + 2]; // "PID (comm) S ...": comm may hold spaces and parentheses
-    return state !== "Z" && state !== "X";
+    return stat.slice(stat.lastIndexOf(")") + 2).split(" "); // "PID (comm) S ...": comm may hold spaces and ")"
   } catch {
-    return false;
+    return undefined;
   }
+}
+
+/** A running process: /proc/PID exists and it is not a zombie (exited, not yet reaped) or dead. */
+export function processExists(pid: number): boolean {
+  const state = statFields(pid)?.[0];
+  return state !== undefined && state !== "Z" && state !== "X";
+}
+
+/** PF_KTHREAD (include/linux/sched.h) in the flags field of /proc/PID/stat. */
+const PF_KTHREAD = 0x00200000;
+
+/**
+ * A process that may hold sockets: running, and not a kernel thread (which opens no fds: /proc/PID/fd is
+ * empty, and closed to other users than root).
+ */
+export function mayHoldSockets(pid: number): boolean {
+  const f = statFields(pid);
+  return f !== undefined && f[0] !== "Z" && f[0] !== "X" && (Number(f[6]) & PF_KTHREAD) === 0;
 }
 
 /** The process a thread id belongs to (its thread group id); the pid itself for a process. */

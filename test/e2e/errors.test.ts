@@ -5,8 +5,10 @@
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { after, test } from "node:test";
 import { needs } from "../helpers/env.js";
+import { python3 } from "../helpers/lab.js";
 import { Netns, NOBODY, type Result } from "../helpers/netns.js";
 
 after(() => Netns.destroyAll());
@@ -36,10 +38,13 @@ test("bad input is refused with exit code 2 and one line that names it", async (
     [["run", "--idle", "-1", "--", "true"], /^tcpka: --idle -1: out of range/],
     [["enable", "--pid", "1", "--idle", `1${"0".repeat(23)}`, "--dry-run"], /^tcpka: --idle 10+: out of range/],
     // Nothing that would match nothing, or everything, is taken silently.
+    [["enable", "--all", "--pid", "1", "--dry-run"], /^tcpka: --all means every process: give it without --pid$/],
+    [["enable", "--all", "--comm", "sshd", "--dry-run"], /^tcpka: --all means every process/],
     [["ls", "--comm", ""], /^tcpka: ls: --comm needs a value, not an empty string$/],
     [["enable", "--comm", "", "--dry-run"], /^tcpka: enable: --comm needs a value, not an empty string$/],
     [["enable", "--cgroup", "", "--dry-run"], /^tcpka: enable: --cgroup needs a value, not an empty string$/],
     [["ls", "--comm", "a-name-of-16-byt"], /^tcpka: --comm a-name-of-16-byt: longer than a process name can be/],
+    [["enable", "--comm", "a-name-of-16-byt", "--dry-run"], /^tcpka: --comm a-name-of-16-byt: longer/],
   ];
   for (const [args, message] of cases) {
     await t.test(`tcpka ${args.join(" ")}`, () => assertOneLineError(ns.tcpka(args), 2, message));
@@ -54,3 +59,49 @@ test("sysctl --set without root fails with exit code 1 and a permission message"
   assert.equal(ns.sysctl("net.ipv4.tcp_keepalive_time"), "7200");
 });
 
+const HOLDER = `
+import socket, sys
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen()
+c = socket.create_connection(srv.getsockname()); a = srv.accept()[0]
+print("ready", flush=True)
+sys.stdin.readline()
+`;
+
+/** PF_KTHREAD in the flags of /proc/PID/stat; false once the process has gone. */
+function isKernelThread(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "latin1");
+    return (Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[6]) & 0x00200000) !== 0;
+  } catch {
+    return false;
+  }
+}
+
+test("enable --all without root does its own processes, skips kernel threads, counts the rest, exits 1", async (t) => {
+  if (!needs(t, { root: true, tools: ["ip", "setpriv", "python3"] })) return;
+  const ns = Netns.create(t);
+  const own = ns.spawn([python3(), "-c", HOLDER], { user: NOBODY });
+  assert.equal(await own.line(), "ready");
+
+  const r = ns.tcpka(["enable", "--all", "--dry-run", "--json"], { user: NOBODY });
+  assert.equal(r.status, 1, `some processes could not be read: ${r.stderr}`);
+  const out = JSON.parse(r.stdout) as {
+    sockets: { pid: number; result: string }[];
+    summary: { failed: number; unreadable_pids: number[] };
+  };
+  assert.deepEqual(
+    out.sockets.filter((s) => s.pid === own.pid).map((s) => s.result),
+    ["would change", "would change", "would change"],
+    "its own listener and connection",
+  );
+  assert.equal(out.summary.failed, 0, "no socket failed");
+  assert.ok(out.summary.unreadable_pids.includes(process.pid), "root's processes are counted as not read");
+  const kthreads = out.summary.unreadable_pids.filter(isKernelThread);
+  assert.deepEqual(kthreads, [], "kernel threads hold no sockets: not counted");
+
+  const human = ns.tcpka(["enable", "--all", "--dry-run", "-q"], { user: NOBODY });
+  assert.equal(human.status, 1, human.stderr);
+  assert.equal(human.stderr, "");
+  assert.match(human.stdout, /^ {2}\d+ process(es)? could not be read: run as root/m);
+  assert.match(human.stdout, /^ {2}failed +0$/m);
+});
