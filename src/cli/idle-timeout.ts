@@ -221,6 +221,7 @@ function connectError(e: NodeJS.ErrnoException, host: string, port: number): Tcp
     case "EAI_AGAIN":
       return new TcpkaError("not-found", `cannot resolve ${host}`, {
         hint: "check the host name, or give an IP address",
+        exitCode: 1, // the name is well formed: its lookup failed
       });
     default:
       return new TcpkaError("system", `cannot connect to ${target}: ${e.code ?? e.message}`, {
@@ -542,6 +543,7 @@ async function resolve(host: string): Promise<string> {
     if (code === "ENOTFOUND") {
       throw new TcpkaError("not-found", `cannot resolve ${host}: no such host`, {
         hint: "check the host name, or give an IP address",
+        exitCode: 1, // the name is well formed: its lookup failed
       });
     }
     throw new TcpkaError(

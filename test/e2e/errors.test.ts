@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from "node:fs";
 import { after, test } from "node:test";
 import { needs } from "../helpers/env.js";
 import { python3 } from "../helpers/lab.js";
@@ -57,6 +57,44 @@ test("sysctl --set without root fails with exit code 1 and a permission message"
   const ns = Netns.create(t);
   assertOneLineError(ns.tcpka(["sysctl", "--set", "idle=60"], { user: NOBODY }), 1, /permission denied/);
   assert.equal(ns.sysctl("net.ipv4.tcp_keepalive_time"), "7200");
+});
+
+/** A name server that answers every query with NXDOMAIN (RCODE 3), the question echoed. */
+const NXDOMAIN = `
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 53))
+print("ready", flush=True)
+while True:
+    q, peer = s.recvfrom(4096)
+    end = 12
+    while q[end]:
+        end += q[end] + 1
+    s.sendto(q[:2] + bytes([0x81, 0x83]) + q[4:6] + bytes(6) + q[12:end + 5], peer)
+`;
+
+test("idle-timeout to a host that does not resolve fails with exit code 1: not bad usage", async (t) => {
+  if (!needs(t, { root: true, tools: ["ip", "python3"] })) return;
+  const ns = Netns.create(t);
+  // `ip netns exec` mounts /etc/netns/NAME/resolv.conf over /etc/resolv.conf: the local server answers.
+  const madeParent = !existsSync("/etc/netns");
+  const dir = `/etc/netns/${ns.name}`;
+  mkdirSync(dir, { recursive: true });
+  t.after(() => {
+    rmSync(dir, { recursive: true, force: true });
+    try {
+      if (madeParent) rmdirSync("/etc/netns");
+    } catch {
+      // another namespace's files are in it now: it stays for them
+    }
+  });
+  writeFileSync(`${dir}/resolv.conf`, "nameserver 127.0.0.1\n");
+  const dns = ns.spawn([python3(), "-c", NXDOMAIN]);
+  assert.equal(await dns.line(), "ready");
+  assertOneLineError(
+    ns.tcpka(["idle-timeout", "no-such-host.invalid:7007"]),
+    1,
+    /^tcpka: cannot resolve no-such-host\.invalid: no such host$/,
+  );
 });
 
 const HOLDER = `
