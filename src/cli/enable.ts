@@ -41,6 +41,17 @@ const TARGETS_HELP = `Targets (one kind at least):
       --cgroup PATH      every process in this cgroup v2 and below it (e.g. system.slice/nginx.service)
       --all              every process`;
 
+const FILTERS_HELP = filterHelp("Filters (all must match; default: established and listening sockets):", [
+  "listening",
+  "state",
+  "no-keepalive",
+  "sport",
+  "dport",
+  "dst",
+  "src",
+  "ip",
+]);
+
 const RUN_HELP = `Output and behaviour:
       --dry-run          show what would change, change nothing
       --watch            keep going for new connections until interrupted or every --pid target has exited
@@ -61,20 +72,11 @@ ${TARGETS_HELP}
 
 ${SETTINGS_HELP}
 
-${filterHelp("Filters (all must match; default: established and listening sockets):", [
-  "listening",
-  "state",
-  "no-keepalive",
-  "sport",
-  "dport",
-  "dst",
-  "src",
-  "ip",
-])}
+${FILTERS_HELP}
 
 ${RUN_HELP}
 
-Exit code: 0 when every socket is done, 1 when some failed, 2 for bad usage.
+Exit code: 0 when every socket is done, 1 when some failed or some processes could not be read, 2 for bad usage.
 
 Examples:
   sudo tcpka enable --pid 2203
@@ -89,7 +91,15 @@ same targeting and filters as tcpka enable.
 
 ${TARGETS_HELP}
 
+${FILTERS_HELP}
+
 ${RUN_HELP}
+
+Exit code: 0 when every socket is done, 1 when some failed or some processes could not be read, 2 for bad usage.
+
+Examples:
+  sudo tcpka disable --pid 2203
+  sudo tcpka disable --comm psql --dport 5432 --dry-run
 `;
 
 function enableOptions(disable: boolean): Options {

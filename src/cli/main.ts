@@ -26,8 +26,12 @@ Commands:
   idle-timeout  measure how long a path (firewall, NAT) lets a connection idle, and the keepalive to use
   echo          the echo server that idle-timeout measures against
 
-Run 'tcpka COMMAND --help' for the options of each. Exact per-socket answers need root (or CAP_SYS_PTRACE);
-without, tcpka shows the kernel's keepalive timer as a hint.
+Options:
+  -h, --help      this help; 'tcpka help COMMAND' or 'tcpka COMMAND --help' for the options of a command
+  -V, --version   the version of tcpka
+
+Exact per-socket answers need root (or CAP_SYS_PTRACE); without, tcpka shows the kernel's keepalive timer as
+a hint.
 `;
 
 type Command = (argv: readonly string[], out: Out) => number | Promise<number>;
@@ -53,8 +57,10 @@ export function version(): string {
 export async function main(argv: readonly string[]): Promise<number> {
   const out = new Out(1);
   try {
-    const [first, ...rest] = argv;
+    let [first, ...rest] = argv;
     if (first === undefined) return (await import("./summary.js")).runSummary(out);
+    // "tcpka help ls" is "tcpka ls --help".
+    if (first === "help" && rest[0] !== undefined && rest[0] !== "help") [first, rest] = [rest[0], ["--help"]];
     if (first === "-h" || first === "--help" || first === "help") {
       out.write(HELP);
       return 0;
