@@ -19,7 +19,7 @@ import { formatMs, formatSeconds } from "../settings.js";
 import { bool, FILTER_HELP, FILTER_OPTIONS, filterFrom, parse, permissionError, str } from "./args.js";
 import { hostPort, type Out, ownerText, paint, plural, printable, table } from "./format.js";
 
-export const LS_HELP = `Usage: tcpka ls [filters] [--json]
+export const LS_HELP = `Usage: tcpka ls [filters] [-w | --json]
 
 List TCP sockets with their keepalive state: whether it is on, the real idle/interval/count and user timeout
 (read from the socket itself), when the next probe goes out, and how long a peer that vanished would go
@@ -29,6 +29,8 @@ timer is shown as a hint, marked with '?'.
 ${FILTER_HELP}
 
 Output:
+  -w, --wide             every column: the next probe, the probes sent, idle/interval/count and the user
+                         timeout apart (the default fits 120 columns)
       --json             one JSON object: {"defaults", "connections": [...], "summary"}; durations in
                          fields named _s (seconds) or _ms (milliseconds)
       --no-process       do not look up owning processes (faster; keepalive comes from the timer only)
@@ -44,6 +46,7 @@ Examples:
 const LS_OPTIONS = {
   ...FILTER_OPTIONS,
   json: { type: "boolean" },
+  wide: { type: "boolean", short: "w" },
   "no-process": { type: "boolean" },
   via: { type: "string" },
 } as const;
@@ -65,7 +68,7 @@ export function runLs(argv: readonly string[], out: Out): number {
   else {
     const r = inspect(filter, opts);
     denied = deniedTargets(filter, r);
-    writeTable(r, out, denied.length > 0);
+    writeTable(r, out, bool(values, "wide"), denied.length > 0);
   }
   // What was asked for by process could not all be read: not "no TCP sockets match", and not exit 0.
   if (denied.length) throw permissionError(denied);
@@ -236,38 +239,70 @@ function deadPeerCell(c: Connection, out: Out): string {
   return formatSeconds(c.deadPeerAfter);
 }
 
-/** The table and its footer; `denied`: some targets could not be read, which is said instead of "no match". */
-function writeTable(r: Inspection, out: Out, denied: boolean): void {
-  const rows = r.connections.map((c) => {
-    const s = c.socket;
-    const e = c.settings;
-    const on = c.keepalive === true;
-    return [
-      s.state,
-      hostPort(s.localAddress, s.localPort),
-      hostPort(s.peerAddress, s.peerPort),
-      keepaliveCell(c, out),
-      nextProbeCell(c),
-      on && s.timer === "keepalive" ? String(s.timerCount) : "-",
-      e && on ? `${e.idle}/${e.interval}/${e.count}` : "-",
-      e && on && e.userTimeout ? formatMs(e.userTimeout) : "-",
-      deadPeerCell(c, out),
-      ownerText(c.owners),
-    ];
-  });
-  const header = [
-    "STATE",
-    "LOCAL",
-    "PEER",
+type Column = readonly [header: string, cell: (c: Connection, out: Out) => string];
+
+const STATE: Column = ["STATE", (c) => c.socket.state];
+const LOCAL: Column = ["LOCAL", (c) => hostPort(c.socket.localAddress, c.socket.localPort)];
+const PEER: Column = ["PEER", (c) => hostPort(c.socket.peerAddress, c.socket.peerPort)];
+const DEAD_PEER: Column = ["DEAD PEER AFTER", deadPeerCell];
+const PROCESS: Column = ["PROCESS", (c) => ownerText(c.owners)];
+/** Where keepalive is on, its settings as the socket has them. */
+const on = (c: Connection) => (c.keepalive === true ? c.settings : null);
+
+/**
+ * The default columns fit an IPv4 row in 120 columns, with a process name of 15 characters and a 7-digit pid:
+ * keepalive and its settings share a column. --wide shows each setting, the timer and the user timeout apart.
+ */
+const COLUMNS: readonly Column[] = [
+  STATE,
+  LOCAL,
+  PEER,
+  [
     "KEEPALIVE",
-    "NEXT PROBE",
-    "PROBES",
+    (c, out) => {
+      const e = on(c);
+      return keepaliveCell(c, out) + (e ? ` ${e.idle}s/${e.interval}s/${e.count}` : "");
+    },
+  ],
+  DEAD_PEER,
+  PROCESS,
+];
+
+const WIDE_COLUMNS: readonly Column[] = [
+  STATE,
+  LOCAL,
+  PEER,
+  ["KEEPALIVE", keepaliveCell],
+  ["NEXT PROBE", nextProbeCell],
+  ["PROBES", (c) => (c.keepalive === true && c.socket.timer === "keepalive" ? String(c.socket.timerCount) : "-")],
+  [
     "IDLE/INTVL/CNT",
+    (c) => {
+      const e = on(c);
+      return e ? `${e.idle}/${e.interval}/${e.count}` : "-";
+    },
+  ],
+  [
     "USER TIMEOUT",
-    "DEAD PEER AFTER",
-    "PROCESS",
-  ];
-  if (rows.length) table(header, rows, out);
+    (c) => {
+      const ut = on(c)?.userTimeout;
+      return ut ? formatMs(ut) : "-";
+    },
+  ],
+  DEAD_PEER,
+  PROCESS,
+];
+
+/** The table and its footer; `denied`: some targets could not be read, which is said instead of "no match". */
+function writeTable(r: Inspection, out: Out, wide: boolean, denied: boolean): void {
+  const columns = wide ? WIDE_COLUMNS : COLUMNS;
+  const rows = r.connections.map((c) => columns.map(([, cell]) => cell(c, out)));
+  if (rows.length)
+    table(
+      columns.map(([header]) => header),
+      rows,
+      out,
+    );
   writeFooter(r, out, denied);
 }
 

@@ -495,3 +495,58 @@ test("ls -a counts each state for what it means: only established connections ca
     },
   );
 });
+
+/** Typical IPv4 connections: addresses of 14 characters, a process name of 15, keepalive on and off. */
+const PY_WIDE = `
+import ctypes, socket, sys
+ctypes.CDLL(None).prctl(15, b"billing-workers")  # PR_SET_NAME: 15 characters, the most a name can have
+srv = socket.socket(); srv.bind(("198.18.100.201", 5432)); srv.listen()
+held = []
+for keepalive in (True, False):
+    s = socket.socket(); s.bind(("198.18.100.200", 0))
+    if keepalive:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    s.connect(("198.18.100.201", 5432)); held += [s, srv.accept()[0]]
+print("ready", flush=True)
+sys.stdin.readline()
+`;
+
+test("ls rows of typical IPv4 connections fit 120 columns; --wide shows every column", async (t) => {
+  if (!needs(t, NEEDS)) return;
+  const ns = Netns.create(t);
+  for (const address of ["198.18.100.200/32", "198.18.100.201/32"]) ns.ip("addr", "add", address, "dev", "lo");
+  const p = ns.spawn(["python3", "-c", PY_WIDE]);
+  assert.equal(await p.line(), "ready");
+
+  const table = (args: string[]) => {
+    const r = ns.tcpka(["ls", ...args]);
+    assert.equal(r.status, 0, r.stderr);
+    const lines = r.stdout.split("\n");
+    const rows = lines.filter((l) => l.startsWith("ESTAB "));
+    assert.equal(rows.length, 4, r.stdout);
+    return { header: lines[0]!.split(/ {2,}/), rows, all: [lines[0]!, ...rows] };
+  };
+  const normal = table([]);
+  assert.deepEqual(normal.header, ["STATE", "LOCAL", "PEER", "KEEPALIVE", "DEAD PEER AFTER", "PROCESS"]);
+  for (const line of normal.all) assert.ok(line.length <= 120, `${line.length} columns: ${line}`);
+  const client = normal.rows.find((l) => l.includes(" on "));
+  assert.deepEqual(client?.split(/ {2,}/).slice(3, 6), ["on 7200s/75s/9", "2h11m15s", `billing-workers[${p.pid}] fd 4`]);
+
+  const wide = table(["--wide"]);
+  assert.deepEqual(wide.header, [
+    "STATE",
+    "LOCAL",
+    "PEER",
+    "KEEPALIVE",
+    "NEXT PROBE",
+    "PROBES",
+    "IDLE/INTVL/CNT",
+    "USER TIMEOUT",
+    "DEAD PEER AFTER",
+    "PROCESS",
+  ]);
+  const wideClient = wide.rows.find((l) => / on {2}/.test(l))?.split(/ {2,}/);
+  assert.deepEqual([wideClient?.[3], wideClient?.[5], wideClient?.[6], wideClient?.[7]], ["on", "0", "7200/75/9", "-"]);
+  assert.match(wideClient?.[4] ?? "", /^(1h59m|2h)/, "the next probe, in about 2 hours");
+  assert.deepEqual(table(["-w"]).header, wide.header);
+});
