@@ -530,7 +530,11 @@ test("ls rows of typical IPv4 connections fit 120 columns; --wide shows every co
   assert.deepEqual(normal.header, ["STATE", "LOCAL", "PEER", "KEEPALIVE", "DEAD PEER AFTER", "PROCESS"]);
   for (const line of normal.all) assert.ok(line.length <= 120, `${line.length} columns: ${line}`);
   const client = normal.rows.find((l) => l.includes(" on "));
-  assert.deepEqual(client?.split(/ {2,}/).slice(3, 6), ["on 7200s/75s/9", "2h11m15s", `billing-workers[${p.pid}] fd 4`]);
+  assert.deepEqual(client?.split(/ {2,}/).slice(3, 6), [
+    "on 7200s/75s/9",
+    "2h11m15s",
+    `billing-workers[${p.pid}] fd 4`,
+  ]);
 
   const wide = table(["--wide"]);
   assert.deepEqual(wide.header, [

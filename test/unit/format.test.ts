@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { hostPort, type Out, ownerText, paint, plural, table } from "../../src/cli/format.js";
+import { hostPort, type Out, ownerText, paint, plural, processText, table } from "../../src/cli/format.js";
 
 /** Something with Out's shape that keeps what is written. */
 function capture(color: boolean): { out: Out; text: () => string } {
@@ -22,6 +22,10 @@ describe("ownerText", () => {
   const java = { pid: 2203, fd: 87, comm: "java" };
   test("no owner", () => assert.equal(ownerText([]), "-"));
   test("one owner", () => assert.equal(ownerText([java]), "java[2203] fd 87"));
+  test("a name that the process chose is escaped", () => {
+    assert.equal(ownerText([{ pid: 7, fd: 3, comm: "\x1b]0;x\x07\n" }]), "\\x1b]0;x\\x07\\x0a[7] fd 3");
+    assert.equal(processText("a\\b\r", 7), "a\\\\b\\x0d[7]");
+  });
   test("shared by several processes", () => {
     assert.equal(
       ownerText([java, { pid: 2204, fd: 3, comm: "sh" }, { pid: 9, fd: 4, comm: "x" }]),
