@@ -12,12 +12,8 @@ import { TcpkaError } from "../errors.js";
 
 const FORWARD: NodeJS.Signals[] = ["SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGWINCH", "SIGINT", "SIGQUIT"];
 
-/**
- * The fds above 2 that tcpka's caller passed on to it: Node marks them close-on-exec at start-up, so they are
- * handed to the child explicitly, as exec would (inherited listeners, socket activation, `5<file`). Node's own
- * fds are left out: anonymous inodes (epoll, eventfd), self-pipes (both ends held) and /dev/null.
- */
-function inheritedFds(): number[] {
+/** What each open fd above 2 refers to (readlink of /proc/self/fd/N). */
+function fdTargets(): Map<number, string> {
   const targets = new Map<number, string>();
   for (const name of readdirSync("/proc/self/fd")) {
     const fd = Number(name);
@@ -28,11 +24,33 @@ function inheritedFds(): number[] {
       /* the directory's own fd, closed by now */
     }
   }
+  return targets;
+}
+
+/**
+ * The fds as tcpka's caller passed them, taken when this module loads (before the command opens anything): a
+ * file that tcpka opens itself while CMD runs (a lock, trace's report file, a pipe to a helper) is not its
+ * caller's and must not reach CMD.
+ */
+const AT_START = fdTargets();
+
+/**
+ * The fds above 2 that tcpka's caller passed on to it: Node marks them close-on-exec at start-up, so they are
+ * handed to the child explicitly, as exec would (inherited listeners, socket activation, `5<file`). Only those
+ * still open as they were at start-up; Node's own fds are left out: anonymous inodes (epoll, eventfd),
+ * self-pipes (both ends held) and /dev/null.
+ */
+function inheritedFds(): number[] {
+  const targets = fdTargets();
   const pipeEnds = new Map<string, number>();
   for (const t of targets.values()) if (t.startsWith("pipe:")) pipeEnds.set(t, (pipeEnds.get(t) ?? 0) + 1);
   return [...targets]
     .filter(
-      ([, t]) => !t.startsWith("anon_inode:") && t !== "/dev/null" && !(t.startsWith("pipe:") && pipeEnds.get(t) !== 1),
+      ([fd, t]) =>
+        AT_START.get(fd) === t &&
+        !t.startsWith("anon_inode:") &&
+        t !== "/dev/null" &&
+        !(t.startsWith("pipe:") && pipeEnds.get(t) !== 1),
     )
     .map(([fd]) => fd)
     .sort((a, b) => a - b);
