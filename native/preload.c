@@ -839,7 +839,9 @@ static void probe_report(const char *state, const char *detail) {
   probe_fd = -1;
 }
 
+/* Turn the shim off and say why; the program's errno is left as it was (the reports below may fail). */
 static void disable(const char *why, const char *value) {
+  int saved = errno;
   cfg.mode = MODE_OFF;
   probe_report("off", why);
   cfg.debug = 1; /* invalid configuration is always reported */
@@ -853,6 +855,7 @@ static void disable(const char *why, const char *value) {
     put_q(&o, value ? value : "");
     emit(&o);
   }
+  errno = saved;
 }
 
 __attribute__((constructor)) static void tcpka_init(void) {
@@ -874,7 +877,10 @@ __attribute__((constructor)) static void tcpka_init(void) {
   if (!mode || !*mode || !strcmp(mode, "strengthen")) cfg.mode = MODE_STRENGTHEN;
   else if (!strcmp(mode, "force")) cfg.mode = MODE_FORCE;
   else if (!strcmp(mode, "observe")) cfg.mode = MODE_OBSERVE;
-  else return disable("invalid TCPKA_MODE (strengthen, force or observe); keepalive shim disabled", mode);
+  else {
+    errno = saved;
+    return disable("invalid TCPKA_MODE (strengthen, force or observe); keepalive shim disabled", mode);
+  }
 
   static const char *const env[O_COUNT] = {NULL, "TCPKA_IDLE", "TCPKA_INTVL", "TCPKA_CNT", "TCPKA_USER_TIMEOUT"};
   static const long lo[O_COUNT] = {1, 1, 1, 1, 0};

@@ -213,6 +213,28 @@ describe("a broken configuration set by hand disables the shim and says so once"
     });
   }
 
+  test("errno when main() starts is the same as with a valid configuration, though reporting the broken one failed", async (t) => {
+    if (!needs(t, { tools: ["gcc"] })) return;
+    const exe = program("errno_check.c", "errno_check");
+    const valid = await exec(t, [exe, "start"], { env: shimEnv(WANT_ENV) });
+    assert.equal(valid.code, 5);
+    assert.match(valid.stdout, /^errno when main starts: \d+\n$/);
+    const events = {
+      TCPKA_EVENTS: join(DIR, "no-such-dir", "events.jsonl"),
+      TCPKA_EVENTS_ID: "1:1",
+      TCPKA_EVENTS_KEY: "0123456789abcdef",
+    };
+    const cases: [string, Record<string, string>, string[]][] = [
+      ["TCPKA_MODE=bogus", { TCPKA_MODE: "bogus" }, [exe, "start"]],
+      ["TCPKA_IDLE=abc, an event file that cannot be opened", { TCPKA_IDLE: "abc", ...events }, [exe, "start"]],
+      ["TCPKA_ONLY=garbage, stderr closed", { TCPKA_ONLY: "garbage" }, ["sh", "-c", 'exec "$0" start 2>&-', exe]],
+    ];
+    for (const [what, vars, argv] of cases) {
+      const r = await exec(t, argv, { env: shimEnv({ ...WANT_ENV, ...vars }) });
+      assert.deepEqual([r.code, r.stdout], [5, valid.stdout], what);
+    }
+  });
+
   test("an events file that cannot be opened changes nothing else: keepalive applied, nothing printed", async (t) => {
     if (!needs(t, { tools: ["gcc"] })) return;
     const exe = program("ka_probe.c", "ka_probe");
