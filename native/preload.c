@@ -32,6 +32,7 @@
 #include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -96,22 +97,65 @@ struct slot {
   int value[O_COUNT]; /* the values tcpka set */
 };
 static struct slot slots[MAX_FDS];
+static int slot_hi = -1; /* the highest fd whose slot was ever typed: close_range() and closefrom() look no further */
 
-static inline struct slot *slot_of(int fd) { return fd >= 0 && fd < MAX_FDS ? &slots[fd] : NULL; }
+/* The process whose fds the table describes. A vfork() child shares its parent's memory, table included, until
+ * it execs or exits, but has its own copy of the fd table: what it closes or dups is not the parent's, so it must
+ * not write the table (nor trust it). Set at load and, after fork(), by the atfork child handler; a child made
+ * without one (a raw clone or fork syscall, _Fork) is treated like a vfork child: its sockets still get keepalive
+ * on connect and accept, only what is known per fd is not kept. */
+static pid_t table_owner;
+static inline int owns_table(void) { return (pid_t)syscall(SYS_getpid) == table_owner; }
 
-/* Forget an fd. Clearing `typed` is enough: a slot is trusted only while typed, and every path that makes one
- * typed (socket, accept, is_tcp) clears the whole slot first. One store on every close(). */
-static inline void slot_reset(int fd) {
-  struct slot *s = slot_of(fd);
-  if (s) s->typed = 0;
+/* The slot of `fd`, or NULL when there is none for this process to use. Costs a getpid(). */
+static inline struct slot *slot_of(int fd) {
+  return fd >= 0 && fd < MAX_FDS && owns_table() ? &slots[fd] : NULL;
 }
 
-/* A new fd that refers to the same socket as `from` carries its slot; any other new fd starts clean. */
+/* Count `fd` in slot_hi. */
+static void slot_counted(int fd) {
+  int hi = __atomic_load_n(&slot_hi, __ATOMIC_RELAXED);
+  while (fd > hi && !__atomic_compare_exchange_n(&slot_hi, &hi, fd, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+  }
+}
+
+/* A slot about to describe a new socket: cleared and typed. */
+static void slot_new(struct slot *s) {
+  memset(s, 0, sizeof *s);
+  s->typed = 1;
+  slot_counted((int)(s - slots));
+}
+
+/* Forget a closed fd. A slot is trusted only while typed, so clearing `typed` is enough; the hot path (close() of
+ * an fd that was never a socket we typed) is one load and no system call. */
+static inline void slot_reset(int fd) {
+  if (fd >= 0 && fd < MAX_FDS && slots[fd].typed && owns_table()) slots[fd].typed = 0;
+}
+
+/* A new fd `to` that refers to the same open file as `from` carries its slot; otherwise it starts unknown. */
 static void slot_copy(int from, int to) {
-  struct slot *a = slot_of(from), *b = slot_of(to);
-  if (!b) return;
-  if (a) *b = *a;
-  else memset(b, 0, sizeof *b);
+  if (to < 0 || to >= MAX_FDS) return;
+  const struct slot *a = from >= 0 && from < MAX_FDS && slots[from].typed ? &slots[from] : NULL;
+  if ((!a && !slots[to].typed) || !owns_table()) return;
+  if (a) {
+    slots[to] = *a;
+    slot_counted(to);
+  } else {
+    slots[to].typed = 0;
+  }
+}
+
+/* fds first..last were closed (close_range, closefrom). */
+static void slots_closed(unsigned first, unsigned last) {
+  int hi = __atomic_load_n(&slot_hi, __ATOMIC_RELAXED), own = -1;
+  if (hi < 0 || first > (unsigned)hi) return;
+  if (last > (unsigned)hi) last = (unsigned)hi;
+  for (unsigned fd = first; fd <= last; fd++) {
+    if (!slots[fd].typed) continue; /* read before writing: slots never used stay untouched zero pages */
+    if (own < 0) own = owns_table();
+    if (!own) return;
+    slots[fd].typed = 0;
+  }
 }
 
 /* ------------------------------------------------------------------------------------------------ real calls */
@@ -130,6 +174,7 @@ static int (*real_dup)(int);
 static int (*real_fcntl)(int, int, ...);
 static int (*real_fcntl64)(int, int, ...);
 static int (*real_close_range)(unsigned, unsigned, int);
+static void (*real_closefrom)(int);
 
 #define RESOLVE(name)                                                                                          \
   do {                                                                                                         \
@@ -151,6 +196,7 @@ static void resolve_all(void) {
   RESOLVE(fcntl);
   RESOLVE(fcntl64);
   RESOLVE(close_range);
+  RESOLVE(closefrom);
 }
 
 /* tcpka's own reads go through the syscall: they meet neither the getsockopt hook nor a program's own interposer. */
@@ -215,8 +261,7 @@ static void debug(const char *what, const char *detail) {
 
 /* ------------------------------------------------------------------------------------------------ events */
 
-static pid_t ev_pid;
-static unsigned long ev_seq, ev_lost;
+static unsigned long ev_seq, ev_lost; /* this process's; a fork()ed child starts again from 0 (atfork handler) */
 
 /* Append one line to the event file. Never blocks: a FIFO without reader fails ENXIO (O_NONBLOCK), a regular
  * file append does not wait. A failure is counted and reported in the next event that gets through. */
@@ -232,14 +277,10 @@ static void emit(struct buf *o) {
   syscall(SYS_close, fd);
 }
 
-/* Start an event line: kind, pid, per-process sequence number, events lost so far, process name. */
+/* Start an event line: kind, pid, per-process sequence number, events lost so far, process name. A
+ * process that does not own the table (a vfork child) shares its parent's counters: it numbers nothing. */
 static void ev_begin(struct buf *o, const char *kind) {
   pid_t pid = (pid_t)syscall(SYS_getpid);
-  if (pid != ev_pid) { /* a fork()ed child numbers its own events from 0 */
-    ev_pid = pid;
-    ev_seq = 0;
-    ev_lost = 0;
-  }
   char comm[17] = {0};
   prctl(PR_GET_NAME, comm, 0, 0, 0);
   o->n = 0;
@@ -247,10 +288,12 @@ static void ev_begin(struct buf *o, const char *kind) {
   put(o, kind);
   put(o, "\",\"pid\":");
   put_u(o, (unsigned long long)pid);
-  put(o, ",\"seq\":");
-  put_u(o, __atomic_fetch_add(&ev_seq, 1, __ATOMIC_RELAXED));
-  put(o, ",\"lost\":");
-  put_u(o, __atomic_load_n(&ev_lost, __ATOMIC_RELAXED));
+  if (pid == table_owner) {
+    put(o, ",\"seq\":");
+    put_u(o, __atomic_fetch_add(&ev_seq, 1, __ATOMIC_RELAXED));
+    put(o, ",\"lost\":");
+    put_u(o, __atomic_load_n(&ev_lost, __ATOMIC_RELAXED));
+  }
   put(o, ",\"comm\":");
   put_q(o, comm);
 }
@@ -402,8 +445,7 @@ static int is_tcp(int fd, struct slot *s) {
     return 0;
   int tcp = (dom == AF_INET || dom == AF_INET6) && type == SOCK_STREAM && proto == IPPROTO_TCP;
   if (s) {
-    memset(s, 0, sizeof *s);
-    s->typed = 1;
+    slot_new(s);
     s->tcp = (uint8_t)tcp;
   }
   return tcp;
@@ -455,8 +497,8 @@ HOOK int socket(int domain, int type, int protocol) {
   int saved = errno;
   struct slot *s = slot_of(fd);
   if (s) {
-    memset(s, 0, sizeof *s);
-    s->typed = s->seen = 1;
+    slot_new(s);
+    s->seen = 1;
     /* SOCK_NONBLOCK and SOCK_CLOEXEC are or-ed into type: compare the type bits only. */
     s->tcp = (domain == AF_INET || domain == AF_INET6) && (type & 0xf) == SOCK_STREAM &&
              (protocol == 0 || protocol == IPPROTO_TCP);
@@ -536,8 +578,8 @@ static void accepted(int lfd, int fd) {
   struct slot *ls = slot_of(lfd), *s = slot_of(fd);
   if (!is_tcp(lfd, ls)) return;
   if (s) {
-    memset(s, 0, sizeof *s);
-    s->typed = s->tcp = 1;
+    slot_new(s);
+    s->tcp = 1;
     if (ls && ls->seen) { /* inherited: what the program and tcpka set on the listener */
       s->seen = 1;
       s->progset = ls->progset;
@@ -617,9 +659,13 @@ HOOK int getsockopt(int fd, int level, int name, void *val, socklen_t *len) {
   RESOLVE(getsockopt);
   int ret = real_getsockopt(fd, level, name, val, len);
   if (ret != 0 || level != SOL_SOCKET || name != SO_ERROR || cfg.mode == MODE_OFF || !cfg.events[0]) return ret;
-  struct slot *s = slot_of(fd);
-  if (!s || !s->typed || !s->connecting || !val || !len || *len < (socklen_t)sizeof(int)) return ret;
+  if (!val || !len || *len < (socklen_t)sizeof(int)) return ret;
   int saved = errno;
+  struct slot *s = slot_of(fd);
+  if (!s || !s->typed || !s->connecting) {
+    errno = saved;
+    return ret;
+  }
   int soerr;
   memcpy(&soerr, val, sizeof soerr);
   struct sockaddr_storage ss;
@@ -715,15 +761,17 @@ HOOK int close_range(unsigned first, unsigned last, int flags) {
     return -1;
   }
   int ret = real_close_range(first, last, flags);
-  /* CLOSE_RANGE_CLOEXEC (4) only marks the fds; a plain call closes them. */
-  if (ret == 0 && !(flags & 4)) {
-    int saved = errno;
-    /* Read before writing: slots never used stay untouched zero pages. */
-    for (unsigned fd = first; fd <= last && fd < MAX_FDS; fd++)
-      if (slots[fd].typed) slot_reset((int)fd);
-    errno = saved;
-  }
+  /* CLOSE_RANGE_CLOEXEC (4) only marks the fds; a plain call (or CLOSE_RANGE_UNSHARE) closes them. */
+  if (ret == 0 && !(flags & 4)) slots_closed(first, last);
   return ret;
+}
+
+/* glibc's closefrom() closes through its own close_range (not this hook). */
+HOOK void closefrom(int lowfd) {
+  RESOLVE(closefrom);
+  if (!real_closefrom) return; /* not in this libc: no program that calls it could have been linked against it */
+  real_closefrom(lowfd);
+  slots_closed(lowfd < 0 ? 0 : (unsigned)lowfd, ~0u);
 }
 
 /* ------------------------------------------------------------------------------------------------ setup */
@@ -858,9 +906,18 @@ static void disable(const char *why, const char *value) {
   errno = saved;
 }
 
+/* After fork(), in the child: the table now describes this process's fds (its copy of the parent's), and its
+ * events are numbered from 0. */
+static void forked(void) {
+  table_owner = (pid_t)syscall(SYS_getpid);
+  ev_seq = ev_lost = 0;
+}
+
 __attribute__((constructor)) static void tcpka_init(void) {
   int saved = errno;
   resolve_all();
+  table_owner = (pid_t)syscall(SYS_getpid);
+  pthread_atfork(NULL, NULL, forked);
   memset(&cfg, 0, sizeof cfg);
   cfg.mode = MODE_STRENGTHEN;
   const char *probe = getenv("TCPKA_PROBE");

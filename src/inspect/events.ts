@@ -19,8 +19,9 @@ export interface ShimEvent {
   /** "connected": how a connect that returned EINPROGRESS ended, seen when the program read SO_ERROR */
   ev: "start" | "exit" | "connect" | "connected" | "listen" | "accept" | "setsockopt" | "error";
   pid: number;
-  seq: number;
-  lost: number;
+  /** Absent in a process that shares its parent's memory (a vfork child): it numbers nothing. */
+  seq?: number;
+  lost?: number;
   comm: string;
   fd?: number;
   cookie?: number;
@@ -99,11 +100,13 @@ export function foldEvents(events: readonly ShimEvent[]): TraceResult {
   const seqs = new Map<number, { seen: number; max: number; lost: number }>();
   const errors: string[] = [];
   for (const e of events) {
-    const s = seqs.get(e.pid) ?? { seen: 0, max: -1, lost: 0 };
-    s.seen++;
-    s.max = Math.max(s.max, e.seq);
-    s.lost = Math.max(s.lost, e.lost);
-    seqs.set(e.pid, s);
+    if (e.seq !== undefined) {
+      const s = seqs.get(e.pid) ?? { seen: 0, max: -1, lost: 0 };
+      s.seen++;
+      s.max = Math.max(s.max, e.seq);
+      s.lost = Math.max(s.lost, e.lost ?? 0);
+      seqs.set(e.pid, s);
+    }
     if (e.ev === "start" || !processes.has(e.pid)) processes.set(e.pid, e.comm);
     if (e.ev === "error") {
       errors.push(`${e.comm}[${e.pid}]: ${e.message}${e.value ? ` (${e.value})` : ""}`);

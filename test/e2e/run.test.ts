@@ -458,6 +458,33 @@ describe("tcpka run is transparent to the program", () => {
   });
 });
 
+describe("the shim keeps track of every socket, however the program closes or forks", () => {
+  const line = (mode: string, ka: number, idle: number, interval: number, count: number) =>
+    `${mode} keepalive=${ka} idle=${idle} interval=${interval} count=${count}\n`;
+  const requested = (mode: string) => line(mode, 1, WANT.idle, WANT.interval, WANT.count);
+
+  test("a vfork() child that closes or replaces the parent's socket fd leaves the parent's socket managed: a later TCP_KEEPIDLE=600 is lowered again", async (t) => {
+    if (!needs(t, { tools: ["gcc"] })) return;
+    const exe = compileC(DIR, "shim_hooks.c", "shim_hooks");
+    // fork-close is the premise: a child of fork() has its own memory, and the parent keeps 7.
+    for (const mode of ["fork-close", "vfork-close", "vfork-dup2", "vfork-close_range", "vfork-closefrom"]) {
+      const r = await tcpka(t, ["run", ...WANT_FLAGS, "--", exe, mode]);
+      assert.deepEqual([r.code, r.stderr, r.stdout], [0, "", requested(mode)], mode);
+    }
+  });
+
+  test("close_range() and closefrom() forget the sockets they close: a socket the shim never saw on the same fd is left alone", async (t) => {
+    if (!needs(t, { tools: ["gcc"] })) return;
+    const exe = compileC(DIR, "shim_hooks.c", "shim_hooks");
+    const { idle, interval, count } = systemDefaults();
+    for (const mode of ["close_range", "closefrom"]) {
+      const r = await tcpka(t, ["run", ...WANT_FLAGS, "--", exe, mode]);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.stdout, line(mode, 0, 600, interval, count), `${mode} (namespace defaults: idle ${idle})`);
+    }
+  });
+});
+
 /** accept_child.py under an inherit_parent.py: one connection, settings from inside; ends the programs. */
 async function checkInheritedListener(t: TestContext, parent: Started): Promise<void> {
   const { port } = JSON.parse((await parent.waitFor(/^\{"port".*$/m))[0]) as { port: number };
