@@ -82,6 +82,8 @@ static struct {
 
 #define MAX_FDS 65536
 #define SET(o) (1u << (o))
+/* Where a connection of a socket stands, as the program's calls show it. */
+enum conn { CONN_IDLE, CONN_PENDING, CONN_UP };
 struct slot {
   uint8_t typed;    /* `tcp` below is known */
   uint8_t tcp;      /* AF_INET/AF_INET6 stream socket with protocol TCP */
@@ -91,7 +93,8 @@ struct slot {
   uint8_t inherits; /* a listener tcpka set up: accepted sockets inherit the settings */
   uint8_t progset;  /* bitmask of options the program set itself */
   uint8_t applied;  /* bitmask of options tcpka set */
-  uint8_t connecting; /* connect() returned EINPROGRESS: its outcome is reported when the program reads it */
+  uint8_t conn;     /* enum conn: a connect in progress (EINPROGRESS) is reported when the program learns how it
+                       ended; a later connect() on a connection under way or made changes nothing */
   uint16_t svcport; /* local port of a listener */
   int prog[O_COUNT];  /* the values the program set */
   int value[O_COUNT]; /* the values tcpka set */
@@ -175,6 +178,9 @@ static int (*real_fcntl)(int, int, ...);
 static int (*real_fcntl64)(int, int, ...);
 static int (*real_close_range)(unsigned, unsigned, int);
 static void (*real_closefrom)(int);
+static ssize_t (*real_sendto)(int, const void *, size_t, int, const struct sockaddr *, socklen_t);
+static ssize_t (*real_sendmsg)(int, const struct msghdr *, int);
+static int (*real_sendmmsg)(int, struct mmsghdr *, unsigned, int);
 
 #define RESOLVE(name)                                                                                          \
   do {                                                                                                         \
@@ -197,6 +203,9 @@ static void resolve_all(void) {
   RESOLVE(fcntl64);
   RESOLVE(close_range);
   RESOLVE(closefrom);
+  RESOLVE(sendto);
+  RESOLVE(sendmsg);
+  RESOLVE(sendmmsg);
 }
 
 /* tcpka's own reads go through the syscall: they meet neither the getsockopt hook nor a program's own interposer. */
@@ -507,44 +516,130 @@ HOOK int socket(int domain, int type, int protocol) {
   return fd;
 }
 
+/* A call that connects a socket: connect(), or a send with MSG_FASTOPEN (TCP Fast Open, which connects and sends
+ * in one call). What is decided before the call is kept here until it returns. */
+struct attempt {
+  struct slot *s;
+  int tcp;     /* an IPv4/IPv6 TCP socket: the rest is only valid then */
+  int fresh;   /* a new connection, not a call on one already under way or made */
+  int matched; /* the rules want it */
+  struct sockaddr_storage peer;
+};
+
+/* Is `addr` a whole IPv4 or IPv6 address? Anything shorter goes to the kernel untouched (which answers EINVAL)
+ * without the shim reading past what the program passed. */
+static int inet_address(const struct sockaddr *addr, socklen_t len) {
+  return addr && len >= sizeof(sa_family_t) &&
+         ((addr->sa_family == AF_INET && len >= sizeof(struct sockaddr_in)) ||
+          (addr->sa_family == AF_INET6 && len >= sizeof(struct sockaddr_in6)));
+}
+
+/* Before the call: decide, and apply the settings so that they are in place when the connection is established
+ * (also for a non-blocking connect); the call itself is untouched. Only once per connection: __inet_stream_connect
+ * answers a connect() on a connection under way with EALREADY, the first one after it was made with 0 (or the
+ * error that ended it), later ones with EISCONN; none of those changes anything again. */
+static void attempt_begin(struct attempt *a, int fd, const struct sockaddr *addr, socklen_t len) {
+  a->s = slot_of(fd);
+  a->tcp = is_tcp(fd, a->s);
+  a->fresh = !a->s || a->s->conn == CONN_IDLE;
+  a->matched = a->s ? a->s->managed : 0;
+  if (!a->tcp || !a->fresh) return;
+  memset(&a->peer, 0, sizeof a->peer);
+  a->matched = 1;
+  /* The address is only looked at when there are rules to match or events to report. */
+  if (cfg.n_only || cfg.n_except || cfg.events[0]) {
+    memcpy(&a->peer, addr, len < sizeof a->peer ? len : sizeof a->peer);
+    unsigned port = ntohs(addr->sa_family == AF_INET ? ((const struct sockaddr_in *)addr)->sin_port
+                                                     : ((const struct sockaddr_in6 *)addr)->sin6_port);
+    a->matched = wanted(&a->peer, port);
+  }
+  if (a->matched && changes()) enforce(fd, a->s, ~0u);
+  if (a->matched && a->s) a->s->managed = 1;
+}
+
+/* After the call: where the connection stands, and one event about it. `ok`: the call succeeded (ret >= 0). A
+ * connect that goes on in the background (non-blocking, or a blocking one a signal interrupted) ends later: the
+ * program learns how from getsockopt(SO_ERROR) or from its next connect(), and the event comes then. */
+static void attempt_end(struct attempt *a, int fd, const char *kind, int ok, int err) {
+  if (!a->tcp) return;
+  int up = ok || err == EISCONN, pending = !ok && (err == EINPROGRESS || err == EALREADY || err == EINTR);
+  struct slot *s = a->s;
+  if (a->fresh) {
+    if (s) s->conn = up ? CONN_UP : pending ? CONN_PENDING : CONN_IDLE;
+    ev_socket(kind, fd, s, a->matched, ok ? 0 : -1, err, &a->peer);
+  } else if (s->conn == CONN_PENDING && !pending) {
+    s->conn = up ? CONN_UP : CONN_IDLE;
+    ev_socket("connected", fd, s, s->managed, up ? 0 : -1, err, NULL);
+  }
+}
+
 HOOK int connect(int fd, const struct sockaddr *addr, socklen_t len) {
   RESOLVE(connect);
-  /* Only a well-formed IPv4/IPv6 address is looked at; anything shorter goes to the kernel untouched (which
-   * answers EINVAL) without the shim reading past what the program passed. */
-  if (cfg.mode == MODE_OFF || !addr || len < sizeof(sa_family_t) ||
-      !((addr->sa_family == AF_INET && len >= sizeof(struct sockaddr_in)) ||
-        (addr->sa_family == AF_INET6 && len >= sizeof(struct sockaddr_in6))))
-    return real_connect(fd, addr, len);
-  int saved = errno;
-  struct slot *s = slot_of(fd);
-  int matched = 0;
-  struct sockaddr_storage peer;
-  if (is_tcp(fd, s)) {
-    /* The address is only looked at when there are rules to match or events to report. */
-    matched = 1;
-    if (cfg.n_only || cfg.n_except || cfg.events[0]) {
-      memset(&peer, 0, sizeof peer);
-      memcpy(&peer, addr, len < sizeof peer ? len : sizeof peer);
-      unsigned port = ntohs(addr->sa_family == AF_INET ? ((const struct sockaddr_in *)addr)->sin_port
-                                                       : ((const struct sockaddr_in6 *)addr)->sin6_port);
-      matched = wanted(&peer, port);
+  if (cfg.mode == MODE_OFF || !inet_address(addr, len)) {
+    int ret = real_connect(fd, addr, len);
+    /* AF_UNSPEC dissolves the association (tcp_disconnect): the next connect() makes a new connection. */
+    if (ret == 0 && cfg.mode != MODE_OFF && addr && len >= sizeof(sa_family_t) && addr->sa_family == AF_UNSPEC) {
+      struct slot *s = slot_of(fd);
+      if (s && s->typed) s->conn = CONN_IDLE;
     }
-    /* Before the real connect: the settings are in place when the connection is established (also for a
-     * non-blocking connect), and the connect call itself is untouched. */
-    if (matched && changes()) enforce(fd, s, ~0u);
-    if (matched && s) s->managed = 1;
-  } else {
-    errno = saved;
-    return real_connect(fd, addr, len);
+    return ret;
   }
+  int saved = errno;
+  struct attempt a;
+  attempt_begin(&a, fd, addr, len);
   errno = saved;
   int ret = real_connect(fd, addr, len);
   int err = errno;
-  /* A connect that goes on in the background (non-blocking, or a blocking one a signal interrupted) ends
-   * later: the program learns how from getsockopt(SO_ERROR), and the hook below reports it then. */
-  if (s) s->connecting = ret < 0 && (err == EINPROGRESS || err == EINTR);
-  ev_socket("connect", fd, s, matched, ret, err, &peer);
+  attempt_end(&a, fd, "connect", ret == 0, err);
   errno = err;
+  return ret;
+}
+
+/* TCP Fast Open: sendto(), sendmsg() and sendmmsg() with MSG_FASTOPEN connect an unconnected socket to the
+ * address they carry (tcp_sendmsg_fastopen -> __inet_stream_connect), with no connect() call at all. On the hot
+ * send paths only the flag is tested. The address is read as connect() reads it: only a whole IPv4/IPv6 one. */
+static int fastopen_begin(struct attempt *a, int fd, int flags, const struct sockaddr *addr, socklen_t len) {
+  if (!(flags & MSG_FASTOPEN) || cfg.mode == MODE_OFF || !inet_address(addr, len)) return 0;
+  int saved = errno;
+  attempt_begin(a, fd, addr, len);
+  errno = saved;
+  return 1;
+}
+
+static void fastopen_end(struct attempt *a, int fd, const char *kind, ssize_t ret) {
+  int err = errno;
+  attempt_end(a, fd, kind, ret >= 0, err);
+  errno = err;
+}
+
+HOOK ssize_t sendto(int fd, const void *buf, size_t n, int flags, const struct sockaddr *addr, socklen_t len) {
+  RESOLVE(sendto);
+  struct attempt a;
+  if (!fastopen_begin(&a, fd, flags, addr, len)) return real_sendto(fd, buf, n, flags, addr, len);
+  ssize_t ret = real_sendto(fd, buf, n, flags, addr, len);
+  fastopen_end(&a, fd, "connect", ret);
+  return ret;
+}
+
+HOOK ssize_t sendmsg(int fd, const struct msghdr *msg, int flags) {
+  RESOLVE(sendmsg);
+  struct attempt a;
+  if (!(flags & MSG_FASTOPEN) || !msg || !fastopen_begin(&a, fd, flags, msg->msg_name, msg->msg_namelen))
+    return real_sendmsg(fd, msg, flags);
+  ssize_t ret = real_sendmsg(fd, msg, flags);
+  fastopen_end(&a, fd, "connect", ret);
+  return ret;
+}
+
+/* The first message connects (__sys_sendmmsg sends them in order, each with `flags`). */
+HOOK int sendmmsg(int fd, struct mmsghdr *vec, unsigned vlen, int flags) {
+  RESOLVE(sendmmsg);
+  struct attempt a;
+  if (!(flags & MSG_FASTOPEN) || !vec || !vlen ||
+      !fastopen_begin(&a, fd, flags, vec[0].msg_hdr.msg_name, vec[0].msg_hdr.msg_namelen))
+    return real_sendmmsg(fd, vec, vlen, flags);
+  int ret = real_sendmmsg(fd, vec, vlen, flags);
+  fastopen_end(&a, fd, "connect", ret);
   return ret;
 }
 
@@ -580,6 +675,7 @@ static void accepted(int lfd, int fd) {
   if (s) {
     slot_new(s);
     s->tcp = 1;
+    s->conn = CONN_UP;
     if (ls && ls->seen) { /* inherited: what the program and tcpka set on the listener */
       s->seen = 1;
       s->progset = ls->progset;
@@ -662,7 +758,7 @@ HOOK int getsockopt(int fd, int level, int name, void *val, socklen_t *len) {
   if (!val || !len || *len < (socklen_t)sizeof(int)) return ret;
   int saved = errno;
   struct slot *s = slot_of(fd);
-  if (!s || !s->typed || !s->connecting) {
+  if (!s || !s->typed || s->conn != CONN_PENDING) {
     errno = saved;
     return ret;
   }
@@ -671,10 +767,10 @@ HOOK int getsockopt(int fd, int level, int name, void *val, socklen_t *len) {
   struct sockaddr_storage ss;
   socklen_t sl = sizeof ss;
   if (soerr != 0) {
-    s->connecting = 0;
+    s->conn = CONN_IDLE;
     ev_socket("connected", fd, s, s->managed, -1, soerr, NULL);
   } else if (syscall(SYS_getpeername, fd, &ss, &sl) == 0) {
-    s->connecting = 0;
+    s->conn = CONN_UP;
     ev_socket("connected", fd, s, s->managed, 0, 0, NULL);
   }
   errno = saved;

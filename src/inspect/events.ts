@@ -16,7 +16,10 @@ export interface OptionValues {
 }
 
 export interface ShimEvent {
-  /** "connected": how a connect that returned EINPROGRESS ended, seen when the program read SO_ERROR */
+  /**
+   * "connected": how a connect that returned EINPROGRESS ended, seen when the program read SO_ERROR or called
+   * connect() again
+   */
   ev: "start" | "exit" | "connect" | "connected" | "listen" | "accept" | "setsockopt" | "error";
   pid: number;
   /** Absent in a process that shares its parent's memory (a vfork child): it numbers nothing. */
@@ -69,6 +72,8 @@ export interface TraceResult {
 }
 
 const EINPROGRESS = 115;
+/** What a connect() on a connection already under way (EALREADY) or made (EISCONN) says: not a failure. */
+const NOT_FAILED = new Set([EINPROGRESS, 114 /* EALREADY */, 106 /* EISCONN */]);
 
 export function parseEvents(text: string): ShimEvent[] {
   const events: ShimEvent[] = [];
@@ -117,7 +122,8 @@ export function foldEvents(events: readonly ShimEvent[]): TraceResult {
     const key = `${e.pid}/${e.cookie ?? `fd${e.fd}`}`;
     const prev = sockets.get(key);
     const effective = effectiveOf(e.effective);
-    const failed = e.ev !== "accept" && e.ev !== "setsockopt" && (e.ret ?? 0) < 0 && e.errno !== EINPROGRESS;
+    const failed =
+      e.ev !== "accept" && e.ev !== "setsockopt" && (e.ret ?? 0) < 0 && !NOT_FAILED.has(e.errno ?? EINPROGRESS);
     const rec: TracedSocket = {
       pid: e.pid,
       comm: e.comm,

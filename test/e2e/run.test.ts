@@ -11,6 +11,7 @@ import { connect, type Socket } from "node:net";
 import { join } from "node:path";
 import { after, describe, type TestContext, test } from "node:test";
 import { needs } from "../helpers/env.js";
+import { Netns } from "../helpers/netns.js";
 import {
   assertKeepaliveTimers,
   compileC,
@@ -458,7 +459,7 @@ describe("tcpka run is transparent to the program", () => {
   });
 });
 
-describe("the shim keeps track of every socket, however the program closes or forks", () => {
+describe("the shim keeps track of every socket, however the program closes, forks or connects", () => {
   const line = (mode: string, ka: number, idle: number, interval: number, count: number) =>
     `${mode} keepalive=${ka} idle=${idle} interval=${interval} count=${count}\n`;
   const requested = (mode: string) => line(mode, 1, WANT.idle, WANT.interval, WANT.count);
@@ -482,6 +483,79 @@ describe("the shim keeps track of every socket, however the program closes or fo
       assert.equal(r.code, 0, r.stderr);
       assert.equal(r.stdout, line(mode, 0, 600, interval, count), `${mode} (namespace defaults: idle ${idle})`);
     }
+  });
+
+  test("TCP Fast Open (sendto, sendmsg, sendmmsg with MSG_FASTOPEN, no connect()) gets keepalive, and trace reports the connection", async (t) => {
+    if (!needs(t, { root: true, tools: ["gcc", "ip"] })) return;
+    const exe = compileC(DIR, "shim_hooks.c", "shim_hooks");
+    const ns = Netns.create(t);
+    ns.setSysctl("net.ipv4.tcp_fastopen", 3); // client and server
+    for (const mode of ["tfo-sendto", "tfo-sendmsg", "tfo-sendmmsg"]) {
+      const r = ns.tcpka(["run", ...WANT_FLAGS, "--", exe, mode]);
+      assert.deepEqual([r.status, r.stderr, r.stdout], [0, "", requested(mode)], mode);
+      const traced = ns.tcpka(["trace", "--json", "--", exe, mode]);
+      assert.equal(traced.status, 0, traced.stderr);
+      const report = JSON.parse(traced.stderr.slice(traced.stderr.indexOf("{"))) as {
+        sockets: { kind: string; error?: string; keepalive: boolean }[];
+      };
+      assert.deepEqual(
+        report.sockets.map((s) => [s.kind, s.error, s.keepalive]).sort(),
+        [
+          ["accept", undefined, false],
+          ["connect", undefined, false],
+          ["listen", undefined, false],
+        ],
+        `${mode}: ${traced.stderr}`,
+      );
+    }
+  });
+
+  test("connect() called again on a connection under way or made (EALREADY, EISCONN) applies nothing again and is not a failed connection", async (t) => {
+    if (!needs(t, { tools: ["gcc", "strace"] })) return;
+    const exe = compileC(DIR, "shim_hooks.c", "shim_hooks");
+    // The program sets TCP_KEEPIDLE=600 by the raw system call after its first connect(): a shim that applied
+    // its settings again on the later calls would put 7 back.
+    const r = await tcpka(t, ["run", ...WANT_FLAGS, "--", exe, "reconnect"]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, line("reconnect", 1, 600, WANT.interval, WANT.count));
+    assert.match(r.stderr, /^connect\(\) called [3-9] times$/m);
+
+    // Counted: the setsockopt calls after the first connect() are the program's own one.
+    const log = join(tempDir(t), "strace.log");
+    const traced = await tcpka(t, [
+      "run",
+      ...WANT_FLAGS,
+      "--",
+      "strace",
+      "-f",
+      "-qq",
+      "-e",
+      "trace=setsockopt,connect",
+      "-o",
+      log,
+      exe,
+      "reconnect",
+    ]);
+    assert.equal(traced.code, 0, traced.stderr);
+    const calls = readFileSync(log, "utf8").split("\n");
+    const first = calls.findIndex((l) => /connect\(\d+, .*EINPROGRESS/.test(l));
+    assert.ok(first > 0, calls.join("\n"));
+    assert.deepEqual(
+      calls
+        .slice(first + 1)
+        .filter((l) => l.includes("setsockopt("))
+        .map((l) => l.replace(/^\d+ +/, "").replace(/\(\d+,/, "(FD,")),
+      ["setsockopt(FD, SOL_TCP, TCP_KEEPIDLE, [600], 4) = 0"],
+    );
+
+    const report = await tcpka(t, ["trace", "--json", "--", exe, "reconnect"]);
+    assert.equal(report.code, 0, report.stderr);
+    const json = JSON.parse(report.stderr.slice(report.stderr.indexOf("{"))) as {
+      sockets: { kind: string; error?: string; peer_port: number }[];
+    };
+    const connects = json.sockets.filter((s) => s.kind === "connect");
+    assert.equal(connects.length, 1, JSON.stringify(json.sockets));
+    assert.equal(connects[0]!.error, undefined, "EALREADY/EISCONN of the later calls is not a failure");
   });
 });
 
