@@ -18,7 +18,10 @@
  *                     address is the peer's, the port the service's (the peer port of an outgoing connection, the
  *                     local port of an accepted one)
  *   TCPKA_EVENTS      a file that tcpka created: one JSON line per event is appended to it (O_APPEND, opened and
- *                     closed per event so that programs that close all their fds cannot break it)
+ *                     closed per event so that programs that close all their fds cannot break it). Only with
+ *   TCPKA_EVENTS_ID   DEV:INO of that file: a path that is a symlink, or any other file, is never written; and
+ *   TCPKA_EVENTS_KEY  16 to 64 hex digits, written first in every event: tcpka keeps only lines that carry it, so
+ *                     that nothing but the processes it started can add events
  *   TCPKA_DEBUG       1: report the shim's own errors on stderr
  *   TCPKA_PROBE       an fd number, set only in the probe process that tcpka starts before CMD: once configured,
  *                     the library writes one line to it, "tcpka-shim ok MODE" or "tcpka-shim off REASON", so
@@ -39,6 +42,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -270,30 +274,56 @@ static void debug(const char *what, const char *detail) {
 
 /* ------------------------------------------------------------------------------------------------ events */
 
+/* The event file tcpka made (cfg.events is its path): its identity, and the key that every event carries. */
+static struct {
+  unsigned long long dev, ino;
+  char key[65];
+} chan;
 static unsigned long ev_seq, ev_lost; /* this process's; a fork()ed child starts again from 0 (atfork handler) */
 
-/* Append one line to the event file. Never blocks: a FIFO without reader fails ENXIO (O_NONBLOCK), a regular
- * file append does not wait. A failure is counted and reported in the next event that gets through. */
-static void emit(struct buf *o) {
-  if (!cfg.events[0]) return;
-  put(o, "}\n");
-  int fd = (int)syscall(SYS_openat, AT_FDCWD, cfg.events, O_WRONLY | O_APPEND | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-  if (fd < 0) {
-    __atomic_fetch_add(&ev_lost, 1, __ATOMIC_RELAXED);
-    return;
+/* Open the event file for one write, or -1 (counted as lost). O_NOFOLLOW and the identity check: whatever else
+ * is at that path now (a symlink, or a file that someone made after tcpka removed its own) is never written.
+ * Never blocks: a FIFO without reader fails ENXIO (O_NONBLOCK). Opened per event, not kept: a program may close
+ * all its fds, or another thread may close ours and reuse its number. */
+static int ev_open(void) {
+  int fd = (int)syscall(SYS_openat, AT_FDCWD, cfg.events,
+                        O_WRONLY | O_APPEND | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+  struct stat st;
+  if (fd >= 0 && (fstat(fd, &st) != 0 || (unsigned long long)st.st_dev != chan.dev ||
+                  (unsigned long long)st.st_ino != chan.ino || !(S_ISREG(st.st_mode) || S_ISFIFO(st.st_mode)))) {
+    syscall(SYS_close, fd);
+    fd = -1;
   }
+  if (fd < 0) __atomic_fetch_add(&ev_lost, 1, __ATOMIC_RELAXED);
+  return fd;
+}
+
+/* Finish an event line and write it to `fd` (from ev_open) in one write: an O_APPEND write to a regular file, or
+ * one of at most PIPE_BUF bytes to a FIFO, is never interleaved with another. Closes fd. */
+static void ev_write(int fd, struct buf *o) {
+  o->b[o->n++] = '}'; /* put() leaves these two bytes free */
+  o->b[o->n++] = '\n';
   if (write(fd, o->b, o->n) != (ssize_t)o->n) __atomic_fetch_add(&ev_lost, 1, __ATOMIC_RELAXED);
   syscall(SYS_close, fd);
 }
 
-/* Start an event line: kind, pid, per-process sequence number, events lost so far, process name. A
+/* Append one event. A failure is counted and reported in the next event that gets through. */
+static void emit(struct buf *o) {
+  if (!cfg.events[0]) return;
+  int fd = ev_open();
+  if (fd >= 0) ev_write(fd, o);
+}
+
+/* Start an event line: the key, kind, pid, per-process sequence number, events lost so far, process name. A
  * process that does not own the table (a vfork child) shares its parent's counters: it numbers nothing. */
 static void ev_begin(struct buf *o, const char *kind) {
   pid_t pid = (pid_t)syscall(SYS_getpid);
   char comm[17] = {0};
   prctl(PR_GET_NAME, comm, 0, 0, 0);
   o->n = 0;
-  put(o, "{\"ev\":\"");
+  put(o, "{\"key\":\"");
+  put(o, chan.key);
+  put(o, "\",\"ev\":\"");
   put(o, kind);
   put(o, "\",\"pid\":");
   put_u(o, (unsigned long long)pid);
@@ -305,6 +335,36 @@ static void ev_begin(struct buf *o, const char *kind) {
   }
   put(o, ",\"comm\":");
   put_q(o, comm);
+}
+
+/* Parse a whole decimal number into an unsigned long long, up to `end` (or the end of the string); 0 on success. */
+static int parse_ull(const char *s, const char *end, unsigned long long *out) {
+  if (!end) end = s + strlen(s);
+  if (s == end) return -1;
+  unsigned long long v = 0;
+  for (; s < end; s++) {
+    if (*s < '0' || *s > '9' || v > (~0ULL - 9) / 10) return -1;
+    v = v * 10 + (unsigned)(*s - '0');
+  }
+  *out = v;
+  return 0;
+}
+
+/* TCPKA_EVENTS with its TCPKA_EVENTS_ID and TCPKA_EVENTS_KEY; without all three valid, no events are written
+ * (keepalive is applied as configured all the same). */
+static void events_init(void) {
+  const char *path = getenv("TCPKA_EVENTS"), *id = getenv("TCPKA_EVENTS_ID"), *key = getenv("TCPKA_EVENTS_KEY");
+  if (!path || !*path) return;
+  const char *colon = id ? strchr(id, ':') : NULL;
+  size_t n = strlen(path), k = key ? strspn(key, "0123456789abcdef") : 0;
+  if (n >= sizeof cfg.events || path[0] != '/' || !colon || parse_ull(id, colon, &chan.dev) ||
+      parse_ull(colon + 1, NULL, &chan.ino) || k < 16 || k >= sizeof chan.key || key[k]) {
+    debug("TCPKA_EVENTS needs an absolute path, TCPKA_EVENTS_ID=DEV:INO and TCPKA_EVENTS_KEY; no events written",
+          path);
+    return;
+  }
+  memcpy(cfg.events, path, n + 1);
+  memcpy(chan.key, key, k + 1);
 }
 
 static void put_addr(struct buf *o, const char *key, const struct sockaddr_storage *ss) {
@@ -1020,11 +1080,7 @@ __attribute__((constructor)) static void tcpka_init(void) {
   if (probe && parse_num(probe, 0, 1 << 20, &probe_fd)) probe_fd = -1;
   const char *dbg = getenv("TCPKA_DEBUG");
   cfg.debug = dbg && *dbg && strcmp(dbg, "0") != 0;
-  const char *ev = getenv("TCPKA_EVENTS");
-  if (ev && *ev) {
-    size_t n = strlen(ev);
-    if (n < sizeof cfg.events) memcpy(cfg.events, ev, n + 1);
-  }
+  events_init();
 
   const char *mode = getenv("TCPKA_MODE");
   if (!mode || !*mode || !strcmp(mode, "strengthen")) cfg.mode = MODE_STRENGTHEN;

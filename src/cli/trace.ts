@@ -4,13 +4,16 @@
  * out of `strace -f -e trace=network`. With settings, tcpka also applies them (as `tcpka run` would) and
  * reports what it changed.
  */
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { type ChildProcess, spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { type BigIntStats, closeSync, constants, fstatSync, openSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { preloadBlocker, shimEnvironment } from "../enforce/preload.js";
 import { type OptionValues, readEvents, type TracedSocket, type TraceResult } from "../inspect/events.js";
 import { describeSettings, formatSeconds } from "../settings.js";
-import { errnoName } from "../sys/libc.js";
+import { LOCK_EX } from "../sys/constants.js";
+import { Lock, privateRunDir, removeRunDir, runtimeBase } from "../sys/files.js";
+import { errnoName, flockNow } from "../sys/libc.js";
 import { bool, type Options, SETTINGS_HELP, SETTINGS_OPTIONS, str } from "./args.js";
 import { type ChildResult, passThrough, runChild } from "./child.js";
 import { hostPort, Out, paint, plural } from "./format.js";
@@ -30,6 +33,9 @@ Options:
                     flags below imply it
 
 ${SETTINGS_HELP.replace("Settings (defaults", "Settings, with --apply (defaults")}
+
+The events travel through a file that only your user can open, in a new directory under /run/tcpka (root)
+or $XDG_RUNTIME_DIR/tcpka, removed when trace ends.
 
 Examples:
   tcpka trace -- curl -s http://127.0.0.1:8080/
@@ -66,34 +72,30 @@ export async function runTrace(argv: readonly string[], out: Out): Promise<numbe
   const apply =
     bool(v, "apply") || ["idle", "interval", "count", "user-timeout", "force"].some((k) => v[k] !== undefined);
 
-  const dir = mkdtempSync(join(tmpdir(), "tcpka-trace-"));
-  const events = join(dir, "events.jsonl");
   let result: TraceResult;
   let child: ChildResult;
+  const channel = EventChannel.open();
   try {
-    // The program may drop privileges: let any user append to the file (the directory stays private to list).
-    writeFileSync(events, "");
-    chmodSync(dir, 0o711);
-    chmodSync(events, 0o666);
     const env = shimEnvironment({
       mode: apply ? (bool(v, "force") ? "force" : "strengthen") : "observe",
       settings: apply ? plan.settings : {},
       only: plan.only,
       except: plan.except,
-      events,
+      events: { path: channel.file, id: channel.id, key: channel.key },
     });
     out.end();
     child = await runChild(plan.file, plan.argv0, plan.args, env);
-    result = readEvents(events);
+    result = channel.read();
   } finally {
-    rmSync(dir, { recursive: true, force: true });
+    channel.close();
   }
 
   const file = str(v, "output");
+  const command = [plan.argv0, ...plan.args];
   const report = new Out(file ? -1 : 2);
   const text = bool(v, "json")
-    ? `${JSON.stringify(traceJson(result, [plan.argv0, ...plan.args]), null, 2)}\n`
-    : traceText(result, [plan.argv0, ...plan.args], apply, report);
+    ? `${JSON.stringify(traceJson(result, command), null, 2)}\n`
+    : traceText(result, command, apply, report);
   if (file) writeFileSync(file, text);
   else {
     report.write(text);
@@ -101,6 +103,99 @@ export async function runTrace(argv: readonly string[], out: Out): Promise<numbe
   }
   // Last: when the program died of a signal, this raises it on tcpka too.
   return passThrough(child);
+}
+
+const { O_WRONLY, O_RDONLY, O_CREAT, O_EXCL, O_NOFOLLOW } = constants;
+const O_CLOEXEC = 0o2000000; // include/uapi/asm-generic/fcntl.h
+
+const CHANNEL_PREFIX = "trace-";
+
+/**
+ * trace's event channel. A new directory that only this user can enter (privateRunDir: under /run/tcpka for
+ * root, $XDG_RUNTIME_DIR/tcpka for others; never a name that another user could predict and make first) holds
+ * the event file, 0600. The shim writes to that very file only (its device and inode are in TCPKA_EVENTS_ID;
+ * a symlink or another file at the path is left alone) and starts every line with the run's random key
+ * (TCPKA_EVENTS_KEY, which only the traced processes have, in their environment): a line without it is not
+ * theirs and is not read. The directory goes when trace ends. If tcpka is killed outright, a watchdog removes
+ * it at once; a channel left by a run that died anyway (its lock is free) is removed by the next trace.
+ */
+class EventChannel {
+  private constructor(
+    readonly dir: string,
+    readonly file: string,
+    readonly id: string,
+    readonly key: string,
+    private readonly lock: Lock,
+    private readonly watchdog: ChildProcess,
+  ) {}
+
+  static open(): EventChannel {
+    const base = runtimeBase();
+    if (base) removeDeadChannels(base);
+    const dir = privateRunDir(CHANNEL_PREFIX);
+    try {
+      const lock = Lock.take(join(dir, "lock"), "tcpka trace");
+      const file = join(dir, "events.jsonl");
+      const fd = openSync(file, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600);
+      let st: BigIntStats;
+      try {
+        st = fstatSync(fd, { bigint: true });
+      } finally {
+        closeSync(fd);
+      }
+      const key = randomBytes(16).toString("hex");
+      return new EventChannel(dir, file, `${st.dev}:${st.ino}`, key, lock, watchdog(dir));
+    } catch (e) {
+      removeRunDir(dir);
+      throw e;
+    }
+  }
+
+  read(): TraceResult {
+    return readEvents(this.file, this.key);
+  }
+
+  close(): void {
+    removeRunDir(this.dir);
+    this.lock.release();
+    this.watchdog.stdin?.end("done\n");
+  }
+}
+
+/**
+ * A process that removes `dir` if tcpka dies without removing it (SIGKILL): /bin/sh reading a pipe from tcpka,
+ * in a session of its own so that a terminal's ^C or hang-up does not reach it. tcpka writes a line once it has
+ * removed the directory itself; end of file without one means that tcpka is gone. (CMD does not inherit the
+ * pipe: see inheritedFds in child.ts.)
+ */
+function watchdog(dir: string): ChildProcess {
+  const w = spawn("/bin/sh", ["-c", 'read -r _ || rm -rf -- "$0"', dir], {
+    detached: true,
+    cwd: "/",
+    stdio: ["pipe", "ignore", "ignore"],
+  });
+  w.on("error", () => {}); // no /bin/sh: the next trace removes what a killed one leaves
+  w.unref();
+  return w;
+}
+
+/** Remove the channels of trace runs that died without removing theirs: nobody holds their lock any more. */
+function removeDeadChannels(base: string): void {
+  for (const name of readdirSync(base)) {
+    if (!name.startsWith(CHANNEL_PREFIX)) continue;
+    const dir = join(base, name);
+    let fd: number;
+    try {
+      fd = openSync(join(dir, "lock"), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    } catch {
+      continue; // being made this moment, or removed already
+    }
+    try {
+      if (flockNow(fd, LOCK_EX)) removeRunDir(dir); // flock(2) locks go with the process that held them
+    } finally {
+      closeSync(fd);
+    }
+  }
 }
 
 function optionsText(o: OptionValues): string {
@@ -161,6 +256,8 @@ export function traceText(r: TraceResult, command: readonly string[], applied: b
   for (const e of r.errors) t += `error: ${e}\n`;
   if (r.lost)
     t += `warning: ${plural(r.lost, "event")} lost (the event file could not be written): this report may be incomplete\n`;
+  if (r.foreign)
+    t += `warning: ${plural(r.foreign, "line")} in the event file did not come from the traced processes and ${r.foreign === 1 ? "was" : "were"} ignored\n`;
   return t;
 }
 
@@ -189,6 +286,7 @@ export function traceJson(r: TraceResult, command: readonly string[]): Record<st
       dead_peer_after_s: s.deadPeerAfter,
     })),
     events_lost: r.lost,
+    foreign_lines: r.foreign,
     errors: r.errors,
   };
 }

@@ -35,8 +35,11 @@ export interface ShimConfig {
   settings: KeepAliveSettings;
   only?: readonly EndpointRule[];
   except?: readonly EndpointRule[];
-  /** File the shim appends its JSON-line events to; it must exist already. */
-  events?: string;
+  /**
+   * Where the shim appends its JSON-line events: a file that exists already, its identity ("DEV:INO": the shim
+   * writes to nothing else at that path) and the key that every event must carry.
+   */
+  events?: { path: string; id: string; key: string };
   debug?: boolean;
 }
 
@@ -55,7 +58,11 @@ export function shimEnvironment(cfg: ShimConfig, base: NodeJS.ProcessEnv = proce
   if (s.userTimeout !== undefined) env.TCPKA_USER_TIMEOUT = String(s.userTimeout);
   if (cfg.only?.length) env.TCPKA_ONLY = cfg.only.map(endpointRuleText).join(",");
   if (cfg.except?.length) env.TCPKA_EXCEPT = cfg.except.map(endpointRuleText).join(",");
-  if (cfg.events) env.TCPKA_EVENTS = cfg.events;
+  if (cfg.events) {
+    env.TCPKA_EVENTS = cfg.events.path;
+    env.TCPKA_EVENTS_ID = cfg.events.id;
+    env.TCPKA_EVENTS_KEY = cfg.events.key;
+  }
   if (cfg.debug) env.TCPKA_DEBUG = "1";
   return env;
 }

@@ -1,7 +1,8 @@
 /**
  * The events that the preload shim appends to its event file (one JSON line each, see native/preload.c),
  * folded into one record per socket: what the program set, what tcpka set, what the socket really has, and
- * how many events were lost on the way.
+ * how many events were lost on the way. Only lines that start with the run's key count: the key is in the
+ * traced processes' environment and nowhere else, so a line without it did not come from them.
  */
 import { readFileSync } from "node:fs";
 import { deadPeerAfter, type EffectiveKeepAlive } from "../settings.js";
@@ -16,6 +17,7 @@ export interface OptionValues {
 }
 
 export interface ShimEvent {
+  key: string;
   /**
    * "connected": how a connect that returned EINPROGRESS ended, seen when the program read SO_ERROR or called
    * connect() again
@@ -68,6 +70,8 @@ export interface TraceResult {
   /** Processes that ran with the shim loaded. */
   processes: { pid: number; comm: string }[];
   lost: number;
+  /** Lines without the run's key: not from the traced processes, ignored. */
+  foreign: number;
   errors: string[];
 }
 
@@ -75,17 +79,25 @@ const EINPROGRESS = 115;
 /** What a connect() on a connection already under way (EALREADY) or made (EISCONN) says: not a failure. */
 const NOT_FAILED = new Set([EINPROGRESS, 114 /* EALREADY */, 106 /* EISCONN */]);
 
-export function parseEvents(text: string): ShimEvent[] {
+/** The events of a run whose key is `key`, and how many lines were not its own. */
+export function parseEvents(text: string, key: string): { events: ShimEvent[]; foreign: number } {
   const events: ShimEvent[] = [];
+  // The shim writes the key first, so a line that merely contains it elsewhere (in a string) is not taken.
+  const head = `{"key":${JSON.stringify(key)},`;
+  let foreign = 0;
   for (const line of text.split("\n")) {
     if (!line) continue;
+    if (!line.startsWith(head)) {
+      foreign++;
+      continue;
+    }
     try {
       events.push(JSON.parse(line) as ShimEvent);
     } catch {
-      // A line cut short (the program was killed mid-write) is counted as lost by the sequence numbers.
+      // A line cut short (a write that failed half way) is counted as lost by the sequence numbers.
     }
   }
-  return events;
+  return { events, foreign };
 }
 
 function effectiveOf(v: OptionValues | undefined): EffectiveKeepAlive | null {
@@ -99,7 +111,7 @@ function effectiveOf(v: OptionValues | undefined): EffectiveKeepAlive | null {
   };
 }
 
-export function foldEvents(events: readonly ShimEvent[]): TraceResult {
+export function foldEvents(events: readonly ShimEvent[], foreign = 0): TraceResult {
   const sockets = new Map<string, TracedSocket>();
   const processes = new Map<number, string>();
   const seqs = new Map<number, { seen: number; max: number; lost: number }>();
@@ -149,16 +161,19 @@ export function foldEvents(events: readonly ShimEvent[]): TraceResult {
     sockets: [...sockets.values()],
     processes: [...processes].map(([pid, comm]) => ({ pid, comm })),
     lost,
+    foreign,
     errors,
   };
 }
 
-export function readEvents(file: string): TraceResult {
+/** The run's events from its event file (see parseEvents for `key`). */
+export function readEvents(file: string, key: string): TraceResult {
   let text = "";
   try {
     text = readFileSync(file, "utf8");
   } catch {
     // No file: nothing was reported.
   }
-  return foldEvents(parseEvents(text));
+  const { events, foreign } = parseEvents(text, key);
+  return foldEvents(events, foreign);
 }

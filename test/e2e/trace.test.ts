@@ -1,23 +1,39 @@
 /**
  * `tcpka trace` end to end: real programs (curl against a python3 http.server, python3 clients, a forking
  * server) traced through the shim's event file, checked in the text report (stderr), in --json (-o FILE), and
- * for what it must leave alone: the program's stdout and exit code.
+ * for what it must leave alone: the program's stdout and exit code. Then the event channel played against as
+ * uid 65534 and from outside the traced processes.
  */
 import assert from "node:assert/strict";
-import { readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import {
+  appendFileSync,
+  existsSync,
+  lstatSync,
+  readdirSync,
+  readFileSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { connect, createServer, type Socket } from "node:net";
-import { join } from "node:path";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
 import { after, describe, type TestContext, test } from "node:test";
 import { needs } from "../helpers/env.js";
+import { NOBODY } from "../helpers/netns.js";
 import {
   cleanEnv,
   compileC,
+  exec,
   fixture,
   listener,
   python,
   type Scope,
   type Started,
+  shimEnv,
   start,
+  startTcpka,
   TCPKA,
   tcpka,
   tempDir,
@@ -78,6 +94,7 @@ interface TraceJson {
   processes: { pid: number; comm: string }[];
   sockets: TraceSocket[];
   events_lost: number;
+  foreign_lines: number;
   errors: string[];
 }
 
@@ -167,7 +184,7 @@ describe("tcpka trace reports what the program set itself", () => {
       },
     );
     assert.ok(s.local_port > 0);
-    assert.deepEqual([report.events_lost, report.errors], [0, []]);
+    assert.deepEqual([report.events_lost, report.foreign_lines, report.errors], [0, 0, []]);
   });
 
   test("curl --no-keepalive: keepalive OFF, in text (with the fix) and in JSON", async (t) => {
@@ -357,16 +374,268 @@ describe("tcpka trace reports what the program set itself", () => {
     const script = [
       "import os, signal, socket",
       `s = socket.create_connection(("127.0.0.1", ${server.port}))`,
-      "print('connected', flush=True)",
+      "print(os.environ['TCPKA_EVENTS'], flush=True)",
       "os.kill(os.getpid(), signal.SIGTERM)",
     ].join("\n");
-    // tcpka's own temporary directory (the event file) goes here, to see that it is removed.
-    const tmp = tempDir(t);
-    const text = await tcpka(t, ["trace", "--", python(), "-c", script], { env: cleanEnv({ TMPDIR: tmp }) });
+    const text = await tcpka(t, ["trace", "--", python(), "-c", script]);
     assert.equal(text.signal, "SIGTERM");
-    assert.equal(text.stdout, "connected\n");
     assert.match(text.stderr, new RegExp(`-> 127\\.0\\.0\\.1:${server.port}\\n {2}program set {2}nothing\\n`));
-    assert.deepEqual(readdirSync(tmp), [], "tcpka trace removed its event directory");
+    assert.ok(!existsSync(dirname(text.stdout.trim())), "tcpka trace removed its event directory");
+  });
+});
+
+/** A command run as uid 65534 (the attacker), in this network namespace. */
+function asNobody(argv: readonly string[]) {
+  const r = spawnSync("setpriv", [`--reuid=${NOBODY.uid}`, `--regid=${NOBODY.gid}`, "--clear-groups", "--", ...argv], {
+    encoding: "utf8",
+    timeout: 10_000,
+  });
+  return { status: r.status, stderr: r.stderr };
+}
+
+/** `dev:ino` of a file, as trace announces its event file to the shim. */
+function identity(path: string): string {
+  const st = statSync(path, { bigint: true });
+  return `${st.dev}:${st.ino}`;
+}
+
+/** A python3 program that prints its event file and key, waits for a line on stdin, then connects to `port`. */
+function announceThenConnect(port: number): string {
+  return [
+    "import os, socket, sys",
+    "print(os.environ['TCPKA_EVENTS'], os.environ.get('TCPKA_EVENTS_KEY', '-'), os.getpid(), flush=True)",
+    "sys.stdin.readline()",
+    `socket.create_connection(("127.0.0.1", ${port})).close()`,
+  ].join("\n");
+}
+
+const ANNOUNCED = /^(\/\S+) (\S+) (\d+)$/m;
+
+/** An event line as the shim writes it, for a connection with keepalive that never happened. */
+function forgedLine(key?: string): string {
+  return `${JSON.stringify({
+    ...(key === undefined ? {} : { key }),
+    ev: "connect",
+    pid: 4242,
+    seq: 0,
+    lost: 0,
+    comm: "\x1b]0;owned\x07\x1b[2J",
+    fd: 9,
+    cookie: 1,
+    local: "198.18.0.1",
+    local_port: 1,
+    peer: "198.18.0.2",
+    peer_port: 6,
+    matched: true,
+    ret: 0,
+    program: { keepalive: 1 },
+    tcpka: {},
+    effective: { keepalive: 1, idle: 1, interval: 1, count: 1, user_timeout_ms: 0 },
+  })}\n`;
+}
+
+/** Wait until `check` holds (polled every 50 ms), or fail saying `what`. */
+async function until(what: string, check: () => boolean, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** Kill (by pid) a process that a traced program left behind, if it is still the one that runs `marker`. */
+function killLeftover(pid: number, marker: string): void {
+  try {
+    if (readFileSync(`/proc/${pid}/cmdline`, "utf8").includes(marker)) process.kill(pid, "SIGKILL");
+  } catch {
+    /* gone */
+  }
+}
+
+describe("trace's event channel: only the invoking user reaches it, only the traced processes write to it", () => {
+  test("it is a 0600 file in a 0700 directory under /run/tcpka: uid 65534 cannot list, read or append to it while CMD runs, nor re-create it afterwards", async (t) => {
+    if (!needs(t, { root: true, tools: ["python3", "setpriv"] })) return;
+    const server = await listener(t);
+    const out = join(tempDir(t), "report.json");
+    const run = startTcpka(t, ["trace", "--json", "-o", out, "--", python(), "-c", announceThenConnect(server.port)]);
+    const [, events, key] = (await run.waitFor(ANNOUNCED)) as unknown as [string, string, string];
+    const dir = dirname(events);
+    assert.match(dir, /^\/run\/tcpka\/trace-\w+$/, "not in /tmp, not at a predictable name");
+    assert.ok(!dir.startsWith(tmpdir()), dir);
+    assert.match(key, /^[0-9a-f]{32}$/);
+    const [d, f] = [lstatSync(dir), lstatSync(events)];
+    assert.deepEqual(
+      [d.isDirectory(), d.uid, d.mode & 0o777, f.isFile(), f.uid, f.mode & 0o777],
+      [true, 0, 0o700, true, 0, 0o600],
+    );
+    for (const argv of [
+      ["ls", dir],
+      ["cat", events],
+      ["sh", "-c", `echo '${forgedLine().trim()}' >> ${events}`],
+    ]) {
+      const r = asNobody(argv);
+      assert.notEqual(r.status, 0, `uid 65534 could ${argv.join(" ")}`);
+      assert.match(r.stderr, /Permission denied/, argv.join(" "));
+    }
+    run.send("\n");
+    const done = await run.done;
+    assert.equal(done.code, 0, done.stderr);
+    const report = JSON.parse(readFileSync(out, "utf8")) as TraceJson;
+    assert.deepEqual(
+      report.sockets.map((s) => [s.kind, s.peer_port]),
+      [["connect", server.port]],
+    );
+    assert.ok(!existsSync(dir), "removed when trace ended");
+    const again = asNobody(["mkdir", dir]);
+    assert.notEqual(again.status, 0, "uid 65534 re-created the channel's directory");
+    assert.match(again.stderr, /Permission denied/);
+  });
+
+  test("lines appended from outside the traced processes (no key, or an earlier run's) are not in the report", async (t) => {
+    if (!needs(t, { root: true, tools: ["python3"] })) return;
+    const server = await listener(t);
+    // A process outside the tree with a stale TCPKA_EVENTS knows at most an earlier run's key.
+    const earlier = await tcpka(t, ["trace", "--", python(), "-c", announceThenConnect(server.port)], { input: "\n" });
+    assert.equal(earlier.code, 0, earlier.stderr);
+    const staleKey = ANNOUNCED.exec(earlier.stdout)?.[2];
+    assert.ok(staleKey);
+
+    const out = join(tempDir(t), "report.json");
+    const run = startTcpka(t, ["trace", "--json", "-o", out, "--", python(), "-c", announceThenConnect(server.port)]);
+    const [, events, key] = (await run.waitFor(ANNOUNCED)) as unknown as [string, string, string];
+    // Root (trace's own user) appending, from a process that trace did not start.
+    appendFileSync(events, forgedLine() + forgedLine(staleKey) + forgedLine(key.toUpperCase()));
+    run.send("\n");
+    const done = await run.done;
+    assert.equal(done.code, 0, done.stderr);
+    const report = JSON.parse(readFileSync(out, "utf8")) as TraceJson;
+    assert.deepEqual(
+      report.sockets.map((s) => [s.pid, s.kind, s.peer_port, s.keepalive]),
+      [[report.sockets[0]?.pid, "connect", server.port, false]],
+      "only the real connection, without keepalive",
+    );
+    assert.ok(!report.processes.some((p) => p.pid === 4242), JSON.stringify(report.processes));
+    assert.equal(report.foreign_lines, 3);
+    assert.notEqual(key, staleKey, "every run has its own key");
+
+    const text = await tcpka(t, ["trace", "--", python(), "-c", announceThenConnect(server.port)], { input: "\n" });
+    assert.equal(text.code, 0);
+    assert.match(text.stderr, /^1 TCP connection from 1 process: 0 with keepalive, 1 without/m);
+  });
+
+  test("a descendant of CMD that outlives trace and then connects makes root write nothing: the attacker cannot re-create the channel, a root-owned file stays as it was", async (t) => {
+    if (!needs(t, { root: true, tools: ["python3", "setpriv"] })) return;
+    const server = await listener(t);
+    const work = tempDir(t); // root's, 0700
+    const canary = join(work, "canary");
+    writeFileSync(canary, "root's file\n", { mode: 0o600 });
+    const [info, go, connected] = [join(work, "info"), join(work, "go"), join(work, "connected")];
+    const late = [
+      "import os, socket, sys, time",
+      `open(${JSON.stringify(info)}, "w").write(os.environ["TCPKA_EVENTS"] + " " + str(os.getpid()))`,
+      `while not os.path.exists(${JSON.stringify(go)}): time.sleep(0.05)`,
+      `socket.create_connection(("127.0.0.1", ${server.port})).close()`,
+      `open(${JSON.stringify(connected)}, "w").write("yes")`,
+    ].join("\n");
+    // TMPDIR=/tmp, where an older trace kept its channel: the directory every user can write to.
+    const r = await tcpka(t, ["trace", "--", "sh", "-c", '"$0" -c "$1" </dev/null >/dev/null 2>&1 &', python(), late], {
+      env: cleanEnv({ TMPDIR: tmpdir() }),
+    });
+    assert.equal(r.code, 0, r.stderr);
+    await until("the descendant to start", () => existsSync(info));
+    const [events, pid] = readFileSync(info, "utf8").split(" ") as [string, string];
+    t.after(() => killLeftover(Number(pid), "socket.create_connection"));
+    const dir = dirname(events);
+    // What uid 65534 does once trace is gone: make the directory again, the event file a symlink to root's file.
+    t.after(() => spawnSync("rm", ["-rf", "--", dir]));
+    const attack = asNobody(["sh", "-c", 'mkdir -p "$0" && ln -s "$1" "$0/events.jsonl"', dir, canary]);
+    writeFileSync(go, "");
+    await until("the descendant to connect", () => existsSync(connected));
+    await server.accepted(1);
+    assert.equal(readFileSync(canary, "utf8"), "root's file\n", "root appended events to the file the symlink named");
+    assert.notEqual(attack.status, 0, "uid 65534 could re-create the channel");
+    assert.ok(!existsSync(dir), "something made the channel's directory again");
+  });
+
+  test("the shim writes to the very file trace announced: a symlink there, or another file, is left alone", async (t) => {
+    if (!needs(t, { tools: ["gcc"] })) return;
+    const work = tempDir(t);
+    const probe = compileC(work, "ka_probe.c", "ka_probe");
+    const canary = join(work, "canary");
+    writeFileSync(canary, "root's file\n", { mode: 0o600 });
+    const link = join(work, "link");
+    symlinkSync(canary, link);
+    const other = join(work, "other");
+    writeFileSync(other, "");
+    const real = join(work, "events.jsonl");
+    writeFileSync(real, "", { mode: 0o600 });
+    const key = "0123456789abcdef0123456789abcdef";
+    const probeWith = async (events: Record<string, string>) => {
+      const env = shimEnv({ TCPKA_IDLE: String(WANT.idle), TCPKA_EVENTS_KEY: key, ...events });
+      const r = await exec(t, [probe], { env });
+      // The program is unaffected either way: its own connection gets keepalive.
+      assert.deepEqual([r.code, r.stderr], [3, ""]);
+      assert.match(r.stdout, new RegExp(`^client keepalive=1 idle=${WANT.idle} `, "m"));
+    };
+    // The symlink announced with the identity of its target: O_NOFOLLOW alone refuses it.
+    await probeWith({ TCPKA_EVENTS: link, TCPKA_EVENTS_ID: identity(canary) });
+    await probeWith({ TCPKA_EVENTS: canary, TCPKA_EVENTS_ID: identity(real) });
+    await probeWith({ TCPKA_EVENTS: other, TCPKA_EVENTS_ID: identity(canary) });
+    await probeWith({ TCPKA_EVENTS: real }); // no identity: no events
+    assert.equal(readFileSync(canary, "utf8"), "root's file\n");
+    assert.deepEqual([readFileSync(other, "utf8"), readFileSync(real, "utf8")], ["", ""]);
+    // The file announced with its own identity gets the events, each starting with the key.
+    await probeWith({ TCPKA_EVENTS: real, TCPKA_EVENTS_ID: identity(real) });
+    const lines = readFileSync(real, "utf8").trimEnd().split("\n");
+    assert.ok(lines.length >= 4, lines.join("\n"));
+    for (const l of lines) assert.ok(l.startsWith(`{"key":"${key}","ev":"`), l);
+  });
+
+  test("nothing is left when tcpka trace gets SIGTERM or SIGKILL, nor after a run whose watchdog was killed too", async (t) => {
+    if (!needs(t, { root: true, tools: ["python3"] })) return;
+    const sleeper = ["import os, time", "print(os.environ['TCPKA_EVENTS'], os.getpid(), flush=True)", "time.sleep(60)"];
+    const started = async () => {
+      const run = startTcpka(t, ["trace", "--", python(), "-c", sleeper.join("\n")]);
+      const [, events, pid] = (await run.waitFor(/^(\/\S+) (\d+)$/m)) as unknown as [string, string, string];
+      t.after(() => killLeftover(Number(pid), "time.sleep(60)"));
+      assert.ok(existsSync(events));
+      return { run, dir: dirname(events), pid: Number(pid) };
+    };
+
+    // SIGTERM: forwarded to CMD, which dies of it; trace reports, removes the channel, and dies of it too.
+    const term = await started();
+    process.kill(term.run.pid, "SIGTERM");
+    const termed = await term.run.done;
+    assert.equal(termed.signal, "SIGTERM", termed.stderr);
+    assert.ok(!existsSync(term.dir), "left behind after SIGTERM");
+
+    // SIGKILL: CMD lives on; the watchdog removes the channel at once.
+    const kill = await started();
+    process.kill(kill.run.pid, "SIGKILL");
+    await until(`${kill.dir} to be removed after SIGKILL`, () => !existsSync(kill.dir), 5000);
+    assert.ok(existsSync(`/proc/${kill.pid}`), "CMD is still running");
+
+    // Both tcpka and its watchdog killed: the next trace removes what is left (nobody holds its lock).
+    const both = await started();
+    const watchdog = readdirSync("/proc")
+      .filter((p) => /^\d+$/.test(p))
+      .find((p) => {
+        try {
+          const argv = readFileSync(`/proc/${p}/cmdline`, "utf8").split("\0");
+          return argv[0] === "/bin/sh" && argv.includes(both.dir);
+        } catch {
+          return false;
+        }
+      });
+    assert.ok(watchdog, "a watchdog process for the channel");
+    process.kill(Number(watchdog), "SIGKILL");
+    process.kill(both.run.pid, "SIGKILL");
+    await both.run.done;
+    await new Promise((r) => setTimeout(r, 300));
+    assert.ok(existsSync(both.dir), "the premise: nobody removed it");
+    const next = await tcpka(t, ["trace", "--", "true"]);
+    assert.equal(next.code, 0, next.stderr);
+    assert.ok(!existsSync(both.dir), "the next trace removed the channel of the dead run");
   });
 });
 
