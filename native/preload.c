@@ -250,11 +250,21 @@ static void put_i(struct buf *o, long long v) {
   }
 }
 
-/* A JSON string of trusted characters only (process names are escaped crudely: quotes and controls dropped). */
+/* A JSON string, exact: quote, backslash and control characters escaped (\u00XX), other bytes as they are (a
+ * process name is whatever the process chose; tcpka escapes it again for a terminal). */
 static void put_q(struct buf *o, const char *s) {
+  static const char hex[] = "0123456789abcdef";
   put(o, "\"");
-  for (; *s && o->n < sizeof o->b - 3; s++)
-    if ((unsigned char)*s >= 0x20 && *s != '"' && *s != '\\') o->b[o->n++] = *s;
+  for (; *s && o->n < sizeof o->b - 9; s++) {
+    unsigned char c = (unsigned char)*s;
+    if (c < 0x20 || c == 0x7f || c == '"' || c == '\\') {
+      put(o, "\\u00");
+      o->b[o->n++] = hex[c >> 4];
+      o->b[o->n++] = hex[c & 15];
+    } else {
+      o->b[o->n++] = (char)c;
+    }
+  }
   put(o, "\"");
 }
 

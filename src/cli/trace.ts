@@ -16,7 +16,7 @@ import { Lock, privateRunDir, removeRunDir, runtimeBase } from "../sys/files.js"
 import { errnoName, flockNow } from "../sys/libc.js";
 import { bool, type Options, SETTINGS_HELP, SETTINGS_OPTIONS, str } from "./args.js";
 import { type ChildResult, passThrough, runChild } from "./child.js";
-import { hostPort, Out, paint, plural } from "./format.js";
+import { hostPort, Out, paint, plural, printable } from "./format.js";
 import { blockedError, planPreload } from "./run.js";
 
 export const TRACE_HELP = `Usage: tcpka trace [--json] [-o FILE] [settings] [--] CMD [ARGS…]
@@ -226,10 +226,11 @@ function shellQuote(words: readonly string[]): string {
 
 export function traceText(r: TraceResult, command: readonly string[], applied: boolean, out: Out): string {
   let t = "";
+  // Every string from the events is the traced programs' (a process names itself): escaped for the terminal.
   for (const s of r.sockets) {
-    const head = `${s.comm}[${s.pid}] fd ${s.fd}  `;
-    const local = hostPort(s.local, s.localPort);
-    const peer = hostPort(s.peer, s.peerPort);
+    const head = `${printable(s.comm)}[${s.pid}] fd ${s.fd}  `;
+    const local = printable(hostPort(s.local, s.localPort));
+    const peer = printable(hostPort(s.peer, s.peerPort));
     if (s.kind === "listen") t += `${head}listening on ${local}\n`;
     else if (s.kind === "accept") t += `${head}${local} <- ${peer} (accepted)\n`;
     else t += `${head}${local} -> ${peer}\n`;
@@ -253,7 +254,7 @@ export function traceText(r: TraceResult, command: readonly string[], applied: b
     t += `${plural(used.length, "TCP connection")} from ${plural(owners, "process", "processes")}: ${on} with keepalive, ${used.length - on} without`;
     t += ` (${plural(r.processes.length, "process", "processes")} ran with the tcpka library)\n`;
   }
-  for (const e of r.errors) t += `error: ${e}\n`;
+  for (const e of r.errors) t += `error: ${printable(e)}\n`;
   if (r.lost)
     t += `warning: ${plural(r.lost, "event")} lost (the event file could not be written): this report may be incomplete\n`;
   if (r.foreign)

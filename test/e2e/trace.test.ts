@@ -639,6 +639,28 @@ describe("trace's event channel: only the invoking user reaches it, only the tra
   });
 });
 
+describe("trace's report: strings from the traced processes", () => {
+  test("a process that names itself with escape sequences: escaped in the text report, exact in JSON", async (t) => {
+    if (!needs(t, { tools: ["python3"] })) return;
+    const server = await listener(t);
+    const name = "\x1b]0;owned\x07\x1b[2J";
+    const script = [
+      "import ctypes, socket",
+      `ctypes.CDLL(None).prctl(15, ${JSON.stringify(name).replace(/\\u00/g, "\\x")}.encode(), 0, 0, 0)`,
+      `socket.create_connection(("127.0.0.1", ${server.port})).close()`,
+    ].join("\n");
+    const text = await tcpka(t, ["trace", "--", python(), "-c", script]);
+    assert.equal(text.code, 0, text.stderr);
+    assert.ok(!text.stderr.includes("\x1b") && !text.stderr.includes("\x07"), JSON.stringify(text.stderr));
+    assert.match(text.stderr, /^\\x1b\]0;owned\\x07\\x1b\[2J\[\d+\] fd \d+ {2}127\.0\.0\.1:\d+ -> /m);
+    const { report } = await traceJson(t, ["--", python(), "-c", script]);
+    assert.deepEqual(
+      report.sockets.map((s) => s.comm),
+      [name],
+    );
+  });
+});
+
 /** Two clients of forking_server.py under `run`; the handlers' reports, once both connections are closed. */
 async function serveTwo(t: TestContext, run: Started) {
   const { port, pid } = JSON.parse((await run.waitFor(/^\{"port".*$/m))[0]) as { port: number; pid: number };
