@@ -185,6 +185,10 @@ static void (*real_closefrom)(int);
 static ssize_t (*real_sendto)(int, const void *, size_t, int, const struct sockaddr *, socklen_t);
 static ssize_t (*real_sendmsg)(int, const struct msghdr *, int);
 static int (*real_sendmmsg)(int, struct mmsghdr *, unsigned, int);
+static int (*real_setuid)(uid_t);
+static int (*real_seteuid)(uid_t);
+static int (*real_setreuid)(uid_t, uid_t);
+static int (*real_setresuid)(uid_t, uid_t, uid_t);
 
 #define RESOLVE(name)                                                                                          \
   do {                                                                                                         \
@@ -210,6 +214,10 @@ static void resolve_all(void) {
   RESOLVE(sendto);
   RESOLVE(sendmsg);
   RESOLVE(sendmmsg);
+  RESOLVE(setuid);
+  RESOLVE(seteuid);
+  RESOLVE(setreuid);
+  RESOLVE(setresuid);
 }
 
 /* tcpka's own reads go through the syscall: they meet neither the getsockopt hook nor a program's own interposer. */
@@ -939,6 +947,47 @@ HOOK void closefrom(int lowfd) {
   real_closefrom(lowfd);
   slots_closed(lowfd < 0 ? 0 : (unsigned)lowfd, ~0u);
 }
+
+/* A process that switches its effective uid cannot open the event file any more (0600, in a directory that only
+ * tcpka's user may enter). It says so while it still can: the file is opened before the switch, and the event
+ * written through that fd after it, only when the switch happened. */
+static int uid_switch_begin(uid_t to) {
+  if (!cfg.events[0] || cfg.mode == MODE_OFF || to == (uid_t)-1 || to == geteuid()) return -1;
+  int saved = errno;
+  int fd = ev_open();
+  errno = saved;
+  return fd;
+}
+
+static void uid_switch_end(int fd, uid_t before) {
+  if (fd < 0) return;
+  int saved = errno;
+  uid_t now = geteuid();
+  if (now != before) {
+    struct buf o;
+    ev_begin(&o, "setuid");
+    put(&o, ",\"uid\":");
+    put_u(&o, now);
+    ev_write(fd, &o);
+  } else {
+    syscall(SYS_close, fd);
+  }
+  errno = saved;
+}
+
+#define UID_HOOK(name, params, args, to)                                                                       \
+  HOOK int name params {                                                                                       \
+    RESOLVE(name);                                                                                             \
+    uid_t before = geteuid();                                                                                  \
+    int fd = uid_switch_begin(to);                                                                             \
+    int ret = real_##name args;                                                                                \
+    uid_switch_end(fd, before);                                                                                \
+    return ret;                                                                                                \
+  }
+UID_HOOK(setuid, (uid_t uid), (uid), uid)
+UID_HOOK(seteuid, (uid_t euid), (euid), euid)
+UID_HOOK(setreuid, (uid_t ruid, uid_t euid), (ruid, euid), euid)
+UID_HOOK(setresuid, (uid_t ruid, uid_t euid, uid_t suid), (ruid, euid, suid), euid)
 
 /* ------------------------------------------------------------------------------------------------ setup */
 

@@ -35,7 +35,8 @@ Options:
 ${SETTINGS_HELP.replace("Settings (defaults", "Settings, with --apply (defaults")}
 
 The events travel through a file that only your user can open, in a new directory under /run/tcpka (root)
-or $XDG_RUNTIME_DIR/tcpka, removed when trace ends.
+or $XDG_RUNTIME_DIR/tcpka, removed when trace ends. A process of CMD that switches to another user (setuid)
+cannot write to it any more: the report says so, and what that process did afterwards is missing.
 
 Examples:
   tcpka trace -- curl -s http://127.0.0.1:8080/
@@ -107,6 +108,10 @@ export async function runTrace(argv: readonly string[], out: Out): Promise<numbe
 
 const { O_WRONLY, O_RDONLY, O_CREAT, O_EXCL, O_NOFOLLOW } = constants;
 const O_CLOEXEC = 0o2000000; // include/uapi/asm-generic/fcntl.h
+
+function euid(): number {
+  return process.geteuid?.() ?? 0;
+}
 
 const CHANNEL_PREFIX = "trace-";
 
@@ -255,6 +260,9 @@ export function traceText(r: TraceResult, command: readonly string[], applied: b
     t += ` (${plural(r.processes.length, "process", "processes")} ran with the tcpka library)\n`;
   }
   for (const e of r.errors) t += `error: ${printable(e)}\n`;
+  for (const u of r.userSwitches) {
+    t += `warning: ${printable(u.comm)}[${u.pid}] switched to uid ${u.uid}, which cannot open the event file (only uid ${euid()} can): what it and its children did afterwards is missing\n`;
+  }
   if (r.lost)
     t += `warning: ${plural(r.lost, "event")} lost (the event file could not be written): this report may be incomplete\n`;
   if (r.foreign)
@@ -286,6 +294,7 @@ export function traceJson(r: TraceResult, command: readonly string[]): Record<st
       user_timeout_ms: s.effective?.userTimeout ?? null,
       dead_peer_after_s: s.deadPeerAfter,
     })),
+    user_switches: r.userSwitches,
     events_lost: r.lost,
     foreign_lines: r.foreign,
     errors: r.errors,

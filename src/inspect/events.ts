@@ -20,9 +20,9 @@ export interface ShimEvent {
   key: string;
   /**
    * "connected": how a connect that returned EINPROGRESS ended, seen when the program read SO_ERROR or called
-   * connect() again
+   * connect() again; "setuid": the process switched its effective uid (to `uid`), and cannot reach the file now
    */
-  ev: "start" | "exit" | "connect" | "connected" | "listen" | "accept" | "setsockopt" | "error";
+  ev: "start" | "exit" | "connect" | "connected" | "listen" | "accept" | "setsockopt" | "error" | "setuid";
   pid: number;
   /** Absent in a process that shares its parent's memory (a vfork child): it numbers nothing. */
   seq?: number;
@@ -42,6 +42,7 @@ export interface ShimEvent {
   effective?: OptionValues;
   message?: string;
   value?: string;
+  uid?: number;
 }
 
 export interface TracedSocket {
@@ -69,6 +70,8 @@ export interface TraceResult {
   sockets: TracedSocket[];
   /** Processes that ran with the shim loaded. */
   processes: { pid: number; comm: string }[];
+  /** Processes that switched to another effective uid: their later events could not reach the file. */
+  userSwitches: { pid: number; comm: string; uid: number }[];
   lost: number;
   /** Lines without the run's key: not from the traced processes, ignored. */
   foreign: number;
@@ -114,6 +117,7 @@ function effectiveOf(v: OptionValues | undefined): EffectiveKeepAlive | null {
 export function foldEvents(events: readonly ShimEvent[], foreign = 0): TraceResult {
   const sockets = new Map<string, TracedSocket>();
   const processes = new Map<number, string>();
+  const userSwitches: TraceResult["userSwitches"] = [];
   const seqs = new Map<number, { seen: number; max: number; lost: number }>();
   const errors: string[] = [];
   for (const e of events) {
@@ -127,6 +131,10 @@ export function foldEvents(events: readonly ShimEvent[], foreign = 0): TraceResu
     if (e.ev === "start" || !processes.has(e.pid)) processes.set(e.pid, e.comm);
     if (e.ev === "error") {
       errors.push(`${e.comm}[${e.pid}]: ${e.message}${e.value ? ` (${e.value})` : ""}`);
+      continue;
+    }
+    if (e.ev === "setuid") {
+      if (e.uid !== undefined) userSwitches.push({ pid: e.pid, comm: e.comm, uid: e.uid });
       continue;
     }
     if (e.ev === "start" || e.ev === "exit" || e.fd === undefined) continue;
@@ -160,6 +168,7 @@ export function foldEvents(events: readonly ShimEvent[], foreign = 0): TraceResu
   return {
     sockets: [...sockets.values()],
     processes: [...processes].map(([pid, comm]) => ({ pid, comm })),
+    userSwitches,
     lost,
     foreign,
     errors,

@@ -93,6 +93,7 @@ interface TraceJson {
   command: string[];
   processes: { pid: number; comm: string }[];
   sockets: TraceSocket[];
+  user_switches: { pid: number; comm: string; uid: number }[];
   events_lost: number;
   foreign_lines: number;
   errors: string[];
@@ -184,7 +185,7 @@ describe("tcpka trace reports what the program set itself", () => {
       },
     );
     assert.ok(s.local_port > 0);
-    assert.deepEqual([report.events_lost, report.foreign_lines, report.errors], [0, 0, []]);
+    assert.deepEqual([report.events_lost, report.foreign_lines, report.errors, report.user_switches], [0, 0, [], []]);
   });
 
   test("curl --no-keepalive: keepalive OFF, in text (with the fix) and in JSON", async (t) => {
@@ -639,7 +640,7 @@ describe("trace's event channel: only the invoking user reaches it, only the tra
   });
 });
 
-describe("trace's report: strings from the traced processes", () => {
+describe("trace's report: strings from the traced processes, and a process that switches user", () => {
   test("a process that names itself with escape sequences: escaped in the text report, exact in JSON", async (t) => {
     if (!needs(t, { tools: ["python3"] })) return;
     const server = await listener(t);
@@ -657,6 +658,33 @@ describe("trace's report: strings from the traced processes", () => {
     assert.deepEqual(
       report.sockets.map((s) => s.comm),
       [name],
+    );
+  });
+
+  test("a process that switches to another uid: the report says so; what it did afterwards is missing", async (t) => {
+    if (!needs(t, { root: true, tools: ["python3"] })) return;
+    const server = await listener(t);
+    const script = [
+      "import os, socket",
+      `a = socket.create_connection(("127.0.0.1", ${server.port}))`,
+      `os.setuid(${NOBODY.uid})`,
+      `b = socket.create_connection(("127.0.0.1", ${server.port}))`,
+    ].join("\n");
+    const { code, stderr, report } = await traceJson(t, ["--", python(), "-c", script]);
+    assert.equal(code, 0, stderr);
+    await server.accepted(2);
+    assert.equal(report.sockets.length, 1, "the connection after setuid cannot be reported");
+    assert.deepEqual(
+      report.user_switches.map((u) => [u.pid, u.uid]),
+      [[report.sockets[0]!.pid, NOBODY.uid]],
+    );
+    const text = await tcpka(t, ["trace", "--", python(), "-c", script]);
+    assert.match(
+      text.stderr,
+      new RegExp(
+        `^warning: \\S+\\[\\d+\\] switched to uid ${NOBODY.uid}, which cannot open the event file \\(only uid 0 can\\): what it and its children did afterwards is missing$`,
+        "m",
+      ),
     );
   });
 });
