@@ -6,17 +6,31 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { type BigIntStats, closeSync, constants, fstatSync, openSync, readdirSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import {
+  type BigIntStats,
+  closeSync,
+  constants,
+  fstatSync,
+  lstatSync,
+  openSync,
+  readdirSync,
+  readlinkSync,
+  realpathSync,
+  type Stats,
+  statSync,
+  writeSync,
+} from "node:fs";
+import { basename, dirname, join, resolve } from "node:path";
 import { preloadBlocker, shimEnvironment } from "../enforce/preload.js";
+import { TcpkaError } from "../errors.js";
 import { type OptionValues, readEvents, type TracedSocket, type TraceResult } from "../inspect/events.js";
 import { describeSettings, formatSeconds } from "../settings.js";
 import { LOCK_EX } from "../sys/constants.js";
-import { Lock, privateRunDir, removeRunDir, runtimeBase } from "../sys/files.js";
+import { AtomicFile, fileError, Lock, privateRunDir, removeRunDir, runtimeBase } from "../sys/files.js";
 import { errnoName, flockNow } from "../sys/libc.js";
 import { bool, type Options, SETTINGS_HELP, SETTINGS_OPTIONS, str } from "./args.js";
 import { type ChildResult, passThrough, runChild } from "./child.js";
-import { hostPort, Out, paint, plural, printable } from "./format.js";
+import { hostPort, Out, paint, plural, printable, reportError } from "./format.js";
 import { blockedError, planPreload } from "./run.js";
 
 export const TRACE_HELP = `Usage: tcpka trace [--json] [-o FILE] [settings] [--] CMD [ARGS…]
@@ -28,7 +42,8 @@ The exit code of CMD passes through.
 
 Options:
       --json        the report as JSON
-  -o, --output FILE write the report to FILE
+  -o, --output FILE write the report to FILE, checked before CMD runs; a file is replaced atomically, and a
+                    symlink is followed only in a directory that no other user can write
       --apply       also turn keepalive on (as tcpka run does) and report what tcpka changed; the settings
                     flags below imply it
 
@@ -73,32 +88,50 @@ export async function runTrace(argv: readonly string[], out: Out): Promise<numbe
   const apply =
     bool(v, "apply") || ["idle", "interval", "count", "user-timeout", "force"].some((k) => v[k] !== undefined);
 
+  // Everything that can fail fails before CMD runs: the report's file first, then the event channel.
+  const file = str(v, "output");
+  const sink = file === undefined ? undefined : reportSink(file);
   let result: TraceResult;
   let child: ChildResult;
-  const channel = EventChannel.open();
   try {
-    const env = shimEnvironment({
-      mode: apply ? (bool(v, "force") ? "force" : "strengthen") : "observe",
-      settings: apply ? plan.settings : {},
-      only: plan.only,
-      except: plan.except,
-      events: { path: channel.file, id: channel.id, key: channel.key },
-    });
-    out.end();
-    child = await runChild(plan.file, plan.argv0, plan.args, env);
-    result = channel.read();
-  } finally {
-    channel.close();
+    const channel = EventChannel.open();
+    try {
+      const env = shimEnvironment({
+        mode: apply ? (bool(v, "force") ? "force" : "strengthen") : "observe",
+        settings: apply ? plan.settings : {},
+        only: plan.only,
+        except: plan.except,
+        events: { path: channel.file, id: channel.id, key: channel.key },
+      });
+      out.end();
+      child = await runChild(plan.file, plan.argv0, plan.args, env);
+      result = channel.read();
+    } finally {
+      channel.close();
+    }
+  } catch (e) {
+    sink?.abort();
+    throw e;
   }
 
-  const file = str(v, "output");
   const command = [plan.argv0, ...plan.args];
-  const report = new Out(file ? -1 : 2);
+  const report = new Out(sink ? -1 : 2);
   const text = bool(v, "json")
     ? `${JSON.stringify(traceJson(result, command), null, 2)}\n`
     : traceText(result, command, apply, report);
-  if (file) writeFileSync(file, text);
-  else {
+  if (sink) {
+    try {
+      sink.commit(text);
+    } catch (e) {
+      // CMD has run: its report is not lost, and its exit code stays.
+      const message = e instanceof TcpkaError ? e.message : String(e);
+      reportError(new TcpkaError("system", message, { hint: "the report follows here, on stderr" }));
+      report.end();
+      const err = new Out(2);
+      err.write(text);
+      err.end();
+    }
+  } else {
     report.write(text);
     report.end();
   }
@@ -106,7 +139,7 @@ export async function runTrace(argv: readonly string[], out: Out): Promise<numbe
   return passThrough(child);
 }
 
-const { O_WRONLY, O_RDONLY, O_CREAT, O_EXCL, O_NOFOLLOW } = constants;
+const { O_WRONLY, O_RDONLY, O_CREAT, O_EXCL, O_NOFOLLOW, O_NOCTTY } = constants;
 const O_CLOEXEC = 0o2000000; // include/uapi/asm-generic/fcntl.h
 
 function euid(): number {
@@ -201,6 +234,120 @@ function removeDeadChannels(base: string): void {
       closeSync(fd);
     }
   }
+}
+
+/** Where -o puts the report: made ready before CMD runs, written (or dropped) once the report is known. */
+interface ReportSink {
+  commit(text: string): void;
+  abort(): void;
+}
+
+function lstatOrUndefined(path: string): Stats | undefined {
+  try {
+    return lstatSync(path);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Why users other than this one (and root) may create or replace names in `dir`, or undefined. */
+function othersControl(dir: string): string | undefined {
+  let st: Stats;
+  try {
+    st = statSync(dir);
+  } catch {
+    return undefined; // AtomicFile says what is wrong with it
+  }
+  if (st.mode & 0o002) return "every user can write";
+  if (st.mode & 0o020) return `group ${st.gid} can write`;
+  if (st.uid !== euid() && st.uid !== 0) return `uid ${st.uid} owns`;
+  return undefined;
+}
+
+/**
+ * The sink for -o PATH. A regular file (or none yet) is replaced atomically (AtomicFile: a temporary file next
+ * to it, renamed over it at the end): a reader never sees half a report, and a hard link is not written
+ * through. One of tcpka's own fds (/dev/stdout, /dev/fd/N, a process substitution) is written as it is, as a
+ * shell's >&N would; a FIFO or terminal is opened now and written at the end. A symlink is followed only in a
+ * directory that no other user can write: in /tmp or someone's home directory another user can point it at any
+ * file, which root would then overwrite; there it is refused.
+ */
+function reportSink(path: string): ReportSink {
+  for (let hops = 0; ; hops++) {
+    const own = ownFd(path);
+    if (own !== undefined) return fdSink(path, own, false);
+    const st = lstatOrUndefined(path);
+    const others = othersControl(dirname(path));
+    if (st?.isSymbolicLink()) {
+      if (others || hops >= 8) {
+        throw new TcpkaError(
+          "permission",
+          `refusing to follow the symlink ${path}: ${others ? `${others} ${dirname(path)}` : "too many levels"}`,
+          { hint: "give -o a path in a directory that only you control" },
+        );
+      }
+      path = resolve(dirname(path), readlinkSync(path));
+    } else if (st?.isFIFO() || st?.isCharacterDevice()) {
+      if (others && st.uid !== euid()) {
+        throw new TcpkaError(
+          "permission",
+          `refusing to write to ${path}: uid ${st.uid} made it, and ${others} ${dirname(path)}`,
+          { hint: "give -o a path in a directory that only you control" },
+        );
+      }
+      let fd: number;
+      try {
+        fd = openSync(path, O_WRONLY | O_NOCTTY | O_CLOEXEC); // a FIFO waits for its reader, as a shell's > does
+      } catch (e) {
+        throw fileError(path, e, "write");
+      }
+      return fdSink(path, fd, true);
+    } else {
+      return AtomicFile.create(path);
+    }
+  }
+}
+
+/** N when `path` names this process's own fd N (/proc/self/fd/N, which /dev/stdout and /dev/fd/N lead to). */
+function ownFd(path: string): number | undefined {
+  const n = basename(path);
+  if (!/^\d+$/.test(n)) return undefined;
+  try {
+    return realpathSync(dirname(path)) === `/proc/${process.pid}/fd` ? Number(n) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The report written to an fd at the end (closed after when `close`); the fd is checked now. */
+function fdSink(path: string, fd: number, close: boolean): ReportSink {
+  try {
+    fstatSync(fd);
+  } catch (e) {
+    throw fileError(path, e, "write");
+  }
+  const done = () => {
+    if (close) closeSync(fd);
+  };
+  return {
+    commit(text: string) {
+      try {
+        const bytes = Buffer.from(text);
+        for (let off = 0; off < bytes.length; ) {
+          try {
+            off += writeSync(fd, bytes, off);
+          } catch (e) {
+            if ((e as NodeJS.ErrnoException).code !== "EAGAIN") throw e; // an fd shared non-blocking
+          }
+        }
+      } catch (e) {
+        throw fileError(path, e, "write");
+      } finally {
+        done();
+      }
+    },
+    abort: done,
+  };
 }
 
 function optionsText(o: OptionValues): string {

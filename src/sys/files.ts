@@ -106,7 +106,8 @@ export function privateRunDir(prefix: string): string {
   }
 }
 
-function fileError(path: string, e: unknown, what: string): TcpkaError {
+/** The error for a failed file operation (`what`, e.g. "write") on `path`, in tcpka's words. */
+export function fileError(path: string, e: unknown, what: string): TcpkaError {
   const code = (e as NodeJS.ErrnoException).code ?? String(e);
   if (code === "EACCES" || code === "EPERM" || code === "EROFS") {
     return new TcpkaError("permission", `cannot ${what} ${path}: permission denied`);

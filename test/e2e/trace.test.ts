@@ -2,13 +2,15 @@
  * `tcpka trace` end to end: real programs (curl against a python3 http.server, python3 clients, a forking
  * server) traced through the shim's event file, checked in the text report (stderr), in --json (-o FILE), and
  * for what it must leave alone: the program's stdout and exit code. Then the event channel played against as
- * uid 65534 and from outside the traced processes.
+ * uid 65534 and from outside the traced processes, and -o with paths that cannot or must not be written.
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import {
   appendFileSync,
+  chmodSync,
   existsSync,
+  linkSync,
   lstatSync,
   readdirSync,
   readFileSync,
@@ -686,6 +688,87 @@ describe("trace's report: strings from the traced processes, and a process that 
         "m",
       ),
     );
+  });
+});
+
+describe("trace -o FILE", () => {
+  /** A command that leaves a mark when it runs. */
+  function marking(t: TestContext) {
+    const mark = join(tempDir(t), "ran");
+    return { mark, argv: ["sh", "-c", 'echo > "$0"', mark] };
+  }
+
+  test("a path that cannot be written fails before CMD runs: one line, no stack trace", async (t) => {
+    const cmd = marking(t);
+    const dir = tempDir(t);
+    for (const [path, message] of [
+      [join(dir, "missing", "report.json"), /^tcpka: cannot write \S+report\.json: no such directory$/],
+      [dir, /^tcpka: cannot write \S+: it is a directory$/],
+    ] as const) {
+      const r = await tcpka(t, ["trace", "-o", path, "--", ...cmd.argv]);
+      assert.equal(r.code, 2, r.stderr);
+      assert.match(r.stderr.split("\n")[0]!, message);
+      assert.doesNotMatch(r.stderr, /^\s+at /m, "no stack trace");
+      assert.ok(!existsSync(cmd.mark), "CMD ran although its report could not be written");
+    }
+    assert.deepEqual(readdirSync(dir), [], "nothing made");
+  });
+
+  test("a report that cannot be written at the end is printed on stderr, and CMD's exit code stays", async (t) => {
+    if (!needs(t, { tools: ["python3"] })) return;
+    const dir = tempDir(t);
+    const report = join(dir, "report.json");
+    // CMD removes the directory that the report was to go to.
+    const r = await tcpka(t, ["trace", "-o", report, "--", "sh", "-c", 'rm -rf -- "$0"; exit 3', dir]);
+    assert.equal(r.code, 3, r.stderr);
+    const lines = r.stderr.split("\n");
+    assert.match(lines[0]!, new RegExp(`^tcpka: cannot write ${report}: `));
+    assert.equal(lines[1], "hint: the report follows here, on stderr");
+    assert.match(r.stderr, /^0 TCP connections from 0 processes: /m);
+    assert.doesNotMatch(r.stderr, /^\s+at /m);
+  });
+
+  test("a file is replaced, not written through (a hard link keeps its content); /dev/stdout works", async (t) => {
+    const dir = tempDir(t);
+    const report = join(dir, "report.json");
+    writeFileSync(report, "old\n");
+    linkSync(report, join(dir, "hardlink"));
+    const r = await tcpka(t, ["trace", "--json", "-o", report, "--", "true"]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual((JSON.parse(readFileSync(report, "utf8")) as TraceJson).command, ["true"]);
+    assert.equal(readFileSync(join(dir, "hardlink"), "utf8"), "old\n");
+    assert.deepEqual(readdirSync(dir).sort(), ["hardlink", "report.json"], "no temporary file left");
+    const out = await tcpka(t, ["trace", "--json", "-o", "/dev/stdout", "--", "true"]);
+    assert.equal(out.code, 0, out.stderr);
+    assert.deepEqual((JSON.parse(out.stdout) as TraceJson).command, ["true"]);
+  });
+
+  test("a symlink is followed in a directory only root can write, refused in one that uid 65534 can (before CMD runs)", async (t) => {
+    if (!needs(t, { root: true, tools: ["setpriv"] })) return;
+    const mine = tempDir(t);
+    const canary = join(mine, "canary");
+    writeFileSync(canary, "root's file\n", { mode: 0o600 });
+    const target = join(mine, "target.json");
+    symlinkSync(target, join(mine, "link.json"));
+    const followed = await tcpka(t, ["trace", "--json", "-o", join(mine, "link.json"), "--", "true"]);
+    assert.equal(followed.code, 0, followed.stderr);
+    assert.ok(lstatSync(join(mine, "link.json")).isSymbolicLink());
+    assert.deepEqual((JSON.parse(readFileSync(target, "utf8")) as TraceJson).command, ["true"]);
+
+    const shared = tempDir(t);
+    chmodSync(shared, 0o1777); // like /tmp
+    const planted = join(shared, "report.json");
+    const ln = asNobody(["ln", "-s", canary, planted]);
+    assert.equal(ln.status, 0, ln.stderr);
+    const cmd = marking(t);
+    const r = await tcpka(t, ["trace", "-o", planted, "--", ...cmd.argv]);
+    assert.equal(r.code, 1, r.stderr);
+    assert.equal(
+      r.stderr.split("\n")[0],
+      `tcpka: refusing to follow the symlink ${planted}: every user can write ${shared}`,
+    );
+    assert.ok(!existsSync(cmd.mark), "CMD ran");
+    assert.equal(readFileSync(canary, "utf8"), "root's file\n");
   });
 });
 
