@@ -212,7 +212,10 @@ function watchdog(dir: string): ChildProcess {
     cwd: "/",
     stdio: ["pipe", "ignore", "ignore"],
   });
-  w.on("error", () => {}); // no /bin/sh: the next trace removes what a killed one leaves
+  // A watchdog that could not start (no /bin/sh) or was killed: writing "done" to it must not fail trace, and
+  // the next trace removes what a killed one leaves.
+  w.on("error", () => {});
+  w.stdin?.on("error", () => {});
   w.unref();
   return w;
 }
