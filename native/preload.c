@@ -14,9 +14,10 @@
  *                     force: exactly the requested values; observe: change nothing, only report.
  *   TCPKA_IDLE, TCPKA_INTVL, TCPKA_CNT    seconds, seconds, probes (kernel limits 1..32767, 1..32767, 1..127)
  *   TCPKA_USER_TIMEOUT                    milliseconds (0..INT_MAX)
- *   TCPKA_ONLY, TCPKA_EXCEPT              comma-separated CIDR, CIDR:PORT, [IPv6CIDR]:PORT or :PORT entries; the
- *                     address is the peer's, the port the service's (the peer port of an outgoing connection, the
- *                     local port of an accepted one)
+ *   TCPKA_ONLY, TCPKA_EXCEPT              comma-separated rules in the canonical form that tcpka writes (src/filter.ts
+ *                     endpointRuleText): IPv4CIDR, IPv4CIDR:PORTS, IPv6CIDR (with its /LEN), [IPv6CIDR]:PORTS or
+ *                     :PORTS, PORTS being P or P-Q; the address is the peer's, the port the service's (the peer port
+ *                     of an outgoing connection, the local port of an accepted one)
  *   TCPKA_EVENTS      a file that tcpka created: one JSON line per event is appended to it (O_APPEND, opened and
  *                     closed per event so that programs that close all their fds cannot break it). Only with
  *   TCPKA_EVENTS_ID   DEV:INO of that file: a path that is a symlink, or any other file, is never written; and
@@ -67,7 +68,7 @@ static const char *const opt_json[O_COUNT] = {"keepalive", "idle", "interval", "
 struct rule {
   uint8_t family; /* 0: any address (port-only rule), 4 or 6 */
   uint8_t prefix;
-  uint16_t port; /* 0: any */
+  uint16_t port_lo, port_hi; /* 0, 0: any port */
   uint8_t addr[16];
 };
 
@@ -477,8 +478,13 @@ static unsigned local_port(int fd) {
   return 0;
 }
 
+/* An IPv4-mapped IPv6 address (::ffff:a.b.c.d) begins so: such a peer is the IPv4 peer a.b.c.d. */
+static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+
+/* Does the rule hold this peer and service port? As ruleDecision in src/filter.ts: an IPv6 network never holds an
+ * IPv4 peer (::/0 neither), an IPv4 one holds an IPv4-mapped peer. */
 static int rule_matches(const struct rule *r, const struct sockaddr_storage *peer, unsigned svcport) {
-  if (r->port && r->port != svcport) return 0;
+  if (r->port_lo && (svcport < r->port_lo || svcport > r->port_hi)) return 0;
   if (!r->family) return 1;
   const uint8_t *a;
   int fam;
@@ -488,7 +494,6 @@ static int rule_matches(const struct rule *r, const struct sockaddr_storage *pee
   } else if (peer->ss_family == AF_INET6) {
     a = ((const struct sockaddr_in6 *)peer)->sin6_addr.s6_addr;
     fam = 6;
-    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
     if (memcmp(a, mapped, 12) == 0) { /* an IPv4-mapped peer is the IPv4 peer */
       a += 12;
       fam = 4;
@@ -1005,7 +1010,21 @@ static int parse_num(const char *s, long lo, long hi, int *out) {
   return 0;
 }
 
-/* One filter entry: "198.18.0.0/15", "198.18.0.1:80", "[2001:db8::/32]:443", "2001:db8::1", ":5432". */
+/* Ports "P" or "P-Q" (1 <= P <= Q <= 65535). */
+static int parse_ports(char *s, struct rule *r) {
+  char *dash = strchr(s, '-');
+  int lo, hi;
+  if (dash) *dash = 0;
+  if (parse_num(s, 1, 65535, &lo) || parse_num(dash ? dash + 1 : s, lo, 65535, &hi)) return -1;
+  r->port_lo = (uint16_t)lo;
+  r->port_hi = (uint16_t)hi;
+  return 0;
+}
+
+/* One rule in tcpka's canonical form: "198.18.0.0/15", "198.18.0.0/15:80-90", "2001:db8::/32",
+ * "[2001:db8::/32]:443", ":5432", ":8000-8100". An IPv6 address without brackets must have its /LEN, so that no
+ * text reads both as an address and as an address with a port ("::1:443"). An IPv4-mapped network becomes the
+ * IPv4 one, as in src/filter.ts. */
 static int parse_rule(const char *s, size_t n, struct rule *r) {
   char t[80];
   if (n == 0 || n >= sizeof t) return -1;
@@ -1013,7 +1032,8 @@ static int parse_rule(const char *s, size_t n, struct rule *r) {
   t[n] = 0;
   memset(r, 0, sizeof *r);
   char *addr = t, *port = NULL;
-  if (t[0] == '[') {
+  int bracketed = t[0] == '[';
+  if (bracketed) {
     char *end = strchr(t, ']');
     if (!end) return -1;
     *end = 0;
@@ -1030,11 +1050,7 @@ static int parse_rule(const char *s, size_t n, struct rule *r) {
       port = c + 1;
     }
   }
-  if (port) {
-    int p;
-    if (parse_num(port, 1, 65535, &p)) return -1;
-    r->port = (uint16_t)p;
-  }
+  if (port && parse_ports(port, r)) return -1;
   if (!addr) return 0;
   char *slash = strchr(addr, '/');
   int prefix = -1;
@@ -1047,8 +1063,15 @@ static int parse_rule(const char *s, size_t n, struct rule *r) {
     if (prefix > 32) return -1;
     r->prefix = (uint8_t)(prefix < 0 ? 32 : prefix);
   } else if (inet_pton(AF_INET6, addr, r->addr) == 1) {
+    if (prefix < 0 && !bracketed) return -1;
     r->family = 6;
     r->prefix = (uint8_t)(prefix < 0 ? 128 : prefix);
+    if (r->prefix >= 96 && memcmp(r->addr, mapped, 12) == 0) {
+      memmove(r->addr, r->addr + 12, 4);
+      memset(r->addr + 4, 0, 12);
+      r->family = 4;
+      r->prefix -= 96;
+    }
   } else {
     return -1;
   }

@@ -4,7 +4,7 @@
  */
 import { BlockList, isIP } from "node:net";
 import { usage } from "./errors.js";
-import { ALL_STATES, stateMask, type TcpEndpoints, type TcpStateName } from "./inspect/sockets.js";
+import { ALL_STATES, formatIPv6, stateMask, type TcpEndpoints, type TcpStateName } from "./inspect/sockets.js";
 
 export interface PortRange {
   from: number;
@@ -32,6 +32,9 @@ export interface SocketFilter {
   comms: string[];
   /** Only sockets without keepalive. */
   noKeepalive: boolean;
+  /** --only / --except rules, as tcpka run, trace and enforce take them; empty: every socket. */
+  only: EndpointRule[];
+  except: EndpointRule[];
 }
 
 export const DEFAULT_FILTER: Readonly<SocketFilter> = {
@@ -44,6 +47,8 @@ export const DEFAULT_FILTER: Readonly<SocketFilter> = {
   pids: [],
   comms: [],
   noKeepalive: false,
+  only: [],
+  except: [],
 };
 
 /** State names that `--state` accepts, as `ss state` spells them, with the kernel states they mean. */
@@ -82,19 +87,25 @@ export function parseStates(words: readonly string[]): number {
   return mask;
 }
 
+const PORTS_HINT = "use a number from 1 to 65535, a range like 8000-8100, or a list";
+
 /** "5432", ":5432", "8000-8100", or a comma-separated list of those. */
 export function parsePorts(flag: string, text: string): PortRange[] {
+  return portList(`${flag} ${text}`, text, PORTS_HINT);
+}
+
+/** The ports of `text`; errors start with `what` (the flag and all of its value). */
+function portList(what: string, text: string, hint: string): PortRange[] {
   const out: PortRange[] = [];
   for (const part of text.split(",")) {
     const m = /^:?(\d+)(?:-(\d+))?$/.exec(part.trim());
-    if (!m)
-      throw usage(`${flag} ${text}: not a port`, "use a number from 1 to 65535, a range like 8000-8100, or a list");
+    if (!m) throw usage(`${what}: not a port`, hint);
     const from = Number(m[1]);
     const to = m[2] === undefined ? from : Number(m[2]);
     for (const p of [from, to]) {
-      if (p < 1 || p > 65535) throw usage(`${flag} ${text}: port ${p} is out of range (1 to 65535)`);
+      if (p < 1 || p > 65535) throw usage(`${what}: port ${p} is out of range (1 to 65535)`);
     }
-    if (to < from) throw usage(`${flag} ${text}: the range ends before it starts`);
+    if (to < from) throw usage(`${what}: the range ends before it starts`);
     out.push({ from, to });
   }
   return out;
@@ -102,18 +113,20 @@ export function parsePorts(flag: string, text: string): PortRange[] {
 
 /** "198.18.0.0/15", "2001:db8::/32", or a single address (a /32 or /128). */
 export function parseCidr(flag: string, text: string): Cidr {
+  return cidrOf(`${flag} ${text}`, text, "use e.g. 198.18.0.0/15, 2001:db8::/32 or 192.0.2.7");
+}
+
+function cidrOf(what: string, text: string, hint: string): Cidr {
   const slash = text.indexOf("/");
   const address = (slash < 0 ? text : text.slice(0, slash)).replace(/^\[(.*)\]$/, "$1");
   const family = isIP(address);
-  if (family !== 4 && family !== 6) {
-    throw usage(`${flag} ${text}: not an IP address or CIDR`, "use e.g. 198.18.0.0/15, 2001:db8::/32 or 192.0.2.7");
-  }
+  if (family !== 4 && family !== 6) throw usage(`${what}: not an IP address or CIDR`, hint);
   const max = family === 4 ? 32 : 128;
   let prefix = max;
   if (slash >= 0) {
     const p = text.slice(slash + 1);
     if (!/^\d+$/.test(p) || Number(p) > max) {
-      throw usage(`${flag} ${text}: the prefix length must be 0 to ${max} for IPv${family}`);
+      throw usage(`${what}: the prefix length must be 0 to ${max} for IPv${family}`);
     }
     prefix = Number(p);
   }
@@ -159,70 +172,227 @@ export function addressMatcher(f: SocketFilter): ((s: TcpEndpoints) => boolean) 
 }
 
 /**
- * A rule of `--only` / `--except` for the mechanisms that act on connections as they are made (the preload
- * shim, the BPF program): a peer network and/or a service port (the peer port of an outgoing connection, the
- * local port of an accepted one). Forms: 198.18.0.0/15, 198.18.0.1:80, [2001:db8::/32]:443, 2001:db8::1, :5432.
+ * A rule of `--only` / `--except`, parsed once here for every mechanism (the preload shim reads its canonical
+ * text, enforce's BPF program is generated from it, the listed-socket matcher below runs it): a peer network
+ * and/or a range of service ports (the peer port of a connection made by connect(), the local port of an accepted
+ * one or of a listener). A port list in the text gives one rule per range.
  */
 export interface EndpointRule {
+  /** Canonical: host bits cleared, and an IPv4-mapped IPv6 network is the IPv4 one. */
   cidr?: Cidr;
-  port?: number;
+  ports?: PortRange;
 }
 
-export function parseEndpointRule(flag: string, text: string): EndpointRule {
+/** At most this many rules in all, --only and --except together, each range of a port list counting as one. */
+export const MAX_RULES = 32;
+
+const RULE_HINT =
+  "use CIDR, CIDR:PORTS, [IPv6CIDR]:PORTS or :PORTS, e.g. 198.18.0.0/15, 198.18.0.1:5432, [2001:db8::/32]:443, :8000-8100, :80,443";
+
+/**
+ * One --only/--except value: `198.18.0.0/15`, `198.18.0.1:80-90`, `2001:db8::1`, `[2001:db8::/32]:443`, `:5432`,
+ * `:80,443`. Refused, each with its reason: a zone id (`fe80::1%lo`: the BPF program cannot see a connection's
+ * interface, so no mechanism could honour it); an unbracketed IPv6 address whose last group could be a port
+ * (`::1:443`); a port after an unbracketed IPv6 network.
+ */
+export function parseEndpointRule(flag: string, text: string): EndpointRule[] {
+  const what = `${flag} ${text}`;
   const t = text.trim();
-  const hint = "use CIDR, CIDR:PORT or :PORT, e.g. 198.18.0.0/15, 198.18.0.1:5432, [2001:db8::/32]:443, :5432";
-  let addr: string | undefined = t;
-  let port: string | undefined;
-  const bracket = /^\[([^\]]+)\](?::(.*))?$/.exec(t);
+  const zone = /%[^\]/]*/.exec(t);
+  if (zone) {
+    throw usage(
+      `${what}: zone ids (${zone[0]}) are not supported: tcpka enforce's BPF program cannot see a connection's interface`,
+      `leave the zone out: ${t.replace(zone[0], "")} matches that address on every interface`,
+    );
+  }
+  let net: string | undefined;
+  let ports: string | undefined;
+  const bracket = /^\[([^\]]*)\](\/[^:]*)?(?::(.*))?$/.exec(t);
   if (bracket) {
-    addr = bracket[1];
-    port = bracket[2];
-  } else if (/^:\d*$/.test(t)) {
-    addr = undefined;
-    port = t.slice(1);
-  } else if ((t.match(/:/g) ?? []).length === 1) {
-    [addr, port] = t.split(":");
+    net = `${bracket[1]}${bracket[2] ?? ""}`;
+    ports = bracket[3];
+  } else if (t.startsWith(":") && !t.startsWith("::")) {
+    ports = t.slice(1);
+  } else if (t.split(":").length === 2) {
+    [net, ports] = t.split(":");
+  } else {
+    net = t;
+    if (t.includes(":")) refuseUnbracketedPort(what, t);
   }
-  const rule: EndpointRule = {};
-  if (port !== undefined) {
-    if (!/^\d+$/.test(port) || Number(port) < 1 || Number(port) > 65535) {
-      throw usage(`${flag} ${text}: the port must be 1 to 65535`, hint);
-    }
-    rule.port = Number(port);
+  if (net === "" || (net === undefined && ports === undefined))
+    throw usage(`${what}: not a network or port`, RULE_HINT);
+  const cidr = net === undefined ? undefined : canonical(cidrOf(what, net, RULE_HINT));
+  if (ports === undefined) return [{ cidr }];
+  if (ports === "") throw usage(`${what}: no port after ':'`, RULE_HINT);
+  return portList(what, ports, RULE_HINT).map((p) => (cidr ? { cidr, ports: p } : { ports: p }));
+}
+
+/** An unbracketed IPv6 address takes no port: refuse what reads as one (`::1:443`, `2001:db8::/32:443`). */
+function refuseUnbracketedPort(what: string, t: string): void {
+  const net = /^([^/]*\/\d*):(.+)$/.exec(t);
+  if (net) throw usage(`${what}: a port after an IPv6 network needs brackets`, `write [${net[1]}]:${net[2]}`);
+  const i = t.lastIndexOf(":");
+  const head = t.slice(0, i);
+  const tail = t.slice(i + 1);
+  if (!/^\d{1,5}$/.test(tail) || isIP(head) !== 6) return;
+  if (isIP(t) !== 6) throw usage(`${what}: a port after an IPv6 address needs brackets`, `write [${head}]:${tail}`);
+  throw usage(
+    `${what}: ambiguous: the IPv6 address ${t}, or port ${tail} of ${head}?`,
+    `write [${head}]:${tail} for the port, or [${t}] for the address`,
+  );
+}
+
+/** --only and --except as every command takes them, with the limit of MAX_RULES. */
+export function parseRules(
+  only: readonly string[],
+  except: readonly string[],
+): { only: EndpointRule[]; except: EndpointRule[] } {
+  const rules = {
+    only: only.flatMap((r) => parseEndpointRule("--only", r)),
+    except: except.flatMap((r) => parseEndpointRule("--except", r)),
+  };
+  const n = rules.only.length + rules.except.length;
+  if (n > MAX_RULES) {
+    throw usage(
+      `--only/--except: ${n} rules, more than the ${MAX_RULES} that the preload library and the BPF program hold`,
+      "each range of a port list counts as one rule: cover more with a wider network or a port range",
+    );
   }
-  if (addr !== undefined) {
-    if (addr === "") throw usage(`${flag} ${text}: not a network or port`, hint);
-    rule.cidr = parseCidr(flag, addr);
+  return rules;
+}
+
+/** The first 12 bytes of an IPv4-mapped IPv6 address, ::ffff:a.b.c.d. */
+const MAPPED = Buffer.from([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]);
+
+/** An IPv4 or IPv6 address (which isIP accepts) in network order: 4 or 16 bytes. */
+export function addressBytes(address: string, family: 4 | 6): Buffer {
+  if (family === 4) return Buffer.from(address.split(".").map(Number));
+  // Expand "::" and any dotted IPv4 tail into eight 16-bit groups.
+  let text = address;
+  const dotted = /(\d+\.\d+\.\d+\.\d+)$/.exec(text);
+  if (dotted) {
+    const b = addressBytes(dotted[1] as string, 4);
+    text = `${text.slice(0, -dotted[0].length)}${b.readUInt16BE(0).toString(16)}:${b.readUInt16BE(2).toString(16)}`;
   }
-  return rule;
+  const [head, tail] = text.split("::") as [string, string | undefined];
+  const h = head ? head.split(":") : [];
+  const t = tail ? tail.split(":") : [];
+  const groups = tail === undefined ? h : [...h, ...Array(8 - h.length - t.length).fill("0"), ...t];
+  const out = Buffer.alloc(16);
+  for (const [i, g] of groups.entries()) out.writeUInt16BE(Number.parseInt(g, 16), i * 2);
+  return out;
+}
+
+/** The netmask of a prefix length, `length` bytes long. */
+export function maskBytes(prefix: number, length: number): Buffer {
+  const out = Buffer.alloc(length);
+  for (let i = 0; i < length; i++) out[i] = (0xff << (8 - Math.max(0, Math.min(8, prefix - 8 * i)))) & 0xff;
+  return out;
+}
+
+/** Address `a` lies in network `net` of netmask `mask`. */
+function inNet(a: Buffer, net: Buffer, mask: Buffer): boolean {
+  return a.length === net.length && mask.every((m, i) => ((a[i] as number) & m) === ((net[i] as number) & m));
 }
 
 /**
- * The rules as a predicate over listed sockets (for mechanisms that find sockets after the fact). A listed
- * socket does not say which side opened it, so a rule's port matches either the peer port or the local port.
- * A listener has no peer: it matches only rules without an address, as in the shim.
+ * A network as every mechanism matches it: an IPv4-mapped one (::ffff:198.18.0.0/111) is the IPv4 network
+ * (198.18.0.0/15), because an IPv4 peer of an AF_INET6 socket is an IPv4 peer to the shim and the BPF program;
+ * host bits are cleared.
  */
-export function endpointMatcher(
+function canonical(c: Cidr): Cidr {
+  let bytes = addressBytes(c.address, c.family);
+  let { family, prefix } = c;
+  if (family === 6 && prefix >= 96 && bytes.subarray(0, 12).equals(MAPPED)) {
+    bytes = bytes.subarray(12);
+    family = 4;
+    prefix -= 96;
+  }
+  const mask = maskBytes(prefix, bytes.length);
+  const net = Buffer.from(bytes.map((b, i) => b & (mask[i] as number)));
+  const address =
+    family === 4 ? [...net].join(".") : formatIPv6(Array.from({ length: 8 }, (_, i) => net.readUInt16BE(2 * i)));
+  return { text: `${address}/${prefix}`, family, address, prefix };
+}
+
+/** Does this IPv6 network hold IPv4-mapped addresses (::/0 does)? Those peers are IPv4 peers: it must skip them. */
+export function holdsMapped(c: Cidr): boolean {
+  return (
+    c.family === 6 &&
+    inNet(Buffer.concat([MAPPED, Buffer.alloc(4)]), addressBytes(c.address, 6), maskBytes(c.prefix, 16))
+  );
+}
+
+/** A peer address as the rules see it: 4 bytes for IPv4, also when it is IPv4-mapped (::ffff:a.b.c.d), else 16. */
+function peerBytes(address: string): Buffer {
+  const b = addressBytes(address, address.includes(":") ? 6 : 4);
+  return b.length === 16 && b.subarray(0, 12).equals(MAPPED) ? b.subarray(12) : b;
+}
+
+/**
+ * The rules as one decision on a connection, given its peer (null for a listener, whose peers are not known yet)
+ * and its service port. A rule matches when its ports hold the port and its network the peer; an IPv6 network
+ * never holds an IPv4 peer. A connection is taken when it matches an --only rule (or there is none) and no
+ * --except rule. A listener is taken only when no rule names an address: otherwise each connection it accepts is
+ * decided on its own peer. native/preload.c (wanted, and listen) and the BPF program of src/bpf/keepalive.ts
+ * decide the same way.
+ */
+export function ruleDecision(
   only: readonly EndpointRule[],
   except: readonly EndpointRule[],
-): ((s: TcpEndpoints) => boolean) | null {
+): ((peer: Buffer | null, port: number) => boolean) | null {
   if (!only.length && !except.length) return null;
   const compile = (r: EndpointRule) => {
-    const net = r.cidr ? blockList([r.cidr]) : undefined;
-    return (s: TcpEndpoints): boolean => {
-      if (r.port !== undefined && r.port !== s.peerPort && r.port !== s.localPort) return false;
-      if (!net) return true;
-      return s.state !== "LISTEN" && net.check(s.peerAddress, s.family === 4 ? "ipv4" : "ipv6");
+    const net = r.cidr && addressBytes(r.cidr.address, r.cidr.family);
+    const mask = net && maskBytes(r.cidr?.prefix ?? 0, net.length);
+    return (peer: Buffer | null, port: number): boolean => {
+      if (r.ports && (port < r.ports.from || port > r.ports.to)) return false;
+      return !net || (peer !== null && inNet(peer, net, mask as Buffer));
     };
   };
   const yes = only.map(compile);
   const no = except.map(compile);
-  return (s) => (yes.length === 0 || yes.some((m) => m(s))) && !no.some((m) => m(s));
+  const byAddress = [...only, ...except].some((r) => r.cidr);
+  return (peer, port) =>
+    !(peer === null && byAddress) &&
+    (yes.length === 0 || yes.some((m) => m(peer, port))) &&
+    !no.some((m) => m(peer, port));
 }
 
-/** The canonical text of a rule, as the shim reads it from TCPKA_ONLY / TCPKA_EXCEPT. */
+/**
+ * A predicate over listed sockets (ls, enable, run's fallback, enforce --existing). `listening` gives the local
+ * ports listened on in the socket's network namespace; it is asked only when a rule has a port.
+ */
+export type ListedMatcher = (s: TcpEndpoints, listening: () => ReadonlySet<number>) => boolean;
+
+/**
+ * The rules over listed sockets. A listed socket does not say which side opened it: one whose local port is
+ * listened on in its network namespace was accepted, and its service port is its local port; any other was made
+ * by connect(), and its service port is the peer's.
+ */
+export function rulesMatcher(only: readonly EndpointRule[], except: readonly EndpointRule[]): ListedMatcher | null {
+  const decide = ruleDecision(only, except);
+  if (!decide) return null;
+  const byPort = [...only, ...except].some((r) => r.ports);
+  return (s, listening) => {
+    if (s.state === "LISTEN") return decide(null, s.localPort);
+    const accepted = byPort && listening().has(s.localPort);
+    return decide(peerBytes(s.peerAddress), accepted ? s.localPort : s.peerPort);
+  };
+}
+
+/** Everything a filter says about a socket's addresses and ports (--sport … --src, --only, --except); null: all. */
+export function socketMatcher(f: SocketFilter): ListedMatcher | null {
+  const address = addressMatcher(f);
+  const rules = rulesMatcher(f.only, f.except);
+  if (!address || !rules) return address ?? rules;
+  return (s, listening) => address(s) && rules(s, listening);
+}
+
+/** The canonical text of a rule, as the shim reads it from TCPKA_ONLY / TCPKA_EXCEPT and --list shows it. */
 export function endpointRuleText(r: EndpointRule): string {
   const net = r.cidr ? `${r.cidr.address}/${r.cidr.prefix}` : "";
-  if (r.port === undefined) return net;
-  return r.cidr?.family === 6 ? `[${net}]:${r.port}` : `${net}:${r.port}`;
+  if (!r.ports) return net;
+  const ports = r.ports.from === r.ports.to ? `${r.ports.from}` : `${r.ports.from}-${r.ports.to}`;
+  return r.cidr?.family === 6 ? `[${net}]:${ports}` : `${net}:${ports}`;
 }

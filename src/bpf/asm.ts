@@ -99,6 +99,7 @@ function jmp(cls: number, op: number) {
 export const JEq32 = jmp(CLASS.JMP32, JMP_OP.jeq);
 export const JNE32 = jmp(CLASS.JMP32, JMP_OP.jne);
 export const JGT32 = jmp(CLASS.JMP32, JMP_OP.jgt);
+export const JLT32 = jmp(CLASS.JMP32, JMP_OP.jlt);
 export const JLE32 = jmp(CLASS.JMP32, JMP_OP.jle);
 /** 64-bit compares. */
 export const JEq = jmp(CLASS.JMP, JMP_OP.jeq);

@@ -11,7 +11,7 @@
  * It cannot see a program's own setsockopt calls made after the connection is established.
  */
 import { endianness } from "node:os";
-import type { EndpointRule } from "../filter.js";
+import { addressBytes, type EndpointRule, holdsMapped, maskBytes } from "../filter.js";
 import { SOCKOPTS } from "../inspect/exact.js";
 import type { ApplyMode, KeepAliveSettings, OptionName } from "../settings.js";
 import {
@@ -22,7 +22,9 @@ import {
   type Instruction,
   Ja,
   JEq32,
+  JGT32,
   JLE32,
+  JLT32,
   JNE,
   JNE32,
   LoadMem,
@@ -70,44 +72,21 @@ function word(bytes: Buffer, i: number): number {
   return endianness() === "LE" ? bytes.readUInt32LE(i * 4) : bytes.readUInt32BE(i * 4);
 }
 
-function addressBytes(address: string, family: 4 | 6): Buffer {
-  if (family === 4) return Buffer.from(address.split(".").map(Number));
-  // Expand "::" and any dotted IPv4 tail into eight 16-bit groups.
-  let text = address;
-  const dotted = /(\d+\.\d+\.\d+\.\d+)$/.exec(text);
-  if (dotted) {
-    const b = (dotted[1] as string).split(".").map(Number) as [number, number, number, number];
-    text = `${text.slice(0, -dotted[0].length)}${((b[0] << 8) | b[1]).toString(16)}:${((b[2] << 8) | b[3]).toString(16)}`;
-  }
-  const [head, tail] = text.split("::") as [string, string | undefined];
-  const h = head ? head.split(":") : [];
-  const t = tail ? tail.split(":") : [];
-  const groups = tail === undefined ? h : [...h, ...Array(8 - h.length - t.length).fill("0"), ...t];
-  const out = Buffer.alloc(16);
-  for (const [i, g] of groups.entries()) out.writeUInt16BE(Number.parseInt(g, 16), i * 2);
-  return out;
-}
-
-function maskBytes(prefix: number, length: number): Buffer {
-  const out = Buffer.alloc(length);
-  for (let i = 0; i < length; i++) {
-    const bits = Math.max(0, Math.min(8, prefix - i * 8));
-    out[i] = bits === 0 ? 0 : (0xff << (8 - bits)) & 0xff;
-  }
-  return out;
-}
+/** The third u32 of an IPv4-mapped address (::ffff:a.b.c.d), as loaded from the context. */
+const MAPPED_WORD = word(Buffer.from([0, 0, 0xff, 0xff]), 0);
 
 /** Code that falls through when the connection matches `r`, and jumps to `fail` when it does not. */
 function ruleCheck(p: ProgramBuilder, r: EndpointRule, fail: string, id: string): void {
-  if (r.port !== undefined) p.emit(JNE32.Imm(R7, r.port, fail));
+  const ports = r.ports;
+  if (ports && ports.from === ports.to) p.emit(JNE32.Imm(R7, ports.from, fail));
+  else if (ports) p.emit(JLT32.Imm(R7, ports.from, fail), JGT32.Imm(R7, ports.to, fail));
   const cidr = r.cidr;
   if (!cidr) return;
   p.emit(LoadMem(R9, R6, CTX.family, "W"));
+  const net = addressBytes(cidr.address, cidr.family);
+  const mask = maskBytes(cidr.prefix, net.length);
   if (cidr.family === 4) {
-    const net = addressBytes(cidr.address, 4);
-    const mask = maskBytes(cidr.prefix, 4);
     // An AF_INET6 socket talking to an IPv4 peer has it as ::ffff:a.b.c.d.
-    const mapped = word(Buffer.from([0, 0, 0xff, 0xff]), 0);
     p.emit(
       JEq32.Imm(R9, AF_INET, `${id}_v4`),
       JNE32.Imm(R9, AF_INET6, fail),
@@ -116,7 +95,7 @@ function ruleCheck(p: ProgramBuilder, r: EndpointRule, fail: string, id: string)
       LoadMem(R2, R6, CTX.remoteIp6 + 4, "W"),
       JNE32.Imm(R2, 0, fail),
       LoadMem(R2, R6, CTX.remoteIp6 + 8, "W"),
-      JNE32.Imm(R2, mapped, fail),
+      JNE32.Imm(R2, MAPPED_WORD, fail),
       LoadMem(R2, R6, CTX.remoteIp6 + 12, "W"),
       Ja(`${id}_cmp`),
     );
@@ -124,9 +103,19 @@ function ruleCheck(p: ProgramBuilder, r: EndpointRule, fail: string, id: string)
     p.label(`${id}_cmp`).emit(And32.Imm(R2, word(mask, 0)), JNE32.Imm(R2, word(net, 0) & word(mask, 0), fail));
     return;
   }
-  const net = addressBytes(cidr.address, 6);
-  const mask = maskBytes(cidr.prefix, 16);
   p.emit(JNE32.Imm(R9, AF_INET6, fail));
+  if (holdsMapped(cidr)) {
+    // An IPv4 peer of an AF_INET6 socket (::ffff:a.b.c.d) is an IPv4 peer: no IPv6 network holds it (::/0 neither).
+    p.emit(
+      LoadMem(R2, R6, CTX.remoteIp6, "W"),
+      JNE32.Imm(R2, 0, `${id}_v6`),
+      LoadMem(R2, R6, CTX.remoteIp6 + 4, "W"),
+      JNE32.Imm(R2, 0, `${id}_v6`),
+      LoadMem(R2, R6, CTX.remoteIp6 + 8, "W"),
+      JEq32.Imm(R2, MAPPED_WORD, fail),
+    );
+    p.label(`${id}_v6`); // names the next instruction emitted, which may be the caller's jump (::/0)
+  }
   for (let k = 0; k < 4; k++) {
     const m = word(mask, k);
     if (m === 0) continue;

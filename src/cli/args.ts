@@ -5,7 +5,15 @@
  */
 import { type ParseArgsConfig, parseArgs } from "node:util";
 import { TcpkaError, usage } from "../errors.js";
-import { DEFAULT_FILTER, parseCidr, parsePid, parsePorts, parseStates, type SocketFilter } from "../filter.js";
+import {
+  DEFAULT_FILTER,
+  parseCidr,
+  parsePid,
+  parsePorts,
+  parseRules,
+  parseStates,
+  type SocketFilter,
+} from "../filter.js";
 import { commOf, processExists } from "../inspect/owners.js";
 import { ALL_STATES, stateMask } from "../inspect/sockets.js";
 import { type KeepAliveSettings, parseCount, parseIdle, parseInterval, parseUserTimeout } from "../settings.js";
@@ -111,7 +119,19 @@ export const FILTER_OPTIONS: Options = {
   comm: { type: "string", multiple: true },
   ipv4: { type: "boolean", short: "4" },
   ipv6: { type: "boolean", short: "6" },
+  only: { type: "string", multiple: true },
+  except: { type: "string", multiple: true },
 };
+
+/** --only and --except, as run, trace, enforce, enable and ls take them (src/filter.ts parseEndpointRule). */
+export const RULE_LINES = {
+  only:
+    "      --only RULE        only connections that match: CIDR, CIDR:PORTS, [IPv6CIDR]:PORTS or :PORTS, where\n" +
+    "                         PORTS is 5432, 8000-8100 or a list (80,443); e.g. 198.18.0.0/15:5432, [::1]:443.\n" +
+    "                         The address is the peer's, the port the service's: the peer port of a connection\n" +
+    "                         the program made, the local port of one it accepted. Several rules: give it again",
+  except: "      --except RULE      leave these alone (same forms); wins over --only",
+} as const;
 
 /** One help line per filter flag, so that each command lists the ones it takes. */
 export const FILTER_LINES = {
@@ -128,6 +148,8 @@ export const FILTER_LINES = {
   pid: "      --pid PID          sockets held by this process",
   comm: "      --comm NAME        sockets held by processes with this name (as in /proc/PID/comm)",
   ip: "  -4, -6                 IPv4 or IPv6 only (IPv4-mapped addresses are IPv6 sockets)",
+  only: RULE_LINES.only,
+  except: RULE_LINES.except,
 } as const;
 
 export function filterHelp(title: string, keys: readonly (keyof typeof FILTER_LINES)[]): string {
@@ -165,6 +187,7 @@ export function filterFrom(v: Values): SocketFilter {
     pids,
     comms: strs(v, "comm").map(parseComm),
     noKeepalive: bool(v, "no-keepalive"),
+    ...parseRules(strs(v, "only"), strs(v, "except")),
   };
 }
 

@@ -5,10 +5,10 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import { type LiveResult, LiveSession } from "../enforce/live.js";
 import { TcpkaError, usage } from "../errors.js";
-import { addressMatcher, parsePid, type SocketFilter } from "../filter.js";
+import { parsePid, type SocketFilter, socketMatcher } from "../filter.js";
 import { pidsInCgroup, resolveCgroup } from "../inspect/cgroup.js";
 import { commOf, listPids, mayHoldSockets, processExists, processOf } from "../inspect/owners.js";
-import { stateMask, type TcpEndpoints } from "../inspect/sockets.js";
+import { stateMask } from "../inspect/sockets.js";
 import {
   type Change,
   deadPeerAfter,
@@ -50,6 +50,8 @@ const FILTERS_HELP = filterHelp("Filters (all must match; default: established a
   "dst",
   "src",
   "ip",
+  "only",
+  "except",
 ]);
 
 const RUN_HELP = `Output and behaviour:
@@ -272,8 +274,6 @@ export interface LiveOptions {
   settings: KeepAliveSettings;
   force: boolean;
   filter: SocketFilter;
-  /** Overrides the address part of `filter` (tcpka run's --only/--except rules). */
-  matches?: ((s: TcpEndpoints) => boolean) | null;
   /** --watch stops at SIGINT/SIGTERM (default); tcpka run's fallback stops when its child exits instead. */
   stopOnSignal?: boolean;
   dryRun: boolean;
@@ -290,8 +290,7 @@ export async function runLive(
   out: Out,
 ): Promise<number> {
   const plan = { disable: o.disable, settings: o.settings, mode: o.force ? "force" : "strengthen" } as const;
-  const matches = o.matches === undefined ? addressMatcher(o.filter) : o.matches;
-  const session = new LiveSession(o.filter.states, matches, plan, o.dryRun);
+  const session = new LiveSession(o.filter.states, socketMatcher(o.filter), plan, o.dryRun);
   const t: Tally = {
     changed: 0,
     unchanged: 0,

@@ -7,12 +7,22 @@ import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { type Enforcement, enforceOnCgroup, listEnforcements, pinName, removeEnforcement } from "../enforce/cgroup.js";
 import { TcpkaError, usage } from "../errors.js";
-import { DEFAULT_FILTER, endpointMatcher, parseEndpointRule, parsePid } from "../filter.js";
+import { DEFAULT_FILTER, parsePid, parseRules } from "../filter.js";
 import { cgroup2Mount, cgroupPath, pidsInCgroup, resolveCgroup } from "../inspect/cgroup.js";
 import { processExists } from "../inspect/owners.js";
 import { stateMask } from "../inspect/sockets.js";
 import { formatMs } from "../settings.js";
-import { bool, type Options, parse, SETTINGS_HELP, SETTINGS_OPTIONS, settingsFrom, str, strs } from "./args.js";
+import {
+  bool,
+  type Options,
+  parse,
+  RULE_LINES,
+  SETTINGS_HELP,
+  SETTINGS_OPTIONS,
+  settingsFrom,
+  str,
+  strs,
+} from "./args.js";
 import { runLive } from "./enable.js";
 import { type Out, table } from "./format.js";
 
@@ -39,9 +49,8 @@ Target (one):
 ${SETTINGS_HELP}
 
 Which connections (default: all):
-      --only RULE        CIDR, CIDR:PORT, [IPv6CIDR]:PORT or :PORT; the address is the peer's, the port the
-                         service's (the peer port of an outgoing connection, the local port of an accepted one)
-      --except RULE      leave these alone; wins over --only
+${RULE_LINES.only}
+${RULE_LINES.except}
 
 Other:
       --existing         also change the connections that exist now (as tcpka enable --cgroup does)
@@ -191,8 +200,7 @@ export async function runEnforce(argv: readonly string[], out: Out): Promise<num
   if (!dir)
     throw usage("no target: give --cgroup, --unit or --pid", "e.g. sudo tcpka enforce --cgroup /workers --idle 60s");
   if (bool(values, "all")) throw usage("--all goes with --remove");
-  const only = strs(values, "only").map((r) => parseEndpointRule("--only", r));
-  const except = strs(values, "except").map((r) => parseEndpointRule("--except", r));
+  const { only, except } = parseRules(strs(values, "only"), strs(values, "except"));
   const settings = settingsFrom(values);
   const mode = bool(values, "force") ? "force" : "strengthen";
   const r = enforceOnCgroup(dir, mount, { settings, mode, only, except });
@@ -212,8 +220,7 @@ export async function runEnforce(argv: readonly string[], out: Out): Promise<num
       disable: false,
       settings,
       force: mode === "force",
-      filter: { ...DEFAULT_FILTER, states: stateMask(["ESTAB", "LISTEN"]) },
-      matches: endpointMatcher(only, except),
+      filter: { ...DEFAULT_FILTER, states: stateMask(["ESTAB", "LISTEN"]), only, except },
       dryRun: false,
       watch: false,
       everyMs: 1000,

@@ -7,13 +7,14 @@ import { readdirSync, readFileSync } from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";
 import { preloadBlocker, resolveCommand, shimEnvironment } from "../enforce/preload.js";
 import { TcpkaError, usage } from "../errors.js";
-import { DEFAULT_FILTER, type EndpointRule, endpointMatcher, parseEndpointRule } from "../filter.js";
+import { DEFAULT_FILTER, type EndpointRule, parseRules } from "../filter.js";
 import { stateMask } from "../inspect/sockets.js";
 import type { KeepAliveSettings } from "../settings.js";
 import {
   bool,
   type Options,
   parse,
+  RULE_LINES,
   SETTINGS_HELP,
   SETTINGS_OPTIONS,
   settingsFrom,
@@ -34,11 +35,9 @@ CMD pass through.
 ${SETTINGS_HELP}
 
 Which connections (default: all TCP over IPv4 and IPv6):
-      --only RULE       only connections that match: CIDR, CIDR:PORT, [IPv6CIDR]:PORT or :PORT; the address is
-                        the peer's, the port the service's (the peer port of an outgoing connection, the local
-                        port of an accepted one). Give it several times for several rules.
-      --except RULE     leave these alone (same forms); wins over --only
-      --debug           the library reports its own errors on stderr
+${RULE_LINES.only}
+${RULE_LINES.except}
+      --debug            the library reports its own errors on stderr
 
 LD_PRELOAD cannot reach statically linked programs (most Go binaries) or set-user-ID programs: for those,
 tcpka says so, runs CMD as it is and sets keepalive on its connections (and its children's) through
@@ -78,8 +77,7 @@ export function planPreload(
   const plan = {
     values,
     settings: settingsFrom(values),
-    only: strs(values, "only").map((r) => parseEndpointRule("--only", r)),
-    except: strs(values, "except").map((r) => parseEndpointRule("--except", r)),
+    ...parseRules(strs(values, "only"), strs(values, "except")),
     file: "",
     args: split.command.slice(1),
     argv0: split.command[0] ?? "",
@@ -164,7 +162,7 @@ async function runWatched(plan: PreloadPlan, why: string, force: boolean): Promi
   }).finally(() => {
     exited = true;
   });
-  const filter = { ...DEFAULT_FILTER, states: stateMask(["ESTAB", "LISTEN"]) };
+  const filter = { ...DEFAULT_FILTER, states: stateMask(["ESTAB", "LISTEN"]), only: plan.only, except: plan.except };
   const watching = (async () => {
     while (pid === 0 && !exited) await sleep(5);
     if (exited) return 0;
@@ -175,7 +173,6 @@ async function runWatched(plan: PreloadPlan, why: string, force: boolean): Promi
         settings: plan.settings,
         force,
         filter,
-        matches: endpointMatcher(plan.only, plan.except),
         dryRun: false,
         watch: true,
         everyMs: WATCH_EVERY_MS,

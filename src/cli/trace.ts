@@ -28,7 +28,7 @@ import { describeSettings, formatSeconds } from "../settings.js";
 import { LOCK_EX } from "../sys/constants.js";
 import { AtomicFile, fileError, Lock, privateRunDir, removeRunDir, runtimeBase } from "../sys/files.js";
 import { errnoName, flockNow } from "../sys/libc.js";
-import { bool, type Options, SETTINGS_HELP, SETTINGS_OPTIONS, str } from "./args.js";
+import { bool, type Options, RULE_LINES, SETTINGS_HELP, SETTINGS_OPTIONS, str } from "./args.js";
 import { type ChildResult, passThrough, runChild } from "./child.js";
 import { hostPort, Out, paint, plural, printable, reportError } from "./format.js";
 import { blockedError, planPreload } from "./run.js";
@@ -48,6 +48,10 @@ Options:
                     flags below imply it
 
 ${SETTINGS_HELP.replace("Settings (defaults", "Settings, with --apply (defaults")}
+
+Which connections tcpka changes with --apply (each socket's "matched" in --json says whether it was one):
+${RULE_LINES.only}
+${RULE_LINES.except}
 
 The events travel through a file that only your user can open, in a new directory under /run/tcpka (root)
 or $XDG_RUNTIME_DIR/tcpka, removed when trace ends. A process of CMD that switches to another user (setuid)

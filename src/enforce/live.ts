@@ -6,9 +6,17 @@
  * read per process; elsewhere each fd's /proc/PID/fd link is read and the socket looked up in the TCP tables of
  * the process's own network namespace.
  */
+import type { ListedMatcher } from "../filter.js";
 import { commOf, fdNumbers, netnsOf, openFdCount } from "../inspect/owners.js";
 import { SocketFdIterator } from "../inspect/socket-fds.js";
-import { readSockets, STATE_NAMES, type TcpEndpoints, type TcpSocket, type TcpStateName } from "../inspect/sockets.js";
+import {
+  listeningPorts,
+  readSockets,
+  STATE_NAMES,
+  type TcpEndpoints,
+  type TcpSocket,
+  type TcpStateName,
+} from "../inspect/sockets.js";
 import { applyPhase, linksPhase, type Outcome, OutcomeReader, type PlanSpec } from "./batch.js";
 import { HelperThread } from "./helper.js";
 
@@ -62,7 +70,7 @@ export class LiveSession {
 
   constructor(
     private readonly states: number,
-    private readonly matches: ((s: TcpEndpoints) => boolean) | null,
+    private readonly matches: ListedMatcher | null,
     private readonly plan: PlanSpec,
     private readonly dryRun: boolean,
     /** false: list through /proc and sock_diag even where the BPF iterator would load (for tests) */
@@ -136,6 +144,9 @@ export class LiveSession {
     let comm = "";
     let commPid = -1; // entries come grouped by process: its comm and holding are noted once
     let holder = -1;
+    const listeningIn = this.listeningOf();
+    let portsPid = -1;
+    let listening = listeningIn(-1);
     for (let i = 0; i < links.n; i++) {
       const inode = links.inodes[i] as number;
       if (inode <= 0) continue;
@@ -153,7 +164,11 @@ export class LiveSession {
         socket = tcp?.get(inode);
         if (!socket) continue; // not TCP, not in a wanted state yet, or gone
       }
-      if (this.matches && !this.matches(socket)) {
+      if (pid !== portsPid) {
+        listening = listeningIn(pid);
+        portsPid = pid;
+      }
+      if (this.matches && !this.matches(socket, listening)) {
         this.seen.set(inode, 0);
         filtered++;
         continue;
@@ -255,6 +270,25 @@ export class LiveSession {
         : undefined,
     );
     return tcp ? { links, tcp } : { links };
+  }
+
+  /**
+   * For the rules: the ports listened on in the network namespace of a process, read once per namespace in a
+   * round, and only when asked.
+   */
+  private listeningOf(): (pid: number) => () => ReadonlySet<number> {
+    const byNetns = new Map<string, ReadonlySet<number>>();
+    const own = netnsOf(process.pid);
+    return (pid) => {
+      let ports: ReadonlySet<number> | undefined;
+      return () => {
+        if (ports) return ports;
+        const ns = netnsOf(pid) ?? "";
+        ports = byNetns.get(ns) ?? listeningPorts(ns === own ? {} : { netnsOf: pid });
+        byNetns.set(ns, ports);
+        return ports;
+      };
+    };
   }
 
   /** The TCP sockets in wanted states, by inode, from the network namespaces of these processes. */

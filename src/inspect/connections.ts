@@ -2,13 +2,13 @@
  * The whole inspection behind `tcpka ls` and `tcpka`: list sockets, find their owners, read their exact
  * keepalive settings where this user may, and fall back to the kernel's timer as a hint where it may not.
  */
-import { addressMatcher, DEFAULT_FILTER, type SocketFilter } from "../filter.js";
+import { DEFAULT_FILTER, type SocketFilter, socketMatcher } from "../filter.js";
 import { deadPeerAfter, type EffectiveKeepAlive, type SystemDefaults } from "../settings.js";
 import { SysError } from "../sys/libc.js";
 import { SocketBorrower } from "../sys/pidfd.js";
 import { readKeepAlive } from "./exact.js";
 import { findOwners, listPids, netnsOf, type SocketOwner } from "./owners.js";
-import { readSockets, type TcpSocket } from "./sockets.js";
+import { listeningPorts, type ReadOptions, readSockets, type TcpSocket } from "./sockets.js";
 import { readSystemDefaults } from "./sysctl.js";
 
 export interface Connection {
@@ -61,12 +61,21 @@ export function keepaliveFromTimer(s: TcpSocket): boolean | null {
 }
 
 /**
- * The sockets to look at: this network namespace's; with --pid, those of each target's own namespace
- * (through /proc/PID/net/tcp for another one), so that `tcpka ls --pid` works on a container's process.
+ * The sockets to look at that pass the filter's addresses, ports and rules: this network namespace's; with --pid,
+ * those of each target's own namespace (through /proc/PID/net/tcp for another one), so that `tcpka ls --pid`
+ * works on a container's process.
  */
 function socketsOf(filter: SocketFilter, opts: InspectOptions): TcpSocket[] {
+  const matches = socketMatcher(filter);
+  const readMatching = (from: ReadOptions) => {
+    const list = readSockets(from);
+    if (!matches) return list;
+    let ports: ReadonlySet<number> | undefined;
+    const listening = () => (ports ??= listeningPorts(from));
+    return list.filter((s) => matches(s, listening));
+  };
   const read = { states: filter.states, families: filter.families, via: opts.via };
-  if (!filter.pids.length) return readSockets(read);
+  if (!filter.pids.length) return readMatching(read);
   const own = netnsOf(process.pid);
   const namespaces = new Map<string, number>();
   for (const pid of filter.pids) {
@@ -74,7 +83,7 @@ function socketsOf(filter: SocketFilter, opts: InspectOptions): TcpSocket[] {
     if (ns !== undefined && !namespaces.has(ns)) namespaces.set(ns, pid);
   }
   const out: TcpSocket[] = [];
-  for (const [ns, pid] of namespaces) out.push(...readSockets(ns === own ? read : { ...read, netnsOf: pid }));
+  for (const [ns, pid] of namespaces) out.push(...readMatching(ns === own ? read : { ...read, netnsOf: pid }));
   return out;
 }
 
@@ -91,9 +100,7 @@ export function inspect(filter: SocketFilter = DEFAULT_FILTER, opts: InspectOpti
  */
 export function inspectEach(filter: SocketFilter, opts: InspectOptions, each: (c: Connection) => void): InspectionInfo {
   const defaults = readSystemDefaults();
-  const matches = addressMatcher(filter);
-  let sockets = socketsOf(filter, opts);
-  if (matches) sockets = sockets.filter(matches);
+  const sockets = socketsOf(filter, opts);
   const processes = opts.processes ?? true;
   const wantOwners = processes || filter.pids.length > 0 || filter.comms.length > 0;
 

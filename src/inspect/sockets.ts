@@ -106,6 +106,11 @@ export function readSockets(opts: ReadOptions = {}): TcpSocket[] {
   }
 }
 
+/** The local ports of the listening TCP sockets in a network namespace (tcpka's own, or that of opts.netnsOf). */
+export function listeningPorts(opts: ReadOptions = {}): Set<number> {
+  return new Set(readSockets({ ...opts, states: 1 << TCP_STATES.LISTEN, families: [4, 6] }).map((s) => s.localPort));
+}
+
 export function readNetlink(states: number, families: readonly (4 | 6)[]): TcpSocket[] {
   const out: TcpSocket[] = [];
   // A request socket (TCP_NEW_SYN_RECV) is only dumped when its own bit is asked for.

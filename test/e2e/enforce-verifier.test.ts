@@ -1,11 +1,13 @@
 /**
  * The kernel's verifier accepts every program `tcpka enforce` generates: strengthen and --force (with and without
- * --user-timeout), times no rules, a port, IPv4 and IPv6 networks with and without a port, --except, edge prefix
- * lengths, and many rules at once. Loaded and attached through the CLI on a test cgroup (a new link each time),
+ * --user-timeout), times no rules, a port, port ranges and lists, IPv4 and IPv6 networks with and without a port,
+ * IPv6 networks that must skip IPv4-mapped peers, an IPv4-mapped rule, --except, edge prefix lengths, and many
+ * rules at once. Loaded and attached through the CLI on a test cgroup (a new link each time),
  * checked in --list --json, then removed: no pin is left.
  */
 import assert from "node:assert/strict";
 import { after, test } from "node:test";
+import { endpointRuleText, parseRules } from "../../src/filter.js";
 import { TestCgroup } from "../helpers/cgroup.js";
 import { needs } from "../helpers/env.js";
 import { assertNoPinsLeft, bpffsRestorer, enforce, listJson, remove } from "./enforce-helpers.js";
@@ -40,6 +42,9 @@ const RULES: [string, string[]][] = [
   ["edge prefixes", ["--only", "0.0.0.0/0", "--only", "::/0", "--only", "10.1.2.3/32", "--only", "fe80::1/128"]],
   ["odd prefixes", ["--only", "172.16.0.0/13", "--only", "2001:db8:8000::/33", "--except", "2001:db8::/77"]],
   ["--only and --except together", ["--only", ":443", "--only", "10.0.0.0/8:5432", "--except", "10.1.0.0/16"]],
+  ["port ranges and lists", ["--only", ":8000-8100,443", "--except", "198.18.0.0/15:80-90"]],
+  ["IPv6 networks that hold IPv4-mapped peers", ["--only", "::/0", "--only", "[::/64]:1-1024"]],
+  ["an IPv4-mapped rule", ["--only", "[::ffff:127.0.0.1]:80", "--except", "::ffff:198.18.0.0/111"]],
   ["32 rules", many],
 ];
 
@@ -53,7 +58,11 @@ test("the verifier accepts the program for every kind of spec", async (t) => {
         assert.match(out, /^enforcing keepalive on new connections/);
         const e = listJson().find((x) => x.cgroup === cg.path);
         assert.equal(e?.mode, modeArgs.includes("--force") ? "force" : "strengthen");
-        assert.equal(e.only.length + e.except.length, ruleArgs.length / 2);
+        const rules = parseRules(
+          ruleArgs.filter((_, i) => ruleArgs[i - 1] === "--only"),
+          ruleArgs.filter((_, i) => ruleArgs[i - 1] === "--except"),
+        );
+        assert.deepEqual([e.only, e.except], [rules.only.map(endpointRuleText), rules.except.map(endpointRuleText)]);
         remove(cg);
       });
     }

@@ -116,12 +116,36 @@ describe("the keepalive sock_ops program", () => {
     );
   });
 
+  test("a port range is two compares; a single port one", () => {
+    const ops = (rule: string) =>
+      keepaliveProgram({ settings, mode: "force", only: parseEndpointRule("--only", rule), except: [] })
+        .filter((i) => i.dst === 7 && (i.opcode & 0x07) === 0x06)
+        .slice(1) // the first reads the port: remote_port <= 0xffff on kernels that do not shift it up
+        .map((i) => [i.opcode & 0xf0, i.imm]);
+    assert.deepEqual(ops(":8000-8100"), [
+      [0xa0, 8000], // jlt
+      [0x20, 8100], // jgt
+    ]);
+    assert.deepEqual(ops(":5432"), [[0x50, 5432]]); // jne
+  });
+
+  test("an IPv6 network that holds IPv4-mapped addresses (::/0) skips those peers: they are IPv4 peers", () => {
+    const mappedWord = 0xffff0000; // 00 00 ff ff loaded as a little-endian u32
+    const skips = (rule: string) =>
+      keepaliveProgram({ settings, mode: "force", only: parseEndpointRule("--only", rule), except: [] }).some(
+        (i) => i.opcode === 0x16 && i.imm === (mappedWord | 0),
+      );
+    assert.equal(skips("::/0"), true);
+    assert.equal(skips("::/64"), true);
+    assert.equal(skips("2001:db8::/32"), false);
+  });
+
   test("rules on the peer's address leave listeners alone (their peers are not known yet)", () => {
     const listenOp = (p: Instruction[]) => p.some((i) => i.opcode === 0x16 && i.imm === 11);
     assert.equal(listenOp(keepaliveProgram({ settings, mode: "force", only: [], except: [] })), true);
-    const byPort = [parseEndpointRule("--only", ":5432")];
+    const byPort = parseEndpointRule("--only", ":5432");
     assert.equal(listenOp(keepaliveProgram({ settings, mode: "force", only: byPort, except: [] })), true);
-    const byNet = [parseEndpointRule("--only", "198.18.0.0/15")];
+    const byNet = parseEndpointRule("--only", "198.18.0.0/15");
     assert.equal(listenOp(keepaliveProgram({ settings, mode: "force", only: byNet, except: [] })), false);
   });
 
@@ -129,7 +153,7 @@ describe("the keepalive sock_ops program", () => {
     const p = keepaliveProgram({
       settings,
       mode: "force",
-      only: [parseEndpointRule("--only", "198.18.0.0/15")],
+      only: parseEndpointRule("--only", "198.18.0.0/15"),
       except: [],
     });
     // 198.18.0.0/15 -> bytes c6 12 00 00, mask ff fe 00 00, read as a little-endian u32.

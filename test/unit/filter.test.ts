@@ -3,13 +3,18 @@ import { describe, test } from "node:test";
 import {
   addressMatcher,
   DEFAULT_FILTER,
+  endpointRuleText,
+  MAX_RULES,
   parseCidr,
+  parseEndpointRule,
   parsePid,
   parsePorts,
+  parseRules,
   parseStates,
+  rulesMatcher,
   type SocketFilter,
 } from "../../src/filter.js";
-import { ALL_STATES, type TcpSocket } from "../../src/inspect/sockets.js";
+import { ALL_STATES, type TcpEndpoints, type TcpSocket } from "../../src/inspect/sockets.js";
 import { throwsExit2 } from "./expect.js";
 
 const bit = (...states: number[]) => states.reduce((m, s) => m | (1 << s), 0);
@@ -209,5 +214,167 @@ describe("addressMatcher", () => {
     const only6 = matcher({ families: [6] });
     assert.deepEqual([only4(sock({})), only4(v6), only4(mapped)], [true, false, false]);
     assert.deepEqual([only6(sock({})), only6(v6), only6(mapped)], [false, true, true]);
+  });
+});
+
+describe("parseEndpointRule: one grammar for run, trace, enable, enforce and ls", () => {
+  const canonical = (text: string) => parseEndpointRule("--only", text).map(endpointRuleText);
+
+  test("networks, addresses, ports, port ranges and lists; the canonical text that the shim reads", () => {
+    const cases: [string, string[]][] = [
+      ["198.18.0.0/15", ["198.18.0.0/15"]],
+      ["198.18.0.1", ["198.18.0.1/32"]],
+      ["198.18.0.7/15", ["198.18.0.0/15"]],
+      ["198.18.0.1:80", ["198.18.0.1/32:80"]],
+      ["198.18.0.0/15:80-90", ["198.18.0.0/15:80-90"]],
+      [":5432", [":5432"]],
+      [":80-90", [":80-90"]],
+      [":80,443", [":80", ":443"]],
+      [" :8000-8100, 22 ", [":8000-8100", ":22"]],
+      ["::1", ["::1/128"]],
+      ["[::1]", ["::1/128"]],
+      ["[::1]:443", ["[::1/128]:443"]],
+      ["2001:db8::/32", ["2001:db8::/32"]],
+      ["[2001:db8::/32]:443,8443", ["[2001:db8::/32]:443", "[2001:db8::/32]:8443"]],
+      ["[2001:db8::]/32:443", ["[2001:db8::/32]:443"]],
+      ["2001:db8::1:abcd", ["2001:db8::1:abcd/128"]],
+      ["2001:db8:0:0:0:0:1:443", ["2001:db8::1:443/128"]], // eight groups: no port can hide in it
+      ["::/0", ["::/0"]],
+    ];
+    for (const [text, want] of cases) assert.deepEqual(canonical(text), want, text);
+  });
+
+  test("an IPv4-mapped address or network means the IPv4 one", () => {
+    assert.deepEqual(canonical("[::ffff:127.0.0.1]:80"), ["127.0.0.1/32:80"]);
+    assert.deepEqual(canonical("::ffff:198.18.0.0/111"), ["198.18.0.0/15"]);
+    assert.deepEqual(canonical("::ffff:0:0/96"), ["0.0.0.0/0"]);
+    assert.deepEqual(canonical("::ffff:0:0/95"), ["::fffe:0:0/95"], "wider than the mapped range: an IPv6 network");
+  });
+
+  test("zone ids are refused with the reason, and what to write instead", () => {
+    for (const [text, zone, rest] of [
+      ["fe80::1%lo", "%lo", "fe80::1"],
+      ["[fe80::1%eth0]:80", "%eth0", "[fe80::1]:80"],
+    ] as const) {
+      throwsExit2(
+        () => parseEndpointRule("--only", text),
+        "usage",
+        `--only ${text}: zone ids (${zone}) are not supported: tcpka enforce's BPF program cannot see a connection's interface`,
+      );
+      assert.throws(
+        () => parseEndpointRule("--only", text),
+        (e: { hint?: string }) => e.hint === `leave the zone out: ${rest} matches that address on every interface`,
+      );
+    }
+  });
+
+  test("an unbracketed IPv6 address that could end in a port is refused with a hint to use brackets", () => {
+    throwsExit2(
+      () => parseEndpointRule("--only", "::1:443"),
+      "usage",
+      "--only ::1:443: ambiguous: the IPv6 address ::1:443, or port 443 of ::1?",
+    );
+    assert.throws(
+      () => parseEndpointRule("--only", "::1:443"),
+      (e: { hint?: string }) => e.hint === "write [::1]:443 for the port, or [::1:443] for the address",
+    );
+    throwsExit2(() => parseEndpointRule("--only", "2001:db8::1:80"), "usage", /ambiguous/);
+    throwsExit2(
+      () => parseEndpointRule("--except", "2001:db8::/32:443"),
+      "usage",
+      "--except 2001:db8::/32:443: a port after an IPv6 network needs brackets",
+    );
+    throwsExit2(
+      () => parseEndpointRule("--only", ":::443"),
+      "usage",
+      "--only :::443: a port after an IPv6 address needs brackets",
+    );
+  });
+
+  test("malformed rules name the whole rule", () => {
+    const cases: [string, string][] = [
+      ["", "--only : not a network or port"],
+      ["[]:80", "--only []:80: not a network or port"],
+      [":", "--only :: no port after ':'"],
+      ["10.0.0.0/8:", "--only 10.0.0.0/8:: no port after ':'"],
+      [":0", "--only :0: port 0 is out of range (1 to 65535)"],
+      [":90-80", "--only :90-80: the range ends before it starts"],
+      [":http", "--only :http: not a port"],
+      ["10.0.0.0/8:80,", "--only 10.0.0.0/8:80,: not a port"],
+      ["10.0.0.0/33", "--only 10.0.0.0/33: the prefix length must be 0 to 32 for IPv4"],
+      ["example.com:80", "--only example.com:80: not an IP address or CIDR"],
+      ["80,443", "--only 80,443: not an IP address or CIDR"],
+    ];
+    for (const [text, message] of cases) throwsExit2(() => parseEndpointRule("--only", text), "usage", message);
+  });
+
+  test(`at most ${MAX_RULES} rules in all, a port list counting one per range`, () => {
+    const ports = (from: number, n: number) => Array.from({ length: n }, (_, i) => from + i).join(",");
+    assert.equal(parseRules([`:${ports(1, 20)}`], [`:${ports(100, 12)}`]).except.length, 12);
+    throwsExit2(
+      () => parseRules([`:${ports(1, 20)}`], [`:${ports(100, 13)}`]),
+      "usage",
+      `--only/--except: 33 rules, more than the ${MAX_RULES} that the preload library and the BPF program hold`,
+    );
+  });
+});
+
+describe("rulesMatcher: the rules on listed sockets", () => {
+  const ends = (local: [string, number], peer: [string, number], state: TcpEndpoints["state"] = "ESTAB") =>
+    ({
+      family: local[0].includes(":") ? 6 : 4,
+      state,
+      localAddress: local[0],
+      localPort: local[1],
+      peerAddress: peer[0],
+      peerPort: peer[1],
+      inode: 1,
+    }) as TcpEndpoints;
+  const listening = () => new Set([8080, 5432]);
+  const out = ends(["198.18.0.1", 40000], ["198.18.0.2", 8080]); // made by connect()
+  const inn = ends(["198.18.0.2", 8080], ["198.18.0.1", 40000]); // accepted: 8080 is listened on
+  const mapped = ends(["::ffff:198.19.0.1", 5432], ["::ffff:198.18.0.1", 40001]); // accepted on a dual-stack socket
+  const six = ends(["::1", 40002], ["::1", 9443]);
+  const listener = ends(["0.0.0.0", 8080], ["0.0.0.0", 0], "LISTEN");
+  const all = { out, inn, mapped, six, listener };
+  const which = (only: string[], except: string[] = []) => {
+    const r = parseRules(only, except);
+    const m = rulesMatcher(r.only, r.except);
+    assert.ok(m);
+    return Object.entries(all)
+      .filter(([, s]) => m(s, listening))
+      .map(([name]) => name);
+  };
+
+  test("the port is the service's: the peer port of a connection made, the local port of one accepted", () => {
+    assert.deepEqual(which([":8080"]), ["out", "inn", "listener"]);
+    assert.deepEqual(which([":40000"]), [], "an ephemeral port is no service port");
+    assert.deepEqual(which([":5432,9443"]), ["mapped", "six"]);
+    assert.deepEqual(which([":8000-9000"]), ["out", "inn", "listener"]);
+  });
+
+  test("the address is the peer's; an IPv4-mapped peer is an IPv4 peer, which no IPv6 network holds", () => {
+    assert.deepEqual(which(["198.18.0.0/15"]), ["out", "inn", "mapped"]);
+    assert.deepEqual(which(["198.18.0.2"]), ["out"]);
+    assert.deepEqual(which(["0.0.0.0/0"]), ["out", "inn", "mapped"]);
+    assert.deepEqual(which(["::/0"]), ["six"]);
+    assert.deepEqual(which(["[::ffff:198.18.0.1]:5432"]), ["mapped"]);
+    assert.deepEqual(which(["198.18.0.0/15:8080"]), ["out", "inn"]);
+  });
+
+  test("--except wins; a listener is left to its connections as soon as any rule names an address", () => {
+    assert.deepEqual(which([], ["198.18.0.2"]), ["inn", "mapped", "six"]);
+    assert.deepEqual(which([":8080"], ["198.18.0.1"]), ["out"]);
+    assert.deepEqual(which([], [":8080"]), ["mapped", "six"]);
+  });
+
+  test("the listening ports are asked for only when a rule has a port", () => {
+    const r = parseRules(["198.18.0.0/15"], []);
+    const m = rulesMatcher(r.only, r.except);
+    assert.equal(
+      m?.(inn, () => assert.fail("asked")),
+      true,
+    );
+    assert.equal(rulesMatcher([], []), null);
   });
 });
