@@ -9,8 +9,8 @@
  *  - everything here is async-signal-safe (no stdio), and safe across threads, fork() and exec().
  *
  * Environment (written by `tcpka run` / `tcpka trace`, which validate it first):
- *   TCPKA_MODE        strengthen (default): keepalive on, and idle/interval/count/user timeout lowered to the
- *                     requested values where the program's are higher or unset, never weakened;
+ *   TCPKA_MODE        strengthen (default): keepalive on, with the strengthen rule of src/settings.ts between the
+ *                     program's values and the requested ones (see strengthen() below), never weaker than either;
  *                     force: exactly the requested values; observe: change nothing, only report.
  *   TCPKA_IDLE, TCPKA_INTVL, TCPKA_CNT    seconds, seconds, probes (kernel limits 1..32767, 1..32767, 1..127)
  *   TCPKA_USER_TIMEOUT                    milliseconds (0..INT_MAX)
@@ -543,34 +543,53 @@ static int is_tcp(int fd, struct slot *s) {
   return tcp;
 }
 
-/* The value option `o` has now when the program did not set it: from the slot, or from the kernel. */
+/* The program's value of option `o`: what it set itself; for an option tcpka set instead, what the socket had
+ * before (kept in prog[] by enforce); else the namespace default on a socket seen from socket() on, or the
+ * kernel's answer. */
 static int current(int fd, const struct slot *s, int o) {
-  if (s && (s->progset & SET(o))) return s->prog[o];
+  if (s && ((s->progset | s->applied) & SET(o))) return s->prog[o];
   if (s && s->seen) return cfg.sysdef[o];
   int v;
   return get_int(fd, opt_level[o], opt_name[o], &v) == 0 ? v : cfg.sysdef[o];
 }
 
-/* Is `have` at least as strong as `want`? Smaller times and counts are stronger; keepalive on beats off; a user
- * timeout of 0 means none, the weakest. */
-static int strong_enough(int o, int have, int want) {
-  if (o == O_KEEPALIVE) return have != 0;
-  if (o == O_UT && have == 0) return 0;
-  return have <= want;
+/* The strengthen rule, as strengthen() in src/settings.ts: keepalive on; idle the smaller of the program's and the
+ * request; interval and count together from whichever of the two detects a dead peer sooner on its own
+ * (idle + interval × count, at most 32767 + 32767 × 127; a tie keeps the program's), so that the probes that
+ * declare a peer dead are one side's own choice; the smaller non-zero user timeout. What is not requested stays
+ * the program's. */
+static void strengthen(const int *have, int *to) {
+  for (int o = 0; o < O_COUNT; o++) to[o] = cfg.want[o] < 0 ? have[o] : cfg.want[o];
+  if (to[O_IDLE] + to[O_INTVL] * to[O_CNT] >= have[O_IDLE] + have[O_INTVL] * have[O_CNT]) {
+    to[O_INTVL] = have[O_INTVL];
+    to[O_CNT] = have[O_CNT];
+  }
+  if (have[O_KEEPALIVE]) to[O_KEEPALIVE] = have[O_KEEPALIVE];
+  if (have[O_IDLE] < to[O_IDLE]) to[O_IDLE] = have[O_IDLE];
+  if (have[O_UT] && (!to[O_UT] || have[O_UT] < to[O_UT])) to[O_UT] = have[O_UT];
 }
 
-/* Apply the requested settings to `fd` under the mode's rule; records what was set in the slot. */
-static void enforce(int fd, struct slot *s, unsigned only_mask) {
+/* Apply the requested settings to `fd` under the mode's rule, for the options in `mask`: force sets them,
+ * strengthen sets those the rule changes. Records in the slot what was set, and what the program had before. */
+static void enforce(int fd, struct slot *s, unsigned mask) {
+  int have[O_COUNT], to[O_COUNT];
+  if (cfg.mode == MODE_STRENGTHEN) {
+    for (int o = 0; o < O_COUNT; o++) have[o] = current(fd, s, o);
+    strengthen(have, to);
+  } else {
+    memcpy(to, cfg.want, sizeof to);
+  }
   for (int o = 0; o < O_COUNT; o++) {
-    if (cfg.want[o] < 0 || !(only_mask & SET(o))) continue;
-    if (cfg.mode == MODE_STRENGTHEN && strong_enough(o, current(fd, s, o), cfg.want[o])) continue;
-    if (set_int(fd, opt_level[o], opt_name[o], cfg.want[o]) != 0) {
+    if (cfg.want[o] < 0 || !(mask & SET(o))) continue;
+    if (cfg.mode == MODE_STRENGTHEN && to[o] == (s && (s->applied & SET(o)) ? s->value[o] : have[o])) continue;
+    if (set_int(fd, opt_level[o], opt_name[o], to[o]) != 0) {
       debug("setsockopt failed", opt_json[o]);
       continue;
     }
     if (s) {
+      if (cfg.mode == MODE_STRENGTHEN && !((s->progset | s->applied) & SET(o))) s->prog[o] = have[o];
       s->applied |= (uint8_t)SET(o);
-      s->value[o] = cfg.want[o];
+      s->value[o] = to[o];
     }
   }
 }
@@ -759,8 +778,8 @@ static void accepted(int lfd, int fd) {
     slot_new(s);
     s->tcp = 1;
     s->conn = CONN_UP;
-    if (ls && ls->seen) { /* inherited: what the program and tcpka set on the listener */
-      s->seen = 1;
+    if (ls) { /* inherited: what the program and tcpka set on the listener, and what it had before tcpka */
+      s->seen = ls->seen;
       s->progset = ls->progset;
       s->applied = ls->applied;
       memcpy(s->prog, ls->prog, sizeof s->prog);
@@ -821,9 +840,10 @@ HOOK int setsockopt(int fd, int level, int name, const void *val, socklen_t len)
     s->progset |= (uint8_t)SET(o);
     s->prog[o] = v;
     s->applied &= (uint8_t)~SET(o);
-    /* A managed socket keeps the rule: a looser value set after connect() is lowered again. */
+    /* A managed socket keeps the rule: strengthen decides again with the program's new value (idle, interval
+     * and count together), force sets the requested value again. */
     if (s->managed) {
-      if (changes()) enforce(fd, s, SET(o));
+      if (changes()) enforce(fd, s, cfg.mode == MODE_STRENGTHEN ? ~0u : SET(o));
       ev_socket("setsockopt", fd, s, 1, 0, 0, NULL);
     }
   }

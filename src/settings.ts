@@ -176,36 +176,52 @@ export interface Change {
 const ORDER: readonly OptionName[] = ["keepalive", "idle", "interval", "count", "userTimeout"];
 
 /**
- * Is the socket's value at least as strong as the requested one? Shorter times and fewer probes are stronger;
- * keepalive on beats off; a user timeout of 0 means none, the weakest.
+ * The strengthen rule: what a socket gets when the request meets what it has now (`have`: the program's own
+ * values, or the namespace defaults for what it never set; keepalive off counts the same). Keepalive on; idle the
+ * smaller of the two; interval and count together from whichever of the two detects a dead peer sooner on its
+ * own (idle + interval × count), a tie keeping the socket's: so the probes that declare a peer dead are always one
+ * side's own choice, never one side's interval with the other's count (a program's 1 s / 1 s / 10 and a request
+ * of 30 s / 5 s / 3 give 1 s / 1 s / 10, not 1 s / 1 s / 3); the user timeout the smaller non-zero one. Where the
+ * request has no value, the socket's stays. native/preload.c (strengthen) and src/bpf/keepalive.ts apply the
+ * same rule.
  */
-export function strongEnough(option: OptionName, have: number, want: number): boolean {
-  if (option === "keepalive") return have !== 0;
-  if (option === "userTimeout" && have === 0) return false;
-  return have <= want;
+export function strengthen(have: EffectiveKeepAlive, want: KeepAliveSettings): EffectiveKeepAlive {
+  const idle = want.idle ?? have.idle;
+  const interval = want.interval ?? have.interval;
+  const count = want.count ?? have.count;
+  const sooner = idle + interval * count < have.idle + have.interval * have.count;
+  const ut = want.userTimeout ?? 0;
+  return {
+    keepalive: true,
+    idle: Math.min(idle, have.idle),
+    interval: sooner ? interval : have.interval,
+    count: sooner ? count : have.count,
+    userTimeout: ut === 0 || (have.userTimeout !== 0 && have.userTimeout < ut) ? have.userTimeout : ut,
+  };
 }
 
 /**
  * The setsockopt calls that bring a socket from `current` to the request, in the order they must be made
  * (SO_KEEPALIVE first: setting TCP_KEEPIDLE afterwards re-arms the timer with the new idle time, see
- * tcp_sock_set_keepidle_locked in net/ipv4/tcp.c). The same rule as native/preload.c applies.
+ * tcp_sock_set_keepidle_locked in net/ipv4/tcp.c): `force` sets every requested value, `strengthen` what the
+ * rule above gives.
  */
 export function planChanges(current: EffectiveKeepAlive, want: KeepAliveSettings, mode: ApplyMode): Change[] {
-  const target: Partial<Record<OptionName, number>> = {
-    keepalive: 1,
-    idle: want.idle,
-    interval: want.interval,
-    count: want.count,
-    userTimeout: want.userTimeout,
-  };
+  const target =
+    mode === "force"
+      ? {
+          keepalive: true,
+          idle: want.idle ?? current.idle,
+          interval: want.interval ?? current.interval,
+          count: want.count ?? current.count,
+          userTimeout: want.userTimeout ?? current.userTimeout,
+        }
+      : strengthen(current, want);
   const changes: Change[] = [];
   for (const option of ORDER) {
-    const to = target[option];
-    if (to === undefined) continue;
     const from = Number(current[option]);
-    if (from === to) continue;
-    if (mode === "strengthen" && strongEnough(option, from, to)) continue;
-    changes.push({ option, from, to });
+    const to = Number(target[option]);
+    if (from !== to) changes.push({ option, from, to });
   }
   return changes;
 }

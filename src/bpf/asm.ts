@@ -30,7 +30,17 @@ const SIZE = { W: 0x00, H: 0x08, B: 0x10, DW: 0x18 } as const;
 const MODE_MEM = 0x60;
 const SRC_K = 0x00;
 const SRC_X = 0x08;
-const ALU_OP = { add: 0x00, sub: 0x10, or: 0x40, and: 0x50, lsh: 0x60, rsh: 0x70, mov: 0xb0, end: 0xd0 } as const;
+const ALU_OP = {
+  add: 0x00,
+  sub: 0x10,
+  mul: 0x20,
+  or: 0x40,
+  and: 0x50,
+  lsh: 0x60,
+  rsh: 0x70,
+  mov: 0xb0,
+  end: 0xd0,
+} as const;
 const JMP_OP = {
   ja: 0x00,
   jeq: 0x10,
@@ -79,6 +89,8 @@ function alu(cls: number, op: number) {
 export const Mov = alu(CLASS.ALU64, ALU_OP.mov);
 export const Add = alu(CLASS.ALU64, ALU_OP.add);
 /** 32-bit ALU operations (the upper half of dst is zeroed). */
+export const Add32 = alu(CLASS.ALU, ALU_OP.add);
+export const Mul32 = alu(CLASS.ALU, ALU_OP.mul);
 export const And32 = alu(CLASS.ALU, ALU_OP.and);
 export const Rsh32 = alu(CLASS.ALU, ALU_OP.rsh);
 export const Mov32 = alu(CLASS.ALU, ALU_OP.mov);
@@ -99,6 +111,7 @@ function jmp(cls: number, op: number) {
 export const JEq32 = jmp(CLASS.JMP32, JMP_OP.jeq);
 export const JNE32 = jmp(CLASS.JMP32, JMP_OP.jne);
 export const JGT32 = jmp(CLASS.JMP32, JMP_OP.jgt);
+export const JGE32 = jmp(CLASS.JMP32, JMP_OP.jge);
 export const JLT32 = jmp(CLASS.JMP32, JMP_OP.jlt);
 export const JLE32 = jmp(CLASS.JMP32, JMP_OP.jle);
 /** 64-bit compares. */

@@ -5,9 +5,9 @@
  * ACTIVE_ESTABLISHED_CB (4, a connect() completed), PASSIVE_ESTABLISHED_CB (5, a connection was accepted) and
  * TCP_LISTEN_CB (11, listen(); accepted sockets inherit). On each it decides with the rules (peer address;
  * service port = the peer port of an outgoing connection, the local port of an accepted one or a listener)
- * and then sets the options with bpf_setsockopt. In strengthen mode it first reads each time and count with
- * bpf_getsockopt (where the read fails it sets the value) and only lowers; SO_KEEPALIVE is turned on in both
- * modes.
+ * and then sets the options with bpf_setsockopt. In strengthen mode it first reads the socket's idle, interval,
+ * count and user timeout with bpf_getsockopt and applies the strengthen rule of src/settings.ts (where a read
+ * fails it sets the requested value); SO_KEEPALIVE is turned on in both modes.
  * It cannot see a program's own setsockopt calls made after the connection is established.
  */
 import { endianness } from "node:os";
@@ -16,12 +16,14 @@ import { SOCKOPTS } from "../inspect/exact.js";
 import type { ApplyMode, KeepAliveSettings, OptionName } from "../settings.js";
 import {
   Add,
+  Add32,
   And32,
   Call,
   Fn,
   type Instruction,
   Ja,
   JEq32,
+  JGE32,
   JGT32,
   JLE32,
   JLT32,
@@ -29,6 +31,8 @@ import {
   JNE32,
   LoadMem,
   Mov,
+  Mov32,
+  Mul32,
   ProgramBuilder,
   R0,
   R1,
@@ -38,6 +42,7 @@ import {
   R5,
   R6,
   R7,
+  R8,
   R9,
   R10,
   Return,
@@ -59,6 +64,8 @@ const OP = { activeEstablished: 4, passiveEstablished: 5, tcpListen: 11 } as con
 const AF_INET = 2;
 const AF_INET6 = 10;
 const SCRATCH = -8; // stack slot for option values
+/** Where strengthen keeps the socket's idle, interval and count while it decides. */
+const STACK = { idle: -16, interval: -24, count: -32 } as const;
 
 export interface EnforceSpec {
   settings: KeepAliveSettings;
@@ -127,36 +134,79 @@ function ruleCheck(p: ProgramBuilder, r: EndpointRule, fail: string, id: string)
   }
 }
 
-/** bpf_setsockopt or bpf_getsockopt (ctx, level, name, &slot, 4), with the stack slot first holding `value`. */
-function sockoptCall(p: ProgramBuilder, fn: number, option: OptionName, value: number): void {
+/** bpf_setsockopt or bpf_getsockopt (ctx, level, name, fp + slot, 4), with the stack slot first holding `value`. */
+function sockoptCall(p: ProgramBuilder, fn: number, option: OptionName, value: number, slot = SCRATCH): void {
   const [level, name] = SOCKOPTS[option];
   p.emit(
-    StoreImm(R10, SCRATCH, value, "W"),
+    StoreImm(R10, slot, value, "W"),
     Mov.Reg(R1, R6),
     Mov.Imm(R2, level),
     Mov.Imm(R3, name),
     Mov.Reg(R4, R10),
-    Add.Imm(R4, SCRATCH),
+    Add.Imm(R4, slot),
     Mov.Imm(R5, 4),
     Call(fn),
   );
 }
 
-function setOption(p: ProgramBuilder, option: OptionName, value: number): void {
-  sockoptCall(p, Fn.setsockopt, option, value);
+function setOption(p: ProgramBuilder, option: OptionName, value: number | undefined): void {
+  if (value !== undefined) sockoptCall(p, Fn.setsockopt, option, value);
 }
 
-/** Read the option; skip the set when the socket's value is already as strong (see strongEnough in settings). */
-function strengthenOption(p: ProgramBuilder, option: OptionName, value: number): void {
-  const set = `set_${option}`;
-  const done = `done_${option}`;
-  sockoptCall(p, Fn.getsockopt, option, 0);
-  p.emit(JNE.Imm(R0, 0, set), LoadMem(R2, R10, SCRATCH, "W"));
-  if (option === "userTimeout") p.emit(JEq32.Imm(R2, 0, set));
-  p.emit(JLE32.Imm(R2, value, done));
-  p.label(set);
-  setOption(p, option, value);
-  p.label(done);
+/**
+ * The strengthen rule of src/settings.ts (strengthen) on idle, interval and count: read the socket's three with
+ * bpf_getsockopt (if a read fails, set the requested values); idle is lowered to the requested one; interval and
+ * count are set to the requested pair only when the request alone detects a dead peer sooner (idle + interval ×
+ * count, in u32: at most 32767 + 32767 × 127), a tie keeping the socket's. Missing requested values are the socket's.
+ */
+function strengthenTimes(p: ProgramBuilder, s: KeepAliveSettings): void {
+  const slots = [
+    ["idle", STACK.idle],
+    ["interval", STACK.interval],
+    ["count", STACK.count],
+  ] as const;
+  for (const [option, slot] of slots) {
+    sockoptCall(p, Fn.getsockopt, option, 0, slot);
+    p.emit(JNE.Imm(R0, 0, "times_unread"));
+  }
+  // r7 = the socket's idle (r6..r9 survive helper calls).
+  p.emit(LoadMem(R7, R10, STACK.idle, "W"));
+  if (s.idle !== undefined) {
+    p.emit(JLE32.Imm(R7, s.idle, "idle_kept"));
+    setOption(p, "idle", s.idle);
+    p.label("idle_kept");
+  }
+  if (s.interval !== undefined || s.count !== undefined) {
+    // r8 = the socket's detection time, r9 = the request's.
+    p.emit(
+      LoadMem(R8, R10, STACK.interval, "W"),
+      LoadMem(R9, R10, STACK.count, "W"),
+      Mul32.Reg(R8, R9),
+      Add32.Reg(R8, R7),
+      s.interval === undefined ? LoadMem(R9, R10, STACK.interval, "W") : Mov32.Imm(R9, s.interval),
+    );
+    if (s.count === undefined) p.emit(LoadMem(R2, R10, STACK.count, "W"), Mul32.Reg(R9, R2));
+    else p.emit(Mul32.Imm(R9, s.count));
+    p.emit(s.idle === undefined ? Add32.Reg(R9, R7) : Add32.Imm(R9, s.idle), JGE32.Reg(R9, R8, "times_done"));
+    setOption(p, "interval", s.interval);
+    setOption(p, "count", s.count);
+  }
+  p.emit(Ja("times_done"));
+  p.label("times_unread");
+  setOption(p, "idle", s.idle);
+  setOption(p, "interval", s.interval);
+  setOption(p, "count", s.count);
+  p.label("times_done");
+}
+
+/** The smaller non-zero user timeout: set it unless the socket has one already at most as long (or the read fails). */
+function strengthenUserTimeout(p: ProgramBuilder, value: number): void {
+  sockoptCall(p, Fn.getsockopt, "userTimeout", 0);
+  p.emit(JNE.Imm(R0, 0, "set_ut"), LoadMem(R2, R10, SCRATCH, "W"), JEq32.Imm(R2, 0, "set_ut"));
+  p.emit(JLE32.Imm(R2, value, "ut_done"));
+  p.label("set_ut");
+  setOption(p, "userTimeout", value);
+  p.label("ut_done");
 }
 
 export function keepaliveProgram(spec: EnforceSpec): Instruction[] {
@@ -204,16 +254,15 @@ export function keepaliveProgram(spec: EnforceSpec): Instruction[] {
   // (tcp_sock_set_keepidle_locked); turning it on last arms it once, with the new idle time (tcp_set_keepalive ->
   // keepalive_time_when). It is set without being read, in both modes: on a socket that has it on already,
   // tcp_set_keepalive does nothing, and one call is cheaper than two.
-  const values: [OptionName, number | undefined][] = [
-    ["idle", s.idle],
-    ["interval", s.interval],
-    ["count", s.count],
-    ["userTimeout", s.userTimeout],
-  ];
-  for (const [option, value] of values) {
-    if (value === undefined) continue;
-    if (spec.mode === "strengthen") strengthenOption(p, option, value);
-    else setOption(p, option, value);
+  if (spec.mode === "force") {
+    setOption(p, "idle", s.idle);
+    setOption(p, "interval", s.interval);
+    setOption(p, "count", s.count);
+    setOption(p, "userTimeout", s.userTimeout);
+  } else {
+    if (s.idle !== undefined || s.interval !== undefined || s.count !== undefined) strengthenTimes(p, s);
+    // A requested 0 means no user timeout: the socket's own stays.
+    if (s.userTimeout) strengthenUserTimeout(p, s.userTimeout);
   }
   setOption(p, "keepalive", 1);
   // sock_ops programs return 1 (the reply is not used for these ops).

@@ -1,13 +1,19 @@
 /**
  * The kernel's verifier accepts every program `tcpka enforce` generates: strengthen and --force (with and without
- * --user-timeout), times no rules, a port, port ranges and lists, IPv4 and IPv6 networks with and without a port,
- * IPv6 networks that must skip IPv4-mapped peers, an IPv4-mapped rule, --except, edge prefix lengths, and many
- * rules at once. Loaded and attached through the CLI on a test cgroup (a new link each time),
- * checked in --list --json, then removed: no pin is left.
+ * --user-timeout, and with --user-timeout 0), times no rules, a port, port ranges and lists, IPv4 and IPv6
+ * networks with and without a port, IPv6 networks that must skip IPv4-mapped peers, an IPv4-mapped rule,
+ * --except, edge prefix lengths, and many rules at once. Loaded and attached through the CLI on a test cgroup (a
+ * new link each time), checked in --list --json, then removed: no pin is left. The strengthen code for settings
+ * that the CLI always completes (only some of idle, interval and count) is loaded directly.
  */
 import assert from "node:assert/strict";
+import { closeSync } from "node:fs";
 import { after, test } from "node:test";
+import { assemble } from "../../src/bpf/asm.js";
+import { keepaliveProgram } from "../../src/bpf/keepalive.js";
 import { endpointRuleText, parseRules } from "../../src/filter.js";
+import { progLoad } from "../../src/sys/bpf.js";
+import { BPF_PROG_TYPE_SOCK_OPS } from "../../src/sys/constants.js";
 import { TestCgroup } from "../helpers/cgroup.js";
 import { needs } from "../helpers/env.js";
 import { assertNoPinsLeft, bpffsRestorer, enforce, listJson, remove } from "./enforce-helpers.js";
@@ -23,6 +29,7 @@ const MODES: [string, string[]][] = [
   ["force", ["--force"]],
   ["strengthen + user timeout", ["--user-timeout", "30s"]],
   ["force + user timeout", ["--force", "--user-timeout", "1500ms"]],
+  ["strengthen + user timeout 0", ["--user-timeout", "0"]],
 ];
 
 const many: string[] = [];
@@ -68,4 +75,13 @@ test("the verifier accepts the program for every kind of spec", async (t) => {
     }
   }
   assertNoPinsLeft();
+});
+
+test("the verifier accepts the strengthen code for any part of idle, interval and count", (t) => {
+  if (!needs(t, { root: true })) return;
+  const parts = [{ idle: 7 }, { interval: 3 }, { count: 4 }, { idle: 7, count: 4 }, { interval: 3, count: 4 }, {}];
+  for (const settings of parts) {
+    const insns = assemble(keepaliveProgram({ settings, mode: "strengthen", only: [], except: [] }));
+    closeSync(progLoad({ type: BPF_PROG_TYPE_SOCK_OPS, insns, license: "GPL", name: "tcpka_t_verify" }));
+  }
 });

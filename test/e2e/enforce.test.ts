@@ -238,13 +238,19 @@ test("strengthen keeps what a program set that is already stronger; --force sets
 
   enforce(cg, [...WANT_FLAGS, "--user-timeout", "20s"]);
   const want = { ...WANT, user_timeout_ms: 20_000 };
-  const l = await server.listen("127.0.0.1", { pre: { idle: 3, count: 2 } });
-  assert.deepEqual(ka(l.opts), { ...want, idle: 3, count: 2 }, "listener: its own idle 3 and count 2 stay");
+  // 3 s + 1 s × 2 detects sooner than 7 s + 3 s × 4: the program's interval and count stay with its idle.
+  const own = { ...want, idle: 3, interval: 1, count: 2 };
+  const l = await server.listen("127.0.0.1", { pre: { idle: 3, interval: 1, count: 2 } });
+  assert.deepEqual(ka(l.opts), own, "listener: its own 3 s / 1 s / 2 stay");
   const [c1, a1] = await connectPair(client, server, l, "127.0.0.1", { pre: { idle: 3, user_timeout_ms: 5000 } });
   assert.deepEqual(ka(c1.opts), { ...want, idle: 3, user_timeout_ms: 5000 }, "client: idle 3 and 5 s stay");
-  assert.deepEqual(ka(a1.opts), { ...want, idle: 3, count: 2 }, "accepted: what it inherited stays");
+  assert.deepEqual(ka(a1.opts), own, "accepted: what it inherited stays");
   const [c2] = await connectPair(client, server, l, "127.0.0.1", { pre: { idle: 100, interval: 1, count: 50 } });
-  assert.deepEqual(ka(c2.opts), { ...want, interval: 1 }, "client: idle 100 and count 50 lowered, interval 1 stays");
+  assert.deepEqual(
+    ka(c2.opts),
+    want,
+    "client: 100 s + 1 s × 50 detects later, so the requested pair comes with idle 7",
+  );
 
   const out = enforce(cg, [...WANT_FLAGS, "--user-timeout", "20s", "--force"]);
   assert.match(out, /^replaced the settings on new connections/);
@@ -318,9 +324,15 @@ test("another sock_ops program on the same cgroup keeps working, before, with an
   enforce(cg, WANT_FLAGS);
   const l1 = await server.listen("127.0.0.1");
   const [c1, a1] = await connectPair(client, server, l1, "127.0.0.1");
-  const both = { ...WANT, count: 2 }; // the other's count 2 is stronger than 4: strengthen keeps it
   assert.deepEqual([c1.opts.nodelay, a1.opts.nodelay], [1, 1], "with tcpka: the other's TCP_NODELAY");
-  assert.deepEqual([ka(c1.opts), ka(a1.opts)], [both, both], "with tcpka (strengthen): both programs' effects");
+  // The client's 7200 s / 75 s with the other's count 2 detects later than 7 s + 3 s × 4: the requested pair wins.
+  // The accepted end inherited 7 s / 3 s from the listener tcpka set up: with the other's count 2 it detects
+  // sooner (13 s), so strengthen keeps it.
+  assert.deepEqual(
+    [ka(c1.opts), ka(a1.opts)],
+    [WANT, { ...WANT, count: 2 }],
+    "with tcpka (strengthen): both programs' effects",
+  );
 
   enforce(cg, [...WANT_FLAGS, "--force"]);
   const l2 = await server.listen("127.0.0.1");

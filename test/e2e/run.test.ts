@@ -283,7 +283,12 @@ describe("tcpka run: strengthen (default) and --force against a program's own va
     ["post:idle=600", { strengthen: EXACT, force: EXACT }],
     ["post:idle=3", { strengthen: { keepalive: 1, idle: 3, interval: 3, count: 4 }, force: EXACT }],
     ["post:keepalive=0", { strengthen: EXACT, force: EXACT }],
-    ["pre:interval=1/pre:count=2", { strengthen: { keepalive: 1, idle: 7, interval: 1, count: 2 }, force: EXACT }],
+    // 7200 s + 1 s × 2 detects later than 7 s + 3 s × 4: the request's interval and count come together.
+    ["pre:interval=1/pre:count=2", { strengthen: EXACT, force: EXACT }],
+    [
+      "pre:idle=3/pre:interval=1/pre:count=2",
+      { strengthen: { keepalive: 1, idle: 3, interval: 1, count: 2 }, force: EXACT },
+    ],
     [
       "pre:keepalive=1/pre:idle=5/pre:interval=60/pre:count=20",
       { strengthen: { keepalive: 1, idle: 5, interval: 3, count: 4 }, force: EXACT },

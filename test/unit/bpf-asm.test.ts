@@ -2,14 +2,18 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import {
   Add,
+  Add32,
   assemble,
   Call,
   Fn,
   type Instruction,
   Ja,
   JEq32,
+  JGE32,
   LoadMem,
   Mov,
+  Mov32,
+  Mul32,
   ProgramBuilder,
   R0,
   R1,
@@ -17,6 +21,8 @@ import {
   R4,
   R6,
   R7,
+  R8,
+  R9,
   R10,
   Return,
   Rsh32,
@@ -92,7 +98,7 @@ describe("the keepalive sock_ops program", () => {
     assert.ok(assemble(p).length > 0);
   });
 
-  test("strengthen reads each time and count before it may set it, and turns keepalive on unread", () => {
+  test("strengthen reads idle, interval, count and user timeout, and turns keepalive on unread, last", () => {
     const p = keepaliveProgram({
       settings: { ...settings, userTimeout: 30_000 },
       mode: "strengthen",
@@ -100,7 +106,9 @@ describe("the keepalive sock_ops program", () => {
       except: [],
     });
     assert.equal(calls(p, Fn.getsockopt), 4);
-    assert.equal(calls(p, Fn.setsockopt), 5);
+    // idle when lowered; interval and count when the request detects sooner; the three again where a read failed;
+    // the user timeout; SO_KEEPALIVE.
+    assert.equal(calls(p, Fn.setsockopt), 8);
     // The last call sets SO_KEEPALIVE (level SOL_SOCKET = 1, name 9): after the others, so that the timer is
     // armed once, with the new idle time.
     const last = p.map((i, n) => [i, n] as const).filter(([i]) => i.opcode === 0x85);
@@ -114,6 +122,33 @@ describe("the keepalive sock_ops program", () => {
       args.some((i) => i.opcode === 0xb7 && i.dst === 3 && i.imm === 9),
       "SO_KEEPALIVE",
     );
+  });
+
+  test("strengthen takes interval and count together: the socket's idle + interval × count against the request's", () => {
+    const p = keepaliveProgram({ settings, mode: "strengthen", only: [], except: [] });
+    const at = (want: Instruction) =>
+      p.findIndex((i) => i.opcode === want.opcode && i.dst === want.dst && i.src === want.src && i.imm === want.imm);
+    const mine = at(Mul32.Reg(R8, R9));
+    assert.ok(mine > 0 && p[mine + 1]?.opcode === Add32.Reg(R8, R7).opcode, "r8 = interval × count + idle");
+    // 60 s + 10 s × 6
+    const theirs = [Mov32.Imm(R9, 10), Mul32.Imm(R9, 6), Add32.Imm(R9, 60)].map(at);
+    assert.ok(
+      theirs.every((i, k) => i === (theirs[0] as number) + k && i > mine),
+      "r9 = 10 × 6 + 60",
+    );
+    const cmp = at(JGE32.Reg(R9, R8, "x"));
+    assert.ok(cmp > (theirs[2] as number), "a tie keeps the socket's pair");
+    const sets = p.slice(cmp).filter((i) => i.opcode === 0x85).length;
+    assert.ok(sets >= 2, "then interval and count are set");
+  });
+
+  test("strengthen leaves the user timeout alone when 0 is requested; force sets it", () => {
+    const utSet = (mode: "strengthen" | "force") =>
+      keepaliveProgram({ settings: { ...settings, userTimeout: 0 }, mode, only: [], except: [] }).some(
+        (i) => i.opcode === 0xb7 && i.dst === 3 && i.imm === 18,
+      );
+    assert.equal(utSet("strengthen"), false);
+    assert.equal(utSet("force"), true);
   });
 
   test("a port range is two compares; a single port one", () => {

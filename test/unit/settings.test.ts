@@ -10,6 +10,8 @@ import {
   parseIdle,
   parseInterval,
   parseUserTimeout,
+  planChanges,
+  strengthen,
 } from "../../src/settings.js";
 import { each, throwsExit2 } from "./expect.js";
 
@@ -210,5 +212,76 @@ describe("formatSeconds and formatMs", () => {
       [90_000, "1m30s"],
       [7_875_000, "2h11m15s"],
     ]);
+  });
+});
+
+describe("the strengthen rule (planChanges, strengthen)", () => {
+  /** [idle, interval, count, user timeout in ms, keepalive 0/1] */
+  const sock = ([idle, interval, count, userTimeout = 0, keepalive = 1]: readonly number[]): EffectiveKeepAlive => ({
+    keepalive: keepalive === 1,
+    idle: idle as number,
+    interval: interval as number,
+    count: count as number,
+    userTimeout,
+  });
+  const want = { idle: 30, interval: 5, count: 3 };
+  const plan = (have: readonly number[], w: object = want, mode: "strengthen" | "force" = "strengthen") =>
+    planChanges(sock(have), w, mode).map((c) => `${c.option} ${c.from}→${c.to}`);
+
+  test("a program's 1s / 1s / 10 against 30s / 5s / 3: its own pair stays (1s / 1s / 3 would declare a peer dead after 3 s)", () => {
+    assert.deepEqual(plan([1, 1, 10]), []);
+    assert.deepEqual(plan([1, 1, 10, 0, 0]), ["keepalive 0→1"], "keepalive off counts the same values");
+  });
+
+  test("the reverse: the request detects sooner, so its interval and count come together", () => {
+    assert.deepEqual(plan([100, 1, 50, 0, 0]), ["keepalive 0→1", "idle 100→30", "interval 1→5", "count 50→3"]);
+    assert.deepEqual(plan([7200, 75, 9, 0, 0]), ["keepalive 0→1", "idle 7200→30", "interval 75→5", "count 9→3"]);
+  });
+
+  test("idle is always the smaller; a tie in detection time keeps the program's pair", () => {
+    // 15 + 5 × 6 = 45 = 30 + 5 × 3
+    assert.deepEqual(plan([30, 5, 3], { idle: 15, interval: 5, count: 6 }), ["idle 30→15"]);
+    assert.deepEqual(plan([10, 20, 9]), ["interval 20→5", "count 9→3"], "idle 10 stays, 190 s > 45 s");
+  });
+
+  test("a request without a value leaves the socket's", () => {
+    assert.deepEqual(plan([7200, 75, 9], { idle: 30 }), ["idle 7200→30"]);
+    assert.deepEqual(plan([7200, 75, 9], { count: 3 }), ["count 9→3"]);
+  });
+
+  test("user timeout: the smaller non-zero one; a requested 0 leaves the program's", () => {
+    assert.deepEqual(plan([1, 1, 10, 5000], { ...want, userTimeout: 20_000 }), []);
+    assert.deepEqual(plan([1, 1, 10, 0], { ...want, userTimeout: 20_000 }), ["userTimeout 0→20000"]);
+    assert.deepEqual(plan([1, 1, 10, 30_000], { ...want, userTimeout: 20_000 }), ["userTimeout 30000→20000"]);
+    assert.deepEqual(plan([1, 1, 10, 5000], { ...want, userTimeout: 0 }), []);
+    assert.deepEqual(plan([1, 1, 10, 5000], { ...want, userTimeout: 0 }, "force"), [
+      "idle 1→30",
+      "interval 1→5",
+      "count 10→3",
+      "userTimeout 5000→0",
+    ]);
+  });
+
+  test("force sets exactly what is requested", () => {
+    assert.deepEqual(plan([1, 1, 10], want, "force"), ["idle 1→30", "interval 1→5", "count 10→3"]);
+    assert.deepEqual(plan([30, 5, 3], want, "force"), []);
+  });
+
+  test("never later than either side alone, and interval and count always one side's own pair", () => {
+    const values = [1, 2, 7, 30, 600];
+    for (const hi of values)
+      for (const hv of values)
+        for (const hc of [1, 3, 10])
+          for (const wi of values)
+            for (const wv of values)
+              for (const wc of [1, 3, 10]) {
+                const have = sock([hi, hv, hc]);
+                const w = { idle: wi, interval: wv, count: wc };
+                const r = strengthen(have, w);
+                const after = deadPeerAfter(r) as number;
+                const what = `${hi}/${hv}/${hc} with ${wi}/${wv}/${wc}: ${r.idle}/${r.interval}/${r.count}`;
+                assert.ok(after <= Math.min(hi + hv * hc, wi + wv * wc), what);
+                assert.ok((r.interval === hv && r.count === hc) || (r.interval === wv && r.count === wc), what);
+              }
   });
 });
