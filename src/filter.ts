@@ -342,13 +342,14 @@ export function ruleDecision(
   except: readonly EndpointRule[],
 ): ((peer: Buffer | null, port: number) => boolean) | null {
   if (!only.length && !except.length) return null;
-  const compile = (r: EndpointRule) => {
-    const net = r.cidr && addressBytes(r.cidr.address, r.cidr.family);
-    const mask = net && maskBytes(r.cidr?.prefix ?? 0, net.length);
-    return (peer: Buffer | null, port: number): boolean => {
-      if (r.ports && (port < r.ports.from || port > r.ports.to)) return false;
-      return !net || (peer !== null && inNet(peer, net, mask as Buffer));
+  const compile = ({ cidr, ports }: EndpointRule) => {
+    const net = cidr && {
+      bytes: addressBytes(cidr.address, cidr.family),
+      mask: maskBytes(cidr.prefix, cidr.family === 4 ? 4 : 16),
     };
+    return (peer: Buffer | null, port: number): boolean =>
+      (!ports || (port >= ports.from && port <= ports.to)) &&
+      (!net || (peer !== null && inNet(peer, net.bytes, net.mask)));
   };
   const yes = only.map(compile);
   const no = except.map(compile);

@@ -41,6 +41,7 @@ Examples:
   sudo tcpka ls --no-keepalive         only the ones at risk
   tcpka ls --dport 5432 --json         PostgreSQL connections, for a script
   sudo tcpka ls -l                     listening sockets: accepted connections inherit their keepalive
+  sudo tcpka ls --only :5432           what tcpka run, enable or enforce --only :5432 would touch
 `;
 
 const LS_OPTIONS = {

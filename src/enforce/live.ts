@@ -144,9 +144,7 @@ export class LiveSession {
     let comm = "";
     let commPid = -1; // entries come grouped by process: its comm and holding are noted once
     let holder = -1;
-    const listeningIn = this.listeningOf();
-    let portsPid = -1;
-    let listening = listeningIn(-1);
+    const listening = this.listening();
     for (let i = 0; i < links.n; i++) {
       const inode = links.inodes[i] as number;
       if (inode <= 0) continue;
@@ -164,11 +162,7 @@ export class LiveSession {
         socket = tcp?.get(inode);
         if (!socket) continue; // not TCP, not in a wanted state yet, or gone
       }
-      if (pid !== portsPid) {
-        listening = listeningIn(pid);
-        portsPid = pid;
-      }
-      if (this.matches && !this.matches(socket, listening)) {
+      if (this.matches && !this.matches(socket, () => listening(pid))) {
         this.seen.set(inode, 0);
         filtered++;
         continue;
@@ -272,22 +266,20 @@ export class LiveSession {
     return tcp ? { links, tcp } : { links };
   }
 
-  /**
-   * For the rules: the ports listened on in the network namespace of a process, read once per namespace in a
-   * round, and only when asked.
-   */
-  private listeningOf(): (pid: number) => () => ReadonlySet<number> {
-    const byNetns = new Map<string, ReadonlySet<number>>();
+  /** For the rules: the ports listened on in the network namespace of a process, read once per namespace. */
+  private listening(): (pid: number) => ReadonlySet<number> {
     const own = netnsOf(process.pid);
+    const byNetns = new Map<string, ReadonlySet<number>>();
+    const byPid = new Map<number, ReadonlySet<number>>();
     return (pid) => {
-      let ports: ReadonlySet<number> | undefined;
-      return () => {
-        if (ports) return ports;
+      let ports = byPid.get(pid);
+      if (!ports) {
         const ns = netnsOf(pid) ?? "";
         ports = byNetns.get(ns) ?? listeningPorts(ns === own ? {} : { netnsOf: pid });
         byNetns.set(ns, ports);
-        return ports;
-      };
+        byPid.set(pid, ports);
+      }
+      return ports;
     };
   }
 
