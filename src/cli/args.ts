@@ -256,8 +256,9 @@ export const SETTINGS_HELP = `Settings (defaults: --idle 60s --interval 10s --co
       --count N                unanswered probes before the connection is dropped (TCP_KEEPCNT); 1 to 127
       --user-timeout DURATION  drop a connection whose data stays unacknowledged this long (TCP_USER_TIMEOUT,
                                e.g. 90s or 500ms); also bounds keepalive. Not set unless given.
-      --force                  set exactly these values; by default tcpka only strengthens: a value the program
-                               chose that is already stricter (shorter) stays`;
+      --force                  set exactly these values. By default tcpka strengthens what the program has: the
+                               shorter idle of the two, interval and count together from the side that notices a
+                               dead peer sooner (idle + interval × count), the shorter non-zero user timeout`;
 
 export function settingsFrom(v: Values): KeepAliveSettings {
   const s: KeepAliveSettings = {
