@@ -47,6 +47,14 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+/* dlsym moved into libc with a new version (GLIBC_2.34): bind the first one, which every glibc still provides,
+ * so that one build also loads on older systems (native/build.sh links libdl.so.2, where it lived before). */
+#if defined(__GLIBC__) && defined(__x86_64__)
+__asm__(".symver dlsym,dlsym@GLIBC_2.2.5");
+#elif defined(__GLIBC__) && defined(__aarch64__)
+__asm__(".symver dlsym,dlsym@GLIBC_2.17");
+#endif
+
 #ifndef TCP_USER_TIMEOUT
 #define TCP_USER_TIMEOUT 18
 #endif

@@ -1,0 +1,30 @@
+/**
+ * What an install gets. The prebuilt library carries no debug info and needs no glibc symbol version newer than
+ * 2.17, so that one build loads on old systems as well as on the one it was built on.
+ */
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { test } from "node:test";
+import { needs } from "../helpers/env.js";
+import { REPO, SHIM } from "./programs.js";
+
+function run(argv: readonly string[]): string {
+  const [file, ...args] = argv;
+  const r = spawnSync(file!, args, { cwd: REPO, encoding: "utf8" });
+  assert.equal(r.status, 0, `${argv.join(" ")}: ${r.stderr}`);
+  return r.stdout;
+}
+
+test("the prebuilt library: no debug info, and no glibc symbol version newer than 2.17", (t) => {
+  if (!needs(t, { tools: ["readelf", "objdump"] })) return;
+  const sections = run(["readelf", "-SW", SHIM]);
+  assert.doesNotMatch(sections, /\.debug_|\.symtab/, "stripped");
+  const versions = [...run(["objdump", "-T", SHIM]).matchAll(/\bGLIBC_(\d+)\.(\d+)/g)].map(
+    ([v, major, minor]) => [v, Number(major) * 1000 + Number(minor)] as const,
+  );
+  assert.ok(versions.length > 0, "it binds glibc versions");
+  const newer = versions.filter(([, n]) => n > 2017).map(([v]) => v);
+  assert.deepEqual([...new Set(newer)], [], "dlsym bound to its first version, not GLIBC_2.34");
+  // Before glibc 2.34 dlsym lives in libdl.so.2: the library must bring it along.
+  assert.match(run(["readelf", "-dW", SHIM]), /\(NEEDED\)\s+Shared library: \[libdl\.so\.2\]/);
+});
