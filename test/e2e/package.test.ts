@@ -1,9 +1,13 @@
 /**
- * What an install gets. The prebuilt library carries no debug info and needs no glibc symbol version newer than
+ * What an install gets. `npm pack` ships what tcpka needs to run and to build its library again on a system
+ * where the prebuilt one cannot be loaded (dist, bin, native/preload.c and build.sh, the library, LICENSE), and
+ * none of the tests. The prebuilt library carries no debug info and needs no glibc symbol version newer than
  * 2.17, so that one build loads on old systems as well as on the one it was built on.
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { test } from "node:test";
 import { needs } from "../helpers/env.js";
 import { REPO, SHIM } from "./programs.js";
@@ -14,6 +18,34 @@ function run(argv: readonly string[]): string {
   assert.equal(r.status, 0, `${argv.join(" ")}: ${r.stderr}`);
   return r.stdout;
 }
+
+test("npm pack: the tarball holds what an install needs and none of the tests", (t) => {
+  if (!needs(t, { tools: ["npm"] })) return;
+  const [pack] = JSON.parse(run(["npm", "pack", "--dry-run", "--json", "--ignore-scripts"])) as {
+    files: { path: string }[];
+  }[];
+  const files = pack!.files.map((f) => f.path);
+  for (const need of [
+    "LICENSE",
+    "README.md",
+    "package.json",
+    "bin/tcpka.js",
+    "dist/cli/main.js",
+    "dist/enforce/preload.js",
+    "native/preload.c",
+    "native/build.sh",
+    "native/build/libtcpka.so",
+  ]) {
+    assert.ok(files.includes(need), `${need} is missing from ${JSON.stringify(files)}`);
+  }
+  assert.deepEqual(
+    files.filter((f) => /^(test|dist-test|bench)\//.test(f) || /\.test\.[jt]s$/.test(f)),
+    [],
+    "no tests",
+  );
+  const pkg = JSON.parse(readFileSync(join(REPO, "package.json"), "utf8")) as { license: string };
+  assert.match(readFileSync(join(REPO, "LICENSE"), "utf8"), new RegExp(`^${pkg.license} License\n`));
+});
 
 test("the prebuilt library: no debug info, and no glibc symbol version newer than 2.17", (t) => {
   if (!needs(t, { tools: ["readelf", "objdump"] })) return;
