@@ -5,7 +5,15 @@
 
 import { readdirSync, readFileSync } from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";
-import { preloadBlocker, resolveCommand, shimEnvironment } from "../enforce/preload.js";
+import {
+  type Blocker,
+  liveBlocker,
+  type Preload,
+  preloadBlocker,
+  preloadEnvironment,
+  resolveCommand,
+  type ShimConfig,
+} from "../enforce/preload.js";
 import { TcpkaError, usage } from "../errors.js";
 import { DEFAULT_FILTER, type EndpointRule, parseRules } from "../filter.js";
 import { stateMask } from "../inspect/sockets.js";
@@ -23,7 +31,7 @@ import {
 } from "./args.js";
 import { passThrough, runChild } from "./child.js";
 import { runLive } from "./enable.js";
-import { Out, reportError } from "./format.js";
+import { Out, printable, reportError } from "./format.js";
 
 export const RUN_HELP = `Usage: tcpka run [settings] [--only RULE]… [--except RULE]… [--force] [--] CMD [ARGS…]
 
@@ -39,10 +47,13 @@ ${RULE_LINES.only}
 ${RULE_LINES.except}
       --debug            the library reports its own errors on stderr
 
-LD_PRELOAD cannot reach statically linked programs (most Go binaries) or set-user-ID programs: for those,
-tcpka says so, runs CMD as it is and sets keepalive on its connections (and its children's) through
-pidfd_getfd every 200 ms, as tcpka enable does (needs root or CAP_SYS_PTRACE). Sockets made by raw syscalls
-or io_uring bypass the library; tcpka enforce (BPF) covers them.
+Before CMD starts, tcpka checks that the library loads and accepts its settings in CMD's environment.
+LD_PRELOAD cannot reach statically linked programs (most Go binaries),
+set-user-ID programs, or programs for another machine type or C library. For those, and where no library
+loads, tcpka says so, runs CMD as it is and sets keepalive on its connections (and its children's) through
+pidfd_getfd every 200 ms, as tcpka enable does. Where the kernel would not allow that either (another user's
+program without root or CAP_SYS_PTRACE, an unreadable program, Yama ptrace_scope 2 or 3), tcpka refuses and
+CMD does not run. Sockets made by raw syscalls or io_uring bypass the library; tcpka enforce (BPF) covers them.
 
 Examples:
   tcpka run -- psql -h db.internal
@@ -88,14 +99,9 @@ export function planPreload(
   return plan;
 }
 
-/** The one-line refusal for a program that LD_PRELOAD cannot reach. */
-export function blockedError(plan: PreloadPlan, why: string): TcpkaError {
-  return new TcpkaError("unsupported", `${plan.file} is ${why}: LD_PRELOAD cannot reach it`, {
-    hint:
-      why === "statically linked"
-        ? "the dynamic loader does not run for it; tcpka run falls back to pidfd_getfd for it, tcpka enable --pid does the same for a running process"
-        : "the loader ignores LD_PRELOAD when exec changes credentials; run it as its owner, or use tcpka enable --pid",
-  });
+/** The refusal for a program that the library cannot reach: one line, and a hint. */
+export function blockedError(b: Blocker): TcpkaError {
+  return new TcpkaError("unsupported", b.message, { hint: b.hint });
 }
 
 export async function runRun(argv: readonly string[], out: Out): Promise<number> {
@@ -104,17 +110,35 @@ export async function runRun(argv: readonly string[], out: Out): Promise<number>
     out.write(RUN_HELP);
     return 0;
   }
-  const why = preloadBlocker(plan.file);
-  if (why) return runWatched(plan, why, bool(plan.values, "force"));
-  const env = shimEnvironment({
-    mode: bool(plan.values, "force") ? "force" : "strengthen",
+  const force = bool(plan.values, "force");
+  const preload = throughLibrary(plan.file, {
+    mode: force ? "force" : "strengthen",
     settings: plan.settings,
     only: plan.only,
     except: plan.except,
     debug: bool(plan.values, "debug"),
   });
-  out.end();
-  return passThrough(await runChild(plan.file, plan.argv0, plan.args, env));
+  if ("env" in preload) {
+    out.end();
+    return passThrough(await runChild(plan.file, plan.argv0, plan.args, preload.env));
+  }
+  // Without the library, the fallback only where the kernel will let it reach the program: decided now,
+  // before the program starts, so that it never runs unprotected.
+  const live = liveBlocker(plan.file);
+  if (live) {
+    const why = `${preload.blocked.message}; nor can tcpka fall back to pidfd_getfd: ${live.message}`;
+    throw new TcpkaError("unsupported", why, { hint: live.hint });
+  }
+  return runWatched(plan, preload.blocked, force);
+}
+
+/** The program's environment with a library that works here, or why LD_PRELOAD cannot protect it. */
+function throughLibrary(file: string, cfg: ShimConfig): Preload {
+  const known = preloadBlocker(file);
+  if (known && !known.unverified) return { blocked: known };
+  const r = preloadEnvironment(cfg);
+  // A program tcpka could not inspect comes second: what the library says about this system comes first.
+  return known && "env" in r ? { blocked: known } : r;
 }
 
 /** Every descendant of a process (through /proc/PID/task/TID/children), itself included. */
@@ -149,10 +173,10 @@ const WATCH_EVERY_MS = 200;
  * and, while it runs, turn keepalive on for its connections and its children's through pidfd_getfd, looking
  * every 200 ms. The report goes to stderr; the exit code is the program's.
  */
-async function runWatched(plan: PreloadPlan, why: string, force: boolean): Promise<number> {
+async function runWatched(plan: PreloadPlan, why: Blocker, force: boolean): Promise<number> {
   const err = new Out(2);
   err.write(
-    `tcpka: ${plan.file} is ${why}: LD_PRELOAD cannot reach it; setting keepalive on its connections through pidfd_getfd every ${WATCH_EVERY_MS}ms instead\n`,
+    `tcpka: ${printable(why.message)}; setting keepalive on the program's connections through pidfd_getfd every ${WATCH_EVERY_MS}ms instead\n`,
   );
   err.end();
   let pid = 0;

@@ -88,7 +88,7 @@ export async function runTrace(argv: readonly string[], out: Out): Promise<numbe
     return 0;
   }
   const why = preloadBlocker(plan.file);
-  if (why) throw blockedError(plan, why);
+  if (why) throw blockedError(why);
   const apply =
     bool(v, "apply") || ["idle", "interval", "count", "user-timeout", "force"].some((k) => v[k] !== undefined);
 

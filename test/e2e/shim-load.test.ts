@@ -1,0 +1,239 @@
+/**
+ * `tcpka run` and `tcpka trace` know that the preload library loads and is active in the program's environment
+ * before they rely on it. When it cannot be loaded here (a damaged file, a library for another machine type),
+ * when it rejects the configuration tcpka gave it, or when the program is one it cannot be loaded into, run
+ * falls back to pidfd_getfd where the kernel will allow it (checked from inside the program with its own
+ * getsockopt: test/fixtures/ka_wait.c) or refuses with one line before the program starts; trace refuses.
+ *
+ * The damaged libraries live in copies of the installed package, readable by uid 65534.
+ */
+import assert from "node:assert/strict";
+import { chmodSync, chownSync, copyFileSync, cpSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { after, describe, test } from "node:test";
+import { probeShim } from "../../src/enforce/preload.js";
+import { needs } from "../helpers/env.js";
+import { NOBODY, type User } from "../helpers/netns.js";
+import { cleanEnv, compileC, type Done, exec, REPO, SHIM, tcpka, tempDir, WANT_FLAGS } from "./programs.js";
+
+const DIR = tempDir({ after });
+chmodSync(DIR, 0o755); // uid 65534 runs copies of tcpka and programs from here
+
+const AT_ONCE = /^at-connect keepalive=1 now keepalive=1 idle=7 interval=3 count=4$/m;
+const BY_FALLBACK = /^at-connect keepalive=\d now keepalive=1 idle=7 interval=3 count=4$/m;
+const FALLBACK = /; setting keepalive on the program's connections through pidfd_getfd every 200ms instead$/;
+
+let kaWait: string | undefined;
+/** test/fixtures/ka_wait.c, compiled once; readable and executable by everyone. */
+function waiter(): string {
+  kaWait ??= compileC(DIR, "ka_wait.c", "ka_wait");
+  return kaWait;
+}
+
+/** The ways a shipped libtcpka.so can be unusable here. */
+const DAMAGED: [string, () => Buffer][] = [
+  ["a truncated copy", () => readFileSync(SHIM).subarray(0, 1000)],
+  ["a file of garbage", () => Buffer.alloc(20_000, "tcpka\0garbage\xff")],
+  [
+    "a library for another machine type (e_machine patched to aarch64)",
+    () => {
+      const b = Buffer.from(readFileSync(SHIM));
+      b.writeUInt16LE(183, 18); // EM_AARCH64
+      return b;
+    },
+  ],
+];
+
+let copies = 0;
+/**
+ * A copy of the installed package (what `npm install` leaves: dist, bin, native sources, koffi) whose
+ * native/build/libtcpka.so is `shim`; returns its bin/tcpka.js. Readable by every user.
+ */
+function installedWith(shim: Buffer): string {
+  const dir = join(DIR, `package-${++copies}`);
+  for (const f of [
+    "package.json",
+    "bin",
+    "dist",
+    "native/preload.c",
+    "native/build.sh",
+    "node_modules/koffi",
+    "node_modules/@koromix",
+  ]) {
+    cpSync(join(REPO, f), join(dir, f), { recursive: true });
+  }
+  mkdirSync(join(dir, "native", "build"), { recursive: true });
+  writeFileSync(join(dir, "native", "build", "libtcpka.so"), shim);
+  return join(dir, "bin", "tcpka.js");
+}
+
+function asUser(user: User | undefined): string[] {
+  return user ? ["setpriv", `--reuid=${user.uid}`, `--regid=${user.gid}`, "--clear-groups", "--"] : [];
+}
+
+function lines(text: string): string[] {
+  return text.split("\n").filter((l) => l !== "");
+}
+
+/** Refused before the program started: exit 1, nothing from the program, `tcpka: …` and `hint: …`. */
+function assertRefused(r: Done, message: RegExp): void {
+  assert.equal(r.code, 1, r.stderr);
+  assert.equal(r.stdout, "", "the program must not run");
+  const said = lines(r.stderr);
+  assert.equal(said.length, 2, r.stderr);
+  assert.match(said[0]!, message);
+  assert.match(said[1]!, /^hint: \S/);
+}
+
+/** The program ran and its own getsockopt saw 7s/3s/4 set by the fallback; tcpka said why in its first line. */
+function assertFellBack(r: Done, message: RegExp): void {
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, BY_FALLBACK);
+  const said = lines(r.stderr);
+  assert.match(said[0]!, message);
+  assert.match(said[0]!, FALLBACK);
+  assert.doesNotMatch(r.stderr, /^ERROR: ld\.so/m, "ld.so's complaints are not passed on");
+  assert.doesNotMatch(r.stderr, /^libtcpka:/m);
+}
+
+describe("a shipped library that cannot be loaded here", () => {
+  for (const [what, bytes] of DAMAGED) {
+    test(`${what}: run falls back to pidfd_getfd (root), trace refuses; neither runs the program unprotected`, async (t) => {
+      if (!needs(t, { root: true, tools: ["gcc"] })) return;
+      const bin = installedWith(bytes());
+      const tcpkaThere = (args: readonly string[]) => exec(t, [process.execPath, bin, ...args], { env: cleanEnv() });
+      const cannot = /^tcpka: the preload library cannot be loaded here \(.+\)/;
+      assertFellBack(await tcpkaThere(["run", ...WANT_FLAGS, "--", waiter()]), cannot);
+      assertRefused(await tcpkaThere(["trace", "--", waiter()]), cannot);
+    });
+  }
+
+  test("as uid 65534: the fallback reaches the user's own program; a program it may not read is refused", async (t) => {
+    if (!needs(t, { root: true, tools: ["gcc", "setpriv"] })) return;
+    const bin = installedWith(DAMAGED[1]![1]());
+    const env = cleanEnv();
+    const as = (argv: readonly string[]) => exec(t, [...asUser(NOBODY), process.execPath, bin, ...argv], { env });
+    assertFellBack(await as(["run", ...WANT_FLAGS, "--", waiter()]), /^tcpka: the preload library cannot be loaded/);
+
+    // Execute-only: the kernel makes its process non-dumpable (would_dump), so pidfd_getfd would be refused.
+    const hidden = join(DIR, "ka_wait_exec_only");
+    copyFileSync(waiter(), hidden);
+    chmodSync(hidden, 0o711);
+    assertRefused(
+      await as(["run", ...WANT_FLAGS, "--", hidden]),
+      /^tcpka: the preload library cannot be loaded here .*; nor can tcpka fall back to pidfd_getfd: .* is not readable by uid 65534/,
+    );
+  });
+});
+
+describe("a configuration the library rejects is noticed before the program starts", () => {
+  test("probeShim: the library's own answer, with the very environment the program would get", (t) => {
+    if (!needs(t, { tools: ["gcc"] })) return;
+    const env = (vars: Record<string, string>) => cleanEnv({ LD_PRELOAD: SHIM, ...vars });
+    assert.equal(probeShim(SHIM, env({ TCPKA_MODE: "force", TCPKA_IDLE: "7" })), "ok");
+    for (const [vars, why] of [
+      [{ TCPKA_MODE: "bogus" }, /^invalid TCPKA_MODE/],
+      [{ TCPKA_IDLE: "0" }, /^invalid value/],
+      [{ TCPKA_ONLY: "fe80::1%lo" }, /^invalid TCPKA_ONLY/],
+    ] as const) {
+      const answer = probeShim(SHIM, env(vars));
+      assert.ok(answer !== "ok", JSON.stringify(vars));
+      assert.equal(answer.loaded, true, "it loaded, and said why it is off");
+      assert.match(answer.why, why);
+    }
+    const garbage = join(DIR, "garbage.so");
+    writeFileSync(garbage, DAMAGED[1]![1]());
+    const answer = probeShim(garbage, cleanEnv({ LD_PRELOAD: garbage }));
+    assert.ok(answer !== "ok");
+    assert.deepEqual(
+      [answer.loaded, answer.why],
+      [false, `ERROR: ld.so: object '${garbage}' from LD_PRELOAD cannot be preloaded (invalid ELF header): ignored.`],
+    );
+  });
+
+  test("33 --only rules (the library holds 32): run falls back instead of running the program untouched", async (t) => {
+    if (!needs(t, { root: true, tools: ["gcc"] })) return;
+    const rules = Array.from({ length: 32 }, (_, i) => ["--only", `10.${i}.0.0/16`]).flat();
+    const r = await tcpka(t, ["run", ...WANT_FLAGS, ...rules, "--only", "127.0.0.1/32", "--", waiter()]);
+    assertFellBack(r, /^tcpka: the preload library rejected the configuration tcpka gave it: invalid TCPKA_ONLY/);
+    assertRefused(
+      await tcpka(t, ["trace", ...rules, "--only", "127.0.0.1/32", "--", waiter()]),
+      /^tcpka: the preload library rejected the configuration/,
+    );
+  });
+});
+
+describe("programs the library cannot be loaded into", () => {
+  test("a program run by another dynamic loader (as a musl program is): run falls back, trace refuses", async (t) => {
+    if (!needs(t, { root: true, tools: ["gcc"] })) return;
+    // A copy of this system's loader is another loader as far as tcpka can tell: it tested the library with
+    // the original only.
+    const loader = join(DIR, "ld-other.so");
+    copyFileSync(realLoader(), loader);
+    const exe = compileC(DIR, "ka_wait.c", "ka_wait_other_loader", [`-Wl,--dynamic-linker=${loader}`]);
+    const why = new RegExp(`^tcpka: ${literal(exe)} is run by the dynamic loader ${literal(loader)}, not by `);
+    assertFellBack(await tcpka(t, ["run", ...WANT_FLAGS, "--", exe]), why);
+    assertRefused(await tcpka(t, ["trace", "--", exe]), why);
+  });
+
+  test("a program for another machine type: trace refuses, run says so before it starts it", async (t) => {
+    if (!needs(t, { root: true, tools: ["gcc"] })) return;
+    const exe = join(DIR, "ka_wait_aarch64");
+    const b = Buffer.from(readFileSync(waiter()));
+    b.writeUInt16LE(183, 18); // EM_AARCH64 (this kernel cannot run it either: what matters is what tcpka says)
+    writeFileSync(exe, b, { mode: 0o755 });
+    const why = `tcpka: ${exe} is a program for aarch64 (64-bit): the preload library, for x86-64 (64-bit), cannot be loaded into it`;
+    assertRefused(await tcpka(t, ["trace", "--", exe]), new RegExp(`^${literal(why)}$`));
+    const run = await tcpka(t, ["run", "--", exe]);
+    assert.notEqual(run.code, 0);
+    assert.equal(
+      lines(run.stderr)[0],
+      `${why}; setting keepalive on the program's connections through pidfd_getfd every 200ms instead`,
+    );
+  });
+});
+
+describe("TCPKA_SHIM: another library, only where no other user can have replaced it", () => {
+  test("used when root owns it; refused when others may write it or it belongs to another user", async (t) => {
+    if (!needs(t, { root: true, tools: ["gcc"] })) return;
+    const dir = join(DIR, "own-shim");
+    mkdirSync(dir, { mode: 0o755 });
+    const lib = join(dir, "libtcpka.so");
+    copyFileSync(SHIM, lib);
+    const show = ["run", ...WANT_FLAGS, "--", "sh", "-c", `echo "$LD_PRELOAD"; exec ${waiter()}`];
+    const used = await tcpka(t, show, { env: cleanEnv({ TCPKA_SHIM: lib }) });
+    assert.equal(used.code, 0, used.stderr);
+    assert.equal(lines(used.stdout)[0], lib);
+    assert.match(used.stdout, AT_ONCE);
+
+    chmodSync(lib, 0o664);
+    assertRefused(
+      await tcpka(t, show, { env: cleanEnv({ TCPKA_SHIM: lib }) }),
+      new RegExp(`^tcpka: refusing TCPKA_SHIM=${literal(lib)}: ${literal(lib)} is writable by others$`),
+    );
+    chmodSync(lib, 0o644);
+    chmodSync(dir, 0o777);
+    assertRefused(
+      await tcpka(t, show, { env: cleanEnv({ TCPKA_SHIM: lib }) }),
+      new RegExp(`^tcpka: refusing TCPKA_SHIM=${literal(lib)}: ${literal(dir)} is writable by others$`),
+    );
+    chmodSync(dir, 0o755);
+    chownSync(lib, NOBODY.uid, NOBODY.gid);
+    assertRefused(
+      await tcpka(t, show, { env: cleanEnv({ TCPKA_SHIM: lib }) }),
+      new RegExp(`^tcpka: refusing TCPKA_SHIM=${literal(lib)}: ${literal(lib)} belongs to uid 65534$`),
+    );
+  });
+});
+
+function literal(text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+}
+
+/** The dynamic loader that this system's programs name (PT_INTERP of true(1)), resolved. */
+function realLoader(): string {
+  const r = readFileSync("/usr/bin/true");
+  const interp = /\/[\w./-]*ld-linux[\w.-]*\.so\.\d/.exec(r.toString("latin1"));
+  assert.ok(interp, "no ld-linux path in /usr/bin/true");
+  return interp[0];
+}
