@@ -1,6 +1,7 @@
 #!/bin/sh
 # Build the preload shim: into native/build/libtcpka.so (`npm install` / `npm run build`), or into the file given
-# as $1. Without a C compiler tcpka still works: run and trace then say what is missing.
+# as $1 (tcpka builds it there at first use when the shipped one cannot be loaded on this system). Without a C
+# compiler tcpka still works: run and trace then say what is missing.
 set -e
 cd "$(dirname "$0")"
 CC=${CC:-cc}

@@ -47,8 +47,9 @@ ${RULE_LINES.only}
 ${RULE_LINES.except}
       --debug            the library reports its own errors on stderr
 
-Before CMD starts, tcpka checks that the library loads and accepts its settings in CMD's environment.
-LD_PRELOAD cannot reach statically linked programs (most Go binaries),
+Before CMD starts, tcpka checks that the library loads and accepts its settings in CMD's environment; when
+the copy it ships cannot be loaded on this system, it builds one with the system's C compiler (once, into
+/var/cache/tcpka or ~/.cache/tcpka). LD_PRELOAD cannot reach statically linked programs (most Go binaries),
 set-user-ID programs, or programs for another machine type or C library. For those, and where no library
 loads, tcpka says so, runs CMD as it is and sets keepalive on its connections (and its children's) through
 pidfd_getfd every 200 ms, as tcpka enable does. Where the kernel would not allow that either (another user's
@@ -119,6 +120,7 @@ export async function runRun(argv: readonly string[], out: Out): Promise<number>
     debug: bool(plan.values, "debug"),
   });
   if ("env" in preload) {
+    if (preload.notice) process.stderr.write(`tcpka: ${printable(preload.notice)}\n`);
     out.end();
     return passThrough(await runChild(plan.file, plan.argv0, plan.args, preload.env));
   }

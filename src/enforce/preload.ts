@@ -9,25 +9,32 @@
  *  - where no library works, whether tcpka run's fallback (pidfd_getfd on the program's sockets, from its
  *    parent) will be allowed to reach the program instead.
  *
- * Which library: TCPKA_SHIM when set, otherwise the one built at install (native/build/libtcpka.so).
+ * Which library: TCPKA_SHIM when set; otherwise the one built at install (native/build/libtcpka.so) or, when
+ * that one cannot be loaded here, one that tcpka builds from native/preload.c at first use into a directory it
+ * owns (/var/cache/tcpka for root, $XDG_CACHE_HOME/tcpka or ~/.cache/tcpka for other users).
  */
 import { spawnSync } from "node:child_process";
+import { createHash } from "node:crypto";
 import {
   accessSync,
+  chmodSync,
   closeSync,
   constants,
   existsSync,
+  mkdirSync,
   openSync,
   readFileSync,
   readSync,
   realpathSync,
   statSync,
 } from "node:fs";
+import { homedir } from "node:os";
 import { delimiter, dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { TcpkaError } from "../errors.js";
 import { type EndpointRule, endpointRuleText } from "../filter.js";
 import type { KeepAliveSettings } from "../settings.js";
+import { Lock } from "../sys/files.js";
 import { SysError } from "../sys/libc.js";
 import { pidfdGetfd } from "../sys/pidfd.js";
 
@@ -103,13 +110,13 @@ export function shimEnvironment(cfg: ShimConfig, base: NodeJS.ProcessEnv = proce
   return r.env;
 }
 
-export type Preload = { env: NodeJS.ProcessEnv } | { blocked: Blocker };
+export type Preload = { env: NodeJS.ProcessEnv; notice?: string } | { blocked: Blocker };
 
 const NO_SHIM_HINT = "tcpka enable --pid and tcpka enforce work without it";
 
 /**
  * The environment for a program to run under a library that has just been seen to load and accept `cfg` in
- * this very environment, or why no library can be used here.
+ * this very environment; `notice` when tcpka had to build it. Otherwise why no library can be used here.
  */
 export function preloadEnvironment(cfg: ShimConfig, base: NodeJS.ProcessEnv = process.env): Preload {
   const attempt = (lib: string) => {
@@ -134,6 +141,7 @@ export function preloadEnvironment(cfg: ShimConfig, base: NodeJS.ProcessEnv = pr
       : attempt(SHIM_PATH);
   if ("env" in shipped) return shipped;
   if (shipped.loaded) {
+    // It loads here, so a build of the same source would reject the configuration too.
     return {
       blocked: {
         message: `the preload library rejected the configuration tcpka gave it: ${shipped.why}`,
@@ -141,10 +149,14 @@ export function preloadEnvironment(cfg: ShimConfig, base: NodeJS.ProcessEnv = pr
       },
     };
   }
+  const built = buildInCache(attempt);
+  if ("env" in built) return built;
   return {
     blocked: {
-      message: `the preload library cannot be loaded here (${shipped.why})`,
-      hint: `build it on this system (npm run build, which needs a C compiler); ${NO_SHIM_HINT}`,
+      message: `the preload library cannot be loaded here (${shipped.why}), and ${built.why}`,
+      hint: built.noCompiler
+        ? `install a C compiler (e.g. apt-get install gcc libc6-dev): tcpka then builds the library for this system at first use; ${NO_SHIM_HINT}`
+        : NO_SHIM_HINT,
     },
   };
 }
@@ -307,6 +319,71 @@ export function probeShim(lib: string, env: NodeJS.ProcessEnv): ProbeAnswer {
   const first = said.find((l) => l.includes(lib)) ?? said[0];
   if (r.signal) return { why: `${lib} makes a program die of ${r.signal}${first ? `: ${first}` : ""}`, loaded: false };
   return { why: first ?? `${lib} did not load (no answer from it)`, loaded: false };
+}
+
+// ------------------------------------------------------------------------------------------------ the build
+
+/** Where tcpka keeps the library it builds: /var/cache/tcpka for root, $XDG_CACHE_HOME/tcpka (~/.cache/tcpka). */
+export function shimCacheDir(): string {
+  if (euid() === 0) return "/var/cache/tcpka";
+  const xdg = process.env.XDG_CACHE_HOME;
+  return join(xdg?.startsWith("/") ? xdg : join(homedir(), ".cache"), "tcpka");
+}
+
+type Built = { env: NodeJS.ProcessEnv; notice?: string } | { why: string; noCompiler?: boolean };
+
+/**
+ * A library built from native/preload.c for this system, in tcpka's cache: reused when one is there and passes
+ * the probe, otherwise built under a lock (two runs may race) and probed. Named by machine type and by a hash
+ * of the source and of the dynamic loader, so that an upgrade or another C library gets its own build.
+ */
+function buildInCache(attempt: (lib: string) => { env: NodeJS.ProcessEnv } | { why: string }): Built {
+  const program = probeProgram();
+  if (!program) return { why: "tcpka cannot tell what to build one for" };
+  const hash = createHash("sha256");
+  try {
+    for (const f of ["preload.c", "build.sh"]) hash.update(readFileSync(join(NATIVE, f)));
+  } catch {
+    return { why: `the package has no ${join(NATIVE, "preload.c")} to build one from` };
+  }
+  hash.update(program.elf.interp);
+  const dir = shimCacheDir();
+  try {
+    mkdirSync(dir, { recursive: true, mode: 0o755 });
+    const why = replaceable(dir) ?? (/[\s:]/.test(dir) ? "LD_PRELOAD cannot hold a space or colon" : undefined);
+    if (why) return { why: `tcpka will not build one in ${dir}: ${why}` };
+    // Readable by all: the program may change to another user and then exec, and load it again.
+    chmodSync(dir, 0o755);
+  } catch (e) {
+    return { why: `tcpka cannot build one in ${dir}: ${(e as NodeJS.ErrnoException).code ?? String(e)}` };
+  }
+  const lib = join(
+    dir,
+    `libtcpka-${MACHINES[program.elf.machine] ?? program.elf.machine}-${hash.digest("hex").slice(0, 16)}.so`,
+  );
+  const cached = () => (existsSync(lib) ? attempt(lib) : undefined);
+  const ready = cached();
+  if (ready && "env" in ready) return ready;
+  const lock = Lock.take(join(dir, "build.lock"), "building the preload library", { timeoutMs: 300_000 });
+  try {
+    const meanwhile = cached(); // another tcpka may have built it while this one waited
+    if (meanwhile && "env" in meanwhile) return meanwhile;
+    const cc = process.env.CC?.trim() || "cc";
+    if (typeof findCommand(cc.split(/\s+/)[0] ?? cc, process.env.PATH ?? DEFAULT_PATH) !== "string") {
+      return { why: `there is no C compiler (${cc}) to build one for this system`, noCompiler: true };
+    }
+    const r = spawnSync("sh", [join(NATIVE, "build.sh"), lib], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+    if (r.status !== 0 || !existsSync(lib)) {
+      const lines = String(r.stderr ?? "").split("\n");
+      const said = lines.find((l) => /error/i.test(l)) ?? lines.find((l) => l.trim()) ?? r.error?.message;
+      return { why: `building one for this system failed (${said ?? `exit ${r.status}`})` };
+    }
+    const fresh = attempt(lib);
+    if ("why" in fresh) return { why: `the one tcpka built (${lib}) cannot be used either: ${fresh.why}` };
+    return { ...fresh, notice: `built the preload library for this system: ${lib}` };
+  } finally {
+    lock.release();
+  }
 }
 
 // ------------------------------------------------------------------------------------------------ commands

@@ -4,17 +4,20 @@
  * when it rejects the configuration tcpka gave it, or when the program is one it cannot be loaded into, run
  * falls back to pidfd_getfd where the kernel will allow it (checked from inside the program with its own
  * getsockopt: test/fixtures/ka_wait.c) or refuses with one line before the program starts; trace refuses.
+ * Where a C compiler exists, tcpka builds a working library at first use, once, into a directory it owns.
  *
- * The damaged libraries live in copies of the installed package, readable by uid 65534.
+ * The damaged libraries live in copies of the installed package (readable by uid 65534), and tcpka runs as root
+ * in a private mount namespace whose /var/cache is an empty tmpfs, so that its build cache starts empty and
+ * vanishes with the test.
  */
 import assert from "node:assert/strict";
 import { chmodSync, chownSync, copyFileSync, cpSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { after, describe, test } from "node:test";
+import { after, describe, type TestContext, test } from "node:test";
 import { probeShim } from "../../src/enforce/preload.js";
 import { needs } from "../helpers/env.js";
 import { NOBODY, type User } from "../helpers/netns.js";
-import { cleanEnv, compileC, type Done, exec, REPO, SHIM, tcpka, tempDir, WANT_FLAGS } from "./programs.js";
+import { cleanEnv, compileC, type Done, exec, REPO, SHIM, start, tcpka, tempDir, WANT_FLAGS } from "./programs.js";
 
 const DIR = tempDir({ after });
 chmodSync(DIR, 0o755); // uid 65534 runs copies of tcpka and programs from here
@@ -71,6 +74,36 @@ function asUser(user: User | undefined): string[] {
   return user ? ["setpriv", `--reuid=${user.uid}`, `--regid=${user.gid}`, "--clear-groups", "--"] : [];
 }
 
+interface Where {
+  user?: User;
+  env?: NodeJS.ProcessEnv;
+}
+
+/**
+ * A private mount namespace, held by a sleeping process until the test ends, in which /var/cache (root's build
+ * cache) is an empty tmpfs. `exec` runs a command in it, as root or as `user`.
+ */
+async function privateCache(t: TestContext) {
+  const holder = start(t, [
+    "unshare",
+    "--mount",
+    "--propagation",
+    "private",
+    "sh",
+    "-c",
+    "mount -t tmpfs tcpka-e2e /var/cache && echo ready && exec sleep 600",
+  ]);
+  await holder.waitFor(/^ready$/m);
+  const inside = (argv: readonly string[], o: Where = {}): Promise<Done> =>
+    exec(t, ["nsenter", `--mount=/proc/${holder.pid}/ns/mnt`, "--", ...asUser(o.user), ...argv], {
+      env: cleanEnv(o.env),
+    });
+  return {
+    exec: inside,
+    tcpka: (bin: string, args: readonly string[], o: Where = {}) => inside([process.execPath, bin, ...args], o),
+  };
+}
+
 function lines(text: string): string[] {
   return text.split("\n").filter((l) => l !== "");
 }
@@ -96,22 +129,25 @@ function assertFellBack(r: Done, message: RegExp): void {
   assert.doesNotMatch(r.stderr, /^libtcpka:/m);
 }
 
-describe("a shipped library that cannot be loaded here", () => {
+describe("a shipped library that cannot be loaded here, and no compiler to build another", () => {
   for (const [what, bytes] of DAMAGED) {
     test(`${what}: run falls back to pidfd_getfd (root), trace refuses; neither runs the program unprotected`, async (t) => {
-      if (!needs(t, { root: true, tools: ["gcc"] })) return;
+      if (!needs(t, { root: true, tools: ["gcc", "unshare", "nsenter"] })) return;
       const bin = installedWith(bytes());
-      const tcpkaThere = (args: readonly string[]) => exec(t, [process.execPath, bin, ...args], { env: cleanEnv() });
-      const cannot = /^tcpka: the preload library cannot be loaded here \(.+\)/;
-      assertFellBack(await tcpkaThere(["run", ...WANT_FLAGS, "--", waiter()]), cannot);
-      assertRefused(await tcpkaThere(["trace", "--", waiter()]), cannot);
+      const ns = await privateCache(t);
+      const env = { CC: "no-such-cc" };
+      const run = await ns.tcpka(bin, ["run", ...WANT_FLAGS, "--", waiter()], { env });
+      const cannot =
+        /^tcpka: the preload library cannot be loaded here \(.+\), and there is no C compiler \(no-such-cc\)/;
+      assertFellBack(run, cannot);
+      assertRefused(await ns.tcpka(bin, ["trace", "--", waiter()], { env }), cannot);
     });
   }
 
   test("as uid 65534: the fallback reaches the user's own program; a program it may not read is refused", async (t) => {
     if (!needs(t, { root: true, tools: ["gcc", "setpriv"] })) return;
     const bin = installedWith(DAMAGED[1]![1]());
-    const env = cleanEnv();
+    const env = cleanEnv({ CC: "no-such-cc", HOME: "/nonexistent", XDG_CACHE_HOME: "" });
     const as = (argv: readonly string[]) => exec(t, [...asUser(NOBODY), process.execPath, bin, ...argv], { env });
     assertFellBack(await as(["run", ...WANT_FLAGS, "--", waiter()]), /^tcpka: the preload library cannot be loaded/);
 
@@ -122,6 +158,54 @@ describe("a shipped library that cannot be loaded here", () => {
     assertRefused(
       await as(["run", ...WANT_FLAGS, "--", hidden]),
       /^tcpka: the preload library cannot be loaded here .*; nor can tcpka fall back to pidfd_getfd: .* is not readable by uid 65534/,
+    );
+  });
+});
+
+describe("tcpka builds a library for this system at first use", () => {
+  test("root: two runs at once build it once into /var/cache/tcpka (0755, root), a third reuses it", async (t) => {
+    if (!needs(t, { root: true, tools: ["gcc", "unshare", "nsenter"] })) return;
+    const bin = installedWith(DAMAGED[1]![1]());
+    const ns = await privateCache(t);
+    const both = await Promise.all([
+      ns.tcpka(bin, ["run", ...WANT_FLAGS, "--", waiter()]),
+      ns.tcpka(bin, ["run", ...WANT_FLAGS, "--", waiter()]),
+    ]);
+    for (const r of both) {
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stdout, AT_ONCE, "keepalive at connect: the library, not the fallback");
+    }
+    const notices = both.flatMap((r) => lines(r.stderr));
+    assert.equal(notices.length, 1, `one build, announced once: ${JSON.stringify(notices)}`);
+    const m =
+      /^tcpka: built the preload library for this system: (\/var\/cache\/tcpka\/libtcpka-x86-64-[0-9a-f]{16}\.so)$/.exec(
+        notices[0]!,
+      );
+    assert.ok(m, notices[0]);
+    const stat = async (f: string) => (await ns.exec(["stat", "-c", "%i %U %a", f])).stdout.trim();
+    const built = await stat(m[1]!);
+    assert.match(built, /^\d+ root 644$/);
+    assert.match(await stat("/var/cache/tcpka"), /^\d+ root 755$/);
+
+    const again = await ns.tcpka(bin, ["run", ...WANT_FLAGS, "--", waiter()]);
+    assert.deepEqual([again.code, again.stderr], [0, ""]);
+    assert.match(again.stdout, AT_ONCE);
+    assert.equal(await stat(m[1]!), built, "not rebuilt");
+  });
+
+  test("uid 65534: into $XDG_CACHE_HOME/tcpka, and the program gets keepalive from it", async (t) => {
+    if (!needs(t, { root: true, tools: ["gcc", "setpriv"] })) return;
+    const bin = installedWith(DAMAGED[0]![1]());
+    const cache = join(DIR, "nobody-cache");
+    mkdirSync(cache);
+    chownSync(cache, NOBODY.uid, NOBODY.gid);
+    const env = cleanEnv({ HOME: "/nonexistent", XDG_CACHE_HOME: cache });
+    const r = await exec(t, [...asUser(NOBODY), process.execPath, bin, "run", ...WANT_FLAGS, "--", waiter()], { env });
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, AT_ONCE);
+    assert.match(
+      r.stderr,
+      new RegExp(`^tcpka: built the preload library for this system: ${literal(cache)}/tcpka/libtcpka-`),
     );
   });
 });
