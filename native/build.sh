@@ -15,11 +15,12 @@ mkdir -p "$(dirname "$out")"
 # the old dlsym version). -print-file-name answers a bare name when there is no such file (musl).
 libdl=-ldl
 case $($CC -print-file-name=libdl.so.2) in /*) libdl="-Wl,--no-as-needed -l:libdl.so.2 -Wl,--as-needed" ;; esac
-# Symbols other than the hooks stay hidden so that they cannot clash with the program's. Stripped (-s): no
-# debug info in a file that is loaded into other programs.
+# Symbols other than the hooks stay hidden so that they cannot clash with the program's. No -g: no debug info
+# in a file that is loaded into other programs; the symbol table stays, so that profilers (bench/shim.ts runs
+# callgrind) still name the shim's own functions.
 tmp="$out.$$.tmp"
 trap 'rm -f "$tmp"' EXIT
 # shellcheck disable=SC2086 # $CC and $libdl are word lists
-$CC -O2 -s -fPIC -shared -fvisibility=hidden -Wall -Wextra -Werror -o "$tmp" preload.c $libdl
+$CC -O2 -fPIC -shared -fvisibility=hidden -Wall -Wextra -Werror -o "$tmp" preload.c $libdl
 chmod 0644 "$tmp"
 mv -f "$tmp" "$out"

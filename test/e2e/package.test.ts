@@ -50,7 +50,7 @@ test("npm pack: the tarball holds what an install needs and none of the tests", 
 test("the prebuilt library: no debug info, and no glibc symbol version newer than 2.17", (t) => {
   if (!needs(t, { tools: ["readelf", "objdump"] })) return;
   const sections = run(["readelf", "-SW", SHIM]);
-  assert.doesNotMatch(sections, /\.debug_|\.symtab/, "stripped");
+  assert.doesNotMatch(sections, /\.debug_/, "no debug info");
   const versions = [...run(["objdump", "-T", SHIM]).matchAll(/\bGLIBC_(\d+)\.(\d+)/g)].map(
     ([v, major, minor]) => [v, Number(major) * 1000 + Number(minor)] as const,
   );
