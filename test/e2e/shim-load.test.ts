@@ -277,6 +277,29 @@ describe("programs the library cannot be loaded into", () => {
   });
 });
 
+describe("programs LD_PRELOAD cannot reach, as uid 65534: the fallback is decided before they start", () => {
+  test("a statically linked program of its own is reached; another user's set-user-ID program is refused", async (t) => {
+    if (!needs(t, { root: true, tools: ["gcc", "setpriv"] })) return;
+    const bin = installedWith(readFileSync(SHIM)); // a working library, in a copy that uid 65534 can read
+    const as = (argv: readonly string[]) =>
+      exec(t, [...asUser(NOBODY), process.execPath, bin, ...argv], { env: cleanEnv({ HOME: "/nonexistent" }) });
+    const stat = compileC(DIR, "ka_wait.c", "ka_wait_static", ["-static"]);
+    assertFellBack(
+      await as(["run", ...WANT_FLAGS, "--", stat]),
+      new RegExp(`^tcpka: ${literal(stat)} is statically linked: LD_PRELOAD cannot reach it`),
+    );
+    const suid = join(DIR, "ka_wait_setuid_root");
+    copyFileSync(waiter(), suid);
+    chmodSync(suid, 0o4755);
+    assertRefused(
+      await as(["run", ...WANT_FLAGS, "--", suid]),
+      new RegExp(
+        `^tcpka: ${literal(suid)} is set-user-ID: LD_PRELOAD cannot reach it; nor can tcpka fall back to pidfd_getfd: ${literal(suid)} is set-user-ID: its process will belong to uid 0$`,
+      ),
+    );
+  });
+});
+
 describe("TCPKA_SHIM: another library, only where no other user can have replaced it", () => {
   test("used when root owns it; refused when others may write it or it belongs to another user", async (t) => {
     if (!needs(t, { root: true, tools: ["gcc"] })) return;
