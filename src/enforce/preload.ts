@@ -234,21 +234,25 @@ function readElf(file: string): Elf | null {
   const fd = openSync(file, "r");
   try {
     const h = readAt(fd, 64, 0);
-    if (h.length < 52 || h.readUInt32BE(0) !== 0x7f454c46) return null;
     const is64 = h[4] === 2;
+    if (h.length < (is64 ? 64 : 52) || h.readUInt32BE(0) !== 0x7f454c46) return null;
     const le = h[5] === 1;
     const u16 = (b: Buffer, o: number) => (le ? b.readUInt16LE(o) : b.readUInt16BE(o));
     const u32 = (b: Buffer, o: number) => (le ? b.readUInt32LE(o) : b.readUInt32BE(o));
     const word = (b: Buffer, o: number) =>
       is64 ? Number(le ? b.readBigUInt64LE(o) : b.readBigUInt64BE(o)) : u32(b, o);
     const phentsize = u16(h, is64 ? 54 : 42);
-    const table = readAt(fd, phentsize * u16(h, is64 ? 56 : 44), word(h, is64 ? 32 : 28));
+    const phoff = word(h, is64 ? 32 : 28);
+    // A damaged header is not ELF as far as this goes: exec will say what it is.
+    if (phentsize < (is64 ? 56 : 32) || !Number.isSafeInteger(phoff)) return null;
+    const table = readAt(fd, phentsize * u16(h, is64 ? 56 : 44), phoff);
     let interp: string | null = null;
     for (let at = 0; at + phentsize <= table.length; at += phentsize) {
       if (u32(table, at) !== PT_INTERP) continue;
       const [offset, size] = is64
         ? [word(table, at + 8), word(table, at + 32)]
         : [u32(table, at + 4), u32(table, at + 16)];
+      if (!Number.isSafeInteger(offset)) return null;
       interp = readAt(fd, Math.min(size, 4096), offset).toString("latin1").split("\0")[0] ?? "";
     }
     return { bits: is64 ? 64 : 32, machine: u16(h, 18), interp };

@@ -277,6 +277,34 @@ describe("programs the library cannot be loaded into", () => {
   });
 });
 
+describe("a damaged program: tcpka reads its ELF header without trusting it", () => {
+  test("program headers of size 0 or at an offset beyond 2^53: run and trace end, and exec says what it is", async (t) => {
+    const header = (phentsize: number, phoff: bigint) => {
+      const h = Buffer.alloc(164, "x");
+      h.fill(0, 0, 64);
+      Buffer.from("\x7fELF\x02\x01\x01", "latin1").copy(h);
+      h.writeUInt16LE(2, 16); // ET_EXEC
+      h.writeUInt16LE(62, 18); // x86-64
+      h.writeBigUInt64LE(phoff, 32);
+      h.writeUInt16LE(phentsize, 54);
+      h.writeUInt16LE(3, 56);
+      return h;
+    };
+    for (const [name, bytes] of [
+      ["phentsize-0", header(0, 64n)],
+      ["phoff-huge", header(56, 2n ** 63n)],
+    ] as const) {
+      const exe = join(DIR, `damaged-${name}`);
+      writeFileSync(exe, bytes, { mode: 0o755 });
+      for (const command of ["run", "trace"]) {
+        const r = await tcpka(t, [command, "--", exe], { timeoutMs: 20_000 });
+        assert.notEqual(r.code, 0, `${command} ${name}`);
+        assert.doesNotMatch(r.stderr, /internal error/, `${command} ${name}: ${r.stderr}`);
+      }
+    }
+  });
+});
+
 describe("programs LD_PRELOAD cannot reach, as uid 65534: the fallback is decided before they start", () => {
   test("a statically linked program of its own is reached; another user's set-user-ID program is refused", async (t) => {
     if (!needs(t, { root: true, tools: ["gcc", "setpriv"] })) return;
