@@ -262,13 +262,11 @@ describe("programs the library cannot be loaded into", () => {
 
   test("a program for another machine type: trace refuses, run says so before it starts it", async (t) => {
     if (!needs(t, { root: true, tools: ["gcc"] })) return;
-    const exe = join(DIR, "ka_wait_aarch64");
-    const b = Buffer.from(readFileSync(waiter()));
-    b.writeUInt16LE(183, 18); // EM_AARCH64 (this kernel cannot run it either: what matters is what tcpka says)
-    writeFileSync(exe, b, { mode: 0o755 });
+    const exe = join(DIR, "aarch64-program");
+    writeFileSync(exe, craftedElf({ machine: 183, interp: realLoader() }), { mode: 0o755 });
     const why = `tcpka: ${exe} is a program for aarch64 (64-bit): the preload library, for x86-64 (64-bit), cannot be loaded into it`;
     assertRefused(await tcpka(t, ["trace", "--", exe]), new RegExp(`^${literal(why)}$`));
-    const run = await tcpka(t, ["run", "--", exe]);
+    const run = await tcpka(t, ["run", "--", exe], { cwd: DIR });
     assert.notEqual(run.code, 0);
     assert.equal(
       lines(run.stderr)[0],
@@ -279,25 +277,14 @@ describe("programs the library cannot be loaded into", () => {
 
 describe("a damaged program: tcpka reads its ELF header without trusting it", () => {
   test("program headers of size 0 or at an offset beyond 2^53: run and trace end, and exec says what it is", async (t) => {
-    const header = (phentsize: number, phoff: bigint) => {
-      const h = Buffer.alloc(164, "x");
-      h.fill(0, 0, 64);
-      Buffer.from("\x7fELF\x02\x01\x01", "latin1").copy(h);
-      h.writeUInt16LE(2, 16); // ET_EXEC
-      h.writeUInt16LE(62, 18); // x86-64
-      h.writeBigUInt64LE(phoff, 32);
-      h.writeUInt16LE(phentsize, 54);
-      h.writeUInt16LE(3, 56);
-      return h;
-    };
     for (const [name, bytes] of [
-      ["phentsize-0", header(0, 64n)],
-      ["phoff-huge", header(56, 2n ** 63n)],
+      ["phentsize-0", craftedElf({ machine: 183, phentsize: 0 })],
+      ["phoff-huge", craftedElf({ machine: 183, phoff: 2n ** 63n })],
     ] as const) {
       const exe = join(DIR, `damaged-${name}`);
       writeFileSync(exe, bytes, { mode: 0o755 });
       for (const command of ["run", "trace"]) {
-        const r = await tcpka(t, [command, "--", exe], { timeoutMs: 20_000 });
+        const r = await tcpka(t, [command, "--", exe], { cwd: DIR, timeoutMs: 20_000 });
         assert.notEqual(r.code, 0, `${command} ${name}`);
         assert.doesNotMatch(r.stderr, /internal error/, `${command} ${name}: ${r.stderr}`);
       }
@@ -360,6 +347,29 @@ describe("TCPKA_SHIM: another library, only where no other user can have replace
     );
   });
 });
+
+/**
+ * A 64-bit ELF header with at most one program header (PT_INTERP naming `interp`) and nothing to run: the kernel
+ * refuses it (ENOEXEC), and execvp then hands it to sh. So that sh does nothing with it, no byte up to the first
+ * newline is one that sh reads as an operator (x86-64's machine number, 62, is '>'), and the next line ends it.
+ */
+function craftedElf(o: { machine: number; phentsize?: number; phoff?: bigint; interp?: string }): Buffer {
+  const h = Buffer.alloc(120);
+  Buffer.from("\x7fELF\x02\x01\x01", "latin1").copy(h);
+  h.writeUInt16LE(2, 16); // ET_EXEC
+  h.writeUInt16LE(o.machine, 18);
+  h.writeBigUInt64LE(o.phoff ?? 64n, 32);
+  h.writeUInt16LE(o.phentsize ?? 56, 54);
+  h.writeUInt16LE(o.interp ? 1 : 0, 56);
+  if (o.interp) {
+    h.writeUInt32LE(3, 64); // PT_INTERP, its string right after this header
+    h.writeBigUInt64LE(120n, 72);
+    h.writeBigUInt64LE(BigInt(o.interp.length + 1), 96);
+  }
+  const body = Buffer.concat([h, Buffer.from(`${o.interp ?? ""}\0\nexit 3\n`, "latin1")]);
+  assert.ok(!/[;&|<>()$`'"\\]/.test(body.subarray(0, body.indexOf(10)).toString("latin1")), "nothing sh would act on");
+  return body;
+}
 
 function literal(text: string): string {
   return text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
