@@ -311,12 +311,14 @@ static unsigned long ev_seq, ev_lost; /* this process's; a fork()ed child starts
 /* Open the event file for one write, or -1 (counted as lost). O_NOFOLLOW and the identity check: whatever else
  * is at that path now (a symlink, or a file that someone made after tcpka removed its own) is never written.
  * Never blocks: a FIFO without reader fails ENXIO (O_NONBLOCK). Opened per event, not kept: a program may close
- * all its fds, or another thread may close ours and reuse its number. */
+ * all its fds, or another thread may close ours and reuse its number. fstat through the system call: glibc exports
+ * fstat() only from GLIBC_2.33 (a macro over __fxstat before), and its struct stat is the kernel's on x86-64 and
+ * on the generic 64-bit layout (arm64). */
 static int ev_open(void) {
   int fd = (int)syscall(SYS_openat, AT_FDCWD, cfg.events,
                         O_WRONLY | O_APPEND | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
   struct stat st;
-  if (fd >= 0 && (fstat(fd, &st) != 0 || (unsigned long long)st.st_dev != chan.dev ||
+  if (fd >= 0 && (syscall(SYS_fstat, fd, &st) != 0 || (unsigned long long)st.st_dev != chan.dev ||
                   (unsigned long long)st.st_ino != chan.ino || !(S_ISREG(st.st_mode) || S_ISFIFO(st.st_mode)))) {
     syscall(SYS_close, fd);
     fd = -1;
