@@ -709,49 +709,48 @@ HOOK int connect(int fd, const struct sockaddr *addr, socklen_t len) {
 
 /* TCP Fast Open: sendto(), sendmsg() and sendmmsg() with MSG_FASTOPEN connect an unconnected socket to the
  * address they carry (tcp_sendmsg_fastopen -> __inet_stream_connect), with no connect() call at all. On the hot
- * send paths only the flag is tested. The address is read as connect() reads it: only a whole IPv4/IPv6 one. */
-static int fastopen_begin(struct attempt *a, int fd, int flags, const struct sockaddr *addr, socklen_t len) {
-  if (!(flags & MSG_FASTOPEN) || cfg.mode == MODE_OFF || !inet_address(addr, len)) return 0;
-  int saved = errno;
-  attempt_begin(a, fd, addr, len);
-  errno = saved;
-  return 1;
-}
-
-static void fastopen_end(struct attempt *a, int fd, const char *kind, ssize_t ret) {
-  int err = errno;
-  attempt_end(a, fd, kind, ret >= 0, err);
-  errno = err;
+ * send paths only the flag is tested. Unlike connect(), the settings are applied after the call: the program's
+ * msghdr and address are read only once the kernel has read them (it copies them in before anything else,
+ * __sys_sendto and ___sys_sendmsg), so that a bad pointer stays the program's EFAULT and never becomes a fault
+ * in the shim. Setting them in SYN-SENT is as good as before: tcp_finish_connect arms the keepalive timer of a
+ * socket that has SO_KEEPALIVE when the handshake completes. */
+static void fastopen(int fd, const struct sockaddr *addr, socklen_t len, int ok, int err) {
+  if (!ok && err != EINPROGRESS) return; /* refused before anything was sent, or EFAULT: the address may be bad */
+  if (!inet_address(addr, len)) return;
+  struct attempt a;
+  attempt_begin(&a, fd, addr, len);
+  attempt_end(&a, fd, "connect", ok, err);
 }
 
 HOOK ssize_t sendto(int fd, const void *buf, size_t n, int flags, const struct sockaddr *addr, socklen_t len) {
   RESOLVE(sendto);
-  struct attempt a;
-  if (!fastopen_begin(&a, fd, flags, addr, len)) return real_sendto(fd, buf, n, flags, addr, len);
   ssize_t ret = real_sendto(fd, buf, n, flags, addr, len);
-  fastopen_end(&a, fd, "connect", ret);
+  if (!(flags & MSG_FASTOPEN) || cfg.mode == MODE_OFF) return ret;
+  int err = errno;
+  fastopen(fd, addr, len, ret >= 0, err);
+  errno = err;
   return ret;
 }
 
 HOOK ssize_t sendmsg(int fd, const struct msghdr *msg, int flags) {
   RESOLVE(sendmsg);
-  struct attempt a;
-  if (!(flags & MSG_FASTOPEN) || !msg || !fastopen_begin(&a, fd, flags, msg->msg_name, msg->msg_namelen))
-    return real_sendmsg(fd, msg, flags);
   ssize_t ret = real_sendmsg(fd, msg, flags);
-  fastopen_end(&a, fd, "connect", ret);
+  if (!(flags & MSG_FASTOPEN) || cfg.mode == MODE_OFF) return ret;
+  int err = errno;
+  if (ret >= 0 || err == EINPROGRESS) fastopen(fd, msg->msg_name, msg->msg_namelen, ret >= 0, err);
+  errno = err;
   return ret;
 }
 
-/* The first message connects (__sys_sendmmsg sends them in order, each with `flags`). */
+/* The first message connects (__sys_sendmmsg sends them in order, each with `flags`); it was read when one or
+ * more were sent, or when the first one's connect is under way. */
 HOOK int sendmmsg(int fd, struct mmsghdr *vec, unsigned vlen, int flags) {
   RESOLVE(sendmmsg);
-  struct attempt a;
-  if (!(flags & MSG_FASTOPEN) || !vec || !vlen ||
-      !fastopen_begin(&a, fd, flags, vec[0].msg_hdr.msg_name, vec[0].msg_hdr.msg_namelen))
-    return real_sendmmsg(fd, vec, vlen, flags);
   int ret = real_sendmmsg(fd, vec, vlen, flags);
-  fastopen_end(&a, fd, "connect", ret);
+  if (!(flags & MSG_FASTOPEN) || cfg.mode == MODE_OFF) return ret;
+  int err = errno;
+  if (ret > 0 || err == EINPROGRESS) fastopen(fd, vec[0].msg_hdr.msg_name, vec[0].msg_hdr.msg_namelen, ret > 0, err);
+  errno = err;
   return ret;
 }
 
