@@ -108,9 +108,8 @@ export class LiveSession {
     const unreadable: number[] = [];
     const listed: number[] = [];
     let tcp: Map<number, TcpSocket> | undefined;
-    let links = this.lister ? this.listByIterator(this.lister, pids, listed, unreadable) : undefined;
+    let links = this.lister ? this.listByIterator(this.lister, pids, listed) : undefined;
     if (!links) {
-      unreadable.length = 0;
       listed.length = 0;
       const onProc = await this.listByProc(pids, listed, unreadable, first);
       links = onProc.links;
@@ -195,25 +194,19 @@ export class LiveSession {
   }
 
   /**
-   * The socket fds of these processes through the BPF iterator: the pids it found are pushed on `listed`, the
-   * others on `unreadable`. undefined when the iterator failed: it is not used again, and /proc is read instead.
+   * The socket fds of these processes through the BPF iterator: the pids it found sockets of are pushed on
+   * `listed`. undefined when the iterator failed: it is not used again, and /proc is read instead.
    */
-  private listByIterator(
-    lister: SocketFdIterator,
-    pids: readonly number[],
-    listed: number[],
-    unreadable: number[],
-  ): Listing | undefined {
+  private listByIterator(lister: SocketFdIterator, pids: readonly number[], listed: number[]): Listing | undefined {
     const entryPid: number[] = [];
     const fds: number[] = [];
     const sockets: TcpEndpoints[] = [];
     try {
       for (const pid of pids) {
         const before = fds.length;
-        if (!lister.list(pid, fds, sockets)) {
-          unreadable.push(pid);
-          continue;
-        }
+        // The iterator reads every process (it needs root), so nothing is unreadable through it: a false is a
+        // process that has exited, which is gone, not denied.
+        if (!lister.list(pid, fds, sockets)) continue;
         if (fds.length > before) listed.push(pid);
         for (let i = before; i < fds.length; i++) entryPid.push(pid);
       }

@@ -6,7 +6,7 @@
  * the rest; and `tcpka enable` must reach the same sockets through it as through /proc.
  */
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -161,5 +161,29 @@ describe("the BPF listing of a process's TCP sockets", () => {
     }
     assert.equal(rounds[0]?.length, 6, "both ends and the listener, IPv4 and IPv6");
     assert.deepEqual(rounds[0], rounds[1]);
+  });
+
+  test("a target that has exited is gone, not unreadable, through it as through /proc", async (t) => {
+    if (!needs(t, { root: true })) return;
+    // A child that has exited and been reaped: its pid names no process (tcpka run's fallback meets these
+    // whenever a short-lived child of CMD ends between two rounds).
+    const child = spawn("true");
+    await new Promise((resolve) => child.once("exit", resolve));
+    const gone = child.pid as number;
+    const plan: PlanSpec = { disable: false, settings: { idle: 7, interval: 3, count: 4 }, mode: "strengthen" };
+    for (const useIterator of [true, false]) {
+      const session = new LiveSession(stateMask(["ESTAB", "LISTEN"]), null, plan, true, useIterator);
+      try {
+        const r = await session.round([gone]);
+        assert.deepEqual(
+          r.unreadable,
+          [],
+          `${useIterator ? "the iterator" : "/proc"}: an exited process is not a denied one`,
+        );
+        assert.deepEqual(r.results, []);
+      } finally {
+        await session.close();
+      }
+    }
   });
 });
