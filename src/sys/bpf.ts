@@ -142,6 +142,25 @@ export function objGet(path: string): number {
   return bpf("OBJ_GET", attr);
 }
 
+/** The first `size` bytes of an object's bpf_*_info (the kernel fills no more than it is given). */
+function objInfo(fd: number, size: number): Buffer {
+  const info = Buffer.alloc(size);
+  const attr = Buffer.alloc(ATTR_SIZE);
+  attr.writeUInt32LE(fd, 0);
+  attr.writeUInt32LE(info.length, 4);
+  attr.writeBigUInt64LE(BigInt(addressOf(info)), 8);
+  bpf("OBJ_GET_INFO_BY_FD", attr);
+  return info;
+}
+
+/**
+ * The kernel's id of a loaded program (struct bpf_prog_info: type @0, id @4). Ids are handed out cyclically up to
+ * INT_MAX (idr_alloc_cyclic in bpf_prog_alloc_id), so an id names one program until the counter wraps.
+ */
+export function progId(progFd: number): number {
+  return objInfo(progFd, 8).readUInt32LE(4);
+}
+
 export interface LinkInfo {
   id: number;
   progId: number;
@@ -149,14 +168,13 @@ export interface LinkInfo {
   attachType: number;
 }
 
-/** struct bpf_link_info of a cgroup link. */
+/**
+ * struct bpf_link_info of a cgroup link: type @0, id @4, prog_id @8 (the program it runs now: LINK_UPDATE changes
+ * it), cgroup.cgroup_id @16 (0 once the link is detached: by LINK_DETACH, or by the kernel when the cgroup is
+ * removed, bpf_cgroup_link_auto_detach), cgroup.attach_type @24.
+ */
 export function linkInfo(linkFd: number): LinkInfo {
-  const info = Buffer.alloc(64);
-  const attr = Buffer.alloc(ATTR_SIZE);
-  attr.writeUInt32LE(linkFd, 0);
-  attr.writeUInt32LE(info.length, 4);
-  attr.writeBigUInt64LE(BigInt(addressOf(info)), 8);
-  bpf("OBJ_GET_INFO_BY_FD", attr);
+  const info = objInfo(linkFd, 64);
   return {
     id: info.readUInt32LE(4),
     progId: info.readUInt32LE(8),

@@ -135,6 +135,7 @@ export const ERRNO_NAMES: Readonly<Record<number, string>> = {
   11: "EAGAIN",
   12: "ENOMEM",
   13: "EACCES",
+  17: "EEXIST",
   22: "EINVAL",
   24: "EMFILE",
   38: "ENOSYS",

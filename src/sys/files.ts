@@ -205,7 +205,7 @@ export function writeFileAtomic(path: string, data: string | Uint8Array, mode = 
   AtomicFile.create(path, mode).commit(data);
 }
 
-function sleepSync(ms: number): void {
+export function sleepSync(ms: number): void {
   Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 }
 
