@@ -5,7 +5,14 @@
 import { spawnSync } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { type Enforcement, enforceOnCgroup, listEnforcements, pinName, removeEnforcement } from "../enforce/cgroup.js";
+import {
+  type Enforcement,
+  enforceOnCgroup,
+  type Listed,
+  listEnforcements,
+  removeAllEnforcements,
+  removeEnforcement,
+} from "../enforce/cgroup.js";
 import { TcpkaError, usage } from "../errors.js";
 import { DEFAULT_FILTER, parsePid, parseRules } from "../filter.js";
 import { cgroup2Mount, cgroupPath, pidsInCgroup, resolveCgroup } from "../inspect/cgroup.js";
@@ -147,6 +154,47 @@ function rulesText(e: Enforcement): string {
   return parts.join("; ") || "all";
 }
 
+/** --list --json: the description as pinned, when it is known to be in force; otherwise why it is not. */
+function listedJson(l: Listed): Record<string, unknown> {
+  const cgroup_exists = l.where === "here";
+  return l.enforcement
+    ? { ...l.enforcement, cgroup_exists, settings_known: true }
+    : { name: l.name, cgroup: l.cgroup, cgroup_exists, settings_known: false, unknown_reason: l.unknown };
+}
+
+/** The CGROUP column of --list: the path, and what is wrong with its link if anything is. */
+function listedCgroup(l: Listed): string {
+  const p = l.cgroup;
+  const remove = `tcpka enforce --remove --cgroup ${p}`;
+  if (l.where === "gone") return `${p} (gone: ${remove})`;
+  if (l.where === "none") return `${p} (not enforced: ${remove})`;
+  if (l.where === "elsewhere") return `${p} (another cgroup of this path: made in another cgroup namespace)`;
+  return p;
+}
+
+function list(json: boolean, mount: string, out: Out): number {
+  const all = listEnforcements(mount);
+  if (json) out.write(`${JSON.stringify(all.map(listedJson))}\n`);
+  else if (all.length === 0) out.write("nothing is enforced (no pins under /sys/fs/bpf/tcpka)\n");
+  else {
+    table(
+      ["CGROUP", "SETTINGS", "CONNECTIONS", "SINCE"],
+      all.map((l) => {
+        const e = l.enforcement;
+        if (!e) return [listedCgroup(l), `unknown: ${l.unknown}`, "?", "?"];
+        return [
+          listedCgroup(l),
+          settingsText(e),
+          rulesText(e),
+          e.updated ? `${e.since} (updated ${e.updated})` : e.since,
+        ];
+      }),
+      out,
+    );
+  }
+  return 0;
+}
+
 export async function runEnforce(argv: readonly string[], out: Out): Promise<number> {
   const { values } = parse("enforce", argv, OPTIONS);
   if (bool(values, "help")) {
@@ -154,31 +202,13 @@ export async function runEnforce(argv: readonly string[], out: Out): Promise<num
     return 0;
   }
   if (bool(values, "list")) {
-    const list = listEnforcements();
-    const mount = cgroup2Mount();
-    const alive = (e: Enforcement) => e.cgroup !== "?" && cgroupExists(e.cgroup, mount);
-    if (bool(values, "json")) out.write(`${JSON.stringify(list.map((e) => ({ ...e, cgroup_exists: alive(e) })))}\n`);
-    else if (list.length === 0) out.write("nothing is enforced (no pins under /sys/fs/bpf/tcpka)\n");
-    else {
-      table(
-        ["CGROUP", "SETTINGS", "CONNECTIONS", "SINCE"],
-        list.map((e) => [
-          alive(e) ? e.cgroup : `${e.cgroup} (gone: tcpka enforce --remove --cgroup ${e.cgroup})`,
-          settingsText(e),
-          rulesText(e),
-          e.updated ? `${e.since} (updated ${e.updated})` : e.since,
-        ]),
-        out,
-      );
-    }
-    return 0;
+    return list(bool(values, "json"), cgroup2Mount(), out);
   }
   const mount = cgroup2Mount();
   if (bool(values, "remove")) {
     if (bool(values, "all")) {
-      const list = listEnforcements();
-      for (const e of list) removeEnforcement(e.name);
-      out.write(`removed ${list.length} enforcement${list.length === 1 ? "" : "s"}\n`);
+      const n = removeAllEnforcements();
+      out.write(`removed ${n} enforcement${n === 1 ? "" : "s"}\n`);
       return 0;
     }
     // The cgroup may be gone (a stopped service): its enforcement is still found by the path.
@@ -187,7 +217,7 @@ export async function runEnforce(argv: readonly string[], out: Out): Promise<num
     const dir = gone ? undefined : targetCgroup(values, mount);
     if (!dir && !gone) throw usage("--remove needs a target: --cgroup, --unit, --pid or --all");
     const cgroup = cgroupPath(dir ?? (given as string), mount);
-    if (!removeEnforcement(pinName(cgroup))) {
+    if (removeEnforcement(cgroup, mount) === 0) {
       throw new TcpkaError("not-found", `nothing is enforced on ${cgroup}`, {
         hint: "tcpka enforce --list shows what is",
       });
@@ -205,12 +235,13 @@ export async function runEnforce(argv: readonly string[], out: Out): Promise<num
   const mode = bool(values, "force") ? "force" : "strengthen";
   const r = enforceOnCgroup(dir, mount, { settings, mode, only, except });
   const e = r.enforcement;
+  const cgroup = e.cgroup;
   out.write(
-    `${r.replaced ? "replaced the settings" : "enforcing keepalive"} on new connections in cgroup ${e.cgroup}: ${settingsText(e)}, ${rulesText(e)}\n`,
+    `${r.replaced ? "replaced the settings" : "enforcing keepalive"} on new connections in cgroup ${cgroup}: ${settingsText(e)}, ${rulesText(e)}\n`,
   );
-  out.write(`pinned at ${r.pinDir}; remove with: tcpka enforce --remove --cgroup ${e.cgroup}\n`);
+  out.write(`pinned at ${r.pinDir}; remove with: tcpka enforce --remove --cgroup ${cgroup}\n`);
   if (!bool(values, "existing")) {
-    out.write(`connections that exist now are unchanged: add --existing, or run tcpka enable --cgroup ${e.cgroup}\n`);
+    out.write(`connections that exist now are unchanged: add --existing, or run tcpka enable --cgroup ${cgroup}\n`);
     return 0;
   }
   out.end();

@@ -2,13 +2,21 @@
  * Keepalive for every connection of a cgroup: the sock_ops program of src/bpf/keepalive.ts, attached to the
  * cgroup v2 with a BPF link (multi-attach: other sock_ops programs keep running) and pinned under
  * /sys/fs/bpf/tcpka/<name>/ so that it outlives tcpka. Next to the link, a pinned one-entry map holds the
- * enforcement's description (cgroup, settings, rules, since when), which is what --list shows.
- * Applying again to the same cgroup swaps the program behind the existing link in one step (BPF_LINK_UPDATE).
+ * enforcement's description (cgroup, settings, rules, since when, and the id of the program they were compiled
+ * into), which is what --list shows. Applying again to the same cgroup swaps the program behind the existing link
+ * in one step (BPF_LINK_UPDATE).
+ *
+ * Two runs must not interleave their steps (two operators, a retrying script): enforce and remove hold an
+ * exclusive flock on enforce.lock in root's runtime directory (/run/tcpka), --list a shared one, so that it never
+ * sees half an update. Each step is also safe on its own, against a tcpka that does not share the lock: a pin
+ * that appears between the check and OBJ_PIN (EEXIST) is updated instead, a run that fails removes only the pins
+ * and directories it made itself, and --list shows the settings only while the link runs the program that the
+ * description names.
  */
 import {
   closeSync,
   constants,
-  existsSync,
+  lstatSync,
   mkdirSync,
   openSync,
   readdirSync,
@@ -17,7 +25,7 @@ import {
   statSync,
   unlinkSync,
 } from "node:fs";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { assemble } from "../bpf/asm.js";
 import { type EnforceSpec, keepaliveProgram } from "../bpf/keepalive.js";
 import { TcpkaError } from "../errors.js";
@@ -27,23 +35,29 @@ import {
   blobMapCreate,
   blobMapRead,
   blobMapWrite,
+  type LinkInfo,
   linkCreate,
   linkDetach,
   linkInfo,
   linkUpdate,
   objGet,
   objPin,
+  progId,
   progLoad,
 } from "../sys/bpf.js";
 import { BPF_CGROUP_SOCK_OPS, BPF_PROG_TYPE_SOCK_OPS } from "../sys/constants.js";
+import { Lock, runtimeBase, sleepSync } from "../sys/files.js";
 import { close, mount, SysError } from "../sys/libc.js";
 
 export const BPF_FS = "/sys/fs/bpf";
 export const PIN_ROOT = `${BPF_FS}/tcpka`;
 const META_SIZE = 4096;
+/** How long a removed cgroup's links may stay attached before the kernel detaches them (see attachment()). */
+const DETACH_WAIT_MS = 2000;
 
 /** What --list shows, as stored next to the pinned link. */
 export interface Enforcement {
+  /** the pin directory under PIN_ROOT */
   name: string;
   /** cgroup path relative to the cgroup2 mount, starting with "/" */
   cgroup: string;
@@ -57,6 +71,8 @@ export interface Enforcement {
   since: string;
   /** when the settings were last replaced */
   updated?: string;
+  /** the program these settings and rules were compiled into (absent in pins of earlier versions of tcpka) */
+  prog_id?: number;
 }
 
 /**
@@ -102,123 +118,61 @@ function ensureBpffs(): void {
   }
 }
 
+/** The errno name of a failed system call or file operation; undefined for anything else. */
+function errno(e: unknown): string | undefined {
+  if (e instanceof SysError) return e.errnoName;
+  return e instanceof TcpkaError ? undefined : (e as NodeJS.ErrnoException).code;
+}
+
+/** A failed system call or file operation as a TcpkaError that says what tcpka was doing. */
 function explain(e: unknown, what: string): unknown {
-  if (!(e instanceof SysError)) return e;
-  if (e.errnoName === "EPERM" || e.errnoName === "EACCES") {
-    return new TcpkaError("permission", `${what}: permission denied (${e.syscall}: ${e.errnoName})`, {
+  const code = errno(e);
+  if (code === undefined) return e;
+  const how = e instanceof SysError ? `${e.syscall}: ${code}` : code;
+  if (code === "EPERM" || code === "EACCES") {
+    return new TcpkaError("permission", `${what}: permission denied (${how})`, {
       hint: "run as root, or give tcpka CAP_BPF and CAP_NET_ADMIN",
     });
   }
-  if (e.errnoName === "EINVAL" && e.syscall.includes("LINK_CREATE")) {
+  if (code === "EINVAL" && how.includes("LINK_CREATE")) {
     return new TcpkaError("unsupported", `${what}: this kernel cannot attach sock_ops programs with a link`, {
       hint: "tcpka enforce needs Linux 5.9 or newer (bpf_setsockopt for keepalive, cgroup links)",
     });
   }
-  if (e.errnoName === "ENOSYS") {
+  if (code === "ENOSYS") {
     return new TcpkaError("unsupported", `${what}: this kernel has no bpf() system call (CONFIG_BPF_SYSCALL)`);
   }
-  return new TcpkaError("system", `${what}: ${e.message}`);
-}
-
-function describe(cgroup: string, spec: EnforceSpec, since: string): Enforcement {
-  const s = spec.settings;
-  return {
-    name: pinName(cgroup),
-    cgroup,
-    mode: spec.mode,
-    ...(s.idle !== undefined ? { idle_s: s.idle } : {}),
-    ...(s.interval !== undefined ? { interval_s: s.interval } : {}),
-    ...(s.count !== undefined ? { count: s.count } : {}),
-    ...(s.userTimeout !== undefined ? { user_timeout_ms: s.userTimeout } : {}),
-    only: spec.only.map(endpointRuleText),
-    except: spec.except.map(endpointRuleText),
-    since,
-  };
-}
-
-function writeMeta(mapFd: number, e: Enforcement): void {
-  const value = Buffer.alloc(META_SIZE);
-  const json = Buffer.from(JSON.stringify(e));
-  if (json.length >= META_SIZE) throw new TcpkaError("invalid", "too many --only/--except rules to describe");
-  json.copy(value);
-  blobMapWrite(mapFd, value);
-}
-
-export interface EnforceResult {
-  enforcement: Enforcement;
-  /** true when an existing enforcement of this cgroup had its program replaced */
-  replaced: boolean;
-  pinDir: string;
+  return new TcpkaError("system", `${what}: ${e instanceof SysError ? e.message : code}`);
 }
 
 /**
- * Enforce `spec` on the cgroup at `cgroupDir` (an absolute directory inside the cgroup2 mount `mount`).
+ * Run `fn` holding the enforce lock, shared for readers. Root's is /run/tcpka/enforce.lock. Another user cannot
+ * open that one, nor pin anything without CAP_BPF; with it, its runs serialise on its own runtime directory (and
+ * without one only through the checks of every step).
  */
-export function enforceOnCgroup(cgroupDir: string, mount: string, spec: EnforceSpec): EnforceResult {
-  ensureBpffs();
-  const cgroup = cgroupPath(cgroupDir, mount);
-  const dir = join(PIN_ROOT, pinName(cgroup));
-  const insns = assemble(keepaliveProgram(spec));
-  const fds: number[] = [];
+function locked<T>(what: string, shared: boolean, fn: () => T): T {
+  const base = runtimeBase();
+  const lock = base === undefined ? undefined : Lock.take(join(base, "enforce.lock"), what, { shared });
   try {
-    let progFd: number;
-    try {
-      progFd = progLoad({ type: BPF_PROG_TYPE_SOCK_OPS, insns, license: "Dual MIT/GPL", name: "tcpka_keepalive" });
-    } catch (e) {
-      throw explain(e, "cannot load the BPF program");
-    }
-    fds.push(progFd);
-    const linkPin = join(dir, "link");
-    const metaPin = join(dir, "meta");
-    // A pin left by a cgroup of the same path that has since been removed (a service restart) holds a link to
-    // the dead cgroup: replace it rather than update it.
-    if (existsSync(linkPin) && !pinnedForCgroup(linkPin, cgroupDir)) removePins(dir, true);
-    if (existsSync(linkPin)) {
-      const linkFd = objGet(linkPin);
-      fds.push(linkFd);
-      linkUpdate(linkFd, progFd);
-      const metaFd = existsSync(metaPin) ? objGet(metaPin) : -1;
-      if (metaFd >= 0) fds.push(metaFd);
-      const now = new Date().toISOString();
-      const old = metaFd >= 0 ? readMeta(metaFd) : undefined;
-      const enforcement = { ...describe(cgroup, spec, old?.since ?? now), updated: now };
-      if (metaFd >= 0) writeMeta(metaFd, enforcement);
-      return { enforcement, replaced: true, pinDir: dir };
-    }
-    mkdirSync(dir, { recursive: true });
-    let cgFd: number;
-    try {
-      cgFd = openSync(cgroupDir, constants.O_RDONLY | constants.O_DIRECTORY);
-    } catch (e) {
-      throw new TcpkaError("not-found", `cannot open the cgroup ${cgroupDir}: ${(e as NodeJS.ErrnoException).code}`);
-    }
-    let linkFd: number;
-    try {
-      linkFd = linkCreate(progFd, cgFd, BPF_CGROUP_SOCK_OPS);
-    } catch (e) {
-      throw explain(e, `cannot attach to the cgroup ${cgroup}`);
-    } finally {
-      closeSync(cgFd);
-    }
-    fds.push(linkFd);
-    const enforcement = describe(cgroup, spec, new Date().toISOString());
-    const metaFd = blobMapCreate("tcpka_meta", META_SIZE);
-    fds.push(metaFd);
-    writeMeta(metaFd, enforcement);
-    try {
-      objPin(metaFd, metaPin);
-      objPin(linkFd, linkPin);
-    } catch (e) {
-      removePins(dir);
-      throw explain(e, `cannot pin the program under ${dir}`);
-    }
-    return { enforcement, replaced: false, pinDir: dir };
-  } catch (e) {
-    // A half-made directory is no enforcement: leave nothing behind.
-    if (!existsSync(join(dir, "link"))) removePins(dir);
-    throw e;
+    return fn();
   } finally {
-    for (const fd of fds) close(fd);
+    lock?.release();
+  }
+}
+
+/** `fn` of the object pinned at `path`, or undefined when nothing is pinned there. */
+function withPinned<T>(path: string, fn: (fd: number) => T): T | undefined {
+  let fd: number;
+  try {
+    fd = objGet(path);
+  } catch (e) {
+    if (errno(e) === "ENOENT") return undefined;
+    throw explain(e, `cannot open ${path}`);
+  }
+  try {
+    return fn(fd);
+  } finally {
+    close(fd);
   }
 }
 
@@ -232,97 +186,375 @@ function readMeta(mapFd: number): Enforcement | undefined {
   }
 }
 
-/** Is the link pinned at `linkPin` attached to this very cgroup? A cgroup v2's id is its directory's inode. */
-function pinnedForCgroup(linkPin: string, cgroupDir: string): boolean {
+function pinnedMeta(dir: string): Enforcement | undefined {
+  return withPinned(join(dir, "meta"), readMeta);
+}
+
+function metaValue(e: Enforcement): Buffer {
+  const json = Buffer.from(JSON.stringify(e));
+  if (json.length >= META_SIZE) throw new TcpkaError("invalid", "too many --only/--except rules to describe");
+  const value = Buffer.alloc(META_SIZE);
+  json.copy(value);
+  return value;
+}
+
+/** The cgroup id of a cgroup directory (a cgroup v2's id is its directory's inode), undefined when it is gone. */
+function cgroupId(dir: string): bigint | undefined {
   try {
-    const fd = objGet(linkPin);
+    return statSync(dir, { bigint: true }).ino;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Where a pinned link is attached, seen from the cgroup that has its path here: "none" (no link is pinned),
+ * "here", "gone" (detached, by LINK_DETACH or because its cgroup was removed), or "elsewhere" (another live
+ * cgroup: one with the same path, seen from another cgroup namespace).
+ */
+export type Attachment = "none" | "here" | "gone" | "elsewhere";
+
+/** The Attachment of a link with info `info`, seen from the cgroup whose id is `id`. */
+function attachment(info: LinkInfo | undefined, id: bigint | undefined): Attachment {
+  if (!info) return "none";
+  if (info.cgroupId === 0n) return "gone";
+  return info.cgroupId === id ? "here" : "elsewhere";
+}
+
+function pinnedLink(linkPin: string): LinkInfo | undefined {
+  return withPinned(linkPin, linkInfo);
+}
+
+/**
+ * The Attachment of the link pinned at `linkPin`, before anything is changed because of it. The kernel detaches
+ * the links of a removed cgroup only after an RCU grace period (cgroup_bpf_offline, then cgroup_bpf_release from
+ * a workqueue: ~20 ms here), so a cgroup that was just removed and made again looks like "elsewhere" for a
+ * moment: that is the answer only when it lasts DETACH_WAIT_MS.
+ */
+function settledAttachment(linkPin: string, id: bigint | undefined): Attachment {
+  const deadline = Date.now() + DETACH_WAIT_MS;
+  for (;;) {
+    const where = attachment(pinnedLink(linkPin), id);
+    if (where !== "elsewhere" || Date.now() > deadline) return where;
+    sleepSync(20);
+  }
+}
+
+function elsewhere(dir: string, cgroup: string): TcpkaError {
+  return new TcpkaError("system", `${dir} belongs to another cgroup with the path ${cgroup}`, {
+    hint: "it was made from another cgroup namespace (a container?): change or remove it from there",
+  });
+}
+
+/** The directories under PIN_ROOT, sorted. */
+function pinDirNames(): string[] {
+  let names: string[];
+  try {
+    names = readdirSync(PIN_ROOT);
+  } catch (e) {
+    if (errno(e) === "ENOENT") return [];
+    throw explain(e, `cannot read ${PIN_ROOT}`);
+  }
+  return names.filter((n) => lstatSync(join(PIN_ROOT, n), { throwIfNoEntry: false })?.isDirectory()).sort();
+}
+
+/** The pin directories of the enforcement of `cgroup` (none or one). */
+function pinDirsOf(cgroup: string): string[] {
+  const own = pinName(cgroup);
+  return pinDirNames()
+    .filter((n) => n === own)
+    .map((n) => join(PIN_ROOT, n));
+}
+
+function describe(name: string, cgroup: string, spec: EnforceSpec, since: string, prog: number): Enforcement {
+  const s = spec.settings;
+  return {
+    name,
+    cgroup,
+    mode: spec.mode,
+    ...(s.idle !== undefined ? { idle_s: s.idle } : {}),
+    ...(s.interval !== undefined ? { interval_s: s.interval } : {}),
+    ...(s.count !== undefined ? { count: s.count } : {}),
+    ...(s.userTimeout !== undefined ? { user_timeout_ms: s.userTimeout } : {}),
+    only: spec.only.map(endpointRuleText),
+    except: spec.except.map(endpointRuleText),
+    since,
+    prog_id: prog,
+  };
+}
+
+export interface EnforceResult {
+  enforcement: Enforcement;
+  /** true when an existing enforcement of this cgroup had its program replaced */
+  replaced: boolean;
+  pinDir: string;
+}
+
+/**
+ * Enforce `spec` on the cgroup at `cgroupDir` (an absolute directory inside the cgroup2 mount `mount`).
+ */
+export function enforceOnCgroup(cgroupDir: string, mount: string, spec: EnforceSpec): EnforceResult {
+  const cgroup = cgroupPath(cgroupDir, mount);
+  const insns = assemble(keepaliveProgram(spec));
+  let progFd: number;
+  try {
+    progFd = progLoad({ type: BPF_PROG_TYPE_SOCK_OPS, insns, license: "Dual MIT/GPL", name: "tcpka_keepalive" });
+  } catch (e) {
+    throw explain(e, "cannot load the BPF program");
+  }
+  try {
+    const run = new EnforceRun(cgroupDir, cgroup, spec, progFd, progId(progFd));
+    return locked(`enforce on ${cgroup}`, false, () => run.apply());
+  } finally {
+    close(progFd);
+  }
+}
+
+/** One enforce: what it needs, and what it made, so that a failure removes exactly that. */
+class EnforceRun {
+  private readonly undo: (() => void)[] = [];
+  /** when the settings took effect: set once the lock is held */
+  private now = "";
+
+  constructor(
+    private readonly cgroupDir: string,
+    private readonly cgroup: string,
+    private readonly spec: EnforceSpec,
+    private readonly progFd: number,
+    private readonly progId: number,
+  ) {
+    // The description's size does not depend on what is pinned: refuse it before anything changes.
+    const now = new Date().toISOString();
+    metaValue({ ...describe(pinName(cgroup), cgroup, spec, now, progId), updated: now });
+  }
+
+  apply(): EnforceResult {
+    this.now = new Date().toISOString();
     try {
-      return linkInfo(fd).cgroupId === statSync(cgroupDir, { bigint: true }).ino;
+      ensureBpffs();
+      return this.enforce();
+    } catch (e) {
+      for (const undo of this.undo.reverse()) {
+        try {
+          undo();
+        } catch {
+          /* gone already */
+        }
+      }
+      throw e;
+    }
+  }
+
+  private enforce(): EnforceResult {
+    const id = cgroupId(this.cgroupDir);
+    if (id === undefined) throw new TcpkaError("not-found", `the cgroup ${this.cgroup} is gone`);
+    for (const dir of pinDirsOf(this.cgroup)) {
+      const where = settledAttachment(join(dir, "link"), id);
+      if (where === "here") return this.update(dir);
+      if (where === "elsewhere") throw elsewhere(dir, this.cgroup);
+      // A link whose cgroup was removed (a service restart makes a new cgroup of the same path) enforces nothing
+      // any more: it makes way. A directory without a link is left as it is: another run may be filling it.
+      if (where === "gone") removePinDir(dir);
+    }
+    const dir = join(PIN_ROOT, pinName(this.cgroup));
+    this.mkdir(dir);
+    let linkFd: number;
+    try {
+      const cgFd = openCgroup(this.cgroupDir, this.cgroup);
+      try {
+        linkFd = linkCreate(this.progFd, cgFd, BPF_CGROUP_SOCK_OPS);
+      } finally {
+        closeSync(cgFd);
+      }
+    } catch (e) {
+      throw explain(e, `cannot attach to the cgroup ${this.cgroup}`);
+    }
+    try {
+      if (!this.pin(linkFd, join(dir, "link"))) {
+        // Pinned since the check, by a tcpka that does not take the lock: update that link. This run's own one was
+        // never pinned, so closing it detaches it (bpf_link_release).
+        if (settledAttachment(join(dir, "link"), id) !== "here") throw elsewhere(dir, this.cgroup);
+        return this.update(dir);
+      }
+    } finally {
+      close(linkFd);
+    }
+    const enforcement = describe(basename(dir), this.cgroup, this.spec, this.now, this.progId);
+    this.describeIn(dir, enforcement);
+    return { enforcement, replaced: false, pinDir: dir };
+  }
+
+  /**
+   * Swap the program of the link pinned in `dir`, then its description. A run that stops in between leaves a
+   * description whose prog_id is not the program that the link runs: --list shows the settings as unknown.
+   */
+  private update(dir: string): EnforceResult {
+    const linkPin = join(dir, "link");
+    const done = withPinned(linkPin, (fd) => {
+      try {
+        linkUpdate(fd, this.progFd);
+      } catch (e) {
+        throw explain(e, `cannot replace the program of ${linkPin}`);
+      }
+      return true;
+    });
+    if (done === undefined) throw new TcpkaError("system", `${linkPin} was removed while tcpka updated it`);
+    const since = pinnedMeta(dir)?.since ?? this.now;
+    const enforcement = {
+      ...describe(basename(dir), this.cgroup, this.spec, since, this.progId),
+      updated: this.now,
+    };
+    this.describeIn(dir, enforcement);
+    return { enforcement, replaced: true, pinDir: dir };
+  }
+
+  /** Write the description into the map pinned in `dir`, or pin a new one (written before it is pinned). */
+  private describeIn(dir: string, e: Enforcement): void {
+    const metaPin = join(dir, "meta");
+    const value = metaValue(e);
+    const write = (fd: number) => {
+      blobMapWrite(fd, value);
+      return true;
+    };
+    if (withPinned(metaPin, write)) return;
+    let fd: number;
+    try {
+      fd = blobMapCreate("tcpka_meta", META_SIZE);
+    } catch (e) {
+      throw explain(e, "cannot create the map for the description");
+    }
+    try {
+      blobMapWrite(fd, value);
+      if (this.pin(fd, metaPin)) return;
     } finally {
       close(fd);
     }
-  } catch {
-    return false;
+    // pinned since the check (EEXIST): write into that one
+    if (!withPinned(metaPin, write)) throw new TcpkaError("system", `${metaPin} was removed while tcpka wrote it`);
   }
-}
 
-/** Detach the program of a pinned link now (the pin itself stays until unlinked). */
-function detachPinned(linkPin: string): void {
-  const fd = objGet(linkPin);
-  try {
-    linkDetach(fd);
-  } finally {
-    close(fd);
-  }
-}
-
-function removePins(dir: string, detach = false): void {
-  if (detach) {
+  /** Pin `fd` at `path`; false when something is pinned there already (EEXIST). */
+  private pin(fd: number, path: string): boolean {
     try {
-      detachPinned(join(dir, "link"));
-    } catch {
-      /* already detached or gone */
+      objPin(fd, path);
+    } catch (e) {
+      if (errno(e) === "EEXIST") return false;
+      throw explain(e, `cannot pin at ${path}`);
+    }
+    this.undo.push(() => unlinkSync(path));
+    return true;
+  }
+
+  /** mkdir PIN_ROOT and `dir` where missing; what this run made is removed if it fails (rmdir: only if empty). */
+  private mkdir(dir: string): void {
+    for (const d of [PIN_ROOT, dir]) {
+      try {
+        mkdirSync(d);
+        this.undo.push(() => rmdirSync(d));
+      } catch (e) {
+        if (errno(e) !== "EEXIST") throw explain(e, `cannot create ${d}`);
+      }
     }
   }
+}
+
+function openCgroup(dir: string, cgroup: string): number {
+  try {
+    return openSync(dir, constants.O_RDONLY | constants.O_DIRECTORY);
+  } catch (e) {
+    throw new TcpkaError("not-found", `cannot open the cgroup ${cgroup}: ${errno(e)}`);
+  }
+}
+
+/** Detach the program of the link pinned in `dir` now, and remove the pins and the directory. */
+function removePinDir(dir: string): void {
+  // Detaching a link that is detached already succeeds (bpf_cgroup_link_release returns early).
+  withPinned(join(dir, "link"), (fd) => {
+    try {
+      linkDetach(fd);
+    } catch (e) {
+      throw explain(e, `cannot detach ${join(dir, "link")}`);
+    }
+  });
   for (const f of ["link", "meta"]) {
     try {
       unlinkSync(join(dir, f));
-    } catch {
-      /* absent */
+    } catch (e) {
+      if (errno(e) !== "ENOENT") throw explain(e, `cannot remove ${join(dir, f)}`);
     }
   }
   try {
     rmdirSync(dir);
-  } catch {
-    /* absent or not empty */
-  }
-}
-
-/** Every enforcement pinned by tcpka. */
-export function listEnforcements(): Enforcement[] {
-  let names: string[] = [];
-  try {
-    names = readdirSync(PIN_ROOT);
-  } catch {
-    return [];
-  }
-  const out: Enforcement[] = [];
-  for (const name of names.sort()) {
-    const metaPin = join(PIN_ROOT, name, "meta");
-    let meta: Enforcement | undefined;
-    try {
-      const fd = objGet(metaPin);
-      try {
-        meta = readMeta(fd);
-      } finally {
-        close(fd);
-      }
-    } catch (e) {
-      throw explain(e, `cannot read ${metaPin}`);
-    }
-    out.push(meta ?? { name, cgroup: "?", mode: "strengthen", only: [], except: [], since: "?" });
-  }
-  return out;
-}
-
-/** Detach and unpin the enforcement called `name` (see pinName); false when there is none. */
-export function removeEnforcement(name: string): boolean {
-  const dir = join(PIN_ROOT, name);
-  const linkPin = join(dir, "link");
-  if (!existsSync(linkPin)) {
-    if (existsSync(dir)) removePins(dir);
-    return false;
-  }
-  try {
-    detachPinned(linkPin);
   } catch (e) {
-    throw explain(e, `cannot detach ${linkPin}`);
+    if (errno(e) !== "ENOENT") throw explain(e, `cannot remove ${dir}`);
   }
-  removePins(dir);
+}
+
+/** After a removal: PIN_ROOT goes with its last enforcement. */
+function removeEmptyRoot(): void {
   try {
-    if (readdirSync(PIN_ROOT).length === 0) rmdirSync(PIN_ROOT);
+    rmdirSync(PIN_ROOT);
   } catch {
     /* in use or gone */
   }
-  return true;
+}
+
+/** An enforcement as --list shows it: what is pinned, checked against what the kernel runs. */
+export interface Listed {
+  name: string;
+  /** from the description; "?" without one */
+  cgroup: string;
+  /** where the pinned link is attached, seen from the cgroup that has this path here */
+  where: Attachment;
+  /** the description, when it describes the program that the link runs now */
+  enforcement?: Enforcement;
+  /** otherwise: why the settings are not known */
+  unknown?: string;
+}
+
+/** Every enforcement pinned by tcpka (under its shared lock: never half an update). */
+export function listEnforcements(mount: string): Listed[] {
+  return locked("list the enforcements", true, () => pinDirNames().map((n) => listed(n, mount)));
+}
+
+function listed(name: string, mount: string): Listed {
+  const dir = join(PIN_ROOT, name);
+  const meta = pinnedMeta(dir);
+  const link = pinnedLink(join(dir, "link"));
+  const cgroup = meta?.cgroup ?? "?";
+  const where = attachment(link, cgroup === "?" ? undefined : cgroupId(join(mount, cgroup)));
+  let unknown: string | undefined;
+  if (!link) unknown = "no link is pinned, so nothing is enforced";
+  else if (!meta) unknown = "no description is pinned with the link";
+  else if (meta.prog_id === undefined) unknown = "pinned by an earlier tcpka, which did not record its program";
+  else if (meta.prog_id !== link.progId) {
+    unknown = `the link runs BPF program ${link.progId}, not the described ${meta.prog_id}`;
+  }
+  return unknown === undefined && meta
+    ? { name, cgroup, where, enforcement: { ...meta, name } }
+    : { name, cgroup, where, unknown };
+}
+
+/** Detach and unpin the enforcement of the cgroup path `cgroup`; how many pin directories it had (0: none). */
+export function removeEnforcement(cgroup: string, mount: string): number {
+  return locked(`remove the enforcement of ${cgroup}`, false, () => {
+    const dirs = pinDirsOf(cgroup);
+    const id = cgroupId(join(mount, cgroup));
+    for (const dir of dirs) {
+      if (settledAttachment(join(dir, "link"), id) === "elsewhere") throw elsewhere(dir, cgroup);
+    }
+    for (const dir of dirs) removePinDir(dir);
+    removeEmptyRoot();
+    return dirs.length;
+  });
+}
+
+/** Detach and unpin every enforcement; how many there were. */
+export function removeAllEnforcements(): number {
+  return locked("remove every enforcement", false, () => {
+    const names = pinDirNames();
+    for (const n of names) removePinDir(join(PIN_ROOT, n));
+    removeEmptyRoot();
+    return names.length;
+  });
 }

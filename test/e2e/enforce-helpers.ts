@@ -209,6 +209,14 @@ export function tcpka(args: readonly string[], opts: { user?: User } = {}): Resu
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
+/** stderr is `tcpka: <message>\n` with an optional `hint: <text>\n`: nothing else, no stack trace. */
+export function assertOneLineError(r: Result, status: 1 | 2, message: RegExp): void {
+  assert.equal(r.status, status, `exit code; stdout: ${r.stdout} stderr: ${r.stderr}`);
+  assert.match(r.stderr, /^tcpka: [^\n]+\n(hint: [^\n]+\n)?$/);
+  assert.match(r.stderr.split("\n")[0]!, message);
+  assert.ok(!r.stderr.includes("    at "), "no stack trace");
+}
+
 const guarded = new WeakSet<TestCgroup>();
 
 /**
@@ -248,8 +256,11 @@ export function remove(cgroup: TestCgroup): string {
   return r.stdout;
 }
 
-/** An entry of `tcpka enforce --list --json`. */
-export type Listed = Enforcement & { cgroup_exists: boolean };
+/**
+ * An entry of `tcpka enforce --list --json`: the description, when the pinned link runs the program it describes
+ * (settings_known); otherwise only name, cgroup, cgroup_exists and unknown_reason.
+ */
+export type Listed = Enforcement & { cgroup_exists: boolean; settings_known: boolean; unknown_reason?: string };
 
 /** `tcpka enforce --list --json`, parsed. */
 export function listJson(): Listed[] {

@@ -40,10 +40,11 @@ import { linkCreate, progLoad } from "../../src/sys/bpf.js";
 import { BPF_CGROUP_SOCK_OPS, BPF_PROG_TYPE_SOCK_OPS } from "../../src/sys/constants.js";
 import { NAME_PREFIX, TestCgroup } from "../helpers/cgroup.js";
 import { needs } from "../helpers/env.js";
-import { Netns, NOBODY, type Result } from "../helpers/netns.js";
+import { Netns, NOBODY } from "../helpers/netns.js";
 import {
   Agent,
   assertNoPinsLeft,
+  assertOneLineError,
   bpffsRestorer,
   connectPair,
   enforce,
@@ -67,14 +68,6 @@ after(() => {
 });
 
 const NEEDS = { root: true, tools: ["ip", "python3"] };
-
-/** stderr is `tcpka: <message>\n` with an optional `hint: <text>\n`: nothing else, no stack trace. */
-function assertOneLineError(r: Result, status: 1 | 2, message: RegExp): void {
-  assert.equal(r.status, status, `exit code; stdout: ${r.stdout} stderr: ${r.stderr}`);
-  assert.match(r.stderr, /^tcpka: [^\n]+\n(hint: [^\n]+\n)?$/);
-  assert.match(r.stderr.split("\n")[0]!, message);
-  assert.ok(!r.stderr.includes("    at "), "no stack trace");
-}
 
 test("both ends and the listener in the cgroup get exactly the settings; a process outside is untouched", async (t) => {
   if (!needs(t, NEEDS)) return;
@@ -469,8 +462,10 @@ test("--list and --list --json describe every enforcement exactly", async (t) =>
   const ea = list.find((e) => e.cgroup === a.path);
   const eb = list.find((e) => e.cgroup === b.path);
   assert.ok(ea && eb, JSON.stringify(list));
-  const { since: sa, ...restA } = ea;
-  const { since: sb, ...restB } = eb;
+  const { since: sa, prog_id: pa, ...restA } = ea;
+  const { since: sb, prog_id: pb, ...restB } = eb;
+  for (const id of [pa, pb]) assert.ok(Number.isInteger(id) && (id as number) > 0, `prog_id ${id}`);
+  assert.notEqual(pa, pb, "each its own program");
   assert.deepEqual(restA, {
     name: a.path.slice(1),
     cgroup: a.path,
@@ -482,6 +477,7 @@ test("--list and --list --json describe every enforcement exactly", async (t) =>
     only: [":5432", "10.0.0.0/8", "[fd00::/8]:443"],
     except: ["10.1.0.0/16"],
     cgroup_exists: true,
+    settings_known: true,
   });
   assert.deepEqual(restB, {
     name: `${a.path.slice(1)}:b`,
@@ -493,6 +489,7 @@ test("--list and --list --json describe every enforcement exactly", async (t) =>
     only: [],
     except: [],
     cgroup_exists: true,
+    settings_known: true,
   });
   for (const s of [sa, sb]) {
     assert.match(s, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
