@@ -52,6 +52,8 @@ import { close, mount, SysError } from "../sys/libc.js";
 export const BPF_FS = "/sys/fs/bpf";
 export const PIN_ROOT = `${BPF_FS}/tcpka`;
 const META_SIZE = 4096;
+/** The longest name a directory entry may have, in bytes (NAME_MAX; simple_lookup refuses longer ones). */
+const NAME_MAX = 255;
 /** How long a removed cgroup's links may stay attached before the kernel detaches them (see attachment()). */
 const DETACH_WAIT_MS = 2000;
 
@@ -75,15 +77,32 @@ export interface Enforcement {
   prog_id?: number;
 }
 
+// '%', '.', ':' and the ASCII control characters.
+// biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what is encoded
+const ENCODED = /[%.:\x00-\x1f\x7f]/g;
+
 /**
- * The pin directory name for a cgroup: its path with "/" as ":", "root" for /. bpffs refuses names with a dot
- * (bpf_lookup in kernel/bpf/inode.c: dots are reserved), so ".", ":" and "%" are percent-encoded, which also
- * keeps /a/b and /a:b apart: "system.slice/app.service" -> "system%2Eslice:app%2Eservice".
+ * The pin directory name of a cgroup path (as cgroupPath() gives it): the path with each "/" as ":", and '%',
+ * '.', ':' and the ASCII control characters as %XX. One name for each path, and back again (cgroupOfPinName):
+ * "/" is ":", "/root" is ":root", "/system.slice/app.service" is ":system%2Eslice:app%2Eservice", and /a:b
+ * (":a%3Ab") stays apart from /a/b (":a:b"). bpffs refuses names with a dot (bpf_lookup in kernel/bpf/inode.c).
+ * Every name starts with ':', which no name of the earlier scheme did ("root" for both / and /root,
+ * "system%2Eslice:app%2Eservice"), so pins of both can sit side by side. A name can be longer than NAME_MAX:
+ * enforceOnCgroup refuses such a cgroup.
  */
 export function pinName(cgroup: string): string {
-  const rel = cgroup.replace(/^\/+|\/+$/g, "");
-  if (rel === "") return "root";
-  return rel.replace(/[%.:]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`).replaceAll("/", ":");
+  return cgroup
+    .replace(ENCODED, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase().padStart(2, "0")}`)
+    .replaceAll("/", ":");
+}
+
+/** The cgroup path that a pin name stands for; undefined for a name that pinName() does not make. */
+export function cgroupOfPinName(name: string): string | undefined {
+  if (!name.startsWith(":")) return undefined;
+  const path = name
+    .replaceAll(":", "/")
+    .replace(/%([0-9A-F]{2})/g, (_, hex: string) => String.fromCharCode(Number.parseInt(hex, 16)));
+  return pinName(path) === name ? path : undefined;
 }
 
 function bpffsMounted(): boolean {
@@ -258,12 +277,16 @@ function pinDirNames(): string[] {
   return names.filter((n) => lstatSync(join(PIN_ROOT, n), { throwIfNoEntry: false })?.isDirectory()).sort();
 }
 
-/** The pin directories of the enforcement of `cgroup` (none or one). */
+/**
+ * The pin directories of the enforcement of `cgroup`: the one named by pinName(), first, and any of the earlier
+ * naming scheme whose description names this cgroup.
+ */
 function pinDirsOf(cgroup: string): string[] {
   const own = pinName(cgroup);
-  return pinDirNames()
-    .filter((n) => n === own)
-    .map((n) => join(PIN_ROOT, n));
+  const names = pinDirNames().filter(
+    (n) => n === own || (cgroupOfPinName(n) === undefined && pinnedMeta(join(PIN_ROOT, n))?.cgroup === cgroup),
+  );
+  return names.sort((a, b) => Number(b === own) - Number(a === own)).map((n) => join(PIN_ROOT, n));
 }
 
 function describe(name: string, cgroup: string, spec: EnforceSpec, since: string, prog: number): Enforcement {
@@ -295,6 +318,14 @@ export interface EnforceResult {
  */
 export function enforceOnCgroup(cgroupDir: string, mount: string, spec: EnforceSpec): EnforceResult {
   const cgroup = cgroupPath(cgroupDir, mount);
+  const length = Buffer.byteLength(pinName(cgroup));
+  if (length > NAME_MAX) {
+    throw new TcpkaError(
+      "unsupported",
+      `cannot enforce on ${cgroup}: its pin name would be ${length} bytes long, and a file name has at most ${NAME_MAX}`,
+      { hint: "enforce on a cgroup above it: the program covers every cgroup below the one it is attached to" },
+    );
+  }
   const insns = assemble(keepaliveProgram(spec));
   let progFd: number;
   try {
@@ -502,7 +533,7 @@ function removeEmptyRoot(): void {
 /** An enforcement as --list shows it: what is pinned, checked against what the kernel runs. */
 export interface Listed {
   name: string;
-  /** from the description; "?" without one */
+  /** from the description, else from the pin name; "?" when neither tells */
   cgroup: string;
   /** where the pinned link is attached, seen from the cgroup that has this path here */
   where: Attachment;
@@ -521,7 +552,7 @@ function listed(name: string, mount: string): Listed {
   const dir = join(PIN_ROOT, name);
   const meta = pinnedMeta(dir);
   const link = pinnedLink(join(dir, "link"));
-  const cgroup = meta?.cgroup ?? "?";
+  const cgroup = meta?.cgroup ?? cgroupOfPinName(name) ?? "?";
   const where = attachment(link, cgroup === "?" ? undefined : cgroupId(join(mount, cgroup)));
   let unknown: string | undefined;
   if (!link) unknown = "no link is pinned, so nothing is enforced";
@@ -535,7 +566,10 @@ function listed(name: string, mount: string): Listed {
     : { name, cgroup, where, unknown };
 }
 
-/** Detach and unpin the enforcement of the cgroup path `cgroup`; how many pin directories it had (0: none). */
+/**
+ * Detach and unpin the enforcement of the cgroup path `cgroup` (also one pinned under the earlier naming
+ * scheme); how many pin directories it had (0: none).
+ */
 export function removeEnforcement(cgroup: string, mount: string): number {
   return locked(`remove the enforcement of ${cgroup}`, false, () => {
     const dirs = pinDirsOf(cgroup);

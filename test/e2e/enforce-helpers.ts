@@ -276,11 +276,12 @@ export function enforcedOn(cgroup: TestCgroup): Listed | undefined {
 
 /**
  * The pins under /sys/fs/bpf/tcpka that belong to this test process's cgroups: every test cgroup's name starts
- * with NAME_PREFIX, which has nothing that a pin name would have to encode.
+ * with NAME_PREFIX, which has nothing that a pin name would have to encode, so their pin names start with
+ * ":" NAME_PREFIX (or NAME_PREFIX alone, in the naming scheme of earlier versions).
  */
 export function ourPins(): string[] {
   try {
-    return readdirSync(PIN_ROOT).filter((n) => n.startsWith(NAME_PREFIX));
+    return readdirSync(PIN_ROOT).filter((n) => n.startsWith(`:${NAME_PREFIX}`) || n.startsWith(NAME_PREFIX));
   } catch {
     return [];
   }

@@ -467,7 +467,7 @@ test("--list and --list --json describe every enforcement exactly", async (t) =>
   for (const id of [pa, pb]) assert.ok(Number.isInteger(id) && (id as number) > 0, `prog_id ${id}`);
   assert.notEqual(pa, pb, "each its own program");
   assert.deepEqual(restA, {
-    name: a.path.slice(1),
+    name: `:${a.path.slice(1)}`,
     cgroup: a.path,
     mode: "force",
     idle_s: 30,
@@ -480,7 +480,7 @@ test("--list and --list --json describe every enforcement exactly", async (t) =>
     settings_known: true,
   });
   assert.deepEqual(restB, {
-    name: `${a.path.slice(1)}:b`,
+    name: `:${a.path.slice(1)}:b`,
     cgroup: b.path,
     mode: "strengthen",
     idle_s: 60,
