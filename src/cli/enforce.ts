@@ -31,7 +31,7 @@ import {
   strs,
 } from "./args.js";
 import { runLive } from "./enable.js";
-import { type Out, table } from "./format.js";
+import { type Out, printable, table } from "./format.js";
 
 export const ENFORCE_HELP = `Usage: tcpka enforce (--cgroup PATH | --unit NAME.service | --pid PID) [settings] [--only RULE]…
                      [--except RULE]… [--force] [--existing]
@@ -151,7 +151,7 @@ function rulesText(e: Enforcement): string {
   const parts: string[] = [];
   if (e.only.length) parts.push(`only ${e.only.join(",")}`);
   if (e.except.length) parts.push(`except ${e.except.join(",")}`);
-  return parts.join("; ") || "all";
+  return printable(parts.join("; ") || "all");
 }
 
 /** --list --json: the description as pinned, when it is known to be in force; otherwise why it is not. */
@@ -162,9 +162,9 @@ function listedJson(l: Listed): Record<string, unknown> {
     : { name: l.name, cgroup: l.cgroup, cgroup_exists, settings_known: false, unknown_reason: l.unknown };
 }
 
-/** The CGROUP column of --list: the path, and what is wrong with its link if anything is. */
+/** The CGROUP column of --list: the path, escaped, and what is wrong with its link if anything is. */
 function listedCgroup(l: Listed): string {
-  const p = l.cgroup;
+  const p = printable(l.cgroup);
   const remove = `tcpka enforce --remove --cgroup ${p}`;
   if (l.where === "gone") return `${p} (gone: ${remove})`;
   if (l.where === "none") return `${p} (not enforced: ${remove})`;
@@ -222,7 +222,9 @@ export async function runEnforce(argv: readonly string[], out: Out): Promise<num
         hint: "tcpka enforce --list shows what is",
       });
     }
-    out.write(`removed: new connections in ${cgroup} are no longer touched (existing ones keep their settings)\n`);
+    out.write(
+      `removed: new connections in ${printable(cgroup)} are no longer touched (existing ones keep their settings)\n`,
+    );
     return 0;
   }
 
@@ -235,11 +237,11 @@ export async function runEnforce(argv: readonly string[], out: Out): Promise<num
   const mode = bool(values, "force") ? "force" : "strengthen";
   const r = enforceOnCgroup(dir, mount, { settings, mode, only, except });
   const e = r.enforcement;
-  const cgroup = e.cgroup;
+  const cgroup = printable(e.cgroup);
   out.write(
     `${r.replaced ? "replaced the settings" : "enforcing keepalive"} on new connections in cgroup ${cgroup}: ${settingsText(e)}, ${rulesText(e)}\n`,
   );
-  out.write(`pinned at ${r.pinDir}; remove with: tcpka enforce --remove --cgroup ${cgroup}\n`);
+  out.write(`pinned at ${printable(r.pinDir)}; remove with: tcpka enforce --remove --cgroup ${cgroup}\n`);
   if (!bool(values, "existing")) {
     out.write(`connections that exist now are unchanged: add --existing, or run tcpka enable --cgroup ${cgroup}\n`);
     return 0;
