@@ -22,6 +22,7 @@ import { formatMs } from "../settings.js";
 import {
   bool,
   type Options,
+  type Parsed,
   parse,
   RULE_LINES,
   SETTINGS_HELP,
@@ -195,6 +196,15 @@ function list(json: boolean, mount: string, out: Out): number {
   return 0;
 }
 
+/** Usage error unless none of `keys` was given: `mode` does not take them. */
+function refuse(values: Parsed["values"], mode: string, keys: readonly string[]): void {
+  const given = keys.filter((k) => values[k] !== undefined).map((k) => `--${k}`);
+  if (given.length) throw usage(`${mode} does not go with ${given.join(", ")}`, "see: tcpka enforce --help");
+}
+
+const TARGETS = ["cgroup", "unit", "pid"];
+const ENFORCING = [...Object.keys(SETTINGS_OPTIONS), "only", "except", "existing"];
+
 export async function runEnforce(argv: readonly string[], out: Out): Promise<number> {
   const { values } = parse("enforce", argv, OPTIONS);
   if (bool(values, "help")) {
@@ -202,11 +212,15 @@ export async function runEnforce(argv: readonly string[], out: Out): Promise<num
     return 0;
   }
   if (bool(values, "list")) {
+    refuse(values, "--list", ["remove", "all", ...TARGETS, ...ENFORCING]);
     return list(bool(values, "json"), cgroup2Mount(), out);
   }
+  if (bool(values, "json")) throw usage("--json goes with --list");
   const mount = cgroup2Mount();
   if (bool(values, "remove")) {
+    refuse(values, "--remove", ENFORCING);
     if (bool(values, "all")) {
+      refuse(values, "--remove --all", TARGETS);
       const n = removeAllEnforcements();
       out.write(`removed ${n} enforcement${n === 1 ? "" : "s"}\n`);
       return 0;
@@ -227,11 +241,11 @@ export async function runEnforce(argv: readonly string[], out: Out): Promise<num
     );
     return 0;
   }
+  if (bool(values, "all")) throw usage("--all goes with --remove");
 
   const dir = targetCgroup(values, mount);
   if (!dir)
     throw usage("no target: give --cgroup, --unit or --pid", "e.g. sudo tcpka enforce --cgroup /workers --idle 60s");
-  if (bool(values, "all")) throw usage("--all goes with --remove");
   const { only, except } = parseRules(strs(values, "only"), strs(values, "except"));
   const settings = settingsFrom(values);
   const mode = bool(values, "force") ? "force" : "strengthen";

@@ -1,6 +1,7 @@
 /**
- * What `tcpka enforce` prints. A cgroup name may hold any byte but '/', and a delegated cgroup subtree lets an
- * unprivileged user choose it: root's terminal must get it escaped, and --list --json exact.
+ * What `tcpka enforce` prints and what it accepts. A cgroup name may hold any byte but '/', and a delegated cgroup
+ * subtree lets an unprivileged user choose it: root's terminal must get it escaped, and --list --json exact.
+ * Options that do not go together are usage errors that change nothing.
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
@@ -14,8 +15,12 @@ import {
   assertNoPinsLeft,
   assertOneLineError,
   bpffsRestorer,
+  enforce,
+  enforcedOn,
+  guard,
   listJson,
   PIN_ROOT,
+  remove,
   tcpka,
   WANT_FLAGS,
 } from "./enforce-helpers.js";
@@ -84,5 +89,39 @@ test("a cgroup named by another user reaches root's terminal escaped, and --list
   assertOneLineError(again, 2, /nothing is enforced on/);
   assertInert("an error", again.stderr);
   assert.ok(again.stderr.includes(shown), again.stderr);
+  assertNoPinsLeft();
+});
+
+test("options that do not go together are usage errors, and change nothing", (t) => {
+  if (!needs(t, { root: true })) return;
+  const cg = TestCgroup.create(t);
+  guard(cg);
+  enforce(cg, WANT_FLAGS);
+  const before = enforcedOn(cg);
+  assert.ok(before);
+  const p = cg.path;
+  const cases: [string[], RegExp][] = [
+    [["--list", "--remove"], /^tcpka: --list does not go with --remove$/],
+    [["--list", "--remove", "--all"], /--list does not go with --remove, --all$/],
+    [["--list", "--cgroup", p], /--list does not go with --cgroup$/],
+    [["--list", "--idle", "5s", "--force"], /--list does not go with --idle, --force$/],
+    [["--list", "--only", ":80"], /--list does not go with --only$/],
+    [["--list", "--existing"], /--list does not go with --existing$/],
+    [["--remove", "--all", "--cgroup", p], /--remove --all does not go with --cgroup$/],
+    [["--remove", "--cgroup", p, "--idle", "5s"], /--remove does not go with --idle$/],
+    [["--remove", "--cgroup", p, "--except", "10.0.0.0/8"], /--remove does not go with --except$/],
+    [["--remove", "--cgroup", p, "--existing"], /--remove does not go with --existing$/],
+    [["--remove", "--all", "--force"], /--remove does not go with --force$/],
+    [["--remove", "--cgroup", p, "--json"], /--json goes with --list$/],
+    [["--cgroup", p, "--json"], /--json goes with --list$/],
+    [["--cgroup", p, "--all"], /--all goes with --remove$/],
+    [["--all"], /--all goes with --remove$/],
+    [["--cgroup", p, "--pid", "1"], /give one target, not --cgroup and --pid$/],
+  ];
+  for (const [args, message] of cases) {
+    assertOneLineError(tcpka(["enforce", ...args]), 2, message);
+    assert.deepEqual(enforcedOn(cg), before, `${args.join(" ")}: nothing changed`);
+  }
+  remove(cg);
   assertNoPinsLeft();
 });
