@@ -285,18 +285,22 @@ static void put_q(struct buf *o, const char *s) {
   put(o, "\"");
 }
 
-static void debug(const char *what, const char *detail) {
-  if (!cfg.debug) return;
+/* One line "PREFIX WHAT[SEP DETAIL]" to fd, in one write; a failure is ignored (errno is the caller's to keep). */
+static void say(int fd, const char *prefix, const char *what, const char *sep, const char *detail) {
   struct buf o = {.n = 0};
-  put(&o, "libtcpka: ");
+  put(&o, prefix);
   put(&o, what);
   if (detail) {
-    put(&o, ": ");
+    put(&o, sep);
     put(&o, detail);
   }
   put(&o, "\n");
-  ssize_t r = write(2, o.b, o.n);
+  ssize_t r = write(fd, o.b, o.n);
   (void)r;
+}
+
+static void debug(const char *what, const char *detail) {
+  if (cfg.debug) say(2, "libtcpka: ", what, ": ", detail);
 }
 
 /* ------------------------------------------------------------------------------------------------ events */
@@ -1141,16 +1145,7 @@ static int probe_fd = -1;
 /* The probe's answer (see TCPKA_PROBE): one line, written once. */
 static void probe_report(const char *state, const char *detail) {
   if (probe_fd < 0) return;
-  struct buf o = {.n = 0};
-  put(&o, "tcpka-shim ");
-  put(&o, state);
-  if (detail) {
-    put(&o, " ");
-    put(&o, detail);
-  }
-  put(&o, "\n");
-  ssize_t r = write(probe_fd, o.b, o.n);
-  (void)r;
+  say(probe_fd, "tcpka-shim ", state, " ", detail);
   probe_fd = -1;
 }
 
