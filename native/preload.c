@@ -84,6 +84,10 @@ static struct {
   enum mode mode;
   int want[O_COUNT]; /* requested values; -1 = leave alone. want[O_KEEPALIVE] is 1 unless observing */
   int sysdef[O_COUNT]; /* the namespace's defaults, read once: what an unset option means */
+  /* The sets for a socket with nothing set yet (what strengthen makes of sysdef), or in force mode for every
+   * socket: options plan[0 .. n_plan-1], to the values to[]. */
+  int to[O_COUNT];
+  int plan[O_COUNT], n_plan;
   struct rule only[MAX_RULES], except[MAX_RULES];
   int n_only, n_except;
   int addr_rules; /* some rule names an address: listeners cannot be decided before accept() */
@@ -115,17 +119,31 @@ struct slot {
 static struct slot slots[MAX_FDS];
 static int slot_hi = -1; /* the highest fd whose slot was ever typed: close_range() and closefrom() look no further */
 
-/* The process whose fds the table describes. A vfork() child shares its parent's memory, table included, until
- * it execs or exits, but has its own copy of the fd table: what it closes or dups is not the parent's, so it must
- * not write the table (nor trust it). Set at load and, after fork(), by the atfork child handler; a child made
- * without one (a raw clone or fork syscall, _Fork) is treated like a vfork child: its sockets still get keepalive
- * on connect and accept, only what is known per fd is not kept. */
-static pid_t table_owner;
-static inline int owns_table(void) { return (pid_t)syscall(SYS_getpid) == table_owner; }
+/* A vfork() child shares its parent's memory, this table included, until it execs or exits, but has a copy of the
+ * fd table of its own: what it closes or dups is not the parent's, so it must not write the table. The vfork hook
+ * (below: a few instructions that leave no stack frame behind, since the child returns through them before the
+ * parent does) marks the calling thread before the real vfork runs, in thread-local storage, which the child
+ * shares with that thread. While the mark is set, a hook asks getpid(): the child leaves the table alone, and the
+ * parent, back from vfork, clears the mark. Every other call pays one thread-local load, no system call: close()
+ * and connect() are hot. (posix_spawn's child closes and dups through glibc's internal calls, never these hooks.) */
+static __thread pid_t vfork_parent __attribute__((tls_model("initial-exec")));
 
-/* The slot of `fd`, or NULL when there is none for this process to use. Costs a getpid(). */
+/* Out of line, so that the hooks' fast path saves no registers for a call it does not make. */
+__attribute__((noinline, cold)) static int vfork_marked(void) {
+  if ((pid_t)syscall(SYS_getpid) != vfork_parent) return 1;
+  vfork_parent = 0;
+  return 0;
+}
+
+static inline int in_vfork_child(void) { return __builtin_expect(vfork_parent != 0, 0) && vfork_marked(); }
+
+/* The process whose events these are (their sequence numbers): set at load and after fork() by the atfork child
+ * handler. A child made without one (a raw clone or fork syscall, _Fork) numbers nothing. */
+static pid_t table_owner;
+
+/* The slot of `fd`, or NULL when there is none for this process to use. */
 static inline struct slot *slot_of(int fd) {
-  return fd >= 0 && fd < MAX_FDS && owns_table() ? &slots[fd] : NULL;
+  return fd >= 0 && fd < MAX_FDS && !in_vfork_child() ? &slots[fd] : NULL;
 }
 
 /* Count `fd` in slot_hi. */
@@ -145,14 +163,14 @@ static void slot_new(struct slot *s) {
 /* Forget a closed fd. A slot is trusted only while typed, so clearing `typed` is enough; the hot path (close() of
  * an fd that was never a socket we typed) is one load and no system call. */
 static inline void slot_reset(int fd) {
-  if (fd >= 0 && fd < MAX_FDS && slots[fd].typed && owns_table()) slots[fd].typed = 0;
+  if (fd >= 0 && fd < MAX_FDS && slots[fd].typed && !in_vfork_child()) slots[fd].typed = 0;
 }
 
 /* A new fd `to` that refers to the same open file as `from` carries its slot; otherwise it starts unknown. */
 static void slot_copy(int from, int to) {
   if (to < 0 || to >= MAX_FDS) return;
   const struct slot *a = from >= 0 && from < MAX_FDS && slots[from].typed ? &slots[from] : NULL;
-  if ((!a && !slots[to].typed) || !owns_table()) return;
+  if ((!a && !slots[to].typed) || in_vfork_child()) return;
   if (a) {
     slots[to] = *a;
     slot_counted(to);
@@ -163,15 +181,11 @@ static void slot_copy(int from, int to) {
 
 /* fds first..last were closed (close_range, closefrom). */
 static void slots_closed(unsigned first, unsigned last) {
-  int hi = __atomic_load_n(&slot_hi, __ATOMIC_RELAXED), own = -1;
-  if (hi < 0 || first > (unsigned)hi) return;
+  int hi = __atomic_load_n(&slot_hi, __ATOMIC_RELAXED);
+  if (hi < 0 || first > (unsigned)hi || in_vfork_child()) return;
   if (last > (unsigned)hi) last = (unsigned)hi;
-  for (unsigned fd = first; fd <= last; fd++) {
-    if (!slots[fd].typed) continue; /* read before writing: slots never used stay untouched zero pages */
-    if (own < 0) own = owns_table();
-    if (!own) return;
-    slots[fd].typed = 0;
-  }
+  for (unsigned fd = first; fd <= last; fd++)
+    if (slots[fd].typed) slots[fd].typed = 0; /* read before writing: slots never used stay untouched zero pages */
 }
 
 /* ------------------------------------------------------------------------------------------------ real calls */
@@ -191,6 +205,7 @@ static int (*real_fcntl)(int, int, ...);
 static int (*real_fcntl64)(int, int, ...);
 static int (*real_close_range)(unsigned, unsigned, int);
 static void (*real_closefrom)(int);
+static pid_t (*real_vfork)(void);
 static ssize_t (*real_sendto)(int, const void *, size_t, int, const struct sockaddr *, socklen_t);
 static ssize_t (*real_sendmsg)(int, const struct msghdr *, int);
 static int (*real_sendmmsg)(int, struct mmsghdr *, unsigned, int);
@@ -220,6 +235,7 @@ static void resolve_all(void) {
   RESOLVE(fcntl64);
   RESOLVE(close_range);
   RESOLVE(closefrom);
+  RESOLVE(vfork);
   RESOLVE(sendto);
   RESOLVE(sendmsg);
   RESOLVE(sendmmsg);
@@ -586,22 +602,36 @@ static void strengthen(const int *have, int *to) {
 /* Apply the requested settings to `fd` under the mode's rule, for the options in `mask`: force sets them,
  * strengthen sets those the rule changes. Records in the slot what was set, and what the program had before. */
 static void enforce(int fd, struct slot *s, unsigned mask) {
-  int have[O_COUNT], to[O_COUNT];
-  if (cfg.mode == MODE_STRENGTHEN) {
-    for (int o = 0; o < O_COUNT; o++) have[o] = current(fd, s, o);
-    strengthen(have, to);
-  } else {
-    memcpy(to, cfg.want, sizeof to);
+  /* A socket made while we watched with nothing set on it yet has the namespace defaults, so strengthen's outcome
+   * is known: the sets worked out at load, as in force mode (cfg.plan). The common case: a program's connect(). */
+  if (cfg.mode == MODE_FORCE || (s && s->seen && !(s->progset | s->applied))) {
+    for (int k = 0; k < cfg.n_plan; k++) {
+      int o = cfg.plan[k];
+      if (!(mask & SET(o))) continue;
+      if (set_int(fd, opt_level[o], opt_name[o], cfg.to[o]) != 0) {
+        debug("setsockopt failed", opt_json[o]);
+        continue;
+      }
+      if (s) {
+        s->prog[o] = cfg.sysdef[o];
+        s->applied |= (uint8_t)SET(o);
+        s->value[o] = cfg.to[o];
+      }
+    }
+    return;
   }
+  int have[O_COUNT], to[O_COUNT];
+  for (int o = 0; o < O_COUNT; o++) have[o] = current(fd, s, o);
+  strengthen(have, to);
   for (int o = 0; o < O_COUNT; o++) {
     if (cfg.want[o] < 0 || !(mask & SET(o))) continue;
-    if (cfg.mode == MODE_STRENGTHEN && to[o] == (s && (s->applied & SET(o)) ? s->value[o] : have[o])) continue;
+    if (to[o] == (s && (s->applied & SET(o)) ? s->value[o] : have[o])) continue;
     if (set_int(fd, opt_level[o], opt_name[o], to[o]) != 0) {
       debug("setsockopt failed", opt_json[o]);
       continue;
     }
     if (s) {
-      if (cfg.mode == MODE_STRENGTHEN && !((s->progset | s->applied) & SET(o))) s->prog[o] = have[o];
+      if (!((s->progset | s->applied) & SET(o))) s->prog[o] = have[o];
       s->applied |= (uint8_t)SET(o);
       s->value[o] = to[o];
     }
@@ -660,10 +690,10 @@ static void attempt_begin(struct attempt *a, int fd, const struct sockaddr *addr
   a->fresh = !a->s || a->s->conn == CONN_IDLE;
   a->matched = a->s ? a->s->managed : 0;
   if (!a->tcp || !a->fresh) return;
-  memset(&a->peer, 0, sizeof a->peer);
   a->matched = 1;
   /* The address is only looked at when there are rules to match or events to report. */
   if (cfg.n_only || cfg.n_except || cfg.events[0]) {
+    memset(&a->peer, 0, sizeof a->peer);
     memcpy(&a->peer, addr, len < sizeof a->peer ? len : sizeof a->peer);
     unsigned port = ntohs(addr->sa_family == AF_INET ? ((const struct sockaddr_in *)addr)->sin_port
                                                      : ((const struct sockaddr_in6 *)addr)->sin6_port);
@@ -986,6 +1016,45 @@ HOOK void closefrom(int lowfd) {
   slots_closed(lowfd < 0 ? 0 : (unsigned)lowfd, ~0u);
 }
 
+/* vfork(): the hook is the assembly below, which calls tcpka_vfork_begin() and then jumps to the real vfork with
+ * the stack exactly as the program left it, so that the real vfork returns straight to the program, in the child
+ * and then in the parent, as if called directly (a C function around it would return in the child first and leave
+ * its frame for the child to overwrite before the parent comes back through it). Elsewhere than on x86-64 and
+ * arm64 there is no hook: a vfork child then writes the table as before. */
+__attribute__((visibility("hidden"), used)) void *tcpka_vfork_begin(void) {
+  int saved = errno;
+  RESOLVE(vfork);
+  vfork_parent = (pid_t)syscall(SYS_getpid);
+  errno = saved;
+  return (void *)real_vfork;
+}
+
+#if defined(__x86_64__)
+__asm__(".text\n"
+        ".globl vfork\n"
+        ".type vfork, @function\n"
+        "vfork:\n"
+#ifdef __CET__
+        "  endbr64\n"
+#endif
+        "  subq $8, %rsp\n" /* the call below needs the stack 16-byte aligned */
+        "  call tcpka_vfork_begin\n"
+        "  addq $8, %rsp\n"
+        "  jmp *%rax\n"
+        ".size vfork, . - vfork\n");
+#elif defined(__aarch64__)
+__asm__(".text\n"
+        ".globl vfork\n"
+        ".type vfork, %function\n"
+        "vfork:\n"
+        "  stp x29, x30, [sp, #-16]!\n"
+        "  bl tcpka_vfork_begin\n"
+        "  ldp x29, x30, [sp], #16\n"
+        "  mov x16, x0\n" /* br through x16: a BTI landing pad of the real vfork accepts it */
+        "  br x16\n"
+        ".size vfork, . - vfork\n");
+#endif
+
 /* A process that switches its effective uid cannot open the event file any more (0600, in a directory that only
  * tcpka's user may enter). It says so while it still can: the file is opened before the switch, and the event
  * written through that fd after it, only when the switch happened. */
@@ -1224,6 +1293,10 @@ __attribute__((constructor)) static void tcpka_init(void) {
   cfg.sysdef[O_INTVL] = read_sysctl("/proc/sys/net/ipv4/tcp_keepalive_intvl", 75);
   cfg.sysdef[O_CNT] = read_sysctl("/proc/sys/net/ipv4/tcp_keepalive_probes", 9);
   cfg.sysdef[O_UT] = 0;
+  if (cfg.mode == MODE_FORCE) memcpy(cfg.to, cfg.want, sizeof cfg.to);
+  else strengthen(cfg.sysdef, cfg.to);
+  for (int o = 0; o < O_COUNT; o++)
+    if (cfg.want[o] >= 0 && (cfg.mode == MODE_FORCE || cfg.to[o] != cfg.sysdef[o])) cfg.plan[cfg.n_plan++] = o;
   if (cfg.events[0]) { /* tell tcpka that this process runs with the shim */
     struct buf o;
     ev_begin(&o, "start");

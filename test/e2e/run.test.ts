@@ -479,6 +479,20 @@ describe("the shim keeps track of every socket, however the program closes, fork
     }
   });
 
+  test("python3's subprocess (a vfork child that closes every fd above 2) leaves the parent's socket managed", async (t) => {
+    if (!needs(t, { tools: ["python3"] })) return;
+    const program = [
+      "import socket, subprocess",
+      'srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen()',
+      "c = socket.create_connection(srv.getsockname())",
+      'subprocess.run(["true"], close_fds=True)',
+      "c.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 600)",
+      "print(c.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE))",
+    ].join("\n");
+    const r = await tcpka(t, ["run", ...WANT_FLAGS, "--", python(), "-c", program]);
+    assert.deepEqual([r.code, r.stdout], [0, `${WANT.idle}\n`], r.stderr);
+  });
+
   test("close_range() and closefrom() forget the sockets they close: a socket the shim never saw on the same fd is left alone", async (t) => {
     if (!needs(t, { tools: ["gcc"] })) return;
     const exe = compileC(DIR, "shim_hooks.c", "shim_hooks");
