@@ -38,6 +38,7 @@
 #include <netinet/tcp.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -153,11 +154,12 @@ static void slot_counted(int fd) {
   }
 }
 
-/* A slot about to describe a new socket: cleared and typed. */
-static void slot_new(struct slot *s) {
-  memset(s, 0, sizeof *s);
+/* The slot of `fd` about to describe a new socket: its flags cleared (prog[] and value[] mean something only
+ * where progset and applied say so), typed. */
+static void slot_new(struct slot *s, int fd) {
+  memset(s, 0, offsetof(struct slot, prog));
   s->typed = 1;
-  slot_counted((int)(s - slots));
+  slot_counted(fd);
 }
 
 /* Forget a closed fd. A slot is trusted only while typed, so clearing `typed` is enough; the hot path (close() of
@@ -559,15 +561,17 @@ static int wanted(const struct sockaddr_storage *peer, unsigned svcport) {
 
 /* Is `fd` a TCP socket over IPv4/IPv6? From the slot when known, otherwise asked of the kernel (a socket
  * inherited across exec, passed over a Unix socket or made by dup). */
-static int is_tcp(int fd, struct slot *s) {
-  if (s && s->typed) return s->tcp;
+static int is_tcp_asked(int fd, struct slot *s);
+static inline int is_tcp(int fd, struct slot *s) { return s && s->typed ? s->tcp : is_tcp_asked(fd, s); }
+
+static int is_tcp_asked(int fd, struct slot *s) {
   int dom, type, proto;
   if (get_int(fd, SOL_SOCKET, SO_DOMAIN, &dom) || get_int(fd, SOL_SOCKET, SO_TYPE, &type) ||
       get_int(fd, SOL_SOCKET, SO_PROTOCOL, &proto))
     return 0;
   int tcp = (dom == AF_INET || dom == AF_INET6) && type == SOCK_STREAM && proto == IPPROTO_TCP;
   if (s) {
-    slot_new(s);
+    slot_new(s, fd);
     s->tcp = (uint8_t)tcp;
   }
   return tcp;
@@ -649,16 +653,15 @@ HOOK int socket(int domain, int type, int protocol) {
   RESOLVE(socket);
   int fd = real_socket(domain, type, protocol);
   if (fd < 0 || cfg.mode == MODE_OFF) return fd;
-  int saved = errno;
+  /* Nothing here can change errno: the only system call, getpid() right after a vfork, does not fail. */
   struct slot *s = slot_of(fd);
   if (s) {
-    slot_new(s);
+    slot_new(s, fd);
     s->seen = 1;
     /* SOCK_NONBLOCK and SOCK_CLOEXEC are or-ed into type: compare the type bits only. */
     s->tcp = (domain == AF_INET || domain == AF_INET6) && (type & 0xf) == SOCK_STREAM &&
              (protocol == 0 || protocol == IPPROTO_TCP);
   }
-  errno = saved;
   return fd;
 }
 
@@ -818,7 +821,7 @@ static void accepted(int lfd, int fd) {
   struct slot *ls = slot_of(lfd), *s = slot_of(fd);
   if (!is_tcp(lfd, ls)) return;
   if (s) {
-    slot_new(s);
+    slot_new(s, fd);
     s->tcp = 1;
     s->conn = CONN_UP;
     if (ls) { /* inherited: what the program and tcpka set on the listener, and what it had before tcpka */
