@@ -26,7 +26,7 @@ const { inspect } = await import("../src/inspect/connections.js");
 const { readSystemDefaults } = await import("../src/inspect/sysctl.js");
 const { SocketBorrower } = await import("../src/sys/pidfd.js");
 const { inetDiagDump } = await import("../src/sys/netlink.js");
-const { AF_INET, AF_INET6 } = await import("../src/sys/constants.js");
+const { AF_INET, AF_INET6 } = await import("../src/kernel/constants.js");
 const { addToSummary, connectionJsonText, emptySummary } = await import("../src/cli/ls.js");
 const { Out } = await import("../src/cli/format.js");
 

@@ -3,8 +3,24 @@
  * keepalive state. Parsing turns user text into a SocketFilter or throws a usage error that names the flag.
  */
 import { BlockList, isIP } from "node:net";
+import { addressBytes, formatIPv6, inNet, MAPPED, maskBytes } from "./addresses.js";
 import { usage } from "./errors.js";
-import { ALL_STATES, formatIPv6, stateMask, type TcpEndpoints, type TcpStateName } from "./inspect/sockets.js";
+import { ALL_STATES, stateMask, type TcpStateName } from "./kernel/states.js";
+
+/**
+ * What identifies a connection and its state: what the filters match, and all that `tcpka enable` needs of a
+ * socket to filter and report it. inspect/sockets.ts lists them (TcpSocket adds the timer and queues).
+ */
+export interface TcpEndpoints {
+  family: 4 | 6;
+  state: TcpStateName;
+  localAddress: string;
+  localPort: number;
+  peerAddress: string;
+  peerPort: number;
+  /** Inode of the socket; 0 for TIME_WAIT and request sockets, which have no file. */
+  inode: number;
+}
 
 export interface PortRange {
   from: number;
@@ -259,40 +275,6 @@ export function parseRules(
     );
   }
   return rules;
-}
-
-/** The first 12 bytes of an IPv4-mapped IPv6 address, ::ffff:a.b.c.d. */
-const MAPPED = Buffer.from([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]);
-
-/** An IPv4 or IPv6 address (which isIP accepts) in network order: 4 or 16 bytes. */
-export function addressBytes(address: string, family: 4 | 6): Buffer {
-  if (family === 4) return Buffer.from(address.split(".").map(Number));
-  // Expand "::" and any dotted IPv4 tail into eight 16-bit groups.
-  let text = address;
-  const dotted = /(\d+\.\d+\.\d+\.\d+)$/.exec(text);
-  if (dotted) {
-    const b = addressBytes(dotted[1] as string, 4);
-    text = `${text.slice(0, -dotted[0].length)}${b.readUInt16BE(0).toString(16)}:${b.readUInt16BE(2).toString(16)}`;
-  }
-  const [head, tail] = text.split("::") as [string, string | undefined];
-  const h = head ? head.split(":") : [];
-  const t = tail ? tail.split(":") : [];
-  const groups = tail === undefined ? h : [...h, ...Array(8 - h.length - t.length).fill("0"), ...t];
-  const out = Buffer.alloc(16);
-  for (const [i, g] of groups.entries()) out.writeUInt16BE(Number.parseInt(g, 16), i * 2);
-  return out;
-}
-
-/** The netmask of a prefix length, `length` bytes long. */
-export function maskBytes(prefix: number, length: number): Buffer {
-  const out = Buffer.alloc(length);
-  for (let i = 0; i < length; i++) out[i] = (0xff << (8 - Math.max(0, Math.min(8, prefix - 8 * i)))) & 0xff;
-  return out;
-}
-
-/** Address `a` lies in network `net` of netmask `mask`. */
-function inNet(a: Buffer, net: Buffer, mask: Buffer): boolean {
-  return a.length === net.length && mask.every((m, i) => ((a[i] as number) & m) === ((net[i] as number) & m));
 }
 
 /**

@@ -14,8 +14,9 @@ export {
 export { type Connection, type Inspection, type InspectOptions, inspect } from "./inspect/connections.js";
 export { readKeepAlive } from "./inspect/exact.js";
 export { findOwners, type SocketOwner } from "./inspect/owners.js";
-export { readNetlink, readProc, readSockets, type TcpSocket, type TcpStateName } from "./inspect/sockets.js";
+export { readNetlink, readProc, readSockets, type TcpSocket } from "./inspect/sockets.js";
 export { readSystemDefaults } from "./inspect/sysctl.js";
+export type { TcpStateName } from "./kernel/states.js";
 export {
   deadPeerAfter,
   type EffectiveKeepAlive,

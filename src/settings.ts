@@ -3,7 +3,8 @@
  * One source of truth for every command and mechanism of tcpka.
  */
 import { invalid } from "./errors.js";
-import { MAX_TCP_KEEPCNT, MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL, MAX_TCP_USER_TIMEOUT_MS } from "./sys/constants.js";
+import { MAX_TCP_KEEPCNT, MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL, MAX_TCP_USER_TIMEOUT_MS } from "./kernel/constants.js";
+import { OPTION_ORDER, type OptionName } from "./kernel/sockopts.js";
 
 /** Requested keepalive settings. An absent field means "leave it to the system default". */
 export interface KeepAliveSettings {
@@ -165,15 +166,13 @@ export function describeSettings(e: { idle: number; interval: number; count: num
 /** How requested settings meet a socket's own: `strengthen` never weakens, `force` sets exactly. */
 export type ApplyMode = "strengthen" | "force";
 
-export type OptionName = keyof EffectiveKeepAlive;
+export type { OptionName };
 
 export interface Change {
   option: OptionName;
   from: number;
   to: number;
 }
-
-const ORDER: readonly OptionName[] = ["keepalive", "idle", "interval", "count", "userTimeout"];
 
 /**
  * The strengthen rule: what a socket gets when the request meets what it has now (`have`: the program's own
@@ -218,7 +217,7 @@ export function planChanges(current: EffectiveKeepAlive, want: KeepAliveSettings
         }
       : strengthen(current, want);
   const changes: Change[] = [];
-  for (const option of ORDER) {
+  for (const option of OPTION_ORDER) {
     const from = Number(current[option]);
     const to = Number(target[option]);
     if (from !== to) changes.push({ option, from, to });

@@ -11,8 +11,10 @@
  * It cannot see a program's own setsockopt calls made after the connection is established.
  */
 import { endianness } from "node:os";
-import { addressBytes, type EndpointRule, holdsMapped, maskBytes } from "../filter.js";
-import { SOCKOPTS } from "../inspect/exact.js";
+import { addressBytes, maskBytes } from "../addresses.js";
+import { type EndpointRule, holdsMapped } from "../filter.js";
+import { AF_INET, AF_INET6 } from "../kernel/constants.js";
+import { SOCKOPTS } from "../kernel/sockopts.js";
 import type { ApplyMode, KeepAliveSettings, OptionName } from "../settings.js";
 import {
   Add,
@@ -61,8 +63,6 @@ const CTX = {
   localPort: 68, // host order
 } as const;
 const OP = { activeEstablished: 4, passiveEstablished: 5, tcpListen: 11 } as const;
-const AF_INET = 2;
-const AF_INET6 = 10;
 const SCRATCH = -8; // stack slot for option values
 /** Where strengthen keeps the socket's idle, interval and count while it decides. */
 const STACK = { idle: -16, interval: -24, count: -32 } as const;

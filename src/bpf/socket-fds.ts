@@ -17,6 +17,8 @@
  *
  * The struct offsets differ between kernel builds, so they come from the running kernel's BTF (src/sys/btf.ts).
  */
+
+import { AF_INET6, IPPROTO_TCP, SOCK_STREAM } from "../kernel/constants.js";
 import {
   Add,
   Call,
@@ -71,9 +73,6 @@ export interface TaskFileOffsets {
 
 export const RECORD_SIZE = 56;
 const REC = -RECORD_SIZE; // the record on the stack, from r10
-const SOCK_STREAM = 1;
-const IPPROTO_TCP = 6;
-const AF_INET6 = 10;
 
 export function socketFdsProgram(o: TaskFileOffsets): Instruction[] {
   const b = new ProgramBuilder();

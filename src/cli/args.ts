@@ -15,7 +15,7 @@ import {
   type SocketFilter,
 } from "../filter.js";
 import { commOf, processExists } from "../inspect/owners.js";
-import { ALL_STATES, stateMask } from "../inspect/sockets.js";
+import { ALL_STATES, stateMask } from "../kernel/states.js";
 import { type KeepAliveSettings, parseCount, parseIdle, parseInterval, parseUserTimeout } from "../settings.js";
 
 export type Options = NonNullable<ParseArgsConfig["options"]>;

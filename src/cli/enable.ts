@@ -8,7 +8,7 @@ import { TcpkaError, usage } from "../errors.js";
 import { parsePid, type SocketFilter, socketMatcher } from "../filter.js";
 import { pidsInCgroup, resolveCgroup } from "../inspect/cgroup.js";
 import { commOf, listPids, mayHoldSockets, processExists, processOf } from "../inspect/owners.js";
-import { stateMask } from "../inspect/sockets.js";
+import { stateMask } from "../kernel/states.js";
 import {
   type Change,
   deadPeerAfter,

@@ -17,7 +17,7 @@ import { TcpkaError, usage } from "../errors.js";
 import { DEFAULT_FILTER, parsePid, parseRules } from "../filter.js";
 import { cgroup2Mount, cgroupPath, pidsInCgroup, resolveCgroup } from "../inspect/cgroup.js";
 import { processExists } from "../inspect/owners.js";
-import { stateMask } from "../inspect/sockets.js";
+import { stateMask } from "../kernel/states.js";
 import { formatMs } from "../settings.js";
 import {
   bool,

@@ -13,8 +13,8 @@ import {
   inspectEach,
 } from "../inspect/connections.js";
 import { commOf } from "../inspect/owners.js";
-import type { TcpStateName } from "../inspect/sockets.js";
 import { readSystemDefaults } from "../inspect/sysctl.js";
+import type { TcpStateName } from "../kernel/states.js";
 import { formatMs, formatSeconds } from "../settings.js";
 import { bool, FILTER_HELP, FILTER_OPTIONS, filterFrom, parse, permissionError, str } from "./args.js";
 import { hostPort, type Out, ownerText, paint, plural, printable, table } from "./format.js";

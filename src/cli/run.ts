@@ -16,7 +16,7 @@ import {
 } from "../enforce/preload.js";
 import { TcpkaError, usage } from "../errors.js";
 import { DEFAULT_FILTER, type EndpointRule, parseRules } from "../filter.js";
-import { stateMask } from "../inspect/sockets.js";
+import { stateMask } from "../kernel/states.js";
 import type { KeepAliveSettings } from "../settings.js";
 import {
   bool,

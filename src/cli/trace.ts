@@ -23,11 +23,13 @@ import {
 import { basename, dirname, join, resolve } from "node:path";
 import { preloadBlocker, shimEnvironment } from "../enforce/preload.js";
 import { TcpkaError } from "../errors.js";
-import { type OptionValues, readEvents, type TracedSocket, type TraceResult } from "../inspect/events.js";
+import { EVENT_KEY, type OptionValues, readEvents, type TracedSocket, type TraceResult } from "../inspect/events.js";
+import { LOCK_EX } from "../kernel/constants.js";
+import { errnoName } from "../kernel/errno.js";
+import { OPTION_ORDER, SOCKOPTS } from "../kernel/sockopts.js";
 import { describeSettings, formatSeconds } from "../settings.js";
-import { LOCK_EX } from "../sys/constants.js";
 import { AtomicFile, fileError, Lock, privateRunDir, removeRunDir, runtimeBase } from "../sys/files.js";
-import { errnoName, flockNow } from "../sys/libc.js";
+import { flockNow } from "../sys/libc.js";
 import { bool, type Options, RULE_LINES, SETTINGS_HELP, SETTINGS_OPTIONS, str } from "./args.js";
 import { type ChildResult, passThrough, runChild } from "./child.js";
 import { hostPort, Out, paint, plural, printable, reportError } from "./format.js";
@@ -71,14 +73,6 @@ const OPTIONS: Options = {
   only: { type: "string", multiple: true },
   except: { type: "string", multiple: true },
 };
-
-const OPT_NAMES: [keyof OptionValues, string][] = [
-  ["keepalive", "SO_KEEPALIVE"],
-  ["idle", "TCP_KEEPIDLE"],
-  ["interval", "TCP_KEEPINTVL"],
-  ["count", "TCP_KEEPCNT"],
-  ["user_timeout_ms", "TCP_USER_TIMEOUT"],
-];
 
 export async function runTrace(argv: readonly string[], out: Out): Promise<number> {
   const plan = planPreload("trace", argv, OPTIONS);
@@ -358,7 +352,9 @@ function fdSink(path: string, fd: number, close: boolean): ReportSink {
 }
 
 function optionsText(o: OptionValues): string {
-  const parts = OPT_NAMES.filter(([k]) => o[k] !== undefined).map(([k, n]) => `${n}=${o[k]}`);
+  const parts = OPTION_ORDER.filter((k) => o[EVENT_KEY[k]] !== undefined).map(
+    (k) => `${SOCKOPTS[k][2]}=${o[EVENT_KEY[k]]}`,
+  );
   return parts.length ? parts.join(" ") : "nothing";
 }
 

@@ -13,7 +13,9 @@
  */
 import { closeSync, constants, openSync } from "node:fs";
 import { isMainThread } from "node:worker_threads";
-import { readKeepAliveInto, SOCKOPTS } from "../inspect/exact.js";
+import { readKeepAliveInto } from "../inspect/exact.js";
+import { ESTALE_REUSED } from "../kernel/errno.js";
+import { SOCKOPTS } from "../kernel/sockopts.js";
 import {
   type ApplyMode,
   type Change,
@@ -21,7 +23,6 @@ import {
   type KeepAliveSettings,
   planChanges,
 } from "../settings.js";
-import { ESTALE_REUSED } from "../sys/constants.js";
 import { close, fdSocketInode, SysError, setsockoptInt, sockfsInode } from "../sys/libc.js";
 import { pidfdGetfd, pidfdOpen } from "../sys/pidfd.js";
 

@@ -31,6 +31,7 @@ import { type EnforceSpec, keepaliveProgram } from "../bpf/keepalive.js";
 import { TcpkaError } from "../errors.js";
 import { endpointRuleText } from "../filter.js";
 import { cgroupPath } from "../inspect/cgroup.js";
+import { BPF_CGROUP_SOCK_OPS, BPF_PROG_TYPE_SOCK_OPS } from "../kernel/constants.js";
 import {
   blobMapCreate,
   blobMapRead,
@@ -45,7 +46,6 @@ import {
   progId,
   progLoad,
 } from "../sys/bpf.js";
-import { BPF_CGROUP_SOCK_OPS, BPF_PROG_TYPE_SOCK_OPS } from "../sys/constants.js";
 import { Lock, runtimeBase, sleepSync } from "../sys/files.js";
 import { close, mount, SysError } from "../sys/libc.js";
 

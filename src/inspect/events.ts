@@ -5,6 +5,7 @@
  * traced processes' environment and nowhere else, so a line without it did not come from them.
  */
 import { readFileSync } from "node:fs";
+import type { OptionName } from "../kernel/sockopts.js";
 import { deadPeerAfter, type EffectiveKeepAlive } from "../settings.js";
 
 /** Options as the shim names them in events. */
@@ -15,6 +16,15 @@ export interface OptionValues {
   count?: number;
   user_timeout_ms?: number;
 }
+
+/** The field of OptionValues that holds each option (the shim names the user timeout in milliseconds). */
+export const EVENT_KEY: Readonly<Record<OptionName, keyof OptionValues>> = {
+  keepalive: "keepalive",
+  idle: "idle",
+  interval: "interval",
+  count: "count",
+  userTimeout: "user_timeout_ms",
+};
 
 export interface ShimEvent {
   key: string;

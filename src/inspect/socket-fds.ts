@@ -11,17 +11,17 @@
  */
 import { existsSync, readFileSync } from "node:fs";
 import { release } from "node:os";
+import { ipv4, ipv6 } from "../addresses.js";
 import { assemble } from "../bpf/asm.js";
 import { RECORD_SIZE, socketFdsProgram } from "../bpf/socket-fds.js";
+import type { TcpEndpoints } from "../filter.js";
+import { AF_INET, AF_INET6, BPF_PROG_TYPE_TRACING, BPF_TRACE_ITER } from "../kernel/constants.js";
+import { STATE_NAMES } from "../kernel/states.js";
 import { iterCreate, iterLinkCreate, progLoad } from "../sys/bpf.js";
 import { Btf } from "../sys/btf.js";
-import { BPF_PROG_TYPE_TRACING, BPF_TRACE_ITER } from "../sys/constants.js";
 import { addressOf, close, readInto } from "../sys/libc.js";
-import { ipv4, ipv6, STATE_NAMES, type TcpEndpoints } from "./sockets.js";
 
 const READ_SIZE = 64 * 1024; // bpf_seq_read hands out at most 8 pages per read
-const AF_INET = 2;
-const AF_INET6 = 10;
 // include/uapi/linux/capability.h
 const CAP_SYS_ADMIN = 21;
 const CAP_PERFMON = 38;

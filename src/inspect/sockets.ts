@@ -5,49 +5,16 @@
  * Neither tells whether SO_KEEPALIVE is set: see exact.ts for that.
  */
 import { readFileSync } from "node:fs";
+import { ipv4, ipv6 } from "../addresses.js";
 import { TcpkaError } from "../errors.js";
-import { AF_INET, AF_INET6, INET_DIAG_MSG_LEN, TCP_STATES, TIMER_CODES } from "../sys/constants.js";
+import type { TcpEndpoints } from "../filter.js";
+import { AF_INET, AF_INET6, INET_DIAG_MSG_LEN, TIMER_CODES } from "../kernel/constants.js";
+import { STATE_NAMES, TCP_STATES } from "../kernel/states.js";
 import { inetDiagDump } from "../sys/netlink.js";
-
-export type TcpStateName =
-  | "ESTAB"
-  | "SYN-SENT"
-  | "SYN-RECV"
-  | "FIN-WAIT-1"
-  | "FIN-WAIT-2"
-  | "TIME-WAIT"
-  | "CLOSE"
-  | "CLOSE-WAIT"
-  | "LAST-ACK"
-  | "LISTEN"
-  | "CLOSING";
-
-/** State names as `ss` prints them, indexed by the kernel's state number (include/net/tcp_states.h). */
-export const STATE_NAMES: readonly (TcpStateName | undefined)[] = [
-  undefined,
-  "ESTAB",
-  "SYN-SENT",
-  "SYN-RECV",
-  "FIN-WAIT-1",
-  "FIN-WAIT-2",
-  "TIME-WAIT",
-  "CLOSE",
-  "CLOSE-WAIT",
-  "LAST-ACK",
-  "LISTEN",
-  "CLOSING",
-  "SYN-RECV", // TCP_NEW_SYN_RECV: a request socket, shown as SYN-RECV like ss does
-];
 
 export type TimerName = (typeof TIMER_CODES)[keyof typeof TIMER_CODES];
 
-export interface TcpSocket {
-  family: 4 | 6;
-  state: TcpStateName;
-  localAddress: string;
-  localPort: number;
-  peerAddress: string;
-  peerPort: number;
+export interface TcpSocket extends TcpEndpoints {
   /** The pending timer the kernel reports; "keepalive" only when no retransmit/probe timer hides it. */
   timer: TimerName;
   /** Time left on that timer, in milliseconds (0 when none). */
@@ -57,25 +24,6 @@ export interface TcpSocket {
   sendQueue: number;
   recvQueue: number;
   uid: number;
-  /** Inode of the socket; 0 for TIME_WAIT and request sockets, which have no file. */
-  inode: number;
-}
-
-/** What identifies a connection and its state: all that `tcpka enable` needs of a socket to filter and report it. */
-export type TcpEndpoints = Pick<
-  TcpSocket,
-  "family" | "state" | "localAddress" | "localPort" | "peerAddress" | "peerPort" | "inode"
->;
-
-/** Bitmask of all states, TCP_NEW_SYN_RECV included. */
-export const ALL_STATES = 0x1ffe;
-
-export function stateMask(names: Iterable<TcpStateName>): number {
-  let mask = 0;
-  for (const n of names) {
-    for (let i = 1; i < STATE_NAMES.length; i++) if (STATE_NAMES[i] === n) mask |= 1 << i;
-  }
-  return mask;
 }
 
 export interface ReadOptions {
@@ -150,67 +98,6 @@ export function parseInetDiagMsg(buf: Buffer, o: number): TcpSocket | undefined 
 
 function timerName(code: number): TimerName {
   return TIMER_CODES[code as keyof typeof TIMER_CODES] ?? "off";
-}
-
-// Addresses repeat (a host has few local addresses and talks to few peers): their text is cached, which at
-// 100,000 sockets saves most of the parsing time and garbage. Bounded so that a scan of a huge table cannot grow
-// it without limit.
-const CACHE_LIMIT = 1 << 16;
-const v4Text = new Map<number, string>();
-const v6Text = new Map<string, string>();
-
-/** An IPv4 address in network order at buf[o], as text (cached: a table repeats few addresses many times). */
-export function ipv4(buf: Buffer, o: number): string {
-  const key = buf.readUInt32BE(o);
-  let text = v4Text.get(key);
-  if (text === undefined) {
-    text = `${buf[o]}.${buf[o + 1]}.${buf[o + 2]}.${buf[o + 3]}`;
-    if (v4Text.size >= CACHE_LIMIT) v4Text.clear();
-    v4Text.set(key, text);
-  }
-  return text;
-}
-
-/** An IPv6 address at buf[o], as text (cached). */
-export function ipv6(buf: Buffer, o: number): string {
-  const key = buf.toString("latin1", o, o + 16);
-  let text = v6Text.get(key);
-  if (text === undefined) {
-    const words: number[] = [];
-    for (let i = 0; i < 8; i++) words.push(buf.readUInt16BE(o + 2 * i));
-    text = formatIPv6(words);
-    if (v6Text.size >= CACHE_LIMIT) v6Text.clear();
-    v6Text.set(key, text);
-  }
-  return text;
-}
-
-/** RFC 5952 text of eight 16-bit words; IPv4-mapped addresses end in dotted quad (::ffff:192.0.2.1). */
-export function formatIPv6(w: readonly number[]): string {
-  if (w[0] === 0 && w[1] === 0 && w[2] === 0 && w[3] === 0 && w[4] === 0 && w[5] === 0xffff) {
-    const a = w[6] as number;
-    const b = w[7] as number;
-    return `::ffff:${a >> 8}.${a & 255}.${b >> 8}.${b & 255}`;
-  }
-  // Longest run of at least two zero words, the first one on a tie.
-  let bestStart = -1;
-  let bestLen = 1;
-  for (let i = 0; i < 8; ) {
-    if (w[i] !== 0) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && w[j] === 0) j++;
-    if (j - i > bestLen) {
-      bestStart = i;
-      bestLen = j - i;
-    }
-    i = j;
-  }
-  const hex = (ws: readonly number[]) => ws.map((x) => x.toString(16)).join(":");
-  if (bestStart < 0) return hex(w);
-  return `${hex(w.slice(0, bestStart))}::${hex(w.slice(bestStart + bestLen))}`;
 }
 
 // USER_HZ: /proc/net/tcp prints timers in clock_t ticks (jiffies_delta_to_clock_t); 100 on every Linux port

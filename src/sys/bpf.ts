@@ -4,7 +4,7 @@
  * attribute block is laid out as in union bpf_attr (include/uapi/linux/bpf.h).
  */
 import { TcpkaError } from "../errors.js";
-import { BPF_CMD, BPF_MAP_TYPE_ARRAY, BPF_OBJ_NAME_LEN, SYS_bpf } from "./constants.js";
+import { BPF_CMD, BPF_MAP_TYPE_ARRAY, BPF_OBJ_NAME_LEN, SYS_bpf } from "../kernel/constants.js";
 import { addressOf, SysError, syscall } from "./libc.js";
 
 const ATTR_SIZE = 128;

@@ -25,7 +25,7 @@ import {
 import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
 import { TcpkaError } from "../errors.js";
-import { LOCK_EX, LOCK_SH } from "./constants.js";
+import { LOCK_EX, LOCK_SH } from "../kernel/constants.js";
 import { flockNow } from "./libc.js";
 
 const { O_WRONLY, O_RDWR, O_CREAT, O_EXCL, O_NOFOLLOW, O_RDONLY, O_DIRECTORY } = constants;

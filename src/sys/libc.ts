@@ -4,7 +4,8 @@
  */
 import { createRequire } from "node:module";
 import { TcpkaError } from "../errors.js";
-import { AF_UNIX, ERRNO_NAMES, EWOULDBLOCK, LOCK_NB, S_IFMT, S_IFSOCK, SOCK_CLOEXEC, SOCK_DGRAM } from "./constants.js";
+import { AF_UNIX, LOCK_NB, S_IFMT, S_IFSOCK, SOCK_CLOEXEC, SOCK_DGRAM } from "../kernel/constants.js";
+import { EWOULDBLOCK, errnoName } from "../kernel/errno.js";
 
 // koffi ships as CommonJS with a prebuilt binary for this platform; createRequire keeps this module ESM.
 const require = createRequire(import.meta.url);
@@ -47,10 +48,6 @@ export class SysError extends TcpkaError {
     this.errnoName = name;
     this.syscall = syscall;
   }
-}
-
-export function errnoName(errno: number): string {
-  return ERRNO_NAMES[errno] ?? `errno ${errno}`;
 }
 
 const strerrorFn = lib.func("const char *strerror(int errnum)");

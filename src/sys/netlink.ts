@@ -17,7 +17,7 @@ import {
   SOCK_CLOEXEC,
   SOCK_DIAG_BY_FAMILY,
   SOCK_RAW,
-} from "./constants.js";
+} from "../kernel/constants.js";
 import { close, SysError, socket } from "./libc.js";
 
 // A dump skb is at most SKB_WITH_OVERHEAD(32768) bytes (netlink_recvmsg caps max_recvmsg_len there), so one

@@ -6,7 +6,8 @@
  * __receive_sock() sets the socket's net_cls classid and net_prio index to the caller's cgroup
  * (sock_update_classid, sock_update_netprioidx), and the socket keeps them. README.md says what that means.
  */
-import { ESTALE_REUSED, SYS_pidfd_getfd, SYS_pidfd_open } from "./constants.js";
+import { SYS_pidfd_getfd, SYS_pidfd_open } from "../kernel/constants.js";
+import { ESTALE_REUSED } from "../kernel/errno.js";
 import { close, SysError, sockfsInode, syscall } from "./libc.js";
 
 export function pidfdOpen(pid: number): number {

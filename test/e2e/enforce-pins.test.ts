@@ -12,8 +12,8 @@ import { closeSync, constants, existsSync, mkdirSync, openSync, rmSync, unlinkSy
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { assemble, Mov, R0, Return } from "../../src/bpf/asm.js";
+import { BPF_CGROUP_SOCK_OPS, BPF_PROG_TYPE_SOCK_OPS } from "../../src/kernel/constants.js";
 import { blobMapCreate, blobMapWrite, linkCreate, linkUpdate, objGet, objPin, progLoad } from "../../src/sys/bpf.js";
-import { BPF_CGROUP_SOCK_OPS, BPF_PROG_TYPE_SOCK_OPS } from "../../src/sys/constants.js";
 import { TestCgroup } from "../helpers/cgroup.js";
 import { needs } from "../helpers/env.js";
 import { Netns, type Result, TCPKA } from "../helpers/netns.js";

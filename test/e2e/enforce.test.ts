@@ -36,8 +36,8 @@ import {
   Return,
   StoreImm,
 } from "../../src/bpf/asm.js";
+import { BPF_CGROUP_SOCK_OPS, BPF_PROG_TYPE_SOCK_OPS } from "../../src/kernel/constants.js";
 import { linkCreate, progLoad } from "../../src/sys/bpf.js";
-import { BPF_CGROUP_SOCK_OPS, BPF_PROG_TYPE_SOCK_OPS } from "../../src/sys/constants.js";
 import { NAME_PREFIX, TestCgroup } from "../helpers/cgroup.js";
 import { needs } from "../helpers/env.js";
 import { Netns, NOBODY } from "../helpers/netns.js";

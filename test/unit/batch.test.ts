@@ -15,9 +15,9 @@ import { after, before, describe, test } from "node:test";
 import { pathToFileURL } from "node:url";
 import { applyPhase, chunks, linksPhase, OutcomeReader, type Phase, type PlanSpec } from "../../src/enforce/batch.js";
 import { HelperThread } from "../../src/enforce/helper.js";
-import { SOCKOPTS } from "../../src/inspect/exact.js";
 import { socketFds } from "../../src/inspect/owners.js";
-import { O_PATH } from "../../src/sys/constants.js";
+import { O_PATH } from "../../src/kernel/constants.js";
+import { SOCKOPTS } from "../../src/kernel/sockopts.js";
 import { getsockoptInt } from "../../src/sys/libc.js";
 
 /** This namespace's defaults, which a socket that never set an option reads. */

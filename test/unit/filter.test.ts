@@ -13,8 +13,10 @@ import {
   parseStates,
   rulesMatcher,
   type SocketFilter,
+  type TcpEndpoints,
 } from "../../src/filter.js";
-import { ALL_STATES, type TcpEndpoints, type TcpSocket } from "../../src/inspect/sockets.js";
+import type { TcpSocket } from "../../src/inspect/sockets.js";
+import { ALL_STATES } from "../../src/kernel/states.js";
 import { throwsExit2 } from "./expect.js";
 
 const bit = (...states: number[]) => states.reduce((m, s) => m | (1 << s), 0);

@@ -5,7 +5,8 @@
  */
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { formatIPv6, parseInetDiagMsg, type TcpSocket } from "../../src/inspect/sockets.js";
+import { formatIPv6 } from "../../src/addresses.js";
+import { parseInetDiagMsg, type TcpSocket } from "../../src/inspect/sockets.js";
 
 interface Msg {
   family: number;

@@ -10,7 +10,7 @@ import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
-import { O_PATH, SO_TYPE, SOCK_STREAM, SOL_SOCKET } from "../../src/sys/constants.js";
+import { O_PATH, SO_TYPE, SOCK_STREAM, SOL_SOCKET } from "../../src/kernel/constants.js";
 import { getsockoptInt, SysError } from "../../src/sys/libc.js";
 import { SocketBorrower } from "../../src/sys/pidfd.js";
 

@@ -5,7 +5,8 @@
  */
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { ALL_STATES, parseProcNetTcp, stateMask, type TcpSocket } from "../../src/inspect/sockets.js";
+import { parseProcNetTcp, type TcpSocket } from "../../src/inspect/sockets.js";
+import { ALL_STATES, stateMask } from "../../src/kernel/states.js";
 
 const pad = (line: string) => line.padEnd(149);
 

@@ -63,22 +63,6 @@ export const SOCK_DIAG_BY_FAMILY = 20;
 export const INET_DIAG_REQ_V2_LEN = 56;
 export const INET_DIAG_MSG_LEN = 72;
 
-// include/net/tcp_states.h (enum), as numbered by the kernel
-export const TCP_STATES = {
-  ESTABLISHED: 1,
-  SYN_SENT: 2,
-  SYN_RECV: 3,
-  FIN_WAIT1: 4,
-  FIN_WAIT2: 5,
-  TIME_WAIT: 6,
-  CLOSE: 7,
-  CLOSE_WAIT: 8,
-  LAST_ACK: 9,
-  LISTEN: 10,
-  CLOSING: 11,
-  NEW_SYN_RECV: 12,
-} as const;
-
 // Timer codes of /proc/net/tcp `tr` and inet_diag_msg.idiag_timer (get_tcp4_sock, inet_sk_diag_fill).
 export const TIMER_CODES = {
   0: "off",
@@ -121,44 +105,3 @@ export const BPF_OBJ_NAME_LEN = 16;
 export const LOCK_SH = 1;
 export const LOCK_EX = 2;
 export const LOCK_NB = 4;
-
-// include/uapi/asm-generic/errno.h: EWOULDBLOCK is EAGAIN
-export const EWOULDBLOCK = 11;
-
-// include/uapi/asm-generic/errno-base.h and errno.h
-export const ERRNO_NAMES: Readonly<Record<number, string>> = {
-  1: "EPERM",
-  2: "ENOENT",
-  3: "ESRCH",
-  4: "EINTR",
-  9: "EBADF",
-  11: "EAGAIN",
-  12: "ENOMEM",
-  13: "EACCES",
-  17: "EEXIST",
-  22: "EINVAL",
-  24: "EMFILE",
-  38: "ENOSYS",
-  88: "ENOTSOCK",
-  92: "ENOPROTOOPT",
-  93: "EPROTONOSUPPORT",
-  95: "EOPNOTSUPP",
-  97: "EAFNOSUPPORT",
-  98: "EADDRINUSE",
-  99: "EADDRNOTAVAIL",
-  100: "ENETDOWN",
-  101: "ENETUNREACH",
-  103: "ECONNABORTED",
-  104: "ECONNRESET",
-  106: "EISCONN",
-  107: "ENOTCONN",
-  110: "ETIMEDOUT",
-  111: "ECONNREFUSED",
-  113: "EHOSTUNREACH",
-  114: "EALREADY",
-  115: "EINPROGRESS",
-  116: "ESTALE",
-};
-
-// The fd number now holds another file than the one listed: reported as ESTALE ("stale file handle").
-export const ESTALE_REUSED = 116;
