@@ -28,7 +28,7 @@ const { SocketBorrower } = await import("../src/sys/pidfd.js");
 const { inetDiagDump } = await import("../src/sys/netlink.js");
 const { AF_INET, AF_INET6 } = await import("../src/kernel/constants.js");
 const { addToSummary, connectionJsonText, emptySummary } = await import("../src/cli/ls.js");
-const { Out } = await import("../src/cli/format.js");
+const { Out } = await import("../src/ui/format.js");
 
 const ms: Record<string, number> = { boot: bootMs, import: performance.now() - t0 };
 const heapMb: Record<string, number> = {};

@@ -6,8 +6,8 @@
 import { createServer, isIP, type Server, type Socket } from "node:net";
 import { TcpkaError, usage } from "../errors.js";
 import { formatSeconds, parseDurationMs } from "../settings.js";
-import { bool, parse, str } from "./args.js";
-import { hostPort, type Out } from "./format.js";
+import { bool, parse, str } from "../ui/args.js";
+import { hostPort, type Out } from "../ui/format.js";
 
 export const ECHO_HELP = `Usage: tcpka echo --listen [ADDR:]PORT [--close-idle DURATION] [--verbose]
 

@@ -32,8 +32,8 @@ import {
   settingsFrom,
   str,
   strs,
-} from "./args.js";
-import { hostPort, type Out, paint, plural, processText } from "./format.js";
+} from "../ui/args.js";
+import { hostPort, type Out, paint, plural, processText } from "../ui/format.js";
 
 const TARGETS_HELP = `Targets (one kind at least):
       --pid PID          this process (give it several times for several)

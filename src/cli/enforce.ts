@@ -30,9 +30,9 @@ import {
   settingsFrom,
   str,
   strs,
-} from "./args.js";
+} from "../ui/args.js";
+import { type Out, printable, table } from "../ui/format.js";
 import { runLive } from "./enable.js";
-import { type Out, printable, table } from "./format.js";
 
 export const ENFORCE_HELP = `Usage: tcpka enforce (--cgroup PATH | --unit NAME.service | --pid PID) [settings] [--only RULE]…
                      [--except RULE]… [--force] [--existing]

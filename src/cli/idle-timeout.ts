@@ -26,9 +26,9 @@ import { performance } from "node:perf_hooks";
 import { TcpkaError, usage } from "../errors.js";
 import { IdleSearch, recommend, type Slot } from "../probe/idle-search.js";
 import { formatMs, formatSeconds, parseDurationMs } from "../settings.js";
-import { bool, parse, str } from "./args.js";
+import { bool, parse, str } from "../ui/args.js";
+import { hostPort, Out, paint } from "../ui/format.js";
 import { parseEndpoint } from "./echo.js";
-import { hostPort, Out, paint } from "./format.js";
 
 export const IDLE_TIMEOUT_HELP = `Usage: tcpka idle-timeout HOST:PORT [--max DURATION] [--parallel N] [--json]
 

@@ -16,8 +16,8 @@ import { commOf } from "../inspect/owners.js";
 import { readSystemDefaults } from "../inspect/sysctl.js";
 import type { TcpStateName } from "../kernel/states.js";
 import { formatMs, formatSeconds } from "../settings.js";
-import { bool, FILTER_HELP, FILTER_OPTIONS, filterFrom, parse, permissionError, str } from "./args.js";
-import { hostPort, type Out, ownerText, paint, plural, printable, table } from "./format.js";
+import { bool, FILTER_HELP, FILTER_OPTIONS, filterFrom, parse, permissionError, str } from "../ui/args.js";
+import { hostPort, type Out, ownerText, paint, plural, printable, table } from "../ui/format.js";
 
 export const LS_HELP = `Usage: tcpka ls [filters] [-w | --json]
 

@@ -4,7 +4,7 @@
  */
 import { readFileSync } from "node:fs";
 import { TcpkaError } from "../errors.js";
-import { Out, reportError } from "./format.js";
+import { Out, reportError } from "../ui/format.js";
 
 export const HELP = `tcpka: find TCP connections without keepalive, and turn keepalive on without changing the program.
 

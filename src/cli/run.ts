@@ -28,10 +28,10 @@ import {
   settingsFrom,
   splitCommand,
   strs,
-} from "./args.js";
-import { passThrough, runChild } from "./child.js";
+} from "../ui/args.js";
+import { passThrough, runChild } from "../ui/child.js";
+import { Out, printable, reportError } from "../ui/format.js";
 import { runLive } from "./enable.js";
-import { Out, printable, reportError } from "./format.js";
 
 export const RUN_HELP = `Usage: tcpka run [settings] [--only RULE]… [--except RULE]… [--force] [--] CMD [ARGS…]
 

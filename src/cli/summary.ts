@@ -12,7 +12,7 @@ import {
   formatSeconds,
   type SystemDefaults,
 } from "../settings.js";
-import { hostPort, type Out, paint, plural, printable, table } from "./format.js";
+import { hostPort, type Out, paint, plural, printable, table } from "../ui/format.js";
 import { summarize, writeExactHint } from "./ls.js";
 
 /** How many processes the fix command names: the top rows of the table. */

@@ -11,16 +11,9 @@ import {
 } from "../enforce/sysctl.js";
 import { TcpkaError, usage } from "../errors.js";
 import { readSystemDefaults, SYSCTL_NAMES } from "../inspect/sysctl.js";
-import {
-  deadPeerAfter,
-  formatSeconds,
-  parseCount,
-  parseIdle,
-  parseInterval,
-  type SystemDefaults,
-} from "../settings.js";
-import { bool, parse, str } from "./args.js";
-import type { Out } from "./format.js";
+import { deadPeerAfter, formatSeconds, type SystemDefaults } from "../settings.js";
+import { bool, parse, parseAssignments, str } from "../ui/args.js";
+import type { Out } from "../ui/format.js";
 
 export const SYSCTL_HELP = `Usage: tcpka sysctl [--json]
        tcpka sysctl --set idle=DURATION interval=DURATION count=N [--persist [--persist-file PATH]]
@@ -117,25 +110,6 @@ export function runSysctl(argv: readonly string[], out: Out): number {
   if (persist)
     out.write(`Written to ${persistFile ?? DEFAULT_PERSIST_FILE}; applied at boot to the initial network namespace.\n`);
   return 0;
-}
-
-/** "idle=60 interval=10s count=6" (also comma-separated) -> values, each checked against the kernel's limits. */
-export function parseAssignments(words: readonly string[]): Partial<SystemDefaults> {
-  const out: Partial<SystemDefaults> = {};
-  const parts = words.flatMap((w) => w.split(",")).filter((w) => w.length);
-  if (parts.length === 0)
-    throw usage("sysctl --set: nothing to set", "e.g. tcpka sysctl --set idle=60 interval=10 count=6");
-  for (const part of parts) {
-    const eq = part.indexOf("=");
-    const key = eq < 0 ? part : part.slice(0, eq);
-    const value = eq < 0 ? "" : part.slice(eq + 1);
-    if (eq < 0 || value === "") throw usage(`sysctl --set ${part}: expected KEY=VALUE`, "keys: idle, interval, count");
-    if (key === "idle") out.idle = parseIdle(value, "idle=");
-    else if (key === "interval") out.interval = parseInterval(value, "interval=");
-    else if (key === "count") out.count = parseCount(value, "count=");
-    else throw usage(`sysctl --set ${part}: unknown key ${key}`, "keys: idle, interval, count");
-  }
-  return out;
 }
 
 function netns(): string {

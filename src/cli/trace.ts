@@ -30,9 +30,9 @@ import { OPTION_ORDER, SOCKOPTS } from "../kernel/sockopts.js";
 import { describeSettings, formatSeconds } from "../settings.js";
 import { AtomicFile, fileError, Lock, privateRunDir, removeRunDir, runtimeBase } from "../sys/files.js";
 import { flockNow } from "../sys/libc.js";
-import { bool, type Options, RULE_LINES, SETTINGS_HELP, SETTINGS_OPTIONS, str } from "./args.js";
-import { type ChildResult, passThrough, runChild } from "./child.js";
-import { hostPort, Out, paint, plural, printable, reportError } from "./format.js";
+import { bool, type Options, RULE_LINES, SETTINGS_HELP, SETTINGS_OPTIONS, str } from "../ui/args.js";
+import { type ChildResult, passThrough, runChild } from "../ui/child.js";
+import { hostPort, Out, paint, plural, printable, reportError } from "../ui/format.js";
 import { blockedError, planPreload } from "./run.js";
 
 export const TRACE_HELP = `Usage: tcpka trace [--json] [-o FILE] [settings] [--] CMD [ARGS…]

@@ -1,8 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { FILTER_OPTIONS, parse } from "../../src/cli/args.js";
-import { parseAssignments } from "../../src/cli/sysctl.js";
 import { TcpkaError } from "../../src/errors.js";
+import { FILTER_OPTIONS, parse, parseAssignments } from "../../src/ui/args.js";
 import { throwsExit2 } from "./expect.js";
 
 describe("sysctl --set: parseAssignments", () => {

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { hostPort, type Out, ownerText, paint, plural, processText, table } from "../../src/cli/format.js";
+import { hostPort, type Out, ownerText, paint, plural, processText, table } from "../../src/ui/format.js";
 
 /** Something with Out's shape that keeps what is written. */
 function capture(color: boolean): { out: Out; text: () => string } {

@@ -3,7 +3,7 @@
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { printable } from "../../src/cli/format.js";
+import { printable } from "../../src/ui/format.js";
 
 test("printable text passes unchanged, Unicode letters included", () => {
   for (const s of ["python3", "kworker/0:1-events", "программа", "日本語", "a b(c)[d]", ""]) {

@@ -16,7 +16,14 @@ import {
 } from "../filter.js";
 import { commOf, processExists } from "../inspect/owners.js";
 import { ALL_STATES, stateMask } from "../kernel/states.js";
-import { type KeepAliveSettings, parseCount, parseIdle, parseInterval, parseUserTimeout } from "../settings.js";
+import {
+  type KeepAliveSettings,
+  parseCount,
+  parseIdle,
+  parseInterval,
+  parseUserTimeout,
+  type SystemDefaults,
+} from "../settings.js";
 
 export type Options = NonNullable<ParseArgsConfig["options"]>;
 type Values = Record<string, string | boolean | (string | boolean)[] | undefined>;
@@ -270,4 +277,23 @@ export function settingsFrom(v: Values): KeepAliveSettings {
   const ut = str(v, "user-timeout");
   if (ut !== undefined) s.userTimeout = parseUserTimeout(ut);
   return s;
+}
+
+/** "idle=60 interval=10s count=6" (also comma-separated) -> values, each checked against the kernel's limits. */
+export function parseAssignments(words: readonly string[]): Partial<SystemDefaults> {
+  const out: Partial<SystemDefaults> = {};
+  const parts = words.flatMap((w) => w.split(",")).filter((w) => w.length);
+  if (parts.length === 0)
+    throw usage("sysctl --set: nothing to set", "e.g. tcpka sysctl --set idle=60 interval=10 count=6");
+  for (const part of parts) {
+    const eq = part.indexOf("=");
+    const key = eq < 0 ? part : part.slice(0, eq);
+    const value = eq < 0 ? "" : part.slice(eq + 1);
+    if (eq < 0 || value === "") throw usage(`sysctl --set ${part}: expected KEY=VALUE`, "keys: idle, interval, count");
+    if (key === "idle") out.idle = parseIdle(value, "idle=");
+    else if (key === "interval") out.interval = parseInterval(value, "interval=");
+    else if (key === "count") out.count = parseCount(value, "count=");
+    else throw usage(`sysctl --set ${part}: unknown key ${key}`, "keys: idle, interval, count");
+  }
+  return out;
 }
