@@ -103,6 +103,25 @@ export function parseStates(words: readonly string[]): number {
   return mask;
 }
 
+/** A TCP port a connection can have: 1 to 65535 (port 0 only asks bind() to pick one). */
+function isPort(n: number): boolean {
+  return n >= 1 && n <= 65535;
+}
+
+/** Does the range hold the port (both ends included)? */
+function inRange(port: number, r: PortRange): boolean {
+  return port >= r.from && port <= r.to;
+}
+
+/** One port, "7007" (the port of HOST:PORT); `what` names the input in the error. */
+export function parsePort(what: string, text: string): number {
+  if (!/^\d+$/.test(text)) throw usage(`${what}: ${text || "(empty)"} is not a port number`, "a port is 1 to 65535");
+  const port = Number(text);
+  if (port === 0) throw usage(`${what}: port 0 is not a usable port`, "give a port from 1 to 65535");
+  if (!isPort(port)) throw usage(`${what}: port ${port} is out of range`, "a port is 1 to 65535");
+  return port;
+}
+
 const PORTS_HINT = "use a number from 1 to 65535, a range like 8000-8100, or a list";
 
 /** "5432", ":5432", "8000-8100", or a comma-separated list of those. */
@@ -119,7 +138,7 @@ function portList(what: string, text: string, hint: string): PortRange[] {
     const from = Number(m[1]);
     const to = m[2] === undefined ? from : Number(m[2]);
     for (const p of [from, to]) {
-      if (p < 1 || p > 65535) throw usage(`${what}: port ${p} is out of range (1 to 65535)`);
+      if (!isPort(p)) throw usage(`${what}: port ${p} is out of range (1 to 65535)`);
     }
     if (to < from) throw usage(`${what}: the range ends before it starts`);
     out.push({ from, to });
@@ -157,7 +176,7 @@ export function parsePid(flag: string, text: string): number {
 }
 
 function inRanges(port: number, ranges: readonly PortRange[]): boolean {
-  for (const r of ranges) if (port >= r.from && port <= r.to) return true;
+  for (const r of ranges) if (inRange(port, r)) return true;
   return false;
 }
 
@@ -330,8 +349,7 @@ export function ruleDecision(
       mask: maskBytes(cidr.prefix, cidr.family === 4 ? 4 : 16),
     };
     return (peer: Buffer | null, port: number): boolean =>
-      (!ports || (port >= ports.from && port <= ports.to)) &&
-      (!net || (peer !== null && inNet(peer, net.bytes, net.mask)));
+      (!ports || inRange(port, ports)) && (!net || (peer !== null && inNet(peer, net.bytes, net.mask)));
   };
   const yes = only.map(compile);
   const no = except.map(compile);

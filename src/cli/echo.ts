@@ -5,6 +5,7 @@
  */
 import { createServer, isIP, type Server, type Socket } from "node:net";
 import { TcpkaError, usage } from "../errors.js";
+import { parsePort } from "../filter.js";
 import { formatSeconds, parseDurationMs } from "../settings.js";
 import { bool, parse, str } from "../ui/args.js";
 import { hostPort, type Out } from "../ui/format.js";
@@ -46,15 +47,6 @@ export interface Endpoint {
   /** undefined: every address (only for listening). */
   host: string | undefined;
   port: number;
-}
-
-/** A TCP port 1..65535; `what` names the input in the error. */
-export function parsePort(what: string, text: string): number {
-  if (!/^\d+$/.test(text)) throw usage(`${what}: ${text || "(empty)"} is not a port number`, "a port is 1 to 65535");
-  const port = Number(text);
-  if (port === 0) throw usage(`${what}: port 0 is not a usable port`, "give a port from 1 to 65535");
-  if (port > 65535) throw usage(`${what}: port ${port} is out of range`, "a port is 1 to 65535");
-  return port;
 }
 
 const HOSTNAME =
