@@ -1,6 +1,7 @@
 /**
  * IP addresses as bytes and as text: network-order bytes from text (for the rules and the BPF program), text from
- * the bytes the kernel hands over (sock_diag, /proc/net/tcp, the BPF iterator's records), netmasks.
+ * the bytes the kernel hands over (sock_diag, /proc/net/tcp, the BPF iterator's records), netmasks, and
+ * ADDRESS:PORT as tcpka prints it.
  */
 
 /** The first 12 bytes of an IPv4-mapped IPv6 address, ::ffff:a.b.c.d. */
@@ -96,4 +97,10 @@ export function formatIPv6(w: readonly number[]): string {
   const hex = (ws: readonly number[]) => ws.map((x) => x.toString(16)).join(":");
   if (bestStart < 0) return hex(w);
   return `${hex(w.slice(0, bestStart))}::${hex(w.slice(bestStart + bestLen))}`;
+}
+
+/** "192.0.2.7:443", "[2001:db8::1]:443", or "0.0.0.0:*" for port 0. */
+export function hostPort(address: string, port: number): string {
+  const p = port === 0 ? "*" : String(port); // a listener's peer, as ss prints it
+  return address.includes(":") ? `[${address}]:${p}` : `${address}:${p}`;
 }

@@ -83,11 +83,8 @@ export function table(header: readonly string[], rows: readonly (readonly string
   for (const r of rows) out.write(line(r));
 }
 
-/** "192.0.2.7:443", "[2001:db8::1]:443", or "0.0.0.0:*" for port 0. */
-export function hostPort(address: string, port: number): string {
-  const p = port === 0 ? "*" : String(port); // a listener's peer, as ss prints it
-  return address.includes(":") ? `[${address}]:${p}` : `${address}:${p}`;
-}
+// Address text is the model's (probe/ names its endpoints the same way); the commands keep importing it here.
+export { hostPort } from "../addresses.js";
 
 // C0 controls, DEL and C1 controls; characters that reorder the text around them (bidirectional embeddings,
 // overrides and isolates, the Arabic letter mark); line and paragraph separators; and the backslash, so that
