@@ -1,34 +1,18 @@
 /**
  * `tcpka idle-timeout HOST:PORT`: measure how long a connection may stay idle on the path to an echo server
  * (`tcpka echo`) before a firewall, NAT or load balancer on the way forgets it, and say which keepalive
- * settings keep connections alive through it.
- *
- * How it searches. Each of N connections (--parallel) is a clock: its age is the time since it last saw
- * traffic, and probing it ("ping K" -> "pong K") at age x answers "does an idle time of x survive?" — after
- * which an alive connection starts again from age 0, and a dropped one is replaced. A probe that gets no pong
- * within --probe-timeout, or a reset or close, counts as dropped: a path whose state expired usually drops the
- * packet silently, so the client would only retransmit. The search keeps the longest idle time that survived
- * (lo) and the shortest that did not (hi):
- *  - exploring (no drop seen yet): waves of probes at idle times on a geometric ladder (1s, 1.2s, 1.44s, …),
- *    the oldest connection to the shortest time it can still reach; one connection is kept back for --max
- *    itself, so "no timeout up to --max" is known once --max has passed. A wave ends when its probes are
- *    answered or one is dropped.
- *  - narrowing (lo < hi known): every gap between lo, hi and the probes already planned that is wider than the
- *    resolution (1s or 5% of lo) gets a probe at its middle, from the connection that can reach it soonest —
- *    often one that has already aged into the gap while the explorers were out, and is probed at once.
- *  Planned probes outside (lo, hi) are cancelled as results come in; an idle connection older than hi is
- *  replaced (it cannot tell anything new). Simulated over 1s..15m with 8 connections, this ends within about
- *  2× the true timeout (less for short ones), with both bounds within the resolution.
+ * settings keep connections alive through it. The measurement is probe/measure.ts's; this file parses the
+ * arguments, shows the progress and prints the result.
  */
-import { lookup } from "node:dns/promises";
-import { connect, isIP, type Socket } from "node:net";
 import { performance } from "node:perf_hooks";
-import { TcpkaError, usage } from "../errors.js";
-import { IdleSearch, recommend, type Slot } from "../probe/idle-search.js";
+import { usage } from "../errors.js";
+import { parseEndpoint, resolveHost } from "../probe/endpoint.js";
+import { type IdleSearch, recommend } from "../probe/idle-search.js";
+import { type IdleTimeoutMeasurement, measureIdleTimeout, type ProbeRecord } from "../probe/measure.js";
 import { formatMs, formatSeconds, parseDurationMs } from "../settings.js";
 import { bool, parse, str } from "../ui/args.js";
 import { hostPort, Out, paint } from "../ui/format.js";
-import { parseEndpoint } from "./echo.js";
+import { stopOnSignals } from "../ui/signals.js";
 
 export const IDLE_TIMEOUT_HELP = `Usage: tcpka idle-timeout HOST:PORT [--max DURATION] [--parallel N] [--json]
 
@@ -62,371 +46,7 @@ const OPTIONS = {
   json: { type: "boolean" },
 } as const;
 
-const CONNECT_TIMEOUT_MS = 5000;
-const HELLO_TIMEOUT_MS = 3000;
 const MAX_MAX_MS = 24 * 3600_000;
-/** A pong this late (or 4 round trips, if longer) makes the probe a suspected drop for planning. */
-const SUSPECT_MS = 200;
-
-// ---------------------------------------------------------------------------------------------------------
-// Connections to the echo server.
-
-type PingResult = { alive: true; at: number } | { alive: false; reason: string };
-
-/** A connection to an echo server that answers "ping K" with "pong K" (or echoes it back unchanged). */
-class EchoConnection {
-  private buffer = "";
-  private waiting: { seq: number; done: (r: PingResult) => void; timer: NodeJS.Timeout } | undefined;
-  private ended: string | undefined;
-  /** Called once when the connection ends while no ping is in flight: a reset or close while idle. */
-  onIdleEnd: ((reason: string) => void) | undefined;
-  /** The last time data arrived. */
-  lastTraffic = performance.now();
-
-  private constructor(private readonly socket: Socket) {
-    socket.setNoDelay(true);
-    socket.setEncoding("latin1");
-    socket.on("data", (d: string) => this.receive(d));
-    socket.on("error", (e: NodeJS.ErrnoException) => this.end(e.code ? errnoText(e.code) : e.message));
-    socket.on("end", () => this.end("closed by the peer"));
-    socket.on("close", () => this.end("closed"));
-  }
-
-  /** Connect and check that the far end echoes; errors are TcpkaErrors that say what is wrong. */
-  static open(host: string, port: number, seq: number): Promise<{ conn: EchoConnection; rttMs: number }> {
-    const target = hostPort(host, port);
-    return new Promise((resolve, reject) => {
-      const socket = connect({ host, port });
-      const fail = (e: TcpkaError) => {
-        clearTimeout(timer);
-        socket.destroy();
-        reject(e);
-      };
-      const timer = setTimeout(
-        () =>
-          fail(
-            new TcpkaError("system", `cannot connect to ${target}: no answer within ${formatMs(CONNECT_TIMEOUT_MS)}`, {
-              hint: "a firewall may drop the connection attempt silently; check the address, the port and the route",
-            }),
-          ),
-        CONNECT_TIMEOUT_MS,
-      );
-      socket.once("error", (e: NodeJS.ErrnoException) => fail(connectError(e, host, port)));
-      socket.once("connect", () => {
-        socket.removeAllListeners("error");
-        clearTimeout(timer);
-        const conn = new EchoConnection(socket);
-        const start = performance.now();
-        conn.ping(seq, HELLO_TIMEOUT_MS).then((r) => {
-          if (r.alive) {
-            resolve({ conn, rttMs: r.at - start });
-            return;
-          }
-          conn.destroy();
-          const what =
-            r.reason === `no answer within ${formatMs(HELLO_TIMEOUT_MS)}`
-              ? `${target} accepted the connection but did not echo a ping within ${formatMs(HELLO_TIMEOUT_MS)}`
-              : `${target} accepted the connection, then: ${r.reason}`;
-          reject(
-            new TcpkaError("system", what, {
-              hint: `idle-timeout needs an echo server at the far end: run 'tcpka echo --listen ${port}' there`,
-            }),
-          );
-        });
-      });
-    });
-  }
-
-  /** Send "ping SEQ" and wait up to `timeoutMs` for its answer. */
-  ping(seq: number, timeoutMs: number): Promise<PingResult> {
-    return new Promise((resolve) => {
-      if (this.ended !== undefined) {
-        resolve({ alive: false, reason: this.ended });
-        return;
-      }
-      const timer = setTimeout(() => {
-        this.waiting = undefined;
-        resolve({ alive: false, reason: `no answer within ${formatMs(timeoutMs)}` });
-      }, timeoutMs);
-      this.waiting = { seq, done: resolve, timer };
-      this.socket.write(`ping ${seq}\n`);
-    });
-  }
-
-  /** Close it; a ping in flight ends as "closed" at once (no timer is left behind). */
-  destroy(): void {
-    this.onIdleEnd = undefined;
-    this.end("closed");
-    this.socket.destroy();
-  }
-
-  private receive(data: string): void {
-    const now = performance.now();
-    this.lastTraffic = now;
-    this.buffer += data;
-    for (;;) {
-      const nl = this.buffer.indexOf("\n");
-      if (nl < 0) break;
-      const line = this.buffer.slice(0, nl).replace(/\r$/, "");
-      this.buffer = this.buffer.slice(nl + 1);
-      const w = this.waiting;
-      if (w && (line === `pong ${w.seq}` || line === `ping ${w.seq}`)) {
-        clearTimeout(w.timer);
-        this.waiting = undefined;
-        w.done({ alive: true, at: now });
-      }
-    }
-    if (this.buffer.length > 4096) this.buffer = this.buffer.slice(-64);
-  }
-
-  private end(reason: string): void {
-    if (this.ended !== undefined) return;
-    this.ended = reason;
-    const w = this.waiting;
-    if (w) {
-      clearTimeout(w.timer);
-      this.waiting = undefined;
-      w.done({ alive: false, reason });
-    } else {
-      this.onIdleEnd?.(reason);
-    }
-  }
-}
-
-function errnoText(code: string): string {
-  const text: Record<string, string> = {
-    ECONNRESET: "reset (RST)",
-    EPIPE: "broken pipe",
-    ETIMEDOUT: "timed out",
-    EHOSTUNREACH: "host unreachable",
-    ENETUNREACH: "network unreachable",
-  };
-  return text[code] ?? code;
-}
-
-function connectError(e: NodeJS.ErrnoException, host: string, port: number): TcpkaError {
-  const target = hostPort(host, port);
-  switch (e.code) {
-    case "ECONNREFUSED":
-      return new TcpkaError("system", `cannot connect to ${target}: connection refused, nothing listens there`, {
-        hint: `start the far end there: tcpka echo --listen ${port}`,
-      });
-    case "EHOSTUNREACH":
-    case "ENETUNREACH":
-    case "EADDRNOTAVAIL":
-      return new TcpkaError("system", `cannot connect to ${target}: ${errnoText(e.code)}`, {
-        hint: `check the address and the route to it: ip route get ${host}`,
-      });
-    case "ENOTFOUND":
-    case "EAI_AGAIN":
-      return new TcpkaError("not-found", `cannot resolve ${host}`, {
-        hint: "check the host name, or give an IP address",
-        exitCode: 1, // the name is well formed: its lookup failed
-      });
-    default:
-      return new TcpkaError("system", `cannot connect to ${target}: ${e.code ?? e.message}`, {
-        hint: "check the address and the port",
-      });
-  }
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// The measurement: slots with live connections, driven by the search.
-
-interface ProbeRecord {
-  atMs: number;
-  idleMs: number;
-  alive: boolean;
-  reason?: string;
-}
-
-interface LiveSlot extends Slot {
-  conn: EchoConnection | undefined;
-}
-
-export interface Measurement {
-  /** As given (the host name, if one was given). */
-  target: string;
-  search: IdleSearch;
-  probes: ProbeRecord[];
-  elapsedMs: number;
-  connections: number;
-  interrupted: boolean;
-}
-
-interface MeasureOptions {
-  host: string;
-  port: number;
-  maxMs: number;
-  parallel: number;
-  probeTimeoutMs: number;
-  progress: Progress;
-}
-
-async function measure(o: MeasureOptions): Promise<Measurement> {
-  const t0 = performance.now();
-  const search = new IdleSearch({ maxMs: o.maxMs });
-  const probes: ProbeRecord[] = [];
-  let seq = 0;
-  let connections = 0;
-  let failure: unknown;
-  let interrupted = false;
-  let finished = false;
-  let rttMs = 0;
-  let wakeUp: (() => void) | undefined;
-  const wake = () => {
-    const w = wakeUp;
-    wakeUp = undefined;
-    w?.();
-  };
-  const onSignal = () => {
-    interrupted = true;
-    wake();
-  };
-  process.on("SIGINT", onSignal);
-  process.on("SIGTERM", onSignal);
-  const slots: LiveSlot[] = [];
-
-  const record = (slot: LiveSlot, idleMs: number, result: PingResult) => {
-    const at = performance.now();
-    probes.push({ atMs: at - t0, idleMs, alive: result.alive, ...(result.alive ? {} : { reason: result.reason }) });
-    if (result.alive) {
-      search.alive(idleMs);
-      slot.since = result.at;
-    } else {
-      search.dropped(idleMs);
-      slot.conn?.destroy();
-      slot.conn = undefined;
-      slot.ready = false;
-      if (!search.done) reopen(slot);
-    }
-    o.progress.result(at - t0, idleMs, result, search);
-  };
-
-  const attach = (slot: LiveSlot, conn: EchoConnection) => {
-    slot.conn = conn;
-    slot.since = conn.lastTraffic;
-    slot.ready = true;
-    slot.point = null;
-    conn.onIdleEnd = (reason) => {
-      // Reset or closed while idle: the path (or the server) gave up on it at this age.
-      if (slot.conn !== conn || slot.probing !== null || finished) return;
-      record(slot, performance.now() - slot.since, { alive: false, reason });
-      wake();
-    };
-  };
-
-  const open = async (): Promise<EchoConnection> => {
-    connections++;
-    const { conn, rttMs: rtt } = await EchoConnection.open(o.host, o.port, ++seq);
-    rttMs = Math.max(rttMs, rtt);
-    return conn;
-  };
-
-  const reopen = (slot: LiveSlot) => {
-    slot.ready = false;
-    slot.point = null;
-    open().then(
-      (conn) => {
-        if (search.done || interrupted || failure !== undefined) conn.destroy();
-        else attach(slot, conn);
-        wake();
-      },
-      (e: unknown) => {
-        failure ??= e;
-        wake();
-      },
-    );
-  };
-
-  const probe = (slot: LiveSlot, now: number) => {
-    const conn = slot.conn as EchoConnection;
-    const idleMs = now - slot.since;
-    slot.probing = idleMs;
-    slot.point = null;
-    const timeoutMs = Math.max(o.probeTimeoutMs, 3 * rttMs);
-    const late = setTimeout(
-      () => {
-        search.suspect(idleMs);
-        wake();
-      },
-      Math.min(timeoutMs / 2, Math.max(SUSPECT_MS, 4 * rttMs)),
-    );
-    conn.ping(++seq, timeoutMs).then((r) => {
-      clearTimeout(late);
-      search.settled(idleMs);
-      slot.probing = null;
-      if (slot.conn === conn && !finished) record(slot, idleMs, r);
-      wake();
-    });
-  };
-
-  try {
-    // One connection first: if the far end is unreachable or no echo server, that is one clear error.
-    const conns = [await open()];
-    const rest = await Promise.allSettled(Array.from({ length: o.parallel - 1 }, () => open()));
-    for (const r of rest) if (r.status === "fulfilled") conns.push(r.value);
-    const bad = rest.find((r) => r.status === "rejected");
-    if (bad) {
-      for (const c of conns) c.destroy();
-      throw bad.reason;
-    }
-    for (const conn of conns) {
-      const slot: LiveSlot = { since: 0, ready: false, probing: null, point: null, conn: undefined };
-      attach(slot, conn);
-      slots.push(slot);
-    }
-    o.progress.start(t0, search);
-
-    while (!search.done && !interrupted) {
-      if (failure !== undefined) throw failure;
-      const now = performance.now();
-      for (const s of search.plan(slots, now)) {
-        s.conn?.destroy();
-        s.conn = undefined;
-        reopen(s);
-      }
-      let next = Number.POSITIVE_INFINITY;
-      let started = false;
-      for (const s of slots) {
-        if (!s.ready || s.probing !== null || s.point === null) continue;
-        const due = s.since + s.point;
-        if (due <= now) {
-          probe(s, now);
-          started = true;
-        } else next = Math.min(next, due);
-      }
-      if (started) continue; // plan again with these probes in flight
-      if (!Number.isFinite(next) && slots.every((s) => s.ready && s.probing === null)) {
-        throw new Error(
-          `idle-timeout: nothing left to probe between ${search.longestAlive} and ${search.shortestDropped} ms`,
-        );
-      }
-      await new Promise<void>((resolve) => {
-        const timer = Number.isFinite(next) ? setTimeout(resolve, Math.max(0, next - performance.now())) : undefined;
-        wakeUp = () => {
-          clearTimeout(timer);
-          resolve();
-        };
-      });
-    }
-    if (failure !== undefined && !search.done) throw failure;
-  } finally {
-    finished = true;
-    process.off("SIGINT", onSignal);
-    process.off("SIGTERM", onSignal);
-    for (const s of slots) s.conn?.destroy();
-    o.progress.stop();
-  }
-  return {
-    target: hostPort(o.host, o.port),
-    search,
-    probes,
-    elapsedMs: performance.now() - t0,
-    connections,
-    interrupted,
-  };
-}
 
 // ---------------------------------------------------------------------------------------------------------
 // Progress on stderr: a redrawn line on a terminal, a line per result otherwise.
@@ -440,44 +60,40 @@ class Progress {
 
   constructor(
     private readonly err: Out,
-    private readonly quiet: boolean,
+    /** Printed once the connections are open (an error before that needs no heading). */
+    private readonly heading: string,
   ) {
     this.tty = process.stderr.isTTY === true && process.env.TERM !== "dumb";
   }
 
-  say(line: string): void {
-    if (this.quiet) return;
+  private say(line: string): void {
     this.err.write(`${line}\n`);
     this.err.end();
   }
 
-  /** Printed once the connections are open (an error before that needs no heading). */
-  heading = "";
-
-  start(t0: number, search: IdleSearch): void {
+  start(search: IdleSearch, t0: number): void {
     this.say(this.heading);
     this.t0 = t0;
     this.search = search;
-    if (this.tty && !this.quiet) {
+    if (this.tty) {
       this.timer = setInterval(() => this.draw(), 250);
       this.timer.unref();
       this.draw();
     }
   }
 
-  result(atMs: number, idleMs: number, r: PingResult, search: IdleSearch): void {
-    if (this.quiet) return;
+  result(p: ProbeRecord, search: IdleSearch): void {
     if (this.tty) {
       this.draw();
       return;
     }
-    const what = r.alive ? "alive" : `dropped (${r.reason})`;
-    this.say(`  ${formatMs(atMs).padStart(6)}  idle ${formatMs(idleMs)}: ${what}${this.bounds(search, " · ")}`);
+    const what = p.alive ? "alive" : `dropped (${p.reason})`;
+    this.say(`  ${formatMs(p.atMs).padStart(6)}  idle ${formatMs(p.idleMs)}: ${what}${this.bounds(search, " · ")}`);
   }
 
   stop(): void {
     clearInterval(this.timer);
-    if (this.tty && !this.quiet && this.search) {
+    if (this.tty && this.search) {
       this.err.write("\r\x1b[K");
       this.err.end();
     }
@@ -518,45 +134,6 @@ class Progress {
 
 // ---------------------------------------------------------------------------------------------------------
 // The command.
-
-/** The address to connect to: every connection goes to the same one. */
-async function resolve(host: string): Promise<string> {
-  if (isIP(host)) return host;
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () =>
-        reject(
-          new TcpkaError("system", `cannot resolve ${host}: no answer within ${formatMs(CONNECT_TIMEOUT_MS)}`, {
-            hint: "check the DNS servers in /etc/resolv.conf, or give an IP address",
-          }),
-        ),
-      CONNECT_TIMEOUT_MS,
-    );
-  });
-  try {
-    const r = await Promise.race([lookup(host), timeout]);
-    return r.address;
-  } catch (e) {
-    if (e instanceof TcpkaError) throw e;
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === "ENOTFOUND") {
-      throw new TcpkaError("not-found", `cannot resolve ${host}: no such host`, {
-        hint: "check the host name, or give an IP address",
-        exitCode: 1, // the name is well formed: its lookup failed
-      });
-    }
-    throw new TcpkaError(
-      "system",
-      `cannot resolve ${host}: ${code === "EAI_AGAIN" ? "DNS did not answer" : (code ?? String(e))}`,
-      {
-        hint: "check the DNS servers in /etc/resolv.conf, or give an IP address",
-      },
-    );
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 function parseMax(text: string): number {
   const ms = parseDurationMs(text);
@@ -599,14 +176,30 @@ export async function runIdleTimeout(argv: readonly string[], out: Out): Promise
   const probeTimeoutMs = parseProbeTimeout(str(values, "probe-timeout") ?? "1.5s");
   const json = bool(values, "json");
 
-  const err = new Out(2);
-  const progress = new Progress(err, false);
   const target = hostPort(host as string, port);
-  progress.heading = `measuring the idle timeout of the path to ${target} (${parallel} connections in parallel, up to ${formatSeconds(maxMs / 1000)})`;
-  const address = await resolve(host as string);
-  const m = await measure({ host: address, port, maxMs, parallel, probeTimeoutMs, progress });
-  m.target = target;
-  if (json) writeJson(m, out);
+  const progress = new Progress(
+    new Out(2),
+    `measuring the idle timeout of the path to ${target} (${parallel} connections in parallel, up to ${formatSeconds(maxMs / 1000)})`,
+  );
+  const address = await resolveHost(host as string);
+  const stop = stopOnSignals();
+  let m: IdleTimeoutMeasurement;
+  try {
+    m = await measureIdleTimeout({
+      host: address,
+      port,
+      maxMs,
+      parallel,
+      probeTimeoutMs,
+      signal: stop.signal,
+      onStart: (search, startedAt) => progress.start(search, startedAt),
+      onResult: (probe, search) => progress.result(probe, search),
+    });
+  } finally {
+    stop.dispose();
+    progress.stop();
+  }
+  if (json) writeJson(m, target, out);
   else writeText(m, out);
   return m.interrupted ? 130 : 0;
 }
@@ -623,7 +216,7 @@ function safeMs(s: IdleSearch): number {
   return Math.min(s.longestAlive, s.shortestDropped);
 }
 
-function writeText(m: Measurement, out: Out): void {
+function writeText(m: IdleTimeoutMeasurement, out: Out): void {
   const s = m.search;
   const took = `measured in ${formatMs(m.elapsedMs)} with ${m.connections} connections`;
   if (m.interrupted) out.write(`interrupted after ${formatMs(m.elapsedMs)}\n`);
@@ -660,12 +253,12 @@ function writeText(m: Measurement, out: Out): void {
   out.write(`recommended keepalive: idle ≤ ${formatSeconds(r.idle)}\n  ${c.run}\n  ${c.sysctl}\n`);
 }
 
-function writeJson(m: Measurement, out: Out): void {
+function writeJson(m: IdleTimeoutMeasurement, target: string, out: Out): void {
   const s = m.search;
   const r = s.found ? recommend(safeMs(s)) : null;
   const round = (ms: number) => Math.round(ms);
   const doc = {
-    target: m.target,
+    target,
     found: s.found,
     longest_alive_idle_ms: round(s.longestAlive),
     shortest_dropped_idle_ms: s.found ? round(s.shortestDropped) : null,

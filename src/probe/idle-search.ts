@@ -1,7 +1,7 @@
 /**
  * The search behind `tcpka idle-timeout`, apart from sockets and clocks: which idle times to probe next, on
  * which connection, and what the results so far bound the path's idle timeout to. The unit tests drive it
- * with a simulated clock; src/cli/idle-timeout.ts drives it with real connections to an echo server.
+ * with a simulated clock; measure.ts drives it with real connections to an echo server.
  */
 
 /** One connection as the search sees it. Times in milliseconds on one monotonic clock. */

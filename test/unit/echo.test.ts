@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { EchoProtocol, parseEndpoint } from "../../src/cli/echo.js";
+import { EchoProtocol } from "../../src/probe/echo.js";
+import { parseEndpoint } from "../../src/probe/endpoint.js";
 import { throwsExit2 } from "./expect.js";
 
 describe("parseEndpoint", () => {
