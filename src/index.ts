@@ -17,6 +17,25 @@ export { findOwners, type SocketOwner } from "./inspect/owners.js";
 export { readNetlink, readProc, readSockets, type TcpSocket } from "./inspect/sockets.js";
 export { readSystemDefaults } from "./inspect/sysctl.js";
 export type { TcpStateName } from "./kernel/states.js";
+/**
+ * What `tcpka echo` serves: an echo server (ping/pong and plain echo) that never turns keepalive on, for the far
+ * end of an idle-timeout measurement. EchoServer.listen(), then runUntil(signal) or close().
+ */
+export { EchoServer, type EchoServerOptions } from "./probe/echo.js";
+/** HOST:PORT; resolveHost() looks a name up once, with a timeout, for measureIdleTimeout(). */
+export { type Endpoint, resolveHost } from "./probe/endpoint.js";
+/** The search's state as a measurement returns it, and the keepalive settings that fit the timeout found. */
+export { type IdleSearch, recommend } from "./probe/idle-search.js";
+/**
+ * What `tcpka idle-timeout` measures: how long a connection may stay idle on the path to an echo server before a
+ * middlebox forgets it. Progress comes through onStart/onResult; an AbortSignal stops it with what is known.
+ */
+export {
+  type IdleTimeoutMeasurement,
+  type IdleTimeoutOptions,
+  measureIdleTimeout,
+  type ProbeRecord,
+} from "./probe/measure.js";
 export {
   deadPeerAfter,
   type EffectiveKeepAlive,
