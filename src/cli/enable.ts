@@ -3,7 +3,7 @@
  * through pidfd_getfd, once or, with --watch, for new connections as they appear.
  */
 import { setTimeout as sleep } from "node:timers/promises";
-import { type LiveResult, LiveSession } from "../enforce/live.js";
+import { type LiveResult, LiveSession } from "../enforce/live/session.js";
 import { TcpkaError, usage } from "../errors.js";
 import { parsePid, type SocketFilter, socketMatcher } from "../filter.js";
 import { pidsInCgroup, resolveCgroup } from "../inspect/cgroup.js";
@@ -187,7 +187,7 @@ function afterChanges(before: EffectiveKeepAlive, changes: readonly Change[]): E
 }
 
 function tally(t: Tally, results: readonly LiveResult[]): void {
-  // Outcomes share their `before` and `changes` objects (enforce/batch.ts): work each pair out once.
+  // Outcomes share their `before` and `changes` objects (enforce/live/batch.ts): work each pair out once.
   const times = new Map<EffectiveKeepAlive, Map<readonly Change[], [number, number]>>();
   for (const { socket, outcome } of results) {
     t.processes.add(socket.pid);

@@ -25,7 +25,7 @@ export function readKeepAlive(fd: number): EffectiveKeepAlive {
 
 /**
  * The same, as five numbers in out[o ...]: keepalive (0 or 1), idle, interval, count, user timeout. For
- * callers that read thousands of sockets and keep the values in shared memory (enforce/batch.ts).
+ * callers that read thousands of sockets and keep the values in shared memory (enforce/live/batch.ts).
  */
 export function readKeepAliveInto(fd: number, out: Int32Array, o: number): void {
   out[o] = getsockoptInt(fd, SOL_SOCKET, SO_KEEPALIVE) !== 0 ? 1 : 0;

@@ -12,7 +12,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, test } from "node:test";
 import { pathToFileURL } from "node:url";
-import { LiveSession, type PlanSpec } from "../../src/enforce/live.js";
+import { LiveSession, type PlanSpec } from "../../src/enforce/live/session.js";
 import type { TcpEndpoints } from "../../src/filter.js";
 import { findOwners, listPids, type OwnerScan, socketFds } from "../../src/inspect/owners.js";
 import { SocketFdIterator } from "../../src/inspect/socket-fds.js";

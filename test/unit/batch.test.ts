@@ -1,5 +1,5 @@
 /**
- * The per-fd work of tcpka enable that two threads share (src/enforce/batch.ts, src/enforce/helper.ts), on this
+ * The per-fd work of tcpka enable that two threads share (src/enforce/live/batch.ts, src/enforce/live/helper.ts), on this
  * process's own fds and on loopback connections it makes: the results are the same whichever thread did a
  * chunk, a helper that dies part-way loses nothing, and the apply phase changes exactly the sockets it was
  * given, telling a reused or closed fd from a changed one (also when what now sits at the fd number has the
@@ -13,8 +13,15 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { pathToFileURL } from "node:url";
-import { applyPhase, chunks, linksPhase, OutcomeReader, type Phase, type PlanSpec } from "../../src/enforce/batch.js";
-import { HelperThread } from "../../src/enforce/helper.js";
+import {
+  applyPhase,
+  chunks,
+  linksPhase,
+  OutcomeReader,
+  type Phase,
+  type PlanSpec,
+} from "../../src/enforce/live/batch.js";
+import { HelperThread } from "../../src/enforce/live/helper.js";
 import { socketFds } from "../../src/inspect/owners.js";
 import { O_PATH } from "../../src/kernel/constants.js";
 import { SOCKOPTS } from "../../src/kernel/sockopts.js";

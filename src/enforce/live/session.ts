@@ -6,11 +6,11 @@
  * read per process; elsewhere each fd's /proc/PID/fd link is read and the socket looked up in the TCP tables of
  * the process's own network namespace.
  */
-import type { ListedMatcher, TcpEndpoints } from "../filter.js";
-import { commOf, fdNumbers, netnsOf, openFdCount } from "../inspect/owners.js";
-import { SocketFdIterator } from "../inspect/socket-fds.js";
-import { listeningPorts, readSockets, type TcpSocket } from "../inspect/sockets.js";
-import { STATE_NAMES, type TcpStateName } from "../kernel/states.js";
+import type { ListedMatcher, TcpEndpoints } from "../../filter.js";
+import { commOf, fdNumbers, netnsOf, openFdCount } from "../../inspect/owners.js";
+import { SocketFdIterator } from "../../inspect/socket-fds.js";
+import { listeningPorts, readSockets, type TcpSocket } from "../../inspect/sockets.js";
+import { STATE_NAMES, type TcpStateName } from "../../kernel/states.js";
 import { applyPhase, linksPhase, type Outcome, OutcomeReader, type PlanSpec } from "./batch.js";
 import { HelperThread } from "./helper.js";
 

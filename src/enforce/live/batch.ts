@@ -13,18 +13,18 @@
  */
 import { closeSync, constants, openSync } from "node:fs";
 import { isMainThread } from "node:worker_threads";
-import { readKeepAliveInto } from "../inspect/exact.js";
-import { ESTALE_REUSED } from "../kernel/errno.js";
-import { SOCKOPTS } from "../kernel/sockopts.js";
+import { readKeepAliveInto } from "../../inspect/exact.js";
+import { ESTALE_REUSED } from "../../kernel/errno.js";
+import { SOCKOPTS } from "../../kernel/sockopts.js";
 import {
   type ApplyMode,
   type Change,
   type EffectiveKeepAlive,
   type KeepAliveSettings,
   planChanges,
-} from "../settings.js";
-import { close, fdSocketInode, SysError, setsockoptInt, sockfsInode } from "../sys/libc.js";
-import { pidfdGetfd, pidfdOpen } from "../sys/pidfd.js";
+} from "../../settings.js";
+import { close, fdSocketInode, SysError, setsockoptInt, sockfsInode } from "../../sys/libc.js";
+import { pidfdGetfd, pidfdOpen } from "../../sys/pidfd.js";
 
 /** Entries per chunk: small enough that the last chunk of a thread ends soon after the other's. */
 const CHUNK = 256;

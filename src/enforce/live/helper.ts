@@ -1,5 +1,5 @@
 /**
- * The main thread's side of the helper thread (batch.ts, live-worker.ts). It is started only for work big
+ * The main thread's side of the helper thread (batch.ts, worker.ts). It is started only for work big
  * enough to be worth its start-up (about 50 ms of a core), lives as long as an enable run, and never keeps the
  * process alive. If it cannot start, dies or fails, the main thread does its share: the result is the same.
  */
@@ -17,7 +17,7 @@ export class HelperThread {
   private setReady: (ready: boolean) => void = () => {};
 
   /** `script`: the worker's module; tests give one that fails. */
-  constructor(private readonly script = new URL("./live-worker.js", import.meta.url)) {
+  constructor(private readonly script = new URL("./worker.js", import.meta.url)) {
     this.readiness = new Promise((resolve) => {
       this.setReady = resolve;
     });
