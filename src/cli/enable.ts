@@ -7,7 +7,7 @@ import { type LiveResult, LiveSession } from "../enforce/live/session.js";
 import { TcpkaError, usage } from "../errors.js";
 import { parsePid, type SocketFilter, socketMatcher } from "../filter.js";
 import { pidsInCgroup, resolveCgroup } from "../inspect/cgroup.js";
-import { commOf, listPids, mayHoldSockets, processExists, processOf } from "../inspect/owners.js";
+import { commOf, listPids, mayHoldSockets, permissionError, processExists, processOf } from "../inspect/processes.js";
 import { stateMask } from "../kernel/states.js";
 import {
   type Change,
@@ -26,7 +26,6 @@ import {
   type Options,
   parse,
   parseComm,
-  permissionError,
   SETTINGS_HELP,
   SETTINGS_OPTIONS,
   settingsFrom,

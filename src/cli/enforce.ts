@@ -16,7 +16,7 @@ import {
 import { TcpkaError, usage } from "../errors.js";
 import { DEFAULT_FILTER, parsePid, parseRules } from "../filter.js";
 import { cgroup2Mount, cgroupPath, pidsInCgroup, resolveCgroup } from "../inspect/cgroup.js";
-import { processExists } from "../inspect/owners.js";
+import { processExists } from "../inspect/processes.js";
 import { stateMask } from "../kernel/states.js";
 import { formatMs } from "../settings.js";
 import {

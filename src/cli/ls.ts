@@ -12,11 +12,11 @@ import {
   inspect,
   inspectEach,
 } from "../inspect/connections.js";
-import { commOf } from "../inspect/owners.js";
+import { commOf, permissionError } from "../inspect/processes.js";
 import { readSystemDefaults } from "../inspect/sysctl.js";
 import type { TcpStateName } from "../kernel/states.js";
 import { formatMs, formatSeconds } from "../settings.js";
-import { bool, FILTER_HELP, FILTER_OPTIONS, filterFrom, parse, permissionError, str } from "../ui/args.js";
+import { bool, FILTER_HELP, FILTER_OPTIONS, filterFrom, parse, str } from "../ui/args.js";
 import { hostPort, type Out, ownerText, paint, plural, printable, table } from "../ui/format.js";
 
 export const LS_HELP = `Usage: tcpka ls [filters] [-w | --json]

@@ -3,7 +3,6 @@
  * through the preload shim. Everything is validated before the program starts.
  */
 
-import { readdirSync, readFileSync } from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";
 import {
   type Blocker,
@@ -16,6 +15,7 @@ import {
 } from "../enforce/preload.js";
 import { TcpkaError, usage } from "../errors.js";
 import { DEFAULT_FILTER, type EndpointRule, parseRules } from "../filter.js";
+import { withDescendants } from "../inspect/processes.js";
 import { stateMask } from "../kernel/states.js";
 import type { KeepAliveSettings } from "../settings.js";
 import {
@@ -141,31 +141,6 @@ function throughLibrary(file: string, cfg: ShimConfig): Preload {
   const r = preloadEnvironment(cfg);
   // A program tcpka could not inspect comes second: what the library says about this system comes first.
   return known && "env" in r ? { blocked: known } : r;
-}
-
-/** Every descendant of a process (through /proc/PID/task/TID/children), itself included. */
-function withDescendants(root: number): number[] {
-  const out: number[] = [];
-  const queue = [root];
-  while (queue.length) {
-    const pid = queue.shift() as number;
-    out.push(pid);
-    let tasks: string[] = [];
-    try {
-      tasks = readdirSync(`/proc/${pid}/task`);
-    } catch {
-      continue;
-    }
-    for (const tid of tasks) {
-      try {
-        for (const c of readFileSync(`/proc/${pid}/task/${tid}/children`, "ascii").split(" "))
-          if (c.trim()) queue.push(Number(c));
-      } catch {
-        /* exited */
-      }
-    }
-  }
-  return out;
 }
 
 const WATCH_EVERY_MS = 200;

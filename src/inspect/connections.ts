@@ -7,7 +7,8 @@ import { deadPeerAfter, type EffectiveKeepAlive, type SystemDefaults } from "../
 import { SysError } from "../sys/libc.js";
 import { SocketBorrower } from "../sys/pidfd.js";
 import { readKeepAlive } from "./exact.js";
-import { findOwners, listPids, netnsOf, type SocketOwner } from "./owners.js";
+import { findOwners, type SocketOwner } from "./owners.js";
+import { listPids, netnsOf } from "./processes.js";
 import { listeningPorts, type ReadOptions, readSockets, type TcpSocket } from "./sockets.js";
 import { readSystemDefaults } from "./sysctl.js";
 

@@ -4,8 +4,9 @@
  * in one pass. A socket shared across fork() has several owners. Processes whose fd table this user may not read
  * are counted, so the caller can say that some owners are unknown and how to see them.
  */
-import { closeSync, constants, openSync, readdirSync, readFileSync, readlinkSync, statSync } from "node:fs";
+import { closeSync, constants, openSync, statSync } from "node:fs";
 import { procFdSockets, procFds, SysError } from "../sys/libc.js";
+import { commOf, listPids } from "./processes.js";
 import { SocketFdIterator } from "./socket-fds.js";
 
 export interface SocketOwner {
@@ -19,75 +20,6 @@ export interface OwnerScan {
   owners: Map<number, SocketOwner[]>;
   /** pids whose /proc/PID/fd could not be read (permission), so their sockets show no owner */
   unreadable: number[];
-}
-
-/** All pids in /proc, ascending. */
-export function listPids(): number[] {
-  const pids: number[] = [];
-  for (const name of readdirSync("/proc")) {
-    const c = name.charCodeAt(0);
-    if (c >= 48 && c <= 57) pids.push(Number(name));
-  }
-  return pids.sort((a, b) => a - b);
-}
-
-/** The network namespace of a process, as "net:[4026531840]"; undefined once it has exited. */
-export function netnsOf(pid: number): string | undefined {
-  try {
-    return readlinkSync(`/proc/${pid}/ns/net`);
-  } catch {
-    return undefined;
-  }
-}
-
-/** The fields of /proc/PID/stat after the name (state first); undefined once the process has gone. */
-function statFields(pid: number): string[] | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "latin1");
-    return stat.slice(stat.lastIndexOf(")") + 2).split(" "); // "PID (comm) S ...": comm may hold spaces and ")"
-  } catch {
-    return undefined;
-  }
-}
-
-/** A running process: /proc/PID exists and it is not a zombie (exited, not yet reaped) or dead. */
-export function processExists(pid: number): boolean {
-  const state = statFields(pid)?.[0];
-  return state !== undefined && state !== "Z" && state !== "X";
-}
-
-/** PF_KTHREAD (include/linux/sched.h) in the flags field of /proc/PID/stat. */
-const PF_KTHREAD = 0x00200000;
-
-/**
- * A process that may hold sockets: running, and not a kernel thread (which opens no fds: /proc/PID/fd is
- * empty, and closed to other users than root).
- */
-export function mayHoldSockets(pid: number): boolean {
-  const f = statFields(pid);
-  return f !== undefined && f[0] !== "Z" && f[0] !== "X" && (Number(f[6]) & PF_KTHREAD) === 0;
-}
-
-/** The process a thread id belongs to (its thread group id); the pid itself for a process. */
-export function processOf(pid: number): number {
-  try {
-    const m = /^Tgid:\s*(\d+)$/m.exec(readFileSync(`/proc/${pid}/status`, "latin1"));
-    return m ? Number(m[1]) : pid;
-  } catch {
-    return pid;
-  }
-}
-
-/**
- * The command name of a process (/proc/PID/comm), exactly as the process set it (proc_task_name() adds one
- * newline; a name may end in spaces or hold a newline of its own), or "?" once it has exited.
- */
-export function commOf(pid: number): string {
-  try {
-    return readFileSync(`/proc/${pid}/comm`, "utf8").replace(/\n$/, "");
-  } catch {
-    return "?";
-  }
 }
 
 /**

@@ -4,7 +4,7 @@
  * share: socket filters.
  */
 import { type ParseArgsConfig, parseArgs } from "node:util";
-import { TcpkaError, usage } from "../errors.js";
+import { usage } from "../errors.js";
 import {
   DEFAULT_FILTER,
   parseCidr,
@@ -14,7 +14,7 @@ import {
   parseStates,
   type SocketFilter,
 } from "../filter.js";
-import { commOf, processExists } from "../inspect/owners.js";
+import { processExists } from "../inspect/processes.js";
 import { ALL_STATES, stateMask } from "../kernel/states.js";
 import {
   type KeepAliveSettings,
@@ -209,21 +209,6 @@ export function parseComm(text: string): string {
     `--comm ${text}: longer than a process name can be; the kernel keeps the first 15 bytes`,
     `use --comm ${bytes.subarray(0, 15).toString()}`,
   );
-}
-
-/** The error for target processes whose sockets this user may not reach: the first three named. */
-export function permissionError(pids: readonly number[]): TcpkaError {
-  let who = pids
-    .slice(0, 3)
-    .map((p) => `${commOf(p)}[${p}]`)
-    .join(", ");
-  if (pids.length > 3) who += ` and ${pids.length - 3} more`;
-  return new TcpkaError("permission", `cannot reach the sockets of ${who}: permission denied`, {
-    hint:
-      process.geteuid?.() === 0
-        ? "a security module (Yama ptrace_scope, SELinux, AppArmor) forbids it"
-        : "run as root, or give tcpka CAP_SYS_PTRACE",
-  });
 }
 
 /**

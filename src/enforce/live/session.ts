@@ -7,7 +7,8 @@
  * the process's own network namespace.
  */
 import type { ListedMatcher, TcpEndpoints } from "../../filter.js";
-import { commOf, fdNumbers, netnsOf, openFdCount } from "../../inspect/owners.js";
+import { fdNumbers, openFdCount } from "../../inspect/owners.js";
+import { commOf, netnsOf } from "../../inspect/processes.js";
 import { SocketFdIterator } from "../../inspect/socket-fds.js";
 import { listeningPorts, readSockets, type TcpSocket } from "../../inspect/sockets.js";
 import { STATE_NAMES, type TcpStateName } from "../../kernel/states.js";
