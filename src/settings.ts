@@ -224,3 +224,19 @@ export function planChanges(current: EffectiveKeepAlive, want: KeepAliveSettings
   }
   return changes;
 }
+
+/** What a socket has once `changes` (from planChanges) are made on it. */
+export function afterChanges(before: EffectiveKeepAlive, changes: readonly Change[]): EffectiveKeepAlive {
+  const after = { ...before };
+  for (const c of changes) {
+    if (c.option === "keepalive") after.keepalive = c.to !== 0;
+    else after[c.option] = c.to;
+  }
+  return after;
+}
+
+/** How long a dead peer goes unnoticed (deadPeerAfter) before and after `changes`, in seconds; Infinity: never. */
+export function deadPeerChange(before: EffectiveKeepAlive, changes: readonly Change[]): [number, number] {
+  const never = Number.POSITIVE_INFINITY;
+  return [deadPeerAfter(before) ?? never, deadPeerAfter(afterChanges(before, changes)) ?? never];
+}

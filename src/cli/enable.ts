@@ -11,7 +11,7 @@ import { commOf, listPids, mayHoldSockets, permissionError, processExists, proce
 import { stateMask } from "../kernel/states.js";
 import {
   type Change,
-  deadPeerAfter,
+  deadPeerChange,
   type EffectiveKeepAlive,
   formatMs,
   formatSeconds,
@@ -172,19 +172,6 @@ function worst(a: number | null, b: number | null): number | null {
   return Math.max(a, b);
 }
 
-function detection(e: EffectiveKeepAlive): number {
-  return deadPeerAfter(e) ?? Number.POSITIVE_INFINITY;
-}
-
-function afterChanges(before: EffectiveKeepAlive, changes: readonly Change[]): EffectiveKeepAlive {
-  const after = { ...before };
-  for (const c of changes) {
-    if (c.option === "keepalive") after.keepalive = c.to !== 0;
-    else after[c.option] = c.to;
-  }
-  return after;
-}
-
 function tally(t: Tally, results: readonly LiveResult[]): void {
   // Outcomes share their `before` and `changes` objects (enforce/live/batch.ts): work each pair out once.
   const times = new Map<EffectiveKeepAlive, Map<readonly Change[], [number, number]>>();
@@ -213,7 +200,7 @@ function tally(t: Tally, results: readonly LiveResult[]): void {
     }
     let pair = byChanges.get(outcome.changes);
     if (!pair) {
-      pair = [detection(outcome.before), detection(afterChanges(outcome.before, outcome.changes))];
+      pair = deadPeerChange(outcome.before, outcome.changes);
       byChanges.set(outcome.changes, pair);
     }
     t.before = worst(t.before, pair[0]);

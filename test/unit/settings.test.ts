@@ -1,7 +1,9 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import {
+  afterChanges,
   deadPeerAfter,
+  deadPeerChange,
   type EffectiveKeepAlive,
   formatMs,
   formatSeconds,
@@ -265,6 +267,23 @@ describe("the strengthen rule (planChanges, strengthen)", () => {
   test("force sets exactly what is requested", () => {
     assert.deepEqual(plan([1, 1, 10], want, "force"), ["idle 1→30", "interval 1→5", "count 10→3"]);
     assert.deepEqual(plan([30, 5, 3], want, "force"), []);
+  });
+
+  test("afterChanges: the changes planned make a socket what the rule says; deadPeerChange times both ends", () => {
+    const w = { ...want, userTimeout: 20_000 };
+    for (const have of [
+      [7200, 75, 9, 0, 0],
+      [1, 1, 10, 5000],
+      [10, 20, 9],
+      [30, 5, 3],
+    ].map(sock)) {
+      assert.deepEqual(afterChanges(have, planChanges(have, w, "strengthen")), strengthen(have, w));
+      assert.deepEqual(afterChanges(have, planChanges(have, w, "force")), { keepalive: true, ...w });
+    }
+    const off = sock([7200, 75, 9, 0, 0]);
+    assert.deepEqual(deadPeerChange(off, planChanges(off, want, "strengthen")), [Number.POSITIVE_INFINITY, 45]);
+    const on = sock([30, 5, 3]);
+    assert.deepEqual(deadPeerChange(on, [{ option: "keepalive", from: 1, to: 0 }]), [45, Number.POSITIVE_INFINITY]);
   });
 
   test("never later than either side alone, and interval and count always one side's own pair", () => {
