@@ -6,8 +6,8 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { type LiveResult, LiveSession } from "../enforce/live/session.js";
 import { TcpkaError, usage } from "../errors.js";
 import { parsePid, type SocketFilter, socketMatcher } from "../filter.js";
-import { pidsInCgroup, resolveCgroup } from "../inspect/cgroup.js";
-import { commOf, listPids, mayHoldSockets, permissionError, processExists, processOf } from "../inspect/processes.js";
+import { permissionError } from "../inspect/processes.js";
+import { chooseProcesses, type ProcessChoice, type ProcessTargets } from "../inspect/targets.js";
 import { stateMask } from "../kernel/states.js";
 import {
   type Change,
@@ -24,6 +24,7 @@ import {
   filterFrom,
   filterHelp,
   type Options,
+  type Parsed,
   parse,
   parseComm,
   SETTINGS_HELP,
@@ -121,36 +122,20 @@ function enableOptions(disable: boolean): Options {
   };
 }
 
-/** The target processes, re-read at every round (a --comm or --cgroup target gains new processes). */
-export function targetResolver(
-  v: ReturnType<typeof parse>["values"],
-  command = "enable",
-): { pids: () => number[]; fixed: boolean } {
+/** The target flags as a choice of processes; which flags go together, and that one is given. */
+function processChoice(v: Parsed["values"], command: string): ProcessChoice {
   const all = bool(v, "all");
   const others = ["pid", "comm", "cgroup"].filter((k) => strs(v, k).length);
   if (all && others.length) throw usage(`--all means every process: give it without --${others.join(" or --")}`);
-  // A thread id stands for its process: fds belong to the process.
-  const pids = [...new Set(strs(v, "pid").map((p) => processOf(parsePid("--pid", p))))];
-  const comms = new Set(strs(v, "comm").map(parseComm));
-  const cgroups = strs(v, "cgroup").map((c) => resolveCgroup(c));
-  if (!pids.length && !comms.size && !cgroups.length && !all) {
+  if (!others.length && !all) {
     throw usage("no target: give --pid, --comm, --cgroup or --all", `e.g. sudo tcpka ${command} --pid 2203`);
   }
-  for (const pid of pids) if (!processExists(pid)) throw usage(`--pid ${pid}: no such process`);
-  const self = process.pid;
-  const resolve = () => {
-    const out = new Set<number>(pids.filter(processExists));
-    // What a search finds may be a kernel thread or a zombie: no sockets there, and as non-root not readable.
-    const add = (found: readonly number[]) => {
-      for (const p of found) if (mayHoldSockets(p)) out.add(p);
-    };
-    if (all) add(listPids());
-    else if (comms.size) add(listPids().filter((p) => comms.has(commOf(p))));
-    for (const dir of cgroups) add(pidsInCgroup(dir));
-    out.delete(self);
-    return [...out];
+  return {
+    pids: strs(v, "pid").map((p) => parsePid("--pid", p)),
+    comms: strs(v, "comm").map(parseComm),
+    cgroups: strs(v, "cgroup"),
+    all,
   };
-  return { pids: resolve, fixed: !all && !comms.size && !cgroups.length };
 }
 
 interface Tally {
@@ -270,11 +255,7 @@ export interface LiveOptions {
 }
 
 /** Run enable/disable over the targets; the exit code. Shared with `tcpka run`'s fallback. */
-export async function runLive(
-  targets: { pids: () => number[]; fixed: boolean },
-  o: LiveOptions,
-  out: Out,
-): Promise<number> {
+export async function runLive(targets: ProcessTargets, o: LiveOptions, out: Out): Promise<number> {
   const plan = { disable: o.disable, settings: o.settings, mode: o.force ? "force" : "strengthen" } as const;
   const session = new LiveSession(o.filter.states, socketMatcher(o.filter), plan, o.dryRun);
   const t: Tally = {
@@ -406,7 +387,7 @@ async function runTargets(argv: readonly string[], out: Out, disable: boolean): 
     out.write(disable ? DISABLE_HELP : ENABLE_HELP);
     return 0;
   }
-  const targets = targetResolver(values, disable ? "disable" : "enable");
+  const targets = chooseProcesses(processChoice(values, disable ? "disable" : "enable"));
   const filterValues = { ...values, all: undefined, pid: undefined, comm: undefined };
   const filter = filterFrom(filterValues);
   if (!values.state && !values.listening) filter.states = stateMask(["ESTAB", "LISTEN"]);

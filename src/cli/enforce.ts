@@ -2,9 +2,6 @@
  * `tcpka enforce`: keepalive for every new connection of a cgroup through a BPF sock_ops program; --list and
  * --remove manage what is in place.
  */
-import { spawnSync } from "node:child_process";
-import { existsSync, readFileSync } from "node:fs";
-import { join } from "node:path";
 import {
   type Enforcement,
   enforceOnCgroup,
@@ -14,9 +11,9 @@ import {
   removeEnforcement,
 } from "../enforce/cgroup.js";
 import { TcpkaError, usage } from "../errors.js";
-import { DEFAULT_FILTER, parsePid, parseRules } from "../filter.js";
-import { cgroup2Mount, cgroupPath, pidsInCgroup, resolveCgroup } from "../inspect/cgroup.js";
-import { processExists } from "../inspect/processes.js";
+import { DEFAULT_FILTER, parseRules } from "../filter.js";
+import { cgroup2Mount } from "../inspect/cgroup.js";
+import { type CgroupChoice, chooseCgroup, chooseProcesses, chosenCgroupPath } from "../inspect/targets.js";
 import { stateMask } from "../kernel/states.js";
 import { formatMs } from "../settings.js";
 import {
@@ -86,59 +83,9 @@ const OPTIONS: Options = {
   json: { type: "boolean" },
 };
 
-/** The cgroup v2 directory of a process: the "0::/path" line of /proc/PID/cgroup. */
-function cgroupOfPid(pid: number, mount: string): string {
-  let text: string;
-  try {
-    text = readFileSync(`/proc/${pid}/cgroup`, "utf8");
-  } catch {
-    throw usage(`--pid ${pid}: no such process`);
-  }
-  const line = text.split("\n").find((l) => l.startsWith("0::"));
-  if (!line)
-    throw new TcpkaError("unsupported", `process ${pid} is in no cgroup v2 (no 0:: line in /proc/${pid}/cgroup)`);
-  return join(mount, line.slice(3));
-}
-
-function cgroupOfUnit(unit: string): string {
-  const r = spawnSync("systemctl", ["show", "-p", "ControlGroup", "--value", unit], { encoding: "utf8" });
-  if (r.error) {
-    throw new TcpkaError(
-      "unsupported",
-      `--unit ${unit}: systemctl is not available (${(r.error as NodeJS.ErrnoException).code})`,
-      {
-        hint: "give the cgroup with --cgroup PATH instead",
-      },
-    );
-  }
-  const path = r.stdout.trim();
-  if (r.status !== 0 || !path) {
-    throw new TcpkaError("not-found", `--unit ${unit}: no such unit, or it is not running`, {
-      hint: "systemctl status NAME shows it; units get a cgroup only while they run",
-    });
-  }
-  return path;
-}
-
-function cgroupExists(path: string, mount: string): boolean {
-  return existsSync(join(mount, cgroupPath(path, mount), "cgroup.procs"));
-}
-
-/** The target cgroup directory from --cgroup, --unit or --pid (exactly one). */
-function targetCgroup(v: ReturnType<typeof parse>["values"], mount: string): string | undefined {
-  const given = ["cgroup", "unit", "pid"].filter((k) => v[k] !== undefined);
-  if (given.length > 1) throw usage(`give one target, not ${given.map((k) => `--${k}`).join(" and ")}`);
-  const cg = str(v, "cgroup");
-  if (cg !== undefined) return resolveCgroup(cg, mount);
-  const unit = str(v, "unit");
-  if (unit !== undefined) return resolveCgroup(cgroupOfUnit(unit), mount);
-  const pid = str(v, "pid");
-  if (pid !== undefined) {
-    const p = parsePid("--pid", pid);
-    if (!processExists(p)) throw usage(`--pid ${pid}: no such process`);
-    return cgroupOfPid(p, mount);
-  }
-  return undefined;
+/** --cgroup, --unit and --pid as they were given. */
+function cgroupChoice(v: Parsed["values"]): CgroupChoice {
+  return { cgroup: str(v, "cgroup"), unit: str(v, "unit"), pid: str(v, "pid") };
 }
 
 function settingsText(e: Enforcement): string {
@@ -225,12 +172,8 @@ export async function runEnforce(argv: readonly string[], out: Out): Promise<num
       out.write(`removed ${n} enforcement${n === 1 ? "" : "s"}\n`);
       return 0;
     }
-    // The cgroup may be gone (a stopped service): its enforcement is still found by the path.
-    const given = str(values, "cgroup");
-    const gone = given !== undefined && !cgroupExists(given, mount);
-    const dir = gone ? undefined : targetCgroup(values, mount);
-    if (!dir && !gone) throw usage("--remove needs a target: --cgroup, --unit, --pid or --all");
-    const cgroup = cgroupPath(dir ?? (given as string), mount);
+    const cgroup = chosenCgroupPath(cgroupChoice(values), mount);
+    if (cgroup === undefined) throw usage("--remove needs a target: --cgroup, --unit, --pid or --all");
     if (removeEnforcement(cgroup, mount) === 0) {
       throw new TcpkaError("not-found", `nothing is enforced on ${cgroup}`, {
         hint: "tcpka enforce --list shows what is",
@@ -243,7 +186,7 @@ export async function runEnforce(argv: readonly string[], out: Out): Promise<num
   }
   if (bool(values, "all")) throw usage("--all goes with --remove");
 
-  const dir = targetCgroup(values, mount);
+  const dir = chooseCgroup(cgroupChoice(values), mount);
   if (!dir)
     throw usage("no target: give --cgroup, --unit or --pid", "e.g. sudo tcpka enforce --cgroup /workers --idle 60s");
   const { only, except } = parseRules(strs(values, "only"), strs(values, "except"));
@@ -262,7 +205,7 @@ export async function runEnforce(argv: readonly string[], out: Out): Promise<num
   }
   out.end();
   return runLive(
-    { pids: () => pidsInCgroup(dir), fixed: false },
+    chooseProcesses({ cgroups: [dir] }),
     {
       disable: false,
       settings,

@@ -1,10 +1,12 @@
 /**
  * cgroup v2: where it is mounted (/sys/fs/cgroup on most systems, /sys/fs/cgroup/unified on hybrid ones), a
- * cgroup named by path, and the processes in it and below it.
+ * cgroup named by path, by a process in it or by the systemd unit it belongs to, and the processes in it and
+ * below it.
  */
-import { readdirSync, readFileSync, statSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { isAbsolute, join, resolve } from "node:path";
-import { TcpkaError } from "../errors.js";
+import { TcpkaError, usage } from "../errors.js";
 
 /** The mount point of the cgroup2 hierarchy, from /proc/self/mountinfo. */
 export function cgroup2Mount(): string {
@@ -49,6 +51,46 @@ export function resolveCgroup(path: string, mount = cgroup2Mount()): string {
 export function cgroupPath(path: string, mount: string): string {
   const inside = path === mount ? "" : path.startsWith(`${mount}/`) ? path.slice(mount.length) : path;
   return `/${inside.replace(/^\/+|\/+$/g, "")}`;
+}
+
+/** Whether the cgroup at `path` (as resolveCgroup takes it) exists now. */
+export function cgroupExists(path: string, mount: string): boolean {
+  return existsSync(join(mount, cgroupPath(path, mount), "cgroup.procs"));
+}
+
+/** The cgroup v2 directory of a process: the "0::/path" line of /proc/PID/cgroup. */
+export function cgroupOfPid(pid: number, mount: string): string {
+  let text: string;
+  try {
+    text = readFileSync(`/proc/${pid}/cgroup`, "utf8");
+  } catch {
+    throw usage(`--pid ${pid}: no such process`);
+  }
+  const line = text.split("\n").find((l) => l.startsWith("0::"));
+  if (!line)
+    throw new TcpkaError("unsupported", `process ${pid} is in no cgroup v2 (no 0:: line in /proc/${pid}/cgroup)`);
+  return join(mount, line.slice(3));
+}
+
+/** The cgroup of a systemd unit, as systemctl reports it (a path inside the cgroup2 mount); only while it runs. */
+export function cgroupOfUnit(unit: string): string {
+  const r = spawnSync("systemctl", ["show", "-p", "ControlGroup", "--value", unit], { encoding: "utf8" });
+  if (r.error) {
+    throw new TcpkaError(
+      "unsupported",
+      `--unit ${unit}: systemctl is not available (${(r.error as NodeJS.ErrnoException).code})`,
+      {
+        hint: "give the cgroup with --cgroup PATH instead",
+      },
+    );
+  }
+  const path = r.stdout.trim();
+  if (r.status !== 0 || !path) {
+    throw new TcpkaError("not-found", `--unit ${unit}: no such unit, or it is not running`, {
+      hint: "systemctl status NAME shows it; units get a cgroup only while they run",
+    });
+  }
+  return path;
 }
 
 /** Every process in the cgroup and its descendants. */
