@@ -1,6 +1,20 @@
 /**
  * tcpka as a library for Node programs.
  */
+/**
+ * Keepalive on (or off) for the live TCP sockets of running processes, through pidfd_getfd, as tcpka enable
+ * does: `LiveSession.matching(filter, plan).watch(targets, { every, signal, onRound })` gives a LiveSummary.
+ */
+export {
+  LIVE_STATES,
+  type LiveResult,
+  LiveSession,
+  type LiveSocket,
+  type LiveSummary,
+  type Outcome,
+  type PlanSpec,
+  type WatchOptions,
+} from "./enforce/live/session.js";
 export { TcpkaError } from "./errors.js";
 export {
   type Cidr,
@@ -16,6 +30,15 @@ export { readKeepAlive } from "./inspect/exact.js";
 export { findOwners, type SocketOwner } from "./inspect/owners.js";
 export { readNetlink, readProc, readSockets, type TcpSocket } from "./inspect/sockets.js";
 export { readSystemDefaults } from "./inspect/sysctl.js";
+/** Which processes (by pid, name, cgroup, or a program and its children) and which cgroup a command works on. */
+export {
+  type CgroupChoice,
+  chooseCgroup,
+  chooseProcesses,
+  type ProcessChoice,
+  type ProcessTargets,
+  processTree,
+} from "./inspect/targets.js";
 export type { TcpStateName } from "./kernel/states.js";
 /**
  * What `tcpka echo` serves: an echo server (ping/pong and plain echo) that never turns keepalive on, for the far
@@ -37,6 +60,8 @@ export {
   type ProbeRecord,
 } from "./probe/measure.js";
 export {
+  type ApplyMode,
+  type Change,
   deadPeerAfter,
   type EffectiveKeepAlive,
   formatSeconds,

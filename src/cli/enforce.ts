@@ -10,11 +10,11 @@ import {
   removeAllEnforcements,
   removeEnforcement,
 } from "../enforce/cgroup.js";
+import { LiveSession } from "../enforce/live/session.js";
 import { TcpkaError, usage } from "../errors.js";
-import { DEFAULT_FILTER, parseRules } from "../filter.js";
+import { parseRules } from "../filter.js";
 import { cgroup2Mount } from "../inspect/cgroup.js";
 import { type CgroupChoice, chooseCgroup, chooseProcesses, chosenCgroupPath } from "../inspect/targets.js";
-import { stateMask } from "../kernel/states.js";
 import { formatMs } from "../settings.js";
 import {
   bool,
@@ -29,7 +29,7 @@ import {
   strs,
 } from "../ui/args.js";
 import { type Out, printable, table } from "../ui/format.js";
-import { runLive } from "./enable.js";
+import { LiveReport } from "../ui/live.js";
 
 export const ENFORCE_HELP = `Usage: tcpka enforce (--cgroup PATH | --unit NAME.service | --pid PID) [settings] [--only RULE]…
                      [--except RULE]… [--force] [--existing]
@@ -204,19 +204,10 @@ export async function runEnforce(argv: readonly string[], out: Out): Promise<num
     return 0;
   }
   out.end();
-  return runLive(
+  const report = new LiveReport(out, { settings, quiet: true });
+  const summary = await LiveSession.matching({ only, except }, { disable: false, settings, mode }).watch(
     chooseProcesses({ cgroups: [dir] }),
-    {
-      disable: false,
-      settings,
-      force: mode === "force",
-      filter: { ...DEFAULT_FILTER, states: stateMask(["ESTAB", "LISTEN"]), only, except },
-      dryRun: false,
-      watch: false,
-      everyMs: 1000,
-      quiet: true,
-      json: false,
-    },
-    out,
+    { onRound: report.round },
   );
+  return report.end(summary);
 }

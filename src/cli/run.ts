@@ -4,6 +4,7 @@
  */
 
 import { setTimeout as sleep } from "node:timers/promises";
+import { LiveSession } from "../enforce/live/session.js";
 import {
   type Blocker,
   liveBlocker,
@@ -14,9 +15,8 @@ import {
   type ShimConfig,
 } from "../enforce/preload.js";
 import { TcpkaError, usage } from "../errors.js";
-import { DEFAULT_FILTER, type EndpointRule, parseRules } from "../filter.js";
-import { withDescendants } from "../inspect/processes.js";
-import { stateMask } from "../kernel/states.js";
+import { type EndpointRule, parseRules } from "../filter.js";
+import { processTree } from "../inspect/targets.js";
 import type { KeepAliveSettings } from "../settings.js";
 import {
   bool,
@@ -31,7 +31,7 @@ import {
 } from "../ui/args.js";
 import { passThrough, runChild } from "../ui/child.js";
 import { Out, printable, reportError } from "../ui/format.js";
-import { runLive } from "./enable.js";
+import { LiveReport } from "../ui/live.js";
 
 export const RUN_HELP = `Usage: tcpka run [settings] [--only RULE]… [--except RULE]… [--force] [--] CMD [ARGS…]
 
@@ -157,32 +157,21 @@ async function runWatched(plan: PreloadPlan, why: Blocker, force: boolean): Prom
   );
   err.end();
   let pid = 0;
-  let exited = false;
+  const exited = new AbortController();
   const child = runChild(plan.file, plan.argv0, plan.args, process.env, (p) => {
     pid = p;
-  }).finally(() => {
-    exited = true;
-  });
-  const filter = { ...DEFAULT_FILTER, states: stateMask(["ESTAB", "LISTEN"]), only: plan.only, except: plan.except };
+  }).finally(() => exited.abort());
+  const { settings } = plan;
   const watching = (async () => {
-    while (pid === 0 && !exited) await sleep(5);
-    if (exited) return 0;
-    return runLive(
-      { pids: () => (exited ? [] : withDescendants(pid)), fixed: true },
-      {
-        disable: false,
-        settings: plan.settings,
-        force,
-        filter,
-        dryRun: false,
-        watch: true,
-        everyMs: WATCH_EVERY_MS,
-        quiet: true,
-        json: false,
-        stopOnSignal: false,
-      },
-      err,
+    while (pid === 0 && !exited.signal.aborted) await sleep(5);
+    if (exited.signal.aborted) return 0;
+    const session = LiveSession.matching(
+      { only: plan.only, except: plan.except },
+      { disable: false, settings, mode: force ? "force" : "strengthen" },
     );
+    const report = new LiveReport(err, { settings, quiet: true });
+    const rounds = { every: WATCH_EVERY_MS, signal: exited.signal, onRound: report.round };
+    return report.end(await session.watch(processTree(pid), rounds));
   })();
   const result = await child;
   await watching.catch((e: unknown) => reportError(e));

@@ -6,27 +6,38 @@
  * read per process; elsewhere each fd's /proc/PID/fd link is read and the socket looked up in the TCP tables of
  * the process's own network namespace.
  */
-import type { ListedMatcher, TcpEndpoints } from "../../filter.js";
+import { setTimeout as sleep } from "node:timers/promises";
+import { TcpkaError } from "../../errors.js";
+import {
+  DEFAULT_FILTER,
+  type ListedMatcher,
+  type SocketFilter,
+  socketMatcher,
+  type TcpEndpoints,
+} from "../../filter.js";
 import { fdNumbers, openFdCount } from "../../inspect/owners.js";
-import { commOf, netnsOf } from "../../inspect/processes.js";
+import { commOf, netnsOf, permissionError } from "../../inspect/processes.js";
 import { SocketFdIterator } from "../../inspect/socket-fds.js";
 import { listeningPorts, readSockets, type TcpSocket } from "../../inspect/sockets.js";
-import { STATE_NAMES, type TcpStateName } from "../../kernel/states.js";
-import { applyPhase, linksPhase, type Outcome, OutcomeReader, type PlanSpec } from "./batch.js";
+import type { ProcessTargets } from "../../inspect/targets.js";
+import { STATE_NAMES, stateMask, type TcpStateName } from "../../kernel/states.js";
+import { applyPhase, linksPhase, OutcomeReader, type PlanSpec } from "./batch.js";
 import { HelperThread } from "./helper.js";
+import { type LiveResult, type LiveSocket, type LiveSummary, type Round, Tally } from "./results.js";
 
 export type { Outcome, PlanSpec } from "./batch.js";
+export type { LiveResult, LiveSocket, LiveSummary, Round } from "./results.js";
 
-export interface LiveSocket {
-  pid: number;
-  comm: string;
-  fd: number;
-  socket: TcpEndpoints;
-}
+/** What a session looks at unless told otherwise: connections, and listeners (what they accept inherits). */
+export const LIVE_STATES = stateMask(["ESTAB", "LISTEN"]);
 
-export interface LiveResult {
-  socket: LiveSocket;
-  outcome: Outcome;
+export interface WatchOptions {
+  /** milliseconds between rounds; without it, one round */
+  every?: number;
+  /** ends the watch after the round under way (Ctrl-C, the end of the program watched) */
+  signal?: AbortSignal;
+  /** each round's results, as soon as it has them */
+  onRound?: (results: readonly LiveResult[]) => void;
 }
 
 /**
@@ -52,7 +63,8 @@ interface Listing {
 /**
  * One enable/disable run over time: each round lists the targets' sockets, skips the ones already handled,
  * and applies the plan to the rest. A socket in a state that is not wanted yet (still connecting) is looked
- * at again in the next round. close() must be awaited at the end.
+ * at again in the next round. watch() runs the rounds and closes the session; whoever calls round() itself
+ * must await close() at the end.
  */
 export class LiveSession {
   /** inodes of the sockets looked at: the round that handled them, 0 when filtered out */
@@ -74,6 +86,57 @@ export class LiveSession {
     this.wanted = new Set(STATE_NAMES.filter((name, i): name is TcpStateName => !!name && (states & (1 << i)) !== 0));
   }
 
+  /** A session over the sockets that `filter` lets through (by default: LIVE_STATES, every address). */
+  static matching(filter: Partial<SocketFilter>, plan: PlanSpec, dryRun = false): LiveSession {
+    const f = { ...DEFAULT_FILTER, states: LIVE_STATES, ...filter };
+    return new LiveSession(f.states, socketMatcher(f), plan, dryRun);
+  }
+
+  /**
+   * Rounds over the targets: one, or with `every` until the signal or until no fixed target is left; then the
+   * session is closed. Throws when this kernel has no pidfd_getfd, and when the targets' sockets could not be
+   * reached at all (a watch over fixed targets says so as soon as it can read none of them). Target processes
+   * that could not be read are skipped and listed in the summary.
+   */
+  async watch(targets: ProcessTargets, o: WatchOptions = {}): Promise<LiveSummary> {
+    const t = new Tally();
+    let reached = 0; // target processes whose fds could be read, summed over the rounds
+    const { signal } = o;
+    const watch = o.every !== undefined;
+    try {
+      for (;;) {
+        const pids = targets.pids();
+        const round = await this.round(pids);
+        reached += pids.length - round.unreadable.length;
+        t.add(round);
+        if (round.results.some((r) => r.outcome.result === "failed" && r.outcome.error.errnoName === "ENOSYS")) {
+          throw new TcpkaError("unsupported", "this kernel has no pidfd_getfd: tcpka enable needs Linux 5.6 or newer", {
+            hint: "on older kernels use tcpka run (LD_PRELOAD) at the program's start",
+          });
+        }
+        o.onRound?.(round.results);
+        // Waiting is pointless when none of the targets can be read: say so now, not at the end.
+        if (watch && targets.fixed && pids.length > 0 && round.unreadable.length === pids.length && !t.handledAny) {
+          throw permissionError(round.unreadable);
+        }
+        if (!watch || signal?.aborted || (targets.fixed && pids.length === 0)) break;
+        await sleep(o.every, undefined, { signal }).catch(() => {}); // woken early by the signal
+        if (signal?.aborted) break;
+      }
+    } finally {
+      await this.close();
+    }
+    // Processes that could not be read are skipped and counted; but when nothing at all could be reached, the
+    // permission error says it in one line.
+    const s = t.summary();
+    const errors = Object.keys(s.errors);
+    const eperm = errors.length > 0 && errors.every((k) => k.endsWith("EPERM"));
+    if (s.changed + s.unchanged === 0 && ((s.unreadable.length > 0 && reached === 0) || (eperm && s.failed > 0))) {
+      throw permissionError(s.unreadable.length ? s.unreadable : s.processes);
+    }
+    return s;
+  }
+
   /** Stop the helper thread and unload the iterator; must be awaited before the process ends (HelperThread). */
   async close(): Promise<void> {
     this.lister?.close();
@@ -82,12 +145,7 @@ export class LiveSession {
   }
 
   /** One pass over the processes: the results for sockets not seen before, and the pids that were unreadable. */
-  async round(pids: readonly number[]): Promise<{
-    results: LiveResult[];
-    filtered: number;
-    unreadable: number[];
-    holders: Set<number>;
-  }> {
+  async round(pids: readonly number[]): Promise<Round> {
     // 1. Which fds of each target are TCP sockets: through the BPF iterator where it loads, else /proc and the
     // kernel's TCP tables. A big table starts the helper first, so that its start-up overlaps the listing.
     const iterate = this.lister === undefined ? this.useIterator && SocketFdIterator.possible() : this.lister !== null;
