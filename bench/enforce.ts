@@ -31,8 +31,8 @@ import { assemble, type Instruction, Mov, R0, Return } from "../src/bpf/asm.js";
 import { keepaliveProgram } from "../src/bpf/keepalive.js";
 import { BPF_CGROUP_SOCK_OPS, BPF_PROG_TYPE_SOCK_OPS } from "../src/kernel/constants.js";
 import { linkCreate, progLoad } from "../src/sys/bpf.js";
-import { bpffsRestorer } from "../test/e2e/enforce-helpers.js";
 import { TestCgroup } from "../test/helpers/cgroup.js";
+import { bpffsRestorer } from "../test/helpers/enforce.js";
 import { Netns } from "../test/helpers/netns.js";
 
 const ROOT = fileURLToPath(new URL("../../", import.meta.url)); // dist-test/bench -> project root

@@ -6,7 +6,9 @@ import assert from "node:assert/strict";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, describe, test } from "node:test";
-import { cleanEnv, tcpka, tempDir } from "./programs.js";
+import { cleanEnv } from "../helpers/processes.js";
+import { tempDir } from "../helpers/scope.js";
+import { tcpka } from "../helpers/tcpka.js";
 
 const DIR = tempDir({ after });
 

@@ -7,21 +7,13 @@
  */
 import assert from "node:assert/strict";
 import { after, test } from "node:test";
+import { compileC, compileJava, isStaticElf } from "../helpers/compile.js";
+import { summary } from "../helpers/enable.js";
 import { needs } from "../helpers/env.js";
-import { Netns, type Process } from "../helpers/netns.js";
-import {
-  assertAll,
-  compileC,
-  compileJava,
-  isStaticElf,
-  type Reported,
-  report,
-  summary,
-  tempDir,
-  UNTOUCHED,
-  WANT,
-  WANT_FLAGS,
-} from "./enable-helpers.js";
+import { assertAll, type Reported, report, UNTOUCHED, WANT, WANT_FLAGS } from "../helpers/keepalive.js";
+import { Netns } from "../helpers/netns.js";
+import type { Process } from "../helpers/processes.js";
+import { tempDir } from "../helpers/scope.js";
 
 after(() => Netns.destroyAll());
 
@@ -58,7 +50,7 @@ async function enableThenDisable(ns: Netns, p: Process, comm: string, reported: 
 
 test("a statically linked C program: enable and disable, verified with getsockopt inside it", async (t) => {
   if (!needs(t, { root: true, tools: ["ip", "gcc"] })) return;
-  const bin = compileC(tempDir(t), "holder", { static: true });
+  const bin = compileC(tempDir(t, { readable: true }), "enable/holder.c", "holder", ["-static"]);
   assert.ok(isStaticElf(bin), "no PT_INTERP: LD_PRELOAD could never reach it");
   const ns = Netns.create(t);
   const p = ns.spawn([bin, String(CONNECTIONS)]);
@@ -73,8 +65,8 @@ interface JavaSocket extends Reported {
 
 test("a Java program: enable and disable, verified with Socket.getOption inside it", async (t) => {
   if (!needs(t, { root: true, tools: ["ip", "javac", "java"] })) return;
-  const dir = tempDir(t);
-  compileJava(dir, "Holder");
+  const dir = tempDir(t, { readable: true });
+  compileJava(dir, "enable/Holder.java");
   const ns = Netns.create(t);
   const p = ns.spawn(["java", "-Xshare:auto", "-XX:TieredStopAtLevel=1", "-cp", dir, "Holder", String(CONNECTIONS)]);
   assert.equal(await p.line(30_000), "ready");

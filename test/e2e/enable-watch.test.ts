@@ -7,21 +7,14 @@
 import assert from "node:assert/strict";
 import { readdirSync, readFileSync } from "node:fs";
 import { after, test } from "node:test";
+import { compileC } from "../helpers/compile.js";
+import { summary } from "../helpers/enable.js";
 import { needs } from "../helpers/env.js";
-import { Netns, type Process } from "../helpers/netns.js";
-import {
-  Background,
-  compileC,
-  FIXTURES,
-  type Reported,
-  report,
-  settings,
-  sleep,
-  summary,
-  tempDir,
-  WANT,
-  WANT_FLAGS,
-} from "./enable-helpers.js";
+import { type Reported, report, settings, WANT, WANT_FLAGS } from "../helpers/keepalive.js";
+import { Netns } from "../helpers/netns.js";
+import { fixture } from "../helpers/paths.js";
+import { type Process, sleep } from "../helpers/processes.js";
+import { tempDir } from "../helpers/scope.js";
 
 after(() => Netns.destroyAll());
 
@@ -58,14 +51,14 @@ const hasWant = (s: Reported) => JSON.stringify(settings(s)) === JSON.stringify(
 
 test("--watch races a program that churns TCP, pipes, Unix and UDP sockets: only TCP is touched", async (t) => {
   if (!needs(t, { root: true, tools: ["ip", "gcc"] })) return;
-  const bin = compileC(tempDir(t), "churn");
+  const bin = compileC(tempDir(t, { readable: true }), "enable/churn.c", "churn");
   const ns = Netns.create(t);
   const p = ns.spawn([bin]);
   assert.equal(await p.line(), "ready");
   const fds = () => readdirSync(`/proc/${p.pid}/fd`).length;
   const fdsBefore = fds();
 
-  const watch = new Background(t, ns, [
+  const watch = ns.startTcpka([
     "enable",
     "--pid",
     String(p.pid),
@@ -89,9 +82,9 @@ test("--watch races a program that churns TCP, pipes, Unix and UDP sockets: only
     (await churnReport(p)).tcp.every(hasWant),
   );
 
-  watch.signal("SIGINT");
-  const end = await watch.exit(10_000);
-  assert.deepEqual(end, { code: 0, signal: null }, watch.stderr);
+  watch.kill("SIGINT");
+  const { code, signal } = await watch.finish(10_000);
+  assert.deepEqual({ code, signal }, { code: 0, signal: null }, watch.stderr);
   assert.equal(watch.stderr, "");
   const s = summary(watch.stdout);
   assert.equal(s.processes, 1);
@@ -116,9 +109,9 @@ test("--watch races a program that churns TCP, pipes, Unix and UDP sockets: only
 test("--watch reaches new connections, and ends by itself when its --pid target exits", async (t) => {
   if (!needs(t, { root: true, tools: ["ip", "python3"] })) return;
   const ns = Netns.create(t);
-  const p = ns.spawn(["python3", `${FIXTURES}/holder.py`, "plain=1"]);
+  const p = ns.spawn(["python3", fixture("enable/holder.py"), "plain=1"]);
   assert.equal(await p.line(), "ready");
-  const watch = new Background(t, ns, ["enable", "--pid", String(p.pid), ...WANT_FLAGS, "--watch", "--every", "50ms"]);
+  const watch = ns.startTcpka(["enable", "--pid", String(p.pid), ...WANT_FLAGS, "--watch", "--every", "50ms"]);
   await watch.waitFor(/ changed /);
 
   // A connection made after the first round: its client end is new to the watch (the accepted end inherits
@@ -131,8 +124,8 @@ test("--watch reaches new connections, and ends by itself when its --pid target 
   });
 
   p.send("exit\n");
-  const end = await watch.exit(5000);
-  assert.deepEqual(end, { code: 0, signal: null }, watch.stderr);
+  const { code, signal } = await watch.finish(5000);
+  assert.deepEqual({ code, signal }, { code: 0, signal: null }, watch.stderr);
   const s = summary(watch.stdout);
   assert.deepEqual([s.sockets, s.processes, s.rows.changed, s.rows.failed], [5, 1, 4, 0], watch.stdout);
 });
@@ -140,15 +133,15 @@ test("--watch reaches new connections, and ends by itself when its --pid target 
 test("--watch ends when its --pid target has exited even if no one has reaped it yet (a zombie)", async (t) => {
   if (!needs(t, { root: true, tools: ["ip", "python3"] })) return;
   const ns = Netns.create(t);
-  const parent = ns.spawn(["python3", `${FIXTURES}/fork_holder.py`]);
+  const parent = ns.spawn(["python3", fixture("enable/fork_holder.py")]);
   const child = Number(await parent.line());
-  const watch = new Background(t, ns, ["enable", "--pid", String(child), ...WANT_FLAGS, "--watch", "--every", "50ms"]);
+  const watch = ns.startTcpka(["enable", "--pid", String(child), ...WANT_FLAGS, "--watch", "--every", "50ms"]);
   await watch.waitFor(/ changed /);
 
   parent.send("exit\n"); // read by the child, which exits; the parent never waits for it
   await eventually("the child is a zombie", async () => stateOf(child) === "Z");
-  const end = await watch.exit(5000);
-  assert.deepEqual(end, { code: 0, signal: null }, watch.stderr);
+  const { code, signal } = await watch.finish(5000);
+  assert.deepEqual({ code, signal }, { code: 0, signal: null }, watch.stderr);
   assert.equal(summary(watch.stdout).rows.changed, 3);
 });
 

@@ -9,28 +9,30 @@ import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { readlinkSync, renameSync } from "node:fs";
 import { after, test } from "node:test";
+import { compileC } from "../helpers/compile.js";
+import { summary } from "../helpers/enable.js";
 import { needs } from "../helpers/env.js";
-import { Netns, NOBODY, Process, TCPKA } from "../helpers/netns.js";
 import {
   assertAll,
-  assertOneLineError,
-  compileC,
-  FIXTURES,
   type Reported,
   report,
   settings,
   ssTimers,
-  summary,
-  tempDir,
   UNTOUCHED,
   WANT,
   WANT_FLAGS,
-} from "./enable-helpers.js";
+} from "../helpers/keepalive.js";
+import { Netns } from "../helpers/netns.js";
+import { fixture, TCPKA } from "../helpers/paths.js";
+import { Process } from "../helpers/processes.js";
+import { tempDir } from "../helpers/scope.js";
+import { assertOneLineErrorOnly } from "../helpers/tcpka.js";
+import { NOBODY } from "../helpers/users.js";
 
 after(() => Netns.destroyAll());
 
 const NEEDS = { root: true, tools: ["ip", "python3"] };
-const HOLDER = `${FIXTURES}/holder.py`;
+const HOLDER = fixture("enable/holder.py");
 
 interface PySocket extends Reported {
   label: string;
@@ -63,7 +65,7 @@ test("enable: 200 idle connections of a python process get exactly the settings 
   const before = await pyReport(p);
   assert.equal(before.length, 401, "200 connections, both ends, and the listener");
   assertAll(before, UNTOUCHED, "before");
-  const timersBefore = ssTimers(ns);
+  const timersBefore = ssTimers(ns.run(["ss", "-tanoe"]));
   for (const s of before) assert.equal(timersBefore.get(s.inode), null, `no timer before on fd ${s.fd}`);
 
   const r = ns.tcpka(["enable", "--pid", String(p.pid), ...WANT_FLAGS]);
@@ -97,7 +99,7 @@ test("enable: 200 idle connections of a python process get exactly the settings 
   });
 
   // The kernel runs a keepalive timer on every established one now, due within the new idle time.
-  const timers = ssTimers(ns);
+  const timers = ssTimers(ns.run(["ss", "-tanoe"]));
   for (const s of now) {
     const timer = timers.get(s.inode);
     if (s.role === "listen") {
@@ -106,7 +108,7 @@ test("enable: 200 idle connections of a python process get exactly the settings 
     }
     assert.ok(timer, `ss shows a timer on fd ${s.fd}`);
     assert.equal(timer.kind, "keepalive", `fd ${s.fd}`);
-    assert.ok(timer.leftMs <= WANT.idle * 1000, `fd ${s.fd}: due in ${timer.leftMs} ms`);
+    assert.ok(timer.fromMs <= WANT.idle * 1000, `fd ${s.fd}: due in ${timer.fromMs} ms`);
   }
 
   // The listener was changed too: a connection accepted from now on inherits the settings; the new client end,
@@ -327,7 +329,7 @@ test("an unprivileged user: one line and a hint for a root process, success for 
     const r = ns.tcpka([cmd, "--pid", String(rootOwned.pid), ...(cmd === "enable" ? WANT_FLAGS : [])], {
       user: NOBODY,
     });
-    assertOneLineError(
+    assertOneLineErrorOnly(
       r,
       1,
       new RegExp(`^tcpka: cannot reach the sockets of python3\\[${rootOwned.pid}\\]: permission denied$`),
@@ -338,7 +340,7 @@ test("an unprivileged user: one line and a hint for a root process, success for 
 
   // The same user may, where ptrace is allowed (no Yama here, or ptrace_scope 0). A compiled holder: the python3
   // on PATH may be one that only root can run (a pyenv shim under /root).
-  const own = ns.spawn([compileC(tempDir(t), "holder"), "2"], { user: NOBODY });
+  const own = ns.spawn([compileC(tempDir(t, { readable: true }), "enable/holder.c", "holder"), "2"], { user: NOBODY });
   assert.equal(await own.line(), "ready");
   const r = ns.tcpka(["enable", "--pid", String(own.pid), ...WANT_FLAGS], { user: NOBODY });
   assert.equal(r.status, 0, r.stderr);
@@ -365,7 +367,7 @@ test("bad usage exits 2 with one line", async (t) => {
     [["enable", "--pid", pid, "--bogus"], /^tcpka: enable: unknown option --bogus$/],
   ];
   for (const [args, message] of cases) {
-    await t.test(`tcpka ${args.join(" ")}`, () => assertOneLineError(ns.tcpka(args), 2, message));
+    await t.test(`tcpka ${args.join(" ")}`, () => assertOneLineErrorOnly(ns.tcpka(args), 2, message));
   }
   assertAll(await pyReport(p), UNTOUCHED, "nothing changed");
 });
@@ -374,7 +376,7 @@ test("disable without a target points at tcpka disable, not enable", async (t) =
   if (!needs(t, { root: true, tools: ["ip"] })) return;
   const ns = Netns.create(t);
   const r = ns.tcpka(["disable"]);
-  assertOneLineError(r, 2, /^tcpka: no target/);
+  assertOneLineErrorOnly(r, 2, /^tcpka: no target/);
   assert.match(r.stderr.split("\n")[1] ?? "", /^hint: .*tcpka disable\b/);
 });
 
@@ -382,7 +384,7 @@ test("--comm reaches every process of that name and no other", async (t) => {
   if (!needs(t, { ...NEEDS, tools: [...NEEDS.tools, "gcc"] })) return;
   const ns = Netns.create(t);
   // The holder under a name no other process has: its comm.
-  const bin = compileC(tempDir(t), "holder");
+  const bin = compileC(tempDir(t, { readable: true }), "enable/holder.c", "holder");
   const named = `${bin.slice(0, -"holder".length)}tcpkaE2eHold`;
   renameSync(bin, named);
   const a = ns.spawn([named, "1"]);
@@ -426,5 +428,5 @@ test("--pid of a thread (not a process) either reaches its process or says so in
   assert.notEqual(tid, p.pid);
   const r = ns.tcpka(["enable", "--pid", String(tid), ...WANT_FLAGS]);
   if (r.status === 0) assertAll(await pyReport(p), WANT, "the sockets of the thread's process");
-  else assertOneLineError(r, 2, new RegExp(`^tcpka: --pid ${tid}: .*thread`));
+  else assertOneLineErrorOnly(r, 2, new RegExp(`^tcpka: --pid ${tid}: .*thread`));
 });

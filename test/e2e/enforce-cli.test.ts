@@ -9,11 +9,8 @@ import { chownSync, existsSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { TestCgroup } from "../helpers/cgroup.js";
-import { needs } from "../helpers/env.js";
-import { NOBODY } from "../helpers/netns.js";
 import {
   assertNoPinsLeft,
-  assertOneLineError,
   bpffsRestorer,
   enforce,
   enforcedOn,
@@ -21,9 +18,11 @@ import {
   listJson,
   PIN_ROOT,
   remove,
-  tcpka,
-  WANT_FLAGS,
-} from "./enforce-helpers.js";
+} from "../helpers/enforce.js";
+import { needs } from "../helpers/env.js";
+import { WANT_FLAGS } from "../helpers/keepalive.js";
+import { assertOneLineError, tcpkaHere as tcpka } from "../helpers/tcpka.js";
+import { NOBODY } from "../helpers/users.js";
 
 const restoreBpffs = bpffsRestorer();
 after(() => {

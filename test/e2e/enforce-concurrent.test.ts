@@ -13,8 +13,6 @@ import type { Readable } from "node:stream";
 import { after, type TestContext, test } from "node:test";
 import { removeEnforcement } from "../../src/enforce/cgroup.js";
 import { TestCgroup } from "../helpers/cgroup.js";
-import { needs } from "../helpers/env.js";
-import { Netns, REPO, type Result } from "../helpers/netns.js";
 import {
   Agent,
   assertNoPinsLeft,
@@ -26,9 +24,13 @@ import {
   ka,
   ourPins,
   PIN_ROOT,
-  tcpka,
-  UNTOUCHED,
-} from "./enforce-helpers.js";
+  KA_UNTOUCHED as UNTOUCHED,
+} from "../helpers/enforce.js";
+import { needs } from "../helpers/env.js";
+import { Netns } from "../helpers/netns.js";
+import { REPO } from "../helpers/paths.js";
+import type { Result } from "../helpers/processes.js";
+import { tcpkaHere as tcpka } from "../helpers/tcpka.js";
 
 const NEEDS = { root: true, tools: ["ip", "python3"] };
 const restoreBpffs = bpffsRestorer();

@@ -15,12 +15,9 @@ import { assemble, Mov, R0, Return } from "../../src/bpf/asm.js";
 import { BPF_CGROUP_SOCK_OPS, BPF_PROG_TYPE_SOCK_OPS } from "../../src/kernel/constants.js";
 import { blobMapCreate, blobMapWrite, linkCreate, linkUpdate, objGet, objPin, progLoad } from "../../src/sys/bpf.js";
 import { TestCgroup } from "../helpers/cgroup.js";
-import { needs } from "../helpers/env.js";
-import { Netns, type Result, TCPKA } from "../helpers/netns.js";
 import {
   Agent,
   assertNoPinsLeft,
-  assertOneLineError,
   bpffsRestorer,
   connectPair,
   enforce,
@@ -32,11 +29,15 @@ import {
   ourPins,
   PIN_ROOT,
   remove,
-  tcpka,
-  UNTOUCHED,
-  WANT,
-  WANT_FLAGS,
-} from "./enforce-helpers.js";
+  KA_UNTOUCHED as UNTOUCHED,
+  KA_WANT as WANT,
+} from "../helpers/enforce.js";
+import { needs } from "../helpers/env.js";
+import { WANT_FLAGS } from "../helpers/keepalive.js";
+import { Netns } from "../helpers/netns.js";
+import { TCPKA } from "../helpers/paths.js";
+import type { Result } from "../helpers/processes.js";
+import { assertOneLineError, tcpkaHere as tcpka } from "../helpers/tcpka.js";
 
 const restoreBpffs = bpffsRestorer();
 after(() => {

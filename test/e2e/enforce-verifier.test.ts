@@ -15,8 +15,8 @@ import { endpointRuleText, parseRules } from "../../src/filter.js";
 import { BPF_PROG_TYPE_SOCK_OPS } from "../../src/kernel/constants.js";
 import { progLoad } from "../../src/sys/bpf.js";
 import { TestCgroup } from "../helpers/cgroup.js";
+import { assertNoPinsLeft, bpffsRestorer, enforce, listJson, remove } from "../helpers/enforce.js";
 import { needs } from "../helpers/env.js";
-import { assertNoPinsLeft, bpffsRestorer, enforce, listJson, remove } from "./enforce-helpers.js";
 
 const restoreBpffs = bpffsRestorer();
 after(() => {

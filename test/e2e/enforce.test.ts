@@ -38,13 +38,10 @@ import {
 } from "../../src/bpf/asm.js";
 import { BPF_CGROUP_SOCK_OPS, BPF_PROG_TYPE_SOCK_OPS } from "../../src/kernel/constants.js";
 import { linkCreate, progLoad } from "../../src/sys/bpf.js";
-import { NAME_PREFIX, TestCgroup } from "../helpers/cgroup.js";
-import { needs } from "../helpers/env.js";
-import { Netns, NOBODY } from "../helpers/netns.js";
+import { TestCgroup } from "../helpers/cgroup.js";
 import {
   Agent,
   assertNoPinsLeft,
-  assertOneLineError,
   bpffsRestorer,
   connectPair,
   enforce,
@@ -54,11 +51,15 @@ import {
   listJson,
   PIN_ROOT,
   remove,
-  tcpka,
-  UNTOUCHED,
-  WANT,
-  WANT_FLAGS,
-} from "./enforce-helpers.js";
+  KA_UNTOUCHED as UNTOUCHED,
+  KA_WANT as WANT,
+} from "../helpers/enforce.js";
+import { needs } from "../helpers/env.js";
+import { WANT_FLAGS } from "../helpers/keepalive.js";
+import { Netns } from "../helpers/netns.js";
+import { NAME_PREFIX } from "../helpers/scope.js";
+import { assertOneLineError, tcpkaHere as tcpka } from "../helpers/tcpka.js";
+import { NOBODY } from "../helpers/users.js";
 
 const restoreBpffs = bpffsRestorer();
 after(() => {

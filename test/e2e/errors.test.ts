@@ -7,20 +7,12 @@ import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from "node:fs";
 import { after, test } from "node:test";
-import { needs } from "../helpers/env.js";
-import { python3 } from "../helpers/lab.js";
-import { Netns, NOBODY, type Result } from "../helpers/netns.js";
+import { needs, python3 } from "../helpers/env.js";
+import { Netns } from "../helpers/netns.js";
+import { assertOneLineErrorOnly } from "../helpers/tcpka.js";
+import { NOBODY } from "../helpers/users.js";
 
 after(() => Netns.destroyAll());
-
-/** stderr is `tcpka: <message>\n` with an optional `hint: <text>\n`: nothing else, no stack trace. */
-function assertOneLineError(r: Result, status: 1 | 2, message: RegExp): void {
-  assert.equal(r.status, status, `exit code; stderr: ${r.stderr}`);
-  assert.match(r.stderr, /^tcpka: [^\n]+\n(hint: [^\n]+\n)?$/);
-  assert.match(r.stderr.split("\n")[0]!, message);
-  assert.ok(!r.stderr.includes("    at "), "no stack trace");
-  assert.equal(r.stdout, "");
-}
 
 test("bad input is refused with exit code 2 and one line that names it", async (t) => {
   if (!needs(t, { root: true, tools: ["ip"] })) return;
@@ -47,7 +39,7 @@ test("bad input is refused with exit code 2 and one line that names it", async (
     [["enable", "--comm", "a-name-of-16-byt", "--dry-run"], /^tcpka: --comm a-name-of-16-byt: longer/],
   ];
   for (const [args, message] of cases) {
-    await t.test(`tcpka ${args.join(" ")}`, () => assertOneLineError(ns.tcpka(args), 2, message));
+    await t.test(`tcpka ${args.join(" ")}`, () => assertOneLineErrorOnly(ns.tcpka(args), 2, message));
   }
   assert.equal(ns.sysctl("net.ipv4.tcp_keepalive_probes"), "9", "count=0 changed nothing");
 });
@@ -55,7 +47,7 @@ test("bad input is refused with exit code 2 and one line that names it", async (
 test("sysctl --set without root fails with exit code 1 and a permission message", (t) => {
   if (!needs(t, { root: true, tools: ["ip", "setpriv"] })) return;
   const ns = Netns.create(t);
-  assertOneLineError(ns.tcpka(["sysctl", "--set", "idle=60"], { user: NOBODY }), 1, /permission denied/);
+  assertOneLineErrorOnly(ns.tcpka(["sysctl", "--set", "idle=60"], { user: NOBODY }), 1, /permission denied/);
   assert.equal(ns.sysctl("net.ipv4.tcp_keepalive_time"), "7200");
 });
 
@@ -90,7 +82,7 @@ test("idle-timeout to a host that does not resolve fails with exit code 1: not b
   writeFileSync(`${dir}/resolv.conf`, "nameserver 127.0.0.1\n");
   const dns = ns.spawn([python3(), "-c", NXDOMAIN]);
   assert.equal(await dns.line(), "ready");
-  assertOneLineError(
+  assertOneLineErrorOnly(
     ns.tcpka(["idle-timeout", "no-such-host.invalid:7007"]),
     1,
     /^tcpka: cannot resolve no-such-host\.invalid: no such host$/,

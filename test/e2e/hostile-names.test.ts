@@ -7,9 +7,10 @@
  */
 import assert from "node:assert/strict";
 import { after, test } from "node:test";
-import { needs } from "../helpers/env.js";
-import { python3 } from "../helpers/lab.js";
-import { Netns, NOBODY, type Result, type User } from "../helpers/netns.js";
+import { needs, python3 } from "../helpers/env.js";
+import { Netns } from "../helpers/netns.js";
+import type { Result } from "../helpers/processes.js";
+import { NOBODY, type User } from "../helpers/users.js";
 
 after(() => Netns.destroyAll());
 

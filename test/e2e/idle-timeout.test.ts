@@ -5,14 +5,15 @@
  */
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { needs } from "../helpers/env.js";
-import { Lab, type LabProcess, NOBODY_IP, python3, SERVER_IP } from "../helpers/lab.js";
-import { TCPKA } from "../helpers/netns.js";
+import { needs, python3 } from "../helpers/env.js";
+import { Lab, NOBODY_IP, SERVER_IP } from "../helpers/lab.js";
+import { TCPKA } from "../helpers/paths.js";
+import type { Process } from "../helpers/processes.js";
 
 const PORT = 7007;
 
 /** `tcpka echo` in the lab's server namespace, once it listens. */
-async function echoServer(lab: Lab): Promise<LabProcess> {
+async function echoServer(lab: Lab): Promise<Process> {
   const echo = lab.tcpka(lab.server, ["echo", "--listen", String(PORT)]);
   await echo.waitFor(/listening on \S+:7007/);
   return echo;

@@ -8,8 +8,9 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { deadPeerAfter } from "../../src/settings.js";
-import { needs } from "../helpers/env.js";
-import { LAB_PEER, Lab, type LabProcess, python3, SERVER_IP } from "../helpers/lab.js";
+import { needs, python3 } from "../helpers/env.js";
+import { LAB_PEER, Lab, SERVER_IP } from "../helpers/lab.js";
+import type { Process } from "../helpers/processes.js";
 
 interface RecvResult {
   errno: string;
@@ -24,7 +25,7 @@ function flags(s: typeof KEEPALIVE): string[] {
   return s.userTimeout ? [...f, "--user-timeout", `${s.userTimeout}ms`] : f;
 }
 
-async function recvResult(p: LabProcess, timeoutMs: number): Promise<RecvResult> {
+async function recvResult(p: Process, timeoutMs: number): Promise<RecvResult> {
   const m = await p.waitFor(/^\{.*\}$/m, timeoutMs);
   return JSON.parse(m[0]) as RecvResult;
 }

@@ -8,9 +8,10 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import { needs } from "../helpers/env.js";
-import { LAB_PEER, Lab, type LabProcess, postgresBin, python3, SERVER_IP, startPostgres } from "../helpers/lab.js";
-import { TCPKA } from "../helpers/netns.js";
+import { needs, python3 } from "../helpers/env.js";
+import { LAB_PEER, Lab, postgresBin, SERVER_IP, startPostgres } from "../helpers/lab.js";
+import { TCPKA } from "../helpers/paths.js";
+import type { Process } from "../helpers/processes.js";
 
 /** conntrack's established timeout on the router, and how long the clients stay idle. */
 const FIREWALL_TIMEOUT_S = 5;
@@ -23,7 +24,7 @@ interface IdleResult {
   error?: string;
 }
 
-async function result(p: LabProcess): Promise<IdleResult> {
+async function result(p: Process): Promise<IdleResult> {
   const m = await p.waitFor(/^\{.*\}$/m, (IDLE_S + 10) * 1000);
   return JSON.parse(m[0]) as IdleResult;
 }

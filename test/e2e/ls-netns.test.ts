@@ -6,7 +6,8 @@ import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { test } from "node:test";
 import { needs } from "../helpers/env.js";
-import { Netns, TCPKA } from "../helpers/netns.js";
+import { Netns } from "../helpers/netns.js";
+import { TCPKA } from "../helpers/paths.js";
 
 const HOLDER = `
 import socket, sys

@@ -8,7 +8,10 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { after, test } from "node:test";
 import { needs } from "../helpers/env.js";
-import { Netns, NOBODY, type Process, type User } from "../helpers/netns.js";
+import { ssTimers } from "../helpers/keepalive.js";
+import { Netns } from "../helpers/netns.js";
+import type { Process } from "../helpers/processes.js";
+import { NOBODY, type User } from "../helpers/users.js";
 
 after(() => Netns.destroyAll());
 
@@ -267,38 +270,6 @@ test("ls --all --json reports every socket exactly as getsockopt in its owner re
   // The socket that set no idle time of its own reports the namespace's sysctl.
   assert.equal(listed(conns, held(f, "idle-sysctl")).idle_s, SYSCTL_IDLE);
 });
-
-/** A `timer:(kind,left,count)` of ss, with the time left as the range that ss rounded. */
-interface SsTimer {
-  kind: string;
-  fromMs: number;
-  toMs: number;
-  count: number;
-}
-
-/** The timers that `ss -tanoe` prints, by inode; null for a socket without one. */
-function ssTimers(text: string): Map<number, SsTimer | null> {
-  const out = new Map<number, SsTimer | null>();
-  for (const line of text.split("\n")) {
-    const ino = /\bino:(\d+)/.exec(line);
-    if (!ino) continue;
-    const t = /\btimer:\((\w+),([^,]*),(\d+)\)/.exec(line);
-    out.set(Number(ino[1]), t ? { kind: t[1]!, ...ssTime(t[2]!), count: Number(t[3]) } : null);
-  }
-  return out;
-}
-
-/**
- * "1min39sec", "20min", "59sec", "5.123ms" (5.123 s), "316ms" as print_ms_timer() in iproute2's misc/ss.c
- * writes them: from 10 minutes on without seconds, from 10 seconds or 1 minute on without milliseconds.
- */
-function ssTime(text: string): { fromMs: number; toMs: number } {
-  const m = /^(?:(\d+)min)?(?:(\d+)(?:sec|\.))?(?:(\d+)ms)?$/.exec(text);
-  assert.ok(m, `ss time ${text}`);
-  const [min, sec, ms] = [m[1], m[2], m[3]].map((x) => Number(x ?? 0)) as [number, number, number];
-  const fromMs = min * 60_000 + sec * 1000 + ms;
-  return { fromMs, toMs: fromMs + (min > 9 ? 60_000 : min > 0 || sec > 9 ? 1000 : 1) };
-}
 
 test("timer fields match ss -tanoe; a pending retransmission shows 'on' and keepalive stays exact", async (t) => {
   if (!needs(t, NEEDS)) return;

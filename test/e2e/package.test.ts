@@ -10,7 +10,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import { needs } from "../helpers/env.js";
-import { REPO, SHIM } from "./programs.js";
+import { REPO, SHIM } from "../helpers/paths.js";
 
 function run(argv: readonly string[]): string {
   const [file, ...args] = argv;

@@ -16,10 +16,13 @@ import assert from "node:assert/strict";
 import type { ChildProcess } from "node:child_process";
 import { after, describe, test } from "node:test";
 import { TestCgroup } from "../helpers/cgroup.js";
-import { needs } from "../helpers/env.js";
-import { Netns, type Process, type Result } from "../helpers/netns.js";
-import { assertNoPinsLeft, bpffsRestorer, enforce, remove, tcpka as tcpkaHere, UNTOUCHED } from "./enforce-helpers.js";
-import { fixture, python, WANT, WANT_FLAGS } from "./programs.js";
+import { assertNoPinsLeft, bpffsRestorer, enforce, remove, KA_UNTOUCHED as UNTOUCHED } from "../helpers/enforce.js";
+import { needs, python3 } from "../helpers/env.js";
+import { WANT, WANT_FLAGS } from "../helpers/keepalive.js";
+import { Netns } from "../helpers/netns.js";
+import { fixture } from "../helpers/paths.js";
+import type { Process, Result } from "../helpers/processes.js";
+import { tcpkaHere } from "../helpers/tcpka.js";
 
 const SPEC = {
   listen: [
@@ -117,7 +120,7 @@ function names(sockets: readonly Reported[], keys: Iterable<string>): string[] {
 
 /** The sockets that got exactly the requested settings; every other one must be untouched. */
 function touched(sockets: readonly Reported[], what: string): string[] {
-  const want = { keepalive: 1, ...WANT, user_timeout_ms: 0 };
+  const want = { ...WANT, user_timeout_ms: 0 };
   return sockets
     .filter((s) => {
       const got = s.opts.keepalive === 1;
@@ -169,7 +172,7 @@ function shared(): Promise<Lab> {
     const ns = namespace();
     const hold = namespace();
     const cg = TestCgroup.create(FILE);
-    const holder = hold.spawn([python(), fixture("conns.py"), "--hold", spec]);
+    const holder = hold.spawn([python3(), fixture("conns.py"), "--hold", spec]);
     const held = (JSON.parse(await holder.line()) as { sockets: Reported[] }).sockets;
     assert.deepEqual(held.map((s) => s.name).sort(), sorted(ALL));
     return { ns, cg, hold, holder, held };
@@ -205,7 +208,7 @@ describe("--only/--except: one meaning in run, trace, enable, ls and enforce", (
       if (!needs(t, NEEDS)) return;
       const { ns, cg, hold, holder, held } = await shared();
       const expected = sorted(want);
-      const program = [python(), fixture("conns.py"), spec];
+      const program = [python3(), fixture("conns.py"), spec];
 
       const run = parseRun(ns.tcpka(["run", ...WANT_FLAGS, ...rules, "--", ...program]), "run");
       assert.deepEqual(touched(run, "run"), expected, "tcpka run");

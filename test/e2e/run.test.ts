@@ -7,33 +7,19 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { readFileSync } from "node:fs";
-import { connect, type Socket } from "node:net";
 import { join } from "node:path";
 import { after, describe, type TestContext, test } from "node:test";
-import { needs } from "../helpers/env.js";
+import { compileC } from "../helpers/compile.js";
+import { needs, python3 } from "../helpers/env.js";
+import { assertKeepaliveTimers, exactConnections, settingsOf, WANT, WANT_FLAGS } from "../helpers/keepalive.js";
+import { connectTo, listener } from "../helpers/listener.js";
 import { Netns } from "../helpers/netns.js";
-import {
-  assertKeepaliveTimers,
-  compileC,
-  exactConnections,
-  exec,
-  fixture,
-  listener,
-  python,
-  SHIM,
-  type Started,
-  settingsOf,
-  start,
-  startTcpka,
-  TCPKA,
-  tcpka,
-  tempDir,
-  WANT,
-  WANT_FLAGS,
-} from "./programs.js";
+import { fixture, SHIM, TCPKA } from "../helpers/paths.js";
+import { exec, type Process, start } from "../helpers/processes.js";
+import { tempDir } from "../helpers/scope.js";
+import { startTcpka, tcpka } from "../helpers/tcpka.js";
 
 const DIR = tempDir({ after });
-const EXACT = { keepalive: 1, ...WANT };
 
 /** The keepalive defaults of this network namespace: what a socket nobody touched reports. */
 function systemDefaults() {
@@ -86,13 +72,6 @@ function killForked(pid: number, marker: string): void {
   }
 }
 
-function connectTo(port: number): Promise<Socket> {
-  return new Promise((resolve, reject) => {
-    const s = connect({ host: "127.0.0.1", port }, () => resolve(s));
-    s.once("error", reject);
-  });
-}
-
 describe("tcpka run gives every kind of program exactly the requested settings", () => {
   test("curl --no-keepalive: keepalive on with 7s/3s/4 (tcpka ls --pid and ss), output and exit code untouched", async (t) => {
     if (!needs(t, { root: true, tools: ["curl", "ss"] })) return;
@@ -111,7 +90,7 @@ describe("tcpka run gives every kind of program exactly the requested settings",
     const conns = await exactConnections(t, curl);
     assert.equal(conns.length, 1, JSON.stringify(conns));
     assert.equal(conns[0]!.peer_port, server.port);
-    assert.deepEqual(settingsOf(conns[0]!), EXACT);
+    assert.deepEqual(settingsOf(conns[0]!), WANT);
     await assertKeepaliveTimers(`dport = :${server.port}`, 1, WANT.idle);
 
     server.sockets[0]!.end("HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nhello\n");
@@ -128,18 +107,18 @@ describe("tcpka run gives every kind of program exactly the requested settings",
       "run",
       ...WANT_FLAGS,
       "--",
-      python(),
+      python3(),
       fixture("ka_client.py"),
       "--hold",
       `127.0.0.1:${server.port}`,
     ]);
     await run.waitFor(/^ready$/m);
     const [inside] = run.json<ClientReport>();
-    assert.deepEqual(settings(inside!), EXACT);
+    assert.deepEqual(settings(inside!), WANT);
     assert.equal(inside!.user_timeout_ms, 0, "no user timeout unless asked for");
     const conns = await exactConnections(t, inside!.pid);
     assert.equal(conns.length, 1);
-    assert.deepEqual(settingsOf(conns[0]!), EXACT);
+    assert.deepEqual(settingsOf(conns[0]!), WANT);
     await assertKeepaliveTimers(`dport = :${server.port}`, 1, WANT.idle);
     const done = await run.finish();
     assert.equal(done.code, 0, done.stderr);
@@ -167,14 +146,14 @@ describe("tcpka run gives every kind of program exactly the requested settings",
     ]);
     await run.waitFor(/^\{.*\}$/m, 30_000);
     const [inside] = run.json<ClientReport & { local_port: number }>();
-    assert.deepEqual(settings(inside!), EXACT, "as the JVM reads it (ExtendedSocketOptions)");
+    assert.deepEqual(settings(inside!), WANT, "as the JVM reads it (ExtendedSocketOptions)");
     const conns = await exactConnections(t, inside!.pid);
     const c = conns.find((x) => x.local_port === inside!.local_port);
     assert.ok(c, JSON.stringify(conns));
     assert.equal(c.family, 6, "Java's default socket is AF_INET6 (dual stack)");
     assert.equal(c.local_address, "::ffff:127.0.0.1");
     assert.equal(c.peer_address, "::ffff:127.0.0.1");
-    assert.deepEqual(settingsOf(c), EXACT);
+    assert.deepEqual(settingsOf(c), WANT);
     await assertKeepaliveTimers(`dport = :${server.port}`, 1, WANT.idle);
     const done = await run.finish();
     assert.equal(done.code, 0, done.stderr);
@@ -182,7 +161,7 @@ describe("tcpka run gives every kind of program exactly the requested settings",
 
   test("forking server: connections accepted and served by forked children get 7s/3s/4", async (t) => {
     if (!needs(t, { root: true, tools: ["python3"] })) return;
-    const run = startTcpka(t, ["run", ...WANT_FLAGS, "--", python(), fixture("forking_server.py")]);
+    const run = startTcpka(t, ["run", ...WANT_FLAGS, "--", python3(), fixture("forking_server.py")]);
     const { port, pid: serverPid } = JSON.parse((await run.waitFor(/^\{"port".*$/m))[0]) as {
       port: number;
       pid: number;
@@ -199,11 +178,11 @@ describe("tcpka run gives every kind of program exactly the requested settings",
     assert.equal(handlers.length, 3);
     assert.equal(new Set(handlers.map((h) => h.pid)).size, 3, "one child per connection");
     for (const h of handlers) {
-      assert.deepEqual(settings(h), EXACT, `child ${h.pid}, from inside`);
+      assert.deepEqual(settings(h), WANT, `child ${h.pid}, from inside`);
       const conns = await exactConnections(t, h.pid);
       const mine = conns.find((c) => c.local_port === port && c.peer_port === h.peer_port);
       assert.ok(mine, `child ${h.pid}: ${JSON.stringify(conns)}`);
-      assert.deepEqual(settingsOf(mine), EXACT, `child ${h.pid}, from outside`);
+      assert.deepEqual(settingsOf(mine), WANT, `child ${h.pid}, from outside`);
     }
     for (const c of clients) c.end();
     await run.stop();
@@ -214,14 +193,14 @@ describe("tcpka run gives every kind of program exactly the requested settings",
     // The parent creates and listens, then execs `tcpka run … -- python3 accept_child.py`, which accepts on the
     // inherited fd (socket activation works this way): the shim never saw the listener.
     const parent = start(t, [
-      python(),
+      python3(),
       fixture("inherit_parent.py"),
       process.execPath,
       TCPKA,
       "run",
       ...WANT_FLAGS,
       "--",
-      python(),
+      python3(),
       fixture("accept_child.py"),
     ]);
     await checkInheritedListener(t, parent);
@@ -232,7 +211,7 @@ describe("tcpka run gives every kind of program exactly the requested settings",
     // The same without tcpka's own process in between: the parent execs env(1), which sets up the shim's
     // environment and execs the child.
     const parent = start(t, [
-      python(),
+      python3(),
       fixture("inherit_parent.py"),
       "env",
       `LD_PRELOAD=${SHIM}`,
@@ -240,7 +219,7 @@ describe("tcpka run gives every kind of program exactly the requested settings",
       `TCPKA_IDLE=${WANT.idle}`,
       `TCPKA_INTVL=${WANT.interval}`,
       `TCPKA_CNT=${WANT.count}`,
-      python(),
+      python3(),
       fixture("accept_child.py"),
     ]);
     await checkInheritedListener(t, parent);
@@ -268,7 +247,7 @@ describe("tcpka run gives every kind of program exactly the requested settings",
     await run.waitFor(/^ready$/m);
     const held = (await exactConnections(t, Number(m[1]))).filter((c) => c.peer_port === server.port);
     assert.equal(held.length, 8, "each thread keeps its last connection");
-    for (const c of held) assert.deepEqual(settingsOf(c), EXACT);
+    for (const c of held) assert.deepEqual(settingsOf(c), WANT);
     await assertKeepaliveTimers(`dport = :${server.port}`, 8, WANT.idle);
     const done = await run.finish();
     assert.equal(done.code, 0, done.stderr);
@@ -278,20 +257,20 @@ describe("tcpka run gives every kind of program exactly the requested settings",
 describe("tcpka run: strengthen (default) and --force against a program's own values", () => {
   // One process, one connection per case, all read back by the program itself after its last setsockopt.
   const CASES: [string, { strengthen: object; force: object }][] = [
-    ["pre:idle=3", { strengthen: { keepalive: 1, idle: 3, interval: 3, count: 4 }, force: EXACT }],
-    ["pre:idle=600", { strengthen: EXACT, force: EXACT }],
-    ["post:idle=600", { strengthen: EXACT, force: EXACT }],
-    ["post:idle=3", { strengthen: { keepalive: 1, idle: 3, interval: 3, count: 4 }, force: EXACT }],
-    ["post:keepalive=0", { strengthen: EXACT, force: EXACT }],
+    ["pre:idle=3", { strengthen: { keepalive: 1, idle: 3, interval: 3, count: 4 }, force: WANT }],
+    ["pre:idle=600", { strengthen: WANT, force: WANT }],
+    ["post:idle=600", { strengthen: WANT, force: WANT }],
+    ["post:idle=3", { strengthen: { keepalive: 1, idle: 3, interval: 3, count: 4 }, force: WANT }],
+    ["post:keepalive=0", { strengthen: WANT, force: WANT }],
     // 7200 s + 1 s × 2 detects later than 7 s + 3 s × 4: the request's interval and count come together.
-    ["pre:interval=1/pre:count=2", { strengthen: EXACT, force: EXACT }],
+    ["pre:interval=1/pre:count=2", { strengthen: WANT, force: WANT }],
     [
       "pre:idle=3/pre:interval=1/pre:count=2",
-      { strengthen: { keepalive: 1, idle: 3, interval: 1, count: 2 }, force: EXACT },
+      { strengthen: { keepalive: 1, idle: 3, interval: 1, count: 2 }, force: WANT },
     ],
     [
       "pre:keepalive=1/pre:idle=5/pre:interval=60/pre:count=20",
-      { strengthen: { keepalive: 1, idle: 5, interval: 3, count: 4 }, force: EXACT },
+      { strengthen: { keepalive: 1, idle: 5, interval: 3, count: 4 }, force: WANT },
     ],
   ];
 
@@ -301,7 +280,7 @@ describe("tcpka run: strengthen (default) and --force against a program's own va
       const server = await listener(t);
       const targets = CASES.map(([steps]) => `127.0.0.1:${server.port}/${steps}`);
       const flags = mode === "force" ? [...WANT_FLAGS, "--force"] : WANT_FLAGS;
-      const r = await tcpka(t, ["run", ...flags, "--", python(), fixture("ka_client.py"), ...targets]);
+      const r = await tcpka(t, ["run", ...flags, "--", python3(), fixture("ka_client.py"), ...targets]);
       assert.equal(r.code, 0, r.stderr);
       const reports = r.stdout
         .trim()
@@ -329,7 +308,7 @@ describe("tcpka run --only / --except pick the right connections", () => {
 
   /** Which of the targets got keepalive (1) under `flags`; each one has either exactly 7s/3s/4 or the defaults. */
   async function keepaliveUnder(t: TestContext, targets: readonly string[], flags: readonly string[]) {
-    const r = await tcpka(t, ["run", ...WANT_FLAGS, ...flags, "--", python(), fixture("ka_client.py"), ...targets]);
+    const r = await tcpka(t, ["run", ...WANT_FLAGS, ...flags, "--", python3(), fixture("ka_client.py"), ...targets]);
     assert.equal(r.code, 0, r.stderr);
     assert.equal(r.stderr, "", "the shim says nothing");
     const reports = r.stdout
@@ -338,7 +317,7 @@ describe("tcpka run --only / --except pick the right connections", () => {
       .map((l) => JSON.parse(l) as ClientReport);
     const defaults = systemDefaults();
     return reports.map((x) => {
-      assert.deepEqual(settings(x), x.keepalive ? EXACT : defaults, x.target);
+      assert.deepEqual(settings(x), x.keepalive ? WANT : defaults, x.target);
       return x.keepalive;
     });
   }
@@ -406,14 +385,14 @@ describe("tcpka run --only / --except pick the right connections", () => {
       [["--only", "[::1]:1"], 0],
     ];
     for (const [flags, want] of cases) {
-      const run = startTcpka(t, ["run", ...WANT_FLAGS, ...flags, "--", python(), fixture("forking_server.py")]);
+      const run = startTcpka(t, ["run", ...WANT_FLAGS, ...flags, "--", python3(), fixture("forking_server.py")]);
       const { port, pid } = JSON.parse((await run.waitFor(/^\{"port".*$/m))[0]) as { port: number; pid: number };
       const client = await connectTo(port);
       const m = await run.waitFor(/^\{"pid".*$/m);
       const handler = JSON.parse(m[0]) as ClientReport;
       t.after(() => killForked(handler.pid, "forking_server.py"));
       assert.notEqual(handler.pid, pid);
-      assert.deepEqual(settings(handler), want ? EXACT : systemDefaults(), flags.join(" "));
+      assert.deepEqual(settings(handler), want ? WANT : systemDefaults(), flags.join(" "));
       client.destroy();
       await run.stop();
     }
@@ -423,7 +402,7 @@ describe("tcpka run --only / --except pick the right connections", () => {
 describe("tcpka run is transparent to the program", () => {
   test("stdout, stderr and the exit code pass through; death by a signal passes through", async (t) => {
     if (!needs(t, { tools: ["python3"] })) return;
-    const exit7 = await tcpka(t, ["run", "--", python(), fixture("ka_client.py"), "--exit", "7"]);
+    const exit7 = await tcpka(t, ["run", "--", python3(), fixture("ka_client.py"), "--exit", "7"]);
     assert.deepEqual([exit7.code, exit7.stdout, exit7.stderr], [7, "", ""]);
     const killed = await tcpka(t, ["run", "--", "sh", "-c", "echo out; echo err >&2; kill -TERM $$"]);
     assert.deepEqual([killed.signal, killed.stdout, killed.stderr], ["SIGTERM", "out\n", "err\n"]);
@@ -439,10 +418,10 @@ describe("tcpka run is transparent to the program", () => {
       "print('O_NONBLOCK' if fcntl.fcntl(0, fcntl.F_GETFL) & os.O_NONBLOCK else 'blocking')",
       "print(sys.stdin.read(), end='')",
     ].join("\n");
-    const plain = await exec(t, [python(), "-c", script], { input: "data\n" });
+    const plain = await exec(t, [python3(), "-c", script], { input: "data\n" });
     assert.deepEqual([plain.code, plain.stdout], [0, "blocking\ndata\n"]);
     for (const command of ["run", "trace"]) {
-      const r = await tcpka(t, [command, "--", python(), "-c", script], { input: "data\n" });
+      const r = await tcpka(t, [command, "--", python3(), "-c", script], { input: "data\n" });
       assert.deepEqual([r.code, r.stdout], [0, "blocking\ndata\n"], `tcpka ${command}: ${r.stderr}`);
     }
   });
@@ -454,13 +433,13 @@ describe("tcpka run is transparent to the program", () => {
       "run",
       ...WANT_FLAGS,
       "--",
-      python(),
+      python3(),
       fixture("ka_client.py"),
       "--stale-slot",
       `127.0.0.1:${server.port}/dup`,
     ]);
     assert.equal(r.code, 0, r.stderr);
-    assert.deepEqual(settings(JSON.parse(r.stdout) as ClientReport), EXACT);
+    assert.deepEqual(settings(JSON.parse(r.stdout) as ClientReport), WANT);
   });
 });
 
@@ -489,7 +468,7 @@ describe("the shim keeps track of every socket, however the program closes, fork
       "c.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 600)",
       "print(c.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE))",
     ].join("\n");
-    const r = await tcpka(t, ["run", ...WANT_FLAGS, "--", python(), "-c", program]);
+    const r = await tcpka(t, ["run", ...WANT_FLAGS, "--", python3(), "-c", program]);
     assert.deepEqual([r.code, r.stdout], [0, `${WANT.idle}\n`], r.stderr);
   });
 
@@ -579,7 +558,7 @@ describe("the shim keeps track of every socket, however the program closes, fork
 });
 
 /** accept_child.py under an inherit_parent.py: one connection, settings from inside; ends the programs. */
-async function checkInheritedListener(t: TestContext, parent: Started): Promise<void> {
+async function checkInheritedListener(t: TestContext, parent: Process): Promise<void> {
   const { port } = JSON.parse((await parent.waitFor(/^\{"port".*$/m))[0]) as { port: number };
   const client = await connectTo(port);
   t.after(() => client.destroy());
@@ -588,7 +567,7 @@ async function checkInheritedListener(t: TestContext, parent: Started): Promise<
   const listening = reports.find((r) => r.what === "listener");
   const accepted = reports.find((r) => r.what === "accepted");
   assert.deepEqual(settings(listening!), systemDefaults(), "the shim never touched the inherited listener");
-  assert.deepEqual(settings(accepted!), EXACT);
+  assert.deepEqual(settings(accepted!), WANT);
   client.end();
   const done = await parent.finish();
   assert.equal(done.code, 0, done.stderr);

@@ -8,21 +8,13 @@ import assert from "node:assert/strict";
 import { chmodSync, chownSync, copyFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, describe, type TestContext, test } from "node:test";
+import { compileC } from "../helpers/compile.js";
 import { needs } from "../helpers/env.js";
-import {
-  cleanEnv,
-  compileC,
-  exactConnections,
-  exec,
-  SHIM,
-  settingsOf,
-  shimEnv,
-  startTcpka,
-  tcpka,
-  tempDir,
-  WANT,
-  WANT_FLAGS,
-} from "./programs.js";
+import { exactConnections, settingsOf, WANT, WANT_FLAGS } from "../helpers/keepalive.js";
+import { SHIM } from "../helpers/paths.js";
+import { cleanEnv, exec, shimEnv } from "../helpers/processes.js";
+import { tempDir } from "../helpers/scope.js";
+import { startTcpka, tcpka } from "../helpers/tcpka.js";
 
 const DIR = tempDir({ after });
 const built = new Map<string, string>();
@@ -127,7 +119,7 @@ describe("programs that LD_PRELOAD cannot reach: one clear line, and no crash", 
       conns = await exactConnections(t, pid);
     }
     assert.equal(conns.length, 2, JSON.stringify(conns));
-    for (const c of conns) assert.deepEqual(settingsOf(c), { keepalive: 1, ...WANT });
+    for (const c of conns) assert.deepEqual(settingsOf(c), WANT);
     const done = await run.finish();
     assert.equal(done.code, 6, done.stderr);
     const lines = done.stderr.trimEnd().split("\n");

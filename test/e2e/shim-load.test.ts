@@ -15,9 +15,14 @@ import { chmodSync, chownSync, copyFileSync, cpSync, mkdirSync, readFileSync, wr
 import { join } from "node:path";
 import { after, describe, type TestContext, test } from "node:test";
 import { probeShim } from "../../src/enforce/preload.js";
+import { compileC } from "../helpers/compile.js";
 import { needs } from "../helpers/env.js";
-import { NOBODY, type User } from "../helpers/netns.js";
-import { cleanEnv, compileC, type Done, exec, REPO, SHIM, start, tcpka, tempDir, WANT_FLAGS } from "./programs.js";
+import { WANT_FLAGS } from "../helpers/keepalive.js";
+import { REPO, SHIM } from "../helpers/paths.js";
+import { cleanEnv, type Done, exec, start } from "../helpers/processes.js";
+import { tempDir } from "../helpers/scope.js";
+import { tcpka } from "../helpers/tcpka.js";
+import { asUser, NOBODY, type User } from "../helpers/users.js";
 
 const DIR = tempDir({ after });
 chmodSync(DIR, 0o755); // uid 65534 runs copies of tcpka and programs from here
@@ -68,10 +73,6 @@ function installedWith(shim: Buffer): string {
   mkdirSync(join(dir, "native", "build"), { recursive: true });
   writeFileSync(join(dir, "native", "build", "libtcpka.so"), shim);
   return join(dir, "bin", "tcpka.js");
-}
-
-function asUser(user: User | undefined): string[] {
-  return user ? ["setpriv", `--reuid=${user.uid}`, `--regid=${user.gid}`, "--clear-groups", "--"] : [];
 }
 
 interface Where {

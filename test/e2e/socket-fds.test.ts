@@ -19,10 +19,10 @@ import { listPids } from "../../src/inspect/processes.js";
 import { SocketFdIterator } from "../../src/inspect/socket-fds.js";
 import { readSockets } from "../../src/inspect/sockets.js";
 import { ALL_STATES, stateMask } from "../../src/kernel/states.js";
-import { needs } from "../helpers/env.js";
-import { python3 } from "../helpers/lab.js";
-import { Netns, type Process, REPO } from "../helpers/netns.js";
-import { FIXTURES } from "./enable-helpers.js";
+import { needs, python3 } from "../helpers/env.js";
+import { Netns } from "../helpers/netns.js";
+import { fixture, REPO } from "../helpers/paths.js";
+import type { Process } from "../helpers/processes.js";
 
 interface Held {
   fds: { tcp4: number[]; tcp6: number[]; tcp_unconnected: number[]; other: number[] };
@@ -32,7 +32,7 @@ interface Held {
 
 async function startHolder(scope: { after(fn: () => void): void }): Promise<{ p: Process; held: Held }> {
   const ns = Netns.create(scope);
-  const p = ns.spawn([python3(), join(FIXTURES, "mixed_fds.py")]);
+  const p = ns.spawn([python3(), fixture("enable/mixed_fds.py")]);
   const held = JSON.parse(await p.line()) as Held;
   assert.equal(held.error, null, `unshare(CLONE_FILES) in the holder's thread: ${held.error}`);
   return { p, held };

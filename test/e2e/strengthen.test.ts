@@ -13,10 +13,11 @@ import assert from "node:assert/strict";
 import type { ChildProcess } from "node:child_process";
 import { after, test } from "node:test";
 import { TestCgroup } from "../helpers/cgroup.js";
-import { needs } from "../helpers/env.js";
-import { Netns, type Result } from "../helpers/netns.js";
-import { assertNoPinsLeft, bpffsRestorer, enforce, remove } from "./enforce-helpers.js";
-import { fixture, python, TCPKA } from "./programs.js";
+import { assertNoPinsLeft, bpffsRestorer, enforce, remove } from "../helpers/enforce.js";
+import { needs, python3 } from "../helpers/env.js";
+import { Netns } from "../helpers/netns.js";
+import { fixture, TCPKA } from "../helpers/paths.js";
+import type { Result } from "../helpers/processes.js";
 
 const restoreBpffs = bpffsRestorer();
 after(() => {
@@ -174,7 +175,7 @@ test("tcpka run (the shim): at connect, and again when the program changes an op
   if (!needs(t, NEEDS)) return;
   const ns = Netns.create(t);
   for (const [ut, value] of UT) {
-    const r = ns.tcpka(["run", ...FLAGS, "--user-timeout", value, "--", python(), fixture("conns.py"), spec(CASES)]);
+    const r = ns.tcpka(["run", ...FLAGS, "--user-timeout", value, "--", python3(), fixture("conns.py"), spec(CASES)]);
     assert.deepEqual(outEnds(reported(r, "run")), expected(CASES, ut), `--user-timeout ${value}`);
   }
 });
@@ -203,7 +204,7 @@ test("tcpka enable: a live program's own 1 s / 1 s / 10 is already as strong; 10
   if (!needs(t, NEEDS)) return;
   const ns = Netns.create(t);
   for (const [ut, value] of UT) {
-    const holder = ns.spawn([python(), fixture("conns.py"), "--hold", spec(CASES)]);
+    const holder = ns.spawn([python3(), fixture("conns.py"), "--hold", spec(CASES)]);
     const before = JSON.parse(await holder.line()) as { pid: number; sockets: Reported[] };
     const r = ns.tcpka(["enable", "--pid", String(before.pid), ...FLAGS, "--user-timeout", value, "--json"]);
     assert.equal(r.status, 0, r.stderr);
@@ -240,7 +241,9 @@ test("tcpka enforce (BPF): what the program set before connect() meets the reque
   const before = CASES.filter((c) => c.when === "pre"); // the BPF program cannot see a setsockopt after connect()
   for (const [ut, value] of UT) {
     enforce(cg, [...FLAGS, "--user-timeout", value]);
-    const out = await finished(cg.spawn(["ip", "netns", "exec", ns.name, python(), fixture("conns.py"), spec(before)]));
+    const out = await finished(
+      cg.spawn(["ip", "netns", "exec", ns.name, python3(), fixture("conns.py"), spec(before)]),
+    );
     assert.deepEqual(outEnds(reported(out, "enforce")), expected(before, ut), `--user-timeout ${value}`);
     remove(cg);
   }

@@ -7,9 +7,10 @@
  */
 import assert from "node:assert/strict";
 import { after, test } from "node:test";
-import { needs } from "../helpers/env.js";
-import { python3 } from "../helpers/lab.js";
-import { Netns, NOBODY, type Process } from "../helpers/netns.js";
+import { needs, python3 } from "../helpers/env.js";
+import { Netns } from "../helpers/netns.js";
+import type { Process } from "../helpers/processes.js";
+import { NOBODY } from "../helpers/users.js";
 
 after(() => Netns.destroyAll());
 

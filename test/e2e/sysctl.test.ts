@@ -23,7 +23,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, type TestContext, test } from "node:test";
 import { needs } from "../helpers/env.js";
-import { Netns, NOBODY, sysctlPath } from "../helpers/netns.js";
+import { Netns, sysctlPath } from "../helpers/netns.js";
+import { NOBODY } from "../helpers/users.js";
 
 after(() => Netns.destroyAll());
 

@@ -18,29 +18,19 @@ import {
   symlinkSync,
   writeFileSync,
 } from "node:fs";
-import { connect, createServer, type Socket } from "node:net";
+import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { after, describe, type TestContext, test } from "node:test";
-import { needs } from "../helpers/env.js";
-import { NOBODY } from "../helpers/netns.js";
-import {
-  cleanEnv,
-  compileC,
-  exec,
-  fixture,
-  listener,
-  python,
-  type Scope,
-  type Started,
-  shimEnv,
-  start,
-  startTcpka,
-  TCPKA,
-  tcpka,
-  tempDir,
-  WANT,
-} from "./programs.js";
+import { compileC } from "../helpers/compile.js";
+import { needs, python3 } from "../helpers/env.js";
+import { WANT } from "../helpers/keepalive.js";
+import { connectTo, listener } from "../helpers/listener.js";
+import { fixture, TCPKA } from "../helpers/paths.js";
+import { cleanEnv, exec, type Process, shimEnv, start } from "../helpers/processes.js";
+import { type Scope, tempDir } from "../helpers/scope.js";
+import { startTcpka, tcpka } from "../helpers/tcpka.js";
+import { NOBODY } from "../helpers/users.js";
 
 /** Cleanups of things shared by the tests of this file (the HTTP server), run when the file ends. */
 const cleanups: (() => void | Promise<void>)[] = [];
@@ -61,7 +51,7 @@ let http: Promise<number> | undefined;
 function httpServer(): Promise<number> {
   http ??= (async () => {
     writeFileSync(join(DIR, "hello.txt"), BODY);
-    const server = start(FILE, [python(), "-u", "-m", "http.server", "--bind", "127.0.0.1", "--directory", DIR, "0"], {
+    const server = start(FILE, [python3(), "-u", "-m", "http.server", "--bind", "127.0.0.1", "--directory", DIR, "0"], {
       timeoutMs: 10 * 60_000,
     });
     const m = await server.waitFor(/^Serving HTTP on 127\.0\.0\.1 port (\d+) /m);
@@ -112,13 +102,6 @@ async function traceJson(t: TestContext, args: readonly string[], opts: { input?
     assert.fail(`no JSON report in ${out} (${String(e)}); exit ${r.code} signal ${r.signal}; stderr: ${r.stderr}`);
   }
   return { ...r, report };
-}
-
-function connectTo(port: number): Promise<Socket> {
-  return new Promise((resolve, reject) => {
-    const s = connect({ host: "127.0.0.1", port }, () => resolve(s));
-    s.once("error", reject);
-  });
 }
 
 describe("tcpka trace reports what the program set itself", () => {
@@ -241,13 +224,13 @@ describe("tcpka trace reports what the program set itself", () => {
       "except ConnectionRefusedError:",
       "    sys.exit(9)",
     ].join("\n");
-    const refused = await traceJson(t, ["--", python(), "-c", script]);
+    const refused = await traceJson(t, ["--", python3(), "-c", script]);
     assert.equal(refused.code, 9, refused.stderr);
     assert.deepEqual(
       refused.report.sockets.map((s) => [s.kind, s.peer_port, s.error]),
       [["connect", refusedPort, "ECONNREFUSED"]],
     );
-    const text = await tcpka(t, ["trace", "--", python(), "-c", script]);
+    const text = await tcpka(t, ["trace", "--", python3(), "-c", script]);
     assert.equal(text.code, 9);
     assert.match(text.stderr, /^ {2}connect failed: ECONNREFUSED$/m);
   });
@@ -285,7 +268,7 @@ describe("tcpka trace reports what the program set itself", () => {
     if (!needs(t, { tools: ["python3"] })) return;
     const server = await listener(t);
     const target = `127.0.0.1:${server.port}/pre:keepalive=1`;
-    const some = await traceJson(t, ["--", python(), fixture("ka_client.py"), "--closerange", target]);
+    const some = await traceJson(t, ["--", python3(), fixture("ka_client.py"), "--closerange", target]);
     assert.equal(some.code, 0, some.stderr);
     assert.equal(JSON.parse(some.stdout).keepalive, 1);
     assert.deepEqual(
@@ -295,14 +278,14 @@ describe("tcpka trace reports what the program set itself", () => {
     assert.equal(some.report.events_lost, 0);
 
     // With stdin, stdout and stderr closed too, the shim's event file is opened on fd 0 for each event.
-    const all = await traceJson(t, ["--", python(), fixture("ka_client.py"), "--closerange-all", target]);
+    const all = await traceJson(t, ["--", python3(), fixture("ka_client.py"), "--closerange-all", target]);
     assert.equal(all.code, 0);
     assert.deepEqual(
       all.report.sockets.map((s) => [s.kind, s.peer_port, s.program, s.keepalive]),
       [["connect", server.port, { keepalive: 1 }, true]],
     );
 
-    const text = await tcpka(t, ["trace", "--", python(), fixture("ka_client.py"), "--closerange", target]);
+    const text = await tcpka(t, ["trace", "--", python3(), fixture("ka_client.py"), "--closerange", target]);
     assert.match(text.stderr, new RegExp(`-> 127\\.0\\.0\\.1:${server.port}\\n {2}program set {2}SO_KEEPALIVE=1\\n`));
   });
 
@@ -323,7 +306,7 @@ describe("tcpka trace reports what the program set itself", () => {
       "--count",
       "4",
       "--",
-      python(),
+      python3(),
       fixture("forking_server.py"),
       "2",
     ]);
@@ -380,7 +363,7 @@ describe("tcpka trace reports what the program set itself", () => {
       "print(os.environ['TCPKA_EVENTS'], flush=True)",
       "os.kill(os.getpid(), signal.SIGTERM)",
     ].join("\n");
-    const text = await tcpka(t, ["trace", "--", python(), "-c", script]);
+    const text = await tcpka(t, ["trace", "--", python3(), "-c", script]);
     assert.equal(text.signal, "SIGTERM");
     assert.match(text.stderr, new RegExp(`-> 127\\.0\\.0\\.1:${server.port}\\n {2}program set {2}nothing\\n`));
     assert.ok(!existsSync(dirname(text.stdout.trim())), "tcpka trace removed its event directory");
@@ -460,7 +443,7 @@ describe("trace's event channel: only the invoking user reaches it, only the tra
     if (!needs(t, { root: true, tools: ["python3", "setpriv"] })) return;
     const server = await listener(t);
     const out = join(tempDir(t), "report.json");
-    const run = startTcpka(t, ["trace", "--json", "-o", out, "--", python(), "-c", announceThenConnect(server.port)]);
+    const run = startTcpka(t, ["trace", "--json", "-o", out, "--", python3(), "-c", announceThenConnect(server.port)]);
     const [, events, key] = (await run.waitFor(ANNOUNCED)) as unknown as [string, string, string];
     const dir = dirname(events);
     assert.match(dir, /^\/run\/tcpka\/trace-\w+$/, "not in /tmp, not at a predictable name");
@@ -498,13 +481,13 @@ describe("trace's event channel: only the invoking user reaches it, only the tra
     if (!needs(t, { root: true, tools: ["python3"] })) return;
     const server = await listener(t);
     // A process outside the tree with a stale TCPKA_EVENTS knows at most an earlier run's key.
-    const earlier = await tcpka(t, ["trace", "--", python(), "-c", announceThenConnect(server.port)], { input: "\n" });
+    const earlier = await tcpka(t, ["trace", "--", python3(), "-c", announceThenConnect(server.port)], { input: "\n" });
     assert.equal(earlier.code, 0, earlier.stderr);
     const staleKey = ANNOUNCED.exec(earlier.stdout)?.[2];
     assert.ok(staleKey);
 
     const out = join(tempDir(t), "report.json");
-    const run = startTcpka(t, ["trace", "--json", "-o", out, "--", python(), "-c", announceThenConnect(server.port)]);
+    const run = startTcpka(t, ["trace", "--json", "-o", out, "--", python3(), "-c", announceThenConnect(server.port)]);
     const [, events, key] = (await run.waitFor(ANNOUNCED)) as unknown as [string, string, string];
     // Root (trace's own user) appending, from a process that trace did not start.
     appendFileSync(events, forgedLine() + forgedLine(staleKey) + forgedLine(key.toUpperCase()));
@@ -521,7 +504,7 @@ describe("trace's event channel: only the invoking user reaches it, only the tra
     assert.equal(report.foreign_lines, 3);
     assert.notEqual(key, staleKey, "every run has its own key");
 
-    const text = await tcpka(t, ["trace", "--", python(), "-c", announceThenConnect(server.port)], { input: "\n" });
+    const text = await tcpka(t, ["trace", "--", python3(), "-c", announceThenConnect(server.port)], { input: "\n" });
     assert.equal(text.code, 0);
     assert.match(text.stderr, /^1 TCP connection from 1 process: 0 with keepalive, 1 without/m);
   });
@@ -541,9 +524,13 @@ describe("trace's event channel: only the invoking user reaches it, only the tra
       `open(${JSON.stringify(connected)}, "w").write("yes")`,
     ].join("\n");
     // TMPDIR=/tmp, where an older trace kept its channel: the directory every user can write to.
-    const r = await tcpka(t, ["trace", "--", "sh", "-c", '"$0" -c "$1" </dev/null >/dev/null 2>&1 &', python(), late], {
-      env: cleanEnv({ TMPDIR: tmpdir() }),
-    });
+    const r = await tcpka(
+      t,
+      ["trace", "--", "sh", "-c", '"$0" -c "$1" </dev/null >/dev/null 2>&1 &', python3(), late],
+      {
+        env: cleanEnv({ TMPDIR: tmpdir() }),
+      },
+    );
     assert.equal(r.code, 0, r.stderr);
     await until("the descendant to start", () => existsSync(info));
     const [events, pid] = readFileSync(info, "utf8").split(" ") as [string, string];
@@ -598,7 +585,7 @@ describe("trace's event channel: only the invoking user reaches it, only the tra
     if (!needs(t, { root: true, tools: ["python3"] })) return;
     const sleeper = ["import os, time", "print(os.environ['TCPKA_EVENTS'], os.getpid(), flush=True)", "time.sleep(60)"];
     const started = async () => {
-      const run = startTcpka(t, ["trace", "--", python(), "-c", sleeper.join("\n")]);
+      const run = startTcpka(t, ["trace", "--", python3(), "-c", sleeper.join("\n")]);
       const [, events, pid] = (await run.waitFor(/^(\/\S+) (\d+)$/m)) as unknown as [string, string, string];
       t.after(() => killLeftover(Number(pid), "time.sleep(60)"));
       assert.ok(existsSync(events));
@@ -652,11 +639,11 @@ describe("trace's report: strings from the traced processes, and a process that 
       `ctypes.CDLL(None).prctl(15, ${JSON.stringify(name).replace(/\\u00/g, "\\x")}.encode(), 0, 0, 0)`,
       `socket.create_connection(("127.0.0.1", ${server.port})).close()`,
     ].join("\n");
-    const text = await tcpka(t, ["trace", "--", python(), "-c", script]);
+    const text = await tcpka(t, ["trace", "--", python3(), "-c", script]);
     assert.equal(text.code, 0, text.stderr);
     assert.ok(!text.stderr.includes("\x1b") && !text.stderr.includes("\x07"), JSON.stringify(text.stderr));
     assert.match(text.stderr, /^\\x1b\]0;owned\\x07\\x1b\[2J\[\d+\] fd \d+ {2}127\.0\.0\.1:\d+ -> /m);
-    const { report } = await traceJson(t, ["--", python(), "-c", script]);
+    const { report } = await traceJson(t, ["--", python3(), "-c", script]);
     assert.deepEqual(
       report.sockets.map((s) => s.comm),
       [name],
@@ -672,7 +659,7 @@ describe("trace's report: strings from the traced processes, and a process that 
       `os.setuid(${NOBODY.uid})`,
       `b = socket.create_connection(("127.0.0.1", ${server.port}))`,
     ].join("\n");
-    const { code, stderr, report } = await traceJson(t, ["--", python(), "-c", script]);
+    const { code, stderr, report } = await traceJson(t, ["--", python3(), "-c", script]);
     assert.equal(code, 0, stderr);
     await server.accepted(2);
     assert.equal(report.sockets.length, 1, "the connection after setuid cannot be reported");
@@ -680,7 +667,7 @@ describe("trace's report: strings from the traced processes, and a process that 
       report.user_switches.map((u) => [u.pid, u.uid]),
       [[report.sockets[0]!.pid, NOBODY.uid]],
     );
-    const text = await tcpka(t, ["trace", "--", python(), "-c", script]);
+    const text = await tcpka(t, ["trace", "--", python3(), "-c", script]);
     assert.match(
       text.stderr,
       new RegExp(
@@ -773,7 +760,7 @@ describe("trace -o FILE", () => {
 });
 
 /** Two clients of forking_server.py under `run`; the handlers' reports, once both connections are closed. */
-async function serveTwo(t: TestContext, run: Started) {
+async function serveTwo(t: TestContext, run: Process) {
   const { port, pid } = JSON.parse((await run.waitFor(/^\{"port".*$/m))[0]) as { port: number; pid: number };
   const clients = [await connectTo(port), await connectTo(port)];
   t.after(() => {

@@ -9,14 +9,8 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync } from "node:fs";
 import { join } from "node:path";
 import { cgroup2Mount } from "../../src/inspect/cgroup.js";
-
-/** What ends and then runs cleanups: a TestContext, or `{ after }` of node:test for a whole file. */
-export interface Scope {
-  after(fn: () => void | Promise<void>): void;
-}
-
-/** The prefix of every name this process gives to a cgroup (and so to a tcpka pin). */
-export const NAME_PREFIX = `tcpka-t-${process.pid}-`;
+import { killPid } from "./processes.js";
+import { type Scope, uniqueName } from "./scope.js";
 
 /** Cgroups not yet removed; whatever a crash leaves here goes when the process exits. */
 const live = new Set<TestCgroup>();
@@ -35,7 +29,6 @@ export class TestCgroup {
   /** The path inside the cgroup2 mount, starting with "/", as /proc/PID/cgroup and tcpka print it. */
   readonly path: string;
   private readonly children: TestCgroup[] = [];
-  private readonly processes: ChildProcess[] = [];
   private readonly cleanups: (() => void)[] = [];
   private destroyed = false;
 
@@ -46,7 +39,7 @@ export class TestCgroup {
   }
 
   /** A new cgroup right under the cgroup2 mount, removed when `scope` ends. */
-  static create(scope?: Scope, name = `${NAME_PREFIX}${Math.random().toString(36).slice(2, 8)}`): TestCgroup {
+  static create(scope?: Scope, name = uniqueName()): TestCgroup {
     const cg = new TestCgroup(cgroup2Mount(), `/${name}`);
     mkdirSync(cg.dir);
     live.add(cg);
@@ -71,7 +64,6 @@ export class TestCgroup {
       stdio: ["pipe", "pipe", "pipe"],
     });
     if (child.pid === undefined) throw new Error(`cannot start ${argv.join(" ")}`);
-    this.processes.push(child);
     return child;
   }
 
@@ -124,13 +116,7 @@ function removeTree(dir: string): unknown[] {
     } catch {
       return errors; // gone
     }
-    for (const pid of pids) {
-      try {
-        process.kill(pid, "SIGKILL");
-      } catch {
-        /* exited meanwhile */
-      }
-    }
+    for (const pid of pids) killPid(pid);
     try {
       rmdirSync(dir);
       return errors;

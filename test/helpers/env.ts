@@ -1,6 +1,7 @@
 /**
  * What a test needs from the machine. Outside CI, a test whose needs are missing is skipped with the reason
- * printed; in CI (CI=true) nothing may be skipped, so a missing need fails the test instead.
+ * printed; in CI (CI=true) nothing may be skipped, so a missing need fails the test instead. Also where the
+ * machine's python3 really is.
  */
 import { spawnSync } from "node:child_process";
 import type { TestContext } from "node:test";
@@ -25,4 +26,19 @@ export function needs(t: TestContext, what: { root?: boolean; tools?: readonly s
   if (IN_CI) throw new Error(`${reason}: CI must provide it (.ci/run installs the tools and runs as root)`);
   t.skip(reason);
   return false;
+}
+
+let pythonPath: string | undefined;
+
+/**
+ * The real python3 binary. `python3` on PATH may be a wrapper script (pyenv shims are shell scripts that exec the
+ * real interpreter), which would add a process and a shell to everything a test watches.
+ */
+export function python3(): string {
+  if (pythonPath === undefined) {
+    const r = spawnSync("python3", ["-c", "import sys; print(sys.executable)"], { encoding: "utf8" });
+    if (r.status !== 0) throw new Error(`python3: ${r.stderr}`);
+    pythonPath = r.stdout.trim();
+  }
+  return pythonPath;
 }

@@ -12,11 +12,15 @@
  * namespaces deleted when the test (or file) that made it ends, passed or failed; processes that something
  * in the lab forked are found with `ip netns pids` and killed too.
  */
-import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { appendFileSync, chmodSync, chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Netns, REPO, type Scope, sysctlPath, TCPKA, type User } from "./netns.js";
+import { Netns, sysctlPath } from "./netns.js";
+import { fixture } from "./paths.js";
+import { cleanEnv, type Done, killPid, type Process } from "./processes.js";
+import type { Scope } from "./scope.js";
+import type { User } from "./users.js";
 
 export const CLIENT_IP = "198.18.1.2";
 export const ROUTER_CLIENT_IP = "198.18.1.1";
@@ -65,111 +69,11 @@ table inet cable {
 }
 `;
 
-export interface Done {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  stdout: string;
-  stderr: string;
-  /** How long it ran. */
-  ms: number;
-}
-
-/** A program running in a lab namespace: its output so far, its stdin, its end. Killed by pid at teardown. */
-export class LabProcess {
-  readonly pid: number;
-  stdout = "";
-  stderr = "";
-  readonly done: Promise<Done>;
-  private exited = false;
-  private readonly waiters = new Set<() => void>();
-
-  constructor(
-    private readonly child: ChildProcess,
-    readonly what: string,
-  ) {
-    if (child.pid === undefined) throw new Error(`cannot start ${what}`);
-    this.pid = child.pid;
-    const t0 = performance.now();
-    child.stdout?.setEncoding("utf8").on("data", (d: string) => {
-      this.stdout += d;
-      this.wake();
-    });
-    child.stderr?.setEncoding("utf8").on("data", (d: string) => {
-      this.stderr += d;
-      this.wake();
-    });
-    child.stdin?.on("error", () => {}); // it may exit without reading
-    this.done = new Promise((resolve, reject) => {
-      child.once("error", reject);
-      child.once("close", (code, signal) => {
-        this.exited = true;
-        this.wake();
-        resolve({ code, signal, stdout: this.stdout, stderr: this.stderr, ms: performance.now() - t0 });
-      });
-    });
-    this.done.catch(() => {});
-  }
-
-  get running(): boolean {
-    return !this.exited && this.child.exitCode === null && this.child.signalCode === null;
-  }
-
-  /** Wait until stdout (or stderr, with `stream`) matches `re`; fails on timeout or if the program ends first. */
-  async waitFor(re: RegExp, timeoutMs = 15_000, stream: "stdout" | "stderr" = "stdout"): Promise<RegExpMatchArray> {
-    const deadline = performance.now() + timeoutMs;
-    for (;;) {
-      const m = re.exec(this[stream]);
-      if (m) return m;
-      if (!this.running) {
-        throw new Error(`${this.what} ended without printing ${re}; stdout: ${this.stdout} stderr: ${this.stderr}`);
-      }
-      const left = deadline - performance.now();
-      if (left <= 0) {
-        throw new Error(`${this.what}: no ${re} after ${timeoutMs} ms; stdout: ${this.stdout} stderr: ${this.stderr}`);
-      }
-      await new Promise<void>((resolve) => {
-        const done = () => {
-          clearTimeout(timer);
-          this.waiters.delete(done);
-          resolve();
-        };
-        const timer = setTimeout(done, left);
-        this.waiters.add(done);
-      });
-    }
-  }
-
-  send(text: string): void {
-    this.child.stdin?.write(text);
-  }
-
-  /** Close stdin and wait for the end, killing it (SIGKILL) after `timeoutMs`. */
-  async finish(timeoutMs = 30_000): Promise<Done> {
-    this.child.stdin?.end();
-    const timer = setTimeout(() => this.kill(), timeoutMs);
-    try {
-      return await this.done;
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-
-  /** Signal it by pid, unless it has ended (the pid may be someone else's by then). */
-  kill(signal: NodeJS.Signals = "SIGKILL"): void {
-    if (this.running) this.child.kill(signal);
-  }
-
-  private wake(): void {
-    for (const w of [...this.waiters]) w();
-  }
-}
-
 export class Lab {
   readonly client: Netns;
   readonly router: Netns;
   readonly server: Netns;
   readonly firewall: boolean;
-  private readonly processes: LabProcess[] = [];
   private readonly cleanups: (() => void)[] = [];
   private destroyed = false;
 
@@ -242,18 +146,9 @@ export class Lab {
     this.router.run(["nft", "delete", "table", "inet", "cable"]);
   }
 
-  /** Start a program in one of the lab's namespaces (as root, or as `user`). */
-  start(ns: Netns, argv: readonly string[], opts: { user?: User; env?: NodeJS.ProcessEnv } = {}): LabProcess {
-    const user = opts.user
-      ? ["setpriv", `--reuid=${opts.user.uid}`, `--regid=${opts.user.gid}`, "--clear-groups", "--"]
-      : [];
-    const child = spawn("ip", ["netns", "exec", ns.name, ...user, ...argv], {
-      stdio: ["pipe", "pipe", "pipe"],
-      env: opts.env ?? cleanEnv(),
-    });
-    const p = new LabProcess(child, argv.join(" "));
-    this.processes.push(p);
-    return p;
+  /** Start a program in one of the lab's namespaces (as root, or as `user`); killed (by pid) at teardown. */
+  start(ns: Netns, argv: readonly string[], opts: { user?: User; env?: NodeJS.ProcessEnv } = {}): Process {
+    return ns.spawn(argv, { user: opts.user, env: opts.env ?? cleanEnv() });
   }
 
   /** Run a program in a namespace to its end without blocking the event loop; killed after `timeoutMs`. */
@@ -264,8 +159,8 @@ export class Lab {
   }
 
   /** The tcpka CLI (bin/tcpka.js) started in a namespace. */
-  tcpka(ns: Netns, args: readonly string[]): LabProcess {
-    return this.start(ns, [process.execPath, TCPKA, ...args]);
+  tcpka(ns: Netns, args: readonly string[]): Process {
+    return ns.startTcpka(args);
   }
 
   /** Run something at teardown, before the processes are killed and the namespaces deleted (last added, first run). */
@@ -273,7 +168,7 @@ export class Lab {
     this.cleanups.push(fn);
   }
 
-  /** Kill every process in the lab (by pid), then delete its namespaces. Safe to call twice. */
+  /** Kill every process in the lab's namespaces (by pid), then delete them. Safe to call twice. */
   destroy(): void {
     if (this.destroyed) return;
     this.destroyed = true;
@@ -285,15 +180,8 @@ export class Lab {
         errors.push(e);
       }
     }
-    for (const p of this.processes) p.kill();
     for (const ns of [this.client, this.router, this.server]) {
-      for (const pid of pidsIn(ns)) {
-        try {
-          process.kill(pid, "SIGKILL");
-        } catch {
-          /* already gone */
-        }
-      }
+      for (const pid of pidsIn(ns)) killPid(pid);
       ns.destroy();
     }
     if (errors.length) throw errors[0];
@@ -309,15 +197,6 @@ function pidsIn(ns: Netns): number[] {
     .filter((s) => /^\d+$/.test(s))
     .map(Number)
     .filter((pid) => pid !== process.pid);
-}
-
-/** This process's environment without anything that would load or configure the shim. */
-export function cleanEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = {};
-  for (const [k, v] of Object.entries(process.env)) {
-    if (!k.startsWith("TCPKA_") && k !== "LD_PRELOAD") env[k] = v;
-  }
-  return { ...env, ...extra };
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -396,17 +275,5 @@ export function startPostgres(lab: Lab): Postgres {
   };
 }
 
-let pythonPath: string | undefined;
-
-/** The real python3 binary (python3 on PATH may be a wrapper script that execs it). */
-export function python3(): string {
-  if (pythonPath === undefined) {
-    const r = spawnSync("python3", ["-c", "import sys; print(sys.executable)"], { encoding: "utf8" });
-    if (r.status !== 0) throw new Error(`python3: ${r.stderr}`);
-    pythonPath = r.stdout.trim();
-  }
-  return pythonPath;
-}
-
 /** test/fixtures/lab_peer.py: the lab's echo server and clients without keepalive. */
-export const LAB_PEER = join(REPO, "test", "fixtures", "lab_peer.py");
+export const LAB_PEER = fixture("lab_peer.py");

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { TcpkaError } from "../../src/errors.js";
 import { FILTER_OPTIONS, parse, parseAssignments } from "../../src/ui/args.js";
-import { throwsExit2 } from "./expect.js";
+import { throwsExit2 } from "../helpers/expect.js";
 
 describe("sysctl --set: parseAssignments", () => {
   test("KEY=VALUE words, durations for idle and interval", () => {

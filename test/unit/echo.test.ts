@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { EchoProtocol } from "../../src/probe/echo.js";
 import { parseEndpoint } from "../../src/probe/endpoint.js";
-import { throwsExit2 } from "./expect.js";
+import { throwsExit2 } from "../helpers/expect.js";
 
 describe("parseEndpoint", () => {
   test("HOST:PORT, [IPv6]:PORT and, for listening, PORT or :PORT", () => {

@@ -17,7 +17,7 @@ import {
 } from "../../src/filter.js";
 import type { TcpSocket } from "../../src/inspect/sockets.js";
 import { ALL_STATES } from "../../src/kernel/states.js";
-import { throwsExit2 } from "./expect.js";
+import { throwsExit2 } from "../helpers/expect.js";
 
 const bit = (...states: number[]) => states.reduce((m, s) => m | (1 << s), 0);
 

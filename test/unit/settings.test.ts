@@ -15,7 +15,7 @@ import {
   planChanges,
   strengthen,
 } from "../../src/settings.js";
-import { each, throwsExit2 } from "./expect.js";
+import { each, throwsExit2 } from "../helpers/expect.js";
 
 describe("parseDurationMs", () => {
   test("a bare number means seconds; units alone and combined; fractions without floating-point noise", () => {

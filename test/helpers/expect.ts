@@ -1,4 +1,4 @@
-/** Assertions shared by the unit tests. */
+/** Assertions shared by the unit tests: the usage errors of the library, and tables of inputs and outputs. */
 import assert from "node:assert/strict";
 import { type ErrorCode, TcpkaError } from "../../src/errors.js";
 

@@ -1,22 +1,26 @@
 /**
- * Shared by the end-to-end tests of `tcpka enforce` (enforce*.test.ts): the agent of test/fixtures/enforce_agent.py
- * (a python3 process in a test cgroup, or outside it, that listens, connects and accepts when told and reports
- * each socket's options read with getsockopt from inside), tcpka run in this process's namespaces (where the
- * cgroup2 mount and /sys/fs/bpf are visible; `ip netns exec` would remount /sys and hide both), and the pins that
- * an enforcement leaves under /sys/fs/bpf/tcpka. Every agent is killed by pid, and every enforcement a test makes
- * is removed with `tcpka enforce --remove`, when its test ends.
+ * The set-up of the end-to-end tests of `tcpka enforce` (and of the enforce part of the tests that compare the
+ * mechanisms): the agent of test/fixtures/enforce_agent.py (a python3 process in a test cgroup, or outside it, that
+ * listens, connects and accepts when told and reports each socket's options read with getsockopt from inside),
+ * enforcements made and removed with tcpka in this process's namespaces (where the cgroup2 mount and /sys/fs/bpf
+ * are visible; `ip netns exec` would remount /sys and hide both), and the pins that an enforcement leaves under
+ * /sys/fs/bpf/tcpka. Every agent is killed by pid, and every enforcement a test makes is removed with
+ * `tcpka enforce --remove`, when its test ends.
  */
 import assert from "node:assert/strict";
-import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { chmodSync, cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { spawn, spawnSync } from "node:child_process";
+import { existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import { createInterface } from "node:readline";
 import type { Enforcement } from "../../src/enforce/cgroup.js";
-import { NAME_PREFIX, type Scope, type TestCgroup } from "../helpers/cgroup.js";
-import { type Netns, REPO, type Result, TCPKA, type User } from "../helpers/netns.js";
+import type { TestCgroup } from "./cgroup.js";
+import { UNTOUCHED, WANT } from "./keepalive.js";
+import type { Netns } from "./netns.js";
+import { fixture } from "./paths.js";
+import { Process } from "./processes.js";
+import { NAME_PREFIX, type Scope } from "./scope.js";
+import { tcpkaHere } from "./tcpka.js";
 
-export const AGENT = join(REPO, "test", "fixtures", "enforce_agent.py");
+export const AGENT = fixture("enforce_agent.py");
 export const PIN_ROOT = "/sys/fs/bpf/tcpka";
 
 /** The options of one socket as the agent reads them with getsockopt. */
@@ -29,11 +33,9 @@ export interface Opts {
   nodelay: number;
 }
 
-/** Distinctive settings that no program or default has: what enforce is asked for in these tests. */
-export const WANT_FLAGS = ["--idle", "7s", "--interval", "3s", "--count", "4"];
-export const WANT = { keepalive: 1, idle: 7, interval: 3, count: 4, user_timeout_ms: 0 };
-/** A socket nothing touched, in a fresh network namespace (compiled-in sysctl defaults). */
-export const UNTOUCHED = { keepalive: 0, idle: 7200, interval: 75, count: 9, user_timeout_ms: 0 };
+/** WANT and UNTOUCHED as ka() reads a socket: with its user timeout, which WANT_FLAGS leave at 0. */
+export const KA_WANT = { ...WANT, user_timeout_ms: 0 };
+export const KA_UNTOUCHED = { ...UNTOUCHED, user_timeout_ms: 0 };
 
 /** The keepalive part of a socket's options (everything but nodelay). */
 export function ka(o: Opts): Omit<Opts, "nodelay"> {
@@ -71,46 +73,26 @@ export class Agent {
   readonly pid: number;
   /** its cgroup v2 path, as it read it from /proc/self/cgroup */
   cgroup = "";
-  private stderr = "";
-  private readonly lines: AsyncIterator<string>;
 
-  private constructor(private readonly child: ChildProcess) {
-    this.pid = child.pid as number;
-    child.stderr?.setEncoding("utf8").on("data", (d: string) => {
-      this.stderr += d;
-    });
-    this.lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]();
+  private constructor(private readonly p: Process) {
+    this.pid = p.pid;
   }
 
   static async start(scope: Scope, ns: Netns, cgroup?: TestCgroup): Promise<Agent> {
     const argv = ["ip", "netns", "exec", ns.name, "python3", AGENT];
     const child = cgroup ? cgroup.spawn(argv) : spawn(argv[0]!, argv.slice(1), { stdio: ["pipe", "pipe", "pipe"] });
-    const agent = new Agent(child);
+    const agent = new Agent(new Process(child, `agent ${child.pid}`));
     scope.after(() => agent.kill());
-    const hello = JSON.parse(await agent.line()) as { pid: number; cgroup: string };
+    const hello = JSON.parse(await agent.p.line(15_000)) as { pid: number; cgroup: string };
     assert.equal(hello.pid, agent.pid, "ip netns exec execs the agent: same pid");
     agent.cgroup = hello.cgroup;
     if (cgroup) assert.equal(agent.cgroup, cgroup.path, "the agent runs in the test cgroup");
     return agent;
   }
 
-  private async line(timeoutMs = 15_000): Promise<string> {
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`agent ${this.pid}: no answer for ${timeoutMs} ms`)), timeoutMs);
-    });
-    try {
-      const next = await Promise.race([this.lines.next(), timeout]);
-      if (next.done) throw new Error(`agent ${this.pid} ended; stderr: ${this.stderr.trim()}`);
-      return next.value;
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-
   private async ask<T>(cmd: Record<string, unknown>): Promise<T> {
-    this.child.stdin?.write(`${JSON.stringify(cmd)}\n`);
-    const reply = JSON.parse(await this.line()) as T & { error?: string };
+    this.p.send(`${JSON.stringify(cmd)}\n`);
+    const reply = JSON.parse(await this.p.line(15_000)) as T & { error?: string };
     if (reply.error) throw new Error(`agent ${this.pid}: ${JSON.stringify(cmd)}: ${reply.error}`);
     return reply;
   }
@@ -137,7 +119,7 @@ export class Agent {
 
   /** SIGKILL by pid, unless it has already exited. */
   kill(): void {
-    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill("SIGKILL");
+    this.p.kill();
   }
 }
 
@@ -157,66 +139,6 @@ export async function connectPair(
   return [c, a];
 }
 
-let readableCopy: string | undefined;
-
-/**
- * bin/tcpka.js where `user` can read it: the checkout itself when it can, otherwise a copy of what tcpka needs
- * at run time (package.json, bin, dist, node_modules/koffi), removed when this process exits.
- */
-function tcpkaFor(user: User): string {
-  const readable = spawnSync(
-    "setpriv",
-    [
-      `--reuid=${user.uid}`,
-      `--regid=${user.gid}`,
-      "--clear-groups",
-      "--",
-      "test",
-      "-r",
-      join(REPO, "dist", "cli", "main.js"),
-    ],
-    { stdio: "ignore" },
-  );
-  if (readable.status === 0) return TCPKA;
-  if (readableCopy === undefined) {
-    const dir = mkdtempSync(join(tmpdir(), "tcpka-t-"));
-    process.once("exit", () => rmSync(dir, { recursive: true, force: true }));
-    chmodSync(dir, 0o755);
-    for (const f of ["package.json", "bin", "dist", join("node_modules", "koffi")]) {
-      cpSync(join(REPO, f), join(dir, f), { recursive: true });
-    }
-    readableCopy = dir;
-  }
-  return join(readableCopy, "bin", "tcpka.js");
-}
-
-/** The tcpka CLI in this process's namespaces, as root or as `user` (through setpriv). */
-export function tcpka(args: readonly string[], opts: { user?: User } = {}): Result {
-  const argv = opts.user
-    ? [
-        "setpriv",
-        `--reuid=${opts.user.uid}`,
-        `--regid=${opts.user.gid}`,
-        "--clear-groups",
-        "--",
-        process.execPath,
-        tcpkaFor(opts.user),
-        ...args,
-      ]
-    : [process.execPath, TCPKA, ...args];
-  const r = spawnSync(argv[0]!, argv.slice(1), { encoding: "utf8", timeout: 60_000, killSignal: "SIGKILL" });
-  if (r.error) throw new Error(`${argv.join(" ")}: ${r.error.message}`);
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
-}
-
-/** stderr is `tcpka: <message>\n` with an optional `hint: <text>\n`: nothing else, no stack trace. */
-export function assertOneLineError(r: Result, status: 1 | 2, message: RegExp): void {
-  assert.equal(r.status, status, `exit code; stdout: ${r.stdout} stderr: ${r.stderr}`);
-  assert.match(r.stderr, /^tcpka: [^\n]+\n(hint: [^\n]+\n)?$/);
-  assert.match(r.stderr.split("\n")[0]!, message);
-  assert.ok(!r.stderr.includes("    at "), "no stack trace");
-}
-
 const guarded = new WeakSet<TestCgroup>();
 
 /**
@@ -229,7 +151,7 @@ export function guard(cgroup: TestCgroup): void {
   cgroup.onDestroy(() => {
     const e = enforcedOn(cgroup);
     if (!e) return;
-    const r = tcpka(["enforce", "--remove", "--cgroup", cgroup.path]);
+    const r = tcpkaHere(["enforce", "--remove", "--cgroup", cgroup.path]);
     if (r.status === 0 && !existsSync(join(PIN_ROOT, e.name))) return;
     rmSync(join(PIN_ROOT, e.name), { recursive: true, force: true });
     throw new Error(`cleanup: tcpka enforce --remove --cgroup ${cgroup.path} exited ${r.status}: ${r.stderr}`);
@@ -239,7 +161,7 @@ export function guard(cgroup: TestCgroup): void {
 /** `tcpka enforce --cgroup CGROUP ARGS...`, which must succeed; its stdout. Removed when the cgroup is destroyed. */
 export function enforce(cgroup: TestCgroup, args: readonly string[]): string {
   guard(cgroup);
-  const r = tcpka(["enforce", "--cgroup", cgroup.path, ...args]);
+  const r = tcpkaHere(["enforce", "--cgroup", cgroup.path, ...args]);
   assert.equal(r.status, 0, `tcpka enforce --cgroup ${cgroup.path} ${args.join(" ")}: ${r.stderr}`);
   assert.equal(r.stderr, "");
   return r.stdout;
@@ -249,7 +171,7 @@ export function enforce(cgroup: TestCgroup, args: readonly string[]): string {
 export function remove(cgroup: TestCgroup): string {
   const e = enforcedOn(cgroup);
   assert.ok(e, `${cgroup.path} is enforced on before --remove`);
-  const r = tcpka(["enforce", "--remove", "--cgroup", cgroup.path]);
+  const r = tcpkaHere(["enforce", "--remove", "--cgroup", cgroup.path]);
   assert.equal(r.status, 0, `tcpka enforce --remove --cgroup ${cgroup.path}: ${r.stderr}`);
   assert.ok(!existsSync(join(PIN_ROOT, e.name)), `no pin left at ${join(PIN_ROOT, e.name)}`);
   assert.equal(enforcedOn(cgroup), undefined, "--list no longer shows it");
@@ -264,7 +186,7 @@ export type Listed = Enforcement & { cgroup_exists: boolean; settings_known: boo
 
 /** `tcpka enforce --list --json`, parsed. */
 export function listJson(): Listed[] {
-  const r = tcpka(["enforce", "--list", "--json"]);
+  const r = tcpkaHere(["enforce", "--list", "--json"]);
   assert.equal(r.status, 0, r.stderr);
   return JSON.parse(r.stdout) as Listed[];
 }
