@@ -7,11 +7,11 @@ import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { chownSync, existsSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import { after, test } from "node:test";
+import { test } from "node:test";
 import { TestCgroup } from "../helpers/cgroup.js";
 import {
+  afterEnforceTests,
   assertNoPinsLeft,
-  bpffsRestorer,
   enforce,
   enforcedOn,
   guard,
@@ -24,11 +24,7 @@ import { WANT_FLAGS } from "../helpers/keepalive.js";
 import { assertOneLineError, tcpkaHere as tcpka } from "../helpers/tcpka.js";
 import { NOBODY } from "../helpers/users.js";
 
-const restoreBpffs = bpffsRestorer();
-after(() => {
-  assertNoPinsLeft();
-  restoreBpffs();
-});
+afterEnforceTests();
 
 /** Nothing in `text` that a terminal would act on: no ESC, no BEL, no bidi override. */
 function assertInert(what: string, text: string): void {

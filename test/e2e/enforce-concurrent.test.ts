@@ -10,13 +10,13 @@ import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
-import { after, type TestContext, test } from "node:test";
+import { type TestContext, test } from "node:test";
 import { removeEnforcement } from "../../src/enforce/cgroup.js";
 import { TestCgroup } from "../helpers/cgroup.js";
 import {
   Agent,
+  afterEnforceTests,
   assertNoPinsLeft,
-  bpffsRestorer,
   connectPair,
   enforce,
   enforcedOn,
@@ -29,16 +29,11 @@ import {
 import { needs } from "../helpers/env.js";
 import { Netns } from "../helpers/netns.js";
 import { REPO } from "../helpers/paths.js";
-import type { Result } from "../helpers/processes.js";
+import { Process, type Result } from "../helpers/processes.js";
 import { tcpkaHere as tcpka } from "../helpers/tcpka.js";
 
 const NEEDS = { root: true, tools: ["ip", "python3"] };
-const restoreBpffs = bpffsRestorer();
-after(() => {
-  Netns.destroyAll();
-  assertNoPinsLeft();
-  restoreBpffs();
-});
+afterEnforceTests();
 
 /**
  * tcpka's CLI, loaded (every module, koffi and libc included), then parked: it says so on fd 3 and waits for a byte
@@ -84,25 +79,7 @@ async function together(runs: readonly Run[]): Promise<Result[]> {
     const argv = [...(r.unlocked ? UNLOCKED : []), ...GATED, ...r.args];
     return spawn(argv[0]!, argv.slice(1), { stdio: ["pipe", "pipe", "pipe", "pipe"] });
   });
-  const results = children.map(
-    (c) =>
-      new Promise<Result>((resolve, reject) => {
-        let stdout = "";
-        let stderr = "";
-        c.stdout?.setEncoding("utf8").on("data", (d: string) => {
-          stdout += d;
-        });
-        c.stderr?.setEncoding("utf8").on("data", (d: string) => {
-          stderr += d;
-        });
-        const timer = setTimeout(() => c.kill("SIGKILL"), 60_000);
-        c.on("error", reject);
-        c.on("close", (status) => {
-          clearTimeout(timer);
-          resolve({ status, stdout, stderr });
-        });
-      }),
-  );
+  const results = children.map((c) => new Process(c, c.spawnargs.join(" "), 60_000).result());
   // parked: "r" on fd 3, or the end of it if the child failed before (its result says why)
   await Promise.all(
     children.map((c) => new Promise((ready) => (c.stdio[3] as Readable).once("data", ready).once("end", ready))),

@@ -10,15 +10,15 @@ import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { closeSync, constants, existsSync, mkdirSync, openSync, rmSync, unlinkSync } from "node:fs";
 import { join } from "node:path";
-import { after, test } from "node:test";
+import { test } from "node:test";
 import { assemble, Mov, R0, Return } from "../../src/bpf/asm.js";
 import { BPF_CGROUP_SOCK_OPS, BPF_PROG_TYPE_SOCK_OPS } from "../../src/kernel/constants.js";
 import { blobMapCreate, blobMapWrite, linkCreate, linkUpdate, objGet, objPin, progLoad } from "../../src/sys/bpf.js";
 import { TestCgroup } from "../helpers/cgroup.js";
 import {
   Agent,
+  afterEnforceTests,
   assertNoPinsLeft,
-  bpffsRestorer,
   connectPair,
   enforce,
   enforcedOn,
@@ -39,12 +39,7 @@ import { TCPKA } from "../helpers/paths.js";
 import type { Result } from "../helpers/processes.js";
 import { assertOneLineError, tcpkaHere as tcpka } from "../helpers/tcpka.js";
 
-const restoreBpffs = bpffsRestorer();
-after(() => {
-  Netns.destroyAll();
-  assertNoPinsLeft();
-  restoreBpffs();
-});
+afterEnforceTests();
 
 const NEEDS = { root: true, tools: ["ip", "python3"] };
 

@@ -8,21 +8,17 @@
  */
 import assert from "node:assert/strict";
 import { closeSync } from "node:fs";
-import { after, test } from "node:test";
+import { test } from "node:test";
 import { assemble } from "../../src/bpf/asm.js";
 import { keepaliveProgram } from "../../src/bpf/keepalive.js";
 import { endpointRuleText, parseRules } from "../../src/filter.js";
 import { BPF_PROG_TYPE_SOCK_OPS } from "../../src/kernel/constants.js";
 import { progLoad } from "../../src/sys/bpf.js";
 import { TestCgroup } from "../helpers/cgroup.js";
-import { assertNoPinsLeft, bpffsRestorer, enforce, listJson, remove } from "../helpers/enforce.js";
+import { afterEnforceTests, assertNoPinsLeft, enforce, listJson, remove } from "../helpers/enforce.js";
 import { needs } from "../helpers/env.js";
 
-const restoreBpffs = bpffsRestorer();
-after(() => {
-  assertNoPinsLeft();
-  restoreBpffs();
-});
+afterEnforceTests();
 
 const MODES: [string, string[]][] = [
   ["strengthen", []],

@@ -14,7 +14,7 @@
 import assert from "node:assert/strict";
 import { closeSync, constants, existsSync, mkdirSync, openSync, rmdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import { after, test } from "node:test";
+import { test } from "node:test";
 import {
   Add,
   assemble,
@@ -41,8 +41,8 @@ import { linkCreate, progLoad } from "../../src/sys/bpf.js";
 import { TestCgroup } from "../helpers/cgroup.js";
 import {
   Agent,
+  afterEnforceTests,
   assertNoPinsLeft,
-  bpffsRestorer,
   connectPair,
   enforce,
   enforcedOn,
@@ -61,12 +61,7 @@ import { NAME_PREFIX } from "../helpers/scope.js";
 import { assertOneLineError, tcpkaHere as tcpka } from "../helpers/tcpka.js";
 import { NOBODY } from "../helpers/users.js";
 
-const restoreBpffs = bpffsRestorer();
-after(() => {
-  Netns.destroyAll();
-  assertNoPinsLeft();
-  restoreBpffs();
-});
+afterEnforceTests();
 
 const NEEDS = { root: true, tools: ["ip", "python3"] };
 

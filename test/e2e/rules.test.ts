@@ -13,15 +13,14 @@
  * same one-line message and exit 2.
  */
 import assert from "node:assert/strict";
-import type { ChildProcess } from "node:child_process";
-import { after, describe, test } from "node:test";
+import { describe, test } from "node:test";
 import { TestCgroup } from "../helpers/cgroup.js";
-import { assertNoPinsLeft, bpffsRestorer, enforce, remove, KA_UNTOUCHED as UNTOUCHED } from "../helpers/enforce.js";
+import { afterEnforceTests, enforce, remove, KA_UNTOUCHED as UNTOUCHED } from "../helpers/enforce.js";
 import { needs, python3 } from "../helpers/env.js";
 import { WANT, WANT_FLAGS } from "../helpers/keepalive.js";
 import { Netns } from "../helpers/netns.js";
 import { fixture } from "../helpers/paths.js";
-import type { Process, Result } from "../helpers/processes.js";
+import { finished, type Process, type Result } from "../helpers/processes.js";
 import { tcpkaHere } from "../helpers/tcpka.js";
 
 const SPEC = {
@@ -141,7 +140,6 @@ function sorted(list: readonly string[]): string[] {
 }
 
 const NEEDS = { root: true, tools: ["ip", "python3"] };
-const restoreBpffs = bpffsRestorer();
 const spec = JSON.stringify(SPEC);
 
 interface Lab {
@@ -180,27 +178,9 @@ function shared(): Promise<Lab> {
   return lab;
 }
 
-after(() => {
+afterEnforceTests(() => {
   for (const fn of cleanups.reverse()) fn();
-  assertNoPinsLeft();
-  restoreBpffs();
 });
-
-/** A program's stdout and exit code, once it ends; its stdin is closed at once. */
-function finished(child: ChildProcess): Promise<Result> {
-  return new Promise((resolve) => {
-    let stdout = "";
-    let stderr = "";
-    child.stdout?.setEncoding("utf8").on("data", (d: string) => {
-      stdout += d;
-    });
-    child.stderr?.setEncoding("utf8").on("data", (d: string) => {
-      stderr += d;
-    });
-    child.on("close", (status) => resolve({ status, stdout, stderr }));
-    child.stdin?.end();
-  });
-}
 
 describe("--only/--except: one meaning in run, trace, enable, ls and enforce", () => {
   for (const [rules, want] of ACCEPTED) {

@@ -10,21 +10,15 @@
  * sockets are read with getsockopt by the program itself, or with tcpka ls --json (exact, as root).
  */
 import assert from "node:assert/strict";
-import type { ChildProcess } from "node:child_process";
-import { after, test } from "node:test";
+import { test } from "node:test";
 import { TestCgroup } from "../helpers/cgroup.js";
-import { assertNoPinsLeft, bpffsRestorer, enforce, remove } from "../helpers/enforce.js";
+import { afterEnforceTests, enforce, remove } from "../helpers/enforce.js";
 import { needs, python3 } from "../helpers/env.js";
 import { Netns } from "../helpers/netns.js";
 import { fixture, TCPKA } from "../helpers/paths.js";
-import type { Result } from "../helpers/processes.js";
+import { finished, type Result } from "../helpers/processes.js";
 
-const restoreBpffs = bpffsRestorer();
-after(() => {
-  Netns.destroyAll();
-  assertNoPinsLeft();
-  restoreBpffs();
-});
+afterEnforceTests();
 
 const NEEDS = { root: true, tools: ["ip", "python3"] };
 const FLAGS = ["--idle", "30s", "--interval", "5s", "--count", "3"];
@@ -154,21 +148,6 @@ function lsByPort(ns: Netns, pid: number): Map<number, Record<string, number | b
       },
     ]),
   );
-}
-
-function finished(child: ChildProcess): Promise<Result> {
-  return new Promise((resolve) => {
-    let stdout = "";
-    let stderr = "";
-    child.stdout?.setEncoding("utf8").on("data", (d: string) => {
-      stdout += d;
-    });
-    child.stderr?.setEncoding("utf8").on("data", (d: string) => {
-      stderr += d;
-    });
-    child.on("close", (status) => resolve({ status, stdout, stderr }));
-    child.stdin?.end();
-  });
 }
 
 test("tcpka run (the shim): at connect, and again when the program changes an option later", async (t) => {

@@ -11,10 +11,11 @@ import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
+import { after } from "node:test";
 import type { Enforcement } from "../../src/enforce/cgroup.js";
 import type { TestCgroup } from "./cgroup.js";
 import { UNTOUCHED, WANT } from "./keepalive.js";
-import type { Netns } from "./netns.js";
+import { Netns } from "./netns.js";
 import { fixture } from "./paths.js";
 import { Process } from "./processes.js";
 import { NAME_PREFIX, type Scope } from "./scope.js";
@@ -231,4 +232,18 @@ export function bpffsRestorer(): () => void {
     if (wasMounted || !bpffsMounted() || existsSync(PIN_ROOT)) return;
     spawnSync("umount", ["/sys/fs/bpf"], { stdio: "ignore" });
   };
+}
+
+/**
+ * The end of a test file that enforces, registered when it loads: `first` (what the file itself made), every
+ * namespace removed, no pin of this process left under /sys/fs/bpf/tcpka, /sys/fs/bpf as it was found.
+ */
+export function afterEnforceTests(first?: () => void): void {
+  const restoreBpffs = bpffsRestorer();
+  after(() => {
+    first?.();
+    Netns.destroyAll();
+    assertNoPinsLeft();
+    restoreBpffs();
+  });
 }

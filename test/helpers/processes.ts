@@ -141,6 +141,12 @@ export class Process {
       .map((l) => JSON.parse(l) as T);
   }
 
+  /** Its end as a Result (`status` for its exit code), as a synchronous run would report it. */
+  async result(): Promise<Result> {
+    const d = await this.done;
+    return { status: d.code, stdout: d.stdout, stderr: d.stderr };
+  }
+
   /** Write to its stdin. */
   send(text: string): void {
     this.child.stdin?.write(text);
@@ -212,6 +218,12 @@ export async function exec(
   const p = start(scope, argv, { timeoutMs: 30_000, ...opts });
   if (opts.input !== undefined) p.send(opts.input);
   return p.finish();
+}
+
+/** A program started elsewhere (TestCgroup.spawn): close its stdin and wait for its end. */
+export function finished(child: ChildProcess): Promise<Result> {
+  child.stdin?.end();
+  return new Process(child, child.spawnargs.join(" ")).result();
 }
 
 /** Run a command in this process's namespaces and wait for it; throws only when it cannot run or times out. */
