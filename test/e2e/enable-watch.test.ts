@@ -13,7 +13,7 @@ import { needs } from "../helpers/env.js";
 import { type Reported, report, settings, WANT, WANT_FLAGS } from "../helpers/keepalive.js";
 import { Netns } from "../helpers/netns.js";
 import { fixture } from "../helpers/paths.js";
-import { type Process, sleep } from "../helpers/processes.js";
+import { type Process, sleep, until } from "../helpers/processes.js";
 import { tempDir } from "../helpers/scope.js";
 
 after(() => Netns.destroyAll());
@@ -38,15 +38,6 @@ async function churnReport(p: Process): Promise<ChurnReport> {
   return r;
 }
 
-/** Poll `check` until it holds (the watch works in rounds); fails with `what` after `timeoutMs`. */
-async function eventually(what: string, check: () => Promise<boolean>, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) assert.fail(`${what}: not within ${timeoutMs} ms`);
-    await sleep(50);
-  }
-}
-
 const hasWant = (s: Reported) => JSON.stringify(settings(s)) === JSON.stringify(WANT);
 
 test("--watch races a program that churns TCP, pipes, Unix and UDP sockets: only TCP is touched", async (t) => {
@@ -68,8 +59,10 @@ test("--watch races a program that churns TCP, pipes, Unix and UDP sockets: only
     "50ms",
     "--quiet",
   ]);
-  await eventually("the first round changes the target's TCP sockets", async () =>
-    (await churnReport(p)).tcp.every(hasWant),
+  await until(
+    "the first round changes the target's TCP sockets",
+    async () => (await churnReport(p)).tcp.every(hasWant),
+    5000,
   );
 
   p.send("churn\n");
@@ -78,8 +71,10 @@ test("--watch races a program that churns TCP, pipes, Unix and UDP sockets: only
   const cycles = Number(/^stopped (\d+)$/.exec(await p.line())?.[1]);
   assert.ok(cycles >= 1000, `the target churned (${cycles} cycles)`);
   // The slots made last are new to the watch: its next rounds reach them.
-  await eventually("every TCP socket still held gets the settings", async () =>
-    (await churnReport(p)).tcp.every(hasWant),
+  await until(
+    "every TCP socket still held gets the settings",
+    async () => (await churnReport(p)).tcp.every(hasWant),
+    5000,
   );
 
   watch.kill("SIGINT");
@@ -118,10 +113,14 @@ test("--watch reaches new connections, and ends by itself when its --pid target 
   // from the listener, changed in the first round).
   p.send("connect\n");
   assert.equal(await p.line(), "connected");
-  await eventually("the watch changes the new connection", async () => {
-    const late = (await report(p)).sockets.filter((s) => s.label === "late");
-    return late.length === 2 && late.every(hasWant);
-  });
+  await until(
+    "the watch changes the new connection",
+    async () => {
+      const late = (await report(p)).sockets.filter((s) => s.label === "late");
+      return late.length === 2 && late.every(hasWant);
+    },
+    5000,
+  );
 
   p.send("exit\n");
   const { code, signal } = await watch.finish(5000);
@@ -139,7 +138,7 @@ test("--watch ends when its --pid target has exited even if no one has reaped it
   await watch.waitFor(/ changed /);
 
   parent.send("exit\n"); // read by the child, which exits; the parent never waits for it
-  await eventually("the child is a zombie", async () => stateOf(child) === "Z");
+  await until("the child is a zombie", async () => stateOf(child) === "Z", 5000);
   const { code, signal } = await watch.finish(5000);
   assert.deepEqual({ code, signal }, { code: 0, signal: null }, watch.stderr);
   assert.equal(summary(watch.stdout).rows.changed, 3);

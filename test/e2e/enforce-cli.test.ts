@@ -4,7 +4,6 @@
  * Options that do not go together are usage errors that change nothing.
  */
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
 import { chownSync, existsSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
@@ -21,8 +20,9 @@ import {
 } from "../helpers/enforce.js";
 import { needs } from "../helpers/env.js";
 import { WANT_FLAGS } from "../helpers/keepalive.js";
+import { runSync } from "../helpers/processes.js";
 import { assertOneLineError, tcpkaHere as tcpka } from "../helpers/tcpka.js";
-import { NOBODY } from "../helpers/users.js";
+import { asUser, NOBODY } from "../helpers/users.js";
 
 afterEnforceTests();
 
@@ -41,8 +41,7 @@ test("a cgroup named by another user reaches root's terminal escaped, and --list
     chownSync(join(cg.dir, f), NOBODY.uid, NOBODY.gid);
   }
   const name = "evil\x1b]0;owned\x07\x1b[2J\u202e";
-  const asNobody = ["setpriv", `--reuid=${NOBODY.uid}`, `--regid=${NOBODY.gid}`, "--clear-groups", "--"];
-  const made = spawnSync(asNobody[0]!, [...asNobody.slice(1), "mkdir", join(cg.dir, name)], { encoding: "utf8" });
+  const made = runSync([...asUser(NOBODY), "mkdir", join(cg.dir, name)]);
   assert.equal(made.status, 0, `uid 65534 makes a cgroup in its delegated subtree: ${made.stderr}`);
   const path = `${cg.path}/${name}`;
   const shown = `${cg.path}/evil\\x1b]0;owned\\x07\\x1b[2J\\u{202e}`;

@@ -15,7 +15,7 @@ import { assertKeepaliveTimers, exactConnections, settingsOf, WANT, WANT_FLAGS }
 import { connectTo, listener } from "../helpers/listener.js";
 import { Netns } from "../helpers/netns.js";
 import { fixture, SHIM, TCPKA } from "../helpers/paths.js";
-import { exec, type Process, start } from "../helpers/processes.js";
+import { exec, killLeftover, type Process, start, until } from "../helpers/processes.js";
 import { tempDir } from "../helpers/scope.js";
 import { startTcpka, tcpka } from "../helpers/tcpka.js";
 
@@ -51,25 +51,6 @@ function settings(r: { keepalive: number; idle: number; interval: number; count:
 function childrenOf(pid: number): number[] {
   const text = readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim();
   return text ? text.split(/\s+/).map(Number) : [];
-}
-
-async function until<T>(what: string, fn: () => T | undefined, timeoutMs = 10_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = fn();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
-/** Kill (by pid) a process that a program under test forked, if it is still that program. */
-function killForked(pid: number, marker: string): void {
-  try {
-    if (readFileSync(`/proc/${pid}/cmdline`, "utf8").includes(marker)) process.kill(pid, "SIGKILL");
-  } catch {
-    /* gone */
-  }
 }
 
 describe("tcpka run gives every kind of program exactly the requested settings", () => {
@@ -173,7 +154,7 @@ describe("tcpka run gives every kind of program exactly the requested settings",
     await run.waitFor(/(^\{"pid".*\n){3}/m);
     const handlers = run.json<{ pid: number; peer_port: number } & ClientReport>().filter((r) => r.pid !== serverPid);
     t.after(() => {
-      for (const h of handlers) killForked(h.pid, "forking_server.py");
+      for (const h of handlers) killLeftover(h.pid, "forking_server.py");
     });
     assert.equal(handlers.length, 3);
     assert.equal(new Set(handlers.map((h) => h.pid)).size, 3, "one child per connection");
@@ -390,7 +371,7 @@ describe("tcpka run --only / --except pick the right connections", () => {
       const client = await connectTo(port);
       const m = await run.waitFor(/^\{"pid".*$/m);
       const handler = JSON.parse(m[0]) as ClientReport;
-      t.after(() => killForked(handler.pid, "forking_server.py"));
+      t.after(() => killLeftover(handler.pid, "forking_server.py"));
       assert.notEqual(handler.pid, pid);
       assert.deepEqual(settings(handler), want ? WANT : systemDefaults(), flags.join(" "));
       client.destroy();

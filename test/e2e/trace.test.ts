@@ -27,10 +27,10 @@ import { needs, python3 } from "../helpers/env.js";
 import { WANT } from "../helpers/keepalive.js";
 import { connectTo, listener } from "../helpers/listener.js";
 import { fixture, TCPKA } from "../helpers/paths.js";
-import { cleanEnv, exec, type Process, shimEnv, start } from "../helpers/processes.js";
+import { cleanEnv, exec, killLeftover, type Process, runSync, shimEnv, start, until } from "../helpers/processes.js";
 import { type Scope, tempDir } from "../helpers/scope.js";
 import { startTcpka, tcpka } from "../helpers/tcpka.js";
-import { NOBODY } from "../helpers/users.js";
+import { asUser, NOBODY } from "../helpers/users.js";
 
 /** Cleanups of things shared by the tests of this file (the HTTP server), run when the file ends. */
 const cleanups: (() => void | Promise<void>)[] = [];
@@ -372,10 +372,7 @@ describe("tcpka trace reports what the program set itself", () => {
 
 /** A command run as uid 65534 (the attacker), in this network namespace. */
 function asNobody(argv: readonly string[]) {
-  const r = spawnSync("setpriv", [`--reuid=${NOBODY.uid}`, `--regid=${NOBODY.gid}`, "--clear-groups", "--", ...argv], {
-    encoding: "utf8",
-    timeout: 10_000,
-  });
+  const r = runSync([...asUser(NOBODY), ...argv], { timeoutMs: 10_000 });
   return { status: r.status, stderr: r.stderr };
 }
 
@@ -418,24 +415,6 @@ function forgedLine(key?: string): string {
     tcpka: {},
     effective: { keepalive: 1, idle: 1, interval: 1, count: 1, user_timeout_ms: 0 },
   })}\n`;
-}
-
-/** Wait until `check` holds (polled every 50 ms), or fail saying `what`. */
-async function until(what: string, check: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
-/** Kill (by pid) a process that a traced program left behind, if it is still the one that runs `marker`. */
-function killLeftover(pid: number, marker: string): void {
-  try {
-    if (readFileSync(`/proc/${pid}/cmdline`, "utf8").includes(marker)) process.kill(pid, "SIGKILL");
-  } catch {
-    /* gone */
-  }
 }
 
 describe("trace's event channel: only the invoking user reaches it, only the traced processes write to it", () => {

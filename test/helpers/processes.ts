@@ -4,7 +4,9 @@
  * process is only ever signalled by its pid, and only while it runs: once it has exited, its pid may be someone
  * else's.
  */
+import assert from "node:assert/strict";
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { SHIM } from "./paths.js";
 import type { Scope } from "./scope.js";
 
@@ -248,8 +250,35 @@ export function killPid(pid: number): void {
   }
 }
 
+/** Kill (by pid) a process that a program under test left behind, if it is still the one whose command has `marker`. */
+export function killLeftover(pid: number, marker: string): void {
+  try {
+    if (readFileSync(`/proc/${pid}/cmdline`, "utf8").includes(marker)) process.kill(pid, "SIGKILL");
+  } catch {
+    /* gone */
+  }
+}
+
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/**
+ * Poll `check` every 20 ms until it gives something other than undefined or false, and return that; fail saying
+ * `what` once `timeoutMs` have passed.
+ */
+export async function until<T>(
+  what: string,
+  check: () => T | undefined | false | Promise<T | undefined | false>,
+  timeoutMs = 10_000,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await check();
+    if (v !== undefined && v !== false) return v;
+    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what} (${timeoutMs} ms)`);
+    await sleep(20);
+  }
 }
 
 /** This process's environment without anything that would load or configure the shim. */

@@ -3,18 +3,10 @@
  * `tcpka COMMAND --help` and `tcpka help COMMAND`, and the top-level one names the global options.
  */
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
-import { join } from "node:path";
 import { test } from "node:test";
-import { fileURLToPath } from "node:url";
+import { tcpkaHere } from "../helpers/tcpka.js";
 
-/** bin/tcpka.js of this checkout: this file runs as dist-test/test/unit/help.test.js. */
-const TCPKA = join(fileURLToPath(new URL("../../../", import.meta.url)), "bin", "tcpka.js");
-
-function tcpka(...args: string[]): { status: number | null; stdout: string; stderr: string } {
-  const { status, stdout, stderr } = spawnSync(process.execPath, [TCPKA, ...args], { encoding: "utf8" });
-  return { status, stdout, stderr };
-}
+const tcpka = (...args: string[]) => tcpkaHere(args);
 
 test("the top-level help names --help and --version", () => {
   const r = tcpka("--help");
