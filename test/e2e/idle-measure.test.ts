@@ -10,8 +10,9 @@ import { join } from "node:path";
 import { describe, test } from "node:test";
 import { pathToFileURL } from "node:url";
 import { needs } from "../helpers/env.js";
-import { cleanEnv, Lab, SERVER_IP } from "../helpers/lab.js";
-import { REPO, TCPKA } from "../helpers/netns.js";
+import { Lab, SERVER_IP } from "../helpers/lab.js";
+import { REPO, TCPKA } from "../helpers/paths.js";
+import { cleanEnv } from "../helpers/processes.js";
 
 const PORT = 7007;
 const LIBRARY = pathToFileURL(join(REPO, "dist", "index.js")).href;
