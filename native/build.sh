@@ -21,6 +21,6 @@ case $($CC -print-file-name=libdl.so.2) in /*) libdl="-Wl,--no-as-needed -l:libd
 tmp="$out.$$.tmp"
 trap 'rm -f "$tmp"' EXIT
 # shellcheck disable=SC2086 # $CC and $libdl are word lists
-$CC -O2 -fPIC -shared -fvisibility=hidden -Wall -Wextra -Werror -o "$tmp" preload.c $libdl
+$CC -O2 -fPIC -shared -fvisibility=hidden -Wall -Wextra -Werror -o "$tmp" preload.c events.c $libdl
 chmod 0644 "$tmp"
 mv -f "$tmp" "$out"

@@ -1,6 +1,8 @@
 /*
  * libtcpka.so: the LD_PRELOAD shim of tcpka. It turns TCP keepalive on for the connections of a program that
- * never asked for it, and reports what the program itself set (for `tcpka trace`).
+ * never asked for it, and reports what the program itself set (for `tcpka trace`). This file holds the hooks, the
+ * configuration and the policy; events.c (events.h) writes the events and the shim's one-line reports; shim.h is
+ * what the two share. native/build.sh builds both into the one library.
  *
  * It runs inside other people's programs, so:
  *  - configuration is parsed once, when the library is loaded; invalid configuration disables it entirely;
@@ -42,11 +44,12 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+
+#include "events.h"
+#include "shim.h"
 
 /* dlsym moved into libc with a new version (GLIBC_2.34): bind the first one, which every glibc still provides,
  * so that one build also loads on older systems (native/build.sh links libdl.so.2, where it lived before). */
@@ -56,22 +59,9 @@ __asm__(".symver dlsym,dlsym@GLIBC_2.2.5");
 __asm__(".symver dlsym,dlsym@GLIBC_2.17");
 #endif
 
-#ifndef TCP_USER_TIMEOUT
-#define TCP_USER_TIMEOUT 18
-#endif
-#ifndef SO_COOKIE
-#define SO_COOKIE 57
-#endif
-
 /* ------------------------------------------------------------------------------------------------ config */
 
 enum mode { MODE_OFF, MODE_STRENGTHEN, MODE_FORCE, MODE_OBSERVE };
-
-/* The options tcpka manages, in one order everywhere. */
-enum opt { O_KEEPALIVE, O_IDLE, O_INTVL, O_CNT, O_UT, O_COUNT };
-static const int opt_level[O_COUNT] = {SOL_SOCKET, IPPROTO_TCP, IPPROTO_TCP, IPPROTO_TCP, IPPROTO_TCP};
-static const int opt_name[O_COUNT] = {SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT, TCP_USER_TIMEOUT};
-static const char *const opt_json[O_COUNT] = {"keepalive", "idle", "interval", "count", "user_timeout_ms"};
 
 #define MAX_RULES 32
 struct rule {
@@ -92,31 +82,12 @@ static struct {
   struct rule only[MAX_RULES], except[MAX_RULES];
   int n_only, n_except;
   int addr_rules; /* some rule names an address: listeners cannot be decided before accept() */
-  char events[PATH_MAX];
   int debug;
 } cfg;
 
 /* ------------------------------------------------------------------------------------------------ per fd */
 
 #define MAX_FDS 65536
-#define SET(o) (1u << (o))
-/* Where a connection of a socket stands, as the program's calls show it. */
-enum conn { CONN_IDLE, CONN_PENDING, CONN_UP };
-struct slot {
-  uint8_t typed;    /* `tcp` below is known */
-  uint8_t tcp;      /* AF_INET/AF_INET6 stream socket with protocol TCP */
-  uint8_t seen;     /* created by socket() (or accepted from such a listener) while we watched: an option
-                       the program did not set has the namespace default */
-  uint8_t managed;  /* connected/listening and matched: the program's later setsockopt calls get the rule */
-  uint8_t inherits; /* a listener tcpka set up: accepted sockets inherit the settings */
-  uint8_t progset;  /* bitmask of options the program set itself */
-  uint8_t applied;  /* bitmask of options tcpka set */
-  uint8_t conn;     /* enum conn: a connect in progress (EINPROGRESS) is reported when the program learns how it
-                       ended; a later connect() on a connection under way or made changes nothing */
-  uint16_t svcport; /* local port of a listener */
-  int prog[O_COUNT];  /* the values the program set */
-  int value[O_COUNT]; /* the values tcpka set */
-};
 static struct slot slots[MAX_FDS];
 static int slot_hi = -1; /* the highest fd whose slot was ever typed: close_range() and closefrom() look no further */
 
@@ -137,10 +108,6 @@ __attribute__((noinline, cold)) static int vfork_marked(void) {
 }
 
 static inline int in_vfork_child(void) { return __builtin_expect(vfork_parent != 0, 0) && vfork_marked(); }
-
-/* The process whose events these are (their sequence numbers): set at load and after fork() by the atfork child
- * handler. A child made without one (a raw clone or fork syscall, _Fork) numbers nothing. */
-static pid_t table_owner;
 
 /* The slot of `fd`, or NULL when there is none for this process to use. */
 static inline struct slot *slot_of(int fd) {
@@ -247,279 +214,12 @@ static void resolve_all(void) {
   RESOLVE(setresuid);
 }
 
-/* tcpka's own reads go through the syscall: they meet neither the getsockopt hook nor a program's own interposer. */
-/* A five-argument system call made inline: 0 or more on success, -errno on failure. errno is never touched, and
- * the variadic syscall(3) wrapper, a tenth of the shim's instructions per connection, is left out. */
-static inline long sys5(long nr, long a, long b, long c, long d, long e) {
-#if defined(__x86_64__)
-  long ret;
-  register long r10 __asm__("r10") = d;
-  register long r8 __asm__("r8") = e;
-  __asm__ volatile("syscall" : "=a"(ret) : "a"(nr), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8) : "rcx", "r11", "memory");
-  return ret;
-#elif defined(__aarch64__)
-  register long x8 __asm__("x8") = nr;
-  register long x0 __asm__("x0") = a;
-  register long x1 __asm__("x1") = b;
-  register long x2 __asm__("x2") = c;
-  register long x3 __asm__("x3") = d;
-  register long x4 __asm__("x4") = e;
-  __asm__ volatile("svc 0" : "+r"(x0) : "r"(x8), "r"(x1), "r"(x2), "r"(x3), "r"(x4) : "memory");
-  return x0;
-#else
-  long ret = syscall(nr, a, b, c, d, e);
-  return ret < 0 ? -errno : ret;
-#endif
-}
-
-static int get_int(int fd, int level, int name, int *out) {
-  socklen_t len = sizeof *out;
-  return sys5(SYS_getsockopt, fd, level, name, (long)out, (long)&len) < 0 ? -1 : 0;
-}
-
 static int set_int(int fd, int level, int name, int v) {
   return sys5(SYS_setsockopt, fd, level, name, (long)&v, sizeof v) < 0 ? -1 : 0;
 }
 
-/* ------------------------------------------------------------------------------------------------ text */
-
-/* A fixed buffer with append helpers: the shim's only string formatting (no stdio, no malloc). */
-struct buf {
-  char b[1024];
-  size_t n;
-};
-
-static void put(struct buf *o, const char *s) {
-  while (*s && o->n < sizeof o->b - 2) o->b[o->n++] = *s++;
-}
-
-static void put_u(struct buf *o, unsigned long long v) {
-  char t[24];
-  int i = 0;
-  do t[i++] = (char)('0' + v % 10); while ((v /= 10) && i < 23);
-  while (i && o->n < sizeof o->b - 2) o->b[o->n++] = t[--i];
-}
-
-static void put_i(struct buf *o, long long v) {
-  if (v < 0) {
-    put(o, "-");
-    put_u(o, (unsigned long long)(-(v + 1)) + 1);
-  } else {
-    put_u(o, (unsigned long long)v);
-  }
-}
-
-/* A JSON string, exact: quote, backslash and control characters escaped (\u00XX), other bytes as they are (a
- * process name is whatever the process chose; tcpka escapes it again for a terminal). */
-static void put_q(struct buf *o, const char *s) {
-  static const char hex[] = "0123456789abcdef";
-  put(o, "\"");
-  for (; *s && o->n < sizeof o->b - 9; s++) {
-    unsigned char c = (unsigned char)*s;
-    if (c < 0x20 || c == 0x7f || c == '"' || c == '\\') {
-      put(o, "\\u00");
-      o->b[o->n++] = hex[c >> 4];
-      o->b[o->n++] = hex[c & 15];
-    } else {
-      o->b[o->n++] = (char)c;
-    }
-  }
-  put(o, "\"");
-}
-
-/* One line "PREFIX WHAT[SEP DETAIL]" to fd, in one write; a failure is ignored (errno is the caller's to keep). */
-static void say(int fd, const char *prefix, const char *what, const char *sep, const char *detail) {
-  struct buf o = {.n = 0};
-  put(&o, prefix);
-  put(&o, what);
-  if (detail) {
-    put(&o, sep);
-    put(&o, detail);
-  }
-  put(&o, "\n");
-  ssize_t r = write(fd, o.b, o.n);
-  (void)r;
-}
-
 static void debug(const char *what, const char *detail) {
   if (cfg.debug) say(2, "libtcpka: ", what, ": ", detail);
-}
-
-/* ------------------------------------------------------------------------------------------------ events */
-
-/* The event file tcpka made (cfg.events is its path): its identity, and the key that every event carries. */
-static struct {
-  unsigned long long dev, ino;
-  char key[65];
-} chan;
-static unsigned long ev_seq, ev_lost; /* this process's; a fork()ed child starts again from 0 (atfork handler) */
-
-/* Open the event file for one write, or -1 (counted as lost). O_NOFOLLOW and the identity check: whatever else
- * is at that path now (a symlink, or a file that someone made after tcpka removed its own) is never written.
- * Never blocks: a FIFO without reader fails ENXIO (O_NONBLOCK). Opened per event, not kept: a program may close
- * all its fds, or another thread may close ours and reuse its number. fstat through the system call: glibc exports
- * fstat() only from GLIBC_2.33 (a macro over __fxstat before), and its struct stat is the kernel's on x86-64 and
- * on the generic 64-bit layout (arm64). */
-static int ev_open(void) {
-  int fd = (int)syscall(SYS_openat, AT_FDCWD, cfg.events,
-                        O_WRONLY | O_APPEND | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
-  struct stat st;
-  if (fd >= 0 && (syscall(SYS_fstat, fd, &st) != 0 || (unsigned long long)st.st_dev != chan.dev ||
-                  (unsigned long long)st.st_ino != chan.ino || !(S_ISREG(st.st_mode) || S_ISFIFO(st.st_mode)))) {
-    syscall(SYS_close, fd);
-    fd = -1;
-  }
-  if (fd < 0) __atomic_fetch_add(&ev_lost, 1, __ATOMIC_RELAXED);
-  return fd;
-}
-
-/* Finish an event line and write it to `fd` (from ev_open) in one write: an O_APPEND write to a regular file, or
- * one of at most PIPE_BUF bytes to a FIFO, is never interleaved with another. Closes fd. */
-static void ev_write(int fd, struct buf *o) {
-  o->b[o->n++] = '}'; /* put() leaves these two bytes free */
-  o->b[o->n++] = '\n';
-  if (write(fd, o->b, o->n) != (ssize_t)o->n) __atomic_fetch_add(&ev_lost, 1, __ATOMIC_RELAXED);
-  syscall(SYS_close, fd);
-}
-
-/* Append one event. A failure is counted and reported in the next event that gets through. */
-static void emit(struct buf *o) {
-  if (!cfg.events[0]) return;
-  int fd = ev_open();
-  if (fd >= 0) ev_write(fd, o);
-}
-
-/* Start an event line: the key, kind, pid, per-process sequence number, events lost so far, process name. A
- * process that does not own the table (a vfork child) shares its parent's counters: it numbers nothing. */
-static void ev_begin(struct buf *o, const char *kind) {
-  pid_t pid = (pid_t)syscall(SYS_getpid);
-  char comm[17] = {0};
-  prctl(PR_GET_NAME, comm, 0, 0, 0);
-  o->n = 0;
-  put(o, "{\"key\":\"");
-  put(o, chan.key);
-  put(o, "\",\"ev\":\"");
-  put(o, kind);
-  put(o, "\",\"pid\":");
-  put_u(o, (unsigned long long)pid);
-  if (pid == table_owner) {
-    put(o, ",\"seq\":");
-    put_u(o, __atomic_fetch_add(&ev_seq, 1, __ATOMIC_RELAXED));
-    put(o, ",\"lost\":");
-    put_u(o, __atomic_load_n(&ev_lost, __ATOMIC_RELAXED));
-  }
-  put(o, ",\"comm\":");
-  put_q(o, comm);
-}
-
-/* Parse a whole decimal number into an unsigned long long, up to `end` (or the end of the string); 0 on success. */
-static int parse_ull(const char *s, const char *end, unsigned long long *out) {
-  if (!end) end = s + strlen(s);
-  if (s == end) return -1;
-  unsigned long long v = 0;
-  for (; s < end; s++) {
-    if (*s < '0' || *s > '9' || v > (~0ULL - 9) / 10) return -1;
-    v = v * 10 + (unsigned)(*s - '0');
-  }
-  *out = v;
-  return 0;
-}
-
-/* TCPKA_EVENTS with its TCPKA_EVENTS_ID and TCPKA_EVENTS_KEY; without all three valid, no events are written
- * (keepalive is applied as configured all the same). */
-static void events_init(void) {
-  const char *path = getenv("TCPKA_EVENTS"), *id = getenv("TCPKA_EVENTS_ID"), *key = getenv("TCPKA_EVENTS_KEY");
-  if (!path || !*path) return;
-  const char *colon = id ? strchr(id, ':') : NULL;
-  size_t n = strlen(path), k = key ? strspn(key, "0123456789abcdef") : 0;
-  if (n >= sizeof cfg.events || path[0] != '/' || !colon || parse_ull(id, colon, &chan.dev) ||
-      parse_ull(colon + 1, NULL, &chan.ino) || k < 16 || k >= sizeof chan.key || key[k]) {
-    debug("TCPKA_EVENTS needs an absolute path, TCPKA_EVENTS_ID=DEV:INO and TCPKA_EVENTS_KEY; no events written",
-          path);
-    return;
-  }
-  memcpy(cfg.events, path, n + 1);
-  memcpy(chan.key, key, k + 1);
-}
-
-static void put_addr(struct buf *o, const char *key, const struct sockaddr_storage *ss) {
-  char text[INET6_ADDRSTRLEN] = "";
-  unsigned port = 0;
-  if (ss->ss_family == AF_INET) {
-    const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
-    inet_ntop(AF_INET, &a->sin_addr, text, sizeof text);
-    port = ntohs(a->sin_port);
-  } else if (ss->ss_family == AF_INET6) {
-    const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
-    inet_ntop(AF_INET6, &a->sin6_addr, text, sizeof text);
-    port = ntohs(a->sin6_port);
-  }
-  put(o, ",\"");
-  put(o, key);
-  put(o, "\":");
-  put_q(o, text);
-  put(o, ",\"");
-  put(o, key);
-  put(o, "_port\":");
-  put_u(o, port);
-}
-
-static void put_opts(struct buf *o, const char *key, unsigned mask, const int *v) {
-  put(o, ",\"");
-  put(o, key);
-  put(o, "\":{");
-  int first = 1;
-  for (int i = 0; i < O_COUNT; i++) {
-    if (!(mask & SET(i))) continue;
-    if (!first) put(o, ",");
-    first = 0;
-    put(o, "\"");
-    put(o, opt_json[i]);
-    put(o, "\":");
-    put_i(o, v[i]);
-  }
-  put(o, "}");
-}
-
-/* One event about a socket: addresses, what the program set, what tcpka set, and the outcome of the call. */
-static void ev_socket(const char *kind, int fd, const struct slot *s, int matched, int ret, int err,
-                      const struct sockaddr_storage *target) {
-  if (!cfg.events[0]) return;
-  struct buf o;
-  ev_begin(&o, kind);
-  put(&o, ",\"fd\":");
-  put_i(&o, fd);
-  unsigned long long cookie = 0;
-  socklen_t len = sizeof cookie;
-  if (syscall(SYS_getsockopt, fd, SOL_SOCKET, SO_COOKIE, &cookie, &len) == 0) {
-    put(&o, ",\"cookie\":");
-    put_u(&o, cookie);
-  }
-  struct sockaddr_storage ss;
-  socklen_t sl = sizeof ss;
-  memset(&ss, 0, sizeof ss);
-  if (syscall(SYS_getsockname, fd, &ss, &sl) == 0) put_addr(&o, "local", &ss);
-  sl = sizeof ss;
-  memset(&ss, 0, sizeof ss);
-  if (syscall(SYS_getpeername, fd, &ss, &sl) == 0) put_addr(&o, "peer", &ss);
-  else if (target) put_addr(&o, "peer", target); /* a connect still in progress, or one that failed */
-  put(&o, ",\"matched\":");
-  put(&o, matched ? "true" : "false");
-  put(&o, ",\"ret\":");
-  put_i(&o, ret);
-  if (ret < 0) {
-    put(&o, ",\"errno\":");
-    put_i(&o, err);
-  }
-  /* What the socket really has now, read back: the verdict rests on this, not on what was asked. */
-  int now[O_COUNT];
-  unsigned have = 0;
-  for (int i = 0; i < O_COUNT; i++)
-    if (get_int(fd, opt_level[i], opt_name[i], &now[i]) == 0) have |= SET(i);
-  put_opts(&o, "program", s ? s->progset : 0, s ? s->prog : now);
-  put_opts(&o, "tcpka", s ? s->applied : 0, s ? s->value : now);
-  put_opts(&o, "effective", have, now);
-  emit(&o);
 }
 
 /* ------------------------------------------------------------------------------------------------ policy */
@@ -719,7 +419,7 @@ static void attempt_begin(struct attempt *a, int fd, const struct sockaddr *addr
   if (!a->tcp || !a->fresh) return;
   a->matched = 1;
   /* The address is only looked at when there are rules to match or events to report. */
-  if (cfg.n_only || cfg.n_except || cfg.events[0]) {
+  if (cfg.n_only || cfg.n_except || events_on()) {
     memset(&a->peer, 0, sizeof a->peer);
     memcpy(&a->peer, addr, len < sizeof a->peer ? len : sizeof a->peer);
     unsigned port = ntohs(addr->sa_family == AF_INET ? ((const struct sockaddr_in *)addr)->sin_port
@@ -927,7 +627,7 @@ HOOK int setsockopt(int fd, int level, int name, const void *val, socklen_t len)
 HOOK int getsockopt(int fd, int level, int name, void *val, socklen_t *len) {
   RESOLVE(getsockopt);
   int ret = real_getsockopt(fd, level, name, val, len);
-  if (ret != 0 || level != SOL_SOCKET || name != SO_ERROR || cfg.mode == MODE_OFF || !cfg.events[0]) return ret;
+  if (ret != 0 || level != SOL_SOCKET || name != SO_ERROR || cfg.mode == MODE_OFF || !events_on()) return ret;
   if (!val || !len || *len < (socklen_t)sizeof(int)) return ret;
   int saved = errno;
   struct slot *s = slot_of(fd);
@@ -1086,7 +786,7 @@ __asm__(".text\n"
  * tcpka's user may enter). It says so while it still can: the file is opened before the switch, and the event
  * written through that fd after it, only when the switch happened. */
 static int uid_switch_begin(uid_t to) {
-  if (!cfg.events[0] || cfg.mode == MODE_OFF || to == (uid_t)-1 || to == geteuid()) return -1;
+  if (!events_on() || cfg.mode == MODE_OFF || to == (uid_t)-1 || to == geteuid()) return -1;
   int saved = errno;
   int fd = ev_open();
   errno = saved;
@@ -1097,15 +797,8 @@ static void uid_switch_end(int fd, uid_t before) {
   if (fd < 0) return;
   int saved = errno;
   uid_t now = geteuid();
-  if (now != before) {
-    struct buf o;
-    ev_begin(&o, "setuid");
-    put(&o, ",\"uid\":");
-    put_u(&o, now);
-    ev_write(fd, &o);
-  } else {
-    syscall(SYS_close, fd);
-  }
+  if (now != before) ev_setuid(fd, now);
+  else ev_close(fd);
   errno = saved;
 }
 
@@ -1252,29 +945,18 @@ static void disable(const char *why, const char *value) {
   probe_report("off", why);
   cfg.debug = 1; /* invalid configuration is always reported */
   debug(why, value);
-  if (cfg.events[0]) { /* tell tcpka too, when it is listening */
-    struct buf o;
-    ev_begin(&o, "error");
-    put(&o, ",\"message\":");
-    put_q(&o, why);
-    put(&o, ",\"value\":");
-    put_q(&o, value ? value : "");
-    emit(&o);
-  }
+  if (events_on()) ev_error(why, value); /* tell tcpka too, when it is listening */
   errno = saved;
 }
 
 /* After fork(), in the child: the table now describes this process's fds (its copy of the parent's), and its
  * events are numbered from 0. */
-static void forked(void) {
-  table_owner = (pid_t)syscall(SYS_getpid);
-  ev_seq = ev_lost = 0;
-}
+static void forked(void) { events_owner(); }
 
 __attribute__((constructor)) static void tcpka_init(void) {
   int saved = errno;
   resolve_all();
-  table_owner = (pid_t)syscall(SYS_getpid);
+  events_owner();
   pthread_atfork(NULL, NULL, forked);
   memset(&cfg, 0, sizeof cfg);
   cfg.mode = MODE_STRENGTHEN;
@@ -1282,7 +964,9 @@ __attribute__((constructor)) static void tcpka_init(void) {
   if (probe && parse_num(probe, 0, 1 << 20, &probe_fd)) probe_fd = -1;
   const char *dbg = getenv("TCPKA_DEBUG");
   cfg.debug = dbg && *dbg && strcmp(dbg, "0") != 0;
-  events_init();
+  if (events_init())
+    debug("TCPKA_EVENTS needs an absolute path, TCPKA_EVENTS_ID=DEV:INO and TCPKA_EVENTS_KEY; no events written",
+          getenv("TCPKA_EVENTS"));
 
   const char *mode = getenv("TCPKA_MODE");
   if (!mode || !*mode || !strcmp(mode, "strengthen")) cfg.mode = MODE_STRENGTHEN;
@@ -1324,11 +1008,7 @@ __attribute__((constructor)) static void tcpka_init(void) {
   else strengthen(cfg.sysdef, cfg.to);
   for (int o = 0; o < O_COUNT; o++)
     if (cfg.want[o] >= 0 && (cfg.mode == MODE_FORCE || cfg.to[o] != cfg.sysdef[o])) cfg.plan[cfg.n_plan++] = o;
-  if (cfg.events[0]) { /* tell tcpka that this process runs with the shim */
-    struct buf o;
-    ev_begin(&o, "start");
-    emit(&o);
-  }
+  if (events_on()) ev_note("start"); /* tell tcpka that this process runs with the shim */
   static const char *const mode_name[] = {"off", "strengthen", "force", "observe"};
   probe_report("ok", mode_name[cfg.mode]);
   errno = saved;
@@ -1336,10 +1016,8 @@ __attribute__((constructor)) static void tcpka_init(void) {
 
 /* On a normal exit: the last word, so that tcpka learns of events lost after the last one that got through. */
 __attribute__((destructor)) static void tcpka_fini(void) {
-  if (cfg.mode == MODE_OFF || !cfg.events[0]) return;
+  if (cfg.mode == MODE_OFF || !events_on()) return;
   int saved = errno;
-  struct buf o;
-  ev_begin(&o, "exit");
-  emit(&o);
+  ev_note("exit");
   errno = saved;
 }

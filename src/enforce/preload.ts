@@ -10,7 +10,7 @@
  *    parent) will be allowed to reach the program instead.
  *
  * Which library: TCPKA_SHIM when set; otherwise the one built at install (native/build/libtcpka.so) or, when
- * that one cannot be loaded here, one that tcpka builds from native/preload.c at first use into a directory it
+ * that one cannot be loaded here, one that tcpka builds from its sources in native/ at first use into a directory it
  * owns (/var/cache/tcpka for root, $XDG_CACHE_HOME/tcpka or ~/.cache/tcpka for other users).
  */
 import { spawnSync } from "node:child_process";
@@ -41,6 +41,8 @@ import { pidfdGetfd } from "../sys/pidfd.js";
 export type Mode = "strengthen" | "force" | "observe";
 
 const NATIVE = fileURLToPath(new URL("../../native/", import.meta.url));
+/** What native/build.sh builds the library from: a build is named by their hash. */
+const SHIM_SOURCES = ["preload.c", "events.c", "events.h", "shim.h", "build.sh"];
 /** The library built at install (npm install / npm run build). */
 export const SHIM_PATH = join(NATIVE, "build", "libtcpka.so");
 
@@ -337,18 +339,21 @@ export function shimCacheDir(): string {
 type Built = { env: NodeJS.ProcessEnv; notice?: string } | { why: string; noCompiler?: boolean };
 
 /**
- * A library built from native/preload.c for this system, in tcpka's cache: reused when one is there and passes
- * the probe, otherwise built under a lock (two runs may race) and probed. Named by machine type and by a hash
- * of the source and of the dynamic loader, so that an upgrade or another C library gets its own build.
+ * A library built from the shim's sources (SHIM_SOURCES) for this system, in tcpka's cache: reused when one is
+ * there and passes the probe, otherwise built under a lock (two runs may race) and probed. Named by machine type
+ * and by a hash of the sources and of the dynamic loader, so that an upgrade or another C library gets its own
+ * build.
  */
 function buildInCache(attempt: (lib: string) => { env: NodeJS.ProcessEnv } | { why: string }): Built {
   const program = probeProgram();
   if (!program) return { why: "tcpka cannot tell what to build one for" };
   const hash = createHash("sha256");
-  try {
-    for (const f of ["preload.c", "build.sh"]) hash.update(readFileSync(join(NATIVE, f)));
-  } catch {
-    return { why: `the package has no ${join(NATIVE, "preload.c")} to build one from` };
+  for (const f of SHIM_SOURCES) {
+    try {
+      hash.update(readFileSync(join(NATIVE, f)));
+    } catch {
+      return { why: `the package has no ${join(NATIVE, f)} to build one from` };
+    }
   }
   hash.update(program.elf.interp);
   const dir = shimCacheDir();

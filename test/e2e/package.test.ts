@@ -1,6 +1,6 @@
 /**
  * What an install gets. `npm pack` ships what tcpka needs to run and to build its library again on a system
- * where the prebuilt one cannot be loaded (dist, bin, native/preload.c and build.sh, the library, LICENSE), and
+ * where the prebuilt one cannot be loaded (dist, bin, the shim's sources and build.sh, the library, LICENSE), and
  * none of the tests. The prebuilt library carries no debug info and needs no glibc symbol version newer than
  * 2.17, so that one build loads on old systems as well as on the one it was built on.
  */
@@ -33,6 +33,9 @@ test("npm pack: the tarball holds what an install needs and none of the tests", 
     "dist/cli/main.js",
     "dist/enforce/preload.js",
     "native/preload.c",
+    "native/events.c",
+    "native/events.h",
+    "native/shim.h",
     "native/build.sh",
     "native/build/libtcpka.so",
   ]) {
