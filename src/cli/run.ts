@@ -5,29 +5,16 @@
 
 import { setTimeout as sleep } from "node:timers/promises";
 import { LiveSession } from "../enforce/live/session.js";
-import {
-  type Blocker,
-  liveBlocker,
-  type Preload,
-  preloadBlocker,
-  preloadEnvironment,
-  resolveCommand,
-  type ShimConfig,
-} from "../enforce/preload.js";
-import { TcpkaError, usage } from "../errors.js";
-import { type EndpointRule, parseRules } from "../filter.js";
+import { type Blocker, preloadOrFallback, resolveCommand } from "../enforce/preload/index.js";
 import { processTree } from "../inspect/targets.js";
-import type { KeepAliveSettings } from "../settings.js";
 import {
   bool,
+  type CommandLine,
+  commandLine,
   type Options,
-  parse,
   RULE_LINES,
   SETTINGS_HELP,
   SETTINGS_OPTIONS,
-  settingsFrom,
-  splitCommand,
-  strs,
 } from "../ui/args.js";
 import { passThrough, runChild } from "../ui/child.js";
 import { Out, printable, reportError } from "../ui/format.js";
@@ -69,78 +56,30 @@ const OPTIONS: Options = {
   debug: { type: "boolean" },
 };
 
-export interface PreloadPlan {
-  file: string;
-  args: string[];
-  argv0: string;
-  settings: KeepAliveSettings;
-  only: EndpointRule[];
-  except: EndpointRule[];
-}
-
-/** Parse and check a run-like command line (shared with trace): settings, rules, and a runnable CMD. */
-export function planPreload(
-  command: string,
-  argv: readonly string[],
-  options: Options,
-): PreloadPlan & { values: ReturnType<typeof parse>["values"] } {
-  const split = splitCommand(argv, options);
-  const { values } = parse(command, split.own, options);
-  const plan = {
-    values,
-    settings: settingsFrom(values),
-    ...parseRules(strs(values, "only"), strs(values, "except")),
-    file: "",
-    args: split.command.slice(1),
-    argv0: split.command[0] ?? "",
-  };
-  if (bool(values, "help")) return plan;
-  if (!plan.argv0) throw usage(`${command}: no command given`, `e.g. tcpka ${command} -- curl http://127.0.0.1:8080/`);
-  plan.file = resolveCommand(plan.argv0);
-  return plan;
-}
-
-/** The refusal for a program that the library cannot reach: one line, and a hint. */
-export function blockedError(b: Blocker): TcpkaError {
-  return new TcpkaError("unsupported", b.message, { hint: b.hint });
-}
+/** What tcpka run starts: its command line, and the file that CMD names. */
+type PreloadPlan = CommandLine & { file: string };
 
 export async function runRun(argv: readonly string[], out: Out): Promise<number> {
-  const plan = planPreload("run", argv, OPTIONS);
-  if (bool(plan.values, "help")) {
+  const line = commandLine("run", argv, OPTIONS);
+  if (bool(line.values, "help")) {
     out.write(RUN_HELP);
     return 0;
   }
-  const force = bool(plan.values, "force");
-  const preload = throughLibrary(plan.file, {
+  const plan: PreloadPlan = { ...line, file: resolveCommand(line.argv0) };
+  const force = bool(line.values, "force");
+  const preload = preloadOrFallback(plan.file, {
     mode: force ? "force" : "strengthen",
     settings: plan.settings,
     only: plan.only,
     except: plan.except,
-    debug: bool(plan.values, "debug"),
+    debug: bool(line.values, "debug"),
   });
   if ("env" in preload) {
     if (preload.notice) process.stderr.write(`tcpka: ${printable(preload.notice)}\n`);
     out.end();
     return passThrough(await runChild(plan.file, plan.argv0, plan.args, preload.env));
   }
-  // Without the library, the fallback only where the kernel will let it reach the program: decided now,
-  // before the program starts, so that it never runs unprotected.
-  const live = liveBlocker(plan.file);
-  if (live) {
-    const why = `${preload.blocked.message}; nor can tcpka fall back to pidfd_getfd: ${live.message}`;
-    throw new TcpkaError("unsupported", why, { hint: live.hint });
-  }
   return runWatched(plan, preload.blocked, force);
-}
-
-/** The program's environment with a library that works here, or why LD_PRELOAD cannot protect it. */
-function throughLibrary(file: string, cfg: ShimConfig): Preload {
-  const known = preloadBlocker(file);
-  if (known && !known.unverified) return { blocked: known };
-  const r = preloadEnvironment(cfg);
-  // A program tcpka could not inspect comes second: what the library says about this system comes first.
-  return known && "env" in r ? { blocked: known } : r;
 }
 
 const WATCH_EVERY_MS = 200;

@@ -101,7 +101,8 @@ export const BPF_CGROUP_SOCK_OPS = 3;
 export const BPF_MAP_TYPE_ARRAY = 2;
 export const BPF_OBJ_NAME_LEN = 16;
 
-// include/uapi/asm-generic/fcntl.h: flock(2) operations
+// include/uapi/asm-generic/fcntl.h: an open(2) flag (not in Node's fs.constants), and flock(2) operations
+export const O_CLOEXEC = 0o2000000;
 export const LOCK_SH = 1;
 export const LOCK_EX = 2;
 export const LOCK_NB = 4;

@@ -25,13 +25,11 @@ import {
 import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
 import { TcpkaError } from "../errors.js";
-import { LOCK_EX, LOCK_SH } from "../kernel/constants.js";
+import { LOCK_EX, LOCK_SH, O_CLOEXEC } from "../kernel/constants.js";
 import { flockNow } from "./libc.js";
 
 const { O_WRONLY, O_RDWR, O_CREAT, O_EXCL, O_NOFOLLOW, O_RDONLY, O_DIRECTORY } = constants;
-const O_CLOEXEC = 0o2000000; // include/uapi/asm-generic/fcntl.h; libuv sets it anyway, this makes it explicit
-
-function euid(): number {
+export function euid(): number {
   return process.geteuid?.() ?? 0;
 }
 

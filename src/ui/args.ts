@@ -7,6 +7,7 @@ import { type ParseArgsConfig, parseArgs } from "node:util";
 import { usage } from "../errors.js";
 import {
   DEFAULT_FILTER,
+  type EndpointRule,
   parseCidr,
   parsePid,
   parsePorts,
@@ -262,6 +263,33 @@ export function settingsFrom(v: Values): KeepAliveSettings {
   const ut = str(v, "user-timeout");
   if (ut !== undefined) s.userTimeout = parseUserTimeout(ut);
   return s;
+}
+
+/** A run-like command line (run, trace): tcpka's own options, the settings and rules they give, and CMD. */
+export interface CommandLine {
+  values: Values;
+  settings: KeepAliveSettings;
+  only: EndpointRule[];
+  except: EndpointRule[];
+  /** CMD as given (empty only with --help), and its arguments. */
+  argv0: string;
+  args: string[];
+}
+
+/** Parse `[options] [--] CMD ARGS…` for `command`: settings, rules, and a CMD unless --help is asked for. */
+export function commandLine(command: string, argv: readonly string[], options: Options): CommandLine {
+  const split = splitCommand(argv, options);
+  const { values } = parse(command, split.own, options);
+  const line = {
+    values,
+    settings: settingsFrom(values),
+    ...parseRules(strs(values, "only"), strs(values, "except")),
+    args: split.command.slice(1),
+    argv0: split.command[0] ?? "",
+  };
+  if (!line.argv0 && !bool(values, "help"))
+    throw usage(`${command}: no command given`, `e.g. tcpka ${command} -- curl http://127.0.0.1:8080/`);
+  return line;
 }
 
 /** "idle=60 interval=10s count=6" (also comma-separated) -> values, each checked against the kernel's limits. */

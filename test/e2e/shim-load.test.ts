@@ -14,7 +14,7 @@ import assert from "node:assert/strict";
 import { chmodSync, chownSync, copyFileSync, cpSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, describe, type TestContext, test } from "node:test";
-import { probeShim } from "../../src/enforce/preload.js";
+import { probeShim } from "../../src/enforce/preload/shim.js";
 import { compileC } from "../helpers/compile.js";
 import { needs } from "../helpers/env.js";
 import { WANT_FLAGS } from "../helpers/keepalive.js";
