@@ -28,7 +28,8 @@ const { readSystemDefaults } = await import("../src/inspect/sysctl.js");
 const { SocketBorrower } = await import("../src/sys/pidfd.js");
 const { inetDiagDump } = await import("../src/sys/netlink.js");
 const { AF_INET, AF_INET6 } = await import("../src/kernel/constants.js");
-const { addToSummary, connectionJsonText, emptySummary } = await import("../src/cli/ls.js");
+const { addToSummary, emptySummary } = await import("../src/inspect/summary.js");
+const { connectionJsonText } = await import("../src/ui/connections.js");
 const { Out } = await import("../src/ui/format.js");
 
 const ms: Record<string, number> = { boot: bootMs, import: performance.now() - t0 };

@@ -1,7 +1,6 @@
 /**
  * `tcpka ls`: one line per socket, like `ss -tanoe` but about keepalive.
  */
-import { geteuid } from "node:process";
 import { usage } from "../errors.js";
 import type { SocketFilter } from "../filter.js";
 import {
@@ -12,11 +11,12 @@ import {
   inspect,
   inspectEach,
 } from "../inspect/connections.js";
-import { commOf, permissionError } from "../inspect/processes.js";
+import { permissionError } from "../inspect/processes.js";
+import { addToSummary, deniedTargets, emptySummary, type Summary, summarize } from "../inspect/summary.js";
 import { readSystemDefaults } from "../inspect/sysctl.js";
-import type { TcpStateName } from "../kernel/states.js";
 import { formatMs, formatSeconds } from "../settings.js";
 import { bool, FILTER_HELP, FILTER_OPTIONS, filterFrom, parse, str } from "../ui/args.js";
+import { connectionJsonText, writeExactHint } from "../ui/connections.js";
 import { hostPort, type Out, ownerText, paint, plural, printable, table } from "../ui/format.js";
 
 export const LS_HELP = `Usage: tcpka ls [filters] [-w | --json]
@@ -74,115 +74,6 @@ export function runLs(argv: readonly string[], out: Out): number {
   // What was asked for by process could not all be read: not "no TCP sockets match", and not exit 0.
   if (denied.length) throw permissionError(denied);
   return 0;
-}
-
-/** The processes named by --pid or --comm whose fds this user may not read (/proc/PID/comm is world-readable). */
-function deniedTargets(filter: SocketFilter, info: InspectionInfo): number[] {
-  if (!filter.pids.length && !filter.comms.length) return [];
-  const comms = new Set(filter.comms);
-  return info.unreadablePids.filter(
-    (p) => (!filter.pids.length || filter.pids.includes(p)) && (!comms.size || comms.has(commOf(p))),
-  );
-}
-
-/**
- * The JSON form of a connection: stable snake_case names, units in the names. Built as text: at 100,000
- * sockets this is several times faster than objects through JSON.stringify, and makes far less garbage.
- * Every value is a number, boolean, null or a string that needs no escaping, except the process name.
- */
-export function connectionJsonText(c: Connection): string {
-  const s = c.socket;
-  const e = c.settings;
-  const probe = s.timer === "keepalive" && c.keepalive !== null;
-  const procs = c.owners.map((o) => `{"pid":${o.pid},"comm":${JSON.stringify(o.comm)},"fd":${o.fd}}`).join(",");
-  return (
-    `{"state":"${s.state}","family":${s.family},` +
-    `"local_address":"${s.localAddress}","local_port":${s.localPort},` +
-    `"peer_address":"${s.peerAddress}","peer_port":${s.peerPort},"inode":${s.inode},"uid":${s.uid},` +
-    `"keepalive":${c.keepalive},"source":"${c.source}",` +
-    `"timer":"${s.timer}","timer_ms":${s.timerMs},"timer_count":${s.timerCount},` +
-    `"next_probe_ms":${probe ? s.timerMs : null},"probes":${probe ? s.timerCount : null},` +
-    `"idle_s":${e ? e.idle : null},"interval_s":${e ? e.interval : null},"count":${e ? e.count : null},` +
-    `"user_timeout_ms":${e ? e.userTimeout : null},"dead_peer_after_s":${c.deadPeerAfter},` +
-    `"send_queue":${s.sendQueue},"recv_queue":${s.recvQueue},"processes":[${procs}]` +
-    `${c.exactError ? `,"exact_error":"${c.exactError}"` : ""}}`
-  );
-}
-
-/**
- * What the listed sockets mean, by state. Only established connections are at risk: keepalive is what notices
- * their peer vanishing. A listener has no peer; its keepalive is what the connections it accepts inherit
- * (sk_clone_lock copies SO_KEEPALIVE and the TCP_KEEP* values). Every other state is a connection opening or
- * closing (TIME-WAIT is a mini-socket without options, inet_timewait_sock): not counted as without keepalive.
- */
-export interface Summary {
-  /** Every socket listed. */
-  total: number;
-  established: number;
-  /** Established connections with keepalive on, off, and not known (a retransmission hides the timer). */
-  keepaliveOn: number;
-  keepaliveOff: number;
-  unknown: number;
-  listening: number;
-  listeningOn: number;
-  listeningOff: number;
-  /** Every socket listed, by state. */
-  states: Map<TcpStateName, number>;
-  /** Owners of the established connections without keepalive: "comm[pid]" -> count. */
-  offOwners: Map<string, number>;
-  /** Longest known detection time of an established connection in seconds; Infinity when one never notices. */
-  worstDeadPeer: number | null;
-  exact: number;
-}
-
-export function emptySummary(): Summary {
-  return {
-    total: 0,
-    established: 0,
-    keepaliveOn: 0,
-    keepaliveOff: 0,
-    unknown: 0,
-    listening: 0,
-    listeningOn: 0,
-    listeningOff: 0,
-    states: new Map(),
-    offOwners: new Map(),
-    worstDeadPeer: null,
-    exact: 0,
-  };
-}
-
-/** Count one connection into a summary. */
-export function addToSummary(sum: Summary, c: Connection): void {
-  const state = c.socket.state;
-  sum.total++;
-  sum.states.set(state, (sum.states.get(state) ?? 0) + 1);
-  if (c.source === "exact") sum.exact++;
-  if (state === "LISTEN") {
-    sum.listening++;
-    if (c.keepalive === true) sum.listeningOn++;
-    else if (c.keepalive === false) sum.listeningOff++;
-    return;
-  }
-  if (state !== "ESTAB") return;
-  sum.established++;
-  if (c.keepalive === true) sum.keepaliveOn++;
-  else if (c.keepalive === false) sum.keepaliveOff++;
-  else sum.unknown++;
-  if (c.keepalive === false) {
-    sum.worstDeadPeer = Number.POSITIVE_INFINITY;
-    const o = c.owners[0];
-    const key = o ? `${o.comm}[${o.pid}]` : "owner not visible";
-    sum.offOwners.set(key, (sum.offOwners.get(key) ?? 0) + 1);
-  } else if (c.deadPeerAfter !== null) {
-    sum.worstDeadPeer = Math.max(sum.worstDeadPeer ?? 0, c.deadPeerAfter);
-  }
-}
-
-export function summarize(conns: readonly Connection[]): Summary {
-  const sum = emptySummary();
-  for (const c of conns) addToSummary(sum, c);
-  return sum;
 }
 
 /** Stream the JSON: each connection is written as soon as it is known and not kept. */
@@ -345,26 +236,4 @@ function listeningText(sum: Summary): string {
     `${plural(sum.listening, "listening socket")}: ${sum.listeningOn} with keepalive, ${sum.listeningOff} without` +
     `${unknown ? `, ${unknown} unknown` : ""}; accepted connections inherit their listener's`
   );
-}
-
-/** One line on how to get exact answers, when some came from the timer only. */
-export function writeExactHint(r: Inspection, inexact: number, out: Out): void {
-  if (inexact === 0 || !r.processes) return;
-  if (geteuid?.() !== 0 && (r.unreadablePids.length > 0 || r.exactDenied > 0)) {
-    out.write(
-      paint(
-        out,
-        "dim",
-        `${plural(inexact, "socket")} marked '?': only the kernel's timer was visible; run as root (or give tcpka CAP_SYS_PTRACE) for exact settings\n`,
-      ),
-    );
-  } else if (r.exactDenied > 0) {
-    out.write(
-      paint(
-        out,
-        "dim",
-        `${plural(r.exactDenied, "socket")} could not be read (EPERM); their keepalive is a timer hint\n`,
-      ),
-    );
-  }
 }

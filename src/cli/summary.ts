@@ -4,7 +4,8 @@
  */
 import { geteuid } from "node:process";
 import { DEFAULT_FILTER } from "../filter.js";
-import { type Connection, inspect } from "../inspect/connections.js";
+import { inspect } from "../inspect/connections.js";
+import { type Detection, detection, ownersWithoutKeepalive, summarize } from "../inspect/summary.js";
 import {
   describeSettings,
   type EffectiveKeepAlive,
@@ -12,8 +13,8 @@ import {
   formatSeconds,
   type SystemDefaults,
 } from "../settings.js";
+import { writeExactHint } from "../ui/connections.js";
 import { hostPort, type Out, paint, plural, printable, table } from "../ui/format.js";
-import { summarize, writeExactHint } from "./ls.js";
 
 /** How many processes the fix command names: the top rows of the table. */
 const FIX_AT_MOST = 5;
@@ -28,7 +29,7 @@ export function runSummary(out: Out): number {
   const w = String(sum.established).length;
   const row = (label: string, n: number, text: string) =>
     out.write(`  ${label.padEnd(15)}${String(n).padStart(w)}   ${text}`.trimEnd() + "\n");
-  row("keepalive on", sum.keepaliveOn, detection(conns, r.defaults));
+  row("keepalive on", sum.keepaliveOn, detectionText(detection(conns, r.defaults), r.defaults));
   row(
     "keepalive off",
     sum.keepaliveOff,
@@ -38,30 +39,22 @@ export function runSummary(out: Out): number {
   );
   if (sum.unknown) row("unknown", sum.unknown, "a retransmission hides the keepalive timer");
 
-  const off = conns.filter((c) => c.keepalive === false);
-  if (off.length) {
-    // Group by owning process; peers summarised as up to three addresses or networks.
-    const groups = new Map<string, { comm: string; pid: string; peers: string[] }>();
-    for (const c of off) {
-      const o = c.owners[0];
-      const key = o ? String(o.pid) : "?";
-      let g = groups.get(key);
-      if (!g) {
-        g = { comm: o?.comm ?? "?", pid: o ? String(o.pid) : "?", peers: [] };
-        groups.set(key, g);
-      }
-      g.peers.push(hostPort(c.socket.peerAddress, c.socket.peerPort));
-    }
-    const sorted = [...groups.values()].sort((a, b) => b.peers.length - a.peers.length);
+  const owners = ownersWithoutKeepalive(conns);
+  if (owners.length) {
     out.write("\nWithout keepalive:\n");
     table(
       ["PROCESS", "PID", "CONNS", "PEERS"],
-      sorted.map((g) => [printable(g.comm), g.pid, String(g.peers.length), peerSummary(g.peers)]),
+      owners.map((g) => [
+        printable(g.comm ?? "?"),
+        String(g.pid ?? "?"),
+        String(g.connections.length),
+        peerSummary(g.connections.map((c) => hostPort(c.socket.peerAddress, c.socket.peerPort))),
+      ]),
       out,
       "  ",
     );
     // The processes at the top of the table, in its order: the ones that hold most of the connections at risk.
-    const top = sorted.filter((g) => g.pid !== "?").slice(0, FIX_AT_MOST);
+    const top = owners.filter((g) => g.pid !== undefined).slice(0, FIX_AT_MOST);
     out.write("\n");
     if (top.length) {
       const label = top.length === 1 ? "Fix a running process:" : "Fix running processes:";
@@ -73,40 +66,23 @@ export function runSummary(out: Out): number {
   return 0;
 }
 
-/**
- * How soon the connections with keepalive notice a dead peer, and whose settings make it so: the namespace's
- * defaults, or the programs' own. A socket whose values equal the defaults is counted as using them: getsockopt
- * returns the effective value (keepalive_time_when() in include/net/tcp.h), so the two cannot be told apart.
- */
-function detection(conns: readonly Connection[], d: SystemDefaults): string {
-  const on = conns.filter((c) => c.keepalive === true);
-  const known = on.filter((c) => c.settings !== null && c.deadPeerAfter !== null);
-  const unreadable = on.length - known.length;
+/** How soon the connections with keepalive notice a dead peer, and whose settings make it so. */
+function detectionText(k: Detection, d: SystemDefaults): string {
   const why = geteuid?.() === 0 ? "settings not readable" : "settings not readable without root";
-  if (known.length === 0) return unreadable ? why : "";
-
-  let fastest = Number.POSITIVE_INFINITY;
-  let slowest = 0;
-  for (const c of known) {
-    fastest = Math.min(fastest, c.deadPeerAfter as number);
-    slowest = Math.max(slowest, c.deadPeerAfter as number);
-  }
-  const range = fastest === slowest ? formatSeconds(slowest) : `${formatSeconds(fastest)} … ${formatSeconds(slowest)}`;
-  const own = known.filter((c) => !usesDefaults(c.settings as EffectiveKeepAlive, d));
+  if (k.known === 0) return k.unreadable ? why : "";
+  const range =
+    k.fastest === k.slowest ? formatSeconds(k.slowest) : `${formatSeconds(k.fastest)} … ${formatSeconds(k.slowest)}`;
   let source = `system default: ${describeSettings(d)}`;
-  if (own.length) {
-    const programs = new Set(own.map((c) => c.owners[0]?.pid)).size === 1 ? "the program's" : "the programs'";
-    const values = new Set(own.map((c) => settingsText(c.settings as EffectiveKeepAlive)));
+  if (k.own.length) {
+    const programs = new Set(k.own.map((c) => c.owners[0]?.pid)).size === 1 ? "the program's" : "the programs'";
+    const values = new Set(k.own.map((c) => settingsText(c.settings as EffectiveKeepAlive)));
     source = `${programs} own settings${values.size === 1 ? `: ${[...values][0]}` : ""}`;
-    const byDefault = known.length - own.length;
-    if (byDefault) source = `${byDefault} with the system default ${describeSettings(d)}, ${own.length} with ${source}`;
+    const byDefault = k.known - k.own.length;
+    if (byDefault)
+      source = `${byDefault} with the system default ${describeSettings(d)}, ${k.own.length} with ${source}`;
   }
   const text = `dead peer noticed after ${range} (${source})`;
-  return unreadable ? `${text}; ${unreadable} with ${why}` : text;
-}
-
-function usesDefaults(e: EffectiveKeepAlive, d: SystemDefaults): boolean {
-  return e.idle === d.idle && e.interval === d.interval && e.count === d.count && e.userTimeout === 0;
+  return k.unreadable ? `${text}; ${k.unreadable} with ${why}` : text;
 }
 
 function settingsText(e: EffectiveKeepAlive): string {
