@@ -1,7 +1,10 @@
 /**
  * A small typed eBPF assembler: instructions are values built by readable constructors, jumps name their
  * target by symbol, and `assemble` resolves the labels into offsets and encodes the bytes
- * (Documentation/bpf/standardization/instruction-set.rst; include/uapi/linux/bpf.h, bpf_common.h).
+ * (Documentation/bpf/standardization/instruction-set.rst; include/uapi/linux/bpf.h, bpf_common.h). Each
+ * instruction prints itself as the verifier's log does (print_bpf_insn, kernel/bpf/disasm.c), a jump with its
+ * label where the log has "pc+N"; a Listing prints a program with its labels, so that a verifier error can say
+ * where in it the rejected instruction is (VerifierError in src/sys/bpf.ts).
  *
  *   Mov.Reg(R6, R1)                  r6 = r1
  *   LoadMem(R2, R6, 0, "W")          r2 = *(u32 *)(r6 + 0)
@@ -59,6 +62,37 @@ export type Size = keyof typeof SIZE;
 /** Helper functions by their number in enum bpf_func_id (include/uapi/linux/bpf.h). */
 export const Fn = { setsockopt: 49, getsockopt: 57, seqWrite: 127, sockFromFile: 162 } as const;
 
+/** How the verifier's log writes each operation (bpf_alu_string and bpf_jmp_string in kernel/bpf/disasm.c). */
+const ALU_TEXT = new Map<number, string>([
+  [ALU_OP.add, "+="],
+  [ALU_OP.sub, "-="],
+  [ALU_OP.mul, "*="],
+  [ALU_OP.or, "|="],
+  [ALU_OP.and, "&="],
+  [ALU_OP.lsh, "<<="],
+  [ALU_OP.rsh, ">>="],
+  [ALU_OP.mov, "="],
+]);
+const JMP_TEXT = new Map<number, string>([
+  [JMP_OP.jeq, "=="],
+  [JMP_OP.jgt, ">"],
+  [JMP_OP.jge, ">="],
+  [JMP_OP.jset, "&"],
+  [JMP_OP.jne, "!="],
+  [JMP_OP.jlt, "<"],
+  [JMP_OP.jle, "<="],
+]);
+const SIZE_TEXT = new Map<number, string>([
+  [SIZE.W, "u32"],
+  [SIZE.H, "u16"],
+  [SIZE.B, "u8"],
+  [SIZE.DW, "u64"],
+]);
+/** The kernel's names of the helpers: bpf_setsockopt, bpf_seq_write... */
+const FN_TEXT = new Map<number, string>(
+  Object.entries(Fn).map(([name, id]) => [id, `bpf_${name.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)}`]),
+);
+
 export class Instruction {
   constructor(
     readonly opcode: number,
@@ -75,6 +109,39 @@ export class Instruction {
   /** This instruction, labelled so that jumps can name it. */
   withSymbol(symbol: string): Instruction {
     return new Instruction(this.opcode, this.dst, this.src, this.off, this.imm, this.target, symbol);
+  }
+
+  /** As the verifier's log prints it ("r2 = *(u32 *)(r6 +4)", "if w2 == 0x4 goto set"), without the label. */
+  toString(): string {
+    const cls = this.opcode & 0x07;
+    const op = this.opcode & 0xf0;
+    const x = (this.opcode & SRC_X) !== 0;
+    const mem = (reg: Reg) =>
+      `*(${SIZE_TEXT.get(this.opcode & 0x18)} *)(r${reg} ${this.off < 0 ? "" : "+"}${this.off})`;
+    switch (cls) {
+      case CLASS.ALU:
+      case CLASS.ALU64: {
+        if (op === ALU_OP.end) return `r${this.dst} = ${x ? "be" : "le"}${this.imm} r${this.dst}`;
+        const r = cls === CLASS.ALU ? "w" : "r";
+        return `${r}${this.dst} ${ALU_TEXT.get(op)} ${x ? `${r}${this.src}` : this.imm}`;
+      }
+      case CLASS.JMP:
+      case CLASS.JMP32: {
+        if (op === JMP_OP.exit) return "exit";
+        if (op === JMP_OP.call) return `call ${FN_TEXT.get(this.imm) ?? "unknown"}#${this.imm}`;
+        const to = `goto ${this.target ?? `pc${this.off < 0 ? "" : "+"}${this.off}`}`;
+        if (op === JMP_OP.ja) return to;
+        const r = cls === CLASS.JMP32 ? "w" : "r";
+        return `if ${r}${this.dst} ${JMP_TEXT.get(op)} ${x ? `${r}${this.src}` : `0x${(this.imm >>> 0).toString(16)}`} ${to}`;
+      }
+      case CLASS.LDX:
+        return `r${this.dst} = ${mem(this.src)}`;
+      case CLASS.STX:
+        return `${mem(this.dst)} = r${this.src}`;
+      case CLASS.ST:
+        return `${mem(this.dst)} = ${this.imm}`;
+    }
+    return `(${this.opcode.toString(16).padStart(2, "0")})`;
   }
 }
 
@@ -168,6 +235,40 @@ export function assemble(program: readonly Instruction[]): Buffer {
     out.writeInt32LE(insn.imm, i * 8 + 4);
   });
   return out;
+}
+
+/**
+ * A program as text: each instruction with its index, under the label that starts there ("out:"). The one
+ * place where a verifier error learns which label an instruction number stands at.
+ */
+export class Listing {
+  constructor(private readonly program: readonly Instruction[]) {}
+
+  /** The label of instruction `i`, or of the nearest one before it with the distance ("set+2"); none before. */
+  nameOf(i: number): string | undefined {
+    for (let j = Math.min(i, this.program.length - 1); j >= 0; j--) {
+      const symbol = this.program[j]?.symbol;
+      if (symbol !== undefined) return j === i ? symbol : `${symbol}+${i - j}`;
+    }
+    return undefined;
+  }
+
+  /** The lines of instructions `from` to `to` (both kept within the program), `mark` flagged with ">". */
+  lines(from = 0, to = this.program.length - 1, mark?: number): string[] {
+    const last = Math.min(to, this.program.length - 1);
+    const width = String(last).length;
+    const out: string[] = [];
+    for (let i = Math.max(from, 0); i <= last; i++) {
+      const insn = this.program[i] as Instruction;
+      if (insn.symbol !== undefined) out.push(`${insn.symbol}:`);
+      out.push(`${i === mark ? ">" : " "} ${String(i).padStart(width)}: ${insn}`);
+    }
+    return out;
+  }
+
+  toString(): string {
+    return this.lines().join("\n");
+  }
 }
 
 /**

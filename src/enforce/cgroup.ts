@@ -26,7 +26,7 @@ import {
   unlinkSync,
 } from "node:fs";
 import { basename, join } from "node:path";
-import { assemble } from "../bpf/asm.js";
+import { assemble, Listing } from "../bpf/asm.js";
 import { type EnforceSpec, keepaliveProgram } from "../bpf/keepalive.js";
 import { TcpkaError } from "../errors.js";
 import { endpointRuleText } from "../filter.js";
@@ -326,10 +326,16 @@ export function enforceOnCgroup(cgroupDir: string, mount: string, spec: EnforceS
       { hint: "enforce on a cgroup above it: the program covers every cgroup below the one it is attached to" },
     );
   }
-  const insns = assemble(keepaliveProgram(spec));
+  const program = keepaliveProgram(spec);
   let progFd: number;
   try {
-    progFd = progLoad({ type: BPF_PROG_TYPE_SOCK_OPS, insns, license: "Dual MIT/GPL", name: "tcpka_keepalive" });
+    progFd = progLoad({
+      type: BPF_PROG_TYPE_SOCK_OPS,
+      insns: assemble(program),
+      listing: new Listing(program),
+      license: "Dual MIT/GPL",
+      name: "tcpka_keepalive",
+    });
   } catch (e) {
     throw explain(e, "cannot load the BPF program");
   }

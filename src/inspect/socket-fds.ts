@@ -12,7 +12,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import { release } from "node:os";
 import { ipv4, ipv6 } from "../addresses.js";
-import { assemble } from "../bpf/asm.js";
+import { assemble, Listing } from "../bpf/asm.js";
 import { RECORD_SIZE, socketFdsProgram } from "../bpf/socket-fds.js";
 import type { TcpEndpoints } from "../filter.js";
 import { AF_INET, AF_INET6, BPF_PROG_TYPE_TRACING, BPF_TRACE_ITER } from "../kernel/constants.js";
@@ -63,31 +63,30 @@ export class SocketFdIterator {
   static open(): SocketFdIterator {
     const btf = Btf.vmlinux();
     const common = (m: string) => btf.memberOffset("sock", "__sk_common") + btf.memberOffset("sock_common", m);
-    const insns = assemble(
-      socketFdsProgram({
-        metaSeq: btf.memberOffset("bpf_iter_meta", "seq"),
-        taskPid: btf.memberOffset("task_struct", "pid"),
-        taskTgid: btf.memberOffset("task_struct", "tgid"),
-        fileInode: btf.memberOffset("file", "f_inode"),
-        inodeIno: btf.memberOffset("inode", "i_ino"),
-        socketSk: btf.memberOffset("socket", "sk"),
-        skType: btf.memberOffset("sock", "sk_type"),
-        skProtocol: btf.memberOffset("sock", "sk_protocol"),
-        skcFamily: common("skc_family"),
-        skcState: common("skc_state"),
-        skcNum: common("skc_num"),
-        skcDport: common("skc_dport"),
-        skcRcvSaddr: common("skc_rcv_saddr"),
-        skcDaddr: common("skc_daddr"),
-        skcV6RcvSaddr: common("skc_v6_rcv_saddr"),
-        skcV6Daddr: common("skc_v6_daddr"),
-      }),
-    );
+    const program = socketFdsProgram({
+      metaSeq: btf.memberOffset("bpf_iter_meta", "seq"),
+      taskPid: btf.memberOffset("task_struct", "pid"),
+      taskTgid: btf.memberOffset("task_struct", "tgid"),
+      fileInode: btf.memberOffset("file", "f_inode"),
+      inodeIno: btf.memberOffset("inode", "i_ino"),
+      socketSk: btf.memberOffset("socket", "sk"),
+      skType: btf.memberOffset("sock", "sk_type"),
+      skProtocol: btf.memberOffset("sock", "sk_protocol"),
+      skcFamily: common("skc_family"),
+      skcState: common("skc_state"),
+      skcNum: common("skc_num"),
+      skcDport: common("skc_dport"),
+      skcRcvSaddr: common("skc_rcv_saddr"),
+      skcDaddr: common("skc_daddr"),
+      skcV6RcvSaddr: common("skc_v6_rcv_saddr"),
+      skcV6Daddr: common("skc_v6_daddr"),
+    });
     const progFd = progLoad({
       type: BPF_PROG_TYPE_TRACING,
       expectedAttachType: BPF_TRACE_ITER,
       attachBtfId: btf.typeId("FUNC", "bpf_iter_task_file"),
-      insns,
+      insns: assemble(program),
+      listing: new Listing(program),
       license: "Dual MIT/GPL", // bpf_seq_write and bpf_sock_from_file are for GPL-compatible programs
       name: "tcpka_sockfds",
     });

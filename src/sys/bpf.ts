@@ -17,21 +17,60 @@ function cString(s: string): Buffer {
   return Buffer.from(`${s}\0`);
 }
 
+/** A program as its assembler lists it (Listing in src/bpf/asm.ts): what a verifier error names and shows. */
+export interface ProgramListing {
+  /** The label of instruction `i`, or of the nearest one before it with the distance ("set+2"). */
+  nameOf(i: number): string | undefined;
+  /** The listing's lines for instructions `from` to `to`, `mark` flagged. */
+  lines(from: number, to: number, mark: number): string[];
+}
+
+/**
+ * The verifier's refusal: its complaint, and, when its log says which instruction it rejected, that
+ * instruction's number and label and the listing around it. With log_level 1 the verifier prints each
+ * instruction as it walks it ("23: (61) r2 = *(u32 *)(r6 +4)", print_bpf_insn) and stops at the one it rejects,
+ * then says why; a complaint found before the walk names its instruction itself ("unreachable insn 23",
+ * check_cfg). The log ends with its statistics ("processed N insns", print_verification_stats).
+ */
 export class VerifierError extends TcpkaError {
+  /** The instruction the verifier rejected, when its log says which. */
+  readonly insn: number | undefined;
+
   constructor(
     readonly errno: SysError,
     readonly log: string,
+    listing?: ProgramListing,
   ) {
     const lines = log.trim().split("\n");
-    super("unsupported", `the kernel's verifier rejected the BPF program (${errno.errnoName}): ${lines.at(-1) ?? ""}`, {
-      hint: `the last lines of its log:\n  ${lines.slice(-6).join("\n  ")}`,
+    const { complaint, insn } = rejected(lines);
+    const label = insn === undefined ? undefined : listing?.nameOf(insn);
+    const at = insn === undefined ? "" : ` at insn ${insn}${label ? ` (${label})` : ""}`;
+    let hint = `the last lines of its log:\n  ${lines.slice(-6).join("\n  ")}`;
+    if (insn !== undefined && listing) {
+      hint = `the program around insn ${insn}:\n  ${listing.lines(insn - 3, insn + 3, insn).join("\n  ")}\n${hint}`;
+    }
+    super("unsupported", `the kernel's verifier rejected the BPF program (${errno.errnoName})${at}: ${complaint}`, {
+      hint,
     });
+    this.insn = insn;
   }
+}
+
+/** The verifier's complaint (the last line before its statistics) and the instruction it names or stopped at. */
+function rejected(lines: readonly string[]): { complaint: string; insn?: number } {
+  let at = lines.length - 1;
+  if (at > 0 && lines[at]?.startsWith("processed ")) at--;
+  const complaint = lines[at] ?? "";
+  let insn = /\binsn (\d+)\b/.exec(complaint)?.[1];
+  for (let i = at; insn === undefined && i >= 0; i--) insn = /^(\d+): \(/.exec(lines[i] ?? "")?.[1];
+  return { complaint, insn: insn === undefined ? undefined : Number(insn) };
 }
 
 export interface ProgLoad {
   type: number;
   insns: Buffer;
+  /** The program's listing, so that a verifier error can name the label of the instruction it rejects. */
+  listing?: ProgramListing;
   license: string;
   name: string;
   expectedAttachType?: number;
@@ -78,7 +117,7 @@ export function progLoad(p: ProgLoad): number {
       if (!(e2 instanceof SysError)) throw e2;
       const text = log.toString("latin1", 0, Math.max(0, log.indexOf(0)));
       if (!text) throw e2;
-      throw new VerifierError(e2, text);
+      throw new VerifierError(e2, text, p.listing);
     }
   }
 }
