@@ -15,6 +15,23 @@ export {
   type PlanSpec,
   type WatchOptions,
 } from "./enforce/live/session.js";
+/**
+ * tcpka run's engine: how a program starts with keepalive, in the environment of a preload library that has just
+ * been seen to load and accept the configuration here, or, where LD_PRELOAD cannot reach it but pidfd_getfd from
+ * its parent can, why not (`blocked`); a TcpkaError when neither can. tcpka trace's: checkTraceable refuses a
+ * program that LD_PRELOAD cannot reach, traceProgram runs one under the shim (through the caller's `start`) and
+ * folds the shim's events into one record per socket. resolveCommand finds CMD as execvp(3) does.
+ */
+export {
+  type Blocker,
+  checkTraceable,
+  type Mode,
+  type Preload,
+  preloadOrFallback,
+  resolveCommand,
+  type ShimConfig,
+  traceProgram,
+} from "./enforce/preload/index.js";
 export { TcpkaError } from "./errors.js";
 export {
   type Cidr,
@@ -26,9 +43,28 @@ export {
   type SocketFilter,
 } from "./filter.js";
 export { type Connection, type Inspection, type InspectOptions, inspect } from "./inspect/connections.js";
+/** What traceProgram reports of each socket: what the program set, what tcpka set, what the socket has. */
+export type { OptionValues, TracedSocket, TraceResult } from "./inspect/events.js";
 export { readKeepAlive } from "./inspect/exact.js";
 export { findOwners, type SocketOwner } from "./inspect/owners.js";
 export { readNetlink, readProc, readSockets, type TcpSocket } from "./inspect/sockets.js";
+/**
+ * What an inspection adds up to (tcpka's summary, ls's footer and JSON summary): the sockets by state, the
+ * established connections with and without keepalive, who owns the ones without (ownersWithoutKeepalive), how
+ * soon the ones with it notice a dead peer (detection), and which processes asked for could not be read.
+ * addToSummary counts one connection at a time, for connections that stream by.
+ */
+export {
+  addToSummary,
+  type Detection,
+  deniedTargets,
+  detection,
+  emptySummary,
+  type OwnerWithoutKeepalive,
+  ownersWithoutKeepalive,
+  type Summary,
+  summarize,
+} from "./inspect/summary.js";
 export { readSystemDefaults } from "./inspect/sysctl.js";
 /** Which processes (by pid, name, cgroup, or a program and its children) and which cgroup a command works on. */
 export {

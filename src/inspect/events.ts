@@ -1,5 +1,5 @@
 /**
- * The events that the preload shim appends to its event file (one JSON line each, see native/preload.c),
+ * The events that the preload shim appends to its event file (one JSON line each, written by native/events.c),
  * folded into one record per socket: what the program set, what tcpka set, what the socket really has, and
  * how many events were lost on the way. Only lines that start with the run's key count: the key is in the
  * traced processes' environment and nowhere else, so a line without it did not come from them.
