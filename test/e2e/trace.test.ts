@@ -12,10 +12,13 @@ import {
   existsSync,
   linkSync,
   lstatSync,
+  mkdtempSync,
   readdirSync,
   readFileSync,
+  rmSync,
   statSync,
   symlinkSync,
+  utimesSync,
   writeFileSync,
 } from "node:fs";
 import { createServer } from "node:net";
@@ -605,6 +608,32 @@ describe("trace's event channel: only the invoking user reaches it, only the tra
     const next = await tcpka(t, ["trace", "--", "true"]);
     assert.equal(next.code, 0, next.stderr);
     assert.ok(!existsSync(both.dir), "the next trace removed the channel of the dead run");
+  });
+
+  test("traces started at once never take each other's channel for a dead one; a half-made one is swept after a minute", async (t) => {
+    if (!needs(t, { root: true, tools: ["python3"] })) return;
+    const server = await listener(t);
+    const connect = `import socket; socket.create_connection(("127.0.0.1", ${server.port})).close()`;
+    // Each trace sweeps dead channels as it starts, while the others are making theirs.
+    const runs = await Promise.all(Array.from({ length: 12 }, () => traceJson(t, ["--", python3(), "-c", connect])));
+    for (const { code, stderr, report } of runs) {
+      assert.equal(code, 0, stderr);
+      assert.equal(report.events_lost, 0, stderr);
+      assert.equal(report.sockets.filter((s) => s.kind === "connect").length, 1, JSON.stringify(report.sockets));
+    }
+    // A channel directory without its lock: a trace that died while making it. Swept once it is a minute old.
+    const base = "/run/tcpka";
+    const fresh = mkdtempSync(join(base, "trace-"));
+    const stale = mkdtempSync(join(base, "trace-"));
+    t.after(() => {
+      for (const d of [fresh, stale]) rmSync(d, { recursive: true, force: true });
+    });
+    const old = new Date(Date.now() - 120_000);
+    utimesSync(stale, old, old);
+    const next = await tcpka(t, ["trace", "--", "true"]);
+    assert.equal(next.code, 0, next.stderr);
+    assert.ok(!existsSync(stale), "a lockless channel two minutes old is removed");
+    assert.ok(existsSync(fresh), "a lockless channel made a moment ago may be a live one in the making: kept");
   });
 });
 

@@ -4,7 +4,16 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { type BigIntStats, closeSync, constants, fstatSync, openSync, readdirSync } from "node:fs";
+import {
+  type BigIntStats,
+  closeSync,
+  constants,
+  fstatSync,
+  lstatSync,
+  openSync,
+  readdirSync,
+  renameSync,
+} from "node:fs";
 import { join } from "node:path";
 import { readEvents, type TraceResult } from "../../inspect/events.js";
 import { LOCK_EX, O_CLOEXEC } from "../../kernel/constants.js";
@@ -40,7 +49,11 @@ export class EventChannel {
     if (base) removeDeadChannels(base);
     const dir = privateRunDir(CHANNEL_PREFIX);
     try {
-      const lock = Lock.take(join(dir, "lock"), "tcpka trace");
+      // The lock is taken under another name and then renamed into place, so that another trace's
+      // removeDeadChannels never finds a "lock" that nobody holds yet: between its creation and the flock, this
+      // live channel would look dead to it.
+      const lock = Lock.take(join(dir, "lock.new"), "tcpka trace");
+      renameSync(join(dir, "lock.new"), join(dir, "lock"));
       const file = join(dir, "events.jsonl");
       const fd = openSync(file, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600);
       let st: BigIntStats;
@@ -93,7 +106,13 @@ function watchdog(dir: string): ChildProcess {
   return w;
 }
 
-/** Remove the channels of trace runs that died without removing theirs: nobody holds their lock any more. */
+/** A channel without a lock this long after it was made belongs to a trace that died while making it. */
+const UNLOCKED_FOR_MS = 60_000;
+
+/**
+ * Remove the channels of trace runs that died without removing theirs: nobody holds their lock any more, or
+ * (a run killed while it made its channel) there has been none for a minute.
+ */
 function removeDeadChannels(base: string): void {
   for (const name of readdirSync(base)) {
     if (!name.startsWith(CHANNEL_PREFIX)) continue;
@@ -101,13 +120,25 @@ function removeDeadChannels(base: string): void {
     let fd: number;
     try {
       fd = openSync(join(dir, "lock"), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-    } catch {
-      continue; // being made this moment, or removed already
+    } catch (e) {
+      // Being made this moment, or removed already; or left half-made by a trace that died.
+      if ((e as NodeJS.ErrnoException).code === "ENOENT" && madeBefore(dir, Date.now() - UNLOCKED_FOR_MS)) {
+        removeRunDir(dir);
+      }
+      continue;
     }
     try {
       if (flockNow(fd, LOCK_EX)) removeRunDir(dir); // flock(2) locks go with the process that held them
     } finally {
       closeSync(fd);
     }
+  }
+}
+
+function madeBefore(dir: string, ms: number): boolean {
+  try {
+    return lstatSync(dir).mtimeMs < ms;
+  } catch {
+    return false;
   }
 }
