@@ -5,6 +5,24 @@
  * Keepalive on (or off) for the live TCP sockets of running processes, through pidfd_getfd, as tcpka enable
  * does: `LiveSession.matching(filter, plan).watch(targets, { every, signal, onRound })` gives a LiveSummary.
  */
+
+/** The BPF program of tcpka enforce, generated from settings and rules (for a library that loads it itself). */
+export { type EnforceSpec, keepaliveProgram } from "./bpf/keepalive.js";
+/**
+ * tcpka enforce: keepalive for every new connection of a cgroup v2 through a pinned BPF sock_ops program.
+ * enforceOnCgroup(dir, mount, spec) attaches (or updates in one step) and pins it; listEnforcements(mount) says
+ * what is in force where (and where it cannot know); removeEnforcement / removeAllEnforcements detach and unpin.
+ * The cgroup2 mount comes from cgroup2Mount(); chooseCgroup() resolves a path, unit or pid to its directory.
+ */
+export {
+  type Enforcement,
+  type EnforceResult,
+  enforceOnCgroup,
+  type Listed,
+  listEnforcements,
+  removeAllEnforcements,
+  removeEnforcement,
+} from "./enforce/cgroup.js";
 export {
   LIVE_STATES,
   type LiveResult,
@@ -32,6 +50,8 @@ export {
   type ShimConfig,
   traceProgram,
 } from "./enforce/preload/index.js";
+/** tcpka sysctl --set / --persist: the namespace's keepalive defaults, changed now, and kept for the next boot. */
+export { openPersistFile, persistSystemDefaults, writeSystemDefaults } from "./enforce/sysctl.js";
 export { TcpkaError } from "./errors.js";
 export {
   type Cidr,
