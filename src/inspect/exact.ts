@@ -4,15 +4,7 @@
  * getsockopt of TCP_KEEPIDLE/INTVL/CNT returns the effective value: the socket's own, or the namespace's
  * sysctl when it never set one (keepalive_time_when() and friends in include/net/tcp.h).
  */
-import {
-  SO_KEEPALIVE,
-  SOL_SOCKET,
-  SOL_TCP,
-  TCP_KEEPCNT,
-  TCP_KEEPIDLE,
-  TCP_KEEPINTVL,
-  TCP_USER_TIMEOUT,
-} from "../kernel/constants.js";
+import { OPTION_ORDER, SOCKOPTS } from "../kernel/sockopts.js";
 import type { EffectiveKeepAlive } from "../settings.js";
 import { getsockoptInt } from "../sys/libc.js";
 
@@ -28,9 +20,9 @@ export function readKeepAlive(fd: number): EffectiveKeepAlive {
  * callers that read thousands of sockets and keep the values in shared memory (enforce/live/batch.ts).
  */
 export function readKeepAliveInto(fd: number, out: Int32Array, o: number): void {
-  out[o] = getsockoptInt(fd, SOL_SOCKET, SO_KEEPALIVE) !== 0 ? 1 : 0;
-  out[o + 1] = getsockoptInt(fd, SOL_TCP, TCP_KEEPIDLE);
-  out[o + 2] = getsockoptInt(fd, SOL_TCP, TCP_KEEPINTVL);
-  out[o + 3] = getsockoptInt(fd, SOL_TCP, TCP_KEEPCNT);
-  out[o + 4] = getsockoptInt(fd, SOL_TCP, TCP_USER_TIMEOUT);
+  for (let k = 0; k < READ.length; k += 2) out[o + k / 2] = getsockoptInt(fd, READ[k] as number, READ[k + 1] as number);
+  out[o] = out[o] !== 0 ? 1 : 0; // SO_KEEPALIVE as 0 or 1, whatever non-zero a getsockopt of it may give
 }
+
+/** Level and name of each option, in OPTION_ORDER: the order of out[] above. */
+const READ = OPTION_ORDER.flatMap((option) => SOCKOPTS[option].slice(0, 2) as number[]);
