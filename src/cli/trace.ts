@@ -138,7 +138,7 @@ function shellQuote(words: readonly string[]): string {
   return words.map((w) => (/^[\w@%+=:,./-]+$/.test(w) ? w : `'${w.replace(/'/g, "'\\''")}'`)).join(" ");
 }
 
-export function traceText(r: TraceResult, command: readonly string[], applied: boolean, out: Out): string {
+function traceText(r: TraceResult, command: readonly string[], applied: boolean, out: Out): string {
   let t = "";
   // Every string from the events is the traced programs' (a process names itself): escaped for the terminal.
   for (const s of r.sockets) {
@@ -179,7 +179,7 @@ export function traceText(r: TraceResult, command: readonly string[], applied: b
   return t;
 }
 
-export function traceJson(r: TraceResult, command: readonly string[]): Record<string, unknown> {
+function traceJson(r: TraceResult, command: readonly string[]): Record<string, unknown> {
   return {
     command,
     processes: r.processes,

@@ -186,7 +186,7 @@ test("10,000 sockets, enough for a second thread to share the work: each handled
   if (!needs(t, NEEDS)) return;
   const ns = Netns.create(t);
   // 10,000 fds or more start the helper thread (2,000 where the sockets are listed through /proc; see
-  // src/enforce/live.ts): the same plan, run by two threads, must give every socket what one thread gives it.
+  // src/enforce/live/session.ts): the same plan, run by two threads, must give every socket what one thread gives it.
   // A minority is stricter than asked, so strengthen has to tell.
   const p = await holder(ns, ["plain=4900", "tight=100,ka=1,idle=3"]);
   const before = await pyReport(p);

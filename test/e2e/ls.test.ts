@@ -128,7 +128,7 @@ interface Held {
   user_timeout_ms: number;
 }
 
-/** The fields of a `tcpka ls --json` connection that these tests read (connectionJsonText in src/cli/ls.ts). */
+/** The fields of a `tcpka ls --json` connection that these tests read (connectionJsonText in src/ui/connections.ts). */
 interface Conn {
   state: string;
   family: number;
