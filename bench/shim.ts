@@ -1,6 +1,6 @@
 /**
- * The shim benchmark: what libtcpka.so (native/preload.c and events.c) costs per connection, against what the program's own
- * setsockopt calls would cost. connect-cycle.c, compiled here with gcc -O2, makes loopback connections against
+ * The shim benchmark: what libtcpka.so (native/preload.c and events.c) costs per connection, against what the
+ * program's own setsockopt calls would cost. connect-cycle.c, compiled here with gcc -O2, makes loopback connections against
  * its own listener in these variants, interleaved round by round (the first variant rotating):
  *
  *   bare     no keepalive
