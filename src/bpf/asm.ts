@@ -60,7 +60,16 @@ const JMP_OP = {
 export type Size = keyof typeof SIZE;
 
 /** Helper functions by their number in enum bpf_func_id (include/uapi/linux/bpf.h). */
-export const Fn = { setsockopt: 49, getsockopt: 57, seqWrite: 127, sockFromFile: 162 } as const;
+export const Fn = {
+  setsockopt: 49,
+  jiffies64: 118,
+  getsockopt: 57,
+  seqWrite: 127,
+  skcToTcpSock: 137,
+  skcToTcpTimewaitSock: 138,
+  skcToTcpRequestSock: 139,
+  sockFromFile: 162,
+} as const;
 
 /** How the verifier's log writes each operation (bpf_alu_string and bpf_jmp_string in kernel/bpf/disasm.c). */
 const ALU_TEXT = new Map<number, string>([
@@ -155,8 +164,14 @@ function alu(cls: number, op: number) {
 /** 64-bit ALU operations. */
 export const Mov = alu(CLASS.ALU64, ALU_OP.mov);
 export const Add = alu(CLASS.ALU64, ALU_OP.add);
+export const Sub = alu(CLASS.ALU64, ALU_OP.sub);
+export const And = alu(CLASS.ALU64, ALU_OP.and);
+export const Lsh = alu(CLASS.ALU64, ALU_OP.lsh);
 /** 32-bit ALU operations (the upper half of dst is zeroed). */
 export const Add32 = alu(CLASS.ALU, ALU_OP.add);
+export const Sub32 = alu(CLASS.ALU, ALU_OP.sub);
+export const Or32 = alu(CLASS.ALU, ALU_OP.or);
+export const Lsh32 = alu(CLASS.ALU, ALU_OP.lsh);
 export const Mul32 = alu(CLASS.ALU, ALU_OP.mul);
 export const And32 = alu(CLASS.ALU, ALU_OP.and);
 export const Rsh32 = alu(CLASS.ALU, ALU_OP.rsh);

@@ -33,8 +33,12 @@ Output:
                          timeout apart (the default fits 120 columns)
       --json             one JSON object: {"defaults", "connections": [...], "summary"}; durations in
                          fields named _s (seconds) or _ms (milliseconds)
-      --no-process       do not look up owning processes (faster; keepalive comes from the timer only)
-      --via SOURCE       netlink (default) or proc: read /proc/net/tcp{,6} instead of NETLINK_SOCK_DIAG
+      --no-process       do not look up owning processes (faster; without root, keepalive then comes from the
+                         timer only)
+      --via SOURCE       how sockets are read: bpf (root, Linux 5.9 with BTF: one kernel pass reads every
+                         socket's settings, owned or not), netlink (NETLINK_SOCK_DIAG, then getsockopt on each
+                         socket a process holds) or proc (/proc/net/tcp{,6} instead of sock_diag). Default: bpf
+                         where it loads, else netlink
 
 Examples:
   sudo tcpka ls                        established connections and their keepalive
@@ -59,8 +63,8 @@ export function runLs(argv: readonly string[], out: Out): number {
     return 0;
   }
   const via = str(values, "via");
-  if (via !== undefined && via !== "netlink" && via !== "proc") {
-    throw usage(`--via ${via}: use netlink or proc`);
+  if (via !== undefined && via !== "bpf" && via !== "netlink" && via !== "proc") {
+    throw usage(`--via ${via}: use bpf, netlink or proc`);
   }
   const filter = filterFrom(values);
   const opts: InspectOptions = { via, processes: !bool(values, "no-process") };

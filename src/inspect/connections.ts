@@ -2,20 +2,25 @@
  * The whole inspection behind `tcpka ls` and `tcpka`: list sockets, find their owners, read their exact
  * keepalive settings where this user may, and fall back to the kernel's timer as a hint where it may not.
  */
+import { closeSync, constants, openSync } from "node:fs";
 import { DEFAULT_FILTER, type SocketFilter, socketMatcher } from "../filter.js";
 import { deadPeerAfter, type EffectiveKeepAlive, type SystemDefaults } from "../settings.js";
 import { SysError } from "../sys/libc.js";
 import { SocketBorrower } from "../sys/pidfd.js";
 import { readKeepAlive } from "./exact.js";
-import { findOwners, type SocketOwner } from "./owners.js";
+import { type KernelSocket, KernelSockets } from "./kernel-sockets.js";
+import { allTcpOwners, findOwners, type OwnerScan, type SocketOwner } from "./owners.js";
 import { listPids, netnsOf } from "./processes.js";
 import { listeningPorts, type ReadOptions, readSockets, type TcpSocket } from "./sockets.js";
 import { readSystemDefaults } from "./sysctl.js";
 
 export interface Connection {
   socket: TcpSocket;
+  /** The socket's network namespace (inode number) and cgroup v2 id, where the kernel pass read them. */
+  netns?: number;
+  cgroup?: number;
   owners: SocketOwner[];
-  /** "exact": getsockopt on the socket itself; "timer": only the kernel's timer was visible. */
+  /** "exact": the socket's own settings (getsockopt, or the kernel pass); "timer": only the kernel's timer. */
   source: "exact" | "timer";
   /** true/false; null when the timer could not tell (listening, SYN-SENT, a retransmission hiding it). */
   keepalive: boolean | null;
@@ -43,7 +48,11 @@ export interface Inspection extends InspectionInfo {
 }
 
 export interface InspectOptions {
-  via?: "netlink" | "proc";
+  /**
+   * How sockets are read. "bpf": the kernel pass (kernel-sockets.ts); "netlink" or "proc": sock_diag or
+   * /proc/net/tcp, then getsockopt on each owned socket. Default: the kernel pass where it loads, else netlink.
+   */
+  via?: "bpf" | "netlink" | "proc";
   /** Look up owning processes and read exact settings (default true). */
   processes?: boolean;
 }
@@ -66,7 +75,7 @@ export function keepaliveFromTimer(s: TcpSocket): boolean | null {
  * those of each target's own namespace (through /proc/PID/net/tcp for another one), so that `tcpka ls --pid`
  * works on a container's process.
  */
-function socketsOf(filter: SocketFilter, opts: InspectOptions): TcpSocket[] {
+function socketsOf(filter: SocketFilter, opts: { via?: "netlink" | "proc" }): TcpSocket[] {
   const matches = socketMatcher(filter);
   const readMatching = (from: ReadOptions) => {
     const list = readSockets(from);
@@ -88,6 +97,23 @@ function socketsOf(filter: SocketFilter, opts: InspectOptions): TcpSocket[] {
   return out;
 }
 
+/** The connection of a socket with its owners, settings known or not. */
+function connectionOf(socket: TcpSocket, owners: SocketOwner[], settings: EffectiveKeepAlive | null): Connection {
+  if (settings === null) {
+    return { socket, owners, source: "timer", keepalive: keepaliveFromTimer(socket), settings, deadPeerAfter: null };
+  }
+  const c: Connection = {
+    socket,
+    owners,
+    source: "exact",
+    keepalive: settings.keepalive,
+    settings,
+    deadPeerAfter: null,
+  };
+  c.deadPeerAfter = deadPeerAfter(settings);
+  return c;
+}
+
 /** Inspect and collect every matching connection. */
 export function inspect(filter: SocketFilter = DEFAULT_FILTER, opts: InspectOptions = {}): Inspection {
   const connections: Connection[] = [];
@@ -101,7 +127,110 @@ export function inspect(filter: SocketFilter = DEFAULT_FILTER, opts: InspectOpti
  */
 export function inspectEach(filter: SocketFilter, opts: InspectOptions, each: (c: Connection) => void): InspectionInfo {
   const defaults = readSystemDefaults();
-  const sockets = socketsOf(filter, opts);
+  if (opts.via === "bpf" || (opts.via === undefined && KernelSockets.possible())) {
+    const info = inspectKernel(filter, opts, each);
+    if (info) return { defaults, ...info };
+  }
+  return { defaults, ...inspectSyscalls(filter, opts, each) };
+}
+
+type Found = Omit<InspectionInfo, "defaults">;
+
+/**
+ * The kernel pass: every socket of the namespaces asked for, with its settings, from the TCP iterator; the
+ * owners from one walk of every process's files. null when the program cannot load here (and `via` did not
+ * insist on it): the caller then takes the system calls.
+ */
+function inspectKernel(filter: SocketFilter, opts: InspectOptions, each: (c: Connection) => void): Found | null {
+  let ks: KernelSockets;
+  try {
+    ks = KernelSockets.open(filter.states);
+  } catch (e) {
+    if (opts.via === "bpf") throw e;
+    return null;
+  }
+  try {
+    const processes = opts.processes ?? true;
+    const wantOwners = processes || filter.pids.length > 0 || filter.comms.length > 0;
+    let scan: OwnerScan | null = wantOwners ? allTcpOwners() : { owners: new Map(), unreadable: [] };
+    // Without the task_file iterator (before Linux 5.11) the owners come from /proc, once the inodes are known.
+    const later: KernelSocket[] | null = scan ? null : [];
+    const matches = socketMatcher(filter);
+    const comms = new Set(filter.comms);
+    const none: SocketOwner[] = [];
+    const emit = (socket: KernelSocket, owners: SocketOwner[]): void => {
+      let own = owners;
+      if (filter.pids.length) {
+        own = own.filter((o) => filter.pids.includes(o.pid));
+        if (own.length === 0) return;
+      }
+      if (comms.size && !own.some((o) => comms.has(o.comm))) return;
+      const c = connectionOf(socket, own, socket.settings);
+      c.netns = socket.netns;
+      c.cgroup = socket.cgroup;
+      if (filter.noKeepalive && c.keepalive !== false) return;
+      each(c);
+    };
+    const families = new Set(filter.families);
+    for (const netns of namespacesToWalk(filter)) {
+      const listening = new Set<number>();
+      const ports = () => listening;
+      try {
+        const walk = (s: KernelSocket) => {
+          if (!families.has(s.family) || (matches && !matches(s, ports))) return;
+          if (later) later.push(s);
+          else emit(s, scan?.owners.get(s.inode) ?? none);
+        };
+        ks.walk(walk, { netnsFd: netns.fd, listening });
+      } finally {
+        if (netns.fd !== undefined) closeSync(netns.fd);
+      }
+    }
+    if (later) {
+      const inodes = new Set<number>();
+      for (const s of later) if (s.inode) inodes.add(s.inode);
+      scan = findOwners(inodes, filter.pids.length ? filter.pids : listPids());
+      for (const s of later) emit(s, scan.owners.get(s.inode) ?? none);
+    }
+    return { unreadablePids: scan?.unreadable ?? [], processes, exactDenied: 0 };
+  } finally {
+    ks.close();
+  }
+}
+
+/**
+ * The network namespaces a kernel pass walks: tcpka's own (fd undefined), or with --pid each target's, opened
+ * from /proc/PID/ns/net (a target that exited has none to walk).
+ */
+function namespacesToWalk(filter: SocketFilter): { fd?: number }[] {
+  if (!filter.pids.length) return [{}];
+  const own = netnsOf(process.pid);
+  const seen = new Set<string>();
+  const out: { fd?: number }[] = [];
+  for (const pid of filter.pids) {
+    const ns = netnsOf(pid);
+    if (ns === undefined || seen.has(ns)) continue;
+    seen.add(ns);
+    if (ns === own) {
+      out.push({});
+      continue;
+    }
+    try {
+      out.push({ fd: openSync(`/proc/${pid}/ns/net`, constants.O_RDONLY) });
+    } catch {
+      // exited since: nothing of it to list
+    }
+  }
+  return out;
+}
+
+/**
+ * sock_diag (or /proc/net/tcp) for the sockets, /proc or the task_file iterator for the owners, and getsockopt
+ * on a pidfd_getfd duplicate of each owned socket: what an unprivileged user can do, and the oracle.
+ */
+function inspectSyscalls(filter: SocketFilter, opts: InspectOptions, each: (c: Connection) => void): Found {
+  const via = opts.via === "bpf" ? undefined : opts.via;
+  const sockets = socketsOf(filter, { ...opts, via });
   const processes = opts.processes ?? true;
   const wantOwners = processes || filter.pids.length > 0 || filter.comms.length > 0;
 
@@ -158,5 +287,5 @@ export function inspectEach(filter: SocketFilter, opts: InspectOptions, each: (c
   } finally {
     borrower.close();
   }
-  return { defaults, unreadablePids, processes, exactDenied };
+  return { unreadablePids, processes, exactDenied };
 }

@@ -9,7 +9,7 @@
  * bpf_sock_from_file (5.11) and CAP_BPF with CAP_PERFMON (or root). SocketFdIterator.open() throws when any is
  * missing, and callers then read /proc/PID/fd and sock_diag (owners.ts, sockets.ts).
  */
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { release } from "node:os";
 import { ipv4, ipv6 } from "../addresses.js";
 import { assemble, Listing } from "../bpf/asm.js";
@@ -17,15 +17,11 @@ import { RECORD_SIZE, socketFdsProgram } from "../bpf/socket-fds.js";
 import type { TcpEndpoints } from "../filter.js";
 import { AF_INET, AF_INET6, BPF_PROG_TYPE_TRACING, BPF_TRACE_ITER } from "../kernel/constants.js";
 import { STATE_NAMES } from "../kernel/states.js";
-import { iterCreate, iterLinkCreate, progLoad } from "../sys/bpf.js";
+import { bpfCapable, iterCreate, iterLinkCreate, progLoad } from "../sys/bpf.js";
 import { Btf } from "../sys/btf.js";
 import { addressOf, close, readInto } from "../sys/libc.js";
 
 const READ_SIZE = 64 * 1024; // bpf_seq_read hands out at most 8 pages per read
-// include/uapi/linux/capability.h
-const CAP_SYS_ADMIN = 21;
-const CAP_PERFMON = 38;
-const CAP_BPF = 39;
 
 export class SocketFdIterator {
   private readonly buf = Buffer.from(new ArrayBuffer(READ_SIZE + RECORD_SIZE));
@@ -36,27 +32,13 @@ export class SocketFdIterator {
 
   private constructor(private progFd: number) {}
 
-  /**
-   * Whether the kernel is new enough (6.1) and this process has the rights to load the program: CAP_BPF with
-   * CAP_PERFMON, or CAP_SYS_ADMIN (bpf_capable and perfmon_capable in the kernel). A cheap check that spares
-   * reading the BTF in vain.
-   */
+  /** Whether the kernel is new enough (6.1) and this process may load the program (bpfCapable). */
   static possible(): boolean {
     // The process filter of task iterators (bpf_iter_link_info.task) came in Linux 6.1; before, it is ignored.
     const [major = 0, minor = 0] = release()
       .split(".")
       .map((n) => Number.parseInt(n, 10));
-    if (major < 6 || (major === 6 && minor < 1)) return false;
-    let caps: bigint;
-    try {
-      const m = /^CapEff:\s*([0-9a-f]+)$/m.exec(readFileSync("/proc/self/status", "latin1"));
-      if (!m) return false;
-      caps = BigInt(`0x${m[1]}`);
-    } catch {
-      return false;
-    }
-    const has = (bit: number) => (caps >> BigInt(bit)) & 1n;
-    return has(CAP_SYS_ADMIN) === 1n || (has(CAP_BPF) === 1n && has(CAP_PERFMON) === 1n);
+    return (major > 6 || (major === 6 && minor >= 1)) && bpfCapable();
   }
 
   /** Load the program; throws (BtfError, SysError, VerifierError) when this kernel or these rights cannot. */
@@ -113,12 +95,20 @@ export class SocketFdIterator {
     });
   }
 
-  /** Run the iterator over process `pid`, handing each record's offset in buf to `each`. */
+  /**
+   * Every process's TCP sockets in one walk (the task iterator without a filter walks every task of tcpka's
+   * pid namespace): `each(pid, fd, inode)`. The pid is task->tgid, the number in the initial pid namespace.
+   */
+  listAll(each: (pid: number, fd: number, inode: number) => void): void {
+    this.walk(0, (at) => each(this.u32[(at >> 2) + 5] as number, this.u32[at >> 2] as number, this.inode(at)));
+  }
+
+  /** Run the iterator over process `pid` (0: every process), handing each record's offset in buf to `each`. */
   private walk(pid: number, each: (at: number) => void): boolean {
     if (this.progFd < 0) throw new Error("SocketFdIterator used after close()");
     let found = false;
     this.info.fill(0);
-    this.info.writeUInt32LE(pid, 4); // task.pid: this process and its threads (BPF_TASK_ITER_TGID)
+    this.info.writeUInt32LE(pid, 4); // task.pid: this process and its threads (BPF_TASK_ITER_TGID); 0: all
     const link = iterLinkCreate(this.progFd, BPF_TRACE_ITER, this.info);
     let iter = -1;
     try {
@@ -134,7 +124,9 @@ export class SocketFdIterator {
         for (let at = 0; at < whole; at += RECORD_SIZE) {
           // Every record of one walk comes from one process: a kernel that ignored the filter walked them all.
           const tgid = this.u32[(at >> 2) + 5] as number;
-          if (owner < 0) owner = tgid;
+          if (pid === 0) {
+            // every process
+          } else if (owner < 0) owner = tgid;
           else if (tgid !== owner) throw new Error("the kernel ignored the task iterator's process filter");
           found = true;
           each(at);

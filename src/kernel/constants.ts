@@ -16,6 +16,11 @@ export const SOCK_CLOEXEC = 0o2000000;
 
 // include/uapi/asm-generic/socket.h
 export const SOL_SOCKET = 1;
+// include/uapi/linux/in.h: bind an address that is not (yet) up, e.g. 127.0.0.1 in a namespace whose lo is down
+export const SOL_IP = 0;
+export const IP_FREEBIND = 15;
+// include/uapi/linux/sched.h: setns(2) into a network namespace
+export const CLONE_NEWNET = 0x40000000;
 export const SO_TYPE = 3;
 export const SO_KEEPALIVE = 9;
 export const SO_DOMAIN = 39;

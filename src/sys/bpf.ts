@@ -3,11 +3,34 @@
  * replace a link's program, detach, pin and get objects, and a one-entry array map for metadata. Each command's
  * attribute block is laid out as in union bpf_attr (include/uapi/linux/bpf.h).
  */
+import { readFileSync } from "node:fs";
 import { TcpkaError } from "../errors.js";
 import { BPF_CMD, BPF_MAP_TYPE_ARRAY, BPF_OBJ_NAME_LEN, SYS_bpf } from "../kernel/constants.js";
 import { addressOf, SysError, syscall } from "./libc.js";
 
 const ATTR_SIZE = 128;
+
+// include/uapi/linux/capability.h
+const CAP_SYS_ADMIN = 21;
+const CAP_PERFMON = 38;
+const CAP_BPF = 39;
+
+/**
+ * Whether this process may load tracing programs that read kernel memory: CAP_BPF with CAP_PERFMON, or
+ * CAP_SYS_ADMIN (bpf_capable and perfmon_capable in the kernel). A cheap check that spares reading the BTF in vain.
+ */
+export function bpfCapable(): boolean {
+  let caps: bigint;
+  try {
+    const m = /^CapEff:\s*([0-9a-f]+)$/m.exec(readFileSync("/proc/self/status", "latin1"));
+    if (!m) return false;
+    caps = BigInt(`0x${m[1]}`);
+  } catch {
+    return false;
+  }
+  const has = (bit: number) => (caps >> BigInt(bit)) & 1n;
+  return has(CAP_SYS_ADMIN) === 1n || (has(CAP_BPF) === 1n && has(CAP_PERFMON) === 1n);
+}
 
 function bpf(cmd: keyof typeof BPF_CMD, attr: Buffer): number {
   return syscall(`bpf(${cmd})`, SYS_bpf, BPF_CMD[cmd], addressOf(attr), attr.length);

@@ -100,8 +100,15 @@ export class Btf {
     this.offsets = offsets.subarray(0, n);
   }
 
-  /** The running kernel's BTF; throws BtfError when the kernel has none. */
+  private static running: Btf | undefined;
+
+  /** The running kernel's BTF, read once per process; throws BtfError when the kernel has none. */
   static vmlinux(): Btf {
+    Btf.running ??= Btf.read();
+    return Btf.running;
+  }
+
+  private static read(): Btf {
     let buf: Buffer;
     try {
       buf = readFileSync(VMLINUX);
@@ -131,7 +138,7 @@ export class Btf {
     return id;
   }
 
-  private find(kind: "FUNC" | "STRUCT", name: string): number {
+  private find(kind: "FUNC" | "STRUCT" | "ENUM", name: string): number {
     const want = KIND[kind];
     const bytes = Buffer.from(name, "latin1");
     const w = this.words;
@@ -144,17 +151,31 @@ export class Btf {
 
   /**
    * The byte offset of `member` in struct `struct`, looking into anonymous structs and unions too; throws when
-   * it is missing or is a bit field.
+   * it is missing or is a bit field. `member` may be a path through nested structs: "inet_conn.icsk_pending".
    */
   memberOffset(struct: string, member: string): number {
-    const found = this.findMember(this.typeId("STRUCT", struct), Buffer.from(member, "latin1"), 0);
+    const found = this.offsetOf(struct, member);
     if (found === undefined) {
       throw new BtfError(`the kernel's struct ${struct} has no member ${member} at a whole byte (or none at all)`);
     }
     return found;
   }
 
-  private findMember(id: number, name: Buffer, base: number): number | undefined {
+  /** The same, or undefined when the kernel's struct has no such member: for members that some kernels lack. */
+  offsetOf(struct: string, member: string): number | undefined {
+    let id = this.typeId("STRUCT", struct);
+    let offset = 0;
+    for (const part of member.split(".")) {
+      const found = this.findMember(id, Buffer.from(part, "latin1"), 0);
+      if (found === undefined) return undefined;
+      offset += found[0];
+      id = this.resolve(found[1]);
+    }
+    return offset;
+  }
+
+  /** [offset, type id] of a member, at a whole byte. */
+  private findMember(id: number, name: Buffer, base: number): [number, number] | undefined {
     const b = this.buf;
     const at = this.offsets[id] as number;
     const info = b.readUInt32LE(at + 4);
@@ -167,7 +188,7 @@ export class Btf {
       const bits = bitfields ? raw & 0xffffff : raw;
       if (nameOff !== 0 && this.nameIs(nameOff, name)) {
         if (bits % 8 !== 0 || (bitfields && raw >>> 24 !== 0)) return undefined;
-        return base + bits / 8;
+        return [base + bits / 8, b.readUInt32LE(m + 4)];
       }
       if (nameOff === 0) {
         const inner = this.findMember(this.resolve(b.readUInt32LE(m + 4)), name, base + bits / 8);
@@ -175,6 +196,21 @@ export class Btf {
       }
     }
     return undefined;
+  }
+
+  /**
+   * The value of an enumerator, e.g. enumValue("sock_flags", "SOCK_KEEPOPEN"): a number the kernel may renumber
+   * between versions, read from the running one. Throws when there is none.
+   */
+  enumValue(enumName: string, value: string): number {
+    const id = this.find("ENUM", enumName);
+    const b = this.buf;
+    const at = this.offsets[id] as number;
+    const want = Buffer.from(value, "latin1");
+    for (let i = 0, m = at + 12; i < (b.readUInt32LE(at + 4) & 0xffff); i++, m += 8) {
+      if (this.nameIs(b.readUInt32LE(m), want)) return b.readInt32LE(m + 4);
+    }
+    throw new BtfError(`the kernel's enum ${enumName} has no ${value}`);
   }
 
   /** Follow typedefs and qualifiers to the type beneath. */

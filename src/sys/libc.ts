@@ -4,7 +4,7 @@
  */
 import { createRequire } from "node:module";
 import { TcpkaError } from "../errors.js";
-import { AF_UNIX, LOCK_NB, S_IFMT, S_IFSOCK, SOCK_CLOEXEC, SOCK_DGRAM } from "../kernel/constants.js";
+import { AF_INET, AF_UNIX, LOCK_NB, S_IFMT, S_IFSOCK, SOCK_CLOEXEC, SOCK_DGRAM } from "../kernel/constants.js";
 import { EWOULDBLOCK, errnoName } from "../kernel/errno.js";
 
 // koffi ships as CommonJS with a prebuilt binary for this platform; createRequire keeps this module ESM.
@@ -24,6 +24,9 @@ const c = {
   readlinkat: lib.func("long readlinkat(int dirfd, intptr_t path, intptr_t buf, size_t size)"),
   getdents64: lib.func("long getdents64(int fd, intptr_t buf, size_t size)"),
   read: lib.func("long read(int fd, intptr_t buf, size_t size)"),
+  bind: lib.func("int bind(int fd, intptr_t addr, uint32_t len)"),
+  listen: lib.func("int listen(int fd, int backlog)"),
+  setns: lib.func("int setns(int fd, int nstype)"),
   flock: lib.func("int flock(int fd, int op)"),
   mount: lib.func(
     "int mount(const char *src, const char *target, const char *fstype, unsigned long flags, const void *data)",
@@ -84,6 +87,7 @@ const LINK = 64; // a link's text: a socket's is at most "socket:[18446744073709
 const LINK_SIZE = 64;
 const NAME = 128; // an fd number as text, NUL-terminated
 const STAT = 256; // struct stat (144 bytes on x86_64, 128 on arm64)
+const SOCKADDR = 448; // struct sockaddr_in (16 bytes)
 
 export function getsockoptInt(fd: number, level: number, name: number): number {
   i32[LEN / 4] = 4;
@@ -134,6 +138,23 @@ export function sockfsInode(fd: number): number {
   if (((u32[(STAT + ST_MODE) / 4] as number) & S_IFMT) !== S_IFSOCK) return 0;
   // Exact as a double below 2^53.
   return (u32[(STAT + 8) / 4] as number) + (u32[(STAT + 12) / 4] as number) * 0x1_0000_0000;
+}
+
+/** bind(2) to 127.0.0.1 on a port the kernel picks (struct sockaddr_in: family, port, address, in network order). */
+export function bindLoopback4(fd: number): void {
+  bytes.fill(0, SOCKADDR, SOCKADDR + 16);
+  bytes[SOCKADDR] = AF_INET; // sin_family, little-endian u16
+  bytes.set([127, 0, 0, 1], SOCKADDR + 4);
+  check("bind", c.bind(fd, SCRATCH + SOCKADDR, 16) as number);
+}
+
+export function listen(fd: number, backlog: number): void {
+  check("listen", c.listen(fd, backlog) as number);
+}
+
+/** setns(2): move the calling thread into the namespace that `fd` (an nsfs file) names. */
+export function setns(fd: number, nstype: number): void {
+  check("setns", c.setns(fd, nstype) as number);
 }
 
 /** A raw system call with up to three integer arguments; returns the result or throws SysError named `name`. */

@@ -1,6 +1,7 @@
 /**
  * `tcpka ls --pid` from the host's network namespace on a process in another one (a container's): its
- * sockets are read from its own namespace (/proc/PID/net/tcp) and their settings exactly.
+ * sockets are read from its own namespace (the kernel pass made from inside it, or /proc/PID/net/tcp) and their
+ * settings exactly, a default being that namespace's sysctl.
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
@@ -16,8 +17,10 @@ on = socket.create_connection(srv.getsockname())
 on.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
 on.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 77)
 off = socket.create_connection(srv.getsockname())
-a, _ = srv.accept(); b, _ = srv.accept()
-print(on.getsockname()[1], off.getsockname()[1], flush=True)
+default = socket.create_connection(srv.getsockname())
+default.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+a, _ = srv.accept(); b, _ = srv.accept(); c, _ = srv.accept()
+print(on.getsockname()[1], off.getsockname()[1], default.getsockname()[1], flush=True)
 sys.stdin.readline()
 `;
 
@@ -29,21 +32,29 @@ interface Row {
   processes: { pid: number }[];
 }
 
-test("ls --pid reaches a process in another network namespace, exactly", async (t) => {
-  if (!needs(t, { root: true, tools: ["ip", "python3"] })) return;
-  const ns = Netns.create(t);
-  const holder = ns.spawn(["python3", "-c", HOLDER]);
-  const [onPort, offPort] = (await holder.line()).split(" ").map(Number);
+/** That namespace's own net.ipv4.tcp_keepalive_time: what a socket there without an idle time of its own has. */
+const NS_IDLE = 4321;
 
-  // From the host namespace: the holder's sockets are not in it, yet --pid finds them.
-  const r = spawnSync(process.execPath, [TCPKA, "ls", "--pid", String(holder.pid), "--json"], { encoding: "utf8" });
-  assert.equal(r.status, 0, r.stderr);
-  const rows = (JSON.parse(r.stdout) as { connections: Row[] }).connections;
-  const on = rows.find((c) => c.local_port === onPort);
-  const off = rows.find((c) => c.local_port === offPort);
-  assert.ok(on && off, `both client ends listed: ${r.stdout}`);
-  assert.deepEqual([on.source, on.keepalive, on.idle_s], ["exact", true, 77]);
-  assert.deepEqual([off.source, off.keepalive], ["exact", false]);
-  assert.equal(rows.length, 4, "both ends of both connections, and nothing from the host");
-  for (const c of rows) assert.equal(c.processes[0]?.pid, holder.pid);
-});
+for (const via of ["bpf", "netlink"])
+  test(`ls --pid reaches a process in another network namespace, exactly (--via ${via})`, async (t) => {
+    if (!needs(t, { root: true, tools: ["ip", "python3"] })) return;
+    const ns = Netns.create(t);
+    ns.setSysctl("net.ipv4.tcp_keepalive_time", NS_IDLE);
+    const holder = ns.spawn(["python3", "-c", HOLDER]);
+    const [onPort, offPort, defaultPort] = (await holder.line()).split(" ").map(Number);
+
+    // From the host namespace: the holder's sockets are not in it, yet --pid finds them.
+    const argv = [TCPKA, "ls", "--pid", String(holder.pid), "--json", "--via", via];
+    const r = spawnSync(process.execPath, argv, { encoding: "utf8" });
+    assert.equal(r.status, 0, r.stderr);
+    const rows = (JSON.parse(r.stdout) as { connections: Row[] }).connections;
+    const on = rows.find((c) => c.local_port === onPort);
+    const off = rows.find((c) => c.local_port === offPort);
+    assert.ok(on && off, `both client ends listed: ${r.stdout}`);
+    assert.deepEqual([on.source, on.keepalive, on.idle_s], ["exact", true, 77]);
+    assert.deepEqual([off.source, off.keepalive], ["exact", false]);
+    const byDefault = rows.find((c) => c.local_port === defaultPort);
+    assert.deepEqual([byDefault?.keepalive, byDefault?.idle_s], [true, NS_IDLE], "its own namespace's sysctl");
+    assert.equal(rows.length, 6, "both ends of the three connections, and nothing from the host");
+    for (const c of rows) assert.equal(c.processes[0]?.pid, holder.pid);
+  });

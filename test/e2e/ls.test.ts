@@ -223,74 +223,110 @@ function near(actualMs: number, fromMs: number, toMs: number, what: string): voi
   assert.ok(actualMs >= fromMs - TOLERANCE_MS && actualMs <= toMs + TOLERANCE_MS, `${what}: ${actualMs} ms`);
 }
 
-test("ls --all --json reports every socket exactly as getsockopt in its owner reads it", async (t) => {
-  if (!needs(t, NEEDS)) return;
-  const f = await lab();
-  const r = f.ns.tcpka(["ls", "--all", "--json"]);
-  assert.equal(r.status, 0, r.stderr);
-  const out = JSON.parse(r.stdout) as { defaults: { idle_s: number }; connections: Conn[] };
-  assert.equal(out.defaults.idle_s, SYSCTL_IDLE);
-  assert.equal(out.connections.length, f.sockets.length, "nothing but the fixture's sockets");
-  const conns = byInode(out.connections);
-  for (const s of f.sockets) {
-    const c = listed(conns, s);
-    const comm = readFileSync(`/proc/${s.pid}/comm`, "utf8").trim();
-    assert.deepEqual(
-      {
-        state: c.state,
-        family: c.family,
-        local: [c.local_address, c.local_port],
-        peer: s.listening ? null : [c.peer_address, c.peer_port],
-        source: c.source,
-        keepalive: c.keepalive,
-        idle: c.idle_s,
-        interval: c.interval_s,
-        count: c.count,
-        user_timeout_ms: c.user_timeout_ms,
-        dead_peer_after_s: c.dead_peer_after_s,
-        processes: c.processes,
-      },
-      {
-        state: s.listening ? "LISTEN" : "ESTAB",
-        family: s.family,
-        local: s.local,
-        peer: s.peer,
-        source: "exact",
-        keepalive: s.keepalive,
-        idle: s.idle,
-        interval: s.interval,
-        count: s.count,
-        user_timeout_ms: s.user_timeout_ms,
-        dead_peer_after_s: DEAD_PEER_AFTER[s.label] ?? null,
-        processes: [{ pid: s.pid, comm, fd: s.fd }],
-      },
-      s.label,
-    );
-  }
-  // The socket that set no idle time of its own reports the namespace's sysctl.
-  assert.equal(listed(conns, held(f, "idle-sysctl")).idle_s, SYSCTL_IDLE);
-});
+/**
+ * Both ways of reading settings: the kernel pass (one BPF iterator over the TCP table) and sock_diag with
+ * getsockopt on each owned socket, which stays for unprivileged users and kernels without BTF.
+ */
+const VIAS = ["bpf", "netlink"] as const;
 
-test("timer fields match ss -tanoe; a pending retransmission shows 'on' and keepalive stays exact", async (t) => {
+for (const via of VIAS)
+  test(`ls --all --json reports every socket exactly as getsockopt in its owner reads it (--via ${via})`, async (t) => {
+    if (!needs(t, NEEDS)) return;
+    const f = await lab();
+    const r = f.ns.tcpka(["ls", "--all", "--json", "--via", via]);
+    assert.equal(r.status, 0, r.stderr);
+    const out = JSON.parse(r.stdout) as { defaults: { idle_s: number }; connections: Conn[] };
+    assert.equal(out.defaults.idle_s, SYSCTL_IDLE);
+    assert.equal(out.connections.length, f.sockets.length, "nothing but the fixture's sockets");
+    const conns = byInode(out.connections);
+    for (const s of f.sockets) {
+      const c = listed(conns, s);
+      const comm = readFileSync(`/proc/${s.pid}/comm`, "utf8").trim();
+      assert.deepEqual(
+        {
+          state: c.state,
+          family: c.family,
+          local: [c.local_address, c.local_port],
+          peer: s.listening ? null : [c.peer_address, c.peer_port],
+          source: c.source,
+          keepalive: c.keepalive,
+          idle: c.idle_s,
+          interval: c.interval_s,
+          count: c.count,
+          user_timeout_ms: c.user_timeout_ms,
+          dead_peer_after_s: c.dead_peer_after_s,
+          processes: c.processes,
+        },
+        {
+          state: s.listening ? "LISTEN" : "ESTAB",
+          family: s.family,
+          local: s.local,
+          peer: s.peer,
+          source: "exact",
+          keepalive: s.keepalive,
+          idle: s.idle,
+          interval: s.interval,
+          count: s.count,
+          user_timeout_ms: s.user_timeout_ms,
+          dead_peer_after_s: DEAD_PEER_AFTER[s.label] ?? null,
+          processes: [{ pid: s.pid, comm, fd: s.fd }],
+        },
+        s.label,
+      );
+    }
+    // The socket that set no idle time of its own reports the namespace's sysctl.
+    assert.equal(listed(conns, held(f, "idle-sysctl")).idle_s, SYSCTL_IDLE);
+  });
+
+for (const via of VIAS)
+  test(`timer fields match ss -tanoe; a pending retransmission shows 'on' and keepalive stays exact (--via ${via})`, async (t) => {
+    if (!needs(t, NEEDS)) return;
+    const f = await lab();
+    // ss -e under ip netns exec complains on stderr that it cannot find the cgroup2 mount: ignored.
+    const ss = ssTimers(f.ns.run(["ss", "-tanoe"]));
+    const conns = byInode(ls(f.ns, ["--all", "--via", via]));
+    for (const s of f.sockets) {
+      const c = listed(conns, s);
+      const timer = ss.get(s.inode);
+      assert.notEqual(timer, undefined, `ss lists ${s.label}`);
+      assert.deepEqual(
+        [c.timer, c.timer_count],
+        [timer?.kind ?? "off", timer?.count ?? 0],
+        `${s.label}: tcpka and ss agree on the timer`,
+      );
+      assert.equal(c.timer, expectedTimer(s), s.label);
+      if (timer) near(c.timer_ms, timer.fromMs, timer.toMs, `${s.label}: time left, ss ${timer.fromMs} ms`);
+    }
+    const silenced = listed(conns, held(f, "silenced"));
+    assert.deepEqual([silenced.timer, silenced.keepalive, silenced.source], ["on", true, "exact"]);
+  });
+
+/**
+ * Every field of `ls --json` from the kernel pass and from sock_diag + getsockopt, socket by socket; time left
+ * on a timer moves between the two reads. `sockets`: how many the namespace is known to hold.
+ */
+function samePaths(ns: Netns, sockets: number): void {
+  const kernel = ls(ns, ["--all", "--via", "bpf"]);
+  const oracle = ls(ns, ["--all", "--via", "netlink"]);
+  assert.equal(kernel.length, sockets, JSON.stringify(kernel));
+  assert.equal(oracle.length, sockets, JSON.stringify(oracle));
+  // Found by addresses: a socket that no file holds (TIME-WAIT, an orphan) has inode 0.
+  const key = (c: Conn) => `${c.state} ${c.local_address}:${c.local_port} ${c.peer_address}:${c.peer_port}`;
+  const byKey = new Map(oracle.map((c) => [key(c), c]));
+  for (const k of kernel) {
+    const o = byKey.get(key(k));
+    assert.ok(o, `sock_diag lists ${key(k)}`);
+    const { timer_ms: a, next_probe_ms: _a, ...kernelFacts } = k as Conn & { next_probe_ms: number | null };
+    const { timer_ms: b, next_probe_ms: _b, ...oracleFacts } = o as Conn & { next_probe_ms: number | null };
+    assert.deepEqual(kernelFacts, oracleFacts, key(k));
+    near(a, b, b, `${key(k)}: time left, ${b} ms through sock_diag`);
+  }
+}
+
+test("the kernel pass and sock_diag with getsockopt agree field for field on every socket", async (t) => {
   if (!needs(t, NEEDS)) return;
   const f = await lab();
-  // ss -e under ip netns exec complains on stderr that it cannot find the cgroup2 mount: ignored.
-  const ss = ssTimers(f.ns.run(["ss", "-tanoe"]));
-  const conns = byInode(ls(f.ns, ["--all"]));
-  for (const s of f.sockets) {
-    const c = listed(conns, s);
-    const timer = ss.get(s.inode);
-    assert.notEqual(timer, undefined, `ss lists ${s.label}`);
-    assert.deepEqual(
-      [c.timer, c.timer_count],
-      [timer?.kind ?? "off", timer?.count ?? 0],
-      `${s.label}: tcpka and ss agree on the timer`,
-    );
-    assert.equal(c.timer, expectedTimer(s), s.label);
-    if (timer) near(c.timer_ms, timer.fromMs, timer.toMs, `${s.label}: time left, ss ${timer.fromMs} ms`);
-  }
-  const silenced = listed(conns, held(f, "silenced"));
-  assert.deepEqual([silenced.timer, silenced.keepalive, silenced.source], ["on", true, "exact"]);
+  samePaths(f.ns, f.sockets.length);
 });
 
 test("the netlink reader and the /proc/net/tcp{,6} fallback agree", async (t) => {
@@ -443,6 +479,8 @@ test("ls -a counts each state for what it means: only established connections ca
   assert.equal(footer.length, 4, r.stdout);
   const timeWait = r.stdout.split("\n").find((l) => l.startsWith("TIME-WAIT "));
   assert.equal(timeWait?.split(/ {2,}/)[3], "-", "a TIME-WAIT socket has no keepalive to show");
+  // The sockets that no process holds (TIME-WAIT, the orphan in FIN-WAIT-2) are there on both paths, alike.
+  samePaths(ns, 6);
 
   const json = ns.tcpka(["ls", "-a", "--json"]);
   assert.equal(json.status, 0, json.stderr);

@@ -1,0 +1,311 @@
+/**
+ * The TCP iterator program behind the kernel-pass inventory (src/inspect/kernel-sockets.ts). The kernel calls it
+ * once per TCP socket of one network namespace, listeners first, then the established table (bpf_iter_tcp,
+ * bpf_iter_tcp_seq_show in net/ipv4/tcp_ipv4.c, Linux 5.9), with a context of meta, sk_common and uid
+ * (struct bpf_iter__tcp; uid is sock_i_uid of the socket, or of the listener for a request socket). For each
+ * socket whose state is in the mask it writes one record with bpf_seq_write, read from the socket itself:
+ *
+ *    0 u16 family        2 u8 state         3 u8 timer (sock_diag's code)  4 u8 timer count
+ *    5 u8 flags: 1 a full socket (the options below are its own), 2 SO_KEEPALIVE (SOCK_KEEPOPEN in sk_flags)
+ *    6 u8 keepalive_probes (0: the namespace's)   7 u8 the namespace's tcp_keepalive_probes
+ *    8 u16 local port (host order)   10 u16 peer port (network order)   12 u32 uid
+ *   16 u64 inode (sk_socket->file->f_inode->i_ino; 0 when no file holds it)
+ *   24 16 bytes local address   40 16 bytes peer address (IPv4: the first 4 bytes, network order)
+ *   56 u32 keepalive_time   60 u32 keepalive_intvl (jiffies; 0: the namespace's)
+ *   64 u32 the namespace's tcp_keepalive_time   68 u32 its tcp_keepalive_intvl (jiffies)
+ *   72 u32 icsk_user_timeout (ms)   76 u32 the network namespace's inode number (net->ns.inum)
+ *   80 u64 the socket's cgroup v2 id (sk_cgrp_data's cgroup->kn->id; 0 when unknown)
+ *   88 s64 the timer's expiry minus jiffies now (jiffies)
+ *   96 u32 receive queue (rcv_nxt - copied_seq; a listener's accept backlog)
+ *  100 u32 send queue (write_seq - snd_una; a listener's maximum backlog)
+ *
+ * The timer is chosen as inet_sk_diag_fill (net/ipv4/inet_diag.c) chooses it, so the two paths agree: 1 for a
+ * pending retransmission (ICSK_TIME_RETRANS, REO_TIMEOUT, LOSS_PROBE) with icsk_retransmits, 4 for a zero-window
+ * probe (ICSK_TIME_PROBE0) with icsk_probes_out, else 2 when sk_timer (the keepalive timer) is pending
+ * (timer_pending: entry.pprev set) with icsk_probes_out, else 0. A TIME-WAIT socket has timer 3 (tw_timer,
+ * inet_twsk_diag_fill) and the state of its substate (TIME-WAIT, or FIN-WAIT-2 for an orphan that waits for
+ * its peer's FIN: tcp_time_wait), a request socket timer 1 with num_retrans (rsk_timer, inet_req_diag_fill).
+ *
+ * Every load goes through the pointers the verifier knows by BTF (tracing programs read them as PTR_TO_BTF_ID,
+ * faults read as zero), so the struct offsets come from the running kernel's BTF (src/sys/btf.ts).
+ */
+
+import { AF_INET6 } from "../kernel/constants.js";
+import { TCP_STATES } from "../kernel/states.js";
+import {
+  Add,
+  And32,
+  Call,
+  Fn,
+  type Instruction,
+  Ja,
+  JEq,
+  JEq32,
+  JNE32,
+  LoadMem,
+  Lsh,
+  Mov,
+  Mov32,
+  ProgramBuilder,
+  R0,
+  R1,
+  R2,
+  R3,
+  R6,
+  R7,
+  R8,
+  R9,
+  R10,
+  Return,
+  Rsh32,
+  StoreImm,
+  StoreMem,
+  Sub,
+  Sub32,
+} from "./asm.js";
+
+/** Offsets, in bytes, from the running kernel's BTF; `tcp` ones from the start of struct tcp_sock. */
+export interface TcpSocketOffsets {
+  metaSeq: number;
+  /** struct sock_common: the identity every kind of TCP socket has */
+  skcFamily: number;
+  skcState: number;
+  skcNum: number;
+  skcDport: number;
+  skcRcvSaddr: number;
+  skcDaddr: number;
+  skcV6RcvSaddr: number;
+  skcV6Daddr: number;
+  skcNet: number;
+  /** struct net: ns.inum, ipv4.sysctl_tcp_keepalive_{time,intvl,probes} */
+  netInum: number;
+  netKeepaliveTime: number;
+  netKeepaliveIntvl: number;
+  netKeepaliveProbes: number;
+  /** struct tcp_sock */
+  tcpFlags: number;
+  /** the bit of SOCK_KEEPOPEN in sk_flags (enum sock_flags) */
+  keepOpenBit: number;
+  tcpKeepaliveTime: number;
+  tcpKeepaliveIntvl: number;
+  tcpKeepaliveProbes: number;
+  tcpUserTimeout: number;
+  tcpPending: number;
+  tcpRetransmits: number;
+  tcpProbesOut: number;
+  /** icsk_timeout, or icsk_retransmit_timer.expires where the kernel keeps it there (6.15 and later) */
+  tcpTimeout: number;
+  tcpSkTimerPprev: number;
+  tcpSkTimerExpires: number;
+  tcpSocket: number;
+  tcpCgroup: number | undefined;
+  tcpAckBacklog: number;
+  tcpMaxAckBacklog: number;
+  tcpRcvNxt: number;
+  tcpCopiedSeq: number;
+  tcpWriteSeq: number;
+  tcpSndUna: number;
+  /** struct socket: file; struct file: f_inode; struct inode: i_ino */
+  socketFile: number;
+  fileInode: number;
+  inodeIno: number;
+  /** struct cgroup: kn; struct kernfs_node: id */
+  cgroupKn: number;
+  kernfsId: number;
+  /** struct tcp_timewait_sock: tw_sk.tw_timer.expires, tw_sk.tw_substate */
+  twExpires: number;
+  twSubstate: number;
+  /** struct tcp_request_sock: req.req.rsk_timer.expires, req.req.num_retrans */
+  reqExpires: number;
+  reqRetrans: number;
+}
+
+export const TCP_RECORD_SIZE = 104;
+const REC = -TCP_RECORD_SIZE; // the record on the stack, from r10
+
+// include/net/inet_connection_sock.h: ICSK_TIME_*
+const ICSK_TIME_RETRANS = 1;
+const ICSK_TIME_PROBE0 = 3;
+const ICSK_TIME_REO_TIMEOUT = 6;
+const ICSK_TIME_LOSS_PROBE = 5;
+
+/** `states`: a mask of 1 << TCP state; the program writes only those sockets. */
+export function tcpSocketsProgram(o: TcpSocketOffsets, states: number): Instruction[] {
+  const b = new ProgramBuilder();
+  b.emit(
+    LoadMem(R6, R1, 0, "DW"), // meta
+    LoadMem(R7, R1, 8, "DW"), // sk_common, NULL once the walk is over
+    JEq.Imm(R7, 0, "out"),
+    LoadMem(R8, R1, 16, "W"), // uid
+    LoadMem(R2, R7, o.skcState, "B"),
+    Mov.Imm(R3, 1),
+    Lsh.Reg(R3, R2),
+    And32.Imm(R3, states),
+    JEq32.Imm(R3, 0, "out"),
+  );
+  for (let at = 0; at < TCP_RECORD_SIZE; at += 8) b.emit(StoreImm(R10, REC + at, 0, "DW"));
+  b.emit(
+    StoreMem(R10, REC + 12, R8, "W"),
+    StoreMem(R10, REC + 2, R2, "B"),
+    LoadMem(R3, R7, o.skcNum, "H"),
+    StoreMem(R10, REC + 8, R3, "H"),
+    LoadMem(R3, R7, o.skcDport, "H"),
+    StoreMem(R10, REC + 10, R3, "H"),
+    LoadMem(R2, R7, o.skcFamily, "H"),
+    StoreMem(R10, REC, R2, "H"),
+    JEq32.Imm(R2, AF_INET6, "v6"),
+    LoadMem(R3, R7, o.skcRcvSaddr, "W"),
+    StoreMem(R10, REC + 24, R3, "W"),
+    LoadMem(R3, R7, o.skcDaddr, "W"),
+    StoreMem(R10, REC + 40, R3, "W"),
+    Ja("net"),
+  );
+  b.label("v6").emit(
+    LoadMem(R3, R7, o.skcV6RcvSaddr, "DW"),
+    StoreMem(R10, REC + 24, R3, "DW"),
+    LoadMem(R3, R7, o.skcV6RcvSaddr + 8, "DW"),
+    StoreMem(R10, REC + 32, R3, "DW"),
+    LoadMem(R3, R7, o.skcV6Daddr, "DW"),
+    StoreMem(R10, REC + 40, R3, "DW"),
+    LoadMem(R3, R7, o.skcV6Daddr + 8, "DW"),
+    StoreMem(R10, REC + 48, R3, "DW"),
+  );
+  // The namespace: its number and the defaults that a socket's zero stands for (keepalive_time_when() and
+  // friends in include/net/tcp.h read these per call).
+  b.label("net").emit(
+    LoadMem(R8, R7, o.skcNet, "DW"),
+    LoadMem(R3, R8, o.netInum, "W"),
+    StoreMem(R10, REC + 76, R3, "W"),
+    LoadMem(R3, R8, o.netKeepaliveTime, "W"),
+    StoreMem(R10, REC + 64, R3, "W"),
+    LoadMem(R3, R8, o.netKeepaliveIntvl, "W"),
+    StoreMem(R10, REC + 68, R3, "W"),
+    LoadMem(R3, R8, o.netKeepaliveProbes, "B"),
+    StoreMem(R10, REC + 7, R3, "B"),
+    Call(Fn.jiffies64),
+    Mov.Reg(R8, R0), // jiffies now, for the timers
+    LoadMem(R2, R10, REC + 2, "B"),
+    JEq32.Imm(R2, TCP_STATES.TIME_WAIT, "timewait"),
+    JEq32.Imm(R2, TCP_STATES.NEW_SYN_RECV, "request"),
+    Mov.Reg(R1, R7),
+    Call(Fn.skcToTcpSock),
+    JEq.Imm(R0, 0, "write"),
+    Mov.Reg(R9, R0),
+    // flags: a full socket, and SO_KEEPALIVE from the byte of sk_flags that holds SOCK_KEEPOPEN
+    LoadMem(R2, R9, o.tcpFlags + (o.keepOpenBit >> 3), "B"),
+    Rsh32.Imm(R2, o.keepOpenBit & 7),
+    And32.Imm(R2, 1),
+    Add.Reg(R2, R2),
+    Add.Imm(R2, 1),
+    StoreMem(R10, REC + 5, R2, "B"),
+    LoadMem(R3, R9, o.tcpKeepaliveTime, "W"),
+    StoreMem(R10, REC + 56, R3, "W"),
+    LoadMem(R3, R9, o.tcpKeepaliveIntvl, "W"),
+    StoreMem(R10, REC + 60, R3, "W"),
+    LoadMem(R3, R9, o.tcpKeepaliveProbes, "B"),
+    StoreMem(R10, REC + 6, R3, "B"),
+    LoadMem(R3, R9, o.tcpUserTimeout, "W"),
+    StoreMem(R10, REC + 72, R3, "W"),
+  );
+  if (o.tcpCgroup !== undefined) {
+    b.emit(
+      LoadMem(R2, R9, o.tcpCgroup, "DW"),
+      JEq.Imm(R2, 0, "inode"),
+      LoadMem(R2, R2, o.cgroupKn, "DW"),
+      JEq.Imm(R2, 0, "inode"),
+      LoadMem(R3, R2, o.kernfsId, "DW"),
+      StoreMem(R10, REC + 80, R3, "DW"),
+    );
+  }
+  b.label("inode").emit(
+    LoadMem(R2, R9, o.tcpSocket, "DW"),
+    JEq.Imm(R2, 0, "queues"),
+    LoadMem(R2, R2, o.socketFile, "DW"),
+    JEq.Imm(R2, 0, "queues"),
+    LoadMem(R2, R2, o.fileInode, "DW"),
+    JEq.Imm(R2, 0, "queues"),
+    LoadMem(R3, R2, o.inodeIno, "DW"),
+    StoreMem(R10, REC + 16, R3, "DW"),
+  );
+  // Queues as tcp_diag_get_info reports them.
+  b.label("queues").emit(
+    LoadMem(R2, R10, REC + 2, "B"),
+    JNE32.Imm(R2, TCP_STATES.LISTEN, "data"),
+    LoadMem(R3, R9, o.tcpAckBacklog, "W"),
+    StoreMem(R10, REC + 96, R3, "W"),
+    LoadMem(R3, R9, o.tcpMaxAckBacklog, "W"),
+    StoreMem(R10, REC + 100, R3, "W"),
+    Ja("timer"),
+  );
+  b.label("data").emit(
+    LoadMem(R3, R9, o.tcpRcvNxt, "W"),
+    LoadMem(R2, R9, o.tcpCopiedSeq, "W"),
+    Sub32.Reg(R3, R2),
+    StoreMem(R10, REC + 96, R3, "W"),
+    LoadMem(R3, R9, o.tcpWriteSeq, "W"),
+    LoadMem(R2, R9, o.tcpSndUna, "W"),
+    Sub32.Reg(R3, R2),
+    StoreMem(R10, REC + 100, R3, "W"),
+  );
+  b.label("timer").emit(
+    LoadMem(R2, R9, o.tcpPending, "B"),
+    JEq32.Imm(R2, ICSK_TIME_RETRANS, "retrans"),
+    JEq32.Imm(R2, ICSK_TIME_REO_TIMEOUT, "retrans"),
+    JEq32.Imm(R2, ICSK_TIME_LOSS_PROBE, "retrans"),
+    JEq32.Imm(R2, ICSK_TIME_PROBE0, "probe0"),
+    LoadMem(R2, R9, o.tcpSkTimerPprev, "DW"),
+    JEq.Imm(R2, 0, "write"),
+    Mov32.Imm(R2, 2),
+    LoadMem(R3, R9, o.tcpProbesOut, "B"),
+    LoadMem(R1, R9, o.tcpSkTimerExpires, "DW"),
+    Ja("expires"),
+  );
+  b.label("retrans").emit(
+    Mov32.Imm(R2, 1),
+    LoadMem(R3, R9, o.tcpRetransmits, "B"),
+    LoadMem(R1, R9, o.tcpTimeout, "DW"),
+    Ja("expires"),
+  );
+  b.label("probe0").emit(
+    Mov32.Imm(R2, 4),
+    LoadMem(R3, R9, o.tcpProbesOut, "B"),
+    LoadMem(R1, R9, o.tcpTimeout, "DW"),
+    Ja("expires"),
+  );
+  b.label("timewait").emit(
+    Mov.Reg(R1, R7),
+    Call(Fn.skcToTcpTimewaitSock),
+    JEq.Imm(R0, 0, "write"),
+    // An orphan in FIN-WAIT-2 waits as a timewait socket too; its state is the substate (inet_twsk_diag_fill).
+    LoadMem(R2, R0, o.twSubstate, "B"),
+    StoreMem(R10, REC + 2, R2, "B"),
+    Mov32.Imm(R2, 3),
+    Mov32.Imm(R3, 0),
+    LoadMem(R1, R0, o.twExpires, "DW"),
+    Ja("expires"),
+  );
+  b.label("request").emit(
+    Mov.Reg(R1, R7),
+    Call(Fn.skcToTcpRequestSock),
+    JEq.Imm(R0, 0, "write"),
+    Mov32.Imm(R2, 1),
+    LoadMem(R3, R0, o.reqRetrans, "B"),
+    LoadMem(R1, R0, o.reqExpires, "DW"),
+  );
+  // r2: the timer's code, r3: its count, r1: when it expires, r8: jiffies now
+  b.label("expires").emit(
+    StoreMem(R10, REC + 3, R2, "B"),
+    StoreMem(R10, REC + 4, R3, "B"),
+    Sub.Reg(R1, R8),
+    StoreMem(R10, REC + 88, R1, "DW"),
+  );
+  b.label("write").emit(
+    LoadMem(R1, R6, o.metaSeq, "DW"),
+    Mov.Reg(R2, R10),
+    Add.Imm(R2, REC),
+    Mov.Imm(R3, TCP_RECORD_SIZE),
+    Call(Fn.seqWrite),
+  );
+  b.label("out").emit(Mov.Imm(R0, 0), Return());
+  return b.build();
+}

@@ -1,0 +1,340 @@
+/**
+ * Every TCP socket of a network namespace with its exact keepalive state, in one pass in the kernel: a BPF TCP
+ * iterator (src/bpf/tcp-sockets.ts) reads, for each socket, what getsockopt would answer (SO_KEEPALIVE,
+ * TCP_KEEPIDLE/INTVL/CNT with a zero resolved to the namespace's sysctl as keepalive_time_when() and friends
+ * in include/net/tcp.h do, TCP_USER_TIMEOUT), the timer that sock_diag reports, the queues, the inode, the
+ * socket's network namespace and cgroup. No socket is duplicated into tcpka and no option is read per socket:
+ * at 100,000 sockets this replaces 100,000 pidfd_getfd + fstat + five getsockopt calls.
+ *
+ * It needs the kernel's BTF, the TCP iterator and bpf_skc_to_tcp_sock & co. (Linux 5.9), bpf_jiffies64 (5.5)
+ * and CAP_BPF with CAP_PERFMON, or root. KernelSockets.open() throws when any is missing; callers then take
+ * sock_diag and getsockopt (connections.ts), which stay the oracle that the tests compare this with.
+ *
+ * The kernel keeps times in jiffies, and HZ is a build option (100, 250, 300, 1000) that no interface states.
+ * tcpka learns it from the kernel itself: it holds a listener of its own whose TCP_KEEPIDLE is 1 s, which
+ * tcp_sock_set_keepidle_locked() stores as 1 * HZ jiffies, and reads that number back in the same pass.
+ * Listeners come first in the walk (bpf_iter_tcp_batch takes the listening hash before the established one),
+ * so only the listeners before it wait for HZ.
+ */
+import { closeSync, constants, openSync } from "node:fs";
+import { release } from "node:os";
+import { ipv4, ipv6 } from "../addresses.js";
+import { assemble, Listing } from "../bpf/asm.js";
+import { TCP_RECORD_SIZE, tcpSocketsProgram } from "../bpf/tcp-sockets.js";
+import {
+  AF_INET,
+  AF_INET6,
+  BPF_PROG_TYPE_TRACING,
+  BPF_TRACE_ITER,
+  CLONE_NEWNET,
+  IP_FREEBIND,
+  SOCK_CLOEXEC,
+  SOCK_STREAM,
+  SOL_IP,
+  SOL_TCP,
+  TCP_KEEPIDLE,
+  TIMER_CODES,
+} from "../kernel/constants.js";
+import { STATE_NAMES, TCP_STATES } from "../kernel/states.js";
+import type { EffectiveKeepAlive } from "../settings.js";
+import { bpfCapable, iterCreate, iterLinkCreate, progLoad } from "../sys/bpf.js";
+import { Btf } from "../sys/btf.js";
+import {
+  addressOf,
+  bindLoopback4,
+  close,
+  listen,
+  readInto,
+  setns,
+  setsockoptInt,
+  socket,
+  sockfsInode,
+} from "../sys/libc.js";
+import type { TcpSocket, TimerName } from "./sockets.js";
+
+/** A socket as the kernel pass sees it: what sock_diag says, and what getsockopt would. */
+export interface KernelSocket extends TcpSocket {
+  /** The inode number of its network namespace (/proc/PID/ns/net links to net:[N]). */
+  netns: number;
+  /** Its cgroup v2 id (the inode of the cgroup's directory on the cgroup2 mount); 0 when unknown. */
+  cgroup: number;
+  /** The effective settings; null for TIME-WAIT and request sockets, which have no options. */
+  settings: EffectiveKeepAlive | null;
+}
+
+const READ_SIZE = 64 * 1024; // bpf_seq_read hands out at most 8 pages per read
+/** Where a record that waited for HZ is decoded: past the read area and the partial record it may carry. */
+const SPARE = READ_SIZE + TCP_RECORD_SIZE;
+
+/** The first kernel with everything the program uses: the TCP iterator and bpf_skc_to_tcp_*_sock (5.9). */
+const SINCE: readonly [number, number] = [5, 9];
+
+export class KernelSockets {
+  private readonly buf = Buffer.from(new ArrayBuffer(READ_SIZE + 2 * TCP_RECORD_SIZE));
+  private readonly address = addressOf(this.buf);
+  private readonly u32 = new Uint32Array(this.buf.buffer);
+  private readonly i32 = new Int32Array(this.buf.buffer);
+  /** Jiffies per second; 0 until the probe listener has been read. */
+  private hz = 0;
+
+  private constructor(
+    /** the states to hand out (1 << kernel state) */
+    private readonly wanted: number,
+    private progFd: number,
+    private linkFd: number,
+    /** tcpka's own network namespace, to come back to after a walk elsewhere */
+    private readonly ownNetns: number,
+    private probeFd: number,
+    private readonly probeInode: number,
+  ) {}
+
+  /** Whether this kernel and these rights may run it (a cheap check that spares reading the BTF in vain). */
+  static possible(): boolean {
+    const [major = 0, minor = 0] = release()
+      .split(".")
+      .map((n) => Number.parseInt(n, 10));
+    return (major > SINCE[0] || (major === SINCE[0] && minor >= SINCE[1])) && bpfCapable();
+  }
+
+  /**
+   * Load the program for the sockets in `states` (a mask of 1 << TCP state, as the filter's). Listeners are
+   * always walked, for HZ and for the rules that tell incoming from outgoing connections. Throws (BtfError,
+   * SysError, VerifierError) when this kernel or these rights cannot.
+   */
+  static open(states: number): KernelSockets {
+    // A request socket (TCP_NEW_SYN_RECV) shows as SYN-RECV, as in sock_diag's dump.
+    const wanted = states & (1 << TCP_STATES.SYN_RECV) ? states | (1 << TCP_STATES.NEW_SYN_RECV) : states;
+    // The kernel's own state of a waiting FIN-WAIT-2 orphan is TIME_WAIT: let both through to the program's end.
+    const walked =
+      wanted | (1 << TCP_STATES.LISTEN) | (wanted & (1 << TCP_STATES.FIN_WAIT2) ? 1 << TCP_STATES.TIME_WAIT : 0);
+    const btf = Btf.vmlinux();
+    const common = (m: string) => btf.memberOffset("sock_common", m);
+    const sock = (m: string) => btf.memberOffset("tcp_sock", `inet_conn.icsk_inet.sk.${m}`);
+    const icsk = (m: string) => btf.memberOffset("tcp_sock", `inet_conn.${m}`);
+    // sk_flags moved into sock_common (skc_flags) in Linux 6.10; before, it is struct sock's own.
+    const flags = btf.offsetOf("sock", "sk_flags") ?? btf.memberOffset("sock", "__sk_common.skc_flags");
+    const program = tcpSocketsProgram(
+      {
+        metaSeq: btf.memberOffset("bpf_iter_meta", "seq"),
+        skcFamily: common("skc_family"),
+        skcState: common("skc_state"),
+        skcNum: common("skc_num"),
+        skcDport: common("skc_dport"),
+        skcRcvSaddr: common("skc_rcv_saddr"),
+        skcDaddr: common("skc_daddr"),
+        skcV6RcvSaddr: common("skc_v6_rcv_saddr"),
+        skcV6Daddr: common("skc_v6_daddr"),
+        skcNet: common("skc_net"),
+        netInum: btf.memberOffset("net", "ns.inum"),
+        netKeepaliveTime: btf.memberOffset("net", "ipv4.sysctl_tcp_keepalive_time"),
+        netKeepaliveIntvl: btf.memberOffset("net", "ipv4.sysctl_tcp_keepalive_intvl"),
+        netKeepaliveProbes: btf.memberOffset("net", "ipv4.sysctl_tcp_keepalive_probes"),
+        tcpFlags: sock("__sk_common") + flags,
+        keepOpenBit: btf.enumValue("sock_flags", "SOCK_KEEPOPEN"),
+        tcpKeepaliveTime: btf.memberOffset("tcp_sock", "keepalive_time"),
+        tcpKeepaliveIntvl: btf.memberOffset("tcp_sock", "keepalive_intvl"),
+        tcpKeepaliveProbes: btf.memberOffset("tcp_sock", "keepalive_probes"),
+        tcpUserTimeout: icsk("icsk_user_timeout"),
+        tcpPending: icsk("icsk_pending"),
+        tcpRetransmits: icsk("icsk_retransmits"),
+        tcpProbesOut: icsk("icsk_probes_out"),
+        // Linux 6.15 dropped icsk_timeout for the retransmit timer's own expiry (tcp_timeout_expires()).
+        tcpTimeout: btf.offsetOf("tcp_sock", "inet_conn.icsk_timeout") ?? icsk("icsk_retransmit_timer.expires"),
+        tcpSkTimerPprev: sock("sk_timer.entry.pprev"),
+        tcpSkTimerExpires: sock("sk_timer.expires"),
+        tcpSocket: sock("sk_socket"),
+        // CONFIG_SOCK_CGROUP_DATA: without it a socket names no cgroup.
+        tcpCgroup: btf.offsetOf("tcp_sock", "inet_conn.icsk_inet.sk.sk_cgrp_data.cgroup"),
+        tcpAckBacklog: sock("sk_ack_backlog"),
+        tcpMaxAckBacklog: sock("sk_max_ack_backlog"),
+        tcpRcvNxt: btf.memberOffset("tcp_sock", "rcv_nxt"),
+        tcpCopiedSeq: btf.memberOffset("tcp_sock", "copied_seq"),
+        tcpWriteSeq: btf.memberOffset("tcp_sock", "write_seq"),
+        tcpSndUna: btf.memberOffset("tcp_sock", "snd_una"),
+        socketFile: btf.memberOffset("socket", "file"),
+        fileInode: btf.memberOffset("file", "f_inode"),
+        inodeIno: btf.memberOffset("inode", "i_ino"),
+        cgroupKn: btf.memberOffset("cgroup", "kn"),
+        kernfsId: btf.memberOffset("kernfs_node", "id"),
+        twExpires: btf.memberOffset("tcp_timewait_sock", "tw_sk.tw_timer.expires"),
+        twSubstate: btf.memberOffset("tcp_timewait_sock", "tw_sk.tw_substate"),
+        reqExpires: btf.memberOffset("tcp_request_sock", "req.req.rsk_timer.expires"),
+        reqRetrans: btf.memberOffset("tcp_request_sock", "req.req.num_retrans"),
+      },
+      walked,
+    );
+    const progFd = progLoad({
+      type: BPF_PROG_TYPE_TRACING,
+      expectedAttachType: BPF_TRACE_ITER,
+      attachBtfId: btf.typeId("FUNC", "bpf_iter_tcp"),
+      insns: assemble(program),
+      listing: new Listing(program),
+      license: "Dual MIT/GPL", // bpf_seq_write and the bpf_skc_to_* casts are for GPL-compatible programs
+      name: "tcpka_tcp",
+    });
+    const fds: number[] = [progFd];
+    try {
+      const linkFd = iterLinkCreate(progFd, BPF_TRACE_ITER, Buffer.alloc(0));
+      fds.push(linkFd);
+      const ownNetns = openSync("/proc/thread-self/ns/net", constants.O_RDONLY); // libuv opens every fd O_CLOEXEC;
+      fds.push(ownNetns);
+      const [probeFd, probeInode] = hzProbe();
+      return new KernelSockets(wanted, progFd, linkFd, ownNetns, probeFd, probeInode);
+    } catch (e) {
+      for (const fd of fds) close(fd);
+      throw e;
+    }
+  }
+
+  /**
+   * Hand every socket of a network namespace to `each`: tcpka's own, or the one that the nsfs file `netnsFd`
+   * names (/proc/PID/ns/net, /run/netns/NAME). The walk of another namespace is made from inside it: a TCP
+   * iterator walks the namespace of whoever creates it (bpf_iter_init_seq_net takes current's), so this
+   * thread joins it for the one call to BPF_ITER_CREATE and comes back at once. The local port of every
+   * listener, wanted or not, is added to `listening`: they come before any other socket.
+   */
+  walk(each: (s: KernelSocket) => void, to: { netnsFd?: number; listening?: Set<number> } = {}): void {
+    if (this.progFd < 0) throw new Error("KernelSockets used after close()");
+    if (this.hz === 0 && to.netnsFd !== undefined) this.read(this.create(), () => {});
+    this.read(to.netnsFd === undefined ? this.create() : this.createIn(to.netnsFd), each, to.listening);
+  }
+
+  private create(): number {
+    return iterCreate(this.linkFd);
+  }
+
+  private createIn(netnsFd: number): number {
+    setns(netnsFd, CLONE_NEWNET);
+    try {
+      return iterCreate(this.linkFd);
+    } finally {
+      // Failing to come back would leave tcpka in a namespace it did not choose: nothing may go on then.
+      setns(this.ownNetns, CLONE_NEWNET);
+    }
+  }
+
+  /** Read an iterator to its end, decoding each record; records before HZ is known wait in `early`. */
+  private read(iter: number, each: (s: KernelSocket) => void, listening?: Set<number>): void {
+    const early: Buffer[] = [];
+    try {
+      const b = this.buf;
+      let have = 0; // bytes in buf; a partial record at the end is carried to the next read
+      for (;;) {
+        const n = readInto(iter, b.subarray(have, have + READ_SIZE), this.address + have);
+        if (n === 0) break;
+        have += n;
+        const whole = have - (have % TCP_RECORD_SIZE);
+        for (let at = 0; at < whole; at += TCP_RECORD_SIZE) {
+          if (this.inode(at) === this.probeInode) {
+            this.learnHz(at);
+            for (const r of early) {
+              b.set(r, SPARE);
+              const s = this.record(SPARE);
+              if (s) each(s);
+            }
+            early.length = 0;
+            continue;
+          }
+          const state = b[at + 2] as number;
+          if (state === TCP_STATES.LISTEN) listening?.add((this.u32[(at + 8) >> 2] as number) & 0xffff);
+          if (!(this.wanted & (1 << state))) continue;
+          if (this.hz === 0) early.push(Buffer.from(b.subarray(at, at + TCP_RECORD_SIZE)));
+          else {
+            const s = this.record(at);
+            if (s) each(s);
+          }
+        }
+        b.copyWithin(0, whole, have);
+        have -= whole;
+      }
+    } finally {
+      close(iter);
+    }
+    if (this.hz === 0) throw new Error("the kernel pass did not see tcpka's own listener, so HZ is unknown");
+  }
+
+  /** HZ from the probe listener's keepalive_time: its TCP_KEEPIDLE of 1 s in jiffies. */
+  private learnHz(at: number): void {
+    const hz = this.u32[(at + 56) >> 2] as number;
+    if (hz < 24 || hz > 10_000) throw new Error(`the kernel pass read HZ as ${hz}`);
+    this.hz = hz;
+  }
+
+  private inode(at: number): number {
+    const low = this.u32[(at + 16) >> 2] as number;
+    const high = this.u32[(at + 20) >> 2] as number;
+    return high === 0 ? low : low + high * 0x1_0000_0000;
+  }
+
+  /** Decode the record at buf[at] (layout in src/bpf/tcp-sockets.ts). */
+  private record(at: number): KernelSocket | undefined {
+    const b = this.buf;
+    const w = at >> 2;
+    const family = b[at] === AF_INET ? 4 : b[at] === AF_INET6 ? 6 : 0;
+    const state = STATE_NAMES[b[at + 2] as number];
+    if (!state || family === 0) return undefined;
+    const hz = this.hz;
+    const timerCode = b[at + 3] as number;
+    const timer = (TIMER_CODES[timerCode as keyof typeof TIMER_CODES] ?? "off") as TimerName;
+    // jiffies_delta_to_msecs: a timer already due shows 0; jiffies_to_msecs rounds up.
+    const delta = (this.u32[w + 22] as number) + (this.i32[w + 23] as number) * 0x1_0000_0000;
+    const flags = b[at + 5] as number;
+    let settings: EffectiveKeepAlive | null = null;
+    if (flags & 1) {
+      const time = (this.u32[w + 14] as number) || (this.u32[w + 16] as number);
+      const intvl = (this.u32[w + 15] as number) || (this.u32[w + 17] as number);
+      settings = {
+        keepalive: (flags & 2) !== 0,
+        idle: Math.floor(time / hz),
+        interval: Math.floor(intvl / hz),
+        count: (b[at + 6] as number) || (b[at + 7] as number),
+        userTimeout: this.u32[w + 18] as number,
+      };
+    }
+    const ports = this.u32[w + 2] as number; // local port (host order), then the peer's (network order)
+    const rq = this.i32[w + 24] as number;
+    return {
+      family,
+      state,
+      localAddress: family === 4 ? ipv4(b, at + 24) : ipv6(b, at + 24),
+      localPort: ports & 0xffff,
+      peerAddress: family === 4 ? ipv4(b, at + 40) : ipv6(b, at + 40),
+      peerPort: ((ports >>> 16) & 0xff) * 256 + (ports >>> 24),
+      timer,
+      timerMs: timerCode === 0 || delta <= 0 ? 0 : Math.ceil((delta * 1000) / hz),
+      timerCount: b[at + 4] as number,
+      recvQueue: state === "LISTEN" || rq > 0 ? rq >>> 0 : 0,
+      sendQueue: this.u32[w + 25] as number,
+      uid: this.u32[w + 3] as number,
+      inode: this.inode(at),
+      netns: this.u32[w + 19] as number,
+      cgroup: (this.u32[w + 20] as number) + (this.u32[w + 21] as number) * 0x1_0000_0000,
+      settings,
+    };
+  }
+
+  close(): void {
+    if (this.progFd < 0) return;
+    for (const fd of [this.probeFd, this.linkFd, this.progFd]) close(fd);
+    closeSync(this.ownNetns);
+    this.progFd = this.probeFd = this.linkFd = -1;
+  }
+}
+
+/**
+ * tcpka's own listener whose keepalive_time is 1 * HZ: 127.0.0.1 on a port the kernel picks, IP_FREEBIND so
+ * that it binds even where lo is down, a backlog of 0. Returns its fd and inode.
+ */
+function hzProbe(): [number, number] {
+  const fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  try {
+    setsockoptInt(fd, SOL_IP, IP_FREEBIND, 1);
+    setsockoptInt(fd, SOL_TCP, TCP_KEEPIDLE, 1);
+    bindLoopback4(fd);
+    listen(fd, 0);
+    return [fd, sockfsInode(fd)];
+  } catch (e) {
+    close(fd);
+    throw e;
+  }
+}
