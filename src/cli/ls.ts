@@ -28,6 +28,10 @@ timer is shown as a hint, marked with '?'.
 
 ${FILTER_HELP}
 
+Where:
+      --all-netns        the whole host: every network namespace (every container's, every pod's, every
+                         \`ip netns\`), not only tcpka's own; each row says its namespace
+
 Output:
   -w, --wide             every column: the next probe, the probes sent, idle/interval/count and the user
                          timeout apart (the default fits 120 columns)
@@ -53,6 +57,7 @@ const LS_OPTIONS = {
   json: { type: "boolean" },
   wide: { type: "boolean", short: "w" },
   "no-process": { type: "boolean" },
+  "all-netns": { type: "boolean" },
   via: { type: "string" },
 } as const;
 
@@ -67,7 +72,7 @@ export function runLs(argv: readonly string[], out: Out): number {
     throw usage(`--via ${via}: use bpf, netlink or proc`);
   }
   const filter = filterFrom(values);
-  const opts: InspectOptions = { via, processes: !bool(values, "no-process") };
+  const opts: InspectOptions = { via, processes: !bool(values, "no-process"), allNetns: bool(values, "all-netns") };
   let denied: number[];
   if (bool(values, "json")) denied = deniedTargets(filter, writeJson(filter, opts, out));
   else {

@@ -9,8 +9,9 @@ import { SysError } from "../sys/libc.js";
 import { SocketBorrower } from "../sys/pidfd.js";
 import { readKeepAlive } from "./exact.js";
 import { type KernelSocket, KernelSockets } from "./kernel-sockets.js";
+import { type NetNamespace, networkNamespaces } from "./namespaces.js";
 import { allTcpOwners, findOwners, type OwnerScan, type SocketOwner } from "./owners.js";
-import { listPids, netnsOf } from "./processes.js";
+import { listPids } from "./processes.js";
 import { listeningPorts, type ReadOptions, readSockets, type TcpSocket } from "./sockets.js";
 import { readSystemDefaults } from "./sysctl.js";
 
@@ -55,6 +56,8 @@ export interface InspectOptions {
   via?: "bpf" | "netlink" | "proc";
   /** Look up owning processes and read exact settings (default true). */
   processes?: boolean;
+  /** Every network namespace of the host, not only tcpka's own (or the --pid targets'). */
+  allNetns?: boolean;
 }
 
 /**
@@ -71,11 +74,15 @@ export function keepaliveFromTimer(s: TcpSocket): boolean | null {
 }
 
 /**
- * The sockets to look at that pass the filter's addresses, ports and rules: this network namespace's; with --pid,
- * those of each target's own namespace (through /proc/PID/net/tcp for another one), so that `tcpka ls --pid`
- * works on a container's process.
+ * The sockets to look at that pass the filter's addresses, ports and rules, by namespace: tcpka's own, or each
+ * one asked for (--pid, --all-netns) through /proc/PID/net/tcp of a process in it (sock_diag only answers for
+ * the namespace of the socket it is asked on). A namespace without any process (`ip netns` only) has no such
+ * file: the kernel pass reads those.
  */
-function socketsOf(filter: SocketFilter, opts: { via?: "netlink" | "proc" }): TcpSocket[] {
+function socketsOf(
+  filter: SocketFilter,
+  opts: InspectOptions & { via?: "netlink" | "proc" },
+): { netns: number; sockets: TcpSocket[] }[] {
   const matches = socketMatcher(filter);
   const readMatching = (from: ReadOptions) => {
     const list = readSockets(from);
@@ -85,16 +92,18 @@ function socketsOf(filter: SocketFilter, opts: { via?: "netlink" | "proc" }): Tc
     return list.filter((s) => matches(s, listening));
   };
   const read = { states: filter.states, families: filter.families, via: opts.via };
-  if (!filter.pids.length) return readMatching(read);
-  const own = netnsOf(process.pid);
-  const namespaces = new Map<string, number>();
-  for (const pid of filter.pids) {
-    const ns = netnsOf(pid);
-    if (ns !== undefined && !namespaces.has(ns)) namespaces.set(ns, pid);
+  const out: { netns: number; sockets: TcpSocket[] }[] = [];
+  for (const ns of namespacesFor(filter, opts)) {
+    if (ns.own) out.push({ netns: ns.inum, sockets: readMatching(read) });
+    else if (ns.pid !== undefined) out.push({ netns: ns.inum, sockets: readMatching({ ...read, netnsOf: ns.pid }) });
   }
-  const out: TcpSocket[] = [];
-  for (const [ns, pid] of namespaces) out.push(...readMatching(ns === own ? read : { ...read, netnsOf: pid }));
   return out;
+}
+
+function* eachSocket(
+  groups: { netns: number; sockets: TcpSocket[] }[],
+): Generator<{ netns: number; socket: TcpSocket }> {
+  for (const g of groups) for (const socket of g.sockets) yield { netns: g.netns, socket };
 }
 
 /** The connection of a socket with its owners, settings known or not. */
@@ -172,18 +181,28 @@ function inspectKernel(filter: SocketFilter, opts: InspectOptions, each: (c: Con
       each(c);
     };
     const families = new Set(filter.families);
-    for (const netns of namespacesToWalk(filter)) {
+    const walk = (s: KernelSocket, ports: () => ReadonlySet<number>) => {
+      if (!families.has(s.family) || (matches && !matches(s, ports))) return;
+      if (later) later.push(s);
+      else emit(s, scan?.owners.get(s.inode) ?? none);
+    };
+    for (const ns of namespacesFor(filter, opts)) {
       const listening = new Set<number>();
       const ports = () => listening;
+      if (ns.own) {
+        ks.walk((s) => walk(s, ports), { listening });
+        continue;
+      }
+      let fd: number;
       try {
-        const walk = (s: KernelSocket) => {
-          if (!families.has(s.family) || (matches && !matches(s, ports))) return;
-          if (later) later.push(s);
-          else emit(s, scan?.owners.get(s.inode) ?? none);
-        };
-        ks.walk(walk, { netnsFd: netns.fd, listening });
+        fd = openSync(ns.path, constants.O_RDONLY);
+      } catch {
+        continue; // its last process exited since: nothing of it to list
+      }
+      try {
+        ks.walk((s) => walk(s, ports), { netnsFd: fd, listening });
       } finally {
-        if (netns.fd !== undefined) closeSync(netns.fd);
+        closeSync(fd);
       }
     }
     if (later) {
@@ -198,30 +217,11 @@ function inspectKernel(filter: SocketFilter, opts: InspectOptions, each: (c: Con
   }
 }
 
-/**
- * The network namespaces a kernel pass walks: tcpka's own (fd undefined), or with --pid each target's, opened
- * from /proc/PID/ns/net (a target that exited has none to walk).
- */
-function namespacesToWalk(filter: SocketFilter): { fd?: number }[] {
-  if (!filter.pids.length) return [{}];
-  const own = netnsOf(process.pid);
-  const seen = new Set<string>();
-  const out: { fd?: number }[] = [];
-  for (const pid of filter.pids) {
-    const ns = netnsOf(pid);
-    if (ns === undefined || seen.has(ns)) continue;
-    seen.add(ns);
-    if (ns === own) {
-      out.push({});
-      continue;
-    }
-    try {
-      out.push({ fd: openSync(`/proc/${pid}/ns/net`, constants.O_RDONLY) });
-    } catch {
-      // exited since: nothing of it to list
-    }
-  }
-  return out;
+/** The namespaces to read: with --all-netns every one, with --pid each target's, else tcpka's own. */
+function namespacesFor(filter: SocketFilter, opts: InspectOptions): NetNamespace[] {
+  if (opts.allNetns) return networkNamespaces();
+  if (filter.pids.length) return networkNamespaces(filter.pids);
+  return networkNamespaces([process.pid]);
 }
 
 /**
@@ -230,7 +230,7 @@ function namespacesToWalk(filter: SocketFilter): { fd?: number }[] {
  */
 function inspectSyscalls(filter: SocketFilter, opts: InspectOptions, each: (c: Connection) => void): Found {
   const via = opts.via === "bpf" ? undefined : opts.via;
-  const sockets = socketsOf(filter, { ...opts, via });
+  const groups = socketsOf(filter, { ...opts, via });
   const processes = opts.processes ?? true;
   const wantOwners = processes || filter.pids.length > 0 || filter.comms.length > 0;
 
@@ -238,7 +238,7 @@ function inspectSyscalls(filter: SocketFilter, opts: InspectOptions, each: (c: C
   let unreadablePids: number[] = [];
   if (wantOwners) {
     const inodes = new Set<number>();
-    for (const s of sockets) if (s.inode) inodes.add(s.inode);
+    for (const g of groups) for (const s of g.sockets) if (s.inode) inodes.add(s.inode);
     const scan = findOwners(inodes, filter.pids.length ? filter.pids : listPids());
     owners = scan.owners;
     unreadablePids = scan.unreadable;
@@ -249,7 +249,7 @@ function inspectSyscalls(filter: SocketFilter, opts: InspectOptions, each: (c: C
   const none: SocketOwner[] = [];
   let exactDenied = 0;
   try {
-    for (const socket of sockets) {
+    for (const { netns, socket } of eachSocket(groups)) {
       let own = owners.get(socket.inode) ?? none;
       if (filter.pids.length) {
         own = own.filter((o) => filter.pids.includes(o.pid));
@@ -264,6 +264,7 @@ function inspectSyscalls(filter: SocketFilter, opts: InspectOptions, each: (c: C
         keepalive: keepaliveFromTimer(socket),
         settings: null,
         deadPeerAfter: null,
+        netns,
       };
       if (processes) {
         for (const o of own) {

@@ -25,7 +25,7 @@ export function connectionJsonText(c: Connection): string {
     `"next_probe_ms":${probe ? s.timerMs : null},"probes":${probe ? s.timerCount : null},` +
     `"idle_s":${e ? e.idle : null},"interval_s":${e ? e.interval : null},"count":${e ? e.count : null},` +
     `"user_timeout_ms":${e ? e.userTimeout : null},"dead_peer_after_s":${c.deadPeerAfter},` +
-    `"send_queue":${s.sendQueue},"recv_queue":${s.recvQueue},"processes":[${procs}]` +
+    `"send_queue":${s.sendQueue},"recv_queue":${s.recvQueue},"netns":${c.netns ?? null},"processes":[${procs}]` +
     `${c.exactError ? `,"exact_error":"${c.exactError}"` : ""}}`
   );
 }
