@@ -29,7 +29,7 @@ const { SocketBorrower } = await import("../src/sys/pidfd.js");
 const { inetDiagDump } = await import("../src/sys/netlink.js");
 const { AF_INET, AF_INET6 } = await import("../src/kernel/constants.js");
 const { addToSummary, emptySummary } = await import("../src/inspect/summary.js");
-const { connectionJsonText } = await import("../src/ui/connections.js");
+const { writeConnectionJson } = await import("../src/ui/connections.js");
 const { Out } = await import("../src/ui/format.js");
 
 const ms: Record<string, number> = { boot: bootMs, import: performance.now() - t0 };
@@ -91,7 +91,8 @@ time("json", () => {
   const out = new Out(devnull);
   const sum = emptySummary();
   for (const c of connections) {
-    out.write(",\n" + connectionJsonText(c));
+    out.write(",\n");
+    writeConnectionJson(out, c);
     addToSummary(sum, c);
   }
   out.end();

@@ -12,12 +12,12 @@ import {
   inspectEach,
 } from "../inspect/connections.js";
 import { permissionError } from "../inspect/processes.js";
-import { addToSummary, deniedTargets, emptySummary, type Summary, summarize } from "../inspect/summary.js";
+import { addToSummary, deniedTargets, emptySummary, offOwners, type Summary, summarize } from "../inspect/summary.js";
 import { readSystemDefaults } from "../inspect/sysctl.js";
 import { formatMs, formatSeconds } from "../settings.js";
 import { bool, FILTER_HELP, FILTER_OPTIONS, filterFrom, parse, str } from "../ui/args.js";
-import { connectionJsonText, writeExactHint } from "../ui/connections.js";
-import { hostPort, type Out, ownerText, paint, plural, printable, table } from "../ui/format.js";
+import { writeConnectionJson, writeExactHint } from "../ui/connections.js";
+import { asciiBytes, hostPort, type Out, ownerText, paint, plural, printable, table } from "../ui/format.js";
 
 export const LS_HELP = `Usage: tcpka ls [filters] [-w | --json]
 
@@ -85,13 +85,17 @@ export function runLs(argv: readonly string[], out: Out): number {
   return 0;
 }
 
+const NEWLINE = asciiBytes("\n");
+const COMMA_NEWLINE = asciiBytes(",\n");
+
 /** Stream the JSON: each connection is written as soon as it is known and not kept. */
 function writeJson(filter: SocketFilter, opts: InspectOptions, out: Out): InspectionInfo {
   const d = readSystemDefaults();
   out.write(`{"defaults":{"idle_s":${d.idle},"interval_s":${d.interval},"count":${d.count}},\n"connections":[`);
   const sum = emptySummary();
   const info = inspectEach(filter, opts, (c) => {
-    out.write((sum.total === 0 ? "\n" : ",\n") + connectionJsonText(c));
+    out.bytes(sum.total === 0 ? NEWLINE : COMMA_NEWLINE);
+    writeConnectionJson(out, c);
     addToSummary(sum, c);
   });
   const summary = {
@@ -107,7 +111,7 @@ function writeJson(filter: SocketFilter, opts: InspectOptions, out: Out): Inspec
     exact: sum.exact,
     worst_dead_peer_after_s: sum.worstDeadPeer === Number.POSITIVE_INFINITY ? null : sum.worstDeadPeer,
     some_never_detect_dead_peer: sum.worstDeadPeer === Number.POSITIVE_INFINITY,
-    without_keepalive: [...sum.offOwners].map(([process, count]) => ({ process, count })),
+    without_keepalive: [...offOwners(sum)].map(([process, count]) => ({ process, count })),
     unreadable_pids: info.unreadablePids.length,
   };
   out.write(`\n],\n"summary":${JSON.stringify(summary)}}\n`);
@@ -215,7 +219,7 @@ function writeFooter(r: Inspection, out: Out, denied: boolean): void {
   }
   if (sum.established) {
     let line = `${plural(sum.established, "connection")}: ${sum.keepaliveOn} with keepalive, ${sum.keepaliveOff} without`;
-    const owners = [...sum.offOwners.keys()];
+    const owners = [...offOwners(sum).keys()];
     if (owners.length) line += ` (${owners.slice(0, 5).map(printable).join(", ")}${owners.length > 5 ? ", …" : ""})`;
     if (sum.unknown) line += `, ${sum.unknown} unknown`;
     out.write(`${line}\n`);

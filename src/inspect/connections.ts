@@ -106,23 +106,6 @@ function* eachSocket(
   for (const g of groups) for (const socket of g.sockets) yield { netns: g.netns, socket };
 }
 
-/** The connection of a socket with its owners, settings known or not. */
-function connectionOf(socket: TcpSocket, owners: SocketOwner[], settings: EffectiveKeepAlive | null): Connection {
-  if (settings === null) {
-    return { socket, owners, source: "timer", keepalive: keepaliveFromTimer(socket), settings, deadPeerAfter: null };
-  }
-  const c: Connection = {
-    socket,
-    owners,
-    source: "exact",
-    keepalive: settings.keepalive,
-    settings,
-    deadPeerAfter: null,
-  };
-  c.deadPeerAfter = deadPeerAfter(settings);
-  return c;
-}
-
 /** Inspect and collect every matching connection. */
 export function inspect(filter: SocketFilter = DEFAULT_FILTER, opts: InspectOptions = {}): Inspection {
   const connections: Connection[] = [];
@@ -174,11 +157,18 @@ function inspectKernel(filter: SocketFilter, opts: InspectOptions, each: (c: Con
         if (own.length === 0) return;
       }
       if (comms.size && !own.some((o) => comms.has(o.comm))) return;
-      const c = connectionOf(socket, own, socket.settings);
-      c.netns = socket.netns;
-      c.cgroup = socket.cgroup;
-      if (filter.noKeepalive && c.keepalive !== false) return;
-      each(c);
+      const e = socket.settings;
+      if (filter.noKeepalive && (e ? e.keepalive : keepaliveFromTimer(socket)) !== false) return;
+      each({
+        socket,
+        owners: own,
+        source: e ? "exact" : "timer",
+        keepalive: e ? e.keepalive : keepaliveFromTimer(socket),
+        settings: e,
+        deadPeerAfter: e ? deadPeerAfter(e) : null,
+        netns: socket.netns,
+        cgroup: socket.cgroup,
+      });
     };
     const families = new Set(filter.families);
     const walk = (s: KernelSocket, ports: () => ReadonlySet<number>) => {

@@ -76,6 +76,8 @@ export class KernelSockets {
   private readonly i32 = new Int32Array(this.buf.buffer);
   /** Jiffies per second; 0 until the probe listener has been read. */
   private hz = 0;
+  /** The settings objects that sockets share (settingsOf). */
+  private readonly shared = new Map<number, EffectiveKeepAlive>();
 
   private constructor(
     /** the states to hand out (1 << kernel state) */
@@ -279,18 +281,7 @@ export class KernelSockets {
     // jiffies_delta_to_msecs: a timer already due shows 0; jiffies_to_msecs rounds up.
     const delta = (this.u32[w + 22] as number) + (this.i32[w + 23] as number) * 0x1_0000_0000;
     const flags = b[at + 5] as number;
-    let settings: EffectiveKeepAlive | null = null;
-    if (flags & 1) {
-      const time = (this.u32[w + 14] as number) || (this.u32[w + 16] as number);
-      const intvl = (this.u32[w + 15] as number) || (this.u32[w + 17] as number);
-      settings = {
-        keepalive: (flags & 2) !== 0,
-        idle: Math.floor(time / hz),
-        interval: Math.floor(intvl / hz),
-        count: (b[at + 6] as number) || (b[at + 7] as number),
-        userTimeout: this.u32[w + 18] as number,
-      };
-    }
+    const settings = flags & 1 ? this.settingsOf(at, w, flags) : null;
     const ports = this.u32[w + 2] as number; // local port (host order), then the peer's (network order)
     const rq = this.i32[w + 24] as number;
     return {
@@ -311,6 +302,35 @@ export class KernelSockets {
       cgroup: (this.u32[w + 20] as number) + (this.u32[w + 21] as number) * 0x1_0000_0000,
       settings,
     };
+  }
+
+  /**
+   * The effective settings of the full socket at buf[at], as getsockopt computes them. Most sockets of a host
+   * share a few combinations, so one frozen object stands for each combination without a user timeout: at
+   * 100,000 sockets that spares 100,000 objects. Callers never change them (EffectiveKeepAlive is read-only).
+   */
+  private settingsOf(at: number, w: number, flags: number): EffectiveKeepAlive {
+    const b = this.buf;
+    const hz = this.hz;
+    const time = (this.u32[w + 14] as number) || (this.u32[w + 16] as number);
+    const intvl = (this.u32[w + 15] as number) || (this.u32[w + 17] as number);
+    const count = (b[at + 6] as number) || (b[at + 7] as number);
+    const userTimeout = this.u32[w + 18] as number;
+    const keepalive = (flags & 2) !== 0;
+    const idle = Math.floor(time / hz);
+    const interval = Math.floor(intvl / hz);
+    // idle and interval fit 15 bits (MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL), count 7 (MAX_TCP_KEEPCNT): the
+    // key is exact below 2^38. A sysctl may hold more; such a socket gets an object of its own.
+    if (userTimeout !== 0 || idle > 0x7fff || interval > 0x7fff || count > 0x7f) {
+      return { keepalive, idle, interval, count, userTimeout };
+    }
+    const key = (keepalive ? 1 : 0) + 2 * (count + 128 * (interval + 32768 * idle));
+    let e = this.shared.get(key);
+    if (e === undefined) {
+      e = { keepalive, idle, interval, count, userTimeout: 0 };
+      this.shared.set(key, e);
+    }
+    return e;
   }
 
   close(): void {

@@ -1,32 +1,144 @@
 /**
- * What more than one command writes about inspected connections: a connection's JSON text (tcpka ls --json, and
- * the bench that times it), and the line on how to get exact answers (tcpka ls, tcpka).
+ * What more than one command writes about inspected connections: a connection's JSON (tcpka ls --json, and the
+ * bench that times it), and the line on how to get exact answers (tcpka ls, tcpka).
  */
 import { geteuid } from "node:process";
 import type { Connection, Inspection } from "../inspect/connections.js";
-import { type Out, paint, plural } from "./format.js";
+import { asciiBytes, type Out, paint, plural } from "./format.js";
 
 /**
- * The JSON form of a connection: stable snake_case names, units in the names. Built as text: at 100,000
- * sockets this is several times faster than objects through JSON.stringify, and makes far less garbage.
- * Every value is a number, boolean, null or a string that needs no escaping, except the process name.
+ * Write the JSON form of a connection: stable snake_case names, units in the names. Written piece by piece
+ * into the output buffer (Out.ascii, Out.number): at 100,000 sockets a text per row, or objects through
+ * JSON.stringify, cost several times more, most of it in garbage. The output is ASCII: every value is a
+ * number, boolean, null or a string that needs no escaping, except the process name, which jsonAscii()
+ * escapes (and which is made once per process).
  */
-export function connectionJsonText(c: Connection): string {
+export function writeConnectionJson(out: Out, c: Connection): void {
   const s = c.socket;
+  out.bytes(P.state);
+  out.bytes(asciiBytes(s.state));
+  out.bytes(s.family === 4 ? P.family4 : P.family6);
+  out.bytes(asciiBytes(s.localAddress));
+  out.bytes(P.localPort);
+  out.number(s.localPort);
+  out.bytes(P.peerAddress);
+  out.bytes(asciiBytes(s.peerAddress));
+  out.bytes(P.peerPort);
+  out.number(s.peerPort);
+  out.bytes(P.inode);
+  out.number(s.inode);
+  out.bytes(P.uid);
+  out.number(s.uid);
+  out.bytes(settingsJson(c));
+  if (s.timer === "off") out.bytes(P.timerOff);
+  else {
+    const probe = s.timer === "keepalive" && c.keepalive !== null;
+    out.bytes(P.timer);
+    out.bytes(asciiBytes(s.timer));
+    out.bytes(P.timerMs);
+    out.number(s.timerMs);
+    out.bytes(P.timerCount);
+    out.number(s.timerCount);
+    out.bytes(P.nextProbe);
+    if (probe) out.number(s.timerMs);
+    else out.bytes(P.null);
+    out.bytes(P.probes);
+    if (probe) out.number(s.timerCount);
+    else out.bytes(P.null);
+  }
+  out.bytes(P.sendQueue);
+  out.number(s.sendQueue);
+  out.bytes(P.recvQueue);
+  out.number(s.recvQueue);
+  out.bytes(P.netns);
+  if (c.netns === undefined) out.bytes(P.null);
+  else out.number(c.netns);
+  out.bytes(P.processes);
+  let first = true;
+  for (const o of c.owners) {
+    if (!first) out.bytes(P.comma);
+    first = false;
+    out.bytes(ownerJsonStart(o.pid, o.comm));
+    out.number(o.fd);
+    out.bytes(P.close);
+  }
+  if (c.exactError) {
+    out.bytes(P.exactError);
+    out.bytes(asciiBytes(c.exactError));
+    out.bytes(P.quoteClose);
+  } else out.bytes(P.end);
+}
+
+/** The constant pieces of a row, encoded once. */
+const P = {
+  state: asciiBytes('{"state":"'),
+  family4: asciiBytes('","family":4,"local_address":"'),
+  family6: asciiBytes('","family":6,"local_address":"'),
+  localPort: asciiBytes('","local_port":'),
+  peerAddress: asciiBytes(',"peer_address":"'),
+  peerPort: asciiBytes('","peer_port":'),
+  inode: asciiBytes(',"inode":'),
+  uid: asciiBytes(',"uid":'),
+  timerOff: asciiBytes(',"timer":"off","timer_ms":0,"timer_count":0,"next_probe_ms":null,"probes":null'),
+  timer: asciiBytes(',"timer":"'),
+  timerMs: asciiBytes('","timer_ms":'),
+  timerCount: asciiBytes(',"timer_count":'),
+  nextProbe: asciiBytes(',"next_probe_ms":'),
+  probes: asciiBytes(',"probes":'),
+  null: asciiBytes("null"),
+  sendQueue: asciiBytes(',"send_queue":'),
+  recvQueue: asciiBytes(',"recv_queue":'),
+  netns: asciiBytes(',"netns":'),
+  processes: asciiBytes(',"processes":['),
+  comma: asciiBytes(","),
+  close: asciiBytes("}"),
+  exactError: asciiBytes('],"exact_error":"'),
+  quoteClose: asciiBytes('"}'),
+  end: asciiBytes("]}"),
+};
+
+/**
+ * The keepalive fields: "keepalive", "source", the settings and the dead-peer time. Sockets share settings
+ * objects (the kernel pass makes one per combination), so the text is made once per object; keepalive, source
+ * and the dead-peer time follow from the settings wherever they are known.
+ */
+const settingsTexts = new WeakMap<object, Uint8Array>();
+
+function settingsJson(c: Connection): Uint8Array {
   const e = c.settings;
-  const probe = s.timer === "keepalive" && c.keepalive !== null;
-  const procs = c.owners.map((o) => `{"pid":${o.pid},"comm":${JSON.stringify(o.comm)},"fd":${o.fd}}`).join(",");
-  return (
-    `{"state":"${s.state}","family":${s.family},` +
-    `"local_address":"${s.localAddress}","local_port":${s.localPort},` +
-    `"peer_address":"${s.peerAddress}","peer_port":${s.peerPort},"inode":${s.inode},"uid":${s.uid},` +
-    `"keepalive":${c.keepalive},"source":"${c.source}",` +
-    `"timer":"${s.timer}","timer_ms":${s.timerMs},"timer_count":${s.timerCount},` +
-    `"next_probe_ms":${probe ? s.timerMs : null},"probes":${probe ? s.timerCount : null},` +
-    `"idle_s":${e ? e.idle : null},"interval_s":${e ? e.interval : null},"count":${e ? e.count : null},` +
-    `"user_timeout_ms":${e ? e.userTimeout : null},"dead_peer_after_s":${c.deadPeerAfter},` +
-    `"send_queue":${s.sendQueue},"recv_queue":${s.recvQueue},"netns":${c.netns ?? null},"processes":[${procs}]` +
-    `${c.exactError ? `,"exact_error":"${c.exactError}"` : ""}}`
+  if (!e) return asciiBytes(`,"keepalive":${c.keepalive},"source":"${c.source}"${NO_SETTINGS}`);
+  let text = settingsTexts.get(e);
+  if (text === undefined) {
+    text = Buffer.from(
+      `,"keepalive":${c.keepalive},"source":"${c.source}","idle_s":${e.idle},"interval_s":${e.interval},` +
+        `"count":${e.count},"user_timeout_ms":${e.userTimeout},"dead_peer_after_s":${c.deadPeerAfter}`,
+      "latin1",
+    );
+    settingsTexts.set(e, text);
+  }
+  return text;
+}
+
+const NO_SETTINGS = ',"idle_s":null,"interval_s":null,"count":null,"user_timeout_ms":null,"dead_peer_after_s":null';
+
+// '{"pid":P,"comm":"NAME","fd":' of each process: one piece per process, not one per socket it holds
+const ownerStarts = new Map<number, { comm: string; bytes: Uint8Array }>();
+
+function ownerJsonStart(pid: number, comm: string): Uint8Array {
+  let known = ownerStarts.get(pid);
+  if (known === undefined || known.comm !== comm) {
+    if (ownerStarts.size >= 1 << 16) ownerStarts.clear();
+    known = { comm, bytes: Buffer.from(`{"pid":${pid},"comm":${jsonAscii(comm)},"fd":`, "latin1") };
+    ownerStarts.set(pid, known);
+  }
+  return known.bytes;
+}
+
+/** A JSON string of `text` in ASCII: beyond U+007E every UTF-16 unit is written \uXXXX (the same string). */
+export function jsonAscii(text: string): string {
+  return JSON.stringify(text).replace(
+    /[\u007f-\uffff]/g,
+    (ch) => `\\u${ch.charCodeAt(0).toString(16).padStart(4, "0")}`,
   );
 }
 
