@@ -3,21 +3,14 @@
  */
 import { usage } from "../errors.js";
 import type { SocketFilter } from "../filter.js";
-import {
-  type Connection,
-  type Inspection,
-  type InspectionInfo,
-  type InspectOptions,
-  inspect,
-  inspectEach,
-} from "../inspect/connections.js";
+import { type Connection, type InspectionInfo, type InspectOptions, inspectEach } from "../inspect/connections.js";
 import { permissionError } from "../inspect/processes.js";
-import { addToSummary, deniedTargets, emptySummary, offOwners, type Summary, summarize } from "../inspect/summary.js";
+import { addToSummary, deniedTargets, emptySummary, offOwners, type Summary } from "../inspect/summary.js";
 import { readSystemDefaults } from "../inspect/sysctl.js";
 import { formatMs, formatSeconds } from "../settings.js";
 import { bool, FILTER_HELP, FILTER_OPTIONS, filterFrom, parse, str } from "../ui/args.js";
 import { writeConnectionJson, writeExactHint } from "../ui/connections.js";
-import { asciiBytes, hostPort, type Out, ownerText, paint, plural, printable, table } from "../ui/format.js";
+import { asciiBytes, hostPort, type Out, ownerText, paint, plural, printable, Table } from "../ui/format.js";
 
 export const LS_HELP = `Usage: tcpka ls [filters] [-w | --json]
 
@@ -75,11 +68,7 @@ export function runLs(argv: readonly string[], out: Out): number {
   const opts: InspectOptions = { via, processes: !bool(values, "no-process"), allNetns: bool(values, "all-netns") };
   let denied: number[];
   if (bool(values, "json")) denied = deniedTargets(filter, writeJson(filter, opts, out));
-  else {
-    const r = inspect(filter, opts);
-    denied = deniedTargets(filter, r);
-    writeTable(r, out, bool(values, "wide"), denied.length > 0);
-  }
+  else denied = writeTable(filter, opts, out, bool(values, "wide"));
   // What was asked for by process could not all be read: not "no TCP sockets match", and not exit 0.
   if (denied.length) throw permissionError(denied);
   return 0;
@@ -165,13 +154,34 @@ const COLUMNS: readonly Column[] = [
   [
     "KEEPALIVE",
     (c, out) => {
-      const e = on(c);
-      return keepaliveCell(c, out) + (e ? ` ${e.idle}s/${e.interval}s/${e.count}` : "");
+      // Exact sockets share settings objects (the kernel pass): their two cells are made once per object.
+      const e = c.settings;
+      if (!e || c.source !== "exact") return keepaliveCell(c, out);
+      let cells = settingsCells.get(e);
+      if (cells === undefined) {
+        cells = [
+          keepaliveCell(c, out) + (e.keepalive ? ` ${e.idle}s/${e.interval}s/${e.count}` : ""),
+          deadPeerCell(c, out),
+        ];
+        settingsCells.set(e, cells);
+      }
+      return cells[0];
     },
   ],
-  DEAD_PEER,
+  [
+    "DEAD PEER AFTER",
+    (c, out) => {
+      const e = c.settings;
+      // A listener without keepalive shows "-", a connection "never": the cached cell is a connection's.
+      if (!e || c.source !== "exact" || c.socket.state === "LISTEN") return deadPeerCell(c, out);
+      return settingsCells.get(e)?.[1] ?? deadPeerCell(c, out);
+    },
+  ],
   PROCESS,
 ];
+
+/** The KEEPALIVE and DEAD PEER AFTER cells of an exact socket's settings (not a listener's), by settings object. */
+const settingsCells = new WeakMap<object, [string, string]>();
 
 const WIDE_COLUMNS: readonly Column[] = [
   STATE,
@@ -198,21 +208,28 @@ const WIDE_COLUMNS: readonly Column[] = [
   PROCESS,
 ];
 
-/** The table and its footer; `denied`: some targets could not be read, which is said instead of "no match". */
-function writeTable(r: Inspection, out: Out, wide: boolean, denied: boolean): void {
+/**
+ * The table and its footer. Each row's cells are made as its connection streams by, and only the cells are
+ * kept until the widths are known: at 100,000 sockets the connections themselves would double the memory.
+ * Returns the targets that could not be read, which the footer says instead of "no match".
+ */
+function writeTable(filter: SocketFilter, opts: InspectOptions, out: Out, wide: boolean): number[] {
   const columns = wide ? WIDE_COLUMNS : COLUMNS;
-  const rows = r.connections.map((c) => columns.map(([, cell]) => cell(c, out)));
-  if (rows.length)
-    table(
-      columns.map(([header]) => header),
-      rows,
-      out,
-    );
-  writeFooter(r, out, denied);
+  const rows = new Table(columns.map(([header]) => header));
+  const cells: string[] = new Array(columns.length);
+  const sum = emptySummary();
+  const info = inspectEach(filter, opts, (c) => {
+    for (let i = 0; i < columns.length; i++) cells[i] = (columns[i] as Column)[1](c, out);
+    rows.add(cells);
+    addToSummary(sum, c);
+  });
+  const denied = deniedTargets(filter, info);
+  if (rows.size) rows.write(out);
+  writeFooter(info, sum, out, denied.length > 0);
+  return denied;
 }
 
-function writeFooter(r: Inspection, out: Out, denied: boolean): void {
-  const sum = summarize(r.connections);
+function writeFooter(r: InspectionInfo, sum: Summary, out: Out, denied: boolean): void {
   if (sum.total === 0) {
     if (!denied) out.write("no TCP sockets match\n");
     return;

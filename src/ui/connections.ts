@@ -3,7 +3,7 @@
  * bench that times it), and the line on how to get exact answers (tcpka ls, tcpka).
  */
 import { geteuid } from "node:process";
-import type { Connection, Inspection } from "../inspect/connections.js";
+import type { Connection, InspectionInfo } from "../inspect/connections.js";
 import { asciiBytes, type Out, paint, plural } from "./format.js";
 
 /**
@@ -143,7 +143,7 @@ export function jsonAscii(text: string): string {
 }
 
 /** One line on how to get exact answers, when some came from the timer only. */
-export function writeExactHint(r: Inspection, inexact: number, out: Out): void {
+export function writeExactHint(r: InspectionInfo, inexact: number, out: Out): void {
   if (inexact === 0 || !r.processes) return;
   if (geteuid?.() !== 0 && (r.unreadablePids.length > 0 || r.exactDenied > 0)) {
     out.write(

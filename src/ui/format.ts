@@ -125,26 +125,63 @@ export function paint(out: Out, style: Style, text: string): string {
 
 /** Visible width, ignoring colour escapes. */
 function width(s: string): number {
+  if (s.indexOf("\x1b") < 0) return s.length;
   // biome-ignore lint/suspicious/noControlCharactersInRegex: colour escapes are what is being removed
   return s.replace(/\x1b\[[0-9;]*m/g, "").length;
 }
 
-/** Render rows under a header, columns separated by two spaces; the last column is not padded. */
-export function table(header: readonly string[], rows: readonly (readonly string[])[], out: Out, indent = ""): void {
-  const widths = header.map((h) => h.length);
-  for (const r of rows) {
-    for (let i = 0; i < r.length; i++) widths[i] = Math.max(widths[i] ?? 0, width(r[i] as string));
+// Joins the cells of a kept row: a NUL, which no cell holds (printable() escapes every control character).
+const SEP = "\0";
+
+/**
+ * The rows of a table, added one by one and written once every width is known: each row is kept as one
+ * string, its cells joined, so that a table of 100,000 rows holds 100,000 strings, not 600,000 and their
+ * arrays. Columns are separated by two spaces; the last column is not padded.
+ */
+export class Table {
+  private readonly rows: string[] = [];
+  private readonly widths: number[];
+
+  constructor(private readonly header: readonly string[]) {
+    this.widths = header.map((h) => h.length);
   }
-  const line = (cells: readonly string[]) => {
-    let s = "";
+
+  get size(): number {
+    return this.rows.length;
+  }
+
+  add(cells: readonly string[]): void {
+    const w = this.widths;
     for (let i = 0; i < cells.length; i++) {
-      const cell = cells[i] as string;
-      s += i === cells.length - 1 ? cell : cell + " ".repeat((widths[i] as number) - width(cell) + 2);
+      const n = width(cells[i] as string);
+      if (n > (w[i] as number)) w[i] = n;
     }
-    return `${indent}${s.trimEnd()}\n`;
-  };
-  out.write(line(header));
-  for (const r of rows) out.write(line(r));
+    this.rows.push(cells.join(SEP));
+  }
+
+  write(out: Out, indent = ""): void {
+    out.write(this.line(this.header.join(SEP), indent));
+    for (const r of this.rows) out.write(this.line(r, indent));
+  }
+
+  private line(row: string, indent: string): string {
+    let s = indent;
+    let from = 0;
+    for (let i = 0; ; i++) {
+      const to = row.indexOf(SEP, from);
+      if (to < 0) return `${(s + row.slice(from)).trimEnd()}\n`;
+      const cell = row.slice(from, to);
+      s += cell + " ".repeat((this.widths[i] as number) - width(cell) + 2);
+      from = to + 1;
+    }
+  }
+}
+
+/** Render rows under a header (see Table). */
+export function table(header: readonly string[], rows: readonly (readonly string[])[], out: Out, indent = ""): void {
+  const t = new Table(header);
+  for (const r of rows) t.add(r);
+  t.write(out, indent);
 }
 
 // Address text is the model's (probe/ names its endpoints the same way); the commands keep importing it here.
