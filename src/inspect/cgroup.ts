@@ -58,18 +58,28 @@ export function cgroupExists(path: string, mount: string): boolean {
   return existsSync(join(mount, cgroupPath(path, mount), "cgroup.procs"));
 }
 
-/** The cgroup v2 directory of a process: the "0::/path" line of /proc/PID/cgroup. */
-export function cgroupOfPid(pid: number, mount: string): string {
+/**
+ * The cgroup v2 path of a process ("/a/b", inside the mount, relative to the reader's cgroup namespace): the
+ * "0::/path" line of /proc/PID/cgroup. undefined when the process has gone; null when it is in no cgroup v2.
+ */
+export function cgroupPathOfPid(pid: number): string | null | undefined {
   let text: string;
   try {
     text = readFileSync(`/proc/${pid}/cgroup`, "utf8");
   } catch {
-    throw usage(`--pid ${pid}: no such process`);
+    return undefined;
   }
   const line = text.split("\n").find((l) => l.startsWith("0::"));
-  if (!line)
+  return line === undefined ? null : line.slice(3);
+}
+
+/** The cgroup v2 directory of a process: the "0::/path" line of /proc/PID/cgroup. */
+export function cgroupOfPid(pid: number, mount: string): string {
+  const path = cgroupPathOfPid(pid);
+  if (path === undefined) throw usage(`--pid ${pid}: no such process`);
+  if (path === null)
     throw new TcpkaError("unsupported", `process ${pid} is in no cgroup v2 (no 0:: line in /proc/${pid}/cgroup)`);
-  return join(mount, line.slice(3));
+  return join(mount, path);
 }
 
 /** The cgroup of a systemd unit, as systemctl reports it (a path inside the cgroup2 mount); only while it runs. */

@@ -41,6 +41,16 @@ export function processExists(pid: number): boolean {
   return state !== undefined && state !== "Z" && state !== "X";
 }
 
+/**
+ * When a process started, in clock ticks since boot (field 22 of /proc/PID/stat, what runc and crun record as the
+ * container's init_process_start / process-start-time); undefined once it has gone. With the pid it names one
+ * process for good: a pid is reused, a (pid, start time) pair is not.
+ */
+export function startTimeOf(pid: number): number | undefined {
+  const t = statFields(pid)?.[19];
+  return t === undefined ? undefined : Number(t);
+}
+
 /** PF_KTHREAD (include/linux/sched.h) in the flags field of /proc/PID/stat. */
 const PF_KTHREAD = 0x00200000;
 
