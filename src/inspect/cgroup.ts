@@ -4,9 +4,11 @@
  * below it.
  */
 import { spawnSync } from "node:child_process";
-import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
+import { closeSync, constants, existsSync, openSync, readdirSync, readFileSync, readlinkSync, statSync } from "node:fs";
 import { isAbsolute, join, resolve } from "node:path";
 import { TcpkaError, usage } from "../errors.js";
+import { O_CLOEXEC, O_PATH } from "../kernel/constants.js";
+import { openKernfsNode } from "../sys/libc.js";
 
 /** The mount point of the cgroup2 hierarchy, from /proc/self/mountinfo. */
 export function cgroup2Mount(): string {
@@ -80,6 +82,34 @@ export function cgroupOfPid(pid: number, mount: string): string {
   if (path === null)
     throw new TcpkaError("unsupported", `process ${pid} is in no cgroup v2 (no 0:: line in /proc/${pid}/cgroup)`);
   return join(mount, path);
+}
+
+/** An fd on the cgroup2 mount for open_by_handle_at, opened once per process. */
+const mountFds = new Map<string, number>();
+
+/**
+ * The path ("/a/b", inside the mount) of the cgroup whose id is `id`: cgroup_id() (cgrp->kn->id), what BPF
+ * programs see of a socket's or a task's cgroup, and on 64-bit kernels also the inode number of its directory
+ * (kernfs_ino: the whole id is the inode when ino_t has 64 bits). One open_by_handle_at of the kernfs node and a
+ * readlink of the fd, so no walk of the hierarchy. undefined when there is no such cgroup any more (ESTALE), or
+ * when this process may not open by handle (CAP_DAC_READ_SEARCH).
+ */
+export function cgroupPathOfId(id: number, mount: string): string | undefined {
+  let fd: number | undefined;
+  try {
+    let mfd = mountFds.get(mount);
+    if (mfd === undefined) {
+      mfd = openSync(mount, constants.O_RDONLY | constants.O_DIRECTORY);
+      mountFds.set(mount, mfd);
+    }
+    fd = openKernfsNode(mfd, id, O_PATH | O_CLOEXEC);
+    const link = readlinkSync(`/proc/self/fd/${fd}`);
+    return link === mount || link.startsWith(`${mount}/`) ? cgroupPath(link, mount) : undefined;
+  } catch {
+    return undefined;
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
 }
 
 /** The cgroup of a systemd unit, as systemctl reports it (a path inside the cgroup2 mount); only while it runs. */

@@ -46,6 +46,9 @@ export const MAX_TCP_USER_TIMEOUT_MS = 2 ** 31 - 1;
 // include/uapi/asm-generic/fcntl.h (x86_64 and arm64 alike); node:fs does not export it
 export const O_PATH = 0o10000000;
 
+// include/linux/exportfs.h (enum fid_type): a kernfs node (a cgroup directory) named by its 64-bit id
+export const FILEID_KERNFS = 0xfe;
+
 // include/uapi/linux/stat.h
 export const S_IFMT = 0o170000;
 export const S_IFSOCK = 0o140000;

@@ -4,7 +4,7 @@
  */
 import { createRequire } from "node:module";
 import { TcpkaError } from "../errors.js";
-import { AF_INET, AF_UNIX, LOCK_NB, S_IFMT, S_IFSOCK, SOCK_CLOEXEC, SOCK_DGRAM } from "../kernel/constants.js";
+import { AF_INET, AF_UNIX, FILEID_KERNFS, LOCK_NB, S_IFMT, S_IFSOCK, SOCK_CLOEXEC, SOCK_DGRAM } from "../kernel/constants.js";
 import { EWOULDBLOCK, errnoName } from "../kernel/errno.js";
 
 // koffi ships as CommonJS with a prebuilt binary for this platform; createRequire keeps this module ESM.
@@ -28,6 +28,7 @@ const c = {
   listen: lib.func("int listen(int fd, int backlog)"),
   setns: lib.func("int setns(int fd, int nstype)"),
   flock: lib.func("int flock(int fd, int op)"),
+  open_by_handle_at: lib.func("int open_by_handle_at(int mountfd, intptr_t handle, int flags)"),
   mount: lib.func(
     "int mount(const char *src, const char *target, const char *fstype, unsigned long flags, const void *data)",
   ),
@@ -88,6 +89,7 @@ const LINK_SIZE = 64;
 const NAME = 128; // an fd number as text, NUL-terminated
 const STAT = 256; // struct stat (144 bytes on x86_64, 128 on arm64)
 const SOCKADDR = 448; // struct sockaddr_in (16 bytes)
+const HANDLE = 400; // struct file_handle with an 8-byte f_handle
 
 export function getsockoptInt(fd: number, level: number, name: number): number {
   i32[LEN / 4] = 4;
@@ -155,6 +157,17 @@ export function listen(fd: number, backlog: number): void {
 /** setns(2): move the calling thread into the namespace that `fd` (an nsfs file) names. */
 export function setns(fd: number, nstype: number): void {
   check("setns", c.setns(fd, nstype) as number);
+/**
+ * open_by_handle_at(2) of a kernfs node by its id (`kernfs_fh_to_dentry`: a handle of type FILEID_KERNFS whose 8
+ * bytes are kn->id, what name_to_handle_at gives for a cgroup directory); `mountFd` is open on that file system.
+ * Needs CAP_DAC_READ_SEARCH (may_decode_fh). Throws SysError: ESTALE when no such node exists any more.
+ */
+export function openKernfsNode(mountFd: number, id: number, flags: number): number {
+  u32[HANDLE / 4] = 8; // handle_bytes
+  i32[HANDLE / 4 + 1] = FILEID_KERNFS; // handle_type
+  u32[HANDLE / 4 + 2] = id % 0x1_0000_0000; // little-endian u64
+  u32[HANDLE / 4 + 3] = Math.floor(id / 0x1_0000_0000);
+  return check("open_by_handle_at", c.open_by_handle_at(mountFd, SCRATCH + HANDLE, flags) as number);
 }
 
 /** A raw system call with up to three integer arguments; returns the result or throws SysError named `name`. */
