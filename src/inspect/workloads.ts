@@ -430,7 +430,11 @@ export class Workloads {
     return new Workloads(records);
   }
 
-  /** By the id of the cgroup a socket is charged to (cgroup_id(), the inode of the cgroup's directory). */
+  /**
+   * By the id of the cgroup a socket is charged to (cgroup_id(), the inode of the cgroup's directory): the cgroup of
+   * the task that made it (cgroup_sk_alloc, from sk_alloc), or for an accepted socket its listener's
+   * (cgroup_sk_clone), so a container's sockets carry its cgroup [seen: ss --cgroup in podman containers].
+   */
   ofCgroup(id: number): Workload | null {
     let w = this.ofIds.get(id);
     if (w === undefined) {
