@@ -157,6 +157,8 @@ export function listen(fd: number, backlog: number): void {
 /** setns(2): move the calling thread into the namespace that `fd` (an nsfs file) names. */
 export function setns(fd: number, nstype: number): void {
   check("setns", c.setns(fd, nstype) as number);
+}
+
 /**
  * open_by_handle_at(2) of a kernfs node by its id (`kernfs_fh_to_dentry`: a handle of type FILEID_KERNFS whose 8
  * bytes are kn->id, what name_to_handle_at gives for a cgroup directory); `mountFd` is open on that file system.
