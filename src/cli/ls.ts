@@ -4,12 +4,13 @@
 import { usage } from "../errors.js";
 import type { SocketFilter } from "../filter.js";
 import { type Connection, type InspectionInfo, type InspectOptions, inspectEach } from "../inspect/connections.js";
+import { networkNamespaces } from "../inspect/namespaces.js";
 import { permissionError } from "../inspect/processes.js";
 import { addToSummary, deniedTargets, emptySummary, offOwners, type Summary } from "../inspect/summary.js";
 import { readSystemDefaults } from "../inspect/sysctl.js";
 import { formatMs, formatSeconds } from "../settings.js";
 import { bool, FILTER_HELP, FILTER_OPTIONS, filterFrom, parse, str } from "../ui/args.js";
-import { writeConnectionJson, writeExactHint } from "../ui/connections.js";
+import { whereText, writeConnectionJson, writeExactHint } from "../ui/connections.js";
 import { asciiBytes, hostPort, type Out, ownerText, paint, plural, printable, Table } from "../ui/format.js";
 
 export const LS_HELP = `Usage: tcpka ls [filters] [-w | --json]
@@ -23,7 +24,12 @@ ${FILTER_HELP}
 
 Where:
       --all-netns        the whole host: every network namespace (every container's, every pod's, every
-                         \`ip netns\`), not only tcpka's own; each row says its namespace
+                         \`ip netns\`), not only tcpka's own; each row says where it is: its Kubernetes pod,
+                         its container (runtime, short id, name), its systemd unit, or its namespace
+      --container ID     only this container's sockets (its id, 4 or more leading characters of it, or its
+                         name), in whichever namespace
+      --pod NS/NAME      only this Kubernetes pod's sockets (from the CRI runtime's annotations)
+      --unit NAME        only this systemd unit's sockets (nginx means nginx.service)
 
 Output:
   -w, --wide             every column: the next probe, the probes sent, idle/interval/count and the user
@@ -51,6 +57,9 @@ const LS_OPTIONS = {
   wide: { type: "boolean", short: "w" },
   "no-process": { type: "boolean" },
   "all-netns": { type: "boolean" },
+  container: { type: "string" },
+  pod: { type: "string" },
+  unit: { type: "string" },
   via: { type: "string" },
 } as const;
 
@@ -65,10 +74,21 @@ export function runLs(argv: readonly string[], out: Out): number {
     throw usage(`--via ${via}: use bpf, netlink or proc`);
   }
   const filter = filterFrom(values);
-  const opts: InspectOptions = { via, processes: !bool(values, "no-process"), allNetns: bool(values, "all-netns") };
+  const pod = str(values, "pod");
+  if (pod !== undefined && !/^[^/]+\/[^/]+$/.test(pod))
+    throw usage(`--pod ${pod}: use NAMESPACE/NAME, e.g. --pod default/web-0`);
+  const opts: InspectOptions = {
+    via,
+    processes: !bool(values, "no-process"),
+    allNetns: bool(values, "all-netns"),
+    container: str(values, "container"),
+    pod,
+    unit: str(values, "unit"),
+  };
+  const everywhere = opts.allNetns || opts.container !== undefined || pod !== undefined || opts.unit !== undefined;
   let denied: number[];
   if (bool(values, "json")) denied = deniedTargets(filter, writeJson(filter, opts, out));
-  else denied = writeTable(filter, opts, out, bool(values, "wide"));
+  else denied = writeTable(filter, opts, out, bool(values, "wide"), everywhere);
   // What was asked for by process could not all be read: not "no TCP sockets match", and not exit 0.
   if (denied.length) throw permissionError(denied);
   return 0;
@@ -213,8 +233,15 @@ const WIDE_COLUMNS: readonly Column[] = [
  * kept until the widths are known: at 100,000 sockets the connections themselves would double the memory.
  * Returns the targets that could not be read, which the footer says instead of "no match".
  */
-function writeTable(filter: SocketFilter, opts: InspectOptions, out: Out, wide: boolean): number[] {
-  const columns = wide ? WIDE_COLUMNS : COLUMNS;
+function writeTable(filter: SocketFilter, opts: InspectOptions, out: Out, wide: boolean, where: boolean): number[] {
+  // With every namespace, each row says where it is: its pod, container, unit or namespace.
+  const namespaces = where ? new Map(networkNamespaces().map((ns) => [ns.inum, ns])) : new Map();
+  const whereColumn: Column = ["WHERE", (c) => whereText(c, namespaces)];
+  const columns = where
+    ? [...(wide ? WIDE_COLUMNS : COLUMNS).slice(0, -1), whereColumn, PROCESS]
+    : wide
+      ? WIDE_COLUMNS
+      : COLUMNS;
   const rows = new Table(columns.map(([header]) => header));
   const cells: string[] = new Array(columns.length);
   const sum = emptySummary();

@@ -14,12 +14,15 @@ import { allTcpOwners, findOwners, type OwnerScan, type SocketOwner } from "./ow
 import { listPids } from "./processes.js";
 import { listeningPorts, type ReadOptions, readSockets, type TcpSocket } from "./sockets.js";
 import { readSystemDefaults } from "./sysctl.js";
+import { type Workload, Workloads } from "./workloads.js";
 
 export interface Connection {
   socket: TcpSocket;
-  /** The socket's network namespace (inode number) and cgroup v2 id, where the kernel pass read them. */
+  /** The socket's network namespace (inode number); its cgroup v2 id where the kernel pass read it. */
   netns?: number;
   cgroup?: number;
+  /** The container, pod or systemd unit it belongs to; null when none (or none that tcpka can see). */
+  workload?: Workload | null;
   owners: SocketOwner[];
   /** "exact": the socket's own settings (getsockopt, or the kernel pass); "timer": only the kernel's timer. */
   source: "exact" | "timer";
@@ -35,6 +38,8 @@ export interface Connection {
 
 /** What an inspection learned besides the connections themselves. */
 export interface InspectionInfo {
+  /** The namespaces read, by inode number (with tcpka's own, and the `ip netns` names of those that have one). */
+  namespaces: Map<number, NetNamespace>;
   defaults: SystemDefaults;
   /** Processes whose fds this user may not read: their sockets have no owner and only a timer hint. */
   unreadablePids: number[];
@@ -58,6 +63,14 @@ export interface InspectOptions {
   processes?: boolean;
   /** Every network namespace of the host, not only tcpka's own (or the --pid targets'). */
   allNetns?: boolean;
+  /**
+   * Only the sockets of this container (its id, an id prefix of 4 characters or more, or its name), this pod
+   * ("NAMESPACE/NAME"), this systemd unit ("nginx.service"; "nginx" means nginx.service). Each reads every
+   * network namespace: a container or pod has its own.
+   */
+  container?: string;
+  pod?: string;
+  unit?: string;
 }
 
 /**
@@ -81,7 +94,8 @@ export function keepaliveFromTimer(s: TcpSocket): boolean | null {
  */
 function socketsOf(
   filter: SocketFilter,
-  opts: InspectOptions & { via?: "netlink" | "proc" },
+  namespaces: readonly NetNamespace[],
+  via: "netlink" | "proc" | undefined,
 ): { netns: number; sockets: TcpSocket[] }[] {
   const matches = socketMatcher(filter);
   const readMatching = (from: ReadOptions) => {
@@ -91,9 +105,9 @@ function socketsOf(
     const listening = () => (ports ??= listeningPorts(from));
     return list.filter((s) => matches(s, listening));
   };
-  const read = { states: filter.states, families: filter.families, via: opts.via };
+  const read = { states: filter.states, families: filter.families, via };
   const out: { netns: number; sockets: TcpSocket[] }[] = [];
-  for (const ns of namespacesFor(filter, opts)) {
+  for (const ns of namespaces) {
     if (ns.own) out.push({ netns: ns.inum, sockets: readMatching(read) });
     else if (ns.pid !== undefined) out.push({ netns: ns.inum, sockets: readMatching({ ...read, netnsOf: ns.pid }) });
   }
@@ -119,21 +133,75 @@ export function inspect(filter: SocketFilter = DEFAULT_FILTER, opts: InspectOpti
  */
 export function inspectEach(filter: SocketFilter, opts: InspectOptions, each: (c: Connection) => void): InspectionInfo {
   const defaults = readSystemDefaults();
+  const namespaces = new Map(namespacesFor(filter, opts).map((ns) => [ns.inum, ns]));
+  const who = new WorkloadLookup(Workloads.load());
+  const wanted = workloadMatcher(opts);
+  const found = (c: Connection): void => {
+    c.workload = who.of(c);
+    if (!wanted || wanted(c.workload)) each(c);
+  };
+  const list = [...namespaces.values()];
   if (opts.via === "bpf" || (opts.via === undefined && KernelSockets.possible())) {
-    const info = inspectKernel(filter, opts, each);
-    if (info) return { defaults, ...info };
+    const info = inspectKernel(filter, opts, list, found);
+    if (info) return { defaults, namespaces, ...info };
   }
-  return { defaults, ...inspectSyscalls(filter, opts, each) };
+  return { defaults, namespaces, ...inspectSyscalls(filter, opts, list, found) };
 }
 
-type Found = Omit<InspectionInfo, "defaults">;
+type Found = Omit<InspectionInfo, "defaults" | "namespaces">;
+
+/** Who a socket belongs to: by its cgroup where the kernel pass read it, else its first owner's, else its namespace's. */
+class WorkloadLookup {
+  private readonly byPid = new Map<number, Workload | null>();
+
+  constructor(private readonly w: Workloads) {}
+
+  of(c: Connection): Workload | null {
+    if (c.cgroup) {
+      const w = this.w.ofCgroup(c.cgroup);
+      if (w) return w;
+    }
+    const pid = c.owners[0]?.pid;
+    if (pid !== undefined) {
+      let w = this.byPid.get(pid);
+      if (w === undefined) {
+        w = this.w.ofPid(pid);
+        this.byPid.set(pid, w);
+      }
+      if (w) return w;
+    }
+    return c.netns === undefined ? null : this.w.ofNetns(c.netns);
+  }
+}
+
+/** The filter of --container, --pod and --unit; null when none is given. */
+function workloadMatcher(opts: InspectOptions): ((w: Workload | null) => boolean) | null {
+  const { container, pod, unit } = opts;
+  if (container === undefined && pod === undefined && unit === undefined) return null;
+  const unitName = unit === undefined || /\.[a-z]+$/.test(unit) ? unit : `${unit}.service`;
+  return (w) => {
+    const k = w?.container;
+    if (container !== undefined) {
+      if (!k) return false;
+      const byId = k.id === container || (container.length >= 4 && k.id.startsWith(container));
+      if (!byId && k.name !== container) return false;
+    }
+    if (pod !== undefined && (!k?.pod || `${k.pod.namespace}/${k.pod.name}` !== pod)) return false;
+    return unitName === undefined || w?.unit === unitName;
+  };
+}
 
 /**
  * The kernel pass: every socket of the namespaces asked for, with its settings, from the TCP iterator; the
  * owners from one walk of every process's files. null when the program cannot load here (and `via` did not
  * insist on it): the caller then takes the system calls.
  */
-function inspectKernel(filter: SocketFilter, opts: InspectOptions, each: (c: Connection) => void): Found | null {
+function inspectKernel(
+  filter: SocketFilter,
+  opts: InspectOptions,
+  namespaces: readonly NetNamespace[],
+  each: (c: Connection) => void,
+): Found | null {
   let ks: KernelSockets;
   try {
     ks = KernelSockets.open(filter.states);
@@ -176,7 +244,7 @@ function inspectKernel(filter: SocketFilter, opts: InspectOptions, each: (c: Con
       if (later) later.push(s);
       else emit(s, scan?.owners.get(s.inode) ?? none);
     };
-    for (const ns of namespacesFor(filter, opts)) {
+    for (const ns of namespaces) {
       const listening = new Set<number>();
       const ports = () => listening;
       if (ns.own) {
@@ -207,9 +275,13 @@ function inspectKernel(filter: SocketFilter, opts: InspectOptions, each: (c: Con
   }
 }
 
-/** The namespaces to read: with --all-netns every one, with --pid each target's, else tcpka's own. */
+/**
+ * The namespaces to read: with --all-netns (or --container, --pod, --unit, which may be anywhere) every one,
+ * with --pid each target's, else tcpka's own.
+ */
 function namespacesFor(filter: SocketFilter, opts: InspectOptions): NetNamespace[] {
-  if (opts.allNetns) return networkNamespaces();
+  if (opts.allNetns || opts.container !== undefined || opts.pod !== undefined || opts.unit !== undefined)
+    return networkNamespaces();
   if (filter.pids.length) return networkNamespaces(filter.pids);
   return networkNamespaces([process.pid]);
 }
@@ -218,9 +290,14 @@ function namespacesFor(filter: SocketFilter, opts: InspectOptions): NetNamespace
  * sock_diag (or /proc/net/tcp) for the sockets, /proc or the task_file iterator for the owners, and getsockopt
  * on a pidfd_getfd duplicate of each owned socket: what an unprivileged user can do, and the oracle.
  */
-function inspectSyscalls(filter: SocketFilter, opts: InspectOptions, each: (c: Connection) => void): Found {
+function inspectSyscalls(
+  filter: SocketFilter,
+  opts: InspectOptions,
+  namespaces: readonly NetNamespace[],
+  each: (c: Connection) => void,
+): Found {
   const via = opts.via === "bpf" ? undefined : opts.via;
-  const groups = socketsOf(filter, { ...opts, via });
+  const groups = socketsOf(filter, namespaces, via);
   const processes = opts.processes ?? true;
   const wantOwners = processes || filter.pids.length > 0 || filter.comms.length > 0;
 

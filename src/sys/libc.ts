@@ -4,7 +4,16 @@
  */
 import { createRequire } from "node:module";
 import { TcpkaError } from "../errors.js";
-import { AF_INET, AF_UNIX, FILEID_KERNFS, LOCK_NB, S_IFMT, S_IFSOCK, SOCK_CLOEXEC, SOCK_DGRAM } from "../kernel/constants.js";
+import {
+  AF_INET,
+  AF_UNIX,
+  FILEID_KERNFS,
+  LOCK_NB,
+  S_IFMT,
+  S_IFSOCK,
+  SOCK_CLOEXEC,
+  SOCK_DGRAM,
+} from "../kernel/constants.js";
 import { EWOULDBLOCK, errnoName } from "../kernel/errno.js";
 
 // koffi ships as CommonJS with a prebuilt binary for this platform; createRequire keeps this module ESM.

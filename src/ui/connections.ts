@@ -4,7 +4,9 @@
  */
 import { geteuid } from "node:process";
 import type { Connection, InspectionInfo } from "../inspect/connections.js";
-import { asciiBytes, type Out, paint, plural } from "./format.js";
+import type { NetNamespace } from "../inspect/namespaces.js";
+import type { Workload } from "../inspect/workloads.js";
+import { asciiBytes, type Out, paint, plural, printable } from "./format.js";
 
 /**
  * Write the JSON form of a connection: stable snake_case names, units in the names. Written piece by piece
@@ -53,6 +55,7 @@ export function writeConnectionJson(out: Out, c: Connection): void {
   out.bytes(P.netns);
   if (c.netns === undefined) out.bytes(P.null);
   else out.number(c.netns);
+  out.bytes(workloadJson(c.workload ?? null));
   out.bytes(P.processes);
   let first = true;
   for (const o of c.owners) {
@@ -120,6 +123,47 @@ function settingsJson(c: Connection): Uint8Array {
 }
 
 const NO_SETTINGS = ',"idle_s":null,"interval_s":null,"count":null,"user_timeout_ms":null,"dead_peer_after_s":null';
+
+/**
+ * ',"container":…,"pod":…,"unit":…' of a workload, made once per workload object (Workloads shares them). Every
+ * name in it was chosen by whoever started the container: jsonAscii() escapes it.
+ */
+const workloadTexts = new WeakMap<Workload, Uint8Array>();
+const NO_WORKLOAD = asciiBytes(',"container":null,"pod":null,"unit":null');
+
+function workloadJson(w: Workload | null): Uint8Array {
+  if (!w) return NO_WORKLOAD;
+  let text = workloadTexts.get(w);
+  if (text === undefined) {
+    const str = (v: string | null) => (v === null ? "null" : jsonAscii(v));
+    const k = w.container;
+    const container = k
+      ? `{"runtime":${str(k.runtime)},"engine":${str(k.engine)},"id":${str(k.id)},"short_id":${str(k.shortId)},"name":${str(k.name)}}`
+      : "null";
+    const pod = k?.pod
+      ? `{"namespace":${str(k.pod.namespace)},"name":${str(k.pod.name)},"container":${str(k.pod.container)}}`
+      : "null";
+    text = Buffer.from(`,"container":${container},"pod":${pod},"unit":${str(w.unit)}`, "latin1");
+    workloadTexts.set(w, text);
+  }
+  return text;
+}
+
+/**
+ * The WHERE column of `ls --all-netns`: the pod, the container, the unit, or the namespace when none ("-" for
+ * tcpka's own; `namespaces` names the others, by their `ip netns` name where they have one).
+ */
+export function whereText(c: Connection, namespaces: ReadonlyMap<number, NetNamespace>): string {
+  const w = c.workload;
+  const k = w?.container;
+  if (k?.pod)
+    return `pod ${printable(`${k.pod.namespace}/${k.pod.name}`)}${k.pod.container ? ` (${printable(k.pod.container)})` : ""}`;
+  if (k) return `${printable(k.runtime)} ${printable(k.shortId)}${k.name ? ` ${printable(k.name)}` : ""}`;
+  if (w?.unit) return printable(w.unit) + (w.unitUid === null ? "" : ` (uid ${w.unitUid})`);
+  const ns = c.netns === undefined ? undefined : namespaces.get(c.netns);
+  if (!ns || ns.own) return "-";
+  return ns.name ? `netns ${printable(ns.name)}` : `netns ${ns.inum}`;
+}
 
 // '{"pid":P,"comm":"NAME","fd":' of each process: one piece per process, not one per socket it holds
 const ownerStarts = new Map<number, { comm: string; bytes: Uint8Array }>();
