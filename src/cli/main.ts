@@ -15,7 +15,8 @@ for every socket that does not ask for it).
 Usage: tcpka [COMMAND] [OPTIONS]
 
 Commands:
-  (none)        a summary: how many connections lack keepalive, whose they are, and how to fix them
+  (none)        a summary: how many connections lack keepalive, whose they are, and how to fix them;
+                'tcpka --all-netns' for the whole host, grouped by container or pod
   ls            every TCP socket with its keepalive state, real settings and owning process
   run           run a program with keepalive turned on for its connections (LD_PRELOAD), no code change
   trace         run a program and report, socket by socket, what keepalive it set itself
@@ -59,6 +60,8 @@ export async function main(argv: readonly string[]): Promise<number> {
   try {
     let [first, ...rest] = argv;
     if (first === undefined) return (await import("./summary.js")).runSummary(out);
+    if (first === "--all-netns" && rest.length === 0)
+      return (await import("./summary.js")).runSummary(out, { allNetns: true });
     // "tcpka help ls" is "tcpka ls --help".
     if (first === "help" && rest[0] !== undefined && rest[0] !== "help") [first, rest] = [rest[0], ["--help"]];
     if (first === "-h" || first === "--help" || first === "help") {

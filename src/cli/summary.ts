@@ -4,7 +4,8 @@
  */
 import { geteuid } from "node:process";
 import { DEFAULT_FILTER } from "../filter.js";
-import { inspect } from "../inspect/connections.js";
+import { type Connection, inspect } from "../inspect/connections.js";
+import type { NetNamespace } from "../inspect/namespaces.js";
 import { type Detection, detection, ownersWithoutKeepalive, summarize } from "../inspect/summary.js";
 import {
   describeSettings,
@@ -13,17 +14,21 @@ import {
   formatSeconds,
   type SystemDefaults,
 } from "../settings.js";
-import { writeExactHint } from "../ui/connections.js";
+import { whereText, writeExactHint } from "../ui/connections.js";
 import { hostPort, type Out, paint, plural, printable, table } from "../ui/format.js";
 
 /** How many processes the fix command names: the top rows of the table. */
 const FIX_AT_MOST = 5;
 
-export function runSummary(out: Out): number {
-  const r = inspect(DEFAULT_FILTER);
+/** `tcpka`, or `tcpka --all-netns` for every network namespace of the host. */
+export function runSummary(out: Out, opts: { allNetns?: boolean } = {}): number {
+  const r = inspect(DEFAULT_FILTER, { allNetns: opts.allNetns });
   const conns = r.connections;
   const sum = summarize(conns);
-  out.write(`${plural(sum.established, "established TCP connection")} in this network namespace\n`);
+  const where = opts.allNetns
+    ? `on this host (${plural(r.namespaces.size, "network namespace")})`
+    : "in this network namespace";
+  out.write(`${plural(sum.established, "established TCP connection")} ${where}\n`);
   if (sum.established === 0) return 0;
 
   const w = String(sum.established).length;
@@ -53,6 +58,7 @@ export function runSummary(out: Out): number {
       out,
       "  ",
     );
+    writeByWorkload(conns, out);
     // The processes at the top of the table, in its order: the ones that hold most of the connections at risk.
     const top = owners.filter((g) => g.pid !== undefined).slice(0, FIX_AT_MOST);
     out.write("\n");
@@ -65,6 +71,34 @@ export function runSummary(out: Out): number {
   writeExactHint(r, sum.total - sum.exact, out);
   return 0;
 }
+
+/** The connections without keepalive by container or pod, when any of them is in one. */
+function writeByWorkload(conns: readonly Connection[], out: Out): void {
+  const groups = new Map<string, Connection[]>();
+  for (const c of conns) {
+    if (c.keepalive !== false || !c.workload?.container) continue;
+    const key = whereText(c, NO_NAMES);
+    const g = groups.get(key);
+    if (g) g.push(c);
+    else groups.set(key, [c]);
+  }
+  if (!groups.size) return;
+  out.write("\nWithout keepalive, by container or pod:\n");
+  table(
+    ["WHERE", "CONNS", "PEERS"],
+    [...groups]
+      .sort((a, b) => b[1].length - a[1].length)
+      .map(([where, cs]) => [
+        where,
+        String(cs.length),
+        peerSummary(cs.map((c) => hostPort(c.socket.peerAddress, c.socket.peerPort))),
+      ]),
+    out,
+    "  ",
+  );
+}
+
+const NO_NAMES: ReadonlyMap<number, NetNamespace> = new Map();
 
 /** How soon the connections with keepalive notice a dead peer, and whose settings make it so. */
 function detectionText(k: Detection, d: SystemDefaults): string {

@@ -135,4 +135,20 @@ test("ls --all-netns lists every container's sockets as getsockopt inside reads 
     new Set(where(plain.container)),
     new Set([`runc ${plain.container.id.slice(0, 12)} ${plain.container.name}`]),
   );
+
+  // The summary of the whole host groups the connections without keepalive by container or pod.
+  const summary = tcpka(["--all-netns"]);
+  assert.equal(summary.status, 0, summary.stderr);
+  const groups = summary.stdout.split("Without keepalive, by container or pod:\n")[1]?.split("\n\n")[0] ?? "";
+  const off = (sockets: readonly KindSocket[]) => sockets.filter((s) => !s.peer.endsWith(":0") && s.keepalive === 0);
+  const group = (label: string) =>
+    groups
+      .split("\n")
+      .find((l) => l.startsWith(`  ${label}  `))
+      ?.split(/ {2,}/)[2];
+  assert.equal(group(`pod ${POD.namespace}/${POD.name} (${POD.container})`), String(off(k8s.sockets).length), groups);
+  assert.equal(
+    group(`runc ${plain.container.id.slice(0, 12)} ${plain.container.name}`),
+    String(off(plain.sockets).length),
+  );
 });
