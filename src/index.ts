@@ -62,10 +62,20 @@ export {
   parseStates,
   type SocketFilter,
 } from "./filter.js";
-export { type Connection, type Inspection, type InspectOptions, inspect } from "./inspect/connections.js";
+export {
+  type Connection,
+  type Inspection,
+  type InspectOptions,
+  inspect,
+  inspectEach,
+} from "./inspect/connections.js";
 /** What traceProgram reports of each socket: what the program set, what tcpka set, what the socket has. */
 export type { OptionValues, TracedSocket, TraceResult } from "./inspect/events.js";
 export { readKeepAlive } from "./inspect/exact.js";
+/** The kernel pass: every socket of a network namespace with its exact keepalive state, in one BPF walk. */
+export { type KernelSocket, KernelSockets } from "./inspect/kernel-sockets.js";
+/** The host's network namespaces, each once. */
+export { type NetNamespace, networkNamespaces } from "./inspect/namespaces.js";
 export { findOwners, type SocketOwner } from "./inspect/owners.js";
 export { readNetlink, readProc, readSockets, type TcpSocket } from "./inspect/sockets.js";
 /**
@@ -81,6 +91,7 @@ export {
   detection,
   emptySummary,
   type OwnerWithoutKeepalive,
+  offOwners,
   ownersWithoutKeepalive,
   type Summary,
   summarize,
@@ -95,6 +106,8 @@ export {
   type ProcessTargets,
   processTree,
 } from "./inspect/targets.js";
+/** Who a socket belongs to: its container (runc, crun; podman, containerd, CRI-O), Kubernetes pod or systemd unit. */
+export { type Container, type Pod, type Workload, Workloads } from "./inspect/workloads.js";
 export type { TcpStateName } from "./kernel/states.js";
 /**
  * What `tcpka echo` serves: an echo server (ping/pong and plain echo) that never turns keepalive on, for the far
