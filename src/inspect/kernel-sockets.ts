@@ -38,7 +38,7 @@ import {
 import { STATE_NAMES, TCP_STATES } from "../kernel/states.js";
 import type { EffectiveKeepAlive } from "../settings.js";
 import { bpfCapable, iterCreate, iterLinkCreate, progLoad } from "../sys/bpf.js";
-import { Btf } from "../sys/btf.js";
+import { CachedBtf } from "../sys/btf.js";
 import {
   addressOf,
   bindLoopback4,
@@ -109,7 +109,7 @@ export class KernelSockets {
     // The kernel's own state of a waiting FIN-WAIT-2 orphan is TIME_WAIT: let both through to the program's end.
     const walked =
       wanted | (1 << TCP_STATES.LISTEN) | (wanted & (1 << TCP_STATES.FIN_WAIT2) ? 1 << TCP_STATES.TIME_WAIT : 0);
-    const btf = Btf.vmlinux();
+    const btf = CachedBtf.open();
     const common = (m: string) => btf.memberOffset("sock_common", m);
     const sock = (m: string) => btf.memberOffset("tcp_sock", `inet_conn.icsk_inet.sk.${m}`);
     const icsk = (m: string) => btf.memberOffset("tcp_sock", `inet_conn.${m}`);
@@ -165,6 +165,7 @@ export class KernelSockets {
       },
       walked,
     );
+    btf.save();
     const progFd = progLoad({
       type: BPF_PROG_TYPE_TRACING,
       expectedAttachType: BPF_TRACE_ITER,

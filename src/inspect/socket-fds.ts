@@ -18,7 +18,7 @@ import type { TcpEndpoints } from "../filter.js";
 import { AF_INET, AF_INET6, BPF_PROG_TYPE_TRACING, BPF_TRACE_ITER } from "../kernel/constants.js";
 import { STATE_NAMES } from "../kernel/states.js";
 import { bpfCapable, iterCreate, iterLinkCreate, progLoad } from "../sys/bpf.js";
-import { Btf } from "../sys/btf.js";
+import { CachedBtf } from "../sys/btf.js";
 import { addressOf, close, readInto } from "../sys/libc.js";
 
 const READ_SIZE = 64 * 1024; // bpf_seq_read hands out at most 8 pages per read
@@ -43,7 +43,7 @@ export class SocketFdIterator {
 
   /** Load the program; throws (BtfError, SysError, VerifierError) when this kernel or these rights cannot. */
   static open(): SocketFdIterator {
-    const btf = Btf.vmlinux();
+    const btf = CachedBtf.open();
     const common = (m: string) => btf.memberOffset("sock", "__sk_common") + btf.memberOffset("sock_common", m);
     const program = socketFdsProgram({
       metaSeq: btf.memberOffset("bpf_iter_meta", "seq"),
@@ -63,6 +63,7 @@ export class SocketFdIterator {
       skcV6RcvSaddr: common("skc_v6_rcv_saddr"),
       skcV6Daddr: common("skc_v6_daddr"),
     });
+    btf.save();
     const progFd = progLoad({
       type: BPF_PROG_TYPE_TRACING,
       expectedAttachType: BPF_TRACE_ITER,

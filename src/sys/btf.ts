@@ -5,8 +5,9 @@
  * Documentation/bpf/btf.rst: a header, then the types (ids from 1, each a 12-byte struct btf_type followed by
  * data whose size depends on its kind), then the names.
  */
-import { readFileSync } from "node:fs";
+import { closeSync, constants, fstatSync, openSync, readFileSync, statSync } from "node:fs";
 import { TcpkaError } from "../errors.js";
+import { euid, runtimeBase, writeFileAtomic } from "./files.js";
 
 const VMLINUX = "/sys/kernel/btf/vmlinux";
 const MAGIC = 0xeb9f;
@@ -223,4 +224,114 @@ export class Btf {
     }
     return id;
   }
+}
+
+/** What the BPF programs ask of the kernel's BTF: the answers of a Btf, or of a run before this one. */
+export interface BtfFacts {
+  memberOffset(struct: string, member: string): number;
+  offsetOf(struct: string, member: string): number | undefined;
+  enumValue(enumName: string, value: string): number;
+  typeId(kind: "FUNC" | "STRUCT", name: string): number;
+}
+
+const MAX_CACHE = 1 << 20;
+
+/**
+ * The BTF's answers kept from one run to the next. Reading and indexing the 5 MB of vmlinux BTF costs about 40 ms
+ * a run, more than the rest of a small `tcpka ls`; the few dozen numbers the programs need change only with the
+ * kernel, that is, with a boot. So they are kept in tcpka's runtime directory (/run/tcpka for root: a tmpfs that
+ * a reboot empties, mode 0700), in a file named after the boot id and the BTF's size, and the BTF is read only
+ * when a question is new. A file that is not this user's own, or that others may write, or is not what this
+ * writes, is ignored.
+ */
+export class CachedBtf implements BtfFacts {
+  private real: Btf | undefined;
+  private dirty = false;
+
+  private constructor(
+    private readonly path: string | undefined,
+    private readonly answers: Map<string, number | null>,
+  ) {}
+
+  /** `dir`: where the answers are kept, tcpka's runtime directory by default. */
+  static open(dir?: string): CachedBtf {
+    let path: string | undefined;
+    try {
+      const base = dir ?? runtimeBase();
+      const boot = readFileSync("/proc/sys/kernel/random/boot_id", "ascii").trim();
+      if (base && /^[0-9a-f-]{36}$/.test(boot)) path = `${base}/btf-${boot}-${statSync(VMLINUX).size}.json`;
+    } catch {
+      path = undefined; // no runtime directory, no BTF: answers are not kept
+    }
+    return new CachedBtf(path, path ? readAnswers(path) : new Map());
+  }
+
+  private btf(): Btf {
+    this.real ??= Btf.vmlinux();
+    return this.real;
+  }
+
+  private ask(key: string, answer: () => number | undefined): number | undefined {
+    const known = this.answers.get(key);
+    if (known !== undefined) return known ?? undefined;
+    const v = answer();
+    this.answers.set(key, v ?? null);
+    this.dirty = true;
+    return v;
+  }
+
+  offsetOf(struct: string, member: string): number | undefined {
+    return this.ask(`offset ${struct} ${member}`, () => this.btf().offsetOf(struct, member));
+  }
+
+  memberOffset(struct: string, member: string): number {
+    const v = this.offsetOf(struct, member);
+    if (v === undefined) return this.btf().memberOffset(struct, member); // throws, saying why
+    return v;
+  }
+
+  enumValue(enumName: string, value: string): number {
+    return this.ask(`enum ${enumName} ${value}`, () => this.btf().enumValue(enumName, value)) as number;
+  }
+
+  typeId(kind: "FUNC" | "STRUCT", name: string): number {
+    return this.ask(`type ${kind} ${name}`, () => this.btf().typeId(kind, name)) as number;
+  }
+
+  /** Keep the answers for the next run, when there are new ones (atomically; a failure only costs time). */
+  save(): void {
+    if (!this.dirty || !this.path) return;
+    try {
+      writeFileAtomic(this.path, JSON.stringify(Object.fromEntries(this.answers)), 0o600);
+      this.dirty = false;
+    } catch {
+      // a read-only or full runtime directory: the next run reads the BTF again
+    }
+  }
+}
+
+/** The answers in a cache file, or none when it is missing, not this user's alone, too big or not numbers. */
+function readAnswers(path: string): Map<string, number | null> {
+  const answers = new Map<string, number | null>();
+  let fd: number;
+  try {
+    fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  } catch {
+    return answers;
+  }
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile() || st.uid !== euid() || (st.mode & 0o022) !== 0 || st.size > MAX_CACHE) return answers;
+    const parsed: unknown = JSON.parse(readFileSync(fd, "utf8"));
+    if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) return answers;
+    for (const [k, v] of Object.entries(parsed)) {
+      if (v === null || (typeof v === "number" && Number.isSafeInteger(v))) answers.set(k, v);
+      else return new Map();
+    }
+  } catch {
+    return new Map();
+  } finally {
+    closeSync(fd);
+  }
+  return answers;
 }
