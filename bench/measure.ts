@@ -61,6 +61,15 @@ export function stats(xs: readonly number[]): Stats {
   return { median, min: s[0] as number, max: s[s.length - 1] as number };
 }
 
+/**
+ * The ratio of two commands' figures round by round (a[i] / b[i]: the runs of one round are neighbours in time,
+ * so a slow moment of the machine divides out), e.g. stats(ratios(tcpka, ss)).
+ */
+export function ratios(a: readonly Run[], b: readonly Run[], key: "wall_ms" | "maxrss_kb" = "wall_ms"): number[] {
+  if (a.length !== b.length) throw new Error(`ratios of ${a.length} and ${b.length} runs`);
+  return a.map((x, i) => x[key] / (b[i] as Run)[key]);
+}
+
 /** The first quartile, median and third quartile (linear interpolation). */
 export function quartiles(xs: readonly number[]): [number, number, number] {
   const s = [...xs].sort((a, b) => a - b);
