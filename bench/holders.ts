@@ -8,7 +8,7 @@
  * (2 fds each, plus the listener and stdio): 100,000 sockets take six or seven holders.
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { writeFileSync } from "node:fs";
+import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 
 /** 17,800 socket fds + listener + stdio: below the ~18,000 fds the brief allows per process. */
@@ -36,10 +36,25 @@ for i in range(n):
     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
     keep.append(c)
     keep.append(s)
-sys.stdout.write("ready %d %d\\n" % (port, n))
+# Its pid as the host sees it (the first of NSpid, in the pid namespace of the /proc mounted here): in a pid
+# namespace of the bench's (hosts.ts) the bench kills it by that pid.
+pid = next(l.split()[1] for l in open("/proc/self/status") if l.startswith("NSpid:"))
+sys.stdout.write("ready %d %d %s\\n" % (port, n, pid))
 sys.stdout.flush()
 sys.stdin.read()  # hold until the bench closes our stdin (or dies) or kills us
 `;
+
+/** Write the holder's script into `tmpDir` (once); its path. Run as `python3 PATH CONNECTIONS`. */
+export function holderScript(tmpDir: string): string {
+  const path = join(tmpDir, "holder.py");
+  if (!existsSync(path)) writeFileSync(path, HOLDER_PY);
+  return path;
+}
+
+/** How many of a holder's 2 × `connections` sockets have SO_KEEPALIVE on: every other client end. */
+export function keepaliveOn(connections: number): number {
+  return Math.ceil(connections / 2);
+}
 
 export interface Holder {
   pid: number;
@@ -55,8 +70,7 @@ export class HolderPool {
   private readonly starting = new Set<ChildProcess>();
 
   constructor(tmpDir: string) {
-    this.script = join(tmpDir, "holder.py");
-    writeFileSync(this.script, HOLDER_PY);
+    this.script = holderScript(tmpDir);
   }
 
   get connections(): number {
@@ -97,7 +111,7 @@ export class HolderPool {
       });
       child.stdout?.on("data", (d: Buffer) => {
         out += d.toString();
-        const m = /^ready (\d+) (\d+)\n/.exec(out);
+        const m = /^ready (\d+) (\d+) \d+\n/.exec(out);
         if (!m || child.pid === undefined) return;
         clearTimeout(timer);
         this.starting.delete(child);
