@@ -1,24 +1,30 @@
 /**
  * `npm run bench` (as root): builds, then runs the benchmarks and prints their tables in Markdown.
  *
- *   ls       tcpka ls against ss with 10,000 and 100,000 sockets, and where tcpka's time goes (ls.ts)
+ *   ls       issue 13's table: tcpka ls (JSON, table, --no-process, --via netlink) against ss -tnoep and ss -tnoe
+ *            with 20,000 and 100,000 sockets, where tcpka's time goes (phases.ts), and --all-netns with
+ *            100,000 sockets in 50 network namespaces against as many in one (ls.ts, hosts.ts)
  *   shim     the LD_PRELOAD shim's cost per connection against the program's own setsockopt calls (shim.ts)
  *   enable   tcpka enable on 10,000 and 50,000 live sockets (enable.ts, its own process)
  *   enforce  connections per second in a cgroup with and without tcpka enforce (enforce.ts, its own process)
  *
  * Environment:
  *   BENCH_ONLY         a comma-separated subset of ls,shim,enable,enforce (default: all four)
- *   BENCH_SOCKETS      ls: socket counts (default 10000,100000)
- *   BENCH_RUNS         ls: timed runs per command (7)
- *   BENCH_PHASE_RUNS   ls: phases.js processes (3)
+ *   BENCH_SOCKETS      ls: socket counts (default 20000,100000); the smallest and the largest are the issue's
+ *                      20,000 and 100,000
+ *   BENCH_RUNS         ls: timed rounds per command (7), after one warm-up round
+ *   BENCH_PHASE_RUNS   ls: phases.js processes per path, bpf and netlink (3)
+ *   BENCH_NETNS        ls: network namespaces of the whole-host comparison (50; 0: none)
+ *   BENCH_NETNS_SOCKETS  ls: sockets of the whole-host comparison, in each of its two hosts (100000)
  *   BENCH_SHIM_N       shim: connections per run at most (200000)
  *   BENCH_SHIM_SECONDS shim: seconds per run at most (0.5)
  *   BENCH_SHIM_RUNS    shim: runs per variant (60)
  *   BENCH_SHIM_CALLGRIND_N  shim: connections per callgrind run (5000; 0: no callgrind)
  *   BENCH_JSON         a file to write all raw results to
  *
- * Every process the bench starts is waited for; the socket holders are killed on every exit path (and exit by
- * themselves when the bench dies, as their stdin is a pipe from it). No sysctl is changed.
+ * Every process the bench starts is waited for; the socket holders are killed by pid on every exit path (and exit
+ * by themselves when the bench dies, as their stdin is a pipe from it or from their host's init), and the network
+ * namespaces the bench makes are removed. No sysctl is changed.
  */
 import { spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -64,7 +70,11 @@ async function main(): Promise<number> {
     log("run as root (tcpka reads other processes' sockets through pidfd_getfd)");
     return 1;
   }
-  const tools = [...(ONLY.has("ls") ? ["python3", "ss"] : []), ...(ONLY.has("shim") ? ["gcc", "ss"] : [])];
+  const netns = Number(env("BENCH_NETNS", "50"));
+  const tools = [
+    ...(ONLY.has("ls") ? ["python3", "ss", ...(netns > 0 ? ["ip", "unshare", "nsenter", "mount"] : [])] : []),
+    ...(ONLY.has("shim") ? ["gcc", "ss"] : []),
+  ];
   for (const tool of tools) {
     if (spawnSync("sh", ["-c", `command -v ${tool}`]).status !== 0) {
       log(`needs ${tool}`);
@@ -88,7 +98,7 @@ async function main(): Promise<number> {
   process.on("exit", () => pool.killAllSync());
 
   const info = machine();
-  let ls: LsResult[] = [];
+  let ls: LsResult | null = null;
   let shim: ShimResult | null = null;
   try {
     if (ONLY.has("shim")) {
@@ -108,12 +118,13 @@ async function main(): Promise<number> {
         root: ROOT,
         tmp,
         pool,
-        sizes: env("BENCH_SOCKETS", "10000,100000").split(",").map(Number),
+        sizes: env("BENCH_SOCKETS", "20000,100000").split(",").map(Number),
         runs: Number(env("BENCH_RUNS", "7")),
         phaseRuns: Number(env("BENCH_PHASE_RUNS", "3")),
+        netns: netns > 0 ? { namespaces: netns, sockets: Number(env("BENCH_NETNS_SOCKETS", "100000")) } : null,
         log,
       });
-      for (const r of ls) process.stdout.write(`${reportLs(r, ROOT)}\n`);
+      process.stdout.write(`${reportLs(ls)}\n`);
     }
     await pool.stopAll();
     // These two are scripts of their own, run as they are run by hand (see the comment at their top).
