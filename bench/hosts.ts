@@ -1,22 +1,26 @@
 /**
  * A host of the bench's own for `tcpka ls --all-netns`: a pid and a mount namespace (unshare) whose only
- * processes are socket holders (holders.ts), each started with `ip netns exec` in a network namespace the
- * bench made (test/helpers/netns.ts: unique names, lo up, removed on every exit path). Inside it, /proc is a
- * procfs of its pid namespace and a tmpfs covers /run/netns, so `tcpka ls --all-netns` run there (nsenter,
- * into its first network namespace) finds exactly the holders' namespaces, and its task_file walk only their
- * tasks (the task iterator walks the pid namespace of its reader). Two such hosts, one with its sockets in 50
- * namespaces and one with as many in one, then live side by side and are timed in interleaved rounds, and
- * neither sees the other's sockets nor the machine's.
+ * processes are socket holders (holders.ts), each started with `ip netns exec` in one of the network namespaces
+ * it is given (test/helpers/netns.ts: unique names, lo up, removed on every exit path). Inside it, /proc is a
+ * procfs of its pid namespace and a tmpfs covers /run/netns, so `tcpka ls --all-netns` run there (nsenter, into
+ * its first network namespace) finds exactly the holders' namespaces, not the machine's (other sessions'
+ * containers and test namespaces), and its task_file walk only their tasks (the task iterator walks the pid
+ * namespace of its reader).
  *
- * A host's init (WORLD_PY) starts the holders, learns their pids as the machine sees them, and only then mounts
- * the new /proc and the tmpfs; the mounts are private to its mount namespace (unshare --propagation private).
- * It holds until its stdin closes (the bench ended or died); unshare --kill-child kills it with unshare, and
- * when it dies the kernel kills every process of its pid namespace (zap_pid_ns_processes()). The bench also
- * kills each holder by pid before that.
+ * Only one such host should live at a time: every namespace's TCP walk scans the one established hash of the
+ * whole machine (tcp_child_ehash_entries is 0, so every namespace shares tcp_hashinfo) and skips the sockets of
+ * other namespaces (seq_sk_match() in net/ipv4/tcp_ipv4.c), about 14 ms per 100,000 of them per walk here, so
+ * a second host's sockets would slow each of the first one's walks.
+ *
+ * The host's init (WORLD_PY) starts the holders, learns their pids as the machine sees them, and only then
+ * mounts the new /proc and the tmpfs; the mounts are private to its mount namespace (unshare --propagation
+ * private). It holds until its stdin closes (the bench ended or died); unshare --kill-child kills it with
+ * unshare, and when it dies the kernel kills every process of its pid namespace (zap_pid_ns_processes()). The
+ * bench kills each holder by pid before that.
  */
 import { statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { Netns } from "../test/helpers/netns.js";
+import type { Netns } from "../test/helpers/netns.js";
 import type { Process } from "../test/helpers/processes.js";
 import { holderScript, MAX_CONNECTIONS_PER_HOLDER } from "./holders.js";
 
@@ -59,7 +63,6 @@ process.prependOnceListener("exit", () => {
 
 export class BenchHost {
   private constructor(
-    readonly namespaces: readonly Netns[],
     private readonly init: Process,
     /** the init's pid as the machine sees it: what nsenter enters */
     private readonly initPid: number,
@@ -67,40 +70,27 @@ export class BenchHost {
   ) {}
 
   /**
-   * A host with `namespaces` network namespaces and `connections` connections (2 sockets each) spread evenly
-   * over them, a namespace's share over as few holders as RLIMIT_NOFILE allows.
+   * A host over these network namespaces (which stay when it stops) with `connections` connections (2 sockets
+   * each) spread evenly over them, a namespace's share over as few holders as RLIMIT_NOFILE allows.
    */
-  static async start(tmpDir: string, namespaces: number, connections: number): Promise<BenchHost> {
-    const nss: Netns[] = [];
-    let init: Process | undefined;
+  static async start(tmpDir: string, namespaces: readonly Netns[], connections: number): Promise<BenchHost> {
+    const holders: [string, number][] = [];
+    namespaces.forEach((ns, i) => {
+      const share = Math.floor(connections / namespaces.length) + (i < connections % namespaces.length ? 1 : 0);
+      const n = Math.ceil(share / MAX_CONNECTIONS_PER_HOLDER);
+      for (let k = 0; k < n; k++) holders.push([ns.name, Math.floor(share / n) + (k < share % n ? 1 : 0)]);
+    });
+    const script = join(tmpDir, "world.py");
+    writeFileSync(script, WORLD_PY);
+    const first = namespaces[0] as Netns;
+    const unshare = ["unshare", "--pid", "--fork", "--kill-child", "--mount", "--propagation", "private"];
+    const init = first.spawn([...unshare, "python3", script]);
     try {
-      for (let i = 0; i < namespaces; i++) nss.push(Netns.create());
-      const holders: [string, number][] = [];
-      nss.forEach((ns, i) => {
-        const share = Math.floor(connections / namespaces) + (i < connections % namespaces ? 1 : 0);
-        const n = Math.ceil(share / MAX_CONNECTIONS_PER_HOLDER);
-        for (let k = 0; k < n; k++) holders.push([ns.name, Math.floor(share / n) + (k < share % n ? 1 : 0)]);
-      });
-      const script = join(tmpDir, "world.py");
-      writeFileSync(script, WORLD_PY);
-      const first = nss[0] as Netns;
-      init = first.spawn([
-        "unshare",
-        "--pid",
-        "--fork",
-        "--kill-child",
-        "--mount",
-        "--propagation",
-        "private",
-        "python3",
-        script,
-      ]);
       init.send(`${JSON.stringify({ holder: holderScript(tmpDir), holders })}\n`);
       const line = (await init.waitFor(/^\{.*\}$/m, 120_000))[0];
       const ready = JSON.parse(line) as { init: number; holders: Omit<HostHolder, "inum">[] };
-      const inums = new Map(nss.map((ns) => [ns.name, statSync(`/run/netns/${ns.name}`).ino]));
+      const inums = new Map(namespaces.map((ns) => [ns.name, statSync(`/run/netns/${ns.name}`).ino]));
       const host = new BenchHost(
-        nss,
         init,
         ready.init,
         ready.holders.map((h) => ({ ...h, inum: inums.get(h.netns) as number })),
@@ -108,8 +98,7 @@ export class BenchHost {
       live.add(host);
       return host;
     } catch (e) {
-      init?.kill();
-      for (const ns of nss) ns.destroy();
+      init.kill(); // --kill-child: its pid namespace goes with it
       throw e;
     }
   }
@@ -125,7 +114,7 @@ export class BenchHost {
 
   /**
    * Kill every holder by pid while the init still runs (until it dies nothing reaps them, so no pid is reused),
-   * then the init, and remove the namespaces. Synchronous, for process "exit" too.
+   * then the init. Synchronous, for process "exit" too.
    */
   destroy(): void {
     if (!live.delete(this)) return;
@@ -139,7 +128,6 @@ export class BenchHost {
       }
     }
     this.init.kill();
-    for (const ns of this.namespaces) ns.destroy();
   }
 
   /** destroy(), then wait until the init has exited (and so every process of its pid namespace). */

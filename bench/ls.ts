@@ -11,8 +11,8 @@
  *
  * in interleaved rounds (measure.ts), then where tcpka's time goes (phases.ts, both paths). Then the whole host:
  * `tcpka ls --all-netns --json` with 100,000 sockets spread over 50 network namespaces against the same with
- * 100,000 sockets in one, each in a pid and mount namespace of its own (hosts.ts) so that both live at once and
- * neither command sees the other's sockets.
+ * 100,000 sockets in one, each layout in a pid and mount namespace of its own (hosts.ts) so that the command
+ * sees exactly its namespaces, the two taking turns round by round (benchHosts()).
  *
  * Before anything is timed every tcpka command is run once and must list every holder socket, exactly, with
  * keepalive on where the holders set it (and, at the whole host, per namespace). Wall time is the median of
@@ -22,6 +22,8 @@
 import { spawnSync } from "node:child_process";
 import { closeSync, openSync, readFileSync } from "node:fs";
 import { join } from "node:path";
+import { plural } from "../src/ui/format.js";
+import { Netns } from "../test/helpers/netns.js";
 import { countAllTcp, countEstablished, type HolderPool, keepaliveOn } from "./holders.js";
 import { BenchHost, type HostHolder } from "./hosts.js";
 import { type Command, Measurer, type Run, ratios, type Stats, stats } from "./measure.js";
@@ -255,34 +257,62 @@ function checkHost(o: LsOptions, host: BenchHost, name: string): string {
     throw new Error(`\`${name}\`: ${seen.size} namespaces, ${foreign} sockets of others; expected ${byNetns.size}, 0`);
   }
   return (
-    `\`${name}\` listed ${rows.length} connections in ${seen.size} distinct namespaces (netns values), in each ` +
+    `\`${name}\` listed ${rows.length} connections in ${plural(seen.size, "distinct namespace")} (netns values), in each ` +
     `exactly its holders' sockets, exact, with keepalive on where set, owned; none of any other namespace`
   );
 }
 
+/**
+ * The two layouts take turns, a fresh host for each command in each round (the namespaces stay): sockets of
+ * both at once would slow each TCP walk of the other (hosts.ts). Round 0 is the warm-up, where each host is
+ * checked before anything is timed; the order of the two alternates from round to round.
+ */
 async function benchHosts(o: LsOptions, measurer: Measurer, spec: { namespaces: number; sockets: number }) {
-  const t0 = Date.now();
-  const hosts: BenchHost[] = [];
+  const many: Netns[] = [];
+  const one: Netns[] = [];
+  const runs: Record<string, Run[]> = {};
+  const checks: string[] = [];
+  const allNetns = tcpka(o.root, "--all-netns", "--json");
+  const layouts = [
+    { namespaces: many, commands: [[`${ALL_NETNS}, ${spec.namespaces} namespaces`, allNetns]] },
+    {
+      namespaces: one,
+      commands: [
+        [`${ALL_NETNS}, 1 namespace`, allNetns],
+        [`${JSON_CMD}, 1 namespace`, tcpka(o.root, "--json")],
+      ],
+    },
+  ] as const;
+  for (const l of layouts) for (const [name] of l.commands) runs[name] = []; // the report's order
   try {
-    const many = await BenchHost.start(o.tmp, spec.namespaces, spec.sockets / 2);
-    hosts.push(many);
-    const one = await BenchHost.start(o.tmp, 1, spec.sockets / 2);
-    hosts.push(one);
+    for (let i = 0; i < spec.namespaces; i++) many.push(Netns.create());
+    one.push(Netns.create());
     o.log(
-      `${spec.sockets} sockets in ${spec.namespaces} namespaces (${many.holders.length} holders) and ` +
-        `${spec.sockets} in one (${one.holders.length} holders), in two hosts of their own (${Date.now() - t0} ms)`,
+      `whole host: ${spec.sockets} sockets in ${spec.namespaces} namespaces, then in one, in turns × ${o.runs} rounds`,
     );
-    const cmds: Command[] = [
-      { name: `${ALL_NETNS}, ${spec.namespaces} namespaces`, argv: many.argv(tcpka(o.root, "--all-netns", "--json")) },
-      { name: `${ALL_NETNS}, 1 namespace`, argv: one.argv(tcpka(o.root, "--all-netns", "--json")) },
-      { name: `${JSON_CMD}, 1 namespace`, argv: one.argv(tcpka(o.root, "--json")) },
-    ];
-    const checks = [checkHost(o, many, cmds[0]?.name as string), checkHost(o, one, cmds[1]?.name as string)];
-    o.log(`measuring ${cmds.length} commands × ${o.runs} rounds`);
-    const runs = Object.fromEntries(measurer.run(cmds, o.runs));
+    for (let round = 0; round <= o.runs; round++) {
+      for (const layout of round % 2 ? [...layouts].reverse() : layouts) {
+        const t0 = Date.now();
+        const host = await BenchHost.start(o.tmp, layout.namespaces, spec.sockets / 2);
+        try {
+          const cmds = layout.commands.map(([name, argv]) => ({ name, argv: host.argv(argv) }));
+          if (round === 0) {
+            o.log(
+              `${plural(host.holders.length, "holder")} in ${plural(layout.namespaces.length, "namespace")} (${Date.now() - t0} ms)`,
+            );
+            checks.push(checkHost(o, host, cmds[0]?.name as string));
+          }
+          const measured = measurer.run(cmds, 1, 0);
+          if (round === 0) continue; // the warm-up
+          for (const [name, r] of measured) runs[name]?.push(...r);
+        } finally {
+          await host.stop();
+        }
+      }
+    }
     return { sockets: spec.sockets, namespaces: spec.namespaces, runs, checks };
   } finally {
-    for (const h of hosts) await h.stop();
+    for (const ns of [...many, ...one]) ns.destroy();
   }
 }
 
@@ -373,7 +403,7 @@ export function reportLs(r: LsResult): string {
   const lines: string[] = [];
   for (const s of r.sizes) {
     lines.push(
-      `### ls: ${n(s.sockets)} sockets (${n(s.connections)} loopback connections in ${s.holders} holder processes; ` +
+      `### ls: ${n(s.sockets)} sockets (${n(s.connections)} loopback connections in ${plural(s.holders, "holder process", "holder processes")}; ` +
         `${s.otherEstablished} other established sockets; ss -a sees ${s.allTcp})`,
       "",
       ...commandTable(
