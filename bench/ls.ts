@@ -263,7 +263,7 @@ function checkHost(o: LsOptions, host: BenchHost, name: string): string {
 }
 
 /**
- * The two layouts take turns, a fresh host for each command in each round (the namespaces stay): sockets of
+ * The two layouts take turns, a fresh host for each layout in each round (the namespaces stay): sockets of
  * both at once would slow each TCP walk of the other (hosts.ts). Round 0 is the warm-up, where each host is
  * checked before anything is timed; the order of the two alternates from round to round.
  */
