@@ -122,6 +122,7 @@ function writeJson(filter: SocketFilter, opts: InspectOptions, out: Out): Inspec
     some_never_detect_dead_peer: sum.worstDeadPeer === Number.POSITIVE_INFINITY,
     without_keepalive: [...offOwners(sum)].map(([process, count]) => ({ process, count })),
     unreadable_pids: info.unreadablePids.length,
+    via: info.via,
   };
   out.write(`\n],\n"summary":${JSON.stringify(summary)}}\n`);
   return info;

@@ -38,6 +38,8 @@ export interface Connection {
 
 /** What an inspection learned besides the connections themselves. */
 export interface InspectionInfo {
+  /** How the sockets were read: "bpf" (the kernel pass) or sock_diag ("netlink", or "proc" when asked). */
+  via: "bpf" | "netlink" | "proc";
   /** The namespaces read, by inode number (with tcpka's own, and the `ip netns` names of those that have one). */
   namespaces: Map<number, NetNamespace>;
   defaults: SystemDefaults;
@@ -143,12 +145,13 @@ export function inspectEach(filter: SocketFilter, opts: InspectOptions, each: (c
   const list = [...namespaces.values()];
   if (opts.via === "bpf" || (opts.via === undefined && KernelSockets.possible())) {
     const info = inspectKernel(filter, opts, list, found);
-    if (info) return { defaults, namespaces, ...info };
+    if (info) return { defaults, namespaces, via: "bpf", ...info };
   }
-  return { defaults, namespaces, ...inspectSyscalls(filter, opts, list, found) };
+  const via = opts.via === "proc" ? "proc" : "netlink";
+  return { defaults, namespaces, via, ...inspectSyscalls(filter, opts, list, found) };
 }
 
-type Found = Omit<InspectionInfo, "defaults" | "namespaces">;
+type Found = Omit<InspectionInfo, "defaults" | "namespaces" | "via">;
 
 /** Who a socket belongs to: by its cgroup where the kernel pass read it, else its first owner's, else its namespace's. */
 class WorkloadLookup {

@@ -327,6 +327,13 @@ test("the kernel pass and sock_diag with getsockopt agree field for field on eve
   if (!needs(t, NEEDS)) return;
   const f = await lab();
   samePaths(f.ns, f.sockets.length);
+  // As root on a kernel with BTF, the kernel pass is what ls takes by itself, and its JSON says so.
+  const via = (args: string[]) => {
+    const r = f.ns.tcpka(["ls", "--json", ...args]);
+    assert.equal(r.status, 0, r.stderr);
+    return (JSON.parse(r.stdout) as { summary: { via: string } }).summary.via;
+  };
+  assert.deepEqual([via([]), via(["--via", "netlink"]), via(["--via", "proc"])], ["bpf", "netlink", "proc"]);
 });
 
 test("the netlink reader and the /proc/net/tcp{,6} fallback agree", async (t) => {
