@@ -44,8 +44,17 @@ export class Out {
         return;
       }
     }
-    this.buf.set(piece, this.used);
-    this.used += piece.length;
+    const n = piece.length;
+    if (n > 32) {
+      this.buf.set(piece, this.used);
+      this.used += n;
+      return;
+    }
+    // A short piece byte by byte: cheaper than a call into TypedArray.prototype.set, 25 times a row.
+    const b = this.buf;
+    let at = this.used;
+    for (let i = 0; i < n; i++) b[at++] = piece[i] as number;
+    this.used = at;
   }
 
   /** A number as JSON writes it: an integer's digits straight into the buffer, anything else through String(). */
