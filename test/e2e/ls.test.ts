@@ -570,3 +570,37 @@ test("ls rows of typical IPv4 connections fit 120 columns; --wide shows every co
   assert.match(wideClient?.[4] ?? "", /^(1h59m|2h)/, "the next probe, in about 2 hours");
   assert.deepEqual(table(["-w"]).header, wide.header);
 });
+
+/** A listener and a connection, both ends held by the parent and, after fork(), by its child too. */
+const PY_SHARED = `
+import os, socket, sys
+srv = socket.socket(); srv.bind(("127.0.0.1", 7020)); srv.listen()
+c = socket.create_connection(("127.0.0.1", 7020)); a = srv.accept()[0]
+child = os.fork()
+if child == 0:
+    sys.stdin.readline(); os._exit(0)
+print(child, srv.fileno(), c.fileno(), a.fileno(), flush=True)
+sys.stdin.readline()
+`;
+
+test("a socket that fork() shared lists every owner, parent first, on both paths", async (t) => {
+  if (!needs(t, NEEDS)) return;
+  const ns = Netns.create(t);
+  const p = ns.spawn(["python3", "-c", PY_SHARED]);
+  const [child, ...fds] = (await p.line()).split(" ").map(Number);
+  const conns = ls(ns, ["--all"]);
+  assert.equal(conns.length, 3);
+  for (const c of conns) {
+    const fd = c.processes[0]?.fd as number;
+    assert.ok(fds.includes(fd), `${c.state} ${c.local_port}: fd ${fd}`);
+    assert.deepEqual(
+      c.processes.map((o) => [o.pid, o.fd]),
+      [
+        [p.pid, fd],
+        [child, fd],
+      ],
+      `${c.state} ${c.local_port}: both processes own it`,
+    );
+  }
+  samePaths(ns, 3);
+});
