@@ -61,8 +61,6 @@ export type Size = keyof typeof SIZE;
 
 /** Helper functions by their number in enum bpf_func_id (include/uapi/linux/bpf.h). */
 export const Fn = {
-  mapLookupElem: 1,
-  mapUpdateElem: 2,
   setsockopt: 49,
   jiffies64: 118,
   getsockopt: 57,
@@ -145,9 +143,6 @@ export class Instruction {
         const r = cls === CLASS.JMP32 ? "w" : "r";
         return `if ${r}${this.dst} ${JMP_TEXT.get(op)} ${x ? `${r}${this.src}` : `0x${(this.imm >>> 0).toString(16)}`} ${to}`;
       }
-      case CLASS.LD:
-        // the two halves of a 64-bit load (BPF_LD | BPF_IMM | BPF_DW); tcpka loads only map fds that way
-        return this.opcode === LD_IMM64 ? `r${this.dst} = map[fd:${this.imm}] ll` : "(the load's upper half)";
       case CLASS.LDX:
         return `r${this.dst} = ${mem(this.src)}`;
       case CLASS.STX:
@@ -222,14 +217,6 @@ export function StoreMem(dst: Reg, off: number, src: Reg, size: Size): Instructi
 /** *(size *)(dst + off) = imm */
 export function StoreImm(dst: Reg, off: number, imm: number, size: Size): Instruction {
   return new Instruction(CLASS.ST | MODE_MEM | SIZE[size], dst, 0, off, imm | 0);
-}
-
-const LD_IMM64 = CLASS.LD | SIZE.DW; // BPF_IMM is mode 0
-const PSEUDO_MAP_FD = 1; // BPF_PSEUDO_MAP_FD: the verifier turns the fd into the map's address
-
-/** dst = the map whose fd is `fd`: one 16-byte instruction, two slots (the second holds the upper 32 bits). */
-export function LoadMapFd(dst: Reg, fd: number): [Instruction, Instruction] {
-  return [new Instruction(LD_IMM64, dst, PSEUDO_MAP_FD, 0, fd), new Instruction(0, 0, 0, 0, 0)];
 }
 
 export function Call(fn: number): Instruction {

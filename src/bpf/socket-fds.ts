@@ -19,10 +19,6 @@
  */
 
 import { AF_INET6, IPPROTO_TCP, SOCK_STREAM } from "../kernel/constants.js";
-
-/** bpf_map_update_elem's flags: only when the key is not there yet (include/uapi/linux/bpf.h) */
-const BPF_NOEXIST = 1;
-
 import {
   Add,
   Call,
@@ -32,7 +28,6 @@ import {
   JEq,
   JEq32,
   JNE32,
-  LoadMapFd,
   LoadMem,
   Mov,
   ProgramBuilder,
@@ -40,7 +35,6 @@ import {
   R1,
   R2,
   R3,
-  R4,
   R6,
   R7,
   R8,
@@ -79,16 +73,8 @@ export interface TaskFileOffsets {
 
 export const RECORD_SIZE = 56;
 const REC = -RECORD_SIZE; // the record on the stack, from r10
-const OWNER = REC - 8; // the owner's map value on the stack: u32 tgid, u32 fd
 
-/**
- * `ownersMap`: the fd of a hash map, inode (u64) -> owner (u32 tgid, u32 fd). When given, each socket's first
- * owner goes into the map (BPF_NOEXIST) instead of into a record, and only the owners after the first (a
- * socket shared across fork(), passed over a Unix socket) and those the map has no room for are written as
- * records: the TCP iterator program (tcp-sockets.ts) reads the first owner from the map, so that the owners
- * of 100,000 sockets are joined in the kernel.
- */
-export function socketFdsProgram(o: TaskFileOffsets, ownersMap?: number): Instruction[] {
+export function socketFdsProgram(o: TaskFileOffsets): Instruction[] {
   const b = new ProgramBuilder();
   b.emit(
     LoadMem(R6, R1, 0, "DW"), // meta
@@ -145,22 +131,6 @@ export function socketFdsProgram(o: TaskFileOffsets, ownersMap?: number): Instru
     LoadMem(R3, R7, o.skcV6Daddr + 8, "DW"),
     StoreMem(R10, REC + 48, R3, "DW"),
   );
-  if (ownersMap !== undefined) {
-    b.label("join").emit(
-      LoadMem(R2, R10, REC + 20, "W"),
-      StoreMem(R10, OWNER, R2, "W"),
-      LoadMem(R2, R10, REC, "W"),
-      StoreMem(R10, OWNER + 4, R2, "W"),
-      ...LoadMapFd(R1, ownersMap),
-      Mov.Reg(R2, R10),
-      Add.Imm(R2, REC + 8), // the key: the inode
-      Mov.Reg(R3, R10),
-      Add.Imm(R3, OWNER),
-      Mov.Imm(R4, BPF_NOEXIST),
-      Call(Fn.mapUpdateElem),
-      JEq.Imm(R0, 0, "out"), // the first owner, now in the map
-    );
-  }
   b.label("write").emit(
     LoadMem(R1, R6, o.metaSeq, "DW"),
     Mov.Reg(R2, R10),

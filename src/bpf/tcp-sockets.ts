@@ -18,8 +18,6 @@
  *   88 s64 the timer's expiry minus jiffies now (jiffies)
  *   96 u32 receive queue (rcv_nxt - copied_seq; a listener's accept backlog)
  *  100 u32 send queue (write_seq - snd_una; a listener's maximum backlog)
- *  104 u32 pid, 108 u32 fd: the socket's first owner, from the owners map that the task_file walk filled
- *      (socket-fds.ts); pid 0 when the map has none or there is no map
  *
  * The timer is chosen as inet_sk_diag_fill (net/ipv4/inet_diag.c) chooses it, so the two paths agree: 1 for a
  * pending retransmission (ICSK_TIME_RETRANS, REO_TIMEOUT, LOSS_PROBE) with icsk_retransmits, 4 for a zero-window
@@ -44,7 +42,6 @@ import {
   JEq,
   JEq32,
   JNE32,
-  LoadMapFd,
   LoadMem,
   Lsh,
   Mov,
@@ -123,7 +120,7 @@ export interface TcpSocketOffsets {
   reqRetrans: number;
 }
 
-export const TCP_RECORD_SIZE = 112;
+export const TCP_RECORD_SIZE = 104;
 const REC = -TCP_RECORD_SIZE; // the record on the stack, from r10
 
 // include/net/inet_connection_sock.h: ICSK_TIME_*
@@ -132,11 +129,8 @@ const ICSK_TIME_PROBE0 = 3;
 const ICSK_TIME_REO_TIMEOUT = 6;
 const ICSK_TIME_LOSS_PROBE = 5;
 
-/**
- * `states`: a mask of 1 << TCP state; the program writes only those sockets. `ownersMap`: the fd of the map
- * inode -> (pid, fd) that the task_file walk filled, to look each socket's first owner up in.
- */
-export function tcpSocketsProgram(o: TcpSocketOffsets, states: number, ownersMap?: number): Instruction[] {
+/** `states`: a mask of 1 << TCP state; the program writes only those sockets. */
+export function tcpSocketsProgram(o: TcpSocketOffsets, states: number): Instruction[] {
   const b = new ProgramBuilder();
   b.emit(
     LoadMem(R6, R1, 0, "DW"), // meta
@@ -233,19 +227,6 @@ export function tcpSocketsProgram(o: TcpSocketOffsets, states: number, ownersMap
     LoadMem(R3, R2, o.inodeIno, "DW"),
     StoreMem(R10, REC + 16, R3, "DW"),
   );
-  if (ownersMap !== undefined) {
-    b.emit(
-      ...LoadMapFd(R1, ownersMap),
-      Mov.Reg(R2, R10),
-      Add.Imm(R2, REC + 16),
-      Call(Fn.mapLookupElem),
-      JEq.Imm(R0, 0, "queues"),
-      LoadMem(R3, R0, 0, "W"),
-      StoreMem(R10, REC + 104, R3, "W"),
-      LoadMem(R3, R0, 4, "W"),
-      StoreMem(R10, REC + 108, R3, "W"),
-    );
-  }
   // Queues as tcp_diag_get_info reports them.
   b.label("queues").emit(
     LoadMem(R2, R10, REC + 2, "B"),

@@ -10,7 +10,7 @@ import { SocketBorrower } from "../sys/pidfd.js";
 import { readKeepAlive } from "./exact.js";
 import { type KernelSocket, KernelSockets } from "./kernel-sockets.js";
 import { type NetNamespace, networkNamespaces } from "./namespaces.js";
-import { allTcpOwners, findOwners, type OwnerScan, OwnersJoin, type SocketOwner } from "./owners.js";
+import { allTcpOwners, findOwners, type OwnerScan, type SocketOwner } from "./owners.js";
 import { listPids } from "./processes.js";
 import { listeningPorts, type ReadOptions, readSockets, type TcpSocket } from "./sockets.js";
 import { readSystemDefaults } from "./sysctl.js";
@@ -205,25 +205,19 @@ function inspectKernel(
   namespaces: readonly NetNamespace[],
   each: (c: Connection) => void,
 ): Found | null {
-  const processes = opts.processes ?? true;
-  const wantOwners = processes || filter.pids.length > 0 || filter.comms.length > 0;
-  // The owners joined in the kernel where it can (a map filled by one task_file walk, read by the TCP program).
-  const join = wantOwners ? OwnersJoin.make() : null;
   let ks: KernelSockets;
   try {
-    ks = KernelSockets.open(filter.states, join?.mapFd);
+    ks = KernelSockets.open(filter.states);
   } catch (e) {
-    join?.close();
     if (opts.via === "bpf") throw e;
     return null;
   }
   try {
-    // Else from one walk joined here, or, without the task_file iterator (before Linux 5.11), from /proc once
-    // the inodes are known.
-    let scan: OwnerScan | null = join || !wantOwners ? { owners: new Map(), unreadable: [] } : allTcpOwners();
+    const processes = opts.processes ?? true;
+    const wantOwners = processes || filter.pids.length > 0 || filter.comms.length > 0;
+    let scan: OwnerScan | null = wantOwners ? allTcpOwners() : { owners: new Map(), unreadable: [] };
+    // Without the task_file iterator (before Linux 5.11) the owners come from /proc, once the inodes are known.
     const later: KernelSocket[] | null = scan ? null : [];
-    const ownersOf = (s: KernelSocket): SocketOwner[] =>
-      join ? join.ownersOf(s.inode, s.ownerPid, s.ownerFd) : (scan?.owners.get(s.inode) ?? none);
     const matches = socketMatcher(filter);
     const comms = new Set(filter.comms);
     const none: SocketOwner[] = [];
@@ -251,7 +245,7 @@ function inspectKernel(
     const walk = (s: KernelSocket, ports: () => ReadonlySet<number>) => {
       if (!families.has(s.family) || (matches && !matches(s, ports))) return;
       if (later) later.push(s);
-      else emit(s, ownersOf(s));
+      else emit(s, scan?.owners.get(s.inode) ?? none);
     };
     for (const ns of namespaces) {
       const listening = new Set<number>();
@@ -281,7 +275,6 @@ function inspectKernel(
     return { unreadablePids: scan?.unreadable ?? [], processes, exactDenied: 0 };
   } finally {
     ks.close();
-    join?.close();
   }
 }
 

@@ -60,9 +60,6 @@ export interface KernelSocket extends TcpSocket {
   cgroup: number;
   /** The effective settings; null for TIME-WAIT and request sockets, which have no options. */
   settings: EffectiveKeepAlive | null;
-  /** Its first owner's pid and fd, from the owners map (KernelSockets.open); pid 0 when not known so. */
-  ownerPid: number;
-  ownerFd: number;
 }
 
 const READ_SIZE = 64 * 1024; // bpf_seq_read hands out at most 8 pages per read
@@ -103,11 +100,10 @@ export class KernelSockets {
 
   /**
    * Load the program for the sockets in `states` (a mask of 1 << TCP state, as the filter's). Listeners are
-   * always walked, for HZ and for the rules that tell incoming from outgoing connections. `ownersMap`: the map
-   * inode -> (pid, fd) that a task_file walk filled (owners.ts), to give each socket its first owner. Throws
-   * (BtfError, SysError, VerifierError) when this kernel or these rights cannot.
+   * always walked, for HZ and for the rules that tell incoming from outgoing connections. Throws (BtfError,
+   * SysError, VerifierError) when this kernel or these rights cannot.
    */
-  static open(states: number, ownersMap?: number): KernelSockets {
+  static open(states: number): KernelSockets {
     // A request socket (TCP_NEW_SYN_RECV) shows as SYN-RECV, as in sock_diag's dump.
     const wanted = states & (1 << TCP_STATES.SYN_RECV) ? states | (1 << TCP_STATES.NEW_SYN_RECV) : states;
     // The kernel's own state of a waiting FIN-WAIT-2 orphan is TIME_WAIT: let both through to the program's end.
@@ -168,7 +164,6 @@ export class KernelSockets {
         reqRetrans: btf.memberOffset("tcp_request_sock", "req.req.num_retrans"),
       },
       walked,
-      ownersMap,
     );
     btf.save();
     const progFd = progLoad({
@@ -307,8 +302,6 @@ export class KernelSockets {
       netns: this.u32[w + 19] as number,
       cgroup: (this.u32[w + 20] as number) + (this.u32[w + 21] as number) * 0x1_0000_0000,
       settings,
-      ownerPid: this.u32[w + 26] as number,
-      ownerFd: this.u32[w + 27] as number,
     };
   }
 

@@ -4,9 +4,9 @@
  * in one pass. A socket shared across fork() has several owners. Processes whose fd table this user may not read
  * are counted, so the caller can say that some owners are unknown and how to see them.
  */
-import { closeSync, constants, openSync, readFileSync, statSync } from "node:fs";
-import { bpfCapable, hashMapCreate } from "../sys/bpf.js";
-import { close, procFdSockets, procFds, SysError } from "../sys/libc.js";
+import { closeSync, constants, openSync, statSync } from "node:fs";
+import { bpfCapable } from "../sys/bpf.js";
+import { procFdSockets, procFds, SysError } from "../sys/libc.js";
 import { commOf, listPids } from "./processes.js";
 import { SocketFdIterator } from "./socket-fds.js";
 
@@ -162,78 +162,6 @@ export function allTcpOwners(): OwnerScan | null {
     lister.close();
   }
   return { owners, unreadable: [] };
-}
-
-/**
- * The owners of every TCP socket on the host joined in the kernel: a hash map inode -> (pid, fd) that one
- * task_file walk fills with each socket's first owner, for the TCP iterator program to read (tcp-sockets.ts).
- * What the map cannot say comes back here: the owners after the first (a socket shared across fork()), and any
- * the map had no room for. Building the same join in JavaScript cost 60 ms and 18 MB at 100,000 sockets.
- */
-export class OwnersJoin {
-  private readonly comms = new Map<number, string>();
-
-  private constructor(
-    /** The map, for KernelSockets.open(); valid until close(). */
-    readonly mapFd: number,
-    /** inode -> the owners that are not in the map, in the walk's order (by pid, then fd) */
-    readonly extras: Map<number, SocketOwner[]>,
-  ) {}
-
-  /** Fill the map in one walk of every process's files; null where the kernel or these rights cannot. */
-  static make(): OwnersJoin | null {
-    if (!bpfCapable()) return null;
-    let mapFd = -1;
-    let lister: SocketFdIterator | undefined;
-    try {
-      mapFd = hashMapCreate("tcpka_owners", 8, 8, Math.max(1024, Math.ceil(openFiles() * 1.25)));
-      lister = SocketFdIterator.open(mapFd);
-      const join = new OwnersJoin(mapFd, new Map());
-      lister.listAll((pid, fd, inode) => {
-        const o: SocketOwner = { pid, fd, comm: join.comm(pid) };
-        const list = join.extras.get(inode);
-        if (list) list.push(o);
-        else join.extras.set(inode, [o]);
-      });
-      return join;
-    } catch {
-      if (mapFd >= 0) close(mapFd);
-      return null;
-    } finally {
-      lister?.close();
-    }
-  }
-
-  /** /proc/PID/comm, read once per process. */
-  comm(pid: number): string {
-    let c = this.comms.get(pid);
-    if (c === undefined) {
-      c = commOf(pid);
-      this.comms.set(pid, c);
-    }
-    return c;
-  }
-
-  /** The owners of a socket that the kernel pass gave first owner `pid`, `fd` (pid 0: none). */
-  ownersOf(inode: number, pid: number, fd: number): SocketOwner[] {
-    const more = this.extras.size ? this.extras.get(inode) : undefined;
-    if (pid === 0) return more ?? [];
-    const first: SocketOwner = { pid, fd, comm: this.comm(pid) };
-    return more ? [first, ...more] : [first];
-  }
-
-  close(): void {
-    close(this.mapFd);
-  }
-}
-
-/** How many files the kernel has open, all processes together (the first field of /proc/sys/fs/file-nr). */
-function openFiles(): number {
-  try {
-    return Number.parseInt(readFileSync("/proc/sys/fs/file-nr", "ascii"), 10) || 0;
-  } catch {
-    return 0;
-  }
 }
 
 function openIterator(): SocketFdIterator | null {

@@ -41,34 +41,28 @@ export class SocketFdIterator {
     return (major > 6 || (major === 6 && minor >= 1)) && bpfCapable();
   }
 
-  /**
-   * Load the program; throws (BtfError, SysError, VerifierError) when this kernel or these rights cannot.
-   * `ownersMap`: put each socket's first owner into this map instead of a record (socketFdsProgram).
-   */
-  static open(ownersMap?: number): SocketFdIterator {
+  /** Load the program; throws (BtfError, SysError, VerifierError) when this kernel or these rights cannot. */
+  static open(): SocketFdIterator {
     const btf = CachedBtf.open();
     const common = (m: string) => btf.memberOffset("sock", "__sk_common") + btf.memberOffset("sock_common", m);
-    const program = socketFdsProgram(
-      {
-        metaSeq: btf.memberOffset("bpf_iter_meta", "seq"),
-        taskPid: btf.memberOffset("task_struct", "pid"),
-        taskTgid: btf.memberOffset("task_struct", "tgid"),
-        fileInode: btf.memberOffset("file", "f_inode"),
-        inodeIno: btf.memberOffset("inode", "i_ino"),
-        socketSk: btf.memberOffset("socket", "sk"),
-        skType: btf.memberOffset("sock", "sk_type"),
-        skProtocol: btf.memberOffset("sock", "sk_protocol"),
-        skcFamily: common("skc_family"),
-        skcState: common("skc_state"),
-        skcNum: common("skc_num"),
-        skcDport: common("skc_dport"),
-        skcRcvSaddr: common("skc_rcv_saddr"),
-        skcDaddr: common("skc_daddr"),
-        skcV6RcvSaddr: common("skc_v6_rcv_saddr"),
-        skcV6Daddr: common("skc_v6_daddr"),
-      },
-      ownersMap,
-    );
+    const program = socketFdsProgram({
+      metaSeq: btf.memberOffset("bpf_iter_meta", "seq"),
+      taskPid: btf.memberOffset("task_struct", "pid"),
+      taskTgid: btf.memberOffset("task_struct", "tgid"),
+      fileInode: btf.memberOffset("file", "f_inode"),
+      inodeIno: btf.memberOffset("inode", "i_ino"),
+      socketSk: btf.memberOffset("socket", "sk"),
+      skType: btf.memberOffset("sock", "sk_type"),
+      skProtocol: btf.memberOffset("sock", "sk_protocol"),
+      skcFamily: common("skc_family"),
+      skcState: common("skc_state"),
+      skcNum: common("skc_num"),
+      skcDport: common("skc_dport"),
+      skcRcvSaddr: common("skc_rcv_saddr"),
+      skcDaddr: common("skc_daddr"),
+      skcV6RcvSaddr: common("skc_v6_rcv_saddr"),
+      skcV6Daddr: common("skc_v6_daddr"),
+    });
     btf.save();
     const progFd = progLoad({
       type: BPF_PROG_TYPE_TRACING,

@@ -107,9 +107,6 @@ export const BPF_PROG_TYPE_TRACING = 26;
 export const BPF_TRACE_ITER = 28;
 export const BPF_CGROUP_SOCK_OPS = 3;
 export const BPF_MAP_TYPE_ARRAY = 2;
-export const BPF_MAP_TYPE_HASH = 1;
-/** map_flags: allocate a hash map's elements as they are added, not all at creation */
-export const BPF_F_NO_PREALLOC = 1;
 export const BPF_OBJ_NAME_LEN = 16;
 
 // include/uapi/asm-generic/fcntl.h: an open(2) flag (not in Node's fs.constants), and flock(2) operations

@@ -5,14 +5,7 @@
  */
 import { readFileSync } from "node:fs";
 import { TcpkaError } from "../errors.js";
-import {
-  BPF_CMD,
-  BPF_F_NO_PREALLOC,
-  BPF_MAP_TYPE_ARRAY,
-  BPF_MAP_TYPE_HASH,
-  BPF_OBJ_NAME_LEN,
-  SYS_bpf,
-} from "../kernel/constants.js";
+import { BPF_CMD, BPF_MAP_TYPE_ARRAY, BPF_OBJ_NAME_LEN, SYS_bpf } from "../kernel/constants.js";
 import { addressOf, SysError, syscall } from "./libc.js";
 
 const ATTR_SIZE = 128;
@@ -259,22 +252,6 @@ export function blobMapCreate(name: string, size: number): number {
   attr.writeUInt32LE(4, 4); // key_size
   attr.writeUInt32LE(size, 8); // value_size
   attr.writeUInt32LE(1, 12); // max_entries
-  attr.write(name.slice(0, BPF_OBJ_NAME_LEN - 1), 28, "latin1");
-  return bpf("MAP_CREATE", attr);
-}
-
-/**
- * A hash map with `keySize`-byte keys and `valueSize`-byte values, elements allocated as they are added
- * (BPF_F_NO_PREALLOC). Its buckets are allocated at once (htab_map_alloc: max_entries rounded up to a power of
- * two, 16 bytes each), so `maxEntries` should be what it will hold, not a large round number.
- */
-export function hashMapCreate(name: string, keySize: number, valueSize: number, maxEntries: number): number {
-  const attr = Buffer.alloc(ATTR_SIZE);
-  attr.writeUInt32LE(BPF_MAP_TYPE_HASH, 0);
-  attr.writeUInt32LE(keySize, 4);
-  attr.writeUInt32LE(valueSize, 8);
-  attr.writeUInt32LE(maxEntries, 12);
-  attr.writeUInt32LE(BPF_F_NO_PREALLOC, 16);
   attr.write(name.slice(0, BPF_OBJ_NAME_LEN - 1), 28, "latin1");
   return bpf("MAP_CREATE", attr);
 }

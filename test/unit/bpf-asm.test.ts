@@ -10,7 +10,6 @@ import {
   Ja,
   JEq32,
   JGE32,
-  LoadMapFd,
   LoadMem,
   Mov,
   Mov32,
@@ -49,10 +48,6 @@ describe("instruction encoding (opcode, dst|src<<4, s16 offset, s32 immediate)",
     ["r7 = be16 r7", ToBE(R7, 16), "dc07000010000000"],
   ];
   for (const [name, insn, bytes] of cases) test(name, () => assert.equal(hex([insn]), bytes));
-
-  test("a map's fd is a 64-bit load: two slots, src BPF_PSEUDO_MAP_FD, the fd in the first immediate", () => {
-    assert.equal(hex(LoadMapFd(R1, 7)), "1811000007000000" + "0000000000000000");
-  });
 
   test("an immediate above 2^31 is stored as its 32-bit pattern", () => {
     assert.equal(hex([JEq32.Imm(R2, 0xffff0000, "x").withSymbol("x")]), "1602ffff0000ffff");
