@@ -243,7 +243,10 @@ function writeTable(filter: SocketFilter, opts: InspectOptions, out: Out, wide: 
     : wide
       ? WIDE_COLUMNS
       : COLUMNS;
-  const rows = new Table(columns.map(([header]) => header));
+  const rows = new Table(
+    columns.map(([header]) => header),
+    out.color,
+  );
   const cells: string[] = new Array(columns.length);
   const sum = emptySummary();
   const info = inspectEach(filter, opts, (c) => {

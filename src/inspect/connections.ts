@@ -160,10 +160,9 @@ class WorkloadLookup {
   constructor(private readonly w: Workloads) {}
 
   of(c: Connection): Workload | null {
-    if (c.cgroup) {
-      const w = this.w.ofCgroup(c.cgroup);
-      if (w) return w;
-    }
+    // The cgroup the kernel charged the socket to is the answer where it is known; then only a pod's or
+    // container's namespace can still say more (a socket in one made by a process outside its cgroup).
+    if (c.cgroup) return this.w.ofCgroup(c.cgroup) ?? (c.netns === undefined ? null : this.w.ofNetns(c.netns));
     const pid = c.owners[0]?.pid;
     if (pid !== undefined) {
       let w = this.byPid.get(pid);

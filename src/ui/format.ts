@@ -134,7 +134,6 @@ export function paint(out: Out, style: Style, text: string): string {
 
 /** Visible width, ignoring colour escapes. */
 function width(s: string): number {
-  if (s.indexOf("\x1b") < 0) return s.length;
   // biome-ignore lint/suspicious/noControlCharactersInRegex: colour escapes are what is being removed
   return s.replace(/\x1b\[[0-9;]*m/g, "").length;
 }
@@ -150,9 +149,15 @@ const SEP = "\0";
 export class Table {
   private readonly rows: string[] = [];
   private readonly widths: number[];
+  /** A cell's visible width: its length, unless colour escapes may be in it (paint() adds them only then). */
+  private readonly width: (s: string) => number;
 
-  constructor(private readonly header: readonly string[]) {
+  constructor(
+    private readonly header: readonly string[],
+    color: boolean,
+  ) {
     this.widths = header.map((h) => h.length);
+    this.width = color ? width : (s) => s.length;
   }
 
   get size(): number {
@@ -162,7 +167,7 @@ export class Table {
   add(cells: readonly string[]): void {
     const w = this.widths;
     for (let i = 0; i < cells.length; i++) {
-      const n = width(cells[i] as string);
+      const n = this.width(cells[i] as string);
       if (n > (w[i] as number)) w[i] = n;
     }
     this.rows.push(cells.join(SEP));
@@ -180,7 +185,7 @@ export class Table {
       const to = row.indexOf(SEP, from);
       if (to < 0) return `${(s + row.slice(from)).trimEnd()}\n`;
       const cell = row.slice(from, to);
-      s += cell + " ".repeat((this.widths[i] as number) - width(cell) + 2);
+      s += cell + " ".repeat((this.widths[i] as number) - this.width(cell) + 2);
       from = to + 1;
     }
   }
@@ -188,7 +193,7 @@ export class Table {
 
 /** Render rows under a header (see Table). */
 export function table(header: readonly string[], rows: readonly (readonly string[])[], out: Out, indent = ""): void {
-  const t = new Table(header);
+  const t = new Table(header, out.color);
   for (const r of rows) t.add(r);
   t.write(out, indent);
 }
