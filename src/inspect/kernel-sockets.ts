@@ -165,11 +165,12 @@ export class KernelSockets {
       },
       walked,
     );
-    btf.save();
+    const attachBtfId = btf.typeId("FUNC", "bpf_iter_tcp");
+    btf.save(); // every question asked: the next run reads no BTF
     const progFd = progLoad({
       type: BPF_PROG_TYPE_TRACING,
       expectedAttachType: BPF_TRACE_ITER,
-      attachBtfId: btf.typeId("FUNC", "bpf_iter_tcp"),
+      attachBtfId,
       insns: assemble(program),
       listing: new Listing(program),
       license: "Dual MIT/GPL", // bpf_seq_write and the bpf_skc_to_* casts are for GPL-compatible programs

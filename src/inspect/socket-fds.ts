@@ -63,11 +63,12 @@ export class SocketFdIterator {
       skcV6RcvSaddr: common("skc_v6_rcv_saddr"),
       skcV6Daddr: common("skc_v6_daddr"),
     });
-    btf.save();
+    const attachBtfId = btf.typeId("FUNC", "bpf_iter_task_file");
+    btf.save(); // every question asked: the next run reads no BTF
     const progFd = progLoad({
       type: BPF_PROG_TYPE_TRACING,
       expectedAttachType: BPF_TRACE_ITER,
-      attachBtfId: btf.typeId("FUNC", "bpf_iter_task_file"),
+      attachBtfId,
       insns: assemble(program),
       listing: new Listing(program),
       license: "Dual MIT/GPL", // bpf_seq_write and bpf_sock_from_file are for GPL-compatible programs
