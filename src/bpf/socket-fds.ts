@@ -18,15 +18,13 @@
  * The struct offsets differ between kernel builds, so they come from the running kernel's BTF (src/sys/btf.ts).
  */
 
-import { AF_INET6, IPPROTO_TCP, SOCK_STREAM } from "../kernel/constants.js";
+import { IPPROTO_TCP, SOCK_STREAM } from "../kernel/constants.js";
 import {
   Add,
   Call,
   Fn,
   type Instruction,
-  Ja,
   JEq,
-  JEq32,
   JNE32,
   LoadMem,
   Mov,
@@ -44,9 +42,10 @@ import {
   StoreImm,
   StoreMem,
 } from "./asm.js";
+import { type EndpointOffsets, emitAddresses } from "./endpoints.js";
 
 /** Offsets, in bytes, of the members the program reads, from the running kernel's BTF. */
-export interface TaskFileOffsets {
+export interface TaskFileOffsets extends EndpointOffsets {
   /** struct bpf_iter_meta: seq */
   metaSeq: number;
   /** struct task_struct: pid (the thread's id), tgid (the process's) */
@@ -60,15 +59,6 @@ export interface TaskFileOffsets {
   /** struct sock: sk_type, sk_protocol (u16 each since Linux 5.6) */
   skType: number;
   skProtocol: number;
-  /** struct sock_common (at the start of struct sock): the connection's identity */
-  skcFamily: number;
-  skcState: number;
-  skcNum: number;
-  skcDport: number;
-  skcRcvSaddr: number;
-  skcDaddr: number;
-  skcV6RcvSaddr: number;
-  skcV6Daddr: number;
 }
 
 export const RECORD_SIZE = 56;
@@ -110,27 +100,8 @@ export function socketFdsProgram(o: TaskFileOffsets): Instruction[] {
     StoreMem(R10, REC + 16, R3, "H"),
     LoadMem(R3, R7, o.skcDport, "H"),
     StoreMem(R10, REC + 18, R3, "H"),
-    JEq32.Imm(R2, AF_INET6, "v6"),
-    LoadMem(R3, R7, o.skcRcvSaddr, "W"),
-    StoreMem(R10, REC + 24, R3, "W"),
-    StoreImm(R10, REC + 28, 0, "W"),
-    StoreImm(R10, REC + 32, 0, "DW"),
-    LoadMem(R3, R7, o.skcDaddr, "W"),
-    StoreMem(R10, REC + 40, R3, "W"),
-    StoreImm(R10, REC + 44, 0, "W"),
-    StoreImm(R10, REC + 48, 0, "DW"),
-    Ja("write"),
   );
-  b.label("v6").emit(
-    LoadMem(R3, R7, o.skcV6RcvSaddr, "DW"),
-    StoreMem(R10, REC + 24, R3, "DW"),
-    LoadMem(R3, R7, o.skcV6RcvSaddr + 8, "DW"),
-    StoreMem(R10, REC + 32, R3, "DW"),
-    LoadMem(R3, R7, o.skcV6Daddr, "DW"),
-    StoreMem(R10, REC + 40, R3, "DW"),
-    LoadMem(R3, R7, o.skcV6Daddr + 8, "DW"),
-    StoreMem(R10, REC + 48, R3, "DW"),
-  );
+  emitAddresses(b, o, R7, R2, REC + 24, REC + 40, "write");
   b.label("write").emit(
     LoadMem(R1, R6, o.metaSeq, "DW"),
     Mov.Reg(R2, R10),

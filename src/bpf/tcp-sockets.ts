@@ -30,7 +30,6 @@
  * faults read as zero), so the struct offsets come from the running kernel's BTF (src/sys/btf.ts).
  */
 
-import { AF_INET6 } from "../kernel/constants.js";
 import { TCP_STATES } from "../kernel/states.js";
 import {
   Add,
@@ -63,19 +62,14 @@ import {
   Sub,
   Sub32,
 } from "./asm.js";
+import { type EndpointOffsets, emitAddresses } from "./endpoints.js";
 
-/** Offsets, in bytes, from the running kernel's BTF; `tcp` ones from the start of struct tcp_sock. */
-export interface TcpSocketOffsets {
+/**
+ * Offsets, in bytes, from the running kernel's BTF; `tcp` ones from the start of struct tcp_sock. The endpoint
+ * ones (struct sock_common) are the identity every kind of TCP socket has.
+ */
+export interface TcpSocketOffsets extends EndpointOffsets {
   metaSeq: number;
-  /** struct sock_common: the identity every kind of TCP socket has */
-  skcFamily: number;
-  skcState: number;
-  skcNum: number;
-  skcDport: number;
-  skcRcvSaddr: number;
-  skcDaddr: number;
-  skcV6RcvSaddr: number;
-  skcV6Daddr: number;
   skcNet: number;
   /** struct net: ns.inum, ipv4.sysctl_tcp_keepalive_{time,intvl,probes} */
   netInum: number;
@@ -153,23 +147,8 @@ export function tcpSocketsProgram(o: TcpSocketOffsets, states: number): Instruct
     StoreMem(R10, REC + 10, R3, "H"),
     LoadMem(R2, R7, o.skcFamily, "H"),
     StoreMem(R10, REC, R2, "H"),
-    JEq32.Imm(R2, AF_INET6, "v6"),
-    LoadMem(R3, R7, o.skcRcvSaddr, "W"),
-    StoreMem(R10, REC + 24, R3, "W"),
-    LoadMem(R3, R7, o.skcDaddr, "W"),
-    StoreMem(R10, REC + 40, R3, "W"),
-    Ja("net"),
   );
-  b.label("v6").emit(
-    LoadMem(R3, R7, o.skcV6RcvSaddr, "DW"),
-    StoreMem(R10, REC + 24, R3, "DW"),
-    LoadMem(R3, R7, o.skcV6RcvSaddr + 8, "DW"),
-    StoreMem(R10, REC + 32, R3, "DW"),
-    LoadMem(R3, R7, o.skcV6Daddr, "DW"),
-    StoreMem(R10, REC + 40, R3, "DW"),
-    LoadMem(R3, R7, o.skcV6Daddr + 8, "DW"),
-    StoreMem(R10, REC + 48, R3, "DW"),
-  );
+  emitAddresses(b, o, R7, R2, REC + 24, REC + 40, "net");
   // The namespace: its number and the defaults that a socket's zero stands for (keepalive_time_when() and
   // friends in include/net/tcp.h read these per call).
   b.label("net").emit(

@@ -20,6 +20,7 @@ import { closeSync, constants, openSync } from "node:fs";
 import { release } from "node:os";
 import { ipv4, ipv6 } from "../addresses.js";
 import { assemble, Listing } from "../bpf/asm.js";
+import { endpointOffsets } from "../bpf/endpoints.js";
 import { TCP_RECORD_SIZE, tcpSocketsProgram } from "../bpf/tcp-sockets.js";
 import {
   AF_INET,
@@ -110,7 +111,6 @@ export class KernelSockets {
     const walked =
       wanted | (1 << TCP_STATES.LISTEN) | (wanted & (1 << TCP_STATES.FIN_WAIT2) ? 1 << TCP_STATES.TIME_WAIT : 0);
     const btf = CachedBtf.open();
-    const common = (m: string) => btf.memberOffset("sock_common", m);
     const sock = (m: string) => btf.memberOffset("tcp_sock", `inet_conn.icsk_inet.sk.${m}`);
     const icsk = (m: string) => btf.memberOffset("tcp_sock", `inet_conn.${m}`);
     // sk_flags moved into sock_common (skc_flags) in Linux 6.10; before, it is struct sock's own.
@@ -118,15 +118,8 @@ export class KernelSockets {
     const program = tcpSocketsProgram(
       {
         metaSeq: btf.memberOffset("bpf_iter_meta", "seq"),
-        skcFamily: common("skc_family"),
-        skcState: common("skc_state"),
-        skcNum: common("skc_num"),
-        skcDport: common("skc_dport"),
-        skcRcvSaddr: common("skc_rcv_saddr"),
-        skcDaddr: common("skc_daddr"),
-        skcV6RcvSaddr: common("skc_v6_rcv_saddr"),
-        skcV6Daddr: common("skc_v6_daddr"),
-        skcNet: common("skc_net"),
+        ...endpointOffsets(btf),
+        skcNet: btf.memberOffset("sock_common", "skc_net"),
         netInum: btf.memberOffset("net", "ns.inum"),
         netKeepaliveTime: btf.memberOffset("net", "ipv4.sysctl_tcp_keepalive_time"),
         netKeepaliveIntvl: btf.memberOffset("net", "ipv4.sysctl_tcp_keepalive_intvl"),

@@ -13,6 +13,7 @@ import { existsSync } from "node:fs";
 import { release } from "node:os";
 import { ipv4, ipv6 } from "../addresses.js";
 import { assemble, Listing } from "../bpf/asm.js";
+import { endpointOffsets } from "../bpf/endpoints.js";
 import { RECORD_SIZE, socketFdsProgram } from "../bpf/socket-fds.js";
 import type { TcpEndpoints } from "../filter.js";
 import { AF_INET, AF_INET6, BPF_PROG_TYPE_TRACING, BPF_TRACE_ITER } from "../kernel/constants.js";
@@ -44,7 +45,6 @@ export class SocketFdIterator {
   /** Load the program; throws (BtfError, SysError, VerifierError) when this kernel or these rights cannot. */
   static open(): SocketFdIterator {
     const btf = CachedBtf.open();
-    const common = (m: string) => btf.memberOffset("sock", "__sk_common") + btf.memberOffset("sock_common", m);
     const program = socketFdsProgram({
       metaSeq: btf.memberOffset("bpf_iter_meta", "seq"),
       taskPid: btf.memberOffset("task_struct", "pid"),
@@ -54,14 +54,7 @@ export class SocketFdIterator {
       socketSk: btf.memberOffset("socket", "sk"),
       skType: btf.memberOffset("sock", "sk_type"),
       skProtocol: btf.memberOffset("sock", "sk_protocol"),
-      skcFamily: common("skc_family"),
-      skcState: common("skc_state"),
-      skcNum: common("skc_num"),
-      skcDport: common("skc_dport"),
-      skcRcvSaddr: common("skc_rcv_saddr"),
-      skcDaddr: common("skc_daddr"),
-      skcV6RcvSaddr: common("skc_v6_rcv_saddr"),
-      skcV6Daddr: common("skc_v6_daddr"),
+      ...endpointOffsets(btf),
     });
     const attachBtfId = btf.typeId("FUNC", "bpf_iter_task_file");
     btf.save(); // every question asked: the next run reads no BTF
