@@ -49,6 +49,8 @@ Examples:
   tcpka ls --dport 5432 --json         PostgreSQL connections, for a script
   sudo tcpka ls -l                     listening sockets: accepted connections inherit their keepalive
   sudo tcpka ls --only :5432           what tcpka run, enable or enforce --only :5432 would touch
+  sudo tcpka ls --all-netns            the whole host: every container's and pod's connections too
+  sudo tcpka ls --pod shop/cart-7d4f9 --no-keepalive   one Kubernetes pod's connections at risk
 `;
 
 const LS_OPTIONS = {
