@@ -17,15 +17,9 @@ import { asciiBytes, type Out, paint, plural, printable } from "./format.js";
  */
 export function writeConnectionJson(out: Out, c: Connection): void {
   const s = c.socket;
-  out.bytes(P.state);
-  out.bytes(asciiBytes(s.state));
-  out.bytes(s.family === 4 ? P.family4 : P.family6);
-  out.bytes(asciiBytes(s.localAddress));
-  out.bytes(P.localPort);
+  out.bytes(head(s.state, s.family, s.localAddress));
   out.number(s.localPort);
-  out.bytes(P.peerAddress);
-  out.bytes(asciiBytes(s.peerAddress));
-  out.bytes(P.peerPort);
+  out.bytes(peerPiece(s.peerAddress));
   out.number(s.peerPort);
   out.bytes(P.inode);
   out.number(s.inode);
@@ -48,15 +42,18 @@ export function writeConnectionJson(out: Out, c: Connection): void {
     if (probe) out.number(s.timerCount);
     else out.bytes(P.null);
   }
-  out.bytes(P.sendQueue);
-  out.number(s.sendQueue);
-  out.bytes(P.recvQueue);
-  out.number(s.recvQueue);
-  out.bytes(P.netns);
-  if (c.netns === undefined) out.bytes(P.null);
-  else out.number(c.netns);
-  out.bytes(workloadJson(c.workload ?? null));
-  out.bytes(P.processes);
+  if (s.sendQueue === 0 && s.recvQueue === 0 && c.netns !== undefined) out.bytes(idleTail(c.netns, c.workload ?? null));
+  else {
+    out.bytes(P.sendQueue);
+    out.number(s.sendQueue);
+    out.bytes(P.recvQueue);
+    out.number(s.recvQueue);
+    out.bytes(P.netns);
+    if (c.netns === undefined) out.bytes(P.null);
+    else out.number(c.netns);
+    out.bytes(workloadJson(c.workload ?? null));
+    out.bytes(P.processes);
+  }
   let first = true;
   for (const o of c.owners) {
     if (!first) out.bytes(P.comma);
@@ -72,14 +69,48 @@ export function writeConnectionJson(out: Out, c: Connection): void {
   } else out.bytes(P.end);
 }
 
+/**
+ * The pieces that repeat from row to row, made once: a host has few states and local addresses, few peers, and
+ * its idle connections (empty queues) share their namespace's and workload's tail. Bounded like asciiBytes.
+ */
+const heads = new Map<string, Map<string, Uint8Array>>();
+const peers = new Map<string, Uint8Array>();
+const tails = new Map<number, Map<Workload | null, Uint8Array>>();
+
+function bounded<K, V>(m: Map<K, V>, key: K, make: () => V): V {
+  let v = m.get(key);
+  if (v === undefined) {
+    if (m.size >= 1 << 16) m.clear();
+    v = make();
+    m.set(key, v);
+  }
+  return v;
+}
+
+/** '{"state":"S","family":F,"local_address":"A","local_port":' */
+function head(state: string, family: number, local: string): Uint8Array {
+  const byLocal = bounded(heads, state, () => new Map<string, Uint8Array>());
+  return bounded(byLocal, local, () =>
+    Buffer.from(`{"state":"${state}","family":${family},"local_address":"${local}","local_port":`, "latin1"),
+  );
+}
+
+/** ',"peer_address":"P","peer_port":' */
+function peerPiece(peer: string): Uint8Array {
+  return bounded(peers, peer, () => Buffer.from(`,"peer_address":"${peer}","peer_port":`, "latin1"));
+}
+
+/** ',"send_queue":0,"recv_queue":0,"netns":N,"container":…,"pod":…,"unit":…,"processes":[' */
+function idleTail(netns: number, w: Workload | null): Uint8Array {
+  const byWorkload = bounded(tails, netns, () => new Map<Workload | null, Uint8Array>());
+  return bounded(byWorkload, w, () => {
+    const text = `,"send_queue":0,"recv_queue":0,"netns":${netns}${Buffer.from(workloadJson(w)).toString("latin1")},"processes":[`;
+    return Buffer.from(text, "latin1");
+  });
+}
+
 /** The constant pieces of a row, encoded once. */
 const P = {
-  state: asciiBytes('{"state":"'),
-  family4: asciiBytes('","family":4,"local_address":"'),
-  family6: asciiBytes('","family":6,"local_address":"'),
-  localPort: asciiBytes('","local_port":'),
-  peerAddress: asciiBytes(',"peer_address":"'),
-  peerPort: asciiBytes('","peer_port":'),
   inode: asciiBytes(',"inode":'),
   uid: asciiBytes(',"uid":'),
   timerOff: asciiBytes(',"timer":"off","timer_ms":0,"timer_count":0,"next_probe_ms":null,"probes":null'),
