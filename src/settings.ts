@@ -27,6 +27,30 @@ export interface EffectiveKeepAlive {
   userTimeout: number;
 }
 
+/**
+ * One settings object per combination without a user timeout, for the many sockets that have the same: at
+ * 100,000 sockets that spares 100,000 objects (and the JSON made of each). The objects are shared: nobody may
+ * change one. A value beyond the kernel's limits (a sysctl may hold more) or a user timeout gets its own.
+ */
+export class SharedSettings {
+  private readonly known = new Map<number, EffectiveKeepAlive>();
+
+  of(keepalive: boolean, idle: number, interval: number, count: number, userTimeout: number): EffectiveKeepAlive {
+    // idle and interval fit 15 bits (MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL), count 7 (MAX_TCP_KEEPCNT): the key
+    // is exact below 2^38.
+    if (userTimeout !== 0 || idle > 0x7fff || interval > 0x7fff || count > 0x7f || idle < 0 || interval < 0) {
+      return { keepalive, idle, interval, count, userTimeout };
+    }
+    const key = (keepalive ? 1 : 0) + 2 * (count + 128 * (interval + 32768 * idle));
+    let e = this.known.get(key);
+    if (e === undefined) {
+      e = { keepalive, idle, interval, count, userTimeout: 0 };
+      this.known.set(key, e);
+    }
+    return e;
+  }
+}
+
 /** The namespace's sysctl defaults (net.ipv4.tcp_keepalive_time / _intvl / _probes). */
 export interface SystemDefaults {
   idle: number;

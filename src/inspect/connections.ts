@@ -4,10 +4,10 @@
  */
 import { closeSync, constants, openSync } from "node:fs";
 import { DEFAULT_FILTER, type SocketFilter, socketMatcher } from "../filter.js";
-import { deadPeerAfter, type EffectiveKeepAlive, type SystemDefaults } from "../settings.js";
+import { deadPeerAfter, type EffectiveKeepAlive, SharedSettings, type SystemDefaults } from "../settings.js";
 import { SysError } from "../sys/libc.js";
 import { SocketBorrower } from "../sys/pidfd.js";
-import { readKeepAlive } from "./exact.js";
+import { readKeepAliveInto } from "./exact.js";
 import { type KernelSocket, KernelSockets } from "./kernel-sockets.js";
 import { type NetNamespace, networkNamespaces } from "./namespaces.js";
 import { allTcpOwners, findOwners, type OwnerScan, type SocketOwner } from "./owners.js";
@@ -315,6 +315,9 @@ function inspectSyscalls(
 
   const comms = new Set(filter.comms);
   const borrower = new SocketBorrower();
+  // The five values of one socket, then one shared settings object per combination (SharedSettings).
+  const read = new Int32Array(5);
+  const shared = new SharedSettings();
   const none: SocketOwner[] = [];
   let exactDenied = 0;
   try {
@@ -338,7 +341,16 @@ function inspectSyscalls(
       if (processes) {
         for (const o of own) {
           try {
-            c.settings = borrower.with(o.pid, o.fd, socket.inode, readKeepAlive);
+            c.settings = borrower.with(o.pid, o.fd, socket.inode, (fd) => {
+              readKeepAliveInto(fd, read, 0);
+              return shared.of(
+                read[0] === 1,
+                read[1] as number,
+                read[2] as number,
+                read[3] as number,
+                read[4] as number,
+              );
+            });
             c.source = "exact";
             c.keepalive = c.settings.keepalive;
             c.deadPeerAfter = deadPeerAfter(c.settings);

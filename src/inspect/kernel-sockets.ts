@@ -37,7 +37,7 @@ import {
   TIMER_CODES,
 } from "../kernel/constants.js";
 import { STATE_NAMES, TCP_STATES } from "../kernel/states.js";
-import type { EffectiveKeepAlive } from "../settings.js";
+import { type EffectiveKeepAlive, SharedSettings } from "../settings.js";
 import { bpfCapable, iterCreate, iterLinkCreate, progLoad } from "../sys/bpf.js";
 import { CachedBtf } from "../sys/btf.js";
 import {
@@ -78,7 +78,7 @@ export class KernelSockets {
   /** Jiffies per second; 0 until the probe listener has been read. */
   private hz = 0;
   /** The settings objects that sockets share (settingsOf). */
-  private readonly shared = new Map<number, EffectiveKeepAlive>();
+  private readonly shared = new SharedSettings();
 
   private constructor(
     /** the states to hand out (1 << kernel state) */
@@ -299,33 +299,19 @@ export class KernelSockets {
     };
   }
 
-  /**
-   * The effective settings of the full socket at buf[at], as getsockopt computes them. Most sockets of a host
-   * share a few combinations, so one frozen object stands for each combination without a user timeout: at
-   * 100,000 sockets that spares 100,000 objects. Callers never change them (EffectiveKeepAlive is read-only).
-   */
+  /** The effective settings of the full socket at buf[at], as getsockopt computes them (shared objects). */
   private settingsOf(at: number, w: number, flags: number): EffectiveKeepAlive {
     const b = this.buf;
     const hz = this.hz;
     const time = (this.u32[w + 14] as number) || (this.u32[w + 16] as number);
     const intvl = (this.u32[w + 15] as number) || (this.u32[w + 17] as number);
-    const count = (b[at + 6] as number) || (b[at + 7] as number);
-    const userTimeout = this.u32[w + 18] as number;
-    const keepalive = (flags & 2) !== 0;
-    const idle = Math.floor(time / hz);
-    const interval = Math.floor(intvl / hz);
-    // idle and interval fit 15 bits (MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL), count 7 (MAX_TCP_KEEPCNT): the
-    // key is exact below 2^38. A sysctl may hold more; such a socket gets an object of its own.
-    if (userTimeout !== 0 || idle > 0x7fff || interval > 0x7fff || count > 0x7f) {
-      return { keepalive, idle, interval, count, userTimeout };
-    }
-    const key = (keepalive ? 1 : 0) + 2 * (count + 128 * (interval + 32768 * idle));
-    let e = this.shared.get(key);
-    if (e === undefined) {
-      e = { keepalive, idle, interval, count, userTimeout: 0 };
-      this.shared.set(key, e);
-    }
-    return e;
+    return this.shared.of(
+      (flags & 2) !== 0,
+      Math.floor(time / hz),
+      Math.floor(intvl / hz),
+      (b[at + 6] as number) || (b[at + 7] as number),
+      this.u32[w + 18] as number,
+    );
   }
 
   close(): void {
