@@ -128,7 +128,6 @@ if (mode === "bpf") {
   const { allTcpOwners } = await import("../src/inspect/owners.js");
   const { networkNamespaces } = await import("../src/inspect/namespaces.js");
   const { iterCreate, iterLinkCreate } = await import("../src/sys/bpf.js");
-  const { BPF_TRACE_ITER } = await import("../src/kernel/constants.js");
   type KernelSocket = import("../src/inspect/kernel-sockets.js").KernelSocket;
 
   time("btf", "Btf.vmlinux(): read and index /sys/kernel/btf/vmlinux (once per process)", () => Btf.vmlinux());
@@ -142,7 +141,7 @@ if (mode === "bpf") {
   time(
     "task_file_raw",
     "one task_file walk of every process's files (link, iterator, read), bytes only",
-    () => drain(iterCreate(iterLinkCreate(fdOf(files, "progFd"), BPF_TRACE_ITER, info))),
+    () => drain(iterCreate(iterLinkCreate(fdOf(files, "progFd"), info))),
     { kernel: true },
   );
   time("task_file_walk", "SocketFdIterator.listAll(): the same walk, each record's pid, fd, inode", () =>

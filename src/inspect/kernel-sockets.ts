@@ -25,8 +25,6 @@ import { TCP_RECORD_SIZE, tcpSocketsProgram } from "../bpf/tcp-sockets.js";
 import {
   AF_INET,
   AF_INET6,
-  BPF_PROG_TYPE_TRACING,
-  BPF_TRACE_ITER,
   CLONE_NEWNET,
   IP_FREEBIND,
   SOCK_CLOEXEC,
@@ -38,7 +36,7 @@ import {
 } from "../kernel/constants.js";
 import { STATE_NAMES, TCP_STATES } from "../kernel/states.js";
 import { type EffectiveKeepAlive, SharedSettings } from "../settings.js";
-import { bpfCapable, iterCreate, iterLinkCreate, progLoad } from "../sys/bpf.js";
+import { bpfCapable, iterCreate, iterLinkCreate, iterProgLoad } from "../sys/bpf.js";
 import { CachedBtf } from "../sys/btf.js";
 import {
   addressOf,
@@ -160,18 +158,15 @@ export class KernelSockets {
     );
     const attachBtfId = btf.typeId("FUNC", "bpf_iter_tcp");
     btf.save(); // every question asked: the next run reads no BTF
-    const progFd = progLoad({
-      type: BPF_PROG_TYPE_TRACING,
-      expectedAttachType: BPF_TRACE_ITER,
+    const progFd = iterProgLoad({
       attachBtfId,
       insns: assemble(program),
       listing: new Listing(program),
-      license: "Dual MIT/GPL", // bpf_seq_write and the bpf_skc_to_* casts are for GPL-compatible programs
       name: "tcpka_tcp",
     });
     const fds: number[] = [progFd];
     try {
-      const linkFd = iterLinkCreate(progFd, BPF_TRACE_ITER, Buffer.alloc(0));
+      const linkFd = iterLinkCreate(progFd, Buffer.alloc(0));
       fds.push(linkFd);
       const ownNetns = openSync("/proc/thread-self/ns/net", constants.O_RDONLY); // libuv opens every fd O_CLOEXEC;
       fds.push(ownNetns);

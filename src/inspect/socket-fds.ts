@@ -16,9 +16,9 @@ import { assemble, Listing } from "../bpf/asm.js";
 import { endpointOffsets } from "../bpf/endpoints.js";
 import { RECORD_SIZE, socketFdsProgram } from "../bpf/socket-fds.js";
 import type { TcpEndpoints } from "../filter.js";
-import { AF_INET, AF_INET6, BPF_PROG_TYPE_TRACING, BPF_TRACE_ITER } from "../kernel/constants.js";
+import { AF_INET, AF_INET6 } from "../kernel/constants.js";
 import { STATE_NAMES } from "../kernel/states.js";
-import { bpfCapable, iterCreate, iterLinkCreate, progLoad } from "../sys/bpf.js";
+import { bpfCapable, iterCreate, iterLinkCreate, iterProgLoad } from "../sys/bpf.js";
 import { CachedBtf } from "../sys/btf.js";
 import { addressOf, close, readInto } from "../sys/libc.js";
 
@@ -58,13 +58,10 @@ export class SocketFdIterator {
     });
     const attachBtfId = btf.typeId("FUNC", "bpf_iter_task_file");
     btf.save(); // every question asked: the next run reads no BTF
-    const progFd = progLoad({
-      type: BPF_PROG_TYPE_TRACING,
-      expectedAttachType: BPF_TRACE_ITER,
+    const progFd = iterProgLoad({
       attachBtfId,
       insns: assemble(program),
       listing: new Listing(program),
-      license: "Dual MIT/GPL", // bpf_seq_write and bpf_sock_from_file are for GPL-compatible programs
       name: "tcpka_sockfds",
     });
     return new SocketFdIterator(progFd);
@@ -104,7 +101,7 @@ export class SocketFdIterator {
     let found = false;
     this.info.fill(0);
     this.info.writeUInt32LE(pid, 4); // task.pid: this process and its threads (BPF_TASK_ITER_TGID); 0: all
-    const link = iterLinkCreate(this.progFd, BPF_TRACE_ITER, this.info);
+    const link = iterLinkCreate(this.progFd, this.info);
     let iter = -1;
     try {
       iter = iterCreate(link);

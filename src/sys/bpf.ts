@@ -5,7 +5,14 @@
  */
 import { readFileSync } from "node:fs";
 import { TcpkaError } from "../errors.js";
-import { BPF_CMD, BPF_MAP_TYPE_ARRAY, BPF_OBJ_NAME_LEN, SYS_bpf } from "../kernel/constants.js";
+import {
+  BPF_CMD,
+  BPF_MAP_TYPE_ARRAY,
+  BPF_OBJ_NAME_LEN,
+  BPF_PROG_TYPE_TRACING,
+  BPF_TRACE_ITER,
+  SYS_bpf,
+} from "../kernel/constants.js";
 import { addressOf, SysError, syscall } from "./libc.js";
 
 const ATTR_SIZE = 128;
@@ -155,13 +162,22 @@ export function linkCreate(progFd: number, targetFd: number, attachType: number)
 }
 
 /**
+ * Load a BPF iterator: a tracing program (BPF_TRACE_ITER) on the kernel's iterator function whose BTF id is
+ * `attachBtfId` (bpf_iter_tcp, bpf_iter_task_file). Its license is GPL-compatible: bpf_seq_write and the
+ * socket casts (bpf_sock_from_file, bpf_skc_to_*) are for such programs only.
+ */
+export function iterProgLoad(p: Pick<ProgLoad, "insns" | "listing" | "name"> & { attachBtfId: number }): number {
+  return progLoad({ ...p, type: BPF_PROG_TYPE_TRACING, expectedAttachType: BPF_TRACE_ITER, license: "Dual MIT/GPL" });
+}
+
+/**
  * Attach an iterator program (BPF_TRACE_ITER) through a link. `iterInfo` is its union bpf_iter_link_info, for
  * example the process that a task iterator walks.
  */
-export function iterLinkCreate(progFd: number, attachType: number, iterInfo: Buffer): number {
+export function iterLinkCreate(progFd: number, iterInfo: Buffer): number {
   const attr = Buffer.alloc(ATTR_SIZE);
   attr.writeUInt32LE(progFd, 0);
-  attr.writeUInt32LE(attachType, 8);
+  attr.writeUInt32LE(BPF_TRACE_ITER, 8);
   attr.writeBigUInt64LE(BigInt(addressOf(iterInfo)), 16);
   attr.writeUInt32LE(iterInfo.length, 24);
   return bpf("LINK_CREATE", attr);

@@ -210,7 +210,7 @@ function ownerJsonStart(pid: number, comm: string): Uint8Array {
 }
 
 /** A JSON string of `text` in ASCII: beyond U+007E every UTF-16 unit is written \uXXXX (the same string). */
-export function jsonAscii(text: string): string {
+function jsonAscii(text: string): string {
   return JSON.stringify(text).replace(
     /[\u007f-\uffff]/g,
     (ch) => `\\u${ch.charCodeAt(0).toString(16).padStart(4, "0")}`,
