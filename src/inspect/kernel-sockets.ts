@@ -168,7 +168,7 @@ export class KernelSockets {
     try {
       const linkFd = iterLinkCreate(progFd, Buffer.alloc(0));
       fds.push(linkFd);
-      const ownNetns = openSync("/proc/thread-self/ns/net", constants.O_RDONLY); // libuv opens every fd O_CLOEXEC;
+      const ownNetns = openSync("/proc/thread-self/ns/net", constants.O_RDONLY); // libuv opens every fd O_CLOEXEC
       fds.push(ownNetns);
       const [probeFd, probeInode] = hzProbe();
       return new KernelSockets(wanted, progFd, linkFd, ownNetns, probeFd, probeInode);
