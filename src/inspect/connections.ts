@@ -213,21 +213,22 @@ function inspectKernel(
   each: (c: Connection) => void,
   ahead: ReadAhead | undefined,
 ): Found | null {
-  let ks: KernelSockets;
-  try {
-    ks = KernelSockets.open(filter.states);
-  } catch (e) {
-    if (opts.via === "bpf") throw e;
-    return null;
-  }
   // Every iterator is made first and handed to the reader thread, which runs the kernel's half of the walks
-  // while this thread builds the owner map and the connections.
+  // while this thread builds the owner map and the connections. The owners' walk, the longer one in the
+  // kernel, is made first: the reader runs it while this thread loads the TCP iterator.
   const opened: { close(): void }[] = [];
+  let ks: KernelSockets | undefined;
   try {
     const processes = opts.processes ?? true;
     const wantOwners = processes || filter.pids.length > 0 || filter.comms.length > 0;
     const ownerWalk = wantOwners ? TcpOwnerWalk.start(ahead) : null;
     if (ownerWalk) opened.push(ownerWalk);
+    try {
+      ks = KernelSockets.open(filter.states);
+    } catch (e) {
+      if (opts.via === "bpf") throw e;
+      return null;
+    }
     const walks: { walk: TcpWalk; listening: Set<number> }[] = [];
     for (const ns of namespaces) {
       let fd: number | undefined;
@@ -295,7 +296,7 @@ function inspectKernel(
   } finally {
     ahead?.stop(); // first: no fd below may be closed while the reader could still read it
     for (const o of opened) o.close();
-    ks.close();
+    ks?.close();
   }
 }
 
