@@ -14,9 +14,13 @@ export class Out {
   private readonly buf = Buffer.allocUnsafe(1 << 18);
   private used = 0;
 
-  constructor(private readonly fd = 1) {
+  /** `color`: whether to paint, by default only on a terminal (stdout or stderr) without NO_COLOR. */
+  constructor(
+    private readonly fd = 1,
+    color?: boolean,
+  ) {
     const tty = fd === 1 ? process.stdout.isTTY : fd === 2 ? process.stderr.isTTY : false;
-    this.color = tty === true && !process.env.NO_COLOR && process.env.TERM !== "dumb";
+    this.color = color ?? (tty === true && !process.env.NO_COLOR && process.env.TERM !== "dumb");
   }
 
   write(text: string): void {
@@ -55,6 +59,36 @@ export class Out {
     let at = this.used;
     for (let i = 0; i < n; i++) b[at++] = piece[i] as number;
     this.used = at;
+  }
+
+  /** bytes[from, to) of a buffer, without a view of them made. */
+  copy(src: Uint8Array, from: number, to: number): void {
+    const n = to - from;
+    if (this.used + n > this.buf.length) {
+      this.end();
+      if (n > this.buf.length) {
+        writeAll(this.fd, Buffer.from(src.subarray(from, to)));
+        return;
+      }
+    }
+    if (n > 32) this.buf.set(src.subarray(from, to), this.used);
+    else for (let i = 0; i < n; i++) this.buf[this.used + i] = src[from + i] as number;
+    this.used += n;
+  }
+
+  /** n spaces. */
+  spaces(n: number): void {
+    if (n <= 16 && this.used + n <= this.buf.length) {
+      for (let i = 0; i < n; i++) this.buf[this.used++] = 0x20;
+      return;
+    }
+    for (let left = n; left > 0; ) {
+      if (this.used === this.buf.length) this.end();
+      const k = Math.min(left, this.buf.length - this.used);
+      this.buf.fill(0x20, this.used, this.used + k);
+      this.used += k;
+      left -= k;
+    }
   }
 
   /** A number as JSON writes it: an integer's digits straight into the buffer, anything else through String(). */
@@ -140,14 +174,21 @@ function width(s: string): number {
 
 // Joins the cells of a kept row: a NUL, which no cell holds (printable() escapes every control character).
 const SEP = "\0";
+const SPACE = 0x20;
 
 /**
- * The rows of a table, added one by one and written once every width is known: each row is kept as one
- * string, its cells joined, so that a table of 100,000 rows holds 100,000 strings, not 600,000 and their
- * arrays. Columns are separated by two spaces; the last column is not padded.
+ * The rows of a table, added one by one and written once every width is known. Each row is kept as bytes (its
+ * cells UTF-8, joined by NUL) in one growing buffer, with each cell's visible width beside it: at 100,000 rows,
+ * 100,000 kept strings cost more in the young generation's copying than making them, and cutting them into
+ * cells again to pad them cost as much once more. Columns are separated by two spaces; the last column is not
+ * padded, and a line has no trailing spaces.
  */
 export class Table {
-  private readonly rows: string[] = [];
+  private bytes = Buffer.allocUnsafe(1 << 16);
+  private used = 0;
+  private rowEnds = new Uint32Array(256);
+  private cellWidths = new Uint32Array(256);
+  private rows = 0;
   private readonly widths: number[];
   /** A cell's visible width: its length, unless colour escapes may be in it (paint() adds them only then). */
   private readonly width: (s: string) => number;
@@ -161,34 +202,85 @@ export class Table {
   }
 
   get size(): number {
-    return this.rows.length;
+    return this.rows;
   }
 
   add(cells: readonly string[]): void {
-    const w = this.widths;
-    for (let i = 0; i < cells.length; i++) {
-      const n = this.width(cells[i] as string);
-      if (n > (w[i] as number)) w[i] = n;
+    const n = this.header.length;
+    if ((this.rows + 1) * n > this.cellWidths.length) {
+      this.cellWidths = grow(this.cellWidths, (this.rows + 1) * n);
+      this.rowEnds = grow(this.rowEnds, this.rows + 1);
     }
-    this.rows.push(cells.join(SEP));
+    const w = this.widths;
+    const at = this.rows * n;
+    let length = 0;
+    for (let i = 0; i < n; i++) {
+      const cell = (cells[i] ?? "") as string;
+      const v = this.width(cell);
+      this.cellWidths[at + i] = v;
+      if (v > (w[i] as number)) w[i] = v;
+      length += cell.length + 1;
+    }
+    // Worst case 3 bytes per UTF-16 unit.
+    if (this.used + length * 3 > this.bytes.length) {
+      const bigger = Buffer.allocUnsafe(Math.max(this.bytes.length * 2, this.used + length * 3));
+      this.bytes.copy(bigger, 0, 0, this.used);
+      this.bytes = bigger;
+    }
+    this.used += this.bytes.write(n === cells.length ? cells.join(SEP) : cells.slice(0, n).join(SEP), this.used);
+    this.rowEnds[this.rows++] = this.used;
   }
 
   write(out: Out, indent = ""): void {
-    out.write(this.line(this.header.join(SEP), indent));
-    for (const r of this.rows) out.write(this.line(r, indent));
+    let pending = 0;
+    out.write(indent);
+    for (const [i, h] of this.header.entries()) {
+      out.spaces(pending);
+      out.write(h);
+      pending = (this.widths[i] as number) - h.length + 2;
+    }
+    out.bytes(NEWLINE_BYTES);
+    this.writeRows(out, indent);
   }
 
-  private line(row: string, indent: string): string {
-    let s = indent;
+  private writeRows(out: Out, indent: string): void {
+    const n = this.header.length;
+    const b = this.bytes;
+    const lead = indent ? Buffer.from(indent) : null;
     let from = 0;
-    for (let i = 0; ; i++) {
-      const to = row.indexOf(SEP, from);
-      if (to < 0) return `${(s + row.slice(from)).trimEnd()}\n`;
-      const cell = row.slice(from, to);
-      s += cell + " ".repeat((this.widths[i] as number) - this.width(cell) + 2);
-      from = to + 1;
+    for (let r = 0; r < this.rows; r++) {
+      const end = this.rowEnds[r] as number;
+      if (lead) out.bytes(lead);
+      // Padding is written only before a cell that has something to show: no trailing spaces.
+      let pending = 0;
+      let start = from;
+      for (let i = 0; i < n; i++) {
+        // Cells are short: a loop finds the NUL sooner than a call into Buffer.indexOf.
+        let stop = start;
+        if (i === n - 1) stop = end;
+        else while (stop < end && b[stop] !== 0) stop++;
+        let last = stop;
+        if (i === n - 1) while (last > start && b[last - 1] === SPACE) last--;
+        if (last > start) {
+          out.spaces(pending);
+          out.copy(b, start, last);
+          pending = 0;
+        }
+        pending += (this.widths[i] as number) - (this.cellWidths[r * n + i] as number) + 2;
+        start = stop + 1;
+      }
+      out.bytes(NEWLINE_BYTES);
+      from = end;
     }
   }
+}
+
+const NEWLINE_BYTES = Buffer.from("\n");
+
+function grow(a: Uint32Array<ArrayBuffer>, atLeast: number): Uint32Array<ArrayBuffer> {
+  const b = new Uint32Array(Math.max(a.length * 2, atLeast));
+  b.set(a);
+  return b;
 }
 
 /** Render rows under a header (see Table). */

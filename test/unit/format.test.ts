@@ -1,12 +1,31 @@
 import assert from "node:assert/strict";
-import { describe, test } from "node:test";
-import { hostPort, type Out, ownerText, paint, plural, processText, table } from "../../src/ui/format.js";
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, describe, test } from "node:test";
+import { hostPort, Out, ownerText, paint, plural, processText, table } from "../../src/ui/format.js";
 
-/** Something with Out's shape that keeps what is written. */
+const dir = mkdtempSync(join(tmpdir(), "tcpka-format-"));
+after(() => rmSync(dir, { recursive: true, force: true }));
+let files = 0;
+
+/** A real Out (colour or not) writing to a file of its own; text() is what it wrote. */
 function capture(color: boolean): { out: Out; text: () => string } {
-  const chunks: string[] = [];
-  const fake = { color, write: (s: string) => void chunks.push(s) };
-  return { out: fake as unknown as Out, text: () => chunks.join("") };
+  const path = join(dir, `out${files++}`);
+  const fd = openSync(path, "w");
+  const out = new Out(fd, color);
+  let written: string | undefined;
+  return {
+    out,
+    text: () => {
+      if (written === undefined) {
+        out.end();
+        closeSync(fd);
+        written = readFileSync(path, "utf8");
+      }
+      return written;
+    },
+  };
 }
 
 describe("hostPort", () => {
@@ -85,6 +104,12 @@ describe("table", () => {
     // biome-ignore lint/suspicious/noControlCharactersInRegex: removing the colour escapes
     assert.equal(colored.text().replace(/\x1b\[\d+m/g, ""), plain.text());
     assert.notEqual(colored.text(), plain.text());
+  });
+
+  test("cells beyond ASCII are padded by their characters, not their bytes", () => {
+    const { out, text } = capture(false);
+    table(["NAME", "PID"], [["café", "1"], ["x", "22"]], out);
+    assert.equal(text(), "NAME  PID\ncafé  1\nx     22\n");
   });
 
   test("a header alone", () => {
