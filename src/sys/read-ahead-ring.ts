@@ -20,6 +20,10 @@ export const STOPPING = 2;
 export const STOPPED = 3;
 export const MAIN_READING = 4; // the main thread is in a read(2) of its own: the reader waits to start
 
+/** claims[] values */
+export const BY_READER = 1;
+export const BY_MAIN = 2;
+
 /** Per slot in header[]: FULL (0 or 1), JOB (index of its fd), LEN (bytes; 0: the fd's end; < 0: -errno). */
 export const HEADER = 3;
 export const FULL = 0;
@@ -30,6 +34,8 @@ export const LEN = 2;
 export interface Ring {
   control: Int32Array;
   jobs: Int32Array;
+  /** per job: 0 free, READER once the reader has begun it, MAIN once the main thread took it (read-ahead.ts) */
+  claims: Int32Array;
   header: Int32Array;
   data: Uint8Array;
   slots: number;

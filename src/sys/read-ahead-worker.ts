@@ -4,6 +4,8 @@
  */
 import { workerData } from "node:worker_threads";
 import {
+  BY_MAIN,
+  BY_READER,
   FULL,
   HEADER,
   JOB,
@@ -20,7 +22,7 @@ import {
   STOPPED,
 } from "./read-ahead-ring.js";
 
-const { control, jobs, header, data, slots } = workerData as Ring;
+const { control, jobs, claims, header, data, slots } = workerData as Ring;
 
 function reading(): boolean {
   return Atomics.load(control, STATE) === READING;
@@ -39,11 +41,20 @@ function takeOver(): boolean {
 function run(): void {
   if (!takeOver()) return;
   let slot = 0;
+  let begun = -1;
   // The fd the main thread was reading goes on from where its reads left it.
   for (let job = Atomics.load(control, START); reading(); ) {
     if (job >= Atomics.load(control, JOBS)) {
       Atomics.wait(control, JOBS, job, 1000);
       continue;
+    }
+    if (begun !== job) {
+      // One the main thread took for itself (from the end of the queue) is skipped.
+      if (Atomics.compareExchange(claims, job, 0, BY_READER) === BY_MAIN) {
+        job++;
+        continue;
+      }
+      begun = job;
     }
     const h = slot * HEADER;
     if (Atomics.load(header, h + FULL) === 1) {

@@ -19,6 +19,7 @@ import { readFileSync } from "node:fs";
 import { Worker } from "node:worker_threads";
 import { SysError } from "./libc.js";
 import {
+  BY_MAIN,
   FULL,
   HEADER,
   JOB,
@@ -45,6 +46,14 @@ const READ_AHEAD_FROM = 5000;
 
 let spare: ReadAhead | undefined;
 
+interface Stash {
+  parts: Buffer[];
+  at: number;
+  offset: number;
+  /** the read error that ended it, 0 for none */
+  errno: number;
+}
+
 export interface Stream {
   /** Copy the fd's next bytes into `into`: how many; 0 at its end. Throws SysError as read(2) would. */
   read(into: Uint8Array): number;
@@ -60,6 +69,9 @@ export class ReadAhead {
   private offset = 0; // bytes of the current slot already taken
   /** set once the reader is stopped or never started: the rest is read here */
   private alone = false;
+  /** what steal() read, by job */
+  private readonly stolen = new Map<number, Stash>();
+  private takenCount = 0;
 
   private constructor(worker: Worker | undefined, ring: Ring) {
     this.worker = worker;
@@ -102,6 +114,7 @@ export class ReadAhead {
     const ring: Ring = {
       control: new Int32Array(new SharedArrayBuffer(12)),
       jobs: new Int32Array(new SharedArrayBuffer(MAX_JOBS * 4)),
+      claims: new Int32Array(new SharedArrayBuffer(MAX_JOBS * 4)),
       header: new Int32Array(new SharedArrayBuffer(SLOTS * HEADER * 4)),
       data: new Uint8Array(new SharedArrayBuffer(SLOTS * SLOT_BYTES)),
       slots: SLOTS,
@@ -133,6 +146,8 @@ export class ReadAhead {
 
   private read(job: number, fd: number, into: Uint8Array): number {
     if (job !== this.current) throw new Error(`ReadAhead: fd ${fd} read out of turn`);
+    const stolen = this.stolen.get(job);
+    if (stolen) return this.fromStash(stolen, into);
     const { control, header } = this.ring;
     const h = this.slot * HEADER;
     if (!this.alone) {
@@ -150,6 +165,8 @@ export class ReadAhead {
           }
         }
         if (state !== READING) break; // it stopped (or died): the ring holds nothing more
+        // Rather than wait, read a walk from the end of the queue (the reader takes them from the front).
+        if (this.steal()) continue;
         // The reader is reading this slot: wait for it, but not for ever on one that stopped answering.
         if (Atomics.wait(header, h + FULL, 0, STALL_MS) === "timed-out" && Atomics.load(header, h + FULL) === 0)
           throw new Error("the read-ahead thread stopped answering");
@@ -159,6 +176,50 @@ export class ReadAhead {
     // What the reader read is taken first, even once it has stopped; then the fd is read here.
     if (this.ring.slots > 0 && Atomics.load(header, h + FULL) === 1) return this.take(job, into);
     return this.readHere(fd, into);
+  }
+
+  /**
+   * Take the last queued fd that the reader has not begun, if there are others between it and this one, and
+   * read it to its end here: with many namespaces, both cores then run the kernel's walks. false when there is
+   * none to take.
+   */
+  private steal(): boolean {
+    for (let j = this.queued - 1; j >= this.current + 2; j--) {
+      if (this.stolen.has(j)) continue;
+      if (Atomics.compareExchange(this.ring.claims, j, 0, BY_MAIN) !== 0) return false; // the reader is there
+      const fd = this.ring.jobs[j] as number;
+      const stash: Stash = { parts: [], at: 0, offset: 0, errno: 0 };
+      for (;;) {
+        const b = Buffer.allocUnsafe(SLOT_BYTES);
+        const n = readFd(fd, b);
+        if (n < 0) stash.errno = -n;
+        if (n <= 0) break;
+        stash.parts.push(b.subarray(0, n));
+      }
+      this.stolen.set(j, stash);
+      this.takenCount++;
+      return true;
+    }
+    return false;
+  }
+
+  /** Hand out a walk read by steal(); at its end the next stream's turn comes. */
+  private fromStash(stash: Stash, into: Uint8Array): number {
+    const part = stash.parts[stash.at];
+    if (!part) {
+      this.stolen.delete(this.current);
+      this.current++;
+      if (stash.errno) throw new SysError("read", stash.errno);
+      return 0;
+    }
+    const n = Math.min(part.length - stash.offset, into.length);
+    into.set(part.subarray(stash.offset, stash.offset + n));
+    stash.offset += n;
+    if (stash.offset === part.length) {
+      stash.at++;
+      stash.offset = 0;
+    }
+    return n;
   }
 
   private readHere(fd: number, into: Uint8Array): number {
@@ -195,6 +256,11 @@ export class ReadAhead {
     Atomics.store(header, h + FULL, 0);
     Atomics.notify(header, h + FULL);
     this.slot = (this.slot + 1) % this.ring.slots;
+  }
+
+  /** How many queued fds this thread read for itself from the end of the queue (steal(); tests watch it). */
+  taken(): number {
+    return this.takenCount;
   }
 
   /** How many slots the reader has filled that this thread has not taken yet (tests watch it read ahead). */

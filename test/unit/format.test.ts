@@ -108,7 +108,14 @@ describe("table", () => {
 
   test("cells beyond ASCII are padded by their characters, not their bytes", () => {
     const { out, text } = capture(false);
-    table(["NAME", "PID"], [["café", "1"], ["x", "22"]], out);
+    table(
+      ["NAME", "PID"],
+      [
+        ["café", "1"],
+        ["x", "22"],
+      ],
+      out,
+    );
     assert.equal(text(), "NAME  PID\ncafé  1\nx     22\n");
   });
 

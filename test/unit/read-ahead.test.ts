@@ -5,7 +5,8 @@
  * and after stop() the reader reads nothing more.
  */
 import assert from "node:assert/strict";
-import { randomBytes } from "node:crypto";
+import { spawn } from "node:child_process";
+import { createHash, randomBytes } from "node:crypto";
 import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -116,3 +117,54 @@ function position(fd: number): number {
   const text = readFileSync(`/proc/self/fdinfo/${fd}`, "latin1");
   return Number(/^pos:\s+(\d+)/m.exec(text)?.[1]);
 }
+
+test("while the reader is held up, the main thread reads walks from the end of the queue itself", async (t) => {
+  // A child whose stdin is a pipe that this test fills only after a while: its reader blocks in read(2) on
+  // it, and the child's main thread, rather than wait, takes the files queued after it.
+  const { contents } = files(t, [1000, 2000, 3000, 4000, 5000, 6000]);
+  const dir = mkdtempSync(join(tmpdir(), "tcpka-read-ahead-steal-"));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const paths = contents.map((c, i) => {
+    const p = join(dir, `f${i}`);
+    writeFileSync(p, c);
+    return p;
+  });
+  const script = join(dir, "child.mjs");
+  const module = new URL("../../src/sys/read-ahead.js", import.meta.url).href;
+  writeFileSync(
+    script,
+    `import { openSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { ReadAhead } from ${JSON.stringify(module)};
+const paths = JSON.parse(process.argv[2]);
+const ahead = ReadAhead.start();
+const streams = [ahead.queue(openSync(paths[0], "r")), ahead.queue(0), ...paths.slice(1).map((p) => ahead.queue(openSync(p, "r")))];
+// Once the reader has read the first file it is in read(2) on the pipe.
+while (ahead.pending() === 0) await new Promise((r) => setTimeout(r, 5));
+const out = [];
+for (const s of streams) {
+  const h = createHash("sha256");
+  const b = Buffer.alloc(4096);
+  for (let n; (n = s.read(b)) > 0; ) h.update(b.subarray(0, n));
+  out.push(h.digest("hex"));
+}
+ahead.stop();
+console.log(JSON.stringify({ out, taken: ahead.taken() }));
+`,
+  );
+  const child = spawn(process.execPath, [script, JSON.stringify(paths)], { stdio: ["pipe", "pipe", "inherit"] });
+  t.after(() => child.kill());
+  let stdout = "";
+  child.stdout.on("data", (d) => {
+    stdout += d;
+  });
+  await sleep(500);
+  const piped = randomBytes(70_000);
+  child.stdin.end(piped);
+  const code = await new Promise((resolve) => child.on("exit", resolve));
+  assert.equal(code, 0);
+  const r = JSON.parse(stdout) as { out: string[]; taken: number };
+  const hash = (b: Buffer) => createHash("sha256").update(b).digest("hex");
+  assert.deepEqual(r.out, [hash(contents[0] as Buffer), hash(piped), ...contents.slice(1).map(hash)]);
+  assert.ok(r.taken >= 3, `the main thread read ${r.taken} of the files queued after the pipe`);
+});
