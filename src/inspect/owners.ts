@@ -209,10 +209,10 @@ function openIterator(): SocketFdIterator | null {
 export class OwnerTable implements OwnerLookup {
   // the hash: keys[h] is an inode (0: empty; sockfs numbers its inodes from 1, get_next_ino in fs/inode.c),
   // head[h] and tail[h] the first and last owner of that inode
-  private keys = new Uint32Array(1 << 12);
-  private head = new Int32Array(1 << 12);
-  private tail = new Int32Array(1 << 12);
-  private shift = 32 - 12;
+  private keys = new Uint32Array(1 << 14);
+  private head = new Int32Array(1 << 14);
+  private tail = new Int32Array(1 << 14);
+  private shift = 32 - 14;
   private inodes = 0;
   /** inodes that do not fit 32 bits (not sockfs's, which numbers them in an unsigned int): never seen so far */
   private readonly wide = new Map<number, number>();
@@ -284,12 +284,13 @@ export class OwnerTable implements OwnerLookup {
     }
   }
 
+  /** Four times larger: a host's hundred thousand sockets then cost three of these, not six. */
   private rehash(): void {
     const { keys, head, tail } = this;
-    this.keys = new Uint32Array(keys.length * 2);
-    this.head = new Int32Array(keys.length * 2);
-    this.tail = new Int32Array(keys.length * 2);
-    this.shift--;
+    this.keys = new Uint32Array(keys.length * 4);
+    this.head = new Int32Array(keys.length * 4);
+    this.tail = new Int32Array(keys.length * 4);
+    this.shift -= 2;
     for (let h = 0; h < keys.length; h++) {
       const k = keys[h] as number;
       if (k === 0) continue;
