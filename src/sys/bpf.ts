@@ -11,9 +11,10 @@ import {
   BPF_OBJ_NAME_LEN,
   BPF_PROG_TYPE_TRACING,
   BPF_TRACE_ITER,
+  CLONE_NEWNET,
   SYS_bpf,
 } from "../kernel/constants.js";
-import { addressOf, SysError, syscall } from "./libc.js";
+import { addressOf, SysError, setns, syscall } from "./libc.js";
 
 const ATTR_SIZE = 128;
 
@@ -188,6 +189,21 @@ export function iterCreate(linkFd: number): number {
   const attr = Buffer.alloc(ATTR_SIZE);
   attr.writeUInt32LE(linkFd, 0);
   return bpf("ITER_CREATE", attr);
+}
+
+/**
+ * iterCreate, for an iterator that walks the network namespace of whoever creates it (the TCP iterator:
+ * bpf_iter_init_seq_net takes current's): this thread joins the namespace that the nsfs file `netnsFd` names for
+ * the one BPF_ITER_CREATE call and comes back to `ownNetnsFd` at once. The walk itself may be read from anywhere.
+ */
+export function iterCreateIn(linkFd: number, netnsFd: number, ownNetnsFd: number): number {
+  setns(netnsFd, CLONE_NEWNET);
+  try {
+    return iterCreate(linkFd);
+  } finally {
+    // Failing to come back would leave tcpka in a namespace it did not choose: nothing may go on then.
+    setns(ownNetnsFd, CLONE_NEWNET);
+  }
 }
 
 /** Swap the program behind a link in one step: no moment without a program. */
