@@ -298,3 +298,28 @@ test("keepalive off: the options before SO_KEEPALIVE, so no probe goes earlier t
     );
   }
 });
+
+test("a bpf_setsockopt that fails: failed with its errno, nothing after it made, keepalive left off", async (t) => {
+  if (!needs(t, NEEDS)) return;
+  const ns = Netns.create(t);
+  const p = await holder(ns, t, ["plain=1"]);
+  const client = (await sockets(p)).find((s) => s.role === "client") as PySocket;
+  const fd = netnsFd(ns);
+  let out: Map<number, Outcome>;
+  try {
+    // TCP_KEEPCNT 200 is beyond the kernel's 127 (do_tcp_setsockopt: EINVAL); the command line never asks it.
+    out = await applyInKernel(
+      [{ inode: client.inode, netnsFd: fd }],
+      { disable: false, settings: { idle: 7, count: 200 }, mode: "force" },
+      { dryRun: false, perRead: 64 },
+    );
+  } finally {
+    closeSync(fd);
+  }
+  const o = out.get(client.inode);
+  assert.equal(o?.result, "failed");
+  assert.equal(o.error.errnoName, "EINVAL");
+  assert.deepEqual(comparable(o), { result: "failed", changes: ["count 9→200", "keepalive 0→1"] }, "not made");
+  const now = (await sockets(p)).find((s) => s.inode === client.inode) as PySocket;
+  assert.deepEqual(state(now), { ...UNTOUCHED, idle: 7, user_timeout: 0 }, "idle made; SO_KEEPALIVE never set");
+});
