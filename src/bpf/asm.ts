@@ -31,12 +31,14 @@ export const R10: Reg = 10;
 const CLASS = { LD: 0x00, LDX: 0x01, ST: 0x02, STX: 0x03, ALU: 0x04, JMP: 0x05, JMP32: 0x06, ALU64: 0x07 } as const;
 const SIZE = { W: 0x00, H: 0x08, B: 0x10, DW: 0x18 } as const;
 const MODE_MEM = 0x60;
+const LD_IMM64 = CLASS.LD | SIZE.DW; // mode BPF_IMM (0)
 const SRC_K = 0x00;
 const SRC_X = 0x08;
 const ALU_OP = {
   add: 0x00,
   sub: 0x10,
   mul: 0x20,
+  div: 0x30,
   or: 0x40,
   and: 0x50,
   lsh: 0x60,
@@ -61,6 +63,8 @@ export type Size = keyof typeof SIZE;
 
 /** Helper functions by their number in enum bpf_func_id (include/uapi/linux/bpf.h). */
 export const Fn = {
+  mapLookupElem: 1,
+  mapDeleteElem: 3,
   setsockopt: 49,
   jiffies64: 118,
   getsockopt: 57,
@@ -76,6 +80,7 @@ const ALU_TEXT = new Map<number, string>([
   [ALU_OP.add, "+="],
   [ALU_OP.sub, "-="],
   [ALU_OP.mul, "*="],
+  [ALU_OP.div, "/="],
   [ALU_OP.or, "|="],
   [ALU_OP.and, "&="],
   [ALU_OP.lsh, "<<="],
@@ -149,6 +154,10 @@ export class Instruction {
         return `${mem(this.dst)} = r${this.src}`;
       case CLASS.ST:
         return `${mem(this.dst)} = ${this.imm}`;
+      case CLASS.LD:
+        // The verifier's log prints the two slots of a 64-bit load as one line, and the second not at all.
+        if (this.opcode === LD_IMM64) return `r${this.dst} = ${this.src === 1 ? `map[fd:${this.imm}]` : this.imm} ll`;
+        return "(second half of ld_imm64)";
     }
     return `(${this.opcode.toString(16).padStart(2, "0")})`;
   }
@@ -167,6 +176,9 @@ export const Add = alu(CLASS.ALU64, ALU_OP.add);
 export const Sub = alu(CLASS.ALU64, ALU_OP.sub);
 export const And = alu(CLASS.ALU64, ALU_OP.and);
 export const Lsh = alu(CLASS.ALU64, ALU_OP.lsh);
+export const Mul = alu(CLASS.ALU64, ALU_OP.mul);
+/** Unsigned division; by zero gives 0 (the verifier rejects a zero immediate). */
+export const Div = alu(CLASS.ALU64, ALU_OP.div);
 /** 32-bit ALU operations (the upper half of dst is zeroed). */
 export const Add32 = alu(CLASS.ALU, ALU_OP.add);
 export const Sub32 = alu(CLASS.ALU, ALU_OP.sub);
@@ -199,6 +211,9 @@ export const JLE32 = jmp(CLASS.JMP32, JMP_OP.jle);
 /** 64-bit compares. */
 export const JEq = jmp(CLASS.JMP, JMP_OP.jeq);
 export const JNE = jmp(CLASS.JMP, JMP_OP.jne);
+/** Unsigned 64-bit compares. */
+export const JGE = jmp(CLASS.JMP, JMP_OP.jge);
+export const JLE = jmp(CLASS.JMP, JMP_OP.jle);
 
 export function Ja(target: string): Instruction {
   return new Instruction(CLASS.JMP | JMP_OP.ja, 0, 0, 0, 0, target);
@@ -217,6 +232,15 @@ export function StoreMem(dst: Reg, off: number, src: Reg, size: Size): Instructi
 /** *(size *)(dst + off) = imm */
 export function StoreImm(dst: Reg, off: number, imm: number, size: Size): Instruction {
   return new Instruction(CLASS.ST | MODE_MEM | SIZE[size], dst, 0, off, imm | 0);
+}
+
+/**
+ * dst = the map that `mapFd` names: BPF_LD | BPF_IMM | BPF_DW with src BPF_PSEUDO_MAP_FD (1), which the verifier
+ * turns into the map's address (resolve_pseudo_ldimm64). Two instruction slots: the second holds the upper half
+ * of the immediate (zero) and counts for jumps as the kernel counts it.
+ */
+export function LoadMapFd(dst: Reg, mapFd: number): [Instruction, Instruction] {
+  return [new Instruction(LD_IMM64, dst, 1, 0, mapFd), new Instruction(0, 0, 0, 0, 0)];
 }
 
 export function Call(fn: number): Instruction {

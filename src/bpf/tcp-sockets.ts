@@ -31,6 +31,7 @@
  */
 
 import { TCP_STATES } from "../kernel/states.js";
+import type { BtfFacts } from "../sys/btf.js";
 import {
   Add,
   And32,
@@ -55,6 +56,7 @@ import {
   R8,
   R9,
   R10,
+  type Reg,
   Return,
   Rsh32,
   StoreImm,
@@ -62,7 +64,7 @@ import {
   Sub,
   Sub32,
 } from "./asm.js";
-import { type EndpointOffsets, emitAddresses } from "./endpoints.js";
+import { type EndpointOffsets, emitAddresses, endpointOffsets } from "./endpoints.js";
 
 /**
  * Offsets, in bytes, from the running kernel's BTF; `tcp` ones from the start of struct tcp_sock. The endpoint
@@ -123,6 +125,86 @@ const ICSK_TIME_PROBE0 = 3;
 const ICSK_TIME_REO_TIMEOUT = 6;
 const ICSK_TIME_LOSS_PROBE = 5;
 
+/** The offsets the program needs, from the running kernel's BTF (`btf` answers from its cache where it can). */
+export function tcpSocketOffsets(btf: BtfFacts): TcpSocketOffsets {
+  const sock = (m: string) => btf.memberOffset("tcp_sock", `inet_conn.icsk_inet.sk.${m}`);
+  const icsk = (m: string) => btf.memberOffset("tcp_sock", `inet_conn.${m}`);
+  // sk_flags moved into sock_common (skc_flags) in Linux 6.10; before, it is struct sock's own.
+  const flags = btf.offsetOf("sock", "sk_flags") ?? btf.memberOffset("sock", "__sk_common.skc_flags");
+  return {
+    metaSeq: btf.memberOffset("bpf_iter_meta", "seq"),
+    ...endpointOffsets(btf),
+    skcNet: btf.memberOffset("sock_common", "skc_net"),
+    netInum: btf.memberOffset("net", "ns.inum"),
+    netKeepaliveTime: btf.memberOffset("net", "ipv4.sysctl_tcp_keepalive_time"),
+    netKeepaliveIntvl: btf.memberOffset("net", "ipv4.sysctl_tcp_keepalive_intvl"),
+    netKeepaliveProbes: btf.memberOffset("net", "ipv4.sysctl_tcp_keepalive_probes"),
+    tcpFlags: sock("__sk_common") + flags,
+    keepOpenBit: btf.enumValue("sock_flags", "SOCK_KEEPOPEN"),
+    tcpKeepaliveTime: btf.memberOffset("tcp_sock", "keepalive_time"),
+    tcpKeepaliveIntvl: btf.memberOffset("tcp_sock", "keepalive_intvl"),
+    tcpKeepaliveProbes: btf.memberOffset("tcp_sock", "keepalive_probes"),
+    tcpUserTimeout: icsk("icsk_user_timeout"),
+    tcpPending: icsk("icsk_pending"),
+    tcpRetransmits: icsk("icsk_retransmits"),
+    tcpProbesOut: icsk("icsk_probes_out"),
+    // Linux 6.15 dropped icsk_timeout for the retransmit timer's own expiry (tcp_timeout_expires()).
+    tcpTimeout: btf.offsetOf("tcp_sock", "inet_conn.icsk_timeout") ?? icsk("icsk_retransmit_timer.expires"),
+    tcpSkTimerPprev: sock("sk_timer.entry.pprev"),
+    tcpSkTimerExpires: sock("sk_timer.expires"),
+    tcpSocket: sock("sk_socket"),
+    // CONFIG_SOCK_CGROUP_DATA: without it a socket names no cgroup.
+    tcpCgroup: btf.offsetOf("tcp_sock", "inet_conn.icsk_inet.sk.sk_cgrp_data.cgroup"),
+    tcpAckBacklog: sock("sk_ack_backlog"),
+    tcpMaxAckBacklog: sock("sk_max_ack_backlog"),
+    tcpRcvNxt: btf.memberOffset("tcp_sock", "rcv_nxt"),
+    tcpCopiedSeq: btf.memberOffset("tcp_sock", "copied_seq"),
+    tcpWriteSeq: btf.memberOffset("tcp_sock", "write_seq"),
+    tcpSndUna: btf.memberOffset("tcp_sock", "snd_una"),
+    socketFile: btf.memberOffset("socket", "file"),
+    fileInode: btf.memberOffset("file", "f_inode"),
+    inodeIno: btf.memberOffset("inode", "i_ino"),
+    cgroupKn: btf.memberOffset("cgroup", "kn"),
+    kernfsId: btf.memberOffset("kernfs_node", "id"),
+    twExpires: btf.memberOffset("tcp_timewait_sock", "tw_sk.tw_timer.expires"),
+    twSubstate: btf.memberOffset("tcp_timewait_sock", "tw_sk.tw_substate"),
+    reqExpires: btf.memberOffset("tcp_request_sock", "req.req.rsk_timer.expires"),
+    reqRetrans: btf.memberOffset("tcp_request_sock", "req.req.num_retrans"),
+  };
+}
+
+/** `dst` = 1 when the full socket in `tcp` has SO_KEEPALIVE on (SOCK_KEEPOPEN, from the byte of sk_flags that holds it). */
+export function keepOpen(o: Pick<TcpSocketOffsets, "tcpFlags" | "keepOpenBit">, dst: Reg, tcp: Reg): Instruction[] {
+  return [
+    LoadMem(dst, tcp, o.tcpFlags + (o.keepOpenBit >> 3), "B"),
+    Rsh32.Imm(dst, o.keepOpenBit & 7),
+    And32.Imm(dst, 1),
+  ];
+}
+
+/**
+ * The inode of the full socket in `tcp` (sk_socket->file->f_inode->i_ino, the number /proc/PID/fd shows as
+ * socket:[N]) to the stack at r10 + `slot` (u64); to `none` when no file holds the socket. Uses r2 and r3.
+ */
+export function emitInode(
+  b: ProgramBuilder,
+  o: Pick<TcpSocketOffsets, "tcpSocket" | "socketFile" | "fileInode" | "inodeIno">,
+  tcp: Reg,
+  slot: number,
+  none: string,
+): void {
+  b.emit(
+    LoadMem(R2, tcp, o.tcpSocket, "DW"),
+    JEq.Imm(R2, 0, none),
+    LoadMem(R2, R2, o.socketFile, "DW"),
+    JEq.Imm(R2, 0, none),
+    LoadMem(R2, R2, o.fileInode, "DW"),
+    JEq.Imm(R2, 0, none),
+    LoadMem(R3, R2, o.inodeIno, "DW"),
+    StoreMem(R10, slot, R3, "DW"),
+  );
+}
+
 /** `states`: a mask of 1 << TCP state; the program writes only those sockets. */
 export function tcpSocketsProgram(o: TcpSocketOffsets, states: number): Instruction[] {
   const b = new ProgramBuilder();
@@ -170,10 +252,8 @@ export function tcpSocketsProgram(o: TcpSocketOffsets, states: number): Instruct
     Call(Fn.skcToTcpSock),
     JEq.Imm(R0, 0, "write"),
     Mov.Reg(R9, R0),
-    // flags: a full socket, and SO_KEEPALIVE from the byte of sk_flags that holds SOCK_KEEPOPEN
-    LoadMem(R2, R9, o.tcpFlags + (o.keepOpenBit >> 3), "B"),
-    Rsh32.Imm(R2, o.keepOpenBit & 7),
-    And32.Imm(R2, 1),
+    // flags: a full socket, and SO_KEEPALIVE
+    ...keepOpen(o, R2, R9),
     Add.Reg(R2, R2),
     Add.Imm(R2, 1),
     StoreMem(R10, REC + 5, R2, "B"),
@@ -196,16 +276,8 @@ export function tcpSocketsProgram(o: TcpSocketOffsets, states: number): Instruct
       StoreMem(R10, REC + 80, R3, "DW"),
     );
   }
-  b.label("inode").emit(
-    LoadMem(R2, R9, o.tcpSocket, "DW"),
-    JEq.Imm(R2, 0, "queues"),
-    LoadMem(R2, R2, o.socketFile, "DW"),
-    JEq.Imm(R2, 0, "queues"),
-    LoadMem(R2, R2, o.fileInode, "DW"),
-    JEq.Imm(R2, 0, "queues"),
-    LoadMem(R3, R2, o.inodeIno, "DW"),
-    StoreMem(R10, REC + 16, R3, "DW"),
-  );
+  b.label("inode");
+  emitInode(b, o, R9, REC + 16, "queues");
   // Queues as tcp_diag_get_info reports them.
   b.label("queues").emit(
     LoadMem(R2, R10, REC + 2, "B"),

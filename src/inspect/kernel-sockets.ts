@@ -20,12 +20,10 @@ import { closeSync, constants, openSync } from "node:fs";
 import { release } from "node:os";
 import { ipv4, ipv6 } from "../addresses.js";
 import { assemble, Listing } from "../bpf/asm.js";
-import { endpointOffsets } from "../bpf/endpoints.js";
-import { TCP_RECORD_SIZE, tcpSocketsProgram } from "../bpf/tcp-sockets.js";
+import { TCP_RECORD_SIZE, tcpSocketOffsets, tcpSocketsProgram } from "../bpf/tcp-sockets.js";
 import {
   AF_INET,
   AF_INET6,
-  CLONE_NEWNET,
   IP_FREEBIND,
   SOCK_CLOEXEC,
   SOCK_STREAM,
@@ -36,9 +34,9 @@ import {
 } from "../kernel/constants.js";
 import { STATE_NAMES, TCP_STATES } from "../kernel/states.js";
 import { type EffectiveKeepAlive, SharedSettings } from "../settings.js";
-import { bpfCapable, iterCreate, iterLinkCreate, iterProgLoad } from "../sys/bpf.js";
+import { bpfCapable, iterCreate, iterCreateIn, iterLinkCreate, iterProgLoad } from "../sys/bpf.js";
 import { CachedBtf } from "../sys/btf.js";
-import { bindLoopback4, close, listen, setns, setsockoptInt, socket, sockfsInode } from "../sys/libc.js";
+import { bindLoopback4, close, listen, setsockoptInt, socket, sockfsInode } from "../sys/libc.js";
 import { directStream, type ReadAhead, type Stream } from "../sys/read-ahead.js";
 import type { TcpSocket, TimerName } from "./sockets.js";
 
@@ -101,53 +99,7 @@ export class KernelSockets {
     const walked =
       wanted | (1 << TCP_STATES.LISTEN) | (wanted & (1 << TCP_STATES.FIN_WAIT2) ? 1 << TCP_STATES.TIME_WAIT : 0);
     const btf = CachedBtf.open();
-    const sock = (m: string) => btf.memberOffset("tcp_sock", `inet_conn.icsk_inet.sk.${m}`);
-    const icsk = (m: string) => btf.memberOffset("tcp_sock", `inet_conn.${m}`);
-    // sk_flags moved into sock_common (skc_flags) in Linux 6.10; before, it is struct sock's own.
-    const flags = btf.offsetOf("sock", "sk_flags") ?? btf.memberOffset("sock", "__sk_common.skc_flags");
-    const program = tcpSocketsProgram(
-      {
-        metaSeq: btf.memberOffset("bpf_iter_meta", "seq"),
-        ...endpointOffsets(btf),
-        skcNet: btf.memberOffset("sock_common", "skc_net"),
-        netInum: btf.memberOffset("net", "ns.inum"),
-        netKeepaliveTime: btf.memberOffset("net", "ipv4.sysctl_tcp_keepalive_time"),
-        netKeepaliveIntvl: btf.memberOffset("net", "ipv4.sysctl_tcp_keepalive_intvl"),
-        netKeepaliveProbes: btf.memberOffset("net", "ipv4.sysctl_tcp_keepalive_probes"),
-        tcpFlags: sock("__sk_common") + flags,
-        keepOpenBit: btf.enumValue("sock_flags", "SOCK_KEEPOPEN"),
-        tcpKeepaliveTime: btf.memberOffset("tcp_sock", "keepalive_time"),
-        tcpKeepaliveIntvl: btf.memberOffset("tcp_sock", "keepalive_intvl"),
-        tcpKeepaliveProbes: btf.memberOffset("tcp_sock", "keepalive_probes"),
-        tcpUserTimeout: icsk("icsk_user_timeout"),
-        tcpPending: icsk("icsk_pending"),
-        tcpRetransmits: icsk("icsk_retransmits"),
-        tcpProbesOut: icsk("icsk_probes_out"),
-        // Linux 6.15 dropped icsk_timeout for the retransmit timer's own expiry (tcp_timeout_expires()).
-        tcpTimeout: btf.offsetOf("tcp_sock", "inet_conn.icsk_timeout") ?? icsk("icsk_retransmit_timer.expires"),
-        tcpSkTimerPprev: sock("sk_timer.entry.pprev"),
-        tcpSkTimerExpires: sock("sk_timer.expires"),
-        tcpSocket: sock("sk_socket"),
-        // CONFIG_SOCK_CGROUP_DATA: without it a socket names no cgroup.
-        tcpCgroup: btf.offsetOf("tcp_sock", "inet_conn.icsk_inet.sk.sk_cgrp_data.cgroup"),
-        tcpAckBacklog: sock("sk_ack_backlog"),
-        tcpMaxAckBacklog: sock("sk_max_ack_backlog"),
-        tcpRcvNxt: btf.memberOffset("tcp_sock", "rcv_nxt"),
-        tcpCopiedSeq: btf.memberOffset("tcp_sock", "copied_seq"),
-        tcpWriteSeq: btf.memberOffset("tcp_sock", "write_seq"),
-        tcpSndUna: btf.memberOffset("tcp_sock", "snd_una"),
-        socketFile: btf.memberOffset("socket", "file"),
-        fileInode: btf.memberOffset("file", "f_inode"),
-        inodeIno: btf.memberOffset("inode", "i_ino"),
-        cgroupKn: btf.memberOffset("cgroup", "kn"),
-        kernfsId: btf.memberOffset("kernfs_node", "id"),
-        twExpires: btf.memberOffset("tcp_timewait_sock", "tw_sk.tw_timer.expires"),
-        twSubstate: btf.memberOffset("tcp_timewait_sock", "tw_sk.tw_substate"),
-        reqExpires: btf.memberOffset("tcp_request_sock", "req.req.rsk_timer.expires"),
-        reqRetrans: btf.memberOffset("tcp_request_sock", "req.req.num_retrans"),
-      },
-      walked,
-    );
+    const program = tcpSocketsProgram(tcpSocketOffsets(btf), walked);
     const attachBtfId = btf.typeId("FUNC", "bpf_iter_tcp");
     btf.save(); // every question asked: the next run reads no BTF
     const progFd = iterProgLoad({
@@ -197,7 +149,7 @@ export class KernelSockets {
     const hzFirst = this.hz === 0 && netnsFd !== undefined && !this.hzWalkMade ? this.prepare(undefined, ahead) : null;
     let iter: number;
     try {
-      iter = netnsFd === undefined ? iterCreate(this.linkFd) : this.createIn(netnsFd);
+      iter = netnsFd === undefined ? iterCreate(this.linkFd) : iterCreateIn(this.linkFd, netnsFd, this.ownNetns);
     } catch (e) {
       hzFirst?.close();
       throw e;
@@ -211,16 +163,6 @@ export class KernelSockets {
         close(iter);
       },
     };
-  }
-
-  private createIn(netnsFd: number): number {
-    setns(netnsFd, CLONE_NEWNET);
-    try {
-      return iterCreate(this.linkFd);
-    } finally {
-      // Failing to come back would leave tcpka in a namespace it did not choose: nothing may go on then.
-      setns(this.ownNetns, CLONE_NEWNET);
-    }
   }
 
   /** Read a walk to its end, decoding each record; records before HZ is known wait in `early`. */

@@ -23,6 +23,7 @@ export const IP_FREEBIND = 15;
 export const CLONE_NEWNET = 0x40000000;
 export const SO_TYPE = 3;
 export const SO_KEEPALIVE = 9;
+export const SO_RCVTIMEO = 20; // SO_RCVTIMEO_OLD: struct timeval of two longs on 64-bit
 export const SO_DOMAIN = 39;
 export const SO_PROTOCOL = 38;
 
@@ -97,6 +98,7 @@ export const BPF_CMD = {
   OBJ_PIN: 6,
   OBJ_GET: 7,
   OBJ_GET_INFO_BY_FD: 15,
+  MAP_UPDATE_BATCH: 26,
   LINK_CREATE: 28,
   LINK_UPDATE: 29,
   ITER_CREATE: 33,
@@ -106,6 +108,7 @@ export const BPF_PROG_TYPE_SOCK_OPS = 13;
 export const BPF_PROG_TYPE_TRACING = 26;
 export const BPF_TRACE_ITER = 28;
 export const BPF_CGROUP_SOCK_OPS = 3;
+export const BPF_MAP_TYPE_HASH = 1;
 export const BPF_MAP_TYPE_ARRAY = 2;
 export const BPF_OBJ_NAME_LEN = 16;
 

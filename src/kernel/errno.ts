@@ -36,6 +36,8 @@ export const ERRNO_NAMES: Readonly<Record<number, string>> = {
   114: "EALREADY",
   115: "EINPROGRESS",
   116: "ESTALE",
+  // include/linux/errno.h: kernel-internal, yet bpf(2) returns it (a map without batch operations, bpf_map_do_batch)
+  524: "ENOTSUPP",
 };
 
 // include/uapi/asm-generic/errno.h: EWOULDBLOCK is EAGAIN
@@ -48,3 +50,6 @@ export const ESTALE_REUSED = 116;
 export function errnoName(errno: number): string {
   return ERRNO_NAMES[errno] ?? `errno ${errno}`;
 }
+
+// A target socket that no walk of the kernel met (closed, or in another namespace): "no such file or directory".
+export const ENOENT = 2;

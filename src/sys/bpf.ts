@@ -1,6 +1,7 @@
 /**
  * The bpf(2) system call for the few commands tcpka needs: load a program, attach it to a cgroup with a link,
- * replace a link's program, detach, pin and get objects, and a one-entry array map for metadata. Each command's
+ * replace a link's program, detach, pin and get objects, a one-entry array map for metadata, and a hash map of
+ * keys that a program looks up (the sockets a bulk change targets). Each command's
  * attribute block is laid out as in union bpf_attr (include/uapi/linux/bpf.h).
  */
 import { readFileSync } from "node:fs";
@@ -8,12 +9,14 @@ import { TcpkaError } from "../errors.js";
 import {
   BPF_CMD,
   BPF_MAP_TYPE_ARRAY,
+  BPF_MAP_TYPE_HASH,
   BPF_OBJ_NAME_LEN,
   BPF_PROG_TYPE_TRACING,
   BPF_TRACE_ITER,
+  CLONE_NEWNET,
   SYS_bpf,
 } from "../kernel/constants.js";
-import { addressOf, SysError, syscall } from "./libc.js";
+import { addressOf, SysError, setns, syscall } from "./libc.js";
 
 const ATTR_SIZE = 128;
 
@@ -190,6 +193,21 @@ export function iterCreate(linkFd: number): number {
   return bpf("ITER_CREATE", attr);
 }
 
+/**
+ * iterCreate, for an iterator that walks the network namespace of whoever creates it (the TCP iterator:
+ * bpf_iter_init_seq_net takes current's): this thread joins the namespace that the nsfs file `netnsFd` names for
+ * the one BPF_ITER_CREATE call and comes back to `ownNetnsFd` at once. The walk itself may be read from anywhere.
+ */
+export function iterCreateIn(linkFd: number, netnsFd: number, ownNetnsFd: number): number {
+  setns(netnsFd, CLONE_NEWNET);
+  try {
+    return iterCreate(linkFd);
+  } finally {
+    // Failing to come back would leave tcpka in a namespace it did not choose: nothing may go on then.
+    setns(ownNetnsFd, CLONE_NEWNET);
+  }
+}
+
 /** Swap the program behind a link in one step: no moment without a program. */
 export function linkUpdate(linkFd: number, newProgFd: number): void {
   const attr = Buffer.alloc(ATTR_SIZE);
@@ -270,6 +288,59 @@ export function blobMapCreate(name: string, size: number): number {
   attr.writeUInt32LE(1, 12); // max_entries
   attr.write(name.slice(0, BPF_OBJ_NAME_LEN - 1), 28, "latin1");
   return bpf("MAP_CREATE", attr);
+}
+
+/**
+ * A hash map (preallocated: the kernel's default, which every program type may use, also before the
+ * bpf_mem_alloc of Linux 6.1) of up to `maxEntries` keys of `keySize` bytes with values of `valueSize` bytes.
+ */
+export function hashMapCreate(name: string, keySize: number, valueSize: number, maxEntries: number): number {
+  const attr = Buffer.alloc(ATTR_SIZE);
+  attr.writeUInt32LE(BPF_MAP_TYPE_HASH, 0);
+  attr.writeUInt32LE(keySize, 4);
+  attr.writeUInt32LE(valueSize, 8);
+  attr.writeUInt32LE(maxEntries, 12);
+  attr.write(name.slice(0, BPF_OBJ_NAME_LEN - 1), 28, "latin1");
+  return bpf("MAP_CREATE", attr);
+}
+
+/**
+ * Put `count` entries into a map: `keys` and `values` hold them one after the other. One BPF_MAP_UPDATE_BATCH
+ * (Linux 5.6; attr.batch: keys @16, values @24, count @32, map_fd @36) where the kernel has it; else, or when the
+ * map type does not batch, one BPF_MAP_UPDATE_ELEM per entry from the first that the batch did not put in (the
+ * kernel writes back in count how many it did).
+ */
+export function mapUpdateAll(mapFd: number, keys: Buffer, values: Buffer, count: number): void {
+  if (count === 0) return;
+  const attr = Buffer.alloc(ATTR_SIZE);
+  attr.writeBigUInt64LE(BigInt(addressOf(keys)), 16);
+  attr.writeBigUInt64LE(BigInt(addressOf(values)), 24);
+  attr.writeUInt32LE(count, 32);
+  attr.writeUInt32LE(mapFd, 36);
+  let done = 0;
+  try {
+    bpf("MAP_UPDATE_BATCH", attr);
+    return;
+  } catch (e) {
+    // EINVAL: no such command (before 5.6); ENOTSUPP (524)/EOPNOTSUPP: this map type has no batch operations.
+    if (!(e instanceof SysError) || !["EINVAL", "ENOTSUPP", "EOPNOTSUPP"].includes(e.errnoName)) throw e;
+    done = attr.readUInt32LE(32);
+    if (done > count) done = 0;
+  }
+  const k = keys.length / count;
+  const v = values.length / count;
+  for (let i = done; i < count; i++) {
+    mapUpdate(mapFd, keys.subarray(i * k, (i + 1) * k), values.subarray(i * v, (i + 1) * v));
+  }
+}
+
+/** One BPF_MAP_UPDATE_ELEM (flags BPF_ANY: add or replace). */
+export function mapUpdate(mapFd: number, key: Buffer, value: Buffer): void {
+  const attr = Buffer.alloc(ATTR_SIZE);
+  attr.writeUInt32LE(mapFd, 0);
+  attr.writeBigUInt64LE(BigInt(addressOf(key)), 8);
+  attr.writeBigUInt64LE(BigInt(addressOf(value)), 16);
+  bpf("MAP_UPDATE_ELEM", attr);
 }
 
 function mapElem(cmd: "MAP_LOOKUP_ELEM" | "MAP_UPDATE_ELEM", mapFd: number, value: Buffer): void {

@@ -11,8 +11,10 @@ import {
   LOCK_NB,
   S_IFMT,
   S_IFSOCK,
+  SO_RCVTIMEO,
   SOCK_CLOEXEC,
   SOCK_DGRAM,
+  SOL_SOCKET,
 } from "../kernel/constants.js";
 import { EWOULDBLOCK, errnoName } from "../kernel/errno.js";
 
@@ -93,6 +95,7 @@ const u32 = new Uint32Array(bytes.buffer);
 const SCRATCH = Number(koffi.address(bytes));
 const INT = 0; // an option value
 const LEN = 8; // its length
+const TIMEVAL = 16; // struct timeval (two longs)
 const LINK = 64; // a link's text: a socket's is at most "socket:[18446744073709551615]"
 const LINK_SIZE = 64;
 const NAME = 128; // an fd number as text, NUL-terminated
@@ -109,6 +112,30 @@ export function getsockoptInt(fd: number, level: number, name: number): number {
 export function setsockoptInt(fd: number, level: number, name: number, value: number): void {
   i32[INT / 4] = value;
   check("setsockopt", c.setsockopt(fd, level, name, SCRATCH + INT, 4) as number);
+}
+
+/**
+ * The kernel's HZ (jiffies per second, a build option: 100, 250, 300, 1000), which no interface states, read from
+ * one socket option: SO_RCVTIMEO of 1 µs is stored as one jiffy (sock_set_timeout rounds up: tv_sec * HZ +
+ * DIV_ROUND_UP(tv_usec, USEC_PER_SEC / HZ)) and read back as that jiffy in µs (sock_get_timeout:
+ * (timeo % HZ) * USEC_PER_SEC / HZ, truncated), so HZ = ⌊10⁶ / µs⌋, exact for every HZ up to 1,000 at least.
+ * Two calls on a Unix datagram socket of tcpka's own: no BPF, no walk.
+ */
+export function kernelHz(): number {
+  const fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  try {
+    bytes.fill(0, TIMEVAL, TIMEVAL + 16);
+    i32[(TIMEVAL + 8) / 4] = 1; // tv_usec (little-endian long)
+    check("setsockopt", c.setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, SCRATCH + TIMEVAL, 16) as number);
+    bytes.fill(0, TIMEVAL, TIMEVAL + 16);
+    i32[LEN / 4] = 16;
+    check("getsockopt", c.getsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, SCRATCH + TIMEVAL, SCRATCH + LEN) as number);
+    const usec = i32[(TIMEVAL + 8) / 4] as number;
+    if (i32[TIMEVAL / 4] !== 0 || usec <= 0) throw new Error(`SO_RCVTIMEO of 1 µs read back as ${usec} µs`);
+    return Math.floor(1_000_000 / usec);
+  } finally {
+    close(fd);
+  }
 }
 
 // struct stat as glibc's fstat fills it: st_dev (8 bytes) at 0 and st_ino (8 bytes) at 8 on every 64-bit

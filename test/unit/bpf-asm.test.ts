@@ -5,19 +5,25 @@ import {
   Add32,
   assemble,
   Call,
+  Div,
   Fn,
   type Instruction,
   Ja,
   JEq32,
+  JGE,
   JGE32,
+  JLE,
+  LoadMapFd,
   LoadMem,
   Mov,
   Mov32,
+  Mul,
   Mul32,
   ProgramBuilder,
   R0,
   R1,
   R2,
+  R3,
   R4,
   R6,
   R7,
@@ -46,8 +52,23 @@ describe("instruction encoding (opcode, dst|src<<4, s16 offset, s32 immediate)",
     ["r4 += -8", Add.Imm(R4, -8), "07040000f8ffffff"],
     ["w7 >>= 16", Rsh32.Imm(R7, 16), "7407000010000000"],
     ["r7 = be16 r7", ToBE(R7, 16), "dc07000010000000"],
+    ["r3 *= r4", Mul.Reg(R3, R4), "2f43000000000000"],
+    ["r2 /= 250", Div.Imm(R2, 250), "37020000fa000000"],
   ];
   for (const [name, insn, bytes] of cases) test(name, () => assert.equal(hex([insn]), bytes));
+
+  test("64-bit unsigned compares", () => {
+    assert.equal(hex([JGE.Reg(R4, R3, "x"), Return().withSymbol("x")]).slice(0, 16), "3d34000000000000");
+    assert.equal(hex([JLE.Imm(R2, 7, "x"), Return().withSymbol("x")]).slice(0, 16), "b502000007000000");
+  });
+
+  test("a map's fd is a 64-bit load in two slots, the second counted by jumps", () => {
+    assert.equal(hex(LoadMapFd(R1, 5)), "18110000050000000000000000000000");
+    const bytes = assemble([JEq32.Imm(R2, 0, "out"), ...LoadMapFd(R1, 5), Return().withSymbol("out")]);
+    assert.equal(bytes.readInt16LE(2), 2);
+    assert.equal(String(LoadMapFd(R1, 5)[0]), "r1 = map[fd:5] ll");
+    assert.equal(String(Div.Imm(R2, 250)), "r2 /= 250");
+  });
 
   test("an immediate above 2^31 is stored as its 32-bit pattern", () => {
     assert.equal(hex([JEq32.Imm(R2, 0xffff0000, "x").withSymbol("x")]), "1602ffff0000ffff");
