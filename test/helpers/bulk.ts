@@ -24,13 +24,18 @@ export function netdevMaxBacklog(): number {
   return Number(readFileSync("/proc/sys/net/core/netdev_max_backlog", "utf8").trim());
 }
 
+/** The share of netdev_max_backlog that the probes of one timer tick may take (the lead sets the final value). */
+export const PROBES_PER_TICK_SHARE = 1 / 2;
+
 /**
  * The most keepalive probes that a bulk change may make the kernel send in one timer tick (4 ms at HZ=250) in the
- * namespace: half a CPU's backlog, since every probe on loopback brings its ACK into the same backlog within the
- * same softirq run, so a tick's probes cost two backlog slots each.
+ * namespace. One tick's probes all wait in one CPU's input_pkt_queue (the TIMER softirq runs before NET_RX), and
+ * the lab saw drops from about netdev_max_backlog probes per tick on one CPU; the share leaves room for the host's
+ * own traffic, for the ACKs of a tick whose NET_RX was deferred to ksoftirqd, and for skb_flow_limit, which drops
+ * from half the backlog on CPUs that have flow limits on.
  */
 export function probesPerTickBound(): number {
-  return Math.floor(netdevMaxBacklog() / 2);
+  return Math.floor(netdevMaxBacklog() * PROBES_PER_TICK_SHARE);
 }
 
 /** How an end's keepalive is reported by its holder: SO_KEEPALIVE, TCP_KEEPIDLE/INTVL/CNT, TCP_USER_TIMEOUT (ms). */
