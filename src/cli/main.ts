@@ -59,6 +59,15 @@ export async function main(argv: readonly string[]): Promise<number> {
   const out = new Out(1);
   try {
     let [first, ...rest] = argv;
+    // The inspecting commands: a reader thread for the kernel's walks starts while their code loads.
+    const inspects = first === undefined || first === "ls" || (first === "--all-netns" && rest.length === 0);
+    const syscallsOnly = argv.some(
+      (a, i) => /^--via=(netlink|proc)$/.test(a) || (a === "--via" && argv[i + 1] !== "bpf"),
+    );
+    if (inspects && !syscallsOnly && !argv.some((a) => a === "-h" || a === "--help")) {
+      const everywhere = argv.some((a) => /^--(all-netns|container|pod|unit)(=|$)/.test(a));
+      (await import("../sys/read-ahead.js")).ReadAhead.warm(everywhere ? "all" : "one");
+    }
     if (first === undefined) return (await import("./summary.js")).runSummary(out);
     if (first === "--all-netns" && rest.length === 0)
       return (await import("./summary.js")).runSummary(out, { allNetns: true });

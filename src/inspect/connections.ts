@@ -7,10 +7,11 @@ import { DEFAULT_FILTER, type SocketFilter, socketMatcher } from "../filter.js";
 import { deadPeerAfter, type EffectiveKeepAlive, SharedSettings, type SystemDefaults } from "../settings.js";
 import { SysError } from "../sys/libc.js";
 import { SocketBorrower } from "../sys/pidfd.js";
+import { ReadAhead } from "../sys/read-ahead.js";
 import { readKeepAliveInto } from "./exact.js";
-import { type KernelSocket, KernelSockets } from "./kernel-sockets.js";
+import { type KernelSocket, KernelSockets, type TcpWalk } from "./kernel-sockets.js";
 import { type NetNamespace, networkNamespaces } from "./namespaces.js";
-import { allTcpOwners, findOwners, type OwnerScan, type SocketOwner } from "./owners.js";
+import { findOwners, type OwnerLookup, type OwnerScan, type SocketOwner, TcpOwnerWalk } from "./owners.js";
 import { listPids } from "./processes.js";
 import { listeningPorts, type ReadOptions, readSockets, type TcpSocket } from "./sockets.js";
 import { readSystemDefaults } from "./sysctl.js";
@@ -136,19 +137,26 @@ export function inspect(filter: SocketFilter = DEFAULT_FILTER, opts: InspectOpti
 export function inspectEach(filter: SocketFilter, opts: InspectOptions, each: (c: Connection) => void): InspectionInfo {
   const defaults = readSystemDefaults();
   const namespaces = new Map(namespacesFor(filter, opts).map((ns) => [ns.inum, ns]));
-  const who = new WorkloadLookup(Workloads.load());
-  const wanted = workloadMatcher(opts);
-  const found = (c: Connection): void => {
-    c.workload = who.of(c);
-    if (!wanted || wanted(c.workload)) each(c);
-  };
   const list = [...namespaces.values()];
-  if (opts.via === "bpf" || (opts.via === undefined && KernelSockets.possible())) {
-    const info = inspectKernel(filter, opts, list, found);
-    if (info) return { defaults, namespaces, via: "bpf", ...info };
+  const kernel = opts.via === "bpf" || (opts.via === undefined && KernelSockets.possible());
+  // Started before anything else, so that it is up when the first walk is read (read-ahead.ts).
+  const ahead = kernel && ReadAhead.worthIt(list.length) ? ReadAhead.start() : undefined;
+  try {
+    const who = new WorkloadLookup(Workloads.load());
+    const wanted = workloadMatcher(opts);
+    const found = (c: Connection): void => {
+      c.workload = who.of(c);
+      if (!wanted || wanted(c.workload)) each(c);
+    };
+    if (kernel) {
+      const info = inspectKernel(filter, opts, list, found, ahead);
+      if (info) return { defaults, namespaces, via: "bpf", ...info };
+    }
+    const via = opts.via === "proc" ? "proc" : "netlink";
+    return { defaults, namespaces, via, ...inspectSyscalls(filter, opts, list, found) };
+  } finally {
+    ahead?.stop();
   }
-  const via = opts.via === "proc" ? "proc" : "netlink";
-  return { defaults, namespaces, via, ...inspectSyscalls(filter, opts, list, found) };
 }
 
 type Found = Omit<InspectionInfo, "defaults" | "namespaces" | "via">;
@@ -203,18 +211,43 @@ function inspectKernel(
   opts: InspectOptions,
   namespaces: readonly NetNamespace[],
   each: (c: Connection) => void,
+  ahead: ReadAhead | undefined,
 ): Found | null {
-  let ks: KernelSockets;
-  try {
-    ks = KernelSockets.open(filter.states);
-  } catch (e) {
-    if (opts.via === "bpf") throw e;
-    return null;
-  }
+  // Every iterator is made first and handed to the reader thread, which runs the kernel's half of the walks
+  // while this thread builds the owner map and the connections. The owners' walk, the longer one in the
+  // kernel, is made first: the reader runs it while this thread loads the TCP iterator.
+  const opened: { close(): void }[] = [];
+  let ks: KernelSockets | undefined;
   try {
     const processes = opts.processes ?? true;
     const wantOwners = processes || filter.pids.length > 0 || filter.comms.length > 0;
-    let scan: OwnerScan | null = wantOwners ? allTcpOwners() : { owners: new Map(), unreadable: [] };
+    const ownerWalk = wantOwners ? TcpOwnerWalk.start(ahead) : null;
+    if (ownerWalk) opened.push(ownerWalk);
+    try {
+      ks = KernelSockets.open(filter.states);
+    } catch (e) {
+      if (opts.via === "bpf") throw e;
+      return null;
+    }
+    const walks: { walk: TcpWalk; listening: Set<number> }[] = [];
+    for (const ns of namespaces) {
+      let fd: number | undefined;
+      if (!ns.own) {
+        try {
+          fd = openSync(ns.path, constants.O_RDONLY);
+        } catch {
+          continue; // its last process exited since: nothing of it to list
+        }
+      }
+      try {
+        const walk = ks.prepare(fd, ahead);
+        opened.push(walk);
+        walks.push({ walk, listening: new Set() });
+      } finally {
+        if (fd !== undefined) closeSync(fd);
+      }
+    }
+    let scan: OwnerScan | null = !wantOwners ? { owners: new Map(), unreadable: [] } : (ownerWalk?.finish() ?? null);
     // Without the task_file iterator (before Linux 5.11) the owners come from /proc, once the inodes are known.
     const later: KernelSocket[] | null = scan ? null : [];
     const matches = socketMatcher(filter);
@@ -241,29 +274,17 @@ function inspectKernel(
       });
     };
     const families = new Set(filter.families);
-    const walk = (s: KernelSocket, ports: () => ReadonlySet<number>) => {
-      if (!families.has(s.family) || (matches && !matches(s, ports))) return;
-      if (later) later.push(s);
-      else emit(s, scan?.owners.get(s.inode) ?? none);
-    };
-    for (const ns of namespaces) {
-      const listening = new Set<number>();
+    for (const { walk, listening } of walks) {
       const ports = () => listening;
-      if (ns.own) {
-        ks.walk((s) => walk(s, ports), { listening });
-        continue;
-      }
-      let fd: number;
-      try {
-        fd = openSync(ns.path, constants.O_RDONLY);
-      } catch {
-        continue; // its last process exited since: nothing of it to list
-      }
-      try {
-        ks.walk((s) => walk(s, ports), { netnsFd: fd, listening });
-      } finally {
-        closeSync(fd);
-      }
+      ks.walk(
+        (s) => {
+          if (!families.has(s.family) || (matches && !matches(s, ports))) return;
+          if (later) later.push(s);
+          else emit(s, scan?.owners.get(s.inode) ?? none);
+        },
+        { listening },
+        walk,
+      );
     }
     if (later) {
       const inodes = new Set<number>();
@@ -273,7 +294,9 @@ function inspectKernel(
     }
     return { unreadablePids: scan?.unreadable ?? [], processes, exactDenied: 0 };
   } finally {
-    ks.close();
+    ahead?.stop(); // first: no fd below may be closed while the reader could still read it
+    for (const o of opened) o.close();
+    ks?.close();
   }
 }
 
@@ -303,7 +326,7 @@ function inspectSyscalls(
   const processes = opts.processes ?? true;
   const wantOwners = processes || filter.pids.length > 0 || filter.comms.length > 0;
 
-  let owners = new Map<number, SocketOwner[]>();
+  let owners: OwnerLookup = new Map<number, SocketOwner[]>();
   let unreadablePids: number[] = [];
   if (wantOwners) {
     const inodes = new Set<number>();

@@ -38,17 +38,8 @@ import { STATE_NAMES, TCP_STATES } from "../kernel/states.js";
 import { type EffectiveKeepAlive, SharedSettings } from "../settings.js";
 import { bpfCapable, iterCreate, iterLinkCreate, iterProgLoad } from "../sys/bpf.js";
 import { CachedBtf } from "../sys/btf.js";
-import {
-  addressOf,
-  bindLoopback4,
-  close,
-  listen,
-  readInto,
-  setns,
-  setsockoptInt,
-  socket,
-  sockfsInode,
-} from "../sys/libc.js";
+import { bindLoopback4, close, listen, setns, setsockoptInt, socket, sockfsInode } from "../sys/libc.js";
+import { directStream, type ReadAhead, type Stream } from "../sys/read-ahead.js";
 import type { TcpSocket, TimerName } from "./sockets.js";
 
 /** A socket as the kernel pass sees it: what sock_diag says, and what getsockopt would. */
@@ -70,11 +61,12 @@ const SINCE: readonly [number, number] = [5, 9];
 
 export class KernelSockets {
   private readonly buf = Buffer.from(new ArrayBuffer(READ_SIZE + 2 * TCP_RECORD_SIZE));
-  private readonly address = addressOf(this.buf);
   private readonly u32 = new Uint32Array(this.buf.buffer);
   private readonly i32 = new Int32Array(this.buf.buffer);
   /** Jiffies per second; 0 until the probe listener has been read. */
   private hz = 0;
+  /** whether a walk of tcpka's own namespace (which holds the HZ probe) was made: one is enough */
+  private hzWalkMade = false;
   /** The settings objects that sockets share (settingsOf). */
   private readonly shared = new SharedSettings();
 
@@ -180,19 +172,45 @@ export class KernelSockets {
 
   /**
    * Hand every socket of a network namespace to `each`: tcpka's own, or the one that the nsfs file `netnsFd`
-   * names (/proc/PID/ns/net, /run/netns/NAME). The walk of another namespace is made from inside it: a TCP
-   * iterator walks the namespace of whoever creates it (bpf_iter_init_seq_net takes current's), so this
-   * thread joins it for the one call to BPF_ITER_CREATE and comes back at once. The local port of every
-   * listener, wanted or not, is added to `listening`: they come before any other socket.
+   * names (/proc/PID/ns/net, /run/netns/NAME). The local port of every listener, wanted or not, is added to
+   * `listening`: they come before any other socket. `walk` is one that prepare() made; the caller closes it.
    */
-  walk(each: (s: KernelSocket) => void, to: { netnsFd?: number; listening?: Set<number> } = {}): void {
-    if (this.progFd < 0) throw new Error("KernelSockets used after close()");
-    if (this.hz === 0 && to.netnsFd !== undefined) this.read(this.create(), () => {});
-    this.read(to.netnsFd === undefined ? this.create() : this.createIn(to.netnsFd), each, to.listening);
+  walk(each: (s: KernelSocket) => void, to: { netnsFd?: number; listening?: Set<number> } = {}, walk?: TcpWalk): void {
+    const w = walk ?? this.prepare(to.netnsFd);
+    try {
+      if (w.hzFirst) this.read(w.hzFirst.stream, () => {});
+      this.read(w.stream, each, to.listening);
+    } finally {
+      if (!walk) w.close();
+    }
   }
 
-  private create(): number {
-    return iterCreate(this.linkFd);
+  /**
+   * The iterator of a walk of tcpka's namespace or of `netnsFd`'s, to be read by walk(); `ahead` reads it from
+   * now on. A TCP iterator walks the namespace of whoever creates it (bpf_iter_init_seq_net takes current's), so
+   * for another namespace this thread joins it for the one call to BPF_ITER_CREATE and comes back at once.
+   * While HZ is not known, a walk of another namespace is preceded by one of tcpka's own, which holds the
+   * probe listener.
+   */
+  prepare(netnsFd?: number, ahead?: ReadAhead): TcpWalk {
+    if (this.progFd < 0) throw new Error("KernelSockets used after close()");
+    const hzFirst = this.hz === 0 && netnsFd !== undefined && !this.hzWalkMade ? this.prepare(undefined, ahead) : null;
+    let iter: number;
+    try {
+      iter = netnsFd === undefined ? iterCreate(this.linkFd) : this.createIn(netnsFd);
+    } catch (e) {
+      hzFirst?.close();
+      throw e;
+    }
+    if (netnsFd === undefined) this.hzWalkMade = true;
+    return {
+      stream: ahead ? ahead.queue(iter) : directStream(iter),
+      hzFirst,
+      close: () => {
+        hzFirst?.close();
+        close(iter);
+      },
+    };
   }
 
   private createIn(netnsFd: number): number {
@@ -205,42 +223,38 @@ export class KernelSockets {
     }
   }
 
-  /** Read an iterator to its end, decoding each record; records before HZ is known wait in `early`. */
-  private read(iter: number, each: (s: KernelSocket) => void, listening?: Set<number>): void {
+  /** Read a walk to its end, decoding each record; records before HZ is known wait in `early`. */
+  private read(stream: Stream, each: (s: KernelSocket) => void, listening?: Set<number>): void {
     const early: Buffer[] = [];
-    try {
-      const b = this.buf;
-      let have = 0; // bytes in buf; a partial record at the end is carried to the next read
-      for (;;) {
-        const n = readInto(iter, b.subarray(have, have + READ_SIZE), this.address + have);
-        if (n === 0) break;
-        have += n;
-        const whole = have - (have % TCP_RECORD_SIZE);
-        for (let at = 0; at < whole; at += TCP_RECORD_SIZE) {
-          if (this.inode(at) === this.probeInode) {
-            this.learnHz(at);
-            for (const r of early) {
-              b.set(r, SPARE);
-              const s = this.record(SPARE);
-              if (s) each(s);
-            }
-            early.length = 0;
-            continue;
-          }
-          const state = b[at + 2] as number;
-          if (state === TCP_STATES.LISTEN) listening?.add((this.u32[(at + 8) >> 2] as number) & 0xffff);
-          if (!(this.wanted & (1 << state))) continue;
-          if (this.hz === 0) early.push(Buffer.from(b.subarray(at, at + TCP_RECORD_SIZE)));
-          else {
-            const s = this.record(at);
+    const b = this.buf;
+    let have = 0; // bytes in buf; a partial record at the end is carried to the next read
+    for (;;) {
+      const n = stream.read(b.subarray(have, have + READ_SIZE));
+      if (n === 0) break;
+      have += n;
+      const whole = have - (have % TCP_RECORD_SIZE);
+      for (let at = 0; at < whole; at += TCP_RECORD_SIZE) {
+        if (this.inode(at) === this.probeInode) {
+          this.learnHz(at);
+          for (const r of early) {
+            b.set(r, SPARE);
+            const s = this.record(SPARE);
             if (s) each(s);
           }
+          early.length = 0;
+          continue;
         }
-        b.copyWithin(0, whole, have);
-        have -= whole;
+        const state = b[at + 2] as number;
+        if (state === TCP_STATES.LISTEN) listening?.add((this.u32[(at + 8) >> 2] as number) & 0xffff);
+        if (!(this.wanted & (1 << state))) continue;
+        if (this.hz === 0) early.push(Buffer.from(b.subarray(at, at + TCP_RECORD_SIZE)));
+        else {
+          const s = this.record(at);
+          if (s) each(s);
+        }
       }
-    } finally {
-      close(iter);
+      b.copyWithin(0, whole, have);
+      have -= whole;
     }
     if (this.hz === 0) throw new Error("the kernel pass did not see tcpka's own listener, so HZ is unknown");
   }
@@ -333,4 +347,12 @@ function hzProbe(): [number, number] {
     close(fd);
     throw e;
   }
+}
+
+/** A walk whose iterator exists (the kernel has not run it yet): its bytes, and close() once they are read. */
+export interface TcpWalk {
+  stream: Stream;
+  /** the walk of tcpka's own namespace that must come first to learn HZ */
+  hzFirst: TcpWalk | null;
+  close(): void;
 }

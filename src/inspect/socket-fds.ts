@@ -20,13 +20,13 @@ import { AF_INET, AF_INET6 } from "../kernel/constants.js";
 import { STATE_NAMES } from "../kernel/states.js";
 import { bpfCapable, iterCreate, iterLinkCreate, iterProgLoad } from "../sys/bpf.js";
 import { CachedBtf } from "../sys/btf.js";
-import { addressOf, close, readInto } from "../sys/libc.js";
+import { close } from "../sys/libc.js";
+import { directStream, type ReadAhead, type Stream } from "../sys/read-ahead.js";
 
 const READ_SIZE = 64 * 1024; // bpf_seq_read hands out at most 8 pages per read
 
 export class SocketFdIterator {
   private readonly buf = Buffer.from(new ArrayBuffer(READ_SIZE + RECORD_SIZE));
-  private readonly address = addressOf(this.buf);
   // little-endian words of the records, which start at multiples of 8
   private readonly u32 = new Uint32Array(this.buf.buffer);
   private readonly info = Buffer.alloc(16); // union bpf_iter_link_info
@@ -90,48 +90,83 @@ export class SocketFdIterator {
   /**
    * Every process's TCP sockets in one walk (the task iterator without a filter walks every task of tcpka's
    * pid namespace): `each(pid, fd, inode)`. The pid is task->tgid, the number in the initial pid namespace.
+   * `walk` is one that prepareAll() made (so that a ReadAhead reads it early); the caller closes it.
    */
-  listAll(each: (pid: number, fd: number, inode: number) => void): void {
-    this.walk(0, (at) => each(this.u32[(at >> 2) + 5] as number, this.u32[at >> 2] as number, this.inode(at)));
+  listAll(each: (pid: number, fd: number, inode: number) => void, walk?: FileWalk): void {
+    const w = walk ?? this.prepareAll();
+    try {
+      this.read(w.stream, 0, (at) =>
+        each(this.u32[(at >> 2) + 5] as number, this.u32[at >> 2] as number, this.inode(at)),
+      );
+    } finally {
+      if (!walk) w.close();
+    }
+  }
+
+  /** The iterator of a walk of every process, to be read by listAll(); `ahead` reads it from now on. */
+  prepareAll(ahead?: ReadAhead): FileWalk {
+    return this.prepare(0, ahead);
+  }
+
+  private prepare(pid: number, ahead?: ReadAhead): FileWalk {
+    if (this.progFd < 0) throw new Error("SocketFdIterator used after close()");
+    this.info.fill(0);
+    this.info.writeUInt32LE(pid, 4); // task.pid: this process and its threads (BPF_TASK_ITER_TGID); 0: all
+    const link = iterLinkCreate(this.progFd, this.info);
+    let iter: number;
+    try {
+      iter = iterCreate(link);
+    } catch (e) {
+      close(link);
+      throw e;
+    }
+    return {
+      stream: ahead ? ahead.queue(iter) : directStream(iter),
+      close: () => {
+        close(iter);
+        close(link);
+      },
+    };
   }
 
   /** Run the iterator over process `pid` (0: every process), handing each record's offset in buf to `each`. */
   private walk(pid: number, each: (at: number) => void): boolean {
-    if (this.progFd < 0) throw new Error("SocketFdIterator used after close()");
-    let found = false;
-    this.info.fill(0);
-    this.info.writeUInt32LE(pid, 4); // task.pid: this process and its threads (BPF_TASK_ITER_TGID); 0: all
-    const link = iterLinkCreate(this.progFd, this.info);
-    let iter = -1;
+    const w = this.prepare(pid);
+    let found: boolean;
     try {
-      iter = iterCreate(link);
-      const b = this.buf;
-      let have = 0; // bytes in buf; a partial record at the end is carried to the next read
-      let owner = -1;
-      for (;;) {
-        const n = readInto(iter, b.subarray(have, have + READ_SIZE), this.address + have);
-        if (n === 0) break;
-        have += n;
-        const whole = have - (have % RECORD_SIZE);
-        for (let at = 0; at < whole; at += RECORD_SIZE) {
-          // Every record of one walk comes from one process: a kernel that ignored the filter walked them all.
-          const tgid = this.u32[(at >> 2) + 5] as number;
-          if (pid === 0) {
-            // every process
-          } else if (owner < 0) owner = tgid;
-          else if (tgid !== owner) throw new Error("the kernel ignored the task iterator's process filter");
-          found = true;
-          each(at);
-        }
-        b.copyWithin(0, whole, have);
-        have -= whole;
-      }
+      found = this.read(w.stream, pid, each);
     } finally {
-      if (iter >= 0) close(iter);
-      close(link);
+      w.close();
     }
     // Nothing at all: the process may be gone, which /proc tells apart.
     return found || existsSync(`/proc/${pid}`);
+  }
+
+  /** Read a walk to its end; whether it had any record. */
+  private read(stream: Stream, pid: number, each: (at: number) => void): boolean {
+    let found = false;
+    const b = this.buf;
+    let have = 0; // bytes in buf; a partial record at the end is carried to the next read
+    let owner = -1;
+    for (;;) {
+      const n = stream.read(b.subarray(have, have + READ_SIZE));
+      if (n === 0) break;
+      have += n;
+      const whole = have - (have % RECORD_SIZE);
+      for (let at = 0; at < whole; at += RECORD_SIZE) {
+        // Every record of one walk comes from one process: a kernel that ignored the filter walked them all.
+        const tgid = this.u32[(at >> 2) + 5] as number;
+        if (pid === 0) {
+          // every process
+        } else if (owner < 0) owner = tgid;
+        else if (tgid !== owner) throw new Error("the kernel ignored the task iterator's process filter");
+        found = true;
+        each(at);
+      }
+      b.copyWithin(0, whole, have);
+      have -= whole;
+    }
+    return found;
   }
 
   /** The inode number of the record at buf[at]: a small integer where it fits, which sets and maps hash faster. */
@@ -165,4 +200,10 @@ export class SocketFdIterator {
     if (this.progFd >= 0) close(this.progFd);
     this.progFd = -1;
   }
+}
+
+/** A walk whose iterator exists (the kernel has not run it yet): its bytes, and close() once they are read. */
+export interface FileWalk {
+  stream: Stream;
+  close(): void;
 }
