@@ -28,6 +28,9 @@ export const SO_PROTOCOL = 38;
 
 // include/uapi/linux/in.h
 export const IPPROTO_TCP = 6;
+
+// include/uapi/linux/time.h: the clock whose resolution is one tick (posix_get_coarse_res)
+export const CLOCK_MONOTONIC_COARSE = 6;
 export const SOL_TCP = IPPROTO_TCP;
 
 // include/uapi/linux/tcp.h

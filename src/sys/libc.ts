@@ -44,6 +44,7 @@ const c = {
   // syscall(2) is variadic, but glibc implements it in assembly that reads all six argument registers, so a
   // fixed-arity prototype is safe and spares koffi's slower variadic path.
   syscall: lib.func("long syscall(long nr, long a, long b, long c)"),
+  clock_getres: lib.func("int clock_getres(int clock, intptr_t res)"),
 };
 
 /** A failed system call: errno, its symbolic name and the call that failed. */
@@ -99,6 +100,7 @@ const NAME = 128; // an fd number as text, NUL-terminated
 const STAT = 256; // struct stat (144 bytes on x86_64, 128 on arm64)
 const SOCKADDR = 448; // struct sockaddr_in (16 bytes)
 const HANDLE = 400; // struct file_handle with an 8-byte f_handle
+const TIMESPEC = 480; // struct timespec: tv_sec, tv_nsec (8 bytes each)
 
 export function getsockoptInt(fd: number, level: number, name: number): number {
   i32[LEN / 4] = 4;
@@ -179,6 +181,12 @@ export function openKernfsNode(mountFd: number, id: number, flags: number): numb
   u32[HANDLE / 4 + 2] = id % 0x1_0000_0000; // little-endian u64
   u32[HANDLE / 4 + 3] = Math.floor(id / 0x1_0000_0000);
   return check("open_by_handle_at", c.open_by_handle_at(mountFd, SCRATCH + HANDLE, flags) as number);
+}
+
+/** clock_getres(2): the resolution of `clock` in nanoseconds. */
+export function clockResolutionNs(clock: number): number {
+  check("clock_getres", c.clock_getres(clock, SCRATCH + TIMESPEC) as number);
+  return (u32[TIMESPEC / 4] as number) * 1e9 + (u32[TIMESPEC / 4 + 2] as number);
 }
 
 /** A raw system call with up to three integer arguments; returns the result or throws SysError named `name`. */
