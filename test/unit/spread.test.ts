@@ -51,7 +51,7 @@ describe("the window", () => {
   test("B = half the backlog; up to B changes go at once", () => {
     assert.equal(probeBound(hz250), 500);
     assert.equal(probeBound({ hz: 250, backlog: 1001 }), 500);
-    assert.deepEqual(spreadOf(500, 2, 2, hz250), {
+    assert.deepEqual(spreadOf(500, 2, 2, false, hz250), {
       changes: 500,
       windowMs: 0,
       stepMs: 0,
@@ -68,7 +68,7 @@ describe("the window", () => {
   });
 
   test("16,000 changes, idle 2 s, HZ 250: B per 40 ms slot, W = 1,280 ms", () => {
-    assert.deepEqual(spreadOf(16_000, 2, 2, hz250), {
+    assert.deepEqual(spreadOf(16_000, 2, 2, false, hz250), {
       changes: 16_000,
       windowMs: 1280,
       stepMs: 40 / 500,
@@ -79,7 +79,7 @@ describe("the window", () => {
   });
 
   test("40,000 changes, idle 2 s: the floor; W = idle, N × G / idle = 640 probes share a tick", () => {
-    assert.deepEqual(spreadOf(40_000, 2, 2, hz250), {
+    assert.deepEqual(spreadOf(40_000, 2, 2, false, hz250), {
       changes: 40_000,
       windowMs: 2000,
       stepMs: 2000 / 40_000,
@@ -89,17 +89,23 @@ describe("the window", () => {
     });
   });
 
+  test("timers re-armed at once (keepalive on already, a new idle): the floor is a tick more", () => {
+    const s = spreadOf(40_000, 2, 2, true, hz250);
+    assert.deepEqual([s.windowMs, s.perTick, s.floor], [2000, 720, true], "40,000 × (32 + 4) / 2,000");
+    assert.equal(spreadOf(16_000, 2, 2, true, hz250).windowMs, 1280, "below the floor: the same spread");
+  });
+
   test("the granule comes from the longest timer, the fold-back from the shortest idle", () => {
-    const s = spreadOf(5000, 60, 60, hz250);
+    const s = spreadOf(5000, 60, 60, false, hz250);
     assert.equal(s.windowMs, (5000 * 2056) / 500, "60 s timers: 2,048 ms granules");
     assert.equal(s.floor, false);
-    const mixed = spreadOf(5000, 2, 60, hz250);
+    const mixed = spreadOf(5000, 2, 60, false, hz250);
     assert.deepEqual([mixed.windowMs, mixed.perTick, mixed.floor], [2000, Math.ceil((5000 * 2048) / 2000), true]);
   });
 
   test("clamped to idle but under the bound: no floor", () => {
     // 28,000 × 32 / 2,000 = 448 ≤ 500 < 28,000 × 40 / 2,000
-    assert.deepEqual(spreadOf(28_000, 2, 2, hz250), {
+    assert.deepEqual(spreadOf(28_000, 2, 2, false, hz250), {
       changes: 28_000,
       windowMs: 2000,
       stepMs: 2000 / 28_000,
@@ -110,9 +116,9 @@ describe("the window", () => {
   });
 
   test("HZ unknown: the longer window", () => {
-    const s = spreadOf(16_000, 60, 60, { hz: undefined, backlog: 1000 });
+    const s = spreadOf(16_000, 60, 60, false, { hz: undefined, backlog: 1000 });
     assert.deepEqual([s.windowMs, s.floor], [60_000, true]);
-    assert.equal(spreadOf(2000, 60, 60, { hz: undefined, backlog: 1000 }).windowMs, (2000 * 5140) / 500);
+    assert.equal(spreadOf(2000, 60, 60, false, { hz: undefined, backlog: 1000 }).windowMs, (2000 * 5140) / 500);
   });
 
   test("only SO_KEEPALIVE on and TCP_KEEPIDLE arm a timer", () => {

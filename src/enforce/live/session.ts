@@ -270,6 +270,7 @@ export class LiveSession {
     let arming = 0;
     let idle = Number.POSITIVE_INFINITY;
     let timer = 0;
+    let atOnce = false;
     let last: readonly Change[] | undefined; // sockets read alike share their list of changes (OutcomeReader)
     for (const [i, o] of outcomes.entries()) {
       if (o.result !== "would change") continue;
@@ -281,9 +282,10 @@ export class LiveSession {
       const after = afterChanges(o.before, o.changes);
       idle = Math.min(idle, after.idle);
       timer = Math.max(timer, after.idle, after.interval);
+      atOnce ||= o.before.keepalive && after.idle !== o.before.idle;
     }
     if (todo.length === 0) return;
-    const spread = spreadOf(arming, idle, timer);
+    const spread = spreadOf(arming, idle, timer, atOnce);
     if (spread.stepMs > 0) onSpread?.(spread);
     const job = (i: number) => jobs[i] as LiveSocket;
     const p = applyPhase(
