@@ -24,18 +24,16 @@ export function netdevMaxBacklog(): number {
   return Number(readFileSync("/proc/sys/net/core/netdev_max_backlog", "utf8").trim());
 }
 
-/** The share of netdev_max_backlog that the probes of one timer tick may take (the lead sets the final value). */
-export const PROBES_PER_TICK_SHARE = 1 / 2;
-
 /**
  * The most keepalive probes that a bulk change may make the kernel send in one timer tick (4 ms at HZ=250) in the
- * namespace. One tick's probes all wait in one CPU's input_pkt_queue (the TIMER softirq runs before NET_RX), and
- * the lab saw drops from about netdev_max_backlog probes per tick on one CPU; the share leaves room for the host's
- * own traffic, for the ACKs of a tick whose NET_RX was deferred to ksoftirqd, and for skb_flow_limit, which drops
- * from half the backlog on CPUs that have flow limits on.
+ * namespace: half of netdev_max_backlog, as tcpka's pace allows (src/enforce/live/spread.ts), or, when that cannot
+ * be met, 10 % above the floor that no spread can beat, `floor` = N × G / idle (an answered socket probes every
+ * idle seconds, so N sockets fill idle / G buckets of the timer wheel at best). One tick's probes all wait in one
+ * CPU's input_pkt_queue (the TIMER softirq runs before NET_RX), and the lab saw drops from about
+ * netdev_max_backlog probes per tick on one CPU.
  */
-export function probesPerTickBound(): number {
-  return Math.floor(netdevMaxBacklog() * PROBES_PER_TICK_SHARE);
+export function probesPerTickBound(floor: number): number {
+  return Math.max(Math.floor(netdevMaxBacklog() / 2), Math.ceil(1.1 * floor));
 }
 
 /** How an end's keepalive is reported by its holder: SO_KEEPALIVE, TCP_KEEPIDLE/INTVL/CNT, TCP_USER_TIMEOUT (ms). */
