@@ -3,7 +3,8 @@
  */
 /**
  * Keepalive on (or off) for the live TCP sockets of running processes, through pidfd_getfd, as tcpka enable
- * does: `LiveSession.matching(filter, plan).watch(targets, { every, signal, onRound })` gives a LiveSummary.
+ * does: `LiveSession.matching(filter, plan).watch(targets, { every, signal, onRound, onSpread })` gives a
+ * LiveSummary; onSpread hears when a round's many changes are paced (a Spread: how many, over how long).
  */
 
 /** The BPF program of tcpka enforce, generated from settings and rules (for a library that loads it itself). */
@@ -31,6 +32,7 @@ export {
   type LiveSummary,
   type Outcome,
   type PlanSpec,
+  type Spread,
   type WatchOptions,
 } from "./enforce/live/session.js";
 /**

@@ -4,7 +4,7 @@
  */
 import { invalid } from "./errors.js";
 import { MAX_TCP_KEEPCNT, MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL, MAX_TCP_USER_TIMEOUT_MS } from "./kernel/constants.js";
-import { OPTION_ORDER, type OptionName } from "./kernel/sockopts.js";
+import type { OptionName } from "./kernel/sockopts.js";
 
 /** Requested keepalive settings. An absent field means "leave it to the system default". */
 export interface KeepAliveSettings {
@@ -224,10 +224,22 @@ export function strengthen(have: EffectiveKeepAlive, want: KeepAliveSettings): E
 }
 
 /**
+ * The order in which the changes are made (OPTION_ORDER in kernel/sockopts.ts is the order they are read in), so
+ * that no probe comes earlier than the new settings ask:
+ * - SO_KEEPALIVE last. On a socket without keepalive, tcp_set_keepalive (net/ipv4/tcp_timer.c) arms the timer a
+ *   full keepalive_time_when() from now, with the idle time already set. Set first, it would arm the old idle,
+ *   which the TCP_KEEPIDLE after it re-arms (tcp_sock_set_keepidle_locked, net/ipv4/tcp.c) to the new idle minus
+ *   the time the socket has been idle: at once, on a socket idle for longer than the new idle.
+ * - TCP_KEEPIDLE after the interval and count. Where keepalive is already on, that re-arm cannot be avoided (it
+ *   probes at once a socket idle for longer than the new idle; a paced bulk change spreads those probes, see
+ *   enforce/live/spread.ts), and tcp_keepalive_timer then re-arms with keepalive_intvl_when(): the new interval
+ *   must be in place by then. TCP_KEEPINTVL, TCP_KEEPCNT and TCP_USER_TIMEOUT only store their value.
+ */
+const APPLY_ORDER: readonly OptionName[] = ["interval", "count", "userTimeout", "idle", "keepalive"];
+
+/**
  * The setsockopt calls that bring a socket from `current` to the request, in the order they must be made
- * (SO_KEEPALIVE first: setting TCP_KEEPIDLE afterwards re-arms the timer with the new idle time, see
- * tcp_sock_set_keepidle_locked in net/ipv4/tcp.c): `force` sets every requested value, `strengthen` what the
- * rule above gives.
+ * (APPLY_ORDER): `force` sets every requested value, `strengthen` what the rule above gives.
  */
 export function planChanges(current: EffectiveKeepAlive, want: KeepAliveSettings, mode: ApplyMode): Change[] {
   const target =
@@ -241,7 +253,7 @@ export function planChanges(current: EffectiveKeepAlive, want: KeepAliveSettings
         }
       : strengthen(current, want);
   const changes: Change[] = [];
-  for (const option of OPTION_ORDER) {
+  for (const option of APPLY_ORDER) {
     const from = Number(current[option]);
     const to = Number(target[option]);
     if (from !== to) changes.push({ option, from, to });

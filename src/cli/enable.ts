@@ -158,7 +158,12 @@ async function runTargets(argv: readonly string[], out: Out, disable: boolean): 
   const session = LiveSession.matching(filter, plan, dryRun);
   const stop = watch ? stopOnSignals() : undefined;
   try {
-    const rounds = { every: watch ? everyMs : undefined, signal: stop?.signal, onRound: report.round };
+    const rounds = {
+      every: watch ? everyMs : undefined,
+      signal: stop?.signal,
+      onRound: report.round,
+      onSpread: report.spread,
+    };
     return report.end(await session.watch(targets, rounds));
   } finally {
     stop?.dispose();

@@ -207,7 +207,7 @@ export async function runEnforce(argv: readonly string[], out: Out): Promise<num
   const report = new LiveReport(out, { settings, quiet: true });
   const summary = await LiveSession.matching({ only, except }, { disable: false, settings, mode }).watch(
     chooseProcesses({ cgroups: [dir] }),
-    { onRound: report.round },
+    { onRound: report.round, onSpread: report.spread },
   );
   return report.end(summary);
 }

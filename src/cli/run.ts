@@ -109,7 +109,7 @@ async function runWatched(plan: PreloadPlan, why: Blocker, force: boolean): Prom
       { disable: false, settings, mode: force ? "force" : "strengthen" },
     );
     const report = new LiveReport(err, { settings, quiet: true });
-    const rounds = { every: WATCH_EVERY_MS, signal: exited.signal, onRound: report.round };
+    const rounds = { every: WATCH_EVERY_MS, signal: exited.signal, onRound: report.round, onSpread: report.spread };
     return report.end(await session.watch(processTree(pid), rounds));
   })();
   const result = await child;

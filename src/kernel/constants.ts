@@ -23,12 +23,14 @@ export const IP_FREEBIND = 15;
 export const CLONE_NEWNET = 0x40000000;
 export const SO_TYPE = 3;
 export const SO_KEEPALIVE = 9;
-export const SO_RCVTIMEO = 20; // SO_RCVTIMEO_OLD: struct timeval of two longs on 64-bit
 export const SO_DOMAIN = 39;
 export const SO_PROTOCOL = 38;
 
 // include/uapi/linux/in.h
 export const IPPROTO_TCP = 6;
+
+// include/uapi/linux/time.h: the clock whose resolution is one tick (posix_get_coarse_res)
+export const CLOCK_MONOTONIC_COARSE = 6;
 export const SOL_TCP = IPPROTO_TCP;
 
 // include/uapi/linux/tcp.h

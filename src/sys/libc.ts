@@ -7,14 +7,13 @@ import { TcpkaError } from "../errors.js";
 import {
   AF_INET,
   AF_UNIX,
+  CLOCK_MONOTONIC_COARSE,
   FILEID_KERNFS,
   LOCK_NB,
   S_IFMT,
   S_IFSOCK,
-  SO_RCVTIMEO,
   SOCK_CLOEXEC,
   SOCK_DGRAM,
-  SOL_SOCKET,
 } from "../kernel/constants.js";
 import { EWOULDBLOCK, errnoName } from "../kernel/errno.js";
 
@@ -46,6 +45,7 @@ const c = {
   // syscall(2) is variadic, but glibc implements it in assembly that reads all six argument registers, so a
   // fixed-arity prototype is safe and spares koffi's slower variadic path.
   syscall: lib.func("long syscall(long nr, long a, long b, long c)"),
+  clock_getres: lib.func("int clock_getres(int clock, intptr_t res)"),
 };
 
 /** A failed system call: errno, its symbolic name and the call that failed. */
@@ -95,13 +95,13 @@ const u32 = new Uint32Array(bytes.buffer);
 const SCRATCH = Number(koffi.address(bytes));
 const INT = 0; // an option value
 const LEN = 8; // its length
-const TIMEVAL = 16; // struct timeval (two longs)
 const LINK = 64; // a link's text: a socket's is at most "socket:[18446744073709551615]"
 const LINK_SIZE = 64;
 const NAME = 128; // an fd number as text, NUL-terminated
 const STAT = 256; // struct stat (144 bytes on x86_64, 128 on arm64)
 const SOCKADDR = 448; // struct sockaddr_in (16 bytes)
 const HANDLE = 400; // struct file_handle with an 8-byte f_handle
+const TIMESPEC = 480; // struct timespec: tv_sec, tv_nsec (8 bytes each)
 
 export function getsockoptInt(fd: number, level: number, name: number): number {
   i32[LEN / 4] = 4;
@@ -112,30 +112,6 @@ export function getsockoptInt(fd: number, level: number, name: number): number {
 export function setsockoptInt(fd: number, level: number, name: number, value: number): void {
   i32[INT / 4] = value;
   check("setsockopt", c.setsockopt(fd, level, name, SCRATCH + INT, 4) as number);
-}
-
-/**
- * The kernel's HZ (jiffies per second, a build option: 100, 250, 300, 1000), which no interface states, read from
- * one socket option: SO_RCVTIMEO of 1 µs is stored as one jiffy (sock_set_timeout rounds up: tv_sec * HZ +
- * DIV_ROUND_UP(tv_usec, USEC_PER_SEC / HZ)) and read back as that jiffy in µs (sock_get_timeout:
- * (timeo % HZ) * USEC_PER_SEC / HZ, truncated), so HZ = ⌊10⁶ / µs⌋, exact for every HZ up to 1,000 at least.
- * Two calls on a Unix datagram socket of tcpka's own: no BPF, no walk.
- */
-export function kernelHz(): number {
-  const fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  try {
-    bytes.fill(0, TIMEVAL, TIMEVAL + 16);
-    i32[(TIMEVAL + 8) / 4] = 1; // tv_usec (little-endian long)
-    check("setsockopt", c.setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, SCRATCH + TIMEVAL, 16) as number);
-    bytes.fill(0, TIMEVAL, TIMEVAL + 16);
-    i32[LEN / 4] = 16;
-    check("getsockopt", c.getsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, SCRATCH + TIMEVAL, SCRATCH + LEN) as number);
-    const usec = i32[(TIMEVAL + 8) / 4] as number;
-    if (i32[TIMEVAL / 4] !== 0 || usec <= 0) throw new Error(`SO_RCVTIMEO of 1 µs read back as ${usec} µs`);
-    return Math.floor(1_000_000 / usec);
-  } finally {
-    close(fd);
-  }
 }
 
 // struct stat as glibc's fstat fills it: st_dev (8 bytes) at 0 and st_ino (8 bytes) at 8 on every 64-bit
@@ -206,6 +182,21 @@ export function openKernfsNode(mountFd: number, id: number, flags: number): numb
   u32[HANDLE / 4 + 2] = id % 0x1_0000_0000; // little-endian u64
   u32[HANDLE / 4 + 3] = Math.floor(id / 0x1_0000_0000);
   return check("open_by_handle_at", c.open_by_handle_at(mountFd, SCRATCH + HANDLE, flags) as number);
+}
+
+/**
+ * The kernel's HZ (jiffies per second, a build option: 100, 250, 300, 1000), which no interface states: the
+ * resolution of CLOCK_MONOTONIC_COARSE is one tick, TICK_NSEC = (NSEC_PER_SEC + HZ / 2) / HZ
+ * (posix_get_coarse_res returns KTIME_LOW_RES, include/vdso/ktime.h; the vDSO answers LOW_RES_NSEC, the same).
+ * Any process may ask. Throws when the answer is no TICK_NSEC of a whole HZ.
+ */
+export function kernelHz(): number {
+  check("clock_getres", c.clock_getres(CLOCK_MONOTONIC_COARSE, SCRATCH + TIMESPEC) as number);
+  const ns = (u32[TIMESPEC / 4] as number) * 1e9 + (u32[TIMESPEC / 4 + 2] as number);
+  const hz = Math.round(1e9 / ns);
+  if (hz < 24 || hz > 10_000 || Math.floor((1e9 + Math.floor(hz / 2)) / hz) !== ns)
+    throw new Error(`CLOCK_MONOTONIC_COARSE has a resolution of ${ns} ns: not one tick of a whole HZ`);
+  return hz;
 }
 
 /** A raw system call with up to three integer arguments; returns the result or throws SysError named `name`. */

@@ -2,9 +2,20 @@
  * What enable, disable, run's fallback and enforce --existing print of a LiveSession (enforce/live/): a line per
  * socket as each round ends, then the summary, or everything as one JSON document at the end.
  */
-import type { LiveResult, LiveSummary } from "../enforce/live/session.js";
+import type { LiveResult, LiveSummary, Spread } from "../enforce/live/session.js";
 import { type Change, formatMs, formatSeconds, type KeepAliveSettings } from "../settings.js";
-import { hostPort, type Out, paint, plural, processText } from "./format.js";
+import { hostPort, Out, paint, plural, processText } from "./format.js";
+
+/** A spread shorter than this goes without a word: nobody notices the wait. */
+const NOTICEABLE_MS = 500;
+
+/**
+ * Settings that a few lost probes defeat, and how many sockets make that likely (a full queue somewhere drops
+ * a burst of them): a count of 2 or less, or interval × count under 5 s, on 1,000 sockets or more.
+ */
+const FRAGILE_COUNT = 2;
+const FRAGILE_SECONDS = 5;
+const FRAGILE_SOCKETS = 1000;
 
 export interface LiveReportOptions {
   settings: KeepAliveSettings;
@@ -18,11 +29,30 @@ export interface LiveReportOptions {
 /** The report of one watch: round() is its onRound, end() prints the summary and gives the exit code. */
 export class LiveReport {
   private readonly all: LiveResult[] = [];
+  /** where notes and warnings go: with --json, stderr, so that stdout stays one JSON document */
+  private readonly notes: Out;
 
   constructor(
     private readonly out: Out,
     private readonly o: LiveReportOptions,
-  ) {}
+  ) {
+    this.notes = o.json ? new Out(2) : out;
+  }
+
+  /** The onSpread of a watch: says how long the changes take and why, before the wait. */
+  readonly spread = (s: Spread): void => {
+    if (s.windowMs >= NOTICEABLE_MS || s.floor) {
+      this.notes.write(
+        `spreading ${plural(s.changes, "change")} over ${formatMs(s.windowMs)} so that no timer tick carries more than ~${s.perTick} probes tcpka caused\n`,
+      );
+    }
+    if (s.floor) {
+      this.notes.write(
+        `warning: ~${s.perTick} is more than half the softnet backlog (net.core.netdev_max_backlog / 2 = ${s.bound}), and spreading longer than one idle time would not help: loopback and veth peers may lose probes\n`,
+      );
+    }
+    this.notes.end();
+  };
 
   readonly round = (results: readonly LiveResult[]): void => {
     if (this.o.json) this.all.push(...results);
@@ -53,7 +83,21 @@ export class LiveReport {
     } else {
       writeSummary(s, this.o, this.out);
     }
+    const fragile = this.fragile(s.changed);
+    if (fragile) {
+      this.notes.write(fragile);
+      this.notes.end();
+    }
     return s.failed > 0 || s.unreadable.length > 0 ? 1 : 0;
+  }
+
+  /** The warning line for fragile settings on `changed` sockets, or "". */
+  private fragile(changed: number): string {
+    const { count, interval } = this.o.settings;
+    if (this.o.disable || changed < FRAGILE_SOCKETS || count === undefined || interval === undefined) return "";
+    if (count > FRAGILE_COUNT && interval * count >= FRAGILE_SECONDS) return "";
+    const probes = `${plural(count, "unanswered probe")} ${interval}s apart`;
+    return `warning: giving up after ${probes} is fragile on ${changed} sockets: a probe lost to a full queue counts as unanswered, so a short burst of drops kills healthy connections (sturdier: --count 3 or more and interval × count of 5s or more)\n`;
   }
 }
 

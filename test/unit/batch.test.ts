@@ -208,10 +208,10 @@ describe("apply phase", () => {
       assert.deepEqual(
         o?.changes.map((c) => `${c.option} ${c.from}→${c.to}`),
         [
-          "keepalive 0→1",
-          `idle ${DEFAULT.idle}→7`,
           `interval ${DEFAULT.interval}→3`,
           `count ${DEFAULT.count}→4`,
+          `idle ${DEFAULT.idle}→7`,
+          "keepalive 0→1",
         ].filter((c) => !/ (\d+)→\1$/.test(c)),
       );
       assert.deepEqual(
@@ -271,8 +271,69 @@ describe("apply phase", () => {
     await new HelperThread().run(p);
     const o = new OutcomeReader(PLAN).read(p, 0);
     assert.equal(o.result, "would change");
-    assert.deepEqual(o.changes[0], { option: "keepalive", from: 0, to: 1 });
+    assert.deepEqual(o.changes.at(-1), { option: "keepalive", from: 0, to: 1 });
     assert.equal(option(fd, "keepalive"), 0);
     assert.equal(option(fd, "idle"), DEFAULT.idle);
+  });
+});
+
+describe("a paced apply phase", () => {
+  const more: net.Socket[] = [];
+  after(() => {
+    for (const s of more) s.destroy();
+  });
+
+  test("its k-th change waits k steps, over both threads; no turn for a socket left as it is, nor in a dry run", async () => {
+    const extra = net.createServer((s) => more.push(s));
+    extra.listen(0, "127.0.0.1");
+    await once(extra, "listening");
+    const { port } = extra.address() as net.AddressInfo;
+    for (let i = 0; i < 300; i++) {
+      const c = net.connect(port, "127.0.0.1");
+      await once(c, "connect");
+      more.push(c);
+    }
+    while (more.length < 600) await new Promise((r) => setTimeout(r, 5));
+    extra.close();
+    const inodes = new Map(socketFds(process.pid) ?? []);
+    const fds = more.map(fdOf);
+    const phase = (dryRun: boolean, stepMs: number) =>
+      applyPhase(
+        fds.map(() => process.pid),
+        fds,
+        fds.map((fd) => inodes.get(fd) as number),
+        PLAN,
+        dryRun,
+        stepMs,
+      );
+    const timed = async (p: Phase) => {
+      const start = performance.now();
+      await helper.run(p);
+      return performance.now() - start;
+    };
+    const helper = new HelperThread();
+    try {
+      helper.start();
+      assert.equal(await helper.ready(), true);
+      const dry = phase(true, 1000);
+      assert.ok((await timed(dry)) < 500, "a dry run is not paced");
+      assert.equal(Atomics.load(dry.control, 1), 0, "and takes no turn");
+
+      const step = 0.25;
+      const p = phase(false, step);
+      const ms = await timed(p);
+      assert.ok(ms >= (fds.length - 1) * step - 1, `600 changes, one per ${step} ms, took ${ms.toFixed(1)} ms`);
+      assert.equal(Atomics.load(p.control, 1), fds.length, "each change took a turn");
+      const reader = new OutcomeReader(PLAN);
+      assert.deepEqual(new Set(fds.map((_, i) => reader.read(p, i).result)), new Set(["changed"]));
+      assert.deepEqual([...doneBy(p)].sort(), [1, 2], "both threads took part");
+      for (const fd of fds) assert.deepEqual([option(fd, "keepalive"), option(fd, "idle")], [1, 7]);
+
+      const again = phase(false, 1000);
+      assert.ok((await timed(again)) < 500, "nothing to change: no wait");
+      assert.equal(Atomics.load(again.control, 1), 0);
+    } finally {
+      await helper.close();
+    }
   });
 });

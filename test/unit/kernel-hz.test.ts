@@ -1,5 +1,5 @@
 /**
- * HZ as src/sys/libc.ts kernelHz reads it (SO_RCVTIMEO of 1 µs, stored as one jiffy), against the kernel's
+ * HZ as src/sys/libc.ts kernelHz reads it (the resolution of CLOCK_MONOTONIC_COARSE, one tick), against the kernel's
  * build configuration where it is published (/proc/config.gz, CONFIG_IKCONFIG_PROC).
  */
 import assert from "node:assert/strict";

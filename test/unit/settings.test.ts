@@ -236,8 +236,25 @@ describe("the strengthen rule (planChanges, strengthen)", () => {
   });
 
   test("the reverse: the request detects sooner, so its interval and count come together", () => {
-    assert.deepEqual(plan([100, 1, 50, 0, 0]), ["keepalive 0→1", "idle 100→30", "interval 1→5", "count 50→3"]);
-    assert.deepEqual(plan([7200, 75, 9, 0, 0]), ["keepalive 0→1", "idle 7200→30", "interval 75→5", "count 9→3"]);
+    assert.deepEqual(plan([100, 1, 50, 0, 0]), ["interval 1→5", "count 50→3", "idle 100→30", "keepalive 0→1"]);
+    assert.deepEqual(plan([7200, 75, 9, 0, 0]), ["interval 75→5", "count 9→3", "idle 7200→30", "keepalive 0→1"]);
+  });
+
+  test("the order: SO_KEEPALIVE last (armed a full idle from now), TCP_KEEPIDLE after the interval it re-arms with", () => {
+    const all = { ...want, userTimeout: 20_000 };
+    assert.deepEqual(plan([7200, 75, 9, 0, 0], all), [
+      "interval 75→5",
+      "count 9→3",
+      "userTimeout 0→20000",
+      "idle 7200→30",
+      "keepalive 0→1",
+    ]);
+    assert.deepEqual(plan([7200, 75, 9, 0, 1], all, "force"), [
+      "interval 75→5",
+      "count 9→3",
+      "userTimeout 0→20000",
+      "idle 7200→30",
+    ]);
   });
 
   test("idle is always the smaller; a tie in detection time keeps the program's pair", () => {
@@ -257,15 +274,15 @@ describe("the strengthen rule (planChanges, strengthen)", () => {
     assert.deepEqual(plan([1, 1, 10, 30_000], { ...want, userTimeout: 20_000 }), ["userTimeout 30000→20000"]);
     assert.deepEqual(plan([1, 1, 10, 5000], { ...want, userTimeout: 0 }), []);
     assert.deepEqual(plan([1, 1, 10, 5000], { ...want, userTimeout: 0 }, "force"), [
-      "idle 1→30",
       "interval 1→5",
       "count 10→3",
       "userTimeout 5000→0",
+      "idle 1→30",
     ]);
   });
 
   test("force sets exactly what is requested", () => {
-    assert.deepEqual(plan([1, 1, 10], want, "force"), ["idle 1→30", "interval 1→5", "count 10→3"]);
+    assert.deepEqual(plan([1, 1, 10], want, "force"), ["interval 1→5", "count 10→3", "idle 1→30"]);
     assert.deepEqual(plan([30, 5, 3], want, "force"), []);
   });
 

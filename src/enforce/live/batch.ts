@@ -8,6 +8,9 @@
  * works too, so nothing waits for the helper thread to start, and a slow or dead helper only means the main
  * thread does more. The results sit at the entry's index, so their order is the order of the entries.
  *
+ * An apply phase may be paced (spread.ts): its k-th change, counted over both threads, is made no earlier than
+ * k steps after the phase was made, and a thread that is early sleeps (awaitTurn).
+ *
  * This module runs in both threads: it holds no state between phases, and each thread closes the fds it opened
  * before its part of a phase returns.
  */
@@ -25,6 +28,7 @@ import {
 } from "../../settings.js";
 import { close, fdSocketInode, SysError, setsockoptInt, sockfsInode } from "../../sys/libc.js";
 import { pidfdGetfd, pidfdOpen } from "../../sys/pidfd.js";
+import { armsTimer } from "./spread.js";
 
 /** Entries per chunk: small enough that the last chunk of a thread ends soon after the other's. */
 const CHUNK = 256;
@@ -44,7 +48,7 @@ function planner(spec: PlanSpec): (current: EffectiveKeepAlive) => Change[] {
 interface PhaseBase {
   id: number;
   n: number;
-  /** [0]: the next chunk to claim */
+  /** [0]: the next chunk to claim; [1]: the next change of a paced apply phase */
   control: Int32Array;
   /** per chunk once it is done: 1 when the main thread did it, 2 when the helper did */
   done: Int32Array;
@@ -65,6 +69,10 @@ export interface ApplyPhase extends PhaseBase {
   plan: PlanSpec;
   dryRun: boolean;
   out: Int32Array;
+  /** ms from one change to the next; 0: not paced */
+  stepMs: number;
+  /** [0]: when change 0 is due, µs on CLOCK_MONOTONIC (awaitTurn) */
+  origin: BigInt64Array;
 }
 
 export type Phase = LinksPhase | ApplyPhase;
@@ -82,7 +90,7 @@ function base(n: number, pids: readonly number[], fds: readonly number[]): Phase
   const p: PhaseBase = {
     id: nextId++,
     n,
-    control: shared(Int32Array, 1),
+    control: shared(Int32Array, 2),
     done: shared(Int32Array, Math.ceil(n / CHUNK)),
     pids: shared(Int32Array, n),
     fds: shared(Int32Array, n),
@@ -96,17 +104,47 @@ export function linksPhase(pids: readonly number[], fds: readonly number[]): Lin
   return { ...base(pids.length, pids, fds), kind: "links", inodes: shared(Float64Array, pids.length) };
 }
 
+/** `stepMs`: pace the changes, one every stepMs from now (spread.ts); 0 makes them as fast as it can. */
 export function applyPhase(
   pids: readonly number[],
   fds: readonly number[],
   inodes: readonly number[],
   plan: PlanSpec,
   dryRun: boolean,
+  stepMs = 0,
 ): ApplyPhase {
   const p = base(pids.length, pids, fds);
   const ino = shared(Float64Array, pids.length);
   ino.set(inodes);
-  return { ...p, kind: "apply", inodes: ino, plan, dryRun, out: shared(Int32Array, pids.length * SLOTS) };
+  const origin = new BigInt64Array(new SharedArrayBuffer(8));
+  origin[0] = monotonicUs();
+  const out = shared(Int32Array, pids.length * SLOTS);
+  return { ...p, kind: "apply", inodes: ino, plan, dryRun, out, stepMs: dryRun ? 0 : stepMs, origin };
+}
+
+/** Microseconds on CLOCK_MONOTONIC (libuv's hrtime): one clock for both threads, unlike performance.now(). */
+function monotonicUs(): bigint {
+  return process.hrtime.bigint() / 1000n;
+}
+
+/** Nothing ever notifies it: Atomics.wait on it only sleeps. */
+const nap = new Int32Array(new SharedArrayBuffer(4));
+
+/** How late a change may come before the rest of the schedule moves with it (see awaitTurn). */
+const LATE_US = 1000;
+
+/**
+ * Wait for this change's turn in a paced phase: change k comes at origin + k × step, never earlier. One that
+ * comes late (Atomics.wait oversleeps by the timer slack, about 60 µs; a thread may not be scheduled for a
+ * while) goes at once; beyond LATE_US the origin moves on by the excess, so that a stall does not turn into a
+ * burst of the changes it held up, which would share a timer tick.
+ */
+function awaitTurn(p: ApplyPhase): void {
+  const k = Atomics.add(p.control, 1, 1);
+  const due = Number(Atomics.load(p.origin, 0)) + k * p.stepMs * 1000;
+  const early = due - Number(monotonicUs());
+  if (early > 0) Atomics.wait(nap, 0, 0, early / 1000);
+  else if (-early > LATE_US) Atomics.add(p.origin, 0, BigInt(Math.round(-early - LATE_US)));
 }
 
 export function chunks(p: Phase): number {
@@ -243,6 +281,7 @@ function apply(
     if (changes.length === 0) out[o] = 2;
     else if (p.dryRun) out[o] = 1;
     else {
+      if (p.stepMs > 0 && armsTimer(changes)) awaitTurn(p);
       call = 4;
       for (const c of changes) {
         const [level, name] = SOCKOPTS[c.option];

@@ -4,7 +4,7 @@
  * and close the duplicate at once. Only sockets that the kernel lists as TCP are ever duplicated: a pipe, a Unix
  * socket or a UDP socket is never touched. As root the BPF iterator of src/inspect/socket-fds.ts lists them, one
  * read per process; elsewhere each fd's /proc/PID/fd link is read and the socket looked up in the TCP tables of
- * the process's own network namespace.
+ * the process's own network namespace. Many changes at once are paced (spread.ts): first read, then made.
  */
 import { setTimeout as sleep } from "node:timers/promises";
 import { TcpkaError } from "../../errors.js";
@@ -21,12 +21,15 @@ import { SocketFdIterator } from "../../inspect/socket-fds.js";
 import { listeningPorts, readSockets, type TcpSocket } from "../../inspect/sockets.js";
 import type { ProcessTargets } from "../../inspect/targets.js";
 import { STATE_NAMES, stateMask, type TcpStateName } from "../../kernel/states.js";
-import { applyPhase, linksPhase, OutcomeReader, type PlanSpec } from "./batch.js";
+import { afterChanges, type Change } from "../../settings.js";
+import { applyPhase, linksPhase, type Outcome, OutcomeReader, type PlanSpec } from "./batch.js";
 import { HelperThread } from "./helper.js";
 import { type LiveResult, type LiveSocket, type LiveSummary, type Round, Tally } from "./results.js";
+import { armsTimer, probeBound, type Spread, spreadOf } from "./spread.js";
 
 export type { Outcome, PlanSpec } from "./batch.js";
 export type { LiveResult, LiveSocket, LiveSummary, Round } from "./results.js";
+export type { Spread } from "./spread.js";
 
 /** What a session looks at unless told otherwise: connections, and listeners (what they accept inherits). */
 export const LIVE_STATES = stateMask(["ESTAB", "LISTEN"]);
@@ -38,6 +41,8 @@ export interface WatchOptions {
   signal?: AbortSignal;
   /** each round's results, as soon as it has them */
   onRound?: (results: readonly LiveResult[]) => void;
+  /** a round's changes are about to be spread over spread.windowMs (called only when paced) */
+  onSpread?: (spread: Spread) => void;
 }
 
 /**
@@ -106,7 +111,7 @@ export class LiveSession {
     try {
       for (;;) {
         const pids = targets.pids();
-        const round = await this.round(pids);
+        const round = await this.round(pids, o.onSpread);
         reached += pids.length - round.unreadable.length;
         t.add(round);
         if (round.results.some((r) => r.outcome.result === "failed" && r.outcome.error.errnoName === "ENOSYS")) {
@@ -145,7 +150,7 @@ export class LiveSession {
   }
 
   /** One pass over the processes: the results for sockets not seen before, and the pids that were unreadable. */
-  async round(pids: readonly number[]): Promise<Round> {
+  async round(pids: readonly number[], onSpread?: (spread: Spread) => void): Promise<Round> {
     // 1. Which fds of each target are TCP sockets: through the BPF iterator where it loads, else /proc and the
     // kernel's TCP tables. A big table starts the helper first, so that its start-up overlaps the listing.
     const iterate = this.lister === undefined ? this.useIterator && SocketFdIterator.possible() : this.lister !== null;
@@ -231,19 +236,68 @@ export class LiveSession {
       jobs.push({ pid, comm, fd: links.fds[i] as number, socket });
     }
 
-    // 4. Change them, shared with the helper.
+    // 4. Change them, shared with the helper. More sockets than a timer tick may carry probes of are read first
+    // (a dry run), then those that need it changed at the pace spread.ts gives; disable never needs a pace.
+    const paced = !this.dryRun && !this.plan.disable && jobs.length > probeBound();
     const apply = applyPhase(
       jobs.map((j) => j.pid),
       jobs.map((j) => j.fd),
       jobs.map((j) => j.socket.inode),
       this.plan,
-      this.dryRun,
+      this.dryRun || paced,
     );
     await this.helper.run(apply);
     const reader = new OutcomeReader(this.plan);
+    const outcomes = jobs.map((_, i) => reader.read(apply, i));
+    if (paced) await this.changeSpread(jobs, outcomes, reader, onSpread);
     for (let i = 0; i < jobs.length; i++)
-      results.push({ socket: jobs[i] as LiveSocket, outcome: reader.read(apply, i) });
+      results.push({ socket: jobs[i] as LiveSocket, outcome: outcomes[i] as Outcome });
     return { results, filtered, unreadable, holders };
+  }
+
+  /**
+   * Make the changes that a dry run found (`outcomes`, replaced by what was done), spread: N = the changes that
+   * arm a timer, over the shortest idle and the longest timer they leave. Sockets whose settings changed since
+   * are planned anew.
+   */
+  private async changeSpread(
+    jobs: readonly LiveSocket[],
+    outcomes: Outcome[],
+    reader: OutcomeReader,
+    onSpread?: (spread: Spread) => void,
+  ): Promise<void> {
+    const todo: number[] = [];
+    let arming = 0;
+    let idle = Number.POSITIVE_INFINITY;
+    let timer = 0;
+    let atOnce = false;
+    let last: readonly Change[] | undefined; // sockets read alike share their list of changes (OutcomeReader)
+    for (const [i, o] of outcomes.entries()) {
+      if (o.result !== "would change") continue;
+      todo.push(i);
+      if (!armsTimer(o.changes)) continue;
+      arming++;
+      if (o.changes === last) continue;
+      last = o.changes;
+      const after = afterChanges(o.before, o.changes);
+      idle = Math.min(idle, after.idle);
+      timer = Math.max(timer, after.idle, after.interval);
+      atOnce ||= o.before.keepalive && after.idle !== o.before.idle;
+    }
+    if (todo.length === 0) return;
+    const spread = spreadOf(arming, idle, timer, atOnce);
+    if (spread.stepMs > 0) onSpread?.(spread);
+    const job = (i: number) => jobs[i] as LiveSocket;
+    const p = applyPhase(
+      todo.map((i) => job(i).pid),
+      todo.map((i) => job(i).fd),
+      todo.map((i) => job(i).socket.inode),
+      this.plan,
+      false,
+      spread.stepMs,
+    );
+    await this.helper.run(p);
+    for (const [k, i] of todo.entries()) outcomes[i] = reader.read(p, k);
   }
 
   /**

@@ -1,0 +1,88 @@
+/**
+ * Issue 14's reproduction: `tcpka enable --idle 2s --interval 1s --count 2` on 16,000 and 40,000 idle loopback
+ * connection ends held by several processes (test/helpers/bulk.ts), with keepalive off and with keepalive
+ * already on at the 7200 s default on sockets idle for longer than the new idle. Changing them all in one pass
+ * made their timers fire in the same tick and stay in step; on loopback the probes and their ACKs then
+ * overflowed the softnet backlog, and a dropped probe counts as unanswered: connections died with ETIMEDOUT
+ * (before the spread: 1,985–5,330 connections lost per case, 3,174–5,137 probes in one 4 ms tick). After the
+ * change and 15 s: no connection lost, no softnet drop, every end with the settings asked for (as its holder's
+ * getsockopt reads them), and never more keepalive probes in one timer tick than half the backlog, or 10 % above
+ * the floor N × G / idle where no spread can do better (a tick more where keepalive was on: the new idle re-arms
+ * the timers at once; src/enforce/live/spread.ts); tcpka says how it spreads.
+ */
+import assert from "node:assert/strict";
+import { after, test } from "node:test";
+import { granularityMs, tickLimits } from "../../src/enforce/live/spread.js";
+import { Bulk, drops, netdevMaxBacklog, probesPerTickBound } from "../helpers/bulk.js";
+import { needs } from "../helpers/env.js";
+import { Netns } from "../helpers/netns.js";
+import { sleep } from "../helpers/processes.js";
+
+after(() => Netns.destroyAll());
+
+/** Longer than the new idle (2 s): a socket with keepalive on is then due for a probe as soon as its idle drops. */
+const IDLE_BEFORE_MS = 5000;
+const WATCH_MS = 15_000;
+const IDLE_S = 2;
+
+for (const ends of [16_000, 40_000]) {
+  for (const keepalive of [false, true]) {
+    const before = keepalive ? "keepalive on at 7200 s" : "keepalive off";
+    test(`enable on ${ends} idle ends (${before}): none lost, no softnet drop, probes per tick bounded`, {
+      timeout: 180_000,
+    }, async (t) => {
+      if (!needs(t, { root: true, tools: ["ip", "gcc"] })) return;
+      const ns = Netns.create(t);
+      const bulk = await Bulk.start(t, ns, { ends, keepalive });
+      await sleep(IDLE_BEFORE_MS);
+      const sampler = await bulk.sample();
+      sampler.mark();
+      const pids = bulk.pids.flatMap((p) => ["--pid", String(p)]);
+      const start = performance.now();
+      const r = ns.tcpka(["enable", ...pids, "--idle", `${IDLE_S}s`, "--interval", "1s", "--count", "2", "-q"], {
+        timeoutMs: 60_000,
+      });
+      const wallMs = performance.now() - start;
+      assert.equal(r.status, 0, r.stderr);
+      await sleep(WATCH_MS);
+      const report = await bulk.report();
+      const probes = await sampler.stop();
+      const changed = Number(/^ {2}changed +(\d+)/m.exec(r.stdout)?.[1]);
+      // The floor no spread can beat (spread.ts): N × G / idle, a tick more where the new idle re-arms timers at once.
+      const { hz } = tickLimits();
+      const g = granularityMs(IDLE_S, hz) + (keepalive && hz ? 1000 / hz : 0);
+      const floor = (changed * g) / (IDLE_S * 1000);
+      const bound = probesPerTickBound(floor);
+      const seen = `lost ${report.lost} (ETIMEDOUT ends ${report.etimedout}), softnet drops ${probes.dropped}, probes per 4 ms ${probes.max4} (bound ${bound}), per 32 ms ${probes.max32}; tcpka enable took ${Math.round(wallMs)} ms`;
+      t.diagnostic(seen);
+      t.diagnostic(
+        r.stdout
+          .split("\n")
+          .filter((l) => /^(spreading|warning)/.test(l))
+          .join(" / "),
+      );
+
+      assert.equal(report.ends, ends);
+      assert.ok(changed >= ends, `every end changed: ${r.stdout}`);
+      assert.equal(report.lost, 0, `no connection lost: ${seen}`);
+      assert.equal(drops(probes), 0, `no softnet drop: ${seen}`);
+      for (const s of report.settings) {
+        assert.deepEqual(
+          [s.keepalive, s.idle, s.interval, s.count, s.userTimeout],
+          [1, IDLE_S, 1, 2, 0],
+          `${s.ends} ends read keepalive ${s.keepalive}, ${s.idle}s / ${s.interval}s / ${s.count}`,
+        );
+      }
+      assert.ok(probes.total > 0, "keepalive probes were sent");
+      assert.ok(probes.max4 <= bound, `at most ${bound} probes in a tick: ${seen}`);
+      assert.match(r.stdout, new RegExp(`^spreading ${changed} changes over `, "m"), "tcpka says it spreads");
+      const half = Math.floor(netdevMaxBacklog() / 2);
+      assert.equal(
+        /^warning: ~\d+ is more than half/m.test(r.stdout),
+        floor > half,
+        "the floor is said where it binds",
+      );
+      assert.match(r.stdout, /^warning: giving up after 2 unanswered probes 1s apart is fragile on \d+ sockets/m);
+    });
+  }
+}
