@@ -3,8 +3,11 @@
  * One process cannot hold 50,000 here (the hard RLIMIT_NOFILE is 20,000 and CAP_SYS_RESOURCE is missing), so
  * the 50,000 are held by 3 processes and given as three --pid targets; the work per socket is the same.
  *
- * Two commands alternate, `--force --idle 3601` and `--force --idle 3602`, so that every run really changes every
- * socket (pidfd_getfd, inode check, 5 getsockopt, 1 setsockopt, close) instead of finding them done.
+ * Both ways of changing sockets run side by side: `--via bpf` (the kernel path: a BPF TCP iterator decides and
+ * calls setsockopt in one pass) and `--via pidfd` (pidfd_getfd, inode check, 5 getsockopt, setsockopt, close per
+ * socket), each with `--force --idle 3601` and `--idle 3602` in turn, so that every run really changes every
+ * socket instead of finding them done, and with `--spread 0` (all at once: the work itself). Then one run of
+ * each as tcpka does it by default, spread over the kernel's timer wheel (spread.ts), at a 2 s idle.
  * Each holder keeps both ends of its connections, so N connections are 2N sockets. Everything runs on
  * 127.0.0.1 in the host network namespace; holders are killed at the end, on failure and on SIGINT.
  *
@@ -43,31 +46,65 @@ try {
     const holders = Math.ceil(connections / PER_HOLDER);
     for (let i = 0; i < holders; i++) await pool.add(Math.round(connections / holders));
     const pids = pool.holders.flatMap((h) => ["--pid", String(h.pid)]);
-    const cmd = (idle: number) => ({
-      name: `enable --force --idle ${idle}`,
-      argv: ["node", join(ROOT, "bin/tcpka.js"), "enable", ...pids, "--force", "--idle", String(idle), "--quiet"],
+    const cmd = (via: string, idle: number, spread = ["--spread", "0"]) => ({
+      name: `enable --via ${via} --force --idle ${idle} ${spread.join(" ")}`.trim(),
+      argv: [
+        "node",
+        join(ROOT, "bin/tcpka.js"),
+        "enable",
+        ...pids,
+        "--via",
+        via,
+        "--force",
+        "--idle",
+        String(idle),
+        ...spread,
+        "--quiet",
+      ],
     });
-    // An idle time of an hour, not a minute: 50,000 loopback sockets whose keepalive timers all fire in the same
-    // tick overflow the loopback backlog (net.core.netdev_max_backlog), probes are lost, and after the count of
-    // probes the connections end with ETIMEDOUT, which would leave later runs fewer sockets.
+    // The work itself, both paths side by side: --spread 0 makes every change at once. An idle time of an hour,
+    // not a minute: 50,000 loopback sockets whose keepalive timers all fire in the same tick overflow the
+    // loopback backlog (net.core.netdev_max_backlog), probes are lost, and after the count of probes the
+    // connections end with ETIMEDOUT, which would leave later runs fewer sockets; the bench ends long before.
+    // Each command sets another idle than the one before it, so that every run changes every socket.
     // Node's bare start-up, in the same rounds, shows how fast the machine is at the time (it varies by a third).
     const bare = { name: "node -e 0", argv: ["node", "-e", "0"] };
-    const results = measurer.run([cmd(3601), cmd(3602), bare], RUNS);
+    const work = [cmd("bpf", 3601), cmd("bpf", 3602), cmd("pidfd", 3601), cmd("pidfd", 3602)];
+    const results = measurer.run([...work, bare], RUNS);
     const node = stats((results.get(bare.name) ?? []).map((r) => r.wall_ms));
-    results.delete(bare.name);
-    const all = [...results.values()].flat();
-    const wall = stats(all.map((r) => r.wall_ms));
-    const rss = stats(all.map((r) => r.maxrss_kb / 1024));
-    const line = `| ${pool.connections * 2} | ${pool.holders.length} | ${wall.median.toFixed(0)} (${wall.min.toFixed(0)}–${wall.max.toFixed(0)}) | ${((wall.median * 1000) / (pool.connections * 2)).toFixed(1)} | ${rss.median.toFixed(0)} | ${node.median.toFixed(0)} |`;
-    rows.push(line);
-    console.log(line);
+    for (const via of ["bpf", "pidfd"]) {
+      const all = work.filter((c) => c.name.includes(`--via ${via} `)).flatMap((c) => results.get(c.name) ?? []);
+      rows.push(row(sockets, via, "at once (--spread 0)", all, node.median));
+    }
+    // As tcpka does it by default: the changes spread so that no timer tick carries more than half the backlog
+    // of probes; for this many sockets at a 2 s idle that takes the whole idle time (spread.ts). One run each:
+    // its time is the spread's, not the code's.
+    const spreadCmds = [cmd("bpf", 2, []), cmd("pidfd", 3601), cmd("pidfd", 2, [])];
+    const spread = measurer.run(spreadCmds, 1, 0); // no warm-up: a second run would find every socket done
+    for (const c of [spreadCmds[0], spreadCmds[2]] as const) {
+      const via = c?.name.includes("--via bpf") ? "bpf" : "pidfd";
+      rows.push(row(sockets, via, "spread (the default), idle 2 s", spread.get(c?.name ?? "") ?? [], node.median));
+    }
+    for (const r of rows.slice(-4)) console.log(r);
   }
   console.log(
-    "\n| sockets | processes | wall ms, median (min–max) | µs per socket | peak RSS MB | `node -e 0` ms, median |",
+    "\n| sockets | path | changes | wall ms, median (min–max) | µs per socket | peak RSS MB | `node -e 0` ms, median |",
   );
-  console.log("|---|---|---|---|---|---|");
+  console.log("|---|---|---|---|---|---|---|");
   for (const r of rows) console.log(r);
 } finally {
   await pool.stopAll();
   stop();
+}
+
+function row(
+  sockets: number,
+  via: string,
+  how: string,
+  runs: readonly { wall_ms: number; maxrss_kb: number }[],
+  nodeMs: number,
+): string {
+  const wall = stats(runs.map((r) => r.wall_ms));
+  const rss = stats(runs.map((r) => r.maxrss_kb / 1024));
+  return `| ${sockets} | ${via} | ${how} | ${wall.median.toFixed(0)} (${wall.min.toFixed(0)}–${wall.max.toFixed(0)}) | ${((wall.median * 1000) / sockets).toFixed(1)} | ${rss.median.toFixed(0)} | ${nodeMs.toFixed(0)} |`;
 }

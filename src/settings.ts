@@ -4,7 +4,7 @@
  */
 import { invalid } from "./errors.js";
 import { MAX_TCP_KEEPCNT, MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL, MAX_TCP_USER_TIMEOUT_MS } from "./kernel/constants.js";
-import type { OptionName } from "./kernel/sockopts.js";
+import { APPLY_ORDER, type OptionName } from "./kernel/sockopts.js";
 
 /** Requested keepalive settings. An absent field means "leave it to the system default". */
 export interface KeepAliveSettings {
@@ -222,20 +222,6 @@ export function strengthen(have: EffectiveKeepAlive, want: KeepAliveSettings): E
     userTimeout: ut === 0 || (have.userTimeout !== 0 && have.userTimeout < ut) ? have.userTimeout : ut,
   };
 }
-
-/**
- * The order in which the changes are made (OPTION_ORDER in kernel/sockopts.ts is the order they are read in), so
- * that no probe comes earlier than the new settings ask:
- * - SO_KEEPALIVE last. On a socket without keepalive, tcp_set_keepalive (net/ipv4/tcp_timer.c) arms the timer a
- *   full keepalive_time_when() from now, with the idle time already set. Set first, it would arm the old idle,
- *   which the TCP_KEEPIDLE after it re-arms (tcp_sock_set_keepidle_locked, net/ipv4/tcp.c) to the new idle minus
- *   the time the socket has been idle: at once, on a socket idle for longer than the new idle.
- * - TCP_KEEPIDLE after the interval and count. Where keepalive is already on, that re-arm cannot be avoided (it
- *   probes at once a socket idle for longer than the new idle; a paced bulk change spreads those probes, see
- *   enforce/live/spread.ts), and tcp_keepalive_timer then re-arms with keepalive_intvl_when(): the new interval
- *   must be in place by then. TCP_KEEPINTVL, TCP_KEEPCNT and TCP_USER_TIMEOUT only store their value.
- */
-const APPLY_ORDER: readonly OptionName[] = ["interval", "count", "userTimeout", "idle", "keepalive"];
 
 /**
  * The setsockopt calls that bring a socket from `current` to the request, in the order they must be made

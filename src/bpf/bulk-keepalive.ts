@@ -37,7 +37,7 @@
  * copies with the same effect); hash maps from tracing programs (preallocated ones always; bpf_map_lookup_elem
  * and bpf_map_delete_elem). bpf_getsockopt is not used: until 6.0 it answers none of these options.
  */
-import { SOCKOPTS } from "../kernel/sockopts.js";
+import { APPLY_ORDER, SOCKOPTS } from "../kernel/sockopts.js";
 import type { ApplyMode, KeepAliveSettings, OptionName } from "../settings.js";
 import {
   Add,
@@ -119,9 +119,6 @@ export interface BulkSpec {
   /** decide and report, change nothing */
   dryRun: boolean;
 }
-
-/** The changes the program may make, in the order it makes them: SO_KEEPALIVE last. */
-const APPLY_ORDER: readonly OptionName[] = ["idle", "interval", "count", "userTimeout", "keepalive"];
 
 const at = (option: OptionName, which: "before" | "after" | "rc") => REC + BULK_SLOTS[option][which];
 

@@ -47,6 +47,12 @@ const FILTERS_HELP = filterHelp("Filters (all must match; default: established a
 
 const RUN_HELP = `Output and behaviour:
       --dry-run          show what would change, change nothing
+      --via bpf|pidfd    how to change them: bpf, in the kernel (a BPF TCP iterator; root, Linux 5.15, BTF; no
+                         socket is duplicated); pidfd, through a duplicate of each (pidfd_getfd). Default: bpf
+                         where it works, else pidfd
+      --spread DURATION  spread many changes over at most this long (default: as long as the kernel's timer
+                         wheel and softnet backlog need, up to one idle time; see README). Shorter puts more
+                         first probes in one timer tick, and tcpka says how many; 0: all at once
       --watch            keep going for new connections until interrupted or every --pid target has exited
       --every DURATION   how often --watch looks (default 1s)
   -q, --quiet            no line per socket, only the summary
@@ -55,11 +61,14 @@ const RUN_HELP = `Output and behaviour:
 export const ENABLE_HELP = `Usage: tcpka enable (--pid PID… | --comm NAME | --cgroup PATH | --all) [settings] [filters] [--force]
                     [--dry-run] [--watch [--every 1s]] [--json]
 
-Turn TCP keepalive on for the live connections of running processes, without restarting them: each socket is
-duplicated with pidfd_getfd (Linux 5.6+), checked to still be the socket that was listed, changed with
-setsockopt, and the duplicate closed at once. Works for statically linked programs (Go) too. Listening sockets
-are changed as well: the connections they accept from now on inherit the settings. Needs root or
-CAP_SYS_PTRACE (or the same user as the process, where ptrace is allowed).
+Turn TCP keepalive on for the live connections of running processes, without restarting them. As root on
+Linux 5.15+ with BTF the kernel does it: a BPF TCP iterator reads each target socket's settings, decides and
+calls setsockopt on it in one pass, no socket duplicated. Elsewhere each socket is duplicated with pidfd_getfd
+(Linux 5.6+), checked to still be the socket that was listed, changed, and the duplicate closed at once (needs
+root or CAP_SYS_PTRACE, or the same user as the process where ptrace is allowed). Works for statically linked
+programs (Go) too. Listening sockets are changed as well: the connections they accept inherit the settings.
+Many changes are spread out so that their first probes never crowd one tick of the kernel's timer wheel (the
+command says how long that takes).
 
 ${TARGETS_HELP}
 
@@ -106,6 +115,8 @@ function enableOptions(disable: boolean): Options {
     cgroup: { type: "string", multiple: true },
     all: { type: "boolean" },
     "dry-run": { type: "boolean" },
+    via: { type: "string" },
+    spread: { type: "string" },
     watch: { type: "boolean" },
     every: { type: "string" },
     quiet: { type: "boolean", short: "q" },
@@ -147,6 +158,8 @@ async function runTargets(argv: readonly string[], out: Out, disable: boolean): 
     throw usage(`--every ${every}: not a duration of at least 10ms`, "e.g. --every 500ms or --every 2s");
   const settings = disable ? {} : settingsFrom(values);
   const dryRun = bool(values, "dry-run");
+  const via = str(values, "via");
+  if (via !== undefined && via !== "bpf" && via !== "pidfd") throw usage(`--via ${via}: use bpf or pidfd`);
   const plan = { disable, settings, mode: bool(values, "force") ? "force" : "strengthen" } as const;
   const report = new LiveReport(out, {
     disable,
@@ -155,7 +168,11 @@ async function runTargets(argv: readonly string[], out: Out, disable: boolean): 
     quiet: bool(values, "quiet"),
     json: bool(values, "json"),
   });
-  const session = LiveSession.matching(filter, plan, dryRun);
+  const spread = str(values, "spread");
+  const maxSpreadMs = spread === undefined ? undefined : parseDurationMs(spread);
+  if (spread !== undefined && maxSpreadMs === undefined)
+    throw usage(`--spread ${spread}: not a duration`, "e.g. --spread 10s, or --spread 0 to change everything at once");
+  const session = LiveSession.matching(filter, plan, dryRun, { via, maxSpreadMs });
   const stop = watch ? stopOnSignals() : undefined;
   try {
     const rounds = {

@@ -20,7 +20,7 @@ Commands:
   ls            every TCP socket with its keepalive state, real settings and owning process
   run           run a program with keepalive turned on for its connections (LD_PRELOAD), no code change
   trace         run a program and report, socket by socket, what keepalive it set itself
-  enable        turn keepalive on for the live connections of running processes (pidfd_getfd), no restart
+  enable        turn keepalive on for the live connections of running processes (in the kernel, or pidfd_getfd), no restart
   disable       turn it off again
   enforce       keepalive for every new connection of a cgroup (BPF sock_ops), for any program
   sysctl        the namespace's keepalive defaults, what they mean, and --set to change them

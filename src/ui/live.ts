@@ -41,9 +41,16 @@ export class LiveReport {
 
   /** The onSpread of a watch: says how long the changes take and why, before the wait. */
   readonly spread = (s: Spread): void => {
-    if (s.windowMs >= NOTICEABLE_MS || s.floor) {
+    if (s.windowMs >= NOTICEABLE_MS || s.floor || s.capped) {
       this.notes.write(
-        `spreading ${plural(s.changes, "change")} over ${formatMs(s.windowMs)} so that no timer tick carries more than ~${s.perTick} probes tcpka caused\n`,
+        s.windowMs === 0
+          ? `making ${plural(s.changes, "change")} at once (--spread 0)\n`
+          : `spreading ${plural(s.changes, "change")} over ${formatMs(s.windowMs)} so that no timer tick carries more than ~${s.perTick} probes tcpka caused\n`,
+      );
+    }
+    if (s.capped) {
+      this.notes.write(
+        `warning: --spread ${formatMs(s.windowMs)} puts ~${s.perTick} probes in one timer tick, more than half the softnet backlog (net.core.netdev_max_backlog / 2 = ${s.bound}): loopback and veth peers may lose probes, and with a low --count their connections\n`,
       );
     }
     if (s.floor) {

@@ -365,6 +365,8 @@ test("bad usage exits 2 with one line", async (t) => {
     [["enable", "--pid", pid, "--idle", "1.5s"], /^tcpka: --idle 1\.5s: .*whole seconds/],
     [["enable", "--pid", pid, "--count", "128"], /^tcpka: --count 128: out of range/],
     [["enable", "--pid", pid, "--bogus"], /^tcpka: enable: unknown option --bogus$/],
+    [["enable", "--pid", pid, "--via", "ptrace"], /^tcpka: --via ptrace: use bpf or pidfd$/],
+    [["enable", "--pid", pid, "--spread", "soon"], /^tcpka: --spread soon: not a duration$/],
   ];
   for (const [args, message] of cases) {
     await t.test(`tcpka ${args.join(" ")}`, () => assertOneLineErrorOnly(ns.tcpka(args), 2, message));

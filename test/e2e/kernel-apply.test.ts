@@ -10,14 +10,14 @@
  * `perRead` sockets.
  */
 import assert from "node:assert/strict";
-import { closeSync, constants, openSync } from "node:fs";
+import { closeSync, constants, openSync, readFileSync, rmSync } from "node:fs";
 import { after, test } from "node:test";
 import type { Outcome, PlanSpec } from "../../src/enforce/live/batch.js";
 import { applyInKernel, KernelApply } from "../../src/enforce/live/kernel-apply.js";
 import { needs, python3 } from "../helpers/env.js";
 import { type Reported, report, ssTimers, UNTOUCHED, WANT, WANT_FLAGS } from "../helpers/keepalive.js";
 import { Netns } from "../helpers/netns.js";
-import { fixture } from "../helpers/paths.js";
+import { fixture, TCPKA } from "../helpers/paths.js";
 import { type Process, start } from "../helpers/processes.js";
 import type { Scope } from "../helpers/scope.js";
 
@@ -128,22 +128,31 @@ for (const c of CASES) {
     const ns = Netns.create(t);
     const viaPidfd = await holder(ns, t, GROUPS);
     const viaKernel = await holder(ns, t, GROUPS);
+    const viaCommand = await holder(ns, t, GROUPS); // tcpka enable --via bpf: the kernel path as the command runs it
     const before = await sockets(viaKernel);
     assert.equal(before.length, 2 * 2 * GROUPS.length + 2, "both ends of every connection and two listeners");
 
-    const r = ns.tcpka([...c.argv, "--pid", String(viaPidfd.pid), "--json"]);
-    assert.equal(r.status, 0, r.stderr);
-    const pidfd = new Map(
-      (JSON.parse(r.stdout) as { sockets: { inode: number; result: string; changes: [] }[] }).sockets.map((s) => [
-        s.inode,
-        s,
-      ]),
-    );
+    const run = (p: Process, via: string) => {
+      const r = ns.tcpka([...c.argv, "--pid", String(p.pid), "--via", via, "--json"]);
+      assert.equal(r.status, 0, r.stderr);
+      const json = JSON.parse(r.stdout) as { sockets: { inode: number; result: string; changes: [] }[] };
+      return new Map(json.sockets.map((s) => [s.inode, s]));
+    };
+    const pidfd = run(viaPidfd, "pidfd");
+    const command = run(viaCommand, "bpf");
     const outcomes = await kernel(viaKernel, ns, c.plan, c.dryRun);
 
     const a = await sockets(viaPidfd);
     const b = await sockets(viaKernel);
+    const d = await sockets(viaCommand);
     assert.equal(a.length, b.length);
+    assert.deepEqual(d.map(state), b.map(state), "tcpka enable --via bpf leaves what applyInKernel leaves");
+    for (const [i, x] of d.entries()) {
+      const y = command.get(x.inode);
+      const z = outcomes.get((b[i] as PySocket).inode);
+      assert.ok(y && z, `${x.label} ${x.role} #${i}: reported by the command`);
+      assert.deepEqual(comparable(y), comparable(z), `${x.label} ${x.role} #${i}: the command's outcome`);
+    }
     for (const [i, x] of a.entries()) {
       const y = b[i] as PySocket;
       const what = `${x.label} ${x.role} #${i}`;
@@ -319,7 +328,44 @@ test("a bpf_setsockopt that fails: failed with its errno, nothing after it made,
   const o = out.get(client.inode);
   assert.equal(o?.result, "failed");
   assert.equal(o.error.errnoName, "EINVAL");
-  assert.deepEqual(comparable(o), { result: "failed", changes: ["count 9→200", "keepalive 0→1"] }, "not made");
+  // TCP_KEEPCNT comes before TCP_KEEPIDLE and SO_KEEPALIVE (APPLY_ORDER): it fails, and nothing after it is made.
+  const notMade = ["count 9→200", "idle 7200→7", "keepalive 0→1"];
+  assert.deepEqual(comparable(o), { result: "failed", changes: notMade }, "not made");
   const now = (await sockets(p)).find((s) => s.inode === client.inode) as PySocket;
-  assert.deepEqual(state(now), { ...UNTOUCHED, idle: 7, user_timeout: 0 }, "idle made; SO_KEEPALIVE never set");
+  assert.deepEqual(state(now), { ...UNTOUCHED, user_timeout: 0 }, "nothing made; SO_KEEPALIVE never set");
+});
+
+test("as root, tcpka enable changes sockets in the kernel: no pidfd_getfd; --via pidfd duplicates them", async (t) => {
+  if (!needs(t, { ...NEEDS, tools: [...NEEDS.tools, "strace"] })) return;
+  const ns = Netns.create(t);
+  for (const via of [undefined, "pidfd"] as const) {
+    const p = await holder(ns, t, ["plain=3"]);
+    const trace = `/tmp/tcpka-kernel-apply-${process.pid}-${via ?? "auto"}.strace`;
+    t.after(() => rmSync(trace, { force: true }));
+    const r = ns.exec([
+      "strace",
+      "-f",
+      "-qq",
+      "-e",
+      "trace=pidfd_getfd",
+      "-e",
+      "signal=none",
+      "-o",
+      trace,
+      process.execPath,
+      TCPKA,
+      "enable",
+      ...WANT_FLAGS,
+      "--pid",
+      String(p.pid),
+      ...(via ? ["--via", via] : []),
+    ]);
+    assert.equal(r.status, 0, r.stderr);
+    const calls = readFileSync(trace, "utf8")
+      .split("\n")
+      .filter((l) => l.includes("pidfd_getfd(")).length;
+    if (via === "pidfd") assert.ok(calls >= 6, `--via pidfd: ${calls} pidfd_getfd calls`);
+    else assert.equal(calls, 0, "the kernel path duplicates no socket");
+    for (const s of await sockets(p)) assert.equal(s.keepalive, 1, `${via ?? "auto"}: ${s.role} has keepalive on`);
+  }
 });

@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import {
   armsTimer,
+  capSpread,
   granularityMs,
   granuleSlotMs,
   probeBound,
@@ -137,4 +138,26 @@ describe("the window", () => {
 
 test("the limits take HZ from kernelHz (checked against CONFIG_HZ in kernel-hz.test.ts)", () => {
   assert.equal(tickLimits().hz, kernelHz());
+});
+
+describe("--spread: a window cut short (capSpread)", () => {
+  const l = { hz: 250, backlog: 1000 };
+  test("a cap longer than the spread changes nothing", () => {
+    const s = spreadOf(16_000, 2, 2, false, l);
+    assert.deepEqual(capSpread(s, 60_000, 2, l), s);
+  });
+  test("shorter: the same changes faster, and the probes per tick that gives, said", () => {
+    const s = capSpread(spreadOf(16_000, 2, 2, false, l), 640, 2, l);
+    assert.equal(s.windowMs, 640);
+    assert.equal(s.stepMs, 640 / 16_000);
+    assert.equal(s.perTick, 800, "16,000 × 32 ms / 640 ms");
+    assert.equal(s.capped, true);
+  });
+  test("0, or shorter than one granule: every change in one tick", () => {
+    for (const max of [0, 20]) {
+      const s = capSpread(spreadOf(16_000, 2, 2, false, l), max, 2, l);
+      assert.equal(s.perTick, 16_000);
+      assert.equal(s.capped, true);
+    }
+  });
 });

@@ -19,7 +19,7 @@ import { assemble, Listing } from "../../bpf/asm.js";
 import { BULK_RECORD_SIZE, BULK_SLOTS, bulkKeepaliveProgram } from "../../bpf/bulk-keepalive.js";
 import { tcpSocketOffsets } from "../../bpf/tcp-sockets.js";
 import { ENOENT } from "../../kernel/errno.js";
-import { OPTION_ORDER, SOCKOPTS } from "../../kernel/sockopts.js";
+import { APPLY_ORDER, SOCKOPTS } from "../../kernel/sockopts.js";
 import type { Change, EffectiveKeepAlive } from "../../settings.js";
 import {
   bpfCapable,
@@ -219,7 +219,7 @@ class Results {
     const changes: Change[] = [];
     const notMade: Change[] = [];
     let failed: SysError | undefined;
-    for (const option of OPTION_ORDER) {
+    for (const option of APPLY_ORDER) {
       const s = BULK_SLOTS[option];
       const from = b.readUInt32LE(at + s.before);
       const to = b.readUInt32LE(at + s.after);

@@ -6,6 +6,7 @@
  * read per process; elsewhere each fd's /proc/PID/fd link is read and the socket looked up in the TCP tables of
  * the process's own network namespace. Many changes at once are paced (spread.ts): first read, then made.
  */
+import { closeSync, constants, openSync } from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";
 import { TcpkaError } from "../../errors.js";
 import {
@@ -24,12 +25,30 @@ import { STATE_NAMES, stateMask, type TcpStateName } from "../../kernel/states.j
 import { afterChanges, type Change } from "../../settings.js";
 import { applyPhase, linksPhase, type Outcome, OutcomeReader, type PlanSpec } from "./batch.js";
 import { HelperThread } from "./helper.js";
+import { applyInKernel, KernelApply, type KernelTarget, MAX_PER_READ } from "./kernel-apply.js";
 import { type LiveResult, type LiveSocket, type LiveSummary, type Round, Tally } from "./results.js";
-import { armsTimer, probeBound, type Spread, spreadOf } from "./spread.js";
+import { armsTimer, capSpread, probeBound, type Spread, spreadOf } from "./spread.js";
 
 export type { Outcome, PlanSpec } from "./batch.js";
 export type { LiveResult, LiveSocket, LiveSummary, Round } from "./results.js";
 export type { Spread } from "./spread.js";
+
+/**
+ * How a session changes sockets: "bpf", in the kernel (kernel-apply.ts: root, Linux 5.15, BTF; no socket
+ * duplicated, so no CAP_SYS_PTRACE and the sockets' net_cls/net_prio stay theirs), or "pidfd", through a
+ * duplicate of each (Linux 5.6). Unset: the kernel where it can, else pidfd.
+ */
+export type ChangeVia = "bpf" | "pidfd";
+
+/** Nothing ever notifies it: Atomics.wait on it only sleeps (the kernel path's pace, applyKernel). */
+const NAP = new Int32Array(new SharedArrayBuffer(4));
+/**
+ * How late a read of the kernel path may come before the rest of its schedule moves with it: half the smallest
+ * granule of the timer wheel that a spread meets (32 ms, a 2 s idle at HZ=250). Catching up within it keeps
+ * every change in its granule; moving on at every small delay would stretch the window, and a window that grows
+ * past one idle time folds back onto its own first changes (spread.ts), doubling the probes of those ticks.
+ */
+const LATE_MS = 16;
 
 /** What a session looks at unless told otherwise: connections, and listeners (what they accept inherits). */
 export const LIVE_STATES = stateMask(["ESTAB", "LISTEN"]);
@@ -87,14 +106,23 @@ export class LiveSession {
     private readonly dryRun: boolean,
     /** false: list through /proc and sock_diag even where the BPF iterator would load (for tests) */
     private readonly useIterator = true,
+    /** how sockets are changed: in the kernel (bpf), through duplicates (pidfd), or the first that works here */
+    private readonly via?: ChangeVia,
+    /** the longest a round's changes may be spread over (tcpka enable --spread); unset: what spread.ts needs */
+    private readonly maxSpreadMs?: number,
   ) {
     this.wanted = new Set(STATE_NAMES.filter((name, i): name is TcpStateName => !!name && (states & (1 << i)) !== 0));
   }
 
   /** A session over the sockets that `filter` lets through (by default: LIVE_STATES, every address). */
-  static matching(filter: Partial<SocketFilter>, plan: PlanSpec, dryRun = false): LiveSession {
+  static matching(
+    filter: Partial<SocketFilter>,
+    plan: PlanSpec,
+    dryRun = false,
+    o: { via?: ChangeVia; maxSpreadMs?: number } = {},
+  ): LiveSession {
     const f = { ...DEFAULT_FILTER, states: LIVE_STATES, ...filter };
-    return new LiveSession(f.states, socketMatcher(f), plan, dryRun);
+    return new LiveSession(f.states, socketMatcher(f), plan, dryRun, true, o.via, o.maxSpreadMs);
   }
 
   /**
@@ -238,6 +266,14 @@ export class LiveSession {
 
     // 4. Change them, shared with the helper. More sockets than a timer tick may carry probes of are read first
     // (a dry run), then those that need it changed at the pace spread.ts gives; disable never needs a pace.
+    if (this.via !== "pidfd" && jobs.length > 0 && KernelApply.possible()) {
+      const outcomes = await this.applyKernel(jobs, onSpread);
+      if (outcomes) {
+        for (let i = 0; i < jobs.length; i++)
+          results.push({ socket: jobs[i] as LiveSocket, outcome: outcomes[i] as Outcome });
+        return { results, filtered, unreadable, holders };
+      }
+    }
     const paced = !this.dryRun && !this.plan.disable && jobs.length > probeBound();
     const apply = applyPhase(
       jobs.map((j) => j.pid),
@@ -266,26 +302,8 @@ export class LiveSession {
     reader: OutcomeReader,
     onSpread?: (spread: Spread) => void,
   ): Promise<void> {
-    const todo: number[] = [];
-    let arming = 0;
-    let idle = Number.POSITIVE_INFINITY;
-    let timer = 0;
-    let atOnce = false;
-    let last: readonly Change[] | undefined; // sockets read alike share their list of changes (OutcomeReader)
-    for (const [i, o] of outcomes.entries()) {
-      if (o.result !== "would change") continue;
-      todo.push(i);
-      if (!armsTimer(o.changes)) continue;
-      arming++;
-      if (o.changes === last) continue;
-      last = o.changes;
-      const after = afterChanges(o.before, o.changes);
-      idle = Math.min(idle, after.idle);
-      timer = Math.max(timer, after.idle, after.interval);
-      atOnce ||= o.before.keepalive && after.idle !== o.before.idle;
-    }
+    const { todo, spread } = spreadFor(outcomes, this.maxSpreadMs);
     if (todo.length === 0) return;
-    const spread = spreadOf(arming, idle, timer, atOnce);
     if (spread.stepMs > 0) onSpread?.(spread);
     const job = (i: number) => jobs[i] as LiveSocket;
     const p = applyPhase(
@@ -298,6 +316,63 @@ export class LiveSession {
     );
     await this.helper.run(p);
     for (const [k, i] of todo.entries()) outcomes[i] = reader.read(p, k);
+  }
+
+  /**
+   * Step 4 in the kernel (kernel-apply.ts): the same decisions and changes in one walk per network namespace,
+   * no socket duplicated. Many changes are decided first (a dry run in the kernel), then made at spread.ts's
+   * pace: each read of the walk changes at most what one tick may carry, and the walk waits between reads.
+   * undefined when the kernel path cannot run here (the caller takes pidfd_getfd), unless it was insisted on.
+   */
+  private async applyKernel(
+    jobs: readonly LiveSocket[],
+    onSpread?: (spread: Spread) => void,
+  ): Promise<Outcome[] | undefined> {
+    const netns = new Map<string, number | undefined>(); // a namespace's nsfs fd, by its name; own: undefined
+    const own = netnsOf(process.pid);
+    const targets: KernelTarget[] = [];
+    try {
+      for (const j of jobs) {
+        const ns = netnsOf(j.pid) ?? own ?? "";
+        if (!netns.has(ns)) netns.set(ns, ns === own ? undefined : openNetns(j.pid));
+        targets.push({ inode: j.socket.inode, netnsFd: netns.get(ns) });
+      }
+      const paced = !this.dryRun && !this.plan.disable && jobs.length > probeBound();
+      const first = await applyInKernel(targets, this.plan, { dryRun: this.dryRun || paced, perRead: MAX_PER_READ });
+      const outcomes = jobs.map((j) => first.get(j.socket.inode) as Outcome);
+      if (!paced) return outcomes;
+      const { todo, spread } = spreadFor(outcomes, this.maxSpreadMs);
+      if (todo.length === 0) return outcomes;
+      if (spread.stepMs > 0) onSpread?.(spread);
+      // Reads of about a millisecond's share of changes, each read when its turn comes (Atomics.wait: a timer's
+      // millisecond would bunch them). The schedule starts with the first read (loading the program and filling
+      // the map take a few ms that must not be caught up at once), and a read that comes more than LATE_MS late
+      // moves the rest of the schedule on instead of catching up in a burst that would crowd one granule.
+      const perRead =
+        spread.stepMs > 0 ? Math.max(1, Math.min(MAX_PER_READ, Math.floor(1 / spread.stepMs))) : MAX_PER_READ;
+      let origin: number | undefined;
+      const made = await applyInKernel(
+        todo.map((i) => targets[i] as KernelTarget),
+        this.plan,
+        {
+          dryRun: false,
+          perRead,
+          pace: (done) => {
+            origin ??= performance.now() - done * spread.stepMs;
+            const early = origin + done * spread.stepMs - performance.now();
+            if (early > 0) Atomics.wait(NAP, 0, 0, early);
+            else if (-early > LATE_MS) origin += -early - LATE_MS;
+          },
+        },
+      );
+      for (const i of todo) outcomes[i] = made.get((jobs[i] as LiveSocket).socket.inode) as Outcome;
+      return outcomes;
+    } catch (e) {
+      if (this.via === "bpf") throw e;
+      return undefined;
+    } finally {
+      for (const fd of netns.values()) if (fd !== undefined) closeSync(fd);
+    }
   }
 
   /**
@@ -398,4 +473,36 @@ export class LiveSession {
     }
     return tcp;
   }
+}
+
+/**
+ * Which outcomes of a dry run are still to be made, and their spread: N = the changes that arm a timer, over the
+ * shortest idle and the longest timer they leave.
+ */
+function spreadFor(outcomes: readonly Outcome[], maxSpreadMs?: number): { todo: number[]; spread: Spread } {
+  const todo: number[] = [];
+  let arming = 0;
+  let idle = Number.POSITIVE_INFINITY;
+  let timer = 0;
+  let atOnce = false;
+  let last: readonly Change[] | undefined; // sockets read alike share their list of changes (OutcomeReader)
+  for (const [i, o] of outcomes.entries()) {
+    if (o.result !== "would change") continue;
+    todo.push(i);
+    if (!armsTimer(o.changes)) continue;
+    arming++;
+    if (o.changes === last) continue;
+    last = o.changes;
+    const after = afterChanges(o.before, o.changes);
+    idle = Math.min(idle, after.idle);
+    timer = Math.max(timer, after.idle, after.interval);
+    atOnce ||= o.before.keepalive && after.idle !== o.before.idle;
+  }
+  const spread = spreadOf(arming, idle, timer, atOnce);
+  return { todo, spread: maxSpreadMs === undefined ? spread : capSpread(spread, maxSpreadMs, timer) };
+}
+
+/** An nsfs fd of a process's network namespace, for a walk in it. */
+function openNetns(pid: number): number {
+  return openSync(`/proc/${pid}/ns/net`, constants.O_RDONLY);
 }

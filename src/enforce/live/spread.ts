@@ -119,6 +119,26 @@ export interface Spread {
   bound: number;
   /** perTick is above the bound, even spread over a whole idle time */
   floor: boolean;
+  /** the window was cut short to what the caller allowed (--spread): perTick is what that gives */
+  capped?: boolean;
+}
+
+/**
+ * The spread cut to at most `maxMs` (tcpka enable --spread): the same changes in less time, so more of them per
+ * granule, at least N × G / maxMs per tick (or all N, when maxMs is shorter than one granule).
+ */
+export function capSpread(s: Spread, maxMs: number, timer: number, l: TickLimits = tickLimits()): Spread {
+  if (s.windowMs <= maxMs) return s;
+  const granule = granularityMs(timer, l.hz);
+  const perTick = maxMs <= granule ? s.changes : Math.ceil((s.changes * granule) / maxMs);
+  return {
+    ...s,
+    windowMs: maxMs,
+    stepMs: maxMs > 0 ? maxMs / s.changes : 0,
+    perTick,
+    floor: false,
+    capped: perTick > s.bound,
+  };
 }
 
 /** The most probes the changes of one run should put in one tick (B above). */
