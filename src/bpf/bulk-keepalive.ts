@@ -116,6 +116,8 @@ export interface BulkSpec {
   disable: boolean;
   settings: KeepAliveSettings;
   mode: ApplyMode;
+  /** only sockets that have keepalive off (--no-keepalive): one with it on is left as it is */
+  onlyOff?: boolean;
   /** decide and report, change nothing */
   dryRun: boolean;
 }
@@ -174,6 +176,7 @@ export function bulkKeepaliveProgram(o: BulkOffsets, spec: BulkSpec): Instructio
   for (const option of APPLY_ORDER) {
     b.emit(LoadMem(R2, R10, at(option, "before"), "W"), StoreMem(R10, at(option, "after"), R2, "W"));
   }
+  if (spec.onlyOff) b.emit(LoadMem(R2, R10, at("keepalive", "before"), "W"), JNE32.Imm(R2, 0, "write"));
   const changed = decide(b, spec);
   if (!spec.dryRun) for (const option of APPLY_ORDER) if (changed.has(option)) apply(b, option);
 

@@ -160,7 +160,13 @@ async function runTargets(argv: readonly string[], out: Out, disable: boolean): 
   const dryRun = bool(values, "dry-run");
   const via = str(values, "via");
   if (via !== undefined && via !== "bpf" && via !== "pidfd") throw usage(`--via ${via}: use bpf or pidfd`);
-  const plan = { disable, settings, mode: bool(values, "force") ? "force" : "strengthen" } as const;
+  // --no-keepalive is decided on the settings read in the same pass that changes them (batch.ts, the kernel's).
+  const plan = {
+    disable,
+    settings,
+    mode: bool(values, "force") ? "force" : "strengthen",
+    onlyOff: filter.noKeepalive,
+  } as const;
   const report = new LiveReport(out, {
     disable,
     settings,

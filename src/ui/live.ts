@@ -44,7 +44,7 @@ export class LiveReport {
     if (s.windowMs >= NOTICEABLE_MS || s.floor || s.capped) {
       this.notes.write(
         s.windowMs === 0
-          ? `making ${plural(s.changes, "change")} at once (--spread 0)\n`
+          ? `changing up to ${plural(s.changes, "socket")} at once (--spread 0)\n`
           : `spreading ${plural(s.changes, "change")} over ${formatMs(s.windowMs)} so that no timer tick carries more than ~${s.perTick} probes tcpka caused\n`,
       );
     }

@@ -369,3 +369,28 @@ test("as root, tcpka enable changes sockets in the kernel: no pidfd_getfd; --via
     for (const s of await sockets(p)) assert.equal(s.keepalive, 1, `${via ?? "auto"}: ${s.role} has keepalive on`);
   }
 });
+
+test("a filter picks the same sockets on both ways: --no-keepalive, --listening", async (t) => {
+  if (!needs(t, NEEDS)) return;
+  const ns = Netns.create(t);
+  const groups = ["plain=2", "kaon=2,ka=1", "six=2,family=6"];
+  const twins = { bpf: await holder(ns, t, groups), pidfd: await holder(ns, t, groups) };
+  const before = await sockets(twins.bpf);
+  for (const filter of [["--no-keepalive"], ["--listening"]]) {
+    const after: PySocket[][] = [];
+    for (const [via, p] of Object.entries(twins)) {
+      const r = ns.tcpka(["enable", ...WANT_FLAGS, "--pid", String(p.pid), "--via", via, ...filter, "--json"]);
+      assert.ok(r.status === 0 || r.status === 1, r.stderr);
+      after.push(await sockets(p));
+    }
+    const [viaBpf, viaPidfd] = after as [PySocket[], PySocket[]];
+    assert.deepEqual(viaBpf.map(state), viaPidfd.map(state), `${filter.join(" ")}: the same sockets changed, alike`);
+    if (filter[0] === "--no-keepalive") {
+      for (const [i, s] of viaBpf.entries()) {
+        const was = before[i] as PySocket;
+        if (was.keepalive) assert.deepEqual(state(s), state(was), `${s.label} ${s.role}: had keepalive, untouched`);
+        else assert.equal(s.keepalive, 1, `${s.label} ${s.role}: had none, has it now`);
+      }
+    }
+  }
+});

@@ -38,11 +38,13 @@ export interface PlanSpec {
   disable: boolean;
   settings: KeepAliveSettings;
   mode: ApplyMode;
+  /** only sockets that have keepalive off (--no-keepalive): one with it on is left as it is */
+  onlyOff?: boolean;
 }
 
 function planner(spec: PlanSpec): (current: EffectiveKeepAlive) => Change[] {
-  if (spec.disable) return (cur) => (cur.keepalive ? [{ option: "keepalive", from: 1, to: 0 }] : []);
-  return (cur) => planChanges(cur, spec.settings, spec.mode);
+  if (spec.disable) return (cur) => (cur.keepalive && !spec.onlyOff ? [{ option: "keepalive", from: 1, to: 0 }] : []);
+  return (cur) => (spec.onlyOff && cur.keepalive ? [] : planChanges(cur, spec.settings, spec.mode));
 }
 
 interface PhaseBase {

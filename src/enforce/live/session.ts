@@ -266,6 +266,19 @@ export class LiveSession {
 
     // 4. Change them, shared with the helper. More sockets than a timer tick may carry probes of are read first
     // (a dry run), then those that need it changed at the pace spread.ts gives; disable never needs a pace.
+    if (this.maxSpreadMs === 0 && !this.dryRun && !this.plan.disable && jobs.length > probeBound()) {
+      // --spread 0: no dry run to count the changes first; at most every socket of the round, at once.
+      const bound = probeBound();
+      onSpread?.({
+        changes: jobs.length,
+        windowMs: 0,
+        stepMs: 0,
+        perTick: jobs.length,
+        bound,
+        floor: false,
+        capped: true,
+      });
+    }
     if (this.via !== "pidfd" && jobs.length > 0 && KernelApply.possible()) {
       const outcomes = await this.applyKernel(jobs, onSpread);
       if (outcomes) {
@@ -274,7 +287,7 @@ export class LiveSession {
         return { results, filtered, unreadable, holders };
       }
     }
-    const paced = !this.dryRun && !this.plan.disable && jobs.length > probeBound();
+    const paced = this.paced(jobs.length);
     const apply = applyPhase(
       jobs.map((j) => j.pid),
       jobs.map((j) => j.fd),
@@ -289,6 +302,14 @@ export class LiveSession {
     for (let i = 0; i < jobs.length; i++)
       results.push({ socket: jobs[i] as LiveSocket, outcome: outcomes[i] as Outcome });
     return { results, filtered, unreadable, holders };
+  }
+
+  /**
+   * Whether a round of `n` sockets is changed at a pace, and so decided first in a dry run: not a dry run,
+   * not disable (no probe can come of it), not --spread 0, and more sockets than one tick may carry probes of.
+   */
+  private paced(n: number): boolean {
+    return !this.dryRun && !this.plan.disable && this.maxSpreadMs !== 0 && n > probeBound();
   }
 
   /**
@@ -337,7 +358,7 @@ export class LiveSession {
         if (!netns.has(ns)) netns.set(ns, ns === own ? undefined : openNetns(j.pid));
         targets.push({ inode: j.socket.inode, netnsFd: netns.get(ns) });
       }
-      const paced = !this.dryRun && !this.plan.disable && jobs.length > probeBound();
+      const paced = this.paced(jobs.length);
       const first = await applyInKernel(targets, this.plan, { dryRun: this.dryRun || paced, perRead: MAX_PER_READ });
       const outcomes = jobs.map((j) => first.get(j.socket.inode) as Outcome);
       if (!paced) return outcomes;
