@@ -353,10 +353,16 @@ export class LiveSession {
     const own = netnsOf(process.pid);
     const targets: KernelTarget[] = [];
     try {
+      let pid = -1; // jobs come grouped by process: its namespace is looked up once (a readlink each)
+      let fd: number | undefined;
       for (const j of jobs) {
-        const ns = netnsOf(j.pid) ?? own ?? "";
-        if (!netns.has(ns)) netns.set(ns, ns === own ? undefined : openNetns(j.pid));
-        targets.push({ inode: j.socket.inode, netnsFd: netns.get(ns) });
+        if (j.pid !== pid) {
+          pid = j.pid;
+          const ns = netnsOf(pid) ?? own ?? "";
+          if (!netns.has(ns)) netns.set(ns, ns === own ? undefined : openNetns(pid));
+          fd = netns.get(ns);
+        }
+        targets.push({ inode: j.socket.inode, netnsFd: fd });
       }
       const paced = this.paced(jobs.length);
       const first = await applyInKernel(targets, this.plan, { dryRun: this.dryRun || paced, perRead: MAX_PER_READ });
