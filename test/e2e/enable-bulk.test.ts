@@ -6,7 +6,7 @@
  * overflowed the softnet backlog, and a dropped probe counts as unanswered: connections died with ETIMEDOUT
  * (before the spread: 1,985–5,330 connections lost per case, 3,174–5,137 probes in one 4 ms tick). After the
  * change and 15 s: no connection lost, no softnet drop, every end with the settings asked for (as its holder's
- * getsockopt reads them), and never more keepalive probes in one timer tick than half the backlog, or 10 % above
+ * getsockopt reads them), and never more keepalive probes in one timer tick than half the backlog, or 20 % above
  * the floor N × G / idle where no spread can do better (a tick more where keepalive was on: the new idle re-arms
  * the timers at once; src/enforce/live/spread.ts); tcpka says how it spreads.
  */

@@ -27,13 +27,14 @@ export function netdevMaxBacklog(): number {
 /**
  * The most keepalive probes that a bulk change may make the kernel send in one timer tick (4 ms at HZ=250) in the
  * namespace: half of netdev_max_backlog, as tcpka's pace allows (src/enforce/live/spread.ts), or, when that cannot
- * be met, 10 % above the floor that no spread can beat, `floor` = N × G / idle (an answered socket probes every
+ * be met, 20 % above the floor that no spread can beat, `floor` = N × G / idle (tcpka's window stops two granules
+ * short of the idle, 3 % more at 40,000 ends and a 2 s idle, and its turns come late by up to a few %; an answered socket probes every
  * idle seconds, so N sockets fill idle / G buckets of the timer wheel at best). One tick's probes all wait in one
  * CPU's input_pkt_queue (the TIMER softirq runs before NET_RX), and the lab saw drops from about
  * netdev_max_backlog probes per tick on one CPU.
  */
 export function probesPerTickBound(floor: number): number {
-  return Math.max(Math.floor(netdevMaxBacklog() / 2), Math.ceil(1.1 * floor));
+  return Math.max(Math.floor(netdevMaxBacklog() / 2), Math.ceil(1.2 * floor));
 }
 
 /** How an end's keepalive is reported by its holder: SO_KEEPALIVE, TCP_KEEPIDLE/INTVL/CNT, TCP_USER_TIMEOUT (ms). */

@@ -67,23 +67,23 @@ describe("the window", () => {
     assert.equal(granuleSlotMs(2, undefined), (64 * 1000) / 300 + 2000 / 300, "HZ 300 has the longest");
   });
 
-  test("16,000 changes, idle 2 s, HZ 250: B per 40 ms slot, W = 1,280 ms", () => {
+  test("16,000 changes, idle 2 s, HZ 250: 0.8 B per 40 ms slot, W = 1,600 ms", () => {
     assert.deepEqual(spreadOf(16_000, 2, 2, false, hz250), {
       changes: 16_000,
-      windowMs: 1280,
-      stepMs: 40 / 500,
-      perTick: 500,
+      windowMs: 1600,
+      stepMs: 40 / 400,
+      perTick: 400,
       bound: 500,
       floor: false,
     });
   });
 
-  test("40,000 changes, idle 2 s: the floor; W = idle, N × G / idle = 640 probes share a tick", () => {
+  test("40,000 changes, idle 2 s: the floor; W = idle less two granules, N × G / W ≈ 662 probes share a tick", () => {
     assert.deepEqual(spreadOf(40_000, 2, 2, false, hz250), {
       changes: 40_000,
-      windowMs: 2000,
-      stepMs: 2000 / 40_000,
-      perTick: 640,
+      windowMs: 1936,
+      stepMs: 1936 / 40_000,
+      perTick: 662,
       bound: 500,
       floor: true,
     });
@@ -91,25 +91,26 @@ describe("the window", () => {
 
   test("timers re-armed at once (keepalive on already, a new idle): the floor is a tick more", () => {
     const s = spreadOf(40_000, 2, 2, true, hz250);
-    assert.deepEqual([s.windowMs, s.perTick, s.floor], [2000, 720, true], "40,000 × (32 + 4) / 2,000");
-    assert.equal(spreadOf(16_000, 2, 2, true, hz250).windowMs, 1280, "below the floor: the same spread");
+    assert.deepEqual([s.windowMs, s.perTick, s.floor], [1936, 744, true], "40,000 × (32 + 4) / 1,936");
+    assert.equal(spreadOf(16_000, 2, 2, true, hz250).windowMs, 1600, "below the floor: the same spread");
   });
 
   test("the granule comes from the longest timer, the fold-back from the shortest idle", () => {
     const s = spreadOf(5000, 60, 60, false, hz250);
-    assert.equal(s.windowMs, (5000 * 2056) / 500, "60 s timers: 2,048 ms granules");
+    assert.equal(s.windowMs, (5000 * 2056) / 400, "60 s timers: 2,048 ms granules");
     assert.equal(s.floor, false);
     const mixed = spreadOf(5000, 2, 60, false, hz250);
-    assert.deepEqual([mixed.windowMs, mixed.perTick, mixed.floor], [2000, Math.ceil((5000 * 2048) / 2000), true]);
+    // two granules are more than a tenth of the idle: a tenth it is
+    assert.deepEqual([mixed.windowMs, mixed.perTick, mixed.floor], [1800, Math.ceil((5000 * 2048) / 1800), true]);
   });
 
   test("clamped to idle but under the bound: no floor", () => {
-    // 28,000 × 32 / 2,000 = 448 ≤ 500 < 28,000 × 40 / 2,000
+    // 28,000 × 32 / 1,936 = 463 ≤ 500 < 28,000 × 40 / (0.8 × 500)
     assert.deepEqual(spreadOf(28_000, 2, 2, false, hz250), {
       changes: 28_000,
-      windowMs: 2000,
-      stepMs: 2000 / 28_000,
-      perTick: 448,
+      windowMs: 1936,
+      stepMs: 1936 / 28_000,
+      perTick: 463,
       bound: 500,
       floor: false,
     });
@@ -117,8 +118,8 @@ describe("the window", () => {
 
   test("HZ unknown: the longer window", () => {
     const s = spreadOf(16_000, 60, 60, false, { hz: undefined, backlog: 1000 });
-    assert.deepEqual([s.windowMs, s.floor], [60_000, true]);
-    assert.equal(spreadOf(2000, 60, 60, false, { hz: undefined, backlog: 1000 }).windowMs, (2000 * 5140) / 500);
+    assert.deepEqual([s.windowMs, s.floor], [54_000, true], "60 s less a tenth (two 5,120 ms granules are more)");
+    assert.equal(spreadOf(2000, 60, 60, false, { hz: undefined, backlog: 1000 }).windowMs, (2000 * 5140) / 400);
   });
 
   test("only SO_KEEPALIVE on and TCP_KEEPIDLE arm a timer", () => {
