@@ -352,6 +352,7 @@ export class LiveSession {
     const netns = new Map<string, number | undefined>(); // a namespace's nsfs fd, by its name; own: undefined
     const own = netnsOf(process.pid);
     const targets: KernelTarget[] = [];
+    let started = false;
     try {
       let pid = -1; // jobs come grouped by process: its namespace is looked up once (a readlink each)
       let fd: number | undefined;
@@ -366,6 +367,9 @@ export class LiveSession {
       }
       const paced = this.paced(jobs.length);
       const first = await applyInKernel(targets, this.plan, { dryRun: this.dryRun || paced, perRead: MAX_PER_READ });
+      // From here on sockets may have been changed: a failure is reported, not retried through pidfd_getfd,
+      // which would count what the kernel already changed as found so.
+      started = true;
       const outcomes = jobs.map((j) => first.get(j.socket.inode) as Outcome);
       if (!paced) return outcomes;
       const { todo, spread } = spreadFor(outcomes, this.maxSpreadMs);
@@ -395,7 +399,7 @@ export class LiveSession {
       for (const i of todo) outcomes[i] = made.get((jobs[i] as LiveSocket).socket.inode) as Outcome;
       return outcomes;
     } catch (e) {
-      if (this.via === "bpf") throw e;
+      if (this.via === "bpf" || started) throw e;
       return undefined;
     } finally {
       for (const fd of netns.values()) if (fd !== undefined) closeSync(fd);
