@@ -95,8 +95,8 @@ for (const { ends, keepalive, via } of CASES) {
     } else {
       // 40,000 ends, idle 2 s: the floor (640–720 a tick) leaves less than twice itself below netdev_max_backlog,
       // so a late softirq drops probes, and a connection whose probes are dropped twice in a row dies (count 2;
-      // tcpka warns that it is fragile and that the floor is above half the backlog). The same happens to an
-      // ideal in-process spread (BENCHMARKS.md §5). What tcpka still answers for: every loss is one the softnet
+      // tcpka warns that it is fragile and that the floor is above half the backlog). The holders' own ideal
+      // spread has the same floor (BENCHMARKS.md §5: 641-700 a tick at 40,000 ends). What tcpka still answers for: every loss is one the softnet
       // drops explain (an end dies after two unanswered probes, its peer by the reset it then sends), nothing else.
       t.diagnostic(`the kernel merged timer granules (${probes.max4} probes in 4 ms, planned ${planned}): ${seen}`);
       assert.equal(report.otherError, 0, `ends died only of keepalive (ETIMEDOUT, or the peer's reset): ${seen}`);
