@@ -66,6 +66,7 @@ export const Fn = {
   mapLookupElem: 1,
   mapDeleteElem: 3,
   setsockopt: 49,
+  skStorageGet: 107,
   jiffies64: 118,
   getsockopt: 57,
   seqWrite: 127,
@@ -213,6 +214,7 @@ export const JEq = jmp(CLASS.JMP, JMP_OP.jeq);
 export const JNE = jmp(CLASS.JMP, JMP_OP.jne);
 /** Unsigned 64-bit compares. */
 export const JGE = jmp(CLASS.JMP, JMP_OP.jge);
+export const JGT = jmp(CLASS.JMP, JMP_OP.jgt);
 export const JLE = jmp(CLASS.JMP, JMP_OP.jle);
 
 export function Ja(target: string): Instruction {

@@ -24,6 +24,7 @@ import {
   Fn,
   type Instruction,
   Ja,
+  JEq,
   JEq32,
   JGE32,
   JGT32,
@@ -31,6 +32,7 @@ import {
   JLT32,
   JNE,
   JNE32,
+  LoadMapFd,
   LoadMem,
   Mov,
   Mov32,
@@ -61,6 +63,7 @@ const CTX = {
   remoteIp6: 32,
   remotePort: 64, // network order; in the upper 16 bits on little-endian kernels (sock_ops_convert_ctx_access)
   localPort: 68, // host order
+  sk: 184, // __bpf_md_ptr(struct bpf_sock *, sk): PTR_TO_SOCKET_OR_NULL (sock_ops_is_valid_access)
 } as const;
 const OP = { activeEstablished: 4, passiveEstablished: 5, tcpListen: 11 } as const;
 const SCRATCH = -8; // stack slot for option values
@@ -209,7 +212,11 @@ function strengthenUserTimeout(p: ProgramBuilder, value: number): void {
   p.label("ut_done");
 }
 
-export function keepaliveProgram(spec: EnforceSpec): Instruction[] {
+/**
+ * `marksFd`: a socket storage map (sockopt-hook.ts) in which every socket set up here is marked, so that the
+ * setsockopt program keeps the rule on exactly these sockets when their program changes its options later.
+ */
+export function keepaliveProgram(spec: EnforceSpec, marksFd?: number): Instruction[] {
   const p = new ProgramBuilder();
   const rules = [...spec.only, ...spec.except];
   // A listener has no peer yet: set it up only when no rule depends on the peer's address, as the shim does.
@@ -265,6 +272,17 @@ export function keepaliveProgram(spec: EnforceSpec): Instruction[] {
     if (s.userTimeout) strengthenUserTimeout(p, s.userTimeout);
   }
   setOption(p, "keepalive", 1);
+  if (marksFd !== undefined) {
+    // bpf_sk_storage_get(marks, ctx->sk, NULL, BPF_SK_STORAGE_GET_F_CREATE): the storage is the mark.
+    p.emit(
+      LoadMem(R2, R6, CTX.sk, "DW"),
+      JEq.Imm(R2, 0, "out"),
+      ...LoadMapFd(R1, marksFd),
+      Mov.Imm(R3, 0),
+      Mov.Imm(R4, 1),
+      Call(Fn.skStorageGet),
+    );
+  }
   // sock_ops programs return 1 (the reply is not used for these ops).
   p.label("out").emit(Mov.Imm(R0, 1), Return());
   return p.build();

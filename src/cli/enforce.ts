@@ -43,8 +43,10 @@ cgroup sets the options when a connection is established and when a socket liste
 on the cgroup keep working. Running it again on the same cgroup replaces the settings in one step.
 Connections that already exist are not touched unless --existing is given. Needs root (CAP_BPF and
 CAP_NET_ADMIN) and Linux 5.9+; strengthen mode reads the current times and count with bpf_getsockopt (where a
-read fails the value is set), and cannot see a program's own setsockopt calls made after the connection is
-established.
+read fails the value is set). From Linux 5.15 a cgroup setsockopt program beside it keeps the rule when a
+program changes its own keepalive options later (a looser TCP_KEEPIDLE, SO_KEEPALIVE off): strengthen never
+lets them get weaker than asked, --force keeps the values asked for; every other option, and every call's
+return value and errno, stay the program's. Older kernels get the sock_ops program alone, and tcpka says so.
 
 Target (one):
       --cgroup PATH      a cgroup, as a path in the cgroup2 mount or relative to it (system.slice/app.service)
@@ -105,9 +107,17 @@ function rulesText(e: Enforcement): string {
 /** --list --json: the description as pinned, when it is known to be in force; otherwise why it is not. */
 function listedJson(l: Listed): Record<string, unknown> {
   const cgroup_exists = l.where === "here";
+  const setsockopt_hook = l.hook;
   return l.enforcement
-    ? { ...l.enforcement, cgroup_exists, settings_known: true }
-    : { name: l.name, cgroup: l.cgroup, cgroup_exists, settings_known: false, unknown_reason: l.unknown };
+    ? { ...l.enforcement, cgroup_exists, settings_known: true, setsockopt_hook }
+    : {
+        name: l.name,
+        cgroup: l.cgroup,
+        cgroup_exists,
+        settings_known: false,
+        unknown_reason: l.unknown,
+        setsockopt_hook,
+      };
 }
 
 /** The CGROUP column of --list: the path, escaped, and what is wrong with its link if anything is. */
@@ -126,14 +136,15 @@ function list(json: boolean, mount: string, out: Out): number {
   else if (all.length === 0) out.write("nothing is enforced (no pins under /sys/fs/bpf/tcpka)\n");
   else {
     table(
-      ["CGROUP", "SETTINGS", "CONNECTIONS", "SINCE"],
+      ["CGROUP", "SETTINGS", "CONNECTIONS", "LATER SETSOCKOPT", "SINCE"],
       all.map((l) => {
         const e = l.enforcement;
-        if (!e) return [listedCgroup(l), `unknown: ${l.unknown}`, "?", "?"];
+        if (!e) return [listedCgroup(l), `unknown: ${l.unknown}`, "?", "?", "?"];
         return [
           listedCgroup(l),
           settingsText(e),
           rulesText(e),
+          l.hook ? "kept to the rule" : "not seen",
           e.updated ? `${e.since} (updated ${e.updated})` : e.since,
         ];
       }),
@@ -199,6 +210,11 @@ export async function runEnforce(argv: readonly string[], out: Out): Promise<num
     `${r.replaced ? "replaced the settings" : "enforcing keepalive"} on new connections in cgroup ${cgroup}: ${settingsText(e)}, ${rulesText(e)}\n`,
   );
   out.write(`pinned at ${printable(r.pinDir)}; remove with: tcpka enforce --remove --cgroup ${cgroup}\n`);
+  if (r.noHook) {
+    out.write(
+      `warning: keepalive options that a program sets itself after connecting are not seen: ${r.noHook}; the settings hold from connect() until such a call (Linux 5.15 keeps them)\n`,
+    );
+  }
   if (!bool(values, "existing")) {
     out.write(`connections that exist now are unchanged: add --existing, or run tcpka enable --cgroup ${cgroup}\n`);
     return 0;

@@ -6,6 +6,13 @@
  * into), which is what --list shows. Applying again to the same cgroup swaps the program behind the existing link
  * in one step (BPF_LINK_UPDATE).
  *
+ * Beside it, where the kernel has them (BPF_CGROUP_SETSOCKOPT with bpf_setsockopt in it: Linux 5.15; socket
+ * storage: 5.2), the setsockopt program of src/bpf/sockopt-hook.ts keeps the rule when a program changes its
+ * keepalive options later: the sock_ops program marks the sockets it set up in a socket storage map, which is
+ * pinned as "marks" (kept across updates, so that sockets set up before an update keep their mark), and the
+ * setsockopt program's link as "setsockopt". Both links are attached, pinned, updated and removed together; a
+ * kernel without the hook gets the sock_ops program alone, and enforce says so.
+ *
  * Two runs must not interleave their steps (two operators, a retrying script): enforce and remove hold an
  * exclusive flock on enforce.lock in root's runtime directory (/run/tcpka), --list a shared one, so that it never
  * sees half an update. Each step is also safe on its own, against a tcpka that does not share the lock: a pin
@@ -28,10 +35,16 @@ import {
 import { basename, join } from "node:path";
 import { assemble, Listing } from "../bpf/asm.js";
 import { type EnforceSpec, keepaliveProgram } from "../bpf/keepalive.js";
+import { setsockoptProgram } from "../bpf/sockopt-hook.js";
 import { TcpkaError } from "../errors.js";
 import { endpointRuleText } from "../filter.js";
 import { cgroupPath } from "../inspect/cgroup.js";
-import { BPF_CGROUP_SOCK_OPS, BPF_PROG_TYPE_SOCK_OPS } from "../kernel/constants.js";
+import {
+  BPF_CGROUP_SETSOCKOPT,
+  BPF_CGROUP_SOCK_OPS,
+  BPF_PROG_TYPE_CGROUP_SOCKOPT,
+  BPF_PROG_TYPE_SOCK_OPS,
+} from "../kernel/constants.js";
 import {
   blobMapCreate,
   blobMapRead,
@@ -45,6 +58,7 @@ import {
   objPin,
   progId,
   progLoad,
+  skStorageMapCreate,
 } from "../sys/bpf.js";
 import { Lock, runtimeBase, sleepSync } from "../sys/files.js";
 import { close, mount, SysError } from "../sys/libc.js";
@@ -75,6 +89,8 @@ export interface Enforcement {
   updated?: string;
   /** the program these settings and rules were compiled into (absent in pins of earlier versions of tcpka) */
   prog_id?: number;
+  /** the setsockopt program compiled with them, where the kernel has the hook */
+  setsockopt_prog_id?: number;
 }
 
 // '%', '.', ':' and the ASCII control characters.
@@ -289,7 +305,14 @@ function pinDirsOf(cgroup: string): string[] {
   return names.sort((a, b) => Number(b === own) - Number(a === own)).map((n) => join(PIN_ROOT, n));
 }
 
-function describe(name: string, cgroup: string, spec: EnforceSpec, since: string, prog: number): Enforcement {
+function describe(
+  name: string,
+  cgroup: string,
+  spec: EnforceSpec,
+  since: string,
+  prog: number,
+  hookProg?: number,
+): Enforcement {
   const s = spec.settings;
   return {
     name,
@@ -303,6 +326,7 @@ function describe(name: string, cgroup: string, spec: EnforceSpec, since: string
     except: spec.except.map(endpointRuleText),
     since,
     prog_id: prog,
+    ...(hookProg !== undefined ? { setsockopt_prog_id: hookProg } : {}),
   };
 }
 
@@ -311,6 +335,16 @@ export interface EnforceResult {
   /** true when an existing enforcement of this cgroup had its program replaced */
   replaced: boolean;
   pinDir: string;
+  /** why the setsockopt program is not attached (the kernel cannot), where it is not */
+  noHook?: string;
+}
+
+/** The programs of one enforce: the sock_ops program, and the setsockopt program with its marks where it loads. */
+interface Programs {
+  sockOps: number;
+  sockOpsId: number;
+  hook?: { fd: number; id: number; marks: number };
+  noHook?: string;
 }
 
 /**
@@ -326,10 +360,59 @@ export function enforceOnCgroup(cgroupDir: string, mount: string, spec: EnforceS
       { hint: "enforce on a cgroup above it: the program covers every cgroup below the one it is attached to" },
     );
   }
-  const program = keepaliveProgram(spec);
-  let progFd: number;
+  const programs = loadPrograms(cgroup, spec);
   try {
-    progFd = progLoad({
+    const run = new EnforceRun(cgroupDir, cgroup, spec, programs);
+    return locked(`enforce on ${cgroup}`, false, () => run.apply());
+  } finally {
+    close(programs.sockOps);
+    if (programs.hook) {
+      close(programs.hook.fd);
+      close(programs.hook.marks);
+    }
+  }
+}
+
+/**
+ * Load both programs. The marks map of an enforcement of this cgroup is reused (the sockets it marked keep the
+ * rule after the update); where the map or the setsockopt program cannot be made (an older kernel, or one that
+ * refuses bpf_setsockopt in the hook: before 5.15), the sock_ops program is loaded alone, and noHook says why.
+ */
+function loadPrograms(cgroup: string, spec: EnforceSpec): Programs {
+  let marks: number | undefined;
+  let noHook: string | undefined;
+  try {
+    marks = objGet(join(PIN_ROOT, pinName(cgroup), "marks"));
+  } catch {
+    try {
+      marks = skStorageMapCreate("tcpka_marks");
+    } catch (e) {
+      noHook = `no socket storage map (${e instanceof SysError ? e.errnoName : String(e)})`;
+    }
+  }
+  let hook: Programs["hook"];
+  if (marks !== undefined) {
+    const program = setsockoptProgram(spec, marks);
+    try {
+      const fd = progLoad({
+        type: BPF_PROG_TYPE_CGROUP_SOCKOPT,
+        expectedAttachType: BPF_CGROUP_SETSOCKOPT,
+        insns: assemble(program),
+        listing: new Listing(program),
+        license: "Dual MIT/GPL",
+        name: "tcpka_sockopt",
+      });
+      hook = { fd, id: progId(fd), marks };
+    } catch (e) {
+      close(marks);
+      marks = undefined;
+      noHook = `the kernel refused the setsockopt program (${e instanceof SysError ? e.errnoName : (e as Error).message.split("\n")[0]})`;
+    }
+  }
+  const program = keepaliveProgram(spec, marks);
+  let sockOps: number;
+  try {
+    sockOps = progLoad({
       type: BPF_PROG_TYPE_SOCK_OPS,
       insns: assemble(program),
       listing: new Listing(program),
@@ -337,14 +420,13 @@ export function enforceOnCgroup(cgroupDir: string, mount: string, spec: EnforceS
       name: "tcpka_keepalive",
     });
   } catch (e) {
+    if (hook) {
+      close(hook.fd);
+      close(hook.marks);
+    }
     throw explain(e, "cannot load the BPF program");
   }
-  try {
-    const run = new EnforceRun(cgroupDir, cgroup, spec, progFd, progId(progFd));
-    return locked(`enforce on ${cgroup}`, false, () => run.apply());
-  } finally {
-    close(progFd);
-  }
+  return { sockOps, sockOpsId: progId(sockOps), hook, ...(noHook ? { noHook } : {}) };
 }
 
 /** One enforce: what it needs, and what it made, so that a failure removes exactly that. */
@@ -357,12 +439,20 @@ class EnforceRun {
     private readonly cgroupDir: string,
     private readonly cgroup: string,
     private readonly spec: EnforceSpec,
-    private readonly progFd: number,
-    private readonly progId: number,
+    private readonly programs: Programs,
   ) {
     // The description's size does not depend on what is pinned: refuse it before anything changes.
     const now = new Date().toISOString();
-    metaValue({ ...describe(pinName(cgroup), cgroup, spec, now, progId), updated: now });
+    metaValue({ ...this.describe(pinName(cgroup), now), updated: now });
+  }
+
+  private describe(name: string, since: string): Enforcement {
+    return describe(name, this.cgroup, this.spec, since, this.programs.sockOpsId, this.programs.hook?.id);
+  }
+
+  private result(enforcement: Enforcement, replaced: boolean, pinDir: string): EnforceResult {
+    const noHook = this.programs.noHook;
+    return { enforcement, replaced, pinDir, ...(noHook ? { noHook } : {}) };
   }
 
   apply(): EnforceResult {
@@ -395,17 +485,14 @@ class EnforceRun {
     }
     const dir = join(PIN_ROOT, pinName(this.cgroup));
     this.mkdir(dir);
-    let linkFd: number;
-    try {
-      const cgFd = openCgroup(this.cgroupDir, this.cgroup);
-      try {
-        linkFd = linkCreate(this.progFd, cgFd, BPF_CGROUP_SOCK_OPS);
-      } finally {
-        closeSync(cgFd);
-      }
-    } catch (e) {
-      throw explain(e, `cannot attach to the cgroup ${this.cgroup}`);
+    // The setsockopt program first: the sockets that the sock_ops program marks are then looked after from the
+    // moment they are marked.
+    const hook = this.programs.hook;
+    if (hook) {
+      this.pinMarks(dir, hook.marks);
+      this.attachHook(dir, hook.fd);
     }
+    const linkFd = this.attach(this.programs.sockOps, BPF_CGROUP_SOCK_OPS);
     try {
       if (!this.pin(linkFd, join(dir, "link"))) {
         // Pinned since the check, by a tcpka that does not take the lock: update that link. This run's own one was
@@ -416,9 +503,50 @@ class EnforceRun {
     } finally {
       close(linkFd);
     }
-    const enforcement = describe(basename(dir), this.cgroup, this.spec, this.now, this.progId);
+    const enforcement = this.describe(basename(dir), this.now);
     this.describeIn(dir, enforcement);
-    return { enforcement, replaced: false, pinDir: dir };
+    return this.result(enforcement, false, dir);
+  }
+
+  /** A link of `progFd` to the cgroup at `attachType`. */
+  private attach(progFd: number, attachType: number): number {
+    try {
+      const cgFd = openCgroup(this.cgroupDir, this.cgroup);
+      try {
+        return linkCreate(progFd, cgFd, attachType);
+      } finally {
+        closeSync(cgFd);
+      }
+    } catch (e) {
+      throw explain(e, `cannot attach to the cgroup ${this.cgroup}`);
+    }
+  }
+
+  /** The marks map pinned in `dir`, unless the one pinned there is this run's already (reused). */
+  private pinMarks(dir: string, marks: number): void {
+    const path = join(dir, "marks");
+    if (this.pin(marks, path)) return;
+    // Pinned already: the one loadPrograms reused, or one pinned since by another run (its programs mark there).
+  }
+
+  /** Attach the setsockopt program and pin its link in `dir`, or update the link pinned there. */
+  private attachHook(dir: string, progFd: number): void {
+    const path = join(dir, "setsockopt");
+    const updated = withPinned(path, (fd) => {
+      try {
+        linkUpdate(fd, progFd);
+      } catch (e) {
+        throw explain(e, `cannot replace the program of ${path}`);
+      }
+      return true;
+    });
+    if (updated) return;
+    const linkFd = this.attach(progFd, BPF_CGROUP_SETSOCKOPT);
+    try {
+      if (!this.pin(linkFd, path)) this.attachHook(dir, progFd);
+    } finally {
+      close(linkFd);
+    }
   }
 
   /**
@@ -427,9 +555,17 @@ class EnforceRun {
    */
   private update(dir: string): EnforceResult {
     const linkPin = join(dir, "link");
+    const hook = this.programs.hook;
+    if (hook) {
+      this.pinMarks(dir, hook.marks);
+      this.attachHook(dir, hook.fd);
+    } else {
+      // This kernel cannot run it now: an earlier one's with the old settings must not stay.
+      detachPinned(join(dir, "setsockopt"));
+    }
     const done = withPinned(linkPin, (fd) => {
       try {
-        linkUpdate(fd, this.progFd);
+        linkUpdate(fd, this.programs.sockOps);
       } catch (e) {
         throw explain(e, `cannot replace the program of ${linkPin}`);
       }
@@ -437,12 +573,9 @@ class EnforceRun {
     });
     if (done === undefined) throw new TcpkaError("system", `${linkPin} was removed while tcpka updated it`);
     const since = pinnedMeta(dir)?.since ?? this.now;
-    const enforcement = {
-      ...describe(basename(dir), this.cgroup, this.spec, since, this.progId),
-      updated: this.now,
-    };
+    const enforcement = { ...this.describe(basename(dir), since), updated: this.now };
     this.describeIn(dir, enforcement);
-    return { enforcement, replaced: true, pinDir: dir };
+    return this.result(enforcement, true, dir);
   }
 
   /** Write the description into the map pinned in `dir`, or pin a new one (written before it is pinned). */
@@ -503,17 +636,28 @@ function openCgroup(dir: string, cgroup: string): number {
   }
 }
 
-/** Detach the program of the link pinned in `dir` now, and remove the pins and the directory. */
-function removePinDir(dir: string): void {
+/** Detach the link pinned at `path` (if any) and unpin it. */
+function detachPinned(path: string): void {
   // Detaching a link that is detached already succeeds (bpf_cgroup_link_release returns early).
-  withPinned(join(dir, "link"), (fd) => {
+  withPinned(path, (fd) => {
     try {
       linkDetach(fd);
     } catch (e) {
-      throw explain(e, `cannot detach ${join(dir, "link")}`);
+      throw explain(e, `cannot detach ${path}`);
     }
   });
-  for (const f of ["link", "meta"]) {
+  try {
+    unlinkSync(path);
+  } catch (e) {
+    if (errno(e) !== "ENOENT") throw explain(e, `cannot remove ${path}`);
+  }
+}
+
+/** Detach the programs of the links pinned in `dir` now, and remove the pins and the directory. */
+function removePinDir(dir: string): void {
+  detachPinned(join(dir, "link"));
+  detachPinned(join(dir, "setsockopt"));
+  for (const f of ["marks", "meta"]) {
     try {
       unlinkSync(join(dir, f));
     } catch (e) {
@@ -547,6 +691,8 @@ export interface Listed {
   enforcement?: Enforcement;
   /** otherwise: why the settings are not known */
   unknown?: string;
+  /** whether the setsockopt program of these settings is attached beside it (programs' later calls kept) */
+  hook: boolean;
 }
 
 /** Every enforcement pinned by tcpka (under its shared lock: never half an update). */
@@ -567,9 +713,12 @@ function listed(name: string, mount: string): Listed {
   else if (meta.prog_id !== link.progId) {
     unknown = `the link runs BPF program ${link.progId}, not the described ${meta.prog_id}`;
   }
+  const hookLink = pinnedLink(join(dir, "setsockopt"));
+  const hook =
+    hookLink !== undefined && hookLink.cgroupId !== 0n && meta?.setsockopt_prog_id === hookLink.progId && !unknown;
   return unknown === undefined && meta
-    ? { name, cgroup, where, enforcement: { ...meta, name } }
-    : { name, cgroup, where, unknown };
+    ? { name, cgroup, where, enforcement: { ...meta, name }, hook }
+    : { name, cgroup, where, unknown, hook };
 }
 
 /**

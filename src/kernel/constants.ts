@@ -100,6 +100,7 @@ export const BPF_CMD = {
   OBJ_PIN: 6,
   OBJ_GET: 7,
   OBJ_GET_INFO_BY_FD: 15,
+  BTF_LOAD: 18,
   MAP_UPDATE_BATCH: 26,
   LINK_CREATE: 28,
   LINK_UPDATE: 29,
@@ -109,9 +110,14 @@ export const BPF_CMD = {
 export const BPF_PROG_TYPE_SOCK_OPS = 13;
 export const BPF_PROG_TYPE_TRACING = 26;
 export const BPF_TRACE_ITER = 28;
+export const BPF_PROG_TYPE_CGROUP_SOCKOPT = 25;
 export const BPF_CGROUP_SOCK_OPS = 3;
+export const BPF_CGROUP_SETSOCKOPT = 22;
 export const BPF_MAP_TYPE_HASH = 1;
 export const BPF_MAP_TYPE_ARRAY = 2;
+export const BPF_MAP_TYPE_SK_STORAGE = 24;
+/** map_flags: BPF_F_NO_PREALLOC, which local storage maps must have */
+export const BPF_F_NO_PREALLOC = 1;
 export const BPF_OBJ_NAME_LEN = 16;
 
 // include/uapi/asm-generic/fcntl.h: an open(2) flag (not in Node's fs.constants), and flock(2) operations

@@ -8,15 +8,17 @@ import { readFileSync } from "node:fs";
 import { TcpkaError } from "../errors.js";
 import {
   BPF_CMD,
+  BPF_F_NO_PREALLOC,
   BPF_MAP_TYPE_ARRAY,
   BPF_MAP_TYPE_HASH,
+  BPF_MAP_TYPE_SK_STORAGE,
   BPF_OBJ_NAME_LEN,
   BPF_PROG_TYPE_TRACING,
   BPF_TRACE_ITER,
   CLONE_NEWNET,
   SYS_bpf,
 } from "../kernel/constants.js";
-import { addressOf, SysError, setns, syscall } from "./libc.js";
+import { addressOf, close, SysError, setns, syscall } from "./libc.js";
 
 const ATTR_SIZE = 128;
 
@@ -288,6 +290,58 @@ export function blobMapCreate(name: string, size: number): number {
   attr.writeUInt32LE(1, 12); // max_entries
   attr.write(name.slice(0, BPF_OBJ_NAME_LEN - 1), 28, "latin1");
   return bpf("MAP_CREATE", attr);
+}
+
+/**
+ * The smallest BTF a local storage map can name its key and value by: one type, a 32-bit signed "int" (type id 1).
+ * Layout (include/uapi/linux/btf.h): struct btf_header (magic 0xeB9F, version 1, hdr_len 24, then the type and
+ * string sections' offsets and lengths, relative to the header's end), one struct btf_type (name_off, info =
+ * BTF_KIND_INT << 24, size 4) with its u32 of BTF_INT_ENCODING SIGNED << 24 | 32 bits, and the strings "\0int\0".
+ */
+function intBtf(): Buffer {
+  const types = Buffer.alloc(16);
+  types.writeUInt32LE(1, 0); // name_off: "int"
+  types.writeUInt32LE(1 << 24, 4); // BTF_KIND_INT, vlen 0
+  types.writeUInt32LE(4, 8); // size
+  types.writeUInt32LE((1 << 24) | 32, 12); // BTF_INT_SIGNED, offset 0, 32 bits
+  const strings = Buffer.from("\0int\0", "latin1");
+  const header = Buffer.alloc(24);
+  header.writeUInt16LE(0xeb9f, 0);
+  header.writeUInt8(1, 2); // version
+  header.writeUInt32LE(24, 4); // hdr_len
+  header.writeUInt32LE(0, 8); // type_off
+  header.writeUInt32LE(types.length, 12);
+  header.writeUInt32LE(types.length, 16); // str_off
+  header.writeUInt32LE(strings.length, 20);
+  return Buffer.concat([header, types, strings]);
+}
+
+/**
+ * A socket local storage map (BPF_MAP_TYPE_SK_STORAGE, Linux 5.2) of 4-byte values: a program marks a socket
+ * by getting its storage with BPF_SK_STORAGE_GET_F_CREATE, another finds the mark; the kernel frees it with the
+ * socket. bpf_local_storage_map_alloc_check wants BTF ids for key and value, no preallocation and max_entries 0.
+ */
+export function skStorageMapCreate(name: string): number {
+  const btf = intBtf();
+  const load = Buffer.alloc(ATTR_SIZE);
+  load.writeBigUInt64LE(BigInt(addressOf(btf)), 0);
+  load.writeUInt32LE(btf.length, 16); // btf_size
+  const btfFd = bpf("BTF_LOAD", load);
+  try {
+    const attr = Buffer.alloc(ATTR_SIZE);
+    attr.writeUInt32LE(BPF_MAP_TYPE_SK_STORAGE, 0);
+    attr.writeUInt32LE(4, 4); // key_size: int
+    attr.writeUInt32LE(4, 8); // value_size
+    attr.writeUInt32LE(0, 12); // max_entries
+    attr.writeUInt32LE(BPF_F_NO_PREALLOC, 16);
+    attr.write(name.slice(0, BPF_OBJ_NAME_LEN - 1), 28, "latin1");
+    attr.writeUInt32LE(btfFd, 48);
+    attr.writeUInt32LE(1, 52); // btf_key_type_id
+    attr.writeUInt32LE(1, 56); // btf_value_type_id
+    return bpf("MAP_CREATE", attr);
+  } finally {
+    close(btfFd);
+  }
 }
 
 /**

@@ -458,10 +458,10 @@ test("--list and --list --json describe every enforcement exactly", async (t) =>
   const ea = list.find((e) => e.cgroup === a.path);
   const eb = list.find((e) => e.cgroup === b.path);
   assert.ok(ea && eb, JSON.stringify(list));
-  const { since: sa, prog_id: pa, ...restA } = ea;
-  const { since: sb, prog_id: pb, ...restB } = eb;
-  for (const id of [pa, pb]) assert.ok(Number.isInteger(id) && (id as number) > 0, `prog_id ${id}`);
-  assert.notEqual(pa, pb, "each its own program");
+  const { since: sa, prog_id: pa, setsockopt_prog_id: ha, ...restA } = ea;
+  const { since: sb, prog_id: pb, setsockopt_prog_id: hb, ...restB } = eb;
+  for (const id of [pa, pb, ha, hb]) assert.ok(Number.isInteger(id) && (id as number) > 0, `prog_id ${id}`);
+  assert.equal(new Set([pa, pb, ha, hb]).size, 4, "each its own programs");
   assert.deepEqual(restA, {
     name: `:${a.path.slice(1)}`,
     cgroup: a.path,
@@ -474,6 +474,7 @@ test("--list and --list --json describe every enforcement exactly", async (t) =>
     except: ["10.1.0.0/16"],
     cgroup_exists: true,
     settings_known: true,
+    setsockopt_hook: true,
   });
   assert.deepEqual(restB, {
     name: `:${a.path.slice(1)}:b`,
@@ -486,6 +487,7 @@ test("--list and --list --json describe every enforcement exactly", async (t) =>
     except: [],
     cgroup_exists: true,
     settings_known: true,
+    setsockopt_hook: true,
   });
   for (const s of [sa, sb]) {
     assert.match(s, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
@@ -495,15 +497,15 @@ test("--list and --list --json describe every enforcement exactly", async (t) =>
   const r = tcpka(["enforce", "--list"]);
   assert.equal(r.status, 0, r.stderr);
   const lines = r.stdout.split("\n");
-  assert.match(lines[0]!, /^CGROUP +SETTINGS +CONNECTIONS +SINCE$/);
+  assert.match(lines[0]!, /^CGROUP +SETTINGS +CONNECTIONS +LATER SETSOCKOPT +SINCE$/);
   const rowA = lines.find((l) => l.startsWith(`${a.path} `));
   const rowB = lines.find((l) => l.startsWith(`${b.path} `));
   assert.ok(rowA && rowB, r.stdout);
   assert.match(
     rowA,
-    /30s \/ 5s \/ 3, user timeout 1m30s \(force\) +only :5432,10\.0\.0\.0\/8,\[fd00::\/8\]:443; except 10\.1\.0\.0\/16 +\S+$/,
+    /30s \/ 5s \/ 3, user timeout 1m30s \(force\) +only :5432,10\.0\.0\.0\/8,\[fd00::\/8\]:443; except 10\.1\.0\.0\/16 +kept to the rule +\S+$/,
   );
-  assert.match(rowB, /60s \/ 10s \/ 6 \(strengthen\) +all +\S+$/);
+  assert.match(rowB, /60s \/ 10s \/ 6 \(strengthen\) +all +kept to the rule +\S+$/);
   assert.ok(rowA.endsWith(sa) && rowB.endsWith(sb), "SINCE");
 
   remove(b);

@@ -114,6 +114,11 @@ export class Agent {
     return (await this.ask<Sock>({ op: "get", id: s.id })).opts;
   }
 
+  /** setsockopt calls in turn on `s` (options by the agent's names, rcvbuf too): each one's errno, then the options. */
+  async calls(s: Sock, calls: readonly [string, number][]): Promise<{ errnos: number[]; opts: Opts }> {
+    return this.ask({ op: "calls", id: s.id, calls });
+  }
+
   async close(s: Sock): Promise<void> {
     await this.ask({ op: "close", id: s.id });
   }
@@ -183,7 +188,13 @@ export function remove(cgroup: TestCgroup): string {
  * An entry of `tcpka enforce --list --json`: the description, when the pinned link runs the program it describes
  * (settings_known); otherwise only name, cgroup, cgroup_exists and unknown_reason.
  */
-export type Listed = Enforcement & { cgroup_exists: boolean; settings_known: boolean; unknown_reason?: string };
+export type Listed = Enforcement & {
+  cgroup_exists: boolean;
+  settings_known: boolean;
+  unknown_reason?: string;
+  /** the setsockopt program of these settings is attached beside the sock_ops one */
+  setsockopt_hook: boolean;
+};
 
 /** `tcpka enforce --list --json`, parsed. */
 export function listJson(): Listed[] {

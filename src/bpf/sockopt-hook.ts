@@ -1,0 +1,230 @@
+/**
+ * The cgroup setsockopt program of `tcpka enforce` (BPF_PROG_TYPE_CGROUP_SOCKOPT at BPF_CGROUP_SETSOCKOPT), so that
+ * enforce keeps its rule when a program changes its keepalive options after connecting, as `tcpka run`'s shim
+ * does (native/preload.c, setsockopt).
+ *
+ * The kernel runs it before its own handler of every setsockopt(2) of the cgroup's processes, with the socket
+ * locked and the option's value copied into a kernel buffer that the program may rewrite
+ * (__cgroup_bpf_run_filter_setsockopt, kernel/bpf/cgroup.c): returning 1 with ctx->optlen unchanged runs the
+ * kernel's handler on that buffer, so the program's call goes on as it would have, with the value tcpka's rule
+ * gives. What it does:
+ * - only on sockets that the sock_ops program set up (keepalive.ts marks them in the socket storage map `marks`,
+ *   after its rules chose them): other sockets, other processes and other options go through untouched;
+ * - only for SO_KEEPALIVE, TCP_KEEPIDLE/INTVL/CNT and TCP_USER_TIMEOUT with at least 4 bytes and a value the
+ *   kernel accepts (1..32767 s, 1..127 probes, a user timeout ≥ 0): an invalid one reaches the kernel as it
+ *   was, so the program gets the kernel's EINVAL; a valid one is replaced at most by another valid one, so no
+ *   return value or errno changes;
+ * - SO_KEEPALIVE 0 becomes 1 (both modes); force replaces each requested option's value by the requested one;
+ *   strengthen applies the rule of src/settings.ts (strengthen) to the socket's values as they will be after the
+ *   call (read with bpf_getsockopt, the program's new value in its place): idle the smaller, interval and count
+ *   together from whichever side detects a dead peer sooner, the smaller non-zero user timeout. Where the pair
+ *   changes sides, the other option of the pair is set with bpf_setsockopt (allowed in this hook since 5.15).
+ * Where a read fails, the call goes on unchanged.
+ */
+import {
+  MAX_TCP_KEEPCNT,
+  MAX_TCP_KEEPIDLE,
+  MAX_TCP_KEEPINTVL,
+  SO_KEEPALIVE,
+  SOL_SOCKET,
+  SOL_TCP,
+  TCP_KEEPCNT,
+  TCP_KEEPIDLE,
+  TCP_KEEPINTVL,
+  TCP_USER_TIMEOUT,
+} from "../kernel/constants.js";
+import { SOCKOPTS } from "../kernel/sockopts.js";
+import type { OptionName } from "../settings.js";
+import {
+  Add,
+  Add32,
+  Call,
+  Fn,
+  type Instruction,
+  Ja,
+  JEq,
+  JEq32,
+  JGE32,
+  JGT,
+  JGT32,
+  JLE32,
+  JLT32,
+  JNE,
+  JNE32,
+  LoadMapFd,
+  LoadMem,
+  Mov,
+  Mov32,
+  Mul32,
+  ProgramBuilder,
+  R0,
+  R1,
+  R2,
+  R3,
+  R4,
+  R5,
+  R6,
+  R7,
+  R8,
+  R9,
+  R10,
+  Return,
+  StoreImm,
+  StoreMem,
+} from "./asm.js";
+import type { EnforceSpec } from "./keepalive.js";
+
+// struct bpf_sockopt (include/uapi/linux/bpf.h): sk, optval, optval_end (__bpf_md_ptr, 8 bytes each), then s32s.
+const CTX = { sk: 0, optval: 8, optvalEnd: 16, level: 24, optname: 28, optlen: 32 } as const;
+
+/** Stack slots: the socket's idle, interval and count as bpf_getsockopt reads them, and one for a value to set. */
+const STACK = { idle: -8, interval: -16, count: -24, value: -32 } as const;
+
+type Times = "idle" | "interval" | "count";
+const TIMES: readonly Times[] = ["idle", "interval", "count"];
+const MAX: Record<Times, number> = { idle: MAX_TCP_KEEPIDLE, interval: MAX_TCP_KEEPINTVL, count: MAX_TCP_KEEPCNT };
+
+/** The setsockopt program for `spec`; `marksFd` is the socket storage map the sock_ops program marks sockets in. */
+export function setsockoptProgram(spec: EnforceSpec, marksFd: number): Instruction[] {
+  const p = new ProgramBuilder();
+  const s = spec.settings;
+  p.emit(
+    Mov.Reg(R6, R1),
+    LoadMem(R2, R6, CTX.level, "W"),
+    LoadMem(R3, R6, CTX.optname, "W"),
+    JEq32.Imm(R2, SOL_TCP, "tcp"),
+    JNE32.Imm(R2, SOL_SOCKET, "out"),
+    JEq32.Imm(R3, SO_KEEPALIVE, "opt_keepalive"),
+    Ja("out"),
+  );
+  p.label("tcp").emit(
+    JEq32.Imm(R3, TCP_KEEPIDLE, "opt_idle"),
+    JEq32.Imm(R3, TCP_KEEPINTVL, "opt_interval"),
+    JEq32.Imm(R3, TCP_KEEPCNT, "opt_count"),
+    JEq32.Imm(R3, TCP_USER_TIMEOUT, "opt_userTimeout"),
+    Ja("out"),
+  );
+
+  // Each option's code starts with `value`: is the socket marked, are 4 bytes there; r7 = optval, r8 = the value.
+  const value = (label: string) => {
+    p.label(label).emit(
+      LoadMem(R2, R6, CTX.optlen, "W"),
+      JLT32.Imm(R2, 4, "out"), // the kernel answers EINVAL (a negative optlen never reaches the hook)
+      ...LoadMapFd(R1, marksFd),
+      LoadMem(R2, R6, CTX.sk, "DW"),
+      Mov.Imm(R3, 0),
+      Mov.Imm(R4, 0),
+      Call(Fn.skStorageGet),
+      JEq.Imm(R0, 0, "out"), // not a socket the sock_ops program set up
+      LoadMem(R7, R6, CTX.optval, "DW"),
+      LoadMem(R2, R6, CTX.optvalEnd, "DW"),
+      Mov.Reg(R3, R7),
+      Add.Imm(R3, 4),
+      JGT.Reg(R3, R2, "out"),
+      LoadMem(R8, R7, 0, "W"),
+    );
+  };
+
+  value("opt_keepalive");
+  p.emit(JNE32.Imm(R8, 0, "out"), StoreImm(R7, 0, 1, "W"), Ja("out"));
+
+  for (const o of TIMES) {
+    value(`opt_${o}`);
+    p.emit(JLT32.Imm(R8, 1, "out"), JGT32.Imm(R8, MAX[o], "out")); // invalid: the kernel's EINVAL
+    if (spec.mode === "force") {
+      const want = s[o];
+      if (want !== undefined) p.emit(StoreImm(R7, 0, want, "W"));
+      p.emit(Ja("out"));
+    } else {
+      strengthenTimes(p, spec, o);
+    }
+  }
+
+  value("opt_userTimeout");
+  const ut = s.userTimeout;
+  p.emit(JGT32.Imm(R8, 0x7fffffff, "out")); // negative: the kernel's EINVAL
+  if (spec.mode === "force") {
+    if (ut !== undefined) p.emit(StoreImm(R7, 0, ut, "W"));
+  } else if (ut) {
+    // 0 (none) or a longer one than requested becomes the request.
+    p.emit(JEq32.Imm(R8, 0, "ut_set"), JLE32.Imm(R8, ut, "out"));
+    p.label("ut_set").emit(StoreImm(R7, 0, ut, "W"));
+  }
+  p.emit(Ja("out"));
+
+  // Returning 1 lets the kernel's handler run (0 would fail the call with EPERM).
+  p.label("out").emit(Mov.Imm(R0, 1), Return());
+  return p.build();
+}
+
+/** r1..r5 for bpf_{get,set}sockopt(ctx->sk, level, name, fp + slot, 4). */
+function sockoptArgs(p: ProgramBuilder, option: OptionName, slot: number): void {
+  const [level, name] = SOCKOPTS[option];
+  p.emit(
+    LoadMem(R1, R6, CTX.sk, "DW"),
+    Mov.Imm(R2, level),
+    Mov.Imm(R3, name),
+    Mov.Reg(R4, R10),
+    Add.Imm(R4, slot),
+    Mov.Imm(R5, 4),
+  );
+}
+
+/**
+ * Strengthen when the program sets `o` of the three times to r8 (valid): read the socket's three, put r8 in o's
+ * place, and decide as strengthen() does; o's new value goes into optval, the others are set where they change.
+ */
+function strengthenTimes(p: ProgramBuilder, spec: EnforceSpec, o: Times): void {
+  const s = spec.settings;
+  const id = `st_${o}`;
+  for (const t of TIMES) {
+    if (t === o) {
+      p.emit(StoreMem(R10, STACK[t], R8, "W"));
+      continue;
+    }
+    sockoptArgs(p, t, STACK[t]);
+    p.emit(Call(Fn.getsockopt), JNE.Imm(R0, 0, "out"));
+  }
+  // r9 = the request's detection time, r8 = the socket's after the call (idle + interval × count, in u32: at most
+  // 32767 + 32767 × 127). A requested value missing is the socket's.
+  const have = (t: Times, reg: typeof R2) => LoadMem(reg, R10, STACK[t], "W");
+  const want = (t: Times, reg: typeof R2) => (s[t] === undefined ? have(t, reg) : Mov32.Imm(reg, s[t] as number));
+  p.emit(
+    want("interval", R9),
+    want("count", R2),
+    Mul32.Reg(R9, R2),
+    want("idle", R2),
+    Add32.Reg(R9, R2),
+    have("interval", R8),
+    have("count", R2),
+    Mul32.Reg(R8, R2),
+    have("idle", R2),
+    Add32.Reg(R8, R2),
+  );
+  // The pair from the request only when it alone detects sooner (a tie keeps the socket's).
+  const pairFromRequest = s.interval !== undefined || s.count !== undefined;
+  if (pairFromRequest) p.emit(JGE32.Reg(R9, R8, `${id}_pair_kept`));
+  for (const t of pairFromRequest ? (["interval", "count"] as const) : []) {
+    const w = s[t];
+    if (w === undefined) continue;
+    if (t === o) p.emit(StoreImm(R7, 0, w, "W"));
+    else {
+      // The other of the pair: set it unless the socket has it already.
+      p.emit(have(t, R2), JEq32.Imm(R2, w, `${id}_${t}_same`));
+      sockoptArgs(p, t, STACK.value);
+      p.emit(StoreImm(R10, STACK.value, w, "W"), Call(Fn.setsockopt));
+      p.label(`${id}_${t}_same`);
+    }
+  }
+  if (pairFromRequest) p.label(`${id}_pair_kept`);
+  // Idle: the smaller of the socket's (after the call) and the request.
+  if (s.idle !== undefined) {
+    p.emit(have("idle", R2), JLE32.Imm(R2, s.idle, "out"));
+    if (o === "idle") p.emit(StoreImm(R7, 0, s.idle, "W"));
+    else {
+      sockoptArgs(p, "idle", STACK.value);
+      p.emit(StoreImm(R10, STACK.value, s.idle, "W"), Call(Fn.setsockopt));
+    }
+  }
+  p.emit(Ja("out"));
+}

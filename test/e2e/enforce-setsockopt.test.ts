@@ -1,0 +1,153 @@
+/**
+ * `tcpka enforce` keeps its rule when a program changes its keepalive options after connecting (issue 15): the
+ * cgroup setsockopt program of src/bpf/sockopt-hook.ts beside the sock_ops program, on the real kernel, seen from
+ * inside python3 agents (test/fixtures/enforce_agent.py) that connect, accept and listen in a test cgroup and make
+ * setsockopt calls there, or outside it. Each call's errno is compared with the same call by an agent outside the
+ * cgroup: tcpka may change what a valid call sets, never what any call returns.
+ *
+ * Shown here: a looser TCP_KEEPIDLE after connecting ends with the requested one under strengthen and under force,
+ * a stricter one stays under strengthen and not under force; SO_KEEPALIVE 0 after connecting leaves keepalive on;
+ * a looser interval goes back to the requested pair; the accepted end and the listener alike; TCP_NODELAY,
+ * SO_RCVBUF and invalid keepalive values (0, 32768, 128 probes, a negative user timeout) return what they return
+ * outside; a process outside the cgroup is untouched; replacing the settings keeps the sockets set up before it
+ * under the new rule; --list says the hook is there; --remove leaves no pin.
+ */
+import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { test } from "node:test";
+import { pinName } from "../../src/enforce/cgroup.js";
+import { TestCgroup } from "../helpers/cgroup.js";
+import {
+  Agent,
+  afterEnforceTests,
+  connectPair,
+  enforce,
+  enforcedOn,
+  ka,
+  PIN_ROOT,
+  remove,
+} from "../helpers/enforce.js";
+import { needs } from "../helpers/env.js";
+import { UNTOUCHED, WANT, WANT_FLAGS } from "../helpers/keepalive.js";
+import { Netns } from "../helpers/netns.js";
+
+afterEnforceTests();
+
+const NEEDS = { root: true, tools: ["ip", "python3"] };
+const HOST = "127.0.0.1";
+
+/** A cgroup with an enforcement, a server and a client agent in it, an outsider, and one connection of each. */
+async function lab(t: Parameters<typeof needs>[0], flags: readonly string[]) {
+  const ns = Netns.create(t);
+  const cg = TestCgroup.create(t);
+  const out = enforce(cg, flags);
+  const server = await Agent.start(t, ns, cg);
+  const client = await Agent.start(t, ns, cg);
+  const outsider = await Agent.start(t, ns);
+  const listener = await server.listen(HOST);
+  const [c, a] = await connectPair(client, server, listener, HOST);
+  const outsideListener = await outsider.listen(HOST);
+  const [o] = await connectPair(outsider, outsider, outsideListener, HOST);
+  return { ns, cg, out, server, client, outsider, listener, c, a, o };
+}
+
+test("strengthen: a looser idle, keepalive off or a looser interval after connecting end with the request", async (t) => {
+  if (!needs(t, NEEDS)) return;
+  const { cg, out, server, client, outsider, listener, c, a, o } = await lab(t, WANT_FLAGS);
+  assert.doesNotMatch(out, /^warning: keepalive options that a program sets itself/m, "the kernel has the hook");
+  assert.equal(enforcedOn(cg)?.setsockopt_hook, true, "--list --json: the hook is attached");
+  assert.deepEqual(ka(c.opts), { ...WANT, user_timeout_ms: 0 }, "set up at connect");
+
+  // The client, after connecting: idle 7200 s, then keepalive off, then interval 75 s.
+  let r = await client.calls(c, [["idle", 7200]]);
+  assert.deepEqual(r.errnos, [0]);
+  assert.equal(r.opts.idle, WANT.idle, "a looser idle is lowered to the request");
+  r = await client.calls(c, [["keepalive", 0]]);
+  assert.deepEqual([r.errnos, r.opts.keepalive], [[0], 1], "SO_KEEPALIVE 0 leaves keepalive on");
+  r = await client.calls(c, [["interval", 75]]);
+  assert.deepEqual([r.opts.interval, r.opts.count], [WANT.interval, WANT.count], "the request's pair detects sooner");
+  // Stricter values are the program's to keep: idle 2 s, and a pair that detects sooner (1 s × 5 = 5 s < 3 × 4).
+  r = await client.calls(c, [
+    ["idle", 2],
+    ["interval", 1],
+    ["count", 5],
+  ]);
+  assert.deepEqual(r.errnos, [0, 0, 0]);
+  assert.deepEqual([r.opts.idle, r.opts.interval, r.opts.count], [2, 1, 5], "stricter values stay the program's");
+  // A count that makes the program's pair detect later than the request's: the request's pair, both halves.
+  r = await client.calls(c, [["count", 100]]);
+  assert.deepEqual([r.opts.interval, r.opts.count], [WANT.interval, WANT.count], "the pair from one side");
+
+  // The accepted end and the listener alike.
+  r = await server.calls(a, [
+    ["idle", 600],
+    ["keepalive", 0],
+  ]);
+  assert.deepEqual([r.errnos, r.opts.keepalive, r.opts.idle], [[0, 0], 1, WANT.idle], "the accepted end");
+  r = await server.calls(listener, [["idle", 600]]);
+  assert.equal(r.opts.idle, WANT.idle, "the listener");
+
+  // Outside the cgroup, the same calls do what they say.
+  r = await outsider.calls(o, [
+    ["keepalive", 1],
+    ["idle", 600],
+    ["keepalive", 0],
+  ]);
+  assert.deepEqual([r.opts.keepalive, r.opts.idle], [0, 600], "a process outside the cgroup is untouched");
+  remove(cg);
+  assert.equal(existsSync(join(PIN_ROOT, pinName(cg.path))), false, "--remove leaves no pin, the hook's included");
+});
+
+test("--force: the requested values whatever the program sets later, stricter ones too", async (t) => {
+  if (!needs(t, NEEDS)) return;
+  const { client, c } = await lab(t, [...WANT_FLAGS, "--user-timeout", "20s", "--force"]);
+  const r = await client.calls(c, [
+    ["idle", 7200],
+    ["interval", 1],
+    ["count", 100],
+    ["keepalive", 0],
+    ["user_timeout_ms", 0],
+  ]);
+  assert.deepEqual(r.errnos, [0, 0, 0, 0, 0]);
+  assert.deepEqual(ka(r.opts), { ...WANT, user_timeout_ms: 20_000 });
+  const s = await client.calls(c, [["idle", 2]]);
+  assert.equal(s.opts.idle, WANT.idle, "a stricter idle is set to the requested one too");
+});
+
+test("other options and invalid keepalive values return what they return outside the cgroup", async (t) => {
+  if (!needs(t, NEEDS)) return;
+  for (const mode of [[], ["--force"]]) {
+    await t.test(mode.length ? "force" : "strengthen", async (t) => {
+      const { client, outsider, c, o } = await lab(t, [...WANT_FLAGS, "--user-timeout", "20s", ...mode]);
+      const calls: [string, number][] = [
+        ["nodelay", 1],
+        ["rcvbuf", 65536],
+        ["idle", 0],
+        ["idle", 32768],
+        ["interval", 0],
+        ["interval", 32768],
+        ["count", 0],
+        ["count", 128],
+        ["user_timeout_ms", -1],
+        ["nodelay", 0],
+      ];
+      const inside = await client.calls(c, calls);
+      const outside = await outsider.calls(o, calls);
+      assert.deepEqual(inside.errnos, outside.errnos, "every call returns what it returns without tcpka");
+      assert.ok(inside.errnos.filter((e) => e !== 0).length >= 7, `the invalid values fail: ${inside.errnos}`);
+      assert.equal(inside.opts.nodelay, 0, "TCP_NODELAY as the program set it");
+      assert.deepEqual(ka(inside.opts), { ...WANT, user_timeout_ms: 20_000 }, "the keepalive settings stay");
+    });
+  }
+});
+
+test("replacing the settings keeps the sockets set up before under the new rule", async (t) => {
+  if (!needs(t, NEEDS)) return;
+  const { cg, client, c } = await lab(t, WANT_FLAGS);
+  const out = enforce(cg, ["--idle", "5s", "--interval", "2s", "--count", "3"]);
+  assert.match(out, /^replaced the settings/);
+  const r = await client.calls(c, [["idle", 7200]]);
+  assert.equal(r.opts.idle, 5, "the new request, on a socket set up under the old one");
+  assert.notDeepEqual(ka(r.opts), { ...UNTOUCHED, user_timeout_ms: 0 });
+});
