@@ -120,6 +120,13 @@ export interface BulkSpec {
   onlyOff?: boolean;
   /** decide and report, change nothing */
   dryRun: boolean;
+  /**
+   * A socket storage map of `tcpka enforce` (sockopt-hook.ts) to mark each target in once its changes are made (or
+   * found made): its setsockopt program then keeps the rule on the program's later calls, as on the connections
+   * that enforce's sock_ops program set up. bpf_sk_storage_get is allowed in iterators
+   * (bpf_sk_storage_tracing_allowed), and the tcp_sock pointer stands for the struct sock it begins with.
+   */
+  marksFd?: number;
 }
 
 const at = (option: OptionName, which: "before" | "after" | "rc") => REC + BULK_SLOTS[option][which];
@@ -179,6 +186,10 @@ export function bulkKeepaliveProgram(o: BulkOffsets, spec: BulkSpec): Instructio
   if (spec.onlyOff) b.emit(LoadMem(R2, R10, at("keepalive", "before"), "W"), JNE32.Imm(R2, 0, "write"));
   const changed = decide(b, spec);
   if (!spec.dryRun) for (const option of APPLY_ORDER) if (changed.has(option)) apply(b, option);
+  // A failed change jumps past the mark to "write".
+  if (spec.marksFd !== undefined && !spec.disable) {
+    b.emit(...LoadMapFd(R1, spec.marksFd), Mov.Reg(R2, R7), Mov.Imm(R3, 0), Mov.Imm(R4, 1), Call(Fn.skStorageGet));
+  }
 
   b.label("write").emit(
     LoadMem(R1, R6, o.metaSeq, "DW"),

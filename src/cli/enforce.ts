@@ -9,6 +9,7 @@ import {
   listEnforcements,
   removeAllEnforcements,
   removeEnforcement,
+  withMarks,
 } from "../enforce/cgroup.js";
 import { LiveSession } from "../enforce/live/session.js";
 import { TcpkaError, usage } from "../errors.js";
@@ -221,9 +222,15 @@ export async function runEnforce(argv: readonly string[], out: Out): Promise<num
   }
   out.end();
   const report = new LiveReport(out, { settings, quiet: true });
-  const summary = await LiveSession.matching({ only, except }, { disable: false, settings, mode }).watch(
-    chooseProcesses({ cgroups: [dir] }),
-    { onRound: report.round, onSpread: report.spread },
-  );
-  return report.end(summary);
+  // The connections changed now are marked for the setsockopt program too (changed in the kernel; the pidfd
+  // fallback cannot mark them, and runs only where the hook is missing as well: before 5.15).
+  return withMarks(r.noHook ? undefined : r.pinDir, async (marksFd) => {
+    const summary = await LiveSession.matching(
+      { only, except },
+      { disable: false, settings, mode },
+      false,
+      marksFd === undefined ? {} : { marksFd },
+    ).watch(chooseProcesses({ cgroups: [dir] }), { onRound: report.round, onSpread: report.spread });
+    return report.end(summary);
+  });
 }

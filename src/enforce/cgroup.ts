@@ -671,6 +671,26 @@ function removePinDir(dir: string): void {
   }
 }
 
+/**
+ * `fn` with the marks map pinned in the enforcement directory `pinDir` (enforce --existing marks the connections
+ * it changes in it), or with undefined where there is none (no hook on this kernel, or no `pinDir`).
+ */
+export async function withMarks<T>(pinDir: string | undefined, fn: (marksFd?: number) => Promise<T>): Promise<T> {
+  let fd: number | undefined;
+  if (pinDir !== undefined) {
+    try {
+      fd = objGet(join(pinDir, "marks"));
+    } catch {
+      fd = undefined;
+    }
+  }
+  try {
+    return await fn(fd);
+  } finally {
+    if (fd !== undefined) close(fd);
+  }
+}
+
 /** After a removal: PIN_ROOT goes with its last enforcement. */
 function removeEmptyRoot(): void {
   try {

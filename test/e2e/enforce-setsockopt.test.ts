@@ -151,3 +151,27 @@ test("replacing the settings keeps the sockets set up before under the new rule"
   assert.equal(r.opts.idle, 5, "the new request, on a socket set up under the old one");
   assert.notDeepEqual(ka(r.opts), { ...UNTOUCHED, user_timeout_ms: 0 });
 });
+
+test("--existing: connections open before enforce are changed in the kernel and kept to the rule later", async (t) => {
+  if (!needs(t, NEEDS)) return;
+  const ns = Netns.create(t);
+  const cg = TestCgroup.create(t);
+  const server = await Agent.start(t, ns, cg);
+  const client = await Agent.start(t, ns, cg);
+  const listener = await server.listen(HOST);
+  const [c, a] = await connectPair(client, server, listener, HOST);
+  assert.deepEqual(ka(c.opts), { ...UNTOUCHED, user_timeout_ms: 0 }, "before: nothing set");
+  const out = enforce(cg, [...WANT_FLAGS, "--existing"]);
+  assert.match(out, /^ {2}changed +[3-9]\d*\b/m, out);
+  assert.deepEqual(ka(await client.get(c)), { ...WANT, user_timeout_ms: 0 }, "changed by --existing");
+  for (const [agent, s] of [
+    [client, c],
+    [server, a],
+  ] as const) {
+    const r = await agent.calls(s, [
+      ["idle", 7200],
+      ["keepalive", 0],
+    ]);
+    assert.deepEqual([r.opts.keepalive, r.opts.idle], [1, WANT.idle], "the program's later calls keep the rule");
+  }
+});

@@ -52,6 +52,8 @@ export interface KernelApplyOptions {
   perRead: number;
   /** called between two reads that may change more sockets, with the number changed so far; may sleep */
   pace?: (changedSoFar: number) => void | Promise<void>;
+  /** enforce's socket storage map: every target met is marked in it (bulk-keepalive.ts, BulkSpec.marksFd) */
+  marksFd?: number;
 }
 
 /**
@@ -116,6 +118,7 @@ export async function applyInKernel(
       mapFd,
       hz: kernelHz(),
       dryRun: opts.dryRun,
+      ...(opts.marksFd !== undefined ? { marksFd: opts.marksFd } : {}),
     });
     const attachBtfId = btf.typeId("FUNC", "bpf_iter_tcp");
     btf.save();

@@ -110,6 +110,8 @@ export class LiveSession {
     private readonly via?: ChangeVia,
     /** the longest a round's changes may be spread over (tcpka enable --spread); unset: what spread.ts needs */
     private readonly maxSpreadMs?: number,
+    /** enforce --existing: its marks map, so that its setsockopt program looks after these sockets too */
+    private readonly marksFd?: number,
   ) {
     this.wanted = new Set(STATE_NAMES.filter((name, i): name is TcpStateName => !!name && (states & (1 << i)) !== 0));
   }
@@ -119,10 +121,10 @@ export class LiveSession {
     filter: Partial<SocketFilter>,
     plan: PlanSpec,
     dryRun = false,
-    o: { via?: ChangeVia; maxSpreadMs?: number } = {},
+    o: { via?: ChangeVia; maxSpreadMs?: number; marksFd?: number } = {},
   ): LiveSession {
     const f = { ...DEFAULT_FILTER, states: LIVE_STATES, ...filter };
-    return new LiveSession(f.states, socketMatcher(f), plan, dryRun, true, o.via, o.maxSpreadMs);
+    return new LiveSession(f.states, socketMatcher(f), plan, dryRun, true, o.via, o.maxSpreadMs, o.marksFd);
   }
 
   /**
@@ -366,7 +368,14 @@ export class LiveSession {
         targets.push({ inode: j.socket.inode, netnsFd: fd });
       }
       const paced = this.paced(jobs.length);
-      const first = await applyInKernel(targets, this.plan, { dryRun: this.dryRun || paced, perRead: MAX_PER_READ });
+      // The marks go with the first pass too: a paced round changes only what needs it, and the sockets found as
+      // strong already are enforce's as well. A dry run of the user's marks nothing.
+      const marks = this.dryRun || this.marksFd === undefined ? {} : { marksFd: this.marksFd };
+      const first = await applyInKernel(targets, this.plan, {
+        dryRun: this.dryRun || paced,
+        perRead: MAX_PER_READ,
+        ...marks,
+      });
       // From here on sockets may have been changed: a failure is reported, not retried through pidfd_getfd,
       // which would count what the kernel already changed as found so.
       started = true;
@@ -388,6 +397,7 @@ export class LiveSession {
         {
           dryRun: false,
           perRead,
+          ...marks,
           pace: (done) => {
             origin ??= performance.now() - done * spread.stepMs;
             const early = origin + done * spread.stepMs - performance.now();
