@@ -231,6 +231,13 @@ export function StoreMem(dst: Reg, off: number, src: Reg, size: Size): Instructi
   return new Instruction(CLASS.STX | MODE_MEM | SIZE[size], dst, src, off, 0);
 }
 
+/**
+ * lock *(u64 *)(dst + off) += src: BPF_STX | BPF_ATOMIC | BPF_DW with imm BPF_ADD (0), the old XADD (Linux 3.18+).
+ */
+export function AtomicAdd64(dst: Reg, off: number, src: Reg): Instruction {
+  return new Instruction(CLASS.STX | 0xc0 | SIZE.DW, dst, src, off, 0);
+}
+
 /** *(size *)(dst + off) = imm */
 export function StoreImm(dst: Reg, off: number, imm: number, size: Size): Instruction {
   return new Instruction(CLASS.ST | MODE_MEM | SIZE[size], dst, 0, off, imm | 0);

@@ -54,6 +54,7 @@ import {
   StoreImm,
   ToBE,
 } from "./asm.js";
+import { COUNTER, emitCount } from "./counters.js";
 
 // struct bpf_sock_ops (include/uapi/linux/bpf.h): the u32 fields the program reads.
 const CTX = {
@@ -69,6 +70,7 @@ const OP = { activeEstablished: 4, passiveEstablished: 5, tcpListen: 11 } as con
 const SCRATCH = -8; // stack slot for option values
 /** Where strengthen keeps the socket's idle, interval and count while it decides. */
 const STACK = { idle: -16, interval: -24, count: -32 } as const;
+const COUNT_SLOT = -40;
 
 export interface EnforceSpec {
   settings: KeepAliveSettings;
@@ -216,7 +218,7 @@ function strengthenUserTimeout(p: ProgramBuilder, value: number): void {
  * `marksFd`: a socket storage map (sockopt-hook.ts) in which every socket set up here is marked, so that the
  * setsockopt program keeps the rule on exactly these sockets when their program changes its options later.
  */
-export function keepaliveProgram(spec: EnforceSpec, marksFd?: number): Instruction[] {
+export function keepaliveProgram(spec: EnforceSpec, marksFd?: number, countersFd?: number): Instruction[] {
   const p = new ProgramBuilder();
   const rules = [...spec.only, ...spec.except];
   // A listener has no peer yet: set it up only when no rule depends on the peer's address, as the shim does.
@@ -272,6 +274,7 @@ export function keepaliveProgram(spec: EnforceSpec, marksFd?: number): Instructi
     if (s.userTimeout) strengthenUserTimeout(p, s.userTimeout);
   }
   setOption(p, "keepalive", 1);
+  if (countersFd !== undefined) emitCount(p, countersFd, COUNTER.setUp, COUNT_SLOT, "counted");
   if (marksFd !== undefined) {
     // bpf_sk_storage_get(marks, ctx->sk, NULL, BPF_SK_STORAGE_GET_F_CREATE): the storage is the mark.
     p.emit(

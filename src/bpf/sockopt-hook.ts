@@ -72,20 +72,24 @@ import {
   StoreImm,
   StoreMem,
 } from "./asm.js";
+import { COUNTER, emitCount } from "./counters.js";
 import type { EnforceSpec } from "./keepalive.js";
 
 // struct bpf_sockopt (include/uapi/linux/bpf.h): sk, optval, optval_end (__bpf_md_ptr, 8 bytes each), then s32s.
 const CTX = { sk: 0, optval: 8, optvalEnd: 16, level: 24, optname: 28, optlen: 32 } as const;
 
-/** Stack slots: the socket's idle, interval and count as bpf_getsockopt reads them, and one for a value to set. */
-const STACK = { idle: -8, interval: -16, count: -24, value: -32 } as const;
+/**
+ * Stack slots: the socket's idle, interval and count as bpf_getsockopt reads them, one for a value to set, the
+ * program's own value, and the counter's key.
+ */
+const STACK = { idle: -8, interval: -16, count: -24, value: -32, own: -40, key: -48 } as const;
 
 type Times = "idle" | "interval" | "count";
 const TIMES: readonly Times[] = ["idle", "interval", "count"];
 const MAX: Record<Times, number> = { idle: MAX_TCP_KEEPIDLE, interval: MAX_TCP_KEEPINTVL, count: MAX_TCP_KEEPCNT };
 
 /** The setsockopt program for `spec`; `marksFd` is the socket storage map the sock_ops program marks sockets in. */
-export function setsockoptProgram(spec: EnforceSpec, marksFd: number): Instruction[] {
+export function setsockoptProgram(spec: EnforceSpec, marksFd: number, countersFd?: number): Instruction[] {
   const p = new ProgramBuilder();
   const s = spec.settings;
   p.emit(
@@ -122,11 +126,12 @@ export function setsockoptProgram(spec: EnforceSpec, marksFd: number): Instructi
       Add.Imm(R3, 4),
       JGT.Reg(R3, R2, "out"),
       LoadMem(R8, R7, 0, "W"),
+      StoreMem(R10, STACK.own, R8, "W"),
     );
   };
 
   value("opt_keepalive");
-  p.emit(JNE32.Imm(R8, 0, "out"), StoreImm(R7, 0, 1, "W"), Ja("out"));
+  p.emit(JNE32.Imm(R8, 0, "out"), StoreImm(R7, 0, 1, "W"), Ja("done"));
 
   for (const o of TIMES) {
     value(`opt_${o}`);
@@ -134,7 +139,7 @@ export function setsockoptProgram(spec: EnforceSpec, marksFd: number): Instructi
     if (spec.mode === "force") {
       const want = s[o];
       if (want !== undefined) p.emit(StoreImm(R7, 0, want, "W"));
-      p.emit(Ja("out"));
+      p.emit(Ja("done"));
     } else {
       strengthenTimes(p, spec, o);
     }
@@ -150,7 +155,11 @@ export function setsockoptProgram(spec: EnforceSpec, marksFd: number): Instructi
     p.emit(JEq32.Imm(R8, 0, "ut_set"), JLE32.Imm(R8, ut, "out"));
     p.label("ut_set").emit(StoreImm(R7, 0, ut, "W"));
   }
-  p.emit(Ja("out"));
+  p.emit(Ja("done"));
+
+  // Every option's code ends here with r7 = optval: counted where the value was replaced.
+  p.label("done").emit(LoadMem(R2, R7, 0, "W"), LoadMem(R3, R10, STACK.own, "W"), JEq32.Reg(R2, R3, "out"));
+  if (countersFd !== undefined) emitCount(p, countersFd, COUNTER.rewritten, STACK.key, "counted");
 
   // Returning 1 lets the kernel's handler run (0 would fail the call with EPERM).
   p.label("out").emit(Mov.Imm(R0, 1), Return());
@@ -219,12 +228,12 @@ function strengthenTimes(p: ProgramBuilder, spec: EnforceSpec, o: Times): void {
   if (pairFromRequest) p.label(`${id}_pair_kept`);
   // Idle: the smaller of the socket's (after the call) and the request.
   if (s.idle !== undefined) {
-    p.emit(have("idle", R2), JLE32.Imm(R2, s.idle, "out"));
+    p.emit(have("idle", R2), JLE32.Imm(R2, s.idle, "done"));
     if (o === "idle") p.emit(StoreImm(R7, 0, s.idle, "W"));
     else {
       sockoptArgs(p, "idle", STACK.value);
       p.emit(StoreImm(R10, STACK.value, s.idle, "W"), Call(Fn.setsockopt));
     }
   }
-  p.emit(Ja("out"));
+  p.emit(Ja("done"));
 }

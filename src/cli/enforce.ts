@@ -62,7 +62,8 @@ ${RULE_LINES.except}
 
 Other:
       --existing         also change the connections that exist now (as tcpka enable --cgroup does)
-      --list             what is enforced where; --json for scripts
+      --list             what is enforced where, and how many connections it set up (SET UP) and how many
+                         of their programs' own setsockopt calls it kept to the rule (KEPT); --json for scripts
       --remove           detach and unpin; new connections are no longer touched (existing ones keep theirs)
 
 Examples:
@@ -109,8 +110,9 @@ function rulesText(e: Enforcement): string {
 function listedJson(l: Listed): Record<string, unknown> {
   const cgroup_exists = l.where === "here";
   const setsockopt_hook = l.hook;
+  const counts = l.counts ? { connections_set_up: l.counts.setUp, calls_kept_to_rule: l.counts.rewritten } : {};
   return l.enforcement
-    ? { ...l.enforcement, cgroup_exists, settings_known: true, setsockopt_hook }
+    ? { ...l.enforcement, cgroup_exists, settings_known: true, setsockopt_hook, ...counts }
     : {
         name: l.name,
         cgroup: l.cgroup,
@@ -137,15 +139,19 @@ function list(json: boolean, mount: string, out: Out): number {
   else if (all.length === 0) out.write("nothing is enforced (no pins under /sys/fs/bpf/tcpka)\n");
   else {
     table(
-      ["CGROUP", "SETTINGS", "CONNECTIONS", "LATER SETSOCKOPT", "SINCE"],
+      ["CGROUP", "SETTINGS", "CONNECTIONS", "LATER SETSOCKOPT", "SET UP", "KEPT", "SINCE"],
       all.map((l) => {
         const e = l.enforcement;
-        if (!e) return [listedCgroup(l), `unknown: ${l.unknown}`, "?", "?", "?"];
+        const setUp = l.counts ? String(l.counts.setUp) : "?";
+        const kept = l.counts && l.hook ? String(l.counts.rewritten) : "-";
+        if (!e) return [listedCgroup(l), `unknown: ${l.unknown}`, "?", "?", setUp, kept, "?"];
         return [
           listedCgroup(l),
           settingsText(e),
           rulesText(e),
           l.hook ? "kept to the rule" : "not seen",
+          setUp,
+          kept,
           e.updated ? `${e.since} (updated ${e.updated})` : e.since,
         ];
       }),

@@ -10,7 +10,8 @@
  * storage: 5.2), the setsockopt program of src/bpf/sockopt-hook.ts keeps the rule when a program changes its
  * keepalive options later: the sock_ops program marks the sockets it set up in a socket storage map, which is
  * pinned as "marks" (kept across updates, so that sockets set up before an update keep their mark), and the
- * setsockopt program's link as "setsockopt". Both links are attached, pinned, updated and removed together; a
+ * setsockopt program's link as "setsockopt". A per-CPU array of counters (src/bpf/counters.ts: connections set
+ * up, calls whose value was replaced) is pinned as "counters", also kept across updates, for --list. Both links are attached, pinned, updated and removed together; a
  * kernel without the hook gets the sock_ops program alone, and enforce says so.
  *
  * Two runs must not interleave their steps (two operators, a retrying script): enforce and remove hold an
@@ -34,6 +35,7 @@ import {
 } from "node:fs";
 import { basename, join } from "node:path";
 import { assemble, Listing } from "../bpf/asm.js";
+import { COUNTER, COUNTERS } from "../bpf/counters.js";
 import { type EnforceSpec, keepaliveProgram } from "../bpf/keepalive.js";
 import { setsockoptProgram } from "../bpf/sockopt-hook.js";
 import { TcpkaError } from "../errors.js";
@@ -49,6 +51,8 @@ import {
   blobMapCreate,
   blobMapRead,
   blobMapWrite,
+  counterMapCreate,
+  counterRead,
   type LinkInfo,
   linkCreate,
   linkDetach,
@@ -345,6 +349,8 @@ interface Programs {
   sockOpsId: number;
   hook?: { fd: number; id: number; marks: number };
   noHook?: string;
+  /** the counters map (reused or new); undefined where it cannot be made: the programs then count nothing */
+  counters?: number;
 }
 
 /**
@@ -366,6 +372,7 @@ export function enforceOnCgroup(cgroupDir: string, mount: string, spec: EnforceS
     return locked(`enforce on ${cgroup}`, false, () => run.apply());
   } finally {
     close(programs.sockOps);
+    if (programs.counters !== undefined) close(programs.counters);
     if (programs.hook) {
       close(programs.hook.fd);
       close(programs.hook.marks);
@@ -379,10 +386,26 @@ export function enforceOnCgroup(cgroupDir: string, mount: string, spec: EnforceS
  * refuses bpf_setsockopt in the hook: before 5.15), the sock_ops program is loaded alone, and noHook says why.
  */
 function loadPrograms(cgroup: string, spec: EnforceSpec): Programs {
+  const dir = join(PIN_ROOT, pinName(cgroup));
+  let counters: number | undefined;
+  try {
+    counters = objGet(join(dir, "counters"));
+  } catch {
+    try {
+      counters = counterMapCreate("tcpka_counters", COUNTERS);
+    } catch {
+      counters = undefined; // --list shows no counts
+    }
+  }
+  const programs = loadWithMaps(dir, spec, counters);
+  return counters === undefined ? programs : { ...programs, counters };
+}
+
+function loadWithMaps(dir: string, spec: EnforceSpec, counters: number | undefined): Omit<Programs, "counters"> {
   let marks: number | undefined;
   let noHook: string | undefined;
   try {
-    marks = objGet(join(PIN_ROOT, pinName(cgroup), "marks"));
+    marks = objGet(join(dir, "marks"));
   } catch {
     try {
       marks = skStorageMapCreate("tcpka_marks");
@@ -392,7 +415,7 @@ function loadPrograms(cgroup: string, spec: EnforceSpec): Programs {
   }
   let hook: Programs["hook"];
   if (marks !== undefined) {
-    const program = setsockoptProgram(spec, marks);
+    const program = setsockoptProgram(spec, marks, counters);
     try {
       const fd = progLoad({
         type: BPF_PROG_TYPE_CGROUP_SOCKOPT,
@@ -409,7 +432,7 @@ function loadPrograms(cgroup: string, spec: EnforceSpec): Programs {
       noHook = `the kernel refused the setsockopt program (${e instanceof SysError ? e.errnoName : (e as Error).message.split("\n")[0]})`;
     }
   }
-  const program = keepaliveProgram(spec, marks);
+  const program = keepaliveProgram(spec, marks, counters);
   let sockOps: number;
   try {
     sockOps = progLoad({
@@ -424,6 +447,7 @@ function loadPrograms(cgroup: string, spec: EnforceSpec): Programs {
       close(hook.fd);
       close(hook.marks);
     }
+    if (counters !== undefined) close(counters);
     throw explain(e, "cannot load the BPF program");
   }
   return { sockOps, sockOpsId: progId(sockOps), hook, ...(noHook ? { noHook } : {}) };
@@ -487,6 +511,7 @@ class EnforceRun {
     this.mkdir(dir);
     // The setsockopt program first: the sockets that the sock_ops program marks are then looked after from the
     // moment they are marked.
+    this.pinCounters(dir);
     const hook = this.programs.hook;
     if (hook) {
       this.pinMarks(dir, hook.marks);
@@ -522,6 +547,11 @@ class EnforceRun {
     }
   }
 
+  /** The counters pinned in `dir`, unless the ones pinned there are this run's already (reused). */
+  private pinCounters(dir: string): void {
+    if (this.programs.counters !== undefined) this.pin(this.programs.counters, join(dir, "counters"));
+  }
+
   /** The marks map pinned in `dir`, unless the one pinned there is this run's already (reused). */
   private pinMarks(dir: string, marks: number): void {
     const path = join(dir, "marks");
@@ -555,6 +585,7 @@ class EnforceRun {
    */
   private update(dir: string): EnforceResult {
     const linkPin = join(dir, "link");
+    this.pinCounters(dir);
     const hook = this.programs.hook;
     if (hook) {
       this.pinMarks(dir, hook.marks);
@@ -657,7 +688,7 @@ function detachPinned(path: string): void {
 function removePinDir(dir: string): void {
   detachPinned(join(dir, "link"));
   detachPinned(join(dir, "setsockopt"));
-  for (const f of ["marks", "meta"]) {
+  for (const f of ["marks", "counters", "meta"]) {
     try {
       unlinkSync(join(dir, f));
     } catch (e) {
@@ -713,6 +744,8 @@ export interface Listed {
   unknown?: string;
   /** whether the setsockopt program of these settings is attached beside it (programs' later calls kept) */
   hook: boolean;
+  /** what the counters say, where they are pinned: connections set up, and programs' calls kept to the rule */
+  counts?: { setUp: number; rewritten: number };
 }
 
 /** Every enforcement pinned by tcpka (under its shared lock: never half an update). */
@@ -736,9 +769,17 @@ function listed(name: string, mount: string): Listed {
   const hookLink = pinnedLink(join(dir, "setsockopt"));
   const hook =
     hookLink !== undefined && hookLink.cgroupId !== 0n && meta?.setsockopt_prog_id === hookLink.progId && !unknown;
+  const counts = withPinned(join(dir, "counters"), (fd) => {
+    try {
+      return { setUp: Number(counterRead(fd, COUNTER.setUp)), rewritten: Number(counterRead(fd, COUNTER.rewritten)) };
+    } catch {
+      return undefined;
+    }
+  });
+  const more = counts ? { counts } : {};
   return unknown === undefined && meta
-    ? { name, cgroup, where, enforcement: { ...meta, name }, hook }
-    : { name, cgroup, where, unknown, hook };
+    ? { name, cgroup, where, enforcement: { ...meta, name }, hook, ...more }
+    : { name, cgroup, where, unknown, hook, ...more };
 }
 
 /**

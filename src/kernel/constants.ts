@@ -115,6 +115,7 @@ export const BPF_CGROUP_SOCK_OPS = 3;
 export const BPF_CGROUP_SETSOCKOPT = 22;
 export const BPF_MAP_TYPE_HASH = 1;
 export const BPF_MAP_TYPE_ARRAY = 2;
+export const BPF_MAP_TYPE_PERCPU_ARRAY = 6;
 export const BPF_MAP_TYPE_SK_STORAGE = 24;
 /** map_flags: BPF_F_NO_PREALLOC, which local storage maps must have */
 export const BPF_F_NO_PREALLOC = 1;

@@ -11,6 +11,7 @@ import {
   BPF_F_NO_PREALLOC,
   BPF_MAP_TYPE_ARRAY,
   BPF_MAP_TYPE_HASH,
+  BPF_MAP_TYPE_PERCPU_ARRAY,
   BPF_MAP_TYPE_SK_STORAGE,
   BPF_OBJ_NAME_LEN,
   BPF_PROG_TYPE_TRACING,
@@ -408,6 +409,43 @@ function mapElem(cmd: "MAP_LOOKUP_ELEM" | "MAP_UPDATE_ELEM", mapFd: number, valu
 
 export function blobMapWrite(mapFd: number, value: Buffer): void {
   mapElem("MAP_UPDATE_ELEM", mapFd, value);
+}
+
+/** A per-CPU array of `entries` u64 counters, which programs add to without sharing a cache line. */
+export function counterMapCreate(name: string, entries: number): number {
+  const attr = Buffer.alloc(ATTR_SIZE);
+  attr.writeUInt32LE(BPF_MAP_TYPE_PERCPU_ARRAY, 0);
+  attr.writeUInt32LE(4, 4); // key_size
+  attr.writeUInt32LE(8, 8); // value_size
+  attr.writeUInt32LE(entries, 12);
+  attr.write(name.slice(0, BPF_OBJ_NAME_LEN - 1), 28, "latin1");
+  return bpf("MAP_CREATE", attr);
+}
+
+/** The CPUs a per-CPU map has a value for: /sys/devices/system/cpu/possible ("0-1", "0,2-3"), highest + 1. */
+function possibleCpus(): number {
+  let most = 0;
+  for (const part of readFileSync("/sys/devices/system/cpu/possible", "latin1").trim().split(",")) {
+    const last = Number(part.split("-").at(-1));
+    if (Number.isInteger(last)) most = Math.max(most, last + 1);
+  }
+  return Math.max(1, most);
+}
+
+/** Counter `index` of a counterMapCreate map, summed over the CPUs (BPF_MAP_LOOKUP_ELEM gives one u64 each). */
+export function counterRead(mapFd: number, index: number): bigint {
+  const key = Buffer.alloc(4);
+  key.writeUInt32LE(index);
+  const cpus = possibleCpus();
+  const value = Buffer.alloc(8 * cpus);
+  const attr = Buffer.alloc(ATTR_SIZE);
+  attr.writeUInt32LE(mapFd, 0);
+  attr.writeBigUInt64LE(BigInt(addressOf(key)), 8);
+  attr.writeBigUInt64LE(BigInt(addressOf(value)), 16);
+  bpf("MAP_LOOKUP_ELEM", attr);
+  let sum = 0n;
+  for (let c = 0; c < cpus; c++) sum += value.readBigUInt64LE(8 * c);
+  return sum;
 }
 
 export function blobMapRead(mapFd: number, size: number): Buffer {

@@ -87,7 +87,7 @@ test("--list shows the settings only while the link runs the program they descri
   assert.equal(table.status, 0, table.stderr);
   const row = table.stdout.split("\n").find((r) => r.startsWith(`${cg.path} `));
   assert.ok(row, table.stdout);
-  assert.match(row, /unknown: the link runs BPF program \d+, not the described \d+ +\? +\? +\?$/);
+  assert.match(row, /unknown: the link runs BPF program \d+, not the described \d+ +\? +\? +\d+ +- +\?$/);
   assert.doesNotMatch(row, /7s \/ 3s \/ 4/);
 
   // Enforcing again puts a known program back.

@@ -10,7 +10,8 @@
  * a looser interval goes back to the requested pair; the accepted end and the listener alike; TCP_NODELAY,
  * SO_RCVBUF and invalid keepalive values (0, 32768, 128 probes, a negative user timeout) return what they return
  * outside; a process outside the cgroup is untouched; replacing the settings keeps the sockets set up before it
- * under the new rule; --list says the hook is there; --remove leaves no pin.
+ * under the new rule; --list says the hook is there and counts the connections set up and the calls kept to the
+ * rule; --remove leaves no pin.
  */
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
@@ -95,6 +96,9 @@ test("strengthen: a looser idle, keepalive off or a looser interval after connec
     ["keepalive", 0],
   ]);
   assert.deepEqual([r.opts.keepalive, r.opts.idle], [0, 600], "a process outside the cgroup is untouched");
+  // --list counts what it did: the listener and both ends set up; 7 of the calls above had their value replaced.
+  const listed = enforcedOn(cg);
+  assert.deepEqual([listed?.connections_set_up, listed?.calls_kept_to_rule], [3, 7], "the counters");
   remove(cg);
   assert.equal(existsSync(join(PIN_ROOT, pinName(cg.path))), false, "--remove leaves no pin, the hook's included");
 });

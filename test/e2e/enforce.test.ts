@@ -475,6 +475,8 @@ test("--list and --list --json describe every enforcement exactly", async (t) =>
     cgroup_exists: true,
     settings_known: true,
     setsockopt_hook: true,
+    connections_set_up: 0,
+    calls_kept_to_rule: 0,
   });
   assert.deepEqual(restB, {
     name: `:${a.path.slice(1)}:b`,
@@ -488,6 +490,8 @@ test("--list and --list --json describe every enforcement exactly", async (t) =>
     cgroup_exists: true,
     settings_known: true,
     setsockopt_hook: true,
+    connections_set_up: 0,
+    calls_kept_to_rule: 0,
   });
   for (const s of [sa, sb]) {
     assert.match(s, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
@@ -497,15 +501,15 @@ test("--list and --list --json describe every enforcement exactly", async (t) =>
   const r = tcpka(["enforce", "--list"]);
   assert.equal(r.status, 0, r.stderr);
   const lines = r.stdout.split("\n");
-  assert.match(lines[0]!, /^CGROUP +SETTINGS +CONNECTIONS +LATER SETSOCKOPT +SINCE$/);
+  assert.match(lines[0]!, /^CGROUP +SETTINGS +CONNECTIONS +LATER SETSOCKOPT +SET UP +KEPT +SINCE$/);
   const rowA = lines.find((l) => l.startsWith(`${a.path} `));
   const rowB = lines.find((l) => l.startsWith(`${b.path} `));
   assert.ok(rowA && rowB, r.stdout);
   assert.match(
     rowA,
-    /30s \/ 5s \/ 3, user timeout 1m30s \(force\) +only :5432,10\.0\.0\.0\/8,\[fd00::\/8\]:443; except 10\.1\.0\.0\/16 +kept to the rule +\S+$/,
+    /30s \/ 5s \/ 3, user timeout 1m30s \(force\) +only :5432,10\.0\.0\.0\/8,\[fd00::\/8\]:443; except 10\.1\.0\.0\/16 +kept to the rule +0 +0 +\S+$/,
   );
-  assert.match(rowB, /60s \/ 10s \/ 6 \(strengthen\) +all +kept to the rule +\S+$/);
+  assert.match(rowB, /60s \/ 10s \/ 6 \(strengthen\) +all +kept to the rule +0 +0 +\S+$/);
   assert.ok(rowA.endsWith(sa) && rowB.endsWith(sb), "SINCE");
 
   remove(b);

@@ -194,6 +194,9 @@ export type Listed = Enforcement & {
   unknown_reason?: string;
   /** the setsockopt program of these settings is attached beside the sock_ops one */
   setsockopt_hook: boolean;
+  /** the counters: connections and listeners set up, programs' calls whose value was replaced */
+  connections_set_up?: number;
+  calls_kept_to_rule?: number;
 };
 
 /** `tcpka enforce --list --json`, parsed. */
