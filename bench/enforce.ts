@@ -27,10 +27,16 @@ import { closeSync, constants, existsSync, mkdtempSync, openSync, rmSync, writeF
 import { cpus, tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { assemble, type Instruction, Mov, R0, Return } from "../src/bpf/asm.js";
+import { assemble, type Instruction, Mov, Mov32, R0, R1, R2, Return, StoreMem } from "../src/bpf/asm.js";
 import { keepaliveProgram } from "../src/bpf/keepalive.js";
-import { BPF_CGROUP_SOCK_OPS, BPF_PROG_TYPE_SOCK_OPS } from "../src/kernel/constants.js";
-import { linkCreate, progLoad } from "../src/sys/bpf.js";
+import { pinName } from "../src/enforce/cgroup.js";
+import {
+  BPF_CGROUP_SETSOCKOPT,
+  BPF_CGROUP_SOCK_OPS,
+  BPF_PROG_TYPE_CGROUP_SOCKOPT,
+  BPF_PROG_TYPE_SOCK_OPS,
+} from "../src/kernel/constants.js";
+import { enableRunTimeStats, linkCreate, progId, progLoad, progRunStats } from "../src/sys/bpf.js";
 import { TestCgroup } from "../test/helpers/cgroup.js";
 import { bpffsRestorer } from "../test/helpers/enforce.js";
 import { Netns } from "../test/helpers/netns.js";
@@ -39,13 +45,34 @@ const ROOT = fileURLToPath(new URL("../../", import.meta.url)); // dist-test/ben
 const TCPKA = join(ROOT, "bin", "tcpka.js");
 const SETTINGS = ["--idle", "60s", "--interval", "10s", "--count", "6"];
 const WANT = { keepalive: 1, idle: 60, interval: 10, count: 6 };
+/** Interleaved runs of sockopt-cycle per variant. */
+const SOCKOPT_ROUNDS = Number(process.env.BENCH_SOCKOPT_ROUNDS ?? 9);
+
+interface SockoptRun {
+  nodelay_ns: number;
+  keepidle_ns: number;
+  keepalive_ns: number;
+  idle: number;
+  hook_ns_per_run?: number;
+}
+
+/** enforce-cycle's warm-up cycles before the counted ones. */
+const WARMUP = 1000;
+/** Rounds with the kernel timing every program run (after the others). */
+const TIMED_ROUNDS = Number(process.env.BENCH_TIMED_ROUNDS ?? 7);
 /** The CPU the loop runs on: the last one, away from where interrupts and the shell tend to run. */
 const CPU = String(cpus().length - 1);
 
+/** What a variant attached: how to take it off, and the ids of its BPF programs (for their run times). */
+interface Attached {
+  detach: () => void;
+  progs: number[];
+}
+
 interface Variant {
   name: string;
-  /** what to attach before a run (returns how to take it off after), or nothing */
-  attach?: (cg: TestCgroup) => () => void;
+  /** what to attach before a run, or nothing */
+  attach?: (cg: TestCgroup) => Attached;
   /** enforce-cycle's own arguments after N */
   own?: boolean;
   /** what its sockets must end up with */
@@ -58,24 +85,38 @@ const UNTOUCHED = { keepalive: 0, idle: 7200, interval: 75, count: 9 };
 function enforcing(args: string[]) {
   return (cg: TestCgroup) => {
     tcpka(["--cgroup", cg.path, ...args]);
-    return () => tcpka(["--remove", "--cgroup", cg.path]);
+    const listed = JSON.parse(tcpkaOut(["--list", "--json"])) as {
+      cgroup: string;
+      prog_id?: number;
+      setsockopt_prog_id?: number;
+    }[];
+    const e = listed.find((l) => l.cgroup === cg.path);
+    const progs = [e?.prog_id, e?.setsockopt_prog_id].filter((id): id is number => id !== undefined);
+    return { detach: () => tcpka(["--remove", "--cgroup", cg.path]), progs };
   };
 }
 
 /** A sock_ops program that does nothing (returns 1): the floor of any sock_ops mechanism. */
-function emptyProgram(cg: TestCgroup): () => void {
+function emptyProgram(cg: TestCgroup): Attached {
   return attachProgram(cg, [Mov.Imm(R0, 1), Return()]);
 }
 
 /** Load a sock_ops program and link it to the cgroup; detached by closing the link. */
-function attachProgram(cg: TestCgroup, program: Instruction[]): () => void {
+function attachProgram(cg: TestCgroup, program: Instruction[], setsockopt = false): Attached {
   const insns = assemble(program);
-  const prog = progLoad({ type: BPF_PROG_TYPE_SOCK_OPS, insns, license: "GPL", name: "tcpka_bench_ref" });
+  const prog = progLoad({
+    type: setsockopt ? BPF_PROG_TYPE_CGROUP_SOCKOPT : BPF_PROG_TYPE_SOCK_OPS,
+    ...(setsockopt ? { expectedAttachType: BPF_CGROUP_SETSOCKOPT } : {}),
+    insns,
+    license: "GPL",
+    name: "tcpka_bench_ref",
+  });
   try {
     const dir = openSync(cg.dir, constants.O_RDONLY | constants.O_DIRECTORY);
     try {
-      const link = linkCreate(prog, dir, BPF_CGROUP_SOCK_OPS);
-      return () => closeSync(link);
+      const link = linkCreate(prog, dir, setsockopt ? BPF_CGROUP_SETSOCKOPT : BPF_CGROUP_SOCK_OPS);
+      // The setsockopt program second, as an enforcement lists it.
+      return { detach: () => closeSync(link), progs: setsockopt ? [0, progId(prog)] : [progId(prog)] };
     } finally {
       closeSync(dir);
     }
@@ -85,9 +126,27 @@ function attachProgram(cg: TestCgroup, program: Instruction[]): () => void {
 }
 
 /** tcpka's own program with no setting but SO_KEEPALIVE: what keepalive itself costs, through sock_ops. */
-function keepaliveOnly(cg: TestCgroup): () => void {
+function keepaliveOnly(cg: TestCgroup): Attached {
   return attachProgram(cg, keepaliveProgram({ settings: {}, mode: "force", only: [], except: [] }));
 }
+
+/**
+ * setsockopt programs that do nothing: returning 1 with ctx->optlen set to 0 (the kernel's handler then reads the
+ * caller's buffer, as without a program), and returning 1 alone (the kernel then hands its handler a kmalloc'd
+ * copy of its buffer): the floor of any setsockopt hook.
+ */
+const SOCKOPT_REFERENCES: Variant[] = [
+  {
+    name: "reference: an empty setsockopt program (optlen 0)",
+    attach: (cg) => attachProgram(cg, [Mov32.Imm(R2, 0), StoreMem(R1, 32, R2, "W"), Mov.Imm(R0, 1), Return()], true),
+    want: UNTOUCHED,
+  },
+  {
+    name: "reference: an empty setsockopt program (optlen kept)",
+    attach: (cg) => attachProgram(cg, [Mov.Imm(R0, 1), Return()], true),
+    want: UNTOUCHED,
+  },
+];
 
 const VARIANTS: Variant[] = [
   { name: "no enforcement", want: UNTOUCHED },
@@ -115,6 +174,11 @@ interface Run {
   per_second: number;
   batch_per_second: number;
   cpu_us: number;
+  /** with own: ns in the program's four setsockopt calls per connection */
+  own_ns: number;
+  /** in the timed rounds: the kernel's run time of the variant's BPF programs, per connection, and their runs */
+  bpf_ns?: number;
+  bpf_runs?: number;
   client: Opts;
   accepted: Opts;
 }
@@ -143,8 +207,13 @@ function sh(cmd: string, args: string[]): string {
 }
 
 function tcpka(args: string[]): void {
+  tcpkaOut(args);
+}
+
+function tcpkaOut(args: string[]): string {
   const r = spawnSync(process.execPath, [TCPKA, "enforce", ...args], { encoding: "utf8", timeout: 60_000 });
   if (r.status !== 0) throw new Error(`tcpka enforce ${args.join(" ")} exited ${r.status}: ${r.stderr.trim()}`);
+  return r.stdout;
 }
 
 function same(a: Opts, b: Opts): boolean {
@@ -186,18 +255,24 @@ async function main(): Promise<number> {
   let cg: TestCgroup | undefined;
   try {
     const bin = join(tmp, "enforce-cycle");
-    const cc = spawnSync("gcc", ["-O2", "-Wall", "-Werror", "-o", bin, join(ROOT, "bench", "enforce-cycle.c")], {
-      encoding: "utf8",
-    });
-    if (cc.status !== 0) throw new Error(`gcc: ${cc.stderr}`);
+    const sockoptBin = join(tmp, "sockopt-cycle");
+    for (const [out, src] of [
+      [bin, "enforce-cycle.c"],
+      [sockoptBin, "sockopt-cycle.c"],
+    ] as const) {
+      const cc = spawnSync("gcc", ["-O2", "-Wall", "-Werror", "-o", out, join(ROOT, "bench", src)], {
+        encoding: "utf8",
+      });
+      if (cc.status !== 0) throw new Error(`gcc: ${cc.stderr}`);
+    }
     ns = Netns.create();
     cg = TestCgroup.create();
     const cgroup = cg;
     const netns = ns;
-    const pinDir = join("/sys/fs/bpf/tcpka", cgroup.path.slice(1));
+    const pinDir = join("/sys/fs/bpf/tcpka", pinName(cgroup.path));
 
-    const run = (v: Variant): Run => {
-      const detach = v.attach?.(cgroup);
+    const run = (v: Variant, timed = false): Run => {
+      const attached = v.attach?.(cgroup);
       let r: Run;
       try {
         // Pinned to one CPU: the loop is one thread, and moving between CPUs adds noise of several percent.
@@ -210,8 +285,21 @@ async function main(): Promise<number> {
         });
         if (p.status !== 0) throw new Error(`${v.name}: enforce-cycle exited ${p.status}: ${p.stderr}`);
         r = JSON.parse(p.stdout) as Run;
+        if (timed && attached) {
+          // Every run of the program since it was loaded: the counted cycles, the warm-up and the last check.
+          let ns = 0n;
+          let runs = 0n;
+          for (const id of attached.progs) {
+            const s = progRunStats(id);
+            ns += s.ns;
+            runs += s.runs;
+          }
+          const conns = cycles + WARMUP + 1;
+          r.bpf_ns = Number(ns) / conns;
+          r.bpf_runs = Number(runs) / conns;
+        }
       } finally {
-        detach?.();
+        attached?.detach();
       }
       if (!same(r.client, v.want) || !same(r.accepted, v.want)) {
         throw new Error(`${v.name}: the sockets got ${JSON.stringify(r)}, expected ${JSON.stringify(v.want)}`);
@@ -229,6 +317,58 @@ async function main(): Promise<number> {
         if (round > 0) results.get(v.name)!.push(r);
         log(`round ${round}${round === 0 ? " (warm-up)" : ""}: ${v.name}: ${Math.round(r.per_second)} conn/s`);
       }
+    }
+    // The setsockopt program's cost on every setsockopt call of the cgroup: sockopt-cycle times three calls
+    // (an option it lets through, TCP_KEEPIDLE that it decides on and here replaces, SO_KEEPALIVE), without and
+    // with the enforcement, round by round; then, with the kernel timing programs, the program's own run time.
+    const SOCKOPT_CALLS = 200_000;
+    const sockoptRun = (v: Variant, timed = false): SockoptRun => {
+      const attached = v.attach?.(cgroup);
+      try {
+        const argv = ["ip", "netns", "exec", netns.name, "taskset", "-c", CPU, sockoptBin, `${SOCKOPT_CALLS}`];
+        const p = spawnSync("sh", ["-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', cgroup.dir, ...argv], {
+          encoding: "utf8",
+          timeout: 600_000,
+          killSignal: "SIGKILL",
+        });
+        if (p.status !== 0) throw new Error(`${v.name}: sockopt-cycle exited ${p.status}: ${p.stderr}`);
+        const r = JSON.parse(p.stdout) as SockoptRun;
+        const wantIdle = v.want === WANT ? WANT.idle : 3600;
+        if (r.idle !== wantIdle) throw new Error(`${v.name}: sockopt-cycle ended with idle ${r.idle}, not ${wantIdle}`);
+        if (timed && attached) {
+          // The second program is the setsockopt one (attachments list the sock_ops program first).
+          const hook = attached.progs[1];
+          if (hook !== undefined) {
+            const s = progRunStats(hook);
+            r.hook_ns_per_run = Number(s.ns) / Number(s.runs);
+          }
+        }
+        return r;
+      } finally {
+        attached?.detach();
+      }
+    };
+    const SOCKOPT_VARIANTS = [...VARIANTS.slice(0, 3), ...SOCKOPT_REFERENCES];
+    const sockoptResults = new Map<string, SockoptRun[]>(SOCKOPT_VARIANTS.map((v) => [v.name, []]));
+    for (let round = 0; round < SOCKOPT_ROUNDS && !stop; round++) {
+      for (const v of SOCKOPT_VARIANTS) sockoptResults.get(v.name)!.push(sockoptRun(v));
+    }
+
+    // Timed rounds: the kernel times every program run (BPF_ENABLE_STATS) while the fd is open, which adds two
+    // clock reads to each run, so these rounds are apart from the ones above. The time of the programs is the
+    // mechanism's own cost, measured by the kernel around each run: steal time of the VM hardly lands in a
+    // few hundred nanoseconds, so it is far steadier than connections per second.
+    const timedResults = new Map<string, Run[]>(VARIANTS.map((v) => [v.name, []]));
+    const statsFd = enableRunTimeStats();
+    try {
+      for (let round = 0; round < TIMED_ROUNDS && !stop; round++) {
+        for (const v of VARIANTS) timedResults.get(v.name)!.push(run(v, true));
+      }
+      for (let round = 0; round < TIMED_ROUNDS && !stop; round++) {
+        for (const v of SOCKOPT_VARIANTS.slice(1)) sockoptResults.get(v.name)!.push(sockoptRun(v, true));
+      }
+    } finally {
+      closeSync(statsFd);
     }
     if (stop) return 130;
 
@@ -262,6 +402,52 @@ async function main(): Promise<number> {
         cpu_overhead_pct: overCpu,
       };
     }
+    lines.push(
+      "",
+      `The mechanism's own time per connection, ${TIMED_ROUNDS} more runs of each: the kernel's run time of the variant's BPF programs (BPF_ENABLE_STATS), and for the program that sets the options itself the time of its four setsockopt calls (its own clock)`,
+      "",
+      "| variant | program runs per connection | ns per connection, median | min | max | interquartile range | share of a connection's CPU time (no enforcement) |",
+      "|---|---:|---:|---:|---:|---:|---:|",
+    );
+    const connNs = stats(base.map((r) => r.cpu_us)).median * 1000;
+    for (const v of VARIANTS) {
+      const rs = timedResults.get(v.name)!;
+      const ns = v.own ? rs.map((r) => r.own_ns) : rs.map((r) => r.bpf_ns ?? 0);
+      const s = stats(ns);
+      const sorted = [...ns].sort((a, b) => a - b);
+      const q = (f: number) => sorted[Math.min(sorted.length - 1, Math.floor(f * sorted.length))] ?? 0;
+      const iqr = q(0.75) - q(0.25);
+      const runs = v.own ? "—" : stats(rs.map((r) => r.bpf_runs ?? 0)).median.toFixed(2);
+      const share = `${((s.median / connNs) * 100).toFixed(1)}% (IQR ${((iqr / connNs) * 100).toFixed(1)} points)`;
+      lines.push(
+        `| ${v.name} | ${runs} | ${s.median.toFixed(0)} | ${s.min.toFixed(0)} | ${s.max.toFixed(0)} | ${iqr.toFixed(0)} | ${share} |`,
+      );
+      (summary[v.name] as Record<string, unknown>).mechanism_ns = s;
+    }
+    const sockBase = sockoptResults.get(SOCKOPT_VARIANTS[0]!.name)!;
+    lines.push(
+      "",
+      `One setsockopt call on a connected socket in the cgroup, ns (median of ${SOCKOPT_CALLS / 1000} batches of 1,000 calls per run, then the median of ${SOCKOPT_ROUNDS} interleaved runs; added: paired with the run without enforcement of the same round), and the setsockopt program's own run time per call (kernel's run_time_ns / run_cnt, ${TIMED_ROUNDS} runs)`,
+      "",
+      "| variant | TCP_NODELAY 1 | added | TCP_KEEPIDLE 3600 | added | SO_KEEPALIVE 1 | added | setsockopt program per call |",
+      "|---|---:|---:|---:|---:|---:|---:|---:|",
+    );
+    for (const v of SOCKOPT_VARIANTS) {
+      const rs = sockoptResults.get(v.name)!;
+      const counted = rs.slice(0, SOCKOPT_ROUNDS);
+      const cell = (k: "nodelay_ns" | "keepidle_ns" | "keepalive_ns") => {
+        const m = stats(counted.map((r) => r[k])).median;
+        const added = stats(counted.map((r, i) => r[k] - sockBase[i]![k])).median;
+        return `${m.toFixed(0)} | ${v === SOCKOPT_VARIANTS[0] ? "—" : `${added >= 0 ? "+" : ""}${added.toFixed(0)}`}`;
+      };
+      const hook = rs.slice(SOCKOPT_ROUNDS).map((r) => r.hook_ns_per_run ?? 0);
+      const hookCell = hook.length
+        ? `${stats(hook).median.toFixed(0)} (${stats(hook).min.toFixed(0)}–${stats(hook).max.toFixed(0)})`
+        : "—";
+      lines.push(
+        `| ${v.name} | ${cell("nodelay_ns")} | ${cell("keepidle_ns")} | ${cell("keepalive_ns")} | ${hookCell} |`,
+      );
+    }
     const machine = {
       date: new Date().toISOString(),
       nproc: sh("nproc", []),
@@ -287,7 +473,7 @@ async function main(): Promise<number> {
   } finally {
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
-    if (cg && existsSync(join("/sys/fs/bpf/tcpka", cg.path.slice(1)))) {
+    if (cg && existsSync(join("/sys/fs/bpf/tcpka", pinName(cg.path)))) {
       try {
         tcpka(["--remove", "--cgroup", cg.path]);
       } catch (e) {

@@ -37,40 +37,34 @@
  * copies with the same effect); hash maps from tracing programs (preallocated ones always; bpf_map_lookup_elem
  * and bpf_map_delete_elem). bpf_getsockopt is not used: until 6.0 it answers none of these options.
  */
-import { APPLY_ORDER, SOCKOPTS } from "../kernel/sockopts.js";
+import { APPLY_ORDER } from "../kernel/sockopts.js";
 import type { ApplyMode, KeepAliveSettings, OptionName } from "../settings.js";
 import {
   Add,
   Call,
-  Div,
   Fn,
   type Instruction,
   JEq,
-  JGE,
-  JLE,
-  JNE,
   JNE32,
   LoadMapFd,
   LoadMem,
   Mov,
-  Mul,
   ProgramBuilder,
   R0,
   R1,
   R2,
   R3,
   R4,
-  R5,
   R6,
   R7,
   R8,
   R10,
-  type Reg,
   Return,
   StoreImm,
   StoreMem,
 } from "./asm.js";
-import { emitInode, keepOpen, type TcpSocketOffsets } from "./tcp-sockets.js";
+import { emitApply, emitDecide, emitKeep, emitRead } from "./keepalive-rule.js";
+import { emitInode, type TcpSocketOffsets } from "./tcp-sockets.js";
 
 export const BULK_RECORD_SIZE = 72;
 /** The return-code slot of an option for which no bpf_setsockopt was made. */
@@ -130,6 +124,7 @@ export interface BulkSpec {
 }
 
 const at = (option: OptionName, which: "before" | "after" | "rc") => REC + BULK_SLOTS[option][which];
+const SLOTS = { at, value: VALUE };
 
 export function bulkKeepaliveProgram(o: BulkOffsets, spec: BulkSpec): Instruction[] {
   if (!Number.isInteger(spec.hz) || spec.hz <= 0) throw new Error(`bulk keepalive program: HZ ${spec.hz}`);
@@ -161,31 +156,15 @@ export function bulkKeepaliveProgram(o: BulkOffsets, spec: BulkSpec): Instructio
   );
   for (const option of APPLY_ORDER) b.emit(StoreImm(R10, at(option, "rc"), NOT_CALLED, "W"));
 
-  // Before: what getsockopt would answer.
-  b.emit(...keepOpen(o, R2, R7), StoreMem(R10, at("keepalive", "before"), R2, "W"));
-  const seconds = (option: OptionName, own: number, net: number) => {
-    b.emit(LoadMem(R2, R7, own, "W"), JNE32.Imm(R2, 0, `${option}_own`), LoadMem(R2, R8, net, "W"));
-    b.label(`${option}_own`).emit(Div.Imm(R2, spec.hz), StoreMem(R10, at(option, "before"), R2, "W"));
-  };
-  seconds("idle", o.tcpKeepaliveTime, o.netKeepaliveTime);
-  seconds("interval", o.tcpKeepaliveIntvl, o.netKeepaliveIntvl);
-  b.emit(
-    LoadMem(R2, R7, o.tcpKeepaliveProbes, "B"),
-    JNE32.Imm(R2, 0, "count_own"),
-    LoadMem(R2, R8, o.netKeepaliveProbes, "B"),
-  );
-  b.label("count_own").emit(
-    StoreMem(R10, at("count", "before"), R2, "W"),
-    LoadMem(R2, R7, o.tcpUserTimeout, "W"),
-    StoreMem(R10, at("userTimeout", "before"), R2, "W"),
-  );
-  // After: the socket's own, then what the rule changes.
-  for (const option of APPLY_ORDER) {
-    b.emit(LoadMem(R2, R10, at(option, "before"), "W"), StoreMem(R10, at(option, "after"), R2, "W"));
-  }
+  // Before: what getsockopt would answer. After: the socket's own, then what the rule changes.
+  emitRead(b, o, SLOTS, spec.hz, R7, R8);
+  emitKeep(b, SLOTS);
   if (spec.onlyOff) b.emit(LoadMem(R2, R10, at("keepalive", "before"), "W"), JNE32.Imm(R2, 0, "write"));
-  const changed = decide(b, spec);
-  if (!spec.dryRun) for (const option of APPLY_ORDER) if (changed.has(option)) apply(b, option);
+  const changed = emitDecide(b, spec, SLOTS);
+  if (!spec.dryRun) {
+    for (const option of APPLY_ORDER)
+      if (changed.has(option)) emitApply(b, option, SLOTS, R7, { fail: "write", rc: true });
+  }
   // A failed change jumps past the mark to "write".
   if (spec.marksFd !== undefined && !spec.disable) {
     b.emit(...LoadMapFd(R1, spec.marksFd), Mov.Reg(R2, R7), Mov.Imm(R3, 0), Mov.Imm(R4, 1), Call(Fn.skStorageGet));
@@ -200,80 +179,4 @@ export function bulkKeepaliveProgram(o: BulkOffsets, spec: BulkSpec): Instructio
   );
   b.label("out").emit(Mov.Imm(R0, 0), Return());
   return b.build();
-}
-
-/** Emit the rule that sets the record's after-values; returns the options it may change. */
-function decide(b: ProgramBuilder, spec: BulkSpec): Set<OptionName> {
-  const set = (option: OptionName, value: number) => b.emit(StoreImm(R10, at(option, "after"), value, "W"));
-  if (spec.disable) {
-    set("keepalive", 0);
-    return new Set(["keepalive"]);
-  }
-  const s = spec.settings;
-  const named = (["idle", "interval", "count", "userTimeout"] as const).filter((k) => s[k] !== undefined);
-  set("keepalive", 1);
-  if (spec.mode === "force") {
-    for (const k of named) set(k, s[k] as number);
-    return new Set(["keepalive", ...named]);
-  }
-  // strengthen (settings.ts strengthen): 64-bit arithmetic, since a sysctl may hold more than the kernel's
-  // option limits, and idle + interval × count of such values does not fit 32 bits.
-  const have = (option: OptionName, reg: Reg) => LoadMem(reg, R10, at(option, "before"), "W");
-  if (s.idle !== undefined) {
-    b.emit(have("idle", R2), JLE.Imm(R2, s.idle, "idle_kept"));
-    set("idle", s.idle);
-    b.label("idle_kept");
-  }
-  if (s.interval !== undefined || s.count !== undefined) {
-    // r3 = the socket's detection time, r4 = the request's (a value it does not name is the socket's).
-    const want = (option: "idle" | "interval" | "count", reg: Reg) => {
-      const v = s[option];
-      return v === undefined ? have(option, reg) : Mov.Imm(reg, v);
-    };
-    b.emit(
-      have("interval", R3),
-      have("count", R4),
-      Mul.Reg(R3, R4),
-      have("idle", R4),
-      Add.Reg(R3, R4),
-      want("interval", R4),
-      want("count", R5),
-      Mul.Reg(R4, R5),
-      want("idle", R5),
-      Add.Reg(R4, R5),
-      JGE.Reg(R4, R3, "pair_kept"),
-    );
-    if (s.interval !== undefined) set("interval", s.interval);
-    if (s.count !== undefined) set("count", s.count);
-    b.label("pair_kept");
-  }
-  // A requested 0 (or none) keeps the socket's user timeout; else the smaller non-zero one.
-  if (s.userTimeout) {
-    b.emit(have("userTimeout", R2), JEq.Imm(R2, 0, "ut_set"), JLE.Imm(R2, s.userTimeout, "ut_kept"));
-    b.label("ut_set");
-    set("userTimeout", s.userTimeout);
-    b.label("ut_kept");
-  }
-  return new Set(["keepalive", ...named]);
-}
-
-/** bpf_setsockopt of one option where its after-value differs from its before-value; to `write` if it fails. */
-function apply(b: ProgramBuilder, option: OptionName): void {
-  const [level, name] = SOCKOPTS[option];
-  b.emit(
-    LoadMem(R2, R10, at(option, "after"), "W"),
-    LoadMem(R3, R10, at(option, "before"), "W"),
-    JEq.Reg(R2, R3, `${option}_done`),
-    StoreMem(R10, VALUE, R2, "W"),
-    Mov.Reg(R1, R7),
-    Mov.Imm(R2, level),
-    Mov.Imm(R3, name),
-    Mov.Reg(R4, R10),
-    Add.Imm(R4, VALUE),
-    Mov.Imm(R5, 4),
-    Call(Fn.setsockopt),
-    StoreMem(R10, at(option, "rc"), R0, "W"),
-    JNE.Imm(R0, 0, "write"),
-  );
-  b.label(`${option}_done`);
 }

@@ -14,7 +14,7 @@ import { endianness } from "node:os";
 import { addressBytes, maskBytes } from "../addresses.js";
 import { type EndpointRule, holdsMapped } from "../filter.js";
 import { AF_INET, AF_INET6 } from "../kernel/constants.js";
-import { SOCKOPTS } from "../kernel/sockopts.js";
+import { APPLY_ORDER, SOCKOPTS } from "../kernel/sockopts.js";
 import type { ApplyMode, KeepAliveSettings, OptionName } from "../settings.js";
 import {
   Add,
@@ -55,6 +55,7 @@ import {
   ToBE,
 } from "./asm.js";
 import { COUNTER, emitCount } from "./counters.js";
+import { emitApply, emitDecide, emitKeep, emitRead, type RuleOffsets, type RuleSlots } from "./keepalive-rule.js";
 
 // struct bpf_sock_ops (include/uapi/linux/bpf.h): the u32 fields the program reads.
 const CTX = {
@@ -70,7 +71,26 @@ const OP = { activeEstablished: 4, passiveEstablished: 5, tcpListen: 11 } as con
 const SCRATCH = -8; // stack slot for option values
 /** Where strengthen keeps the socket's idle, interval and count while it decides. */
 const STACK = { idle: -16, interval: -24, count: -32 } as const;
-const COUNT_SLOT = -40;
+const COUNT_SLOT = -56;
+/** The rule's slots where the settings are read from the socket itself (keepalive-rule.ts). */
+const RULE_SLOTS: RuleSlots = {
+  at: (option, which) => {
+    const i = ["keepalive", "idle", "interval", "count", "userTimeout"].indexOf(option);
+    if (which === "rc") throw new Error("sock_ops program: no rc slots");
+    return (which === "before" ? -8 : -28) - 4 * i;
+  },
+  value: -48,
+};
+
+/**
+ * How the program reads a socket's settings: from its struct tcp_sock through a BTF pointer (bpf_skc_to_tcp_sock
+ * on ctx->sk, Linux 5.10 for sock_ops' sk, BTF), a few loads where bpf_getsockopt costs a helper call each; or,
+ * without `direct`, with bpf_getsockopt.
+ */
+export interface DirectReads {
+  offsets: RuleOffsets;
+  hz: number;
+}
 
 export interface EnforceSpec {
   settings: KeepAliveSettings;
@@ -216,9 +236,15 @@ function strengthenUserTimeout(p: ProgramBuilder, value: number): void {
 
 /**
  * `marksFd`: a socket storage map (sockopt-hook.ts) in which every socket set up here is marked, so that the
- * setsockopt program keeps the rule on exactly these sockets when their program changes its options later.
+ * setsockopt program keeps the rule on exactly these sockets when their program changes its options later (given
+ * where rules choose the sockets). `countersFd`: counters.ts's map. `direct`: read the settings from the socket.
  */
-export function keepaliveProgram(spec: EnforceSpec, marksFd?: number, countersFd?: number): Instruction[] {
+export function keepaliveProgram(
+  spec: EnforceSpec,
+  marksFd?: number,
+  countersFd?: number,
+  direct?: DirectReads,
+): Instruction[] {
   const p = new ProgramBuilder();
   const rules = [...spec.only, ...spec.except];
   // A listener has no peer yet: set it up only when no rule depends on the peer's address, as the shim does.
@@ -258,6 +284,48 @@ export function keepaliveProgram(spec: EnforceSpec, marksFd?: number, countersFd
   }
 
   p.label("apply");
+  if (direct) applyDirect(p, spec, direct);
+  else applyThroughHelpers(p, spec);
+  if (countersFd !== undefined) emitCount(p, countersFd, COUNTER.setUp, COUNT_SLOT, "counted");
+  if (marksFd !== undefined) {
+    // bpf_sk_storage_get(marks, ctx->sk, NULL, BPF_SK_STORAGE_GET_F_CREATE): the storage is the mark.
+    p.emit(
+      LoadMem(R2, R6, CTX.sk, "DW"),
+      JEq.Imm(R2, 0, "out"),
+      ...LoadMapFd(R1, marksFd),
+      Mov.Imm(R3, 0),
+      Mov.Imm(R4, 1),
+      Call(Fn.skStorageGet),
+    );
+  }
+  // sock_ops programs return 1 (the reply is not used for these ops).
+  p.label("out").emit(Mov.Imm(R0, 1), Return());
+  return p.build();
+}
+
+/**
+ * The settings read from the socket, the rule decided on them, and bpf_setsockopt only where a value changes,
+ * in APPLY_ORDER (SO_KEEPALIVE last): an accepted socket that inherited its listener's settings costs no call.
+ * Force compares with what the socket was given itself, strengthen with what getsockopt would answer.
+ */
+function applyDirect(p: ProgramBuilder, spec: EnforceSpec, d: DirectReads): void {
+  p.emit(
+    LoadMem(R2, R6, CTX.sk, "DW"),
+    JEq.Imm(R2, 0, "out"),
+    Mov.Reg(R1, R2),
+    Call(Fn.skcToTcpSock),
+    JEq.Imm(R0, 0, "out"),
+    Mov.Reg(R7, R0),
+    LoadMem(R8, R7, d.offsets.skcNet, "DW"), // tcp_sock begins with sock_common
+  );
+  emitRead(p, d.offsets, RULE_SLOTS, d.hz, R7, R8, spec.mode === "force");
+  emitKeep(p, RULE_SLOTS);
+  const changed = emitDecide(p, { disable: false, settings: spec.settings, mode: spec.mode }, RULE_SLOTS);
+  for (const option of APPLY_ORDER) if (changed.has(option)) emitApply(p, option, RULE_SLOTS, R6);
+}
+
+/** The settings set (force) or read and decided on (strengthen) through bpf_setsockopt and bpf_getsockopt. */
+function applyThroughHelpers(p: ProgramBuilder, spec: EnforceSpec): void {
   const s = spec.settings;
   // SO_KEEPALIVE last: on a socket with keepalive already on, each TCP_KEEPIDLE re-arms the keepalive timer
   // (tcp_sock_set_keepidle_locked); turning it on last arms it once, with the new idle time (tcp_set_keepalive ->
@@ -274,19 +342,4 @@ export function keepaliveProgram(spec: EnforceSpec, marksFd?: number, countersFd
     if (s.userTimeout) strengthenUserTimeout(p, s.userTimeout);
   }
   setOption(p, "keepalive", 1);
-  if (countersFd !== undefined) emitCount(p, countersFd, COUNTER.setUp, COUNT_SLOT, "counted");
-  if (marksFd !== undefined) {
-    // bpf_sk_storage_get(marks, ctx->sk, NULL, BPF_SK_STORAGE_GET_F_CREATE): the storage is the mark.
-    p.emit(
-      LoadMem(R2, R6, CTX.sk, "DW"),
-      JEq.Imm(R2, 0, "out"),
-      ...LoadMapFd(R1, marksFd),
-      Mov.Imm(R3, 0),
-      Mov.Imm(R4, 1),
-      Call(Fn.skStorageGet),
-    );
-  }
-  // sock_ops programs return 1 (the reply is not used for these ops).
-  p.label("out").emit(Mov.Imm(R0, 1), Return());
-  return p.build();
 }

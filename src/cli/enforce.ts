@@ -217,6 +217,11 @@ export async function runEnforce(argv: readonly string[], out: Out): Promise<num
     `${r.replaced ? "replaced the settings" : "enforcing keepalive"} on new connections in cgroup ${cgroup}: ${settingsText(e)}, ${rulesText(e)}\n`,
   );
   out.write(`pinned at ${printable(r.pinDir)}; remove with: tcpka enforce --remove --cgroup ${cgroup}\n`);
+  if (r.noDirect) {
+    out.write(
+      `warning: the settings are read with bpf_getsockopt, which costs more per connection, because the socket's own could not be read: ${r.noDirect}\n`,
+    );
+  }
   if (r.noHook) {
     out.write(
       `warning: keepalive options that a program sets itself after connecting are not seen: ${r.noHook}; the settings hold from connect() until such a call (Linux 5.15 keeps them)\n`,

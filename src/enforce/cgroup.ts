@@ -8,8 +8,9 @@
  *
  * Beside it, where the kernel has them (BPF_CGROUP_SETSOCKOPT with bpf_setsockopt in it: Linux 5.15; socket
  * storage: 5.2), the setsockopt program of src/bpf/sockopt-hook.ts keeps the rule when a program changes its
- * keepalive options later: the sock_ops program marks the sockets it set up in a socket storage map, which is
- * pinned as "marks" (kept across updates, so that sockets set up before an update keep their mark), and the
+ * keepalive options later, on every TCP socket of the cgroup; where --only/--except rules choose the connections,
+ * on those the sock_ops program chose, which it marks in a socket storage map pinned as "marks" (kept across
+ * updates, so that sockets set up before an update keep their mark; an allocation per socket, so only then), and the
  * setsockopt program's link as "setsockopt". A per-CPU array of counters (src/bpf/counters.ts: connections set
  * up, calls whose value was replaced) is pinned as "counters", also kept across updates, for --list. Both links are attached, pinned, updated and removed together; a
  * kernel without the hook gets the sock_ops program alone, and enforce says so.
@@ -34,10 +35,11 @@ import {
   unlinkSync,
 } from "node:fs";
 import { basename, join } from "node:path";
-import { assemble, Listing } from "../bpf/asm.js";
+import { assemble, type Instruction, Listing } from "../bpf/asm.js";
 import { COUNTER, COUNTERS } from "../bpf/counters.js";
 import { type EnforceSpec, keepaliveProgram } from "../bpf/keepalive.js";
 import { setsockoptProgram } from "../bpf/sockopt-hook.js";
+import { tcpSocketOffsets } from "../bpf/tcp-sockets.js";
 import { TcpkaError } from "../errors.js";
 import { endpointRuleText } from "../filter.js";
 import { cgroupPath } from "../inspect/cgroup.js";
@@ -64,8 +66,9 @@ import {
   progLoad,
   skStorageMapCreate,
 } from "../sys/bpf.js";
+import { CachedBtf } from "../sys/btf.js";
 import { Lock, runtimeBase, sleepSync } from "../sys/files.js";
-import { close, mount, SysError } from "../sys/libc.js";
+import { close, kernelHz, mount, SysError } from "../sys/libc.js";
 
 export const BPF_FS = "/sys/fs/bpf";
 export const PIN_ROOT = `${BPF_FS}/tcpka`;
@@ -341,14 +344,18 @@ export interface EnforceResult {
   pinDir: string;
   /** why the setsockopt program is not attached (the kernel cannot), where it is not */
   noHook?: string;
+  /** why the sock_ops program reads with bpf_getsockopt instead of from the socket, where it does */
+  noDirect?: string;
 }
 
 /** The programs of one enforce: the sock_ops program, and the setsockopt program with its marks where it loads. */
 interface Programs {
   sockOps: number;
   sockOpsId: number;
-  hook?: { fd: number; id: number; marks: number };
+  /** the setsockopt program, and the marks map it and the sock_ops program share where rules choose sockets */
+  hook?: { fd: number; id: number; marks?: number };
   noHook?: string;
+  noDirect?: string;
   /** the counters map (reused or new); undefined where it cannot be made: the programs then count nothing */
   counters?: number;
 }
@@ -375,7 +382,7 @@ export function enforceOnCgroup(cgroupDir: string, mount: string, spec: EnforceS
     if (programs.counters !== undefined) close(programs.counters);
     if (programs.hook) {
       close(programs.hook.fd);
-      close(programs.hook.marks);
+      if (programs.hook.marks !== undefined) close(programs.hook.marks);
     }
   }
 }
@@ -401,20 +408,28 @@ function loadPrograms(cgroup: string, spec: EnforceSpec): Programs {
   return counters === undefined ? programs : { ...programs, counters };
 }
 
+/**
+ * The marks (a socket storage map) are made only where --only or --except rules choose the connections: the
+ * setsockopt program then needs to know which sockets the sock_ops program chose, and a mark costs an allocation
+ * per socket (bpf_sk_storage_get with F_CREATE: about 550 ns, bench/enforce.ts). Without rules every TCP socket of
+ * the cgroup is the enforcement's, and the setsockopt program needs no mark.
+ */
 function loadWithMaps(dir: string, spec: EnforceSpec, counters: number | undefined): Omit<Programs, "counters"> {
   let marks: number | undefined;
   let noHook: string | undefined;
-  try {
-    marks = objGet(join(dir, "marks"));
-  } catch {
+  if (spec.only.length + spec.except.length > 0) {
     try {
-      marks = skStorageMapCreate("tcpka_marks");
-    } catch (e) {
-      noHook = `no socket storage map (${e instanceof SysError ? e.errnoName : String(e)})`;
+      marks = objGet(join(dir, "marks"));
+    } catch {
+      try {
+        marks = skStorageMapCreate("tcpka_marks");
+      } catch (e) {
+        noHook = `no socket storage map (${e instanceof SysError ? e.errnoName : String(e)})`;
+      }
     }
   }
   let hook: Programs["hook"];
-  if (marks !== undefined) {
+  if (noHook === undefined) {
     const program = setsockoptProgram(spec, marks, counters);
     try {
       const fd = progLoad({
@@ -425,32 +440,49 @@ function loadWithMaps(dir: string, spec: EnforceSpec, counters: number | undefin
         license: "Dual MIT/GPL",
         name: "tcpka_sockopt",
       });
-      hook = { fd, id: progId(fd), marks };
+      hook = { fd, id: progId(fd), ...(marks !== undefined ? { marks } : {}) };
     } catch (e) {
-      close(marks);
+      if (marks !== undefined) close(marks);
       marks = undefined;
       noHook = `the kernel refused the setsockopt program (${e instanceof SysError ? e.errnoName : (e as Error).message.split("\n")[0]})`;
     }
   }
-  const program = keepaliveProgram(spec, marks, counters);
-  let sockOps: number;
-  try {
-    sockOps = progLoad({
+  const load = (program: Instruction[]) =>
+    progLoad({
       type: BPF_PROG_TYPE_SOCK_OPS,
       insns: assemble(program),
       listing: new Listing(program),
       license: "Dual MIT/GPL",
       name: "tcpka_keepalive",
     });
+  // The settings read from the socket itself where BTF and the verifier allow it; else through bpf_getsockopt.
+  let sockOps: number | undefined;
+  let noDirect: string | undefined;
+  try {
+    const btf = CachedBtf.open();
+    const direct = { offsets: tcpSocketOffsets(btf), hz: kernelHz() };
+    btf.save();
+    sockOps = load(keepaliveProgram(spec, marks, counters, direct));
+  } catch (e) {
+    noDirect = e instanceof SysError ? e.errnoName : (e as Error).message.split("\n")[0];
+  }
+  try {
+    sockOps ??= load(keepaliveProgram(spec, marks, counters));
   } catch (e) {
     if (hook) {
       close(hook.fd);
-      close(hook.marks);
+      if (hook.marks !== undefined) close(hook.marks);
     }
     if (counters !== undefined) close(counters);
     throw explain(e, "cannot load the BPF program");
   }
-  return { sockOps, sockOpsId: progId(sockOps), hook, ...(noHook ? { noHook } : {}) };
+  return {
+    sockOps,
+    sockOpsId: progId(sockOps),
+    hook,
+    ...(noHook ? { noHook } : {}),
+    ...(noDirect ? { noDirect } : {}),
+  };
 }
 
 /** One enforce: what it needs, and what it made, so that a failure removes exactly that. */
@@ -475,8 +507,8 @@ class EnforceRun {
   }
 
   private result(enforcement: Enforcement, replaced: boolean, pinDir: string): EnforceResult {
-    const noHook = this.programs.noHook;
-    return { enforcement, replaced, pinDir, ...(noHook ? { noHook } : {}) };
+    const { noHook, noDirect } = this.programs;
+    return { enforcement, replaced, pinDir, ...(noHook ? { noHook } : {}), ...(noDirect ? { noDirect } : {}) };
   }
 
   apply(): EnforceResult {
@@ -514,7 +546,7 @@ class EnforceRun {
     this.pinCounters(dir);
     const hook = this.programs.hook;
     if (hook) {
-      this.pinMarks(dir, hook.marks);
+      if (hook.marks !== undefined) this.pinMarks(dir, hook.marks);
       this.attachHook(dir, hook.fd);
     }
     const linkFd = this.attach(this.programs.sockOps, BPF_CGROUP_SOCK_OPS);
@@ -588,12 +620,13 @@ class EnforceRun {
     this.pinCounters(dir);
     const hook = this.programs.hook;
     if (hook) {
-      this.pinMarks(dir, hook.marks);
+      if (hook.marks !== undefined) this.pinMarks(dir, hook.marks);
       this.attachHook(dir, hook.fd);
     } else {
       // This kernel cannot run it now: an earlier one's with the old settings must not stay.
       detachPinned(join(dir, "setsockopt"));
     }
+    if (hook?.marks === undefined) unpin(join(dir, "marks")); // no rules now: no marks
     const done = withPinned(linkPin, (fd) => {
       try {
         linkUpdate(fd, this.programs.sockOps);
@@ -664,6 +697,15 @@ function openCgroup(dir: string, cgroup: string): number {
     return openSync(dir, constants.O_RDONLY | constants.O_DIRECTORY);
   } catch (e) {
     throw new TcpkaError("not-found", `cannot open the cgroup ${cgroup}: ${errno(e)}`);
+  }
+}
+
+/** Remove the pin at `path`, if there is one. */
+function unpin(path: string): void {
+  try {
+    unlinkSync(path);
+  } catch (e) {
+    if (errno(e) !== "ENOENT") throw explain(e, `cannot remove ${path}`);
   }
 }
 

@@ -99,6 +99,7 @@ export const BPF_CMD = {
   PROG_LOAD: 5,
   OBJ_PIN: 6,
   OBJ_GET: 7,
+  PROG_GET_FD_BY_ID: 13,
   OBJ_GET_INFO_BY_FD: 15,
   BTF_LOAD: 18,
   MAP_UPDATE_BATCH: 26,
@@ -106,6 +107,7 @@ export const BPF_CMD = {
   LINK_UPDATE: 29,
   ITER_CREATE: 33,
   LINK_DETACH: 34,
+  ENABLE_STATS: 32,
 } as const;
 export const BPF_PROG_TYPE_SOCK_OPS = 13;
 export const BPF_PROG_TYPE_TRACING = 26;

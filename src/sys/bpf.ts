@@ -260,6 +260,30 @@ export function progId(progFd: number): number {
   return objInfo(progFd, 8).readUInt32LE(4);
 }
 
+/**
+ * Have the kernel time every BPF program run for as long as the returned fd is open (BPF_ENABLE_STATS with
+ * BPF_STATS_RUN_TIME, Linux 5.8; the same as the kernel.bpf_stats_enabled sysctl, but ending with the fd): each run
+ * adds its sched_clock() time to the program's run_time_ns and 1 to run_cnt (bpf_prog_run, __bpf_prog_run).
+ */
+export function enableRunTimeStats(): number {
+  const attr = Buffer.alloc(ATTR_SIZE);
+  attr.writeUInt32LE(0, 0); // BPF_STATS_RUN_TIME
+  return bpf("ENABLE_STATS", attr);
+}
+
+/** A program's run_time_ns and run_cnt (struct bpf_prog_info @192, @200), by its id (BPF_PROG_GET_FD_BY_ID). */
+export function progRunStats(id: number): { ns: bigint; runs: bigint } {
+  const attr = Buffer.alloc(ATTR_SIZE);
+  attr.writeUInt32LE(id, 0);
+  const fd = bpf("PROG_GET_FD_BY_ID", attr);
+  try {
+    const info = objInfo(fd, 208);
+    return { ns: info.readBigUInt64LE(192), runs: info.readBigUInt64LE(200) };
+  } finally {
+    close(fd);
+  }
+}
+
 export interface LinkInfo {
   id: number;
   progId: number;

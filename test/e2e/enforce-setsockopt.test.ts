@@ -179,3 +179,25 @@ test("--existing: connections open before enforce are changed in the kernel and 
     assert.deepEqual([r.opts.keepalive, r.opts.idle], [1, WANT.idle], "the program's later calls keep the rule");
   }
 });
+
+test("with --only, later calls are kept to the rule on the chosen connections only", async (t) => {
+  if (!needs(t, NEEDS)) return;
+  const ns = Netns.create(t);
+  const cg = TestCgroup.create(t);
+  const server = await Agent.start(t, ns, cg);
+  const client = await Agent.start(t, ns, cg);
+  const chosen = await server.listen(HOST);
+  const other = await server.listen(HOST);
+  enforce(cg, [...WANT_FLAGS, "--only", `:${chosen.port}`]);
+  const [c] = await connectPair(client, server, chosen, HOST);
+  const [d] = await connectPair(client, server, other, HOST);
+  assert.deepEqual([ka(c.opts).keepalive, ka(d.opts).keepalive], [1, 0], "the sock_ops program chose one");
+  const kept = await client.calls(c, [["idle", 7200]]);
+  assert.equal(kept.opts.idle, WANT.idle, "the chosen connection: the request");
+  const left = await client.calls(d, [
+    ["keepalive", 1],
+    ["idle", 7200],
+    ["keepalive", 0],
+  ]);
+  assert.deepEqual([left.opts.keepalive, left.opts.idle], [0, 7200], "the other one: what its program set");
+});
