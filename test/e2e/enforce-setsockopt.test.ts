@@ -14,7 +14,8 @@
  * rule; --remove leaves no pin.
  */
 import assert from "node:assert/strict";
-import { existsSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import { pinName } from "../../src/enforce/cgroup.js";
@@ -25,6 +26,7 @@ import {
   connectPair,
   enforce,
   enforcedOn,
+  guard,
   ka,
   PIN_ROOT,
   remove,
@@ -32,6 +34,8 @@ import {
 import { needs } from "../helpers/env.js";
 import { UNTOUCHED, WANT, WANT_FLAGS } from "../helpers/keepalive.js";
 import { Netns } from "../helpers/netns.js";
+import { TCPKA } from "../helpers/paths.js";
+import { tempDir } from "../helpers/scope.js";
 
 afterEnforceTests();
 
@@ -157,7 +161,7 @@ test("replacing the settings keeps the sockets set up before under the new rule"
 });
 
 test("--existing: connections open before enforce are changed in the kernel and kept to the rule later", async (t) => {
-  if (!needs(t, NEEDS)) return;
+  if (!needs(t, { ...NEEDS, tools: [...NEEDS.tools, "strace"] })) return;
   const ns = Netns.create(t);
   const cg = TestCgroup.create(t);
   const server = await Agent.start(t, ns, cg);
@@ -165,8 +169,21 @@ test("--existing: connections open before enforce are changed in the kernel and 
   const listener = await server.listen(HOST);
   const [c, a] = await connectPair(client, server, listener, HOST);
   assert.deepEqual(ka(c.opts), { ...UNTOUCHED, user_timeout_ms: 0 }, "before: nothing set");
-  const out = enforce(cg, [...WANT_FLAGS, "--existing"]);
-  assert.match(out, /^ {2}changed +[3-9]\d*\b/m, out);
+  // Through the kernel path of a bulk change: no socket duplicated into tcpka (strace sees no pidfd_getfd).
+  guard(cg);
+  const dir = tempDir(t);
+  const trace = join(dir, "strace");
+  const argv = [process.execPath, TCPKA, "enforce", "--cgroup", cg.path, ...WANT_FLAGS, "--existing"];
+  const r = spawnSync("strace", ["-f", "-qq", "-e", "trace=pidfd_getfd", "-e", "signal=none", "-o", trace, ...argv], {
+    encoding: "utf8",
+    timeout: 60_000,
+  });
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /^ {2}changed +[3-9]\d*\b/m, r.stdout);
+  const duplicated = readFileSync(trace, "utf8")
+    .split("\n")
+    .filter((l) => l.includes("pidfd_getfd(")).length;
+  assert.equal(duplicated, 0, "no pidfd_getfd");
   assert.deepEqual(ka(await client.get(c)), { ...WANT, user_timeout_ms: 0 }, "changed by --existing");
   for (const [agent, s] of [
     [client, c],
