@@ -22,7 +22,7 @@
  *
  * Cleans up on every exit path: the enforcement (tcpka enforce --remove), the cgroup, the namespace, the directory.
  */
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { closeSync, constants, existsSync, mkdtempSync, openSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, tmpdir } from "node:os";
 import { join } from "node:path";
@@ -45,6 +45,9 @@ const ROOT = fileURLToPath(new URL("../../", import.meta.url)); // dist-test/ben
 const TCPKA = join(ROOT, "bin", "tcpka.js");
 const SETTINGS = ["--idle", "60s", "--interval", "10s", "--count", "6"];
 const WANT = { keepalive: 1, idle: 60, interval: 10, count: 6 };
+/** How often a timed run samples its programs' run time, and the fewest runs an interval must have to count. */
+const SAMPLE_MS = 20;
+const MIN_SAMPLE_RUNS = 2000;
 /** Interleaved runs of sockopt-cycle per variant. */
 const SOCKOPT_ROUNDS = Number(process.env.BENCH_SOCKOPT_ROUNDS ?? 9);
 
@@ -59,7 +62,7 @@ interface SockoptRun {
 /** enforce-cycle's warm-up cycles before the counted ones. */
 const WARMUP = 1000;
 /** Rounds with the kernel timing every program run (after the others). */
-const TIMED_ROUNDS = Number(process.env.BENCH_TIMED_ROUNDS ?? 7);
+const TIMED_ROUNDS = Number(process.env.BENCH_TIMED_ROUNDS ?? 11);
 /** The CPU the loop runs on: the last one, away from where interrupts and the shell tend to run. */
 const CPU = String(cpus().length - 1);
 
@@ -271,40 +274,76 @@ async function main(): Promise<number> {
     const netns = ns;
     const pinDir = join("/sys/fs/bpf/tcpka", pinName(cgroup.path));
 
-    const run = (v: Variant, timed = false): Run => {
-      const attached = v.attach?.(cgroup);
-      let r: Run;
-      try {
-        // Pinned to one CPU: the loop is one thread, and moving between CPUs adds noise of several percent.
-        const argv = ["ip", "netns", "exec", netns.name, "taskset", "-c", CPU, bin, `${cycles}`];
-        if (v.own) argv.push("own");
-        const p = spawnSync("sh", ["-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', cgroup.dir, ...argv], {
-          encoding: "utf8",
-          timeout: 600_000,
-          killSignal: "SIGKILL",
-        });
-        if (p.status !== 0) throw new Error(`${v.name}: enforce-cycle exited ${p.status}: ${p.stderr}`);
-        r = JSON.parse(p.stdout) as Run;
-        if (timed && attached) {
-          // Every run of the program since it was loaded: the counted cycles, the warm-up and the last check.
-          let ns = 0n;
-          let runs = 0n;
-          for (const id of attached.progs) {
-            const s = progRunStats(id);
-            ns += s.ns;
-            runs += s.runs;
-          }
-          const conns = cycles + WARMUP + 1;
-          r.bpf_ns = Number(ns) / conns;
-          r.bpf_runs = Number(runs) / conns;
-        }
-      } finally {
-        attached?.detach();
-      }
+    const cycleArgv = (v: Variant) => {
+      // Pinned to one CPU: the loop is one thread, and moving between CPUs adds noise of several percent.
+      const argv = ["ip", "netns", "exec", netns.name, "taskset", "-c", CPU, bin, `${cycles}`];
+      if (v.own) argv.push("own");
+      return ["-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', cgroup.dir, ...argv];
+    };
+    const check = (v: Variant, r: Run) => {
       if (!same(r.client, v.want) || !same(r.accepted, v.want)) {
         throw new Error(`${v.name}: the sockets got ${JSON.stringify(r)}, expected ${JSON.stringify(v.want)}`);
       }
       return r;
+    };
+    const run = (v: Variant): Run => {
+      const attached = v.attach?.(cgroup);
+      let r: Run;
+      try {
+        const p = spawnSync("sh", cycleArgv(v), { encoding: "utf8", timeout: 600_000, killSignal: "SIGKILL" });
+        if (p.status !== 0) throw new Error(`${v.name}: enforce-cycle exited ${p.status}: ${p.stderr}`);
+        r = JSON.parse(p.stdout) as Run;
+      } finally {
+        attached?.detach();
+      }
+      return check(v, r);
+    };
+    // A timed run: while the loop runs, the programs' run time and runs are sampled every SAMPLE_MS; the time per
+    // run is the median over those intervals (a burst of steal time spoils one interval, not the run), times the
+    // runs per connection of the whole run.
+    const timedRun = async (v: Variant): Promise<Run> => {
+      const attached = v.attach?.(cgroup);
+      try {
+        const total = () => {
+          let ns = 0n;
+          let runs = 0n;
+          for (const id of attached?.progs.filter((p) => p > 0) ?? []) {
+            const s = progRunStats(id);
+            ns += s.ns;
+            runs += s.runs;
+          }
+          return { ns: Number(ns), runs: Number(runs) };
+        };
+        const samples = [total()];
+        const child = spawn("sh", cycleArgv(v), { stdio: ["ignore", "pipe", "pipe"] });
+        let out = "";
+        let err = "";
+        child.stdout.on("data", (d) => {
+          out += d;
+        });
+        child.stderr.on("data", (d) => {
+          err += d;
+        });
+        const timer = attached ? setInterval(() => samples.push(total()), SAMPLE_MS) : undefined;
+        const code = await new Promise<number | null>((resolve) => child.on("close", resolve));
+        clearInterval(timer);
+        if (code !== 0) throw new Error(`${v.name}: enforce-cycle exited ${code}: ${err}`);
+        const r = JSON.parse(out) as Run;
+        if (attached) {
+          const end = total();
+          const perRun: number[] = [];
+          for (let i = 1; i < samples.length; i++) {
+            const runs = samples[i]!.runs - samples[i - 1]!.runs;
+            if (runs >= MIN_SAMPLE_RUNS) perRun.push((samples[i]!.ns - samples[i - 1]!.ns) / runs);
+          }
+          // Every run of the programs since they were loaded: the counted cycles, the warm-up and the last check.
+          r.bpf_runs = end.runs / (cycles + WARMUP + 1);
+          r.bpf_ns = (perRun.length ? stats(perRun).median : end.ns / end.runs) * r.bpf_runs;
+        }
+        return check(v, r);
+      } finally {
+        attached?.detach();
+      }
     };
 
     const results = new Map<string, Run[]>(VARIANTS.map((v) => [v.name, []]));
@@ -362,7 +401,7 @@ async function main(): Promise<number> {
     const statsFd = enableRunTimeStats();
     try {
       for (let round = 0; round < TIMED_ROUNDS && !stop; round++) {
-        for (const v of VARIANTS) timedResults.get(v.name)!.push(run(v, true));
+        for (const v of VARIANTS) timedResults.get(v.name)!.push(await timedRun(v));
       }
       for (let round = 0; round < TIMED_ROUNDS && !stop; round++) {
         for (const v of SOCKOPT_VARIANTS.slice(1)) sockoptResults.get(v.name)!.push(sockoptRun(v, true));
@@ -406,21 +445,24 @@ async function main(): Promise<number> {
       "",
       `The mechanism's own time per connection, ${TIMED_ROUNDS} more runs of each: the kernel's run time of the variant's BPF programs (BPF_ENABLE_STATS), and for the program that sets the options itself the time of its four setsockopt calls (its own clock)`,
       "",
-      "| variant | program runs per connection | ns per connection, median | min | max | interquartile range | share of a connection's CPU time (no enforcement) |",
-      "|---|---:|---:|---:|---:|---:|---:|",
+      "| variant | program runs per connection | ns per connection, median | min | max | interquartile range | share of the run's CPU time per connection, median | its interquartile range, points |",
+      "|---|---:|---:|---:|---:|---:|---:|---:|",
     );
-    const connNs = stats(base.map((r) => r.cpu_us)).median * 1000;
+    const iqrOf = (xs: readonly number[]) => {
+      const sorted = [...xs].sort((a, b) => a - b);
+      const q = (f: number) => sorted[Math.min(sorted.length - 1, Math.floor(f * sorted.length))] ?? 0;
+      return q(0.75) - q(0.25);
+    };
     for (const v of VARIANTS) {
       const rs = timedResults.get(v.name)!;
       const ns = v.own ? rs.map((r) => r.own_ns) : rs.map((r) => r.bpf_ns ?? 0);
       const s = stats(ns);
-      const sorted = [...ns].sort((a, b) => a - b);
-      const q = (f: number) => sorted[Math.min(sorted.length - 1, Math.floor(f * sorted.length))] ?? 0;
-      const iqr = q(0.75) - q(0.25);
+      // Each run's mechanism time as a share of that run's own CPU time per connection: a slower period of the
+      // machine slows both alike, so the share moves less from run to run than the nanoseconds.
+      const shares = rs.map((r, i) => ((ns[i] as number) / (r.cpu_us * 1000)) * 100);
       const runs = v.own ? "—" : stats(rs.map((r) => r.bpf_runs ?? 0)).median.toFixed(2);
-      const share = `${((s.median / connNs) * 100).toFixed(1)}% (IQR ${((iqr / connNs) * 100).toFixed(1)} points)`;
       lines.push(
-        `| ${v.name} | ${runs} | ${s.median.toFixed(0)} | ${s.min.toFixed(0)} | ${s.max.toFixed(0)} | ${iqr.toFixed(0)} | ${share} |`,
+        `| ${v.name} | ${runs} | ${s.median.toFixed(0)} | ${s.min.toFixed(0)} | ${s.max.toFixed(0)} | ${iqrOf(ns).toFixed(0)} | ${stats(shares).median.toFixed(2)}% | ${iqrOf(shares).toFixed(2)} |`,
       );
       (summary[v.name] as Record<string, unknown>).mechanism_ns = s;
     }
