@@ -63,7 +63,7 @@ import {
   StoreImm,
   StoreMem,
 } from "./asm.js";
-import { emitApply, emitDecide, emitKeep, emitRead } from "./keepalive-rule.js";
+import { emitApply, emitDecide, emitKeep, emitRead, type RuleOffsets } from "./keepalive-rule.js";
 import { emitInode, type TcpSocketOffsets } from "./tcp-sockets.js";
 
 export const BULK_RECORD_SIZE = 72;
@@ -83,24 +83,8 @@ const REC = -BULK_RECORD_SIZE; // the record on the stack, from r10
 const KEY = REC - 8; // the inode, as the map's key
 const VALUE = KEY - 8; // an option's value for bpf_setsockopt
 
-export type BulkOffsets = Pick<
-  TcpSocketOffsets,
-  | "metaSeq"
-  | "skcNet"
-  | "netKeepaliveTime"
-  | "netKeepaliveIntvl"
-  | "netKeepaliveProbes"
-  | "tcpFlags"
-  | "keepOpenBit"
-  | "tcpKeepaliveTime"
-  | "tcpKeepaliveIntvl"
-  | "tcpKeepaliveProbes"
-  | "tcpUserTimeout"
-  | "tcpSocket"
-  | "socketFile"
-  | "fileInode"
-  | "inodeIno"
->;
+export type BulkOffsets = RuleOffsets &
+  Pick<TcpSocketOffsets, "metaSeq" | "tcpSocket" | "socketFile" | "fileInode" | "inodeIno">;
 
 export interface BulkSpec {
   /** the targets: a hash map whose keys are socket inodes (u64) */
