@@ -17,7 +17,9 @@ import {
 } from "../filter.js";
 import { processExists } from "../inspect/processes.js";
 import { ALL_STATES, stateMask } from "../kernel/states.js";
+import { findPreset, PRESETS, type Preset, presetSettings } from "../presets.js";
 import {
+  formatSeconds,
   type KeepAliveSettings,
   parseCount,
   parseIdle,
@@ -234,6 +236,7 @@ export function splitCommand(argv: readonly string[], options: Options): { own: 
 
 /** The keepalive settings flags of run, trace, enable and enforce. */
 export const SETTINGS_OPTIONS: Options = {
+  for: { type: "string" },
   idle: { type: "string" },
   interval: { type: "string" },
   count: { type: "string" },
@@ -244,6 +247,9 @@ export const SETTINGS_OPTIONS: Options = {
 export const DEFAULT_SETTINGS = { idle: 60, interval: 10, count: 6 } as const;
 
 export const SETTINGS_HELP = `Settings (defaults: --idle 60s --interval 10s --count 6: a dead peer is noticed within 2 minutes):
+      --for PATH               the settings for what drops idle connections on the path (idle half its timeout,
+                               a dead peer noticed within it; --idle, --interval, --count replace a part):
+${PRESETS.map((p) => `                                 ${p.name.padEnd(16)} ${formatSeconds(p.timeoutS).padStart(5)}  ${presetText(p)}`).join("\n")}
       --idle DURATION          idle time before the first probe (TCP_KEEPIDLE): 75, 75s, 2m, 1h30m; 1s to 32767s
       --interval DURATION      time between unanswered probes (TCP_KEEPINTVL); 1s to 32767s
       --count N                unanswered probes before the connection is dropped (TCP_KEEPCNT); 1 to 127
@@ -253,12 +259,31 @@ export const SETTINGS_HELP = `Settings (defaults: --idle 60s --interval 10s --co
                                shorter idle of the two, interval and count together from the side that notices a
                                dead peer sooner (idle + interval × count), the shorter non-zero user timeout`;
 
+/** A preset's settings as the help shows them: "175s / 35s / 5". */
+function presetText(p: Preset): string {
+  const s = presetSettings(p);
+  return `${s.idle}s / ${s.interval}s / ${s.count}`;
+}
+
+/** The preset that --for names; a usage error that lists them for any other name. */
+export function presetFor(name: string): Preset {
+  const p = findPreset(name);
+  if (!p) {
+    throw usage(
+      `--for ${JSON.stringify(name)}: not a known path`,
+      `one of: ${PRESETS.map((x) => x.name).join(", ")} (or give --idle, --interval and --count)`,
+    );
+  }
+  return p;
+}
+
 export function settingsFrom(v: Values): KeepAliveSettings {
+  const name = str(v, "for");
+  const base = name === undefined ? DEFAULT_SETTINGS : presetSettings(presetFor(name));
   const s: KeepAliveSettings = {
-    idle: str(v, "idle") === undefined ? DEFAULT_SETTINGS.idle : parseIdle(str(v, "idle") as string),
-    interval:
-      str(v, "interval") === undefined ? DEFAULT_SETTINGS.interval : parseInterval(str(v, "interval") as string),
-    count: str(v, "count") === undefined ? DEFAULT_SETTINGS.count : parseCount(str(v, "count") as string),
+    idle: str(v, "idle") === undefined ? base.idle : parseIdle(str(v, "idle") as string),
+    interval: str(v, "interval") === undefined ? base.interval : parseInterval(str(v, "interval") as string),
+    count: str(v, "count") === undefined ? base.count : parseCount(str(v, "count") as string),
   };
   const ut = str(v, "user-timeout");
   if (ut !== undefined) s.userTimeout = parseUserTimeout(ut);

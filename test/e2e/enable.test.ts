@@ -127,6 +127,23 @@ test("enable: 200 idle connections of a python process get exactly the settings 
   assert.equal(again.stdout.split("\n")[0], "403 TCP sockets in 1 process", "--quiet prints the summary only");
 });
 
+test("--for azure-lb: the preset's settings on every socket, a flag beside it replacing its part", async (t) => {
+  if (!needs(t, NEEDS)) return;
+  const ns = Netns.create(t);
+  const p = await holder(ns, ["idle=3"]);
+  let r = ns.tcpka(["enable", "--pid", String(p.pid), "--for", "azure-lb"]);
+  assert.equal(r.status, 0, r.stderr);
+  // Azure's 4 minutes: idle 120 s, then five probes 24 s apart, all before the load balancer forgets the flow.
+  assertAll(await pyReport(p), { keepalive: 1, idle: 120, interval: 24, count: 5 }, "--for azure-lb");
+  assert.match(r.stdout, /dead peers are now noticed after at most 4m\b/);
+  r = ns.tcpka(["enable", "--pid", String(p.pid), "--for", "aws-nat", "--count", "3", "--force"]);
+  assert.equal(r.status, 0, r.stderr);
+  assertAll(await pyReport(p), { keepalive: 1, idle: 175, interval: 35, count: 3 }, "--for aws-nat --count 3");
+  r = ns.tcpka(["enable", "--pid", String(p.pid), "--for", "azure"]);
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /^tcpka: --for "azure": not a known path\nhint: one of: aws-nat, aws-nlb, azure-lb,/);
+});
+
 test("strengthen keeps what the program made stricter, --force sets exactly, disable turns keepalive off", async (t) => {
   if (!needs(t, NEEDS)) return;
   const ns = Netns.create(t);
