@@ -75,6 +75,9 @@ export function parseDurationMs(text: string): number | undefined {
   return Math.round(ms * 1000) / 1000;
 }
 
+/** What tcpka sets where nothing else is said: a dead peer is noticed within 2 minutes. */
+export const DEFAULT_SETTINGS = { idle: 60, interval: 10, count: 6 } as const;
+
 /** Parse a duration the kernel counts in whole seconds (TCP_KEEPIDLE, TCP_KEEPINTVL), within [1, max]. */
 export function parseSeconds(flag: string, text: string, max: number): number {
   const { ms, negative } = signedDurationMs(text);

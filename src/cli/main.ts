@@ -26,6 +26,7 @@ Commands:
   sysctl        the namespace's keepalive defaults, what they mean, and --set to change them
   idle-timeout  measure how long a path (firewall, NAT) lets a connection idle, and the keepalive to use
   echo          the echo server that idle-timeout measures against
+  agent         --check: validate a keepalive policy file (the agent that applies it is being built)
 
 Options:
   -h, --help      this help; 'tcpka help COMMAND' or 'tcpka COMMAND --help' for the options of a command
@@ -48,6 +49,7 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   sysctl: async () => (await import("./sysctl.js")).runSysctl,
   "idle-timeout": async () => (await import("./idle-timeout.js")).runIdleTimeout,
   echo: async () => (await import("./echo.js")).runEcho,
+  agent: async () => (await import("./agent.js")).runAgent,
 };
 
 export function version(): string {

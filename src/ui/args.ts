@@ -19,6 +19,7 @@ import { processExists } from "../inspect/processes.js";
 import { ALL_STATES, stateMask } from "../kernel/states.js";
 import { findPreset, PRESETS, type Preset, presetSettings } from "../presets.js";
 import {
+  DEFAULT_SETTINGS,
   formatSeconds,
   type KeepAliveSettings,
   parseCount,
@@ -244,7 +245,7 @@ export const SETTINGS_OPTIONS: Options = {
   force: { type: "boolean" },
 };
 
-export const DEFAULT_SETTINGS = { idle: 60, interval: 10, count: 6 } as const;
+export { DEFAULT_SETTINGS } from "../settings.js";
 
 export const SETTINGS_HELP = `Settings (defaults: --idle 60s --interval 10s --count 6: a dead peer is noticed within 2 minutes):
       --for PATH               the settings for what drops idle connections on the path (idle half its timeout,

@@ -1,0 +1,103 @@
+/**
+ * The agent's policy file (src/policy.ts): the issue's example as written, every error with its line, column and
+ * field, all of them at once, and what a hostile or broken file gets (YAML syntax, an alias bomb, a huge file).
+ */
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { MAX_POLICY_BYTES, PolicyErrors, parsePolicy } from "../../src/policy.js";
+
+const EXAMPLE = `rules:
+  - name: billing-db
+    match: {container: {name: "billing-*"}}
+    connections: {only: ["10.0.0.0/8:5432"]}
+    keepalive: {idle: 60s, interval: 10s, count: 6}
+  - name: api-behind-azure-lb
+    match: {unit: api.service}
+    keepalive: {for: azure-lb}
+    mode: force
+  - name: prod-pods
+    match: {pod: {namespace: prod}}
+    keepalive: {idle: 2m}
+`;
+
+function errorsOf(text: string): string[] {
+  try {
+    parsePolicy(text, "p.yaml");
+  } catch (e) {
+    assert.ok(e instanceof PolicyErrors, String(e));
+    assert.equal(e.exitCode, 2);
+    return e.message.split("\n");
+  }
+  assert.fail("the policy was accepted");
+}
+
+test("the issue's example, as written", () => {
+  const p = parsePolicy(EXAMPLE, "policy.yaml");
+  assert.deepEqual(
+    p.rules.map((r) => [r.name, r.line, r.mode, r.mechanism, r.preset ?? "", r.settings]),
+    [
+      ["billing-db", 2, "strengthen", "auto", "", { idle: 60, interval: 10, count: 6 }],
+      ["api-behind-azure-lb", 6, "force", "auto", "azure-lb", { idle: 120, interval: 24, count: 5 }],
+      ["prod-pods", 10, "strengthen", "auto", "", { idle: 120, interval: 10, count: 6 }],
+    ],
+  );
+  assert.deepEqual(p.rules[0]?.match, { container: { name: "billing-*" } });
+  assert.deepEqual(p.rules[2]?.match, { pod: { namespace: "prod" } });
+  assert.equal(p.rules[0]?.only.length, 1);
+  assert.equal(p.rules[0]?.only[0]?.ports?.from, 5432);
+});
+
+test("every error at once, each with its line, column and field", () => {
+  const text = `rules:
+  - name: billing-db
+    match: {container: {nam: "billing-*"}}
+    keepalive: {idle: 0s, interval: 10s, count: 6}
+  - name: api
+    match: {unit: api.service}
+    keepalive: {for: azure}
+  - name: api
+    match: {unit: x.service}
+    connections: {only: ["10.0.0.0/33"]}
+    keepalive: {count: 200, user_timeout: -5s}
+  - match: {}
+    keepalive: {idle: 1m}
+    mode: gentle
+`;
+  assert.deepEqual(errorsOf(text), [
+    "p.yaml:3:25: rules[0].match.container.nam: not a field here (the fields are name, image, labels)",
+    "p.yaml:4:23: rules[0].keepalive.idle 0s: out of range; the kernel accepts 1 to 32767 seconds (9h6m7s)",
+    "p.yaml:7:22: rules[1].keepalive.for: one of aws-nat, aws-nlb, azure-lb, gcp-nat, gcp-firewall, kube-proxy-ipvs, docker-swarm",
+    'p.yaml:8:11: rules[2].name: a rule named "api" comes earlier',
+    "p.yaml:10:26: rules[2].connections.only[0] 10.0.0.0/33: the prefix length must be 0 to 32 for IPv4",
+    "p.yaml:11:24: rules[2].keepalive.count 200: out of range; the kernel accepts 1 to 127 probes",
+    "p.yaml:11:43: rules[2].keepalive.user_timeout -5s: out of range; 0 (off) to 2147483647 ms",
+    "p.yaml:12:5: rules[3]: name is missing",
+    "p.yaml:12:12: rules[3].match: needs at least one field",
+    "p.yaml:14:11: rules[3].mode: one of strengthen, force",
+  ]);
+});
+
+test("a file that is not a policy: YAML syntax, no rules, the wrong shape", () => {
+  assert.match(errorsOf("rules:\n  - name: a\n    match: {unit: x\n")[0] ?? "", /^p\.yaml:4:1: .*indented/);
+  assert.deepEqual(errorsOf("rule: []\n"), [
+    "p.yaml:1:1: rules is missing",
+    "p.yaml:1:1: rule: not a field here (the fields are rules)",
+  ]);
+  assert.deepEqual(errorsOf("rules: {}\n"), ["p.yaml:1:8: rules: must be array"]);
+  assert.deepEqual(errorsOf("rules:\n  - a\n"), ["p.yaml:2:5: rules[0]: must be object"]);
+  assert.deepEqual(errorsOf("rules: []\nrules: []\n"), ["p.yaml:2:1: Map keys must be unique"]);
+});
+
+test("hostile files: an alias bomb and a huge file are refused, not expanded", () => {
+  const bomb = ["a: &a [x, x, x, x, x, x, x, x, x, x]"];
+  for (let i = 0; i < 12; i++)
+    bomb.push(
+      `${"b".repeat(i + 1)}: &${"b".repeat(i + 1)} [${Array(10)
+        .fill(i ? `*${"b".repeat(i)}` : "*a")
+        .join(", ")}]`,
+    );
+  bomb.push("rules: []");
+  const e = errorsOf(bomb.join("\n"));
+  assert.match(e[0] ?? "", /alias/i);
+  assert.match(errorsOf(`# ${"x".repeat(MAX_POLICY_BYTES)}\nrules: []\n`)[0] ?? "", /longer than 1048576 bytes/);
+});
