@@ -373,3 +373,122 @@ function known(e: ErrorObject): string {
   const props = (e.parentSchema as { properties?: Record<string, unknown> } | undefined)?.properties;
   return props ? `the fields are ${Object.keys(props).join(", ")}` : "no other fields";
 }
+
+/** What a rule can match a process by, as tcpka read it (cli/agent.ts); null where the process has none. */
+export interface ProcessFacts {
+  pid: number;
+  comm: string;
+  exe: string | null;
+  uid: number | null;
+  /** the user name of uid, where /etc/passwd has it */
+  user: string | null;
+  /** the cgroup v2 path, "/system.slice/api.service" */
+  cgroup: string | null;
+  unit: string | null;
+  container: { name: string | null; id: string } | null;
+  pod: { namespace: string; name: string; container: string | null } | null;
+}
+
+/** How one rule met a process: whether it applies, and each of its selectors, held or not, with why. */
+export interface RuleVerdict {
+  rule: PolicyRule;
+  applies: boolean;
+  /** a selector that cannot be decided yet (container images and labels are not read): the rule is passed over */
+  undecided?: string;
+  reasons: { selector: string; holds: boolean; why: string }[];
+}
+
+/** A shell-style pattern (* any run, ? one character, everything else itself) as a whole-string RegExp. */
+export function globRegExp(glob: string): RegExp {
+  const body = glob.replace(/[.+^${}()|[\]\\*?]/g, (c) => (c === "*" ? ".*" : c === "?" ? "." : `\\${c}`));
+  return new RegExp(`^${body}$`, "s");
+}
+
+function glob(pattern: string, value: string | null | undefined): boolean {
+  return value !== null && value !== undefined && globRegExp(pattern).test(value);
+}
+
+/** A cgroup selector holds for the cgroup itself and every cgroup below it; with * or ?, as a pattern on the path. */
+function cgroupHolds(pattern: string, path: string | null): boolean {
+  if (path === null) return false;
+  if (/[*?]/.test(pattern)) {
+    for (let p = path; ; p = p.slice(0, Math.max(1, p.lastIndexOf("/")))) {
+      if (glob(pattern, p)) return true;
+      if (p === "/") return false;
+    }
+  }
+  const base = pattern.length > 1 ? pattern.replace(/\/+$/, "") : pattern;
+  return path === base || base === "/" || path.startsWith(`${base}/`);
+}
+
+/** Every rule against one process, in order; the first that applies is the one (see matchPolicy). */
+export function explainPolicy(policy: Policy, f: ProcessFacts): RuleVerdict[] {
+  return policy.rules.map((rule) => {
+    const m = rule.match;
+    const reasons: RuleVerdict["reasons"] = [];
+    let undecided: string | undefined;
+    const check = (selector: string, holds: boolean, why: string) => reasons.push({ selector, holds, why });
+    if (m.container) {
+      const c = f.container;
+      if (m.container.name !== undefined) {
+        const name = c?.name ?? null;
+        check(
+          `container.name ${m.container.name}`,
+          glob(m.container.name, name),
+          c
+            ? name === null
+              ? "its container has no name in the runtime's records"
+              : `its container is ${name}`
+            : "not in a container",
+        );
+      }
+      if (m.container.image !== undefined || m.container.labels !== undefined) {
+        undecided = "container images and labels are not read yet";
+      }
+    }
+    if (m.pod) {
+      const p = f.pod;
+      for (const key of ["namespace", "name", "container"] as const) {
+        const want = m.pod[key];
+        if (want === undefined) continue;
+        const have = p ? p[key] : null;
+        check(
+          `pod.${key} ${want}`,
+          glob(want, have),
+          p ? `its pod's ${key} is ${have ?? "(none: the sandbox)"}` : "not in a pod",
+        );
+      }
+    }
+    if (m.unit !== undefined)
+      check(`unit ${m.unit}`, glob(m.unit, f.unit), f.unit ? `its unit is ${f.unit}` : "in no systemd unit");
+    if (m.cgroup !== undefined) {
+      check(
+        `cgroup ${m.cgroup}`,
+        cgroupHolds(m.cgroup, f.cgroup),
+        f.cgroup ? `its cgroup is ${f.cgroup}` : "in no cgroup v2",
+      );
+    }
+    if (m.process) {
+      if (m.process.name !== undefined)
+        check(`process.name ${m.process.name}`, glob(m.process.name, f.comm), `its name is ${f.comm}`);
+      if (m.process.exe !== undefined) {
+        check(
+          `process.exe ${m.process.exe}`,
+          glob(m.process.exe, f.exe),
+          f.exe ? `it runs ${f.exe}` : "its executable cannot be read",
+        );
+      }
+    }
+    if (m.user !== undefined) {
+      const holds = typeof m.user === "number" ? f.uid === m.user : f.user === m.user || String(f.uid) === m.user;
+      check(`user ${m.user}`, holds, f.uid === null ? "its user cannot be read" : `its user is ${f.user ?? f.uid}`);
+    }
+    const applies = undecided === undefined && reasons.every((r) => r.holds);
+    return { rule, applies, ...(undecided ? { undecided } : {}), reasons };
+  });
+}
+
+/** The rule that applies to a process: the first whose selectors all hold. */
+export function matchPolicy(policy: Policy, f: ProcessFacts): PolicyRule | undefined {
+  return explainPolicy(policy, f).find((v) => v.applies)?.rule;
+}

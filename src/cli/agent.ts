@@ -3,22 +3,29 @@
  * error with its line, or what each rule selects and sets. The agent that keeps a host to the policy (issue 16)
  * is not built yet; without --check the command says so and exits non-zero rather than pretend.
  */
-import { closeSync, fstatSync, openSync, readSync } from "node:fs";
+import { closeSync, fstatSync, openSync, readFileSync, readlinkSync, readSync } from "node:fs";
 import { TcpkaError, usage } from "../errors.js";
 import { endpointRuleText } from "../filter.js";
+import { cgroupPathOfPid } from "../inspect/cgroup.js";
+import { commOf } from "../inspect/processes.js";
+import { Workloads } from "../inspect/workloads.js";
 import {
   DEFAULT_POLICY,
+  explainPolicy,
   MAX_POLICY_BYTES,
+  type Policy,
   PolicyErrors,
   type PolicyRule,
+  type ProcessFacts,
   parsePolicy,
   type RuleMatch,
 } from "../policy.js";
 import { formatMs } from "../settings.js";
 import { bool, parse, str } from "../ui/args.js";
-import { Out, printable, table } from "../ui/format.js";
+import { Out, printable, processText, table } from "../ui/format.js";
 
 export const AGENT_HELP = `Usage: tcpka agent --check [FILE]
+       tcpka agent --explain PID [--policy FILE]
 
 Check a keepalive policy: the YAML file (default ${DEFAULT_POLICY}) that says which processes, containers,
 pods and units get which keepalive settings. Every error is shown with its line and field, one per line, and
@@ -42,11 +49,17 @@ live). The first rule that matches a process wins.
 
 Options:
       --check            check the policy and say what it does; apply nothing
+      --explain PID      which rule applies to a process and why (each rule before it, and what failed)
       --policy FILE      the policy file (also as the argument of --check)
+
+Examples:
+  tcpka agent --check /etc/tcpka/policy.yaml
+  sudo tcpka agent --explain 2203 --policy ./policy.yaml
 `;
 
 const OPTIONS = {
   check: { type: "boolean" },
+  explain: { type: "string" },
   policy: { type: "string" },
 } as const;
 
@@ -61,23 +74,16 @@ export function runAgent(argv: readonly string[], out: Out): number {
   if (positionals[0] !== undefined && str(values, "policy") !== undefined) {
     throw usage("give the policy file once: as --policy FILE or as the argument of --check");
   }
+  const explain = str(values, "explain");
+  if (explain !== undefined && bool(values, "check")) throw usage("--check and --explain: one at a time");
+  if (explain !== undefined) return explainPid(explain, file, out);
   if (!bool(values, "check")) {
     throw new TcpkaError("unsupported", "the agent that applies a policy is not built yet; nothing was applied", {
       hint: `tcpka agent --check ${file} checks the policy; tcpka enforce and tcpka enable apply settings now`,
     });
   }
-  let policy: ReturnType<typeof parsePolicy>;
-  try {
-    policy = parsePolicy(readPolicy(file), file);
-  } catch (e) {
-    if (!(e instanceof PolicyErrors)) throw e;
-    // One line per error, each escaped on its own (reportError would join them into one).
-    const err = new Out(2);
-    for (const line of e.message.split("\n")) err.write(`tcpka: ${printable(line)}\n`);
-    err.write(`${e.errors.length} error${e.errors.length === 1 ? "" : "s"}; nothing was applied\n`);
-    err.end();
-    return e.exitCode;
-  }
+  const policy = loadPolicy(file);
+  if (typeof policy === "number") return policy;
   const n = policy.rules.length;
   out.write(`${printable(file)}: ${n} rule${n === 1 ? "" : "s"}, no errors (checked; nothing was applied)\n`);
   if (n) {
@@ -95,6 +101,97 @@ export function runAgent(argv: readonly string[], out: Out): number {
     );
   }
   return 0;
+}
+
+/** The policy, or (its errors written to stderr, one line each) the exit code. */
+function loadPolicy(file: string): Policy | number {
+  try {
+    return parsePolicy(readPolicy(file), file);
+  } catch (e) {
+    if (!(e instanceof PolicyErrors)) throw e;
+    // One line per error, each escaped on its own (reportError would join them into one).
+    const err = new Out(2);
+    for (const line of e.message.split("\n")) err.write(`tcpka: ${printable(line)}\n`);
+    err.write(`${e.errors.length} error${e.errors.length === 1 ? "" : "s"}; nothing was applied\n`);
+    err.end();
+    return e.exitCode;
+  }
+}
+
+/** --explain PID: what tcpka reads of the process, and each rule up to the one that applies. */
+function explainPid(text: string, file: string, out: Out): number {
+  const pid = Number(text);
+  if (!/^\d+$/.test(text) || !Number.isSafeInteger(pid) || pid < 1)
+    throw usage(`--explain ${printable(text)}: not a pid`);
+  const policy = loadPolicy(file);
+  if (typeof policy === "number") return policy;
+  const f = factsOf(pid);
+  const dash = (v: string | number | null | undefined) => (v === null || v === undefined ? "-" : printable(String(v)));
+  const pod = f.pod
+    ? `${f.pod.namespace}/${f.pod.name}${f.pod.container ? ` container ${f.pod.container}` : ""}`
+    : null;
+  out.write(
+    `${processText(f.comm, pid)}: uid ${dash(f.uid)}${f.user ? ` (${printable(f.user)})` : ""}, exe ${dash(f.exe)}, cgroup ${dash(f.cgroup)}, unit ${dash(f.unit)}, container ${dash(f.container?.name ?? f.container?.id.slice(0, 12))}, pod ${dash(pod)}\n`,
+  );
+  const verdicts = explainPolicy(policy, f);
+  const chosen = verdicts.find((v) => v.applies);
+  for (const v of verdicts) {
+    const head = `rule ${printable(v.rule.name)} (line ${v.rule.line})`;
+    if (v === chosen) {
+      const why = v.reasons.map((r) => `${printable(r.selector)}: ${printable(r.why)}`).join("; ");
+      out.write(`${head} applies: ${why}\n  → ${settingsText(v.rule)}, ${connectionsText(v.rule)} connections\n`);
+      break;
+    }
+    const failed = v.reasons.filter((r) => !r.holds).map((r) => `${printable(r.selector)}: ${printable(r.why)}`);
+    out.write(`${head} does not apply: ${v.undecided ? printable(v.undecided) : failed.join("; ")}\n`);
+  }
+  if (!chosen) out.write("no rule applies: the agent leaves this process as it is\n");
+  return 0;
+}
+
+/** What the rules can match a process by, read from /proc and the container runtimes' records. */
+function factsOf(pid: number): ProcessFacts {
+  const cgroup = cgroupPathOfPid(pid);
+  if (cgroup === undefined) throw new TcpkaError("not-found", `no process ${pid}`);
+  let exe: string | null = null;
+  try {
+    exe = readlinkSync(`/proc/${pid}/exe`);
+  } catch {
+    exe = null; // another user's process, or a kernel thread
+  }
+  let uid: number | null = null;
+  try {
+    const m = /^Uid:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, "latin1"));
+    uid = m ? Number(m[1]) : null;
+  } catch {
+    uid = null;
+  }
+  const w = Workloads.load().ofPid(pid);
+  const c = w?.container ?? null;
+  return {
+    pid,
+    comm: commOf(pid),
+    exe,
+    uid,
+    user: uid === null ? null : userName(uid),
+    cgroup,
+    unit: w?.unit ?? null,
+    container: c ? { name: c.name, id: c.id } : null,
+    pod: c?.pod ?? null,
+  };
+}
+
+/** The name of `uid` in /etc/passwd, or null. */
+function userName(uid: number): string | null {
+  try {
+    for (const line of readFileSync("/etc/passwd", "utf8").split("\n")) {
+      const f = line.split(":");
+      if (f.length >= 3 && f[2] === String(uid)) return f[0] ?? null;
+    }
+  } catch {
+    // no passwd file: numbers only
+  }
+  return null;
 }
 
 /** The file's text: at most MAX_POLICY_BYTES, a regular file, read through one descriptor. */

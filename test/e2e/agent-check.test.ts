@@ -1,12 +1,18 @@
 /**
  * `tcpka agent --check FILE` as a user runs it: the issue's example policy is accepted and each rule is shown with
  * what it selects and sets; a policy with errors exits 2 with one line per error on stderr, each with its line;
- * a missing file, a directory and a second file are refused; without --check nothing is applied and it says so.
+ * a missing file, a directory and a second file are refused; without --check nothing is applied and it says so;
+ * --explain PID says which rule applies to a real process in a test cgroup, and to a podman container that
+ * carries the annotations containerd writes for a pod, and why each rule before it does not.
  */
 import assert from "node:assert/strict";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
+import { TestCgroup } from "../helpers/cgroup.js";
+import { needs } from "../helpers/env.js";
+import { busyboxImage, needsPodman, startContainer } from "../helpers/podman.js";
+import { Process } from "../helpers/processes.js";
 import { tempDir } from "../helpers/scope.js";
 import { tcpkaHere as tcpka } from "../helpers/tcpka.js";
 
@@ -65,4 +71,71 @@ test("agent --check: errors one per line with their lines, exit 2; bad files and
   const apply = tcpka(["agent", "--policy", file]);
   assert.notEqual(apply.status, 0, "the agent itself is not built: it says so");
   assert.match(apply.stderr, /^tcpka: the agent that applies a policy is not built yet; nothing was applied\n/);
+});
+
+test("agent --explain PID: a process in a cgroup, and a container that carries a pod's annotations", async (t) => {
+  if (!needs(t, { root: true, tools: ["python3"] })) return;
+  const dir = tempDir(t);
+  const cg = TestCgroup.create(t);
+  const podmanHere = needsPodman(t);
+  const container = podmanHere
+    ? startContainer(t, busyboxImage(t), {
+        cmd: ["sleep", "120"],
+        annotations: {
+          "io.kubernetes.cri.sandbox-namespace": "prod",
+          "io.kubernetes.cri.sandbox-name": "api-7f9",
+          "io.kubernetes.cri.container-name": "api",
+          "io.kubernetes.cri.container-type": "container",
+        },
+      })
+    : undefined;
+  const file = join(dir, "policy.yaml");
+  writeFileSync(
+    file,
+    `rules:
+  - name: billing
+    match: {container: {name: "billing-*"}}
+    keepalive: {idle: 60s}
+  - name: prod-api
+    match: {pod: {namespace: prod, container: api}}
+    keepalive: {for: gcp-nat}
+  - name: workers
+    match: {cgroup: ${cg.path}, process: {name: "python*"}}
+    keepalive: {for: azure-lb}
+`,
+  );
+  const child = new Process(cg.spawn(["python3", "-c", "import time; time.sleep(60)"]), "sleeper");
+  t.after(() => child.kill());
+  let r = tcpka(["agent", "--explain", String(child.pid), "--policy", file]);
+  assert.equal(r.status, 0, r.stderr);
+  const lines = r.stdout.split("\n");
+  assert.match(
+    lines[0] ?? "",
+    new RegExp(
+      `^python3\\[${child.pid}\\]: uid 0 \\(root\\), exe \\S+, cgroup ${cg.path}, unit -, container -, pod -$`,
+    ),
+  );
+  assert.equal(lines[1], "rule billing (line 2) does not apply: container.name billing-*: not in a container");
+  assert.equal(
+    lines[2],
+    "rule prod-api (line 5) does not apply: pod.namespace prod: not in a pod; pod.container api: not in a pod",
+  );
+  assert.equal(
+    lines[3],
+    `rule workers (line 8) applies: cgroup ${cg.path}: its cgroup is ${cg.path}; process.name python*: its name is python3`,
+  );
+  assert.equal(lines[4], "  → 120s / 24s / 5 for azure-lb (strengthen), all connections");
+
+  r = tcpka(["agent", "--explain", String(process.pid), "--policy", file]);
+  assert.match(r.stdout, /\nno rule applies: the agent leaves this process as it is\n$/);
+  assert.equal(tcpka(["agent", "--explain", "0", "--policy", file]).status, 2);
+
+  if (!container) return; // needsPodman said why
+  r = tcpka(["agent", "--explain", String(container.pid), "--policy", file]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, new RegExp(`container ${container.name}, pod prod/api-7f9 container api\\n`));
+  assert.match(
+    r.stdout,
+    /\nrule prod-api \(line 5\) applies: pod\.namespace prod: its pod's namespace is prod; pod\.container api: its pod's container is api\n {2}→ 600s \/ 120s \/ 5 for gcp-nat \(strengthen\), all connections\n$/,
+  );
 });

@@ -3,8 +3,16 @@
  * field, all of them at once, and what a hostile or broken file gets (YAML syntax, an alias bomb, a huge file).
  */
 import assert from "node:assert/strict";
-import { test } from "node:test";
-import { MAX_POLICY_BYTES, PolicyErrors, parsePolicy } from "../../src/policy.js";
+import { describe, test } from "node:test";
+import {
+  explainPolicy,
+  globRegExp,
+  MAX_POLICY_BYTES,
+  matchPolicy,
+  PolicyErrors,
+  type ProcessFacts,
+  parsePolicy,
+} from "../../src/policy.js";
 
 const EXAMPLE = `rules:
   - name: billing-db
@@ -100,4 +108,72 @@ test("hostile files: an alias bomb and a huge file are refused, not expanded", (
   const e = errorsOf(bomb.join("\n"));
   assert.match(e[0] ?? "", /alias/i);
   assert.match(errorsOf(`# ${"x".repeat(MAX_POLICY_BYTES)}\nrules: []\n`)[0] ?? "", /longer than 1048576 bytes/);
+});
+
+describe("which rule applies to a process (explainPolicy, matchPolicy)", () => {
+  const policy = parsePolicy(
+    `rules:
+  - name: billing
+    match: {container: {name: "billing-*"}}
+    keepalive: {idle: 60s}
+  - name: prod
+    match: {pod: {namespace: prod, container: "api?"}}
+    keepalive: {for: gcp-nat}
+  - name: images
+    match: {container: {image: "postgres:*"}}
+    keepalive: {idle: 30s}
+  - name: workers
+    match: {cgroup: /workers, user: 1000}
+    keepalive: {for: azure-lb}
+  - name: api
+    match: {unit: "api*.service", process: {exe: "/usr/bin/*"}}
+    keepalive: {for: aws-nat}
+`,
+    "p.yaml",
+  );
+  const none: ProcessFacts = {
+    pid: 7,
+    comm: "x",
+    exe: null,
+    uid: 0,
+    user: "root",
+    cgroup: "/",
+    unit: null,
+    container: null,
+    pod: null,
+  };
+  const first = (f: Partial<ProcessFacts>) => matchPolicy(policy, { ...none, ...f })?.name;
+
+  test("each selector, with * and ?; all of a rule's must hold; the first rule wins", () => {
+    assert.equal(first({ container: { name: "billing-7", id: "a" } }), "billing");
+    assert.equal(first({ container: { name: "payments", id: "a" } }), undefined);
+    const pod = { namespace: "prod", name: "api-5d8", container: "api2" };
+    assert.equal(first({ container: { name: null, id: "b" }, pod }), "prod");
+    assert.equal(first({ pod: { ...pod, container: "api10" } }), undefined, "? is one character");
+    assert.equal(first({ pod: { ...pod, container: null } }), undefined, "a pod's sandbox has no container name");
+    assert.equal(first({ cgroup: "/workers/a/b", uid: 1000 }), "workers", "a cgroup below the one named");
+    assert.equal(first({ cgroup: "/workers2", uid: 1000 }), undefined, "a sibling with the same prefix is not below");
+    assert.equal(first({ cgroup: "/workers", uid: 0 }), undefined, "and the user");
+    assert.equal(first({ unit: "api-v2.service", exe: "/usr/bin/node" }), "api");
+    assert.equal(first({ unit: "api-v2.service", exe: null }), undefined, "an unreadable exe matches no pattern");
+    // Both hold billing and prod: the first of them wins.
+    assert.equal(first({ container: { name: "billing-1", id: "c" }, pod }), "billing");
+  });
+
+  test("a selector tcpka cannot read yet passes the rule over, and says so", () => {
+    const v = explainPolicy(policy, { ...none, container: { name: "pg", id: "d" } });
+    assert.equal(v[2]?.rule.name, "images");
+    assert.equal(v[2]?.applies, false);
+    assert.equal(v[2]?.undecided, "container images and labels are not read yet");
+    assert.deepEqual(v[0]?.reasons, [
+      { selector: "container.name billing-*", holds: false, why: "its container is pg" },
+    ]);
+  });
+
+  test("patterns are whole-string and take nothing else as special", () => {
+    assert.ok(globRegExp("a.b*").test("a.bcd"));
+    assert.ok(!globRegExp("a.b*").test("axbcd"));
+    assert.ok(!globRegExp("api").test("xapi"));
+    assert.ok(globRegExp("(x)[y]+").test("(x)[y]+"));
+  });
 });
