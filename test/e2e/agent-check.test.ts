@@ -6,29 +6,19 @@
  * carries the annotations containerd writes for a pod, and why each rule before it does not.
  */
 import assert from "node:assert/strict";
-import { mkdirSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import { TestCgroup } from "../helpers/cgroup.js";
 import { needs } from "../helpers/env.js";
+import { fixture } from "../helpers/paths.js";
 import { busyboxImage, needsPodman, startContainer } from "../helpers/podman.js";
 import { Process } from "../helpers/processes.js";
 import { tempDir } from "../helpers/scope.js";
 import { tcpkaHere as tcpka } from "../helpers/tcpka.js";
 
-const EXAMPLE = `rules:
-  - name: billing-db
-    match: {container: {name: "billing-*"}}
-    connections: {only: ["10.0.0.0/8:5432"]}
-    keepalive: {idle: 60s, interval: 10s, count: 6}
-  - name: api-behind-azure-lb
-    match: {unit: api.service}
-    keepalive: {for: azure-lb}
-    mode: force
-  - name: prod-pods
-    match: {pod: {namespace: prod}}
-    keepalive: {idle: 2m}
-`;
+/** The example of issue 16, as written (also in README.md). */
+const EXAMPLE = readFileSync(fixture("policy-example.yaml"), "utf8");
 
 test("agent --check: the example policy, rule by rule; nothing applied", (t) => {
   const dir = tempDir(t);

@@ -3,6 +3,7 @@
  * field, all of them at once, and what a hostile or broken file gets (YAML syntax, an alias bomb, a huge file).
  */
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import { describe, test } from "node:test";
 import {
   explainPolicy,
@@ -13,20 +14,10 @@ import {
   type ProcessFacts,
   parsePolicy,
 } from "../../src/policy.js";
+import { fixture } from "../helpers/paths.js";
 
-const EXAMPLE = `rules:
-  - name: billing-db
-    match: {container: {name: "billing-*"}}
-    connections: {only: ["10.0.0.0/8:5432"]}
-    keepalive: {idle: 60s, interval: 10s, count: 6}
-  - name: api-behind-azure-lb
-    match: {unit: api.service}
-    keepalive: {for: azure-lb}
-    mode: force
-  - name: prod-pods
-    match: {pod: {namespace: prod}}
-    keepalive: {idle: 2m}
-`;
+/** The example of issue 16, as written (also in README.md). */
+const EXAMPLE = readFileSync(fixture("policy-example.yaml"), "utf8");
 
 function errorsOf(text: string): string[] {
   try {
