@@ -35,18 +35,16 @@ import {
   TCP_KEEPINTVL,
   TCP_USER_TIMEOUT,
 } from "../kernel/constants.js";
-import { SOCKOPTS } from "../kernel/sockopts.js";
+import { APPLY_ORDER, SOCKOPTS } from "../kernel/sockopts.js";
 import type { OptionName } from "../settings.js";
 import {
   Add,
-  Add32,
   Call,
   Fn,
   type Instruction,
   Ja,
   JEq,
   JEq32,
-  JGE32,
   JGT,
   JGT32,
   JLE32,
@@ -57,7 +55,6 @@ import {
   LoadMem,
   Mov,
   Mov32,
-  Mul32,
   ProgramBuilder,
   R0,
   R1,
@@ -76,15 +73,16 @@ import {
 } from "./asm.js";
 import { COUNTER, emitCount } from "./counters.js";
 import type { EnforceSpec } from "./keepalive.js";
+import { emitApply, emitDecide, emitKeep, type RuleSlots } from "./keepalive-rule.js";
 
 // struct bpf_sockopt (include/uapi/linux/bpf.h): sk, optval, optval_end (__bpf_md_ptr, 8 bytes each), then s32s.
 const CTX = { sk: 0, optval: 8, optvalEnd: 16, level: 24, optname: 28, optlen: 32 } as const;
 
 /**
- * Stack slots: the socket's idle, interval and count as bpf_getsockopt reads them, one for a value to set, the
- * program's own value, and the counter's key.
+ * Stack slots: one for a value to set, the program's own value, and the counter's key (the rule's before and
+ * after slots are RULE_SLOTS, further down).
  */
-const STACK = { idle: -8, interval: -16, count: -24, value: -32, own: -40, key: -48 } as const;
+const STACK = { value: -32, own: -40, key: -48 } as const;
 
 type Times = "idle" | "interval" | "count";
 const TIMES: readonly Times[] = ["idle", "interval", "count"];
@@ -197,61 +195,40 @@ function sockoptArgs(p: ProgramBuilder, option: OptionName, slot: number): void 
   );
 }
 
+/** The rule's slots (keepalive-rule.ts): before and after for each option, 4 bytes each, below STACK's. */
+const RULE_SLOTS: RuleSlots = {
+  at: (option, which) => {
+    if (which === "rc") throw new Error("setsockopt program: no rc slots");
+    const i = ["keepalive", "idle", "interval", "count", "userTimeout"].indexOf(option);
+    return (which === "before" ? -56 : -76) - 4 * i;
+  },
+  value: STACK.value,
+};
+
 /**
- * Strengthen when the program sets `o` of the three times to r8 (valid): read the socket's three, put r8 in o's
- * place, and decide as strengthen() does; o's new value goes into optval, the others are set where they change.
+ * Strengthen when the program sets `o` of the three times to r8 (valid): the socket's other two read with
+ * bpf_getsockopt, r8 in o's place, and the rule of keepalive-rule.ts (the one the sock_ops program and the bulk
+ * change use) on the three; o's new value goes into optval, the other two are set where the rule changes them.
+ * The user timeout and SO_KEEPALIVE are decided by their own calls, not here.
  */
 function strengthenTimes(p: ProgramBuilder, spec: EnforceSpec, o: Times): void {
-  const s = spec.settings;
   const id = `st_${o}`;
+  const before = (t: OptionName) => RULE_SLOTS.at(t, "before");
   for (const t of TIMES) {
     if (t === o) {
-      p.emit(StoreMem(R10, STACK[t], R8, "W"));
+      p.emit(StoreMem(R10, before(t), R8, "W"));
       continue;
     }
-    sockoptArgs(p, t, STACK[t]);
+    sockoptArgs(p, t, before(t));
     p.emit(Call(Fn.getsockopt), JNE.Imm(R0, 0, "out"));
   }
-  // r9 = the request's detection time, r8 = the socket's after the call (idle + interval × count, in u32: at most
-  // 32767 + 32767 × 127). A requested value missing is the socket's.
-  const have = (t: Times, reg: typeof R2) => LoadMem(reg, R10, STACK[t], "W");
-  const want = (t: Times, reg: typeof R2) => (s[t] === undefined ? have(t, reg) : Mov32.Imm(reg, s[t] as number));
-  p.emit(
-    want("interval", R9),
-    want("count", R2),
-    Mul32.Reg(R9, R2),
-    want("idle", R2),
-    Add32.Reg(R9, R2),
-    have("interval", R8),
-    have("count", R2),
-    Mul32.Reg(R8, R2),
-    have("idle", R2),
-    Add32.Reg(R8, R2),
-  );
-  // The pair from the request only when it alone detects sooner (a tie keeps the socket's).
-  const pairFromRequest = s.interval !== undefined || s.count !== undefined;
-  if (pairFromRequest) p.emit(JGE32.Reg(R9, R8, `${id}_pair_kept`));
-  for (const t of pairFromRequest ? (["interval", "count"] as const) : []) {
-    const w = s[t];
-    if (w === undefined) continue;
-    if (t === o) p.emit(StoreImm(R7, 0, w, "W"));
-    else {
-      // The other of the pair: set it unless the socket has it already.
-      p.emit(have(t, R2), JEq32.Imm(R2, w, `${id}_${t}_same`));
-      sockoptArgs(p, t, STACK.value);
-      p.emit(StoreImm(R10, STACK.value, w, "W"), Call(Fn.setsockopt));
-      p.label(`${id}_${t}_same`);
-    }
-  }
-  if (pairFromRequest) p.label(`${id}_pair_kept`);
-  // Idle: the smaller of the socket's (after the call) and the request.
-  if (s.idle !== undefined) {
-    p.emit(have("idle", R2), JLE32.Imm(R2, s.idle, "done"));
-    if (o === "idle") p.emit(StoreImm(R7, 0, s.idle, "W"));
-    else {
-      sockoptArgs(p, "idle", STACK.value);
-      p.emit(StoreImm(R10, STACK.value, s.idle, "W"), Call(Fn.setsockopt));
-    }
-  }
+  // The two options the rule leaves alone here, so that every slot it copies is written.
+  p.emit(StoreImm(R10, before("keepalive"), 1, "W"), StoreImm(R10, before("userTimeout"), 0, "W"));
+  const { idle, interval, count } = spec.settings;
+  emitKeep(p, RULE_SLOTS);
+  emitDecide(p, { disable: false, settings: { idle, interval, count }, mode: "strengthen" }, RULE_SLOTS, id);
+  p.emit(LoadMem(R2, R10, RULE_SLOTS.at(o, "after"), "W"), StoreMem(R7, 0, R2, "W"), LoadMem(R9, R6, CTX.sk, "DW"));
+  for (const t of APPLY_ORDER)
+    if (t !== o && (TIMES as readonly string[]).includes(t)) emitApply(p, t, RULE_SLOTS, R9, { id });
   p.emit(Ja("done"));
 }
