@@ -11,7 +11,7 @@ import { readSystemDefaults } from "../inspect/sysctl.js";
 import { formatMs, formatSeconds } from "../settings.js";
 import { bool, FILTER_HELP, FILTER_OPTIONS, filterFrom, parse, str } from "../ui/args.js";
 import { whereText, writeConnectionJson, writeExactHint } from "../ui/connections.js";
-import { asciiBytes, hostPort, type Out, ownerText, paint, plural, printable, Table } from "../ui/format.js";
+import { asciiBytes, type Out, paint, plural, printable, processText, Table, visibleWidth } from "../ui/format.js";
 
 export const LS_HELP = `Usage: tcpka ls [filters] [-w | --json]
 
@@ -156,15 +156,116 @@ function deadPeerCell(c: Connection, out: Out): string {
   return formatSeconds(c.deadPeerAfter);
 }
 
-type Column = readonly [header: string, cell: (c: Connection, out: Out) => string];
+/** A column: its header, and how a connection's cell goes into the table's row (Table.put…, then endCell). */
+type Column = readonly [header: string, cell: (c: Connection, t: Table, out: Out) => void];
 
-const STATE: Column = ["STATE", (c) => c.socket.state];
-const LOCAL: Column = ["LOCAL", (c) => hostPort(c.socket.localAddress, c.socket.localPort)];
-const PEER: Column = ["PEER", (c) => hostPort(c.socket.peerAddress, c.socket.peerPort)];
-const DEAD_PEER: Column = ["DEAD PEER AFTER", deadPeerCell];
-const PROCESS: Column = ["PROCESS", (c) => ownerText(c.owners)];
+/** A column whose cell is a text (the rarer and wide columns). */
+const textColumn = (header: string, text: (c: Connection, out: Out) => string): Column =>
+  [
+    header,
+    (c, t, out) => {
+      t.putText(text(c, out));
+      t.endCell();
+    },
+  ] as const;
+
+const STATE: Column = [
+  "STATE",
+  (c, t) => {
+    t.put(asciiBytes(c.socket.state));
+    t.endCell();
+  },
+];
+
+/**
+ * "192.0.2.7:" or "[2001:db8::1]:" of an address, encoded once (a host has few local addresses and, on a busy
+ * server, many connections per peer), then the port's digits: an address cell costs no string. Bounded.
+ */
+const addressPieces = new Map<string, Uint8Array>();
+const STAR = asciiBytes("*");
+
+function putHostPort(t: Table, address: string, port: number): void {
+  let piece = addressPieces.get(address);
+  if (piece === undefined) {
+    if (addressPieces.size >= 1 << 16) addressPieces.clear();
+    piece = Buffer.from(address.includes(":") ? `[${address}]:` : `${address}:`, "latin1");
+    addressPieces.set(address, piece);
+  }
+  t.put(piece);
+  if (port === 0)
+    t.put(STAR); // a listener's peer, as ss prints it (hostPort)
+  else t.putNumber(port);
+  t.endCell();
+}
+
+const LOCAL: Column = ["LOCAL", (c, t) => putHostPort(t, c.socket.localAddress, c.socket.localPort)];
+const PEER: Column = ["PEER", (c, t) => putHostPort(t, c.socket.peerAddress, c.socket.peerPort)];
+const DEAD_PEER = textColumn("DEAD PEER AFTER", deadPeerCell);
+
+/** "java[2203] fd " of a process, as UTF-8 with its width: one piece per process, not per socket. Bounded. */
+const ownerPieces = new Map<number, { comm: string; bytes: Uint8Array; width: number }>();
+const NO_OWNER = asciiBytes("-");
+const PLUS = asciiBytes(" +");
+
+const PROCESS: Column = [
+  "PROCESS",
+  (c, t) => {
+    const first = c.owners[0];
+    if (!first) t.put(NO_OWNER);
+    else {
+      let p = ownerPieces.get(first.pid);
+      if (p === undefined || p.comm !== first.comm) {
+        if (ownerPieces.size >= 1 << 16) ownerPieces.clear();
+        const text = `${processText(first.comm, first.pid)} fd `; // as ownerText() writes it
+        p = { comm: first.comm, bytes: Buffer.from(text), width: text.length };
+        ownerPieces.set(first.pid, p);
+      }
+      t.put(p.bytes, p.width);
+      t.putNumber(first.fd);
+      if (c.owners.length > 1) {
+        t.put(PLUS);
+        t.putNumber(c.owners.length - 1);
+      }
+    }
+    t.endCell();
+  },
+];
+
 /** Where keepalive is on, its settings as the socket has them. */
 const on = (c: Connection) => (c.keepalive === true ? c.settings : null);
+
+/** A cell made once: its bytes (with colour escapes if any) and the columns it takes. */
+interface Piece {
+  bytes: Uint8Array;
+  width: number;
+}
+
+function piece(text: string): Piece {
+  return { bytes: Buffer.from(text), width: visibleWidth(text) };
+}
+
+/**
+ * The KEEPALIVE and DEAD PEER AFTER cells of an exact connection (not a listener), by settings object: the
+ * kernel pass shares one object among the sockets with the same settings, so each pair is made once (once
+ * painted, once not).
+ */
+const settingsCells = [new WeakMap<object, readonly [Piece, Piece]>(), new WeakMap<object, readonly [Piece, Piece]>()];
+
+function exactCells(c: Connection, out: Out): readonly [Piece, Piece] | undefined {
+  const e = c.settings;
+  // A listener without keepalive shows "-", a connection "never": the cached cells are a connection's.
+  if (!e || c.source !== "exact" || c.socket.state === "LISTEN") return undefined;
+  const cache = settingsCells[out.color ? 1 : 0] as WeakMap<object, readonly [Piece, Piece]>;
+  let cells = cache.get(e);
+  if (cells === undefined) {
+    cells = [
+      piece(keepaliveCell(c, out) + (e.keepalive ? ` ${e.idle}s/${e.interval}s/${e.count}` : "")),
+      piece(deadPeerCell(c, out)),
+    ];
+    cache.set(e, cells);
+  }
+  return cells;
+}
 
 /**
  * The default columns fit an IPv4 row in 120 columns, with a process name of 15 characters and a 7-digit pid:
@@ -176,57 +277,49 @@ const COLUMNS: readonly Column[] = [
   PEER,
   [
     "KEEPALIVE",
-    (c, out) => {
-      // Exact sockets share settings objects (the kernel pass): their two cells are made once per object.
-      const e = c.settings;
-      if (!e || c.source !== "exact") return keepaliveCell(c, out);
-      let cells = settingsCells.get(e);
-      if (cells === undefined) {
-        cells = [
-          keepaliveCell(c, out) + (e.keepalive ? ` ${e.idle}s/${e.interval}s/${e.count}` : ""),
-          deadPeerCell(c, out),
-        ];
-        settingsCells.set(e, cells);
+    (c, t, out) => {
+      const cells = exactCells(c, out);
+      if (cells) t.put(cells[0].bytes, cells[0].width);
+      else {
+        const e = c.settings;
+        t.putText(
+          e && c.source === "exact"
+            ? keepaliveCell(c, out) + (e.keepalive ? ` ${e.idle}s/${e.interval}s/${e.count}` : "")
+            : keepaliveCell(c, out),
+        );
       }
-      return cells[0];
+      t.endCell();
     },
   ],
   [
     "DEAD PEER AFTER",
-    (c, out) => {
-      const e = c.settings;
-      // A listener without keepalive shows "-", a connection "never": the cached cell is a connection's.
-      if (!e || c.source !== "exact" || c.socket.state === "LISTEN") return deadPeerCell(c, out);
-      return settingsCells.get(e)?.[1] ?? deadPeerCell(c, out);
+    (c, t, out) => {
+      const cells = exactCells(c, out);
+      if (cells) t.put(cells[1].bytes, cells[1].width);
+      else t.putText(deadPeerCell(c, out));
+      t.endCell();
     },
   ],
   PROCESS,
 ];
 
-/** The KEEPALIVE and DEAD PEER AFTER cells of an exact socket's settings (not a listener's), by settings object. */
-const settingsCells = new WeakMap<object, [string, string]>();
-
 const WIDE_COLUMNS: readonly Column[] = [
   STATE,
   LOCAL,
   PEER,
-  ["KEEPALIVE", keepaliveCell],
-  ["NEXT PROBE", nextProbeCell],
-  ["PROBES", (c) => (c.keepalive === true && c.socket.timer === "keepalive" ? String(c.socket.timerCount) : "-")],
-  [
-    "IDLE/INTVL/CNT",
-    (c) => {
-      const e = on(c);
-      return e ? `${e.idle}/${e.interval}/${e.count}` : "-";
-    },
-  ],
-  [
-    "USER TIMEOUT",
-    (c) => {
-      const ut = on(c)?.userTimeout;
-      return ut ? formatMs(ut) : "-";
-    },
-  ],
+  textColumn("KEEPALIVE", keepaliveCell),
+  textColumn("NEXT PROBE", nextProbeCell),
+  textColumn("PROBES", (c) =>
+    c.keepalive === true && c.socket.timer === "keepalive" ? String(c.socket.timerCount) : "-",
+  ),
+  textColumn("IDLE/INTVL/CNT", (c) => {
+    const e = on(c);
+    return e ? `${e.idle}/${e.interval}/${e.count}` : "-";
+  }),
+  textColumn("USER TIMEOUT", (c) => {
+    const ut = on(c)?.userTimeout;
+    return ut ? formatMs(ut) : "-";
+  }),
   DEAD_PEER,
   PROCESS,
 ];
@@ -239,7 +332,7 @@ const WIDE_COLUMNS: readonly Column[] = [
 function writeTable(filter: SocketFilter, opts: InspectOptions, out: Out, wide: boolean, where: boolean): number[] {
   // With every namespace, each row says where it is: its pod, container, unit or namespace.
   const namespaces = where ? new Map(networkNamespaces().map((ns) => [ns.inum, ns])) : new Map();
-  const whereColumn: Column = ["WHERE", (c) => whereText(c, namespaces)];
+  const whereColumn = textColumn("WHERE", (c) => whereText(c, namespaces));
   const columns = where
     ? [...(wide ? WIDE_COLUMNS : COLUMNS).slice(0, -1), whereColumn, PROCESS]
     : wide
@@ -249,11 +342,10 @@ function writeTable(filter: SocketFilter, opts: InspectOptions, out: Out, wide: 
     columns.map(([header]) => header),
     out.color,
   );
-  const cells: string[] = new Array(columns.length);
   const sum = emptySummary();
   const info = inspectEach(filter, opts, (c) => {
-    for (let i = 0; i < columns.length; i++) cells[i] = (columns[i] as Column)[1](c, out);
-    rows.add(cells);
+    for (let i = 0; i < columns.length; i++) (columns[i] as Column)[1](c, rows, out);
+    rows.endRow();
     addToSummary(sum, c);
   });
   const denied = deniedTargets(filter, info);

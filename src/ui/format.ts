@@ -167,7 +167,7 @@ export function paint(out: Out, style: Style, text: string): string {
 }
 
 /** Visible width, ignoring colour escapes. */
-function width(s: string): number {
+export function visibleWidth(s: string): number {
   // biome-ignore lint/suspicious/noControlCharactersInRegex: colour escapes are what is being removed
   return s.replace(/\x1b\[[0-9;]*m/g, "").length;
 }
@@ -189,6 +189,9 @@ export class Table {
   private rowEnds = new Uint32Array(256);
   private cellWidths = new Uint32Array(256);
   private rows = 0;
+  /** The row being built with put()/endCell(): its next cell, and that cell's width so far. */
+  private cell = 0;
+  private cellWidth = 0;
   private readonly widths: number[];
   /** A cell's visible width: its length, unless colour escapes may be in it (paint() adds them only then). */
   private readonly width: (s: string) => number;
@@ -198,7 +201,7 @@ export class Table {
     color: boolean,
   ) {
     this.widths = header.map((h) => h.length);
-    this.width = color ? width : (s) => s.length;
+    this.width = color ? visibleWidth : (s) => s.length;
   }
 
   get size(): number {
@@ -231,6 +234,78 @@ export class Table {
     this.rowEnds[this.rows++] = this.used;
   }
 
+  /**
+   * A row built cell by cell from bytes, for the table of `tcpka ls` (100,000 rows): the pieces that repeat (a
+   * state, an address, a settings cell, a process) are encoded once by the caller, and numbers go in as digits,
+   * so a row costs no string. put/putNumber/putText add to the current cell, endCell() closes it, endRow() the
+   * row. `width` is what the bytes show (their length for ASCII; colour escapes and UTF-8 take no columns).
+   */
+  put(bytes: Uint8Array, width = bytes.length): void {
+    const n = bytes.length;
+    this.ensure(n + 1);
+    const b = this.bytes;
+    let at = this.used;
+    if (n > 32) {
+      b.set(bytes, at);
+      at += n;
+    } else for (let i = 0; i < n; i++) b[at++] = bytes[i] as number;
+    this.used = at;
+    this.cellWidth += width;
+  }
+
+  /** A non-negative integer's digits. */
+  putNumber(v: number): void {
+    this.ensure(17);
+    let digits = 1;
+    for (let p = 10; p <= v; p *= 10) digits++;
+    const b = this.bytes;
+    let at = this.used + digits;
+    this.used = at;
+    do {
+      const q = Math.floor(v / 10);
+      b[--at] = 48 + v - q * 10;
+      v = q;
+    } while (v > 0);
+    this.cellWidth += digits;
+  }
+
+  /** A text: made printable by the caller (printable()), encoded as UTF-8. */
+  putText(text: string): void {
+    this.ensure(text.length * 3 + 1);
+    this.used += this.bytes.write(text, this.used);
+    this.cellWidth += this.width(text);
+  }
+
+  endCell(): void {
+    const n = this.header.length;
+    if (this.cell >= n) throw new Error("Table: more cells than columns");
+    if (this.cell === 0 && (this.rows + 1) * n > this.cellWidths.length) {
+      this.cellWidths = grow(this.cellWidths, (this.rows + 1) * n);
+      this.rowEnds = grow(this.rowEnds, this.rows + 1);
+    }
+    const w = this.cellWidth;
+    this.cellWidths[this.rows * n + this.cell] = w;
+    if (w > (this.widths[this.cell] as number)) this.widths[this.cell] = w;
+    this.cellWidth = 0;
+    if (++this.cell < n) {
+      this.ensure(1);
+      this.bytes[this.used++] = 0; // SEP
+    }
+  }
+
+  endRow(): void {
+    if (this.cell !== this.header.length) throw new Error("Table: a row with fewer cells than columns");
+    this.cell = 0;
+    this.rowEnds[this.rows++] = this.used;
+  }
+
+  private ensure(n: number): void {
+    if (this.used + n <= this.bytes.length) return;
+    const bigger = Buffer.allocUnsafe(Math.max(this.bytes.length * 2, this.used + n));
+    this.bytes.copy(bigger, 0, 0, this.used);
+    this.bytes = bigger;
+  }
+
   write(out: Out, indent = ""): void {
     let pending = 0;
     out.write(indent);
@@ -243,35 +318,53 @@ export class Table {
     this.writeRows(out, indent);
   }
 
+  /**
+   * The rows, padded, into a chunk of their own that goes to `out` whole: one loop over the kept bytes with
+   * everything in locals (at 100,000 rows a call per cell into Out cost more than the copying).
+   */
   private writeRows(out: Out, indent: string): void {
     const n = this.header.length;
     const b = this.bytes;
-    const lead = indent ? Buffer.from(indent) : null;
+    const widths = this.widths;
+    const cellWidths = this.cellWidths;
+    const rowEnds = this.rowEnds;
+    const lead = Buffer.from(indent);
+    // The most a row adds to its own bytes: the indent, every column's padding and the newline.
+    let most = lead.length + 1;
+    for (let i = 0; i < n; i++) most += (widths[i] as number) + 2;
+    let chunk = Buffer.allocUnsafe(1 << 16);
+    let at = 0;
     let from = 0;
     for (let r = 0; r < this.rows; r++) {
-      const end = this.rowEnds[r] as number;
-      if (lead) out.bytes(lead);
+      const end = rowEnds[r] as number;
+      if (at + (end - from) + most > chunk.length) {
+        out.bytes(chunk.subarray(0, at));
+        at = 0;
+        if (end - from + most > chunk.length) chunk = Buffer.allocUnsafe(end - from + most);
+      }
+      for (let k = 0; k < lead.length; k++) chunk[at++] = lead[k] as number;
       // Padding is written only before a cell that has something to show: no trailing spaces.
       let pending = 0;
-      let start = from;
+      let p = from;
+      const widthsAt = r * n;
       for (let i = 0; i < n; i++) {
-        // Cells are short: a loop finds the NUL sooner than a call into Buffer.indexOf.
-        let stop = start;
-        if (i === n - 1) stop = end;
-        else while (stop < end && b[stop] !== 0) stop++;
-        let last = stop;
-        if (i === n - 1) while (last > start && b[last - 1] === SPACE) last--;
-        if (last > start) {
-          out.spaces(pending);
-          out.copy(b, start, last);
+        let stop = end;
+        if (i < n - 1) {
+          stop = p;
+          while (stop < end && b[stop] !== 0) stop++;
+        } else while (stop > p && b[stop - 1] === SPACE) stop--;
+        if (stop > p) {
+          for (let k = 0; k < pending; k++) chunk[at++] = SPACE;
+          while (p < stop) chunk[at++] = b[p++] as number;
           pending = 0;
         }
-        pending += (this.widths[i] as number) - (this.cellWidths[r * n + i] as number) + 2;
-        start = stop + 1;
+        pending += (widths[i] as number) - (cellWidths[widthsAt + i] as number) + 2;
+        p = stop + 1;
       }
-      out.bytes(NEWLINE_BYTES);
+      chunk[at++] = 0x0a;
       from = end;
     }
+    if (at) out.bytes(chunk.subarray(0, at));
   }
 }
 

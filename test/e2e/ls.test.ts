@@ -484,6 +484,22 @@ test("ls -a counts each state for what it means: only established connections ca
   assert.match(footer[2]!, /^3 sockets opening or closing \((?=.*1 TIME-WAIT)(?=.*1 CLOSE-WAIT)(?=.*1 FIN-WAIT-2).*\)/);
   assert.equal(footer[3], "a dead peer is never noticed on 1 connection without keepalive");
   assert.equal(footer.length, 4, r.stdout);
+  // The connection without keepalive shares its settings with the listener: it still says "never", the
+  // listener "-" (a cell once made for one was shown for the other).
+  const cells = (prefix: string) =>
+    r.stdout
+      .split("\n")
+      .filter((l) => l.startsWith(prefix))
+      .map((l) => l.split(/ {2,}/).slice(3, 5));
+  assert.deepEqual(cells("LISTEN "), [["off", "-"]], r.stdout);
+  assert.deepEqual(
+    cells("ESTAB ").sort(),
+    [
+      ["off", "never"],
+      ["on 7200s/75s/9", "2h11m15s"],
+    ],
+    r.stdout,
+  );
   const timeWait = r.stdout.split("\n").find((l) => l.startsWith("TIME-WAIT "));
   assert.equal(timeWait?.split(/ {2,}/)[3], "-", "a TIME-WAIT socket has no keepalive to show");
   // The sockets that no process holds (TIME-WAIT, the orphan in FIN-WAIT-2) are there on both paths, alike.

@@ -3,7 +3,7 @@ import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, test } from "node:test";
-import { hostPort, Out, ownerText, paint, plural, processText, table } from "../../src/ui/format.js";
+import { hostPort, Out, ownerText, paint, plural, processText, Table, table } from "../../src/ui/format.js";
 
 const dir = mkdtempSync(join(tmpdir(), "tcpka-format-"));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -117,6 +117,53 @@ describe("table", () => {
       out,
     );
     assert.equal(text(), "NAME  PID\ncafé  1\nx     22\n");
+  });
+
+  test("a row built from bytes, numbers and texts reads as the same row given as strings", () => {
+    const strings = capture(false);
+    const pieces = capture(false);
+    table(
+      ["STATE", "LOCAL", "PROCESS"],
+      [
+        ["ESTAB", "10.0.0.1:5432", "café[12] fd 7 +1"],
+        ["LISTEN", "[::1]:*", "-"],
+      ],
+      strings.out,
+    );
+    const t = new Table(["STATE", "LOCAL", "PROCESS"], false);
+    t.put(Buffer.from("ESTAB"));
+    t.endCell();
+    t.put(Buffer.from("10.0.0.1:"));
+    t.putNumber(5432);
+    t.endCell();
+    const owner = Buffer.from("café[12] fd ");
+    t.put(owner, "café[12] fd ".length); // five bytes for four characters: the width is given
+    t.putNumber(7);
+    t.putText(" +1");
+    t.endCell();
+    t.endRow();
+    t.putText("LISTEN");
+    t.endCell();
+    t.put(Buffer.from("[::1]:*"));
+    t.endCell();
+    t.put(Buffer.from("-"));
+    t.endCell();
+    t.endRow();
+    t.write(pieces.out);
+    assert.equal(pieces.text(), strings.text());
+    assert.equal(
+      pieces.text(),
+      "STATE   LOCAL          PROCESS\nESTAB   10.0.0.1:5432  café[12] fd 7 +1\nLISTEN  [::1]:*        -\n",
+    );
+  });
+
+  test("a row with too few or too many cells is a bug, said at once", () => {
+    const t = new Table(["A", "B"], false);
+    t.putText("x");
+    t.endCell();
+    assert.throws(() => t.endRow(), /fewer cells/);
+    t.endCell();
+    assert.throws(() => t.endCell(), /more cells/);
   });
 
   test("a header alone", () => {
