@@ -3,26 +3,26 @@
  * error with its line, or what each rule selects and sets. The agent that keeps a host to the policy (issue 16)
  * is not built yet; without --check the command says so and exits non-zero rather than pretend.
  */
-import { closeSync, fstatSync, openSync, readFileSync, readlinkSync, readSync } from "node:fs";
+import { Agent } from "../agent/agent.js";
+import { processFacts } from "../agent/facts.js";
+import { loadPolicyFile } from "../agent/policy-file.js";
 import { TcpkaError, usage } from "../errors.js";
 import { endpointRuleText } from "../filter.js";
-import { cgroupPathOfPid } from "../inspect/cgroup.js";
-import { commOf } from "../inspect/processes.js";
+import { cgroup2Mount } from "../inspect/cgroup.js";
 import { Workloads } from "../inspect/workloads.js";
 import {
   DEFAULT_POLICY,
   explainPolicy,
-  MAX_POLICY_BYTES,
   type Policy,
   PolicyErrors,
   type PolicyRule,
-  type ProcessFacts,
-  parsePolicy,
   type RuleMatch,
 } from "../policy.js";
-import { formatMs } from "../settings.js";
+import { formatMs, parseDurationMs } from "../settings.js";
+import { euid } from "../sys/files.js";
 import { bool, parse, str } from "../ui/args.js";
 import { Out, printable, processText, table } from "../ui/format.js";
+import { stopOnSignals } from "../ui/signals.js";
 
 export const AGENT_HELP = `Usage: tcpka agent --check [FILE]
        tcpka agent --explain PID [--policy FILE]
@@ -57,13 +57,17 @@ Examples:
   sudo tcpka agent --explain 2203 --policy ./policy.yaml
 `;
 
+/** How often the agent reconciles when no event says that something changed. */
+const DEFAULT_RESYNC_MS = 30_000;
+
 const OPTIONS = {
   check: { type: "boolean" },
+  resync: { type: "string" },
   explain: { type: "string" },
   policy: { type: "string" },
 } as const;
 
-export function runAgent(argv: readonly string[], out: Out): number {
+export async function runAgent(argv: readonly string[], out: Out): Promise<number> {
   const { values, positionals } = parse("agent", argv, OPTIONS, true);
   if (bool(values, "help")) {
     out.write(AGENT_HELP);
@@ -77,11 +81,7 @@ export function runAgent(argv: readonly string[], out: Out): number {
   const explain = str(values, "explain");
   if (explain !== undefined && bool(values, "check")) throw usage("--check and --explain: one at a time");
   if (explain !== undefined) return explainPid(explain, file, out);
-  if (!bool(values, "check")) {
-    throw new TcpkaError("unsupported", "the agent that applies a policy is not built yet; nothing was applied", {
-      hint: `tcpka agent --check ${file} checks the policy; tcpka enforce and tcpka enable apply settings now`,
-    });
-  }
+  if (!bool(values, "check")) return runTheAgent(file, str(values, "resync"), out);
   const policy = loadPolicy(file);
   if (typeof policy === "number") return policy;
   const n = policy.rules.length;
@@ -103,10 +103,39 @@ export function runAgent(argv: readonly string[], out: Out): number {
   return 0;
 }
 
+/** The agent itself, until SIGINT or SIGTERM; SIGHUP reads the policy again. */
+async function runTheAgent(file: string, resyncText: string | undefined, out: Out): Promise<number> {
+  if (euid() !== 0) {
+    throw new TcpkaError("permission", "the agent attaches BPF programs to cgroups: run it as root", {
+      hint: `sudo tcpka agent --policy ${printable(file)} (tcpka agent --check ${printable(file)} needs no root)`,
+    });
+  }
+  const resyncMs = resyncText === undefined ? DEFAULT_RESYNC_MS : parseDurationMs(resyncText);
+  if (resyncMs === undefined || resyncMs < 1000 || resyncMs > 86_400_000) {
+    throw usage(`--resync ${printable(resyncText ?? "")}: a duration from 1s to 1d, e.g. 30s`);
+  }
+  const log = (line: string) => {
+    out.write(`${printable(line)}\n`);
+    out.end();
+  };
+  const agent = new Agent({ policyFile: file, mount: cgroup2Mount(), resyncMs, log });
+  const stop = stopOnSignals();
+  const reload = () => agent.reload();
+  process.on("SIGHUP", reload);
+  try {
+    await agent.run(stop.signal);
+  } finally {
+    process.off("SIGHUP", reload);
+    stop.dispose();
+  }
+  log(`stopped (${String(stop.signal.reason ?? "done")}); the enforcements stay in force`);
+  return 0;
+}
+
 /** The policy, or (its errors written to stderr, one line each) the exit code. */
 function loadPolicy(file: string): Policy | number {
   try {
-    return parsePolicy(readPolicy(file), file);
+    return loadPolicyFile(file).policy;
   } catch (e) {
     if (!(e instanceof PolicyErrors)) throw e;
     // One line per error, each escaped on its own (reportError would join them into one).
@@ -125,7 +154,8 @@ function explainPid(text: string, file: string, out: Out): number {
     throw usage(`--explain ${printable(text)}: not a pid`);
   const policy = loadPolicy(file);
   if (typeof policy === "number") return policy;
-  const f = factsOf(pid);
+  const f = processFacts(pid, Workloads.load());
+  if (f === undefined) throw new TcpkaError("not-found", `no process ${pid}`);
   const dash = (v: string | number | null | undefined) => (v === null || v === undefined ? "-" : printable(String(v)));
   const pod = f.pod
     ? `${f.pod.namespace}/${f.pod.name}${f.pod.container ? ` container ${f.pod.container}` : ""}`
@@ -147,84 +177,6 @@ function explainPid(text: string, file: string, out: Out): number {
   }
   if (!chosen) out.write("no rule applies: the agent leaves this process as it is\n");
   return 0;
-}
-
-/** What the rules can match a process by, read from /proc and the container runtimes' records. */
-function factsOf(pid: number): ProcessFacts {
-  const cgroup = cgroupPathOfPid(pid);
-  if (cgroup === undefined) throw new TcpkaError("not-found", `no process ${pid}`);
-  let exe: string | null = null;
-  try {
-    exe = readlinkSync(`/proc/${pid}/exe`);
-  } catch {
-    exe = null; // another user's process, or a kernel thread
-  }
-  let uid: number | null = null;
-  try {
-    const m = /^Uid:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, "latin1"));
-    uid = m ? Number(m[1]) : null;
-  } catch {
-    uid = null;
-  }
-  const w = Workloads.load().ofPid(pid);
-  const c = w?.container ?? null;
-  return {
-    pid,
-    comm: commOf(pid),
-    exe,
-    uid,
-    user: uid === null ? null : userName(uid),
-    cgroup,
-    unit: w?.unit ?? null,
-    container: c ? { name: c.name, id: c.id } : null,
-    pod: c?.pod ?? null,
-  };
-}
-
-/** The name of `uid` in /etc/passwd, or null. */
-function userName(uid: number): string | null {
-  try {
-    for (const line of readFileSync("/etc/passwd", "utf8").split("\n")) {
-      const f = line.split(":");
-      if (f.length >= 3 && f[2] === String(uid)) return f[0] ?? null;
-    }
-  } catch {
-    // no passwd file: numbers only
-  }
-  return null;
-}
-
-/** The file's text: at most MAX_POLICY_BYTES, a regular file, read through one descriptor. */
-function readPolicy(file: string): string {
-  let fd: number;
-  try {
-    fd = openSync(file, "r");
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === "ENOENT") throw new TcpkaError("not-found", `no policy at ${printable(file)}`);
-    if (code === "EACCES") throw new TcpkaError("permission", `cannot read ${printable(file)}: permission denied`);
-    throw new TcpkaError("system", `cannot open ${printable(file)}: ${code ?? String(e)}`);
-  }
-  try {
-    const st = fstatSync(fd);
-    if (!st.isFile()) throw usage(`${printable(file)} is not a regular file`);
-    if (st.size > MAX_POLICY_BYTES) {
-      throw new TcpkaError("invalid", `${printable(file)}: ${st.size} bytes, more than a policy's ${MAX_POLICY_BYTES}`);
-    }
-    const buf = Buffer.alloc(st.size + 1);
-    let n = 0;
-    // One byte more than fstat said: a file that grew since is caught by the check below, not cut short.
-    while (n < buf.length) {
-      const k = readSync(fd, buf, n, buf.length - n, null);
-      if (k === 0) break;
-      n += k;
-    }
-    if (n > MAX_POLICY_BYTES)
-      throw new TcpkaError("invalid", `${printable(file)}: more than ${MAX_POLICY_BYTES} bytes`);
-    return buf.toString("utf8", 0, n);
-  } finally {
-    closeSync(fd);
-  }
 }
 
 function matchText(m: RuleMatch): string {

@@ -98,6 +98,30 @@ export interface Enforcement {
   prog_id?: number;
   /** the setsockopt program compiled with them, where the kernel has the hook */
   setsockopt_prog_id?: number;
+  /**
+   * "agent" where `tcpka agent` made it for a rule of its policy (and `rule` names it); absent where an operator
+   * ran `tcpka enforce`. The agent changes and removes only its own, and an operator's enforce on the same
+   * cgroup takes it over (the owner is then gone from the description, and the agent leaves it alone).
+   */
+  owner?: "agent";
+  rule?: string;
+}
+
+/** Who asks for an enforcement: the agent, for a rule (see Enforcement.owner); absent for an operator. */
+export interface Owner {
+  rule: string;
+}
+
+/** An enforcement of the cgroup that is not the agent's: the agent leaves it as it is. */
+export class NotOwned extends TcpkaError {
+  constructor(
+    readonly cgroup: string,
+    why: string,
+  ) {
+    super("system", `${cgroup} has an enforcement that is not the agent's (${why}); the agent leaves it as it is`, {
+      hint: "tcpka enforce --list shows it; tcpka enforce --remove --cgroup PATH removes it",
+    });
+  }
 }
 
 // '%', '.', ':' and the ASCII control characters.
@@ -363,7 +387,7 @@ interface Programs {
 /**
  * Enforce `spec` on the cgroup at `cgroupDir` (an absolute directory inside the cgroup2 mount `mount`).
  */
-export function enforceOnCgroup(cgroupDir: string, mount: string, spec: EnforceSpec): EnforceResult {
+export function enforceOnCgroup(cgroupDir: string, mount: string, spec: EnforceSpec, owner?: Owner): EnforceResult {
   const cgroup = cgroupPath(cgroupDir, mount);
   const length = Buffer.byteLength(pinName(cgroup));
   if (length > NAME_MAX) {
@@ -375,7 +399,7 @@ export function enforceOnCgroup(cgroupDir: string, mount: string, spec: EnforceS
   }
   const programs = loadPrograms(cgroup, spec);
   try {
-    const run = new EnforceRun(cgroupDir, cgroup, spec, programs);
+    const run = new EnforceRun(cgroupDir, cgroup, spec, programs, owner);
     return locked(`enforce on ${cgroup}`, false, () => run.apply());
   } finally {
     close(programs.sockOps);
@@ -496,6 +520,7 @@ class EnforceRun {
     private readonly cgroup: string,
     private readonly spec: EnforceSpec,
     private readonly programs: Programs,
+    private readonly owner?: Owner,
   ) {
     // The description's size does not depend on what is pinned: refuse it before anything changes.
     const now = new Date().toISOString();
@@ -503,7 +528,20 @@ class EnforceRun {
   }
 
   private describe(name: string, since: string): Enforcement {
-    return describe(name, this.cgroup, this.spec, since, this.programs.sockOpsId, this.programs.hook?.id);
+    const e = describe(name, this.cgroup, this.spec, since, this.programs.sockOpsId, this.programs.hook?.id);
+    return this.owner ? { ...e, owner: "agent", rule: this.owner.rule } : e;
+  }
+
+  /** For the agent: refuse a pin directory that is not its own (an operator's, or one an operator is making). */
+  private mustOwn(dir: string): void {
+    if (!this.owner) return;
+    const meta = pinnedMeta(dir);
+    if (meta?.owner !== "agent") {
+      throw new NotOwned(
+        this.cgroup,
+        meta ? "made by tcpka enforce" : "being made, or left half-made, by tcpka enforce",
+      );
+    }
   }
 
   private result(enforcement: Enforcement, replaced: boolean, pinDir: string): EnforceResult {
@@ -533,6 +571,7 @@ class EnforceRun {
     if (id === undefined) throw new TcpkaError("not-found", `the cgroup ${this.cgroup} is gone`);
     for (const dir of pinDirsOf(this.cgroup)) {
       const where = settledAttachment(join(dir, "link"), id);
+      if (where !== "gone") this.mustOwn(dir);
       if (where === "here") return this.update(dir);
       if (where === "elsewhere") throw elsewhere(dir, this.cgroup);
       // A link whose cgroup was removed (a service restart makes a new cgroup of the same path) enforces nothing
@@ -541,6 +580,9 @@ class EnforceRun {
     }
     const dir = join(PIN_ROOT, pinName(this.cgroup));
     this.mkdir(dir);
+    // The agent's description first: a directory it made is known as its own from its first pin, so that an
+    // agent killed in the middle finds and finishes (or removes) it, and never takes an operator's for its own.
+    if (this.owner) this.describeIn(dir, this.describe(basename(dir), this.now));
     // The setsockopt program first: the sockets that the sock_ops program marks are then looked after from the
     // moment they are marked.
     this.pinCounters(dir);
@@ -828,9 +870,10 @@ function listed(name: string, mount: string): Listed {
  * Detach and unpin the enforcement of the cgroup path `cgroup` (also one pinned under the earlier naming
  * scheme); how many pin directories it had (0: none).
  */
-export function removeEnforcement(cgroup: string, mount: string): number {
+export function removeEnforcement(cgroup: string, mount: string, owner?: "agent"): number {
   return locked(`remove the enforcement of ${cgroup}`, false, () => {
-    const dirs = pinDirsOf(cgroup);
+    // The agent removes its own only: an operator may have taken the cgroup over since the agent looked.
+    const dirs = pinDirsOf(cgroup).filter((d) => owner === undefined || pinnedMeta(d)?.owner === owner);
     const id = cgroupId(join(mount, cgroup));
     for (const dir of dirs) {
       if (settledAttachment(join(dir, "link"), id) === "elsewhere") throw elsewhere(dir, cgroup);
@@ -839,6 +882,16 @@ export function removeEnforcement(cgroup: string, mount: string): number {
     removeEmptyRoot();
     return dirs.length;
   });
+}
+
+/** What the agent made, as its descriptions say (also half-made ones: see EnforceRun.enforce), by cgroup path. */
+export function agentEnforcements(): { name: string; cgroup: string; enforcement: Enforcement }[] {
+  return locked("list the agent's enforcements", true, () =>
+    pinDirNames().flatMap((name) => {
+      const meta = pinnedMeta(join(PIN_ROOT, name));
+      return meta?.owner === "agent" ? [{ name, cgroup: meta.cgroup, enforcement: { ...meta, name } }] : [];
+    }),
+  );
 }
 
 /** Detach and unpin every enforcement; how many there were. */

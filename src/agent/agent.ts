@@ -1,0 +1,402 @@
+/**
+ * `tcpka agent`: keeps the host to a keepalive policy. A reconcile reads every process's facts (facts.ts), plans
+ * which cgroup gets which rule (plan.ts), and makes the pins under /sys/fs/bpf/tcpka say exactly that: each
+ * target gets the rule's `tcpka enforce` (sock_ops and setsockopt programs, src/enforce/cgroup.ts) marked as the
+ * agent's, with the connections that exist then changed in the kernel as `enforce --existing` does; the agent's
+ * own enforcements that no rule wants any more are removed; an operator's are never touched.
+ *
+ * When it reconciles: at start; when the policy file's directory changes (an edit, a ConfigMap's symlink swap) or
+ * on reload() (SIGHUP, from the command); when a container runtime's state directory or the top of the cgroup tree
+ * changes (a container or unit appears); and every `resyncMs` in any case (a process that starts inside a cgroup
+ * the agent does not watch, a pin that was removed, bpffs remounted).
+ *
+ * Everything it makes is pinned, so nothing depends on the agent running: killed, it leaves the enforcements in
+ * force; restarted, it finds its own by their descriptions (owner "agent"), keeps those that are as the policy
+ * says (no gap: the links are never detached), finishes or removes half-made ones, and updates the rest in place
+ * (BPF_LINK_UPDATE). A policy file with errors changes nothing: the last good policy stays in force (at start,
+ * without one, the enforcements in place stay as they are), and every error is reported with its line.
+ */
+import { createHash } from "node:crypto";
+import { existsSync, type FSWatcher, readdirSync, watch } from "node:fs";
+import { dirname, join } from "node:path";
+import type { EnforceSpec } from "../bpf/keepalive.js";
+import {
+  agentEnforcements,
+  type EnforceResult,
+  enforceOnCgroup,
+  listEnforcements,
+  NotOwned,
+  removeEnforcement,
+  withMarks,
+} from "../enforce/cgroup.js";
+import { LiveSession } from "../enforce/live/session.js";
+import { TcpkaError } from "../errors.js";
+import { endpointRuleText } from "../filter.js";
+import { pidsInCgroup } from "../inspect/cgroup.js";
+import { chooseProcesses } from "../inspect/targets.js";
+import { STATE_ROOTS } from "../inspect/workloads.js";
+import { type Policy, PolicyErrors, type PolicyRule } from "../policy.js";
+import { Lock, runtimeBase } from "../sys/files.js";
+import { everyProcess } from "./facts.js";
+import { type Plan, planPolicy, sameAsRule, type Target } from "./plan.js";
+import { loadPolicyFile } from "./policy-file.js";
+import {
+  type AgentStatus,
+  MAX_LISTED,
+  type RuleStatus,
+  STATUS_VERSION,
+  type StatusProcess,
+  type TargetStatus,
+  writeStatus,
+} from "./status.js";
+
+export interface AgentOptions {
+  policyFile: string;
+  /** the cgroup2 mount */
+  mount: string;
+  /** milliseconds between reconciles when nothing happens */
+  resyncMs: number;
+  /** what the agent does, one line at a time (texts that other users chose are in it: escape before printing) */
+  log: (line: string) => void;
+}
+
+/** Changes closer together than this make one reconcile (a container start touches several files). */
+const SETTLE_MS = 150;
+
+export class Agent {
+  private policy: Policy | undefined;
+  private policyHash: string | undefined;
+  private loadedAt: string | null = null;
+  private errors: string[] = [];
+  private readonly started = new Date().toISOString();
+  private watchers: FSWatcher[] = [];
+  private readonly watched = new Set<string>();
+  private wanted: { reload: boolean; reconcile: string | undefined } = { reload: false, reconcile: undefined };
+  private settle: NodeJS.Timeout | undefined;
+  private wake: (() => void) | undefined;
+  private lastStatus: AgentStatus | undefined;
+  /** what the existing-connections pass did per cgroup, kept for the status until the enforcement changes */
+  private readonly existing = new Map<string, TargetStatus["existing"]>();
+
+  constructor(private readonly o: AgentOptions) {}
+
+  /** Reconcile until `signal` aborts. Throws when another agent runs, or when the policy file cannot be read at all. */
+  async run(signal: AbortSignal): Promise<void> {
+    const base = runtimeBase();
+    if (base === undefined) throw new TcpkaError("system", "no runtime directory for the agent's lock and status");
+    const lock = Lock.take(join(base, "agent.lock"), "start the agent", { timeoutMs: 0 });
+    try {
+      this.load("start");
+      this.watchAll();
+      let next = 0;
+      let reason = "start";
+      const onAbort = () => this.wake?.();
+      signal.addEventListener("abort", onAbort);
+      try {
+        while (!signal.aborted) {
+          if (this.wanted.reload) {
+            this.wanted.reload = false;
+            if (this.load("the policy changed")) this.wanted.reconcile ??= "the policy changed";
+          }
+          if (this.wanted.reconcile !== undefined || Date.now() >= next) {
+            reason = this.wanted.reconcile ?? (next === 0 ? reason : "resync");
+            this.wanted.reconcile = undefined;
+            await this.reconcile(reason, signal);
+            this.watchAll(); // roots that appeared since (the first container of a runtime)
+            next = Date.now() + this.o.resyncMs;
+          }
+          await this.sleep(next - Date.now(), signal);
+        }
+      } finally {
+        signal.removeEventListener("abort", onAbort);
+      }
+    } finally {
+      for (const w of this.watchers) w.close();
+      this.watchers = [];
+      clearTimeout(this.settle);
+      lock.release();
+    }
+  }
+
+  /** Read the policy again (SIGHUP). */
+  reload(): void {
+    this.wanted.reload = true;
+    this.wake?.();
+  }
+
+  private sleep(ms: number, signal: AbortSignal): Promise<void> {
+    if (signal.aborted || this.wanted.reload || this.wanted.reconcile !== undefined) return Promise.resolve();
+    return new Promise((resolve) => {
+      const t = setTimeout(done, Math.max(0, ms));
+      const self = this;
+      function done() {
+        clearTimeout(t);
+        self.wake = undefined;
+        resolve();
+      }
+      this.wake = done;
+    });
+  }
+
+  /** Something changed: reconcile once things settle. */
+  private soon(reason: string, reload = false): void {
+    if (reload) this.wanted.reload = true;
+    clearTimeout(this.settle);
+    this.settle = setTimeout(() => {
+      if (!reload) this.wanted.reconcile ??= reason;
+      this.wake?.();
+    }, SETTLE_MS);
+  }
+
+  /**
+   * Watch the policy file's directory (an editor replaces the file; Kubernetes swaps a ConfigMap's ..data
+   * symlink), every container runtime's state directory that exists, and the cgroup tree's first two levels
+   * (a unit, a slice, a pod's cgroups appear there). fs.watch is inotify: no polling.
+   */
+  private watchAll(): void {
+    const add = (dir: string, reason: string, reload = false) => {
+      if (this.watched.has(dir) || !existsSync(dir)) return;
+      try {
+        const w = watch(dir, { persistent: false }, () => this.soon(reason, reload));
+        w.on("error", () => {
+          w.close();
+          this.watched.delete(dir); // gone: the next reconcile watches it again where it is back
+        });
+        this.watchers.push(w);
+        this.watched.add(dir);
+      } catch {
+        // not watchable (gone meanwhile, or out of inotify watches): the periodic resync still covers it
+      }
+    };
+    add(dirname(this.o.policyFile), "the policy changed", true);
+    for (const root of STATE_ROOTS) {
+      add(root.dir, "a container appeared or went");
+      if (root.namespaced) for (const ns of subdirs(root.dir)) add(join(root.dir, ns), "a container appeared or went");
+    }
+    add(this.o.mount, "a cgroup appeared or went");
+    for (const d of subdirs(this.o.mount)) add(join(this.o.mount, d), "a cgroup appeared or went");
+  }
+
+  /** Read the policy file; true when a new good policy is now in force. */
+  private load(why: string): boolean {
+    let text: string;
+    let policy: Policy;
+    try {
+      ({ policy, text } = loadPolicyFile(this.o.policyFile));
+    } catch (e) {
+      if (!(e instanceof TcpkaError)) throw e;
+      this.errors = e instanceof PolicyErrors ? e.message.split("\n") : [e.message];
+      for (const line of this.errors) this.o.log(`policy error: ${line}`);
+      this.o.log(
+        this.policy
+          ? `the policy loaded at ${this.loadedAt} stays in force; nothing was changed`
+          : "no policy is in force: the enforcements in place are left as they are",
+      );
+      this.writeStatus();
+      return false;
+    }
+    this.errors = [];
+    const hash = createHash("sha256").update(text).digest("hex");
+    if (hash === this.policyHash) return false; // the same text (a touch, a ConfigMap resync)
+    this.policy = policy;
+    this.policyHash = hash;
+    this.loadedAt = new Date().toISOString();
+    const n = policy.rules.length;
+    this.o.log(`policy ${this.o.policyFile}: ${n} rule${n === 1 ? "" : "s"} (${why})`);
+    return true;
+  }
+
+  /** Make the pins say what the policy says, for the processes there are now. */
+  private async reconcile(reason: string, signal: AbortSignal): Promise<void> {
+    const policy = this.policy;
+    const t0 = Date.now();
+    if (!policy) {
+      this.writeStatus({ at: new Date().toISOString(), reason, ms: 0 }, undefined, []);
+      return;
+    }
+    const plan = planPolicy(policy, everyProcess());
+    const mine = new Map(agentEnforcements().map((a) => [a.cgroup, a]));
+    const listed = new Map(listEnforcements(this.o.mount).map((l) => [l.cgroup, l]));
+    const states = new Map<Target, TargetStatus>();
+    let made = 0;
+    for (const t of plan.targets) {
+      if (signal.aborted) return;
+      const own = mine.get(t.cgroup);
+      const l = listed.get(t.cgroup);
+      const status: TargetStatus = targetStatus(t);
+      states.set(t, status);
+      if (l && !own) {
+        status.state = "failing";
+        status.error = "an operator's tcpka enforce is in place here: the agent leaves it as it is";
+        continue;
+      }
+      if (own && l?.enforcement && l.where === "here" && sameAsRule(l.enforcement, t.rule)) {
+        status.since = l.enforcement.since;
+        status.pin = l.name;
+        const done = this.existing.get(t.cgroup);
+        if (done) status.existing = done;
+        continue; // as the policy says: untouched
+      }
+      try {
+        const r = enforceOnCgroup(join(this.o.mount, t.cgroup), this.o.mount, specOf(t.rule), { rule: t.rule.name });
+        made++;
+        status.since = r.enforcement.since;
+        status.pin = r.enforcement.name;
+        this.o.log(`${r.replaced ? "updated" : "enforcing"} rule ${t.rule.name} on ${where(t)}`);
+        if (r.noHook) this.o.log(`warning: ${t.cgroup}: programs' own later keepalive calls are not seen: ${r.noHook}`);
+        status.existing = await this.changeExisting(t, r, signal);
+        this.existing.set(t.cgroup, status.existing);
+      } catch (e) {
+        if (!(e instanceof TcpkaError)) throw e;
+        status.state = "failing";
+        status.error = e instanceof NotOwned ? "an operator's tcpka enforce is in place here" : e.message;
+        this.o.log(`cannot enforce rule ${t.rule.name} on ${where(t)}: ${e.message}`);
+      }
+    }
+    const removed = this.removeStale(policy, plan, mine);
+    const ms = Date.now() - t0;
+    const failing = [...states.values()].filter((s) => s.state === "failing").length;
+    if (made || removed.length || failing || plan.uncovered.length || reason !== "resync") {
+      this.o.log(
+        `reconciled (${reason}) in ${ms} ms: ${plan.targets.length} target${plan.targets.length === 1 ? "" : "s"}, ${made} changed, ${removed.length} removed, ${failing} failing, ${plan.uncovered.length} not coverable`,
+      );
+    }
+    this.writeStatus({ at: new Date().toISOString(), reason, ms }, { plan, states }, removed);
+  }
+
+  /** The connections of a target that exist already: changed in the kernel, marked for its setsockopt program. */
+  private async changeExisting(t: Target, r: EnforceResult, signal: AbortSignal): Promise<TargetStatus["existing"]> {
+    const spec = specOf(t.rule);
+    const summary = await withMarks(r.noHook ? undefined : r.pinDir, (marksFd) =>
+      LiveSession.matching(
+        { only: [...t.rule.only], except: [...t.rule.except] },
+        { disable: false, settings: spec.settings, mode: spec.mode },
+        false,
+        marksFd === undefined ? {} : { marksFd },
+      ).watch(chooseProcesses({ cgroups: [join(this.o.mount, t.cgroup)] }), { signal }),
+    );
+    if (summary.failed) {
+      const why = Object.entries(summary.errors)
+        .map(([k, v]) => `${v} ${k}`)
+        .join(", ");
+      this.o.log(
+        `rule ${t.rule.name} on ${where(t)}: ${summary.failed} existing connections could not be changed (${why})`,
+      );
+    }
+    return { changed: summary.changed, unchanged: summary.unchanged, failed: summary.failed };
+  }
+
+  /**
+   * The agent's enforcements that no target asks for: removed, unless the cgroup is there with no process in it
+   * and its rule is still in the policy (a unit or container restarting keeps its cover through the restart).
+   */
+  private removeStale(
+    policy: Policy,
+    plan: Plan,
+    mine: ReadonlyMap<string, { enforcement: { rule?: string } }>,
+  ): AgentStatus["removed"] {
+    const wanted = new Set(plan.targets.map((t) => t.cgroup));
+    const rules = new Set(policy.rules.map((r) => r.name));
+    const removed: AgentStatus["removed"] = [];
+    for (const [cgroup, a] of mine) {
+      if (wanted.has(cgroup)) continue;
+      const dir = join(this.o.mount, cgroup);
+      const rule = a.enforcement.rule ?? null;
+      if (rule !== null && rules.has(rule) && existsSync(join(dir, "cgroup.procs")) && pidsInCgroup(dir).length === 0) {
+        continue;
+      }
+      try {
+        removeEnforcement(cgroup, this.o.mount, "agent");
+        this.existing.delete(cgroup);
+        removed.push({ cgroup, rule });
+        this.o.log(
+          `removed the enforcement of rule ${rule ?? "?"} on ${cgroup} (no rule of the policy selects it now)`,
+        );
+      } catch (e) {
+        if (!(e instanceof TcpkaError)) throw e;
+        this.o.log(`cannot remove the enforcement on ${cgroup}: ${e.message}`);
+      }
+    }
+    return removed;
+  }
+
+  private writeStatus(
+    reconciled?: AgentStatus["reconciled"],
+    done?: { plan: Plan; states: ReadonlyMap<Target, TargetStatus> },
+    removed?: AgentStatus["removed"],
+  ): void {
+    const policy = this.policy;
+    const rules: RuleStatus[] = (policy?.rules ?? []).map((r) => ({
+      name: r.name,
+      line: r.line,
+      mechanism: r.mechanism,
+      mode: r.mode,
+      idle_s: r.settings.idle ?? null,
+      interval_s: r.settings.interval ?? null,
+      count: r.settings.count ?? null,
+      user_timeout_ms: r.settings.userTimeout ?? null,
+      preset: r.preset ?? null,
+      only: r.only.map(endpointRuleText),
+      except: r.except.map(endpointRuleText),
+      targets: done
+        ? done.plan.targets.filter((t) => t.rule === r).map((t) => done.states.get(t) ?? targetStatus(t))
+        : [],
+      uncovered: done
+        ? done.plan.uncovered
+            .filter((u) => u.rule === r)
+            .map((u) => ({ cgroup: u.cgroup, ...listedProcesses(u.processes), why: u.why }))
+        : [],
+    }));
+    const previous = this.lastStatus;
+    const s: AgentStatus = {
+      version: STATUS_VERSION,
+      pid: process.pid,
+      started: this.started,
+      policy: { file: this.o.policyFile, loaded: this.loadedAt, errors: this.errors },
+      reconciled: reconciled ?? previous?.reconciled ?? null,
+      rules: done || !previous ? rules : previous.rules,
+      removed: removed ?? previous?.removed ?? [],
+    };
+    this.lastStatus = s;
+    try {
+      writeStatus(s);
+    } catch (e) {
+      this.o.log(`cannot write the status: ${(e as Error).message}`);
+    }
+  }
+}
+
+function specOf(rule: PolicyRule): EnforceSpec {
+  return { settings: rule.settings, mode: rule.mode, only: rule.only, except: rule.except };
+}
+
+function listedProcesses(p: readonly StatusProcess[]): { processes: StatusProcess[]; process_count: number } {
+  return { processes: p.slice(0, MAX_LISTED), process_count: p.length };
+}
+
+function targetStatus(t: Target): TargetStatus {
+  return {
+    cgroup: t.cgroup,
+    container: t.container,
+    pod: t.pod,
+    unit: t.unit,
+    ...listedProcesses(t.processes),
+    state: "enforced",
+  };
+}
+
+/** A target as the log names it: its pod, container or unit, and its cgroup. */
+function where(t: Target): string {
+  const what = t.pod ? `pod ${t.pod}` : t.container ? `container ${t.container}` : t.unit ? `unit ${t.unit}` : null;
+  return what ? `${what} (${t.cgroup})` : t.cgroup;
+}
+
+function subdirs(dir: string): string[] {
+  try {
+    return readdirSync(dir, { withFileTypes: true })
+      .filter((e) => e.isDirectory())
+      .map((e) => e.name);
+  } catch {
+    return [];
+  }
+}

@@ -1,0 +1,47 @@
+/**
+ * Reading the policy file: at most MAX_POLICY_BYTES, a regular file, through one descriptor (a file that grows or
+ * is swapped while it is read is caught, not half read).
+ */
+import { closeSync, fstatSync, openSync, readSync } from "node:fs";
+import { TcpkaError, usage } from "../errors.js";
+import { MAX_POLICY_BYTES, type Policy, parsePolicy } from "../policy.js";
+import { printable } from "../ui/format.js";
+
+/** The file's text. */
+export function readPolicyFile(file: string): string {
+  let fd: number;
+  try {
+    fd = openSync(file, "r");
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === "ENOENT") throw new TcpkaError("not-found", `no policy at ${printable(file)}`);
+    if (code === "EACCES") throw new TcpkaError("permission", `cannot read ${printable(file)}: permission denied`);
+    throw new TcpkaError("system", `cannot open ${printable(file)}: ${code ?? String(e)}`);
+  }
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile()) throw usage(`${printable(file)} is not a regular file`);
+    if (st.size > MAX_POLICY_BYTES) {
+      throw new TcpkaError("invalid", `${printable(file)}: ${st.size} bytes, more than a policy's ${MAX_POLICY_BYTES}`);
+    }
+    const buf = Buffer.alloc(st.size + 1);
+    let n = 0;
+    // One byte more than fstat said: a file that grew since is caught by the check below, not cut short.
+    while (n < buf.length) {
+      const k = readSync(fd, buf, n, buf.length - n, null);
+      if (k === 0) break;
+      n += k;
+    }
+    if (n > MAX_POLICY_BYTES)
+      throw new TcpkaError("invalid", `${printable(file)}: more than ${MAX_POLICY_BYTES} bytes`);
+    return buf.toString("utf8", 0, n);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Read and parse: the policy and its text, or a TcpkaError (PolicyErrors: every error with its line). */
+export function loadPolicyFile(file: string): { policy: Policy; text: string } {
+  const text = readPolicyFile(file);
+  return { policy: parsePolicy(text, file), text };
+}
