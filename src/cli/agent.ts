@@ -1,7 +1,7 @@
 /**
- * `tcpka agent --check [FILE]`: validate a keepalive policy (src/policy.ts) without applying anything: every
- * error with its line, or what each rule selects and sets. The agent that keeps a host to the policy (issue 16)
- * is not built yet; without --check the command says so and exits non-zero rather than pretend.
+ * `tcpka agent`: the agent that keeps the host to a keepalive policy (src/agent/agent.ts), as root until SIGINT or
+ * SIGTERM (SIGHUP reads the policy again); `--check [FILE]` validates a policy (src/policy.ts) without applying
+ * anything: every error with its line, or what each rule selects and sets; `--explain PID` which rule applies.
  */
 import { Agent } from "../agent/agent.js";
 import { processFacts } from "../agent/facts.js";
@@ -24,12 +24,19 @@ import { bool, parse, str } from "../ui/args.js";
 import { Out, printable, processText, table } from "../ui/format.js";
 import { stopOnSignals } from "../ui/signals.js";
 
-export const AGENT_HELP = `Usage: tcpka agent --check [FILE]
+export const AGENT_HELP = `Usage: sudo tcpka agent [--policy FILE] [--resync DURATION]
+       tcpka agent --check [FILE]
        tcpka agent --explain PID [--policy FILE]
 
-Check a keepalive policy: the YAML file (default ${DEFAULT_POLICY}) that says which processes, containers,
-pods and units get which keepalive settings. Every error is shown with its line and field, one per line, and
-nothing is applied. The agent that keeps the host to the policy is being built; --check is what works now.
+Keep the host to a keepalive policy: the YAML file (default ${DEFAULT_POLICY}) that says which processes,
+containers, pods and units get which keepalive settings. The agent runs in the foreground (as a systemd
+service, or a Kubernetes DaemonSet) and gives every cgroup whose processes a rule selects that rule's
+\`tcpka enforce\`: new connections get the settings from their first packet, and those that exist are changed at
+once. It reconciles at start, when the policy file changes (or on SIGHUP), when a container or cgroup appears,
+and every --resync. What it makes is pinned under /sys/fs/bpf/tcpka and marked as the agent's: it stays in force
+when the agent stops, a restarted agent takes it over without a gap, and an operator's own tcpka enforce is
+never touched. A policy file with errors changes nothing: the last good policy stays in force, and every error
+is reported with its line. \`tcpka status\` says what is covered now.
 
   rules:
     - name: billing-db
@@ -45,16 +52,20 @@ A rule: name; match (container: name, image, labels; pod: namespace, name, conta
 name, exe; user): all that are given must hold, names may use * and ?; connections (only, except: as --only
 and --except); keepalive (for: a preset as --for, or idle, interval, count, user_timeout; those given replace
 the preset's, the others are 60s / 10s / 6); mode (strengthen, the default, or force); mechanism (auto, enforce,
-live). The first rule that matches a process wins.
+live). The first rule that matches a process wins. The agent enforces whole cgroups: a cgroup whose processes
+are not all one rule's is reported (tcpka status), not enforced half.
 
 Options:
-      --check            check the policy and say what it does; apply nothing
-      --explain PID      which rule applies to a process and why (each rule before it, and what failed)
       --policy FILE      the policy file (also as the argument of --check)
+      --resync DURATION  reconcile at least this often, whatever the events say (default 30s; 1s to 1d)
+      --check            check the policy and say what it does; apply nothing (no root needed)
+      --explain PID      which rule applies to a process and why (each rule before it, and what failed)
 
 Examples:
   tcpka agent --check /etc/tcpka/policy.yaml
   sudo tcpka agent --explain 2203 --policy ./policy.yaml
+  sudo tcpka agent --policy /etc/tcpka/policy.yaml
+  sudo systemctl reload tcpka-agent           the unit sends SIGHUP: the policy is read again
 `;
 
 /** How often the agent reconciles when no event says that something changed. */

@@ -26,7 +26,9 @@ Commands:
   sysctl        the namespace's keepalive defaults, what they mean, and --set to change them
   idle-timeout  measure how long a path (firewall, NAT) lets a connection idle, and the keepalive to use
   echo          the echo server that idle-timeout measures against
-  agent         --check: validate a keepalive policy file (the agent that applies it is being built)
+  agent         keep the host to a keepalive policy file (rules by container, pod, unit, cgroup, process);
+                --check validates the file, --explain PID says which rule applies to a process
+  status        what the agent covers now: each rule, its targets, connections set up, what is failing
 
 Options:
   -h, --help      this help; 'tcpka help COMMAND' or 'tcpka COMMAND --help' for the options of a command
@@ -50,6 +52,7 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   "idle-timeout": async () => (await import("./idle-timeout.js")).runIdleTimeout,
   echo: async () => (await import("./echo.js")).runEcho,
   agent: async () => (await import("./agent.js")).runAgent,
+  status: async () => (await import("./status.js")).runStatus,
 };
 
 export function version(): string {

@@ -16,6 +16,7 @@ import { busyboxImage, needsPodman, startContainer } from "../helpers/podman.js"
 import { Process } from "../helpers/processes.js";
 import { tempDir } from "../helpers/scope.js";
 import { tcpkaHere as tcpka } from "../helpers/tcpka.js";
+import { NOBODY } from "../helpers/users.js";
 
 /** The example of issue 16, as written (also in README.md). */
 const EXAMPLE = readFileSync(fixture("policy-example.yaml"), "utf8");
@@ -58,9 +59,13 @@ test("agent --check: errors one per line with their lines, exit 2; bad files and
   mkdirSync(join(dir, "d"));
   assert.match(tcpka(["agent", "--check", join(dir, "d")]).stderr, /is not a regular file/);
   assert.equal(tcpka(["agent", "--check", file, file]).status, 2);
-  const apply = tcpka(["agent", "--policy", file]);
-  assert.notEqual(apply.status, 0, "the agent itself is not built: it says so");
-  assert.match(apply.stderr, /^tcpka: the agent that applies a policy is not built yet; nothing was applied\n/);
+  // The agent itself: a resync it cannot keep is refused before anything runs; another user is told to be root.
+  const resync = tcpka(["agent", "--policy", file, "--resync", "100ms"]);
+  assert.equal(resync.status, 2, resync.stderr);
+  assert.match(resync.stderr, /^tcpka: --resync 100ms: a duration from 1s to 1d, e.g. 30s\n/);
+  const nobody = tcpka(["agent", "--policy", file], process.geteuid?.() === 0 ? { user: NOBODY } : {});
+  assert.equal(nobody.status, 1, nobody.stderr);
+  assert.match(nobody.stderr, /^tcpka: the agent attaches BPF programs to cgroups: run it as root\n/);
 });
 
 test("agent --explain PID: a process in a cgroup, and a container that carries a pod's annotations", async (t) => {

@@ -1,0 +1,116 @@
+/**
+ * Which cgroup the agent gives which rule (src/agent/plan.ts), from facts as /proc and the runtimes would give
+ * them: whole cgroups of one rule only, and everything else reported with why.
+ */
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { planPolicy, sameAsRule } from "../../src/agent/plan.js";
+import { type ProcessFacts, parsePolicy } from "../../src/policy.js";
+
+const policy = parsePolicy(
+  `rules:
+  - name: billing
+    match: {container: {name: "billing-*"}}
+    connections: {only: ["10.0.0.0/8:5432"]}
+    keepalive: {idle: 60s, interval: 10s, count: 6}
+  - name: api
+    match: {unit: api.service}
+    keepalive: {for: azure-lb}
+    mode: force
+  - name: java
+    match: {process: {name: java}}
+    keepalive: {idle: 2m}
+  - name: watched
+    match: {cgroup: /watched}
+    keepalive: {idle: 30s}
+    mechanism: live
+`,
+  "policy.yaml",
+);
+
+let nextPid = 100;
+function proc(cgroup: string | null, more: Partial<ProcessFacts> = {}): ProcessFacts {
+  return {
+    pid: nextPid++,
+    comm: "sh",
+    exe: "/bin/sh",
+    uid: 0,
+    user: "root",
+    cgroup,
+    unit: null,
+    container: null,
+    pod: null,
+    ...more,
+  };
+}
+
+test("a cgroup whose processes are all one rule's is that rule's target, with its container, pod or unit", () => {
+  const c = { name: "billing-1", id: "a".repeat(64) };
+  const plan = planPolicy(policy, [
+    proc("/machine/libpod-aaaa", { container: c }),
+    proc("/machine/libpod-aaaa", { container: c, comm: "psql" }),
+    proc("/system.slice/api.service", { unit: "api.service" }),
+    proc("/user.slice/user-1000.slice/session-2.scope"), // no rule: not a target, not reported
+  ]);
+  assert.deepEqual(
+    plan.targets.map((t) => [t.cgroup, t.rule.name, t.processes.length, t.container, t.unit]),
+    [
+      ["/machine/libpod-aaaa", "billing", 2, "billing-1", null],
+      ["/system.slice/api.service", "api", 1, null, "api.service"],
+    ],
+  );
+  assert.deepEqual(plan.uncovered, []);
+});
+
+test("a cgroup shared with processes of another rule or of none is reported, never enforced half", () => {
+  const plan = planPolicy(policy, [
+    proc("/shared", { comm: "java" }),
+    proc("/shared", { comm: "java" }),
+    proc("/shared", { comm: "bash" }),
+  ]);
+  assert.deepEqual(plan.targets, []);
+  assert.equal(plan.uncovered.length, 1);
+  const u = plan.uncovered[0];
+  assert.equal(u?.rule.name, "java");
+  assert.equal(u?.processes.length, 2);
+  assert.equal(u?.why, "its cgroup /shared also holds 1 process of no rule; the agent enforces whole cgroups only");
+});
+
+test("the first matching rule wins; live (not built) and no cgroup v2 are reported", () => {
+  // A java process in api.service: the unit rule comes first.
+  const plan = planPolicy(policy, [
+    proc("/system.slice/api.service", { unit: "api.service", comm: "java" }),
+    proc("/watched/a"),
+    proc(null, { comm: "java" }),
+  ]);
+  assert.deepEqual(
+    plan.targets.map((t) => t.rule.name),
+    ["api"],
+  );
+  assert.deepEqual(
+    plan.uncovered.map((u) => [u.rule.name, u.why.split(":")[0]]),
+    [
+      ["java", "in no cgroup v2"],
+      ["watched", "mechanism live"],
+    ],
+  );
+});
+
+test("an enforcement is left alone only when its description is what the rule asks for", () => {
+  const billing = policy.rules[0];
+  assert.ok(billing);
+  const described = {
+    mode: "strengthen",
+    idle_s: 60,
+    interval_s: 10,
+    count: 6,
+    only: ["10.0.0.0/8:5432"],
+    except: [],
+    rule: "billing",
+  };
+  assert.ok(sameAsRule(described, billing));
+  assert.ok(!sameAsRule({ ...described, idle_s: 45 }, billing), "other settings");
+  assert.ok(!sameAsRule({ ...described, only: [] }, billing), "other connections");
+  assert.ok(!sameAsRule({ ...described, mode: "force" }, billing), "another mode");
+  assert.ok(!sameAsRule({ ...described, rule: "billing-old" }, billing), "another rule's, even with the same settings");
+});
