@@ -309,9 +309,12 @@ export class Agent {
         removeEnforcement(cgroup, this.o.mount, "agent");
         this.existing.delete(cgroup);
         removed.push({ cgroup, rule });
-        this.o.log(
-          `removed the enforcement of rule ${rule ?? "?"} on ${cgroup} (no rule of the policy selects it now)`,
-        );
+        const why = !existsSync(join(dir, "cgroup.procs"))
+          ? "its cgroup is gone"
+          : rule !== null && rules.has(rule)
+            ? "its processes are not that rule's now"
+            : "the rule is not in the policy now";
+        this.o.log(`removed the enforcement of rule ${rule ?? "?"} on ${cgroup} (${why})`);
       } catch (e) {
         if (!(e instanceof TcpkaError)) throw e;
         this.o.log(`cannot remove the enforcement on ${cgroup}: ${e.message}`);

@@ -5,7 +5,6 @@
 import { closeSync, fstatSync, openSync, readSync } from "node:fs";
 import { TcpkaError, usage } from "../errors.js";
 import { MAX_POLICY_BYTES, type Policy, parsePolicy } from "../policy.js";
-import { printable } from "../ui/format.js";
 
 /** The file's text. */
 export function readPolicyFile(file: string): string {
@@ -14,15 +13,15 @@ export function readPolicyFile(file: string): string {
     fd = openSync(file, "r");
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    if (code === "ENOENT") throw new TcpkaError("not-found", `no policy at ${printable(file)}`);
-    if (code === "EACCES") throw new TcpkaError("permission", `cannot read ${printable(file)}: permission denied`);
-    throw new TcpkaError("system", `cannot open ${printable(file)}: ${code ?? String(e)}`);
+    if (code === "ENOENT") throw new TcpkaError("not-found", `no policy at ${file}`);
+    if (code === "EACCES") throw new TcpkaError("permission", `cannot read ${file}: permission denied`);
+    throw new TcpkaError("system", `cannot open ${file}: ${code ?? String(e)}`);
   }
   try {
     const st = fstatSync(fd);
-    if (!st.isFile()) throw usage(`${printable(file)} is not a regular file`);
+    if (!st.isFile()) throw usage(`${file} is not a regular file`);
     if (st.size > MAX_POLICY_BYTES) {
-      throw new TcpkaError("invalid", `${printable(file)}: ${st.size} bytes, more than a policy's ${MAX_POLICY_BYTES}`);
+      throw new TcpkaError("invalid", `${file}: ${st.size} bytes, more than a policy's ${MAX_POLICY_BYTES}`);
     }
     const buf = Buffer.alloc(st.size + 1);
     let n = 0;
@@ -33,7 +32,7 @@ export function readPolicyFile(file: string): string {
       n += k;
     }
     if (n > MAX_POLICY_BYTES)
-      throw new TcpkaError("invalid", `${printable(file)}: more than ${MAX_POLICY_BYTES} bytes`);
+      throw new TcpkaError("invalid", `${file}: more than ${MAX_POLICY_BYTES} bytes`);
     return buf.toString("utf8", 0, n);
   } finally {
     closeSync(fd);
