@@ -62,6 +62,8 @@ export interface AgentOptions {
 
 /** Changes closer together than this make one reconcile (a container start touches several files). */
 const SETTLE_MS = 150;
+/** Reconciles that events ask for come at most this often. */
+const MIN_GAP_MS = 1000;
 
 export class Agent {
   private policy: Policy | undefined;
@@ -73,6 +75,8 @@ export class Agent {
   private readonly watched = new Set<string>();
   private wanted: { reload: boolean; reconcile: string | undefined } = { reload: false, reconcile: undefined };
   private settle: NodeJS.Timeout | undefined;
+  private reloadPending = false;
+  private lastReconcile = 0;
   private wake: (() => void) | undefined;
   private lastStatus: AgentStatus | undefined;
   /** what the existing-connections pass did per cgroup, kept for the status until the enforcement changes */
@@ -102,6 +106,7 @@ export class Agent {
             reason = this.wanted.reconcile ?? (next === 0 ? reason : "resync");
             this.wanted.reconcile = undefined;
             await this.reconcile(reason, signal);
+            this.lastReconcile = Date.now();
             this.watchAll(); // roots that appeared since (the first container of a runtime)
             next = Date.now() + this.o.resyncMs;
           }
@@ -138,14 +143,26 @@ export class Agent {
     });
   }
 
-  /** Something changed: reconcile once things settle. */
+  /**
+   * Something changed: reconcile once things settle, and at most once a MIN_GAP_MS for events (a host that
+   * starts containers all the time must not keep the agent reconciling); a policy change waits only to settle.
+   * A change while one is on its way rides along with it.
+   */
   private soon(reason: string, reload = false): void {
-    if (reload) this.wanted.reload = true;
-    clearTimeout(this.settle);
-    this.settle = setTimeout(() => {
-      if (!reload) this.wanted.reconcile ??= reason;
-      this.wake?.();
-    }, SETTLE_MS);
+    if (reload) this.reloadPending = true;
+    if (this.settle !== undefined) return;
+    const gap = reload ? 0 : this.lastReconcile + MIN_GAP_MS - Date.now();
+    this.settle = setTimeout(
+      () => {
+        this.settle = undefined;
+        if (this.reloadPending) {
+          this.reloadPending = false;
+          this.wanted.reload = true;
+        } else this.wanted.reconcile ??= reason;
+        this.wake?.();
+      },
+      Math.max(SETTLE_MS, gap),
+    );
   }
 
   /**

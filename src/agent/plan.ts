@@ -4,9 +4,9 @@
  *
  * The agent enforces per cgroup (the BPF programs of `tcpka enforce` attach to one), on the cgroup the
  * processes are in: a container's, a unit's, a pod container's. A cgroup is a target only when every process in
- * it that may hold sockets is selected by the same rule (the first that matches, as everywhere in a policy): a
- * cgroup shared with processes of another rule, or of none, would give them settings the policy does not give
- * them, so it is reported instead, never enforced half.
+ * it and in the cgroups below it (its programs run there too) that may hold sockets is selected by the same rule
+ * (the first that matches, as everywhere in a policy): a cgroup shared with processes of another rule, or of
+ * none, would give them settings the policy does not give them, so it is reported instead, never enforced half.
  */
 import type { EndpointRule } from "../filter.js";
 import { endpointRuleText } from "../filter.js";
@@ -50,6 +50,16 @@ export function planPolicy(policy: Policy, facts: readonly ProcessFacts[]): Plan
   }
   const targets: Target[] = [];
   const uncovered: Uncovered[] = [];
+  /** How many processes in the cgroups below `cgroup` are not `rule`'s. */
+  const belowOf = (cgroup: string, rule: PolicyRule): number => {
+    const prefix = cgroup === "/" ? "/" : `${cgroup}/`;
+    let n = 0;
+    for (const [other, list] of byCgroup) {
+      if (other === null || other === cgroup || !other.startsWith(prefix)) continue;
+      for (const m of list) if (m.rule !== rule) n++;
+    }
+    return n;
+  };
   const order = [...byCgroup.keys()].sort((a, b) => (a ?? "").localeCompare(b ?? ""));
   for (const cgroup of order) {
     const members = byCgroup.get(cgroup) ?? [];
@@ -60,11 +70,15 @@ export function planPolicy(policy: Policy, facts: readonly ProcessFacts[]): Plan
       const processes = mine.map((m) => ({ pid: m.f.pid, comm: m.f.comm }));
       const others = members.length - mine.length;
       let why: string | undefined;
+      const below = cgroup === null || others > 0 ? 0 : belowOf(cgroup, rule);
       if (cgroup === null) why = "in no cgroup v2: the agent enforces by cgroup";
       else if (others > 0) {
         const names = new Set(members.filter((m) => m.rule !== rule).map((m) => m.rule?.name ?? null));
         const what = [...names].map((n) => (n === null ? "no rule" : `rule ${n}`)).join(" and ");
         why = `its cgroup ${cgroup} also holds ${others} process${others === 1 ? "" : "es"} of ${what}; the agent enforces whole cgroups only`;
+      } else if (below > 0) {
+        // A cgroup's programs run for every cgroup below it too (the effective programs of cgroup BPF).
+        why = `cgroups below ${cgroup} hold ${below} process${below === 1 ? "" : "es"} of other rules or none, which an enforcement there would cover too`;
       } else if (rule.mechanism === "live") {
         why = "mechanism live: the agent cannot watch processes yet; use mechanism auto (or enforce) for a cgroup";
       }

@@ -114,3 +114,30 @@ test("an enforcement is left alone only when its description is what the rule as
   assert.ok(!sameAsRule({ ...described, mode: "force" }, billing), "another mode");
   assert.ok(!sameAsRule({ ...described, rule: "billing-old" }, billing), "another rule's, even with the same settings");
 });
+
+test("a cgroup with other rules' processes in cgroups below it is not a target: its programs would run there too", () => {
+  const c = { name: "billing-1", id: "b".repeat(64) };
+  // Every process in / is root's java, but a container below / is another rule's.
+  const plan = planPolicy(policy, [
+    proc("/", { comm: "java" }),
+    proc("/machine/libpod-bbbb", { container: c }),
+    proc("/machine/libpod-bbbb/sub", { container: c }),
+  ]);
+  assert.deepEqual(
+    plan.targets.map((t) => [t.cgroup, t.rule.name]),
+    [
+      ["/machine/libpod-bbbb", "billing"],
+      ["/machine/libpod-bbbb/sub", "billing"],
+    ],
+  );
+  assert.deepEqual(
+    plan.uncovered.map((u) => [u.cgroup, u.rule.name, u.why]),
+    [
+      [
+        "/",
+        "java",
+        "cgroups below / hold 2 processes of other rules or none, which an enforcement there would cover too",
+      ],
+    ],
+  );
+});
