@@ -1,13 +1,13 @@
 /**
  * The parts of workloads.ts that are pure: a systemd unit from a cgroup path (paths as systemd lays them out:
- * system services, session scopes, a user's units under user@UID.service, containers' scopes, kubepods), a pod
- * from containerd's and CRI-O's annotations, the few fields read from a runtime's JSON without
+ * system services, session scopes, a user's units under user@UID.service, containers' scopes, kubepods), a pod,
+ * an image and labels from containerd's and CRI-O's annotations, the few fields read from a runtime's JSON without
  * parsing all of it, and lookups in a bbolt file (podman's database) as bbolt lays it out and as nobody should.
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { boltGet } from "../../src/inspect/boltdb.js";
-import { jsonMember, podOf, unitOfCgroup } from "../../src/inspect/workloads.js";
+import { criImageAndLabels, jsonMember, podOf, unitOfCgroup } from "../../src/inspect/workloads.js";
 import {
   BoltFile,
   branchPage,
@@ -124,6 +124,45 @@ test("a member of runtime JSON is found only where it is one, compact or indente
     assert.doesNotThrow(() => m(bad, "init_process_pid", "0"));
   }
   assert.equal(m('{"labels":["unterminated', "labels", "["), undefined);
+});
+
+test("an image and labels from containerd's or CRI-O's annotations, exactly; garbage is no label", () => {
+  const of = (a: Record<string, string>) => {
+    const r = criImageAndLabels(new Map(Object.entries(a)));
+    return { image: r.image, labels: Object.fromEntries(r.labels) };
+  };
+  assert.deepEqual(of({ "io.kubernetes.cri.image-name": "docker.io/library/redis:7" }), {
+    image: "docker.io/library/redis:7",
+    labels: {},
+  });
+  const crio = {
+    "io.kubernetes.cri-o.ImageName": "quay.io/app/api@sha256:0f",
+    "io.kubernetes.cri-o.Labels": JSON.stringify({
+      "io.kubernetes.pod.namespace": "billing",
+      tier: "db",
+      hostile: "a\x1b[2J\n\u202e",
+      "": "",
+    }),
+  };
+  assert.deepEqual(of(crio), {
+    image: "quay.io/app/api@sha256:0f",
+    labels: { "io.kubernetes.pod.namespace": "billing", tier: "db", hostile: "a\x1b[2J\n\u202e", "": "" },
+  });
+  // CRI-O writes "" for an image given by id: no name, not a name "".
+  assert.equal(of({ "io.kubernetes.cri-o.ImageName": "" }).image, null);
+  assert.deepEqual(of({}), { image: null, labels: {} });
+  for (const bad of [
+    "",
+    "{",
+    "[]",
+    '"x"',
+    "null",
+    '{"a":1,"b":["c"],"d":{"e":"f"}}',
+    `{"a":"${"x".repeat(2 << 20)}"}`,
+  ]) {
+    assert.deepEqual(of({ "io.kubernetes.cri-o.Labels": bad }).labels, {}, bad.slice(0, 40));
+  }
+  assert.deepEqual(of({ "io.kubernetes.cri-o.Labels": '{"a":1,"b":"ok"}' }).labels, { b: "ok" }, "strings only");
 });
 
 /** podman's layout: the root bucket, "all-ctrs" (id → name, inline), "ctr" (a bucket per id, key "config"). */
