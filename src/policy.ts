@@ -95,7 +95,11 @@ const SCHEMA = {
               properties: {
                 name: GLOB,
                 image: GLOB,
-                labels: { type: "object", additionalProperties: { type: "string" } },
+                labels: {
+                  type: "object",
+                  minProperties: 1,
+                  additionalProperties: { type: "string", maxLength: 4096 },
+                },
               },
             },
             pod: {
@@ -385,7 +389,8 @@ export interface ProcessFacts {
   /** the cgroup v2 path, "/system.slice/api.service" */
   cgroup: string | null;
   unit: string | null;
-  container: { name: string | null; id: string } | null;
+  /** its container as the runtime's records say (inspect/workloads.ts): name and image null where they hold none */
+  container: { name: string | null; id: string; image: string | null; labels: ReadonlyMap<string, string> } | null;
   pod: { namespace: string; name: string; container: string | null } | null;
 }
 
@@ -393,7 +398,7 @@ export interface ProcessFacts {
 export interface RuleVerdict {
   rule: PolicyRule;
   applies: boolean;
-  /** a selector that cannot be decided yet (container images and labels are not read): the rule is passed over */
+  /** a selector that tcpka cannot decide: the rule is passed over, and this says why (every selector is decided now) */
   undecided?: string;
   reasons: { selector: string; holds: boolean; why: string }[];
 }
@@ -426,7 +431,6 @@ export function explainPolicy(policy: Policy, f: ProcessFacts): RuleVerdict[] {
   return policy.rules.map((rule) => {
     const m = rule.match;
     const reasons: RuleVerdict["reasons"] = [];
-    let undecided: string | undefined;
     const check = (selector: string, holds: boolean, why: string) => reasons.push({ selector, holds, why });
     if (m.container) {
       const c = f.container;
@@ -442,8 +446,30 @@ export function explainPolicy(policy: Policy, f: ProcessFacts): RuleVerdict[] {
             : "not in a container",
         );
       }
-      if (m.container.image !== undefined || m.container.labels !== undefined) {
-        undecided = "container images and labels are not read yet";
+      if (m.container.image !== undefined) {
+        const image = c?.image ?? null;
+        check(
+          `container.image ${m.container.image}`,
+          glob(m.container.image, image),
+          c
+            ? image === null
+              ? "its container has no image in the runtime's records"
+              : `its container's image is ${image}`
+            : "not in a container",
+        );
+      }
+      // Every label given must be there, its value matching (a pattern, as names are).
+      for (const [key, want] of Object.entries(m.container.labels ?? {})) {
+        const have = c?.labels.get(key);
+        check(
+          `container.labels ${key}=${want}`,
+          glob(want, have),
+          c
+            ? have === undefined
+              ? `its container has no label ${key}`
+              : `its container's label ${key} is ${have}`
+            : "not in a container",
+        );
       }
     }
     if (m.pod) {
@@ -483,8 +509,7 @@ export function explainPolicy(policy: Policy, f: ProcessFacts): RuleVerdict[] {
       const holds = typeof m.user === "number" ? f.uid === m.user : f.user === m.user || String(f.uid) === m.user;
       check(`user ${m.user}`, holds, f.uid === null ? "its user cannot be read" : `its user is ${f.user ?? f.uid}`);
     }
-    const applies = undecided === undefined && reasons.every((r) => r.holds);
-    return { rule, applies, ...(undecided ? { undecided } : {}), reasons };
+    return { rule, applies: reasons.every((r) => r.holds), reasons };
   });
 }
 

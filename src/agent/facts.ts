@@ -40,7 +40,7 @@ export function processFacts(
     user: uid === null ? null : (users.get(uid) ?? null),
     cgroup,
     unit: w?.unit ?? null,
-    container: c ? { name: c.name, id: c.id } : null,
+    container: c ? { name: c.name, id: c.id, image: c.image, labels: c.labels } : null,
     pod: c?.pod ?? null,
   };
 }

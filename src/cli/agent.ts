@@ -172,7 +172,7 @@ function explainPid(text: string, file: string, out: Out): number {
     ? `${f.pod.namespace}/${f.pod.name}${f.pod.container ? ` container ${f.pod.container}` : ""}`
     : null;
   out.write(
-    `${processText(f.comm, pid)}: uid ${dash(f.uid)}${f.user ? ` (${printable(f.user)})` : ""}, exe ${dash(f.exe)}, cgroup ${dash(f.cgroup)}, unit ${dash(f.unit)}, container ${dash(f.container?.name ?? f.container?.id.slice(0, 12))}, pod ${dash(pod)}\n`,
+    `${processText(f.comm, pid)}: uid ${dash(f.uid)}${f.user ? ` (${printable(f.user)})` : ""}, exe ${dash(f.exe)}, cgroup ${dash(f.cgroup)}, unit ${dash(f.unit)}, container ${dash(f.container?.name ?? f.container?.id.slice(0, 12))}${f.container?.image ? ` (image ${printable(f.container.image)})` : ""}, pod ${dash(pod)}\n`,
   );
   const verdicts = explainPolicy(policy, f);
   const chosen = verdicts.find((v) => v.applies);

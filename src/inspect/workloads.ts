@@ -8,8 +8,17 @@
  * bundle's annotations as "KEY=VALUE" plus runc's own "bundle=PATH"), crun's status (pid, start time, cgroup path,
  * bundle) with the bundle's config.json (annotations, namespaces). Pods come from the annotations that CRI
  * runtimes write: containerd's io.kubernetes.cri.*, CRI-O's io.kubernetes.pod.* and io.kubernetes.container.name.
- * podman writes its container name nowhere in these records; it is in containers/storage's own containers.json
- * (next to the container's bundle, updated by `podman rename`), which is read for podman's containers only.
+ * The image and the labels, for Kubernetes, from the same annotations: containerd's io.kubernetes.cri.image-name
+ * (pkg/cri/annotations; it writes no labels there), CRI-O's io.kubernetes.cri-o.ImageName and
+ * io.kubernetes.cri-o.Labels, a JSON object in a string (pkg/annotations/internal.go).
+ *
+ * podman writes its container name, image and labels nowhere in these records (`--label` is no annotation; seen
+ * with podman 4.3). The name and the image are in containers/storage's own containers.json (next to the container's
+ * bundle: "names", updated by `podman rename`, and the "metadata" string's "image-name", libpod's
+ * RuntimeContainerMetadata, the name `podman ps` shows); the labels (`--label`, and the image's own, which podman
+ * merges in) only in libpod's database, bolt_state.db, a bbolt file (inspect/boltdb.ts). These are read for
+ * podman's containers only. podman 5 may keep that database in SQLite (db.sql), which is not read: its containers
+ * then have no labels here.
  *
  * Root-owned runtimes write these files, but annotations and names are chosen by whoever starts a container, and
  * a directory may be planted where a runtime's root is missing or open to others. So: only directories and files
@@ -18,6 +27,7 @@
  */
 import { closeSync, constants, fstatSync, lstatSync, openSync, readdirSync, readSync, statSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
+import { boltGet } from "./boltdb.js";
 import { cgroup2Mount, cgroupPath, cgroupPathOfId, cgroupPathOfPid } from "./cgroup.js";
 import { startTimeOf } from "./processes.js";
 
@@ -38,6 +48,13 @@ export interface Container {
   shortId: string;
   /** The engine's name for it (podman's); null where the records hold none. */
   name: string | null;
+  /**
+   * The image it was made from, as its engine names it ("localhost/app:1", "docker.io/library/redis:7"); null where
+   * the records hold none.
+   */
+  image: string | null;
+  /** Its labels (podman's, CRI-O's), exact; empty where it has none or the records hold none. */
+  labels: ReadonlyMap<string, string>;
   pod: Pod | null;
 }
 
@@ -74,6 +91,8 @@ export const STATE_ROOTS: readonly StateRoot[] = [
 /** Caps on what is read: a runc state.json is about 35 KB (most of it the seccomp profile). */
 const MAX_RECORD = 4 << 20;
 const MAX_STORAGE = 64 << 20;
+/** A JSON text inside a record (containers.json's "metadata", CRI-O's Labels annotation), most a few hundred bytes. */
+const MAX_EMBEDDED = 1 << 20;
 
 const { O_RDONLY, O_NOFOLLOW, O_NONBLOCK } = constants;
 
@@ -94,11 +113,10 @@ function trustedDir(path: string): boolean {
 let scratch = Buffer.allocUnsafe(64 << 10);
 
 /**
- * The content of a regular file that only root can change, at most `max` bytes; undefined for anything else. The
- * bytes are valid until the next call. O_NOFOLLOW: a symlink is never followed; O_NONBLOCK: a FIFO planted there
- * does not block the open.
+ * A regular file that only root can change, at most `max` bytes, open; undefined for anything else. O_NOFOLLOW: a
+ * symlink is never followed; O_NONBLOCK: a FIFO planted there does not block the open.
  */
-function readTrusted(path: string, max = MAX_RECORD): Buffer | undefined {
+function openTrusted(path: string, max: number): { fd: number; size: number } | undefined {
   let fd: number;
   try {
     fd = openSync(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
@@ -107,11 +125,24 @@ function readTrusted(path: string, max = MAX_RECORD): Buffer | undefined {
   }
   try {
     const st = fstatSync(fd);
-    if (!st.isFile() || st.uid !== 0 || (st.mode & 0o022) !== 0 || st.size > max) return undefined;
-    if (scratch.length < st.size && st.size <= 1 << 20) scratch = Buffer.allocUnsafe(st.size);
-    const buf = scratch.length < st.size ? Buffer.allocUnsafe(st.size) : scratch;
+    if (st.isFile() && st.uid === 0 && (st.mode & 0o022) === 0 && st.size <= max) return { fd, size: st.size };
+  } catch {
+    // closed below
+  }
+  closeSync(fd);
+  return undefined;
+}
+
+/** The content of a file as openTrusted takes it; undefined for anything else. Valid until the next call. */
+function readTrusted(path: string, max = MAX_RECORD): Buffer | undefined {
+  const file = openTrusted(path, max);
+  if (!file) return undefined;
+  const { fd, size } = file;
+  try {
+    if (scratch.length < size && size <= 1 << 20) scratch = Buffer.allocUnsafe(size);
+    const buf = scratch.length < size ? Buffer.allocUnsafe(size) : scratch;
     let n = 0;
-    for (let r = 1; n < st.size && r > 0; n += r) r = readSync(fd, buf, n, st.size - n, n);
+    for (let r = 1; n < size && r > 0; n += r) r = readSync(fd, buf, n, size - n, n);
     return buf.subarray(0, n);
   } catch {
     return undefined;
@@ -361,17 +392,113 @@ function inode(path: string): number | undefined {
   }
 }
 
-/** podman's container names: containers/storage's containers.json, [{"id", "names": [...]}, ...]. */
-function storageNames(file: string): Map<string, string> {
-  const names = new Map<string, string>();
-  const buf = readTrusted(file, MAX_STORAGE);
+/** What containers/storage keeps of a podman container. */
+interface StorageRecord {
+  name: string | null;
+  image: string | null;
+}
+
+/**
+ * podman's containers in containers/storage's containers.json: [{"id", "names": [...], "metadata": "..."}, ...].
+ * "metadata" is libpod's RuntimeContainerMetadata as JSON in a string (libpod/storage.go): its "image-name" is the
+ * container's RootfsImageName, the normalized name `podman ps` shows ("localhost/app:1" for `podman run app:1`),
+ * empty for a container made from a directory (--rootfs).
+ */
+function storageRecords(file: string): Map<string, StorageRecord> {
+  const records = new Map<string, StorageRecord>();
+  const buf = trustedDir(dirname(file)) ? readTrusted(file, MAX_STORAGE) : undefined;
   const list = buf && parse(buf.toString("utf8"));
   for (const c of Array.isArray(list) ? list : []) {
-    if (isObject(c) && typeof c.id === "string" && Array.isArray(c.names) && typeof c.names[0] === "string") {
-      names.set(c.id, c.names[0]);
+    if (!isObject(c) || typeof c.id !== "string") continue;
+    const name = Array.isArray(c.names) ? (str(c.names[0]) ?? null) : null;
+    const meta = typeof c.metadata === "string" && c.metadata.length <= MAX_EMBEDDED ? parse(c.metadata) : undefined;
+    const image = isObject(meta) ? str(meta["image-name"]) : undefined;
+    records.set(c.id, { name, image: image || null });
+  }
+  return records;
+}
+
+/** A string-to-string object's members as a map (anything else in it skipped); empty for anything else. */
+function stringMap(v: unknown): Map<string, string> {
+  const m = new Map<string, string>();
+  if (isObject(v)) for (const [k, x] of Object.entries(v)) if (typeof x === "string") m.set(k, x);
+  return m;
+}
+
+/**
+ * podman's labels of the containers `ids`, from libpod's database file: bucket "ctr", a bucket per id, key
+ * "config", the container's ContainerConfig as JSON whose top-level "labels" is {KEY: VALUE}
+ * (libpod/boltdb_state_internal.go, libpod/container_config.go). Looked up together, one page at a time.
+ */
+function podmanLabels(file: string, ids: readonly string[]): Map<string, Map<string, string>> {
+  const labels = new Map<string, Map<string, string>>();
+  const db = trustedDir(dirname(file)) ? openTrusted(file, Number.MAX_SAFE_INTEGER) : undefined;
+  if (!db) return labels;
+  const readAt = (offset: number, length: number): Buffer | undefined => {
+    try {
+      const buf = Buffer.allocUnsafe(length);
+      return buf.subarray(0, readSync(db.fd, buf, 0, length, offset));
+    } catch {
+      return undefined;
+    }
+  };
+  try {
+    boltGet(
+      readAt,
+      ids.map((id) => ["ctr", id, "config"]),
+    ).forEach((config, i) => {
+      const c = config && config.length <= MAX_RECORD ? parse(config.toString("utf8")) : undefined;
+      if (isObject(c)) labels.set(ids[i] as string, stringMap(c.labels));
+    });
+  } catch {
+    // boltGet checks every offset (and its tests flip bytes at random); should bytes still get past: no labels
+  } finally {
+    closeSync(db.fd);
+  }
+  return labels;
+}
+
+/**
+ * The image and labels that a Kubernetes runtime wrote into the annotations: containerd's io.kubernetes.cri.image-name
+ * (pkg/cri/annotations; containerd writes no labels there), CRI-O's io.kubernetes.cri-o.ImageName ("some name of
+ * the image", empty when it was given by id) and io.kubernetes.cri-o.Labels, the container's CRI labels as a JSON
+ * object in a string (pkg/annotations/internal.go). A pod's own labels are its sandbox's (kubelet gives a
+ * container only its io.kubernetes.* labels).
+ */
+export function criImageAndLabels(a: ReadonlyMap<string, string>): Pick<Container, "image" | "labels"> {
+  const image = a.get("io.kubernetes.cri.image-name") || a.get("io.kubernetes.cri-o.ImageName") || null;
+  const json = a.get("io.kubernetes.cri-o.Labels");
+  const labels = stringMap(json !== undefined && json.length <= MAX_EMBEDDED ? parse(json) : undefined);
+  return { image, labels };
+}
+
+/**
+ * What podman recorded of its containers, in containers/storage and in libpod's database. A podman container's
+ * bundle is STORAGE/overlay-containers/ID/userdata: containers.json is in STORAGE/overlay-containers, the database
+ * in STORAGE/libpod (libpod's static dir, by default the graph root's libpod/).
+ */
+function podmanRecords(
+  records: readonly RuntimeRecord[],
+): Map<RuntimeRecord, StorageRecord & { labels: ReadonlyMap<string, string> }> {
+  const byDir = new Map<string, RuntimeRecord[]>();
+  for (const r of records) {
+    if (!r.bundle?.startsWith("/") || basename(dirname(r.bundle)) !== r.id) continue;
+    const dir = dirname(dirname(r.bundle));
+    byDir.set(dir, [...(byDir.get(dir) ?? []), r]);
+  }
+  const out = new Map<RuntimeRecord, StorageRecord & { labels: ReadonlyMap<string, string> }>();
+  for (const [dir, rs] of byDir) {
+    const storage = storageRecords(join(dir, "containers.json"));
+    const labels = podmanLabels(
+      join(dirname(dir), "libpod", "bolt_state.db"),
+      rs.map((r) => r.id),
+    );
+    for (const r of rs) {
+      const s = storage.get(r.id);
+      out.set(r, { name: s?.name ?? null, image: s?.image ?? null, labels: labels.get(r.id) ?? new Map() });
     }
   }
-  return names;
+  return out;
 }
 
 /** A container and what is needed to find it: its cgroup path inside the mount, its init process. */
@@ -398,22 +525,30 @@ export class Workloads {
   private mountPath: string | null | undefined;
 
   private constructor(records: readonly (RuntimeRecord & { engine: string | null })[]) {
-    const names = new Map<string, Map<string, string>>();
-    for (const r of records) {
-      const engine = r.engine ?? MANAGERS[r.annotations.get("io.container.manager") ?? ""] ?? null;
-      let name: string | null = null;
-      // podman's bundle is STORAGE/overlay-containers/ID/userdata, with containers.json in STORAGE/overlay-containers.
-      if (engine === "podman" && r.bundle?.startsWith("/") && basename(dirname(r.bundle)) === r.id) {
-        const file = join(dirname(dirname(r.bundle)), "containers.json");
-        if (!names.has(file)) names.set(file, storageNames(file));
-        name = names.get(file)?.get(r.id) ?? null;
-      }
+    const engines = records.map((r) => r.engine ?? MANAGERS[r.annotations.get("io.container.manager") ?? ""] ?? null);
+    const podman = podmanRecords(records.filter((_, i) => engines[i] === "podman"));
+    records.forEach((r, i) => {
+      const engine = engines[i] ?? null;
+      // A podman container's are what podman recorded, never annotations (whoever starts one may add those).
+      const { name, image, labels } =
+        engine === "podman"
+          ? (podman.get(r) ?? { name: null, image: null, labels: new Map() })
+          : { name: null, ...criImageAndLabels(r.annotations) };
       const { pod, sandbox } = podOf(r.annotations);
-      const container: Container = { runtime: r.runtime, engine, id: r.id, shortId: r.id.slice(0, 12), name, pod };
+      const container: Container = {
+        runtime: r.runtime,
+        engine,
+        id: r.id,
+        shortId: r.id.slice(0, 12),
+        name,
+        image,
+        labels,
+        pod,
+      };
       const path = r.cgroup === undefined ? undefined : this.pathInMount(r.cgroup);
       if (path !== undefined && path !== "/") this.byPath.set(path, container);
       this.entries.push({ container, path, record: r, sandbox });
-    }
+    });
     this.containers = this.entries.map((e) => e.container);
   }
 

@@ -2,8 +2,9 @@
  * `tcpka agent --check FILE` as a user runs it: the issue's example policy is accepted and each rule is shown with
  * what it selects and sets; a policy with errors exits 2 with one line per error on stderr, each with its line;
  * a missing file, a directory and a second file are refused; without --check nothing is applied and it says so;
- * --explain PID says which rule applies to a real process in a test cgroup, and to a podman container that
- * carries the annotations containerd writes for a pod, and why each rule before it does not.
+ * --explain PID says which rule applies to a real process in a test cgroup, to a podman container that
+ * carries the annotations containerd writes for a pod, and to podman containers by their image and their labels
+ * (`podman run --label`, which podman keeps in its own database), and why each rule before it does not.
  */
 import assert from "node:assert/strict";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
@@ -12,7 +13,7 @@ import { test } from "node:test";
 import { TestCgroup } from "../helpers/cgroup.js";
 import { needs } from "../helpers/env.js";
 import { fixture } from "../helpers/paths.js";
-import { busyboxImage, needsPodman, startContainer } from "../helpers/podman.js";
+import { busyboxImage, needsPodman, startContainer, type TestContainer } from "../helpers/podman.js";
 import { Process } from "../helpers/processes.js";
 import { tempDir } from "../helpers/scope.js";
 import { tcpkaHere as tcpka } from "../helpers/tcpka.js";
@@ -128,9 +129,84 @@ test("agent --explain PID: a process in a cgroup, and a container that carries a
   if (!container) return; // needsPodman said why
   r = tcpka(["agent", "--explain", String(container.pid), "--policy", file]);
   assert.equal(r.status, 0, r.stderr);
-  assert.match(r.stdout, new RegExp(`container ${container.name}, pod prod/api-7f9 container api\\n`));
+  assert.match(
+    r.stdout,
+    new RegExp(`container ${container.name} \\(image ${container.image}\\), pod prod/api-7f9 container api\\n`),
+  );
   assert.match(
     r.stdout,
     /\nrule prod-api \(line 5\) applies: pod\.namespace prod: its pod's namespace is prod; pod\.container api: its pod's container is api\n {2}→ 600s \/ 120s \/ 5 for gcp-nat \(strengthen\), all connections\n$/,
   );
+});
+
+test("agent --explain PID: podman containers by their image and their labels, and not when a label differs", (t) => {
+  if (!needsPodman(t)) return;
+  const dir = tempDir(t);
+  const image = busyboxImage(t);
+  const otherImage = busyboxImage(t);
+  const sleep = ["sleep", "120"];
+  const db = startContainer(t, image, { labels: { tier: "db", team: "billing" }, cmd: sleep });
+  // Whoever starts a container chooses its labels: this one's would retitle a terminal if printed as it is.
+  const web = startContainer(t, image, {
+    labels: { tier: "web", team: "billing", note: "\x1b]0;pwned\x07" },
+    cmd: sleep,
+  });
+  const ops = startContainer(t, otherImage, { labels: { tier: "db", team: "ops" }, cmd: sleep });
+  const file = join(dir, "policy.yaml");
+  writeFileSync(
+    file,
+    `rules:
+  - name: billing-db
+    match: {container: {labels: {tier: db, team: "bill*"}}}
+    keepalive: {idle: 60s}
+  - name: noted
+    match: {container: {labels: {note: quiet}}}
+    keepalive: {idle: 45s}
+  - name: by-image
+    match: {container: {image: "${image}"}}
+    keepalive: {for: gcp-nat}
+`,
+  );
+  const explain = (pid: number) => {
+    const r = tcpka(["agent", "--explain", String(pid), "--policy", file]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stderr, "");
+    return r.stdout.split("\n");
+  };
+  const head = (c: TestContainer) =>
+    new RegExp(
+      `^sleep\\[${c.pid}\\]: uid 0 \\(root\\), exe \\S+, cgroup ${c.cgroup}, unit -, container ${c.name} \\(image ${c.image}\\), pod -$`,
+    );
+
+  let lines = explain(db.pid);
+  assert.match(lines[0] ?? "", head(db));
+  assert.deepEqual(lines.slice(1), [
+    "rule billing-db (line 2) applies: container.labels tier=db: its container's label tier is db; container.labels team=bill*: its container's label team is billing",
+    "  → 60s / 10s / 6 (strengthen), all connections",
+    "",
+  ]);
+
+  lines = explain(web.pid);
+  assert.match(lines[0] ?? "", head(web));
+  assert.deepEqual(lines.slice(1), [
+    "rule billing-db (line 2) does not apply: container.labels tier=db: its container's label tier is web",
+    "rule noted (line 5) does not apply: container.labels note=quiet: its container's label note is \\x1b]0;pwned\\x07",
+    `rule by-image (line 8) applies: container.image ${image}: its container's image is ${image}`,
+    "  → 600s / 120s / 5 for gcp-nat (strengthen), all connections",
+    "",
+  ]);
+
+  lines = explain(ops.pid);
+  assert.match(lines[0] ?? "", head(ops));
+  assert.deepEqual(lines.slice(1), [
+    "rule billing-db (line 2) does not apply: container.labels team=bill*: its container's label team is ops",
+    "rule noted (line 5) does not apply: container.labels note=quiet: its container has no label note",
+    `rule by-image (line 8) does not apply: container.image ${image}: its container's image is ${otherImage}`,
+    "no rule applies: the agent leaves this process as it is",
+    "",
+  ]);
+
+  // A process on the host is in no container: no image, no labels.
+  lines = explain(process.pid);
+  assert.equal(lines[3], `rule by-image (line 8) does not apply: container.image ${image}: not in a container`);
 });

@@ -1,7 +1,8 @@
 /**
  * Workloads against real podman containers (runc, cgroupfs) and real cgroups: each container is found by the
- * cgroup id of its processes, by its network namespace and by a pid, with the pod its annotations name; the
- * records of the runtime are read as runc wrote them, and none that someone else could have written.
+ * cgroup id of its processes, by its network namespace and by a pid, with the pod its annotations name and the
+ * image and labels podman recorded (containers/storage, libpod's bbolt database); the records are read as runc and
+ * podman wrote them, and none that someone else could have written.
  */
 import assert from "node:assert/strict";
 import {
@@ -14,9 +15,10 @@ import {
   statSync,
   symlinkSync,
   truncateSync,
+  unlinkSync,
   writeFileSync,
 } from "node:fs";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { test } from "node:test";
 import { cgroup2Mount } from "../../src/inspect/cgroup.js";
 import { type Container, type Workload, Workloads } from "../../src/inspect/workloads.js";
@@ -31,9 +33,19 @@ function cgroupId(path: string): number {
   return statSync(join(cgroup2Mount(), path)).ino;
 }
 
-function expected(c: TestContainer, pod: Container["pod"]): Workload {
+function expected(c: TestContainer, pod: Container["pod"], labels: Record<string, string> = {}): Workload {
+  const container: Container = {
+    runtime: "runc",
+    engine: "podman",
+    id: c.id,
+    shortId: c.id.slice(0, 12),
+    name: c.name,
+    image: c.image,
+    labels: new Map(Object.entries(labels)),
+    pod,
+  };
   return {
-    container: { runtime: "runc", engine: "podman", id: c.id, shortId: c.id.slice(0, 12), name: c.name, pod },
+    container,
     unit: null,
     unitUid: null,
   };
@@ -189,6 +201,99 @@ test("a hostile annotation comes back exactly as it was written, and a forged fi
   const w = Workloads.load();
   assert.deepEqual(w.ofPid(c.pid), expected(c, { namespace: "ns", name: hostile, container: null }));
   assert.deepEqual(w.ofNetns(c.netns), expected(c, { namespace: "ns", name: hostile, container: null }));
+});
+
+test("a podman container's image and labels are podman's own records, exactly; annotations do not forge them", (t) => {
+  if (!needsPodman(t)) return;
+  const img = busyboxImage(t);
+  const labels = {
+    tier: "db",
+    "app.kubernetes.io/name": "api",
+    empty: "",
+    hostile: 'e\x1b[31mvil\t"\\\u202e☃\nsecond, line=x',
+  };
+  const c = startContainer(t, img, {
+    labels,
+    // What a Kubernetes runtime writes: for a podman container, not podman's word on its image or labels.
+    annotations: {
+      "io.kubernetes.cri.image-name": "forged",
+      "io.kubernetes.cri-o.ImageName": "forged",
+      "io.kubernetes.cri-o.Labels": '{"tier":"forged"}',
+    },
+    cmd: ["/bin/sleep", "600"],
+  });
+  // podman keeps no label in the bundle or in runc's record (seen: podman 4.3), only in its database.
+  const bundle = readFileSync(`/var/lib/containers/storage/overlay-containers/${c.id}/userdata/config.json`, "utf8");
+  assert.ok(!bundle.includes("app.kubernetes.io/name"), "no label in config.json");
+  assert.ok(!readFileSync(`/run/runc/${c.id}/state.json`, "utf8").includes("app.kubernetes.io/name"));
+  // What podman itself says of them.
+  const inspect = runSync(["podman", "inspect", c.name]);
+  assert.equal(inspect.status, 0, inspect.stderr);
+  const [own] = JSON.parse(inspect.stdout);
+  assert.deepEqual([own.Config.Labels, own.ImageName], [labels, img]);
+  const w = Workloads.load();
+  assert.deepEqual(w.ofPid(c.pid), expected(c, null, labels));
+  // One without labels, from the same image: none, and the image.
+  const bare = startContainer(t, img, { cmd: ["/bin/sleep", "600"] });
+  assert.deepEqual(Workloads.load().ofPid(bare.pid), expected(bare, null));
+});
+
+test("podman's storage and database that someone else could have written are not read", (t) => {
+  if (!needsPodman(t)) return;
+  const c = startContainer(t, busyboxImage(t), { labels: { tier: "db" }, cmd: ["/bin/sleep", "600"] });
+  const storage = "/var/lib/containers/storage";
+  const record = JSON.parse(readFileSync(`/run/runc/${c.id}/state.json`, "utf8"));
+  // A copy of podman's layout for this container, root's and private: runc's record, containers.json, the database.
+  const layout = (name: string) => {
+    const top = join(tempDir(t), name);
+    const fake = join(top, "storage", "overlay-containers");
+    mkdirSync(join(fake, c.id, "userdata"), { recursive: true });
+    mkdirSync(join(top, "storage", "libpod"));
+    copyFileSync(join(storage, "overlay-containers", "containers.json"), join(fake, "containers.json"));
+    copyFileSync(join(storage, "libpod", "bolt_state.db"), join(top, "storage", "libpod", "bolt_state.db"));
+    const labels = (record.config.labels as string[]).map((l) =>
+      l.startsWith("bundle=") ? `bundle=${join(fake, c.id, "userdata")}` : l,
+    );
+    mkdirSync(join(top, "state", c.id), { recursive: true });
+    writeFileSync(
+      join(top, "state", c.id, "state.json"),
+      JSON.stringify({ ...record, config: { ...record.config, labels } }),
+      {
+        mode: 0o600,
+      },
+    );
+    const read = () => {
+      const found = Workloads.load([{ dir: join(top, "state"), engine: null }]).containers;
+      assert.equal(found.length, 1, `${name}: the record itself is read`);
+      const f = found[0] as Container;
+      return { name: f.name, image: f.image, labels: Object.fromEntries(f.labels) };
+    };
+    return { db: join(top, "storage", "libpod", "bolt_state.db"), json: join(fake, "containers.json"), read };
+  };
+  const genuine = layout("genuine");
+  const all = { name: c.name, image: c.image, labels: { tier: "db" } };
+  assert.deepEqual(genuine.read(), all, "the copies are read: the control");
+
+  const nobodyDb = layout("nobody-db");
+  chownSync(nobodyDb.db, NOBODY.uid, NOBODY.gid);
+  assert.deepEqual(nobodyDb.read(), { ...all, labels: {} }, "a database another user owns");
+  const openDir = layout("open-dir");
+  chmodSync(dirname(openDir.db), 0o777);
+  assert.deepEqual(openDir.read(), { ...all, labels: {} }, "a database in a directory anyone may write");
+  const linked = layout("symlinked-db");
+  unlinkSync(linked.db);
+  symlinkSync(join(storage, "libpod", "bolt_state.db"), linked.db);
+  assert.deepEqual(linked.read(), { ...all, labels: {} }, "a symlink to the real database");
+  const torn = layout("truncated-db");
+  truncateSync(torn.db, 3000);
+  assert.deepEqual(torn.read(), { ...all, labels: {} }, "a database cut short");
+  const nobodyJson = layout("nobody-json");
+  chmodSync(nobodyJson.json, 0o666);
+  assert.deepEqual(
+    nobodyJson.read(),
+    { name: null, image: null, labels: { tier: "db" } },
+    "a containers.json anyone may write",
+  );
 });
 
 test("state directories and files that someone else could have written are not read", (t) => {

@@ -79,6 +79,8 @@ export function busyboxImage(scope: Scope): string {
 export interface ContainerOptions {
   /** `--annotation KEY=VALUE` each: what a CRI runtime writes into the bundle (and runc into its state.json). */
   annotations?: Record<string, string>;
+  /** `--label KEY=VALUE` each: podman keeps them in its own database (libpod's bolt_state.db), not in the bundle. */
+  labels?: Record<string, string>;
   /** Host paths bind-mounted read-only, at `target` inside. */
   mounts?: readonly { source: string; target: string }[];
   /** Namespaced sysctls of its network namespace (`--sysctl`), e.g. net.ipv4.tcp_keepalive_time. */
@@ -93,6 +95,8 @@ export interface ContainerOptions {
 export interface TestContainer {
   id: string;
   name: string;
+  /** The image it was started from, as podman names it. */
+  image: string;
   /** Its init process, as the host sees it. */
   pid: number;
   /** The inode number of its network namespace (net:[INUM]). */
@@ -112,6 +116,8 @@ export function startContainer(scope: Scope, image: string, opts: ContainerOptio
   for (const [k, v] of Object.entries(opts.annotations ?? {})) {
     args.push("--annotation", `"${`${k}=${v}`.replaceAll('"', '""')}"`);
   }
+  // --label is split at its first "=" only (no CSV): a value keeps its commas, quotes and newlines as given.
+  for (const [k, v] of Object.entries(opts.labels ?? {})) args.push("--label", `${k}=${v}`);
   for (const m of opts.mounts ?? []) args.push("-v", `${m.source}:${m.target}:ro`);
   for (const [k, v] of Object.entries(opts.sysctls ?? {})) args.push("--sysctl", `${k}=${v}`);
   live.set(name, image);
@@ -126,6 +132,7 @@ export function startContainer(scope: Scope, image: string, opts: ContainerOptio
   return {
     id,
     name,
+    image,
     pid: Number(pid),
     netns: statSync(`/proc/${pid}/ns/net`).ino,
     cgroup: cgroupLine.slice(3),

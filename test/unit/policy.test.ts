@@ -111,8 +111,11 @@ describe("which rule applies to a process (explainPolicy, matchPolicy)", () => {
     match: {pod: {namespace: prod, container: "api?"}}
     keepalive: {for: gcp-nat}
   - name: images
-    match: {container: {image: "postgres:*"}}
+    match: {container: {image: "*/postgres:1?"}}
     keepalive: {idle: 30s}
+  - name: labelled
+    match: {container: {labels: {tier: db, team: "bill*", empty: ""}}}
+    keepalive: {idle: 20s}
   - name: workers
     match: {cgroup: /workers, user: 1000}
     keepalive: {for: azure-lb}
@@ -134,12 +137,18 @@ describe("which rule applies to a process (explainPolicy, matchPolicy)", () => {
     pod: null,
   };
   const first = (f: Partial<ProcessFacts>) => matchPolicy(policy, { ...none, ...f })?.name;
+  const container = (name: string | null, more: { image?: string; labels?: Record<string, string> } = {}) => ({
+    name,
+    id: "0123456789abcdef",
+    image: more.image ?? null,
+    labels: new Map(Object.entries(more.labels ?? {})),
+  });
 
   test("each selector, with * and ?; all of a rule's must hold; the first rule wins", () => {
-    assert.equal(first({ container: { name: "billing-7", id: "a" } }), "billing");
-    assert.equal(first({ container: { name: "payments", id: "a" } }), undefined);
+    assert.equal(first({ container: container("billing-7") }), "billing");
+    assert.equal(first({ container: container("payments") }), undefined);
     const pod = { namespace: "prod", name: "api-5d8", container: "api2" };
-    assert.equal(first({ container: { name: null, id: "b" }, pod }), "prod");
+    assert.equal(first({ container: container(null), pod }), "prod");
     assert.equal(first({ pod: { ...pod, container: "api10" } }), undefined, "? is one character");
     assert.equal(first({ pod: { ...pod, container: null } }), undefined, "a pod's sandbox has no container name");
     assert.equal(first({ cgroup: "/workers/a/b", uid: 1000 }), "workers", "a cgroup below the one named");
@@ -148,17 +157,73 @@ describe("which rule applies to a process (explainPolicy, matchPolicy)", () => {
     assert.equal(first({ unit: "api-v2.service", exe: "/usr/bin/node" }), "api");
     assert.equal(first({ unit: "api-v2.service", exe: null }), undefined, "an unreadable exe matches no pattern");
     // Both hold billing and prod: the first of them wins.
-    assert.equal(first({ container: { name: "billing-1", id: "c" }, pod }), "billing");
+    assert.equal(first({ container: container("billing-1"), pod }), "billing");
   });
 
-  test("a selector tcpka cannot read yet passes the rule over, and says so", () => {
-    const v = explainPolicy(policy, { ...none, container: { name: "pg", id: "d" } });
-    assert.equal(v[2]?.rule.name, "images");
-    assert.equal(v[2]?.applies, false);
-    assert.equal(v[2]?.undecided, "container images and labels are not read yet");
+  test("a container's image by pattern; its labels: every one given present, its value matching", () => {
+    assert.equal(first({ container: container("pg", { image: "docker.io/library/postgres:16" }) }), "images");
+    assert.equal(first({ container: container("pg", { image: "docker.io/library/postgres:9" }) }), undefined);
+    assert.equal(first({ container: container("pg") }), undefined, "no image in the records matches no pattern");
+    const labels = { tier: "db", team: "billing", empty: "", other: "x" };
+    assert.equal(first({ container: container("x", { labels }) }), "labelled", "more labels than the rule's");
+    for (const [what, l] of [
+      ["a value that differs", { ...labels, tier: "web" }],
+      ["a pattern that does not match", { ...labels, team: "ops" }],
+      ["a label missing", { tier: "db", team: "billing" }],
+      ["an empty value is a value", { ...labels, empty: "x" }],
+      ["keys are exact", { ...labels, tier: undefined, Tier: "db" }],
+    ] as const) {
+      const defined = Object.fromEntries(Object.entries(l).filter(([, v]) => v !== undefined)) as Record<
+        string,
+        string
+      >;
+      assert.equal(first({ container: container("x", { labels: defined }) }), undefined, what);
+    }
+    assert.equal(first({}), undefined, "not in a container");
+  });
+
+  test("each verdict says what it read: the image, each label, or that there is none", () => {
+    const f = { ...none, container: container("pg", { image: "localhost/pg:1", labels: { tier: "web" } }) };
+    const v = explainPolicy(policy, f);
+    assert.deepEqual(
+      v.map((r) => [r.rule.name, r.applies, r.undecided]),
+      [
+        ["billing", false, undefined],
+        ["prod", false, undefined],
+        ["images", false, undefined],
+        ["labelled", false, undefined],
+        ["workers", false, undefined],
+        ["api", false, undefined],
+      ],
+    );
     assert.deepEqual(v[0]?.reasons, [
       { selector: "container.name billing-*", holds: false, why: "its container is pg" },
     ]);
+    assert.deepEqual(v[2]?.reasons, [
+      { selector: "container.image */postgres:1?", holds: false, why: "its container's image is localhost/pg:1" },
+    ]);
+    assert.deepEqual(v[3]?.reasons, [
+      { selector: "container.labels tier=db", holds: false, why: "its container's label tier is web" },
+      { selector: "container.labels team=bill*", holds: false, why: "its container has no label team" },
+      { selector: "container.labels empty=", holds: false, why: "its container has no label empty" },
+    ]);
+    const bare = explainPolicy(policy, { ...none, container: container("pg") });
+    assert.equal(bare[2]?.reasons[0]?.why, "its container has no image in the runtime's records");
+    const host = explainPolicy(policy, none);
+    assert.deepEqual(
+      [host[2]?.reasons[0]?.why, ...(host[3]?.reasons.map((r) => r.why) ?? [])],
+      ["not in a container", "not in a container", "not in a container", "not in a container"],
+    );
+    // The text as found: escaping is for printing (cli/agent.ts), not for the verdict.
+    const odd = explainPolicy(policy, { ...none, container: container("pg", { labels: { tier: "d\x1b[2Jb" } }) });
+    assert.equal(odd[3]?.reasons[0]?.why, "its container's label tier is d\x1b[2Jb");
+  });
+
+  test("labels: {} is refused: it would select every process", () => {
+    assert.deepEqual(
+      errorsOf("rules:\n  - name: a\n    match: {container: {labels: {}}}\n    keepalive: {idle: 1m}\n"),
+      ["p.yaml:3:33: rules[0].match.container.labels: needs at least one field"],
+    );
   });
 
   test("patterns are whole-string and take nothing else as special", () => {
