@@ -1,7 +1,7 @@
 /**
  * What an install gets. `npm pack` ships what tcpka needs to run and to build its library again on a system
- * where the prebuilt one cannot be loaded (dist, bin, the shim's sources and build.sh, the library, LICENSE), and
- * none of the tests. The prebuilt library carries no debug info and needs no glibc symbol version newer than
+ * where the prebuilt one cannot be loaded (dist, bin, the shim's sources and build.sh, the library, LICENSE), the
+ * systemd unit of the agent (README installs it from there), and none of the tests. The prebuilt library carries no debug info and needs no glibc symbol version newer than
  * 2.17, so that one build loads on old systems as well as on the one it was built on.
  */
 import assert from "node:assert/strict";
@@ -38,6 +38,7 @@ test("npm pack: the tarball holds what an install needs and none of the tests", 
     "native/shim.h",
     "native/build.sh",
     "native/build/libtcpka.so",
+    "contrib/systemd/tcpka-agent.service",
   ]) {
     assert.ok(files.includes(need), `${need} is missing from ${JSON.stringify(files)}`);
   }
