@@ -17,11 +17,13 @@
  * without one, the enforcements in place stay as they are), and every error is reported with its line.
  */
 import { createHash } from "node:crypto";
-import { existsSync, type FSWatcher, readdirSync, watch } from "node:fs";
+import { existsSync, type FSWatcher, readdirSync, statSync, watch } from "node:fs";
 import { dirname, join } from "node:path";
 import type { EnforceSpec } from "../bpf/keepalive.js";
 import {
   agentEnforcements,
+  BPF_FS,
+  bpffsMounted,
   type EnforceResult,
   enforceOnCgroup,
   listEnforcements,
@@ -76,6 +78,8 @@ export class Agent {
   private wanted: { reload: boolean; reconcile: string | undefined } = { reload: false, reconcile: undefined };
   private settle: NodeJS.Timeout | undefined;
   private reloadPending = false;
+  /** why the events on their way ask for a reconcile */
+  private pending: string | undefined;
   private lastReconcile = 0;
   private wake: (() => void) | undefined;
   private lastStatus: AgentStatus | undefined;
@@ -119,6 +123,7 @@ export class Agent {
       for (const w of this.watchers) w.close();
       this.watchers = [];
       clearTimeout(this.settle);
+      this.settle = undefined;
       lock.release();
     }
   }
@@ -150,15 +155,17 @@ export class Agent {
    */
   private soon(reason: string, reload = false): void {
     if (reload) this.reloadPending = true;
+    else this.pending ??= reason;
     if (this.settle !== undefined) return;
     const gap = reload ? 0 : this.lastReconcile + MIN_GAP_MS - Date.now();
     this.settle = setTimeout(
       () => {
         this.settle = undefined;
-        if (this.reloadPending) {
-          this.reloadPending = false;
-          this.wanted.reload = true;
-        } else this.wanted.reconcile ??= reason;
+        // A reload asked for in the same burst adds to the reconcile the events ask for, never replaces it.
+        if (this.reloadPending) this.wanted.reload = true;
+        if (this.pending !== undefined) this.wanted.reconcile ??= this.pending;
+        this.reloadPending = false;
+        this.pending = undefined;
         this.wake?.();
       },
       Math.max(SETTLE_MS, gap),
@@ -230,6 +237,17 @@ export class Agent {
     if (!policy) {
       this.writeStatus({ at: new Date().toISOString(), reason, ms: 0 }, undefined, []);
       return;
+    }
+    if (!bpffsMounted() && !hostMountNamespace()) {
+      // Pins made in a mount namespace of the agent's own (a service's sandbox) would be seen by no one else,
+      // and made again beside the host's once it mounts bpffs: stop, and let the service mount it and restart us.
+      throw new TcpkaError(
+        "system",
+        `no BPF file system at ${BPF_FS}, and this agent runs in a mount namespace of its own: stopping rather than pinning where nothing else sees it`,
+        {
+          hint: `mount it in the host's namespace (mount -t bpf bpf ${BPF_FS}); tcpka-agent.service does so when it starts`,
+        },
+      );
     }
     const plan = planPolicy(policy, everyProcess());
     const mine = new Map(agentEnforcements().map((a) => [a.cgroup, a]));
@@ -409,6 +427,17 @@ function targetStatus(t: Target): TargetStatus {
 function where(t: Target): string {
   const what = t.pod ? `pod ${t.pod}` : t.container ? `container ${t.container}` : t.unit ? `unit ${t.unit}` : null;
   return what ? `${what} (${t.cgroup})` : t.cgroup;
+}
+
+/** Whether this process shares the mount namespace of the host's init (pid 1), as far as it can tell. */
+function hostMountNamespace(): boolean {
+  try {
+    const own = statSync("/proc/self/ns/mnt");
+    const init = statSync("/proc/1/ns/mnt");
+    return own.ino === init.ino && own.dev === init.dev;
+  } catch {
+    return true; // pid 1's cannot be read (another pid namespace): the mount is then its own to make
+  }
 }
 
 function subdirs(dir: string): string[] {

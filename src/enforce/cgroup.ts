@@ -152,7 +152,7 @@ export function cgroupOfPinName(name: string): string | undefined {
   return pinName(path) === name ? path : undefined;
 }
 
-function bpffsMounted(): boolean {
+export function bpffsMounted(): boolean {
   try {
     return readFileSync("/proc/self/mounts", "utf8")
       .split("\n")
