@@ -45,7 +45,7 @@ function proc(cgroup: string | null, more: Partial<ProcessFacts> = {}): ProcessF
 }
 
 test("a cgroup whose processes are all one rule's is that rule's target, with its container, pod or unit", () => {
-  const c = { name: "billing-1", id: "a".repeat(64) };
+  const c = { name: "billing-1", id: "a".repeat(64), image: null, labels: new Map<string, string>() };
   const plan = planPolicy(policy, [
     proc("/machine/libpod-aaaa", { container: c }),
     proc("/machine/libpod-aaaa", { container: c, comm: "psql" }),
@@ -116,7 +116,7 @@ test("an enforcement is left alone only when its description is what the rule as
 });
 
 test("a cgroup with other rules' processes in cgroups below it is not a target: its programs would run there too", () => {
-  const c = { name: "billing-1", id: "b".repeat(64) };
+  const c = { name: "billing-1", id: "b".repeat(64), image: null, labels: new Map<string, string>() };
   // Every process in / is root's java, but a container below / is another rule's.
   const plan = planPolicy(policy, [
     proc("/", { comm: "java" }),
