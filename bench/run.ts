@@ -7,9 +7,11 @@
  *   shim     the LD_PRELOAD shim's cost per connection against the program's own setsockopt calls (shim.ts)
  *   enable   tcpka enable on 10,000 and 50,000 live sockets (enable.ts, its own process)
  *   enforce  connections per second in a cgroup with and without tcpka enforce (enforce.ts, its own process)
+ *   agent    tcpka agent's own CPU, idle with 100,000 connections under it and 200 processes starting a second
+ *            (agent.ts, its own process)
  *
  * Environment:
- *   BENCH_ONLY         a comma-separated subset of ls,shim,enable,enforce (default: all four)
+ *   BENCH_ONLY         a comma-separated subset of ls,shim,enable,enforce,agent (default: all five)
  *   BENCH_SOCKETS      ls: socket counts (default 20000,100000); the smallest and the largest are the issue's
  *                      20,000 and 100,000
  *   BENCH_RUNS         ls: timed rounds per command (7), after one warm-up round
@@ -37,7 +39,7 @@ import { benchShim, reportShim, type ShimResult } from "./shim.js";
 
 const ROOT = fileURLToPath(new URL("../../", import.meta.url)); // dist-test/bench -> project root
 const env = (name: string, dflt: string) => process.env[name] || dflt;
-const ONLY = new Set(env("BENCH_ONLY", "ls,shim,enable,enforce").split(","));
+const ONLY = new Set(env("BENCH_ONLY", "ls,shim,enable,enforce,agent").split(","));
 
 function sh(cmd: string, args: string[]): string {
   const r = spawnSync(cmd, args, { encoding: "utf8" });
@@ -131,6 +133,7 @@ async function main(): Promise<number> {
     const scripts: [string, string[]][] = [
       ["enable", []],
       ["enforce", ["--cycles", "10000", "--rounds", "30"]],
+      ["agent", []],
     ];
     for (const [name, args] of scripts) {
       if (!ONLY.has(name)) continue;

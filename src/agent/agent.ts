@@ -24,10 +24,10 @@ import {
   agentEnforcements,
   BPF_FS,
   bpffsMounted,
-  type EnforceResult,
   enforceOnCgroup,
   listEnforcements,
   NotOwned,
+  PIN_ROOT,
   removeEnforcement,
   withMarks,
 } from "../enforce/cgroup.js";
@@ -83,8 +83,17 @@ export class Agent {
   private lastReconcile = 0;
   private wake: (() => void) | undefined;
   private lastStatus: AgentStatus | undefined;
-  /** what the existing-connections pass did per cgroup, kept for the status until the enforcement changes */
+  /**
+   * What the existing-connections pass did per cgroup ("changing" while it is queued or runs), kept for the
+   * status until the enforcement changes. The passes run one after the other, behind the reconciles: a pass is
+   * paced over up to an idle time (live/spread.ts), and a new container must not wait for it.
+   */
   private readonly existing = new Map<string, TargetStatus["existing"]>();
+  private passes: Promise<void> = Promise.resolve();
+  /** the latest pass queued for each cgroup */
+  private readonly passOf = new Map<string, object>();
+  /** the last reconcile's plan and what became of each target, for the status */
+  private lastDone: { plan: Plan; states: ReadonlyMap<Target, TargetStatus> } | undefined;
 
   constructor(private readonly o: AgentOptions) {}
 
@@ -122,6 +131,7 @@ export class Agent {
     } finally {
       for (const w of this.watchers) w.close();
       this.watchers = [];
+      await this.passes; // each ends after the round under way once the signal has aborted
       clearTimeout(this.settle);
       this.settle = undefined;
       lock.release();
@@ -268,9 +278,10 @@ export class Agent {
       if (own && l?.enforcement && l.where === "here" && sameAsRule(l.enforcement, t.rule)) {
         status.since = l.enforcement.since;
         status.pin = l.name;
-        const done = this.existing.get(t.cgroup);
-        if (done) status.existing = done;
-        continue; // as the policy says: untouched
+        // As the policy says: untouched. After the agent's own start, its connections are changed once more (a
+        // pass an earlier agent began may have been cut short; those already right are left as they are).
+        if (!this.existing.has(t.cgroup)) this.changeExisting(t, join(PIN_ROOT, l.name), signal);
+        continue;
       }
       try {
         const r = enforceOnCgroup(join(this.o.mount, t.cgroup), this.o.mount, specOf(t.rule), { rule: t.rule.name });
@@ -279,8 +290,7 @@ export class Agent {
         status.pin = r.enforcement.name;
         this.o.log(`${r.replaced ? "updated" : "enforcing"} rule ${t.rule.name} on ${where(t)}`);
         if (r.noHook) this.o.log(`warning: ${t.cgroup}: programs' own later keepalive calls are not seen: ${r.noHook}`);
-        status.existing = await this.changeExisting(t, r, signal);
-        this.existing.set(t.cgroup, status.existing);
+        this.changeExisting(t, r.pinDir, signal);
       } catch (e) {
         if (!(e instanceof TcpkaError)) throw e;
         status.state = "failing";
@@ -299,26 +309,45 @@ export class Agent {
     this.writeStatus({ at: new Date().toISOString(), reason, ms }, { plan, states }, removed);
   }
 
-  /** The connections of a target that exist already: changed in the kernel, marked for its setsockopt program. */
-  private async changeExisting(t: Target, r: EnforceResult, signal: AbortSignal): Promise<TargetStatus["existing"]> {
+  /**
+   * The connections of a target that exist already, changed in the kernel and marked for its setsockopt program
+   * (the marks pinned in `pinDir`, where rules choose the connections): queued behind the passes before it.
+   */
+  private changeExisting(t: Target, pinDir: string, signal: AbortSignal): void {
     const spec = specOf(t.rule);
-    const summary = await withMarks(r.noHook ? undefined : r.pinDir, (marksFd) =>
-      LiveSession.matching(
-        { only: [...t.rule.only], except: [...t.rule.except] },
-        { disable: false, settings: spec.settings, mode: spec.mode },
-        false,
-        marksFd === undefined ? {} : { marksFd },
-      ).watch(chooseProcesses({ cgroups: [join(this.o.mount, t.cgroup)] }), { signal }),
-    );
-    if (summary.failed) {
-      const why = Object.entries(summary.errors)
-        .map(([k, v]) => `${v} ${k}`)
-        .join(", ");
-      this.o.log(
-        `rule ${t.rule.name} on ${where(t)}: ${summary.failed} existing connections could not be changed (${why})`,
+    this.existing.set(t.cgroup, "changing");
+    const token = {};
+    this.passOf.set(t.cgroup, token);
+    const pass = async () => {
+      // Stopped, removed since, or a later pass of this cgroup (new settings) is queued behind: that one does it.
+      if (signal.aborted || this.passOf.get(t.cgroup) !== token) return;
+      const summary = await withMarks(pinDir, (marksFd) =>
+        LiveSession.matching(
+          { only: [...t.rule.only], except: [...t.rule.except] },
+          { disable: false, settings: spec.settings, mode: spec.mode },
+          false,
+          marksFd === undefined ? {} : { marksFd },
+        ).watch(chooseProcesses({ cgroups: [join(this.o.mount, t.cgroup)] }), { signal }),
       );
-    }
-    return { changed: summary.changed, unchanged: summary.unchanged, failed: summary.failed };
+      if (summary.failed) {
+        const why = Object.entries(summary.errors)
+          .map(([k, v]) => `${v} ${k}`)
+          .join(", ");
+        this.o.log(
+          `rule ${t.rule.name} on ${where(t)}: ${summary.failed} existing connections could not be changed (${why})`,
+        );
+      }
+      if (summary.changed)
+        this.o.log(`rule ${t.rule.name} on ${where(t)}: ${summary.changed} existing connections changed`);
+      this.existing.set(t.cgroup, { changed: summary.changed, unchanged: summary.unchanged, failed: summary.failed });
+      this.writeStatus();
+    };
+    this.passes = this.passes.then(pass).catch((e: unknown) => {
+      this.existing.delete(t.cgroup); // tried again at the next reconcile
+      this.o.log(
+        `rule ${t.rule.name} on ${where(t)}: the existing connections could not be changed: ${(e as Error).message}`,
+      );
+    });
   }
 
   /**
@@ -343,6 +372,7 @@ export class Agent {
       try {
         removeEnforcement(cgroup, this.o.mount, "agent");
         this.existing.delete(cgroup);
+        this.passOf.delete(cgroup);
         removed.push({ cgroup, rule });
         const why = !existsSync(join(dir, "cgroup.procs"))
           ? "its cgroup is gone"
@@ -363,6 +393,8 @@ export class Agent {
     done?: { plan: Plan; states: ReadonlyMap<Target, TargetStatus> },
     removed?: AgentStatus["removed"],
   ): void {
+    if (done) this.lastDone = done;
+    const last = this.lastDone;
     const policy = this.policy;
     const rules: RuleStatus[] = (policy?.rules ?? []).map((r) => ({
       name: r.name,
@@ -376,11 +408,17 @@ export class Agent {
       preset: r.preset ?? null,
       only: r.only.map(endpointRuleText),
       except: r.except.map(endpointRuleText),
-      targets: done
-        ? done.plan.targets.filter((t) => t.rule === r).map((t) => done.states.get(t) ?? targetStatus(t))
+      targets: last
+        ? last.plan.targets
+            .filter((t) => t.rule === r)
+            .map((t) => {
+              const status = last.states.get(t) ?? targetStatus(t);
+              const existing = this.existing.get(t.cgroup);
+              return existing === undefined || status.state !== "enforced" ? status : { ...status, existing };
+            })
         : [],
-      uncovered: done
-        ? done.plan.uncovered
+      uncovered: last
+        ? last.plan.uncovered
             .filter((u) => u.rule === r)
             .map((u) => ({ cgroup: u.cgroup, ...listedProcesses(u.processes), why: u.why }))
         : [],
@@ -392,7 +430,7 @@ export class Agent {
       started: this.started,
       policy: { file: this.o.policyFile, loaded: this.loadedAt, errors: this.errors },
       reconciled: reconciled ?? previous?.reconciled ?? null,
-      rules: done || !previous ? rules : previous.rules,
+      rules,
       removed: removed ?? previous?.removed ?? [],
     };
     this.lastStatus = s;

@@ -6,7 +6,7 @@
 import { lstatSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { TcpkaError } from "../errors.js";
-import { runtimeBase, writeFileAtomic } from "../sys/files.js";
+import { Lock, runtimeBase, writeFileAtomic } from "../sys/files.js";
 
 export const STATUS_VERSION = 1;
 
@@ -30,8 +30,11 @@ export interface TargetStatus {
   since?: string;
   /** the pin directory under /sys/fs/bpf/tcpka */
   pin?: string;
-  /** the connections that existed when it was made, changed then (enforce --existing's pass) */
-  existing?: { changed: number; unchanged: number; failed: number };
+  /**
+   * the connections that existed when it was made, changed then (enforce --existing's pass, behind the
+   * reconcile: "changing" while it is queued or runs)
+   */
+  existing?: { changed: number; unchanged: number; failed: number } | "changing";
 }
 
 export interface RuleStatus {
@@ -100,4 +103,17 @@ export function readStatus(): AgentStatus | undefined {
   if (s.version !== STATUS_VERSION)
     throw new TcpkaError("system", `${path}: status version ${s.version}, not ${STATUS_VERSION}`);
   return s;
+}
+
+/** Whether an agent holds its lock now (a pid in the status may have been reused; a lock cannot be). */
+export function agentRuns(): boolean {
+  const base = runtimeBase();
+  if (base === undefined) return false;
+  try {
+    Lock.take(join(base, "agent.lock"), "read the agent's status", { shared: true, timeoutMs: 0 }).release();
+    return false;
+  } catch (e) {
+    if (e instanceof TcpkaError && /still holds/.test(e.message)) return true;
+    throw e;
+  }
 }

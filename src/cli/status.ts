@@ -2,13 +2,19 @@
  * `tcpka status`: what the agent covers right now, from the status it writes after every reconcile
  * (src/agent/status.ts) and what the kernel counts for each of its enforcements now (the pins' counters).
  */
-import { join } from "node:path";
-import { type AgentStatus, type RuleStatus, readStatus, statusPath, type TargetStatus } from "../agent/status.js";
+import {
+  type AgentStatus,
+  agentRuns,
+  type RuleStatus,
+  readStatus,
+  statusPath,
+  type TargetStatus,
+} from "../agent/status.js";
 import { type Listed, listEnforcements } from "../enforce/cgroup.js";
 import { TcpkaError } from "../errors.js";
 import { cgroup2Mount } from "../inspect/cgroup.js";
 import { formatMs } from "../settings.js";
-import { euid, Lock, runtimeBase } from "../sys/files.js";
+import { euid } from "../sys/files.js";
 import { bool, parse } from "../ui/args.js";
 import { type Out, printable, processText, table } from "../ui/format.js";
 
@@ -65,19 +71,6 @@ export function runStatus(argv: readonly string[], out: Out): number {
   return bad ? 1 : 0;
 }
 
-/** Whether an agent holds its lock now (a pid in the status may have been reused; a lock cannot be). */
-function agentRuns(): boolean {
-  const base = runtimeBase();
-  if (base === undefined) return false;
-  try {
-    Lock.take(join(base, "agent.lock"), "read the agent's status", { shared: true, timeoutMs: 0 }).release();
-    return false;
-  } catch (e) {
-    if (e instanceof TcpkaError && /still holds/.test(e.message)) return true;
-    throw e;
-  }
-}
-
 function withCounts(t: TargetStatus, l: Listed | undefined): TargetStatus & Record<string, unknown> {
   const mine = l?.enforcement?.owner === "agent";
   return {
@@ -130,9 +123,12 @@ function writeRule(r: RuleStatus, counts: ReadonlyMap<string, Listed>, out: Out)
       r.targets.map((t) => {
         const l = counts.get(t.cgroup);
         const c = withCounts(t, l);
-        const existing = t.existing
-          ? `${t.existing.changed} changed${t.existing.failed ? `, ${t.existing.failed} failed` : ""}`
-          : "-";
+        const existing =
+          t.existing === "changing"
+            ? "changing"
+            : t.existing
+              ? `${t.existing.changed} changed${t.existing.failed ? `, ${t.existing.failed} failed` : ""}`
+              : "-";
         return [
           printable(
             t.pod ? `pod ${t.pod}` : t.container ? `container ${t.container}` : t.unit ? `unit ${t.unit}` : "cgroup",
