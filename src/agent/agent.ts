@@ -62,6 +62,57 @@ export interface AgentOptions {
 
 /** Changes closer together than this make one reconcile (a container start touches several files). */
 const SETTLE_MS = 150;
+/** While changes keep coming closer together than SETTLE_MS, a reconcile at least this often all the same. */
+const SETTLE_MAX_MS = 1000;
+
+/**
+ * Changes that ask for the same thing (a reconcile, or a reload of the policy), folded into one `fire`:
+ * SETTLE_MS after the last change of a burst (a container's start touches several files, and the runtime writes
+ * its records after the first of them), and at least every SETTLE_MAX_MS while changes keep coming (a host where
+ * cgroups come and go all the time is reconciled all the same). A fire that the stream forced before SETTLE_MS of
+ * quiet is followed by another one once it is quiet, for what the last changes announced.
+ */
+class Settle {
+  private timer: NodeJS.Timeout | undefined;
+  private first: number | undefined;
+  private last = 0;
+  private reason: string | undefined;
+
+  constructor(private readonly fire: (reason: string) => void) {}
+
+  change(reason: string): void {
+    const now = Date.now();
+    this.reason ??= reason;
+    this.first ??= now;
+    this.last = now;
+    this.arm(now);
+  }
+
+  stop(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+
+  private arm(now: number): void {
+    clearTimeout(this.timer);
+    const at = Math.min(this.last + SETTLE_MS, (this.first ?? now) + SETTLE_MAX_MS);
+    this.timer = setTimeout(() => this.due(), Math.max(0, at - now));
+  }
+
+  private due(): void {
+    this.timer = undefined;
+    const now = Date.now();
+    const reason = this.reason ?? "";
+    if (now - this.last >= SETTLE_MS) {
+      this.reason = undefined;
+      this.first = undefined;
+    } else {
+      this.first = now; // forced by the stream: once more when it is quiet, or SETTLE_MAX_MS from now
+      this.arm(now);
+    }
+    this.fire(reason);
+  }
+}
 
 export class Agent {
   private policy: Policy | undefined;
@@ -72,7 +123,14 @@ export class Agent {
   private watchers: FSWatcher[] = [];
   private readonly watched = new Set<string>();
   private wanted: { reload: boolean; reconcile: string | undefined } = { reload: false, reconcile: undefined };
-  private settle: NodeJS.Timeout | undefined;
+  private readonly reconcileSoon = new Settle((reason) => {
+    this.wanted.reconcile ??= reason;
+    this.wake?.();
+  });
+  private readonly reloadSoon = new Settle(() => {
+    this.wanted.reload = true;
+    this.wake?.();
+  });
   private wake: (() => void) | undefined;
   private lastStatus: AgentStatus | undefined;
   /** what the existing-connections pass did per cgroup, kept for the status until the enforcement changes */
@@ -113,7 +171,8 @@ export class Agent {
     } finally {
       for (const w of this.watchers) w.close();
       this.watchers = [];
-      clearTimeout(this.settle);
+      this.reconcileSoon.stop();
+      this.reloadSoon.stop();
       lock.release();
     }
   }
@@ -138,14 +197,12 @@ export class Agent {
     });
   }
 
-  /** Something changed: reconcile once things settle. */
+  /**
+   * Something changed: reconcile (or read the policy again) once things settle. Reloads and reconciles settle
+   * apart: a change in the policy's directory never takes the place of a reconcile that a container asked for.
+   */
   private soon(reason: string, reload = false): void {
-    if (reload) this.wanted.reload = true;
-    clearTimeout(this.settle);
-    this.settle = setTimeout(() => {
-      if (!reload) this.wanted.reconcile ??= reason;
-      this.wake?.();
-    }, SETTLE_MS);
+    (reload ? this.reloadSoon : this.reconcileSoon).change(reason);
   }
 
   /**
