@@ -22,10 +22,10 @@ import { dirname, join } from "node:path";
 import type { EnforceSpec } from "../bpf/keepalive.js";
 import {
   agentEnforcements,
-  type EnforceResult,
   enforceOnCgroup,
   listEnforcements,
   NotOwned,
+  PIN_ROOT,
   removeEnforcement,
   withMarks,
 } from "../enforce/cgroup.js";
@@ -291,8 +291,27 @@ export class Agent {
         status.since = l.enforcement.since;
         status.pin = l.name;
         const done = this.existing.get(t.cgroup);
-        if (done) status.existing = done;
-        continue; // as the policy says: untouched
+        if (done) {
+          status.existing = done;
+          continue; // as the policy says: untouched
+        }
+        // Made by an agent before this one, which may have been killed before its pass over the connections
+        // that existed then had finished: this one makes that pass once (it changes only what is not as the
+        // rule says). The pins stay as they are.
+        try {
+          const pass = await this.changeExisting(t, { pinDir: join(PIN_ROOT, l.name), noHook: !l.hook }, signal);
+          status.existing = pass;
+          this.existing.set(t.cgroup, pass);
+          if (pass.changed) {
+            this.o.log(`adopted rule ${t.rule.name} on ${where(t)}: ${pass.changed} existing connections changed`);
+          }
+        } catch (e) {
+          if (!(e instanceof TcpkaError)) throw e;
+          status.state = "failing";
+          status.error = e.message;
+          this.o.log(`cannot change the existing connections of rule ${t.rule.name} on ${where(t)}: ${e.message}`);
+        }
+        continue;
       }
       try {
         const r = enforceOnCgroup(join(this.o.mount, t.cgroup), this.o.mount, specOf(t.rule), { rule: t.rule.name });
@@ -301,7 +320,7 @@ export class Agent {
         status.pin = r.enforcement.name;
         this.o.log(`${r.replaced ? "updated" : "enforcing"} rule ${t.rule.name} on ${where(t)}`);
         if (r.noHook) this.o.log(`warning: ${t.cgroup}: programs' own later keepalive calls are not seen: ${r.noHook}`);
-        status.existing = await this.changeExisting(t, r, signal);
+        status.existing = await this.changeExisting(t, { pinDir: r.pinDir, noHook: r.noHook !== undefined }, signal);
         this.existing.set(t.cgroup, status.existing);
       } catch (e) {
         if (!(e instanceof TcpkaError)) throw e;
@@ -322,7 +341,11 @@ export class Agent {
   }
 
   /** The connections of a target that exist already: changed in the kernel, marked for its setsockopt program. */
-  private async changeExisting(t: Target, r: EnforceResult, signal: AbortSignal): Promise<TargetStatus["existing"]> {
+  private async changeExisting(
+    t: Target,
+    r: { pinDir: string; noHook: boolean },
+    signal: AbortSignal,
+  ): Promise<NonNullable<TargetStatus["existing"]>> {
     const spec = specOf(t.rule);
     const summary = await withMarks(r.noHook ? undefined : r.pinDir, (marksFd) =>
       LiveSession.matching(
