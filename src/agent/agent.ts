@@ -17,12 +17,13 @@
  * without one, the enforcements in place stay as they are), and every error is reported with its line.
  */
 import { createHash } from "node:crypto";
-import { existsSync, type FSWatcher, readdirSync, watch } from "node:fs";
+import { existsSync, type FSWatcher, readdirSync, rmdirSync, watch } from "node:fs";
 import { dirname, join } from "node:path";
 import type { EnforceSpec } from "../bpf/keepalive.js";
 import {
   agentEnforcements,
   enforceOnCgroup,
+  type Listed,
   listEnforcements,
   NotOwned,
   PIN_ROOT,
@@ -282,9 +283,11 @@ export class Agent {
       const l = listed.get(t.cgroup);
       const status: TargetStatus = targetStatus(t);
       states.set(t, status);
-      if (l && !own) {
+      if (l && !own && !this.removeEmptyPinDir(l)) {
         status.state = "failing";
-        status.error = "an operator's tcpka enforce is in place here: the agent leaves it as it is";
+        status.error = l.enforcement
+          ? "an operator's tcpka enforce is in place here: the agent leaves it as it is"
+          : `a pin directory that is not the agent's is here (${l.unknown ?? "?"}): the agent leaves it as it is; tcpka enforce --remove --cgroup ${t.cgroup} removes it`;
         continue;
       }
       if (own && l?.enforcement && l.where === "here" && sameAsRule(l.enforcement, t.rule)) {
@@ -338,6 +341,33 @@ export class Agent {
       );
     }
     this.writeStatus({ at: new Date().toISOString(), reason, ms }, { plan, states }, removed);
+  }
+
+  /**
+   * An empty pin directory of a cgroup the agent wants: what a tcpka killed between its mkdir and its first pin
+   * leaves (the agent pins its description first, so one of its own is known as its own from then on; an
+   * operator's run pins its counters first). Nothing enforces there, and enforce takes it for a run in progress
+   * and leaves it, so the cgroup would never be covered: removed, under enforce's lock (src/enforce/cgroup.ts:
+   * no tcpka that takes the lock is filling it meanwhile), with rmdir (which removes only an empty directory).
+   * True when it was removed.
+   */
+  private removeEmptyPinDir(l: Listed): boolean {
+    if (l.enforcement || l.counts || l.hook) return false;
+    const dir = join(PIN_ROOT, l.name);
+    const base = runtimeBase();
+    let lock: Lock | undefined;
+    try {
+      lock = base === undefined ? undefined : Lock.take(join(base, "enforce.lock"), `remove the empty ${dir}`);
+      if (readdirSync(dir).length !== 0) return false;
+      rmdirSync(dir);
+    } catch (e) {
+      if (!(e instanceof TcpkaError) && !(e as NodeJS.ErrnoException).code) throw e;
+      return false; // not empty (ENOTEMPTY), gone, or the lock not to be had: left as it is
+    } finally {
+      lock?.release();
+    }
+    this.o.log(`removed the empty pin directory ${dir} (a tcpka was killed as it made it)`);
+    return true;
   }
 
   /** The connections of a target that exist already: changed in the kernel, marked for its setsockopt program. */
