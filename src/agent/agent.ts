@@ -17,7 +17,7 @@
  * without one, the enforcements in place stay as they are), and every error is reported with its line.
  */
 import { createHash } from "node:crypto";
-import { existsSync, type FSWatcher, readdirSync, statSync, watch } from "node:fs";
+import { existsSync, type FSWatcher, readdirSync, rmdirSync, statSync, watch } from "node:fs";
 import { dirname, join } from "node:path";
 import type { EnforceSpec } from "../bpf/keepalive.js";
 import {
@@ -25,6 +25,7 @@ import {
   BPF_FS,
   bpffsMounted,
   enforceOnCgroup,
+  type Listed,
   listEnforcements,
   NotOwned,
   PIN_ROOT,
@@ -64,8 +65,57 @@ export interface AgentOptions {
 
 /** Changes closer together than this make one reconcile (a container start touches several files). */
 const SETTLE_MS = 150;
-/** Reconciles that events ask for come at most this often. */
-const MIN_GAP_MS = 1000;
+/** While changes keep coming closer together than SETTLE_MS, a reconcile at least this often all the same. */
+const SETTLE_MAX_MS = 1000;
+
+/**
+ * Changes that ask for the same thing (a reconcile, or a reload of the policy), folded into one `fire`:
+ * SETTLE_MS after the last change of a burst (a container's start touches several files, and the runtime writes
+ * its records after the first of them), and at least every SETTLE_MAX_MS while changes keep coming (a host where
+ * cgroups come and go all the time is reconciled all the same). A fire that the stream forced before SETTLE_MS of
+ * quiet is followed by another one once it is quiet, for what the last changes announced.
+ */
+class Settle {
+  private timer: NodeJS.Timeout | undefined;
+  private first: number | undefined;
+  private last = 0;
+  private reason: string | undefined;
+
+  constructor(private readonly fire: (reason: string) => void) {}
+
+  change(reason: string): void {
+    const now = Date.now();
+    this.reason ??= reason;
+    this.first ??= now;
+    this.last = now;
+    this.arm(now);
+  }
+
+  stop(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+
+  private arm(now: number): void {
+    clearTimeout(this.timer);
+    const at = Math.min(this.last + SETTLE_MS, (this.first ?? now) + SETTLE_MAX_MS);
+    this.timer = setTimeout(() => this.due(), Math.max(0, at - now));
+  }
+
+  private due(): void {
+    this.timer = undefined;
+    const now = Date.now();
+    const reason = this.reason ?? "";
+    if (now - this.last >= SETTLE_MS) {
+      this.reason = undefined;
+      this.first = undefined;
+    } else {
+      this.first = now; // forced by the stream: once more when it is quiet, or SETTLE_MAX_MS from now
+      this.arm(now);
+    }
+    this.fire(reason);
+  }
+}
 
 export class Agent {
   private policy: Policy | undefined;
@@ -76,19 +126,19 @@ export class Agent {
   private watchers: FSWatcher[] = [];
   private readonly watched = new Set<string>();
   private wanted: { reload: boolean; reconcile: string | undefined } = { reload: false, reconcile: undefined };
-  private settle: NodeJS.Timeout | undefined;
-  private reloadPending = false;
-  /** why the events on their way ask for a reconcile */
-  private pending: string | undefined;
-  private lastReconcile = 0;
+  private readonly reconcileSoon = new Settle((reason) => {
+    this.wanted.reconcile ??= reason;
+    this.wake?.();
+  });
+  private readonly reloadSoon = new Settle(() => {
+    this.wanted.reload = true;
+    this.wake?.();
+  });
   private wake: (() => void) | undefined;
   private lastStatus: AgentStatus | undefined;
-  /**
-   * What the existing-connections pass did per cgroup ("changing" while it is queued or runs), kept for the
-   * status until the enforcement changes. The passes run one after the other, behind the reconciles: a pass is
-   * paced over up to an idle time (live/spread.ts), and a new container must not wait for it.
-   */
+  /** what the existing-connections pass did per cgroup, kept for the status until the enforcement changes */
   private readonly existing = new Map<string, TargetStatus["existing"]>();
+  /** the passes over existing connections, one after another (see changeExisting) */
   private passes: Promise<void> = Promise.resolve();
   /** the latest pass queued for each cgroup */
   private readonly passOf = new Map<string, object>();
@@ -119,7 +169,6 @@ export class Agent {
             reason = this.wanted.reconcile ?? (next === 0 ? reason : "resync");
             this.wanted.reconcile = undefined;
             await this.reconcile(reason, signal);
-            this.lastReconcile = Date.now();
             this.watchAll(); // roots that appeared since (the first container of a runtime)
             next = Date.now() + this.o.resyncMs;
           }
@@ -131,9 +180,9 @@ export class Agent {
     } finally {
       for (const w of this.watchers) w.close();
       this.watchers = [];
+      this.reconcileSoon.stop();
+      this.reloadSoon.stop();
       await this.passes; // each ends after the round under way once the signal has aborted
-      clearTimeout(this.settle);
-      this.settle = undefined;
       lock.release();
     }
   }
@@ -159,27 +208,11 @@ export class Agent {
   }
 
   /**
-   * Something changed: reconcile once things settle, and at most once a MIN_GAP_MS for events (a host that
-   * starts containers all the time must not keep the agent reconciling); a policy change waits only to settle.
-   * A change while one is on its way rides along with it.
+   * Something changed: reconcile (or read the policy again) once things settle. Reloads and reconciles settle
+   * apart: a change in the policy's directory never takes the place of a reconcile that a container asked for.
    */
   private soon(reason: string, reload = false): void {
-    if (reload) this.reloadPending = true;
-    else this.pending ??= reason;
-    if (this.settle !== undefined) return;
-    const gap = reload ? 0 : this.lastReconcile + MIN_GAP_MS - Date.now();
-    this.settle = setTimeout(
-      () => {
-        this.settle = undefined;
-        // A reload asked for in the same burst adds to the reconcile the events ask for, never replaces it.
-        if (this.reloadPending) this.wanted.reload = true;
-        if (this.pending !== undefined) this.wanted.reconcile ??= this.pending;
-        this.reloadPending = false;
-        this.pending = undefined;
-        this.wake?.();
-      },
-      Math.max(SETTLE_MS, gap),
-    );
+    (reload ? this.reloadSoon : this.reconcileSoon).change(reason);
   }
 
   /**
@@ -270,17 +303,22 @@ export class Agent {
       const l = listed.get(t.cgroup);
       const status: TargetStatus = targetStatus(t);
       states.set(t, status);
-      if (l && !own) {
+      if (l && !own && !this.removeEmptyPinDir(l)) {
         status.state = "failing";
-        status.error = "an operator's tcpka enforce is in place here: the agent leaves it as it is";
+        status.error = l.enforcement
+          ? "an operator's tcpka enforce is in place here: the agent leaves it as it is"
+          : `a pin directory that is not the agent's is here (${l.unknown ?? "?"}): the agent leaves it as it is; tcpka enforce --remove --cgroup ${t.cgroup} removes it`;
         continue;
       }
       if (own && l?.enforcement && l.where === "here" && sameAsRule(l.enforcement, t.rule)) {
         status.since = l.enforcement.since;
         status.pin = l.name;
-        // As the policy says: untouched. After the agent's own start, its connections are changed once more (a
-        // pass an earlier agent began may have been cut short; those already right are left as they are).
-        if (!this.existing.has(t.cgroup)) this.changeExisting(t, join(PIN_ROOT, l.name), signal);
+        // As the policy says: the pins stay as they are. Made by an agent before this one, which may have been
+        // killed before its pass over the connections that existed then had finished: this one makes that pass
+        // once (it changes only what is not as the rule says), behind the reconcile.
+        if (!this.existing.has(t.cgroup)) {
+          this.changeExisting(t, { pinDir: join(PIN_ROOT, l.name), noHook: !l.hook }, signal, "adopted ");
+        }
         continue;
       }
       try {
@@ -290,7 +328,7 @@ export class Agent {
         status.pin = r.enforcement.name;
         this.o.log(`${r.replaced ? "updated" : "enforcing"} rule ${t.rule.name} on ${where(t)}`);
         if (r.noHook) this.o.log(`warning: ${t.cgroup}: programs' own later keepalive calls are not seen: ${r.noHook}`);
-        this.changeExisting(t, r.pinDir, signal);
+        this.changeExisting(t, { pinDir: r.pinDir, noHook: r.noHook !== undefined }, signal);
       } catch (e) {
         if (!(e instanceof TcpkaError)) throw e;
         status.state = "failing";
@@ -310,18 +348,47 @@ export class Agent {
   }
 
   /**
-   * The connections of a target that exist already, changed in the kernel and marked for its setsockopt program
-   * (the marks pinned in `pinDir`, where rules choose the connections): queued behind the passes before it.
+   * An empty pin directory of a cgroup the agent wants: what a tcpka killed between its mkdir and its first pin
+   * leaves (the agent pins its description first, so one of its own is known as its own from then on; an
+   * operator's run pins its counters first). Nothing enforces there, and enforce takes it for a run in progress
+   * and leaves it, so the cgroup would never be covered: removed, under enforce's lock (src/enforce/cgroup.ts:
+   * no tcpka that takes the lock is filling it meanwhile), with rmdir (which removes only an empty directory).
+   * True when it was removed.
    */
-  private changeExisting(t: Target, pinDir: string, signal: AbortSignal): void {
+  private removeEmptyPinDir(l: Listed): boolean {
+    if (l.enforcement || l.counts || l.hook) return false;
+    const dir = join(PIN_ROOT, l.name);
+    const base = runtimeBase();
+    let lock: Lock | undefined;
+    try {
+      lock = base === undefined ? undefined : Lock.take(join(base, "enforce.lock"), `remove the empty ${dir}`);
+      if (readdirSync(dir).length !== 0) return false;
+      rmdirSync(dir);
+    } catch (e) {
+      if (!(e instanceof TcpkaError) && !(e as NodeJS.ErrnoException).code) throw e;
+      return false; // not empty (ENOTEMPTY), gone, or the lock not to be had: left as it is
+    } finally {
+      lock?.release();
+    }
+    this.o.log(`removed the empty pin directory ${dir} (a tcpka was killed as it made it)`);
+    return true;
+  }
+
+  /** The connections of a target that exist already: changed in the kernel, marked for its setsockopt program. */
+  /**
+   * The connections of a target that exist already, changed in the kernel and marked for its setsockopt program
+   * (the marks pinned in `r.pinDir`, where rules choose the connections): queued behind the passes before it, so
+   * that no reconcile waits for one (a pass is paced over up to an idle time: live/spread.ts). A later pass of
+   * the same cgroup (new settings) takes the place of one still queued.
+   */
+  private changeExisting(t: Target, r: { pinDir: string; noHook: boolean }, signal: AbortSignal, how = ""): void {
     const spec = specOf(t.rule);
     this.existing.set(t.cgroup, "changing");
     const token = {};
     this.passOf.set(t.cgroup, token);
     const pass = async () => {
-      // Stopped, removed since, or a later pass of this cgroup (new settings) is queued behind: that one does it.
-      if (signal.aborted || this.passOf.get(t.cgroup) !== token) return;
-      const summary = await withMarks(pinDir, (marksFd) =>
+      if (signal.aborted || this.passOf.get(t.cgroup) !== token) return; // stopped, removed, or superseded
+      const summary = await withMarks(r.noHook ? undefined : r.pinDir, (marksFd) =>
         LiveSession.matching(
           { only: [...t.rule.only], except: [...t.rule.except] },
           { disable: false, settings: spec.settings, mode: spec.mode },
@@ -329,6 +396,7 @@ export class Agent {
           marksFd === undefined ? {} : { marksFd },
         ).watch(chooseProcesses({ cgroups: [join(this.o.mount, t.cgroup)] }), { signal }),
       );
+      if (this.passOf.get(t.cgroup) !== token) return;
       if (summary.failed) {
         const why = Object.entries(summary.errors)
           .map(([k, v]) => `${v} ${k}`)
@@ -337,15 +405,16 @@ export class Agent {
           `rule ${t.rule.name} on ${where(t)}: ${summary.failed} existing connections could not be changed (${why})`,
         );
       }
-      if (summary.changed)
-        this.o.log(`rule ${t.rule.name} on ${where(t)}: ${summary.changed} existing connections changed`);
+      if (summary.changed) {
+        this.o.log(`${how}rule ${t.rule.name} on ${where(t)}: ${summary.changed} existing connections changed`);
+      }
       this.existing.set(t.cgroup, { changed: summary.changed, unchanged: summary.unchanged, failed: summary.failed });
       this.writeStatus();
     };
     this.passes = this.passes.then(pass).catch((e: unknown) => {
       this.existing.delete(t.cgroup); // tried again at the next reconcile
       this.o.log(
-        `rule ${t.rule.name} on ${where(t)}: the existing connections could not be changed: ${(e as Error).message}`,
+        `cannot change the existing connections of rule ${t.rule.name} on ${where(t)}: ${(e as Error).message}`,
       );
     });
   }

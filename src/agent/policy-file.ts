@@ -31,8 +31,7 @@ export function readPolicyFile(file: string): string {
       if (k === 0) break;
       n += k;
     }
-    if (n > MAX_POLICY_BYTES)
-      throw new TcpkaError("invalid", `${file}: more than ${MAX_POLICY_BYTES} bytes`);
+    if (n > MAX_POLICY_BYTES) throw new TcpkaError("invalid", `${file}: more than ${MAX_POLICY_BYTES} bytes`);
     return buf.toString("utf8", 0, n);
   } finally {
     closeSync(fd);

@@ -77,6 +77,8 @@ export function busyboxImage(scope: Scope): string {
 }
 
 export interface ContainerOptions {
+  /** Its name (unique, e.g. `${uniqueName()}-billing` for a rule that selects by name); uniqueName() unless given. */
+  name?: string;
   /** `--annotation KEY=VALUE` each: what a CRI runtime writes into the bundle (and runc into its state.json). */
   annotations?: Record<string, string>;
   /** `--label KEY=VALUE` each: podman keeps them in its own database (libpod's bolt_state.db), not in the bundle. */
@@ -85,7 +87,10 @@ export interface ContainerOptions {
   mounts?: readonly { source: string; target: string }[];
   /** Namespaced sysctls of its network namespace (`--sysctl`), e.g. net.ipv4.tcp_keepalive_time. */
   sysctls?: Record<string, string | number>;
-  /** `--network`: "none" (its own namespace with only lo) unless given, e.g. "container:NAME" to join another's. */
+  /**
+   * `--network`: "none" (its own namespace with only lo) unless given, e.g. "container:NAME" to join another's, or
+   * "ns:/run/netns/NAME" to run in a namespace of the test's (the firewall lab's client).
+   */
   network?: string;
   /** The command, the container's init (pid 1 inside). */
   cmd: readonly string[];
@@ -109,7 +114,7 @@ export interface TestContainer {
 
 /** Start a container of `image` (detached); removed (SIGKILL, `podman rm -f -t 0`) when `scope` ends. */
 export function startContainer(scope: Scope, image: string, opts: ContainerOptions): TestContainer {
-  const name = uniqueName();
+  const name = opts.name ?? uniqueName();
   const args = ["run", "-d", "--name", name, "--runtime", "runc", "--cgroup-manager", "cgroupfs"];
   args.push("--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024", "--network", opts.network ?? "none");
   // podman splits --annotation as CSV: quoted, a value keeps its commas, quotes and newlines.
