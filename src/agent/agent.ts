@@ -338,13 +338,14 @@ export class Agent {
     }
     const removed = this.removeStale(policy, plan, mine);
     const ms = Date.now() - t0;
-    const failing = [...states.values()].filter((s) => s.state === "failing").length;
+    const failing = [...states.values()].filter((st) => st.state === "failing").length;
+    // The status first: whoever reads the line below finds the status of this reconcile.
+    this.writeStatus({ at: new Date().toISOString(), reason, ms }, { plan, states }, removed);
     if (made || removed.length || failing || plan.uncovered.length || reason !== "resync") {
       this.o.log(
         `reconciled (${reason}) in ${ms} ms: ${plan.targets.length} target${plan.targets.length === 1 ? "" : "s"}, ${made} changed, ${removed.length} removed, ${failing} failing, ${plan.uncovered.length} not coverable`,
       );
     }
-    this.writeStatus({ at: new Date().toISOString(), reason, ms }, { plan, states }, removed);
   }
 
   /**

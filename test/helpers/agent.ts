@@ -170,7 +170,20 @@ export class AgentHost {
     });
     const started = opts.started === undefined ? /^reconciled \(start\) in \d+ ms: .*$/m : opts.started;
     if (started) await agent.waitLog(started, 0, 20_000);
+    if (opts.started === undefined) await this.passesDone();
     return agent;
+  }
+
+  /**
+   * Once the agent's passes over existing connections have ended: they run behind its reconciles, and the status
+   * says "changing" for a target until its pass ends (the agent writes the status before it logs "reconciled").
+   */
+  async passesDone(timeoutMs = 20_000): Promise<void> {
+    await until(
+      "the agent's passes over existing connections to end",
+      () => this.status().rules.every((r) => r.targets.every((t) => t.existing !== "changing")),
+      timeoutMs,
+    );
   }
 
   /**
