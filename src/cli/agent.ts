@@ -3,9 +3,12 @@
  * SIGTERM (SIGHUP reads the policy again); `--check [FILE]` validates a policy (src/policy.ts) without applying
  * anything: every error with its line, or what each rule selects and sets; `--explain PID` which rule applies.
  */
+import { readSync } from "node:fs";
 import { Agent } from "../agent/agent.js";
 import { processFacts } from "../agent/facts.js";
+import { enforceCreating } from "../agent/hook.js";
 import { loadPolicyFile } from "../agent/policy-file.js";
+import { agentRuns, readStatus } from "../agent/status.js";
 import { TcpkaError, usage } from "../errors.js";
 import { endpointRuleText } from "../filter.js";
 import { cgroup2Mount } from "../inspect/cgroup.js";
@@ -60,6 +63,11 @@ Options:
       --resync DURATION  reconcile at least this often, whatever the events say (default 30s; 1s to 1d)
       --check            check the policy and say what it does; apply nothing (no root needed)
       --explain PID      which rule applies to a process and why (each rule before it, and what failed)
+      --oci-hook         what a container runtime runs while it creates a container (oci-hooks(5): podman,
+                         CRI-O; contrib/oci-hooks.d/tcpka-agent.json): the container's rule is enforced
+                         before it runs anything, so its first connection is covered. Reads the OCI state on
+                         stdin, uses the running agent's policy, never fails the container, does nothing
+                         while no agent runs
 
 Examples:
   tcpka agent --check /etc/tcpka/policy.yaml
@@ -73,6 +81,7 @@ const DEFAULT_RESYNC_MS = 30_000;
 
 const OPTIONS = {
   check: { type: "boolean" },
+  "oci-hook": { type: "boolean" },
   resync: { type: "string" },
   explain: { type: "string" },
   policy: { type: "string" },
@@ -89,6 +98,7 @@ export async function runAgent(argv: readonly string[], out: Out): Promise<numbe
   if (positionals[0] !== undefined && str(values, "policy") !== undefined) {
     throw usage("give the policy file once: as --policy FILE or as the argument of --check");
   }
+  if (bool(values, "oci-hook")) return ociHook(str(values, "policy"));
   const explain = str(values, "explain");
   if (explain !== undefined && bool(values, "check")) throw usage("--check and --explain: one at a time");
   if (explain !== undefined) return explainPid(explain, file, out);
@@ -112,6 +122,44 @@ export async function runAgent(argv: readonly string[], out: Out): Promise<numbe
     );
   }
   return 0;
+}
+
+/**
+ * --oci-hook: run by a container runtime (oci-hooks(5)) while it creates a container, with the OCI state on stdin.
+ * It never fails the container (exit 0 whatever happens, a line on stderr for the runtime's log), does nothing
+ * while no agent runs (the agent owns what the hook makes), and uses the agent's policy file unless told.
+ */
+function ociHook(policyFile: string | undefined): number {
+  try {
+    if (euid() !== 0 || !agentRuns()) return 0;
+    const file = policyFile ?? readStatus()?.policy.file ?? DEFAULT_POLICY;
+    const { policy } = loadPolicyFile(file);
+    const done = enforceCreating(JSON.parse(readStdin(1 << 20)), policy, cgroup2Mount());
+    if (done) process.stderr.write(`tcpka agent --oci-hook: ${printable(done)}\n`);
+  } catch (e) {
+    const why = e instanceof Error ? e.message.split("\n")[0] : String(e);
+    process.stderr.write(`tcpka agent --oci-hook: nothing done: ${printable(why ?? "")}\n`);
+  }
+  return 0;
+}
+
+/** At most `max` bytes of stdin (the runtime's state: a small JSON object). */
+function readStdin(max: number): string {
+  const buf = Buffer.alloc(max + 1);
+  let n = 0;
+  for (;;) {
+    let k: number;
+    try {
+      k = readSync(0, buf, n, buf.length - n, null);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === "EAGAIN") continue;
+      throw e;
+    }
+    if (k === 0) break;
+    n += k;
+    if (n > max) throw new TcpkaError("invalid", `more than ${max} bytes on stdin: not an OCI state`);
+  }
+  return buf.toString("utf8", 0, n);
 }
 
 /** The agent itself, until SIGINT or SIGTERM; SIGHUP reads the policy again. */

@@ -243,6 +243,40 @@ interface RuntimeRecord {
   netns: "own" | "joined" | "host";
 }
 
+/** A container being created, as an OCI hook is told of it (see creatingContainer). */
+export interface CreatingContainer {
+  readonly record: RuntimeRecord;
+}
+
+/**
+ * The container that an OCI hook is run for, from the state the runtime gives the hook on its stdin (the
+ * runtime-spec's "state": id, pid, bundle, annotations). At the createRuntime stage the runtime's own record
+ * (runc's state.json) is not written yet; the cgroup is, and comes from the init process's /proc/PID/cgroup.
+ * undefined for anything that is not such a state.
+ */
+export function creatingContainer(state: unknown): CreatingContainer | undefined {
+  if (!isObject(state) || typeof state.id !== "string" || !/^[0-9A-Za-z_.-]{1,128}$/.test(state.id)) return undefined;
+  const pid = state.pid;
+  if (typeof pid !== "number" || !Number.isSafeInteger(pid) || pid <= 0) return undefined;
+  const annotations = new Map<string, string>();
+  if (isObject(state.annotations)) {
+    for (const [k, v] of Object.entries(state.annotations)) if (typeof v === "string") annotations.set(k, v);
+  }
+  const cgroup = cgroupPathOfPid(pid);
+  return {
+    record: {
+      runtime: "runc", // the state does not say which runtime runs the hook; only a label here, never shown by it
+      id: state.id,
+      pid,
+      start: startTimeOf(pid) ?? -1,
+      cgroup: typeof cgroup === "string" ? cgroup : undefined,
+      annotations,
+      bundle: str(state.bundle),
+      netns: "own",
+    },
+  };
+}
+
 /** A runc state.json: "labels" are the annotations as KEY=VALUE, and runc's "bundle=PATH" after them (specconv). */
 function readRunc(dir: string, id: string): RuntimeRecord | undefined {
   const buf = readTrusted(join(dir, "state.json"));
@@ -553,8 +587,10 @@ export class Workloads {
   }
 
   /** Read the runtimes' records under `roots` (STATE_ROOTS by default). Never throws. */
-  static load(roots: readonly StateRoot[] = STATE_ROOTS): Workloads {
-    const records: (RuntimeRecord & { engine: string | null })[] = [];
+  static load(roots: readonly StateRoot[] = STATE_ROOTS, creating?: CreatingContainer): Workloads {
+    const records: (RuntimeRecord & { engine: string | null })[] = creating
+      ? [{ ...creating.record, engine: null }]
+      : [];
     for (const root of roots) {
       for (const dir of containerDirs(root)) {
         const id = dir.slice(dir.lastIndexOf("/") + 1);

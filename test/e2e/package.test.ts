@@ -39,6 +39,7 @@ test("npm pack: the tarball holds what an install needs and none of the tests", 
     "native/build.sh",
     "native/build/libtcpka.so",
     "contrib/systemd/tcpka-agent.service",
+    "contrib/oci-hooks.d/tcpka-agent.json",
   ]) {
     assert.ok(files.includes(need), `${need} is missing from ${JSON.stringify(files)}`);
   }

@@ -94,6 +94,8 @@ export interface ContainerOptions {
   network?: string;
   /** The command, the container's init (pid 1 inside). */
   cmd: readonly string[];
+  /** `--hooks-dir DIR`: the OCI hooks podman runs for it (oci-hooks(5)), instead of the system's. */
+  hooksDir?: string;
 }
 
 /** A running container as the kernel and podman see it. */
@@ -115,7 +117,8 @@ export interface TestContainer {
 /** Start a container of `image` (detached); removed (SIGKILL, `podman rm -f -t 0`) when `scope` ends. */
 export function startContainer(scope: Scope, image: string, opts: ContainerOptions): TestContainer {
   const name = opts.name ?? uniqueName();
-  const args = ["run", "-d", "--name", name, "--runtime", "runc", "--cgroup-manager", "cgroupfs"];
+  const args = [...(opts.hooksDir ? ["--hooks-dir", opts.hooksDir] : []), "run", "-d", "--name", name];
+  args.push("--runtime", "runc", "--cgroup-manager", "cgroupfs");
   args.push("--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024", "--network", opts.network ?? "none");
   // podman splits --annotation as CSV: quoted, a value keeps its commas, quotes and newlines.
   for (const [k, v] of Object.entries(opts.annotations ?? {})) {
