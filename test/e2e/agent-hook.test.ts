@@ -68,8 +68,9 @@ test("with the OCI hook, a selected container's first connection is covered from
   cgroups.push(hooked.cgroup);
   const first = await KaAgent.inContainer(hooked).first();
   assert.deepEqual(
-    [first.at_connect, first.covered_ms, first.idle, first.interval, first.count],
-    [1, 0, 7, 3, 4],
+    // at_connect: on right after connect() returned (covered_ms counts from main(), so it includes the connect)
+    [first.at_connect, first.idle, first.interval, first.count],
+    [1, 7, 3, 4],
     `the hooked container's first connection: ${JSON.stringify(first)}`,
   );
   // Without it (the same rule): the agent's event, then its pass over the connections made meanwhile.
@@ -101,4 +102,39 @@ test("with the OCI hook, a selected container's first connection is covered from
   );
   assert.ok((mine(hooked.cgroup)[0]?.connections_set_up ?? 0) >= 2, "set up by the sock_ops program at connect");
   assert.doesNotMatch(agent.stdout, /enforcing rule hooked on container .*-hooked /, "the agent found it made");
+
+  // tcpka status: what the agent covers now, with what the kernel counts; exit 0 while all is well.
+  await agent.waitFor(/rule hooked on container .*-plain .*: \d+ existing connections changed$/m, 10_000);
+  const status = tcpka(["status"]);
+  assert.equal(status.status, 0, status.stdout + status.stderr);
+  assert.match(status.stdout, /^agent: running \(pid \d+, since /m);
+  assert.match(
+    status.stdout,
+    /^rule hooked \(line 2\): 7s \/ 3s \/ 4 \(strengthen\), all connections, mechanism auto$/m,
+  );
+  for (const c of [hooked, later]) {
+    const row = status.stdout.split("\n").find((l) => l.includes(`container ${c.name} `));
+    assert.ok(row, `a row for ${c.name}: ${status.stdout}`);
+    assert.match(row, /\benforced$/);
+  }
+  const json = tcpka(["status", "--json"]);
+  assert.equal(json.status, 0, json.stderr);
+  const s = JSON.parse(json.stdout) as {
+    running: boolean;
+    rules: {
+      name: string;
+      targets: { container: string; state: string; connections_set_up: number | null; existing: unknown }[];
+    }[];
+  };
+  assert.equal(s.running, true);
+  const targets = new Map(s.rules[0]?.targets.map((x) => [x.container, x]));
+  assert.ok((targets.get(hooked.name)?.connections_set_up ?? 0) >= 2, "the hooked one's set-ups, counted");
+  assert.equal(targets.get(later.name)?.connections_set_up, 0, "the plain one's were changed by the pass instead");
+  assert.deepEqual((targets.get(later.name)?.existing as { changed: number } | undefined)?.changed !== undefined, true);
+  // Stopped: its enforcements stay, and status says it is not running (exit 1).
+  agent.kill("SIGTERM");
+  await agent.waitFor(/^stopped \(SIGTERM\); the enforcements stay in force$/m, 10_000);
+  const down = tcpka(["status"]);
+  assert.equal(down.status, 1, down.stdout);
+  assert.match(down.stdout, /^agent: NOT running \(its last status, from pid \d+; what it enforced stays pinned\)$/m);
 });
