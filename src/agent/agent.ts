@@ -36,12 +36,13 @@ import { LiveSession } from "../enforce/live/session.js";
 import { TcpkaError } from "../errors.js";
 import { endpointRuleText } from "../filter.js";
 import { pidsInCgroup } from "../inspect/cgroup.js";
+import { processExists } from "../inspect/processes.js";
 import { chooseProcesses } from "../inspect/targets.js";
 import { STATE_ROOTS } from "../inspect/workloads.js";
 import { type Policy, PolicyErrors, type PolicyRule } from "../policy.js";
 import { Lock, runtimeBase } from "../sys/files.js";
 import { everyProcess } from "./facts.js";
-import { type Plan, planPolicy, sameAsRule, type Target } from "./plan.js";
+import { type Plan, planPolicy, sameAsRule, type Target, type Watched } from "./plan.js";
 import { loadPolicyFile } from "./policy-file.js";
 import {
   type AgentStatus,
@@ -140,6 +141,9 @@ export class Agent {
   private readonly existing = new Map<string, TargetStatus["existing"]>();
   /** the passes over existing connections, one after another (see changeExisting) */
   private passes: Promise<void> = Promise.resolve();
+  /** the watched rounds queued, by rule and cgroup, and what the last one of each did */
+  private readonly watchQueued = new Set<string>();
+  private readonly watchedDone = new Map<string, NonNullable<RuleStatus["watched"][number]["last"]>>();
   /** the latest pass queued for each cgroup */
   private readonly passOf = new Map<string, object>();
   /** the last reconcile's plan and what became of each target, for the status */
@@ -336,6 +340,7 @@ export class Agent {
         this.o.log(`cannot enforce rule ${t.rule.name} on ${where(t)}: ${e.message}`);
       }
     }
+    for (const w of plan.watched) this.watchRound(w, signal);
     const removed = this.removeStale(policy, plan, mine);
     const ms = Date.now() - t0;
     const failing = [...states.values()].filter((st) => st.state === "failing").length;
@@ -343,7 +348,7 @@ export class Agent {
     this.writeStatus({ at: new Date().toISOString(), reason, ms }, { plan, states }, removed);
     if (made || removed.length || failing || plan.uncovered.length || reason !== "resync") {
       this.o.log(
-        `reconciled (${reason}) in ${ms} ms: ${plan.targets.length} target${plan.targets.length === 1 ? "" : "s"}, ${made} changed, ${removed.length} removed, ${failing} failing, ${plan.uncovered.length} not coverable`,
+        `reconciled (${reason}) in ${ms} ms: ${plan.targets.length} target${plan.targets.length === 1 ? "" : "s"}, ${made} changed, ${removed.length} removed, ${failing} failing, ${plan.watched.length} watched, ${plan.uncovered.length} not coverable`,
       );
     }
   }
@@ -421,6 +426,47 @@ export class Agent {
   }
 
   /**
+   * One round over the connections of processes a rule selects whose cgroup cannot be enforced whole: changed by
+   * pid, as `tcpka enable --pid` does (in the kernel where it can), behind the passes before it. A round of the
+   * same processes still queued is not queued twice. New connections of theirs wait for the next reconcile.
+   */
+  private watchRound(w: Watched, signal: AbortSignal): void {
+    const key = `${w.rule.name}\n${w.cgroup ?? ""}`;
+    if (this.watchQueued.has(key)) return;
+    this.watchQueued.add(key);
+    const spec = specOf(w.rule);
+    const round = async () => {
+      this.watchQueued.delete(key);
+      if (signal.aborted) return;
+      const pids = w.processes.map((p) => p.pid);
+      const summary = await LiveSession.matching(
+        { only: [...w.rule.only], except: [...w.rule.except] },
+        { disable: false, settings: spec.settings, mode: spec.mode },
+      ).watch({ pids: () => pids.filter(processExists), fixed: true }, { signal });
+      const who = `${w.processes.length} process${w.processes.length === 1 ? "" : "es"}${w.cgroup ? ` in ${w.cgroup}` : ""}`;
+      if (summary.changed) this.o.log(`rule ${w.rule.name}, watched (${who}): ${summary.changed} connections changed`);
+      if (summary.failed) {
+        const why = Object.entries(summary.errors)
+          .map(([k, v]) => `${v} ${k}`)
+          .join(", ");
+        this.o.log(
+          `rule ${w.rule.name}, watched (${who}): ${summary.failed} connections could not be changed (${why})`,
+        );
+      }
+      this.watchedDone.set(key, {
+        at: new Date().toISOString(),
+        changed: summary.changed,
+        unchanged: summary.unchanged,
+        failed: summary.failed,
+      });
+      this.writeStatus();
+    };
+    this.passes = this.passes.then(round).catch((e: unknown) => {
+      this.o.log(`rule ${w.rule.name}: a watched round failed: ${(e as Error).message}`);
+    });
+  }
+
+  /**
    * The agent's enforcements that no target asks for: removed, unless the cgroup is there with no process in it
    * and its rule is still in the policy (a unit or container restarting keeps its cover through the restart).
    */
@@ -485,6 +531,14 @@ export class Agent {
               const status = last.states.get(t) ?? targetStatus(t);
               const existing = this.existing.get(t.cgroup);
               return existing === undefined || status.state !== "enforced" ? status : { ...status, existing };
+            })
+        : [],
+      watched: last
+        ? last.plan.watched
+            .filter((w) => w.rule === r)
+            .map((w) => {
+              const done = this.watchedDone.get(`${r.name}\n${w.cgroup ?? ""}`);
+              return { cgroup: w.cgroup, ...listedProcesses(w.processes), why: w.why, ...(done ? { last: done } : {}) };
             })
         : [],
       uncovered: last

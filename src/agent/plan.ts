@@ -6,7 +6,9 @@
  * processes are in: a container's, a unit's, a pod container's. A cgroup is a target only when every process in
  * it and in the cgroups below it (its programs run there too) that may hold sockets is selected by the same rule
  * (the first that matches, as everywhere in a policy): a cgroup shared with processes of another rule, or of
- * none, would give them settings the policy does not give them, so it is reported instead, never enforced half.
+ * none, would give them settings the policy does not give them, so it is never enforced half: its processes of
+ * the rule are watched instead (the agent changes their connections by pid at every reconcile: `watched`), unless
+ * the rule's mechanism is enforce (then they are reported, `uncovered`). Mechanism live watches always.
  */
 import type { EndpointRule } from "../filter.js";
 import { endpointRuleText } from "../filter.js";
@@ -28,6 +30,17 @@ export interface Target {
   unit: string | null;
 }
 
+/**
+ * Processes a rule selects whose cgroup cannot be enforced whole (or whose rule asks for live): the agent changes
+ * their connections itself, by pid, at every reconcile (`why` says why not by cgroup).
+ */
+export interface Watched {
+  rule: PolicyRule;
+  cgroup: string | null;
+  processes: PlannedProcess[];
+  why: string;
+}
+
 /** Processes a rule selects that the agent cannot cover, and why. */
 export interface Uncovered {
   rule: PolicyRule;
@@ -38,6 +51,7 @@ export interface Uncovered {
 
 export interface Plan {
   targets: Target[];
+  watched: Watched[];
   uncovered: Uncovered[];
 }
 
@@ -49,6 +63,7 @@ export function planPolicy(policy: Policy, facts: readonly ProcessFacts[]): Plan
     byCgroup.set(f.cgroup, list);
   }
   const targets: Target[] = [];
+  const watched: Watched[] = [];
   const uncovered: Uncovered[] = [];
   /** How many processes in the cgroups below `cgroup` are not `rule`'s. */
   const belowOf = (cgroup: string, rule: PolicyRule): number => {
@@ -80,10 +95,13 @@ export function planPolicy(policy: Policy, facts: readonly ProcessFacts[]): Plan
         // A cgroup's programs run for every cgroup below it too (the effective programs of cgroup BPF).
         why = `cgroups below ${cgroup} hold ${below} process${below === 1 ? "" : "es"} of other rules or none, which an enforcement there would cover too`;
       } else if (rule.mechanism === "live") {
-        why = "mechanism live: the agent cannot watch processes yet; use mechanism auto (or enforce) for a cgroup";
+        why = "mechanism live";
       }
       if (why !== undefined) {
-        uncovered.push({ rule, cgroup, processes, why });
+        // Not by cgroup: by pid, at every reconcile (mechanism auto or live); mechanism enforce asked for a cgroup.
+        if (rule.mechanism === "enforce")
+          uncovered.push({ rule, cgroup, processes, why: `${why}; mechanism enforce: not watched either` });
+        else watched.push({ rule, cgroup, processes, why });
         continue;
       }
       const first = mine[0]?.f;
@@ -99,7 +117,7 @@ export function planPolicy(policy: Policy, facts: readonly ProcessFacts[]): Plan
       });
     }
   }
-  return { targets, uncovered };
+  return { targets, watched, uncovered };
 }
 
 /** The fields of an enforcement's description (cgroup.ts Enforcement) that a rule decides. */

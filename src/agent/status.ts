@@ -50,6 +50,17 @@ export interface RuleStatus {
   only: string[];
   except: string[];
   targets: TargetStatus[];
+  /**
+   * processes the rule selects whose cgroup cannot be enforced whole (why): their connections changed by pid at
+   * every reconcile, and what the last round did
+   */
+  watched: {
+    cgroup: string | null;
+    processes: StatusProcess[];
+    process_count: number;
+    why: string;
+    last?: { at: string; changed: number; unchanged: number; failed: number };
+  }[];
   /** processes the rule selects that the agent cannot cover, and why */
   uncovered: { cgroup: string | null; processes: StatusProcess[]; process_count: number; why: string }[];
 }

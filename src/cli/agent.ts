@@ -55,8 +55,9 @@ A rule: name; match (container: name, image, labels; pod: namespace, name, conta
 name, exe; user): all that are given must hold, names may use * and ?; connections (only, except: as --only
 and --except); keepalive (for: a preset as --for, or idle, interval, count, user_timeout; those given replace
 the preset's, the others are 60s / 10s / 6); mode (strengthen, the default, or force); mechanism (auto, enforce,
-live). The first rule that matches a process wins. The agent enforces whole cgroups: a cgroup whose processes
-are not all one rule's is reported (tcpka status), not enforced half.
+live). The first rule that matches a process wins. The agent enforces whole cgroups: where a cgroup also holds
+processes of another rule or of none, the rule's processes in it are watched instead (their connections changed
+by pid at every reconcile; mechanism enforce reports them instead); mechanism live always watches.
 
 Options:
       --policy FILE      the policy file (also as the argument of --check)

@@ -61,7 +61,12 @@ export function runStatus(argv: readonly string[], out: Out): number {
   const bad =
     !running ||
     s.policy.errors.length > 0 ||
-    s.rules.some((r) => r.uncovered.length || r.targets.some((t) => t.state !== "enforced"));
+    s.rules.some(
+      (r) =>
+        r.uncovered.length ||
+        r.targets.some((t) => t.state !== "enforced") ||
+        r.watched.some((w) => (w.last?.failed ?? 0) > 0),
+    );
   if (bool(values, "json")) {
     const rules = s.rules.map((r) => ({ ...r, targets: r.targets.map((t) => withCounts(t, counts.get(t.cgroup))) }));
     out.write(`${JSON.stringify({ ...s, running, rules })}\n`);
@@ -113,7 +118,7 @@ function writeRule(r: RuleStatus, counts: ReadonlyMap<string, Listed>, out: Out)
   out.write(
     `\nrule ${printable(r.name)} (line ${r.line}): ${settings} (${r.mode}), ${printable(conns || "all connections")}, mechanism ${r.mechanism}\n`,
   );
-  if (!r.targets.length && !r.uncovered.length) {
+  if (!r.targets.length && !r.watched.length && !r.uncovered.length) {
     out.write("  matches nothing now\n");
     return;
   }
@@ -144,6 +149,14 @@ function writeRule(r: RuleStatus, counts: ReadonlyMap<string, Listed>, out: Out)
       }),
       out,
       "  ",
+    );
+  }
+  for (const w of r.watched) {
+    const last = w.last
+      ? `last round ${w.last.at}: ${w.last.changed} changed${w.last.failed ? `, ${w.last.failed} failed` : ""}`
+      : "first round queued";
+    out.write(
+      `  watched by pid, every reconcile: ${processes(w)}${w.cgroup ? ` in ${printable(w.cgroup)}` : ""} (${printable(w.why)}); ${last}\n`,
     );
   }
   for (const u of r.uncovered) {

@@ -23,8 +23,8 @@
  * bpffs. Every container, cgroup, namespace and process has a unique name and goes when its test ends.
  */
 import assert from "node:assert/strict";
-import { symlinkSync, watch, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { chmodSync, copyFileSync, symlinkSync, watch, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
 import { test } from "node:test";
 import { pinName } from "../../src/enforce/cgroup.js";
 import { cgroup2Mount } from "../../src/inspect/cgroup.js";
@@ -680,6 +680,69 @@ test("behind the lab's firewall that forgets idle connections after 5 s: a selec
     assert.deepEqual(pKept, [{ conn: 1, ok: true }], `the selected client's connection, idle ${IDLE_S} s`);
     assert.equal(pLost.length, 1);
     assert.equal(pLost[0]?.ok, false, `the other's: forgotten by the firewall (${JSON.stringify(pLost)})`);
+    await agent.stop();
+  });
+});
+
+test("a cgroup shared with an unselected process is not enforced: the selected one's connections are changed by pid, each reconcile", async (t) => {
+  if (!needsAgentHost(t)) return;
+  const exe = kaAgentExe(t);
+  // The same program under another name: /proc/PID/comm tells the two apart, as a rule by process name does.
+  const otherExe = join(dirname(exe), "ka_other");
+  copyFileSync(exe, otherExe);
+  chmodSync(otherExe, 0o755);
+  const host = await AgentHost.create(t);
+  await host.explained(async () => {
+    const cg = TestCgroup.create(t);
+    const mine = KaAgent.inCgroup(t, cg, exe);
+    const other = KaAgent.inCgroup(t, cg, otherExe);
+    await mine.first();
+    await other.first();
+    const dir = tempDir(t);
+    const policy = join(dir, "policy.yaml");
+    writeFileSync(
+      policy,
+      "rules:\n  - name: by-name\n    match: {process: {name: ka_agent}}\n    keepalive: {idle: 9s, interval: 3s, count: 4}\n",
+    );
+    const agent = await host.startAgent(policy);
+    const watched = new RegExp(
+      `^rule by-name, watched \\(1 process in ${esc(cg.path)}\\): \\d+ connections changed$`,
+      "m",
+    );
+    await agent.waitLog(watched, 0);
+    const want = { keepalive: 1, idle: 9, interval: 3, count: 4 };
+    // report() makes one more connection, then reports them all: the round changed the first one and the
+    // listener, whose accepted end of the new one inherits it at once; the new one's connecting end waits for the
+    // next round (no program in the cgroup sets it up at connect).
+    const first = await mine.report();
+    assertAll(
+      first.filter((c) => c.conn === 1 || c.end === "accepted"),
+      want,
+      "the selected process, its connection of before the round, and what its listener accepted since",
+    );
+    assertAll(
+      first.filter((c) => c.conn === 2 && c.end === "client"),
+      UNTOUCHED,
+      "the selected process, a connection made since",
+    );
+    assertAll(await other.report(), UNTOUCHED, "the other process in its cgroup");
+    assert.deepEqual(host.pinDirs(), [], "no enforcement on a cgroup shared with a process of no rule");
+    const from = agent.mark();
+    await agent.waitLog(watched, from, 10_000); // the next reconcile's round (resync 2 s)
+    const later = await mine.report();
+    assertAll(
+      later.filter((c) => c.conn <= 2),
+      want,
+      "the selected process, a round later",
+    );
+    const status = host.status();
+    const rule = status.rules[0];
+    assert.deepEqual(rule?.targets, []);
+    assert.deepEqual(
+      rule?.watched.map((w) => [w.cgroup, w.process_count, w.why]),
+      [[cg.path, 1, `its cgroup ${cg.path} also holds 1 process of no rule; the agent enforces whole cgroups only`]],
+    );
+    assert.ok((rule?.watched[0]?.last?.changed ?? 0) >= 1, JSON.stringify(rule?.watched));
     await agent.stop();
   });
 });

@@ -60,23 +60,25 @@ test("a cgroup whose processes are all one rule's is that rule's target, with it
     ],
   );
   assert.deepEqual(plan.uncovered, []);
+  assert.deepEqual(plan.watched, []);
 });
 
-test("a cgroup shared with processes of another rule or of none is reported, never enforced half", () => {
+test("a cgroup shared with processes of another rule or of none is never enforced half: the rule's are watched by pid", () => {
   const plan = planPolicy(policy, [
     proc("/shared", { comm: "java" }),
     proc("/shared", { comm: "java" }),
     proc("/shared", { comm: "bash" }),
   ]);
   assert.deepEqual(plan.targets, []);
-  assert.equal(plan.uncovered.length, 1);
-  const u = plan.uncovered[0];
+  assert.deepEqual(plan.uncovered, []);
+  assert.equal(plan.watched.length, 1);
+  const u = plan.watched[0];
   assert.equal(u?.rule.name, "java");
   assert.equal(u?.processes.length, 2);
   assert.equal(u?.why, "its cgroup /shared also holds 1 process of no rule; the agent enforces whole cgroups only");
 });
 
-test("the first matching rule wins; live (not built) and no cgroup v2 are reported", () => {
+test("the first matching rule wins; mechanism live and processes in no cgroup v2 are watched", () => {
   // A java process in api.service: the unit rule comes first.
   const plan = planPolicy(policy, [
     proc("/system.slice/api.service", { unit: "api.service", comm: "java" }),
@@ -87,8 +89,9 @@ test("the first matching rule wins; live (not built) and no cgroup v2 are report
     plan.targets.map((t) => t.rule.name),
     ["api"],
   );
+  assert.deepEqual(plan.uncovered, []);
   assert.deepEqual(
-    plan.uncovered.map((u) => [u.rule.name, u.why.split(":")[0]]),
+    plan.watched.map((u) => [u.rule.name, u.why.split(":")[0]]),
     [
       ["java", "in no cgroup v2"],
       ["watched", "mechanism live"],
@@ -131,13 +134,29 @@ test("a cgroup with other rules' processes in cgroups below it is not a target: 
     ],
   );
   assert.deepEqual(
-    plan.uncovered.map((u) => [u.cgroup, u.rule.name, u.why]),
+    plan.watched.map((u) => [u.cgroup, u.rule.name, u.why]),
     [
       [
         "/",
         "java",
         "cgroups below / hold 2 processes of other rules or none, which an enforcement there would cover too",
       ],
+    ],
+  );
+});
+
+test("mechanism enforce asks for a cgroup: where there is none to enforce whole, it is reported, not watched", () => {
+  const strict = parsePolicy(
+    "rules:\n  - name: java\n    match: {process: {name: java}}\n    keepalive: {idle: 2m}\n    mechanism: enforce\n",
+    "strict.yaml",
+  );
+  const plan = planPolicy(strict, [proc("/mixed", { comm: "java" }), proc("/mixed")]);
+  assert.deepEqual(plan.targets, []);
+  assert.deepEqual(plan.watched, []);
+  assert.deepEqual(
+    plan.uncovered.map((u) => u.why),
+    [
+      "its cgroup /mixed also holds 1 process of no rule; the agent enforces whole cgroups only; mechanism enforce: not watched either",
     ],
   );
 });
