@@ -36,7 +36,7 @@ import { LiveSession } from "../enforce/live/session.js";
 import { TcpkaError } from "../errors.js";
 import { endpointRuleText } from "../filter.js";
 import { pidsInCgroup } from "../inspect/cgroup.js";
-import { processExists } from "../inspect/processes.js";
+import { startTimeOf } from "../inspect/processes.js";
 import { chooseProcesses } from "../inspect/targets.js";
 import { STATE_ROOTS } from "../inspect/workloads.js";
 import { type Policy, PolicyErrors, type PolicyRule } from "../policy.js";
@@ -404,9 +404,7 @@ export class Agent {
       );
       if (this.passOf.get(t.cgroup) !== token) return;
       if (summary.failed) {
-        const why = Object.entries(summary.errors)
-          .map(([k, v]) => `${v} ${k}`)
-          .join(", ");
+        const why = errorsText(summary.errors);
         this.o.log(
           `rule ${t.rule.name} on ${where(t)}: ${summary.failed} existing connections could not be changed (${why})`,
         );
@@ -435,20 +433,22 @@ export class Agent {
     if (this.watchQueued.has(key)) return;
     this.watchQueued.add(key);
     const spec = specOf(w.rule);
+    // The processes as they were planned: a pid that a new process took since (the round may run a while after
+    // the plan, behind a pass) is not theirs, and its sockets are left alone.
+    const planned = w.processes.map((p) => ({ pid: p.pid, start: startTimeOf(p.pid) }));
+    const still = () =>
+      planned.filter((p) => p.start !== undefined && startTimeOf(p.pid) === p.start).map((p) => p.pid);
     const round = async () => {
       this.watchQueued.delete(key);
       if (signal.aborted) return;
-      const pids = w.processes.map((p) => p.pid);
       const summary = await LiveSession.matching(
         { only: [...w.rule.only], except: [...w.rule.except] },
         { disable: false, settings: spec.settings, mode: spec.mode },
-      ).watch({ pids: () => pids.filter(processExists), fixed: true }, { signal });
+      ).watch({ pids: still, fixed: true }, { signal });
       const who = `${w.processes.length} process${w.processes.length === 1 ? "" : "es"}${w.cgroup ? ` in ${w.cgroup}` : ""}`;
       if (summary.changed) this.o.log(`rule ${w.rule.name}, watched (${who}): ${summary.changed} connections changed`);
       if (summary.failed) {
-        const why = Object.entries(summary.errors)
-          .map(([k, v]) => `${v} ${k}`)
-          .join(", ");
+        const why = errorsText(summary.errors);
         this.o.log(
           `rule ${w.rule.name}, watched (${who}): ${summary.failed} connections could not be changed (${why})`,
         );
@@ -564,6 +564,13 @@ export class Agent {
       this.o.log(`cannot write the status: ${(e as Error).message}`);
     }
   }
+}
+
+/** "3 setsockopt: EPERM, 1 pidfd_getfd: ESRCH": a live session's failures, for the log. */
+function errorsText(errors: Readonly<Record<string, number>>): string {
+  return Object.entries(errors)
+    .map(([k, v]) => `${v} ${k}`)
+    .join(", ");
 }
 
 function specOf(rule: PolicyRule): EnforceSpec {

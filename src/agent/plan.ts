@@ -10,6 +10,7 @@
  * the rule are watched instead (the agent changes their connections by pid at every reconcile: `watched`), unless
  * the rule's mechanism is enforce (then they are reported, `uncovered`). Mechanism live watches always.
  */
+import type { Enforcement } from "../enforce/cgroup.js";
 import type { EndpointRule } from "../filter.js";
 import { endpointRuleText } from "../filter.js";
 import { matchPolicy, type Policy, type PolicyRule, type ProcessFacts } from "../policy.js";
@@ -120,17 +121,11 @@ export function planPolicy(policy: Policy, facts: readonly ProcessFacts[]): Plan
   return { targets, watched, uncovered };
 }
 
-/** The fields of an enforcement's description (cgroup.ts Enforcement) that a rule decides. */
-export interface Described {
-  mode: string;
-  idle_s?: number;
-  interval_s?: number;
-  count?: number;
-  user_timeout_ms?: number;
-  only: string[];
-  except: string[];
-  rule?: string;
-}
+/** The fields of an enforcement's description that a rule decides. */
+export type Described = Pick<
+  Enforcement,
+  "mode" | "idle_s" | "interval_s" | "count" | "user_timeout_ms" | "only" | "except" | "rule"
+>;
 
 /** Whether an enforcement pinned with description `e` is what `rule` asks for (nothing to change). */
 export function sameAsRule(e: Described, rule: PolicyRule): boolean {

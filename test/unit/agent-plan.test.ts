@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { planPolicy, sameAsRule } from "../../src/agent/plan.js";
+import { type Described, planPolicy, sameAsRule } from "../../src/agent/plan.js";
 import { type ProcessFacts, parsePolicy } from "../../src/policy.js";
 
 const policy = parsePolicy(
@@ -102,7 +102,7 @@ test("the first matching rule wins; mechanism live and processes in no cgroup v2
 test("an enforcement is left alone only when its description is what the rule asks for", () => {
   const billing = policy.rules[0];
   assert.ok(billing);
-  const described = {
+  const described: Described = {
     mode: "strengthen",
     idle_s: 60,
     interval_s: 10,
