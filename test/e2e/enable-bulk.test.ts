@@ -86,7 +86,12 @@ for (const { ends, keepalive, via } of CASES) {
     const backlog = netdevMaxBacklog();
     // A tick with half as many probes again as planned: the kernel merged granules (tcpka's turns never come
     // early: session.ts). Those sockets then stay merged, because each re-arms from the tick that ran it.
-    const merged = probes.max4 > 1.5 * planned;
+    // The sliding max leaves out what a stalled sampler missed (a pair of samples more than 4 ms apart); the
+    // aligned windows put that all in one window. A stall of the sampler is a stall of its vCPU, when the timer
+    // softirq runs late too: seen in CI, 1,080 probes in the sliding max but 1,676 in one aligned window after a
+    // 24 ms gap, with drops and losses. Only when neither shows a merge has the kernel kept to the plan.
+    const busiest = Math.max(probes.max4, ...probes.top4.map(([, n]) => n));
+    const merged = busiest > 1.5 * planned;
     if (2 * planned < backlog || !merged) {
       // Where two planned ticks fit the backlog, one late softirq drops nothing; where the kernel kept to the
       // plan, nothing is dropped either: no connection may be lost.
@@ -98,7 +103,7 @@ for (const { ends, keepalive, via } of CASES) {
       // tcpka warns that it is fragile and that the floor is above half the backlog). The holders' own ideal
       // spread has the same floor (BENCHMARKS.md §5: 641-700 a tick at 40,000 ends). What tcpka still answers for: every loss is one the softnet
       // drops explain (an end dies after two unanswered probes, its peer by the reset it then sends), nothing else.
-      t.diagnostic(`the kernel merged timer granules (${probes.max4} probes in 4 ms, planned ${planned}): ${seen}`);
+      t.diagnostic(`the kernel merged timer granules (${busiest} probes in 4 ms, planned ${planned}): ${seen}`);
       assert.equal(report.otherError, 0, `ends died only of keepalive (ETIMEDOUT, or the peer's reset): ${seen}`);
       assert.ok(2 * report.lost <= drops(probes), `every loss explained by softnet drops: ${seen}`);
     }
