@@ -155,7 +155,12 @@ export class Agent {
   async run(signal: AbortSignal): Promise<void> {
     const base = runtimeBase();
     if (base === undefined) throw new TcpkaError("system", "no runtime directory for the agent's lock and status");
-    const lock = Lock.take(join(base, "agent.lock"), "start the agent", { timeoutMs: 0 });
+    const lock = Lock.tryTake(join(base, "agent.lock"));
+    if (!lock) {
+      throw new TcpkaError("system", `another tcpka agent runs on this host (it holds ${join(base, "agent.lock")})`, {
+        hint: "one agent keeps a host: tcpka status says what it does; stop it first to run this one",
+      });
+    }
     try {
       this.load("start");
       this.watchAll();

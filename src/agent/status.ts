@@ -120,11 +120,7 @@ export function readStatus(): AgentStatus | undefined {
 export function agentRuns(): boolean {
   const base = runtimeBase();
   if (base === undefined) return false;
-  try {
-    Lock.take(join(base, "agent.lock"), "read the agent's status", { shared: true, timeoutMs: 0 }).release();
-    return false;
-  } catch (e) {
-    if (e instanceof TcpkaError && /still holds/.test(e.message)) return true;
-    throw e;
-  }
+  const lock = Lock.tryTake(join(base, "agent.lock"), { shared: true });
+  lock?.release();
+  return lock === undefined;
 }

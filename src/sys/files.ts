@@ -16,6 +16,7 @@ import {
   mkdirSync,
   mkdtempSync,
   openSync,
+  readSync,
   renameSync,
   rmSync,
   type Stats,
@@ -215,12 +216,7 @@ export class Lock {
   private constructor(private fd: number) {}
 
   static take(path: string, what: string, opts: { shared?: boolean; timeoutMs?: number } = {}): Lock {
-    let fd: number;
-    try {
-      fd = openSync(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o600);
-    } catch (e) {
-      throw fileError(path, e, "open the lock file");
-    }
+    const fd = openLockFile(path);
     const deadline = Date.now() + (opts.timeoutMs ?? 30_000);
     try {
       while (!flockNow(fd, opts.shared ? LOCK_SH : LOCK_EX)) {
@@ -238,10 +234,47 @@ export class Lock {
     return new Lock(fd);
   }
 
+  /** The lock if it can be had at once; undefined while another holds it. */
+  static tryTake(path: string, opts: { shared?: boolean } = {}): Lock | undefined {
+    const fd = openLockFile(path);
+    if (flockNow(fd, opts.shared ? LOCK_SH : LOCK_EX)) return new Lock(fd);
+    closeSync(fd);
+    return undefined;
+  }
+
   release(): void {
     if (this.fd < 0) return;
     closeSync(this.fd); // closing the only fd of the open file description drops the lock
     this.fd = -1;
+  }
+}
+
+/**
+ * What `fd` holds, read to its end but never more than `max` bytes plus one: a result longer than `max` says there
+ * was more (the caller refuses it), without reading on. Waits out EAGAIN (a non-blocking pipe).
+ */
+export function readAtMost(fd: number, max: number): Buffer {
+  const buf = Buffer.alloc(max + 1);
+  let n = 0;
+  while (n < buf.length) {
+    let k: number;
+    try {
+      k = readSync(fd, buf, n, buf.length - n, null);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === "EAGAIN") continue;
+      throw e;
+    }
+    if (k === 0) break;
+    n += k;
+  }
+  return buf.subarray(0, n);
+}
+
+function openLockFile(path: string): number {
+  try {
+    return openSync(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o600);
+  } catch (e) {
+    throw fileError(path, e, "open the lock file");
   }
 }
 
