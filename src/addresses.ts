@@ -101,6 +101,10 @@ export function formatIPv6(w: readonly number[]): string {
 
 /** "192.0.2.7:443", "[2001:db8::1]:443", or "0.0.0.0:*" for port 0. */
 export function hostPort(address: string, port: number): string {
-  const p = port === 0 ? "*" : String(port); // a listener's peer, as ss prints it
-  return address.includes(":") ? `[${address}]:${p}` : `${address}:${p}`;
+  return hostPrefix(address) + (port === 0 ? "*" : String(port)); // "*": a listener's peer, as ss prints it
+}
+
+/** What stands before the port: "192.0.2.7:", "[2001:db8::1]:". */
+export function hostPrefix(address: string): string {
+  return address.includes(":") ? `[${address}]:` : `${address}:`;
 }

@@ -2,9 +2,10 @@
  * Reading the policy file: at most MAX_POLICY_BYTES, a regular file, through one descriptor (a file that grows or
  * is swapped while it is read is caught, not half read).
  */
-import { closeSync, fstatSync, openSync, readSync } from "node:fs";
+import { closeSync, fstatSync, openSync } from "node:fs";
 import { TcpkaError, usage } from "../errors.js";
 import { MAX_POLICY_BYTES, type Policy, parsePolicy } from "../policy.js";
+import { readAtMost } from "../sys/files.js";
 
 /** The file's text. */
 export function readPolicyFile(file: string): string {
@@ -23,16 +24,10 @@ export function readPolicyFile(file: string): string {
     if (st.size > MAX_POLICY_BYTES) {
       throw new TcpkaError("invalid", `${file}: ${st.size} bytes, more than a policy's ${MAX_POLICY_BYTES}`);
     }
-    const buf = Buffer.alloc(st.size + 1);
-    let n = 0;
-    // One byte more than fstat said: a file that grew since is caught by the check below, not cut short.
-    while (n < buf.length) {
-      const k = readSync(fd, buf, n, buf.length - n, null);
-      if (k === 0) break;
-      n += k;
-    }
-    if (n > MAX_POLICY_BYTES) throw new TcpkaError("invalid", `${file}: more than ${MAX_POLICY_BYTES} bytes`);
-    return buf.toString("utf8", 0, n);
+    // To the end, not to fstat's size: a file that grew since is caught by the check below, not cut short.
+    const text = readAtMost(fd, MAX_POLICY_BYTES);
+    if (text.length > MAX_POLICY_BYTES) throw new TcpkaError("invalid", `${file}: more than ${MAX_POLICY_BYTES} bytes`);
+    return text.toString("utf8");
   } finally {
     closeSync(fd);
   }

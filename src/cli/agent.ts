@@ -3,7 +3,6 @@
  * SIGTERM (SIGHUP reads the policy again); `--check [FILE]` validates a policy (src/policy.ts) without applying
  * anything: every error with its line, or what each rule selects and sets; `--explain PID` which rule applies.
  */
-import { readSync } from "node:fs";
 import { Agent } from "../agent/agent.js";
 import { processFacts } from "../agent/facts.js";
 import { enforceCreating } from "../agent/hook.js";
@@ -22,7 +21,7 @@ import {
   type RuleMatch,
 } from "../policy.js";
 import { formatMs, parseDurationMs } from "../settings.js";
-import { euid } from "../sys/files.js";
+import { euid, readAtMost } from "../sys/files.js";
 import { bool, parse, str } from "../ui/args.js";
 import { Out, printable, processText, table } from "../ui/format.js";
 import { stopOnSignals } from "../ui/signals.js";
@@ -76,6 +75,9 @@ Examples:
   sudo tcpka agent --policy /etc/tcpka/policy.yaml
   sudo systemctl reload tcpka-agent           the unit sends SIGHUP: the policy is read again
 `;
+
+/** The runtime's state on an OCI hook's stdin is a small JSON object: more is refused unread. */
+const MAX_STATE_BYTES = 1 << 20;
 
 /** How often the agent reconciles when no event says that something changed. */
 const DEFAULT_RESYNC_MS = 30_000;
@@ -135,32 +137,16 @@ function ociHook(policyFile: string | undefined): number {
     if (euid() !== 0 || !agentRuns()) return 0;
     const file = policyFile ?? readStatus()?.policy.file ?? DEFAULT_POLICY;
     const { policy } = loadPolicyFile(file);
-    const done = enforceCreating(JSON.parse(readStdin(1 << 20)), policy, cgroup2Mount());
+    const state = readAtMost(0, MAX_STATE_BYTES);
+    if (state.length > MAX_STATE_BYTES)
+      throw new Error(`more than ${MAX_STATE_BYTES} bytes on stdin: not an OCI state`);
+    const done = enforceCreating(JSON.parse(state.toString("utf8")), policy, cgroup2Mount());
     if (done) process.stderr.write(`tcpka agent --oci-hook: ${printable(done)}\n`);
   } catch (e) {
     const why = e instanceof Error ? e.message.split("\n")[0] : String(e);
     process.stderr.write(`tcpka agent --oci-hook: nothing done: ${printable(why ?? "")}\n`);
   }
   return 0;
-}
-
-/** At most `max` bytes of stdin (the runtime's state: a small JSON object). */
-function readStdin(max: number): string {
-  const buf = Buffer.alloc(max + 1);
-  let n = 0;
-  for (;;) {
-    let k: number;
-    try {
-      k = readSync(0, buf, n, buf.length - n, null);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === "EAGAIN") continue;
-      throw e;
-    }
-    if (k === 0) break;
-    n += k;
-    if (n > max) throw new TcpkaError("invalid", `more than ${max} bytes on stdin: not an OCI state`);
-  }
-  return buf.toString("utf8", 0, n);
 }
 
 /** The agent itself, until SIGINT or SIGTERM; SIGHUP reads the policy again. */

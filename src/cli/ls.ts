@@ -1,6 +1,8 @@
 /**
  * `tcpka ls`: one line per socket, like `ss -tanoe` but about keepalive.
  */
+
+import { hostPrefix } from "../addresses.js";
 import { usage } from "../errors.js";
 import type { SocketFilter } from "../filter.js";
 import { type Connection, type InspectionInfo, type InspectOptions, inspectEach } from "../inspect/connections.js";
@@ -11,7 +13,7 @@ import { readSystemDefaults } from "../inspect/sysctl.js";
 import { formatMs, formatSeconds } from "../settings.js";
 import { bool, FILTER_HELP, FILTER_OPTIONS, filterFrom, parse, str } from "../ui/args.js";
 import { whereText, writeConnectionJson, writeExactHint } from "../ui/connections.js";
-import { asciiBytes, type Out, paint, plural, printable, processText, Table, visibleWidth } from "../ui/format.js";
+import { asciiBytes, type Out, ownerPrefix, paint, plural, printable, Table, visibleWidth } from "../ui/format.js";
 
 export const LS_HELP = `Usage: tcpka ls [filters] [-w | --json]
 
@@ -188,7 +190,7 @@ function putHostPort(t: Table, address: string, port: number): void {
   let piece = addressPieces.get(address);
   if (piece === undefined) {
     if (addressPieces.size >= 1 << 16) addressPieces.clear();
-    piece = Buffer.from(address.includes(":") ? `[${address}]:` : `${address}:`, "latin1");
+    piece = Buffer.from(hostPrefix(address), "latin1");
     addressPieces.set(address, piece);
   }
   t.put(piece);
@@ -216,7 +218,7 @@ const PROCESS: Column = [
       let p = ownerPieces.get(first.pid);
       if (p === undefined || p.comm !== first.comm) {
         if (ownerPieces.size >= 1 << 16) ownerPieces.clear();
-        const text = `${processText(first.comm, first.pid)} fd `; // as ownerText() writes it
+        const text = ownerPrefix(first.comm, first.pid);
         p = { comm: first.comm, bytes: Buffer.from(text), width: text.length };
         ownerPieces.set(first.pid, p);
       }

@@ -419,7 +419,12 @@ export function ownerText(owners: readonly SocketOwner[]): string {
   const first = owners[0];
   if (!first) return "-";
   const more = owners.length > 1 ? ` +${owners.length - 1}` : "";
-  return `${processText(first.comm, first.pid)} fd ${first.fd}${more}`;
+  return `${ownerPrefix(first.comm, first.pid)}${first.fd}${more}`;
+}
+
+/** "java[2203] fd ": an owner up to its fd number (the table of `tcpka ls` adds the digits itself). */
+export function ownerPrefix(comm: string, pid: number): string {
+  return `${processText(comm, pid)} fd `;
 }
 
 export function plural(n: number, one: string, many = `${one}s`): string {
