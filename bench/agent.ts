@@ -10,9 +10,10 @@
  * runs as it is run by hand (`tcpka agent --policy FILE`, resync 30 s by default). Its CPU time (user + system,
  * every thread: /proc/PID/stat) is read after its start-up reconcile and again after the measured window: the
  * share is their difference over the window's wall time. Everything it made is removed at the end, the cgroups
- * too; the holders and the spawner are killed by pid on every exit path.
+ * too; the holders and the spawner are killed by pid on every exit path. With --by-process, a rule by process
+ * name comes first (it matches nothing here): every exec the kernel reports is then read and matched.
  *
- *   node dist-test/bench/agent.js [--seconds 90] [--connections 50000] [--rate 200] [--resync 30s]
+ *   node dist-test/bench/agent.js [--seconds 90] [--connections 50000] [--rate 200] [--resync 30s] [--by-process]
  */
 import { spawn, spawnSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, readFileSync, rmdirSync, rmSync, writeFileSync } from "node:fs";
@@ -29,6 +30,7 @@ const { values } = parseArgs({
     connections: { type: "string", default: "50000" },
     rate: { type: "string", default: "200" },
     resync: { type: "string", default: "30s" },
+    "by-process": { type: "boolean", default: false },
   },
 });
 const SECONDS = Number(values.seconds);
@@ -119,7 +121,7 @@ async function main(): Promise<void> {
     writeFileSync(
       policy,
       `rules:
-  - name: held
+${values["by-process"] ? "  - name: by-name\n    match: {process: {name: no-such-daemon}}\n    keepalive: {idle: 60s}\n" : ""}  - name: held
     match: {cgroup: ${held.slice(mount.length)}}
     keepalive: {idle: 60s, interval: 10s, count: 6}
   - name: churn
@@ -203,13 +205,14 @@ async function main(): Promise<void> {
       [
         "### tcpka agent: its own cost (bench/agent.ts)",
         "",
-        `Command: \`node dist-test/bench/agent.js --seconds ${SECONDS} --connections ${CONNECTIONS} --rate ${RATE} --resync ${values.resync}\``,
+        `Command: \`node dist-test/bench/agent.js --seconds ${SECONDS} --connections ${CONNECTIONS} --rate ${RATE} --resync ${values.resync}${values["by-process"] ? " --by-process" : ""}\``,
         "",
         "| what | value |",
         "|---|---|",
         `| sockets under the agent's enforcement (held, idle) | ${CONNECTIONS * 2} |`,
         `| processes started per second (achieved) | ${rate.toFixed(0)} |`,
         `| resync | ${values.resync} |`,
+        `| a rule by process name first (every exec read and matched) | ${values["by-process"] ? "yes" : "no"} |`,
         `| the start-up reconcile (enforcements made) | ${startLine.replace(/^reconciled \(start\) in /, "").split(":")[0]} |`,
         `| then the existing-connections pass behind it (${CONNECTIONS * 2} sockets, paced over the timer wheel) | ${(passMs / 1000).toFixed(1)} s: ${passLine?.text.replace(/^rule held on [^:]*: /, "") ?? "?"} |`,
         `| agent CPU until then, Node's start included | ${startCpu.toFixed(2)} s |`,

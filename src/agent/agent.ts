@@ -38,10 +38,11 @@ import { endpointRuleText } from "../filter.js";
 import { pidsInCgroup } from "../inspect/cgroup.js";
 import { startTimeOf } from "../inspect/processes.js";
 import { chooseProcesses } from "../inspect/targets.js";
-import { STATE_ROOTS } from "../inspect/workloads.js";
-import { type Policy, PolicyErrors, type PolicyRule } from "../policy.js";
+import { STATE_ROOTS, Workloads } from "../inspect/workloads.js";
+import { matchPolicy, type Policy, PolicyErrors, type PolicyRule, type ProcessFacts } from "../policy.js";
 import { Lock, runtimeBase } from "../sys/files.js";
-import { everyProcess } from "./facts.js";
+import { ProcEvents } from "../sys/proc-events.js";
+import { everyProcess, processFacts, userNames } from "./facts.js";
 import { type Plan, planPolicy, sameAsRule, type Target, type Watched } from "./plan.js";
 import { loadPolicyFile } from "./policy-file.js";
 import {
@@ -62,6 +63,48 @@ export interface AgentOptions {
   resyncMs: number;
   /** what the agent does, one line at a time (texts that other users chose are in it: escape before printing) */
   log: (line: string) => void;
+}
+
+/** What a reconcile saw, for onProcesses. */
+interface Seen {
+  policy: Policy;
+  /** whether a rule selects by something a process can change on its own: its program, name or user */
+  byProcess: boolean;
+  /** each cgroup that held processes, and the rules of its processes (null: of none) */
+  rulesOf: Map<string, Set<string | null>>;
+  /** rule + "\0" + cgroup of the processes watched by pid */
+  watched: Set<string>;
+  targets: string[];
+  workloads: Workloads;
+  users: ReadonlyMap<number, string>;
+}
+
+function seenOf(
+  policy: Policy,
+  facts: readonly ProcessFacts[],
+  plan: Plan,
+  workloads: Workloads,
+  users: ReadonlyMap<number, string>,
+): Seen {
+  const rulesOf = new Map<string, Set<string | null>>();
+  for (const f of facts) {
+    if (f.cgroup === null) continue;
+    let set = rulesOf.get(f.cgroup);
+    if (!set) {
+      set = new Set();
+      rulesOf.set(f.cgroup, set);
+    }
+    set.add(matchPolicy(policy, f)?.name ?? null);
+  }
+  return {
+    policy,
+    byProcess: policy.rules.some((r) => r.match.process !== undefined || r.match.user !== undefined),
+    rulesOf,
+    watched: new Set(plan.watched.filter((w) => w.cgroup !== null).map((w) => `${w.rule.name}\0${w.cgroup}`)),
+    targets: plan.targets.map((t) => t.cgroup),
+    workloads,
+    users,
+  };
 }
 
 /** Changes closer together than this make one reconcile (a container start touches several files). */
@@ -148,6 +191,10 @@ export class Agent {
   private readonly passOf = new Map<string, object>();
   /** the last reconcile's plan and what became of each target, for the status */
   private lastDone: { plan: Plan; states: ReadonlyMap<Target, TargetStatus> } | undefined;
+  /** the kernel's process events, while they can be had */
+  private procEvents: ProcEvents | undefined;
+  /** what the last reconcile saw, to tell whether a process that exec'd changes anything (see onProcesses) */
+  private seen: Seen | undefined;
 
   constructor(private readonly o: AgentOptions) {}
 
@@ -164,6 +211,7 @@ export class Agent {
     try {
       this.load("start");
       this.watchAll();
+      await this.listenToProcesses();
       let next = 0;
       let reason = "start";
       const onAbort = () => this.wake?.();
@@ -187,6 +235,8 @@ export class Agent {
         signal.removeEventListener("abort", onAbort);
       }
     } finally {
+      this.procEvents?.stop();
+      this.procEvents = undefined;
       for (const w of this.watchers) w.close();
       this.watchers = [];
       this.reconcileSoon.stop();
@@ -253,6 +303,63 @@ export class Agent {
     for (const d of subdirs(this.o.mount)) add(join(this.o.mount, d), "a cgroup appeared or went");
   }
 
+  /**
+   * Hear of every process that execs a program, changes its uid or its name (the kernel's process events), so
+   * that one which starts in a cgroup that already exists is planned for at once rather than at the next resync.
+   * Without them (no CAP_NET_ADMIN, not in the host's namespaces), the resync still finds it: said in one line.
+   */
+  private async listenToProcesses(): Promise<void> {
+    try {
+      this.procEvents = await ProcEvents.start(
+        (processes, lost) => this.onProcesses(processes, lost),
+        (why) => {
+          this.procEvents = undefined;
+          this.o.log(`process events stopped (${why}): processes starting in existing cgroups are seen at each resync`);
+          this.soon("process events stopped");
+        },
+      );
+    } catch (e) {
+      this.o.log(
+        `no process events (${(e as Error).message}): a process that starts in a cgroup that already exists is seen at the next resync`,
+      );
+    }
+  }
+
+  /**
+   * Processes that exec'd, changed uid or name: reconcile when one of them makes the plan differ from the last
+   * reconcile's. Cheap for most: a process in a cgroup seen then, under a policy that selects by cgroup only
+   * (unit, container, pod, cgroup), is under the same rule as its cgroup's other processes. Otherwise its facts
+   * are read and matched: it matters when its rule is not among its cgroup's (a new rule there, or a rule's
+   * process in a cgroup it enforces that is now shared), when its rule watches its cgroup's processes by pid (a new
+   * pid to watch), or, in a cgroup not seen, when any rule selects it or it is below an enforced cgroup.
+   */
+  private onProcesses(processes: readonly [number, string][], lost: boolean): void {
+    if (lost) {
+      this.soon("process events were lost");
+      return;
+    }
+    const policy = this.policy;
+    const seen = this.seen;
+    if (!policy || !seen || seen.policy !== policy) return; // a reconcile for this policy is to come anyway
+    let fresh: Workloads | undefined;
+    for (const [pid, cgroup] of processes) {
+      if (pid === process.pid) continue;
+      const rules = seen.rulesOf.get(cgroup);
+      if (rules && !seen.byProcess) continue;
+      if (!rules) fresh ??= Workloads.load(); // a cgroup new since: its container's records may be new too
+      const f = processFacts(pid, rules ? seen.workloads : (fresh as Workloads), seen.users);
+      if (!f) continue;
+      const rule = matchPolicy(policy, f)?.name ?? null;
+      const matters = rules
+        ? !rules.has(rule) || seen.watched.has(`${rule}\0${cgroup}`)
+        : rule !== null || seen.targets.some((t) => cgroup.startsWith(`${t}/`));
+      if (matters) {
+        this.soon("a process started");
+        return;
+      }
+    }
+  }
+
   /** Read the policy file; true when a new good policy is now in force. */
   private load(why: string): boolean {
     let text: string;
@@ -301,7 +408,11 @@ export class Agent {
         },
       );
     }
-    const plan = planPolicy(policy, everyProcess());
+    const workloads = Workloads.load();
+    const users = userNames();
+    const facts = everyProcess(workloads, users);
+    const plan = planPolicy(policy, facts);
+    this.seen = seenOf(policy, facts, plan, workloads, users);
     const mine = new Map(agentEnforcements().map((a) => [a.cgroup, a]));
     const listed = new Map(listEnforcements(this.o.mount).map((l) => [l.cgroup, l]));
     const states = new Map<Target, TargetStatus>();

@@ -46,9 +46,7 @@ export function processFacts(
 }
 
 /** The facts of every process that may hold sockets (no kernel threads, no zombies), tcpka itself left out. */
-export function everyProcess(): ProcessFacts[] {
-  const workloads = Workloads.load();
-  const users = userNames();
+export function everyProcess(workloads: Workloads = Workloads.load(), users = userNames()): ProcessFacts[] {
   const out: ProcessFacts[] = [];
   for (const pid of listPids()) {
     if (pid === process.pid || !mayHoldSockets(pid)) continue;

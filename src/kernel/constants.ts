@@ -22,6 +22,12 @@ export const IP_FREEBIND = 15;
 // include/uapi/linux/sched.h: setns(2) into a network namespace
 export const CLONE_NEWNET = 0x40000000;
 export const SO_TYPE = 3;
+// SO_RCVTIMEO_OLD: a struct timeval of the native layout (two 8-byte fields on 64-bit)
+export const SO_RCVTIMEO = 20;
+// the receive buffer's size beyond net.core.rmem_max, with CAP_NET_ADMIN
+export const SO_RCVBUFFORCE = 33;
+// include/linux/socket.h
+export const MSG_DONTWAIT = 0x40;
 export const SO_KEEPALIVE = 9;
 export const SO_DOMAIN = 39;
 export const SO_PROTOCOL = 38;
@@ -66,6 +72,20 @@ export const NLM_F_DUMP = NLM_F_ROOT | NLM_F_MATCH;
 export const NLMSG_ERROR = 2;
 export const NLMSG_DONE = 3;
 export const NLMSG_HDRLEN = 16;
+export const NETLINK_CONNECTOR = 11;
+
+// include/uapi/linux/connector.h and cn_proc.h: the process events connector (drivers/connector/cn_proc.c)
+export const CN_IDX_PROC = 1;
+export const CN_VAL_PROC = 1;
+/** struct cn_msg: cb_id (idx, val), seq, ack (u32 each), len, flags (u16 each); its data follows */
+export const CN_MSG_LEN = 20;
+export const PROC_CN_MCAST_LISTEN = 1;
+export const PROC_EVENT_NONE = 0;
+export const PROC_EVENT_EXEC = 0x2;
+export const PROC_EVENT_UID = 0x4;
+export const PROC_EVENT_COMM = 0x200;
+/** struct proc_event: what, cpu (u32), timestamp_ns (u64), then the union event_data */
+export const PROC_EVENT_DATA = 16;
 
 // include/uapi/linux/sock_diag.h
 export const SOCK_DIAG_BY_FAMILY = 20;
@@ -124,6 +144,7 @@ export const BPF_F_NO_PREALLOC = 1;
 export const BPF_OBJ_NAME_LEN = 16;
 
 // include/uapi/asm-generic/fcntl.h: an open(2) flag (not in Node's fs.constants), and flock(2) operations
+export const O_RDONLY = 0;
 export const O_CLOEXEC = 0o2000000;
 export const LOCK_SH = 1;
 export const LOCK_EX = 2;

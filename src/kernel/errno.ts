@@ -53,3 +53,7 @@ export function errnoName(errno: number): string {
 
 // A target socket that no walk of the kernel met (closed, or in another namespace): "no such file or directory".
 export const ENOENT = 2;
+// A netlink socket's receive queue overflowed and messages were dropped (netlink_overrun)
+export const ENOBUFS = 105;
+export const EAGAIN = 11;
+export const EINTR = 4;

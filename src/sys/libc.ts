@@ -6,10 +6,14 @@ import { createRequire } from "node:module";
 import { TcpkaError } from "../errors.js";
 import {
   AF_INET,
+  AF_NETLINK,
   AF_UNIX,
   CLOCK_MONOTONIC_COARSE,
   FILEID_KERNFS,
   LOCK_NB,
+  MSG_DONTWAIT,
+  O_CLOEXEC,
+  O_RDONLY,
   S_IFMT,
   S_IFSOCK,
   SOCK_CLOEXEC,
@@ -46,6 +50,8 @@ const c = {
   // fixed-arity prototype is safe and spares koffi's slower variadic path.
   syscall: lib.func("long syscall(long nr, long a, long b, long c)"),
   clock_getres: lib.func("int clock_getres(int clock, intptr_t res)"),
+  open: lib.func("int open(const char *path, int flags)"),
+  recvmmsg: lib.func("int recvmmsg(int fd, intptr_t msgvec, unsigned int vlen, int flags, intptr_t timeout)"),
 };
 
 /** A failed system call: errno, its symbolic name and the call that failed. */
@@ -162,6 +168,79 @@ export function bindLoopback4(fd: number): void {
   check("bind", c.bind(fd, SCRATCH + SOCKADDR, 16) as number);
 }
 
+/**
+ * bind(2) a netlink socket to multicast `groups` (struct sockaddr_nl: nl_family u16, nl_pad u16, nl_pid u32 = 0
+ * for the kernel to pick, nl_groups u32).
+ */
+export function bindNetlink(fd: number, groups: number): void {
+  bytes.fill(0, SOCKADDR, SOCKADDR + 12);
+  bytes[SOCKADDR] = AF_NETLINK;
+  u32[(SOCKADDR + 8) / 4] = groups >>> 0;
+  check("bind", c.bind(fd, SCRATCH + SOCKADDR, 12) as number);
+}
+
+/** setsockopt(2) of a struct timeval option (SO_RCVTIMEO): tv_sec and tv_usec, 8 bytes each. */
+export function setsockoptTimeval(fd: number, level: number, name: number, ms: number): void {
+  bytes.fill(0, TIMESPEC, TIMESPEC + 16);
+  u32[TIMESPEC / 4] = Math.floor(ms / 1000);
+  u32[TIMESPEC / 4 + 2] = (ms % 1000) * 1000;
+  check("setsockopt", c.setsockopt(fd, level, name, SCRATCH + TIMESPEC, 16) as number);
+}
+
+/**
+ * Datagrams received many at a time: recvmmsg(2) into `count` slots of `size` bytes each, without waiting. The
+ * memory is laid out once: struct mmsghdr[count] (struct msghdr of 56 bytes on 64-bit Linux — msg_name, msg_namelen
+ * and padding, msg_iov, msg_iovlen, msg_control, msg_controllen, msg_flags and padding — then msg_len and
+ * padding: 64 bytes), struct iovec[count] (base, length), then the slots.
+ */
+export class DatagramBatch {
+  readonly bytes: Uint8Array;
+  private readonly view: DataView;
+  private readonly address: number;
+  private readonly data: number;
+
+  constructor(
+    readonly count: number,
+    readonly size: number,
+  ) {
+    const iovs = count * 64;
+    this.data = iovs + count * 16;
+    this.bytes = new Uint8Array(new ArrayBuffer(this.data + count * size));
+    this.view = new DataView(this.bytes.buffer);
+    this.address = Number(koffi.address(this.bytes));
+    for (let i = 0; i < count; i++) {
+      const iov = iovs + i * 16;
+      this.view.setBigUint64(iov, BigInt(this.address + this.data + i * size), true);
+      this.view.setBigUint64(iov + 8, BigInt(size), true);
+      this.view.setBigUint64(i * 64 + 16, BigInt(this.address + iov), true); // msg_iov
+      this.view.setBigUint64(i * 64 + 24, 1n, true); // msg_iovlen
+    }
+  }
+
+  /**
+   * Receive what is queued, up to `count` datagrams, without waiting: how many (0 when none was). Throws
+   * SysError on any other failure (ENOBUFS: the socket's queue overflowed, and datagrams were dropped).
+   */
+  receive(fd: number): number {
+    for (;;) {
+      const n = c.recvmmsg(fd, this.address, this.count, MSG_DONTWAIT, 0) as number;
+      if (n >= 0) return n;
+      const errno = koffi.errno();
+      if (errno === EWOULDBLOCK) return 0;
+      if (errno !== 4) throw new SysError("recvmmsg", errno);
+    }
+  }
+
+  /** Where datagram `i` of the last receive starts in `bytes`, and its length. */
+  offset(i: number): number {
+    return this.data + i * this.size;
+  }
+
+  length(i: number): number {
+    return this.view.getUint32(i * 64 + 56, true);
+  }
+}
+
 export function listen(fd: number, backlog: number): void {
   check("listen", c.listen(fd, backlog) as number);
 }
@@ -230,6 +309,19 @@ export function readInto(fd: number, buf: Uint8Array, address: number): number {
     const errno = koffi.errno();
     if (errno !== 4) throw new SysError("read", errno);
   }
+}
+
+/**
+ * The first bytes of a file (up to `buf`'s length) into `buf`, whose address is `address`: how many, or -1 when
+ * it cannot be opened or read (gone, say). No exception on failure: for files that are often gone by the time
+ * they are read (/proc of a process that has exited), where a thrown error costs more than the read.
+ */
+export function readHead(path: string, buf: Uint8Array, address: number): number {
+  const fd = c.open(path, O_RDONLY | O_CLOEXEC) as number;
+  if (fd < 0) return -1;
+  const n = Number(c.read(fd, address, buf.length));
+  c.close(fd);
+  return n < 0 ? -1 : n;
 }
 
 /** The address of a Buffer's memory, for system calls that take structs with pointers (bpf(2)). */

@@ -48,7 +48,7 @@ import { needs, python3 } from "../helpers/env.js";
 import { UNTOUCHED } from "../helpers/keepalive.js";
 import { LAB_PEER, Lab, SERVER_IP } from "../helpers/lab.js";
 import { busyboxImage, needsPodman, startContainer, type TestContainer } from "../helpers/podman.js";
-import { type Process, sleep, start } from "../helpers/processes.js";
+import { Process, sleep, start } from "../helpers/processes.js";
 import { NAME_PREFIX, type Scope, tempDir, uniqueName } from "../helpers/scope.js";
 
 /**
@@ -743,6 +743,63 @@ test("a cgroup shared with an unselected process is not enforced: the selected o
       [[cg.path, 1, `its cgroup ${cg.path} also holds 1 process of no rule; the agent enforces whole cgroups only`]],
     );
     assert.ok((rule?.watched[0]?.last?.changed ?? 0) >= 1, JSON.stringify(rule?.watched));
+    await agent.stop();
+  });
+});
+
+test("a process that starts in a cgroup that already exists is planned for at once (the kernel's process events), not at the resync", async (t) => {
+  if (!needsAgentHost(t)) return;
+  const exe = kaAgentExe(t);
+  const host = await AgentHost.create(t);
+  await host.explained(async () => {
+    const dir = tempDir(t);
+    const policy = join(dir, "policy.yaml");
+    writeFileSync(
+      policy,
+      "rules:\n  - name: by-name\n    match: {process: {name: ka_agent}}\n    keepalive: {idle: 9s, interval: 3s, count: 4}\n",
+    );
+    // A cgroup that holds a process of no rule; another that will hold only the rule's process. Both three levels
+    // down, where the agent's inotify on the cgroup tree (its top two levels) does not reach: only the process
+    // events tell of a process starting there.
+    const top = TestCgroup.create(t);
+    const shared = top.child("a").child("shared");
+    const sleeper = new Process(shared.spawn(["sleep", "600"]), `sleep in ${shared.path}`);
+    t.after(() => sleeper.kill());
+    const alone = top.child("b").child("alone");
+    // A resync far beyond the test: only the process events can make the agent act in time.
+    const agent = await host.startAgent(policy, { resync: "10m" });
+    assert.doesNotMatch(agent.log, /no process events/, "the agent listens to the kernel's process events");
+    const want = { keepalive: 1, idle: 9, interval: 3, count: 4 };
+
+    // The rule's process starts beside the sleeper: watched by pid, its first connection changed within moments.
+    let from = agent.mark();
+    const inShared = KaAgent.inCgroup(t, shared, exe, 1);
+    await agent.waitLog(new RegExp(`^rule by-name, watched \\(1 process in ${esc(shared.path)}\\)`, "m"), from, 5000);
+    const f = await inShared.first();
+    assert.ok(f.covered_ms >= 0 && f.covered_ms <= 3000, `covered after ${f.covered_ms} ms (resync 10 min)`);
+    assert.deepEqual(ka(f), want, "the first connection of a process that started in a cgroup that existed");
+
+    // The rule's process alone in a cgroup: enforced there. Then a process of no rule execs in it: the
+    // enforcement goes at once (it would give the newcomer the rule's settings), and the rule's process is watched.
+    from = agent.mark();
+    const inAlone = KaAgent.inCgroup(t, alone, exe, 0);
+    await agent.waitLog(new RegExp(`^enforcing rule by-name on ${esc(alone.path)}`, "m"), from, 5000);
+    await inAlone.first();
+    from = agent.mark();
+    const intruder = new Process(alone.spawn(["sleep", "600"]), `sleep in ${alone.path}`);
+    t.after(() => intruder.kill());
+    await agent.waitLog(
+      new RegExp(`^removed the enforcement of rule by-name on ${esc(alone.path)} \\(`, "m"),
+      from,
+      5000,
+    );
+    const status = host.status();
+    assert.deepEqual(status.rules[0]?.targets, [], "no cgroup is enforced: both hold a process of no rule");
+    assert.deepEqual(
+      status.rules[0]?.watched.map((w) => w.cgroup).sort(),
+      [shared.path, alone.path].sort(),
+      "the rule's two processes are watched by pid",
+    );
     await agent.stop();
   });
 });
