@@ -9,9 +9,11 @@
  *   enforce  connections per second in a cgroup with and without tcpka enforce (enforce.ts, its own process)
  *   agent    tcpka agent's own CPU, idle with 100,000 connections under it and 200 processes starting a second
  *            (agent.ts, its own process)
+ *   metrics  a scrape of 100,000 connections beside `ss -tnoe`, and the endpoint's CPU at one scrape every 15 s
+ *            (metrics.ts, its own process)
  *
  * Environment:
- *   BENCH_ONLY         a comma-separated subset of ls,shim,enable,enforce,agent (default: all five)
+ *   BENCH_ONLY         a comma-separated subset of ls,shim,enable,enforce,agent,metrics (default: all six)
  *   BENCH_SOCKETS      ls: socket counts (default 20000,100000); the smallest and the largest are the issue's
  *                      20,000 and 100,000
  *   BENCH_RUNS         ls: timed rounds per command (7), after one warm-up round
@@ -39,7 +41,7 @@ import { benchShim, reportShim, type ShimResult } from "./shim.js";
 
 const ROOT = fileURLToPath(new URL("../../", import.meta.url)); // dist-test/bench -> project root
 const env = (name: string, dflt: string) => process.env[name] || dflt;
-const ONLY = new Set(env("BENCH_ONLY", "ls,shim,enable,enforce,agent").split(","));
+const ONLY = new Set(env("BENCH_ONLY", "ls,shim,enable,enforce,agent,metrics").split(","));
 
 function sh(cmd: string, args: string[]): string {
   const r = spawnSync(cmd, args, { encoding: "utf8" });
@@ -134,6 +136,7 @@ async function main(): Promise<number> {
       ["enable", []],
       ["enforce", ["--cycles", "10000", "--rounds", "30"]],
       ["agent", []],
+      ["metrics", []],
     ];
     for (const [name, args] of scripts) {
       if (!ONLY.has(name)) continue;

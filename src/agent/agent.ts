@@ -246,6 +246,11 @@ export class Agent {
     }
   }
 
+  /** What the agent covers, as of its last reconcile (what it writes to its status file). */
+  status(): AgentStatus | undefined {
+    return this.lastStatus;
+  }
+
   /** Read the policy again (SIGHUP). */
   reload(): void {
     this.wanted.reload = true;

@@ -8,10 +8,13 @@ import { processFacts } from "../agent/facts.js";
 import { enforceCreating } from "../agent/hook.js";
 import { loadPolicyFile } from "../agent/policy-file.js";
 import { agentRuns, readStatus } from "../agent/status.js";
+import { listEnforcements } from "../enforce/cgroup.js";
 import { TcpkaError, usage } from "../errors.js";
 import { endpointRuleText } from "../filter.js";
 import { cgroup2Mount } from "../inspect/cgroup.js";
 import { Workloads } from "../inspect/workloads.js";
+import { startMetrics } from "../metrics/server.js";
+import type { SnapshotOptions } from "../metrics/snapshot.js";
 import {
   DEFAULT_POLICY,
   explainPolicy,
@@ -24,9 +27,10 @@ import { formatMs, parseDurationMs } from "../settings.js";
 import { euid, readAtMost } from "../sys/files.js";
 import { bool, parse, str } from "../ui/args.js";
 import { Out, printable, processText, table } from "../ui/format.js";
+import { snapshotOptions } from "../ui/metrics-options.js";
 import { stopOnSignals } from "../ui/signals.js";
 
-export const AGENT_HELP = `Usage: sudo tcpka agent [--policy FILE] [--resync DURATION]
+export const AGENT_HELP = `Usage: sudo tcpka agent [--policy FILE] [--resync DURATION] [--metrics ADDRESS:PORT]
        tcpka agent --check [FILE]
        tcpka agent --explain PID [--policy FILE]
 
@@ -61,6 +65,11 @@ by pid at every reconcile; mechanism enforce reports them instead); mechanism li
 Options:
       --policy FILE      the policy file (also as the argument of --check)
       --resync DURATION  reconcile at least this often, whatever the events say (default 30s; 1s to 1d)
+      --metrics ADDR     serve Prometheus metrics at ADDR (PORT: 127.0.0.1 only, ADDRESS:PORT, [IPv6]:PORT):
+                         those of tcpka metrics (see its --help) and what the agent enforces
+                         (tcpka_agent_targets, _connections_set_up_total, _watched_processes, ...); with
+                         --metrics-labels, --metrics-max-series, --metrics-ports as tcpka metrics' --labels,
+                         --max-series, --ports
       --check            check the policy and say what it does; apply nothing (no root needed)
       --explain PID      which rule applies to a process and why (each rule before it, and what failed)
       --oci-hook         what a container runtime runs while it creates a container (oci-hooks(5): podman,
@@ -88,6 +97,10 @@ const OPTIONS = {
   resync: { type: "string" },
   explain: { type: "string" },
   policy: { type: "string" },
+  metrics: { type: "string" },
+  "metrics-labels": { type: "string" },
+  "metrics-max-series": { type: "string" },
+  "metrics-ports": { type: "string" },
 } as const;
 
 export async function runAgent(argv: readonly string[], out: Out): Promise<number> {
@@ -105,7 +118,22 @@ export async function runAgent(argv: readonly string[], out: Out): Promise<numbe
   const explain = str(values, "explain");
   if (explain !== undefined && bool(values, "check")) throw usage("--check and --explain: one at a time");
   if (explain !== undefined) return explainPid(explain, file, out);
-  if (!bool(values, "check")) return runTheAgent(file, str(values, "resync"), out);
+  const metricsFlags = ["metrics", "metrics-labels", "metrics-max-series", "metrics-ports"].filter(
+    (f) => values[f] !== undefined,
+  );
+  if (metricsFlags.length && (bool(values, "check") || explain !== undefined)) {
+    throw usage(`--${metricsFlags[0]} is for the agent itself, not with --check or --explain`);
+  }
+  if (metricsFlags.length && values.metrics === undefined) {
+    throw usage(`--${metricsFlags[0]} needs --metrics ADDRESS:PORT`);
+  }
+  if (!bool(values, "check")) {
+    const metrics =
+      values.metrics === undefined
+        ? undefined
+        : { listen: str(values, "metrics") as string, options: snapshotOptions(values, "metrics-") };
+    return runTheAgent(file, str(values, "resync"), out, metrics);
+  }
   const policy = loadPolicy(file);
   if (typeof policy === "number") return policy;
   const n = policy.rules.length;
@@ -150,7 +178,12 @@ function ociHook(policyFile: string | undefined): number {
 }
 
 /** The agent itself, until SIGINT or SIGTERM; SIGHUP reads the policy again. */
-async function runTheAgent(file: string, resyncText: string | undefined, out: Out): Promise<number> {
+async function runTheAgent(
+  file: string,
+  resyncText: string | undefined,
+  out: Out,
+  metrics?: { listen: string; options: SnapshotOptions },
+): Promise<number> {
   if (euid() !== 0) {
     throw new TcpkaError("permission", "the agent attaches BPF programs to cgroups: run it as root", {
       hint: `sudo tcpka agent --policy ${printable(file)} (tcpka agent --check ${printable(file)} needs no root)`,
@@ -164,15 +197,27 @@ async function runTheAgent(file: string, resyncText: string | undefined, out: Ou
     out.write(`${printable(line)}\n`);
     out.end();
   };
-  const agent = new Agent({ policyFile: file, mount: cgroup2Mount(), resyncMs, log });
+  const mount = cgroup2Mount();
+  const agent = new Agent({ policyFile: file, mount, resyncMs, log });
   const stop = stopOnSignals();
   const reload = () => agent.reload();
   process.on("SIGHUP", reload);
+  // The endpoint first: a port that cannot be had stops the agent before it touches anything.
+  const endpoint = metrics
+    ? await startMetrics(
+        metrics.listen,
+        metrics.options,
+        log,
+        { status: () => agent.status(), enforcements: () => listEnforcements(mount) },
+        "--metrics",
+      )
+    : undefined;
   try {
     await agent.run(stop.signal);
   } finally {
     process.off("SIGHUP", reload);
     stop.dispose();
+    await endpoint?.close();
   }
   log(`stopped (${String(stop.signal.reason ?? "done")}); the enforcements stay in force`);
   return 0;

@@ -29,6 +29,7 @@ Commands:
   agent         keep the host to a keepalive policy file (rules by container, pod, unit, cgroup, process);
                 --check validates the file, --explain PID says which rule applies to a process
   status        what the agent covers now: each rule, its targets, connections set up, what is failing
+  metrics       Prometheus metrics: connections by keepalive state and owner, detection times, probes sent
 
 Options:
   -h, --help      this help; 'tcpka help COMMAND' or 'tcpka COMMAND --help' for the options of a command
@@ -53,6 +54,7 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   echo: async () => (await import("./echo.js")).runEcho,
   agent: async () => (await import("./agent.js")).runAgent,
   status: async () => (await import("./status.js")).runStatus,
+  metrics: async () => (await import("./metrics.js")).runMetrics,
 };
 
 export function version(): string {

@@ -154,11 +154,23 @@ export class AgentHost {
   }
 
   /**
-   * `tcpka agent --policy FILE --resync RESYNC` in the namespace. Returned once its log matches `started` (by
+   * `tcpka agent --policy FILE --resync RESYNC [EXTRA...]` in the namespace. Returned once its log matches `started` (by
    * default: once it has reconciled at start), or, with `started: null`, as soon as it runs.
    */
-  async startAgent(policy: string, opts: { resync?: string; started?: RegExp | null } = {}): Promise<RunningAgent> {
-    const argv = this.argv([process.execPath, TCPKA, "agent", "--policy", policy, "--resync", opts.resync ?? "2s"]);
+  async startAgent(
+    policy: string,
+    opts: { resync?: string; started?: RegExp | null; extra?: readonly string[] } = {},
+  ): Promise<RunningAgent> {
+    const argv = this.argv([
+      process.execPath,
+      TCPKA,
+      "agent",
+      "--policy",
+      policy,
+      "--resync",
+      opts.resync ?? "2s",
+      ...(opts.extra ?? []),
+    ]);
     const child = spawn(argv[0]!, argv.slice(1), { stdio: ["pipe", "pipe", "pipe"], env: cleanEnv() });
     const agent = new RunningAgent(child, new Process(child, "tcpka agent"));
     this.agents.add(agent);

@@ -1,0 +1,164 @@
+/**
+ * The metrics endpoint's cost (issue 17): a scrape of a host with 100,000 connections (target ≤ 250 ms) and the
+ * endpoint's CPU at one scrape every 15 s (target ≤ 1 % of a CPU), side by side with the anchor: `ss -tnoe`, what
+ * an exporter built on ss would pay for one listing of the same sockets (without owners, one namespace).
+ *
+ * Set-up: 50,000 loopback connections (100,000 sockets) in holder processes (holders.ts). `tcpka metrics --listen
+ * 127.0.0.1:PORT` runs as it is run by hand; after a warm-up scrape, the scrapes (HTTP GET /metrics, timed from
+ * the request to the last byte) alternate with `ss -tnoe` runs (spawned, timed to their exit). Then the endpoint
+ * idles with one scrape every --interval: its CPU (user + system, every thread, /proc/PID/stat) over that window
+ * over the window's wall time is the share.
+ *
+ *   node dist-test/bench/metrics.js [--connections 50000] [--scrapes 7] [--interval 15] [--window 120] [--labels L]
+ */
+import { spawn, spawnSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { HolderPool } from "./holders.js";
+
+const ROOT = fileURLToPath(new URL("../../", import.meta.url));
+const { values } = parseArgs({
+  options: {
+    connections: { type: "string", default: "50000" },
+    scrapes: { type: "string", default: "7" },
+    interval: { type: "string", default: "15" },
+    window: { type: "string", default: "120" },
+    labels: { type: "string" },
+  },
+});
+const CONNECTIONS = Number(values.connections);
+const SCRAPES = Number(values.scrapes);
+const INTERVAL_S = Number(values.interval);
+const WINDOW_S = Number(values.window);
+
+function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, "latin1");
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(f[11]) + Number(f[12])) / 100;
+}
+
+function rssMiB(pid: number): number {
+  const m = /^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, "latin1"));
+  return m ? Number(m[1]) / 1024 : 0;
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const a = s.address();
+      s.close(() => resolve(typeof a === "object" && a ? a.port : 0));
+    });
+  });
+}
+
+function median(xs: readonly number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2
+    ? (s[(s.length - 1) / 2] as number)
+    : ((s[s.length / 2 - 1] as number) + (s[s.length / 2] as number)) / 2;
+}
+
+async function main(): Promise<void> {
+  const log = (s: string) => process.stderr.write(`bench metrics: ${s}\n`);
+  const tmp = mkdtempSync(join(tmpdir(), "tcpka-bench-metrics-"));
+  const pool = new HolderPool(tmp);
+  let endpoint: ReturnType<typeof spawn> | undefined;
+  try {
+    await pool.add(CONNECTIONS);
+    log(`${CONNECTIONS * 2} sockets held in ${pool.holders.length} holders`);
+    const port = await freePort();
+    const labels = values.labels === undefined ? [] : ["--labels", values.labels];
+    endpoint = spawn("node", [join(ROOT, "bin", "tcpka.js"), "metrics", "--listen", `127.0.0.1:${port}`, ...labels], {
+      stdio: ["ignore", "ignore", "pipe"],
+    });
+    let err = "";
+    endpoint.stderr?.on("data", (b: Buffer) => {
+      err += b.toString();
+    });
+    const url = `http://127.0.0.1:${port}/metrics`;
+    for (let i = 0; !err.includes("metrics at "); i++) {
+      if (i > 200) throw new Error(`the endpoint did not start: ${err}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const scrape = async () => {
+      const t0 = process.hrtime.bigint();
+      const res = await fetch(url);
+      const text = await res.text();
+      if (!res.ok) throw new Error(`scrape: ${res.status}`);
+      return { ms: Number(process.hrtime.bigint() - t0) / 1e6, text };
+    };
+    const first = await scrape(); // warm-up: Node's JIT, the kernel pass's programs loaded
+    const counted = /^tcpka_connections\{[^}]*\} (\d+)$/gm;
+    let established = 0;
+    for (let m = counted.exec(first.text); m; m = counted.exec(first.text)) established += Number(m[1]);
+    log(`warm-up scrape: ${first.ms.toFixed(0)} ms, ${established} established sockets counted`);
+    const scrapeMs: number[] = [];
+    const ssMs: number[] = [];
+    for (let i = 0; i < SCRAPES; i++) {
+      scrapeMs.push((await scrape()).ms);
+      const t0 = process.hrtime.bigint();
+      const r = spawnSync("ss", ["-tnoe"], { stdio: ["ignore", "ignore", "ignore"], maxBuffer: 1 << 30 });
+      if (r.status !== 0) throw new Error("ss -tnoe failed");
+      ssMs.push(Number(process.hrtime.bigint() - t0) / 1e6);
+      log(`scrape ${scrapeMs.at(-1)?.toFixed(0)} ms, ss -tnoe ${ssMs.at(-1)?.toFixed(0)} ms`);
+    }
+    const pid = endpoint.pid as number;
+    const rss = rssMiB(pid);
+    log(`idle with one scrape every ${INTERVAL_S} s for ${WINDOW_S} s`);
+    await new Promise((r) => setTimeout(r, 2000));
+    const c0 = cpuSeconds(pid);
+    const w0 = Date.now();
+    let n = 0;
+    while (Date.now() - w0 < WINDOW_S * 1000) {
+      await scrape();
+      n++;
+      const next = w0 + n * INTERVAL_S * 1000;
+      await new Promise((r) => setTimeout(r, Math.max(0, Math.min(next, w0 + WINDOW_S * 1000) - Date.now())));
+    }
+    const c1 = cpuSeconds(pid);
+    const w1 = Date.now();
+    const share = ((c1 - c0) / ((w1 - w0) / 1000)) * 100;
+    const ratios = scrapeMs.map((s, i) => s / (ssMs[i] as number));
+    process.stdout.write(
+      [
+        "### tcpka metrics: a scrape, and the endpoint's cost (bench/metrics.ts)",
+        "",
+        `Command: \`node dist-test/bench/metrics.js --connections ${CONNECTIONS} --scrapes ${SCRAPES} --interval ${INTERVAL_S} --window ${WINDOW_S}${values.labels === undefined ? "" : ` --labels ${values.labels}`}\``,
+        "",
+        "| what | value |",
+        "|---|---|",
+        `| sockets on the host (held, idle loopback) | ${CONNECTIONS * 2} |`,
+        `| owner labels | ${values.labels ?? "all (process, container, pod_namespace, pod, unit)"} |`,
+        `| established sockets the scrape counted | ${established} |`,
+        `| **a scrape, median of ${SCRAPES}** (GET /metrics to its last byte; target ≤ 250 ms) | **${median(scrapeMs).toFixed(0)} ms** (${scrapeMs.map((x) => x.toFixed(0)).join(", ")}) |`,
+        `| the anchor, \`ss -tnoe\`, median of ${SCRAPES} (one namespace, no owners) | ${median(ssMs).toFixed(0)} ms (${ssMs.map((x) => x.toFixed(0)).join(", ")}) |`,
+        `| scrape / ss, pair by pair, median | ${median(ratios).toFixed(2)}× |`,
+        `| the endpoint's RSS after the scrapes | ${rss.toFixed(0)} MiB |`,
+        `| endpoint CPU over ${((w1 - w0) / 1000).toFixed(0)} s, one scrape every ${INTERVAL_S} s (${n} scrapes) | ${(c1 - c0).toFixed(2)} s |`,
+        `| **share of one CPU** (target ≤ 1 %) | **${share.toFixed(2)} %** |`,
+        "",
+      ].join("\n"),
+    );
+  } finally {
+    if (endpoint?.pid) {
+      try {
+        process.kill(endpoint.pid, "SIGKILL");
+      } catch {
+        /* gone */
+      }
+    }
+    await pool.stopAll();
+    rmSync(tmp, { recursive: true, force: true });
+  }
+}
+
+main().catch((e: unknown) => {
+  process.stderr.write(`bench metrics: ${(e as Error).stack ?? String(e)}\n`);
+  process.exitCode = 1;
+});

@@ -1,0 +1,271 @@
+/**
+ * The Prometheus metrics of `tcpka metrics` and `tcpka agent --metrics`, in the text format through prom-client
+ * (the kept library: its escaping of label values, HELP/TYPE lines and content type are the ones Prometheus
+ * expects). Every scrape makes one inventory pass (snapshot.ts); the counters mirror the kernel's own counts
+ * (set to them, never added to here). The agent adds what it enforces (agentPart).
+ */
+import type { Counter, Gauge, Histogram, Registry } from "prom-client";
+// prom-client is CommonJS: its classes come from the default export (named imports of it fail in ESM).
+import prom from "prom-client";
+import type { AgentStatus } from "../agent/status.js";
+import type { Listed } from "../enforce/cgroup.js";
+import { DETECTION_BOUNDS, type OwnerLabel, type Snapshot, type SnapshotOptions, takeSnapshot } from "./snapshot.js";
+
+/** What the agent hands the exporter at each scrape: its status now, and its enforcements' kernel counters. */
+export interface AgentPart {
+  status(): AgentStatus | undefined;
+  enforcements(): readonly Listed[];
+}
+
+export class Exporter {
+  readonly registry: Registry = new prom.Registry();
+  private readonly connections: Gauge<string>;
+  private readonly folded: Gauge<string>;
+  private readonly byPort: Gauge<string>;
+  private readonly listening: Gauge<string>;
+  private readonly detecting: Histogram<string>;
+  private readonly worst: Gauge<string>;
+  private readonly probes: Counter<string>;
+  private readonly timedOut: Counter<string>;
+  private readonly namespaces: Gauge<string>;
+  private readonly exact: Gauge<string>;
+  private readonly scrapeSeconds: Gauge<string>;
+  private readonly scrapeErrors: Counter<string>;
+  private readonly agent: ReturnType<typeof agentMetrics> | undefined;
+  /** the scrape under way: a second one at the same time waits for it and answers the same */
+  private running: Promise<string> | undefined;
+
+  constructor(
+    private readonly o: SnapshotOptions & { log: (line: string) => void },
+    private readonly agentPart?: AgentPart,
+  ) {
+    const registers = [this.registry];
+    const owner = [...o.labels];
+    this.connections = new prom.Gauge({
+      name: "tcpka_connections",
+      help: `Established TCP connections by keepalive state (on, off, unknown: the kernel's timer could not tell) and owner, every network namespace; owner label sets beyond ${o.maxSeries} are summed as "other"`,
+      labelNames: ["keepalive", ...owner],
+      registers,
+    });
+    this.folded = new prom.Gauge({
+      name: "tcpka_connections_owner_sets_folded",
+      help: 'Owner label sets of tcpka_connections summed into the "other" set this scrape (raise --max-series, or drop labels, when not 0)',
+      registers,
+    });
+    this.byPort = new prom.Gauge({
+      name: "tcpka_connections_by_port",
+      help: `Established TCP connections by keepalive state and service port (the local port where the namespace listens on it, else the peer's); ports beyond the ${o.ports} with the most connections are summed as "other"`,
+      labelNames: ["keepalive", "port"],
+      registers,
+    });
+    this.listening = new prom.Gauge({
+      name: "tcpka_listening_sockets",
+      help: "Listening TCP sockets by keepalive state: the connections they accept inherit it",
+      labelNames: ["keepalive"],
+      registers,
+    });
+    this.detecting = new prom.Histogram({
+      name: "tcpka_dead_peer_detection_seconds",
+      help: 'How long the established connections with keepalive on take to notice a vanished peer (idle + interval x count, or the user timeout): the connections there are now, counted afresh at each scrape (use histogram_quantile on it as it is, not on rate()); those with keepalive off never notice (tcpka_connections{keepalive="off"})',
+      buckets: [...DETECTION_BOUNDS],
+      registers,
+    });
+    this.worst = new prom.Gauge({
+      name: "tcpka_dead_peer_detection_worst_seconds",
+      help: "The longest time any established connection takes to notice a vanished peer: +Inf when one has keepalive off, 0 with no established connection",
+      registers,
+    });
+    this.probes = new prom.Counter({
+      name: "tcpka_keepalive_probes_total",
+      help: "Keepalive probes sent by the sockets of each network namespace (the kernel's TcpExtTCPKeepAlive), with its container or pod",
+      labelNames: ["netns", ...owner.filter((l) => l !== "process" && l !== "unit")],
+      registers,
+    });
+    this.timedOut = new prom.Counter({
+      name: "tcpka_connections_timed_out_total",
+      help: "Connections of each network namespace that the kernel closed because the peer stopped answering: keepalive probes, retransmissions or the user timeout ran out (the kernel's TcpExtTCPAbortOnTimeout)",
+      labelNames: ["netns", ...owner.filter((l) => l !== "process" && l !== "unit")],
+      registers,
+    });
+    this.namespaces = new prom.Gauge({
+      name: "tcpka_network_namespaces",
+      help: "Network namespaces read this scrape",
+      registers,
+    });
+    this.exact = new prom.Gauge({
+      name: "tcpka_exact_settings",
+      help: "1 when the sockets' settings were read exactly (root), 0 when only the kernel's timer was seen",
+      registers,
+    });
+    this.scrapeSeconds = new prom.Gauge({
+      name: "tcpka_scrape_duration_seconds",
+      help: "How long tcpka took to read every socket for this scrape",
+      registers,
+    });
+    this.scrapeErrors = new prom.Counter({
+      name: "tcpka_scrape_errors_total",
+      help: "Scrapes in which reading the sockets failed (the error is logged); the other metrics are then from before",
+      registers,
+    });
+    this.agent = agentPart ? agentMetrics(this.registry) : undefined;
+  }
+
+  /** The text of one scrape. */
+  scrape(): Promise<string> {
+    this.running ??= this.take().finally(() => {
+      this.running = undefined;
+    });
+    return this.running;
+  }
+
+  private async take(): Promise<string> {
+    const t0 = process.hrtime.bigint();
+    try {
+      this.fill(takeSnapshot(this.o));
+    } catch (e) {
+      this.scrapeErrors.inc();
+      this.o.log(`scrape failed: ${(e as Error).message}`);
+    }
+    this.scrapeSeconds.set(Number(process.hrtime.bigint() - t0) / 1e9);
+    if (this.agent && this.agentPart) fillAgent(this.agent, this.agentPart);
+    return this.registry.metrics();
+  }
+
+  private fill(s: Snapshot): void {
+    this.connections.reset();
+    for (const c of s.connections) this.connections.set({ keepalive: c.state, ...c.labels }, c.value);
+    this.folded.set(s.folded);
+    this.byPort.reset();
+    for (const p of s.byPort) this.byPort.set({ keepalive: p.state, port: p.port }, p.value);
+    this.listening.reset();
+    for (const state of ["on", "off", "unknown"] as const) this.listening.set({ keepalive: state }, s.listening[state]);
+    this.detecting.reset();
+    for (const t of s.detectionTimes) this.detecting.observe(t);
+    this.worst.reset();
+    if (s.worstDetection !== null) this.worst.set(s.worstDetection);
+    this.probes.reset();
+    this.timedOut.reset();
+    for (const n of s.counters) {
+      this.probes.inc({ netns: n.netns, ...n.labels }, n.probes);
+      this.timedOut.inc({ netns: n.netns, ...n.labels }, n.timedOut);
+    }
+    this.namespaces.set(s.namespaces);
+    this.exact.set(s.exact ? 1 : 0);
+  }
+}
+
+function agentMetrics(registry: Registry) {
+  const registers = [registry];
+  return {
+    up: new prom.Gauge({ name: "tcpka_agent_up", help: "1 while the agent runs", registers }),
+    rules: new prom.Gauge({ name: "tcpka_agent_rules", help: "Rules of the policy in force", registers }),
+    policyErrors: new prom.Gauge({
+      name: "tcpka_agent_policy_errors",
+      help: "Errors in the policy file as it is now (the last good policy stays in force while not 0)",
+      registers,
+    }),
+    targets: new prom.Gauge({
+      name: "tcpka_agent_targets",
+      help: "Cgroups each rule enforces on, by state (enforced, failing)",
+      labelNames: ["rule", "state"],
+      registers,
+    }),
+    watched: new prom.Gauge({
+      name: "tcpka_agent_watched_processes",
+      help: "Processes each rule selects whose cgroup cannot be enforced whole: changed by pid at every reconcile",
+      labelNames: ["rule"],
+      registers,
+    }),
+    uncovered: new prom.Gauge({
+      name: "tcpka_agent_uncovered_processes",
+      help: "Processes each rule selects that the agent cannot cover (tcpka status says why)",
+      labelNames: ["rule"],
+      registers,
+    }),
+    setUp: new prom.Counter({
+      name: "tcpka_agent_connections_set_up_total",
+      help: "Connections set up under each rule's enforcements, as the kernel counts them (an enforcement removed takes its count with it)",
+      labelNames: ["rule"],
+      registers,
+    }),
+    kept: new prom.Counter({
+      name: "tcpka_agent_calls_kept_to_rule_total",
+      help: "Programs' own keepalive setsockopt calls that each rule's enforcements kept to the rule",
+      labelNames: ["rule"],
+      registers,
+    }),
+    existing: new prom.Gauge({
+      name: "tcpka_agent_existing_connections_changed",
+      help: "Connections that existed when each rule's enforcements were made, changed then",
+      labelNames: ["rule"],
+      registers,
+    }),
+    failures: new prom.Gauge({
+      name: "tcpka_agent_connections_failed",
+      help: "Connections that each rule's passes over existing connections and last watched rounds could not change",
+      labelNames: ["rule"],
+      registers,
+    }),
+    reconcileSeconds: new prom.Gauge({
+      name: "tcpka_agent_last_reconcile_duration_seconds",
+      help: "How long the last reconcile took",
+      registers,
+    }),
+    reconciledAt: new prom.Gauge({
+      name: "tcpka_agent_last_reconcile_timestamp_seconds",
+      help: "When the last reconcile ended (Unix time)",
+      registers,
+    }),
+  };
+}
+
+function fillAgent(m: ReturnType<typeof agentMetrics>, part: AgentPart): void {
+  const s = part.status();
+  m.up.set(1);
+  for (const g of [m.targets, m.watched, m.uncovered, m.setUp, m.kept, m.existing, m.failures]) g.reset();
+  if (!s) return;
+  m.rules.set(s.rules.length);
+  m.policyErrors.set(s.policy.errors.length);
+  if (s.reconciled) {
+    m.reconcileSeconds.set(s.reconciled.ms / 1000);
+    m.reconciledAt.set(Date.parse(s.reconciled.at) / 1000);
+  }
+  const counts = new Map(part.enforcements().map((l) => [l.cgroup, l]));
+  for (const r of s.rules) {
+    const rule = { rule: r.name };
+    let failing = 0;
+    let failed = 0;
+    let existing = 0;
+    let setUp = 0;
+    let kept = 0;
+    for (const t of r.targets) {
+      if (t.state === "failing") failing++;
+      if (typeof t.existing === "object") {
+        existing += t.existing.changed;
+        failed += t.existing.failed;
+      }
+      const l = counts.get(t.cgroup);
+      if (l?.enforcement?.owner === "agent" && l.enforcement.rule === r.name && l.counts) {
+        setUp += l.counts.setUp;
+        if (l.hook) kept += l.counts.rewritten;
+      }
+    }
+    for (const w of r.watched) failed += w.last?.failed ?? 0;
+    m.targets.set({ ...rule, state: "enforced" }, r.targets.length - failing);
+    m.targets.set({ ...rule, state: "failing" }, failing);
+    m.watched.set(
+      rule,
+      r.watched.reduce((n, w) => n + w.process_count, 0),
+    );
+    m.uncovered.set(
+      rule,
+      r.uncovered.reduce((n, u) => n + u.process_count, 0),
+    );
+    m.setUp.inc(rule, setUp);
+    m.kept.inc(rule, kept);
+    m.existing.set(rule, existing);
+    m.failures.set(rule, failed);
+  }
+}
+
+export type { OwnerLabel };

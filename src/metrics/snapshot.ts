@@ -1,0 +1,290 @@
+/**
+ * What one scrape counts, from one pass of the inventory over every network namespace (inspect/connections.ts,
+ * the kernel pass where it loads): the established connections by keepalive state and owner, by service port,
+ * their dead-peer detection times, the listening sockets, and each namespace's keepalive probe and time-out
+ * counters (TcpExtTCPKeepAlive, TcpExtTCPAbortOnTimeout). Owner labels are folded so that the number of series stays bounded: see foldOwners.
+ */
+import { readFileSync } from "node:fs";
+import { DEFAULT_FILTER, type SocketFilter } from "../filter.js";
+import { type Connection, inspectEach } from "../inspect/connections.js";
+import { type Workload, Workloads } from "../inspect/workloads.js";
+import { stateMask } from "../kernel/states.js";
+
+/** The owner labels a scrape may carry; which ones is the operator's choice (--labels). */
+export const OWNER_LABELS = ["process", "container", "pod_namespace", "pod", "unit"] as const;
+export type OwnerLabel = (typeof OWNER_LABELS)[number];
+export type KeepaliveState = "on" | "off" | "unknown";
+
+/**
+ * Bucket bounds (seconds) of the detection-time histogram: a minute or two, then the idle timeouts of the
+ * paths that bite (presets.ts: Azure LB 4 min, AWS NAT/NLB 350 s, GCP firewall 10 min, IPVS 15 min, GCP NAT
+ * 20 min), an hour, and the kernel's default 2 h 11 min 15 s (7200 + 9 × 75 s).
+ */
+export const DETECTION_BOUNDS = [30, 60, 120, 240, 350, 600, 900, 1200, 3600, 7875] as const;
+
+export interface SnapshotOptions {
+  labels: readonly OwnerLabel[];
+  /** the most owner label sets of tcpka_connections; the smallest beyond are summed into one "other" set */
+  maxSeries: number;
+  /** the most service ports named; the rest are summed as port "other" (0: no port series) */
+  ports: number;
+}
+
+export interface OwnerSeries {
+  labels: Record<string, string>;
+  state: KeepaliveState;
+  value: number;
+}
+
+export interface NamespaceCounters {
+  netns: string;
+  labels: Record<string, string>;
+  probes: number;
+  timedOut: number;
+}
+
+export interface Snapshot {
+  /** established connections, by owner label set and keepalive state (already folded) */
+  connections: OwnerSeries[];
+  /** how many owner label sets were folded into "other" */
+  folded: number;
+  byPort: { port: string; state: KeepaliveState; value: number }[];
+  listening: Record<KeepaliveState, number>;
+  /** the dead-peer detection time (seconds) of each established connection with keepalive on that is known */
+  detectionTimes: Float64Array;
+  /** the longest known detection time, Infinity when a connection never notices; null with none */
+  worstDetection: number | null;
+  /** each namespace's probe and time-out counters (through a process in it), with whose namespace it is */
+  counters: NamespaceCounters[];
+  namespaces: number;
+  via: string;
+  /** whether the settings were read exactly (root); otherwise from the kernel's timer only */
+  exact: boolean;
+}
+
+const ESTABLISHED_AND_LISTENING: SocketFilter = {
+  ...DEFAULT_FILTER,
+  states: stateMask(["ESTAB", "LISTEN"]),
+};
+
+function stateOf(c: Connection): KeepaliveState {
+  return c.keepalive === true ? "on" : c.keepalive === false ? "off" : "unknown";
+}
+
+function ownerLabels(comm: string, w: Workload | null, want: readonly OwnerLabel[]): Record<string, string> {
+  const k = w?.container;
+  const out: Record<string, string> = {};
+  for (const l of want) {
+    if (l === "process") out.process = comm;
+    else if (l === "container") out.container = k ? (k.name ?? k.id.slice(0, 12)) : "";
+    else if (l === "pod_namespace") out.pod_namespace = k?.pod?.namespace ?? "";
+    else if (l === "pod") out.pod = k?.pod?.name ?? "";
+    else out.unit = w?.unit ?? "";
+  }
+  return out;
+}
+
+/** One pass over every namespace's sockets, counted. */
+export function takeSnapshot(o: SnapshotOptions): Snapshot {
+  // Counted per (process name, workload object) as the connections stream by, and only then turned into label
+  // sets: a label record and its key made per connection cost as much as the inventory itself at 100,000.
+  // The lookup hands out one Workload object per cgroup, so the inner maps stay small.
+  const byComm = new Map<string, Map<Workload | null, Record<KeepaliveState, number>>>();
+  const wantProcess = o.labels.includes("process");
+  const wantWorkload = o.labels.some((l) => l !== "process");
+  const listening: Record<KeepaliveState, number> = { on: 0, off: 0, unknown: 0 };
+  const listeningPorts = new Set<number>(); // netns * 65536 + port
+  const ports = { netns: [] as number[], local: [] as number[], remote: [] as number[], state: [] as KeepaliveState[] };
+  let detectionTimes = new Float64Array(1024);
+  let detecting = 0;
+  let worst: number | null = null;
+  let exact = false;
+  // The owners' walk (every process's file table) only for the process label: without it a scrape costs the
+  // kernel about a third less (BENCHMARKS.md §7); the settings are exact either way (the kernel pass reads them).
+  const info = inspectEach(ESTABLISHED_AND_LISTENING, { allNetns: true, processes: wantProcess }, (c) => {
+    const state = stateOf(c);
+    if (c.source === "exact") exact = true;
+    if (c.socket.state === "LISTEN") {
+      listening[state]++;
+      listeningPorts.add((c.netns ?? 0) * 65536 + c.socket.localPort);
+      return;
+    }
+    const comm = wantProcess ? (c.owners[0]?.comm ?? "") : "";
+    let inner = byComm.get(comm);
+    if (!inner) {
+      inner = new Map();
+      byComm.set(comm, inner);
+    }
+    const w = wantWorkload ? (c.workload ?? null) : null;
+    let counts = inner.get(w);
+    if (!counts) {
+      counts = { on: 0, off: 0, unknown: 0 };
+      inner.set(w, counts);
+    }
+    counts[state]++;
+    if (o.ports > 0) {
+      ports.netns.push(c.netns ?? 0);
+      ports.local.push(c.socket.localPort);
+      ports.remote.push(c.socket.peerPort);
+      ports.state.push(state);
+    }
+    if (c.keepalive === false) worst = Number.POSITIVE_INFINITY;
+    else if (c.deadPeerAfter !== null) {
+      if (detecting === detectionTimes.length) {
+        const bigger = new Float64Array(detecting * 2);
+        bigger.set(detectionTimes);
+        detectionTimes = bigger;
+      }
+      detectionTimes[detecting++] = c.deadPeerAfter;
+      if (worst === null || c.deadPeerAfter > worst) worst = c.deadPeerAfter;
+    }
+  });
+  // Label sets, merged where two workload objects (two cgroups of one container) carry the same labels.
+  const sets = new Map<string, { labels: Record<string, string>; counts: Record<KeepaliveState, number> }>();
+  for (const [comm, inner] of byComm) {
+    for (const [w, counts] of inner) {
+      const labels = ownerLabels(comm, w, o.labels);
+      const key = JSON.stringify(labels);
+      const e = sets.get(key);
+      if (!e) sets.set(key, { labels, counts: { ...counts } });
+      else for (const k of ["on", "off", "unknown"] as const) e.counts[k] += counts[k];
+    }
+  }
+  const { series, folded } = foldOwners([...sets.values()], o.maxSeries, o.labels);
+  return {
+    connections: series,
+    folded,
+    byPort: o.ports > 0 ? portSeries(ports, listeningPorts, o.ports) : [],
+    listening,
+    detectionTimes: detectionTimes.subarray(0, detecting),
+    worstDetection: worst,
+    counters: namespaceCounters(info.namespaces, o.labels),
+    namespaces: info.namespaces.size,
+    via: info.via,
+    exact,
+  };
+}
+
+/**
+ * At most `max` owner label sets: those with the most connections, and the rest summed into one set whose every
+ * label is "other" — so that a host where processes or containers come and go by the thousand keeps a bounded
+ * number of series, and the totals stay right.
+ */
+export function foldOwners(
+  sets: readonly { labels: Record<string, string>; counts: Record<KeepaliveState, number> }[],
+  max: number,
+  labels: readonly OwnerLabel[],
+): { series: OwnerSeries[]; folded: number } {
+  const total = (c: Record<KeepaliveState, number>) => c.on + c.off + c.unknown;
+  const sorted = [...sets].sort((a, b) => total(b.counts) - total(a.counts));
+  const keep = sorted.length <= max ? sorted : sorted.slice(0, Math.max(0, max - 1));
+  const rest = sorted.slice(keep.length);
+  const series: OwnerSeries[] = [];
+  const emit = (l: Record<string, string>, c: Record<KeepaliveState, number>) => {
+    for (const state of ["on", "off", "unknown"] as const) {
+      if (c[state] > 0) series.push({ labels: l, state, value: c[state] });
+    }
+  };
+  for (const s of keep) emit(s.labels, s.counts);
+  if (rest.length) {
+    const sum = { on: 0, off: 0, unknown: 0 };
+    for (const s of rest) for (const k of ["on", "off", "unknown"] as const) sum[k] += s.counts[k];
+    emit(Object.fromEntries(labels.map((l) => [l, "other"])), sum);
+  }
+  return { series, folded: rest.length };
+}
+
+/**
+ * Established connections by service port: the local port where the namespace listens on it (the server's end
+ * of an accepted connection), else the peer's. The `max` ports with the most connections are named, the rest
+ * summed as "other".
+ */
+function portSeries(
+  list: { netns: number[]; local: number[]; remote: number[]; state: KeepaliveState[] },
+  listening: ReadonlySet<number>,
+  max: number,
+): { port: string; state: KeepaliveState; value: number }[] {
+  const byPort = new Map<number, Record<KeepaliveState, number>>();
+  for (let i = 0; i < list.state.length; i++) {
+    const local = list.local[i] as number;
+    const port = listening.has((list.netns[i] as number) * 65536 + local) ? local : (list.remote[i] as number);
+    let e = byPort.get(port);
+    if (!e) {
+      e = { on: 0, off: 0, unknown: 0 };
+      byPort.set(port, e);
+    }
+    e[list.state[i] as KeepaliveState]++;
+  }
+  const total = (c: Record<KeepaliveState, number>) => c.on + c.off + c.unknown;
+  const sorted = [...byPort].sort((a, b) => total(b[1]) - total(a[1]) || a[0] - b[0]);
+  const out: { port: string; state: KeepaliveState; value: number }[] = [];
+  const other: Record<KeepaliveState, number> = { on: 0, off: 0, unknown: 0 };
+  sorted.forEach(([port, c], i) => {
+    for (const state of ["on", "off", "unknown"] as const) {
+      if (i < max) {
+        if (c[state] > 0) out.push({ port: String(port), state, value: c[state] });
+      } else other[state] += c[state];
+    }
+  });
+  for (const state of ["on", "off", "unknown"] as const) {
+    if (other[state] > 0) out.push({ port: "other", state, value: other[state] });
+  }
+  return out;
+}
+
+/**
+ * Two counters of each namespace, read from /proc/PID/net/netstat of a process in it: TcpExtTCPKeepAlive, the
+ * keepalive probes its sockets sent (LINUX_MIB_TCPKEEPALIVE, counted in tcp_keepalive_timer each time
+ * tcp_write_wakeup sends one), and TcpExtTCPAbortOnTimeout, the connections the kernel closed because the peer
+ * stopped answering (LINUX_MIB_TCPABORTONTIMEOUT, counted in tcp_write_err: keepalive probes, retransmissions or
+ * the user timeout ran out). A namespace that only `ip netns` keeps, with no process in it, is not read.
+ */
+function namespaceCounters(
+  namespaces: ReadonlyMap<number, { pid?: number; own: boolean }>,
+  labels: readonly OwnerLabel[],
+): NamespaceCounters[] {
+  const out: NamespaceCounters[] = [];
+  const workloads = Workloads.load();
+  for (const [inum, ns] of namespaces) {
+    const file = ns.own ? "/proc/self/net/netstat" : ns.pid !== undefined ? `/proc/${ns.pid}/net/netstat` : undefined;
+    if (file === undefined) continue;
+    const v = tcpExt(file, ["TCPKeepAlive", "TCPAbortOnTimeout"]);
+    const probes = v?.get("TCPKeepAlive");
+    const timedOut = v?.get("TCPAbortOnTimeout");
+    if (probes === undefined || timedOut === undefined) continue;
+    // Whose namespace it is: a container's or pod's (a process or unit has no meaning for a namespace).
+    const k = workloads.ofNetns(inum)?.container;
+    const l: Record<string, string> = {};
+    if (labels.includes("container")) l.container = k ? (k.name ?? k.id.slice(0, 12)) : "";
+    if (labels.includes("pod_namespace")) l.pod_namespace = k?.pod?.namespace ?? "";
+    if (labels.includes("pod")) l.pod = k?.pod?.name ?? "";
+    out.push({ netns: String(inum), labels: l, probes, timedOut });
+  }
+  return out;
+}
+
+/** TcpExt counters of a netstat file (a line of names, then a line of values), by name; undefined when unreadable. */
+export function tcpExt(file: string, names: readonly string[]): Map<string, number> | undefined {
+  let text: string;
+  try {
+    text = readFileSync(file, "latin1");
+  } catch {
+    return undefined; // the process has gone
+  }
+  const lines = text.split("\n");
+  for (let i = 0; i + 1 < lines.length; i++) {
+    const head = lines[i] as string;
+    const values = lines[i + 1] as string;
+    if (!head.startsWith("TcpExt:") || !values.startsWith("TcpExt:")) continue;
+    const keys = head.split(" ");
+    const nums = values.split(" ");
+    const out = new Map<string, number>();
+    for (const name of names) {
+      const at = keys.indexOf(name);
+      const v = at < 0 ? Number.NaN : Number(nums[at]);
+      if (Number.isFinite(v)) out.set(name, v);
+    }
+    return out;
+  }
+  return undefined;
+}
