@@ -64,6 +64,12 @@ export type Size = keyof typeof SIZE;
 /** Helper functions by their number in enum bpf_func_id (include/uapi/linux/bpf.h). */
 export const Fn = {
   mapLookupElem: 1,
+  mapUpdateElem: 2,
+  ktimeGetNs: 5,
+  getCurrentPidTgid: 14,
+  getCurrentComm: 16,
+  probeReadKernel: 113,
+  ringbufOutput: 130,
   mapDeleteElem: 3,
   setsockopt: 49,
   skStorageGet: 107,
@@ -177,6 +183,7 @@ export const Add = alu(CLASS.ALU64, ALU_OP.add);
 export const Sub = alu(CLASS.ALU64, ALU_OP.sub);
 export const And = alu(CLASS.ALU64, ALU_OP.and);
 export const Lsh = alu(CLASS.ALU64, ALU_OP.lsh);
+export const Rsh = alu(CLASS.ALU64, ALU_OP.rsh);
 export const Mul = alu(CLASS.ALU64, ALU_OP.mul);
 /** Unsigned division; by zero gives 0 (the verifier rejects a zero immediate). */
 export const Div = alu(CLASS.ALU64, ALU_OP.div);
@@ -250,6 +257,13 @@ export function StoreImm(dst: Reg, off: number, imm: number, size: Size): Instru
  */
 export function LoadMapFd(dst: Reg, mapFd: number): [Instruction, Instruction] {
   return [new Instruction(LD_IMM64, dst, 1, 0, mapFd), new Instruction(0, 0, 0, 0, 0)];
+}
+
+/** `dst` = a 64-bit constant (an address of the kernel's, say): the two halves of an ld_imm64. */
+export function LoadImm64(dst: Reg, value: bigint): [Instruction, Instruction] {
+  const low = Number(value & 0xffff_ffffn) | 0;
+  const high = Number((value >> 32n) & 0xffff_ffffn) | 0;
+  return [new Instruction(LD_IMM64, dst, 0, 0, low), new Instruction(0, 0, 0, 0, high)];
 }
 
 export function Call(fn: number): Instruction {

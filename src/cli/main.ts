@@ -29,6 +29,7 @@ Commands:
   agent         keep the host to a keepalive policy file (rules by container, pod, unit, cgroup, process);
                 --check validates the file, --explain PID says which rule applies to a process
   status        what the agent covers now: each rule, its targets, connections set up, what is failing
+  watch         keepalive at work, live: probes sent and answered, connections killed, on every connection
   metrics       Prometheus metrics: connections by keepalive state and owner, detection times, probes sent
 
 Options:
@@ -55,6 +56,7 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   agent: async () => (await import("./agent.js")).runAgent,
   status: async () => (await import("./status.js")).runStatus,
   metrics: async () => (await import("./metrics.js")).runMetrics,
+  watch: async () => (await import("./watch.js")).runWatch,
 };
 
 export function version(): string {

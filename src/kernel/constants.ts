@@ -121,6 +121,7 @@ export const BPF_CMD = {
   OBJ_GET: 7,
   PROG_GET_FD_BY_ID: 13,
   OBJ_GET_INFO_BY_FD: 15,
+  RAW_TRACEPOINT_OPEN: 17,
   BTF_LOAD: 18,
   MAP_UPDATE_BATCH: 26,
   LINK_CREATE: 28,
@@ -132,6 +133,11 @@ export const BPF_CMD = {
 export const BPF_PROG_TYPE_SOCK_OPS = 13;
 export const BPF_PROG_TYPE_TRACING = 26;
 export const BPF_TRACE_ITER = 28;
+// enum bpf_attach_type: a tracing program on a BTF raw tracepoint, or on a kernel function's entry or return
+export const BPF_TRACE_RAW_TP = 23;
+export const BPF_TRACE_FENTRY = 24;
+export const BPF_TRACE_FEXIT = 25;
+export const BPF_MAP_TYPE_RINGBUF = 27;
 export const BPF_PROG_TYPE_CGROUP_SOCKOPT = 25;
 export const BPF_CGROUP_SOCK_OPS = 3;
 export const BPF_CGROUP_SETSOCKOPT = 22;

@@ -4,9 +4,9 @@
  * their dead-peer detection times, the listening sockets, and each namespace's keepalive probe and time-out
  * counters (TcpExtTCPKeepAlive, TcpExtTCPAbortOnTimeout). Owner labels are folded so that the number of series stays bounded: see foldOwners.
  */
-import { readFileSync } from "node:fs";
 import { DEFAULT_FILTER, type SocketFilter } from "../filter.js";
 import { type Connection, inspectEach } from "../inspect/connections.js";
+import { tcpExt } from "../inspect/netstat.js";
 import { type Workload, Workloads } from "../inspect/workloads.js";
 import { stateMask } from "../kernel/states.js";
 
@@ -261,30 +261,4 @@ function namespaceCounters(
     out.push({ netns: String(inum), labels: l, probes, timedOut });
   }
   return out;
-}
-
-/** TcpExt counters of a netstat file (a line of names, then a line of values), by name; undefined when unreadable. */
-export function tcpExt(file: string, names: readonly string[]): Map<string, number> | undefined {
-  let text: string;
-  try {
-    text = readFileSync(file, "latin1");
-  } catch {
-    return undefined; // the process has gone
-  }
-  const lines = text.split("\n");
-  for (let i = 0; i + 1 < lines.length; i++) {
-    const head = lines[i] as string;
-    const values = lines[i + 1] as string;
-    if (!head.startsWith("TcpExt:") || !values.startsWith("TcpExt:")) continue;
-    const keys = head.split(" ");
-    const nums = values.split(" ");
-    const out = new Map<string, number>();
-    for (const name of names) {
-      const at = keys.indexOf(name);
-      const v = at < 0 ? Number.NaN : Number(nums[at]);
-      if (Number.isFinite(v)) out.set(name, v);
-    }
-    return out;
-  }
-  return undefined;
 }

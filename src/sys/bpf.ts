@@ -12,6 +12,7 @@ import {
   BPF_MAP_TYPE_ARRAY,
   BPF_MAP_TYPE_HASH,
   BPF_MAP_TYPE_PERCPU_ARRAY,
+  BPF_MAP_TYPE_RINGBUF,
   BPF_MAP_TYPE_SK_STORAGE,
   BPF_OBJ_NAME_LEN,
   BPF_PROG_TYPE_TRACING,
@@ -156,6 +157,39 @@ export function progLoad(p: ProgLoad): number {
       throw new VerifierError(e2, text, p.listing);
     }
   }
+}
+
+/**
+ * Load a tracing program on a kernel function's entry or return (BPF_TRACE_FENTRY, FEXIT: Linux 5.5) or on a BTF
+ * raw tracepoint (BPF_TRACE_RAW_TP: 5.5), the function or the tracepoint's btf_trace_* typedef named by its id in
+ * vmlinux's BTF. GPL-compatible: the ring buffer's helpers are for such programs.
+ */
+export function tracingProgLoad(
+  p: Pick<ProgLoad, "insns" | "listing" | "name"> & { attachType: number; attachBtfId: number },
+): number {
+  return progLoad({
+    ...p,
+    type: BPF_PROG_TYPE_TRACING,
+    expectedAttachType: p.attachType,
+    license: "Dual MIT/GPL",
+  });
+}
+
+/** Attach a tracing program (fentry, fexit, tp_btf) where it was loaded for: its link, which detaches on close. */
+export function tracingAttach(progFd: number): number {
+  const attr = Buffer.alloc(ATTR_SIZE);
+  attr.writeBigUInt64LE(0n, 0); // name: none, the attach point is the program's own
+  attr.writeUInt32LE(progFd, 8);
+  return bpf("RAW_TRACEPOINT_OPEN", attr);
+}
+
+/** A ring buffer map of `size` bytes (a power of 2, whole pages: BPF_MAP_TYPE_RINGBUF, Linux 5.8). */
+export function ringbufCreate(name: string, size: number): number {
+  const attr = Buffer.alloc(ATTR_SIZE);
+  attr.writeUInt32LE(BPF_MAP_TYPE_RINGBUF, 0);
+  attr.writeUInt32LE(size, 12); // max_entries: the data area's size; key and value sizes are 0
+  attr.write(name.slice(0, BPF_OBJ_NAME_LEN - 1), 28, "latin1");
+  return bpf("MAP_CREATE", attr);
 }
 
 /** Attach a program to a cgroup through a link (always multi-attach: other programs keep working). */

@@ -129,7 +129,7 @@ export class Btf {
   }
 
   /** The id of the type of this kind and name; throws when there is none. */
-  typeId(kind: "FUNC" | "STRUCT", name: string): number {
+  typeId(kind: "FUNC" | "STRUCT" | "TYPEDEF", name: string): number {
     const key = `${kind} ${name}`;
     let id = this.ids.get(key);
     if (id === undefined) {
@@ -139,7 +139,7 @@ export class Btf {
     return id;
   }
 
-  private find(kind: "FUNC" | "STRUCT" | "ENUM", name: string): number {
+  private find(kind: "FUNC" | "STRUCT" | "ENUM" | "TYPEDEF", name: string): number {
     const want = KIND[kind];
     const bytes = Buffer.from(name, "latin1");
     const w = this.words;
@@ -231,7 +231,7 @@ export interface BtfFacts {
   memberOffset(struct: string, member: string): number;
   offsetOf(struct: string, member: string): number | undefined;
   enumValue(enumName: string, value: string): number;
-  typeId(kind: "FUNC" | "STRUCT", name: string): number;
+  typeId(kind: "FUNC" | "STRUCT" | "TYPEDEF", name: string): number;
 }
 
 const MAX_CACHE = 1 << 20;
@@ -294,7 +294,7 @@ export class CachedBtf implements BtfFacts {
     return this.ask(`enum ${enumName} ${value}`, () => this.btf().enumValue(enumName, value)) as number;
   }
 
-  typeId(kind: "FUNC" | "STRUCT", name: string): number {
+  typeId(kind: "FUNC" | "STRUCT" | "TYPEDEF", name: string): number {
     return this.ask(`type ${kind} ${name}`, () => this.btf().typeId(kind, name)) as number;
   }
 

@@ -51,6 +51,8 @@ const c = {
   syscall: lib.func("long syscall(long nr, long a, long b, long c)"),
   clock_getres: lib.func("int clock_getres(int clock, intptr_t res)"),
   open: lib.func("int open(const char *path, int flags)"),
+  mmap: lib.func("void *mmap(void *addr, size_t len, int prot, int flags, int fd, long off)"),
+  munmap: lib.func("int munmap(void *addr, size_t len)"),
   recvmmsg: lib.func("int recvmmsg(int fd, intptr_t msgvec, unsigned int vlen, int flags, intptr_t timeout)"),
 };
 
@@ -322,6 +324,32 @@ export function readHead(path: string, buf: Uint8Array, address: number): number
   const n = Number(c.read(fd, address, buf.length));
   c.close(fd);
   return n < 0 ? -1 : n;
+}
+
+/**
+ * mmap(2) `len` bytes of `fd` from `offset`, shared (PROT_READ, and PROT_WRITE when `writable`): the memory as an
+ * ArrayBuffer (valid until unmap is called: no access after it).
+ */
+export function mapShared(
+  fd: number,
+  len: number,
+  offset: number,
+  writable: boolean,
+): { memory: ArrayBuffer; unmap: () => void } {
+  const PROT_READ = 1;
+  const PROT_WRITE = 2;
+  const MAP_SHARED = 1;
+  const ptr = c.mmap(null, len, PROT_READ | (writable ? PROT_WRITE : 0), MAP_SHARED, fd, offset);
+  // MAP_FAILED is (void *)-1
+  if (ptr === null || koffi.address(ptr) === 0xffffffffffffffffn) throw new SysError("mmap", koffi.errno());
+  let mapped = true;
+  return {
+    memory: koffi.view(ptr, len),
+    unmap: () => {
+      if (mapped) c.munmap(ptr, len);
+      mapped = false;
+    },
+  };
 }
 
 /** The address of a Buffer's memory, for system calls that take structs with pointers (bpf(2)). */

@@ -1,0 +1,362 @@
+/**
+ * The tracing programs of `tcpka watch` (src/inspect/watch.ts): what keepalive does on every TCP socket of the
+ * host, as it happens, one record per event into a ring buffer. All are BPF_PROG_TYPE_TRACING programs on BTF
+ * tracepoints (tp_btf: Linux 5.5; the ring buffer: 5.8; bpf_skc_to_tcp_sock: 5.9) — not fentry on the keepalive
+ * functions: this machine's kernel (6.18, lockdown integrity) refuses fentry and fexit programs with EPERM before
+ * the verifier runs, while tp_btf loads.
+ *
+ *   timer_expire_entry / _exit  a per-CPU slot holds the socket whose keepalive timer runs on this CPU (a
+ *                               timer_list whose function is tcp_keepalive_timer: sk_timer of a struct sock,
+ *                               address from /proc/kallsyms), from its entry to its exit: a timer runs to its
+ *                               end on one CPU, in softirq (kernel/time/timer.c call_timer_fn)
+ *   net_dev_queue               a packet of that socket queued while its keepalive timer runs: the probe
+ *                               (tcp_keepalive_timer → tcp_write_wakeup → tcp_xmit_probe_skb sends it
+ *                               synchronously), unless it is the RST the timer sends when it gives up;
+ *                               icsk_probes_out is counted after it, so the probe's number is probes_out + 1.
+ *                               The socket is remembered in a hash map with the time
+ *   tcp_probe                   a segment arrives on an established socket (tcp_rcv_established): if the
+ *                               socket has a probe out, this is its answer
+ *   inet_sock_set_state         a socket closes (TCP_CLOSE) with an error: inside its keepalive timer, killed by
+ *                               keepalive (or by the user timeout while probing); elsewhere with ETIMEDOUT, by
+ *                               retransmissions or the user timeout (tcp_write_err, inlined, sets sk_err before
+ *                               tcp_done sets the state)
+ *
+ * The record (RECORD bytes):
+ *    0 u8 kind (KIND)   1 u8 family   2 u8 icsk_probes_out   3 u8 keepalive_probes (0: the namespace's)
+ *    4 u32 tgid of the task the CPU was running
+ *    8 u64 bpf_ktime_get_ns   16 u32 network namespace inode   20 u16 local port (host order)
+ *   22 u16 peer port (network order)   24 16 bytes local address   40 16 bytes peer address
+ *   56 u32 value: answered: µs since the probe; killed, timed out: sk_err
+ *   60 u32 jiffies since the peer was last heard (now - tp->rcv_tstamp)
+ *   64 16 bytes comm of that task   80 u64 socket inode (0: no file)   88 u32 icsk_user_timeout (ms)
+ *   92 u8 the namespace's tcp_keepalive_probes   93..95 zero
+ * A record that does not fit in the ring is counted in the per-CPU counter LOST of the flags map.
+ */
+import { TCP_STATES } from "../kernel/states.js";
+import type { BtfFacts } from "../sys/btf.js";
+import {
+  Add,
+  And32,
+  Call,
+  Div,
+  Fn,
+  type Instruction,
+  Ja,
+  JEq,
+  JEq32,
+  JNE,
+  JNE32,
+  LoadImm64,
+  LoadMapFd,
+  LoadMem,
+  Mov,
+  ProgramBuilder,
+  R0,
+  R1,
+  R2,
+  R3,
+  R4,
+  R6,
+  R7,
+  R8,
+  R10,
+  Return,
+  Rsh,
+  StoreImm,
+  StoreMem,
+  Sub,
+} from "./asm.js";
+import { emitAddresses } from "./endpoints.js";
+import { emitInode, type TcpSocketOffsets, tcpSocketOffsets } from "./tcp-sockets.js";
+
+export const RECORD = 96;
+const REC = -RECORD;
+/** Scratch on the stack below the record: a map key (u32 or a socket's address) and a value. */
+const KEY = REC - 8;
+const VALUE = REC - 16;
+
+export const KIND = {
+  probe: 1,
+  answered: 2,
+  killed: 3,
+  timedOut: 4,
+} as const;
+
+/** Index of the flags map (a per-CPU array of u64): the socket whose keepalive timer runs here; records lost. */
+export const IN_TIMER = 0;
+export const LOST = 1;
+
+/** The ETIMEDOUT of include/uapi/asm-generic/errno.h, which tcp_write_err sets when no soft error is pending. */
+const ETIMEDOUT = 110;
+
+export interface WatchOffsets extends TcpSocketOffsets {
+  skErr: number;
+  skTimer: number;
+  timerFunction: number;
+  skbSk: number;
+  skbHead: number;
+  skbTransportHeader: number;
+  tcpRcvTstamp: number;
+}
+
+export function watchOffsets(btf: BtfFacts): WatchOffsets {
+  return {
+    ...tcpSocketOffsets(btf),
+    skErr: btf.memberOffset("sock", "sk_err"),
+    skTimer: btf.memberOffset("sock", "sk_timer"),
+    timerFunction: btf.memberOffset("timer_list", "function"),
+    skbSk: btf.memberOffset("sk_buff", "sk"),
+    skbHead: btf.memberOffset("sk_buff", "head"),
+    skbTransportHeader: btf.memberOffset("sk_buff", "transport_header"),
+    tcpRcvTstamp: btf.memberOffset("tcp_sock", "rcv_tstamp"),
+  };
+}
+
+export interface WatchMaps {
+  ring: number;
+  /** per-CPU array, 2 entries: IN_TIMER, LOST */
+  flags: number;
+  /** hash: socket address (u64) → bpf_ktime_get_ns of its last probe */
+  probing: number;
+}
+
+/** One program: where it attaches and its instructions. */
+export interface WatchProgram {
+  name: string;
+  /** the tracepoint (its btf_trace_ typedef is what the program attaches to) */
+  target: string;
+  insns: Instruction[];
+}
+
+/** `r0` = the flags map's entry `index` (this CPU's u64), or exit when the lookup fails. Uses r1, r2. */
+function flagEntry(b: ProgramBuilder, m: WatchMaps, index: number, out: string): void {
+  b.emit(
+    StoreImm(R10, KEY, index, "W"),
+    ...LoadMapFd(R1, m.flags),
+    Mov.Reg(R2, R10),
+    Add.Imm(R2, KEY),
+    Call(Fn.mapLookupElem),
+    JEq.Imm(R0, 0, out),
+  );
+}
+
+/**
+ * timer_expire_entry(struct timer_list *timer, unsigned long baseclk): this CPU's IN_TIMER slot = the socket of
+ * a keepalive timer (the timer minus sk_timer's offset), else 0; timer_expire_exit(timer): 0.
+ */
+function timerSlot(o: WatchOffsets, m: WatchMaps, keepaliveTimer: bigint | null): Instruction[] {
+  const b = new ProgramBuilder();
+  b.emit(LoadMem(R6, R1, 0, "DW"));
+  flagEntry(b, m, IN_TIMER, "out");
+  if (keepaliveTimer === null) {
+    b.emit(StoreImm(R0, 0, 0, "DW"));
+  } else {
+    b.emit(
+      StoreImm(R0, 0, 0, "DW"),
+      LoadMem(R2, R6, o.timerFunction, "DW"),
+      ...LoadImm64(R3, keepaliveTimer),
+      JNE.Reg(R2, R3, "out"),
+      Mov.Reg(R2, R6),
+      Add.Imm(R2, -o.skTimer),
+      StoreMem(R0, 0, R2, "DW"),
+    );
+  }
+  b.label("out").emit(Mov.Imm(R0, 0), Return());
+  return b.build();
+}
+
+/**
+ * `size` bytes at `off` of the tcp_sock whose struct sock is in r6, to the stack at r10 + `slot`, read with
+ * bpf_probe_read_kernel: for a socket that the verifier knows only as a struct sock under RCU (skb->sk), which
+ * bpf_skc_to_tcp_sock does not take. Uses r1-r3.
+ */
+function readTcp(off: number, size: number, slot: number): Instruction[] {
+  return [
+    Mov.Reg(R1, R10),
+    Add.Imm(R1, slot),
+    Mov.Imm(R2, size),
+    Mov.Reg(R3, R6),
+    Add.Imm(R3, off),
+    Call(Fn.probeReadKernel),
+  ];
+}
+
+/**
+ * The record of the socket in r6 (a struct sock) with its tcp_sock in r7 (or, with `viaRead`, r7 = r6 and the
+ * tcp_sock's own fields read with readTcp): zeroed, then kind, time, the task, the socket's identity and
+ * keepalive state. Calls helpers (r1-r5 lost); r6, r7 and r8 are kept.
+ */
+function emitRecord(b: ProgramBuilder, o: WatchOffsets, kind: number, next: string, viaRead = false): void {
+  for (let at = 0; at < RECORD; at += 8) b.emit(StoreImm(R10, REC + at, 0, "DW"));
+  b.emit(
+    StoreImm(R10, REC, kind, "B"),
+    Call(Fn.ktimeGetNs),
+    StoreMem(R10, REC + 8, R0, "DW"),
+    Call(Fn.getCurrentPidTgid),
+    Rsh.Imm(R0, 32), // the tgid is the upper half
+    StoreMem(R10, REC + 4, R0, "W"),
+    Mov.Reg(R1, R10),
+    Add.Imm(R1, REC + 64),
+    Mov.Imm(R2, 16),
+    Call(Fn.getCurrentComm),
+  );
+  if (viaRead) {
+    b.emit(
+      ...readTcp(o.tcpRcvTstamp, 4, REC + 60),
+      ...readTcp(o.tcpProbesOut, 1, REC + 2),
+      ...readTcp(o.tcpKeepaliveProbes, 1, REC + 3),
+      ...readTcp(o.tcpUserTimeout, 4, REC + 88),
+      Call(Fn.jiffies64),
+      LoadMem(R3, R10, REC + 60, "W"),
+      Sub.Reg(R0, R3),
+      StoreMem(R10, REC + 60, R0, "W"),
+    );
+  } else {
+    b.emit(
+      Call(Fn.jiffies64),
+      LoadMem(R3, R7, o.tcpRcvTstamp, "W"),
+      Sub.Reg(R0, R3),
+      StoreMem(R10, REC + 60, R0, "W"),
+      LoadMem(R3, R7, o.tcpProbesOut, "B"),
+      StoreMem(R10, REC + 2, R3, "B"),
+      LoadMem(R3, R7, o.tcpKeepaliveProbes, "B"),
+      StoreMem(R10, REC + 3, R3, "B"),
+      LoadMem(R3, R7, o.tcpUserTimeout, "W"),
+      StoreMem(R10, REC + 88, R3, "W"),
+    );
+  }
+  b.emit(
+    LoadMem(R3, R6, o.skcNum, "H"),
+    StoreMem(R10, REC + 20, R3, "H"),
+    LoadMem(R3, R6, o.skcDport, "H"),
+    StoreMem(R10, REC + 22, R3, "H"),
+    LoadMem(R2, R6, o.skcNet, "DW"),
+    LoadMem(R3, R2, o.netInum, "W"),
+    StoreMem(R10, REC + 16, R3, "W"),
+    LoadMem(R3, R2, o.netKeepaliveProbes, "B"),
+    StoreMem(R10, REC + 92, R3, "B"),
+  );
+  emitInode(b, o, R7, REC + 80, `${next}_family`);
+  b.label(`${next}_family`).emit(LoadMem(R2, R6, o.skcFamily, "H"), StoreMem(R10, REC + 1, R2, "B"));
+  emitAddresses(b, o, R6, R2, REC + 24, REC + 40, next);
+}
+
+/** Write the record to the ring; count it as lost when it does not fit. Then exit. */
+function emitOutput(b: ProgramBuilder, m: WatchMaps): void {
+  b.label("output").emit(
+    ...LoadMapFd(R1, m.ring),
+    Mov.Reg(R2, R10),
+    Add.Imm(R2, REC),
+    Mov.Imm(R3, RECORD),
+    Mov.Imm(R4, 0),
+    Call(Fn.ringbufOutput),
+    JEq.Imm(R0, 0, "out"),
+  );
+  flagEntry(b, m, LOST, "out");
+  b.emit(LoadMem(R1, R0, 0, "DW"), Add.Imm(R1, 1), StoreMem(R0, 0, R1, "DW"));
+  b.label("out").emit(Mov.Imm(R0, 0), Return());
+}
+
+/** r7 = the tcp_sock of the struct sock in r6, or exit (not a full TCP socket). */
+function emitTcp(b: ProgramBuilder): void {
+  b.emit(Mov.Reg(R1, R6), Call(Fn.skcToTcpSock), JEq.Imm(R0, 0, "out"), Mov.Reg(R7, R0));
+}
+
+/** The socket's address as a map key at KEY (from r6); r2 = its address on the stack, r1 = the probing map. */
+function probingKey(m: WatchMaps): Instruction[] {
+  return [StoreMem(R10, KEY, R6, "DW"), ...LoadMapFd(R1, m.probing), Mov.Reg(R2, R10), Add.Imm(R2, KEY)];
+}
+
+/** `keepaliveTimer`: the address of tcp_keepalive_timer (/proc/kallsyms). */
+export function watchPrograms(o: WatchOffsets, m: WatchMaps, keepaliveTimer: bigint): WatchProgram[] {
+  const out: WatchProgram[] = [
+    { name: "tcpka_w_tm_in", target: "timer_expire_entry", insns: timerSlot(o, m, keepaliveTimer) },
+    { name: "tcpka_w_tm_out", target: "timer_expire_exit", insns: timerSlot(o, m, null) },
+  ];
+
+  // A packet queued by the socket whose keepalive timer runs on this CPU: the probe (net_dev_queue(skb)).
+  {
+    const b = new ProgramBuilder();
+    b.emit(LoadMem(R7, R1, 0, "DW"));
+    flagEntry(b, m, IN_TIMER, "out");
+    b.emit(
+      LoadMem(R2, R0, 0, "DW"),
+      JEq.Imm(R2, 0, "out"),
+      LoadMem(R6, R7, o.skbSk, "DW"),
+      JEq.Imm(R6, 0, "out"), // the verifier wants skb->sk (an RCU pointer) known not NULL
+      JNE.Reg(R6, R2, "out"),
+      // Not the reset that tcp_keepalive_timer sends when it gives up (tcp_send_active_reset, before
+      // tcp_write_err): the TCP header's flags byte (offset 13) of a probe has no RST (0x04).
+      LoadMem(R3, R7, o.skbHead, "DW"),
+      LoadMem(R2, R7, o.skbTransportHeader, "H"),
+      Add.Reg(R3, R2),
+      Add.Imm(R3, 13),
+      Mov.Reg(R1, R10),
+      Add.Imm(R1, VALUE),
+      Mov.Imm(R2, 1),
+      StoreImm(R10, VALUE, 0, "DW"),
+      Call(Fn.probeReadKernel),
+      LoadMem(R2, R10, VALUE, "B"),
+      And32.Imm(R2, 0x04),
+      JNE32.Imm(R2, 0, "out"),
+      Mov.Reg(R7, R6), // its sk_socket is struct sock's own: emitInode reads it from here
+    );
+    emitRecord(b, o, KIND.probe, "remember", true);
+    b.label("remember").emit(
+      LoadMem(R4, R10, REC + 8, "DW"),
+      StoreMem(R10, VALUE, R4, "DW"),
+      ...probingKey(m),
+      Mov.Reg(R3, R10),
+      Add.Imm(R3, VALUE),
+      Mov.Imm(R4, 0), // BPF_ANY
+      Call(Fn.mapUpdateElem),
+    );
+    emitOutput(b, m);
+    out.push({ name: "tcpka_w_probe", target: "net_dev_queue", insns: b.build() });
+  }
+
+  // A segment on a socket with a probe out: its answer (tcp_probe(struct sock *sk, struct sk_buff *skb)).
+  {
+    const b = new ProgramBuilder();
+    b.emit(LoadMem(R6, R1, 0, "DW"), ...probingKey(m), Call(Fn.mapLookupElem), JEq.Imm(R0, 0, "out"));
+    b.emit(LoadMem(R8, R0, 0, "DW"), ...probingKey(m), Call(Fn.mapDeleteElem));
+    emitTcp(b);
+    emitRecord(b, o, KIND.answered, "rtt");
+    b.label("rtt").emit(
+      LoadMem(R3, R10, REC + 8, "DW"),
+      Sub.Reg(R3, R8),
+      Div.Imm(R3, 1000),
+      StoreMem(R10, REC + 56, R3, "W"),
+    );
+    emitOutput(b, m);
+    out.push({ name: "tcpka_w_answer", target: "tcp_probe", insns: b.build() });
+  }
+
+  // A socket closed with an error: inet_sock_set_state(const struct sock *sk, int oldstate, int newstate).
+  {
+    const b = new ProgramBuilder();
+    b.emit(
+      LoadMem(R6, R1, 0, "DW"),
+      LoadMem(R2, R1, 16, "W"),
+      JNE32.Imm(R2, TCP_STATES.CLOSE, "out"),
+      ...probingKey(m),
+      Call(Fn.mapDeleteElem),
+      LoadMem(R8, R6, o.skErr, "W"),
+      JEq32.Imm(R8, 0, "out"),
+    );
+    flagEntry(b, m, IN_TIMER, "out");
+    b.emit(LoadMem(R1, R0, 0, "DW"), JNE.Reg(R1, R6, "elsewhere"));
+    emitTcp(b);
+    emitRecord(b, o, KIND.killed, "error");
+    b.emit(Ja("error"));
+    b.label("elsewhere").emit(JNE32.Imm(R8, ETIMEDOUT, "out"));
+    emitTcp(b);
+    emitRecord(b, o, KIND.timedOut, "error2");
+    b.label("error")
+      .label("error2")
+      .emit(StoreMem(R10, REC + 56, R8, "W"));
+    emitOutput(b, m);
+    out.push({ name: "tcpka_w_close", target: "inet_sock_set_state", insns: b.build() });
+  }
+  return out;
+}
