@@ -15,7 +15,6 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { statSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { join } from "node:path";
 import { test } from "node:test";
 import { AgentHost, KaAgent, kaAgentExe, needsAgentHost } from "../helpers/agent.js";
@@ -25,23 +24,12 @@ import { LAB_PEER, Lab, SERVER_IP } from "../helpers/lab.js";
 import { Netns } from "../helpers/netns.js";
 import { fixture } from "../helpers/paths.js";
 import { busyboxImage, needsPodman, startContainer } from "../helpers/podman.js";
+import { freePort } from "../helpers/ports.js";
 import { type Process, start, until } from "../helpers/processes.js";
 import { type Scope, tempDir, uniqueName } from "../helpers/scope.js";
 import { startTcpka, tcpka } from "../helpers/tcpka.js";
 
 const NAMED_CONNS = fixture("named_conns.py");
-
-/** A port free on 127.0.0.1 now (bound and closed again: the kernel does not hand it out again at once). */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const a = s.address();
-      s.close(() => resolve(typeof a === "object" && a ? a.port : 0));
-    });
-  });
-}
 
 /** A process name of at most 15 bytes (the kernel's TASK_COMM_LEN), unique to this run. */
 function commName(prefix: string): string {
