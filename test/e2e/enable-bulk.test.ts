@@ -81,8 +81,11 @@ for (const { ends, keepalive, via } of CASES) {
     // What the kernel then does: a timer softirq that runs late (a stalled vCPU, softirqs deferred to ksoftirqd)
     // expires the granules it missed at once, so one measured tick may carry two or three planned ones (seen in CI
     // on this 2-vCPU VM: 640 at 16,000 ends planned at 320, 1,615 and 1,661 at 40,000 planned at 662 and 744).
-    // Without the spread it was 3,174–5,137.
-    assert.ok(probes.max4 <= 3 * bound, `at most three planned ticks' probes in one: ${seen}`);
+    // Without the spread it was 3,174–5,137. A longer stall holds back more: the sampler stalls with its vCPU,
+    // so a gap of G ms between its samples is a softirq late by as much, which expires every granule (g ms) due
+    // meanwhile at once — seen in CI: a 94 ms gap, 2,432 probes in 4 ms planned at 662 a tick, nothing lost.
+    const held = Math.max(3, Math.ceil(probes.maxGapUs / 1000 / g) + 1);
+    assert.ok(probes.max4 <= held * bound, `at most ${held} planned ticks' probes in one: ${seen}`);
     const backlog = netdevMaxBacklog();
     // A tick with half as many probes again as planned: the kernel merged granules (tcpka's turns never come
     // early: session.ts). Those sockets then stay merged, because each re-arms from the tick that ran it.
