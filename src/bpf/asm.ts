@@ -149,6 +149,7 @@ export class Instruction {
       case CLASS.JMP:
       case CLASS.JMP32: {
         if (op === JMP_OP.exit) return "exit";
+        if (op === JMP_OP.call && this.src === PSEUDO_KFUNC_CALL) return `call kernel-function#${this.imm}`;
         if (op === JMP_OP.call) return `call ${FN_TEXT.get(this.imm) ?? "unknown"}#${this.imm}`;
         const to = `goto ${this.target ?? `pc${this.off < 0 ? "" : "+"}${this.off}`}`;
         if (op === JMP_OP.ja) return to;
@@ -268,6 +269,17 @@ export function LoadImm64(dst: Reg, value: bigint): [Instruction, Instruction] {
 
 export function Call(fn: number): Instruction {
   return new Instruction(CLASS.JMP | JMP_OP.call, 0, 0, 0, fn);
+}
+
+/** BPF_PSEUDO_KFUNC_CALL (include/uapi/linux/bpf.h): a call's imm is the BTF id of a kernel function (a kfunc). */
+const PSEUDO_KFUNC_CALL = 2;
+
+/**
+ * A call of the kernel function whose FUNC type is `btfId` in vmlinux's BTF (off 0: vmlinux, no module), which the
+ * kernel allows for the program's type (kfuncs: Linux 5.13; each kfunc says its own version where it is used).
+ */
+export function KfuncCall(btfId: number): Instruction {
+  return new Instruction(CLASS.JMP | JMP_OP.call, 0, PSEUDO_KFUNC_CALL as Reg, 0, btfId);
 }
 
 export function Return(): Instruction {

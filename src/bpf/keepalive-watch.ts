@@ -19,7 +19,26 @@
  *   inet_sock_set_state         a socket closes (TCP_CLOSE) with an error: inside its keepalive timer, killed by
  *                               keepalive (or by the user timeout while probing); elsewhere with ETIMEDOUT, by
  *                               retransmissions or the user timeout (tcp_write_err, inlined, sets sk_err before
- *                               tcp_done sets the state)
+ *                               tcp_done sets the state). And a connection established (from SYN-SENT or
+ *                               SYN-RECV): the socket goes into this CPU's CONNECTED slot, for timer_start below
+ *   timer_start                 a keepalive timer armed, outside its own expiry, on an established (or
+ *                               CLOSE-WAIT) socket: keepalive turned on (tcp_set_keepalive: SOCK_KEEPOPEN is set
+ *                               only after it, in sk_setsockopt), re-armed by a new idle time
+ *                               (tcp_sock_set_keepidle_locked), or armed as the connection is established (the
+ *                               CONNECTED slot, see there). By setsockopt(2), by a BPF program's bpf_setsockopt (tcpka
+ *                               enforce's, the bulk iterator's), by the kernel itself: every path goes through
+ *                               the timer. The new expiry is the tracepoint's second argument
+ *   timer_cancel                that timer removed while keepalive is on: turned off (tcp_set_keepalive(sk, 0)
+ *                               → sk_stop_timer) — or the first half of a re-arm to another wheel bucket
+ *                               (__mod_timer → detach_if_pending, then timer_start): user space pairs them.
+ *                               A re-arm within the same bucket of the timer wheel traces nothing (__mod_timer
+ *                               only updates expires), and TCP_KEEPINTVL / TCP_KEEPCNT touch no timer at all:
+ *                               those changes are not seen (fentry on do_tcp_setsockopt would see them, and
+ *                               kprobes: this kernel refuses the one and is built without the other)
+ *
+ * The timer's tracepoints give a struct timer_list; its socket is at a negative offset from it, which the
+ * verifier does not let a program read through, so bpf_rdonly_cast (a kfunc, Linux 6.2) makes the address a
+ * struct sock and a struct tcp_sock whose loads cannot fault (PTR_UNTRUSTED: a bad one reads as zero).
  *
  * The record (RECORD bytes):
  *    0 u8 kind (KIND)   1 u8 family   2 u8 icsk_probes_out   3 u8 keepalive_probes (0: the namespace's)
@@ -29,7 +48,11 @@
  *   56 u32 value: answered: µs since the probe; killed, timed out: sk_err
  *   60 u32 jiffies since the peer was last heard (now - tp->rcv_tstamp)
  *   64 16 bytes comm of that task   80 u64 socket inode (0: no file)   88 u32 icsk_user_timeout (ms)
- *   92 u8 the namespace's tcp_keepalive_probes   93..95 zero
+ *   92 u8 the namespace's tcp_keepalive_probes   93 u8 on, retuned: 1 armed as the connection was established
+ *   94..95 zero
+ *   96 u64 the socket's cgroup v2 id (0: unknown)   104 u32 keepalive_time (jiffies; 0: the namespace's)
+ *  108 u32 the namespace's tcp_keepalive_time (jiffies)
+ * For on and retuned, value (56) is the jiffies until the timer's new expiry.
  * A record that does not fit in the ring is counted in the per-CPU counter LOST of the flags map.
  */
 import { TCP_STATES } from "../kernel/states.js";
@@ -44,8 +67,10 @@ import {
   Ja,
   JEq,
   JEq32,
+  JGT,
   JNE,
   JNE32,
+  KfuncCall,
   LoadImm64,
   LoadMapFd,
   LoadMem,
@@ -67,9 +92,9 @@ import {
   Sub,
 } from "./asm.js";
 import { emitAddresses } from "./endpoints.js";
-import { emitInode, type TcpSocketOffsets, tcpSocketOffsets } from "./tcp-sockets.js";
+import { emitInode, keepOpen, type TcpSocketOffsets, tcpSocketOffsets } from "./tcp-sockets.js";
 
-export const RECORD = 96;
+export const RECORD = 112;
 const REC = -RECORD;
 /** Scratch on the stack below the record: a map key (u32 or a socket's address) and a value. */
 const KEY = REC - 8;
@@ -80,11 +105,25 @@ export const KIND = {
   answered: 2,
   killed: 3,
   timedOut: 4,
+  on: 5,
+  retuned: 6,
+  off: 7,
 } as const;
 
 /** Index of the flags map (a per-CPU array of u64): the socket whose keepalive timer runs here; records lost. */
 export const IN_TIMER = 0;
 export const LOST = 1;
+/**
+ * …the socket whose connection was established last on this CPU, and when (bpf_ktime_get_ns): until the
+ * handshake's last ACK leaves (net_dev_queue of its packet) and for at most ESTABLISHING_NS, its keepalive timer
+ * armed is the kernel's doing at the connection's start — tcp_finish_connect arming it for a socket that had
+ * keepalive on before connect(), or a sock_ops program's bpf_setsockopt in its established callback (tcp_init_transfer,
+ * tcpka enforce's) — not the task's that the CPU happens to run.
+ */
+export const CONNECTED = 2;
+export const CONNECTED_AT = 3;
+export const FLAGS = 4;
+const ESTABLISHING_NS = 200_000;
 
 /** The ETIMEDOUT of include/uapi/asm-generic/errno.h, which tcp_write_err sets when no soft error is pending. */
 const ETIMEDOUT = 110;
@@ -97,6 +136,7 @@ export interface WatchOffsets extends TcpSocketOffsets {
   skbHead: number;
   skbTransportHeader: number;
   tcpRcvTstamp: number;
+  skcState: number;
 }
 
 export function watchOffsets(btf: BtfFacts): WatchOffsets {
@@ -109,12 +149,13 @@ export function watchOffsets(btf: BtfFacts): WatchOffsets {
     skbHead: btf.memberOffset("sk_buff", "head"),
     skbTransportHeader: btf.memberOffset("sk_buff", "transport_header"),
     tcpRcvTstamp: btf.memberOffset("tcp_sock", "rcv_tstamp"),
+    skcState: btf.memberOffset("sock_common", "skc_state"),
   };
 }
 
 export interface WatchMaps {
   ring: number;
-  /** per-CPU array, 2 entries: IN_TIMER, LOST */
+  /** per-CPU array, FLAGS entries: IN_TIMER, LOST, CONNECTED */
   flags: number;
   /** hash: socket address (u64) → bpf_ktime_get_ns of its last probe */
   probing: number;
@@ -206,6 +247,7 @@ function emitRecord(b: ProgramBuilder, o: WatchOffsets, kind: number, next: stri
       ...readTcp(o.tcpProbesOut, 1, REC + 2),
       ...readTcp(o.tcpKeepaliveProbes, 1, REC + 3),
       ...readTcp(o.tcpUserTimeout, 4, REC + 88),
+      ...readTcp(o.tcpKeepaliveTime, 4, REC + 104),
       Call(Fn.jiffies64),
       LoadMem(R3, R10, REC + 60, "W"),
       Sub.Reg(R0, R3),
@@ -223,6 +265,8 @@ function emitRecord(b: ProgramBuilder, o: WatchOffsets, kind: number, next: stri
       StoreMem(R10, REC + 3, R3, "B"),
       LoadMem(R3, R7, o.tcpUserTimeout, "W"),
       StoreMem(R10, REC + 88, R3, "W"),
+      LoadMem(R3, R7, o.tcpKeepaliveTime, "W"),
+      StoreMem(R10, REC + 104, R3, "W"),
     );
   }
   b.emit(
@@ -235,7 +279,21 @@ function emitRecord(b: ProgramBuilder, o: WatchOffsets, kind: number, next: stri
     StoreMem(R10, REC + 16, R3, "W"),
     LoadMem(R3, R2, o.netKeepaliveProbes, "B"),
     StoreMem(R10, REC + 92, R3, "B"),
+    LoadMem(R3, R2, o.netKeepaliveTime, "W"),
+    StoreMem(R10, REC + 108, R3, "W"),
   );
+  // The cgroup the socket is charged to: struct sock's own field (the same offset as in tcp_sock, where sk is first).
+  if (o.tcpCgroup !== undefined) {
+    b.emit(
+      LoadMem(R2, R6, o.tcpCgroup, "DW"),
+      JEq.Imm(R2, 0, `${next}_inode`),
+      LoadMem(R2, R2, o.cgroupKn, "DW"),
+      JEq.Imm(R2, 0, `${next}_inode`),
+      LoadMem(R3, R2, o.kernfsId, "DW"),
+      StoreMem(R10, REC + 96, R3, "DW"),
+    );
+  }
+  b.label(`${next}_inode`);
   emitInode(b, o, R7, REC + 80, `${next}_family`);
   b.label(`${next}_family`).emit(LoadMem(R2, R6, o.skcFamily, "H"), StoreMem(R10, REC + 1, R2, "B"));
   emitAddresses(b, o, R6, R2, REC + 24, REC + 40, next);
@@ -267,17 +325,114 @@ function probingKey(m: WatchMaps): Instruction[] {
   return [StoreMem(R10, KEY, R6, "DW"), ...LoadMapFd(R1, m.probing), Mov.Reg(R2, R10), Add.Imm(R2, KEY)];
 }
 
-/** `keepaliveTimer`: the address of tcp_keepalive_timer (/proc/kallsyms). */
-export function watchPrograms(o: WatchOffsets, m: WatchMaps, keepaliveTimer: bigint): WatchProgram[] {
+/** BTF ids for bpf_rdonly_cast: the kfunc itself and the two types it casts to. */
+export interface CastIds {
+  rdonlyCast: number;
+  sock: number;
+  tcpSock: number;
+}
+
+/**
+ * timer_start(timer, expires) or timer_cancel(timer) of a keepalive timer outside its own expiry, on an
+ * ESTABLISHED or CLOSE-WAIT socket (the others' sk_timer is not keepalive's: FIN-WAIT-2's linger, a child's at
+ * its SYN-RECV birth, which inherits its listener's settings), to a record: on, retuned or off (see the top).
+ */
+function timerChange(
+  o: WatchOffsets,
+  m: WatchMaps,
+  keepaliveTimer: bigint,
+  ids: CastIds,
+  start: boolean,
+): Instruction[] {
+  const b = new ProgramBuilder();
+  if (start) b.emit(LoadMem(R8, R1, 8, "DW")); // the new expiry (jiffies)
+  b.emit(
+    LoadMem(R6, R1, 0, "DW"),
+    LoadMem(R2, R6, o.timerFunction, "DW"),
+    ...LoadImm64(R3, keepaliveTimer),
+    JNE.Reg(R2, R3, "out"),
+    Add.Imm(R6, -o.skTimer), // its socket's address (container_of)
+  );
+  flagEntry(b, m, IN_TIMER, "out");
+  b.emit(
+    LoadMem(R2, R0, 0, "DW"),
+    JEq.Reg(R2, R6, "out"), // the timer re-arming itself while it runs (tcp_keepalive_timer's own reset)
+    Mov.Reg(R1, R6),
+    Mov.Imm(R2, ids.tcpSock),
+    KfuncCall(ids.rdonlyCast),
+    Mov.Reg(R7, R0),
+    Mov.Reg(R1, R6),
+    Mov.Imm(R2, ids.sock),
+    KfuncCall(ids.rdonlyCast),
+    Mov.Reg(R6, R0),
+    LoadMem(R2, R6, o.skcState, "B"),
+    JEq32.Imm(R2, TCP_STATES.ESTABLISHED, "state"),
+    JNE32.Imm(R2, TCP_STATES.CLOSE_WAIT, "out"),
+  );
+  b.label("state");
+  if (!start) {
+    // Keepalive on: being turned off (the flag is cleared after the timer), or a re-arm's first half.
+    b.emit(...keepOpen(o, R2, R6), JEq32.Imm(R2, 0, "out"));
+    emitRecord(b, o, KIND.off, "output");
+    emitOutput(b, m);
+    return b.build();
+  }
+  emitRecord(b, o, KIND.on, "kind");
+  b.label("kind");
+  flagEntry(b, m, CONNECTED, "flag");
+  b.emit(LoadMem(R2, R0, 0, "DW"), JNE.Reg(R2, R6, "flag"));
+  flagEntry(b, m, CONNECTED_AT, "flag");
+  b.emit(
+    LoadMem(R3, R0, 0, "DW"),
+    LoadMem(R2, R10, REC + 8, "DW"), // the record's time
+    Sub.Reg(R2, R3),
+    JGT.Imm(R2, ESTABLISHING_NS, "flag"),
+    StoreImm(R10, REC + 93, 1, "B"),
+    Ja("expiry"),
+  );
+  b.label("flag").emit(...keepOpen(o, R2, R6), JEq32.Imm(R2, 0, "expiry"), StoreImm(R10, REC, KIND.retuned, "B"));
+  b.label("expiry").emit(Call(Fn.jiffies64), Sub.Reg(R8, R0), StoreMem(R10, REC + 56, R8, "W"));
+  emitOutput(b, m);
+  return b.build();
+}
+
+/**
+ * `keepaliveTimer`: the address of tcp_keepalive_timer (/proc/kallsyms); `ids`: for the timer programs, which
+ * are left out without them (a kernel before bpf_rdonly_cast).
+ */
+export function watchPrograms(
+  o: WatchOffsets,
+  m: WatchMaps,
+  keepaliveTimer: bigint,
+  ids: CastIds | null,
+): WatchProgram[] {
   const out: WatchProgram[] = [
     { name: "tcpka_w_tm_in", target: "timer_expire_entry", insns: timerSlot(o, m, keepaliveTimer) },
     { name: "tcpka_w_tm_out", target: "timer_expire_exit", insns: timerSlot(o, m, null) },
   ];
+  if (ids) {
+    out.push(
+      { name: "tcpka_w_armed", target: "timer_start", insns: timerChange(o, m, keepaliveTimer, ids, true) },
+      { name: "tcpka_w_disarm", target: "timer_cancel", insns: timerChange(o, m, keepaliveTimer, ids, false) },
+    );
+  }
 
-  // A packet queued by the socket whose keepalive timer runs on this CPU: the probe (net_dev_queue(skb)).
+  // A packet queued by the socket whose keepalive timer runs on this CPU: the probe (net_dev_queue(skb)). And
+  // the end of a connection's start: its own first packet since (the handshake's last ACK) clears CONNECTED.
   {
     const b = new ProgramBuilder();
     b.emit(LoadMem(R7, R1, 0, "DW"));
+    if (ids) {
+      flagEntry(b, m, CONNECTED, "timer");
+      b.emit(
+        LoadMem(R2, R0, 0, "DW"),
+        JEq.Imm(R2, 0, "timer"),
+        LoadMem(R3, R7, o.skbSk, "DW"),
+        JNE.Reg(R3, R2, "timer"),
+        StoreImm(R0, 0, 0, "DW"),
+      );
+      b.label("timer");
+    }
     flagEntry(b, m, IN_TIMER, "out");
     b.emit(
       LoadMem(R2, R0, 0, "DW"),
@@ -338,6 +493,17 @@ export function watchPrograms(o: WatchOffsets, m: WatchMaps, keepaliveTimer: big
     b.emit(
       LoadMem(R6, R1, 0, "DW"),
       LoadMem(R2, R1, 16, "W"),
+      JNE32.Imm(R2, TCP_STATES.ESTABLISHED, "close"),
+      LoadMem(R2, R1, 8, "W"),
+      JEq32.Imm(R2, TCP_STATES.SYN_SENT, "established"),
+      JNE32.Imm(R2, TCP_STATES.SYN_RECV, "out"),
+    );
+    b.label("established");
+    flagEntry(b, m, CONNECTED, "out");
+    b.emit(StoreMem(R0, 0, R6, "DW"));
+    flagEntry(b, m, CONNECTED_AT, "out");
+    b.emit(Mov.Reg(R7, R0), Call(Fn.ktimeGetNs), StoreMem(R7, 0, R0, "DW"), Ja("out"));
+    b.label("close").emit(
       JNE32.Imm(R2, TCP_STATES.CLOSE, "out"),
       ...probingKey(m),
       Call(Fn.mapDeleteElem),

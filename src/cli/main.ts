@@ -59,6 +59,8 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   watch: async () => (await import("./watch.js")).runWatch,
 };
 
+const CHANGERS = new Set(["enable", "disable", "enforce", "agent"]);
+
 export function version(): string {
   const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string };
   return pkg.version;
@@ -91,6 +93,10 @@ export async function main(argv: readonly string[]): Promise<number> {
       return 0;
     }
     const load = COMMANDS[first];
+    // The commands that change other programs' sockets go by tcpka's own name (/proc/PID/comm, not "node"):
+    // what `tcpka watch` says did it, and what ps and top show.
+    if (CHANGERS.has(first) && !rest.some((a) => a === "-h" || a === "--help"))
+      (await import("../sys/libc.js")).nameThread("tcpka");
     if (!load) {
       const what = first.startsWith("-") ? `unknown option ${first}` : `unknown command ${first}`;
       throw new TcpkaError("usage", what, { hint: `commands: ${Object.keys(COMMANDS).join(", ")}; see tcpka --help` });

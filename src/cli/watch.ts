@@ -5,15 +5,18 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import { hostPort } from "../addresses.js";
 import { usage } from "../errors.js";
+import { workloadMatcher } from "../inspect/connections.js";
 import { tcpExt } from "../inspect/netstat.js";
 import { KeepaliveWatch, type WatchEvent } from "../inspect/watch.js";
+import { type Workload, Workloads } from "../inspect/workloads.js";
 import { errnoName } from "../kernel/errno.js";
 import { bpfCapable } from "../sys/bpf.js";
 import { bool, parse, str } from "../ui/args.js";
+import { workloadText } from "../ui/connections.js";
 import { type Out, printable, processText } from "../ui/format.js";
 import { stopOnSignals } from "../ui/signals.js";
 
-export const WATCH_HELP = `Usage: sudo tcpka watch [--pid PID] [--port PORT] [--json]
+export const WATCH_HELP = `Usage: sudo tcpka watch [--pid PID] [--port PORT] [--container ID] [--pod NS/NAME] [--unit NAME] [--json]
 
 Is keepalive working? One line per event, on every TCP connection of the host (every network namespace), as it
 happens:
@@ -24,26 +27,41 @@ happens:
   killed     keepalive gave up (every probe unanswered, or the user timeout ran out while probing): the
              connection is closed and its program gets the error shown (ETIMEDOUT)
   timed-out  closed with ETIMEDOUT outside keepalive: retransmissions unanswered, or the user timeout
+  on         keepalive turned on (SO_KEEPALIVE) on a connection: by which process (a program's setsockopt,
+             tcpka enable), or as the connection was established (set before connect() by the program or
+             tcpka run, or by tcpka enforce's program); the idle time and when the first probe is due
+  retuned    a new idle time (TCP_KEEPIDLE) on a connection with keepalive on, and when the next probe is due
+  off        keepalive turned off, and by which process
 
 From BPF programs on kernel tracepoints (timer_expire_entry/exit, net_dev_queue, tcp_probe,
-inet_sock_set_state: Linux 5.9 or later with BTF) through a ring buffer; events the ring had no room for are
-counted and said. Needs root. Without it, tcpka says so and prints this namespace's keepalive counters
+inet_sock_set_state: Linux 5.9 or later with BTF; timer_start and timer_cancel for on, retuned and off: Linux
+6.2 or later) through a ring buffer; events the ring had no room for are counted and said. Not seen: a new
+TCP_KEEPINTVL or TCP_KEEPCNT alone (they touch no timer), and a new idle time that lands the timer in the
+bucket of the kernel's timer wheel it was already in. Needs root. Without it, tcpka says so and prints this namespace's keepalive counters
 (TcpExtTCPKeepAlive: probes sent; TcpExtTCPAbortOnTimeout: connections timed out) each second they change.
 
 Options:
       --pid PID          only connections this process holds
       --port PORT        only connections with this local or peer port
+      --container ID     only this container's connections (its id, 4 or more leading characters of it, or
+                         its name)
+      --pod NS/NAME      only this Kubernetes pod's connections (from the CRI runtime's annotations)
+      --unit NAME        only this systemd unit's connections (nginx means nginx.service)
       --json             one JSON object per line, for scripts
 
 Examples:
   sudo tcpka watch
   sudo tcpka watch --port 5432
+  sudo tcpka watch --pod shop/cart-7d4f9
   sudo tcpka watch --json | jq 'select(.kind == "killed")'
 `;
 
 const OPTIONS = {
   pid: { type: "string" },
   port: { type: "string" },
+  container: { type: "string" },
+  pod: { type: "string" },
+  unit: { type: "string" },
   json: { type: "boolean" },
 } as const;
 
@@ -58,9 +76,16 @@ function clock(ms: number): string {
   return new Date(ms).toISOString().slice(11, 23);
 }
 
-function line(e: WatchEvent): string {
+function seconds(s: number): string {
+  return Number.isInteger(s) ? `${s}s` : `${s.toFixed(1)}s`;
+}
+
+function line(e: WatchEvent, where: string | null): string {
   const conn = `${hostPort(e.localAddress, e.localPort)} → ${hostPort(e.peerAddress, e.peerPort)}`;
-  const owner = e.owners.length ? e.owners.map((o) => processText(o.comm, o.pid)).join(",") : "(no process)";
+  const owner =
+    (e.owners.length ? e.owners.map((o) => processText(o.comm, o.pid)).join(",") : "(no process)") +
+    (where === null ? "" : `  ${where}`);
+  const by = `by ${processText(e.comm, e.pid)}`;
   const silent = `silent ${e.silentS.toFixed(1)}s`;
   switch (e.kind) {
     case "probe":
@@ -75,10 +100,43 @@ function line(e: WatchEvent): string {
     }
     case "timed-out":
       return `${clock(e.at)}  timed out (${e.userTimeoutMs ? `user timeout ${e.userTimeoutMs} ms` : "retransmissions unanswered"}), ${silent}: ${errnoName(e.errno ?? 0)}  ${conn}  ${owner}`;
+    case "on": {
+      const how = e.atConnect ? "as the connection was established (set before connect, or by tcpka enforce)" : by;
+      return `${clock(e.at)}  keepalive on ${how}: idle ${seconds(e.idleS)}, first probe in ${seconds(e.nextProbeS ?? 0)}  ${conn}  ${owner}`;
+    }
+    case "retuned":
+      return `${clock(e.at)}  keepalive retuned ${by}: idle ${seconds(e.idleS)}, next probe in ${seconds(e.nextProbeS ?? 0)}  ${conn}  ${owner}`;
+    case "off":
+      return `${clock(e.at)}  keepalive off ${by}  ${conn}  ${owner}`;
   }
 }
 
-function json(e: WatchEvent): string {
+/** The container, pod or unit of an event's socket: by its cgroup, else its namespace's container. */
+class WhereLookup {
+  private w = Workloads.load();
+  /** the cgroups (or, without one, namespaces) for which the records were read again already */
+  private readonly reread = new Set<number>();
+
+  of(e: WatchEvent): Workload | null {
+    let w = this.find(e);
+    // A container started since the records were read: read them again, once per cgroup not found.
+    const key = e.cgroup || e.netns;
+    if (w === null && key !== 0 && !this.reread.has(key)) {
+      if (this.reread.size > 10_000) this.reread.clear();
+      this.reread.add(key);
+      this.w = Workloads.load();
+      w = this.find(e);
+    }
+    return w;
+  }
+
+  private find(e: WatchEvent): Workload | null {
+    return (e.cgroup ? this.w.ofCgroup(e.cgroup) : null) ?? this.w.ofNetns(e.netns);
+  }
+}
+
+function json(e: WatchEvent, w: Workload | null): string {
+  const k = w?.container;
   return JSON.stringify({
     kind: e.kind,
     at: new Date(e.at).toISOString(),
@@ -92,6 +150,17 @@ function json(e: WatchEvent): string {
     user_timeout_ms: e.userTimeoutMs,
     ...(e.answeredMs !== undefined ? { answered_ms: e.answeredMs } : {}),
     ...(e.errno !== undefined ? { errno: errnoName(e.errno) } : {}),
+    ...(e.kind === "on" || e.kind === "retuned" || e.kind === "off"
+      ? {
+          by: e.atConnect ? null : { pid: e.pid, comm: e.comm },
+          at_connect: e.atConnect === true,
+          idle_s: e.idleS,
+          ...(e.nextProbeS !== undefined ? { next_probe_s: Math.round(e.nextProbeS * 1000) / 1000 } : {}),
+        }
+      : {}),
+    container: k ? { runtime: k.runtime, id: k.id, name: k.name } : null,
+    pod: k?.pod ? { namespace: k.pod.namespace, name: k.pod.name, container: k.pod.container } : null,
+    unit: w?.unit ?? null,
   });
 }
 
@@ -104,6 +173,10 @@ export async function runWatch(argv: readonly string[], out: Out): Promise<numbe
   const pid = whole("--pid", str(values, "pid"), 4_194_304);
   const port = whole("--port", str(values, "port"), 65535);
   const asJson = bool(values, "json");
+  const pod = str(values, "pod");
+  if (pod !== undefined && !/^[^/]+\/[^/]+$/.test(pod))
+    throw usage(`--pod ${printable(pod)}: use NAMESPACE/NAME, e.g. --pod default/web-0`);
+  const wanted = workloadMatcher({ container: str(values, "container"), pod, unit: str(values, "unit") });
   const stop = stopOnSignals();
   const flush = () => out.end();
   try {
@@ -115,13 +188,20 @@ export async function runWatch(argv: readonly string[], out: Out): Promise<numbe
       return 0;
     }
     const w = KeepaliveWatch.start();
+    const where = new WhereLookup();
     try {
-      process.stderr.write("tcpka watch: tracing keepalive on every TCP connection (Ctrl-C to stop)\n");
+      process.stderr.write(
+        w.changes
+          ? "tcpka watch: tracing keepalive on every TCP connection (Ctrl-C to stop)\n"
+          : "tcpka watch: tracing keepalive on every TCP connection (Ctrl-C to stop); keepalive turned on, retuned or off is not seen on this kernel (it needs Linux 6.2's bpf_rdonly_cast)\n",
+      );
       w.run(
         (e) => {
           if (port !== undefined && e.localPort !== port && e.peerPort !== port) return;
           if (pid !== undefined && !e.owners.some((o) => o.pid === pid)) return;
-          out.write(`${asJson ? json(e) : printable(line(e))}\n`);
+          const wl = where.of(e);
+          if (wanted && !wanted(wl)) return;
+          out.write(`${asJson ? json(e, wl) : printable(line(e, workloadText(wl)))}\n`);
           flush();
         },
         (n) => {

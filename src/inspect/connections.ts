@@ -185,7 +185,9 @@ class WorkloadLookup {
 }
 
 /** The filter of --container, --pod and --unit; null when none is given. */
-function workloadMatcher(opts: InspectOptions): ((w: Workload | null) => boolean) | null {
+export function workloadMatcher(
+  opts: Pick<InspectOptions, "container" | "pod" | "unit">,
+): ((w: Workload | null) => boolean) | null {
   const { container, pod, unit } = opts;
   if (container === undefined && pod === undefined && unit === undefined) return null;
   const unitName = unit === undefined || /\.[a-z]+$/.test(unit) ? unit : `${unit}.service`;

@@ -12,7 +12,7 @@
 import { readFileSync } from "node:fs";
 import { ipv4, ipv6 } from "../addresses.js";
 import { assemble, Listing } from "../bpf/asm.js";
-import { KIND, LOST, RECORD, watchOffsets, watchPrograms } from "../bpf/keepalive-watch.js";
+import { type CastIds, FLAGS, KIND, LOST, RECORD, watchOffsets, watchPrograms } from "../bpf/keepalive-watch.js";
 import { TcpkaError } from "../errors.js";
 import { AF_INET, BPF_TRACE_RAW_TP } from "../kernel/constants.js";
 import {
@@ -29,7 +29,7 @@ import { close, kernelHz, mapShared } from "../sys/libc.js";
 import type { SocketOwner } from "./owners.js";
 import { findOwners } from "./owners.js";
 
-export type WatchEventKind = "probe" | "answered" | "killed" | "timed-out";
+export type WatchEventKind = "probe" | "answered" | "killed" | "timed-out" | "on" | "retuned" | "off";
 
 export interface WatchEvent {
   kind: WatchEventKind;
@@ -59,6 +59,17 @@ export interface WatchEvent {
   /** the task that ran: for a setsockopt the caller; for timers and packets whoever the CPU interrupted */
   pid: number;
   comm: string;
+  /** the cgroup v2 id the socket is charged to (0: unknown) */
+  cgroup: number;
+  /** the idle time in force (seconds: the socket's own, else its namespace's) */
+  idleS: number;
+  /** on, retuned: seconds until the first probe (the timer's new expiry) */
+  nextProbeS?: number;
+  /**
+   * on: armed by the kernel as the connection was established — keepalive set on the socket before connect(), or
+   * by a sock_ops program (tcpka enforce's) — so no task did it
+   */
+  atConnect?: boolean;
 }
 
 const RING_SIZE = 1 << 20; // 1 MiB: about 9,000 records between two polls
@@ -71,12 +82,42 @@ const KIND_NAMES: Record<number, WatchEventKind> = {
   [KIND.answered]: "answered",
   [KIND.killed]: "killed",
   [KIND.timedOut]: "timed-out",
+  [KIND.on]: "on",
+  [KIND.retuned]: "retuned",
+  [KIND.off]: "off",
 };
+/**
+ * How long an "off" (the timer removed) waits for its socket's timer to be started again: a re-arm to another
+ * bucket of the timer wheel is a timer_cancel and a timer_start a few microseconds apart on one CPU, under the
+ * socket's lock (__mod_timer). And how long later changes of one socket are folded into its first (a program's
+ * SO_KEEPALIVE then TCP_KEEPIDLE, one after the other).
+ */
+const PAIR_NS = 2_000_000n;
+
+function byTime(a: WatchEvent, b: WatchEvent): number {
+  return a.ns < b.ns ? -1 : a.ns > b.ns ? 1 : 0;
+}
 
 /**
  * The address of tcp_keepalive_timer, the function of every TCP socket's sk_timer, from /proc/kallsyms (root
  * reads the real addresses; others read zeros, kptr_restrict).
  */
+/**
+ * bpf_rdonly_cast (Linux 6.2) and the types it makes of a timer's socket, from the kernel's BTF; null where the
+ * kernel has none: watch then runs without the on / retuned / off events.
+ */
+function castIds(btf: CachedBtf): CastIds | null {
+  try {
+    return {
+      rdonlyCast: btf.typeId("FUNC", "bpf_rdonly_cast"),
+      sock: btf.typeId("STRUCT", "sock"),
+      tcpSock: btf.typeId("STRUCT", "tcp_sock"),
+    };
+  } catch {
+    return null;
+  }
+}
+
 function keepaliveTimerAddress(): bigint {
   const m = /^([0-9a-f]+) [tT] tcp_keepalive_timer$/m.exec(readFileSync("/proc/kallsyms", "latin1"));
   const a = m ? BigInt(`0x${m[1]}`) : 0n;
@@ -97,7 +138,12 @@ export class KeepaliveWatch {
     private readonly consumer: { memory: ArrayBuffer; unmap: () => void },
     private readonly producer: { memory: ArrayBuffer; unmap: () => void },
     private readonly hz: number,
+    /** whether keepalive turned on, retuned and off are traced (bpf_rdonly_cast: Linux 6.2) */
+    readonly changes: boolean,
   ) {}
+
+  /** Changes held back for PAIR_NS (see there), oldest first. */
+  private held: WatchEvent[] = [];
 
   /** Load and attach everything; throws TcpkaError("unsupported" or "permission") with why not. */
   static start(): KeepaliveWatch {
@@ -114,11 +160,12 @@ export class KeepaliveWatch {
       const o = watchOffsets(btf);
       const ring = ringbufCreate("tcpka_w_ring", RING_SIZE);
       fds.push(ring);
-      const flags = counterMapCreate("tcpka_w_flags", 2);
+      const flags = counterMapCreate("tcpka_w_flags", FLAGS);
       fds.push(flags);
       const probing = hashMapCreate("tcpka_w_probing", 8, 8, 65536);
       fds.push(probing);
-      const programs = watchPrograms(o, { ring, flags, probing }, keepaliveTimerAddress());
+      const casts = castIds(btf);
+      const programs = watchPrograms(o, { ring, flags, probing }, keepaliveTimerAddress(), casts);
       const ids = programs.map((p) => btf.typeId("TYPEDEF", `btf_trace_${p.target}`));
       btf.save();
       programs.forEach((p, i) => {
@@ -134,14 +181,14 @@ export class KeepaliveWatch {
       });
       consumer = mapShared(ring, PAGE, 0, true);
       producer = mapShared(ring, PAGE + 2 * RING_SIZE, PAGE, false);
-      return new KeepaliveWatch(fds, flags, consumer, producer, kernelHz());
+      return new KeepaliveWatch(fds, flags, consumer, producer, kernelHz(), casts !== null);
     } catch (e) {
       consumer?.unmap();
       producer?.unmap();
       for (const fd of fds.reverse()) close(fd);
       if (e instanceof TcpkaError) throw e;
       throw new TcpkaError("unsupported", `cannot trace keepalive in this kernel: ${(e as Error).message}`, {
-        hint: "tcpka watch needs BTF and fentry (Linux 5.9 or later, CONFIG_DEBUG_INFO_BTF)",
+        hint: "tcpka watch needs BTF tracepoints and a BPF ring buffer (Linux 5.9 or later, CONFIG_DEBUG_INFO_BTF)",
       });
     }
   }
@@ -180,6 +227,7 @@ export class KeepaliveWatch {
       c += BigInt(size);
     }
     cons[0] = c; // the space is the kernel's again: everything needed was copied out
+    this.fold(events, process.hrtime.bigint());
     if (!events.length) return;
     const unknown = new Set<number>();
     for (const e of events) if (e.inode !== 0 && !this.owners.has(e.inode)) unknown.add(e.inode);
@@ -200,6 +248,58 @@ export class KeepaliveWatch {
       }
       onEvent(e);
     }
+  }
+
+  /**
+   * Fold the changes of `events` (in place) with those held back: an off followed within PAIR_NS by its
+   * socket's timer started again was a re-arm (retuned); an on or a retune followed by more changes of the same
+   * socket within PAIR_NS is one change, with the last one's values (an on stays an on). Changes younger than
+   * PAIR_NS at `now` are held back until the next poll; the rest stay in `events`, in the kernel's order.
+   */
+  private fold(events: WatchEvent[], now: bigint): void {
+    const changes = this.held;
+    this.held = [];
+    const others: WatchEvent[] = [];
+    for (const e of events) (e.kind === "on" || e.kind === "retuned" || e.kind === "off" ? changes : others).push(e);
+    if (!changes.length) return;
+    changes.sort(byTime);
+    // Per socket: its first change, and an off after it that a start may still undo.
+    const open = new Map<string, { first: WatchEvent; off: WatchEvent | null }>();
+    const done: WatchEvent[] = [];
+    const close = (o: { first: WatchEvent; off: WatchEvent | null }) => {
+      done.push(o.first);
+      if (o.off) done.push(o.off);
+    };
+    for (const e of changes) {
+      const key = `${e.netns} ${e.inode} ${e.localAddress} ${e.localPort} ${e.peerAddress} ${e.peerPort}`;
+      const o = open.get(key);
+      const last = o ? (o.off ?? o.first) : null;
+      if (o && last && e.ns - last.ns <= PAIR_NS) {
+        if (e.kind === "off") {
+          if (o.off || o.first.kind === "off") {
+            close(o);
+            open.set(key, { first: e, off: null });
+          } else o.off = e;
+          continue;
+        }
+        // A start: the later values; an on stays an on, an off undone by it was a re-arm (retuned).
+        const kind = o.first.kind === "on" ? "on" : "retuned";
+        Object.assign(o.first, { ...e, kind, ns: o.first.ns, atConnect: o.first.atConnect });
+        o.off = null;
+        continue;
+      }
+      if (o) close(o);
+      open.set(key, { first: e, off: null });
+    }
+    for (const o of open.values()) {
+      if (now - (o.off ?? o.first).ns < PAIR_NS) {
+        this.held.push(o.first);
+        if (o.off) this.held.push(o.off);
+      } else close(o);
+    }
+    events.length = 0;
+    events.push(...others, ...done);
+    events.sort(byTime);
   }
 
   private decode(b: Buffer, at: number): WatchEvent | undefined {
@@ -226,7 +326,13 @@ export class KeepaliveWatch {
       userTimeoutMs: b.readUInt32LE(at + 88),
       pid: b.readUInt32LE(at + 4),
       comm: b.toString("latin1", at + 64, commEnd >= 0 && commEnd < at + 80 ? commEnd : at + 80),
+      cgroup: Number(b.readBigUInt64LE(at + 96)),
+      idleS: (b.readUInt32LE(at + 104) || b.readUInt32LE(at + 108)) / this.hz,
     };
+    if (kind === "on" || kind === "retuned") {
+      e.nextProbeS = b.readInt32LE(at + 56) / this.hz;
+      if (b[at + 93] === 1) e.atConnect = true;
+    }
     if (kind === "answered") e.answeredMs = value / 1000;
     else if (kind === "killed" || kind === "timed-out") e.errno = value;
     return e;

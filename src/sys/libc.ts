@@ -53,6 +53,8 @@ const c = {
   open: lib.func("int open(const char *path, int flags)"),
   mmap: lib.func("void *mmap(void *addr, size_t len, int prot, int flags, int fd, long off)"),
   munmap: lib.func("int munmap(void *addr, size_t len)"),
+  // prctl(2) is variadic in glibc; PR_SET_NAME's fixed prototype is safe (as syscall's above).
+  prctl: lib.func("int prctl(int option, const char *name, long a, long b, long c)"),
   recvmmsg: lib.func("int recvmmsg(int fd, intptr_t msgvec, unsigned int vlen, int flags, intptr_t timeout)"),
 };
 
@@ -283,6 +285,17 @@ export function kernelHz(): number {
 /** A raw system call with up to three integer arguments; returns the result or throws SysError named `name`. */
 export function syscall(name: string, nr: number, a = 0, b = 0, d = 0): number {
   return check(name, Number(c.syscall(nr, a, b, d)));
+}
+
+/** PR_SET_NAME (include/uapi/linux/prctl.h) */
+const PR_SET_NAME = 15;
+
+/**
+ * Name the calling thread (prctl PR_SET_NAME: what /proc/PID/comm shows for the main thread, and what a BPF
+ * program's bpf_get_current_comm reads), cut to the kernel's 15 bytes. /proc/PID/cmdline is left as it is.
+ */
+export function nameThread(name: string): void {
+  check("prctl", c.prctl(PR_SET_NAME, name.slice(0, 15), 0, 0, 0) as number);
 }
 
 /**

@@ -185,15 +185,21 @@ function workloadJson(w: Workload | null): Uint8Array {
  * tcpka's own; `namespaces` names the others, by their `ip netns` name where they have one).
  */
 export function whereText(c: Connection, namespaces: ReadonlyMap<number, NetNamespace>): string {
-  const w = c.workload;
+  const known = workloadText(c.workload ?? null);
+  if (known !== null) return known;
+  const ns = c.netns === undefined ? undefined : namespaces.get(c.netns);
+  if (!ns || ns.own) return "-";
+  return ns.name ? `netns ${printable(ns.name)}` : `netns ${ns.inum}`;
+}
+
+/** A pod (and its container), a container (runtime, short id, name) or a systemd unit, escaped; null for none. */
+export function workloadText(w: Workload | null): string | null {
   const k = w?.container;
   if (k?.pod)
     return `pod ${printable(`${k.pod.namespace}/${k.pod.name}`)}${k.pod.container ? ` (${printable(k.pod.container)})` : ""}`;
   if (k) return `${printable(k.runtime)} ${printable(k.shortId)}${k.name ? ` ${printable(k.name)}` : ""}`;
   if (w?.unit) return printable(w.unit) + (w.unitUid === null ? "" : ` (uid ${w.unitUid})`);
-  const ns = c.netns === undefined ? undefined : namespaces.get(c.netns);
-  if (!ns || ns.own) return "-";
-  return ns.name ? `netns ${printable(ns.name)}` : `netns ${ns.inum}`;
+  return null;
 }
 
 // '{"pid":P,"comm":"NAME","fd":' of each process: one piece per process, not one per socket it holds

@@ -2,7 +2,9 @@
  * `tcpka watch` (issue 17) in the firewall lab: a client with keepalive idle 2 s, interval 1 s, count 3 (set by
  * `tcpka run`) shows probes sent and answered while the path is up; once the lab's cable is pulled its probes go
  * unanswered, and after idle + interval × count = 5 s the kill is shown with ETIMEDOUT, when the client's own
- * blocking recv() fails with it. Without root, watch says so in one line and counts instead.
+ * blocking recv() fails with it. Keepalive turned on, retuned and off is shown with who did it: the program's
+ * own setsockopt, a connect with keepalive set before it, tcpka enable through either path; --container shows
+ * one container's. Without root, watch says so in one line and counts instead.
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
@@ -10,14 +12,17 @@ import { needs, python3 } from "../helpers/env.js";
 import { LAB_PEER, Lab, SERVER_IP } from "../helpers/lab.js";
 import { Netns } from "../helpers/netns.js";
 import { fixture } from "../helpers/paths.js";
-import { type Process, until } from "../helpers/processes.js";
+import { busyboxImage, needsPodman, startKinds } from "../helpers/podman.js";
+import { type Process, sleep, until } from "../helpers/processes.js";
+import { uniqueName } from "../helpers/scope.js";
 import { startTcpka, tcpkaFor } from "../helpers/tcpka.js";
 import { NOBODY } from "../helpers/users.js";
 
 const NAMED_CONNS = fixture("named_conns.py");
+const KA_CHANGES = fixture("ka_changes.py");
 
 interface Event {
-  kind: "probe" | "answered" | "killed" | "timed-out";
+  kind: "probe" | "answered" | "killed" | "timed-out" | "on" | "retuned" | "off";
   at: string;
   local: string;
   peer: string;
@@ -27,7 +32,14 @@ interface Event {
   silent_s: number;
   answered_ms?: number;
   errno?: string;
+  by?: { pid: number; comm: string } | null;
+  at_connect?: boolean;
+  idle_s?: number;
+  next_probe_s?: number;
+  container: { runtime: string; id: string; name: string | null } | null;
 }
+
+const CHANGES = new Set(["on", "retuned", "off"]);
 
 function events(p: Process): Event[] {
   return p.stdout
@@ -128,4 +140,109 @@ test("without root: one line says so, and the namespace's own counters are print
     /^\d\d:\d\d:\d\d\.\d{3} {2}[1-9]\d* keepalive probes? sent, 0 connections timed out \(this namespace, the last second\)$/m,
     10_000,
   );
+});
+
+test("keepalive turned on, retuned and off, with who did it: the program, a connect, tcpka enable by either path", async (t) => {
+  if (!needs(t, { root: true, tools: ["ip", "python3"] })) return;
+  const ns = Netns.create(t);
+  const prog = ns.spawn([python3(), KA_CHANGES]);
+  const hello = JSON.parse(await prog.line()) as { pid: number; port: number };
+  const watch = startTcpka(t, ["watch", "--json", "--port", String(hello.port)], { timeoutMs: 120_000 });
+  await watch.waitFor(/tracing keepalive/, 15_000, "stderr");
+  assert.doesNotMatch(watch.stderr, /not seen on this kernel/);
+  const ask = async (cmd: string) => {
+    prog.send(`${cmd}\n`);
+    return JSON.parse(await prog.line()) as { conn: number; port: number };
+  };
+  const changesOf = (port: number) =>
+    events(watch).filter((e) => CHANGES.has(e.kind) && e.local === `127.0.0.1:${port}`);
+  /** The one change that `step` makes on `port`'s connection: exactly one, however many setsockopt calls. */
+  const change = async (port: number, step: () => unknown): Promise<Event> => {
+    const before = changesOf(port).length;
+    await step();
+    await until("the change", () => changesOf(port).length > before, 5000);
+    await sleep(400); // nothing more comes of it
+    const after = changesOf(port).slice(before);
+    assert.equal(after.length, 1, JSON.stringify(after));
+    return after[0] as Event;
+  };
+  // The wheel's buckets round an expiry up by at most 1/8 of the time left (kernel/time/timer.c, LVL_CLK_SHIFT 3).
+  const firstProbeIn = (e: Event, idle: number) =>
+    assert.ok(
+      (e.next_probe_s ?? -1) >= idle - 0.1 && (e.next_probe_s ?? -1) <= idle * 1.13 + 0.1,
+      `next probe in ${e.next_probe_s} s, idle ${idle} s`,
+    );
+
+  // The program: SO_KEEPALIVE then TCP_KEEPIDLE is one change, on; a new idle, retuned; then off.
+  const a = await ask("connect");
+  const on = await change(a.port, () => ask(`on ${a.conn} 30`));
+  assert.equal(on.kind, "on");
+  assert.deepEqual(on.by, { pid: hello.pid, comm: "python3" });
+  assert.equal(on.at_connect, false);
+  assert.equal(on.idle_s, 30);
+  firstProbeIn(on, 30);
+  const retuned = await change(a.port, () => ask(`idle ${a.conn} 600`));
+  assert.equal(retuned.kind, "retuned");
+  assert.equal(retuned.by?.pid, hello.pid);
+  assert.equal(retuned.idle_s, 600);
+  firstProbeIn(retuned, 600);
+  const off = await change(a.port, () => ask(`off ${a.conn}`));
+  assert.equal(off.kind, "off");
+  assert.equal(off.by?.pid, hello.pid);
+
+  // Set before connect(): armed when the connection is established.
+  let b: { conn: number; port: number } | undefined;
+  const atConnect = await until(
+    "the connect's on",
+    async () => {
+      b ??= await ask("preset 45");
+      return changesOf(b.port)[0];
+    },
+    5000,
+  );
+  assert.equal(atConnect.kind, "on");
+  assert.equal(atConnect.at_connect, true);
+  assert.equal(atConnect.by, null);
+  assert.equal(atConnect.idle_s, 45);
+
+  // tcpka enable, through a duplicate of the socket and in the kernel: "by tcpka", its own process.
+  for (const via of ["pidfd", "bpf"]) {
+    const c = await ask("connect");
+    const byTcpka = await change(c.port, () => {
+      const r = ns.tcpka(["enable", "--pid", String(hello.pid), "--sport", String(c.port), "--via", via]);
+      assert.equal(r.status, 0, r.stderr);
+      return r;
+    });
+    assert.equal(byTcpka.kind, "on", via);
+    assert.equal(byTcpka.by?.comm, "tcpka", via);
+    assert.notEqual(byTcpka.by?.pid, hello.pid, via);
+    assert.ok((byTcpka.idle_s ?? 0) > 0 && (byTcpka.idle_s ?? 0) <= 60, `${via}: idle ${byTcpka.idle_s} s`);
+  }
+  // The accepted ends were never touched.
+  assert.deepEqual(changesOf(hello.port), []);
+  watch.kill();
+});
+
+test("--container: only that container's keepalive changes", async (t) => {
+  if (!needsPodman(t)) return;
+  const image = busyboxImage(t);
+  const name = `${uniqueName()}-watched`;
+  const watch = startTcpka(t, ["watch", "--json", "--container", name], { timeoutMs: 120_000 });
+  await watch.waitFor(/tracing keepalive/, 15_000, "stderr");
+  const other = await startKinds(t, image);
+  const mine = await startKinds(t, image, { name });
+  // ka_kinds sets idle 31 s and SO_KEEPALIVE before connecting: armed at the connect, in the container.
+  const on = await until(
+    "the container's connect with keepalive",
+    () => events(watch).find((e) => e.kind === "on" && e.idle_s === 31),
+    10_000,
+  );
+  assert.equal(on.at_connect, true);
+  assert.equal(on.container?.name, name);
+  assert.equal(on.container?.id, mine.container.id);
+  assert.equal(on.owners[0]?.comm, "ka_kinds");
+  await sleep(500);
+  const elsewhere = events(watch).filter((e) => e.container?.id !== mine.container.id);
+  assert.deepEqual(elsewhere, [], `events of ${other.container.name} or elsewhere`);
+  watch.kill();
 });
