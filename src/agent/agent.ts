@@ -17,7 +17,7 @@
  * without one, the enforcements in place stay as they are), and every error is reported with its line.
  */
 import { createHash } from "node:crypto";
-import { existsSync, type FSWatcher, readdirSync, rmdirSync, statSync, watch } from "node:fs";
+import { existsSync, type FSWatcher, readdirSync, readFileSync, rmdirSync, statSync, watch } from "node:fs";
 import { dirname, join } from "node:path";
 import type { EnforceSpec } from "../bpf/keepalive.js";
 import {
@@ -721,12 +721,22 @@ function where(t: Target): string {
 
 /** Whether this process shares the mount namespace of the host's init (pid 1), as far as it can tell. */
 function hostMountNamespace(): boolean {
+  const own = statSync("/proc/self/ns/mnt");
+  const same = (pid: number) => {
+    const other = statSync(`/proc/${pid}/ns/mnt`);
+    return own.ino === other.ino && own.dev === other.dev;
+  };
   try {
-    const own = statSync("/proc/self/ns/mnt");
-    const init = statSync("/proc/1/ns/mnt");
-    return own.ino === init.ino && own.dev === init.dev;
+    return same(1);
   } catch {
-    return true; // pid 1's cannot be read (another pid namespace): the mount is then its own to make
+    // pid 1's may be closed to us even as root (here: the VM's init, EACCES). kthreadd's is the initial mount
+    // namespace too (kernel threads share init_nsproxy), and readable: pid 2 of the host's pid namespace, its
+    // parent 0 (kernel/kthread.c). Without either (another pid namespace): the mount is then its own to make.
+    try {
+      const stat = readFileSync("/proc/2/stat", "latin1");
+      if (/^2 \(kthreadd\) S 0 /.test(stat)) return same(2);
+    } catch {}
+    return true;
   }
 }
 

@@ -17,9 +17,10 @@
  *  - each capability of the set is needed: without it, what README says it is for fails, and nothing is left behind.
  */
 import assert from "node:assert/strict";
-import { existsSync, readFileSync, readlinkSync, realpathSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, readlinkSync, realpathSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { type TestContext, test } from "node:test";
+import { writeAtomically } from "../helpers/agent.js";
 import { TestCgroup } from "../helpers/cgroup.js";
 import { compileC } from "../helpers/compile.js";
 import { afterEnforceTests, enforcedOn, guard, PIN_ROOT } from "../helpers/enforce.js";
@@ -35,8 +36,8 @@ import {
 } from "../helpers/keepalive.js";
 import { Netns } from "../helpers/netns.js";
 import { REPO, TCPKA } from "../helpers/paths.js";
-import { Process, type Result, runSync } from "../helpers/processes.js";
-import { tempDir } from "../helpers/scope.js";
+import { Process, type Result, runSync, until } from "../helpers/processes.js";
+import { tempDir, uniqueName } from "../helpers/scope.js";
 import { execArgv, Sandbox, UNIT, UnitFile } from "../helpers/unit.js";
 import { asUser, NOBODY } from "../helpers/users.js";
 
@@ -278,10 +279,20 @@ test("the sandbox is the unit's: its capabilities, NoNewPrivileges, read-only fi
   assert.notEqual(uts.trim(), readlinkSync("/proc/self/ns/uts"), "ProtectHostname: a UTS namespace of its own");
 });
 
+/**
+ * What systemd runs before the sandboxed commands: ExecStartPre, on the host (it mounts the BPF file system at
+ * /sys/fs/bpf where there is none; that mount stays, as the service leaves it).
+ */
+function execStartPre(): void {
+  const pre = runSync(execArgv(unit.values("Service", "ExecStartPre")[0]!).argv);
+  assert.equal(pre.status, 0, pre.stderr);
+}
+
 test("in the unit: enforce on a test cgroup, seen by the host, working on new connections, removed", async (t) => {
   if (!needs(t, NEEDS)) return;
   const cg = TestCgroup.create(t);
   guard(cg);
+  execStartPre();
   const made = inUnit(t, ["enforce", "--cgroup", cg.path, ...WANT_FLAGS]);
   assert.equal(made.status, 0, made.stderr);
   assert.equal(made.stderr, "");
@@ -431,4 +442,71 @@ test("each capability of the unit is needed: without it, what README says it is 
   assert.notEqual(start, -1, "README has the section");
   const section = readme.slice(start, readme.indexOf("\n## ", start + 1));
   for (const c of caps) assert.match(section, new RegExp(`^\\| ${c} \\|`, "m"), `README's table explains ${c}`);
+});
+
+test("in the unit: tcpka agent itself enforces its policy on a cgroup, seen by the host, and removes it with the rule", async (t) => {
+  if (!needs(t, NEEDS)) return;
+  const cg = TestCgroup.create(t);
+  guard(cg);
+  // The policy where the unit's sandbox sees it (its /tmp is its own): a directory of this test's in /run.
+  const dir = join("/run", uniqueName());
+  mkdirSync(dir, { mode: 0o755 });
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const policy = join(dir, "policy.yaml");
+  const rule = `rules:\n  - name: unit-test\n    match: {cgroup: ${cg.path}}\n    keepalive: {idle: ${WANT.idle}s, interval: ${WANT.interval}s, count: ${WANT.count}}\n`;
+  writeAtomically(policy, rule);
+  // A process in the cgroup first (the agent enforces on a cgroup whose processes are all the rule's, not an empty one).
+  const before = await holderIn(t, cg, NOBODY);
+
+  execStartPre();
+  const agent = theSandbox().startTcpka(t, ["agent", "--policy", policy]);
+  const e = await until("the agent's enforcement, as the host sees it", () => enforcedOn(cg), 30_000).catch((x) => {
+    throw new Error(`${(x as Error).message}; the agent said: ${agent.stderr}${agent.stdout}`);
+  });
+  assert.deepEqual(
+    [e.settings_known, e.setsockopt_hook, e.owner, e.rule, e.idle_s, e.interval_s, e.count],
+    [true, true, "agent", "unit-test", WANT.idle, WANT.interval, WANT.count],
+    JSON.stringify(e),
+  );
+  const p = await holderIn(t, cg, NOBODY); // started after: every socket of it set up by the cgroup's programs
+  for (const s of (await report(p)).sockets) assert.deepEqual(settings(s), WANT, `${s.role} in the cgroup`);
+  // The connections that were there: changed by the agent's pass over them.
+  await until(
+    "the existing connections changed",
+    async () => (await report(before)).sockets.every((s) => settings(s).keepalive === 1),
+    30_000,
+  );
+  for (const s of (await report(before)).sockets) assert.deepEqual(settings(s), WANT, `${s.role}, there before`);
+  const status = inUnit(t, ["status", "--json"]);
+  assert.equal(status.status, 0, `${status.stdout}\n${status.stderr}`);
+
+  // The rule removed: so is its enforcement; then the agent stops on SIGTERM, with nothing left behind.
+  writeAtomically(policy, "rules: []\n");
+  await until("the enforcement removed with its rule", () => enforcedOn(cg) === undefined, 30_000);
+  assert.ok(!existsSync(join(PIN_ROOT, e.name)), "no pin left");
+  agent.kill("SIGTERM");
+  const done = await agent.result();
+  assert.equal(done.status, 0, done.stderr);
+  assert.doesNotMatch(done.stderr, /warning|fail|error/i, "the agent's log: nothing went wrong in the unit");
+});
+
+test("in the unit without a BPF file system (ExecStartPre not run): the agent stops and says why, pinning nothing", async (t) => {
+  if (!needs(t, NEEDS)) return;
+  const cg = TestCgroup.create(t);
+  guard(cg);
+  await holderIn(t, cg, NOBODY); // a target for the rule: without the check, the agent would enforce there
+  const dir = join("/run", uniqueName());
+  mkdirSync(dir, { mode: 0o755 });
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const policy = join(dir, "policy.yaml");
+  writeAtomically(policy, `rules:\n  - name: unit-test\n    match: {cgroup: ${cg.path}}\n    keepalive: {idle: 9s}\n`);
+  // The sandbox's own mount namespace loses /sys/fs/bpf (the host's keeps it): pins made there would be seen by
+  // no one, and gone with the service. pid 1's namespace is closed even to root on some hosts (this VM's).
+  const r = theSandbox().tcpka(["agent", "--policy", policy], { noBpffs: true });
+  assert.equal(r.status, 1, `${r.stdout}\n${r.stderr}`);
+  assert.match(
+    r.stderr,
+    /^tcpka: no BPF file system at \/sys\/fs\/bpf, and this agent runs in a mount namespace of its own: stopping rather than pinning where nothing else sees it$/m,
+  );
+  assert.equal(enforcedOn(cg), undefined);
 });

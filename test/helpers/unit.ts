@@ -11,7 +11,8 @@
 import { realpathSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { REPO } from "./paths.js";
-import { type Result, runSync } from "./processes.js";
+import { type Process, type Result, runSync, start } from "./processes.js";
+import type { Scope } from "./scope.js";
 
 export const UNIT = join(REPO, "contrib", "systemd", "tcpka-agent.service");
 
@@ -131,6 +132,11 @@ export interface SandboxOptions {
   caps?: readonly string[];
   /** Trace these system calls with strace -f, into the file `to`. */
   strace?: { calls: readonly string[]; to: string };
+  /**
+   * Unmount every BPF file system at /sys/fs/bpf in the sandbox's own mount namespace first (nothing of it
+   * reaches the host's): the service started without its ExecStartPre, on a host that has none.
+   */
+  noBpffs?: boolean;
 }
 
 /**
@@ -182,8 +188,9 @@ export class Sandbox {
    * are made first (a path that is to be read-only or writable and is not a mount point is bind-mounted onto
    * itself), then made read-only, each subtree but the paths of other, writable entries.
    */
-  private script(stage: { fd: number; path: string; as: string }[]): string {
+  private script(stage: { fd: number; path: string; as: string }[], noBpffs = false): string {
     const s: string[] = ["set -eu"];
+    if (noBpffs) s.push("while grep -qs ' /sys/fs/bpf bpf ' /proc/self/mounts; do umount /sys/fs/bpf; done");
     // The mounts in place, mountinfo's octal escapes undone; whether a path is one.
     s.push(`mounts() { awk '{print $5}' /proc/self/mountinfo | while read -r m; do printf '%b\\n' "$m"; done; }`);
     s.push(`ismount() { mounts | grep -qxF -- "$1"; }`);
@@ -271,6 +278,19 @@ export class Sandbox {
     return this.exec(stage, [node.path, join(repo.path, "bin", "tcpka.js"), ...args], opts);
   }
 
+  /**
+   * `tcpka ARGS...` started in the sandbox, in the background (the agent itself): the Process is tcpka's own
+   * (unshare, sh and setpriv each exec the next), stopped by pid when `scope` ends.
+   */
+  startTcpka(scope: Scope, args: readonly string[], opts: Omit<SandboxOptions, "strace"> = {}): Process {
+    const node = this.place(process.execPath, "node");
+    const repo = this.place(REPO, "repo");
+    const stage = [node.stage, repo.stage].flatMap((x, i) => (x ? [{ ...x, fd: 3 + i }] : []));
+    return start(scope, this.argv(stage, [node.path, join(repo.path, "bin", "tcpka.js"), ...args], opts), {
+      timeoutMs: 300_000,
+    });
+  }
+
   /** Where the sandbox sees a file of this checkout (staged in its /tmp when it hides the checkout). */
   inCheckout(...parts: string[]): string {
     return join(this.place(REPO, "repo").path, ...parts);
@@ -283,6 +303,14 @@ export class Sandbox {
   }
 
   private exec(stage: { fd: number; path: string; as: string }[], command: readonly string[], opts: SandboxOptions) {
+    return runSync(this.argv(stage, command, opts), { timeoutMs: 120_000 });
+  }
+
+  private argv(
+    stage: { fd: number; path: string; as: string }[],
+    command: readonly string[],
+    opts: SandboxOptions,
+  ): string[] {
     const caps = opts.caps ?? this.caps;
     const nnp = this.unit.value("Service", "NoNewPrivileges") === "yes";
     const strace = opts.strace;
@@ -298,12 +326,12 @@ export class Sandbox {
       "--",
       "sh",
       "-c",
-      this.script(stage),
+      this.script(stage, opts.noBpffs),
       "tcpka-sandbox",
       ...Sandbox.setpriv(caps, nnp),
       ...command,
     ];
-    return runSync(argv, { timeoutMs: 120_000 });
+    return argv;
   }
 
   /** Where `path` is seen inside the sandbox, and what to bind-mount for that when the sandbox hides it. */
