@@ -1,12 +1,8 @@
 /**
- * `tcpka watch`'s engine: the tracing programs of src/bpf/keepalive-watch.ts attached, their ring buffer read
- * every POLL_MS, each record decoded into a WatchEvent with its owner (the socket's inode looked up in /proc, once
- * per socket). Everything is closed by stop(): the links detach with their fds, the maps go with the programs.
- *
- * The ring buffer's layout is the kernel's (kernel/bpf/ringbuf.c): mapped at offset 0 one page holding the
- * consumer's position (written here), at one page the producer's position and then the data, mapped twice in a
- * row so that a record never wraps. Each record starts with an 8-byte header: its length, with BUSY (1 << 31:
- * still being written) and DISCARD (1 << 30), then the data, the whole rounded up to 8 bytes.
+ * `tcpka watch`'s engine: the tracing programs of src/bpf/keepalive-watch.ts attached, their ring buffer
+ * (sys/ringbuf.ts) read every POLL_MS, each record decoded into a WatchEvent with its owner (the socket's inode
+ * looked up in /proc, once per socket). Everything is closed by stop(): the links detach with their fds, the maps
+ * go with the programs.
  */
 
 import { readFileSync } from "node:fs";
@@ -20,12 +16,12 @@ import {
   counterMapCreate,
   counterRead,
   hashMapCreate,
-  ringbufCreate,
   tracingAttach,
   tracingProgLoad,
 } from "../sys/bpf.js";
 import { CachedBtf } from "../sys/btf.js";
-import { close, kernelHz, mapShared } from "../sys/libc.js";
+import { close, kernelHz } from "../sys/libc.js";
+import { RingBuffer } from "../sys/ringbuf.js";
 import type { SocketOwner } from "./owners.js";
 import { findOwners } from "./owners.js";
 
@@ -74,9 +70,6 @@ export interface WatchEvent {
 
 const RING_SIZE = 1 << 20; // 1 MiB: about 9,000 records between two polls
 const POLL_MS = 100;
-const PAGE = 4096;
-const BUSY = 0x8000_0000;
-const DISCARD = 0x4000_0000;
 const KIND_NAMES: Record<number, WatchEventKind> = {
   [KIND.probe]: "probe",
   [KIND.answered]: "answered",
@@ -135,8 +128,7 @@ export class KeepaliveWatch {
   private constructor(
     private readonly fds: number[],
     private readonly flags: number,
-    private readonly consumer: { memory: ArrayBuffer; unmap: () => void },
-    private readonly producer: { memory: ArrayBuffer; unmap: () => void },
+    private readonly ring: RingBuffer,
     private readonly hz: number,
     /** whether keepalive turned on, retuned and off are traced (bpf_rdonly_cast: Linux 6.2) */
     readonly changes: boolean,
@@ -153,19 +145,17 @@ export class KeepaliveWatch {
       });
     }
     const fds: number[] = [];
-    let consumer: { memory: ArrayBuffer; unmap: () => void } | undefined;
-    let producer: { memory: ArrayBuffer; unmap: () => void } | undefined;
+    let ring: RingBuffer | undefined;
     try {
       const btf = CachedBtf.open();
       const o = watchOffsets(btf);
-      const ring = ringbufCreate("tcpka_w_ring", RING_SIZE);
-      fds.push(ring);
+      ring = RingBuffer.create("tcpka_w_ring", RING_SIZE);
       const flags = counterMapCreate("tcpka_w_flags", FLAGS);
       fds.push(flags);
       const probing = hashMapCreate("tcpka_w_probing", 8, 8, 65536);
       fds.push(probing);
       const casts = castIds(btf);
-      const programs = watchPrograms(o, { ring, flags, probing }, keepaliveTimerAddress(), casts);
+      const programs = watchPrograms(o, { ring: ring.fd, flags, probing }, keepaliveTimerAddress(), casts);
       const ids = programs.map((p) => btf.typeId("TYPEDEF", `btf_trace_${p.target}`));
       btf.save();
       programs.forEach((p, i) => {
@@ -179,13 +169,10 @@ export class KeepaliveWatch {
         fds.push(prog);
         fds.push(tracingAttach(prog));
       });
-      consumer = mapShared(ring, PAGE, 0, true);
-      producer = mapShared(ring, PAGE + 2 * RING_SIZE, PAGE, false);
-      return new KeepaliveWatch(fds, flags, consumer, producer, kernelHz(), casts !== null);
+      return new KeepaliveWatch(fds, flags, ring, kernelHz(), casts !== null);
     } catch (e) {
-      consumer?.unmap();
-      producer?.unmap();
       for (const fd of fds.reverse()) close(fd);
+      ring?.close();
       if (e instanceof TcpkaError) throw e;
       throw new TcpkaError("unsupported", `cannot trace keepalive in this kernel: ${(e as Error).message}`, {
         hint: "tcpka watch needs BTF tracepoints and a BPF ring buffer (Linux 5.9 or later, CONFIG_DEBUG_INFO_BTF)",
@@ -207,26 +194,13 @@ export class KeepaliveWatch {
 
   /** Take every record in the ring now; the owners of sockets not seen before are looked up in one /proc scan. */
   poll(onEvent: (e: WatchEvent) => void): void {
-    const cons = new BigUint64Array(this.consumer.memory, 0, 1);
-    const prod = new BigUint64Array(this.producer.memory, 0, 1);
-    const data = new DataView(this.producer.memory, PAGE);
-    const bytes = Buffer.from(this.producer.memory, PAGE);
-    let c = cons[0] as bigint;
-    const p = prod[0] as bigint;
-    const mask = BigInt(RING_SIZE - 1);
     const events: WatchEvent[] = [];
-    while (c < p) {
-      const at = Number(c & mask);
-      const len = data.getUint32(at, true);
-      if (len & BUSY) break;
-      const size = ((len & 0x3fff_ffff) + 8 + 7) & ~7;
-      if (!(len & DISCARD) && (len & 0x3fff_ffff) >= RECORD) {
-        const e = this.decode(bytes, at + 8);
-        if (e) events.push(e);
-      }
-      c += BigInt(size);
-    }
-    cons[0] = c; // the space is the kernel's again: everything needed was copied out
+    // Each record is decoded into its own object before its space is the kernel's again.
+    this.ring.take((data, at, length) => {
+      if (length < RECORD) return;
+      const e = this.decode(data, at);
+      if (e) events.push(e);
+    });
     this.fold(events, process.hrtime.bigint());
     if (!events.length) return;
     const unknown = new Set<number>();
@@ -340,9 +314,9 @@ export class KeepaliveWatch {
 
   stop(): void {
     clearInterval(this.timer);
-    this.consumer.unmap();
-    this.producer.unmap();
+    // The programs first (their links detach with their fds), then the ring they write into.
     for (const fd of this.fds.reverse()) close(fd);
     this.fds.length = 0;
+    this.ring.close();
   }
 }

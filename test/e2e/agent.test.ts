@@ -48,7 +48,7 @@ import { needs, python3 } from "../helpers/env.js";
 import { UNTOUCHED } from "../helpers/keepalive.js";
 import { LAB_PEER, Lab, SERVER_IP } from "../helpers/lab.js";
 import { busyboxImage, needsPodman, startContainer, type TestContainer } from "../helpers/podman.js";
-import { Process, sleep, start } from "../helpers/processes.js";
+import { Process, sleep, start, until } from "../helpers/processes.js";
 import { NAME_PREFIX, type Scope, tempDir, uniqueName } from "../helpers/scope.js";
 
 /**
@@ -747,7 +747,7 @@ test("a cgroup shared with an unselected process is not enforced: the selected o
   });
 });
 
-test("a process that starts in a cgroup that already exists is planned for at once (the kernel's process events), not at the resync", async (t) => {
+test("a process that starts in, or is moved into, a cgroup that already exists is planned for at once (the kernel's process events, the cgroup_attach_task tracepoint), not at the resync", async (t) => {
   if (!needsAgentHost(t)) return;
   const exe = kaAgentExe(t);
   const host = await AgentHost.create(t);
@@ -800,6 +800,27 @@ test("a process that starts in a cgroup that already exists is planned for at on
       [shared.path, alone.path].sort(),
       "the rule's two processes are watched by pid",
     );
+
+    // A process of no rule moved, not started, into a cgroup that the rule enforces: no exec for the process
+    // events to tell, but the cgroup_attach_task tracepoint does, and the enforcement goes at once too.
+    const moved = top.child("c").child("moved");
+    const parking = top.child("d").child("parking");
+    from = agent.mark();
+    const inMoved = KaAgent.inCgroup(t, moved, exe, 0);
+    await agent.waitLog(new RegExp(`^enforcing rule by-name on ${esc(moved.path)}`, "m"), from, 5000);
+    await inMoved.first();
+    const mover = new Process(parking.spawn(["sleep", "600"]), `sleep in ${parking.path}`);
+    t.after(() => mover.kill());
+    await until("the sleeper in its cgroup", () => parking.pids().includes(mover.pid));
+    await sleep(500); // its start, heard of and found to change nothing
+    from = agent.mark();
+    writeFileSync(join(moved.dir, "cgroup.procs"), String(mover.pid));
+    await agent.waitLog(
+      new RegExp(`^removed the enforcement of rule by-name on ${esc(moved.path)} \\(`, "m"),
+      from,
+      5000,
+    );
+    assert.match(agent.log.slice(from), /^reconciled \(a process moved to another cgroup\)/m);
     await agent.stop();
   });
 });
