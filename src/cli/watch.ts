@@ -7,8 +7,8 @@ import { hostPort } from "../addresses.js";
 import { usage } from "../errors.js";
 import { workloadMatcher } from "../inspect/connections.js";
 import { tcpExt } from "../inspect/netstat.js";
-import { KeepaliveWatch, type WatchEvent } from "../inspect/watch.js";
-import { type Workload, Workloads } from "../inspect/workloads.js";
+import { EventWorkloads, KeepaliveWatch, type WatchEvent } from "../inspect/watch.js";
+import type { Workload } from "../inspect/workloads.js";
 import { errnoName } from "../kernel/errno.js";
 import { bpfCapable } from "../sys/bpf.js";
 import { bool, parse, str } from "../ui/args.js";
@@ -111,30 +111,6 @@ function line(e: WatchEvent, where: string | null): string {
   }
 }
 
-/** The container, pod or unit of an event's socket: by its cgroup, else its namespace's container. */
-class WhereLookup {
-  private w = Workloads.load();
-  /** the cgroups (or, without one, namespaces) for which the records were read again already */
-  private readonly reread = new Set<number>();
-
-  of(e: WatchEvent): Workload | null {
-    let w = this.find(e);
-    // A container started since the records were read: read them again, once per cgroup not found.
-    const key = e.cgroup || e.netns;
-    if (w === null && key !== 0 && !this.reread.has(key)) {
-      if (this.reread.size > 10_000) this.reread.clear();
-      this.reread.add(key);
-      this.w = Workloads.load();
-      w = this.find(e);
-    }
-    return w;
-  }
-
-  private find(e: WatchEvent): Workload | null {
-    return (e.cgroup ? this.w.ofCgroup(e.cgroup) : null) ?? this.w.ofNetns(e.netns);
-  }
-}
-
 function json(e: WatchEvent, w: Workload | null): string {
   const k = w?.container;
   return JSON.stringify({
@@ -188,7 +164,7 @@ export async function runWatch(argv: readonly string[], out: Out): Promise<numbe
       return 0;
     }
     const w = KeepaliveWatch.start();
-    const where = new WhereLookup();
+    const where = new EventWorkloads();
     try {
       process.stderr.write(
         w.changes

@@ -24,6 +24,7 @@ import { close, kernelHz } from "../sys/libc.js";
 import { RingBuffer } from "../sys/ringbuf.js";
 import type { SocketOwner } from "./owners.js";
 import { findOwners } from "./owners.js";
+import { type Workload, Workloads } from "./workloads.js";
 
 export type WatchEventKind = "probe" | "answered" | "killed" | "timed-out" | "on" | "retuned" | "off";
 
@@ -132,13 +133,17 @@ export class KeepaliveWatch {
     private readonly hz: number,
     /** whether keepalive turned on, retuned and off are traced (bpf_rdonly_cast: Linux 6.2) */
     readonly changes: boolean,
+    private readonly withOwners: boolean,
   ) {}
 
   /** Changes held back for PAIR_NS (see there), oldest first. */
   private held: WatchEvent[] = [];
 
-  /** Load and attach everything; throws TcpkaError("unsupported" or "permission") with why not. */
-  static start(): KeepaliveWatch {
+  /**
+   * Load and attach everything; throws TcpkaError("unsupported" or "permission") with why not. `owners: false`
+   * leaves the events' owners empty (no /proc scan for the sockets seen: the metrics need their cgroup only).
+   */
+  static start(opts: { owners?: boolean } = {}): KeepaliveWatch {
     if (!bpfCapable()) {
       throw new TcpkaError("permission", "tcpka watch traces the kernel: it needs root (CAP_BPF and CAP_PERFMON)", {
         hint: "sudo tcpka watch",
@@ -169,7 +174,7 @@ export class KeepaliveWatch {
         fds.push(prog);
         fds.push(tracingAttach(prog));
       });
-      return new KeepaliveWatch(fds, flags, ring, kernelHz(), casts !== null);
+      return new KeepaliveWatch(fds, flags, ring, kernelHz(), casts !== null, opts.owners ?? true);
     } catch (e) {
       for (const fd of fds.reverse()) close(fd);
       ring?.close();
@@ -204,7 +209,7 @@ export class KeepaliveWatch {
     this.fold(events, process.hrtime.bigint());
     if (!events.length) return;
     const unknown = new Set<number>();
-    for (const e of events) if (e.inode !== 0 && !this.owners.has(e.inode)) unknown.add(e.inode);
+    if (this.withOwners) for (const e of events) if (e.inode !== 0 && !this.owners.has(e.inode)) unknown.add(e.inode);
     if (unknown.size) {
       const found = findOwners(unknown).owners;
       if (this.owners.size > 100_000) this.owners.clear();
@@ -318,5 +323,29 @@ export class KeepaliveWatch {
     for (const fd of this.fds.reverse()) close(fd);
     this.fds.length = 0;
     this.ring.close();
+  }
+}
+
+/** The container, pod or unit of an event's socket: by its cgroup, else its namespace's container. */
+export class EventWorkloads {
+  private w = Workloads.load();
+  /** the cgroups (or, without one, namespaces) for which the records were read again already */
+  private readonly reread = new Set<number>();
+
+  of(e: WatchEvent): Workload | null {
+    let w = this.find(e);
+    // A container started since the records were read: read them again, once per cgroup not found.
+    const key = e.cgroup || e.netns;
+    if (w === null && key !== 0 && !this.reread.has(key)) {
+      if (this.reread.size > 10_000) this.reread.clear();
+      this.reread.add(key);
+      this.w = Workloads.load();
+      w = this.find(e);
+    }
+    return w;
+  }
+
+  private find(e: WatchEvent): Workload | null {
+    return (e.cgroup ? this.w.ofCgroup(e.cgroup) : null) ?? this.w.ofNetns(e.netns);
   }
 }
