@@ -292,13 +292,13 @@ test("the agent's image runs as the DaemonSet runs it: a selected pod's connecti
       assert.deepEqual(ka(c), UNTOUCHED, `other: connection ${c.conn} (${c.end})`);
 
     // Enforced on the pod's cgroup (the rule selects by namespace only): a container the pod starts later is
-    // covered at connect, from its first packet.
+    // covered at connect, from its first packet, also one whose records name no pod (no CRI annotations: the
+    // agent knows its pod by the pod UID of its cgroup, from its siblings).
     const podCgroup = kubepodsOf(selected.app.cgroup)?.path;
     await until("the agent to log its pod target", () =>
       logs().includes(`enforcing rule ${rule} on pod payments/${selected.name} (${podCgroup})`),
     );
     const late = startContainer(s, image, {
-      annotations: cri("payments", selected.name, selected.uid, "late"),
       network: `container:${selected.sandbox.name}`,
       mounts: [{ source: exe, target: "/ka_agent" }],
       cmd: ["/ka_agent", "5"],
@@ -310,6 +310,10 @@ test("the agent's image runs as the DaemonSet runs it: a selected pod's connecti
       [1, ...Object.values(want)],
       `a container the selected pod starts later, at connect: ${JSON.stringify(fLate)}`,
     );
+    const explain = runSync(["podman", "exec", agentName, "tcpka", "agent", "--explain", String(late.pid)]);
+    assert.equal(explain.status, 0, explain.stderr);
+    assert.match(explain.stdout, new RegExp(`, pod payments/${selected.name}\n`), explain.stdout);
+    assert.match(explain.stdout, new RegExp(`^rule ${rule} \\(line \\d+\\) applies: pod\\.namespace payments: `, "m"));
 
     // The metrics: both pods' connections, by keepalive, and the rule's target.
     const m = await get(port, "/metrics");
@@ -333,6 +337,7 @@ test("the agent's image runs as the DaemonSet runs it: a selected pod's connecti
     // What README says to run inside the agent's pod.
     const status = runSync(["podman", "exec", agentName, "tcpka", "status"], { timeoutMs: 30_000 });
     assert.equal(status.status, 0, status.stdout + status.stderr);
+    console.log(`tcpka status in the agent's container:\n${status.stdout}`);
     assert.match(
       status.stdout,
       new RegExp(`^rule ${rule} \\(line \\d+\\): ${want.idle}s / ${want.interval}s / 5`, "m"),
