@@ -131,6 +131,11 @@ function podmanArgsOf(
   if (sc.readOnlyRootFilesystem) args.push("--read-only", "--read-only-tmpfs=false");
   assert.equal(sc.seccompProfile?.type, "RuntimeDefault", "seccomp: podman's default profile is RuntimeDefault");
   args.push("--security-opt", "apparmor=unconfined");
+  // The memory limit, as the kubelet gives it to the runtime (Mi: mebibytes).
+  const memory = c.resources?.limits?.memory;
+  const mi = memory === undefined ? undefined : /^(\d+)Mi$/.exec(memory)?.[1];
+  assert.ok(memory === undefined || mi, `resources.limits.memory ${memory}: in Mi here`);
+  if (mi) args.push("--memory", `${mi}m`);
   for (const m of c.volumeMounts) {
     const v = pod.volumes.find((x) => x.name === m.name);
     assert.ok(v, `volume ${m.name}`);
@@ -351,10 +356,15 @@ test("the agent's image runs as the DaemonSet runs it: a selected pod's connecti
       .connections;
     assert.ok(rows.length >= 4, `tcpka ls --pod: ${ls.stdout}`);
     for (const r of rows) assert.deepEqual([r.keepalive, r.idle_s], [true, want.idle], JSON.stringify(r));
-    const rss = /^VmRSS:\s+(\d+) kB/m.exec(
-      runSync(["sh", "-c", `cat /proc/$(podman inspect --format '{{.State.Pid}}' ${agentName})/status`]).stdout,
+    const st = runSync([
+      "sh",
+      "-c",
+      `cat /proc/$(podman inspect --format '{{.State.Pid}}' ${agentName})/status`,
+    ]).stdout;
+    const kb = (k: string) => Math.round(Number(new RegExp(`^${k}:\\s+(\\d+) kB`, "m").exec(st)?.[1]) / 1024);
+    console.log(
+      `the agent's resident memory: ${kb("VmRSS")} MiB (${kb("RssAnon")} MiB anonymous, ${kb("RssFile")} MiB of files)`,
     );
-    console.log(`the agent's resident memory: ${Math.round(Number(rss?.[1]) / 1024)} MiB`);
   } catch (e) {
     if (e instanceof Error) {
       e.message += `\n--- the agent's log:\n${logs()}`;

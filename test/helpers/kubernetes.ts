@@ -58,6 +58,7 @@ export interface AgentPodSpec {
       seccompProfile?: { type: string };
     };
     volumeMounts: { name: string; mountPath: string; readOnly?: boolean }[];
+    resources?: { limits?: { memory?: string; cpu?: string }; requests?: { memory?: string; cpu?: string } };
   };
   volumes: {
     name: string;
