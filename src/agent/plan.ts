@@ -138,9 +138,13 @@ function podWide(rule: PolicyRule): boolean {
   return keys.length === 1 && keys[0] === "pod" && m.pod?.container === undefined;
 }
 
-/** A rule that can select no process of a pod by anything that differs between its containers: a unit's. */
+/**
+ * A rule that can select no process of a pod: a service unit's (a pattern that ends in ".service" matches no
+ * container's scope, "cri-containerd-ID.scope", which is a unit under the systemd driver).
+ */
 function podBlind(rule: PolicyRule): boolean {
-  return Object.keys(rule.match).every((k) => k === "unit");
+  const keys = Object.keys(rule.match);
+  return keys.length === 1 && keys[0] === "unit" && /\.service$/.test(rule.match.unit ?? "");
 }
 
 /**
@@ -149,8 +153,8 @@ function podBlind(rule: PolicyRule): boolean {
  * with no OCI hook (containerd runs none) and no wait for the agent's reaction: kubelet makes the pod's cgroup
  * before any of its containers, and a cgroup's programs run for every cgroup made below it. Only where the plan
  * would enforce every process of the pod, its sandbox's too, with one rule anyway, and only when that rule and
- * every rule before it decide by the pod alone (podWide: its namespace and name; or by a unit, which no pod
- * process is in; or by another pod's namespace or name): a container started later is then that rule's whatever
+ * every rule before it decide by the pod alone (podWide: its namespace and name; or by a service unit, which no
+ * pod process is in; or by another pod's namespace or name): a container started later is then that rule's whatever
  * it runs. Anything else stays per
  * container cgroup.
  */

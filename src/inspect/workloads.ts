@@ -390,9 +390,10 @@ const POD_UID = /^[0-9a-f][0-9a-f-]{0,63}$/;
 const SYSTEMD_POD = /^(?:[A-Za-z0-9_]+-)*kubepods(?:-(burstable|besteffort))?-pod([0-9a-f_]{1,64})\.slice$/;
 const SYSTEMD_QOS = /^(?:[A-Za-z0-9_]+-)*kubepods-(burstable|besteffort)\.slice$/;
 // containerd's "cri-containerd-ID.scope", CRI-O's "crio-ID.scope" (and its "crio-conmon-ID.scope"), docker's
-// "docker-ID.scope"; under cgroupfs the runtimes name the directory ID itself (podman: libpod-ID).
+// "docker-ID.scope"; under cgroupfs containerd and docker name the directory ID itself, CRI-O crio-ID, podman
+// libpod-ID.
 const SYSTEMD_CONTAINER = /^(?:cri-containerd|crio|docker)-([0-9a-f]{64})\.scope$/;
-const CGROUPFS_CONTAINER = /^(?:libpod-)?([0-9a-f]{64})$/;
+const CGROUPFS_CONTAINER = /^(?:libpod-|crio-)?([0-9a-f]{64})$/;
 
 /**
  * The pod of a cgroup path, from kubelet's layout alone (no API server, no runtime record): the pod's UID, QoS

@@ -210,6 +210,21 @@ test("a pod whose every process is one pod-wide rule's is enforced on the pod's 
     mixed.targets.map((t) => t.cgroup),
     [ctr("a"), ctr("b")],
   );
+  // A unit rule before it: a service's cannot select a pod's process; a scope pattern can (the systemd driver's
+  // container scopes are units), so a container started later might be that rule's.
+  const withUnit = (unit: string) =>
+    parsePolicy(
+      `rules:\n  - name: u\n    match: {unit: "${unit}"}\n    keepalive: {idle: 10s}\n  - name: later\n    match: {pod: {namespace: late}}\n    keepalive: {idle: 20s}\n`,
+      "units.yaml",
+    );
+  assert.deepEqual(
+    planPolicy(withUnit("api.service"), late).targets.map((t) => t.cgroup),
+    [pod],
+  );
+  assert.deepEqual(
+    planPolicy(withUnit("cri-containerd-*.scope"), late).targets.map((t) => t.cgroup),
+    [ctr("a"), ctr("b")],
+  );
   // The OCI hook sees one container: never lifted there.
   assert.deepEqual(
     planPolicy(pods, late, { pods: false }).targets.map((t) => t.cgroup),

@@ -409,6 +409,11 @@ test("a pod's UID, QoS class and cgroup from kubelet's layout, both drivers; the
       { uid, qos: "burstable", path: `/kubepods/burstable/pod${uid}`, containerId: id },
     ],
     [`/kubepods/pod${uid}/${id}`, { uid, qos: "guaranteed", path: `/kubepods/pod${uid}`, containerId: id }],
+    [`/kubepods/pod${uid}/crio-${id}`, { uid, qos: "guaranteed", path: `/kubepods/pod${uid}`, containerId: id }],
+    [
+      `/kubepods/pod${uid}/crio-conmon-${id}`,
+      { uid, qos: "guaranteed", path: `/kubepods/pod${uid}`, containerId: null },
+    ],
     [
       `/kubepods/besteffort/pod${uid}/libpod-${id}`,
       { uid, qos: "besteffort", path: `/kubepods/besteffort/pod${uid}`, containerId: id },
