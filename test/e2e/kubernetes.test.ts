@@ -18,6 +18,7 @@
  * container, image, cgroup and mount has a unique name and is removed, passed or failed, last made first.
  */
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, rmdirSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -40,6 +41,22 @@ import { busyboxImage, needsPodman, startContainer, type TestContainer } from ".
 import { freePort } from "../helpers/ports.js";
 import { runSync, until } from "../helpers/processes.js";
 import { NAME_PREFIX, type Scope, tempDir, uniqueName } from "../helpers/scope.js";
+
+/**
+ * What a crash would leave (the test's cleanups not run): removed when this process exits, last made first —
+ * the agent's container, the cgroup tree, the bpffs mount (podman.ts and kubernetes.ts do the same for their
+ * containers and images).
+ */
+const onExit: (() => void)[] = [];
+process.once("exit", () => {
+  for (const fn of onExit.reverse()) {
+    try {
+      fn();
+    } catch {
+      // best effort: the process is ending
+    }
+  }
+});
 
 /** A scope whose cleanups run last made first, when the test ends: containers before the mounts they use. */
 function lifo(t: { after(fn: () => Promise<void>): void }): Scope {
@@ -191,6 +208,7 @@ test("the agent's image runs as the DaemonSet runs it: a selected pod's connecti
   // A BPF file system of the test's own for the agent's /sys/fs/bpf, and a /run/tcpka of its own.
   const bpffs = tempDir(s);
   assert.equal(runSync(["mount", "-t", "bpf", "bpf", bpffs]).status, 0, "mount a bpffs");
+  onExit.push(() => void spawnSync("umount", [bpffs], { stdio: "ignore" }));
   s.after(() => {
     const r = runSync(["umount", bpffs]);
     assert.equal(r.status, 0, `umount ${bpffs}: ${r.stderr}`);
@@ -200,6 +218,7 @@ test("the agent's image runs as the DaemonSet runs it: a selected pod's connecti
   // Pods, as kubelet's cgroupfs driver lays them out below a cgroup root of the test's.
   const cgroupRoot = uniqueName();
   s.after(() => removeCgroupTree(cgroupRoot));
+  onExit.push(() => removeCgroupTree(cgroupRoot));
   const image = busyboxImage(s);
   const exe = kaAgentExe(s);
   const pods: { ns: string; name: string; uid: string; sandbox: TestContainer; app: TestContainer; k: KaAgent }[] = [];
@@ -234,6 +253,7 @@ test("the agent's image runs as the DaemonSet runs it: a selected pod's connecti
   );
   const agentName = `${uniqueName()}-agent`;
   s.after(() => void runSync(["podman", "rm", "-f", "-t", "0", agentName]));
+  onExit.push(() => void spawnSync("podman", ["rm", "-f", "-t", "0", agentName], { stdio: "ignore" }));
   const t0 = Date.now();
   podmanOk([
     "run",
