@@ -481,7 +481,9 @@ export function explainPolicy(policy: Policy, f: ProcessFacts): RuleVerdict[] {
         check(
           `pod.${key} ${want}`,
           glob(want, have),
-          p ? `its pod's ${key} is ${have ?? "(none: the sandbox)"}` : "not in a pod",
+          p
+            ? `its pod's ${key} is ${have ?? "(none: the sandbox, or a container known by its pod's cgroup only)"}`
+            : "not in a pod",
         );
       }
     }

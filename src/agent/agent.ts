@@ -656,9 +656,11 @@ export class Agent {
         removed.push({ cgroup, rule });
         const why = !existsSync(join(dir, "cgroup.procs"))
           ? "its cgroup is gone"
-          : rule !== null && rules.has(rule)
-            ? "its processes are not that rule's now"
-            : "the rule is not in the policy now";
+          : [...wanted].some((w) => cgroup.startsWith(`${w}/`))
+            ? "its pod's cgroup is enforced instead"
+            : rule !== null && rules.has(rule)
+              ? "its processes are not that rule's now"
+              : "the rule is not in the policy now";
         this.o.log(`removed the enforcement of rule ${rule ?? "?"} on ${cgroup} (${why})`);
       } catch (e) {
         if (!(e instanceof TcpkaError)) throw e;

@@ -27,7 +27,8 @@ export function enforceCreating(state: unknown, policy: Policy, mount: string): 
   const facts = pids
     .map((pid) => processFacts(pid, workloads, users))
     .filter((f): f is ProcessFacts => f !== undefined);
-  const plan = planPolicy(policy, facts);
+  // Its own cgroup: the hook sees this container only, not whether all of its pod is the rule's (the agent does).
+  const plan = planPolicy(policy, facts, { pods: false });
   const t = plan.targets[0];
   if (!t) {
     const u = plan.uncovered[0];

@@ -8,12 +8,15 @@
  * (the first that matches, as everywhere in a policy): a cgroup shared with processes of another rule, or of
  * none, would give them settings the policy does not give them, so it is never enforced half: its processes of
  * the rule are watched instead (the agent changes their connections by pid at every reconcile: `watched`), unless
- * the rule's mechanism is enforce (then they are reported, `uncovered`). Mechanism live watches always.
+ * the rule's mechanism is enforce (then they are reported, `uncovered`). Mechanism live watches always. A
+ * Kubernetes pod whose every process is one rule's, where the rule decides by the pod alone, is enforced on the
+ * pod's cgroup rather than on each container's (podTargets).
  */
 import type { Enforcement } from "../enforce/cgroup.js";
 import type { EndpointRule } from "../filter.js";
 import { endpointRuleText } from "../filter.js";
-import { matchPolicy, type Policy, type PolicyRule, type ProcessFacts } from "../policy.js";
+import { kubepodsOf } from "../inspect/workloads.js";
+import { globRegExp, matchPolicy, type Policy, type PolicyRule, type ProcessFacts } from "../policy.js";
 
 export interface PlannedProcess {
   pid: number;
@@ -56,7 +59,11 @@ export interface Plan {
   uncovered: Uncovered[];
 }
 
-export function planPolicy(policy: Policy, facts: readonly ProcessFacts[]): Plan {
+/**
+ * `pods: false` keeps every target on its own cgroup (the OCI hook, which sees one container being created, not
+ * the rest of its pod).
+ */
+export function planPolicy(policy: Policy, facts: readonly ProcessFacts[], o: { pods?: boolean } = {}): Plan {
   const byCgroup = new Map<string | null, { f: ProcessFacts; rule: PolicyRule | undefined }[]>();
   for (const f of facts) {
     const list = byCgroup.get(f.cgroup) ?? [];
@@ -118,7 +125,81 @@ export function planPolicy(policy: Policy, facts: readonly ProcessFacts[]): Plan
       });
     }
   }
-  return { targets, watched, uncovered };
+  return { targets: o.pods === false ? targets : podTargets(policy, facts, targets), watched, uncovered };
+}
+
+/**
+ * Whether a rule selects by nothing finer than a pod (its namespace, its name): then every container a pod will
+ * ever have is that rule's when one of them is, which is what enforcing on the pod's cgroup promises.
+ */
+function podWide(rule: PolicyRule): boolean {
+  const m = rule.match;
+  const keys = Object.keys(m) as (keyof typeof m)[];
+  return keys.length === 1 && keys[0] === "pod" && m.pod?.container === undefined;
+}
+
+/**
+ * A rule that can select no process of a pod: a service unit's (a pattern that ends in ".service" matches no
+ * container's scope, "cri-containerd-ID.scope", which is a unit under the systemd driver).
+ */
+function podBlind(rule: PolicyRule): boolean {
+  const keys = Object.keys(rule.match);
+  return keys.length === 1 && keys[0] === "unit" && /\.service$/.test(rule.match.unit ?? "");
+}
+
+/**
+ * Targets lifted to their Kubernetes pod's cgroup (inspect/workloads.ts kubepodsOf: kubelet's layout), so that a
+ * container the pod starts later (a restart, an init container's successor) is covered from its first connection
+ * with no OCI hook (containerd runs none) and no wait for the agent's reaction: kubelet makes the pod's cgroup
+ * before any of its containers, and a cgroup's programs run for every cgroup made below it. Only where the plan
+ * would enforce every process of the pod, its sandbox's too, with one rule anyway, and only when that rule and
+ * every rule before it decide by the pod alone (podWide: its namespace and name; or by a service unit, which no
+ * pod process is in; or by another pod's namespace or name): a container started later is then that rule's whatever
+ * it runs. Anything else stays per
+ * container cgroup.
+ */
+function podTargets(policy: Policy, facts: readonly ProcessFacts[], targets: Target[]): Target[] {
+  const byPod = new Map<string, Target[]>();
+  for (const t of targets) {
+    const pod = kubepodsOf(t.cgroup);
+    if (!pod || pod.path === t.cgroup) continue;
+    const list = byPod.get(pod.path) ?? [];
+    list.push(t);
+    byPod.set(pod.path, list);
+  }
+  const lifted = new Map<Target, Target | null>();
+  for (const [path, list] of byPod) {
+    const rule = list[0]?.rule as PolicyRule;
+    const index = policy.rules.indexOf(rule);
+    // Every process in the pod's cgroup and below it must be in one of these targets (so: this rule's).
+    const inPod = facts.filter((f) => f.cgroup !== null && (f.cgroup === path || f.cgroup.startsWith(`${path}/`)));
+    const covered = new Set(list.flatMap((t) => t.processes.map((p) => p.pid)));
+    if (inPod.some((f) => !covered.has(f.pid))) continue;
+    const first = list.find((t) => t.pod !== null) ?? (list[0] as Target);
+    const known = inPod.find((f) => f.pod !== null)?.pod;
+    // An earlier rule that selects by a pod's namespace or name that this pod's are not can select none of it.
+    const elsewhere = (r: PolicyRule) =>
+      r.match.pod !== undefined &&
+      ((r.match.pod.namespace !== undefined && !globRegExp(r.match.pod.namespace).test(known?.namespace ?? "")) ||
+        (r.match.pod.name !== undefined && !globRegExp(r.match.pod.name).test(known?.name ?? "")));
+    const before = policy.rules.slice(0, index);
+    if (!podWide(rule) || !before.every((r) => podWide(r) || podBlind(r) || elsewhere(r))) continue;
+    if (list.some((t) => t.rule !== rule)) continue;
+    const pod: Target = {
+      cgroup: path,
+      rule,
+      processes: list.flatMap((t) => t.processes),
+      container: null,
+      pod: first.pod,
+      unit: null,
+    };
+    for (const [i, t] of list.entries()) lifted.set(t, i === 0 ? pod : null);
+  }
+  if (!lifted.size) return targets;
+  return targets.flatMap((t) => {
+    const l = lifted.get(t);
+    return l === undefined ? [t] : l === null ? [] : [l];
+  });
 }
 
 /** The fields of an enforcement's description that a rule decides. */

@@ -7,7 +7,7 @@ import { Agent } from "../agent/agent.js";
 import { processFacts } from "../agent/facts.js";
 import { enforceCreating } from "../agent/hook.js";
 import { loadPolicyFile } from "../agent/policy-file.js";
-import { agentRuns, readStatus } from "../agent/status.js";
+import { type AgentStatus, agentRuns, readStatus } from "../agent/status.js";
 import { listEnforcements } from "../enforce/cgroup.js";
 import { TcpkaError, usage } from "../errors.js";
 import { endpointRuleText } from "../filter.js";
@@ -69,7 +69,8 @@ Options:
                          those of tcpka metrics (see its --help) and what the agent enforces
                          (tcpka_agent_targets, _connections_set_up_total, _watched_processes, ...); with
                          --metrics-labels, --metrics-max-series, --metrics-ports as tcpka metrics' --labels,
-                         --max-series, --ports
+                         --max-series, --ports; GET /healthz answers a liveness or readiness probe
+                         (503 until the first reconcile, or when the last one is three resyncs old)
       --check            check the policy and say what it does; apply nothing (no root needed)
       --explain PID      which rule applies to a process and why (each rule before it, and what failed)
       --oci-hook         what a container runtime runs while it creates a container (oci-hooks(5): podman,
@@ -208,7 +209,11 @@ async function runTheAgent(
         metrics.listen,
         metrics.options,
         log,
-        { status: () => agent.status(), enforcements: () => listEnforcements(mount) },
+        {
+          status: () => agent.status(),
+          enforcements: () => listEnforcements(mount),
+          unwell: () => unwell(agent.status(), resyncMs),
+        },
         "--metrics",
       )
     : undefined;
@@ -221,6 +226,18 @@ async function runTheAgent(
   }
   log(`stopped (${String(stop.signal.reason ?? "done")}); the enforcements stay in force`);
   return 0;
+}
+
+/**
+ * Why the agent is not well, for /healthz (a DaemonSet's probes): it has not reconciled yet, or its last
+ * reconcile is older than three resyncs (at least 2 minutes): its loop is stuck. A policy with errors is not
+ * a reason (the last good one stays in force, and a restart would not mend it; tcpka status says so).
+ */
+export function unwell(s: AgentStatus | undefined, resyncMs: number): string | undefined {
+  const at = s?.reconciled?.at;
+  if (!at) return "the agent has not reconciled yet";
+  const age = Date.now() - Date.parse(at);
+  return age > Math.max(3 * resyncMs, 120_000) ? `the last reconcile was ${Math.round(age / 1000)}s ago` : undefined;
 }
 
 /** The policy, or (its errors written to stderr, one line each) the exit code. */

@@ -70,6 +70,9 @@ export async function main(argv: readonly string[]): Promise<number> {
   const out = new Out(1);
   try {
     let [first, ...rest] = argv;
+    // In a container with the host's pid namespace (a DaemonSet): cgroup paths as the host has them, before any
+    // thread is made or any path read.
+    if (process.geteuid?.() === 0) await (await import("../sys/cgroupns.js")).joinHostCgroupNamespace();
     // The inspecting commands: a reader thread for the kernel's walks starts while their code loads.
     const inspects = first === undefined || first === "ls" || (first === "--all-netns" && rest.length === 0);
     const syscallsOnly = argv.some(

@@ -55,6 +55,7 @@ export interface Container {
   image: string | null;
   /** Its labels (podman's, CRI-O's), exact; empty where it has none or the records hold none. */
   labels: ReadonlyMap<string, string>;
+  /** From the CRI annotations, else (the container's name then unknown) from the pod UID of its cgroup's path. */
   pod: Pod | null;
 }
 
@@ -368,6 +369,71 @@ export function podOf(a: ReadonlyMap<string, string>): { pod: Pod | null; sandbo
   return { pod: null, sandbox: false };
 }
 
+/** A Kubernetes pod's cgroup as kubelet lays it out, and the container cgroup below it (see kubepodsOf). */
+export interface KubePod {
+  /** the pod's UID, as the API server has it ("0b6c…-…"; a static pod's is 32 hex digits) */
+  uid: string;
+  /** its QoS class, from where kubelet put it: Guaranteed pods sit right under kubepods */
+  qos: "guaranteed" | "burstable" | "besteffort";
+  /** the pod's cgroup path: made by kubelet before any of its containers, and the parent of all of them */
+  path: string;
+  /** the container's id where the path goes below the pod into a runtime's cgroup of a known shape; else null */
+  containerId: string | null;
+}
+
+// kubelet's cgroup names (pkg/kubelet/cm: cgroup_manager_linux.go, qos_container_manager_linux.go,
+// pod_container_manager_linux.go). cgroupfs: kubepods/[burstable|besteffort/]pod<UID>/<ID>; systemd (the same
+// names as slices, each with its parents' names in front and "-" in the UID escaped as "_"):
+// kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<UID>.slice/<runtime>-<ID>.scope. The tree may
+// sit below a cgroup root of its own (kubelet --cgroup-root; kind's nodes: /kubelet.slice/kubelet-kubepods…).
+const POD_UID = /^[0-9a-f][0-9a-f-]{0,63}$/;
+const SYSTEMD_POD = /^(?:[A-Za-z0-9_]+-)*kubepods(?:-(burstable|besteffort))?-pod([0-9a-f_]{1,64})\.slice$/;
+const SYSTEMD_QOS = /^(?:[A-Za-z0-9_]+-)*kubepods-(burstable|besteffort)\.slice$/;
+// containerd's "cri-containerd-ID.scope", CRI-O's "crio-ID.scope" (and its "crio-conmon-ID.scope"), docker's
+// "docker-ID.scope"; under cgroupfs containerd and docker name the directory ID itself, CRI-O crio-ID, podman
+// libpod-ID.
+const SYSTEMD_CONTAINER = /^(?:cri-containerd|crio|docker)-([0-9a-f]{64})\.scope$/;
+const CGROUPFS_CONTAINER = /^(?:libpod-|crio-)?([0-9a-f]{64})$/;
+
+/**
+ * The pod of a cgroup path, from kubelet's layout alone (no API server, no runtime record): the pod's UID, QoS
+ * class, its cgroup, and the container's id when the path goes below it. Both drivers: systemd's
+ * "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0b6c_…slice/cri-containerd-ID.scope" and
+ * cgroupfs's "/kubepods/burstable/pod0b6c-…/ID", Guaranteed pods right under kubepods. null for any other path.
+ * The path was chosen by kubelet, but a cgroup's name by anyone who may make one: only the shape is trusted.
+ */
+export function kubepodsOf(path: string): KubePod | null {
+  const parts = path.split("/");
+  for (let i = 0; i < parts.length; i++) {
+    const part = parts[i] as string;
+    let uid: string | undefined;
+    let qos: KubePod["qos"] = "guaranteed";
+    let container: RegExp = CGROUPFS_CONTAINER;
+    const s = SYSTEMD_POD.exec(part);
+    if (s) {
+      // Its parents as systemd names them: kubepods.slice, and kubepods-QOS.slice for the QoS it names.
+      const parent = parts[i - 1] ?? "";
+      const ok = s[1] ? SYSTEMD_QOS.exec(parent)?.[1] === s[1] : /^(?:[A-Za-z0-9_]+-)*kubepods\.slice$/.test(parent);
+      if (!ok) continue;
+      uid = (s[2] as string).replaceAll("_", "-");
+      qos = (s[1] as KubePod["qos"] | undefined) ?? "guaranteed";
+      container = SYSTEMD_CONTAINER;
+    } else if (part.startsWith("pod") && i > 0) {
+      const parent = parts[i - 1] as string;
+      if (parent === "burstable" || parent === "besteffort") {
+        if (parts[i - 2] !== "kubepods") continue;
+        qos = parent;
+      } else if (parent !== "kubepods") continue;
+      uid = part.slice(3);
+    } else continue;
+    if (!POD_UID.test(uid)) continue;
+    const below = parts[i + 1];
+    const id = below === undefined ? null : (container.exec(below)?.[1] ?? null);
+    return { uid, qos, path: parts.slice(0, i + 1).join("/") || "/", containerId: id };
+  }
+  return null;
+}
+
 /** io.container.manager, which podman and CRI-O set, as the engine's name. */
 const MANAGERS: Record<string, string> = { libpod: "podman", "cri-o": "cri-o" };
 
@@ -583,6 +649,20 @@ export class Workloads {
       if (path !== undefined && path !== "/") this.byPath.set(path, container);
       this.entries.push({ container, path, record: r, sandbox });
     });
+    // A container whose records carry no pod (a runtime that writes no CRI annotations) in a pod's cgroup that
+    // kubelet laid out: the pod its sandbox's or its siblings' annotations name, found by the pod UID in the path.
+    const pods = new Map<string, Pod>();
+    const unmatched: Entry[] = [];
+    for (const e of this.entries) {
+      const uid = e.path === undefined ? undefined : kubepodsOf(e.path)?.uid;
+      if (uid === undefined) continue;
+      if (e.container.pod) pods.set(uid, e.container.pod);
+      else unmatched.push(e);
+    }
+    for (const e of unmatched) {
+      const pod = pods.get(kubepodsOf(e.path as string)?.uid as string);
+      if (pod) e.container.pod = { namespace: pod.namespace, name: pod.name, container: null };
+    }
     this.containers = this.entries.map((e) => e.container);
   }
 

@@ -19,8 +19,9 @@ export const SOL_SOCKET = 1;
 // include/uapi/linux/in.h: bind an address that is not (yet) up, e.g. 127.0.0.1 in a namespace whose lo is down
 export const SOL_IP = 0;
 export const IP_FREEBIND = 15;
-// include/uapi/linux/sched.h: setns(2) into a network namespace
+// include/uapi/linux/sched.h: setns(2) into a network namespace, a cgroup namespace
 export const CLONE_NEWNET = 0x40000000;
+export const CLONE_NEWCGROUP = 0x02000000;
 export const SO_TYPE = 3;
 // SO_RCVTIMEO_OLD: a struct timeval of the native layout (two 8-byte fields on 64-bit)
 export const SO_RCVTIMEO = 20;

@@ -15,6 +15,8 @@ import { DETECTION_BOUNDS, type OwnerLabel, type Snapshot, type SnapshotOptions,
 export interface AgentPart {
   status(): AgentStatus | undefined;
   enforcements(): readonly Listed[];
+  /** undefined while the agent is well, else why not (the endpoint's /healthz) */
+  unwell?(): string | undefined;
 }
 
 export class Exporter {

@@ -1,6 +1,7 @@
 /**
- * The HTTP endpoint of the metrics: GET /metrics answers a scrape, GET / a line saying where they are, anything
- * else 404 (405 for another method). An address given as a port alone listens on 127.0.0.1 only: the metrics
+ * The HTTP endpoint of the metrics: GET /metrics answers a scrape, GET / a line saying where they are, GET
+ * /healthz whether tcpka is well without a scrape (for a liveness or readiness probe: 200, or 503 with why; the
+ * agent's is well while it reconciles), anything else 404 (405 for another method). An address given as a port alone listens on 127.0.0.1 only: the metrics
  * name processes, containers and pods, so listening wider is the operator's explicit choice.
  */
 import { createServer, type Server } from "node:http";
@@ -35,6 +36,8 @@ export function serveMetrics(
   at: ListenAddress,
   scrape: () => Promise<string>,
   log: (line: string) => void,
+  /** undefined when well, else why not (GET /healthz) */
+  unwell: () => string | undefined = () => undefined,
 ): Promise<Server> {
   const server = createServer((req, res) => {
     const path = (req.url ?? "/").split("?")[0];
@@ -44,6 +47,11 @@ export function serveMetrics(
     }
     if (path === "/") {
       res.writeHead(200, { "content-type": "text/plain" }).end("tcpka: the metrics are at /metrics\n");
+      return;
+    }
+    if (path === "/healthz") {
+      const why = unwell();
+      res.writeHead(why === undefined ? 200 : 503, { "content-type": "text/plain" }).end(`${why ?? "ok"}\n`);
       return;
     }
     if (path !== "/metrics") {
@@ -101,7 +109,12 @@ export async function startMetrics(
 ): Promise<{ server: Server; close: () => Promise<void> }> {
   const at = parseListen(listen, flag);
   const exporter = new Exporter({ ...options, log }, agent);
-  const server = await serveMetrics(at, () => exporter.scrape(), log);
+  const server = await serveMetrics(
+    at,
+    () => exporter.scrape(),
+    log,
+    () => agent?.unwell?.(),
+  );
   log(`metrics at http://${hostPort(at)}/metrics`);
   return {
     server,

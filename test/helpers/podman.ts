@@ -96,6 +96,11 @@ export interface ContainerOptions {
   cmd: readonly string[];
   /** `--hooks-dir DIR`: the OCI hooks podman runs for it (oci-hooks(5)), instead of the system's. */
   hooksDir?: string;
+  /**
+   * `--cgroup-parent PATH`: its cgroup is PATH/libpod-ID (cgroupfs), e.g. a pod's as kubelet lays it out; podman
+   * makes the parents in every hierarchy and leaves them: the test removes them.
+   */
+  cgroupParent?: string;
 }
 
 /** A running container as the kernel and podman see it. */
@@ -119,6 +124,7 @@ export function startContainer(scope: Scope, image: string, opts: ContainerOptio
   const name = opts.name ?? uniqueName();
   const args = [...(opts.hooksDir ? ["--hooks-dir", opts.hooksDir] : []), "run", "-d", "--name", name];
   args.push("--runtime", "runc", "--cgroup-manager", "cgroupfs");
+  if (opts.cgroupParent) args.push("--cgroup-parent", opts.cgroupParent);
   args.push("--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024", "--network", opts.network ?? "none");
   // podman splits --annotation as CSV: quoted, a value keeps its commas, quotes and newlines.
   for (const [k, v] of Object.entries(opts.annotations ?? {})) {

@@ -160,3 +160,74 @@ test("mechanism enforce asks for a cgroup: where there is none to enforce whole,
     ],
   );
 });
+
+test("a pod whose every process is one pod-wide rule's is enforced on the pod's cgroup; anything finer stays per container", () => {
+  const pods = parsePolicy(
+    `rules:
+  - name: sidecars
+    match: {pod: {namespace: shop, container: envoy}}
+    keepalive: {idle: 30s}
+  - name: shop
+    match: {pod: {namespace: shop}}
+    keepalive: {for: aws-nlb}
+  - name: later
+    match: {pod: {namespace: late}}
+    keepalive: {idle: 20s}
+`,
+    "pods.yaml",
+  );
+  const uid = "0b6c3f2a-7d1e-4a5b-9c8d-1e2f3a4b5c6d";
+  const pod = `/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod${uid.replaceAll("-", "_")}.slice`;
+  const ctr = (id: string) => `${pod}/cri-containerd-${id.repeat(64)}.scope`;
+  const of = (ns: string, name: string, container: string | null) => ({
+    container: { name: null, id: "c".repeat(64), image: null, labels: new Map<string, string>() },
+    pod: { namespace: ns, name, container },
+  });
+  const cart = [
+    proc(ctr("a"), { comm: "pause", ...of("shop", "cart-1", null) }),
+    proc(ctr("b"), { comm: "cart", ...of("shop", "cart-1", "app") }),
+    proc(ctr("b"), { comm: "cart", ...of("shop", "cart-1", "app") }),
+  ];
+  // The sidecar rule comes first and selects by container: a container started later may be its, so not lifted.
+  const plan = planPolicy(pods, cart);
+  assert.deepEqual(
+    plan.targets.map((t) => [t.cgroup, t.rule.name, t.processes.length, t.pod]),
+    [
+      [ctr("a"), "shop", 1, "shop/cart-1"],
+      [ctr("b"), "shop", 2, "shop/cart-1"],
+    ],
+  );
+  // Rules before it that decide by the pod alone (another namespace): the whole pod, on its cgroup.
+  const late = cart.map((f) => ({ ...f, pod: f.pod && { ...f.pod, namespace: "late" } }));
+  const lifted = planPolicy(pods, late);
+  assert.deepEqual(
+    lifted.targets.map((t) => [t.cgroup, t.rule.name, t.processes.length, t.pod, t.container]),
+    [[pod, "later", 3, "late/cart-1", null]],
+  );
+  // A process of the pod that is not the rule's (a container whose records say no pod): per container, and not it.
+  const mixed = planPolicy(pods, [...late, proc(ctr("d"), { comm: "x" })]);
+  assert.deepEqual(
+    mixed.targets.map((t) => t.cgroup),
+    [ctr("a"), ctr("b")],
+  );
+  // A unit rule before it: a service's cannot select a pod's process; a scope pattern can (the systemd driver's
+  // container scopes are units), so a container started later might be that rule's.
+  const withUnit = (unit: string) =>
+    parsePolicy(
+      `rules:\n  - name: u\n    match: {unit: "${unit}"}\n    keepalive: {idle: 10s}\n  - name: later\n    match: {pod: {namespace: late}}\n    keepalive: {idle: 20s}\n`,
+      "units.yaml",
+    );
+  assert.deepEqual(
+    planPolicy(withUnit("api.service"), late).targets.map((t) => t.cgroup),
+    [pod],
+  );
+  assert.deepEqual(
+    planPolicy(withUnit("cri-containerd-*.scope"), late).targets.map((t) => t.cgroup),
+    [ctr("a"), ctr("b")],
+  );
+  // The OCI hook sees one container: never lifted there.
+  assert.deepEqual(
+    planPolicy(pods, late, { pods: false }).targets.map((t) => t.cgroup),
+    [ctr("a"), ctr("b")],
+  );
+});

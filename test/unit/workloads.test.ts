@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { boltGet } from "../../src/inspect/boltdb.js";
-import { criImageAndLabels, jsonMember, podOf, unitOfCgroup } from "../../src/inspect/workloads.js";
+import { criImageAndLabels, jsonMember, kubepodsOf, podOf, unitOfCgroup } from "../../src/inspect/workloads.js";
 import {
   BoltFile,
   branchPage,
@@ -348,4 +348,105 @@ test("bbolt: a commit during the lookups makes them again; a file that never hol
     return Buffer.from((looks % 2 ? before : after).subarray(offset, offset + length));
   };
   assert.equal(boltGet(restless, [["k"]])[0], undefined);
+});
+
+test("a pod's UID, QoS class and cgroup from kubelet's layout, both drivers; the container's id below it", () => {
+  const id = "4c1f0e0b8c3a9d2e5f6a7b8c9d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f7a8b9c0";
+  const uid = "0b6c3f2a-7d1e-4a5b-9c8d-1e2f3a4b5c6d";
+  const sd = uid.replaceAll("-", "_");
+  const cases: [string, ReturnType<typeof kubepodsOf>][] = [
+    // systemd driver (containerd, CRI-O), each QoS class; Guaranteed pods right under kubepods.slice
+    [
+      `/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod${sd}.slice/cri-containerd-${id}.scope`,
+      {
+        uid,
+        qos: "burstable",
+        path: `/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod${sd}.slice`,
+        containerId: id,
+      },
+    ],
+    [
+      `/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod${sd}.slice/crio-${id}.scope`,
+      {
+        uid,
+        qos: "besteffort",
+        path: `/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod${sd}.slice`,
+        containerId: id,
+      },
+    ],
+    [
+      `/kubepods.slice/kubepods-pod${sd}.slice/cri-containerd-${id}.scope`,
+      { uid, qos: "guaranteed", path: `/kubepods.slice/kubepods-pod${sd}.slice`, containerId: id },
+    ],
+    // CRI-O's conmon scope: in the pod, but not a container's own cgroup
+    [
+      `/kubepods.slice/kubepods-pod${sd}.slice/crio-conmon-${id}.scope`,
+      { uid, qos: "guaranteed", path: `/kubepods.slice/kubepods-pod${sd}.slice`, containerId: null },
+    ],
+    // the pod's own cgroup, before any container
+    [
+      `/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod${sd}.slice`,
+      {
+        uid,
+        qos: "burstable",
+        path: `/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod${sd}.slice`,
+        containerId: null,
+      },
+    ],
+    // below a cgroup root of kubelet's (kind's nodes)
+    [
+      `/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod${sd}.slice/cri-containerd-${id}.scope`,
+      {
+        uid,
+        qos: "besteffort",
+        path: `/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod${sd}.slice`,
+        containerId: id,
+      },
+    ],
+    // cgroupfs driver: the runtime names the container's directory by its id (podman: libpod-ID)
+    [
+      `/kubepods/burstable/pod${uid}/${id}`,
+      { uid, qos: "burstable", path: `/kubepods/burstable/pod${uid}`, containerId: id },
+    ],
+    [`/kubepods/pod${uid}/${id}`, { uid, qos: "guaranteed", path: `/kubepods/pod${uid}`, containerId: id }],
+    [`/kubepods/pod${uid}/crio-${id}`, { uid, qos: "guaranteed", path: `/kubepods/pod${uid}`, containerId: id }],
+    [
+      `/kubepods/pod${uid}/crio-conmon-${id}`,
+      { uid, qos: "guaranteed", path: `/kubepods/pod${uid}`, containerId: null },
+    ],
+    [
+      `/kubepods/besteffort/pod${uid}/libpod-${id}`,
+      { uid, qos: "besteffort", path: `/kubepods/besteffort/pod${uid}`, containerId: id },
+    ],
+    [
+      `/docker/${id}/kubepods/burstable/pod${uid}/${id}`,
+      { uid, qos: "burstable", path: `/docker/${id}/kubepods/burstable/pod${uid}`, containerId: id },
+    ],
+    // a static pod's UID is 32 hex digits
+    [
+      "/kubepods/burstable/pod6d3f1a0e9b8c7d6e5f4a3b2c1d0e9f8a",
+      {
+        uid: "6d3f1a0e9b8c7d6e5f4a3b2c1d0e9f8a",
+        qos: "burstable",
+        path: "/kubepods/burstable/pod6d3f1a0e9b8c7d6e5f4a3b2c1d0e9f8a",
+        containerId: null,
+      },
+    ],
+    // below a container: another cgroup, still the pod's
+    [`/kubepods/pod${uid}/${id}/child`, { uid, qos: "guaranteed", path: `/kubepods/pod${uid}`, containerId: id }],
+    // not kubelet's shapes
+    ["/kubepods", null],
+    ["/kubepods/burstable", null],
+    ["/kubepods.slice/kubepods-burstable.slice", null],
+    [`/kubepods/other/pod${uid}/${id}`, null],
+    [`/pods/burstable/pod${uid}/${id}`, null],
+    [`/kubepods.slice/kubepods-burstable-pod${sd}.slice/${id}`, null], // its QoS slice missing
+    [`/kubepods.slice/kubepods-besteffort.slice/kubepods-burstable-pod${sd}.slice`, null], // another QoS's slice
+    ["/kubepods/burstable/podNOT-A-UID/x", null],
+    ["/kubepods/burstable/pod", null],
+    [`/system.slice/kubepods-pod${sd}.slice`, null],
+    ["/system.slice/containerd.service", null],
+    ["/", null],
+  ];
+  for (const [path, want] of cases) assert.deepEqual(kubepodsOf(path), want, path);
 });
