@@ -37,8 +37,9 @@ From BPF programs on kernel tracepoints (timer_expire_entry/exit, net_dev_queue,
 inet_sock_set_state: Linux 5.9 or later with BTF; timer_start and timer_cancel for on, retuned and off: Linux
 6.2 or later) through a ring buffer; events the ring had no room for are counted and said. Not seen: a new
 TCP_KEEPINTVL or TCP_KEEPCNT alone (they touch no timer), and a new idle time that lands the timer in the
-bucket of the kernel's timer wheel it was already in. Needs root. Without it, tcpka says so and prints this namespace's keepalive counters
-(TcpExtTCPKeepAlive: probes sent; TcpExtTCPAbortOnTimeout: connections timed out) each second they change.
+bucket of the kernel's timer wheel it was already in. Needs root. Without it, tcpka says so and prints this
+namespace's keepalive counters (TcpExtTCPKeepAlive: probes sent; TcpExtTCPAbortOnTimeout: connections timed
+out) each second they change.
 
 Options:
       --pid PID          only connections this process holds
