@@ -108,7 +108,10 @@ export async function startMetrics(
     close: () =>
       new Promise((resolve) => {
         server.closeAllConnections();
-        server.close(() => resolve());
+        server.close(() => {
+          exporter.close();
+          resolve();
+        });
       }),
   };
 }
