@@ -22,15 +22,18 @@
  * walk (BPF_MAP_LOOKUP_AND_DELETE_BATCH). The config array's one value: u32 the scrape's generation (the owners'
  * marks of this scrape carry it), u32 how many sockets could not be counted because the count map was full.
  *
- * The owners: before the TCP walks, a task_file iterator program (bpf_iter_task_file, kernel/bpf/task_iter.c)
- * marks each TCP socket that a process's main thread holds with that process's tgid, in socket local storage
- * (bpf_sk_storage_get is allowed in iterators: bpf_sk_storage_tracing_allowed, net/core/bpf_sk_storage.c), once
- * per generation: the first process of the walk keeps it, as the first owner of the record path's OwnerTable.
- * The TCP program reads the mark back (without creating one). The storage stays with the socket between
- * scrapes, so a scrape allocates only for new sockets; it is freed with the socket or with the map.
+ * The owners (for the process label): after the TCP walks, a task_file iterator program (ownerCountsProgram)
+ * counts each ESTABLISHED socket that a process's main thread holds once more, with the same key and the
+ * process's tgid: user space then has, for each key, all its sockets (tgid 0, the TCP walk's) and those of each
+ * first owner, and the difference is the sockets that no process showed (comm "", as in the record path). A
+ * socket held by more than one fd table is counted for the first process only, through a mark in socket local
+ * storage (bpf_sk_storage_get is allowed in iterators: bpf_sk_storage_tracing_allowed, net/core/bpf_sk_storage.c)
+ * that carries the scrape's generation; a socket that one fd table alone holds needs no mark (a mark on every
+ * socket cost 40 % more than the walk itself: BENCHMARKS.md §7).
  *
- * Kernel needs: the TCP iterator and bpf_skc_to_tcp_sock (5.9), bpf_sk_storage_get from iterators (5.11),
- * bpf_sock_from_file (5.11), BPF_MAP_LOOKUP_AND_DELETE_BATCH (5.6, else one entry at a time), the BTF.
+ * Kernel needs: the TCP iterator and bpf_skc_to_tcp_sock (5.9); for the owners the task_file iterator with
+ * bpf_sock_from_file and bpf_sk_storage_get from iterators (5.11); BPF_MAP_LOOKUP_AND_DELETE_BATCH (5.6, else
+ * one entry at a time); the kernel's BTF.
  */
 import { IPPROTO_TCP, SOCK_STREAM } from "../kernel/constants.js";
 import { TCP_STATES } from "../kernel/states.js";
@@ -84,7 +87,7 @@ export interface CountMaps {
   counts: number;
   listeners: number;
   config: number;
-  /** the owners' marks (a socket storage map of u32 generation, u32 tgid); undefined: no owners */
+  /** the owners' marks (a socket storage map of the u32 generation that counted the socket) */
   owners?: number;
 }
 
@@ -101,19 +104,12 @@ function loadConfig(b: ProgramBuilder, config: number): void {
   );
 }
 
-/** The TCP iterator's counting program (bpf_iter_tcp, bpf_iter_tcp_seq_show in net/ipv4/tcp_ipv4.c). */
-export function tcpCountsProgram(o: TcpSocketOffsets, maps: CountMaps): Instruction[] {
-  const b = new ProgramBuilder();
-  b.emit(
-    LoadMem(R7, R1, 8, "DW"), // sk_common, NULL once the walk is over
-    JEq.Imm(R7, 0, "out"),
-    LoadMem(R8, R7, o.skcState, "B"),
-    JEq32.Imm(R8, TCP_STATES.ESTABLISHED, "wanted"),
-    JNE32.Imm(R8, TCP_STATES.LISTEN, "out"),
-  );
-  b.label("wanted");
-  loadConfig(b, maps.config);
-  for (let at = 0; at < COUNT_KEY_SIZE; at += 8) b.emit(StoreImm(R10, KEY + at, 0, "DW"));
+/**
+ * The count key of the socket in r7 (sock_common), r9 (its tcp_sock), r8 (its state), then its count added:
+ * r6 is the config array's value. With `listeners`, a LISTEN socket goes into the listeners' map and is
+ * counted by its own port (the TCP walk); without, only ESTABLISHED sockets reach here (the owners' walk).
+ */
+function emitCount(b: ProgramBuilder, o: TcpSocketOffsets, maps: CountMaps, listeners: boolean): void {
   b.emit(
     LoadMem(R2, R7, o.skcNet, "DW"),
     LoadMem(R3, R2, o.netInum, "W"),
@@ -121,13 +117,11 @@ export function tcpCountsProgram(o: TcpSocketOffsets, maps: CountMaps): Instruct
     StoreMem(R10, LKEY, R3, "W"),
     LoadMem(R3, R7, o.skcNum, "H"),
     StoreMem(R10, LKEY + 4, R3, "W"),
-    Mov.Reg(R1, R7),
-    Call(Fn.skcToTcpSock), // every ESTABLISHED or LISTEN socket is a full one
-    JEq.Imm(R0, 0, "out"),
-    Mov.Reg(R9, R0),
     ...keepOpen(o, R2, R9),
     StoreMem(R10, KEY + 5, R2, "B"),
-    JEq32.Imm(R8, TCP_STATES.LISTEN, "listener"),
+  );
+  if (listeners) b.emit(JEq32.Imm(R8, TCP_STATES.LISTEN, "listener"));
+  b.emit(
     StoreImm(R10, KEY + 4, KIND_ESTABLISHED, "B"),
     JEq32.Imm(R2, 0, "cgroup"),
     // keepalive on: the settings that getsockopt would answer
@@ -155,27 +149,11 @@ export function tcpCountsProgram(o: TcpSocketOffsets, maps: CountMaps): Instruct
   if (o.tcpCgroup !== undefined) {
     b.emit(
       LoadMem(R2, R9, o.tcpCgroup, "DW"),
-      JEq.Imm(R2, 0, "owner"),
+      JEq.Imm(R2, 0, "port"),
       LoadMem(R2, R2, o.cgroupKn, "DW"),
-      JEq.Imm(R2, 0, "owner"),
+      JEq.Imm(R2, 0, "port"),
       LoadMem(R3, R2, o.kernfsId, "DW"),
       StoreMem(R10, KEY + 8, R3, "DW"),
-    );
-  }
-  b.label("owner");
-  if (maps.owners !== undefined) {
-    b.emit(
-      ...LoadMapFd(R1, maps.owners),
-      Mov.Reg(R2, R9), // a tcp_sock begins with its struct sock
-      Mov.Imm(R3, 0),
-      Mov.Imm(R4, 0), // no flags: read a mark, make none
-      Call(Fn.skStorageGet),
-      JEq.Imm(R0, 0, "port"),
-      LoadMem(R2, R0, 0, "W"),
-      LoadMem(R3, R6, 0, "W"),
-      JNE32.Reg(R2, R3, "port"), // a mark of an earlier scrape: its owner may have closed it since
-      LoadMem(R2, R0, 4, "W"),
-      StoreMem(R10, KEY + 16, R2, "W"),
     );
   }
   // The service port: the local one where this namespace listens on it, else the peer's.
@@ -193,19 +171,21 @@ export function tcpCountsProgram(o: TcpSocketOffsets, maps: CountMaps): Instruct
     ToBE(R3, 16),
     Ja("count"),
   );
-  b.label("listener").emit(
-    StoreImm(R10, KEY + 4, KIND_LISTEN, "B"),
-    StoreImm(R10, ONE, 1, "DW"),
-    ...LoadMapFd(R1, maps.listeners),
-    Mov.Reg(R2, R10),
-    Add.Imm(R2, LKEY),
-    Mov.Reg(R3, R10),
-    Add.Imm(R3, ONE),
-    Mov.Imm(R4, 0), // BPF_ANY
-    Call(Fn.mapUpdateElem),
-    JNE.Imm(R0, 0, "full"),
-    LoadMem(R3, R10, LKEY + 4, "W"),
-  );
+  if (listeners) {
+    b.label("listener").emit(
+      StoreImm(R10, KEY + 4, KIND_LISTEN, "B"),
+      StoreImm(R10, ONE, 1, "DW"),
+      ...LoadMapFd(R1, maps.listeners),
+      Mov.Reg(R2, R10),
+      Add.Imm(R2, LKEY),
+      Mov.Reg(R3, R10),
+      Add.Imm(R3, ONE),
+      Mov.Imm(R4, 0), // BPF_ANY
+      Call(Fn.mapUpdateElem),
+      JNE.Imm(R0, 0, "full"),
+      LoadMem(R3, R10, LKEY + 4, "W"),
+    );
+  }
   // r3: the port
   b.label("count").emit(
     StoreMem(R10, KEY + 6, R3, "H"),
@@ -229,16 +209,59 @@ export function tcpCountsProgram(o: TcpSocketOffsets, maps: CountMaps): Instruct
     Call(Fn.mapUpdateElem),
     JEq.Imm(R0, 0, "out"),
   );
-  // The map is full (E2BIG): count it, so that user space takes the record path for this scrape.
+  // A map is full (E2BIG): count it, so that user space takes the record path for this scrape.
   b.label("full").emit(LoadMem(R2, R6, 4, "W"), Add.Imm(R2, 1), StoreMem(R6, 4, R2, "W"));
+}
+
+/**
+ * The TCP iterator's counting program (bpf_iter_tcp, bpf_iter_tcp_seq_show in net/ipv4/tcp_ipv4.c): every
+ * ESTABLISHED and LISTEN socket, with no owner (tgid 0).
+ */
+export function tcpCountsProgram(o: TcpSocketOffsets, maps: CountMaps): Instruction[] {
+  const b = new ProgramBuilder();
+  b.emit(
+    LoadMem(R7, R1, 8, "DW"), // sk_common, NULL once the walk is over
+    JEq.Imm(R7, 0, "out"),
+    LoadMem(R8, R7, o.skcState, "B"),
+    JEq32.Imm(R8, TCP_STATES.ESTABLISHED, "wanted"),
+    JNE32.Imm(R8, TCP_STATES.LISTEN, "out"),
+  );
+  b.label("wanted");
+  loadConfig(b, maps.config);
+  for (let at = 0; at < COUNT_KEY_SIZE; at += 8) b.emit(StoreImm(R10, KEY + at, 0, "DW"));
+  b.emit(
+    Mov.Reg(R1, R7),
+    Call(Fn.skcToTcpSock), // every ESTABLISHED or LISTEN socket is a full one
+    JEq.Imm(R0, 0, "out"),
+    Mov.Reg(R9, R0),
+  );
+  emitCount(b, o, maps, true);
   b.label("out").emit(Mov.Imm(R0, 0), Return());
   return b.build();
 }
 
-/** The owners' marks: each TCP socket a main thread holds, marked with its tgid once per generation. */
-export function ownerMarksProgram(
-  o: TaskFileOffsets,
-  maps: Required<Pick<CountMaps, "config" | "owners">>,
+/** How the owners' program tells a file that one fd table alone holds (struct file's reference count). */
+export interface FileRef {
+  /** the offset of file->f_ref.refcnt (Linux 6.13) or file->f_count (before), a long */
+  offset: number;
+  /**
+   * its value when the fd table and the iterator hold the only references (task_file_seq_get_next takes one
+   * for the program's run): 1 for a file_ref_t (FILE_REF_ONEREF is 0, include/linux/file_ref.h), 2 for f_count
+   */
+  unique: number;
+}
+
+/**
+ * The owners' walk (bpf_iter_task_file, kernel/bpf/task_iter.c): each ESTABLISHED TCP socket that a process's
+ * main thread holds, counted under its tgid with the same key as the TCP walk's (the listeners' map filled by
+ * it). A socket is counted once, for the first process of the walk: a file that only one fd table holds (its
+ * reference count says so) at once; one that more hold (fork, dup, SCM_RIGHTS, a thread in a system call on
+ * it) only where the socket's mark (socket local storage) is not of this scrape's generation yet.
+ */
+export function ownerCountsProgram(
+  o: TcpSocketOffsets & TaskFileOffsets,
+  maps: CountMaps & { owners: number },
+  ref: FileRef | undefined,
 ): Instruction[] {
   const b = new ProgramBuilder();
   b.emit(
@@ -251,7 +274,9 @@ export function ownerMarksProgram(
     JNE32.Reg(R2, R8, "out"), // a thread with a file table of its own: not in /proc/PID/fd (socket-fds.ts)
   );
   loadConfig(b, maps.config);
+  for (let at = 0; at < COUNT_KEY_SIZE; at += 8) b.emit(StoreImm(R10, KEY + at, 0, "DW"));
   b.emit(
+    StoreMem(R10, KEY + 16, R8, "W"),
     Mov.Reg(R1, R9),
     Call(Fn.sockFromFile),
     JEq.Imm(R0, 0, "out"),
@@ -261,18 +286,24 @@ export function ownerMarksProgram(
     JNE32.Imm(R2, SOCK_STREAM, "out"),
     LoadMem(R2, R7, o.skProtocol, "H"),
     JNE32.Imm(R2, IPPROTO_TCP, "out"),
+    LoadMem(R8, R7, o.skcState, "B"),
+    JNE32.Imm(R8, TCP_STATES.ESTABLISHED, "out"),
+  );
+  if (ref) b.emit(LoadMem(R2, R9, ref.offset, "DW"), JEq.Imm(R2, ref.unique, "unique"));
+  b.emit(
     ...LoadMapFd(R1, maps.owners),
     Mov.Reg(R2, R7),
     Mov.Imm(R3, 0),
     Mov.Imm(R4, BPF_SK_STORAGE_GET_F_CREATE),
     Call(Fn.skStorageGet),
-    JEq.Imm(R0, 0, "out"),
+    JEq.Imm(R0, 0, "unique"), // no memory for a mark: counted (user space keeps the total to the TCP walk's)
     LoadMem(R2, R0, 0, "W"),
     LoadMem(R3, R6, 0, "W"),
-    JEq32.Reg(R2, R3, "out"), // marked in this generation already: the first owner stays
+    JEq32.Reg(R2, R3, "out"), // counted in this generation already: the first owner keeps it
     StoreMem(R0, 0, R3, "W"),
-    StoreMem(R0, 4, R8, "W"),
   );
+  b.label("unique").emit(Mov.Reg(R1, R7), Call(Fn.skcToTcpSock), JEq.Imm(R0, 0, "out"), Mov.Reg(R9, R0));
+  emitCount(b, o, maps, false);
   b.label("out").emit(Mov.Imm(R0, 0), Return());
   return b.build();
 }

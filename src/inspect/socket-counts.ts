@@ -2,7 +2,7 @@
  * The established and listening TCP sockets of every network namespace, counted in the kernel (the programs of
  * src/bpf/socket-counts.ts): what a metrics scrape needs, without a record per socket. One TCP iterator walk
  * per namespace, as the inventory's (kernel-sockets.ts), and, for the owners, one task_file walk of every
- * process's files first; then a few hundred map entries are read and the maps emptied.
+ * process's files after them; then a few hundred map entries are read and the maps emptied.
  *
  * The answers are those of the record path (KernelSockets with the owners' OwnerTable), which the tests compare
  * them with: the same keepalive flag and effective settings, namespace, cgroup, first owner and service port.
@@ -14,12 +14,12 @@
 import { closeSync, constants, openSync } from "node:fs";
 import { release } from "node:os";
 import { assemble, Listing } from "../bpf/asm.js";
-import { endpointOffsets } from "../bpf/endpoints.js";
 import {
   COUNT_KEY_SIZE,
+  type FileRef,
   KIND_LISTEN,
   LISTEN_KEY_SIZE,
-  ownerMarksProgram,
+  ownerCountsProgram,
   tcpCountsProgram,
 } from "../bpf/socket-counts.js";
 import { tcpSocketOffsets } from "../bpf/tcp-sockets.js";
@@ -100,14 +100,23 @@ export class SocketCounter {
       fds.push(listeners);
       const config = blobMapCreate("tcpka_count_cfg", 8);
       fds.push(config);
-      let owners: number | undefined;
+      const offsets = tcpSocketOffsets(btf);
       let ownersLink: number | undefined;
       if (o.owners) {
-        owners = skStorageMapCreate("tcpka_owners", 8);
+        const owners = skStorageMapCreate("tcpka_owners");
         fds.push(owners);
-        const marks = ownerMarksProgram(
+        // struct file's reference count: a file_ref_t since Linux 6.13, an atomic_long_t f_count before
+        const refcnt = btf.offsetOf("file", "f_ref.refcnt");
+        const count = refcnt === undefined ? btf.offsetOf("file", "f_count") : undefined;
+        const ref: FileRef | undefined =
+          refcnt !== undefined
+            ? { offset: refcnt, unique: 1 }
+            : count !== undefined
+              ? { offset: count, unique: 2 }
+              : undefined;
+        const program = ownerCountsProgram(
           {
-            metaSeq: btf.memberOffset("bpf_iter_meta", "seq"),
+            ...offsets,
             taskPid: btf.memberOffset("task_struct", "pid"),
             taskTgid: btf.memberOffset("task_struct", "tgid"),
             fileInode: btf.memberOffset("file", "f_inode"),
@@ -115,21 +124,21 @@ export class SocketCounter {
             socketSk: btf.memberOffset("socket", "sk"),
             skType: btf.memberOffset("sock", "sk_type"),
             skProtocol: btf.memberOffset("sock", "sk_protocol"),
-            ...endpointOffsets(btf),
           },
-          { config, owners },
+          { counts, listeners, config, owners },
+          ref,
         );
         const prog = iterProgLoad({
           attachBtfId: btf.typeId("FUNC", "bpf_iter_task_file"),
-          insns: assemble(marks),
-          listing: new Listing(marks),
-          name: "tcpka_ownmarks",
+          insns: assemble(program),
+          listing: new Listing(program),
+          name: "tcpka_owncounts",
         });
         fds.push(prog);
         ownersLink = iterLinkCreate(prog, Buffer.alloc(16)); // no task filter: every process
         fds.push(ownersLink);
       }
-      const program = tcpCountsProgram(tcpSocketOffsets(btf), { counts, listeners, config, owners });
+      const program = tcpCountsProgram(offsets, { counts, listeners, config });
       const attachBtfId = btf.typeId("FUNC", "bpf_iter_tcp");
       btf.save();
       const prog = iterProgLoad({
@@ -159,7 +168,6 @@ export class SocketCounter {
     const cfg = Buffer.alloc(8);
     cfg.writeUInt32LE(this.generation, 0);
     blobMapWrite(this.maps.config, cfg);
-    if (this.ownersLink !== undefined) this.run(iterCreate(this.ownersLink));
     try {
       for (const ns of namespaces) {
         if (ns === undefined || ns.own) {
@@ -180,13 +188,47 @@ export class SocketCounter {
         }
         this.run(iter);
       }
+      // After the TCP walks: the owners' program finds each namespace's listeners in the map.
+      if (this.ownersLink !== undefined) this.run(iterCreate(this.ownersLink));
     } finally {
       mapDrain(this.maps.listeners, LISTEN_KEY_SIZE, 8, MAX_LISTENERS);
     }
     const { keys, values, count } = mapDrain(this.maps.counts, COUNT_KEY_SIZE, 8, MAX_KEYS);
     if (blobMapRead(this.maps.config, 8).readUInt32LE(4) !== 0) return null;
-    const out: SocketCount[] = new Array(count);
-    for (let i = 0; i < count; i++) out[i] = this.decode(keys, i * COUNT_KEY_SIZE, values, i * 8);
+    const out: SocketCount[] = [];
+    if (this.ownersLink === undefined) {
+      for (let i = 0; i < count; i++) out.push(this.decode(keys, i * COUNT_KEY_SIZE, values, i * 8));
+      return out;
+    }
+    // Each key's sockets: all of them (tgid 0: the TCP walk's) and those of each first owner (the owners'
+    // walk). What no owner took is the sockets that no process showed. A socket opened between the two walks
+    // may have an owner and no TCP count: the owners' counts are then cut to the TCP walk's total, as the
+    // record path lists the TCP walk's sockets only.
+    const groups = new Map<string, { all: SocketCount | undefined; owned: SocketCount[] }>();
+    for (let i = 0; i < count; i++) {
+      const at = i * COUNT_KEY_SIZE;
+      const c = this.decode(keys, at, values, i * 8);
+      const id = keys.toString("latin1", at, at + 16) + keys.toString("latin1", at + 20, at + COUNT_KEY_SIZE);
+      let g = groups.get(id);
+      if (!g) {
+        g = { all: undefined, owned: [] };
+        groups.set(id, g);
+      }
+      if (c.owner === 0) g.all = c;
+      else g.owned.push(c);
+    }
+    for (const g of groups.values()) {
+      if (!g.all) continue; // only sockets the TCP walk did not see (opened since)
+      let left = g.all.count;
+      g.owned.sort((a, b) => a.owner - b.owner);
+      for (const c of g.owned) {
+        const n = Math.min(c.count, left);
+        if (n === 0) break;
+        out.push(n === c.count ? c : { ...c, count: n });
+        left -= n;
+      }
+      if (left > 0) out.push(left === g.all.count ? g.all : { ...g.all, count: left });
+    }
     return out;
   }
 

@@ -352,23 +352,18 @@ export function blobMapCreate(name: string, size: number): number {
 }
 
 /**
- * The smallest BTF a local storage map can name its key and value by: a 32-bit signed "int" (type id 1) and a
- * 64-bit "long long" (type id 2). Layout (include/uapi/linux/btf.h): struct btf_header (magic 0xeB9F, version 1,
- * hdr_len 24, then the type and string sections' offsets and lengths, relative to the header's end), a struct
- * btf_type per type (name_off, info = BTF_KIND_INT << 24, size) with its u32 of BTF_INT_ENCODING SIGNED << 24 |
- * bits, and the strings "\0int\0long long\0".
+ * The smallest BTF a local storage map can name its key and value by: one type, a 32-bit signed "int" (type id 1).
+ * Layout (include/uapi/linux/btf.h): struct btf_header (magic 0xeB9F, version 1, hdr_len 24, then the type and
+ * string sections' offsets and lengths, relative to the header's end), one struct btf_type (name_off, info =
+ * BTF_KIND_INT << 24, size 4) with its u32 of BTF_INT_ENCODING SIGNED << 24 | 32 bits, and the strings "\0int\0".
  */
 function intBtf(): Buffer {
-  const types = Buffer.alloc(32);
+  const types = Buffer.alloc(16);
   types.writeUInt32LE(1, 0); // name_off: "int"
   types.writeUInt32LE(1 << 24, 4); // BTF_KIND_INT, vlen 0
   types.writeUInt32LE(4, 8); // size
   types.writeUInt32LE((1 << 24) | 32, 12); // BTF_INT_SIGNED, offset 0, 32 bits
-  types.writeUInt32LE(5, 16); // name_off: "long long"
-  types.writeUInt32LE(1 << 24, 20);
-  types.writeUInt32LE(8, 24);
-  types.writeUInt32LE((1 << 24) | 64, 28);
-  const strings = Buffer.from("\0int\0long long\0", "latin1");
+  const strings = Buffer.from("\0int\0", "latin1");
   const header = Buffer.alloc(24);
   header.writeUInt16LE(0xeb9f, 0);
   header.writeUInt8(1, 2); // version
@@ -381,12 +376,11 @@ function intBtf(): Buffer {
 }
 
 /**
- * A socket local storage map (BPF_MAP_TYPE_SK_STORAGE, Linux 5.2) of 4-byte (or 8-byte) values: a program marks
- * a socket by getting its storage with BPF_SK_STORAGE_GET_F_CREATE, another finds the mark; the kernel frees it
- * with the socket. bpf_local_storage_map_alloc_check wants BTF ids for key and value, no preallocation and
- * max_entries 0.
+ * A socket local storage map (BPF_MAP_TYPE_SK_STORAGE, Linux 5.2) of 4-byte values: a program marks a socket
+ * by getting its storage with BPF_SK_STORAGE_GET_F_CREATE, another finds the mark; the kernel frees it with the
+ * socket. bpf_local_storage_map_alloc_check wants BTF ids for key and value, no preallocation and max_entries 0.
  */
-export function skStorageMapCreate(name: string, valueSize: 4 | 8 = 4): number {
+export function skStorageMapCreate(name: string): number {
   const btf = intBtf();
   const load = Buffer.alloc(ATTR_SIZE);
   load.writeBigUInt64LE(BigInt(addressOf(btf)), 0);
@@ -396,13 +390,13 @@ export function skStorageMapCreate(name: string, valueSize: 4 | 8 = 4): number {
     const attr = Buffer.alloc(ATTR_SIZE);
     attr.writeUInt32LE(BPF_MAP_TYPE_SK_STORAGE, 0);
     attr.writeUInt32LE(4, 4); // key_size: int
-    attr.writeUInt32LE(valueSize, 8); // value_size
+    attr.writeUInt32LE(4, 8); // value_size
     attr.writeUInt32LE(0, 12); // max_entries
     attr.writeUInt32LE(BPF_F_NO_PREALLOC, 16);
     attr.write(name.slice(0, BPF_OBJ_NAME_LEN - 1), 28, "latin1");
     attr.writeUInt32LE(btfFd, 48);
     attr.writeUInt32LE(1, 52); // btf_key_type_id
-    attr.writeUInt32LE(valueSize === 4 ? 1 : 2, 56); // btf_value_type_id
+    attr.writeUInt32LE(1, 56); // btf_value_type_id
     return bpf("MAP_CREATE", attr);
   } finally {
     close(btfFd);
