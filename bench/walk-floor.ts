@@ -6,7 +6,8 @@
  *     (bpf_iter_tcp_batch taking each bucket's sockets, sock_hold/sock_put, one program run per socket);
  *   - the same program writing its 104-byte record of every ESTABLISHED and LISTEN socket (what `ls` and the
  *     scrape before the counting program read);
- *   - the task_file walk of every process's files writing a 56-byte record per TCP socket (the owners);
+ *   - the task_file walk of every process's files, with a program that does nothing, and writing a 56-byte
+ *     record per TCP socket (the owners);
  *   - the counting programs of src/inspect/socket-counts.ts (with and without the owners' pass).
  *
  * 50,000 loopback connections (100,000 sockets) in holders (holders.ts).
@@ -17,7 +18,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { assemble, Listing } from "../src/bpf/asm.js";
+import { assemble, Listing, Mov, R0, Return } from "../src/bpf/asm.js";
 import { endpointOffsets } from "../src/bpf/endpoints.js";
 import { socketFdsProgram } from "../src/bpf/socket-fds.js";
 import { tcpSocketOffsets, tcpSocketsProgram } from "../src/bpf/tcp-sockets.js";
@@ -126,6 +127,16 @@ async function main(): Promise<void> {
     fds.push(fprog);
     const flink = iterLinkCreate(fprog, Buffer.alloc(16));
     fds.push(flink);
+    const none = [Mov.Imm(R0, 0), Return()];
+    const nprog = iterProgLoad({
+      attachBtfId: fileId,
+      insns: assemble(none),
+      listing: new Listing(none),
+      name: "tcpka_floor_n",
+    });
+    fds.push(nprog);
+    const nlink = iterLinkCreate(nprog, Buffer.alloc(16));
+    fds.push(nlink);
     const rows = [
       `Sockets: ${CONNECTIONS * 2} (loopback, idle), ${RUNS} runs each after a warm-up; ms of this process's CPU per walk.`,
       "",
@@ -134,6 +145,7 @@ async function main(): Promise<void> {
     ];
     rows.push(measured("TCP iterator, program writes nothing (the walk itself)", () => walk(nothing)));
     rows.push(measured("TCP iterator, 104-byte record per ESTAB/LISTEN socket", () => walk(records)));
+    rows.push(measured("task_file iterator, program does nothing (every process's every file)", () => walk(nlink)));
     rows.push(measured("task_file iterator, 56-byte record per TCP socket fd", () => walk(flink)));
     const time = (f: () => void): [number, number, number, number] => {
       const c0 = process.cpuUsage();

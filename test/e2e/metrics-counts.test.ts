@@ -5,7 +5,7 @@
  * the test's own: keepalive off, on with settings of their own, on with a user timeout, on with the namespace's
  * settings (which the test changes in one namespace), IPv6, a socket with two fds in one process, every socket
  * also held by a forked child (the first owner counts), a child's own connection, connections in the accept
- * queue (no file, no owner). Each key of the counts (namespace, listening or not, keepalive, service port,
+ * queue (no file, no owner); and a podman container's connection to itself (its cgroup). Each key of the counts (namespace, listening or not, keepalive, service port,
  * cgroup, first owner, effective settings) must have the same number of sockets as the records say, and the
  * snapshots built from either must give the same series; a mistake in the programs shows as a difference.
  *
@@ -19,11 +19,13 @@ import { type Connection, inspectEach } from "../../src/inspect/connections.js";
 import type { NetNamespace } from "../../src/inspect/namespaces.js";
 import { type SocketCount, SocketCounter } from "../../src/inspect/socket-counts.js";
 import { stateMask } from "../../src/kernel/states.js";
-import { countedSnapshot, recordSnapshot, type Snapshot } from "../../src/metrics/snapshot.js";
+import { countedSnapshot, type OwnerLabel, recordSnapshot, type Snapshot } from "../../src/metrics/snapshot.js";
 import { deadPeerAfter } from "../../src/settings.js";
-import { needs, python3 } from "../helpers/env.js";
+import { KaAgent, kaAgentExe } from "../helpers/agent.js";
+import { python3 } from "../helpers/env.js";
 import { Netns } from "../helpers/netns.js";
 import { fixture } from "../helpers/paths.js";
+import { busyboxImage, needsPodman, startContainer } from "../helpers/podman.js";
 import { uniqueName } from "../helpers/scope.js";
 
 const COUNT_CONNS = fixture("count_conns.py");
@@ -118,8 +120,8 @@ function ours(s: Snapshot, names: readonly string[], times: readonly number[]) {
   };
 }
 
-test("the kernel's counts equal the records and getsockopt, key by key, in two namespaces", async (t) => {
-  if (!needs(t, { root: true, tools: ["ip", "python3"] })) return;
+test("the kernel's counts equal the records and getsockopt, key by key, in two namespaces and a container", async (t) => {
+  if (!needsPodman(t)) return;
   if (!SocketCounter.possible(true)) {
     t.skip("the counting programs need Linux 5.11 and CAP_BPF + CAP_PERFMON");
     return;
@@ -141,13 +143,18 @@ test("the kernel's counts equal the records and getsockopt, key by key, in two n
     const m = await p.waitFor(/^\{.*\}$/m);
     started.push(JSON.parse(m[0]) as { pid: number; child: number; port: number; v6: boolean });
   }
+  // A podman container whose program connects to itself without keepalive: its sockets carry its cgroup.
+  const exe = kaAgentExe(t);
+  const c = startContainer(t, busyboxImage(t), {
+    mounts: [{ source: exe, target: "/ka_agent" }],
+    cmd: ["/ka_agent", "0"],
+  });
+  await KaAgent.inContainer(c).first();
   const inum = (ns: Netns) => statSync(`/run/netns/${ns.name}`).ino;
-  const namespaces: NetNamespace[] = [a, b].map((ns) => ({
-    inum: inum(ns),
-    path: `/run/netns/${ns.name}`,
-    name: ns.name,
-    own: false,
-  }));
+  const namespaces: NetNamespace[] = [
+    ...[a, b].map((ns) => ({ inum: inum(ns), path: `/run/netns/${ns.name}`, name: ns.name, own: false })),
+    { inum: c.netns, path: `/proc/${c.pid}/ns/net`, pid: c.pid, own: false },
+  ];
   const mine = new Set(namespaces.map((ns) => ns.inum));
 
   for (const owners of [true, false]) {
@@ -160,6 +167,14 @@ test("the kernel's counts equal the records and getsockopt, key by key, in two n
         const got = countsByKey(counted, mine);
         const want = recordsByKey(records(mine, "bpf", owners), owners);
         assert.deepEqual(sorted(got), sorted(want), `owners ${owners}, scrape ${round + 1}: counts vs records`);
+        // The container's two ends, with its cgroup (not the host's root, 1).
+        const inContainer = counted.filter((x) => x.netns === c.netns && !x.listening);
+        assert.equal(
+          inContainer.reduce((n, x) => n + x.count, 0),
+          2,
+          JSON.stringify(inContainer),
+        );
+        assert.ok(inContainer.every((x) => x.cgroup > 1 && !x.keepalive));
       }
     } finally {
       counter.close();
@@ -210,12 +225,27 @@ test("the kernel's counts equal the records and getsockopt, key by key, in two n
     // detection counts at the test's times (1111 + 7 × 3; the user timeout's 1000 + 9 × 6; 1200 + 7 × 3; b's
     // defaults 1500 + 11 × 4).
     const times = [1132, 1054, 1221, 1544];
-    for (const labels of [["process", "container", "pod_namespace", "pod", "unit"], ["process"]] as const) {
-      const o = { labels: [...labels], maxSeries: 100_000, ports: 100_000 };
+    const labelSets: OwnerLabel[][] = [
+      ["process", "container", "pod_namespace", "pod", "unit"],
+      ["process"],
+      ["container"],
+    ];
+    for (const labels of labelSets) {
+      const o = { labels, maxSeries: 100_000, ports: 100_000 };
       const fromCounts = countedSnapshot(o, counter);
       assert.ok(fromCounts);
       const fromRecords = recordSnapshot(o);
       assert.deepEqual(ours(fromCounts, names, times), ours(fromRecords, names, times), labels.join());
+      if (labels.includes("container")) {
+        const ofContainer = (s: Snapshot) =>
+          s.connections.filter((x) => x.labels.container === c.name).map((x) => JSON.stringify(x));
+        assert.deepEqual(ofContainer(fromCounts), ofContainer(fromRecords), "the container's series");
+        assert.equal(
+          fromCounts.connections.filter((x) => x.labels.container === c.name).reduce((n, x) => n + x.value, 0),
+          2,
+        );
+      }
+      if (!labels.includes("process")) continue;
       const on = (name: string) =>
         fromCounts.connections
           .filter((c) => c.labels.process === name && c.state === "on")
