@@ -77,7 +77,7 @@ export class SocketCounter {
 
   private constructor(
     private readonly fds: number[],
-    private readonly maps: { counts: number; listeners: number; config: number },
+    private readonly maps: { counts: number; listeners: number; config: number; maxKeys: number },
     private readonly tcpLink: number,
     private readonly ownersLink: number | undefined,
     private readonly ownNetns: number,
@@ -89,12 +89,16 @@ export class SocketCounter {
     return kernelAtLeast(5, owners ? 11 : 9) && bpfCapable();
   }
 
-  /** Load the programs (with the owners' walk when `owners`); throws when this kernel or these rights cannot. */
-  static open(o: { owners: boolean }): SocketCounter {
+  /**
+   * Load the programs (with the owners' walk when `owners`); throws when this kernel or these rights cannot.
+   * `maxKeys`: the count map's size (tests make it small to see a scrape that does not fit).
+   */
+  static open(o: { owners: boolean; maxKeys?: number }): SocketCounter {
+    const maxKeys = o.maxKeys ?? MAX_KEYS;
     const fds: number[] = [];
     try {
       const btf = CachedBtf.open();
-      const counts = hashMapCreate("tcpka_counts", COUNT_KEY_SIZE, 8, MAX_KEYS);
+      const counts = hashMapCreate("tcpka_counts", COUNT_KEY_SIZE, 8, maxKeys);
       fds.push(counts);
       const listeners = hashMapCreate("tcpka_listeners", LISTEN_KEY_SIZE, 8, MAX_LISTENERS);
       fds.push(listeners);
@@ -152,7 +156,7 @@ export class SocketCounter {
       fds.push(tcpLink);
       const hz = kernelHz();
       const ownNetns = openSync("/proc/thread-self/ns/net", constants.O_RDONLY);
-      return new SocketCounter(fds, { counts, listeners, config }, tcpLink, ownersLink, ownNetns, hz);
+      return new SocketCounter(fds, { counts, listeners, config, maxKeys }, tcpLink, ownersLink, ownNetns, hz);
     } catch (e) {
       for (const fd of fds.reverse()) close(fd);
       throw e;
@@ -190,10 +194,14 @@ export class SocketCounter {
       }
       // After the TCP walks: the owners' program finds each namespace's listeners in the map.
       if (this.ownersLink !== undefined) this.run(iterCreate(this.ownersLink));
+    } catch (e) {
+      // A walk that failed half-way leaves counts behind: none may be in the next scrape's.
+      mapDrain(this.maps.counts, COUNT_KEY_SIZE, 8, this.maps.maxKeys);
+      throw e;
     } finally {
       mapDrain(this.maps.listeners, LISTEN_KEY_SIZE, 8, MAX_LISTENERS);
     }
-    const { keys, values, count } = mapDrain(this.maps.counts, COUNT_KEY_SIZE, 8, MAX_KEYS);
+    const { keys, values, count } = mapDrain(this.maps.counts, COUNT_KEY_SIZE, 8, this.maps.maxKeys);
     if (blobMapRead(this.maps.config, 8).readUInt32LE(4) !== 0) return null;
     const out: SocketCount[] = [];
     if (this.ownersLink === undefined) {

@@ -38,6 +38,8 @@ export class Exporter {
   private running: Promise<string> | undefined;
   /** the kernel's counting programs, loaded at the first scrape; null where they cannot load (records then) */
   private counter: SocketCounter | null | undefined;
+  /** whether a scrape that fell back from the counts to the records was logged */
+  private toldRecords = false;
 
   constructor(
     private readonly o: SnapshotOptions & { log: (line: string) => void },
@@ -125,7 +127,12 @@ export class Exporter {
   private async take(): Promise<string> {
     const t0 = process.hrtime.bigint();
     try {
-      this.fill(takeSnapshot(this.o, this.counting()));
+      this.fill(
+        takeSnapshot(this.o, this.counting(), (reason) => {
+          if (!this.toldRecords) this.o.log(`${reason}: this scrape read every socket instead (said once)`);
+          this.toldRecords = true;
+        }),
+      );
     } catch (e) {
       this.scrapeErrors.inc();
       this.o.log(`scrape failed: ${(e as Error).message}`);

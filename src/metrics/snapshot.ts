@@ -168,12 +168,18 @@ class Tally {
 
 /**
  * One pass over every namespace's sockets, counted: in the kernel by `counter` where it is given and its
- * counts fit (socket-counts.ts), else from the inventory's records (inspectEach).
+ * counts fit (socket-counts.ts), else from the inventory's records (inspectEach). `why` hears why the counts
+ * could not be used, when they could not.
  */
-export function takeSnapshot(o: SnapshotOptions, counter?: SocketCounter): Snapshot {
+export function takeSnapshot(o: SnapshotOptions, counter?: SocketCounter, why?: (reason: string) => void): Snapshot {
   if (counter) {
-    const s = countedSnapshot(o, counter);
-    if (s) return s;
+    try {
+      const s = countedSnapshot(o, counter);
+      if (s) return s;
+      why?.("more distinct counts than the kernel's map holds");
+    } catch (e) {
+      why?.(`counting in the kernel failed: ${(e as Error).message}`);
+    }
   }
   return recordSnapshot(o);
 }

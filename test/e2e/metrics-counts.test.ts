@@ -19,7 +19,13 @@ import { type Connection, inspectEach } from "../../src/inspect/connections.js";
 import type { NetNamespace } from "../../src/inspect/namespaces.js";
 import { type SocketCount, SocketCounter } from "../../src/inspect/socket-counts.js";
 import { stateMask } from "../../src/kernel/states.js";
-import { countedSnapshot, type OwnerLabel, recordSnapshot, type Snapshot } from "../../src/metrics/snapshot.js";
+import {
+  countedSnapshot,
+  type OwnerLabel,
+  recordSnapshot,
+  type Snapshot,
+  takeSnapshot,
+} from "../../src/metrics/snapshot.js";
 import { deadPeerAfter } from "../../src/settings.js";
 import { KaAgent, kaAgentExe } from "../helpers/agent.js";
 import { python3 } from "../helpers/env.js";
@@ -179,6 +185,20 @@ test("the kernel's counts equal the records and getsockopt, key by key, in two n
     } finally {
       counter.close();
     }
+  }
+
+  // More keys than the map holds: the count says so (null), and the snapshot is the records' instead.
+  const small = SocketCounter.open({ owners: true, maxKeys: 2 });
+  try {
+    assert.equal(small.count(namespaces), null, "a count map of 2 keys cannot hold the test's");
+    const o = { labels: ["process" as const], maxSeries: 100_000, ports: 0 };
+    const reasons: string[] = [];
+    const s = takeSnapshot(o, small, (r) => reasons.push(r));
+    assert.match(reasons.join(), /more distinct counts than the kernel's map holds/);
+    assert.notEqual(s.via, "bpf-counts");
+    assert.deepEqual(ours(s, names, []), ours(recordSnapshot(o), names, []));
+  } finally {
+    small.close();
   }
 
   // The oracle: getsockopt on each owned socket (the accept queue's have no owner, so no exact settings there).
