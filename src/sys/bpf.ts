@@ -549,7 +549,9 @@ export function mapDrain(
       if (first && e.errnoName === "EINVAL") return drainOneByOne(mapFd, keys, values, keySize, valueSize, room);
       throw e;
     }
-    count += attr.readUInt32LE(32);
+    const got = attr.readUInt32LE(32);
+    if (got === 0) break; // nothing handed out and no ENOENT: do not ask forever
+    count += got;
   }
   return { keys, values, count };
 }
