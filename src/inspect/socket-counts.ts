@@ -41,6 +41,7 @@ import { CachedBtf } from "../sys/btf.js";
 import { close, kernelHz } from "../sys/libc.js";
 import { readFd } from "../sys/read-ahead-ring.js";
 import type { NetNamespace } from "./namespaces.js";
+import { tcpInUse } from "./netstat.js";
 
 /** One count: sockets that share all of these. */
 export interface SocketCount {
@@ -178,6 +179,10 @@ export class SocketCounter {
           this.run(iterCreate(this.tcpLink));
           continue;
         }
+        // A namespace with no TCP socket hashed (a container without a network, one that only listens on
+        // nothing): no walk, which would scan the whole established hash for nothing (~18 ms at 100,000
+        // sockets on the host).
+        if (ns.pid !== undefined && tcpInUse(ns.pid) === 0) continue;
         let fd: number;
         try {
           fd = openSync(ns.path, constants.O_RDONLY);
