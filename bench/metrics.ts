@@ -87,7 +87,10 @@ async function main(): Promise<void> {
     const counted = /^tcpka_connections\{[^}]*\} (\d+)$/gm;
     let established = 0;
     for (let m = counted.exec(first.text); m; m = counted.exec(first.text)) established += Number(m[1]);
-    log(`warm-up scrape: ${first.ms.toFixed(0)} ms, ${established} established sockets counted`);
+    const namespaces = /^tcpka_network_namespaces (\d+)$/m.exec(first.text)?.[1] ?? "?";
+    log(
+      `warm-up scrape: ${first.ms.toFixed(0)} ms, ${established} established sockets counted in ${namespaces} namespaces`,
+    );
     const scrapeMs: number[] = [];
     const ssMs: number[] = [];
     for (let i = 0; i < SCRAPES; i++) {
@@ -126,7 +129,7 @@ async function main(): Promise<void> {
         "|---|---|",
         `| sockets on the host (held, idle loopback) | ${CONNECTIONS * 2} |`,
         `| owner labels | ${values.labels ?? "all (process, container, pod_namespace, pod, unit)"} |`,
-        `| established sockets the scrape counted | ${established} |`,
+        `| established sockets the scrape counted | ${established} (network namespaces on the host: ${namespaces}) |`,
         `| **a scrape, median of ${SCRAPES}** (GET /metrics to its last byte; target ≤ 250 ms) | **${median(scrapeMs).toFixed(0)} ms** (${scrapeMs.map((x) => x.toFixed(0)).join(", ")}) |`,
         `| the anchor, \`ss -tnoe\`, median of ${SCRAPES} (one namespace, no owners) | ${median(ssMs).toFixed(0)} ms (${ssMs.map((x) => x.toFixed(0)).join(", ")}) |`,
         `| scrape / ss, pair by pair, median | ${median(ratios).toFixed(2)}× |`,
