@@ -13,23 +13,24 @@
  *          namespace listens on it (a listener walked before it: bpf_iter_tcp_batch takes the listening hash
  *          before the established one, net/ipv4/tcp_ipv4.c), else its peer's
  *    8 u64 the socket's cgroup v2 id (sk_cgrp_data's cgroup->kn->id; established only)
- *   16 u32 the tgid of its first owner, from the owners' marks (established, with owners only)
+ *   16 u32 the tgid of its first owner: 0 in the TCP walk's counts, the process's in the owners' walk's
  *   20 u32 icsk_user_timeout (ms)   24 u32 keepalive_time   28 u32 keepalive_intvl (jiffies)   32 u8 probes
  *          (keepalive on only; each resolved to the namespace's sysctl where the socket's own is 0, as
  *          keepalive_time_when() and friends in include/net/tcp.h do)
  *
  * The listeners' map: key (u32 namespace inode, u32 port), value u64 1; user space empties both maps after each
  * walk (BPF_MAP_LOOKUP_AND_DELETE_BATCH). The config array's one value: u32 the scrape's generation (the owners'
- * marks of this scrape carry it), u32 how many sockets could not be counted because the count map was full.
+ * marks of this scrape carry it), u32 how many sockets could not be counted because a map was full.
  *
  * The owners (for the process label): after the TCP walks, a task_file iterator program (ownerCountsProgram)
  * counts each ESTABLISHED socket that a process's main thread holds once more, with the same key and the
  * process's tgid: user space then has, for each key, all its sockets (tgid 0, the TCP walk's) and those of each
  * first owner, and the difference is the sockets that no process showed (comm "", as in the record path). A
- * socket held by more than one fd table is counted for the first process only, through a mark in socket local
+ * socket whose file more than one reference holds (several fd tables, a dup) is counted for the first process
+ * only, through a mark in socket local
  * storage (bpf_sk_storage_get is allowed in iterators: bpf_sk_storage_tracing_allowed, net/core/bpf_sk_storage.c)
- * that carries the scrape's generation; a socket that one fd table alone holds needs no mark (a mark on every
- * socket cost 40 % more than the walk itself: BENCHMARKS.md §7).
+ * that carries the scrape's generation; a socket that one fd alone holds needs no mark (marking every socket,
+ * and reading the mark back in the TCP walk, cost ~40 ms more in each walk at 100,000 sockets: BENCHMARKS.md §7).
  *
  * Kernel needs: the TCP iterator and bpf_skc_to_tcp_sock (5.9); for the owners the task_file iterator with
  * bpf_sock_from_file and bpf_sk_storage_get from iterators (5.11); BPF_MAP_LOOKUP_AND_DELETE_BATCH (5.6, else

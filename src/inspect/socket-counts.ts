@@ -9,7 +9,7 @@
  *
  * Needs what KernelSockets needs (the TCP iterator, Linux 5.9, BTF, CAP_BPF + CAP_PERFMON or root), and for the
  * owners the task_file iterator with bpf_sock_from_file and bpf_sk_storage_get in iterators (5.11). open()
- * throws where the kernel refuses; the caller (metrics/snapshot.ts) then takes the record path.
+ * throws where the kernel refuses; the caller (metrics/exporter.ts) then scrapes from the records.
  */
 import { closeSync, constants, openSync } from "node:fs";
 import { release } from "node:os";
