@@ -35,10 +35,11 @@ const SCRAPES = Number(values.scrapes);
 const INTERVAL_S = Number(values.interval);
 const WINDOW_S = Number(values.window);
 
-function cpuSeconds(pid: number): number {
+/** The process's CPU time so far, user and system (every thread: utime and stime of /proc/PID/stat), in seconds. */
+function cpuSeconds(pid: number): { user: number; system: number } {
   const stat = readFileSync(`/proc/${pid}/stat`, "latin1");
   const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(f[11]) + Number(f[12])) / 100;
+  return { user: Number(f[11]) / 100, system: Number(f[12]) / 100 };
 }
 
 function rssMiB(pid: number): number {
@@ -86,7 +87,10 @@ async function main(): Promise<void> {
     const counted = /^tcpka_connections\{[^}]*\} (\d+)$/gm;
     let established = 0;
     for (let m = counted.exec(first.text); m; m = counted.exec(first.text)) established += Number(m[1]);
-    log(`warm-up scrape: ${first.ms.toFixed(0)} ms, ${established} established sockets counted`);
+    const namespaces = /^tcpka_network_namespaces (\d+)$/m.exec(first.text)?.[1] ?? "?";
+    log(
+      `warm-up scrape: ${first.ms.toFixed(0)} ms, ${established} established sockets counted in ${namespaces} namespaces`,
+    );
     const scrapeMs: number[] = [];
     const ssMs: number[] = [];
     for (let i = 0; i < SCRAPES; i++) {
@@ -112,7 +116,8 @@ async function main(): Promise<void> {
     }
     const c1 = cpuSeconds(pid);
     const w1 = Date.now();
-    const share = ((c1 - c0) / ((w1 - w0) / 1000)) * 100;
+    const used = c1.user + c1.system - c0.user - c0.system;
+    const share = (used / ((w1 - w0) / 1000)) * 100;
     const ratios = scrapeMs.map((s, i) => s / (ssMs[i] as number));
     process.stdout.write(
       [
@@ -124,12 +129,12 @@ async function main(): Promise<void> {
         "|---|---|",
         `| sockets on the host (held, idle loopback) | ${CONNECTIONS * 2} |`,
         `| owner labels | ${values.labels ?? "all (process, container, pod_namespace, pod, unit)"} |`,
-        `| established sockets the scrape counted | ${established} |`,
+        `| established sockets the scrape counted | ${established} (network namespaces on the host: ${namespaces}) |`,
         `| **a scrape, median of ${SCRAPES}** (GET /metrics to its last byte; target ≤ 250 ms) | **${median(scrapeMs).toFixed(0)} ms** (${scrapeMs.map((x) => x.toFixed(0)).join(", ")}) |`,
         `| the anchor, \`ss -tnoe\`, median of ${SCRAPES} (one namespace, no owners) | ${median(ssMs).toFixed(0)} ms (${ssMs.map((x) => x.toFixed(0)).join(", ")}) |`,
         `| scrape / ss, pair by pair, median | ${median(ratios).toFixed(2)}× |`,
         `| the endpoint's RSS after the scrapes | ${rss.toFixed(0)} MiB |`,
-        `| endpoint CPU over ${((w1 - w0) / 1000).toFixed(0)} s, one scrape every ${INTERVAL_S} s (${n} scrapes) | ${(c1 - c0).toFixed(2)} s |`,
+        `| endpoint CPU over ${((w1 - w0) / 1000).toFixed(0)} s, one scrape every ${INTERVAL_S} s (${n} scrapes) | ${used.toFixed(2)} s (user ${(c1.user - c0.user).toFixed(2)}, system ${(c1.system - c0.system).toFixed(2)}) |`,
         `| **share of one CPU** (target ≤ 1 %) | **${share.toFixed(2)} %** |`,
         "",
       ].join("\n"),

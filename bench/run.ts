@@ -11,10 +11,11 @@
  *            (agent.ts, its own process)
  *   metrics  a scrape of 100,000 connections beside `ss -tnoe`, and the endpoint's CPU at one scrape every 15 s
  *            (metrics.ts, its own process)
+ *   walk-floor  the kernel walks under a scrape alone, at 100,000 sockets (walk-floor.ts, its own process)
  *   watch    loopback connections per second with and without `tcpka watch` (watch.ts, its own process)
  *
  * Environment:
- *   BENCH_ONLY         a comma-separated subset of ls,shim,enable,enforce,agent,metrics,watch (default: all seven)
+ *   BENCH_ONLY         a comma-separated subset of ls,shim,enable,enforce,agent,metrics,walk-floor,watch (default: all eight)
  *   BENCH_SOCKETS      ls: socket counts (default 20000,100000); the smallest and the largest are the issue's
  *                      20,000 and 100,000
  *   BENCH_RUNS         ls: timed rounds per command (7), after one warm-up round
@@ -42,7 +43,7 @@ import { benchShim, reportShim, type ShimResult } from "./shim.js";
 
 const ROOT = fileURLToPath(new URL("../../", import.meta.url)); // dist-test/bench -> project root
 const env = (name: string, dflt: string) => process.env[name] || dflt;
-const ONLY = new Set(env("BENCH_ONLY", "ls,shim,enable,enforce,agent,metrics,watch").split(","));
+const ONLY = new Set(env("BENCH_ONLY", "ls,shim,enable,enforce,agent,metrics,walk-floor,watch").split(","));
 
 function sh(cmd: string, args: string[]): string {
   const r = spawnSync(cmd, args, { encoding: "utf8" });
@@ -138,6 +139,7 @@ async function main(): Promise<number> {
       ["enforce", ["--cycles", "10000", "--rounds", "30"]],
       ["agent", []],
       ["metrics", []],
+      ["walk-floor", []],
       ["watch", []],
     ];
     for (const [name, args] of scripts) {

@@ -78,7 +78,12 @@ export async function runMetrics(argv: readonly string[], out: Out): Promise<num
   };
   if (euid() !== 0) log("not root: only the kernel's timers are seen, and other users' sockets have no owner");
   if (once) {
-    out.write(await new Exporter({ ...options, log }).scrape());
+    const exporter = new Exporter({ ...options, log });
+    try {
+      out.write(await exporter.scrape());
+    } finally {
+      exporter.close();
+    }
     return 0;
   }
   const stop = stopOnSignals();

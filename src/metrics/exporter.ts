@@ -1,14 +1,16 @@
 /**
  * The Prometheus metrics of `tcpka metrics` and `tcpka agent --metrics`, in the text format through prom-client
  * (the kept library: its escaping of label values, HELP/TYPE lines and content type are the ones Prometheus
- * expects). Every scrape makes one inventory pass (snapshot.ts); the counters mirror the kernel's own counts
- * (set to them, never added to here). The agent adds what it enforces (agentPart).
+ * expects). Every scrape counts every socket once (snapshot.ts: in the kernel where the counting programs load,
+ * else from the inventory's records); the counters mirror the kernel's own counts (set to them, never added to
+ * here). The agent adds what it enforces (agentPart).
  */
-import type { Counter, Gauge, Histogram, Registry } from "prom-client";
+import type { Counter, Gauge, Registry } from "prom-client";
 // prom-client is CommonJS: its classes come from the default export (named imports of it fail in ESM).
 import prom from "prom-client";
 import type { AgentStatus } from "../agent/status.js";
 import type { Listed } from "../enforce/cgroup.js";
+import { SocketCounter } from "../inspect/socket-counts.js";
 import { DETECTION_BOUNDS, type OwnerLabel, type Snapshot, type SnapshotOptions, takeSnapshot } from "./snapshot.js";
 
 /** What the agent hands the exporter at each scrape: its status now, and its enforcements' kernel counters. */
@@ -25,7 +27,7 @@ export class Exporter {
   private readonly folded: Gauge<string>;
   private readonly byPort: Gauge<string>;
   private readonly listening: Gauge<string>;
-  private readonly detecting: Histogram<string>;
+  private readonly detecting: CountedHistogram;
   private readonly worst: Gauge<string>;
   private readonly probes: Counter<string>;
   private readonly timedOut: Counter<string>;
@@ -36,6 +38,10 @@ export class Exporter {
   private readonly agent: ReturnType<typeof agentMetrics> | undefined;
   /** the scrape under way: a second one at the same time waits for it and answers the same */
   private running: Promise<string> | undefined;
+  /** the kernel's counting programs, loaded at the first scrape; null where they cannot load (records then) */
+  private counter: SocketCounter | null | undefined;
+  /** whether a scrape that fell back from the counts to the records was logged */
+  private toldRecords = false;
 
   constructor(
     private readonly o: SnapshotOptions & { log: (line: string) => void },
@@ -66,12 +72,12 @@ export class Exporter {
       labelNames: ["keepalive"],
       registers,
     });
-    this.detecting = new prom.Histogram({
-      name: "tcpka_dead_peer_detection_seconds",
-      help: 'How long the established connections with keepalive on take to notice a vanished peer (idle + interval x count, or the user timeout): the connections there are now, counted afresh at each scrape (use histogram_quantile on it as it is, not on rate()); those with keepalive off never notice (tcpka_connections{keepalive="off"})',
-      buckets: [...DETECTION_BOUNDS],
-      registers,
-    });
+    this.detecting = new CountedHistogram(
+      "tcpka_dead_peer_detection_seconds",
+      'How long the established connections with keepalive on take to notice a vanished peer (idle + interval x count, or the user timeout): the connections there are now, counted afresh at each scrape (use histogram_quantile on it as it is, not on rate()); those with keepalive off never notice (tcpka_connections{keepalive="off"})',
+      DETECTION_BOUNDS,
+    );
+    this.registry.registerMetric(this.detecting as unknown as prom.Metric);
     this.worst = new prom.Gauge({
       name: "tcpka_dead_peer_detection_worst_seconds",
       help: "The longest time any established connection takes to notice a vanished peer: +Inf when one has keepalive off, 0 with no established connection",
@@ -123,7 +129,12 @@ export class Exporter {
   private async take(): Promise<string> {
     const t0 = process.hrtime.bigint();
     try {
-      this.fill(takeSnapshot(this.o));
+      this.fill(
+        takeSnapshot(this.o, this.counting(), (reason) => {
+          if (!this.toldRecords) this.o.log(`${reason}: this scrape read every socket instead (said once)`);
+          this.toldRecords = true;
+        }),
+      );
     } catch (e) {
       this.scrapeErrors.inc();
       this.o.log(`scrape failed: ${(e as Error).message}`);
@@ -131,6 +142,30 @@ export class Exporter {
     this.scrapeSeconds.set(Number(process.hrtime.bigint() - t0) / 1e9);
     if (this.agent && this.agentPart) fillAgent(this.agent, this.agentPart);
     return this.registry.metrics();
+  }
+
+  /** The counting programs, loaded once; null (the records, each scrape) where this kernel or user cannot. */
+  private counting(): SocketCounter | undefined {
+    if (this.counter === undefined) {
+      const owners = this.o.labels.includes("process");
+      this.counter = null;
+      if (SocketCounter.possible(owners)) {
+        try {
+          this.counter = SocketCounter.open({ owners });
+        } catch (e) {
+          this.o.log(
+            `counting in the kernel is not possible here (${(e as Error).message}): every socket is read instead`,
+          );
+        }
+      }
+    }
+    return this.counter ?? undefined;
+  }
+
+  /** Unload the counting programs (a scrape after this loads them again). */
+  close(): void {
+    this.counter?.close();
+    this.counter = undefined;
   }
 
   private fill(s: Snapshot): void {
@@ -141,8 +176,7 @@ export class Exporter {
     for (const p of s.byPort) this.byPort.set({ keepalive: p.state, port: p.port }, p.value);
     this.listening.reset();
     for (const state of ["on", "off", "unknown"] as const) this.listening.set({ keepalive: state }, s.listening[state]);
-    this.detecting.reset();
-    for (const t of s.detectionTimes) this.detecting.observe(t);
+    this.detecting.set(s.detection);
     this.worst.reset();
     if (s.worstDetection !== null) this.worst.set(s.worstDetection);
     this.probes.reset();
@@ -153,6 +187,54 @@ export class Exporter {
     }
     this.namespaces.set(s.namespaces);
     this.exact.set(s.exact ? 1 : 0);
+  }
+}
+
+/**
+ * A histogram filled from counts (so many connections take so many seconds) instead of one observe() per
+ * connection, with the samples prom-client's Histogram gives (_bucket with le, cumulative, then +Inf, _sum,
+ * _count), registered in the registry as a metric of its own (its get() is what the registry formats).
+ */
+class CountedHistogram {
+  readonly type = "histogram";
+  readonly aggregator = "sum";
+  private values: { seconds: number; count: number }[] = [];
+
+  constructor(
+    readonly name: string,
+    readonly help: string,
+    private readonly bounds: readonly number[],
+  ) {}
+
+  set(values: { seconds: number; count: number }[]): void {
+    this.values = values;
+  }
+
+  reset(): void {
+    this.values = [];
+  }
+
+  get() {
+    const inBucket = new Array<number>(this.bounds.length).fill(0);
+    let sum = 0;
+    let count = 0;
+    for (const { seconds, count: n } of this.values) {
+      sum += seconds * n;
+      count += n;
+      const i = this.bounds.findIndex((b) => seconds <= b);
+      if (i >= 0) inBucket[i] = (inBucket[i] as number) + n;
+    }
+    const bucket = `${this.name}_bucket`;
+    const values: { labels: Record<string, string | number>; value: number; metricName: string }[] = [];
+    let acc = 0;
+    this.bounds.forEach((le, i) => {
+      acc += inBucket[i] as number;
+      values.push({ labels: { le }, value: acc, metricName: bucket });
+    });
+    values.push({ labels: { le: "+Inf" }, value: count, metricName: bucket });
+    values.push({ labels: {}, value: sum, metricName: `${this.name}_sum` });
+    values.push({ labels: {}, value: count, metricName: `${this.name}_count` });
+    return { name: this.name, help: this.help, type: this.type, values, aggregator: this.aggregator };
   }
 }
 

@@ -121,7 +121,10 @@ export async function startMetrics(
     close: () =>
       new Promise((resolve) => {
         server.closeAllConnections();
-        server.close(() => resolve());
+        server.close(() => {
+          exporter.close();
+          resolve();
+        });
       }),
   };
 }

@@ -1,14 +1,20 @@
 /**
- * What one scrape counts, from one pass of the inventory over every network namespace (inspect/connections.ts,
- * the kernel pass where it loads): the established connections by keepalive state and owner, by service port,
- * their dead-peer detection times, the listening sockets, and each namespace's keepalive probe and time-out
- * counters (TcpExtTCPKeepAlive, TcpExtTCPAbortOnTimeout). Owner labels are folded so that the number of series stays bounded: see foldOwners.
+ * What one scrape counts over every network namespace: the established connections by keepalive state and
+ * owner, by service port, their dead-peer detection times, the listening sockets, and each namespace's
+ * keepalive probe and time-out counters (TcpExtTCPKeepAlive, TcpExtTCPAbortOnTimeout). Counted in the kernel
+ * where it can (inspect/socket-counts.ts: a few hundred map entries instead of a record per socket), else from
+ * one pass of the inventory (inspect/connections.ts); both give the same snapshot. Owner labels are folded so
+ * that the number of series stays bounded: see foldOwners.
  */
 import { DEFAULT_FILTER, type SocketFilter } from "../filter.js";
 import { type Connection, inspectEach } from "../inspect/connections.js";
+import { type NetNamespace, networkNamespaces } from "../inspect/namespaces.js";
 import { tcpExt } from "../inspect/netstat.js";
+import { commOf } from "../inspect/processes.js";
+import type { SocketCounter } from "../inspect/socket-counts.js";
 import { type Workload, Workloads } from "../inspect/workloads.js";
 import { stateMask } from "../kernel/states.js";
+import { deadPeerAfter } from "../settings.js";
 
 /** The owner labels a scrape may carry; which ones is the operator's choice (--labels). */
 export const OWNER_LABELS = ["process", "container", "pod_namespace", "pod", "unit"] as const;
@@ -50,8 +56,8 @@ export interface Snapshot {
   folded: number;
   byPort: { port: string; state: KeepaliveState; value: number }[];
   listening: Record<KeepaliveState, number>;
-  /** the dead-peer detection time (seconds) of each established connection with keepalive on that is known */
-  detectionTimes: Float64Array;
+  /** the dead-peer detection times (seconds) of the established connections with keepalive on that are known, ascending, with how many take each */
+  detection: { seconds: number; count: number }[];
   /** the longest known detection time, Infinity when a connection never notices; null with none */
   worstDetection: number | null;
   /** each namespace's probe and time-out counters (through a process in it), with whose namespace it is */
@@ -84,85 +90,185 @@ function ownerLabels(comm: string, w: Workload | null, want: readonly OwnerLabel
   return out;
 }
 
-/** One pass over every namespace's sockets, counted. */
-export function takeSnapshot(o: SnapshotOptions): Snapshot {
-  // Counted per (process name, workload object) as the connections stream by, and only then turned into label
-  // sets: a label record and its key made per connection cost as much as the inventory itself at 100,000.
-  // The lookup hands out one Workload object per cgroup, so the inner maps stay small.
-  const byComm = new Map<string, Map<Workload | null, Record<KeepaliveState, number>>>();
-  const wantProcess = o.labels.includes("process");
-  const wantWorkload = o.labels.some((l) => l !== "process");
-  const listening: Record<KeepaliveState, number> = { on: 0, off: 0, unknown: 0 };
-  const listeningPorts = new Set<number>(); // netns * 65536 + port
-  const ports = { netns: [] as number[], local: [] as number[], remote: [] as number[], state: [] as KeepaliveState[] };
-  let detectionTimes = new Float64Array(1024);
-  let detecting = 0;
-  let worst: number | null = null;
-  let exact = false;
-  // The owners' walk (every process's file table) only for the process label: without it a scrape costs the
-  // kernel about a third less (BENCHMARKS.md §7); the settings are exact either way (the kernel pass reads them).
-  const info = inspectEach(ESTABLISHED_AND_LISTENING, { allNetns: true, processes: wantProcess }, (c) => {
-    const state = stateOf(c);
-    if (c.source === "exact") exact = true;
-    if (c.socket.state === "LISTEN") {
-      listening[state]++;
-      listeningPorts.add((c.netns ?? 0) * 65536 + c.socket.localPort);
-      return;
-    }
-    const comm = wantProcess ? (c.owners[0]?.comm ?? "") : "";
-    let inner = byComm.get(comm);
+type Counts = Record<KeepaliveState, number>;
+
+/**
+ * What a scrape adds up, whichever way the sockets were read: counted per (process name, workload object) and
+ * only then turned into label sets (a label record and its key made per connection cost as much as the
+ * inventory itself at 100,000); the lookup hands out one Workload object per cgroup, so the inner maps stay small.
+ */
+class Tally {
+  readonly byComm = new Map<string, Map<Workload | null, Counts>>();
+  readonly listening: Counts = { on: 0, off: 0, unknown: 0 };
+  readonly byPort = new Map<number, Counts>();
+  /** detection time (s) -> established connections with keepalive on that take it */
+  readonly detection = new Map<number, number>();
+  worst: number | null = null;
+  exact = false;
+
+  connections(comm: string, w: Workload | null, state: KeepaliveState, n: number): void {
+    let inner = this.byComm.get(comm);
     if (!inner) {
       inner = new Map();
-      byComm.set(comm, inner);
+      this.byComm.set(comm, inner);
     }
-    const w = wantWorkload ? (c.workload ?? null) : null;
     let counts = inner.get(w);
     if (!counts) {
       counts = { on: 0, off: 0, unknown: 0 };
       inner.set(w, counts);
     }
-    counts[state]++;
+    counts[state] += n;
+  }
+
+  port(port: number, state: KeepaliveState, n: number): void {
+    let e = this.byPort.get(port);
+    if (!e) {
+      e = { on: 0, off: 0, unknown: 0 };
+      this.byPort.set(port, e);
+    }
+    e[state] += n;
+  }
+
+  /** `after`: the connections' detection time (deadPeerAfter); null with keepalive off or unknown */
+  detect(keepalive: boolean | null, after: number | null, n: number): void {
+    if (keepalive === false) this.worst = Number.POSITIVE_INFINITY;
+    else if (after !== null) {
+      this.detection.set(after, (this.detection.get(after) ?? 0) + n);
+      if (this.worst === null || after > this.worst) this.worst = after;
+    }
+  }
+
+  snapshot(o: SnapshotOptions, info: { namespaces: ReadonlyMap<number, NetNamespace>; via: string }): Snapshot {
+    // Label sets, merged where two workload objects (two cgroups of one container) carry the same labels.
+    const sets = new Map<string, { labels: Record<string, string>; counts: Counts }>();
+    for (const [comm, inner] of this.byComm) {
+      for (const [w, counts] of inner) {
+        const labels = ownerLabels(comm, w, o.labels);
+        const key = JSON.stringify(labels);
+        const e = sets.get(key);
+        if (!e) sets.set(key, { labels, counts: { ...counts } });
+        else for (const k of ["on", "off", "unknown"] as const) e.counts[k] += counts[k];
+      }
+    }
+    const { series, folded } = foldOwners([...sets.values()], o.maxSeries, o.labels);
+    return {
+      connections: series,
+      folded,
+      byPort: o.ports > 0 ? portSeries(this.byPort, o.ports) : [],
+      listening: this.listening,
+      detection: [...this.detection].sort((a, b) => a[0] - b[0]).map(([seconds, count]) => ({ seconds, count })),
+      worstDetection: this.worst,
+      counters: namespaceCounters(info.namespaces, o.labels),
+      namespaces: info.namespaces.size,
+      via: info.via,
+      exact: this.exact,
+    };
+  }
+}
+
+/**
+ * One pass over every namespace's sockets, counted: in the kernel by `counter` where it is given and its
+ * counts fit (socket-counts.ts), else from the inventory's records (inspectEach). `why` hears why the counts
+ * could not be used, when they could not.
+ */
+export function takeSnapshot(o: SnapshotOptions, counter?: SocketCounter, why?: (reason: string) => void): Snapshot {
+  if (counter) {
+    try {
+      const s = countedSnapshot(o, counter);
+      if (s) return s;
+      why?.("more distinct counts than the kernel's map holds");
+    } catch (e) {
+      why?.(`counting in the kernel failed: ${(e as Error).message}`);
+    }
+  }
+  return recordSnapshot(o);
+}
+
+/** From the records of every socket (the kernel pass's, or sock_diag and getsockopt's). */
+export function recordSnapshot(o: SnapshotOptions): Snapshot {
+  const t = new Tally();
+  const wantProcess = o.labels.includes("process");
+  const wantWorkload = o.labels.some((l) => l !== "process");
+  const listeningPorts = new Set<number>(); // netns * 65536 + port
+  const ports = { netns: [] as number[], local: [] as number[], remote: [] as number[], state: [] as KeepaliveState[] };
+  // The owners' walk (every process's file table) only for the process label: without it a scrape costs the
+  // kernel about a third less (BENCHMARKS.md §7); the settings are exact either way (the kernel pass reads them).
+  const info = inspectEach(ESTABLISHED_AND_LISTENING, { allNetns: true, processes: wantProcess }, (c) => {
+    const state = stateOf(c);
+    if (c.source === "exact") t.exact = true;
+    if (c.socket.state === "LISTEN") {
+      t.listening[state]++;
+      listeningPorts.add((c.netns ?? 0) * 65536 + c.socket.localPort);
+      return;
+    }
+    t.connections(wantProcess ? (c.owners[0]?.comm ?? "") : "", wantWorkload ? (c.workload ?? null) : null, state, 1);
     if (o.ports > 0) {
       ports.netns.push(c.netns ?? 0);
       ports.local.push(c.socket.localPort);
       ports.remote.push(c.socket.peerPort);
       ports.state.push(state);
     }
-    if (c.keepalive === false) worst = Number.POSITIVE_INFINITY;
-    else if (c.deadPeerAfter !== null) {
-      if (detecting === detectionTimes.length) {
-        const bigger = new Float64Array(detecting * 2);
-        bigger.set(detectionTimes);
-        detectionTimes = bigger;
-      }
-      detectionTimes[detecting++] = c.deadPeerAfter;
-      if (worst === null || c.deadPeerAfter > worst) worst = c.deadPeerAfter;
-    }
+    t.detect(c.keepalive, c.deadPeerAfter, 1);
   });
-  // Label sets, merged where two workload objects (two cgroups of one container) carry the same labels.
-  const sets = new Map<string, { labels: Record<string, string>; counts: Record<KeepaliveState, number> }>();
-  for (const [comm, inner] of byComm) {
-    for (const [w, counts] of inner) {
-      const labels = ownerLabels(comm, w, o.labels);
-      const key = JSON.stringify(labels);
-      const e = sets.get(key);
-      if (!e) sets.set(key, { labels, counts: { ...counts } });
-      else for (const k of ["on", "off", "unknown"] as const) e.counts[k] += counts[k];
-    }
+  // The service port: the local one where the namespace listens on it (the server's end of an accepted
+  // connection), else the peer's.
+  for (let i = 0; i < ports.state.length; i++) {
+    const local = ports.local[i] as number;
+    const listened = listeningPorts.has((ports.netns[i] as number) * 65536 + local);
+    t.port(listened ? local : (ports.remote[i] as number), ports.state[i] as KeepaliveState, 1);
   }
-  const { series, folded } = foldOwners([...sets.values()], o.maxSeries, o.labels);
-  return {
-    connections: series,
-    folded,
-    byPort: o.ports > 0 ? portSeries(ports, listeningPorts, o.ports) : [],
-    listening,
-    detectionTimes: detectionTimes.subarray(0, detecting),
-    worstDetection: worst,
-    counters: namespaceCounters(info.namespaces, o.labels),
-    namespaces: info.namespaces.size,
-    via: info.via,
-    exact,
-  };
+  return t.snapshot(o, info);
+}
+
+/**
+ * From the kernel's counts (socket-counts.ts): the same answers as recordSnapshot, with the workload of each
+ * count looked up as the inventory looks it up for a connection (by its cgroup, else its first owner's, else
+ * its namespace's: WorkloadLookup in inspect/connections.ts). null when the counts did not fit the kernel's map.
+ */
+export function countedSnapshot(o: SnapshotOptions, counter: SocketCounter): Snapshot | null {
+  const wantProcess = o.labels.includes("process");
+  const wantWorkload = o.labels.some((l) => l !== "process");
+  const list = networkNamespaces();
+  const counts = counter.count(list);
+  if (counts === null) return null;
+  const t = new Tally();
+  const workloads = wantWorkload ? Workloads.load() : null;
+  const byPid = new Map<number, Workload | null>();
+  const comms = new Map<number, string>();
+  for (const c of counts) {
+    const state: KeepaliveState = c.keepalive ? "on" : "off";
+    t.exact = true; // every ESTABLISHED or LISTEN socket is a full one: its settings are its own
+    if (c.listening) {
+      t.listening[state] += c.count;
+      continue;
+    }
+    let comm = "";
+    if (wantProcess && c.owner !== 0) {
+      let known = comms.get(c.owner);
+      if (known === undefined) {
+        known = commOf(c.owner);
+        comms.set(c.owner, known);
+      }
+      comm = known;
+    }
+    let w: Workload | null = null;
+    if (workloads) {
+      if (c.cgroup) w = workloads.ofCgroup(c.cgroup);
+      else if (c.owner !== 0) {
+        let byOwner = byPid.get(c.owner);
+        if (byOwner === undefined) {
+          byOwner = workloads.ofPid(c.owner);
+          byPid.set(c.owner, byOwner);
+        }
+        w = byOwner;
+      }
+      w ??= workloads.ofNetns(c.netns);
+    }
+    t.connections(comm, w, state, c.count);
+    if (o.ports > 0) t.port(c.port, state, c.count);
+    t.detect(c.keepalive, c.settings ? deadPeerAfter(c.settings) : null, c.count);
+  }
+  return t.snapshot(o, { namespaces: new Map(list.map((ns) => [ns.inum, ns])), via: "bpf-counts" });
 }
 
 /**
@@ -194,31 +300,15 @@ export function foldOwners(
   return { series, folded: rest.length };
 }
 
-/**
- * Established connections by service port: the local port where the namespace listens on it (the server's end
- * of an accepted connection), else the peer's. The `max` ports with the most connections are named, the rest
- * summed as "other".
- */
+/** The `max` service ports with the most connections named, the rest summed as "other". */
 function portSeries(
-  list: { netns: number[]; local: number[]; remote: number[]; state: KeepaliveState[] },
-  listening: ReadonlySet<number>,
+  byPort: ReadonlyMap<number, Counts>,
   max: number,
 ): { port: string; state: KeepaliveState; value: number }[] {
-  const byPort = new Map<number, Record<KeepaliveState, number>>();
-  for (let i = 0; i < list.state.length; i++) {
-    const local = list.local[i] as number;
-    const port = listening.has((list.netns[i] as number) * 65536 + local) ? local : (list.remote[i] as number);
-    let e = byPort.get(port);
-    if (!e) {
-      e = { on: 0, off: 0, unknown: 0 };
-      byPort.set(port, e);
-    }
-    e[list.state[i] as KeepaliveState]++;
-  }
-  const total = (c: Record<KeepaliveState, number>) => c.on + c.off + c.unknown;
+  const total = (c: Counts) => c.on + c.off + c.unknown;
   const sorted = [...byPort].sort((a, b) => total(b[1]) - total(a[1]) || a[0] - b[0]);
   const out: { port: string; state: KeepaliveState; value: number }[] = [];
-  const other: Record<KeepaliveState, number> = { on: 0, off: 0, unknown: 0 };
+  const other: Counts = { on: 0, off: 0, unknown: 0 };
   sorted.forEach(([port, c], i) => {
     for (const state of ["on", "off", "unknown"] as const) {
       if (i < max) {
@@ -240,7 +330,7 @@ function portSeries(
  * the user timeout ran out). A namespace that only `ip netns` keeps, with no process in it, is not read.
  */
 function namespaceCounters(
-  namespaces: ReadonlyMap<number, { pid?: number; own: boolean }>,
+  namespaces: ReadonlyMap<number, NetNamespace>,
   labels: readonly OwnerLabel[],
 ): NamespaceCounters[] {
   const out: NamespaceCounters[] = [];

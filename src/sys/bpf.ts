@@ -511,3 +511,79 @@ export function blobMapRead(mapFd: number, size: number): Buffer {
   mapElem("MAP_LOOKUP_ELEM", mapFd, value);
   return value;
 }
+
+/**
+ * Take every entry out of a hash map of `keySize`-byte keys and `valueSize`-byte values (at most `room`):
+ * BPF_MAP_LOOKUP_AND_DELETE_BATCH (Linux 5.6; attr.batch: in_batch @0, out_batch @8, keys @16, values @24,
+ * count @32, map_fd @36), which hands out whole buckets until it answers ENOENT; before 5.6 (EINVAL), one
+ * BPF_MAP_GET_NEXT_KEY, LOOKUP_ELEM and DELETE_ELEM per entry. A program may add entries meanwhile: only those
+ * handed out are deleted.
+ */
+export function mapDrain(
+  mapFd: number,
+  keySize: number,
+  valueSize: number,
+  room: number,
+): { keys: Buffer; values: Buffer; count: number } {
+  const keys = Buffer.alloc(keySize * room);
+  const values = Buffer.alloc(valueSize * room);
+  const token = Buffer.alloc(8); // the htab's batch token: a u32 bucket index
+  const attr = Buffer.alloc(ATTR_SIZE);
+  let count = 0;
+  for (let first = true; count < room; first = false) {
+    attr.fill(0);
+    if (!first) attr.writeBigUInt64LE(BigInt(addressOf(token)), 0);
+    attr.writeBigUInt64LE(BigInt(addressOf(token)), 8);
+    attr.writeBigUInt64LE(BigInt(addressOf(keys) + count * keySize), 16);
+    attr.writeBigUInt64LE(BigInt(addressOf(values) + count * valueSize), 24);
+    attr.writeUInt32LE(room - count, 32);
+    attr.writeUInt32LE(mapFd, 36);
+    try {
+      bpf("MAP_LOOKUP_AND_DELETE_BATCH", attr);
+    } catch (e) {
+      if (!(e instanceof SysError)) throw e;
+      if (e.errnoName === "ENOENT") {
+        count += attr.readUInt32LE(32);
+        break;
+      }
+      if (first && e.errnoName === "EINVAL") return drainOneByOne(mapFd, keys, values, keySize, valueSize, room);
+      throw e;
+    }
+    const got = attr.readUInt32LE(32);
+    if (got === 0) break; // nothing handed out and no ENOENT: do not ask forever
+    count += got;
+  }
+  return { keys, values, count };
+}
+
+function drainOneByOne(
+  mapFd: number,
+  keys: Buffer,
+  values: Buffer,
+  keySize: number,
+  valueSize: number,
+  room: number,
+): { keys: Buffer; values: Buffer; count: number } {
+  const attr = Buffer.alloc(ATTR_SIZE);
+  let count = 0;
+  for (; count < room; count++) {
+    const key = keys.subarray(count * keySize, (count + 1) * keySize);
+    attr.fill(0);
+    attr.writeUInt32LE(mapFd, 0);
+    // key NULL: the first key (BPF_MAP_GET_NEXT_KEY); the one before was deleted, so always the first
+    attr.writeBigUInt64LE(BigInt(addressOf(key)), 16);
+    try {
+      bpf("MAP_GET_NEXT_KEY", attr);
+    } catch (e) {
+      if (e instanceof SysError && e.errnoName === "ENOENT") break;
+      throw e;
+    }
+    attr.fill(0);
+    attr.writeUInt32LE(mapFd, 0);
+    attr.writeBigUInt64LE(BigInt(addressOf(key)), 8);
+    attr.writeBigUInt64LE(BigInt(addressOf(values) + count * valueSize), 16);
+    bpf("MAP_LOOKUP_ELEM", attr);
+    bpf("MAP_DELETE_ELEM", attr);
+  }
+  return { keys, values, count };
+}
