@@ -68,9 +68,10 @@ Options:
       --metrics ADDR     serve Prometheus metrics at ADDR (PORT: 127.0.0.1 only, ADDRESS:PORT, [IPv6]:PORT):
                          those of tcpka metrics (see its --help) and what the agent enforces
                          (tcpka_agent_targets, _connections_set_up_total, _watched_processes, ...); with
-                         --metrics-labels, --metrics-max-series, --metrics-ports as tcpka metrics' --labels,
-                         --max-series, --ports; GET /healthz answers a liveness or readiness probe
-                         (503 until the first reconcile, or when the last one is three resyncs old)
+                         --metrics-labels, --metrics-max-series, --metrics-ports, --metrics-events as tcpka
+                         metrics' --labels, --max-series, --ports, --events; GET /healthz answers a liveness
+                         or readiness probe (503 until the first reconcile, or when the last one is three
+                         resyncs old)
       --check            check the policy and say what it does; apply nothing (no root needed)
       --explain PID      which rule applies to a process and why (each rule before it, and what failed)
       --oci-hook         what a container runtime runs while it creates a container (oci-hooks(5): podman,
@@ -102,6 +103,7 @@ const OPTIONS = {
   "metrics-labels": { type: "string" },
   "metrics-max-series": { type: "string" },
   "metrics-ports": { type: "string" },
+  "metrics-events": { type: "boolean" },
 } as const;
 
 export async function runAgent(argv: readonly string[], out: Out): Promise<number> {
@@ -119,7 +121,7 @@ export async function runAgent(argv: readonly string[], out: Out): Promise<numbe
   const explain = str(values, "explain");
   if (explain !== undefined && bool(values, "check")) throw usage("--check and --explain: one at a time");
   if (explain !== undefined) return explainPid(explain, file, out);
-  const metricsFlags = ["metrics", "metrics-labels", "metrics-max-series", "metrics-ports"].filter(
+  const metricsFlags = ["metrics", "metrics-labels", "metrics-max-series", "metrics-ports", "metrics-events"].filter(
     (f) => values[f] !== undefined,
   );
   if (metricsFlags.length && (bool(values, "check") || explain !== undefined)) {

@@ -19,9 +19,15 @@ const METRICS_LABEL_HELP = `      --labels LIST      the owner labels of tcpka_c
       --max-series N     at most N owner label sets (default ${MAX_SERIES_DEFAULT}); the ones with the fewest connections
                          are summed into one set labelled "other" (tcpka_connections_owner_sets_folded says how many)
       --ports N          name the N service ports with the most connections in tcpka_connections_by_port, the
-                         rest as "other" (default ${PORTS_DEFAULT}; 0: none)`;
+                         rest as "other" (default ${PORTS_DEFAULT}; 0: none)
+      --events           also count keepalive at work as it happens, by container, pod and unit (the labels
+                         above but process): tcpka_keepalive_probes_sent_total, _probes_answered_total,
+                         tcpka_connections_killed_total{reason="keepalive|user_timeout|retransmissions"},
+                         tcpka_keepalive_events_lost_total. From tcpka watch's tracing programs, kept attached:
+                         they run on every packet and timer of the host while the endpoint runs (a few per cent
+                         on a workload of nothing but new connections; see README). Not with --once`;
 
-export const METRICS_HELP = `Usage: sudo tcpka metrics --listen [ADDRESS:]PORT [--labels LIST] [--max-series N] [--ports N]
+export const METRICS_HELP = `Usage: sudo tcpka metrics --listen [ADDRESS:]PORT [--labels LIST] [--max-series N] [--ports N] [--events]
        sudo tcpka metrics --once
 
 Serve Prometheus metrics of every TCP connection on the host, every network namespace: at each scrape, tcpka
@@ -47,6 +53,7 @@ ${METRICS_LABEL_HELP}
 Examples:
   sudo tcpka metrics --listen 9977                       then scrape http://127.0.0.1:9977/metrics
   sudo tcpka metrics --listen 0.0.0.0:9977 --labels container,pod_namespace,pod
+  sudo tcpka metrics --listen 9977 --events              probes, answers and kills per container and pod too
   sudo tcpka metrics --once | promtool check metrics
   sudo tcpka agent --metrics 9977                        the same endpoint, with what the agent enforces
 `;
@@ -57,6 +64,7 @@ const OPTIONS = {
   labels: { type: "string" },
   "max-series": { type: "string" },
   ports: { type: "string" },
+  events: { type: "boolean" },
 } as const;
 
 export async function runMetrics(argv: readonly string[], out: Out): Promise<number> {
@@ -73,12 +81,13 @@ export async function runMetrics(argv: readonly string[], out: Out): Promise<num
       once ? "--once and --listen: one of them" : "where to serve: --listen PORT (or --once to print one scrape)",
     );
   }
+  if (once && options.events) throw usage("--events counts what happens while the endpoint runs: not with --once");
   const log = (line: string) => {
     process.stderr.write(`tcpka metrics: ${printable(line)}\n`);
   };
   if (euid() !== 0) log("not root: only the kernel's timers are seen, and other users' sockets have no owner");
   if (once) {
-    const exporter = new Exporter({ ...options, log });
+    const exporter = new Exporter({ ...options, events: false, log });
     try {
       out.write(await exporter.scrape());
     } finally {

@@ -712,12 +712,15 @@ export class Workloads {
       const rank = new Map<number, number>();
       const host = this.entries.length ? inode("/proc/1/ns/net") : undefined;
       for (const { container, path, record: r, sandbox } of this.entries) {
-        if (r.netns === "host" || r.pid <= 0) continue;
+        // A container that joined a namespace it did not make (podman --network ns:PATH, one of a pod's beside its
+        // sandbox) does not own it: other processes' sockets there are not the container's. A pod's sandbox
+        // joins the one its runtime made for the pod (CNI), and stands for the pod.
+        if (r.netns === "host" || (r.netns === "joined" && !sandbox) || r.pid <= 0) continue;
         // The namespace of the init process, if it is still that process (pids are reused; start times are not).
         const ns = inode(`/proc/${r.pid}/ns/net`);
         if (ns === undefined || ns === host || (r.start >= 0 && startTimeOf(r.pid) !== r.start)) continue;
         // A namespace several containers share is the pod's: its sandbox's first, else the one that made it.
-        const score = sandbox ? 2 : r.netns === "own" ? 1 : 0;
+        const score = sandbox ? 2 : 1;
         if ((rank.get(ns) ?? -1) >= score) continue;
         rank.set(ns, score);
         this.byNetns.set(ns, this.workload(container, path));

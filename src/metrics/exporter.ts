@@ -11,6 +11,7 @@ import prom from "prom-client";
 import type { AgentStatus } from "../agent/status.js";
 import type { Listed } from "../enforce/cgroup.js";
 import { SocketCounter } from "../inspect/socket-counts.js";
+import { EventCounts, foldEvents } from "./events.js";
 import { DETECTION_BOUNDS, type OwnerLabel, type Snapshot, type SnapshotOptions, takeSnapshot } from "./snapshot.js";
 
 /** What the agent hands the exporter at each scrape: its status now, and its enforcements' kernel counters. */
@@ -42,9 +43,15 @@ export class Exporter {
   private counter: SocketCounter | null | undefined;
   /** whether a scrape that fell back from the counts to the records was logged */
   private toldRecords = false;
+  /** with `events`: keepalive's events counted as they come, and their metrics */
+  private readonly events: { counts: EventCounts; metrics: ReturnType<typeof eventMetrics> } | undefined;
 
+  /**
+   * `events`: also count keepalive's events (the tracing programs of tcpka watch, kept attached: events.ts), which
+   * throws here as KeepaliveWatch.start does where they cannot be had.
+   */
   constructor(
-    private readonly o: SnapshotOptions & { log: (line: string) => void },
+    private readonly o: SnapshotOptions & { log: (line: string) => void; events?: boolean },
     private readonly agentPart?: AgentPart,
   ) {
     const registers = [this.registry];
@@ -116,6 +123,10 @@ export class Exporter {
       registers,
     });
     this.agent = agentPart ? agentMetrics(this.registry) : undefined;
+    if (o.events) {
+      const labels = o.labels.filter((l) => l !== "process");
+      this.events = { counts: EventCounts.start(), metrics: eventMetrics(this.registry, labels) };
+    }
   }
 
   /** The text of one scrape. */
@@ -141,6 +152,7 @@ export class Exporter {
     }
     this.scrapeSeconds.set(Number(process.hrtime.bigint() - t0) / 1e9);
     if (this.agent && this.agentPart) fillAgent(this.agent, this.agentPart);
+    if (this.events) fillEvents(this.events.metrics, this.events.counts, this.o);
     return this.registry.metrics();
   }
 
@@ -162,10 +174,11 @@ export class Exporter {
     return this.counter ?? undefined;
   }
 
-  /** Unload the counting programs (a scrape after this loads them again). */
+  /** Unload the counting programs (a scrape after this loads them again) and the event programs (for good). */
   close(): void {
     this.counter?.close();
     this.counter = undefined;
+    this.events?.counts.stop();
   }
 
   private fill(s: Snapshot): void {
@@ -236,6 +249,49 @@ class CountedHistogram {
     values.push({ labels: {}, value: count, metricName: `${this.name}_count` });
     return { name: this.name, help: this.help, type: this.type, values, aggregator: this.aggregator };
   }
+}
+
+/** The metrics of keepalive's events (--events), labelled by workload (the owner labels but process). */
+function eventMetrics(registry: Registry, labels: readonly string[]) {
+  const registers = [registry];
+  return {
+    labels,
+    probes: new prom.Counter({
+      name: "tcpka_keepalive_probes_sent_total",
+      help: "Keepalive probes sent, by the container, pod or unit of the connection (seen by tcpka's tracing programs since the endpoint started)",
+      labelNames: [...labels],
+      registers,
+    }),
+    answered: new prom.Counter({
+      name: "tcpka_keepalive_probes_answered_total",
+      help: "Keepalive probes the peer answered, by the container, pod or unit of the connection",
+      labelNames: [...labels],
+      registers,
+    }),
+    killed: new prom.Counter({
+      name: "tcpka_connections_killed_total",
+      help: 'Connections the kernel closed because the peer went silent, by why (reason="keepalive": every probe unanswered; "user_timeout": its TCP_USER_TIMEOUT ran out; "retransmissions": data unacknowledged after every retransmission) and by container, pod or unit',
+      labelNames: ["reason", ...labels],
+      registers,
+    }),
+    lost: new prom.Counter({
+      name: "tcpka_keepalive_events_lost_total",
+      help: "Keepalive events the tracing programs' ring buffer had no room for: not in the counts above",
+      registers,
+    }),
+  };
+}
+
+function fillEvents(m: ReturnType<typeof eventMetrics>, counts: EventCounts, o: SnapshotOptions): void {
+  for (const c of [m.probes, m.answered, m.killed, m.lost]) c.reset();
+  for (const { labels, count } of foldEvents(counts.all(), m.labels, o.maxSeries)) {
+    m.probes.inc(labels, count.probes);
+    m.answered.inc(labels, count.answered);
+    m.killed.inc({ reason: "keepalive", ...labels }, count.killedByKeepalive);
+    m.killed.inc({ reason: "user_timeout", ...labels }, count.killedByUserTimeout);
+    m.killed.inc({ reason: "retransmissions", ...labels }, count.killedByRetransmissions);
+  }
+  m.lost.inc(counts.lost);
 }
 
 function agentMetrics(registry: Registry) {

@@ -102,19 +102,25 @@ export function hostPort(at: ListenAddress): string {
  */
 export async function startMetrics(
   listen: string,
-  options: SnapshotOptions,
+  options: SnapshotOptions & { events?: boolean },
   log: (line: string) => void,
   agent?: AgentPart,
   flag = "--listen",
 ): Promise<{ server: Server; close: () => Promise<void> }> {
   const at = parseListen(listen, flag);
   const exporter = new Exporter({ ...options, log }, agent);
-  const server = await serveMetrics(
-    at,
-    () => exporter.scrape(),
-    log,
-    () => agent?.unwell?.(),
-  );
+  let server: Server;
+  try {
+    server = await serveMetrics(
+      at,
+      () => exporter.scrape(),
+      log,
+      () => agent?.unwell?.(),
+    );
+  } catch (e) {
+    exporter.close(); // its programs (--events) go with it
+    throw e;
+  }
   log(`metrics at http://${hostPort(at)}/metrics`);
   return {
     server,

@@ -9,8 +9,10 @@ import { printable } from "./format.js";
 export const MAX_SERIES_DEFAULT = 500;
 export const PORTS_DEFAULT = 20;
 
-/** --labels, --max-series and --ports (named with `prefix` in the agent: --metrics-labels …). */
-export function snapshotOptions(values: Record<string, unknown>, prefix = ""): SnapshotOptions {
+/**
+ * --labels, --max-series, --ports and --events (named with `prefix` in the agent: --metrics-labels …).
+ */
+export function snapshotOptions(values: Record<string, unknown>, prefix = ""): SnapshotOptions & { events: boolean } {
   const labelsText = values[`${prefix}labels`] as string | undefined;
   let labels: OwnerLabel[] = [...OWNER_LABELS];
   if (labelsText !== undefined) {
@@ -32,5 +34,10 @@ export function snapshotOptions(values: Record<string, unknown>, prefix = ""): S
       throw usage(`--${prefix}${name} ${printable(text)}: a whole number from ${min} to 100000`);
     return n;
   };
-  return { labels, maxSeries: count("max-series", MAX_SERIES_DEFAULT, 1), ports: count("ports", PORTS_DEFAULT, 0) };
+  return {
+    labels,
+    maxSeries: count("max-series", MAX_SERIES_DEFAULT, 1),
+    ports: count("ports", PORTS_DEFAULT, 0),
+    events: values[`${prefix}events`] === true,
+  };
 }

@@ -7,7 +7,8 @@
  * - Prometheus scrapes the endpoint every second, and its HTTP API returns the numbers the test made: N
  *   connections without keepalive of a python3 process in the firewall lab's client and of a podman container,
  *   M with keepalive on (idle 2 s), probes sent increasing while they idle, and both killed (ETIMEDOUT, counted as
- *   timed out) once the lab's cable is pulled;
+ *   timed out) once the lab's cable is pulled; with --events, a container's keepalive connection through the lab:
+ *   its probes sent and answered, and its kill by keepalive, as the container's (not the namespace's processes');
  * - the agent's endpoint says what it enforces: its rule's target, the connections set up under it.
  *
  * Every process, namespace, container, cgroup and file is the test's own (unique names) and goes when it ends.
@@ -19,6 +20,7 @@ import { join } from "node:path";
 import { test } from "node:test";
 import { AgentHost, KaAgent, kaAgentExe, needsAgentHost } from "../helpers/agent.js";
 import { TestCgroup } from "../helpers/cgroup.js";
+import { compileC } from "../helpers/compile.js";
 import { needs, python3 } from "../helpers/env.js";
 import { LAB_PEER, Lab, SERVER_IP } from "../helpers/lab.js";
 import { Netns } from "../helpers/netns.js";
@@ -234,9 +236,18 @@ test("Prometheus scrapes it: connections of a process and a container by keepali
   const exe = kaAgentExe(t);
   const c = startContainer(t, image, { mounts: [{ source: exe, target: "/ka_agent" }], cmd: ["/ka_agent", "0"] });
   await KaAgent.inContainer(c).first();
+  // And one in the lab's client namespace with a keepalive connection to the server (idle 2 s, 1 s, 3 probes):
+  // its probes, their answers and its kill are counted as the container's (--events).
+  const connect = compileC(tempDir(t, { readable: true }), "ka_connect.c", "ka_connect", ["-static"]);
+  const kc = startContainer(t, image, {
+    network: `ns:/run/netns/${lab.client.name}`,
+    mounts: [{ source: connect, target: "/ka_connect" }],
+    cmd: ["/ka_connect", SERVER_IP, "7000", "2", "1", "3"],
+  });
+  await until("ka_connect ready in its container", () => /^ready$/m.test(kc.logs()));
 
   const port = await freePort();
-  const metrics = startTcpka(t, ["metrics", "--listen", `127.0.0.1:${port}`], { timeoutMs: 300_000 });
+  const metrics = startTcpka(t, ["metrics", "--listen", `127.0.0.1:${port}`, "--events"], { timeoutMs: 300_000 });
   await metrics.waitFor(/metrics at http:\/\/127\.0\.0\.1:\d+\/metrics/, 15_000, "stderr");
   const direct = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
   promtoolCheck(direct);
@@ -248,7 +259,14 @@ test("Prometheus scrapes it: connections of a process and a container by keepali
   await queryUntil(query, `sum(tcpka_connections{process="${onName}",keepalive="on"})`, is(M));
   await queryUntil(query, `sum(tcpka_connections{container="${c.name}",keepalive="off"})`, is(2));
   await queryUntil(query, `sum(tcpka_connections{container="${c.name}",keepalive="on"})`, (v) => v === undefined);
+  await queryUntil(query, `sum(tcpka_connections{container="${kc.name}",keepalive="on"})`, is(1));
   await queryUntil(query, `up{job="tcpka"}`, is(1));
+  // The container's own probes, sent and answered, while the path is up (one every 2 s).
+  const atLeast = (n: number) => (v: number | undefined) => v !== undefined && v >= n;
+  await queryUntil(query, `tcpka_keepalive_probes_sent_total{container="${kc.name}"}`, atLeast(2), 15_000);
+  await queryUntil(query, `tcpka_keepalive_probes_answered_total{container="${kc.name}"}`, atLeast(2), 15_000);
+  const kcKilled = `tcpka_connections_killed_total{container="${kc.name}",reason="keepalive"}`;
+  await queryUntil(query, kcKilled, is(0));
 
   // The client namespace's probes: M connections idle 2 s each probe about once every 2 s, answered.
   const clientNetns = String(statSync(`/run/netns/${lab.client.name}`).ino);
@@ -263,6 +281,10 @@ test("Prometheus scrapes it: connections of a process and a container by keepali
   const pulledAt = Date.now();
   lab.pullCable();
   await queryUntil(query, timedOut, (v) => v !== undefined && v >= (killedBefore as number) + M, 20_000);
+  // ...and the container's: killed by keepalive, as its program's read() says.
+  await queryUntil(query, kcKilled, is(1), 20_000);
+  await until("ka_connect's read() to fail", () => /^ended errno=ETIMEDOUT$/m.test(kc.logs()), 10_000);
+  await queryUntil(query, `sum(tcpka_connections_killed_total{container="${kc.name}"})`, is(1));
   const killedAfter = (Date.now() - pulledAt) / 1000;
   await queryUntil(query, `sum(tcpka_connections{process="${onName}",keepalive="on"})`, (v) => v === undefined);
   await queryUntil(query, `sum(tcpka_connections{process="${offName}",keepalive="off"})`, is(N));
