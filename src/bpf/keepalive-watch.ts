@@ -92,7 +92,7 @@ import {
   Sub,
 } from "./asm.js";
 import { emitAddresses } from "./endpoints.js";
-import { emitInode, keepOpen, type TcpSocketOffsets, tcpSocketOffsets } from "./tcp-sockets.js";
+import { emitCgroupId, emitInode, keepOpen, type TcpSocketOffsets, tcpSocketOffsets } from "./tcp-sockets.js";
 
 export const RECORD = 112;
 const REC = -RECORD;
@@ -283,16 +283,7 @@ function emitRecord(b: ProgramBuilder, o: WatchOffsets, kind: number, next: stri
     StoreMem(R10, REC + 108, R3, "W"),
   );
   // The cgroup the socket is charged to: struct sock's own field (the same offset as in tcp_sock, where sk is first).
-  if (o.tcpCgroup !== undefined) {
-    b.emit(
-      LoadMem(R2, R6, o.tcpCgroup, "DW"),
-      JEq.Imm(R2, 0, `${next}_inode`),
-      LoadMem(R2, R2, o.cgroupKn, "DW"),
-      JEq.Imm(R2, 0, `${next}_inode`),
-      LoadMem(R3, R2, o.kernfsId, "DW"),
-      StoreMem(R10, REC + 96, R3, "DW"),
-    );
-  }
+  emitCgroupId(b, o, R6, REC + 96, `${next}_inode`);
   b.label(`${next}_inode`);
   emitInode(b, o, R7, REC + 80, `${next}_family`);
   b.label(`${next}_family`).emit(LoadMem(R2, R6, o.skcFamily, "H"), StoreMem(R10, REC + 1, R2, "B"));

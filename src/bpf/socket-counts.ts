@@ -69,7 +69,7 @@ import {
   ToBE,
 } from "./asm.js";
 import type { TaskFileOffsets } from "./socket-fds.js";
-import { keepOpen, type TcpSocketOffsets } from "./tcp-sockets.js";
+import { emitCgroupId, keepOpen, type TcpSocketOffsets } from "./tcp-sockets.js";
 
 export const COUNT_KEY_SIZE = 40;
 export const LISTEN_KEY_SIZE = 8;
@@ -147,16 +147,7 @@ function emitCount(b: ProgramBuilder, o: TcpSocketOffsets, maps: CountMaps, list
   );
   b.label("probes").emit(StoreMem(R10, KEY + 32, R3, "B"));
   b.label("cgroup");
-  if (o.tcpCgroup !== undefined) {
-    b.emit(
-      LoadMem(R2, R9, o.tcpCgroup, "DW"),
-      JEq.Imm(R2, 0, "port"),
-      LoadMem(R2, R2, o.cgroupKn, "DW"),
-      JEq.Imm(R2, 0, "port"),
-      LoadMem(R3, R2, o.kernfsId, "DW"),
-      StoreMem(R10, KEY + 8, R3, "DW"),
-    );
-  }
+  emitCgroupId(b, o, R9, KEY + 8, "port");
   // The service port: the local one where this namespace listens on it, else the peer's.
   b.label("port").emit(
     ...LoadMapFd(R1, maps.listeners),

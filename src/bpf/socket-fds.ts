@@ -19,6 +19,7 @@
  */
 
 import { IPPROTO_TCP, SOCK_STREAM } from "../kernel/constants.js";
+import type { BtfFacts } from "../sys/btf.js";
 import {
   Add,
   Call,
@@ -59,6 +60,21 @@ export interface TaskFileOffsets extends EndpointOffsets {
   /** struct sock: sk_type, sk_protocol (u16 each since Linux 5.6) */
   skType: number;
   skProtocol: number;
+}
+
+/** The task_file members the programs read (this one and the metrics' owner counting), from the kernel's BTF. */
+export function taskFileMembers(
+  btf: BtfFacts,
+): Pick<TaskFileOffsets, "taskPid" | "taskTgid" | "fileInode" | "inodeIno" | "socketSk" | "skType" | "skProtocol"> {
+  return {
+    taskPid: btf.memberOffset("task_struct", "pid"),
+    taskTgid: btf.memberOffset("task_struct", "tgid"),
+    fileInode: btf.memberOffset("file", "f_inode"),
+    inodeIno: btf.memberOffset("inode", "i_ino"),
+    socketSk: btf.memberOffset("socket", "sk"),
+    skType: btf.memberOffset("sock", "sk_type"),
+    skProtocol: btf.memberOffset("sock", "sk_protocol"),
+  };
 }
 
 export const RECORD_SIZE = 56;

@@ -205,6 +205,30 @@ export function emitInode(
   );
 }
 
+/**
+ * The id of the cgroup v2 the socket in `sock` (a tcp_sock or its struct sock: sk is first) is charged to
+ * (sk_cgrp_data.cgroup->kn->id, what cgroup_id() gives) to the stack at r10 + `slot` (u64); to `none` when the
+ * socket names none. Nothing where the kernel keeps no cgroup in sockets (CONFIG_SOCK_CGROUP_DATA unset). Uses
+ * r2 and r3.
+ */
+export function emitCgroupId(
+  b: ProgramBuilder,
+  o: Pick<TcpSocketOffsets, "tcpCgroup" | "cgroupKn" | "kernfsId">,
+  sock: Reg,
+  slot: number,
+  none: string,
+): void {
+  if (o.tcpCgroup === undefined) return;
+  b.emit(
+    LoadMem(R2, sock, o.tcpCgroup, "DW"),
+    JEq.Imm(R2, 0, none),
+    LoadMem(R2, R2, o.cgroupKn, "DW"),
+    JEq.Imm(R2, 0, none),
+    LoadMem(R3, R2, o.kernfsId, "DW"),
+    StoreMem(R10, slot, R3, "DW"),
+  );
+}
+
 /** `states`: a mask of 1 << TCP state; the program writes only those sockets. */
 export function tcpSocketsProgram(o: TcpSocketOffsets, states: number): Instruction[] {
   const b = new ProgramBuilder();
@@ -266,16 +290,7 @@ export function tcpSocketsProgram(o: TcpSocketOffsets, states: number): Instruct
     LoadMem(R3, R9, o.tcpUserTimeout, "W"),
     StoreMem(R10, REC + 72, R3, "W"),
   );
-  if (o.tcpCgroup !== undefined) {
-    b.emit(
-      LoadMem(R2, R9, o.tcpCgroup, "DW"),
-      JEq.Imm(R2, 0, "inode"),
-      LoadMem(R2, R2, o.cgroupKn, "DW"),
-      JEq.Imm(R2, 0, "inode"),
-      LoadMem(R3, R2, o.kernfsId, "DW"),
-      StoreMem(R10, REC + 80, R3, "DW"),
-    );
-  }
+  emitCgroupId(b, o, R9, REC + 80, "inode");
   b.label("inode");
   emitInode(b, o, R9, REC + 16, "queues");
   // Queues as tcp_diag_get_info reports them.

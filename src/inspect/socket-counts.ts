@@ -22,6 +22,7 @@ import {
   ownerCountsProgram,
   tcpCountsProgram,
 } from "../bpf/socket-counts.js";
+import { taskFileMembers } from "../bpf/socket-fds.js";
 import { tcpSocketOffsets } from "../bpf/tcp-sockets.js";
 import { type EffectiveKeepAlive, SharedSettings } from "../settings.js";
 import {
@@ -120,16 +121,7 @@ export class SocketCounter {
               ? { offset: count, unique: 2 }
               : undefined;
         const program = ownerCountsProgram(
-          {
-            ...offsets,
-            taskPid: btf.memberOffset("task_struct", "pid"),
-            taskTgid: btf.memberOffset("task_struct", "tgid"),
-            fileInode: btf.memberOffset("file", "f_inode"),
-            inodeIno: btf.memberOffset("inode", "i_ino"),
-            socketSk: btf.memberOffset("socket", "sk"),
-            skType: btf.memberOffset("sock", "sk_type"),
-            skProtocol: btf.memberOffset("sock", "sk_protocol"),
-          },
+          { ...offsets, ...taskFileMembers(btf) },
           { counts, listeners, config, owners },
           ref,
         );

@@ -14,7 +14,7 @@ import { release } from "node:os";
 import { ipv4, ipv6 } from "../addresses.js";
 import { assemble, Listing } from "../bpf/asm.js";
 import { endpointOffsets } from "../bpf/endpoints.js";
-import { RECORD_SIZE, socketFdsProgram } from "../bpf/socket-fds.js";
+import { RECORD_SIZE, socketFdsProgram, taskFileMembers } from "../bpf/socket-fds.js";
 import type { TcpEndpoints } from "../filter.js";
 import { AF_INET, AF_INET6 } from "../kernel/constants.js";
 import { STATE_NAMES } from "../kernel/states.js";
@@ -47,13 +47,7 @@ export class SocketFdIterator {
     const btf = CachedBtf.open();
     const program = socketFdsProgram({
       metaSeq: btf.memberOffset("bpf_iter_meta", "seq"),
-      taskPid: btf.memberOffset("task_struct", "pid"),
-      taskTgid: btf.memberOffset("task_struct", "tgid"),
-      fileInode: btf.memberOffset("file", "f_inode"),
-      inodeIno: btf.memberOffset("inode", "i_ino"),
-      socketSk: btf.memberOffset("socket", "sk"),
-      skType: btf.memberOffset("sock", "sk_type"),
-      skProtocol: btf.memberOffset("sock", "sk_protocol"),
+      ...taskFileMembers(btf),
       ...endpointOffsets(btf),
     });
     const attachBtfId = btf.typeId("FUNC", "bpf_iter_task_file");
