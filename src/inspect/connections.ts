@@ -11,6 +11,7 @@ import { ReadAhead } from "../sys/read-ahead.js";
 import { readKeepAliveInto } from "./exact.js";
 import { type KernelSocket, KernelSockets, type TcpWalk } from "./kernel-sockets.js";
 import { type NetNamespace, networkNamespaces } from "./namespaces.js";
+import { tcpEmpty } from "./netstat.js";
 import { findOwners, type OwnerLookup, type OwnerScan, type SocketOwner, TcpOwnerWalk } from "./owners.js";
 import { listPids } from "./processes.js";
 import { listeningPorts, type ReadOptions, readSockets, type TcpSocket } from "./sockets.js";
@@ -233,6 +234,10 @@ function inspectKernel(
     }
     const walks: { walk: TcpWalk; listening: Set<number> }[] = [];
     for (const ns of namespaces) {
+      // A namespace whose sockstat counts no TCP socket at all (a container without connections, a sandbox):
+      // no walk, which would scan the whole established hash of the host for nothing (7-18 ms at 100,000
+      // sockets elsewhere).
+      if (!ns.own && ns.pid !== undefined && tcpEmpty(ns.pid, ns.inum)) continue;
       let fd: number | undefined;
       if (!ns.own) {
         try {
