@@ -88,6 +88,7 @@ export function runLs(argv: readonly string[], out: Out): number {
     container: str(values, "container"),
     pod,
     unit: str(values, "unit"),
+    transient: true, // both outputs keep nothing of a connection but its bytes
   };
   const everywhere = opts.allNetns || opts.container !== undefined || pod !== undefined || opts.unit !== undefined;
   let denied: number[];
