@@ -80,9 +80,10 @@ test("ls --all-netns skips only the namespaces with no TCP socket: a TIME-WAIT o
   const holder = closing.spawn(["python3", "-c", TIME_WAIT]);
   const port = Number(await holder.line());
   const inum = (ns: Netns) => Number(/net:\[(\d+)\]/.exec(ns.run(["readlink", "/proc/self/ns/net"]))?.[1]);
-  assert.equal(tcpEmpty(sleeper.pid, inum(empty)), true, "nothing hashed, nothing in TIME-WAIT");
-  assert.equal(tcpEmpty(holder.pid, inum(closing)), false, "one TIME-WAIT socket");
-  assert.equal(tcpEmpty(holder.pid, inum(empty)), false, "not the namespace it is in");
+  const [emptyInum, closingInum] = [inum(empty), inum(closing)];
+  assert.equal(tcpEmpty(sleeper.pid, emptyInum), true, "nothing hashed, nothing in TIME-WAIT");
+  assert.equal(tcpEmpty(holder.pid, closingInum), false, "one TIME-WAIT socket");
+  assert.equal(tcpEmpty(holder.pid, emptyInum), false, "not the namespace it is in");
 
   const r = spawnSync(process.execPath, [TCPKA, "ls", "--all-netns", "-a", "--json"], {
     encoding: "utf8",
@@ -90,11 +91,11 @@ test("ls --all-netns skips only the namespaces with no TCP socket: a TIME-WAIT o
   });
   assert.equal(r.status, 0, r.stderr);
   const rows = (JSON.parse(r.stdout) as { connections: (Row & { state: string; netns: number })[] }).connections;
-  const waiting = rows.filter((c) => c.netns === inum(closing));
+  const waiting = rows.filter((c) => c.netns === closingInum);
   assert.deepEqual(
     waiting.map((c) => [c.state, c.local_port]),
     [["TIME-WAIT", port]],
     "the TIME-WAIT socket of a namespace with nothing else",
   );
-  assert.equal(rows.filter((c) => c.netns === inum(empty)).length, 0);
+  assert.equal(rows.filter((c) => c.netns === emptyInum).length, 0);
 });
