@@ -87,12 +87,9 @@ function bounded<K, V>(m: Map<K, V>, key: K, make: () => V): V {
   return v;
 }
 
-/** '{"state":"S","family":F,"local_address":"A","local_port":' (no closure per call: this runs once a row) */
+/** '{"state":"S","family":F,"local_address":"A","local_port":' */
 function head(state: string, family: number, local: string): Uint8Array {
-  let byLocal = heads.get(state);
-  if (byLocal === undefined) byLocal = bounded(heads, state, () => new Map<string, Uint8Array>());
-  const known = byLocal.get(local);
-  if (known !== undefined) return known;
+  const byLocal = bounded(heads, state, () => new Map<string, Uint8Array>());
   return bounded(byLocal, local, () =>
     Buffer.from(`{"state":"${state}","family":${family},"local_address":"${local}","local_port":`, "latin1"),
   );
@@ -100,17 +97,12 @@ function head(state: string, family: number, local: string): Uint8Array {
 
 /** ',"peer_address":"P","peer_port":' */
 function peerPiece(peer: string): Uint8Array {
-  const known = peers.get(peer);
-  if (known !== undefined) return known;
   return bounded(peers, peer, () => Buffer.from(`,"peer_address":"${peer}","peer_port":`, "latin1"));
 }
 
 /** ',"send_queue":0,"recv_queue":0,"netns":N,"container":…,"pod":…,"unit":…,"processes":[' */
 function idleTail(netns: number, w: Workload | null): Uint8Array {
-  let byWorkload = tails.get(netns);
-  if (byWorkload === undefined) byWorkload = bounded(tails, netns, () => new Map<Workload | null, Uint8Array>());
-  const known = byWorkload.get(w);
-  if (known !== undefined) return known;
+  const byWorkload = bounded(tails, netns, () => new Map<Workload | null, Uint8Array>());
   return bounded(byWorkload, w, () => {
     const text = `,"send_queue":0,"recv_queue":0,"netns":${netns}${Buffer.from(workloadJson(w)).toString("latin1")},"processes":[`;
     return Buffer.from(text, "latin1");
