@@ -17,10 +17,11 @@
  * Before anything is timed every tcpka command is run once and must list every holder socket, exactly, with
  * keepalive on where the holders set it (and, at the whole host, per namespace). Wall time is the median of
  * `runs` interleaved rounds after one uncounted warm-up round; a ratio is the median of the round-by-round
- * ratios; peak RSS is the child's ru_maxrss. No sysctl is changed.
+ * ratios; peak RSS is the child's ru_maxrss. No sysctl is changed, unless BENCH_NETNS_EHASH asks
+ * for tcp_child_ehash_entries while the whole host's namespaces are made (restored at once).
  */
 import { spawnSync } from "node:child_process";
-import { closeSync, openSync, readFileSync } from "node:fs";
+import { closeSync, openSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { plural } from "../src/ui/format.js";
 import { Netns } from "../test/helpers/netns.js";
@@ -36,8 +37,11 @@ export interface LsOptions {
   sizes: number[];
   runs: number;
   phaseRuns: number;
-  /** the whole-host comparison: sockets in `namespaces` namespaces against as many in one; null: not run */
-  netns: { namespaces: number; sockets: number } | null;
+  /**
+   * the whole-host comparison: sockets in `namespaces` namespaces against as many in one; null: not run.
+   * `childEhash`: tcp_child_ehash_entries while they are made (0: none, they share the host's hash)
+   */
+  netns: { namespaces: number; sockets: number; childEhash?: number } | null;
   log: (s: string) => void;
 }
 
@@ -57,6 +61,8 @@ export interface SizeResult {
 export interface HostsResult {
   sockets: number;
   namespaces: number;
+  /** tcp_child_ehash_entries while the namespaces were made (0: they share the host's hash) */
+  childEhash: number;
   runs: Record<string, Run[]>;
   checks: string[];
 }
@@ -233,6 +239,7 @@ async function benchSize(o: LsOptions, measurer: Measurer, sockets: number): Pro
 }
 
 const ALL_NETNS = "tcpka ls --all-netns --json";
+const CHILD_EHASH = "/proc/sys/net/ipv4/tcp_child_ehash_entries";
 
 /**
  * `--all-netns` in a host whose sockets are in every one of its namespaces: each namespace lists exactly its
@@ -267,7 +274,11 @@ function checkHost(o: LsOptions, host: BenchHost, name: string): string {
  * both at once would slow each TCP walk of the other (hosts.ts). Round 0 is the warm-up, where each host is
  * checked before anything is timed; the order of the two alternates from round to round.
  */
-async function benchHosts(o: LsOptions, measurer: Measurer, spec: { namespaces: number; sockets: number }) {
+async function benchHosts(
+  o: LsOptions,
+  measurer: Measurer,
+  spec: { namespaces: number; sockets: number; childEhash?: number },
+) {
   const many: Netns[] = [];
   const one: Netns[] = [];
   const runs: Record<string, Run[]> = {};
@@ -285,8 +296,16 @@ async function benchHosts(o: LsOptions, measurer: Measurer, spec: { namespaces: 
   ] as const;
   for (const l of layouts) for (const [name] of l.commands) runs[name] = []; // the report's order
   try {
-    for (let i = 0; i < spec.namespaces; i++) many.push(Netns.create());
-    one.push(Netns.create());
+    // A namespace made while tcp_child_ehash_entries is set gets an established hash of its own
+    // (inet_pernet_hashinfo_alloc): its walks then scan only its own sockets. Set for as long as they are made.
+    const before = spec.childEhash ? readFileSync(CHILD_EHASH, "ascii").trim() : undefined;
+    try {
+      if (spec.childEhash) writeFileSync(CHILD_EHASH, String(spec.childEhash));
+      for (let i = 0; i < spec.namespaces; i++) many.push(Netns.create());
+      one.push(Netns.create());
+    } finally {
+      if (before !== undefined) writeFileSync(CHILD_EHASH, before);
+    }
     o.log(
       `whole host: ${spec.sockets} sockets in ${spec.namespaces} namespaces, then in one, in turns × ${o.runs} rounds`,
     );
@@ -310,7 +329,7 @@ async function benchHosts(o: LsOptions, measurer: Measurer, spec: { namespaces: 
         }
       }
     }
-    return { sockets: spec.sockets, namespaces: spec.namespaces, runs, checks };
+    return { sockets: spec.sockets, namespaces: spec.namespaces, childEhash: spec.childEhash ?? 0, runs, checks };
   } finally {
     for (const ns of [...many, ...one]) ns.destroy();
   }
@@ -425,7 +444,7 @@ export function reportLs(r: LsResult): string {
   if (h) {
     const names = Object.keys(h.runs);
     lines.push(
-      `### ls --all-netns: ${n(h.sockets)} sockets in ${h.namespaces} network namespaces, and in one`,
+      `### ls --all-netns: ${n(h.sockets)} sockets in ${h.namespaces} network namespaces, and in one${h.childEhash ? ` (each with an established hash of its own: tcp_child_ehash_entries ${h.childEhash})` : ""}`,
       "",
       ...commandTable(h.runs, names, names[1] as string),
       "",

@@ -182,7 +182,7 @@ if (mode === "bpf") {
     "streamed",
     "ls --json after its start-up, warm: inspectEach() with the reader thread, each connection's JSON written as it comes",
     () =>
-      inspectEach(DEFAULT_FILTER, { via: "bpf" }, (c) => {
+      inspectEach(DEFAULT_FILTER, { via: "bpf", transient: true }, (c) => {
         out.write(",\n");
         writeConnectionJson(out, c);
         addToSummary(sum, c);

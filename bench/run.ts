@@ -22,6 +22,8 @@
  *   BENCH_PHASE_RUNS   ls: phases.js processes per path, bpf and netlink (3)
  *   BENCH_NETNS        ls: network namespaces of the whole-host comparison (50; 0: none)
  *   BENCH_NETNS_SOCKETS  ls: sockets of the whole-host comparison, in each of its two hosts (100000)
+ *   BENCH_NETNS_EHASH  ls: net.ipv4.tcp_child_ehash_entries while the whole host's namespaces are made (0: the
+ *                      host's one established hash, shared; N: each namespace gets a hash of its own, N buckets)
  *   BENCH_SHIM_N       shim: connections per run at most (200000)
  *   BENCH_SHIM_SECONDS shim: seconds per run at most (0.5)
  *   BENCH_SHIM_RUNS    shim: runs per variant (60)
@@ -127,7 +129,14 @@ async function main(): Promise<number> {
         sizes: env("BENCH_SOCKETS", "20000,100000").split(",").map(Number),
         runs: Number(env("BENCH_RUNS", "7")),
         phaseRuns: Number(env("BENCH_PHASE_RUNS", "3")),
-        netns: netns > 0 ? { namespaces: netns, sockets: Number(env("BENCH_NETNS_SOCKETS", "100000")) } : null,
+        netns:
+          netns > 0
+            ? {
+                namespaces: netns,
+                sockets: Number(env("BENCH_NETNS_SOCKETS", "100000")),
+                childEhash: Number(env("BENCH_NETNS_EHASH", "0")),
+              }
+            : null,
         log,
       });
       process.stdout.write(`${reportLs(ls)}\n`);

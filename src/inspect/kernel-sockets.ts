@@ -65,6 +65,8 @@ export class KernelSockets {
   private hz = 0;
   /** whether a walk of tcpka's own namespace (which holds the HZ probe) was made: one is enough */
   private hzWalkMade = false;
+  /** The socket that walks with `reuse` hand out, refilled for each. */
+  private reused: KernelSocket | undefined;
   /** The settings objects that sockets share (settingsOf). */
   private readonly shared = new SharedSettings();
 
@@ -126,12 +128,17 @@ export class KernelSockets {
    * Hand every socket of a network namespace to `each`: tcpka's own, or the one that the nsfs file `netnsFd`
    * names (/proc/PID/ns/net, /run/netns/NAME). The local port of every listener, wanted or not, is added to
    * `listening`: they come before any other socket. `walk` is one that prepare() made; the caller closes it.
+   * With `reuse`, every socket is handed out in the same object, refilled: for a caller that keeps none.
    */
-  walk(each: (s: KernelSocket) => void, to: { netnsFd?: number; listening?: Set<number> } = {}, walk?: TcpWalk): void {
+  walk(
+    each: (s: KernelSocket) => void,
+    to: { netnsFd?: number; listening?: Set<number>; reuse?: boolean } = {},
+    walk?: TcpWalk,
+  ): void {
     const w = walk ?? this.prepare(to.netnsFd);
     try {
-      if (w.hzFirst) this.read(w.hzFirst.stream, () => {});
-      this.read(w.stream, each, to.listening);
+      if (w.hzFirst) this.read(w.hzFirst.stream, () => {}, undefined, true);
+      this.read(w.stream, each, to.listening, to.reuse === true);
     } finally {
       if (!walk) w.close();
     }
@@ -166,7 +173,13 @@ export class KernelSockets {
   }
 
   /** Read a walk to its end, decoding each record; records before HZ is known wait in `early`. */
-  private read(stream: Stream, each: (s: KernelSocket) => void, listening?: Set<number>): void {
+  private read(
+    stream: Stream,
+    each: (s: KernelSocket) => void,
+    listening: Set<number> | undefined,
+    reuse: boolean,
+  ): void {
+    const into = reuse ? this.scratch() : undefined;
     const early: Buffer[] = [];
     const b = this.buf;
     let have = 0; // bytes in buf; a partial record at the end is carried to the next read
@@ -180,7 +193,7 @@ export class KernelSockets {
           this.learnHz(at);
           for (const r of early) {
             b.set(r, SPARE);
-            const s = this.record(SPARE);
+            const s = this.record(SPARE, into);
             if (s) each(s);
           }
           early.length = 0;
@@ -191,7 +204,7 @@ export class KernelSockets {
         if (!(this.wanted & (1 << state))) continue;
         if (this.hz === 0) early.push(Buffer.from(b.subarray(at, at + TCP_RECORD_SIZE)));
         else {
-          const s = this.record(at);
+          const s = this.record(at, into);
           if (s) each(s);
         }
       }
@@ -214,8 +227,8 @@ export class KernelSockets {
     return high === 0 ? low : low + high * 0x1_0000_0000;
   }
 
-  /** Decode the record at buf[at] (layout in src/bpf/tcp-sockets.ts). */
-  private record(at: number): KernelSocket | undefined {
+  /** Decode the record at buf[at] (layout in src/bpf/tcp-sockets.ts), into `into` if given, else a new object. */
+  private record(at: number, into?: KernelSocket): KernelSocket | undefined {
     const b = this.buf;
     const w = at >> 2;
     const family = b[at] === AF_INET ? 4 : b[at] === AF_INET6 ? 6 : 0;
@@ -230,24 +243,78 @@ export class KernelSockets {
     const settings = flags & 1 ? this.settingsOf(at, w, flags) : null;
     const ports = this.u32[w + 2] as number; // local port (host order), then the peer's (network order)
     const rq = this.i32[w + 24] as number;
-    return {
-      family,
-      state,
-      localAddress: family === 4 ? ipv4(b, at + 24) : ipv6(b, at + 24),
-      localPort: ports & 0xffff,
-      peerAddress: family === 4 ? ipv4(b, at + 40) : ipv6(b, at + 40),
-      peerPort: ((ports >>> 16) & 0xff) * 256 + (ports >>> 24),
-      timer,
-      timerMs: timerCode === 0 || delta <= 0 ? 0 : Math.ceil((delta * 1000) / hz),
-      timerCount: b[at + 4] as number,
-      recvQueue: state === "LISTEN" || rq > 0 ? rq >>> 0 : 0,
-      sendQueue: this.u32[w + 25] as number,
-      uid: this.u32[w + 3] as number,
-      inode: this.inode(at),
-      netns: this.u32[w + 19] as number,
-      cgroup: (this.u32[w + 20] as number) + (this.u32[w + 21] as number) * 0x1_0000_0000,
-      settings,
+    const localAddress = family === 4 ? ipv4(b, at + 24) : ipv6(b, at + 24);
+    const localPort = ports & 0xffff;
+    const peerAddress = family === 4 ? ipv4(b, at + 40) : ipv6(b, at + 40);
+    const peerPort = ((ports >>> 16) & 0xff) * 256 + (ports >>> 24);
+    const timerMs = timerCode === 0 || delta <= 0 ? 0 : Math.ceil((delta * 1000) / hz);
+    const timerCount = b[at + 4] as number;
+    const recvQueue = state === "LISTEN" || rq > 0 ? rq >>> 0 : 0;
+    const sendQueue = this.u32[w + 25] as number;
+    const uid = this.u32[w + 3] as number;
+    const inode = this.inode(at);
+    const netns = this.u32[w + 19] as number;
+    const cgroup = (this.u32[w + 20] as number) + (this.u32[w + 21] as number) * 0x1_0000_0000;
+    if (into === undefined) {
+      return {
+        family,
+        state,
+        localAddress,
+        localPort,
+        peerAddress,
+        peerPort,
+        timer,
+        timerMs,
+        timerCount,
+        recvQueue,
+        sendQueue,
+        uid,
+        inode,
+        netns,
+        cgroup,
+        settings,
+      };
+    }
+    into.family = family;
+    into.state = state;
+    into.localAddress = localAddress;
+    into.localPort = localPort;
+    into.peerAddress = peerAddress;
+    into.peerPort = peerPort;
+    into.timer = timer;
+    into.timerMs = timerMs;
+    into.timerCount = timerCount;
+    into.recvQueue = recvQueue;
+    into.sendQueue = sendQueue;
+    into.uid = uid;
+    into.inode = inode;
+    into.netns = netns;
+    into.cgroup = cgroup;
+    into.settings = settings;
+    return into;
+  }
+
+  /** The object that reused walks refill (made as record() makes every other, so that both have one shape). */
+  private scratch(): KernelSocket {
+    this.reused ??= {
+      family: 4,
+      state: "ESTAB",
+      localAddress: "",
+      localPort: 0,
+      peerAddress: "",
+      peerPort: 0,
+      timer: "off",
+      timerMs: 0,
+      timerCount: 0,
+      recvQueue: 0,
+      sendQueue: 0,
+      uid: 0,
+      inode: 0,
+      netns: 0,
+      cgroup: 0,
+      settings: null,
     };
+    return this.reused;
   }
 
   /** The effective settings of the full socket at buf[at], as getsockopt computes them (shared objects). */

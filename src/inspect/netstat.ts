@@ -3,7 +3,7 @@
  * then the line of values; net/ipv4/proc.c netstat_seq_show), and how many TCP sockets it has hashed
  * (/proc/PID/net/sockstat and sockstat6), read through a process in it.
  */
-import { readFileSync } from "node:fs";
+import { readFileSync, statSync } from "node:fs";
 
 /** TcpExt counters of a netstat file (a line of names, then a line of values), by name; undefined when unreadable. */
 export function tcpExt(file: string, names: readonly string[]): Map<string, number> | undefined {
@@ -38,20 +38,36 @@ export function tcpExt(file: string, names: readonly string[]): Map<string, numb
  * undefined when either cannot be read (the process has gone, no IPv6).
  */
 export function tcpInUse(pid: number): number | undefined {
-  let n = 0;
-  for (const [file, re] of [
-    [`/proc/${pid}/net/sockstat`, /^TCP: inuse (\d+)/m],
-    [`/proc/${pid}/net/sockstat6`, /^TCP6: inuse (\d+)/m],
-  ] as const) {
-    let text: string;
-    try {
-      text = readFileSync(file, "latin1");
-    } catch {
-      return undefined;
-    }
-    const m = re.exec(text);
-    if (!m) return undefined;
-    n += Number(m[1]);
+  return sockstat(pid)?.inuse;
+}
+
+/**
+ * Whether a TCP iterator walk of the namespace of process `pid` (inode `inum`) would meet no socket at all:
+ * none hashed (tcpInUse: listeners, connections, orphans still closing) and none in TIME-WAIT (sockstat's
+ * "tw", the namespace's tcp_death_row.tw_refcount, IPv4 and IPv6 alike; a request socket needs a listener).
+ * false whenever unsure: the files cannot be read, or the process is no longer in that namespace (setns, or
+ * its pid reused) once they have been read.
+ */
+export function tcpEmpty(pid: number, inum: number): boolean {
+  const n = sockstat(pid);
+  if (n === undefined || n.inuse !== 0 || n.tw !== 0) return false;
+  try {
+    return statSync(`/proc/${pid}/ns/net`).ino === inum;
+  } catch {
+    return false;
   }
-  return n;
+}
+
+const SOCKSTAT = /^TCP: inuse (\d+) orphan \d+ tw (\d+)/m;
+const SOCKSTAT6 = /^TCP6: inuse (\d+)/m;
+
+function sockstat(pid: number): { inuse: number; tw: number } | undefined {
+  try {
+    const v4 = SOCKSTAT.exec(readFileSync(`/proc/${pid}/net/sockstat`, "latin1"));
+    const v6 = SOCKSTAT6.exec(readFileSync(`/proc/${pid}/net/sockstat6`, "latin1"));
+    if (!v4 || !v6) return undefined;
+    return { inuse: Number(v4[1]) + Number(v6[1]), tw: Number(v4[2]) };
+  } catch {
+    return undefined;
+  }
 }

@@ -222,6 +222,8 @@ export class OwnerTable implements OwnerLookup {
   private next = new Int32Array(1 << 12);
   private owners = 0;
   private readonly comms = new Map<number, string>();
+  /** the owner objects that getInto() refills */
+  private readonly spare: SocketOwner[] = [];
 
   add(inode: number, pid: number, fd: number): void {
     const i = this.owners++;
@@ -266,6 +268,36 @@ export class OwnerTable implements OwnerLookup {
       out.push({ pid, fd: this.fds[i] as number, comm: this.comm(pid) });
     }
     return out;
+  }
+
+  /**
+   * get() into `into` (emptied first), whose owner objects are refilled rather than made anew: for a caller
+   * that keeps neither (ls, streaming). Returns `into`.
+   */
+  getInto(inode: number, into: SocketOwner[]): SocketOwner[] {
+    let i: number | undefined;
+    if (inode === 0 || inode > 0xffff_ffff) i = this.wide.get(inode);
+    else {
+      const h = this.slot(inode);
+      if (this.keys[h] === inode) i = this.head[h];
+    }
+    let n = 0;
+    if (i !== undefined)
+      for (; i >= 0; i = this.next[i] as number) {
+        const pid = this.pids[i] as number;
+        const fd = this.fds[i] as number;
+        const o = this.spare[n];
+        if (o === undefined) this.spare.push({ pid, fd, comm: this.comm(pid) });
+        else {
+          o.pid = pid;
+          o.fd = fd;
+          o.comm = this.comm(pid);
+        }
+        into[n] = this.spare[n] as SocketOwner;
+        n++;
+      }
+    into.length = n;
+    return into;
   }
 
   *entries(): IterableIterator<[number, SocketOwner[]]> {

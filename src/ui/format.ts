@@ -172,22 +172,22 @@ export function visibleWidth(s: string): number {
   return s.replace(/\x1b\[[0-9;]*m/g, "").length;
 }
 
-// Joins the cells of a kept row: a NUL, which no cell holds (printable() escapes every control character).
-const SEP = "\0";
 const SPACE = 0x20;
 
 /**
  * The rows of a table, added one by one and written once every width is known. Each row is kept as bytes (its
- * cells UTF-8, joined by NUL) in one growing buffer, with each cell's visible width beside it: at 100,000 rows,
- * 100,000 kept strings cost more in the young generation's copying than making them, and cutting them into
- * cells again to pad them cost as much once more. Columns are separated by two spaces; the last column is not
- * padded, and a line has no trailing spaces.
+ * cells UTF-8, one after the other) in one growing buffer, with each cell's end and visible width beside it: at
+ * 100,000 rows, 100,000 kept strings cost more in the young generation's copying than making them, and cutting
+ * them into cells again to pad them cost as much once more (so did finding a separator between cells). Columns
+ * are separated by two spaces; the last column is not padded, and a line has no trailing spaces.
  */
 export class Table {
   private bytes = Buffer.allocUnsafe(1 << 16);
   private used = 0;
   private rowEnds = new Uint32Array(256);
   private cellWidths = new Uint32Array(256);
+  /** where each cell's bytes end (its row's or the cell before's end is where they start) */
+  private cellEnds = new Uint32Array(256);
   private rows = 0;
   /** The row being built with put()/endCell(): its next cell, and that cell's width so far. */
   private cell = 0;
@@ -210,10 +210,7 @@ export class Table {
 
   add(cells: readonly string[]): void {
     const n = this.header.length;
-    if ((this.rows + 1) * n > this.cellWidths.length) {
-      this.cellWidths = grow(this.cellWidths, (this.rows + 1) * n);
-      this.rowEnds = grow(this.rowEnds, this.rows + 1);
-    }
+    if ((this.rows + 1) * n > this.cellWidths.length) this.growRows();
     const w = this.widths;
     const at = this.rows * n;
     let length = 0;
@@ -222,15 +219,14 @@ export class Table {
       const v = this.width(cell);
       this.cellWidths[at + i] = v;
       if (v > (w[i] as number)) w[i] = v;
-      length += cell.length + 1;
+      length += cell.length;
     }
     // Worst case 3 bytes per UTF-16 unit.
-    if (this.used + length * 3 > this.bytes.length) {
-      const bigger = Buffer.allocUnsafe(Math.max(this.bytes.length * 2, this.used + length * 3));
-      this.bytes.copy(bigger, 0, 0, this.used);
-      this.bytes = bigger;
+    this.ensure(length * 3);
+    for (let i = 0; i < n; i++) {
+      this.used += this.bytes.write((cells[i] ?? "") as string, this.used);
+      this.cellEnds[at + i] = this.used;
     }
-    this.used += this.bytes.write(n === cells.length ? cells.join(SEP) : cells.slice(0, n).join(SEP), this.used);
     this.rowEnds[this.rows++] = this.used;
   }
 
@@ -279,18 +275,21 @@ export class Table {
   endCell(): void {
     const n = this.header.length;
     if (this.cell >= n) throw new Error("Table: more cells than columns");
-    if (this.cell === 0 && (this.rows + 1) * n > this.cellWidths.length) {
-      this.cellWidths = grow(this.cellWidths, (this.rows + 1) * n);
-      this.rowEnds = grow(this.rowEnds, this.rows + 1);
-    }
+    if (this.cell === 0 && (this.rows + 1) * n > this.cellWidths.length) this.growRows();
     const w = this.cellWidth;
-    this.cellWidths[this.rows * n + this.cell] = w;
+    const at = this.rows * n + this.cell;
+    this.cellWidths[at] = w;
+    this.cellEnds[at] = this.used;
     if (w > (this.widths[this.cell] as number)) this.widths[this.cell] = w;
     this.cellWidth = 0;
-    if (++this.cell < n) {
-      this.ensure(1);
-      this.bytes[this.used++] = 0; // SEP
-    }
+    this.cell++;
+  }
+
+  private growRows(): void {
+    const n = this.header.length;
+    this.cellWidths = grow(this.cellWidths, (this.rows + 1) * n);
+    this.cellEnds = grow(this.cellEnds, (this.rows + 1) * n);
+    this.rowEnds = grow(this.rowEnds, this.rows + 1);
   }
 
   endRow(): void {
@@ -327,6 +326,7 @@ export class Table {
     const b = this.bytes;
     const widths = this.widths;
     const cellWidths = this.cellWidths;
+    const cellEnds = this.cellEnds;
     const rowEnds = this.rowEnds;
     const lead = Buffer.from(indent);
     // The most a row adds to its own bytes: the indent, every column's padding and the newline.
@@ -348,18 +348,16 @@ export class Table {
       let p = from;
       const widthsAt = r * n;
       for (let i = 0; i < n; i++) {
-        let stop = end;
-        if (i < n - 1) {
-          stop = p;
-          while (stop < end && b[stop] !== 0) stop++;
-        } else while (stop > p && b[stop - 1] === SPACE) stop--;
+        const cellEnd = cellEnds[widthsAt + i] as number;
+        let stop = cellEnd;
+        if (i === n - 1) while (stop > p && b[stop - 1] === SPACE) stop--;
         if (stop > p) {
           for (let k = 0; k < pending; k++) chunk[at++] = SPACE;
           while (p < stop) chunk[at++] = b[p++] as number;
           pending = 0;
         }
         pending += (widths[i] as number) - (cellWidths[widthsAt + i] as number) + 2;
-        p = stop + 1;
+        p = cellEnd;
       }
       chunk[at++] = 0x0a;
       from = end;

@@ -58,3 +58,44 @@ for (const via of ["bpf", "netlink"])
     assert.equal(rows.length, 6, "both ends of the three connections, and nothing from the host");
     for (const c of rows) assert.equal(c.processes[0]?.pid, holder.pid);
   });
+
+// A connection closed by this end first: its socket stays in TIME-WAIT, the namespace's only TCP socket.
+const TIME_WAIT = `
+import socket, sys
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen()
+c = socket.create_connection(srv.getsockname()); a, _ = srv.accept()
+port = c.getsockname()[1]
+c.close(); a.close(); srv.close()
+print(port, flush=True)
+sys.stdin.readline()
+`;
+
+test("ls --all-netns skips only the namespaces with no TCP socket: a TIME-WAIT one is still walked", async (t) => {
+  if (!needs(t, { root: true, tools: ["ip", "python3"] })) return;
+  const { tcpEmpty } = await import("../../src/inspect/netstat.js");
+  const empty = Netns.create(t);
+  const closing = Netns.create(t);
+  const sleeper = empty.spawn(["python3", "-c", "import sys; print(1, flush=True); sys.stdin.readline()"]);
+  await sleeper.line();
+  const holder = closing.spawn(["python3", "-c", TIME_WAIT]);
+  const port = Number(await holder.line());
+  const inum = (ns: Netns) => Number(/net:\[(\d+)\]/.exec(ns.run(["readlink", "/proc/self/ns/net"]))?.[1]);
+  const [emptyInum, closingInum] = [inum(empty), inum(closing)];
+  assert.equal(tcpEmpty(sleeper.pid, emptyInum), true, "nothing hashed, nothing in TIME-WAIT");
+  assert.equal(tcpEmpty(holder.pid, closingInum), false, "one TIME-WAIT socket");
+  assert.equal(tcpEmpty(holder.pid, emptyInum), false, "not the namespace it is in");
+
+  const r = spawnSync(process.execPath, [TCPKA, "ls", "--all-netns", "-a", "--json"], {
+    encoding: "utf8",
+    maxBuffer: 1 << 30, // the machine may hold many connections of its own
+  });
+  assert.equal(r.status, 0, r.stderr);
+  const rows = (JSON.parse(r.stdout) as { connections: (Row & { state: string; netns: number })[] }).connections;
+  const waiting = rows.filter((c) => c.netns === closingInum);
+  assert.deepEqual(
+    waiting.map((c) => [c.state, c.local_port]),
+    [["TIME-WAIT", port]],
+    "the TIME-WAIT socket of a namespace with nothing else",
+  );
+  assert.equal(rows.filter((c) => c.netns === emptyInum).length, 0);
+});
