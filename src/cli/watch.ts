@@ -168,9 +168,9 @@ export async function runWatch(argv: readonly string[], out: Out): Promise<numbe
     const where = new EventWorkloads();
     try {
       process.stderr.write(
-        w.changes
+        w.changesMissing === null
           ? "tcpka watch: tracing keepalive on every TCP connection (Ctrl-C to stop)\n"
-          : "tcpka watch: tracing keepalive on every TCP connection (Ctrl-C to stop); keepalive turned on, retuned or off is not seen on this kernel (it needs Linux 6.2's bpf_rdonly_cast)\n",
+          : `tcpka watch: tracing keepalive on every TCP connection (Ctrl-C to stop); keepalive turned on, retuned or off is not seen: ${printable(w.changesMissing)}\n`,
       );
       w.run(
         (e) => {

@@ -131,8 +131,8 @@ export class KeepaliveWatch {
     private readonly flags: number,
     private readonly ring: RingBuffer,
     private readonly hz: number,
-    /** whether keepalive turned on, retuned and off are traced (bpf_rdonly_cast: Linux 6.2) */
-    readonly changes: boolean,
+    /** null when keepalive turned on, retuned and off are traced (bpf_rdonly_cast: Linux 6.2); else why not */
+    readonly changesMissing: string | null,
     private readonly withOwners: boolean,
   ) {}
 
@@ -149,6 +149,24 @@ export class KeepaliveWatch {
         hint: "sudo tcpka watch",
       });
     }
+    try {
+      return KeepaliveWatch.attach(opts, true);
+    } catch (e) {
+      // The timer programs take the most from the kernel (a kfunc, two more tracepoints): without them, the rest
+      // (a verifier that refuses them fails the first try, whatever else it would have taken).
+      try {
+        return KeepaliveWatch.attach(opts, false, (e as Error).message);
+      } catch (again) {
+        if (again instanceof TcpkaError) throw again;
+        throw new TcpkaError("unsupported", `cannot trace keepalive in this kernel: ${(again as Error).message}`, {
+          hint: "tcpka watch needs BTF tracepoints and a BPF ring buffer (Linux 5.9 or later, CONFIG_DEBUG_INFO_BTF)",
+        });
+      }
+    }
+  }
+
+  /** Everything loaded and attached, the timer programs too when `changes` (and the kernel has what they need). */
+  private static attach(opts: { owners?: boolean }, changes: boolean, failed?: string): KeepaliveWatch {
     const fds: number[] = [];
     let ring: RingBuffer | undefined;
     try {
@@ -159,7 +177,7 @@ export class KeepaliveWatch {
       fds.push(flags);
       const probing = hashMapCreate("tcpka_w_probing", 8, 8, 65536);
       fds.push(probing);
-      const casts = castIds(btf);
+      const casts = changes ? castIds(btf) : null;
       const programs = watchPrograms(o, { ring: ring.fd, flags, probing }, keepaliveTimerAddress(), casts);
       const ids = programs.map((p) => btf.typeId("TYPEDEF", `btf_trace_${p.target}`));
       btf.save();
@@ -174,14 +192,17 @@ export class KeepaliveWatch {
         fds.push(prog);
         fds.push(tracingAttach(prog));
       });
-      return new KeepaliveWatch(fds, flags, ring, kernelHz(), casts !== null, opts.owners ?? true);
+      const why =
+        casts !== null
+          ? null
+          : changes
+            ? "this kernel's BTF has no bpf_rdonly_cast (Linux 6.2)"
+            : `the programs for them did not load here (${(failed ?? "?").split("\n")[0]})`;
+      return new KeepaliveWatch(fds, flags, ring, kernelHz(), why, opts.owners ?? true);
     } catch (e) {
       for (const fd of fds.reverse()) close(fd);
       ring?.close();
-      if (e instanceof TcpkaError) throw e;
-      throw new TcpkaError("unsupported", `cannot trace keepalive in this kernel: ${(e as Error).message}`, {
-        hint: "tcpka watch needs BTF tracepoints and a BPF ring buffer (Linux 5.9 or later, CONFIG_DEBUG_INFO_BTF)",
-      });
+      throw e;
     }
   }
 
