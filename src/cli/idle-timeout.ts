@@ -5,6 +5,7 @@
  * arguments, shows the progress and prints the result.
  */
 import { performance } from "node:perf_hooks";
+import { isatty } from "node:tty";
 import { usage } from "../errors.js";
 import { parseEndpoint, resolveHost } from "../probe/endpoint.js";
 import { type IdleSearch, recommend } from "../probe/idle-search.js";
@@ -63,7 +64,7 @@ class Progress {
     /** Printed once the connections are open (an error before that needs no heading). */
     private readonly heading: string,
   ) {
-    this.tty = process.stderr.isTTY === true && process.env.TERM !== "dumb";
+    this.tty = isatty(2) && process.env.TERM !== "dumb"; // not process.stderr: see Out
   }
 
   private say(line: string): void {

@@ -2,7 +2,6 @@
  * `tcpka` with no arguments: is anything here at risk? The count of established connections with and without
  * keepalive, who owns the ones without, and the commands that fix them.
  */
-import { geteuid } from "node:process";
 import { DEFAULT_FILTER } from "../filter.js";
 import { type Connection, inspect } from "../inspect/connections.js";
 import type { NetNamespace } from "../inspect/namespaces.js";
@@ -102,7 +101,7 @@ const NO_NAMES: ReadonlyMap<number, NetNamespace> = new Map();
 
 /** How soon the connections with keepalive notice a dead peer, and whose settings make it so. */
 function detectionText(k: Detection, d: SystemDefaults): string {
-  const why = geteuid?.() === 0 ? "settings not readable" : "settings not readable without root";
+  const why = process.geteuid?.() === 0 ? "settings not readable" : "settings not readable without root";
   if (k.known === 0) return k.unreadable ? why : "";
   const range =
     k.fastest === k.slowest ? formatSeconds(k.slowest) : `${formatSeconds(k.fastest)} … ${formatSeconds(k.slowest)}`;

@@ -4,7 +4,6 @@
  * out of `strace -f -e trace=network`. With settings, tcpka also applies them (as `tcpka run` would) and
  * reports what it changed.
  */
-import { geteuid } from "node:process";
 import { checkTraceable, resolveCommand, traceProgram } from "../enforce/preload/index.js";
 import { TcpkaError } from "../errors.js";
 import { EVENT_KEY, type OptionValues, type TracedSocket, type TraceResult } from "../inspect/events.js";
@@ -170,7 +169,7 @@ function traceText(r: TraceResult, command: readonly string[], applied: boolean,
   }
   for (const e of r.errors) t += `error: ${printable(e)}\n`;
   for (const u of r.userSwitches) {
-    t += `warning: ${printable(u.comm)}[${u.pid}] switched to uid ${u.uid}, which cannot open the event file (only uid ${geteuid?.() ?? 0} can): what it and its children did afterwards is missing\n`;
+    t += `warning: ${printable(u.comm)}[${u.pid}] switched to uid ${u.uid}, which cannot open the event file (only uid ${process.geteuid?.() ?? 0} can): what it and its children did afterwards is missing\n`;
   }
   if (r.lost)
     t += `warning: ${plural(r.lost, "event")} lost (the event file could not be written): this report may be incomplete\n`;

@@ -36,6 +36,10 @@ export class ProcEvents {
         // A small heap: it makes no objects to speak of, and the isolate's default reservation shows in RSS.
         worker = new Worker(new URL("./proc-events-worker.js", import.meta.url), {
           workerData: { stop: stopFlag },
+          // Its stdio not piped into this process's: that would open process.stdout, which makes a piped fd 1
+          // non-blocking (see Out in ui/format.ts). It writes nothing.
+          stdout: true,
+          stderr: true,
           resourceLimits: { maxOldGenerationSizeMb: 8, maxYoungGenerationSizeMb: 1 },
         });
       } catch (e) {

@@ -124,6 +124,10 @@ export class ReadAhead {
       // A small heap: it makes no objects to speak of, and the isolate's default reservation shows in RSS.
       worker = new Worker(new URL("./read-ahead-worker.js", import.meta.url), {
         workerData: ring,
+        // Its stdio not piped into this process's: that would open process.stdout, which makes a piped fd 1
+        // non-blocking (see Out in ui/format.ts). It writes nothing.
+        stdout: true,
+        stderr: true,
         resourceLimits: { maxOldGenerationSizeMb: 8, maxYoungGenerationSizeMb: 1 },
       });
       worker.unref();

@@ -2,7 +2,6 @@
  * What more than one command writes about inspected connections: a connection's JSON (tcpka ls --json, and the
  * bench that times it), and the line on how to get exact answers (tcpka ls, tcpka).
  */
-import { geteuid } from "node:process";
 import type { Connection, InspectionInfo } from "../inspect/connections.js";
 import type { NetNamespace } from "../inspect/namespaces.js";
 import type { Workload } from "../inspect/workloads.js";
@@ -226,7 +225,7 @@ function jsonAscii(text: string): string {
 /** One line on how to get exact answers, when some came from the timer only. */
 export function writeExactHint(r: InspectionInfo, inexact: number, out: Out): void {
   if (inexact === 0 || !r.processes) return;
-  if (geteuid?.() !== 0 && (r.unreadablePids.length > 0 || r.exactDenied > 0)) {
+  if (process.geteuid?.() !== 0 && (r.unreadablePids.length > 0 || r.exactDenied > 0)) {
     out.write(
       paint(
         out,

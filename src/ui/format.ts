@@ -2,6 +2,7 @@
  * Output helpers: aligned tables, colour (only on a TTY and never with NO_COLOR), address and process text.
  */
 import { writeSync } from "node:fs";
+import { isatty } from "node:tty";
 import { TcpkaError } from "../errors.js";
 import type { SocketOwner } from "../inspect/owners.js";
 
@@ -19,8 +20,11 @@ export class Out {
     private readonly fd = 1,
     color?: boolean,
   ) {
-    const tty = fd === 1 ? process.stdout.isTTY : fd === 2 ? process.stderr.isTTY : false;
-    this.color = color ?? (tty === true && !process.env.NO_COLOR && process.env.TERM !== "dumb");
+    // isatty(3), not process.stdout.isTTY: touching process.stdout makes a piped fd 1 non-blocking (libuv's
+    // uv_pipe_open), for tcpka and for every other writer of that pipe after it (`(tcpka ls; cat f) | less`),
+    // and then each write into a full pipe fails with EAGAIN instead of waiting for the reader.
+    const tty = (fd === 1 || fd === 2) && isatty(fd);
+    this.color = color ?? (tty && !process.env.NO_COLOR && process.env.TERM !== "dumb");
   }
 
   write(text: string): void {
@@ -144,7 +148,14 @@ export function asciiBytes(text: string): Uint8Array {
   return b;
 }
 
-/** Synchronous write that survives EAGAIN on a non-blocking pipe and stops quietly on EPIPE. */
+/** Where writeAll() waits for a full non-blocking pipe to drain. */
+const pause = new Int32Array(new SharedArrayBuffer(4));
+
+/**
+ * Synchronous write that survives EAGAIN on a non-blocking pipe and stops quietly on EPIPE. tcpka leaves its
+ * fds blocking (see Out), so EAGAIN comes only from a pipe that was non-blocking already: wait a millisecond
+ * for the reader rather than spin, each failed try costing an exception.
+ */
 function writeAll(fd: number, data: Buffer): void {
   let buf = data;
   while (buf.length) {
@@ -152,7 +163,10 @@ function writeAll(fd: number, data: Buffer): void {
       buf = buf.subarray(writeSync(fd, buf));
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
-      if (code === "EAGAIN") continue;
+      if (code === "EAGAIN") {
+        Atomics.wait(pause, 0, 0, 1);
+        continue;
+      }
       if (code === "EPIPE") process.exit(0);
       throw e;
     }

@@ -32,7 +32,7 @@ export class HelperThread {
   start(): void {
     if (this.worker || this.broken) return;
     try {
-      const w = new Worker(this.script);
+      const w = new Worker(this.script, { stdout: true, stderr: true }); // not piped: see read-ahead.ts
       w.unref();
       w.on("message", (m: { id?: number; ready?: boolean; error?: string }) => {
         if (m.ready) this.setReady(true);
