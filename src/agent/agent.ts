@@ -39,11 +39,12 @@ import { cgroupPathOfPid, pidsInCgroup } from "../inspect/cgroup.js";
 import { CgroupMoves } from "../inspect/cgroup-moves.js";
 import { startTimeOf } from "../inspect/processes.js";
 import { chooseProcesses } from "../inspect/targets.js";
-import { STATE_ROOTS, Workloads } from "../inspect/workloads.js";
+import { containerRecord, STATE_ROOTS, Workloads } from "../inspect/workloads.js";
 import { matchPolicy, type Policy, PolicyErrors, type PolicyRule, type ProcessFacts } from "../policy.js";
 import { Lock, runtimeBase } from "../sys/files.js";
 import { ProcEvents } from "../sys/proc-events.js";
 import { everyProcess, processFacts, userNames } from "./facts.js";
+import { enforceNewContainer } from "./hook.js";
 import { type Plan, planPolicy, sameAsRule, type Target, type Watched } from "./plan.js";
 import { loadPolicyFile } from "./policy-file.js";
 import {
@@ -112,6 +113,10 @@ function seenOf(
 const SETTLE_MS = 150;
 /** While changes keep coming closer together than SETTLE_MS, a reconcile at least this often all the same. */
 const SETTLE_MAX_MS = 1000;
+/** How long a new container's directory is watched for its record (watchCreated). */
+const CREATED_WATCH_MS = 5000;
+/** Containers watched so at once, at most: a runtime creating more meanwhile is left to the reconcile. */
+const MAX_CREATING = 64;
 /** How often the ring of cgroup moves is read: a process moved is planned for within this (plus SETTLE_MS). */
 const MOVES_MS = 200;
 
@@ -198,6 +203,8 @@ export class Agent {
   private procEvents: ProcEvents | undefined;
   /** processes moved into another cgroup (a tracepoint), read every MOVES_MS, while it can be had */
   private moves: { moves: CgroupMoves; timer: NodeJS.Timeout } | undefined;
+  /** the containers being created whose record is awaited (watchCreated), by directory */
+  private readonly creating = new Map<string, { watcher?: FSWatcher; timer: NodeJS.Timeout }>();
   /** what the last reconcile saw, to tell whether a process that exec'd changes anything (see onProcesses) */
   private seen: Seen | undefined;
 
@@ -250,6 +257,11 @@ export class Agent {
       }
       for (const w of this.watchers) w.close();
       this.watchers = [];
+      for (const c of this.creating.values()) {
+        clearTimeout(c.timer);
+        c.watcher?.close();
+      }
+      this.creating.clear();
       this.reconcileSoon.stop();
       this.reloadSoon.stop();
       await this.passes; // each ends after the round under way once the signal has aborted
@@ -296,10 +308,13 @@ export class Agent {
    * (a unit, a slice, a pod's cgroups appear there). fs.watch is inotify: no polling.
    */
   private watchAll(): void {
-    const add = (dir: string, reason: string, reload = false) => {
+    const add = (dir: string, reason: string, reload = false, named?: (name: string) => void) => {
       if (this.watched.has(dir) || !existsSync(dir)) return;
       try {
-        const w = watch(dir, { persistent: false }, () => this.soon(reason, reload));
+        const w = watch(dir, { persistent: false }, (_event, name) => {
+          if (named && typeof name === "string") named(name);
+          this.soon(reason, reload);
+        });
         w.on("error", () => {
           w.close();
           this.watched.delete(dir); // gone: the next reconcile watches it again where it is back
@@ -312,11 +327,86 @@ export class Agent {
     };
     add(dirname(this.o.policyFile), "the policy changed", true);
     for (const root of STATE_ROOTS) {
-      add(root.dir, "a container appeared or went");
-      if (root.namespaced) for (const ns of subdirs(root.dir)) add(join(root.dir, ns), "a container appeared or went");
+      const ids = (dir: string) => (name: string) => this.watchCreated(dir, name);
+      add(root.dir, "a container appeared or went", false, root.namespaced ? undefined : ids(root.dir));
+      if (root.namespaced) {
+        for (const ns of subdirs(root.dir)) {
+          const dir = join(root.dir, ns);
+          add(dir, "a container appeared or went", false, ids(dir));
+        }
+      }
     }
     add(this.o.mount, "a cgroup appeared or went");
     for (const d of subdirs(this.o.mount)) add(join(this.o.mount, d), "a cgroup appeared or went");
+  }
+
+  /**
+   * A directory appeared in a runtime's state directory `parent`: a container being created, for all a runtime
+   * that runs no OCI hooks (containerd, Docker, podman without tcpka's hook) lets the agent know. runc writes the
+   * container's state.json (by a rename: whole when it is there) once its cgroup is made and its init process is
+   * in it, waiting for `runc start`; podman here starts the program 35-42 ms later (measured: state.json seen
+   * 35-42 ms before the container's first command ran, its directory 59-70 ms before). So the rule that selects
+   * the container is enforced on its cgroup at once, as the OCI hook would, rather than at the reconcile that
+   * the change asks for SETTLE_MS later (which then keeps it, and covers whatever this was too late for).
+   * Watched until state.json is there, for at most CREATED_WATCH_MS.
+   */
+  private watchCreated(parent: string, id: string): void {
+    const dir = join(parent, id);
+    if (!this.policy?.rules.length || this.creating.has(dir) || this.creating.size >= MAX_CREATING) return;
+    const done = () => {
+      const c = this.creating.get(dir);
+      if (!c) return;
+      this.creating.delete(dir);
+      clearTimeout(c.timer);
+      c.watcher?.close();
+    };
+    const tryNow = (): boolean => {
+      const c = containerRecord(parent, id);
+      if (!c) return false;
+      done();
+      const policy = this.policy;
+      if (!policy) return true;
+      try {
+        const done = enforceNewContainer(c, Workloads.load(), policy, this.o.mount, (t) => this.covers(t));
+        if (done && "why" in done)
+          this.o.log(`container ${id.slice(0, 12)}: rule ${done.rule} cannot cover it: ${done.why}`);
+        else if (done) {
+          const verb = done.replaced ? "updated" : "enforcing";
+          this.o.log(`${verb} rule ${done.target.rule.name} on ${where(done.target)} as its runtime created it`);
+        }
+      } catch (e) {
+        this.o.log(
+          `container ${id.slice(0, 12)}: not enforced at creation (${(e as Error).message}): the reconcile will`,
+        );
+      }
+      return true;
+    };
+    const entry: { watcher?: FSWatcher; timer: NodeJS.Timeout } = { timer: setTimeout(done, CREATED_WATCH_MS) };
+    entry.timer.unref();
+    this.creating.set(dir, entry);
+    try {
+      entry.watcher = watch(dir, { persistent: false }, (_event, name) => {
+        if (name === "state.json" || name === "status") tryNow();
+      });
+      entry.watcher.on("error", done);
+    } catch {
+      done(); // gone already (a container removed), or not a directory
+      return;
+    }
+    tryNow(); // written before the watch began
+  }
+
+  /**
+   * Whether `t` (a new container's cgroup and its rule) is covered already: enforced so by the agent (the OCI
+   * hook made it), or below a cgroup that the last reconcile enforced with the same rule (a pod's).
+   */
+  private covers(t: Target): boolean {
+    const above = this.lastDone?.plan.targets.some(
+      (p) => p.rule.name === t.rule.name && t.cgroup.startsWith(`${p.cgroup}/`),
+    );
+    if (above) return true;
+    const mine = agentEnforcements().find((a) => a.cgroup === t.cgroup);
+    return mine !== undefined && sameAsRule(mine.enforcement, t.rule);
   }
 
   /**

@@ -11,34 +11,60 @@
 import { join } from "node:path";
 import { enforceOnCgroup } from "../enforce/cgroup.js";
 import { pidsInCgroup } from "../inspect/cgroup.js";
-import { creatingContainer, Workloads } from "../inspect/workloads.js";
+import { type CreatingContainer, creatingContainer, Workloads } from "../inspect/workloads.js";
 import type { Policy, ProcessFacts } from "../policy.js";
 import { processFacts, userNames } from "./facts.js";
-import { planPolicy } from "./plan.js";
+import { planPolicy, type Target } from "./plan.js";
 
 /** What the hook did, in one line (for the runtime's log). */
 export function enforceCreating(state: unknown, policy: Policy, mount: string): string {
   const c = creatingContainer(state);
   if (!c) return "not a container's OCI state: nothing done";
-  const workloads = Workloads.load(undefined, c);
+  const done = enforceNewContainer(c, Workloads.load(undefined, c), policy, mount);
+  if (!done) return "";
+  if ("why" in done) return `container ${c.record.id.slice(0, 12)}: rule ${done.rule} cannot cover it: ${done.why}`;
+  const t = done.target;
+  return `${done.replaced ? "updated" : "enforcing"} rule ${t.rule.name} on container ${t.container ?? c.record.id.slice(0, 12)} (${t.cgroup}) before it starts`;
+}
+
+/** What enforceNewContainer did: the target enforced, or why the rule that selects the container cannot. */
+export type NewContainerDone = { target: Target; replaced: boolean } | { rule: string; why: string };
+
+/**
+ * Enforce the rule that selects a container that is being created (its cgroup made, its init process in it,
+ * its program not started yet), on its own cgroup, as the agent's: what the OCI hook does, and what the agent
+ * does itself the moment a runtime writes a new container's record (agent.ts watchCreated), for runtimes that
+ * run no hooks. null when no rule selects it, or `covered` says the target is covered already.
+ */
+export function enforceNewContainer(
+  c: CreatingContainer,
+  workloads: Workloads,
+  policy: Policy,
+  mount: string,
+  covered?: (t: Target) => boolean,
+): NewContainerDone | null {
   const users = userNames();
+  // The hook's cgroup is the init's (/proc/PID/cgroup: within the mount); runc's state.json has the full path.
   const cgroup = c.record.cgroup;
-  const pids = cgroup === undefined ? [c.record.pid] : pidsInCgroup(join(mount, cgroup));
+  const dir = cgroup === undefined ? undefined : cgroup.startsWith(`${mount}/`) ? cgroup : join(mount, cgroup);
+  const pids = dir === undefined ? [c.record.pid] : pidsInCgroup(dir);
   const facts = pids
     .map((pid) => processFacts(pid, workloads, users))
     .filter((f): f is ProcessFacts => f !== undefined);
-  // Its own cgroup: the hook sees this container only, not whether all of its pod is the rule's (the agent does).
+  // Its own cgroup: only this container is known to be new, not whether all of its pod is the rule's (the
+  // agent's reconcile sees that).
   const plan = planPolicy(policy, facts, { pods: false });
   const t = plan.targets[0];
   if (!t) {
     const u = plan.uncovered[0];
-    return u ? `container ${c.record.id.slice(0, 12)}: rule ${u.rule.name} cannot cover it: ${u.why}` : "";
+    return u ? { rule: u.rule.name, why: u.why } : null;
   }
+  if (covered?.(t)) return null;
   const r = enforceOnCgroup(
     join(mount, t.cgroup),
     mount,
     { settings: t.rule.settings, mode: t.rule.mode, only: t.rule.only, except: t.rule.except },
     { rule: t.rule.name },
   );
-  return `${r.replaced ? "updated" : "enforcing"} rule ${t.rule.name} on container ${t.container ?? c.record.id.slice(0, 12)} (${t.cgroup}) before it starts`;
+  return { target: t, replaced: r.replaced };
 }

@@ -278,6 +278,21 @@ export function creatingContainer(state: unknown): CreatingContainer | undefined
   };
 }
 
+/**
+ * The record of the container `id` that a runtime has just written under `parent` (a state root of STATE_ROOTS,
+ * or a namespace directory of one): its runc state.json or crun status, read as Workloads.load() reads them
+ * (the directories checked as trustedDir, the file as readTrusted). undefined until it is there and whole.
+ */
+export function containerRecord(parent: string, id: string): CreatingContainer | undefined {
+  if (!/^[0-9A-Za-z_.-]{1,128}$/.test(id) || id.startsWith(".")) return undefined;
+  const root = STATE_ROOTS.find((r) => parent === r.dir || (r.namespaced === true && dirname(parent) === r.dir));
+  if (!root || !trustedDir(root.dir) || !trustedDir(parent)) return undefined;
+  const dir = join(parent, id);
+  if (!trustedDir(dir)) return undefined;
+  const record = readRunc(dir, id) ?? readCrun(dir, id);
+  return record ? { record } : undefined;
+}
+
 /** A runc state.json: "labels" are the annotations as KEY=VALUE, and runc's "bundle=PATH" after them (specconv). */
 function readRunc(dir: string, id: string): RuntimeRecord | undefined {
   const buf = readTrusted(join(dir, "state.json"));

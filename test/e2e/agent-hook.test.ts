@@ -18,7 +18,7 @@ import { busyboxImage, needsPodman, startContainer } from "../helpers/podman.js"
 import { tempDir, uniqueName } from "../helpers/scope.js";
 import { startTcpka, tcpkaHere as tcpka } from "../helpers/tcpka.js";
 
-test("with the OCI hook, a selected container's first connection is covered from its first packet; without, a moment later", async (t) => {
+test("with the OCI hook, a selected container's first connection is covered from its first packet; without, by the agent as runc creates it (or a moment later)", async (t) => {
   if (!needsPodman(t)) return;
   if (agentRuns()) {
     assert.ok(!IN_CI, "another tcpka agent runs on this machine in CI");
@@ -73,7 +73,8 @@ test("with the OCI hook, a selected container's first connection is covered from
     [1, 7, 3, 4],
     `the hooked container's first connection: ${JSON.stringify(first)}`,
   );
-  // Without it (the same rule): the agent's event, then its pass over the connections made meanwhile.
+  // Without it (the same rule): the agent itself, the moment runc writes the container's state.json (35-42 ms
+  // before the program runs, here), else at its reconcile and its pass over the connections made meanwhile.
   const later = startContainer(t, image, {
     name: `${prefix}-plain`,
     mounts: [{ source: exe, target: "/ka_agent" }],
@@ -81,12 +82,13 @@ test("with the OCI hook, a selected container's first connection is covered from
   });
   cgroups.push(later.cgroup);
   const plain = await KaAgent.inContainer(later).first();
-  assert.equal(plain.at_connect, 0, "no hook: not set up at connect");
-  assert.ok(plain.covered_ms > 0, `no hook: covered a moment later, by the agent (${JSON.stringify(plain)})`);
-  console.log(`first connection covered: with the hook at connect; without it after ${plain.covered_ms} ms`);
+  assert.ok(plain.covered_ms >= 0, `no hook: covered by the agent (${JSON.stringify(plain)})`);
+  console.log(
+    `first connection covered: with the hook at connect; without it ${plain.at_connect ? "at connect too" : `after ${plain.covered_ms} ms`}`,
+  );
 
   // The agent adopted what the hook made (nothing made twice), and the kernel counts the hooked one's set-ups.
-  await agent.waitFor(/enforcing rule hooked on container .*-plain /m, 10_000);
+  await agent.waitFor(/^enforcing rule hooked on container .*-plain .* as its runtime created it$/m, 10_000);
   const listed = JSON.parse(tcpka(["enforce", "--list", "--json"]).stdout) as {
     cgroup: string;
     owner?: string;
@@ -104,7 +106,10 @@ test("with the OCI hook, a selected container's first connection is covered from
   assert.doesNotMatch(agent.stdout, /enforcing rule hooked on container .*-hooked /, "the agent found it made");
 
   // tcpka status: what the agent covers now, with what the kernel counts; exit 0 while all is well.
-  await agent.waitFor(/rule hooked on container .*-plain .*: \d+ existing connections changed$/m, 10_000);
+  // (after the reconcile that found both: the pass over the plain one's existing connections changes what
+  // its program made before the agent enforced, none when it was in time)
+  await agent.waitFor(/^reconciled \([^)]+\) in \d+ ms: 2 targets, /m, 10_000);
+  assert.doesNotMatch(agent.stdout, /^updated rule /m, "nothing made twice");
   const status = tcpka(["status"]);
   assert.equal(status.status, 0, status.stdout + status.stderr);
   assert.match(status.stdout, /^agent: running \(pid \d+, since /m);
@@ -129,7 +134,10 @@ test("with the OCI hook, a selected container's first connection is covered from
   assert.equal(s.running, true);
   const targets = new Map(s.rules[0]?.targets.map((x) => [x.container, x]));
   assert.ok((targets.get(hooked.name)?.connections_set_up ?? 0) >= 2, "the hooked one's set-ups, counted");
-  assert.equal(targets.get(later.name)?.connections_set_up, 0, "the plain one's were changed by the pass instead");
+  // The plain one: set up by the sock_ops program where the agent was in time, else changed by the pass.
+  const plainSetUps = targets.get(later.name)?.connections_set_up ?? -1;
+  if (plain.at_connect) assert.ok(plainSetUps >= 2, `the plain one's set-ups, counted: ${plainSetUps}`);
+  else assert.equal(plainSetUps, 0, "the plain one's were changed by the pass instead");
   assert.deepEqual((targets.get(later.name)?.existing as { changed: number } | undefined)?.changed !== undefined, true);
   // Stopped: its enforcements stay, and status says it is not running (exit 1).
   agent.kill("SIGTERM");
