@@ -367,7 +367,7 @@ export class Agent {
       const policy = this.policy;
       if (!policy) return true;
       try {
-        const done = enforceNewContainer(c, Workloads.load(), policy, this.o.mount, (t) => this.covers(t));
+        const done = enforceNewContainer(c, Workloads.only(c), policy, this.o.mount, (t) => this.covers(t));
         if (done && "why" in done)
           this.o.log(`container ${id.slice(0, 12)}: rule ${done.rule} cannot cover it: ${done.why}`);
         else if (done) {

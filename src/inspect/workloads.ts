@@ -247,6 +247,8 @@ interface RuntimeRecord {
 /** A container being created, as an OCI hook is told of it (see creatingContainer). */
 export interface CreatingContainer {
   readonly record: RuntimeRecord;
+  /** the engine that its state root says (containerRecord); null where only its annotations may say */
+  readonly engine?: string | null;
 }
 
 /**
@@ -290,7 +292,7 @@ export function containerRecord(parent: string, id: string): CreatingContainer |
   const dir = join(parent, id);
   if (!trustedDir(dir)) return undefined;
   const record = readRunc(dir, id) ?? readCrun(dir, id);
-  return record ? { record } : undefined;
+  return record ? { record, engine: root.engine } : undefined;
 }
 
 /** A runc state.json: "labels" are the annotations as KEY=VALUE, and runc's "bundle=PATH" after them (specconv). */
@@ -679,6 +681,15 @@ export class Workloads {
       if (pod) e.container.pod = { namespace: pod.namespace, name: pod.name, container: null };
     }
     this.containers = this.entries.map((e) => e.container);
+  }
+
+  /**
+   * The one container being created, as Workloads.load() would know it, without reading every other record: what
+   * the agent needs the moment a runtime writes it (a host of hundreds of containers reads their records in tens
+   * of milliseconds). A container of a pod whose records carry no pod is then not given its siblings' pod.
+   */
+  static only(c: CreatingContainer): Workloads {
+    return new Workloads([{ ...c.record, engine: c.engine ?? null }]);
   }
 
   /** Read the runtimes' records under `roots` (STATE_ROOTS by default). Never throws. */
