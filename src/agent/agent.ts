@@ -24,6 +24,7 @@ import {
   agentEnforcements,
   BPF_FS,
   bpffsMounted,
+  enforcementOf,
   enforceOnCgroup,
   type Listed,
   listEnforcements,
@@ -397,16 +398,17 @@ export class Agent {
   }
 
   /**
-   * Whether `t` (a new container's cgroup and its rule) is covered already: enforced so by the agent (the OCI
-   * hook made it), or below a cgroup that the last reconcile enforced with the same rule (a pod's).
+   * Whether `t` (a new container's cgroup and its rule) is covered already: enforced so for the agent on this
+   * very cgroup (the OCI hook made it), or below a cgroup that the last reconcile enforced with the same rule (a pod's).
    */
   private covers(t: Target): boolean {
     const above = this.lastDone?.plan.targets.some(
       (p) => p.rule.name === t.rule.name && t.cgroup.startsWith(`${p.cgroup}/`),
     );
     if (above) return true;
-    const mine = agentEnforcements().find((a) => a.cgroup === t.cgroup);
-    return mine !== undefined && sameAsRule(mine.enforcement, t.rule);
+    // Attached to this cgroup, not a pin left of a cgroup of the same path that is gone (a restarted container).
+    const l = enforcementOf(t.cgroup, this.o.mount);
+    return l?.where === "here" && l.enforcement?.owner === "agent" && sameAsRule(l.enforcement, t.rule);
   }
 
   /**

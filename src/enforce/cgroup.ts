@@ -837,6 +837,12 @@ export function listEnforcements(mount: string): Listed[] {
   return locked("list the enforcements", true, () => pinDirNames().map((n) => listed(n, mount)));
 }
 
+/** The enforcement pinned for one cgroup (a path within the mount), as listEnforcements lists it; undefined if none. */
+export function enforcementOf(cgroup: string, mount: string): Listed | undefined {
+  const name = pinName(cgroup);
+  return locked("list an enforcement", true, () => (pinDirNames().includes(name) ? listed(name, mount) : undefined));
+}
+
 function listed(name: string, mount: string): Listed {
   const dir = join(PIN_ROOT, name);
   const meta = pinnedMeta(dir);
