@@ -31,6 +31,9 @@
  *   timer_cancel                that timer removed while keepalive is on: turned off (tcp_set_keepalive(sk, 0)
  *                               → sk_stop_timer) — or the first half of a re-arm to another wheel bucket
  *                               (__mod_timer → detach_if_pending, then timer_start): user space pairs them.
+ *                               Not the timer's own expiry, which detaches it first (expire_timers →
+ *                               detach_timer traces timer_cancel, then timer_expire_entry): that comes once
+ *                               jiffies has reached the timer's bucket (timerDue), a program's change before.
  *                               A re-arm within the same bucket of the timer wheel traces nothing (__mod_timer
  *                               only updates expires), and TCP_KEEPINTVL / TCP_KEEPCNT touch no timer at all:
  *                               those changes are not seen (fentry on do_tcp_setsockopt would see them, and
@@ -67,6 +70,7 @@ import {
   Ja,
   JEq,
   JEq32,
+  JGE,
   JGT,
   JNE,
   JNE32,
@@ -74,7 +78,9 @@ import {
   LoadImm64,
   LoadMapFd,
   LoadMem,
+  Lsh,
   Mov,
+  Mul32,
   ProgramBuilder,
   R0,
   R1,
@@ -85,8 +91,10 @@ import {
   R7,
   R8,
   R10,
+  type Reg,
   Return,
   Rsh,
+  Rsh32,
   StoreImm,
   StoreMem,
   Sub,
@@ -137,6 +145,8 @@ export interface WatchOffsets extends TcpSocketOffsets {
   skbTransportHeader: number;
   tcpRcvTstamp: number;
   skcState: number;
+  /** struct sock: sk_timer.flags (the timer's wheel bucket in the upper 10 bits) */
+  skTimerFlags: number;
 }
 
 export function watchOffsets(btf: BtfFacts): WatchOffsets {
@@ -150,6 +160,7 @@ export function watchOffsets(btf: BtfFacts): WatchOffsets {
     skbTransportHeader: btf.memberOffset("sk_buff", "transport_header"),
     tcpRcvTstamp: btf.memberOffset("tcp_sock", "rcv_tstamp"),
     skcState: btf.memberOffset("sock_common", "skc_state"),
+    skTimerFlags: btf.memberOffset("sock", "sk_timer.flags"),
   };
 }
 
@@ -316,6 +327,25 @@ function probingKey(m: WatchMaps): Instruction[] {
   return [StoreMem(R10, KEY, R6, "DW"), ...LoadMapFd(R1, m.probing), Mov.Reg(R2, R10), Add.Imm(R2, KEY)];
 }
 
+/**
+ * `dst` = when the keepalive timer of the socket in r6 (struct sock) / r7 (tcp_sock) is due, as timer_start's
+ * bucket_expiry says it: its expiry rounded up to the granularity of its wheel level (calc_index:
+ * ((expires >> 3 * level) + 1) << 3 * level), the level from the bucket index its flags keep (TIMER_ARRAYSHIFT 22,
+ * LVL_SIZE 64 buckets a level: kernel/time/timer.c). Uses `tmp`.
+ */
+function timerDue(o: WatchOffsets, dst: Reg, tmp: Reg): Instruction[] {
+  return [
+    LoadMem(tmp, R6, o.skTimerFlags, "W"),
+    Rsh32.Imm(tmp, 22 + 6),
+    Mul32.Imm(tmp, 3),
+    And32.Imm(tmp, 63),
+    LoadMem(dst, R7, o.tcpSkTimerExpires, "DW"),
+    Rsh.Reg(dst, tmp),
+    Add.Imm(dst, 1),
+    Lsh.Reg(dst, tmp),
+  ];
+}
+
 /** BTF ids for bpf_rdonly_cast: the kfunc itself and the two types it casts to. */
 export interface CastIds {
   rdonlyCast: number;
@@ -362,8 +392,12 @@ function timerChange(
   );
   b.label("state");
   if (!start) {
-    // Keepalive on: being turned off (the flag is cleared after the timer), or a re-arm's first half.
-    b.emit(...keepOpen(o, R2, R6), JEq32.Imm(R2, 0, "out"));
+    // Keepalive on: being turned off (the flag is cleared after the timer), or a re-arm's first half. Not the
+    // timer expiring: expire_timers detaches it (detach_timer → debug_deactivate traces timer_cancel) before
+    // timer_expire_entry, once jiffies has reached its bucket's time; a program's change comes before that (one
+    // that comes while an overdue timer waits for its softirq is missed too).
+    b.emit(...keepOpen(o, R2, R6), JEq32.Imm(R2, 0, "out"), Call(Fn.jiffies64), Mov.Reg(R8, R0));
+    b.emit(...timerDue(o, R4, R3), JGE.Reg(R8, R4, "out"));
     emitRecord(b, o, KIND.off, "output");
     emitOutput(b, m);
     return b.build();

@@ -124,6 +124,9 @@ test("probes sent and answered on an idle connection; after the cable is pulled,
   // idle 2 s + 3 × 1 s from the last answer, which came at most 2 s before the pull (plus the 100 ms polls)
   assert.ok(killedAfter >= 2.5 && killedAfter <= 6.5, `killed ${killedAfter} s after the pull`);
   assert.ok(Math.abs(killed.silent_s - 5) <= 0.6, `silent ${killed.silent_s} s at the kill (idle 2 + 3 × 1)`);
+  // Each expiry detaches the timer (a timer_cancel) before it runs: that is no keepalive turned off.
+  const offs = events(watch).filter((e) => mine(e) && e.kind === "off");
+  assert.deepEqual(offs, [], "keepalive off while it probed");
   lab.restoreCable();
   watch.kill();
 });
