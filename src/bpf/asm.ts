@@ -67,6 +67,7 @@ export const Fn = {
   mapUpdateElem: 2,
   ktimeGetNs: 5,
   getCurrentPidTgid: 14,
+  getCurrentTask: 35,
   getCurrentComm: 16,
   probeReadKernel: 113,
   ringbufOutput: 130,

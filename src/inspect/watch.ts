@@ -8,19 +8,35 @@
 import { readFileSync } from "node:fs";
 import { ipv4, ipv6 } from "../addresses.js";
 import { assemble, Listing } from "../bpf/asm.js";
-import { type CastIds, FLAGS, KIND, LOST, RECORD, watchOffsets, watchPrograms } from "../bpf/keepalive-watch.js";
+import {
+  type CastIds,
+  FLAGS,
+  KIND,
+  LOST,
+  RECORD,
+  type SetsockoptIds,
+  setsockoptOffsets,
+  setsockoptPrograms,
+  type WatchOffsets,
+  watchOffsets,
+  watchPrograms,
+} from "../bpf/keepalive-watch.js";
 import { TcpkaError } from "../errors.js";
 import { AF_INET, BPF_TRACE_RAW_TP } from "../kernel/constants.js";
+import { SOCKOPTS } from "../kernel/sockopts.js";
 import {
   bpfCapable,
   counterMapCreate,
   counterRead,
   hashMapCreate,
+  tracepointAttach,
+  tracepointProgLoad,
   tracingAttach,
   tracingProgLoad,
 } from "../sys/bpf.js";
 import { CachedBtf } from "../sys/btf.js";
 import { close, kernelHz } from "../sys/libc.js";
+import { perfTracepointOpen, type TraceEvent, traceEvents } from "../sys/perf.js";
 import { RingBuffer } from "../sys/ringbuf.js";
 import type { SocketOwner } from "./owners.js";
 import { findOwners } from "./owners.js";
@@ -60,6 +76,16 @@ export interface WatchEvent {
   cgroup: number;
   /** the idle time in force (seconds: the socket's own, else its namespace's) */
   idleS: number;
+  /** the interval between probes in force (seconds: the socket's own, else its namespace's) */
+  intervalS: number;
+  /**
+   * on, retuned, off: the options a program's setsockopt(2) set in this change (the kernel's names:
+   * SO_KEEPALIVE, TCP_KEEPIDLE...), in order; empty when only the keepalive timer showed it (a BPF program's
+   * bpf_setsockopt, or the setsockopt programs not loaded)
+   */
+  options?: string[];
+  /** on, retuned, off: keepalive on after the change (a retune of a connection without keepalive: false) */
+  keepalive?: boolean;
   /** on, retuned: seconds until the first probe (the timer's new expiry) */
   nextProbeS?: number;
   /**
@@ -81,15 +107,95 @@ const KIND_NAMES: Record<number, WatchEventKind> = {
   [KIND.off]: "off",
 };
 /**
- * How long an "off" (the timer removed) waits for its socket's timer to be started again: a re-arm to another
- * bucket of the timer wheel is a timer_cancel and a timer_start a few microseconds apart on one CPU, under the
- * socket's lock (__mod_timer). And how long later changes of one socket are folded into its first (a program's
- * SO_KEEPALIVE then TCP_KEEPIDLE, one after the other).
+ * How long after a change of a socket the next one is folded into it: a re-arm to another bucket of the timer
+ * wheel is a timer_cancel and a timer_start a few microseconds apart on one CPU, under the socket's lock
+ * (__mod_timer), and the setsockopt's own record follows them at the syscall's exit; a program's SO_KEEPALIVE
+ * then TCP_KEEPIDLE (or Node's four calls) come one right after the other. A group spans at most GROUP_NS.
  */
 const PAIR_NS = 2_000_000n;
+const GROUP_NS = 20_000_000n;
+
+/** The options of the setsockopt records by "level optname" (kernel/sockopts.ts). */
+const OPTION_NAMES = new Map<string, string>(
+  (["keepalive", "idle", "interval", "count"] as const).map((n) => {
+    const [level, name, text] = SOCKOPTS[n];
+    return [`${level} ${name}`, text];
+  }),
+);
 
 function byTime(a: WatchEvent, b: WatchEvent): number {
   return a.ns < b.ns ? -1 : a.ns > b.ns ? 1 : 0;
+}
+
+function isChange(e: WatchEvent): boolean {
+  return e.kind === "on" || e.kind === "retuned" || e.kind === "off";
+}
+
+/** A record of a program's setsockopt (it names its option), not of the keepalive timer. */
+function isSet(e: WatchEvent): boolean {
+  return e.options !== undefined;
+}
+
+/**
+ * One socket's changes, a few microseconds to PAIR_NS apart (oldest first), as the lines to show: the keepalive
+ * timer's records (timer_start: on, or retuned where keepalive was on already; timer_cancel: off) and the
+ * setsockopt records of the same calls, which come at the syscall's exit, after the timer's, with the values the
+ * socket has then. So one setsockopt (or a program's few in a row) is one line:
+ * - a timer_cancel right before a timer_start that finds keepalive on is a re-arm (a new TCP_KEEPIDLE:
+ *   __mod_timer moving the timer to another wheel bucket), not an off;
+ * - a line starts at the group's first record and takes the values of each one after it (the last is what the
+ *   socket has), its options added up; its kind is on once the timer is armed for keepalive turned on (the
+ *   TCP_KEEPIDLE/INTVL/CNT set before it are the same change: tcpka enable's order), off at a timer_cancel (which
+ *   starts a line of its own: a turn on and off within PAIR_NS is two lines);
+ * - a setsockopt record that starts the group is a retune (TCP_KEEP*) — of a connection without keepalive too
+ *   (`keepalive` false) — or, for SO_KEEPALIVE, a call that changed nothing (1 where it was on, 0 where it was
+ *   off: turning it on or off arms or removes the timer, whose record would come first), which shows nothing
+ *   unless a TCP_KEEP* of the same group follows.
+ */
+export function resolveChanges(group: readonly WatchEvent[]): WatchEvent[] {
+  const out: WatchEvent[] = [];
+  let line: WatchEvent | null = null;
+  let noop = false;
+  const finish = () => {
+    if (line && !noop) {
+      if (!line.keepalive) delete line.nextProbeS;
+      out.push(line);
+    }
+    line = null;
+    noop = false;
+  };
+  group.forEach((e, i) => {
+    const next = group[i + 1];
+    if (!isSet(e) && e.kind === "off" && next && !isSet(next) && next.kind === "retuned") return; // a re-arm
+    const keepalive = isSet(e) ? e.keepalive === true : e.kind !== "off";
+    if (!isSet(e) && e.kind === "off") {
+      finish();
+      line = { ...e, options: [], keepalive: false };
+      return;
+    }
+    if (line === null || (!isSet(e) && e.kind === "on" && line.kind === "off")) {
+      finish();
+      line = { ...e, options: [...(e.options ?? [])], keepalive };
+      noop = isSet(e) && e.options?.[0] === "SO_KEEPALIVE";
+      if (isSet(e)) line.kind = noop ? (keepalive ? "on" : "off") : "retuned";
+      return;
+    }
+    const l: WatchEvent = line;
+    if (!isSet(e) && e.kind === "on") {
+      l.kind = "on";
+      if (e.atConnect) l.atConnect = true;
+      noop = false;
+    } else if (noop && (!isSet(e) || e.options?.[0] !== "SO_KEEPALIVE")) {
+      l.kind = "retuned";
+      noop = false;
+    }
+    const { kind: _k, ns: _n, at: _a, atConnect: _c, pid: _p, comm: _m, options, nextProbeS, ...values } = e;
+    Object.assign(l, values, { keepalive });
+    if (nextProbeS !== undefined) l.nextProbeS = nextProbeS;
+    if (options) l.options = [...(l.options ?? []), ...options];
+  });
+  finish();
+  return out;
 }
 
 /**
@@ -119,6 +225,59 @@ function keepaliveTimerAddress(): bigint {
   return a;
 }
 
+/**
+ * The setsockopt programs (bpf/keepalive-watch.ts) loaded and attached to syscalls:sys_exit_setsockopt, then
+ * sys_enter_setsockopt (tracefs gives their ids and records, sys/perf.ts), with the stash map they share: the fds
+ * to close, in the order to open them (closed in reverse: the enter's first). Throws with why not; then nothing
+ * of it stays open.
+ */
+function attachSetsockopt(
+  btf: CachedBtf,
+  o: WatchOffsets,
+  m: { ring: number; flags: number; probing: number },
+  casts: CastIds,
+): number[] {
+  const fds: number[] = [];
+  try {
+    const [enter, exit] = traceEvents("syscalls", ["sys_enter_setsockopt", "sys_exit_setsockopt"]) as [
+      TraceEvent,
+      TraceEvent,
+    ];
+    // The programs read an argument's low 32 bits (little-endian) and the return value's 64.
+    const field = (e: TraceEvent, name: string, size: number) => {
+      const f = e.fields.get(name);
+      if (!f || f.size < size) throw new Error(`the trace event of setsockopt has no ${size}-byte field ${name} here`);
+      return f.offset;
+    };
+    const fields = {
+      fd: field(enter, "fd", 4),
+      level: field(enter, "level", 4),
+      optname: field(enter, "optname", 4),
+      ret: field(exit, "ret", 8),
+    };
+    const ids: SetsockoptIds = {
+      ...casts,
+      task: btf.typeId("STRUCT", "task_struct"),
+      file: btf.typeId("STRUCT", "file"),
+      socket: btf.typeId("STRUCT", "socket"),
+    };
+    // A stash per thread between its enter and its exit: threads inside setsockopt(2) at once.
+    const stash = hashMapCreate("tcpka_w_stash", 8, 8, 4096);
+    fds.push(stash);
+    for (const p of setsockoptPrograms(o, setsockoptOffsets(btf), { ...m, stash }, ids, fields)) {
+      const prog = tracepointProgLoad({ name: p.name, insns: assemble(p.insns), listing: new Listing(p.insns) });
+      fds.push(prog);
+      const perf = perfTracepointOpen((p.event === "sys_enter_setsockopt" ? enter : exit).id);
+      fds.push(perf);
+      fds.push(tracepointAttach(prog, perf));
+    }
+    return fds;
+  } catch (e) {
+    for (const fd of fds.reverse()) close(fd);
+    throw e;
+  }
+}
+
 export class KeepaliveWatch {
   private timer: NodeJS.Timeout | undefined;
   private readonly owners = new Map<number, SocketOwner[]>();
@@ -133,6 +292,12 @@ export class KeepaliveWatch {
     private readonly hz: number,
     /** null when keepalive turned on, retuned and off are traced (bpf_rdonly_cast: Linux 6.2); else why not */
     readonly changesMissing: string | null,
+    /**
+     * null when a program's own setsockopt of SO_KEEPALIVE, TCP_KEEPIDLE/INTVL/CNT is traced (the syscall's trace
+     * events), or when changes are not traced at all (changesMissing says why); else why not: a new
+     * TCP_KEEPINTVL or TCP_KEEPCNT alone is then not seen
+     */
+    readonly setsockoptMissing: string | null,
     private readonly withOwners: boolean,
   ) {}
 
@@ -142,8 +307,10 @@ export class KeepaliveWatch {
   /**
    * Load and attach everything; throws TcpkaError("unsupported" or "permission") with why not. `owners: false`
    * leaves the events' owners empty (no /proc scan for the sockets seen: the metrics need their cgroup only).
+   * `setsockopt: false` leaves the syscall's trace events alone (they put every system call of the host on the
+   * traced path while attached, see bpf/keepalive-watch.ts: for the metrics, which count no changes).
    */
-  static start(opts: { owners?: boolean } = {}): KeepaliveWatch {
+  static start(opts: { owners?: boolean; setsockopt?: boolean } = {}): KeepaliveWatch {
     if (!bpfCapable()) {
       throw new TcpkaError("permission", "tcpka watch traces the kernel: it needs root (CAP_BPF and CAP_PERFMON)", {
         hint: "sudo tcpka watch",
@@ -166,7 +333,11 @@ export class KeepaliveWatch {
   }
 
   /** Everything loaded and attached, the timer programs too when `changes` (and the kernel has what they need). */
-  private static attach(opts: { owners?: boolean }, changes: boolean, failed?: string): KeepaliveWatch {
+  private static attach(
+    opts: { owners?: boolean; setsockopt?: boolean },
+    changes: boolean,
+    failed?: string,
+  ): KeepaliveWatch {
     const fds: number[] = [];
     let ring: RingBuffer | undefined;
     try {
@@ -180,7 +351,6 @@ export class KeepaliveWatch {
       const casts = changes ? castIds(btf) : null;
       const programs = watchPrograms(o, { ring: ring.fd, flags, probing }, keepaliveTimerAddress(), casts);
       const ids = programs.map((p) => btf.typeId("TYPEDEF", `btf_trace_${p.target}`));
-      btf.save();
       programs.forEach((p, i) => {
         const prog = tracingProgLoad({
           name: p.name,
@@ -192,13 +362,22 @@ export class KeepaliveWatch {
         fds.push(prog);
         fds.push(tracingAttach(prog));
       });
+      let setsockoptWhy: string | null = null;
+      if (casts !== null && opts.setsockopt !== false) {
+        try {
+          fds.push(...attachSetsockopt(btf, o, { ring: ring.fd, flags, probing }, casts));
+        } catch (e) {
+          setsockoptWhy = (e as Error).message.split("\n")[0] ?? "?";
+        }
+      }
+      btf.save();
       const why =
         casts !== null
           ? null
           : changes
             ? "this kernel's BTF has no bpf_rdonly_cast (Linux 6.2)"
             : `the programs for them did not load here (${(failed ?? "?").split("\n")[0]})`;
-      return new KeepaliveWatch(fds, flags, ring, kernelHz(), why, opts.owners ?? true);
+      return new KeepaliveWatch(fds, flags, ring, kernelHz(), why, setsockoptWhy, opts.owners ?? true);
     } catch (e) {
       for (const fd of fds.reverse()) close(fd);
       ring?.close();
@@ -251,51 +430,33 @@ export class KeepaliveWatch {
   }
 
   /**
-   * Fold the changes of `events` (in place) with those held back: an off followed within PAIR_NS by its
-   * socket's timer started again was a re-arm (retuned); an on or a retune followed by more changes of the same
-   * socket within PAIR_NS is one change, with the last one's values (an on stays an on). Changes younger than
-   * PAIR_NS at `now` are held back until the next poll; the rest stay in `events`, in the kernel's order.
+   * Fold the changes of `events` (in place) with those held back: the changes of one socket that follow each
+   * other within PAIR_NS are one group, which `resolveChanges` makes one line (two for a turn on and off). A
+   * group whose last change is younger than PAIR_NS at `now` is held back until the next poll; the rest stay in
+   * `events`, in the kernel's order.
    */
   private fold(events: WatchEvent[], now: bigint): void {
     const changes = this.held;
     this.held = [];
     const others: WatchEvent[] = [];
-    for (const e of events) (e.kind === "on" || e.kind === "retuned" || e.kind === "off" ? changes : others).push(e);
+    for (const e of events) (isChange(e) ? changes : others).push(e);
     if (!changes.length) return;
     changes.sort(byTime);
-    // Per socket: its first change, and an off after it that a start may still undo.
-    const open = new Map<string, { first: WatchEvent; off: WatchEvent | null }>();
+    const open = new Map<string, WatchEvent[]>();
     const done: WatchEvent[] = [];
-    const close = (o: { first: WatchEvent; off: WatchEvent | null }) => {
-      done.push(o.first);
-      if (o.off) done.push(o.off);
-    };
     for (const e of changes) {
       const key = `${e.netns} ${e.inode} ${e.localAddress} ${e.localPort} ${e.peerAddress} ${e.peerPort}`;
-      const o = open.get(key);
-      const last = o ? (o.off ?? o.first) : null;
-      if (o && last && e.ns - last.ns <= PAIR_NS) {
-        if (e.kind === "off") {
-          if (o.off || o.first.kind === "off") {
-            close(o);
-            open.set(key, { first: e, off: null });
-          } else o.off = e;
-          continue;
-        }
-        // A start: the later values; an on stays an on, an off undone by it was a re-arm (retuned).
-        const kind = o.first.kind === "on" ? "on" : "retuned";
-        Object.assign(o.first, { ...e, kind, ns: o.first.ns, atConnect: o.first.atConnect });
-        o.off = null;
+      const g = open.get(key);
+      if (g && e.ns - (g.at(-1) as WatchEvent).ns <= PAIR_NS && e.ns - (g[0] as WatchEvent).ns <= GROUP_NS) {
+        g.push(e);
         continue;
       }
-      if (o) close(o);
-      open.set(key, { first: e, off: null });
+      if (g) done.push(...resolveChanges(g));
+      open.set(key, [e]);
     }
-    for (const o of open.values()) {
-      if (now - (o.off ?? o.first).ns < PAIR_NS) {
-        this.held.push(o.first);
-        if (o.off) this.held.push(o.off);
-      } else close(o);
+    for (const g of open.values()) {
+      if (now - (g.at(-1) as WatchEvent).ns < PAIR_NS) this.held.push(...g);
+      else done.push(...resolveChanges(g));
     }
     events.length = 0;
     events.push(...others, ...done);
@@ -303,13 +464,13 @@ export class KeepaliveWatch {
   }
 
   private decode(b: Buffer, at: number): WatchEvent | undefined {
-    const kind = KIND_NAMES[b[at] as number];
+    const kind = b[at] === KIND.set ? "set" : KIND_NAMES[b[at] as number];
     if (!kind) return undefined;
     const family = b[at + 1] === AF_INET ? 4 : 6;
     const commEnd = b.indexOf(0, at + 64);
     const value = b.readUInt32LE(at + 56);
     const e: WatchEvent = {
-      kind,
+      kind: kind === "set" ? "retuned" : kind,
       at: Date.now(),
       ns: b.readBigUInt64LE(at + 8),
       family,
@@ -328,7 +489,18 @@ export class KeepaliveWatch {
       comm: b.toString("latin1", at + 64, commEnd >= 0 && commEnd < at + 80 ? commEnd : at + 80),
       cgroup: Number(b.readBigUInt64LE(at + 96)),
       idleS: (b.readUInt32LE(at + 104) || b.readUInt32LE(at + 108)) / this.hz,
+      intervalS: (b.readUInt32LE(at + 112) || b.readUInt32LE(at + 116)) / this.hz,
     };
+    if (kind === "set") {
+      // A program's setsockopt: which option, and what the socket has after it (resolveChanges makes it a change).
+      const option = OPTION_NAMES.get(`${b[at + 121]} ${b[at + 120]}`);
+      if (option === undefined) return undefined;
+      e.options = [option];
+      e.keepalive = b[at + 122] === 1;
+      e.kind = e.keepalive ? "retuned" : "off";
+      if (e.keepalive) e.nextProbeS = b.readInt32LE(at + 56) / this.hz;
+      return e;
+    }
     if (kind === "on" || kind === "retuned") {
       e.nextProbeS = b.readInt32LE(at + 56) / this.hz;
       if (b[at + 93] === 1) e.atConnect = true;

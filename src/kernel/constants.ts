@@ -111,6 +111,27 @@ export const SYS_pidfd_getfd = 438;
 
 // bpf(2): arch/x86/entry/syscalls/syscall_64.tbl (321), include/uapi/asm-generic/unistd.h (280, arm64).
 export const SYS_bpf = process.arch === "arm64" ? 280 : 321;
+// perf_event_open(2): 298 on x86_64, 241 in the generic table (arm64).
+export const SYS_perf_event_open = process.arch === "arm64" ? 241 : 298;
+// The new mount API (Linux 5.2): fsopen, fsconfig, fsmount; the same numbers on both.
+export const SYS_fsopen = 430;
+export const SYS_fsconfig = 431;
+export const SYS_fsmount = 432;
+// include/uapi/linux/mount.h
+export const FSOPEN_CLOEXEC = 1;
+export const FSCONFIG_CMD_CREATE = 6;
+export const FSMOUNT_CLOEXEC = 1;
+export const MOUNT_ATTR_RDONLY = 0x1;
+export const MOUNT_ATTR_NOSUID = 0x2;
+export const MOUNT_ATTR_NODEV = 0x4;
+export const MOUNT_ATTR_NOEXEC = 0x8;
+// include/uapi/linux/perf_event.h: a tracepoint event (config: its id in tracefs), the fd made close-on-exec,
+// the size of struct perf_event_attr as of PERF_ATTR_SIZE_VER5 (every field a tracepoint needs)
+export const PERF_TYPE_TRACEPOINT = 2;
+export const PERF_FLAG_FD_CLOEXEC = 8;
+export const PERF_ATTR_SIZE_VER5 = 112;
+// include/uapi/linux/magic.h: the superblock of socket files (sockfs, net/socket.c)
+export const SOCKFS_MAGIC = 0x534f434b;
 
 // include/uapi/linux/bpf.h: enum bpf_cmd, bpf_prog_type, bpf_attach_type, bpf_map_type
 export const BPF_CMD = {
@@ -136,6 +157,9 @@ export const BPF_CMD = {
 } as const;
 export const BPF_PROG_TYPE_SOCK_OPS = 13;
 export const BPF_PROG_TYPE_TRACING = 26;
+// a program on a perf tracepoint event (a syscall's enter or exit), attached by a BPF_PERF_EVENT link (5.15)
+export const BPF_PROG_TYPE_TRACEPOINT = 5;
+export const BPF_PERF_EVENT = 41;
 export const BPF_TRACE_ITER = 28;
 // enum bpf_attach_type: a tracing program on a BTF raw tracepoint, or on a kernel function's entry or return
 export const BPF_TRACE_RAW_TP = 23;

@@ -92,7 +92,9 @@ export class EventCounts {
 
   /** Attach and start counting; throws TcpkaError (as `tcpka watch` would: root, BTF, a kernel that allows it). */
   static start(): EventCounts {
-    const watch = KeepaliveWatch.start({ owners: false });
+    // No setsockopt programs: the metrics count no changes, and the syscall's trace events would put every system
+    // call of the host on the traced path for as long as the endpoint runs (bpf/keepalive-watch.ts).
+    const watch = KeepaliveWatch.start({ owners: false, setsockopt: false });
     const c = new EventCounts(watch);
     watch.run(
       (e) => c.count(e),

@@ -15,6 +15,8 @@ import {
   BPF_MAP_TYPE_RINGBUF,
   BPF_MAP_TYPE_SK_STORAGE,
   BPF_OBJ_NAME_LEN,
+  BPF_PERF_EVENT,
+  BPF_PROG_TYPE_TRACEPOINT,
   BPF_PROG_TYPE_TRACING,
   BPF_TRACE_ITER,
   CLONE_NEWNET,
@@ -173,6 +175,19 @@ export function tracingProgLoad(
     expectedAttachType: p.attachType,
     license: "Dual MIT/GPL",
   });
+}
+
+/**
+ * Load a program for a perf tracepoint event (BPF_PROG_TYPE_TRACEPOINT: a syscall's enter or exit, whose record is
+ * its context; Linux 4.7), attached with tracepointAttach. GPL-compatible, as the tracing programs.
+ */
+export function tracepointProgLoad(p: Pick<ProgLoad, "insns" | "listing" | "name">): number {
+  return progLoad({ ...p, type: BPF_PROG_TYPE_TRACEPOINT, license: "Dual MIT/GPL" });
+}
+
+/** Attach a tracepoint program to a perf event (sys/perf.ts): a BPF_PERF_EVENT link (5.15), detached on close. */
+export function tracepointAttach(progFd: number, perfFd: number): number {
+  return linkCreate(progFd, perfFd, BPF_PERF_EVENT);
 }
 
 /** Attach a tracing program (fentry, fexit, tp_btf) where it was loaded for: its link, which detaches on close. */

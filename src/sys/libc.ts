@@ -48,7 +48,7 @@ const c = {
   ),
   // syscall(2) is variadic, but glibc implements it in assembly that reads all six argument registers, so a
   // fixed-arity prototype is safe and spares koffi's slower variadic path.
-  syscall: lib.func("long syscall(long nr, long a, long b, long c)"),
+  syscall: lib.func("long syscall(long nr, long a, long b, long c, long d, long e)"),
   clock_getres: lib.func("int clock_getres(int clock, intptr_t res)"),
   open: lib.func("int open(const char *path, int flags)"),
   mmap: lib.func("void *mmap(void *addr, size_t len, int prot, int flags, int fd, long off)"),
@@ -282,9 +282,12 @@ export function kernelHz(): number {
   return hz;
 }
 
-/** A raw system call with up to three integer arguments; returns the result or throws SysError named `name`. */
-export function syscall(name: string, nr: number, a = 0, b = 0, d = 0): number {
-  return check(name, Number(c.syscall(nr, a, b, d)));
+/**
+ * A raw system call with up to five integer arguments (the ones it does not take are passed as 0 and ignored);
+ * returns the result or throws SysError named `name`.
+ */
+export function syscall(name: string, nr: number, a = 0, b = 0, d = 0, e = 0, f = 0): number {
+  return check(name, Number(c.syscall(nr, a, b, d, e, f)));
 }
 
 /** PR_SET_NAME (include/uapi/linux/prctl.h) */

@@ -7,7 +7,7 @@
  * one container's. Without root, watch says so in one line and counts instead.
  */
 import assert from "node:assert/strict";
-import { test } from "node:test";
+import { type TestContext, test } from "node:test";
 import { needs, python3 } from "../helpers/env.js";
 import { LAB_PEER, Lab, SERVER_IP } from "../helpers/lab.js";
 import { Netns } from "../helpers/netns.js";
@@ -34,7 +34,10 @@ interface Event {
   errno?: string;
   by?: { pid: number; comm: string } | null;
   at_connect?: boolean;
+  options?: string[];
+  keepalive?: boolean;
   idle_s?: number;
+  interval_s?: number;
   next_probe_s?: number;
   container: { runtime: string; id: string; name: string | null } | null;
 }
@@ -124,6 +127,9 @@ test("probes sent and answered on an idle connection; after the cable is pulled,
   // idle 2 s + 3 × 1 s from the last answer, which came at most 2 s before the pull (plus the 100 ms polls)
   assert.ok(killedAfter >= 2.5 && killedAfter <= 6.5, `killed ${killedAfter} s after the pull`);
   assert.ok(Math.abs(killed.silent_s - 5) <= 0.6, `silent ${killed.silent_s} s at the kill (idle 2 + 3 × 1)`);
+  // Each expiry detaches the timer (a timer_cancel) before it runs: that is no keepalive turned off.
+  const offs = events(watch).filter((e) => mine(e) && e.kind === "off");
+  assert.deepEqual(offs, [], "keepalive off while it probed");
   lab.restoreCable();
   watch.kill();
 });
@@ -142,21 +148,24 @@ test("without root: one line says so, and the namespace's own counters are print
   );
 });
 
-test("keepalive turned on, retuned and off, with who did it: the program, a connect, tcpka enable by either path", async (t) => {
-  if (!needs(t, { root: true, tools: ["ip", "python3"] })) return;
+/**
+ * ka_changes in a network namespace of its own and `tcpka watch --json` on its listener's port; `change` makes one
+ * step and returns the one change it shows on a connection (exactly one, however many records or calls).
+ */
+async function changesSession(t: TestContext) {
   const ns = Netns.create(t);
   const prog = ns.spawn([python3(), KA_CHANGES]);
   const hello = JSON.parse(await prog.line()) as { pid: number; port: number };
   const watch = startTcpka(t, ["watch", "--json", "--port", String(hello.port)], { timeoutMs: 120_000 });
   await watch.waitFor(/tracing keepalive/, 15_000, "stderr");
-  assert.doesNotMatch(watch.stderr, /not seen on this kernel/);
+  // Everything traced: the timer's programs and the setsockopt syscall's (no "... is not seen: why").
+  assert.doesNotMatch(watch.stderr, /not seen/);
   const ask = async (cmd: string) => {
     prog.send(`${cmd}\n`);
-    return JSON.parse(await prog.line()) as { conn: number; port: number };
+    return JSON.parse(await prog.line()) as { conn: number; port: number; error?: string };
   };
   const changesOf = (port: number) =>
     events(watch).filter((e) => CHANGES.has(e.kind) && e.local === `127.0.0.1:${port}`);
-  /** The one change that `step` makes on `port`'s connection: exactly one, however many setsockopt calls. */
   const change = async (port: number, step: () => unknown): Promise<Event> => {
     const before = changesOf(port).length;
     await step();
@@ -166,12 +175,25 @@ test("keepalive turned on, retuned and off, with who did it: the program, a conn
     assert.equal(after.length, 1, JSON.stringify(after));
     return after[0] as Event;
   };
-  // The wheel's buckets round an expiry up by at most 1/8 of the time left (kernel/time/timer.c, LVL_CLK_SHIFT 3).
-  const firstProbeIn = (e: Event, idle: number) =>
-    assert.ok(
-      (e.next_probe_s ?? -1) >= idle - 0.1 && (e.next_probe_s ?? -1) <= idle * 1.13 + 0.1,
-      `next probe in ${e.next_probe_s} s, idle ${idle} s`,
-    );
+  return { ns, prog, hello, watch, ask, changesOf, change };
+}
+
+/**
+ * The wheel's buckets round an expiry up by at most 1/8 of the time left (kernel/time/timer.c, LVL_CLK_SHIFT 3); a
+ * new idle on a connection with keepalive on counts from its last packet (tcp_sock_set_keepidle_locked: idle minus
+ * keepalive_time_elapsed), which silent_s says.
+ */
+function firstProbeIn(e: Event, idle: number): void {
+  const next = e.next_probe_s ?? -1;
+  assert.ok(
+    next >= idle - e.silent_s - 0.1 && next <= idle * 1.13 + 0.1,
+    `next probe in ${e.next_probe_s} s, idle ${idle} s, silent ${e.silent_s} s`,
+  );
+}
+
+test("keepalive turned on, retuned and off, with who did it: the program, a connect, tcpka enable by either path", async (t) => {
+  if (!needs(t, { root: true, tools: ["ip", "python3"] })) return;
+  const { ns, hello, watch, ask, changesOf, change } = await changesSession(t);
 
   // The program: SO_KEEPALIVE then TCP_KEEPIDLE is one change, on; a new idle, retuned; then off.
   const a = await ask("connect");
@@ -179,6 +201,7 @@ test("keepalive turned on, retuned and off, with who did it: the program, a conn
   assert.equal(on.kind, "on");
   assert.deepEqual(on.by, { pid: hello.pid, comm: "python3" });
   assert.equal(on.at_connect, false);
+  assert.deepEqual(on.options, ["SO_KEEPALIVE", "TCP_KEEPIDLE"]);
   assert.equal(on.idle_s, 30);
   firstProbeIn(on, 30);
   const retuned = await change(a.port, () => ask(`idle ${a.conn} 600`));
@@ -189,6 +212,7 @@ test("keepalive turned on, retuned and off, with who did it: the program, a conn
   const off = await change(a.port, () => ask(`off ${a.conn}`));
   assert.equal(off.kind, "off");
   assert.equal(off.by?.pid, hello.pid);
+  assert.deepEqual(off.options, ["SO_KEEPALIVE"]);
 
   // Set before connect(): armed when the connection is established.
   let b: { conn: number; port: number } | undefined;
@@ -205,7 +229,8 @@ test("keepalive turned on, retuned and off, with who did it: the program, a conn
   assert.equal(atConnect.by, null);
   assert.equal(atConnect.idle_s, 45);
 
-  // tcpka enable, through a duplicate of the socket and in the kernel: "by tcpka", its own process.
+  // tcpka enable, through a duplicate of the socket and in the kernel: "by tcpka", its own process. Through the
+  // duplicate its setsockopt calls are seen; the kernel's bpf_setsockopt is not a system call: the timer shows it.
   for (const via of ["pidfd", "bpf"]) {
     const c = await ask("connect");
     const byTcpka = await change(c.port, () => {
@@ -217,9 +242,76 @@ test("keepalive turned on, retuned and off, with who did it: the program, a conn
     assert.equal(byTcpka.by?.comm, "tcpka", via);
     assert.notEqual(byTcpka.by?.pid, hello.pid, via);
     assert.ok((byTcpka.idle_s ?? 0) > 0 && (byTcpka.idle_s ?? 0) <= 60, `${via}: idle ${byTcpka.idle_s} s`);
+    if (via === "pidfd") assert.ok(byTcpka.options?.includes("SO_KEEPALIVE"), JSON.stringify(byTcpka));
+    else assert.deepEqual(byTcpka.options, [], via);
   }
   // The accepted ends were never touched.
   assert.deepEqual(changesOf(hello.port), []);
+  watch.kill();
+});
+
+test("a program's own TCP_KEEPINTVL, then TCP_KEEPCNT, alone: retuned with the new values; a new idle is one line, also within its timer wheel bucket", async (t) => {
+  if (!needs(t, { root: true, tools: ["ip", "python3"] })) return;
+  const { hello, watch, ask, changesOf, change } = await changesSession(t);
+  const python = { pid: hello.pid, comm: "python3" };
+  const a = await ask("connect");
+
+  // Without keepalive: what it will probe with once it is on (the namespace's idle and count, 7200 s and 9).
+  const early = await change(a.port, () => ask(`intvl ${a.conn} 7`));
+  assert.equal(early.kind, "retuned");
+  assert.equal(early.keepalive, false);
+  assert.deepEqual(early.by, python);
+  assert.deepEqual(early.options, ["TCP_KEEPINTVL"]);
+  assert.deepEqual([early.idle_s, early.interval_s, early.count], [7200, 7, 9]);
+  assert.equal(early.next_probe_s, undefined);
+  const on = await change(a.port, () => ask(`on ${a.conn} 30`));
+  assert.equal(on.kind, "on");
+  assert.deepEqual([on.idle_s, on.interval_s, on.count], [30, 7, 9]);
+
+  // On an idle established connection with keepalive on: no timer moves, the setsockopt is seen.
+  const interval = await change(a.port, () => ask(`intvl ${a.conn} 5`));
+  assert.equal(interval.kind, "retuned");
+  assert.equal(interval.keepalive, true);
+  assert.deepEqual(interval.by, python);
+  assert.deepEqual(
+    interval.owners.map((o) => o.pid),
+    [hello.pid],
+  );
+  assert.deepEqual(interval.options, ["TCP_KEEPINTVL"]);
+  assert.deepEqual([interval.idle_s, interval.interval_s, interval.count], [30, 5, 9]);
+  // The timer as TCP_KEEPIDLE 30 armed it, a few hundred milliseconds ago.
+  assert.ok(
+    (interval.next_probe_s ?? -1) > 25 && (interval.next_probe_s ?? -1) <= 30 * 1.13,
+    `${interval.next_probe_s}`,
+  );
+  const count = await change(a.port, () => ask(`cnt ${a.conn} 4`));
+  assert.equal(count.kind, "retuned");
+  assert.deepEqual(count.by, python);
+  assert.deepEqual(count.options, ["TCP_KEEPCNT"]);
+  assert.deepEqual([count.idle_s, count.interval_s, count.count], [30, 5, 4]);
+
+  // A new idle re-arms the timer (timer_cancel, timer_start) and is a setsockopt: one line, with both's facts.
+  const idle = await change(a.port, () => ask(`idle ${a.conn} 3000`));
+  assert.equal(idle.kind, "retuned");
+  assert.deepEqual(idle.options, ["TCP_KEEPIDLE"]);
+  assert.deepEqual([idle.idle_s, idle.interval_s, idle.count], [3000, 5, 4]);
+  firstProbeIn(idle, 3000);
+  // 3001 s moves the expiry by 1 s, within the bucket it is in but 1 time in 131 (131 s wide there at HZ 250,
+  // calc_wheel_index): __mod_timer then only updates the expiry and traces nothing. One line either way.
+  const again = await change(a.port, () => ask(`idle ${a.conn} 3001`));
+  assert.equal(again.kind, "retuned");
+  assert.deepEqual(again.options, ["TCP_KEEPIDLE"]);
+  assert.equal(again.idle_s, 3001);
+  firstProbeIn(again, 3001);
+
+  // A call that fails, and SO_KEEPALIVE 1 where it is on, change nothing and show nothing; the off after them does.
+  const before = changesOf(a.port).length;
+  assert.deepEqual(await ask(`cnt ${a.conn} 1000`), { error: "EINVAL" });
+  await ask(`again ${a.conn}`);
+  const off = await change(a.port, () => ask(`off ${a.conn}`));
+  assert.equal(off.kind, "off");
+  assert.deepEqual(off.by, python);
+  assert.equal(changesOf(a.port).length, before + 1, JSON.stringify(changesOf(a.port).slice(before)));
   watch.kill();
 });
 
