@@ -17,6 +17,7 @@ import { type Out, printable, processText } from "../ui/format.js";
 import { stopOnSignals } from "../ui/signals.js";
 
 export const WATCH_HELP = `Usage: sudo tcpka watch [--pid PID] [--port PORT] [--container ID] [--pod NS/NAME] [--unit NAME] [--json]
+                       [--no-setsockopt]
 
 Is keepalive working? One line per event, on every TCP connection of the host (every network namespace), as it
 happens:
@@ -53,6 +54,8 @@ Options:
       --pod NS/NAME      only this Kubernetes pod's connections (from the CRI runtime's annotations)
       --unit NAME        only this systemd unit's connections (nginx means nginx.service)
       --json             one JSON object per line, for scripts
+      --no-setsockopt    leave programs' setsockopt calls untraced, so that the host's other system calls stay
+                         off the traced path; a new TCP_KEEPINTVL or TCP_KEEPCNT alone is then not seen
 
 Examples:
   sudo tcpka watch
@@ -68,6 +71,7 @@ const OPTIONS = {
   pod: { type: "string" },
   unit: { type: "string" },
   json: { type: "boolean" },
+  "no-setsockopt": { type: "boolean" },
 } as const;
 
 function whole(flag: string, text: string | undefined, max: number): number | undefined {
@@ -183,14 +187,16 @@ export async function runWatch(argv: readonly string[], out: Out): Promise<numbe
       await countersOnly(out, asJson, stop.signal);
       return 0;
     }
-    const w = KeepaliveWatch.start();
+    const traceSetsockopt = !bool(values, "no-setsockopt");
+    const w = KeepaliveWatch.start({ setsockopt: traceSetsockopt });
+    const setsockoptMissing = traceSetsockopt ? w.setsockoptMissing : "--no-setsockopt";
     const where = new EventWorkloads();
     try {
       process.stderr.write(
         w.changesMissing !== null
           ? `tcpka watch: tracing keepalive on every TCP connection (Ctrl-C to stop); keepalive turned on, retuned or off is not seen: ${printable(w.changesMissing)}\n`
-          : w.setsockoptMissing !== null
-            ? `tcpka watch: tracing keepalive on every TCP connection (Ctrl-C to stop); a new TCP_KEEPINTVL or TCP_KEEPCNT alone, or an idle time that leaves the timer in its wheel bucket, is not seen: ${printable(w.setsockoptMissing)}\n`
+          : setsockoptMissing !== null
+            ? `tcpka watch: tracing keepalive on every TCP connection (Ctrl-C to stop); a new TCP_KEEPINTVL or TCP_KEEPCNT alone, or an idle time that leaves the timer in its wheel bucket, is not seen: ${printable(setsockoptMissing)}\n`
             : "tcpka watch: tracing keepalive on every TCP connection (Ctrl-C to stop)\n",
       );
       w.run(

@@ -152,14 +152,14 @@ test("without root: one line says so, and the namespace's own counters are print
  * ka_changes in a network namespace of its own and `tcpka watch --json` on its listener's port; `change` makes one
  * step and returns the one change it shows on a connection (exactly one, however many records or calls).
  */
-async function changesSession(t: TestContext) {
+async function changesSession(t: TestContext, flags: readonly string[] = []) {
   const ns = Netns.create(t);
   const prog = ns.spawn([python3(), KA_CHANGES]);
   const hello = JSON.parse(await prog.line()) as { pid: number; port: number };
-  const watch = startTcpka(t, ["watch", "--json", "--port", String(hello.port)], { timeoutMs: 120_000 });
+  const watch = startTcpka(t, ["watch", "--json", "--port", String(hello.port), ...flags], { timeoutMs: 120_000 });
   await watch.waitFor(/tracing keepalive/, 15_000, "stderr");
   // Everything traced: the timer's programs and the setsockopt syscall's (no "... is not seen: why").
-  assert.doesNotMatch(watch.stderr, /not seen/);
+  if (flags.length === 0) assert.doesNotMatch(watch.stderr, /not seen/);
   const ask = async (cmd: string) => {
     prog.send(`${cmd}\n`);
     return JSON.parse(await prog.line()) as { conn: number; port: number; error?: string };
@@ -312,6 +312,24 @@ test("a program's own TCP_KEEPINTVL, then TCP_KEEPCNT, alone: retuned with the n
   assert.equal(off.kind, "off");
   assert.deepEqual(off.by, python);
   assert.equal(changesOf(a.port).length, before + 1, JSON.stringify(changesOf(a.port).slice(before)));
+  watch.kill();
+});
+
+test("--no-setsockopt: said in the first line; an interval alone is not seen, keepalive turned on still is", async (t) => {
+  if (!needs(t, { root: true, tools: ["ip", "python3"] })) return;
+  const { watch, ask, changesOf, change } = await changesSession(t, ["--no-setsockopt"]);
+  assert.match(watch.stderr, /a new TCP_KEEPINTVL or TCP_KEEPCNT alone, .* is not seen: --no-setsockopt$/m);
+  const a = await ask("connect");
+  await ask(`on ${a.conn} 30`);
+  await until("keepalive on", () => changesOf(a.port).some((e) => e.kind === "on"), 5000);
+  const before = changesOf(a.port).length;
+  await ask(`intvl ${a.conn} 5`);
+  await sleep(1000);
+  assert.equal(changesOf(a.port).length, before, JSON.stringify(changesOf(a.port).slice(before)));
+  // The timer still shows a new idle, without the options that only the setsockopt programs name.
+  const idle = await change(a.port, () => ask(`idle ${a.conn} 3000`));
+  assert.equal(idle.kind, "retuned");
+  assert.equal(idle.idle_s, 3000);
   watch.kill();
 });
 
