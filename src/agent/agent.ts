@@ -40,7 +40,7 @@ import { cgroupPathOfPid, pidsInCgroup } from "../inspect/cgroup.js";
 import { CgroupMoves } from "../inspect/cgroup-moves.js";
 import { startTimeOf } from "../inspect/processes.js";
 import { chooseProcesses } from "../inspect/targets.js";
-import { containerRecord, STATE_ROOTS, Workloads } from "../inspect/workloads.js";
+import { containerRecord, isContainerId, STATE_ROOTS, Workloads } from "../inspect/workloads.js";
 import { matchPolicy, type Policy, PolicyErrors, type PolicyRule, type ProcessFacts } from "../policy.js";
 import { Lock, runtimeBase } from "../sys/files.js";
 import { ProcEvents } from "../sys/proc-events.js";
@@ -352,8 +352,9 @@ export class Agent {
    * Watched until state.json is there, for at most CREATED_WATCH_MS.
    */
   private watchCreated(parent: string, id: string): void {
+    if (!this.policy?.rules.length || !isContainerId(id)) return;
     const dir = join(parent, id);
-    if (!this.policy?.rules.length || this.creating.has(dir) || this.creating.size >= MAX_CREATING) return;
+    if (this.creating.has(dir) || this.creating.size >= MAX_CREATING) return;
     const done = () => {
       const c = this.creating.get(dir);
       if (!c) return;
@@ -361,26 +362,24 @@ export class Agent {
       clearTimeout(c.timer);
       c.watcher?.close();
     };
-    const tryNow = (): boolean => {
+    const tryNow = (): void => {
       const c = containerRecord(parent, id);
-      if (!c) return false;
+      if (!c) return;
       done();
       const policy = this.policy;
-      if (!policy) return true;
+      if (!policy) return;
       try {
-        const done = enforceNewContainer(c, Workloads.only(c), policy, this.o.mount, (t) => this.covers(t));
-        if (done && "why" in done)
-          this.o.log(`container ${id.slice(0, 12)}: rule ${done.rule} cannot cover it: ${done.why}`);
-        else if (done) {
-          const verb = done.replaced ? "updated" : "enforcing";
-          this.o.log(`${verb} rule ${done.target.rule.name} on ${where(done.target)} as its runtime created it`);
+        const r = enforceNewContainer(c, Workloads.only(c), policy, this.o.mount, (t) => this.covers(t));
+        if (r && "why" in r) this.o.log(`container ${id.slice(0, 12)}: rule ${r.rule} cannot cover it: ${r.why}`);
+        else if (r) {
+          const verb = r.replaced ? "updated" : "enforcing";
+          this.o.log(`${verb} rule ${r.target.rule.name} on ${where(r.target)} as its runtime created it`);
         }
       } catch (e) {
         this.o.log(
           `container ${id.slice(0, 12)}: not enforced at creation (${(e as Error).message}): the reconcile will`,
         );
       }
-      return true;
     };
     const entry: { watcher?: FSWatcher; timer: NodeJS.Timeout } = { timer: setTimeout(done, CREATED_WATCH_MS) };
     entry.timer.unref();

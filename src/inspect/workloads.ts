@@ -245,6 +245,14 @@ interface RuntimeRecord {
 }
 
 /** A container being created, as an OCI hook is told of it (see creatingContainer). */
+/** A container id as the OCI runtimes allow it (runc: letters, digits, "_.-"), as a state directory's name. */
+const CONTAINER_ID = /^[0-9A-Za-z_.-]{1,128}$/;
+
+/** Whether `name` can be a container's id and its state directory's name (no ".", "..", nor a hidden file). */
+export function isContainerId(name: string): boolean {
+  return CONTAINER_ID.test(name) && !name.startsWith(".");
+}
+
 export interface CreatingContainer {
   readonly record: RuntimeRecord;
   /** the engine that its state root says (containerRecord); null where only its annotations may say */
@@ -258,7 +266,7 @@ export interface CreatingContainer {
  * undefined for anything that is not such a state.
  */
 export function creatingContainer(state: unknown): CreatingContainer | undefined {
-  if (!isObject(state) || typeof state.id !== "string" || !/^[0-9A-Za-z_.-]{1,128}$/.test(state.id)) return undefined;
+  if (!isObject(state) || typeof state.id !== "string" || !CONTAINER_ID.test(state.id)) return undefined;
   const pid = state.pid;
   if (typeof pid !== "number" || !Number.isSafeInteger(pid) || pid <= 0) return undefined;
   const annotations = new Map<string, string>();
@@ -286,7 +294,7 @@ export function creatingContainer(state: unknown): CreatingContainer | undefined
  * (the directories checked as trustedDir, the file as readTrusted). undefined until it is there and whole.
  */
 export function containerRecord(parent: string, id: string): CreatingContainer | undefined {
-  if (!/^[0-9A-Za-z_.-]{1,128}$/.test(id) || id.startsWith(".")) return undefined;
+  if (!isContainerId(id)) return undefined;
   const root = STATE_ROOTS.find((r) => parent === r.dir || (r.namespaced === true && dirname(parent) === r.dir));
   if (!root || !trustedDir(root.dir) || !trustedDir(parent)) return undefined;
   const dir = join(parent, id);
