@@ -3,7 +3,10 @@
  * connections per second and CPU per connection (bench/enforce-cycle.c: socket, connect, accept, close — every
  * packet of each goes through net_dev_queue, each established segment through tcp_probe, each close through
  * inet_sock_set_state, the three tracepoints watch's programs run on for every socket of the host) with and
- * without `tcpka watch` running, interleaved, in a network namespace of its own, pinned to one CPU.
+ * without `tcpka watch` running, interleaved, in a network namespace of its own, pinned to one CPU. And what
+ * every other system call of the host pays while watch traces programs' setsockopt (the syscall trace events
+ * put every system call on the traced path): getpid() through syscall(2) in a loop (bench/syscall-cycle.c),
+ * without watch, with `watch --no-setsockopt`, and with watch, in turn.
  *
  *   node dist-test/bench/watch.js [--cycles 20000] [--rounds 7]
  */
@@ -44,6 +47,17 @@ async function main(): Promise<void> {
       encoding: "utf8",
     });
     if (cc.status !== 0) throw new Error(`gcc: ${cc.stderr}`);
+    const sysBin = join(tmp, "syscall-cycle");
+    const cc2 = spawnSync("gcc", ["-O2", "-Wall", "-Werror", "-o", sysBin, join(ROOT, "bench", "syscall-cycle.c")], {
+      encoding: "utf8",
+    });
+    if (cc2.status !== 0) throw new Error(`gcc: ${cc2.stderr}`);
+    const getpidNs = (): number => {
+      const p = spawnSync("taskset", ["-c", "1", sysBin, "2000000"], { encoding: "utf8", timeout: 60_000 });
+      if (p.status !== 0) throw new Error(`syscall-cycle: ${p.stderr}`);
+      return (JSON.parse(p.stdout) as { ns_per_call: number }).ns_per_call;
+    };
+    const syscallNs: Record<"none" | "light" | "full", number[]> = { none: [], light: [], full: [] };
     const cycle = (): Run => {
       const p = spawnSync("ip", ["netns", "exec", ns.name, "taskset", "-c", "1", bin, String(CYCLES)], {
         encoding: "utf8",
@@ -55,9 +69,9 @@ async function main(): Promise<void> {
     const without: Run[] = [];
     const withWatch: Run[] = [];
     let events = 0;
-    for (let round = 0; round < ROUNDS; round++) {
-      without.push(cycle());
-      const w = spawn("node", [join(ROOT, "bin", "tcpka.js"), "watch", "--json"], {
+    /** `tcpka watch` with `flags` running while `work` runs. */
+    const whileWatching = async <T>(flags: string[], work: () => T): Promise<T> => {
+      const w = spawn("node", [join(ROOT, "bin", "tcpka.js"), "watch", "--json", ...flags], {
         stdio: ["ignore", "pipe", "pipe"],
       });
       let err = "";
@@ -67,16 +81,23 @@ async function main(): Promise<void> {
       w.stdout.on("data", (b: Buffer) => {
         events += b.toString().split("\n").length - 1;
       });
-      for (let i = 0; !err.includes("tracing keepalive"); i++) {
-        if (i > 300) throw new Error(`tcpka watch did not start: ${err}`);
-        await new Promise((r) => setTimeout(r, 50));
-      }
       try {
-        withWatch.push(cycle());
+        for (let i = 0; !err.includes("tracing keepalive"); i++) {
+          if (i > 300) throw new Error(`tcpka watch did not start: ${err}`);
+          await new Promise((r) => setTimeout(r, 50));
+        }
+        return work();
       } finally {
         w.kill("SIGTERM");
         await new Promise((r) => w.once("exit", r));
       }
+    };
+    for (let round = 0; round < ROUNDS; round++) {
+      without.push(cycle());
+      syscallNs.none.push(getpidNs());
+      withWatch.push(await whileWatching([], cycle));
+      syscallNs.full.push(await whileWatching([], getpidNs));
+      syscallNs.light.push(await whileWatching(["--no-setsockopt"], getpidNs));
       log(
         `round ${round + 1}: without ${without.at(-1)?.batch_per_second.toFixed(0)}/s, with ${withWatch.at(-1)?.batch_per_second.toFixed(0)}/s`,
       );
@@ -96,6 +117,11 @@ async function main(): Promise<void> {
         `| CPU per connection (whole handshake and close, softirqs included) | ${cpu(without).toFixed(2)} µs | ${cpu(withWatch).toFixed(2)} µs |`,
         `| slowdown, pair by pair, median | | ${((median(ratios) - 1) * 100).toFixed(1)} % |`,
         `| events watch printed meanwhile (none of these connections idles) | | ${events} |`,
+        "",
+        "| getpid() through syscall(2), ns per call (median of rounds) | without watch | `watch --no-setsockopt` | `tcpka watch` |",
+        "|---|---|---|---|",
+        `| | ${median(syscallNs.none).toFixed(1)} | ${median(syscallNs.light).toFixed(1)} | ${median(syscallNs.full).toFixed(1)} |`,
+        `| added, pair by pair, median | | ${median(syscallNs.light.map((v, i) => v - (syscallNs.none[i] as number))).toFixed(1)} | ${median(syscallNs.full.map((v, i) => v - (syscallNs.none[i] as number))).toFixed(1)} |`,
         "",
       ].join("\n"),
     );
