@@ -16,17 +16,29 @@
  * pidfd_getfd cannot reach them, so they are skipped (task->pid != task->tgid).
  *
  * The struct offsets differ between kernel builds, so they come from the running kernel's BTF (src/sys/btf.ts).
+ *
+ * Held records. Given a map of network namespaces (a hash of u32 net->ns.inum), a socket of one of them that is in
+ * the kernel's hash tables (any state but CLOSE) is written in full instead: its record with byte 7 = 1 and only
+ * fd, inode, tgid and, for a listener, at 16 the u32 count of its request sockets set, followed at once by the TCP iterator's record of it (TCP_RECORD_SIZE bytes,
+ * tcp-sockets.ts `emitTcpRecord`, uid from sk_uid as sock_i_uid() reads it). The owners' walk, which visits
+ * every file of the host anyway, then carries the sockets of small namespaces, whose own TCP walk would scan the
+ * one established hash every namespace shares (bpf_iter_tcp filters it by net: seq_sk_match() in
+ * net/ipv4/tcp_ipv4.c). User space checks that it saw them all (kernel-sockets.ts `HeldSockets`).
  */
 
 import { IPPROTO_TCP, SOCK_STREAM } from "../kernel/constants.js";
+import { TCP_STATES } from "../kernel/states.js";
 import type { BtfFacts } from "../sys/btf.js";
 import {
   Add,
   Call,
   Fn,
   type Instruction,
+  Ja,
   JEq,
+  JEq32,
   JNE32,
+  LoadMapFd,
   LoadMem,
   Mov,
   ProgramBuilder,
@@ -44,6 +56,7 @@ import {
   StoreMem,
 } from "./asm.js";
 import { type EndpointOffsets, emitAddresses } from "./endpoints.js";
+import { emitTcpRecord, TCP_RECORD_SIZE, type TcpSocketOffsets } from "./tcp-sockets.js";
 
 /** Offsets, in bytes, of the members the program reads, from the running kernel's BTF. */
 export interface TaskFileOffsets extends EndpointOffsets {
@@ -79,8 +92,70 @@ export function taskFileMembers(
 
 export const RECORD_SIZE = 56;
 const REC = -RECORD_SIZE; // the record on the stack, from r10
+/** byte 7 of a record: a TCP record of the socket follows */
+export const HELD = 1;
+const NETNS_KEY = -TCP_RECORD_SIZE - 8; // the held namespaces' key, below both records
 
-export function socketFdsProgram(o: TaskFileOffsets): Instruction[] {
+/** What the held records need besides the task_file members: the TCP record's, and sk_uid. */
+export interface HeldOffsets extends TcpSocketOffsets {
+  /** struct sock: sk_uid (a kuid_t) */
+  skUid: number;
+  /** struct tcp_sock: inet_conn.icsk_accept_queue.qlen */
+  tcpRequests: number;
+}
+
+/**
+ * Where the TCP socket in r7 (struct sock; r9 its file, r6 the iterator's meta) is of a namespace in the map
+ * `netns` and hashed: the two records of a held socket, and on to `done`; else on to `notHeld` with r6-r9 as they
+ * were. The caller has put the fd at REC + 0 and the tgid at REC + 20 of the record on the stack.
+ */
+export function emitHeld(b: ProgramBuilder, o: HeldOffsets, netns: number, notHeld: string, done: string): void {
+  b.emit(
+    LoadMem(R2, R7, o.skcNet, "DW"),
+    LoadMem(R3, R2, o.netInum, "W"),
+    StoreMem(R10, NETNS_KEY, R3, "W"),
+    ...LoadMapFd(R1, netns),
+    Mov.Reg(R2, R10),
+    Add.Imm(R2, NETNS_KEY),
+    Call(Fn.mapLookupElem),
+    JEq.Imm(R0, 0, notHeld),
+    // Not hashed: no TCP walk would meet it (inet_unhash; a socket never bound or connected, or closed).
+    LoadMem(R2, R7, o.skcState, "B"),
+    JEq32.Imm(R2, TCP_STATES.CLOSE, notHeld),
+    LoadMem(R2, R9, o.fileInode, "DW"),
+    JEq.Imm(R2, 0, notHeld),
+    LoadMem(R3, R2, o.inodeIno, "DW"),
+    StoreMem(R10, REC + 8, R3, "DW"),
+    StoreImm(R10, REC + 4, 0, "H"),
+    StoreImm(R10, REC + 6, 0, "B"),
+    StoreImm(R10, REC + 7, HELD, "B"),
+    StoreImm(R10, REC + 16, 0, "W"),
+    // A listener's request sockets (icsk_accept_queue.qlen: reqsk_queue_added / _removed), which neither sockstat
+    // nor the task_file walk counts.
+    LoadMem(R2, R7, o.skcState, "B"),
+    JNE32.Imm(R2, TCP_STATES.LISTEN, "held_header"),
+    Mov.Reg(R1, R7),
+    Call(Fn.skcToTcpSock),
+    JEq.Imm(R0, 0, "held_header"),
+    LoadMem(R2, R0, o.tcpRequests, "W"),
+    StoreMem(R10, REC + 16, R2, "W"),
+  );
+  b.label("held_header");
+  for (let at = 24; at < RECORD_SIZE; at += 8) b.emit(StoreImm(R10, REC + at, 0, "DW"));
+  b.emit(
+    LoadMem(R1, R6, o.metaSeq, "DW"),
+    Mov.Reg(R2, R10),
+    Add.Imm(R2, REC),
+    Mov.Imm(R3, RECORD_SIZE),
+    Call(Fn.seqWrite),
+    LoadMem(R8, R7, o.skUid, "W"),
+  );
+  emitTcpRecord(b, o, "held_");
+  b.emit(Ja(done));
+}
+
+/** `held`: the map of namespaces whose sockets get held records (see above), with the offsets they need. */
+export function socketFdsProgram(o: TaskFileOffsets, held?: { offsets: HeldOffsets; netns: number }): Instruction[] {
   const b = new ProgramBuilder();
   b.emit(
     LoadMem(R6, R1, 0, "DW"), // meta
@@ -93,6 +168,7 @@ export function socketFdsProgram(o: TaskFileOffsets): Instruction[] {
     LoadMem(R3, R7, o.taskTgid, "W"),
     JNE32.Reg(R2, R3, "out"),
     StoreMem(R10, REC + 20, R3, "W"), // the process, as the kernel numbers it, to check the walk's filter
+    StoreMem(R10, REC, R8, "W"),
     Mov.Reg(R1, R9),
     Call(Fn.sockFromFile), // struct socket *, or NULL when the file is no socket
     JEq.Imm(R0, 0, "out"),
@@ -102,11 +178,13 @@ export function socketFdsProgram(o: TaskFileOffsets): Instruction[] {
     JNE32.Imm(R2, SOCK_STREAM, "out"),
     LoadMem(R2, R7, o.skProtocol, "H"),
     JNE32.Imm(R2, IPPROTO_TCP, "out"),
+  );
+  if (held) emitHeld(b, held.offsets, held.netns, "plain", "out");
+  b.label("plain").emit(
     LoadMem(R2, R9, o.fileInode, "DW"),
     JEq.Imm(R2, 0, "out"),
     LoadMem(R3, R2, o.inodeIno, "DW"),
     StoreMem(R10, REC + 8, R3, "DW"),
-    StoreMem(R10, REC, R8, "W"),
     LoadMem(R2, R7, o.skcFamily, "H"),
     StoreMem(R10, REC + 4, R2, "H"),
     LoadMem(R3, R7, o.skcState, "B"),

@@ -243,9 +243,23 @@ export function tcpSocketsProgram(o: TcpSocketOffsets, states: number): Instruct
     And32.Imm(R3, states),
     JEq32.Imm(R3, 0, "out"),
   );
+  emitTcpRecord(b, o, "");
+  b.label("out").emit(Mov.Imm(R0, 0), Return());
+  return b.build();
+}
+
+/**
+ * The record of the socket in r7 (a sock_common: any kind of TCP socket) written with bpf_seq_write: r6 is the
+ * iterator's meta, r8 the uid to record. Labels are prefixed with `p` (so that a program may hold it beside its
+ * own), and it ends with the write: the caller's code follows. Uses every register but r6 and r7; the record
+ * takes the TCP_RECORD_SIZE bytes below r10. The task_file walk writes held sockets with it too (socket-fds.ts).
+ */
+export function emitTcpRecord(b: ProgramBuilder, o: TcpSocketOffsets, p: string): void {
+  const l = (name: string) => `${p}${name}`;
   for (let at = 0; at < TCP_RECORD_SIZE; at += 8) b.emit(StoreImm(R10, REC + at, 0, "DW"));
   b.emit(
     StoreMem(R10, REC + 12, R8, "W"),
+    LoadMem(R2, R7, o.skcState, "B"),
     StoreMem(R10, REC + 2, R2, "B"),
     LoadMem(R3, R7, o.skcNum, "H"),
     StoreMem(R10, REC + 8, R3, "H"),
@@ -254,10 +268,10 @@ export function tcpSocketsProgram(o: TcpSocketOffsets, states: number): Instruct
     LoadMem(R2, R7, o.skcFamily, "H"),
     StoreMem(R10, REC, R2, "H"),
   );
-  emitAddresses(b, o, R7, R2, REC + 24, REC + 40, "net");
+  emitAddresses(b, o, R7, R2, REC + 24, REC + 40, l("net"));
   // The namespace: its number and the defaults that a socket's zero stands for (keepalive_time_when() and
   // friends in include/net/tcp.h read these per call).
-  b.label("net").emit(
+  b.label(l("net")).emit(
     LoadMem(R8, R7, o.skcNet, "DW"),
     LoadMem(R3, R8, o.netInum, "W"),
     StoreMem(R10, REC + 76, R3, "W"),
@@ -270,11 +284,11 @@ export function tcpSocketsProgram(o: TcpSocketOffsets, states: number): Instruct
     Call(Fn.jiffies64),
     Mov.Reg(R8, R0), // jiffies now, for the timers
     LoadMem(R2, R10, REC + 2, "B"),
-    JEq32.Imm(R2, TCP_STATES.TIME_WAIT, "timewait"),
-    JEq32.Imm(R2, TCP_STATES.NEW_SYN_RECV, "request"),
+    JEq32.Imm(R2, TCP_STATES.TIME_WAIT, l("timewait")),
+    JEq32.Imm(R2, TCP_STATES.NEW_SYN_RECV, l("request")),
     Mov.Reg(R1, R7),
     Call(Fn.skcToTcpSock),
-    JEq.Imm(R0, 0, "write"),
+    JEq.Imm(R0, 0, l("write")),
     Mov.Reg(R9, R0),
     // flags: a full socket, and SO_KEEPALIVE
     ...keepOpen(o, R2, R9),
@@ -290,20 +304,20 @@ export function tcpSocketsProgram(o: TcpSocketOffsets, states: number): Instruct
     LoadMem(R3, R9, o.tcpUserTimeout, "W"),
     StoreMem(R10, REC + 72, R3, "W"),
   );
-  emitCgroupId(b, o, R9, REC + 80, "inode");
-  b.label("inode");
-  emitInode(b, o, R9, REC + 16, "queues");
+  emitCgroupId(b, o, R9, REC + 80, l("inode"));
+  b.label(l("inode"));
+  emitInode(b, o, R9, REC + 16, l("queues"));
   // Queues as tcp_diag_get_info reports them.
-  b.label("queues").emit(
+  b.label(l("queues")).emit(
     LoadMem(R2, R10, REC + 2, "B"),
-    JNE32.Imm(R2, TCP_STATES.LISTEN, "data"),
+    JNE32.Imm(R2, TCP_STATES.LISTEN, l("data")),
     LoadMem(R3, R9, o.tcpAckBacklog, "W"),
     StoreMem(R10, REC + 96, R3, "W"),
     LoadMem(R3, R9, o.tcpMaxAckBacklog, "W"),
     StoreMem(R10, REC + 100, R3, "W"),
-    Ja("timer"),
+    Ja(l("timer")),
   );
-  b.label("data").emit(
+  b.label(l("data")).emit(
     LoadMem(R3, R9, o.tcpRcvNxt, "W"),
     LoadMem(R2, R9, o.tcpCopiedSeq, "W"),
     Sub32.Reg(R3, R2),
@@ -313,65 +327,63 @@ export function tcpSocketsProgram(o: TcpSocketOffsets, states: number): Instruct
     Sub32.Reg(R3, R2),
     StoreMem(R10, REC + 100, R3, "W"),
   );
-  b.label("timer").emit(
+  b.label(l("timer")).emit(
     LoadMem(R2, R9, o.tcpPending, "B"),
-    JEq32.Imm(R2, ICSK_TIME_RETRANS, "retrans"),
-    JEq32.Imm(R2, ICSK_TIME_REO_TIMEOUT, "retrans"),
-    JEq32.Imm(R2, ICSK_TIME_LOSS_PROBE, "retrans"),
-    JEq32.Imm(R2, ICSK_TIME_PROBE0, "probe0"),
+    JEq32.Imm(R2, ICSK_TIME_RETRANS, l("retrans")),
+    JEq32.Imm(R2, ICSK_TIME_REO_TIMEOUT, l("retrans")),
+    JEq32.Imm(R2, ICSK_TIME_LOSS_PROBE, l("retrans")),
+    JEq32.Imm(R2, ICSK_TIME_PROBE0, l("probe0")),
     LoadMem(R2, R9, o.tcpSkTimerPprev, "DW"),
-    JEq.Imm(R2, 0, "write"),
+    JEq.Imm(R2, 0, l("write")),
     Mov32.Imm(R2, 2),
     LoadMem(R3, R9, o.tcpProbesOut, "B"),
     LoadMem(R1, R9, o.tcpSkTimerExpires, "DW"),
-    Ja("expires"),
+    Ja(l("expires")),
   );
-  b.label("retrans").emit(
+  b.label(l("retrans")).emit(
     Mov32.Imm(R2, 1),
     LoadMem(R3, R9, o.tcpRetransmits, "B"),
     LoadMem(R1, R9, o.tcpTimeout, "DW"),
-    Ja("expires"),
+    Ja(l("expires")),
   );
-  b.label("probe0").emit(
+  b.label(l("probe0")).emit(
     Mov32.Imm(R2, 4),
     LoadMem(R3, R9, o.tcpProbesOut, "B"),
     LoadMem(R1, R9, o.tcpTimeout, "DW"),
-    Ja("expires"),
+    Ja(l("expires")),
   );
-  b.label("timewait").emit(
+  b.label(l("timewait")).emit(
     Mov.Reg(R1, R7),
     Call(Fn.skcToTcpTimewaitSock),
-    JEq.Imm(R0, 0, "write"),
+    JEq.Imm(R0, 0, l("write")),
     // An orphan in FIN-WAIT-2 waits as a timewait socket too; its state is the substate (inet_twsk_diag_fill).
     LoadMem(R2, R0, o.twSubstate, "B"),
     StoreMem(R10, REC + 2, R2, "B"),
     Mov32.Imm(R2, 3),
     Mov32.Imm(R3, 0),
     LoadMem(R1, R0, o.twExpires, "DW"),
-    Ja("expires"),
+    Ja(l("expires")),
   );
-  b.label("request").emit(
+  b.label(l("request")).emit(
     Mov.Reg(R1, R7),
     Call(Fn.skcToTcpRequestSock),
-    JEq.Imm(R0, 0, "write"),
+    JEq.Imm(R0, 0, l("write")),
     Mov32.Imm(R2, 1),
     LoadMem(R3, R0, o.reqRetrans, "B"),
     LoadMem(R1, R0, o.reqExpires, "DW"),
   );
   // r2: the timer's code, r3: its count, r1: when it expires, r8: jiffies now
-  b.label("expires").emit(
+  b.label(l("expires")).emit(
     StoreMem(R10, REC + 3, R2, "B"),
     StoreMem(R10, REC + 4, R3, "B"),
     Sub.Reg(R1, R8),
     StoreMem(R10, REC + 88, R1, "DW"),
   );
-  b.label("write").emit(
+  b.label(l("write")).emit(
     LoadMem(R1, R6, o.metaSeq, "DW"),
     Mov.Reg(R2, R10),
     Add.Imm(R2, REC),
     Mov.Imm(R3, TCP_RECORD_SIZE),
     Call(Fn.seqWrite),
   );
-  b.label("out").emit(Mov.Imm(R0, 0), Return());
-  return b.build();
 }

@@ -4,14 +4,15 @@
  */
 import { closeSync, constants, openSync } from "node:fs";
 import { DEFAULT_FILTER, type SocketFilter, socketMatcher } from "../filter.js";
+import { TCP_STATES } from "../kernel/states.js";
 import { deadPeerAfter, type EffectiveKeepAlive, SharedSettings, type SystemDefaults } from "../settings.js";
 import { SysError } from "../sys/libc.js";
 import { SocketBorrower } from "../sys/pidfd.js";
 import { ReadAhead } from "../sys/read-ahead.js";
 import { readKeepAliveInto } from "./exact.js";
-import { type KernelSocket, KernelSockets, type TcpWalk } from "./kernel-sockets.js";
+import { type HeldNamespace, HeldSockets, type KernelSocket, KernelSockets, type TcpWalk } from "./kernel-sockets.js";
 import { type NetNamespace, networkNamespaces } from "./namespaces.js";
-import { tcpEmpty } from "./netstat.js";
+import { tcpCounts } from "./netstat.js";
 import { findOwners, type OwnerLookup, type OwnerScan, OwnerTable, type SocketOwner, TcpOwnerWalk } from "./owners.js";
 import { listPids } from "./processes.js";
 import { listeningPorts, type ReadOptions, readSockets, type TcpSocket } from "./sockets.js";
@@ -230,8 +231,36 @@ function inspectKernel(
   try {
     const processes = opts.processes ?? true;
     const wantOwners = processes || filter.pids.length > 0 || filter.comms.length > 0;
-    const ownerWalk = wantOwners ? TcpOwnerWalk.start(ahead) : null;
+    // Each walk of another namespace scans the one established hash that all namespaces share (bpf_iter_tcp
+    // filters it by net, seq_sk_match() in net/ipv4/tcp_ipv4.c): 10-14 ms at 100,000 sockets elsewhere, for
+    // a pod's handful. The owners' walk visits every socket that a process holds anyway, so for a namespace
+    // with no TIME-WAIT socket it brings them whole (held records); afterwards, where they are not all of the
+    // namespace's hashed sockets (heldComplete), that namespace is walked after all.
+    const toWalk: NetNamespace[] = [];
+    const heldNs = new Map<number, { ns: NetNamespace; fd: number; inuse: number }>();
+    try {
+      for (const ns of namespaces) {
+        if (!ns.own && ns.pid !== undefined) {
+          const n = tcpCounts(ns.pid, ns.inum);
+          // No TCP socket at all (a container without connections, a sandbox): nothing to walk.
+          if (n && n.inuse === 0 && n.tw === 0) continue;
+          if (n && n.tw === 0 && wantOwners && !heldNs.has(ns.inum)) {
+            try {
+              heldNs.set(ns.inum, { ns, fd: openSync(ns.path, constants.O_RDONLY), inuse: n.inuse });
+            } catch {
+              // its last process exited since: nothing of it to list
+            }
+            continue;
+          }
+        }
+        toWalk.push(ns);
+      }
+    } finally {
+      for (const { fd } of heldNs.values()) opened.push({ close: () => closeSync(fd) });
+    }
+    const ownerWalk = wantOwners ? TcpOwnerWalk.start(ahead, [...heldNs.keys()]) : null;
     if (ownerWalk) opened.push(ownerWalk);
+    else for (const { ns } of heldNs.values()) toWalk.push(ns);
     try {
       ks = KernelSockets.open(filter.states);
     } catch (e) {
@@ -239,11 +268,7 @@ function inspectKernel(
       return null;
     }
     const walks: { walk: TcpWalk; listening: Set<number> }[] = [];
-    for (const ns of namespaces) {
-      // A namespace whose sockstat counts no TCP socket at all (a container without connections, a sandbox):
-      // no walk, which would scan the whole established hash of the host for nothing (7-18 ms at 100,000
-      // sockets elsewhere).
-      if (!ns.own && ns.pid !== undefined && tcpEmpty(ns.pid, ns.inum)) continue;
+    for (const ns of toWalk) {
       let fd: number | undefined;
       if (!ns.own) {
         try {
@@ -260,7 +285,10 @@ function inspectKernel(
         if (fd !== undefined) closeSync(fd);
       }
     }
-    let scan: OwnerScan | null = !wantOwners ? { owners: new Map(), unreadable: [] } : (ownerWalk?.finish() ?? null);
+    const heldSockets = ownerWalk && heldNs.size > 0 ? new HeldSockets(heldNs.keys()) : undefined;
+    let scan: OwnerScan | null = !wantOwners
+      ? { owners: new Map(), unreadable: [] }
+      : (ownerWalk?.finish(heldSockets?.add) ?? null);
     // Without the task_file iterator (before Linux 5.11) the owners come from /proc, once the inodes are known.
     const later: KernelSocket[] | null = scan ? null : [];
     const matches = socketMatcher(filter);
@@ -324,6 +352,20 @@ function inspectKernel(
         walk,
       );
     }
+    if (heldSockets && ks) {
+      const wantRequests = (filter.states & (1 << TCP_STATES.SYN_RECV)) !== 0;
+      for (const [inum, h] of heldSockets.byNetns) {
+        const { ns, fd, inuse } = heldNs.get(inum) as { ns: NetNamespace; fd: number; inuse: number };
+        const listening = new Set<number>();
+        const each = (s: KernelSocket) => {
+          if (!families.has(s.family) || (matches && !matches(s, () => listening))) return;
+          emit(s, ownersOf(s.inode));
+        };
+        if (heldComplete(ns, h, inuse) && !(wantRequests && h.requests > 0))
+          ks.readHeld(h, each, { listening, reuse: transient });
+        else ks.walk(each, { netnsFd: fd, listening, reuse: transient });
+      }
+    }
     if (later) {
       const inodes = new Set<number>();
       for (const s of later) if (s.inode) inodes.add(s.inode);
@@ -336,6 +378,18 @@ function inspectKernel(
     for (const o of opened) o.close();
     ks?.close();
   }
+}
+
+/**
+ * Whether the held records of namespace `ns` are all its TCP sockets: as many as its sockstat counted hashed
+ * before the walk (`inuse`), the same count after it, and still no TIME-WAIT socket. A hashed socket that no
+ * process holds (an orphan closing, a kernel socket, one held by a thread with a file table of its own or by a
+ * process outside tcpka's pid namespace) makes the records fewer; then the namespace is walked.
+ */
+function heldComplete(ns: NetNamespace, h: HeldNamespace, inuse: number): boolean {
+  if (ns.pid === undefined || h.count !== inuse) return false;
+  const after = tcpCounts(ns.pid, ns.inum);
+  return after !== undefined && after.inuse === inuse && after.tw === 0;
 }
 
 /**

@@ -36,7 +36,7 @@ import { STATE_NAMES, TCP_STATES } from "../kernel/states.js";
 import { type EffectiveKeepAlive, SharedSettings } from "../settings.js";
 import { bpfCapable, iterCreate, iterCreateIn, iterLinkCreate, iterProgLoad } from "../sys/bpf.js";
 import { CachedBtf } from "../sys/btf.js";
-import { bindLoopback4, close, listen, setsockoptInt, socket, sockfsInode } from "../sys/libc.js";
+import { bindLoopback4, close, kernelHz, listen, setsockoptInt, socket, sockfsInode } from "../sys/libc.js";
 import { directStream, type ReadAhead, type Stream } from "../sys/read-ahead.js";
 import type { TcpSocket, TimerName } from "./sockets.js";
 
@@ -214,6 +214,33 @@ export class KernelSockets {
     if (this.hz === 0) throw new Error("the kernel pass did not see tcpka's own listener, so HZ is unknown");
   }
 
+  /**
+   * Hand the sockets of `held` (one namespace's held records from the owners' walk) to `each` as walk() would:
+   * listeners first (their ports into `listening`), then the rest, in the states that open() was given. HZ,
+   * where no walk of tcpka's own namespace learnt it yet, from the coarse clock's tick (kernelHz), which
+   * spares a walk of the whole established hash for it.
+   */
+  readHeld(
+    held: HeldNamespace,
+    each: (s: KernelSocket) => void,
+    to: { listening?: Set<number>; reuse?: boolean } = {},
+  ): void {
+    if (this.hz === 0) this.hz = kernelHz();
+    const into = to.reuse === true ? this.scratch() : undefined;
+    const r = held.records;
+    for (const listeners of [true, false]) {
+      for (let at = 0; at < held.count * TCP_RECORD_SIZE; at += TCP_RECORD_SIZE) {
+        const state = r[at + 2] as number;
+        if ((state === TCP_STATES.LISTEN) !== listeners) continue;
+        if (listeners) to.listening?.add(r.readUInt16LE(at + 8));
+        if (!(this.wanted & (1 << state))) continue;
+        r.copy(this.buf, SPARE, at, at + TCP_RECORD_SIZE);
+        const s = this.record(SPARE, into);
+        if (s) each(s);
+      }
+    }
+  }
+
   /** HZ from the probe listener's keepalive_time: its TCP_KEEPIDLE of 1 s in jiffies. */
   private learnHz(at: number): void {
     const hz = this.u32[(at + 56) >> 2] as number;
@@ -364,4 +391,42 @@ export interface TcpWalk {
   /** the walk of tcpka's own namespace that must come first to learn HZ */
   hzFirst: TcpWalk | null;
   close(): void;
+}
+
+/**
+ * The sockets of one network namespace that the owners' walk brought whole (held records, src/bpf/socket-fds.ts):
+ * each hashed socket that a process holds, once. They are all of the namespace's TCP sockets when `count`
+ * equals what its sockstat counts as hashed ("inuse") and nothing is in TIME-WAIT: every socket in the
+ * listening and established hashes is then held (an orphan or a kernel socket would make `count` smaller).
+ * Request sockets (SYN-RECV) are in neither count: `requests` adds up those of the namespace's listeners.
+ */
+export class HeldNamespace {
+  records = Buffer.alloc(16 * TCP_RECORD_SIZE);
+  count = 0;
+  requests = 0;
+
+  add(buf: Buffer, at: number, requests: number): void {
+    if ((this.count + 1) * TCP_RECORD_SIZE > this.records.length) {
+      const more = Buffer.alloc(this.records.length * 2);
+      this.records.copy(more);
+      this.records = more;
+    }
+    buf.copy(this.records, this.count * TCP_RECORD_SIZE, at, at + TCP_RECORD_SIZE);
+    this.count++;
+    this.requests += requests;
+  }
+}
+
+/** The held records of a walk, by namespace (their inode number, at 76 in the record). */
+export class HeldSockets {
+  readonly byNetns = new Map<number, HeldNamespace>();
+
+  constructor(netns: Iterable<number>) {
+    for (const inum of netns) this.byNetns.set(inum, new HeldNamespace());
+  }
+
+  /** The owners' walk's `held` callback. */
+  readonly add = (buf: Buffer, at: number, requests: number): void => {
+    this.byNetns.get(buf.readUInt32LE(at + 76))?.add(buf, at, requests);
+  };
 }

@@ -45,16 +45,26 @@ export function tcpInUse(pid: number): number | undefined {
  * Whether a TCP iterator walk of the namespace of process `pid` (inode `inum`) would meet no socket at all:
  * none hashed (tcpInUse: listeners, connections, orphans still closing) and none in TIME-WAIT (sockstat's
  * "tw", the namespace's tcp_death_row.tw_refcount, IPv4 and IPv6 alike; a request socket needs a listener).
- * false whenever unsure: the files cannot be read, or the process is no longer in that namespace (setns, or
- * its pid reused) once they have been read.
+ * false whenever unsure (tcpCounts).
  */
 export function tcpEmpty(pid: number, inum: number): boolean {
+  const n = tcpCounts(pid, inum);
+  return n !== undefined && n.inuse === 0 && n.tw === 0;
+}
+
+/**
+ * The namespace's hashed TCP sockets (tcpInUse) and TIME-WAIT ones, read through process `pid`, which must be in
+ * the namespace of inode `inum`. undefined whenever unsure: the files cannot be read, or the process is no
+ * longer in that namespace (setns, or its pid reused) once they have been read. (sockstat's "orphan" is the
+ * host's, tcp_orphan_count_sum(), not the namespace's.)
+ */
+export function tcpCounts(pid: number, inum: number): { inuse: number; tw: number } | undefined {
   const n = sockstat(pid);
-  if (n === undefined || n.inuse !== 0 || n.tw !== 0) return false;
+  if (n === undefined) return undefined;
   try {
-    return statSync(`/proc/${pid}/ns/net`).ino === inum;
+    return statSync(`/proc/${pid}/ns/net`).ino === inum ? n : undefined;
   } catch {
-    return false;
+    return undefined;
   }
 }
 

@@ -162,12 +162,15 @@ export class TcpOwnerWalk {
     private readonly walk: FileWalk,
   ) {}
 
-  /** null where the iterator cannot load. */
-  static start(ahead?: ReadAhead): TcpOwnerWalk | null {
+  /**
+   * null where the iterator cannot load. With `held` (network namespace inodes), the sockets of those
+   * namespaces come whole as well (SocketFdIterator.open), to finish()'s `held`.
+   */
+  static start(ahead?: ReadAhead, held: readonly number[] = []): TcpOwnerWalk | null {
     let lister: SocketFdIterator;
     try {
       if (!bpfCapable()) return null;
-      lister = SocketFdIterator.open();
+      lister = SocketFdIterator.open(held);
     } catch {
       return null;
     }
@@ -179,9 +182,20 @@ export class TcpOwnerWalk {
     }
   }
 
-  finish(): OwnerScan {
+  /** `held(buf, at, requests)`: the TCP record of a held socket, once per socket (at its first owner). */
+  finish(held?: (buf: Buffer, at: number, requests: number) => void): OwnerScan {
     const owners = new OwnerTable();
-    this.lister.listAll((pid, fd, inode) => owners.add(inode, pid, fd), this.walk);
+    let first = false;
+    this.lister.listAll(
+      (pid, fd, inode) => {
+        first = owners.add(inode, pid, fd);
+      },
+      this.walk,
+      held &&
+        ((buf, at, requests) => {
+          if (first) held(buf, at, requests);
+        }),
+    );
     return { owners, unreadable: [] };
   }
 
@@ -225,7 +239,8 @@ export class OwnerTable implements OwnerLookup {
   /** the owner objects that getInto() refills */
   private readonly spare: SocketOwner[] = [];
 
-  add(inode: number, pid: number, fd: number): void {
+  /** Whether this is the socket's first owner. */
+  add(inode: number, pid: number, fd: number): boolean {
     const i = this.owners++;
     if (i === this.pids.length) {
       this.pids = grown(this.pids);
@@ -239,19 +254,20 @@ export class OwnerTable implements OwnerLookup {
       const first = this.wide.get(inode);
       if (first === undefined) this.wide.set(inode, i);
       else this.append(first, i);
-      return;
+      return first === undefined;
     }
     const h = this.slot(inode);
     if (this.keys[h] === inode) {
       // A socket shared across fork(): owners in the order the walk met them.
       this.next[this.tail[h] as number] = i;
       this.tail[h] = i;
-      return;
+      return false;
     }
     this.keys[h] = inode;
     this.head[h] = i;
     this.tail[h] = i;
     if (++this.inodes * 2 > this.keys.length) this.rehash();
+    return true;
   }
 
   get(inode: number): SocketOwner[] | undefined {

@@ -14,11 +14,12 @@ import { release } from "node:os";
 import { ipv4, ipv6 } from "../addresses.js";
 import { assemble, Listing } from "../bpf/asm.js";
 import { endpointOffsets } from "../bpf/endpoints.js";
-import { RECORD_SIZE, socketFdsProgram, taskFileMembers } from "../bpf/socket-fds.js";
+import { HELD, RECORD_SIZE, socketFdsProgram, taskFileMembers } from "../bpf/socket-fds.js";
+import { TCP_RECORD_SIZE, tcpSocketOffsets } from "../bpf/tcp-sockets.js";
 import type { TcpEndpoints } from "../filter.js";
 import { AF_INET, AF_INET6 } from "../kernel/constants.js";
 import { STATE_NAMES } from "../kernel/states.js";
-import { bpfCapable, iterCreate, iterLinkCreate, iterProgLoad } from "../sys/bpf.js";
+import { bpfCapable, hashMapCreate, iterCreate, iterLinkCreate, iterProgLoad, mapUpdateAll } from "../sys/bpf.js";
 import { CachedBtf } from "../sys/btf.js";
 import { close } from "../sys/libc.js";
 import { directStream, type ReadAhead, type Stream } from "../sys/read-ahead.js";
@@ -26,12 +27,16 @@ import { directStream, type ReadAhead, type Stream } from "../sys/read-ahead.js"
 const READ_SIZE = 64 * 1024; // bpf_seq_read hands out at most 8 pages per read
 
 export class SocketFdIterator {
-  private readonly buf = Buffer.from(new ArrayBuffer(READ_SIZE + RECORD_SIZE));
+  private readonly buf = Buffer.from(new ArrayBuffer(READ_SIZE + RECORD_SIZE + TCP_RECORD_SIZE));
   // little-endian words of the records, which start at multiples of 8
   private readonly u32 = new Uint32Array(this.buf.buffer);
   private readonly info = Buffer.alloc(16); // union bpf_iter_link_info
 
-  private constructor(private progFd: number) {}
+  private constructor(
+    private progFd: number,
+    /** the map of namespaces whose sockets come as held records; -1: none */
+    private heldMap = -1,
+  ) {}
 
   /** Whether the kernel is new enough (6.1) and this process may load the program (bpfCapable). */
   static possible(): boolean {
@@ -42,23 +47,47 @@ export class SocketFdIterator {
     return (major > 6 || (major === 6 && minor >= 1)) && bpfCapable();
   }
 
-  /** Load the program; throws (BtfError, SysError, VerifierError) when this kernel or these rights cannot. */
-  static open(): SocketFdIterator {
+  /**
+   * Load the program; throws (BtfError, SysError, VerifierError) when this kernel or these rights cannot. With
+   * `held` (network namespace inode numbers), the hashed sockets of those namespaces come as held records
+   * (src/bpf/socket-fds.ts), which listAll() hands to its `held` callback.
+   */
+  static open(held: readonly number[] = []): SocketFdIterator {
     const btf = CachedBtf.open();
-    const program = socketFdsProgram({
-      metaSeq: btf.memberOffset("bpf_iter_meta", "seq"),
-      ...taskFileMembers(btf),
-      ...endpointOffsets(btf),
-    });
-    const attachBtfId = btf.typeId("FUNC", "bpf_iter_task_file");
-    btf.save(); // every question asked: the next run reads no BTF
-    const progFd = iterProgLoad({
-      attachBtfId,
-      insns: assemble(program),
-      listing: new Listing(program),
-      name: "tcpka_sockfds",
-    });
-    return new SocketFdIterator(progFd);
+    let heldMap = -1;
+    try {
+      if (held.length > 0) {
+        heldMap = hashMapCreate("tcpka_heldns", 4, 1, held.length);
+        const keys = Buffer.alloc(4 * held.length);
+        for (const [i, inum] of held.entries()) keys.writeUInt32LE(inum, 4 * i);
+        mapUpdateAll(heldMap, keys, Buffer.alloc(held.length), held.length);
+      }
+      const program = socketFdsProgram(
+        { metaSeq: btf.memberOffset("bpf_iter_meta", "seq"), ...taskFileMembers(btf), ...endpointOffsets(btf) },
+        heldMap < 0
+          ? undefined
+          : {
+              offsets: {
+                ...tcpSocketOffsets(btf),
+                skUid: btf.memberOffset("sock", "sk_uid"),
+                tcpRequests: btf.memberOffset("tcp_sock", "inet_conn.icsk_accept_queue.qlen"),
+              },
+              netns: heldMap,
+            },
+      );
+      const attachBtfId = btf.typeId("FUNC", "bpf_iter_task_file");
+      btf.save(); // every question asked: the next run reads no BTF
+      const progFd = iterProgLoad({
+        attachBtfId,
+        insns: assemble(program),
+        listing: new Listing(program),
+        name: "tcpka_sockfds",
+      });
+      return new SocketFdIterator(progFd, heldMap);
+    } catch (e) {
+      if (heldMap >= 0) close(heldMap);
+      throw e;
+    }
   }
 
   /**
@@ -84,14 +113,21 @@ export class SocketFdIterator {
   /**
    * Every process's TCP sockets in one walk (the task iterator without a filter walks every task of tcpka's
    * pid namespace): `each(pid, fd, inode)`. The pid is task->tgid, the number in the initial pid namespace.
-   * `walk` is one that prepareAll() made (so that a ReadAhead reads it early); the caller closes it.
+   * A held record (open()'s `held`) goes to `each` as well, and its TCP record to `held(buf, at, requests)` right
+   * after (TCP_RECORD_SIZE bytes at buf[at], valid during the call; `requests`: a listener's request sockets). `walk` is one that prepareAll() made (so that a
+   * ReadAhead reads it early); the caller closes it.
    */
-  listAll(each: (pid: number, fd: number, inode: number) => void, walk?: FileWalk): void {
+  listAll(
+    each: (pid: number, fd: number, inode: number) => void,
+    walk?: FileWalk,
+    held?: (buf: Buffer, at: number, requests: number) => void,
+  ): void {
     const w = walk ?? this.prepareAll();
     try {
-      this.read(w.stream, 0, (at) =>
-        each(this.u32[(at >> 2) + 5] as number, this.u32[at >> 2] as number, this.inode(at)),
-      );
+      this.read(w.stream, 0, (at, tcp) => {
+        each(this.u32[(at >> 2) + 5] as number, this.u32[at >> 2] as number, this.inode(at));
+        if (tcp >= 0) held?.(this.buf, tcp, this.u32[(at >> 2) + 4] as number);
+      });
     } finally {
       if (!walk) w.close();
     }
@@ -136,8 +172,8 @@ export class SocketFdIterator {
     return found || existsSync(`/proc/${pid}`);
   }
 
-  /** Read a walk to its end; whether it had any record. */
-  private read(stream: Stream, pid: number, each: (at: number) => void): boolean {
+  /** Read a walk to its end, `each(at, tcp)` per record (tcp: where its TCP record is; -1: none); whether it had any. */
+  private read(stream: Stream, pid: number, each: (at: number, tcp: number) => void): boolean {
     let found = false;
     const b = this.buf;
     let have = 0; // bytes in buf; a partial record at the end is carried to the next read
@@ -146,8 +182,11 @@ export class SocketFdIterator {
       const n = stream.read(b.subarray(have, have + READ_SIZE));
       if (n === 0) break;
       have += n;
-      const whole = have - (have % RECORD_SIZE);
-      for (let at = 0; at < whole; at += RECORD_SIZE) {
+      let at = 0;
+      for (;;) {
+        if (have - at < RECORD_SIZE) break;
+        const size = b[at + 7] === HELD ? RECORD_SIZE + TCP_RECORD_SIZE : RECORD_SIZE;
+        if (have - at < size) break;
         // Every record of one walk comes from one process: a kernel that ignored the filter walked them all.
         const tgid = this.u32[(at >> 2) + 5] as number;
         if (pid === 0) {
@@ -155,10 +194,11 @@ export class SocketFdIterator {
         } else if (owner < 0) owner = tgid;
         else if (tgid !== owner) throw new Error("the kernel ignored the task iterator's process filter");
         found = true;
-        each(at);
+        each(at, size === RECORD_SIZE ? -1 : at + RECORD_SIZE);
+        at += size;
       }
-      b.copyWithin(0, whole, have);
-      have -= whole;
+      b.copyWithin(0, at, have);
+      have -= at;
     }
     return found;
   }
@@ -192,7 +232,8 @@ export class SocketFdIterator {
 
   close(): void {
     if (this.progFd >= 0) close(this.progFd);
-    this.progFd = -1;
+    if (this.heldMap >= 0) close(this.heldMap);
+    this.progFd = this.heldMap = -1;
   }
 }
 

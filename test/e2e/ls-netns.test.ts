@@ -5,6 +5,9 @@
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { test } from "node:test";
 import { needs } from "../helpers/env.js";
 import { Netns } from "../helpers/netns.js";
@@ -98,4 +101,138 @@ test("ls --all-netns skips only the namespaces with no TCP socket: a TIME-WAIT o
     "the TIME-WAIT socket of a namespace with nothing else",
   );
   assert.equal(rows.filter((c) => c.netns === emptyInum).length, 0);
+});
+
+// Three connections, one with keepalive of its own; a forked child holds the same sockets (PR_SET_PDEATHSIG: it
+// dies with the holder). With `backlog`, one more connection that nobody accepts: its server end is hashed and
+// no process holds it.
+const HELD = (backlog: boolean) => `
+import ctypes, os, socket, sys
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen()
+on = socket.create_connection(srv.getsockname())
+on.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+on.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 77)
+off = socket.create_connection(srv.getsockname())
+a, _ = srv.accept(); b, _ = srv.accept()
+waiting = socket.create_connection(srv.getsockname()) if ${backlog ? "True" : "False"} else None
+if os.fork() == 0:
+    ctypes.CDLL(None).prctl(1, 9)
+    sys.stdin.readline(); os._exit(0)
+print(srv.getsockname()[1], on.getsockname()[1], off.getsockname()[1], waiting.getsockname()[1] if waiting else 0, flush=True)
+sys.stdin.readline()
+`;
+
+const SYN_PORT = 8081;
+const HANDSHAKE = `
+import socket, sys
+srv = socket.socket(); srv.bind(("127.0.0.1", ${SYN_PORT})); srv.listen()
+c = socket.create_connection(("127.0.0.1", ${SYN_PORT}))
+print(c.getsockname()[1], flush=True)
+sys.stdin.readline()
+`;
+
+interface FullRow extends Row {
+  state: string;
+  netns: number;
+  inode: number;
+  peer_port: number;
+  timer_ms: number;
+  next_probe_ms: number | null;
+  [field: string]: unknown;
+}
+
+test("ls --all-netns takes a small namespace's sockets from the owners' walk, and walks one where a socket has no owner", async (t) => {
+  if (!needs(t, { root: true, tools: ["ip", "python3", "strace"] })) return;
+  const inum = (ns: Netns) => Number(/net:\[(\d+)\]/.exec(ns.run(["readlink", "/proc/self/ns/net"]))?.[1]);
+  const whole = Netns.create(t);
+  const backlog = Netns.create(t);
+  whole.setSysctl("net.ipv4.tcp_keepalive_time", NS_IDLE);
+  const wholeHolder = whole.spawn(["python3", "-c", HELD(false)]);
+  const backlogHolder = backlog.spawn(["python3", "-c", HELD(true)]);
+  const wholePorts = (await wholeHolder.line()).split(" ").map(Number);
+  const backlogPorts = (await backlogHolder.line()).split(" ").map(Number);
+  // A handshake whose last ACK the firewall drops: the listener keeps a request socket (SYN-RECV), which
+  // sockstat does not count.
+  const handshake = Netns.create(t);
+  handshake.nft(`table inet tcpka_test {
+  chain input {
+    type filter hook input priority 0;
+    tcp dport ${SYN_PORT} tcp flags & ack == ack drop
+  }
+}
+`);
+  const handshakeHolder = handshake.spawn(["python3", "-c", HANDSHAKE]);
+  await handshakeHolder.line();
+  const [wholeInum, backlogInum, handshakeInum] = [inum(whole), inum(backlog), inum(handshake)];
+
+  // strace -y names each setns(2)'s namespace: a TCP walk of another namespace is made from inside it.
+  const dir = mkdtempSync(join(tmpdir(), "tcpka-held-"));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const trace = join(dir, "strace");
+  const argv = [TCPKA, "ls", "--all-netns", "-a", "--json"];
+  const r = spawnSync(
+    "strace",
+    ["-f", "-qq", "-y", "-e", "trace=setns", "-e", "signal=none", "-o", trace, process.execPath, ...argv],
+    {
+      encoding: "utf8",
+      maxBuffer: 1 << 30, // the machine may hold many connections of its own
+    },
+  );
+  assert.equal(r.status, 0, r.stderr);
+  const entered = (n: number) =>
+    readFileSync(trace, "utf8")
+      .split("\n")
+      .filter((l) => l.includes(`net:[${n}]`)).length;
+  assert.equal(entered(wholeInum), 0, "every socket of that namespace held: no walk of it");
+  assert.equal(entered(backlogInum), 1, "a connection nobody accepted: its namespace is walked");
+  assert.equal(entered(handshakeInum), 1, "a request socket: its namespace is walked");
+
+  const oracle = spawnSync(process.execPath, [...argv, "--via", "netlink"], { encoding: "utf8", maxBuffer: 1 << 30 });
+  assert.equal(oracle.status, 0, oracle.stderr);
+  const rowsOf = (out: string, netns: number) =>
+    (JSON.parse(out) as { connections: FullRow[] }).connections.filter((c) => c.netns === netns);
+  for (const [netns, ports, holder, n] of [
+    [wholeInum, wholePorts, wholeHolder, 5],
+    [backlogInum, backlogPorts, backlogHolder, 7],
+  ] as const) {
+    const rows = rowsOf(r.stdout, netns);
+    const expected = rowsOf(oracle.stdout, netns);
+    assert.equal(rows.length, n, `the listener and both ends of each connection, once each: ${JSON.stringify(rows)}`);
+    const byInode = new Map(expected.map((c) => [c.inode, c]));
+    for (const c of rows) {
+      if (c.inode === 0) continue; // no file: getsockopt cannot read it (the one nobody accepted, below)
+      const o = byInode.get(c.inode);
+      assert.ok(o, `${c.state} :${c.local_port} also in sock_diag's dump`);
+      // The timers ran on between the two runs; everything else is the same, field by field, but a listener's
+      // send queue: /proc/PID/net/tcp, the oracle's way into another namespace, has no maximum backlog there.
+      assert.ok(Math.abs(c.timer_ms - o.timer_ms) < 5_000, "the same timer");
+      const same = { timer_ms: 0, next_probe_ms: 0, ...(c.state === "LISTEN" ? { send_queue: 0 } : {}) };
+      assert.deepEqual({ ...c, ...same }, { ...o, ...same });
+    }
+    const [, onPort, , waitingPort] = ports;
+    const on = rows.find((c) => c.local_port === onPort);
+    assert.deepEqual([on?.keepalive, on?.idle_s], [true, 77]);
+    for (const c of rows.filter((c) => c.peer_port !== waitingPort || !waitingPort))
+      assert.deepEqual(
+        [c.processes.length, c.processes.some((p) => p.pid === holder.pid)],
+        [2, true],
+        `the holder and its child, in one row: ${JSON.stringify(c)}`,
+      );
+    if (waitingPort) {
+      const child = rows.find((c) => c.peer_port === waitingPort);
+      assert.deepEqual(
+        [child?.state, child?.processes.length, child?.source, child?.idle_s],
+        ["ESTAB", 0, "exact", 7200],
+        "the connection nobody accepted, from the kernel's walk",
+      );
+    }
+  }
+  const request = rowsOf(r.stdout, handshakeInum).filter((c) => c.state === "SYN-RECV");
+  assert.deepEqual(
+    request.map((c) => c.local_port),
+    [SYN_PORT],
+    "the request socket, as sock_diag shows it",
+  );
+  const idle = rowsOf(r.stdout, wholeInum).find((c) => c.local_port === wholePorts[2]);
+  assert.equal(idle?.keepalive, false);
 });
