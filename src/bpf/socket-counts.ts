@@ -68,7 +68,7 @@ import {
   StoreMem,
   ToBE,
 } from "./asm.js";
-import type { TaskFileOffsets } from "./socket-fds.js";
+import { emitHeld, type HeldOffsets, RECORD_SIZE, type TaskFileOffsets } from "./socket-fds.js";
 import { emitCgroupId, keepOpen, type TcpSocketOffsets } from "./tcp-sockets.js";
 
 export const COUNT_KEY_SIZE = 40;
@@ -80,6 +80,7 @@ const KEY = -COUNT_KEY_SIZE; // the count key on the stack, from r10
 const LKEY = KEY - LISTEN_KEY_SIZE;
 const ONE = LKEY - 8; // a u64 1: a new key's first count; and the listeners' value
 const CFG = ONE - 8; // the config array's key, 0
+const FD_RECORD = -RECORD_SIZE; // the owners' walk: a held socket's fd record (socket-fds.ts), from r10
 
 const BPF_NOEXIST = 1;
 const BPF_SK_STORAGE_GET_F_CREATE = 1;
@@ -249,14 +250,22 @@ export interface FileRef {
  * it). A socket is counted once, for the first process of the walk: a file that only one fd table holds (its
  * reference count says so) at once; one that more hold (fork, dup, SCM_RIGHTS, a thread in a system call on
  * it) only where the socket's mark (socket local storage) is not of this scrape's generation yet.
+ *
+ * With `held`, a socket of a namespace in that map is not counted but written whole (socket-fds.ts `emitHeld`:
+ * its fd record, then the TCP walk's record of it), for user space to count: those namespaces get no TCP walk
+ * (src/inspect/socket-counts.ts). `held.only`: nothing else is counted (a scrape without the process label).
  */
 export function ownerCountsProgram(
   o: TcpSocketOffsets & TaskFileOffsets,
   maps: CountMaps & { owners: number },
   ref: FileRef | undefined,
+  held?: { offsets: HeldOffsets; netns: number; only: boolean },
 ): Instruction[] {
   const b = new ProgramBuilder();
   b.emit(
+    LoadMem(R6, R1, 0, "DW"), // meta
+    LoadMem(R2, R1, 16, "DW"), // fd
+    StoreMem(R10, FD_RECORD, R2, "W"),
     LoadMem(R7, R1, 8, "DW"), // task, NULL once the walk is over
     LoadMem(R9, R1, 24, "DW"), // file
     JEq.Imm(R9, 0, "out"),
@@ -264,11 +273,7 @@ export function ownerCountsProgram(
     LoadMem(R2, R7, o.taskPid, "W"),
     LoadMem(R8, R7, o.taskTgid, "W"),
     JNE32.Reg(R2, R8, "out"), // a thread with a file table of its own: not in /proc/PID/fd (socket-fds.ts)
-  );
-  loadConfig(b, maps.config);
-  for (let at = 0; at < COUNT_KEY_SIZE; at += 8) b.emit(StoreImm(R10, KEY + at, 0, "DW"));
-  b.emit(
-    StoreMem(R10, KEY + 16, R8, "W"),
+    StoreMem(R10, FD_RECORD + 20, R8, "W"),
     Mov.Reg(R1, R9),
     Call(Fn.sockFromFile),
     JEq.Imm(R0, 0, "out"),
@@ -278,9 +283,17 @@ export function ownerCountsProgram(
     JNE32.Imm(R2, SOCK_STREAM, "out"),
     LoadMem(R2, R7, o.skProtocol, "H"),
     JNE32.Imm(R2, IPPROTO_TCP, "out"),
-    LoadMem(R8, R7, o.skcState, "B"),
-    JNE32.Imm(R8, TCP_STATES.ESTABLISHED, "out"),
   );
+  if (held) emitHeld(b, held.offsets, held.netns, held.only ? "out" : "established", "out");
+  if (held?.only) {
+    b.label("out").emit(Mov.Imm(R0, 0), Return());
+    return b.build();
+  }
+  b.label("established").emit(LoadMem(R8, R7, o.skcState, "B"), JNE32.Imm(R8, TCP_STATES.ESTABLISHED, "out"));
+  loadConfig(b, maps.config);
+  b.emit(LoadMem(R8, R10, FD_RECORD + 20, "W")); // the tgid, before the key's zeroes cover it
+  for (let at = 0; at < COUNT_KEY_SIZE; at += 8) b.emit(StoreImm(R10, KEY + at, 0, "DW"));
+  b.emit(StoreMem(R10, KEY + 16, R8, "W"));
   if (ref) b.emit(LoadMem(R2, R9, ref.offset, "DW"), JEq.Imm(R2, ref.unique, "unique"));
   b.emit(
     ...LoadMapFd(R1, maps.owners),

@@ -56,7 +56,7 @@ import {
   StoreMem,
 } from "./asm.js";
 import { type EndpointOffsets, emitAddresses } from "./endpoints.js";
-import { emitTcpRecord, TCP_RECORD_SIZE, type TcpSocketOffsets } from "./tcp-sockets.js";
+import { emitTcpRecord, TCP_RECORD_SIZE, type TcpSocketOffsets, tcpSocketOffsets } from "./tcp-sockets.js";
 
 /** Offsets, in bytes, of the members the program reads, from the running kernel's BTF. */
 export interface TaskFileOffsets extends EndpointOffsets {
@@ -102,6 +102,15 @@ export interface HeldOffsets extends TcpSocketOffsets {
   skUid: number;
   /** struct tcp_sock: inet_conn.icsk_accept_queue.qlen */
   tcpRequests: number;
+}
+
+/** The held records' offsets from the running kernel's BTF. */
+export function heldOffsets(btf: BtfFacts): HeldOffsets {
+  return {
+    ...tcpSocketOffsets(btf),
+    skUid: btf.memberOffset("sock", "sk_uid"),
+    tcpRequests: btf.memberOffset("tcp_sock", "inet_conn.icsk_accept_queue.qlen"),
+  };
 }
 
 /**

@@ -10,7 +10,7 @@ import { SysError } from "../sys/libc.js";
 import { SocketBorrower } from "../sys/pidfd.js";
 import { ReadAhead } from "../sys/read-ahead.js";
 import { readKeepAliveInto } from "./exact.js";
-import { type HeldNamespace, HeldSockets, type KernelSocket, KernelSockets, type TcpWalk } from "./kernel-sockets.js";
+import { HeldSockets, type KernelSocket, KernelSockets, type TcpWalk } from "./kernel-sockets.js";
 import { type NetNamespace, networkNamespaces } from "./namespaces.js";
 import { tcpCounts } from "./netstat.js";
 import { findOwners, type OwnerLookup, type OwnerScan, OwnerTable, type SocketOwner, TcpOwnerWalk } from "./owners.js";
@@ -235,7 +235,7 @@ function inspectKernel(
     // filters it by net, seq_sk_match() in net/ipv4/tcp_ipv4.c): 10-14 ms at 100,000 sockets elsewhere, for
     // a pod's handful. The owners' walk visits every socket that a process holds anyway, so for a namespace
     // with no TIME-WAIT socket it brings them whole (held records); afterwards, where they are not all of the
-    // namespace's hashed sockets (heldComplete), that namespace is walked after all.
+    // namespace's hashed sockets (HeldNamespace.complete), that namespace is walked after all.
     const toWalk: NetNamespace[] = [];
     const heldNs = new Map<number, { ns: NetNamespace; fd: number; inuse: number }>();
     try {
@@ -361,7 +361,7 @@ function inspectKernel(
           if (!families.has(s.family) || (matches && !matches(s, () => listening))) return;
           emit(s, ownersOf(s.inode));
         };
-        if (heldComplete(ns, h, inuse) && !(wantRequests && h.requests > 0))
+        if (h.complete(ns.pid, ns.inum, inuse) && !(wantRequests && h.requests > 0))
           ks.readHeld(h, each, { listening, reuse: transient });
         else ks.walk(each, { netnsFd: fd, listening, reuse: transient });
       }
@@ -378,18 +378,6 @@ function inspectKernel(
     for (const o of opened) o.close();
     ks?.close();
   }
-}
-
-/**
- * Whether the held records of namespace `ns` are all its TCP sockets: as many as its sockstat counted hashed
- * before the walk (`inuse`), the same count after it, and still no TIME-WAIT socket. A hashed socket that no
- * process holds (an orphan closing, a kernel socket, one held by a thread with a file table of its own or by a
- * process outside tcpka's pid namespace) makes the records fewer; then the namespace is walked.
- */
-function heldComplete(ns: NetNamespace, h: HeldNamespace, inuse: number): boolean {
-  if (ns.pid === undefined || h.count !== inuse) return false;
-  const after = tcpCounts(ns.pid, ns.inum);
-  return after !== undefined && after.inuse === inuse && after.tw === 0;
 }
 
 /**

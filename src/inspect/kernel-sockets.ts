@@ -38,6 +38,7 @@ import { bpfCapable, iterCreate, iterCreateIn, iterLinkCreate, iterProgLoad } fr
 import { CachedBtf } from "../sys/btf.js";
 import { bindLoopback4, close, kernelHz, listen, setsockoptInt, socket, sockfsInode } from "../sys/libc.js";
 import { directStream, type ReadAhead, type Stream } from "../sys/read-ahead.js";
+import { tcpCounts } from "./netstat.js";
 import type { TcpSocket, TimerName } from "./sockets.js";
 
 /** A socket as the kernel pass sees it: what sock_diag says, and what getsockopt would. */
@@ -404,8 +405,23 @@ export class HeldNamespace {
   records = Buffer.alloc(16 * TCP_RECORD_SIZE);
   count = 0;
   requests = 0;
+  /** the tgid of each record's first owner, where add() was given it */
+  readonly owners: number[] = [];
 
-  add(buf: Buffer, at: number, requests: number): void {
+  /**
+   * Whether these are all the TCP sockets of the namespace `inum` that process `pid` is in: as many as its sockstat
+   * counted hashed before the walk (`inuse`), the same count after it, and still no TIME-WAIT socket. A hashed
+   * socket that no process holds (a connection not accepted yet, an orphan closing, a kernel socket, one held by a
+   * thread with a file table of its own or by a process outside tcpka's pid namespace) makes them fewer.
+   */
+  complete(pid: number | undefined, inum: number, inuse: number): boolean {
+    if (pid === undefined || this.count !== inuse) return false;
+    const after = tcpCounts(pid, inum);
+    return after !== undefined && after.inuse === inuse && after.tw === 0;
+  }
+
+  add(buf: Buffer, at: number, requests: number, owner?: number): void {
+    if (owner !== undefined) this.owners.push(owner);
     if ((this.count + 1) * TCP_RECORD_SIZE > this.records.length) {
       const more = Buffer.alloc(this.records.length * 2);
       this.records.copy(more);
@@ -426,7 +442,7 @@ export class HeldSockets {
   }
 
   /** The owners' walk's `held` callback. */
-  readonly add = (buf: Buffer, at: number, requests: number): void => {
-    this.byNetns.get(buf.readUInt32LE(at + 76))?.add(buf, at, requests);
+  readonly add = (buf: Buffer, at: number, requests: number, owner?: number): void => {
+    this.byNetns.get(buf.readUInt32LE(at + 76))?.add(buf, at, requests, owner);
   };
 }

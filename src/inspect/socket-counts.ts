@@ -17,13 +17,15 @@ import { assemble, Listing } from "../bpf/asm.js";
 import {
   COUNT_KEY_SIZE,
   type FileRef,
+  KIND_ESTABLISHED,
   KIND_LISTEN,
   LISTEN_KEY_SIZE,
   ownerCountsProgram,
   tcpCountsProgram,
 } from "../bpf/socket-counts.js";
-import { taskFileMembers } from "../bpf/socket-fds.js";
-import { tcpSocketOffsets } from "../bpf/tcp-sockets.js";
+import { heldOffsets, taskFileMembers } from "../bpf/socket-fds.js";
+import { TCP_RECORD_SIZE, tcpSocketOffsets } from "../bpf/tcp-sockets.js";
+import { TCP_STATES } from "../kernel/states.js";
 import { type EffectiveKeepAlive, SharedSettings } from "../settings.js";
 import {
   blobMapCreate,
@@ -41,8 +43,10 @@ import {
 import { CachedBtf } from "../sys/btf.js";
 import { close, kernelHz } from "../sys/libc.js";
 import { readFd } from "../sys/read-ahead-ring.js";
+import { type HeldNamespace, HeldSockets } from "./kernel-sockets.js";
 import type { NetNamespace } from "./namespaces.js";
-import { tcpInUse } from "./netstat.js";
+import { tcpCounts } from "./netstat.js";
+import { fdRecordBuffer, fillHeldNetns, heldNetnsMap, readFdRecords } from "./socket-fds.js";
 
 /** One count: sockets that share all of these. */
 export interface SocketCount {
@@ -64,6 +68,10 @@ export interface SocketCount {
 /** Distinct keys a scrape may count (label sets × settings × ports): beyond, the scrape takes the record path. */
 const MAX_KEYS = 16_384;
 const MAX_LISTENERS = 16_384;
+/** Namespaces a scrape may hold (src/bpf/socket-fds.ts); beyond, they are walked. */
+const MAX_HELD = 4_096;
+/** Without owners, the fewest namespaces worth the owners' walk that holds them (count()). */
+const HOLD_WITHOUT_OWNERS = 4;
 
 function kernelAtLeast(major: number, minor: number): boolean {
   const [a = 0, b = 0] = release()
@@ -76,12 +84,25 @@ export class SocketCounter {
   private generation = 0;
   private readonly shared = new SharedSettings();
   private readonly scratch = Buffer.alloc(4096);
+  /** where the owners' walk's records are read (fdRecordBuffer), once a scrape holds a namespace */
+  private records: Buffer | undefined;
+  /** the namespaces other than tcpka's own that the last count() walked (the rest it held or skipped) */
+  readonly walked = new Set<number>();
 
   private constructor(
     private readonly fds: number[],
-    private readonly maps: { counts: number; listeners: number; config: number; maxKeys: number },
+    private readonly maps: {
+      counts: number;
+      listeners: number;
+      config: number;
+      maxKeys: number;
+      held: number;
+      holdFrom: number;
+    },
     private readonly tcpLink: number,
+    /** the owners' walk: counting owners, or (without `owners`) only writing the held namespaces' sockets */
     private readonly ownersLink: number | undefined,
+    private readonly owners: boolean,
     private readonly ownNetns: number,
     private readonly hz: number,
   ) {}
@@ -93,9 +114,10 @@ export class SocketCounter {
 
   /**
    * Load the programs (with the owners' walk when `owners`); throws when this kernel or these rights cannot.
-   * `maxKeys`: the count map's size (tests make it small to see a scrape that does not fit).
+   * `maxKeys`: the count map's size (tests make it small to see a scrape that does not fit). `holdFrom`: without
+   * owners, the fewest namespaces that count() holds rather than walks (4; tests make it 1).
    */
-  static open(o: { owners: boolean; maxKeys?: number }): SocketCounter {
+  static open(o: { owners: boolean; maxKeys?: number; holdFrom?: number }): SocketCounter {
     const maxKeys = o.maxKeys ?? MAX_KEYS;
     const fds: number[] = [];
     try {
@@ -108,7 +130,10 @@ export class SocketCounter {
       fds.push(config);
       const offsets = tcpSocketOffsets(btf);
       let ownersLink: number | undefined;
-      if (o.owners) {
+      // The held namespaces' map: a namespace in it gets no TCP walk, its sockets come from the owners' walk.
+      let heldMap = heldNetnsMap(MAX_HELD);
+      fds.push(heldMap);
+      const loadOwners = (held: boolean): void => {
         const owners = skStorageMapCreate("tcpka_owners");
         fds.push(owners);
         // struct file's reference count: a file_ref_t since Linux 6.13, an atomic_long_t f_count before
@@ -124,6 +149,7 @@ export class SocketCounter {
           { ...offsets, ...taskFileMembers(btf) },
           { counts, listeners, config, owners },
           ref,
+          held ? { offsets: heldOffsets(btf), netns: heldMap, only: !o.owners } : undefined,
         );
         const prog = iterProgLoad({
           attachBtfId: btf.typeId("FUNC", "bpf_iter_task_file"),
@@ -134,7 +160,21 @@ export class SocketCounter {
         fds.push(prog);
         ownersLink = iterLinkCreate(prog, Buffer.alloc(16)); // no task filter: every process
         fds.push(ownersLink);
-      }
+      };
+      if (o.owners) {
+        try {
+          loadOwners(true);
+        } catch {
+          heldMap = -1; // this kernel refuses the held records: every namespace is walked
+          loadOwners(false);
+        }
+      } else if (kernelAtLeast(5, 11)) {
+        try {
+          loadOwners(true); // for the held namespaces alone
+        } catch {
+          heldMap = -1;
+        }
+      } else heldMap = -1;
       const program = tcpCountsProgram(offsets, { counts, listeners, config });
       const attachBtfId = btf.typeId("FUNC", "bpf_iter_tcp");
       btf.save();
@@ -149,7 +189,15 @@ export class SocketCounter {
       fds.push(tcpLink);
       const hz = kernelHz();
       const ownNetns = openSync("/proc/thread-self/ns/net", constants.O_RDONLY);
-      return new SocketCounter(fds, { counts, listeners, config, maxKeys }, tcpLink, ownersLink, ownNetns, hz);
+      return new SocketCounter(
+        fds,
+        { counts, listeners, config, maxKeys, held: heldMap, holdFrom: o.holdFrom ?? HOLD_WITHOUT_OWNERS },
+        tcpLink,
+        ownersLink,
+        o.owners,
+        ownNetns,
+        hz,
+      );
     } catch (e) {
       for (const fd of fds.reverse()) close(fd);
       throw e;
@@ -165,43 +213,74 @@ export class SocketCounter {
     const cfg = Buffer.alloc(8);
     cfg.writeUInt32LE(this.generation, 0);
     blobMapWrite(this.maps.config, cfg);
+    // Each TCP walk of another namespace scans the one established hash that all share (seq_sk_match() in
+    // net/ipv4/tcp_ipv4.c): ~12 ms at 100,000 sockets elsewhere. A namespace without TIME-WAIT sockets is held
+    // instead (src/bpf/socket-fds.ts): the owners' walk writes its sockets whole, and they are counted here.
+    const held = new Map<number, { ns: NetNamespace; fd: number; inuse: number }>();
+    const js = new JsCounts();
+    this.walked.clear();
     try {
       for (const ns of namespaces) {
         if (ns === undefined || ns.own) {
           this.run(iterCreate(this.tcpLink));
           continue;
         }
-        // A namespace with no TCP socket hashed (a container without a network, one that only listens on
-        // nothing): no walk, which would scan the whole established hash for nothing (~18 ms at 100,000
-        // sockets on the host).
-        if (ns.pid !== undefined && tcpInUse(ns.pid) === 0) continue;
+        const n = ns.pid === undefined ? undefined : tcpCounts(ns.pid, ns.inum);
+        // A namespace with no TCP socket hashed or in TIME-WAIT (a container without a network, one that only
+        // listens on nothing): no walk, which would scan the whole established hash for nothing.
+        if (n && n.inuse === 0 && n.tw === 0) continue;
         let fd: number;
         try {
           fd = openSync(ns.path, constants.O_RDONLY);
         } catch {
           continue; // its last process exited since: nothing of it to count
         }
-        let iter: number;
+        if (n && n.tw === 0 && this.maps.held >= 0 && held.size < MAX_HELD && !held.has(ns.inum)) {
+          held.set(ns.inum, { ns, fd, inuse: n.inuse });
+          continue;
+        }
         try {
-          iter = iterCreateIn(this.tcpLink, fd, this.ownNetns);
+          this.walkIn(fd, ns.inum);
         } finally {
           closeSync(fd);
         }
-        this.run(iter);
+      }
+      // Without the process label the owners' walk is made for the held namespaces alone: it visits every file
+      // of the host (~45 ms at 100,000 sockets, BENCHMARKS §7), about four TCP walks' worth.
+      if (!this.owners && held.size < this.maps.holdFrom) {
+        for (const [inum, { fd }] of held) this.walkIn(fd, inum);
+        for (const { fd } of held.values()) closeSync(fd);
+        held.clear();
+      }
+      if (this.maps.held >= 0) {
+        mapDrain(this.maps.held, 4, 1, MAX_HELD);
+        fillHeldNetns(this.maps.held, [...held.keys()]);
       }
       // After the TCP walks: the owners' program finds each namespace's listeners in the map.
-      if (this.ownersLink !== undefined) this.run(iterCreate(this.ownersLink));
+      const sockets = held.size > 0 ? new HeldSockets(held.keys()) : undefined;
+      if (this.ownersLink !== undefined && (this.owners || sockets)) this.run(iterCreate(this.ownersLink), sockets);
+      for (const [inum, { ns, fd, inuse }] of held) {
+        const h = sockets?.byNetns.get(inum);
+        if (!h) continue;
+        const complete = h.complete(ns.pid, inum, inuse);
+        // Not all of them held: the namespace is walked after all, and its held sockets are counted only under
+        // their owners (the walk counts them all).
+        if (!complete) this.walkIn(fd, inum);
+        js.add(h, complete, this.owners);
+      }
     } catch (e) {
       // A walk that failed half-way leaves counts behind: none may be in the next scrape's.
       mapDrain(this.maps.counts, COUNT_KEY_SIZE, 8, this.maps.maxKeys);
       throw e;
     } finally {
+      for (const { fd } of held.values()) closeSync(fd);
       mapDrain(this.maps.listeners, LISTEN_KEY_SIZE, 8, MAX_LISTENERS);
     }
-    const { keys, values, count } = mapDrain(this.maps.counts, COUNT_KEY_SIZE, 8, this.maps.maxKeys);
+    const drained = mapDrain(this.maps.counts, COUNT_KEY_SIZE, 8, this.maps.maxKeys);
     if (blobMapRead(this.maps.config, 8).readUInt32LE(4) !== 0) return null;
+    const { keys, values, count } = js.append(drained);
     const out: SocketCount[] = [];
-    if (this.ownersLink === undefined) {
+    if (!this.owners) {
       for (let i = 0; i < count; i++) out.push(this.decode(keys, i * COUNT_KEY_SIZE, values, i * 8));
       return out;
     }
@@ -237,14 +316,37 @@ export class SocketCounter {
     return out;
   }
 
-  /** Run a walk to its end: the programs write nothing, so the first read returns 0 once it is over. */
-  private run(iter: number): void {
+  /** The TCP walk of namespace `inum`, which the nsfs file `fd` names. */
+  private walkIn(fd: number, inum: number): void {
+    this.walked.add(inum);
+    this.run(iterCreateIn(this.tcpLink, fd, this.ownNetns));
+  }
+
+  /**
+   * Run a walk to its end. The programs write only the held namespaces' sockets (the owners' walk), which go to
+   * `held`, once each, with their first owner; the counting leaves the first read at 0 once it is over.
+   */
+  private run(iter: number, held?: HeldSockets): void {
+    const read = (into: Buffer): number => {
+      const n = readFd(iter, into);
+      if (n < 0) throw new Error(`reading the kernel's walk: errno ${-n}`);
+      return n;
+    };
     try {
-      for (;;) {
-        const n = readFd(iter, this.scratch);
-        if (n < 0) throw new Error(`reading the kernel's walk: errno ${-n}`);
-        if (n === 0) return;
+      if (!held) {
+        while (read(this.scratch) > 0);
+        return;
       }
+      const seen = new Set<number>();
+      this.records ??= fdRecordBuffer();
+      const b = this.records;
+      readFdRecords(read, b, (at, tcp) => {
+        if (tcp < 0) return;
+        const inode = b.readUInt32LE(at + 8) + b.readUInt32LE(at + 12) * 0x1_0000_0000;
+        if (seen.has(inode)) return; // a socket that more fds hold: its first owner's
+        seen.add(inode);
+        held.add(b, tcp, b.readUInt32LE(at + 16), b.readUInt32LE(at + 20));
+      });
     } finally {
       close(iter);
     }
@@ -281,5 +383,78 @@ export class SocketCounter {
     for (const fd of this.fds.reverse()) close(fd);
     this.fds.length = 0;
     closeSync(this.ownNetns);
+  }
+}
+
+/**
+ * Counts of held namespaces' sockets (HeldNamespace) made here, in the count map's key layout
+ * (src/bpf/socket-counts.ts), so that they join the map's own: what the TCP walk would have counted (tgid 0),
+ * where the namespace was not walked, and with owners what the owners' walk would have (the first owner's tgid).
+ */
+class JsCounts {
+  private readonly counts = new Map<string, number>();
+  private readonly key = Buffer.alloc(COUNT_KEY_SIZE);
+
+  /** `all`: count every socket under tgid 0 too (the namespace was not walked); `owners`: under its owner. */
+  add(h: HeldNamespace, all: boolean, owners: boolean): void {
+    const r = h.records;
+    const k = this.key;
+    // The service port, as the TCP walk's program chooses it: the local one where the namespace listens on it.
+    const listening = new Set<number>();
+    for (let at = 0; at < h.count * TCP_RECORD_SIZE; at += TCP_RECORD_SIZE)
+      if (r[at + 2] === TCP_STATES.LISTEN) listening.add(r.readUInt16LE(at + 8));
+    for (let i = 0; i < h.count; i++) {
+      const at = i * TCP_RECORD_SIZE;
+      const state = r[at + 2];
+      if (state !== TCP_STATES.ESTABLISHED && state !== TCP_STATES.LISTEN) continue;
+      k.fill(0);
+      k.writeUInt32LE(r.readUInt32LE(at + 76), 0);
+      const keepalive = ((r[at + 5] as number) & 2) !== 0;
+      k[5] = keepalive ? 1 : 0;
+      if (state === TCP_STATES.LISTEN) {
+        k[4] = KIND_LISTEN;
+        k.writeUInt16LE(r.readUInt16LE(at + 8), 6);
+        if (all) this.bump();
+        continue;
+      }
+      k[4] = KIND_ESTABLISHED;
+      const local = r.readUInt16LE(at + 8);
+      k.writeUInt16LE(listening.has(local) ? local : r.readUInt16BE(at + 10), 6);
+      r.copy(k, 8, at + 80, at + 88);
+      if (keepalive) {
+        // each resolved to the namespace's where the socket's own is 0 (keepalive_time_when() and friends)
+        k.writeUInt32LE(r.readUInt32LE(at + 72), 20);
+        k.writeUInt32LE(r.readUInt32LE(at + 56) || r.readUInt32LE(at + 64), 24);
+        k.writeUInt32LE(r.readUInt32LE(at + 60) || r.readUInt32LE(at + 68), 28);
+        k[32] = (r[at + 6] as number) || (r[at + 7] as number);
+      }
+      if (all) this.bump();
+      if (owners) {
+        k.writeUInt32LE(h.owners[i] as number, 16);
+        this.bump();
+      }
+    }
+  }
+
+  /** The map's drained entries with these after them. */
+  append(d: { keys: Buffer; values: Buffer; count: number }): { keys: Buffer; values: Buffer; count: number } {
+    if (this.counts.size === 0) return d;
+    const count = d.count + this.counts.size;
+    const keys = Buffer.alloc(count * COUNT_KEY_SIZE);
+    const values = Buffer.alloc(count * 8);
+    d.keys.copy(keys, 0, 0, d.count * COUNT_KEY_SIZE);
+    d.values.copy(values, 0, 0, d.count * 8);
+    let i = d.count;
+    for (const [id, n] of this.counts) {
+      keys.write(id, i * COUNT_KEY_SIZE, "latin1");
+      values.writeBigUInt64LE(BigInt(n), i * 8);
+      i++;
+    }
+    return { keys, values, count };
+  }
+
+  private bump(): void {
+    const id = this.key.toString("latin1");
+    this.counts.set(id, (this.counts.get(id) ?? 0) + 1);
   }
 }

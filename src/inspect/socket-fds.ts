@@ -14,8 +14,8 @@ import { release } from "node:os";
 import { ipv4, ipv6 } from "../addresses.js";
 import { assemble, Listing } from "../bpf/asm.js";
 import { endpointOffsets } from "../bpf/endpoints.js";
-import { HELD, RECORD_SIZE, socketFdsProgram, taskFileMembers } from "../bpf/socket-fds.js";
-import { TCP_RECORD_SIZE, tcpSocketOffsets } from "../bpf/tcp-sockets.js";
+import { HELD, heldOffsets, RECORD_SIZE, socketFdsProgram, taskFileMembers } from "../bpf/socket-fds.js";
+import { TCP_RECORD_SIZE } from "../bpf/tcp-sockets.js";
 import type { TcpEndpoints } from "../filter.js";
 import { AF_INET, AF_INET6 } from "../kernel/constants.js";
 import { STATE_NAMES } from "../kernel/states.js";
@@ -27,7 +27,7 @@ import { directStream, type ReadAhead, type Stream } from "../sys/read-ahead.js"
 const READ_SIZE = 64 * 1024; // bpf_seq_read hands out at most 8 pages per read
 
 export class SocketFdIterator {
-  private readonly buf = Buffer.from(new ArrayBuffer(READ_SIZE + RECORD_SIZE + TCP_RECORD_SIZE));
+  private readonly buf = fdRecordBuffer();
   // little-endian words of the records, which start at multiples of 8
   private readonly u32 = new Uint32Array(this.buf.buffer);
   private readonly info = Buffer.alloc(16); // union bpf_iter_link_info
@@ -57,23 +57,12 @@ export class SocketFdIterator {
     let heldMap = -1;
     try {
       if (held.length > 0) {
-        heldMap = hashMapCreate("tcpka_heldns", 4, 1, held.length);
-        const keys = Buffer.alloc(4 * held.length);
-        for (const [i, inum] of held.entries()) keys.writeUInt32LE(inum, 4 * i);
-        mapUpdateAll(heldMap, keys, Buffer.alloc(held.length), held.length);
+        heldMap = heldNetnsMap(held.length);
+        fillHeldNetns(heldMap, held);
       }
       const program = socketFdsProgram(
         { metaSeq: btf.memberOffset("bpf_iter_meta", "seq"), ...taskFileMembers(btf), ...endpointOffsets(btf) },
-        heldMap < 0
-          ? undefined
-          : {
-              offsets: {
-                ...tcpSocketOffsets(btf),
-                skUid: btf.memberOffset("sock", "sk_uid"),
-                tcpRequests: btf.memberOffset("tcp_sock", "inet_conn.icsk_accept_queue.qlen"),
-              },
-              netns: heldMap,
-            },
+        heldMap < 0 ? undefined : { offsets: heldOffsets(btf), netns: heldMap },
       );
       const attachBtfId = btf.typeId("FUNC", "bpf_iter_task_file");
       btf.save(); // every question asked: the next run reads no BTF
@@ -174,33 +163,20 @@ export class SocketFdIterator {
 
   /** Read a walk to its end, `each(at, tcp)` per record (tcp: where its TCP record is; -1: none); whether it had any. */
   private read(stream: Stream, pid: number, each: (at: number, tcp: number) => void): boolean {
-    let found = false;
-    const b = this.buf;
-    let have = 0; // bytes in buf; a partial record at the end is carried to the next read
     let owner = -1;
-    for (;;) {
-      const n = stream.read(b.subarray(have, have + READ_SIZE));
-      if (n === 0) break;
-      have += n;
-      let at = 0;
-      for (;;) {
-        if (have - at < RECORD_SIZE) break;
-        const size = b[at + 7] === HELD ? RECORD_SIZE + TCP_RECORD_SIZE : RECORD_SIZE;
-        if (have - at < size) break;
+    return readFdRecords(
+      (into) => stream.read(into),
+      this.buf,
+      (at, tcp) => {
         // Every record of one walk comes from one process: a kernel that ignored the filter walked them all.
         const tgid = this.u32[(at >> 2) + 5] as number;
         if (pid === 0) {
           // every process
         } else if (owner < 0) owner = tgid;
         else if (tgid !== owner) throw new Error("the kernel ignored the task iterator's process filter");
-        found = true;
-        each(at, size === RECORD_SIZE ? -1 : at + RECORD_SIZE);
-        at += size;
-      }
-      b.copyWithin(0, at, have);
-      have -= at;
-    }
-    return found;
+        each(at, tcp);
+      },
+    );
   }
 
   /** The inode number of the record at buf[at]: a small integer where it fits, which sets and maps hash faster. */
@@ -241,4 +217,52 @@ export class SocketFdIterator {
 export interface FileWalk {
   stream: Stream;
   close(): void;
+}
+
+/** The buffer readFdRecords() needs: a read's worth, and the part of a record that a read may end in. */
+export function fdRecordBuffer(): Buffer {
+  return Buffer.from(new ArrayBuffer(READ_SIZE + RECORD_SIZE + TCP_RECORD_SIZE));
+}
+
+/**
+ * Read a task_file walk to its end through `read` (bytes into the buffer given; 0 at the end) into `buf`
+ * (fdRecordBuffer()): `each(at, tcp)` per record, at its offset in buf, with `tcp` where the TCP record of a held
+ * one is (-1: none). Whether there was any.
+ */
+export function readFdRecords(
+  read: (into: Buffer) => number,
+  buf: Buffer,
+  each: (at: number, tcp: number) => void,
+): boolean {
+  let found = false;
+  let have = 0; // bytes in buf; a partial record at the end is carried to the next read
+  for (;;) {
+    const n = read(buf.subarray(have, have + READ_SIZE));
+    if (n === 0) break;
+    have += n;
+    let at = 0;
+    for (;;) {
+      if (have - at < RECORD_SIZE) break;
+      const size = buf[at + 7] === HELD ? RECORD_SIZE + TCP_RECORD_SIZE : RECORD_SIZE;
+      if (have - at < size) break;
+      found = true;
+      each(at, size === RECORD_SIZE ? -1 : at + RECORD_SIZE);
+      at += size;
+    }
+    buf.copyWithin(0, at, have);
+    have -= at;
+  }
+  return found;
+}
+
+/** The map of held namespaces (u32 net->ns.inum to a u8), for `room` of them. */
+export function heldNetnsMap(room: number): number {
+  return hashMapCreate("tcpka_heldns", 4, 1, room);
+}
+
+/** Put these namespaces into a held map that is empty. */
+export function fillHeldNetns(mapFd: number, inums: readonly number[]): void {
+  const keys = Buffer.alloc(4 * inums.length);
+  for (const [i, inum] of inums.entries()) keys.writeUInt32LE(inum, 4 * i);
+  mapUpdateAll(mapFd, keys, Buffer.alloc(inums.length), inums.length);
 }

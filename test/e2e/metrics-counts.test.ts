@@ -5,7 +5,8 @@
  * the test's own: keepalive off, on with settings of their own, on with a user timeout, on with the namespace's
  * settings (which the test changes in one namespace), IPv6, a socket with two fds in one process, every socket
  * also held by a forked child (the first owner counts), a child's own connection, connections in the accept
- * queue (no file, no owner); and a podman container's connection to itself (its cgroup). Each key of the counts (namespace, listening or not, keepalive, service port,
+ * queue (no file, no owner; only in the first namespace, which is then walked, where the second's and the
+ * container's sockets come from the owners' walk); and a podman container's connection to itself (its cgroup). Each key of the counts (namespace, listening or not, keepalive, service port,
  * cgroup, first owner, effective settings) must have the same number of sockets as the records say, and the
  * snapshots built from either must give the same series; a mistake in the programs shows as a difference.
  *
@@ -144,7 +145,15 @@ test("the kernel's counts equal the records and getsockopt, key by key, in two n
     [a, names[0], names[1]],
     [b, names[2], names[3]],
   ] as const) {
-    const p = ns.spawn([python3(), COUNT_CONNS, parent as string, child as string]);
+    // b's sockets are all held by processes, a's accept queue is not: the count takes b's (and the
+    // container's) from the owners' walk, and walks a.
+    const p = ns.spawn([
+      python3(),
+      COUNT_CONNS,
+      parent as string,
+      child as string,
+      ...(ns === b ? ["--no-backlog"] : []),
+    ]);
     t.after(() => p.kill());
     const m = await p.waitFor(/^\{.*\}$/m);
     started.push(JSON.parse(m[0]) as { pid: number; child: number; port: number; v6: boolean });
@@ -158,18 +167,25 @@ test("the kernel's counts equal the records and getsockopt, key by key, in two n
   await KaAgent.inContainer(c).first();
   const inum = (ns: Netns) => statSync(`/run/netns/${ns.name}`).ino;
   const namespaces: NetNamespace[] = [
-    ...[a, b].map((ns) => ({ inum: inum(ns), path: `/run/netns/${ns.name}`, name: ns.name, own: false })),
+    ...[a, b].map((ns, i) => ({
+      inum: inum(ns),
+      path: `/run/netns/${ns.name}`,
+      name: ns.name,
+      pid: started[i]?.pid,
+      own: false,
+    })),
     { inum: c.netns, path: `/proc/${c.pid}/ns/net`, pid: c.pid, own: false },
   ];
   const mine = new Set(namespaces.map((ns) => ns.inum));
 
   for (const owners of [true, false]) {
-    const counter = SocketCounter.open({ owners });
+    const counter = SocketCounter.open({ owners, holdFrom: 1 });
     try {
       // Twice: the second scrape finds the marks of the first (a new generation) and maps emptied by it.
       for (let round = 0; round < 2; round++) {
         const counted = counter.count(namespaces);
         assert.ok(counted, "the counts fit the map");
+        assert.deepEqual([...counter.walked], [namespaces[0]?.inum], "a walked; b and the container held");
         const got = countsByKey(counted, mine);
         const want = recordsByKey(records(mine, "bpf", owners), owners);
         assert.deepEqual(sorted(got), sorted(want), `owners ${owners}, scrape ${round + 1}: counts vs records`);
