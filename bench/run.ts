@@ -10,7 +10,7 @@
  *   agent    tcpka agent's own CPU, idle with 100,000 connections under it and 200 processes starting a second
  *            (agent.ts, its own process)
  *   metrics  a scrape of 100,000 connections beside `ss -tnoe`, and the endpoint's CPU at one scrape every 15 s
- *            (metrics.ts, its own process)
+ *            (metrics.ts, its own process); then the same with 50 one-connection network namespaces beside them
  *   walk-floor  the kernel walks under a scrape alone, at 100,000 sockets (walk-floor.ts, its own process)
  *   watch    loopback connections per second with and without `tcpka watch` (watch.ts, its own process)
  *
@@ -148,6 +148,7 @@ async function main(): Promise<number> {
       ["enforce", ["--cycles", "10000", "--rounds", "30"]],
       ["agent", []],
       ["metrics", []],
+      ["metrics", ["--netns", "50"]],
       ["walk-floor", []],
       ["watch", []],
     ];

@@ -233,18 +233,21 @@ function inspectKernel(
     const wantOwners = processes || filter.pids.length > 0 || filter.comms.length > 0;
     // Each walk of another namespace scans the one established hash that all namespaces share (bpf_iter_tcp
     // filters it by net, seq_sk_match() in net/ipv4/tcp_ipv4.c): 10-14 ms at 100,000 sockets elsewhere, for
-    // a pod's handful. The owners' walk visits every socket that a process holds anyway, so for a namespace
-    // with no TIME-WAIT socket it brings them whole (held records); afterwards, where they are not all of the
+    // a pod's handful. The owners' walk visits every socket that a process holds anyway, so it brings a
+    // namespace's sockets whole (held records; where TIME-WAIT is wanted, only with none in it); afterwards, where they are not all of the
     // namespace's hashed sockets (HeldNamespace.complete), that namespace is walked after all.
+    // TIME-WAIT sockets (and FIN-WAIT-2 orphans, timewait sockets too) are held by no process: a namespace that
+    // has any is walked when the filter wants them.
+    const wantTimeWait = (filter.states & ((1 << TCP_STATES.TIME_WAIT) | (1 << TCP_STATES.FIN_WAIT2))) !== 0;
     const toWalk: NetNamespace[] = [];
     const heldNs = new Map<number, { ns: NetNamespace; fd: number; inuse: number }>();
     try {
       for (const ns of namespaces) {
         if (!ns.own && ns.pid !== undefined) {
           const n = tcpCounts(ns.pid, ns.inum);
-          // No TCP socket at all (a container without connections, a sandbox): nothing to walk.
-          if (n && n.inuse === 0 && n.tw === 0) continue;
-          if (n && n.tw === 0 && wantOwners && !heldNs.has(ns.inum)) {
+          // No TCP socket that the filter could want (a container without connections, a sandbox): no walk.
+          if (n && n.inuse === 0 && (n.tw === 0 || !wantTimeWait)) continue;
+          if (n && (n.tw === 0 || !wantTimeWait) && wantOwners && !heldNs.has(ns.inum)) {
             try {
               heldNs.set(ns.inum, { ns, fd: openSync(ns.path, constants.O_RDONLY), inuse: n.inuse });
             } catch {
@@ -361,7 +364,7 @@ function inspectKernel(
           if (!families.has(s.family) || (matches && !matches(s, () => listening))) return;
           emit(s, ownersOf(s.inode));
         };
-        if (h.complete(ns.pid, ns.inum, inuse) && !(wantRequests && h.requests > 0))
+        if (h.complete(ns.pid, ns.inum, inuse, wantTimeWait) && !(wantRequests && h.requests > 0))
           ks.readHeld(h, each, { listening, reuse: transient });
         else ks.walk(each, { netnsFd: fd, listening, reuse: transient });
       }

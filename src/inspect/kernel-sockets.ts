@@ -396,9 +396,9 @@ export interface TcpWalk {
 
 /**
  * The sockets of one network namespace that the owners' walk brought whole (held records, src/bpf/socket-fds.ts):
- * each hashed socket that a process holds, once. They are all of the namespace's TCP sockets when `count`
- * equals what its sockstat counts as hashed ("inuse") and nothing is in TIME-WAIT: every socket in the
- * listening and established hashes is then held (an orphan or a kernel socket would make `count` smaller).
+ * each hashed socket that a process holds, once. They are all of the namespace's full TCP sockets when `count`
+ * equals what its sockstat counts as hashed ("inuse"): every socket in the listening and established hashes is
+ * then held (an orphan or a kernel socket would make `count` smaller); TIME-WAIT ones are apart (complete()).
  * Request sockets (SYN-RECV) are in neither count: `requests` adds up those of the namespace's listeners.
  */
 export class HeldNamespace {
@@ -409,15 +409,16 @@ export class HeldNamespace {
   readonly owners: number[] = [];
 
   /**
-   * Whether these are all the TCP sockets of the namespace `inum` that process `pid` is in: as many as its sockstat
-   * counted hashed before the walk (`inuse`), the same count after it, and still no TIME-WAIT socket. A hashed
-   * socket that no process holds (a connection not accepted yet, an orphan closing, a kernel socket, one held by a
-   * thread with a file table of its own or by a process outside tcpka's pid namespace) makes them fewer.
+   * Whether these are all the hashed TCP sockets of the namespace `inum` that process `pid` is in: as many as its
+   * sockstat counted hashed before the walk (`inuse`), and the same count after it; with `timeWait`, all its
+   * sockets: still none in TIME-WAIT either. A hashed socket that no process holds (a connection not accepted
+   * yet, an orphan closing, a kernel socket, one held by a thread with a file table of its own or by a process
+   * outside tcpka's pid namespace) makes them fewer.
    */
-  complete(pid: number | undefined, inum: number, inuse: number): boolean {
+  complete(pid: number | undefined, inum: number, inuse: number, timeWait: boolean): boolean {
     if (pid === undefined || this.count !== inuse) return false;
     const after = tcpCounts(pid, inum);
-    return after !== undefined && after.inuse === inuse && after.tw === 0;
+    return after !== undefined && after.inuse === inuse && (after.tw === 0 || !timeWait);
   }
 
   add(buf: Buffer, at: number, requests: number, owner?: number): void {

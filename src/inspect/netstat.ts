@@ -32,29 +32,11 @@ export function tcpExt(file: string, names: readonly string[]): Map<string, numb
 }
 
 /**
- * The TCP sockets of the namespace of process `pid` that are in the kernel's hash tables, IPv4 and IPv6: the
- * "inuse" of /proc/PID/net/sockstat's TCP line and sockstat6's TCP6 line (sock_prot_inuse_get of tcp_prot and
- * tcpv6_prot, counted as sockets are hashed and unhashed: every LISTEN and ESTABLISHED one; TIME-WAIT apart).
- * undefined when either cannot be read (the process has gone, no IPv6).
- */
-export function tcpInUse(pid: number): number | undefined {
-  return sockstat(pid)?.inuse;
-}
-
-/**
- * Whether a TCP iterator walk of the namespace of process `pid` (inode `inum`) would meet no socket at all:
- * none hashed (tcpInUse: listeners, connections, orphans still closing) and none in TIME-WAIT (sockstat's
- * "tw", the namespace's tcp_death_row.tw_refcount, IPv4 and IPv6 alike; a request socket needs a listener).
- * false whenever unsure (tcpCounts).
- */
-export function tcpEmpty(pid: number, inum: number): boolean {
-  const n = tcpCounts(pid, inum);
-  return n !== undefined && n.inuse === 0 && n.tw === 0;
-}
-
-/**
- * The namespace's hashed TCP sockets (tcpInUse) and TIME-WAIT ones, read through process `pid`, which must be in
- * the namespace of inode `inum`. undefined whenever unsure: the files cannot be read, or the process is no
+ * The TCP sockets of the namespace of inode `inum` that are in the kernel's hash tables, IPv4 and IPv6 ("inuse"
+ * of /proc/PID/net/sockstat's TCP line and sockstat6's TCP6 line: sock_prot_inuse_get of tcp_prot and
+ * tcpv6_prot, counted as sockets are hashed and unhashed: every LISTEN to CLOSING one, orphans too), and those in
+ * TIME-WAIT ("tw", the namespace's tcp_death_row.tw_refcount, IPv4 and IPv6 alike), read through process `pid`,
+ * which must be in that namespace. undefined whenever unsure: the files cannot be read, or the process is no
  * longer in that namespace (setns, or its pid reused) once they have been read. (sockstat's "orphan" is the
  * host's, tcp_orphan_count_sum(), not the namespace's.)
  */

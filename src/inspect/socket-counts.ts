@@ -214,8 +214,8 @@ export class SocketCounter {
     cfg.writeUInt32LE(this.generation, 0);
     blobMapWrite(this.maps.config, cfg);
     // Each TCP walk of another namespace scans the one established hash that all share (seq_sk_match() in
-    // net/ipv4/tcp_ipv4.c): ~12 ms at 100,000 sockets elsewhere. A namespace without TIME-WAIT sockets is held
-    // instead (src/bpf/socket-fds.ts): the owners' walk writes its sockets whole, and they are counted here.
+    // net/ipv4/tcp_ipv4.c): ~12 ms at 100,000 sockets elsewhere. So a namespace is held instead
+    // (src/bpf/socket-fds.ts): the owners' walk writes its sockets whole, and they are counted here.
     const held = new Map<number, { ns: NetNamespace; fd: number; inuse: number }>();
     const js = new JsCounts();
     this.walked.clear();
@@ -226,16 +226,16 @@ export class SocketCounter {
           continue;
         }
         const n = ns.pid === undefined ? undefined : tcpCounts(ns.pid, ns.inum);
-        // A namespace with no TCP socket hashed or in TIME-WAIT (a container without a network, one that only
-        // listens on nothing): no walk, which would scan the whole established hash for nothing.
-        if (n && n.inuse === 0 && n.tw === 0) continue;
+        // A namespace with no TCP socket hashed (a container without a network; TIME-WAIT ones are not counted):
+        // no walk, which would scan the whole established hash for nothing.
+        if (n && n.inuse === 0) continue;
         let fd: number;
         try {
           fd = openSync(ns.path, constants.O_RDONLY);
         } catch {
           continue; // its last process exited since: nothing of it to count
         }
-        if (n && n.tw === 0 && this.maps.held >= 0 && held.size < MAX_HELD && !held.has(ns.inum)) {
+        if (n && this.maps.held >= 0 && held.size < MAX_HELD && !held.has(ns.inum)) {
           held.set(ns.inum, { ns, fd, inuse: n.inuse });
           continue;
         }
@@ -262,7 +262,7 @@ export class SocketCounter {
       for (const [inum, { ns, fd, inuse }] of held) {
         const h = sockets?.byNetns.get(inum);
         if (!h) continue;
-        const complete = h.complete(ns.pid, inum, inuse);
+        const complete = h.complete(ns.pid, inum, inuse, false);
         // Not all of them held: the namespace is walked after all, and its held sockets are counted only under
         // their owners (the walk counts them all).
         if (!complete) this.walkIn(fd, inum);

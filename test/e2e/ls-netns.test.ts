@@ -8,7 +8,7 @@ import { spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { test } from "node:test";
+import { type TestContext, test } from "node:test";
 import { needs } from "../helpers/env.js";
 import { Netns } from "../helpers/netns.js";
 import { TCPKA } from "../helpers/paths.js";
@@ -75,7 +75,7 @@ sys.stdin.readline()
 
 test("ls --all-netns skips only the namespaces with no TCP socket: a TIME-WAIT one is still walked", async (t) => {
   if (!needs(t, { root: true, tools: ["ip", "python3"] })) return;
-  const { tcpEmpty } = await import("../../src/inspect/netstat.js");
+  const { tcpCounts } = await import("../../src/inspect/netstat.js");
   const empty = Netns.create(t);
   const closing = Netns.create(t);
   const sleeper = empty.spawn(["python3", "-c", "import sys; print(1, flush=True); sys.stdin.readline()"]);
@@ -84,9 +84,9 @@ test("ls --all-netns skips only the namespaces with no TCP socket: a TIME-WAIT o
   const port = Number(await holder.line());
   const inum = (ns: Netns) => Number(/net:\[(\d+)\]/.exec(ns.run(["readlink", "/proc/self/ns/net"]))?.[1]);
   const [emptyInum, closingInum] = [inum(empty), inum(closing)];
-  assert.equal(tcpEmpty(sleeper.pid, emptyInum), true, "nothing hashed, nothing in TIME-WAIT");
-  assert.equal(tcpEmpty(holder.pid, closingInum), false, "one TIME-WAIT socket");
-  assert.equal(tcpEmpty(holder.pid, emptyInum), false, "not the namespace it is in");
+  assert.deepEqual(tcpCounts(sleeper.pid, emptyInum), { inuse: 0, tw: 0 }, "nothing hashed, nothing in TIME-WAIT");
+  assert.deepEqual(tcpCounts(holder.pid, closingInum), { inuse: 0, tw: 1 }, "one TIME-WAIT socket");
+  assert.equal(tcpCounts(holder.pid, emptyInum), undefined, "not the namespace it is in");
 
   const r = spawnSync(process.execPath, [TCPKA, "ls", "--all-netns", "-a", "--json"], {
     encoding: "utf8",
@@ -131,6 +131,24 @@ print(c.getsockname()[1], flush=True)
 sys.stdin.readline()
 `;
 
+/**
+ * tcpka under strace -y, which names each setns(2)'s namespace: a TCP walk of another namespace is made from inside
+ * it. Its output, and how many times it entered namespace `inum` (and came back).
+ */
+function traced(t: TestContext, argv: readonly string[]) {
+  const dir = mkdtempSync(join(tmpdir(), "tcpka-held-"));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const trace = join(dir, "strace");
+  const r = spawnSync(
+    "strace",
+    ["-f", "-qq", "-y", "-e", "trace=setns", "-e", "signal=none", "-o", trace, process.execPath, ...argv],
+    { encoding: "utf8", maxBuffer: 1 << 30 }, // the machine may hold many connections of its own
+  );
+  assert.equal(r.status, 0, r.stderr);
+  const lines = readFileSync(trace, "utf8").split("\n");
+  return { r, entered: (inum: number) => lines.filter((l) => l.includes(`net:[${inum}]`)).length };
+}
+
 interface FullRow extends Row {
   state: string;
   netns: number;
@@ -165,24 +183,8 @@ test("ls --all-netns takes a small namespace's sockets from the owners' walk, an
   await handshakeHolder.line();
   const [wholeInum, backlogInum, handshakeInum] = [inum(whole), inum(backlog), inum(handshake)];
 
-  // strace -y names each setns(2)'s namespace: a TCP walk of another namespace is made from inside it.
-  const dir = mkdtempSync(join(tmpdir(), "tcpka-held-"));
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
-  const trace = join(dir, "strace");
   const argv = [TCPKA, "ls", "--all-netns", "-a", "--json"];
-  const r = spawnSync(
-    "strace",
-    ["-f", "-qq", "-y", "-e", "trace=setns", "-e", "signal=none", "-o", trace, process.execPath, ...argv],
-    {
-      encoding: "utf8",
-      maxBuffer: 1 << 30, // the machine may hold many connections of its own
-    },
-  );
-  assert.equal(r.status, 0, r.stderr);
-  const entered = (n: number) =>
-    readFileSync(trace, "utf8")
-      .split("\n")
-      .filter((l) => l.includes(`net:[${n}]`)).length;
+  const { r, entered } = traced(t, argv);
   assert.equal(entered(wholeInum), 0, "every socket of that namespace held: no walk of it");
   assert.equal(entered(backlogInum), 1, "a connection nobody accepted: its namespace is walked");
   assert.equal(entered(handshakeInum), 1, "a request socket: its namespace is walked");
@@ -235,4 +237,43 @@ test("ls --all-netns takes a small namespace's sockets from the owners' walk, an
   );
   const idle = rowsOf(r.stdout, wholeInum).find((c) => c.local_port === wholePorts[2]);
   assert.equal(idle?.keepalive, false);
+});
+
+// A connection held, and one closed by its client first: that end waits in TIME-WAIT, held by no process.
+const WITH_TIME_WAIT = `
+import socket, sys
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen()
+c = socket.create_connection(srv.getsockname()); a, _ = srv.accept()
+w = socket.create_connection(srv.getsockname()); wa, _ = srv.accept()
+port = w.getsockname()[1]
+w.close(); wa.close()
+print(port, flush=True)
+sys.stdin.readline()
+`;
+
+test("ls --all-netns holds a namespace with TIME-WAIT sockets unless they are asked for", async (t) => {
+  if (!needs(t, { root: true, tools: ["ip", "python3", "strace"] })) return;
+  const ns = Netns.create(t);
+  const holder = ns.spawn(["python3", "-c", WITH_TIME_WAIT]);
+  const port = Number(await holder.line());
+  const inum = Number(/net:\[(\d+)\]/.exec(ns.run(["readlink", "/proc/self/ns/net"]))?.[1]);
+  const rowsOf = (out: string) =>
+    (JSON.parse(out) as { connections: FullRow[] }).connections.filter((c) => c.netns === inum);
+
+  const established = traced(t, [TCPKA, "ls", "--all-netns", "--json"]);
+  assert.equal(established.entered(inum), 0, "only ESTABLISHED asked for: held, not walked");
+  assert.deepEqual(
+    rowsOf(established.r.stdout).map((c) => [c.state, c.processes[0]?.pid]),
+    [
+      ["ESTAB", holder.pid],
+      ["ESTAB", holder.pid],
+    ],
+  );
+  const all = traced(t, [TCPKA, "ls", "--all-netns", "-a", "--json"]);
+  assert.equal(all.entered(inum), 1, "TIME-WAIT asked for: walked");
+  const waiting = rowsOf(all.r.stdout).filter((c) => c.state === "TIME-WAIT");
+  assert.deepEqual(
+    waiting.map((c) => c.local_port),
+    [port],
+  );
 });
