@@ -10,7 +10,7 @@ import { SysError } from "../sys/libc.js";
 import { SocketBorrower } from "../sys/pidfd.js";
 import { ReadAhead } from "../sys/read-ahead.js";
 import { readKeepAliveInto } from "./exact.js";
-import { HeldSockets, type KernelSocket, KernelSockets, type TcpWalk } from "./kernel-sockets.js";
+import { HeldSockets, HOLD_WITHOUT_OWNERS, type KernelSocket, KernelSockets, type TcpWalk } from "./kernel-sockets.js";
 import { type NetNamespace, networkNamespaces } from "./namespaces.js";
 import { tcpCounts } from "./netstat.js";
 import { findOwners, type OwnerLookup, type OwnerScan, OwnerTable, type SocketOwner, TcpOwnerWalk } from "./owners.js";
@@ -247,7 +247,7 @@ function inspectKernel(
           const n = tcpCounts(ns.pid, ns.inum);
           // No TCP socket that the filter could want (a container without connections, a sandbox): no walk.
           if (n && n.inuse === 0 && (n.tw === 0 || !wantTimeWait)) continue;
-          if (n && (n.tw === 0 || !wantTimeWait) && wantOwners && !heldNs.has(ns.inum)) {
+          if (n && (n.tw === 0 || !wantTimeWait) && !heldNs.has(ns.inum)) {
             try {
               heldNs.set(ns.inum, { ns, fd: openSync(ns.path, constants.O_RDONLY), inuse: n.inuse });
             } catch {
@@ -261,7 +261,12 @@ function inspectKernel(
     } finally {
       for (const { fd } of heldNs.values()) opened.push({ close: () => closeSync(fd) });
     }
-    const ownerWalk = wantOwners ? TcpOwnerWalk.start(ahead, [...heldNs.keys()]) : null;
+    // Without owners (--no-process) the owners' walk is made for the held namespaces alone: worth it from a few.
+    if (!wantOwners && heldNs.size < HOLD_WITHOUT_OWNERS) {
+      for (const { ns } of heldNs.values()) toWalk.push(ns);
+      heldNs.clear();
+    }
+    const ownerWalk = wantOwners || heldNs.size > 0 ? TcpOwnerWalk.start(ahead, [...heldNs.keys()]) : null;
     if (ownerWalk) opened.push(ownerWalk);
     else for (const { ns } of heldNs.values()) toWalk.push(ns);
     try {
@@ -289,9 +294,8 @@ function inspectKernel(
       }
     }
     const heldSockets = ownerWalk && heldNs.size > 0 ? new HeldSockets(heldNs.keys()) : undefined;
-    let scan: OwnerScan | null = !wantOwners
-      ? { owners: new Map(), unreadable: [] }
-      : (ownerWalk?.finish(heldSockets?.add) ?? null);
+    const found = ownerWalk?.finish(heldSockets?.add) ?? null;
+    let scan: OwnerScan | null = !wantOwners ? { owners: new Map(), unreadable: [] } : found;
     // Without the task_file iterator (before Linux 5.11) the owners come from /proc, once the inodes are known.
     const later: KernelSocket[] | null = scan ? null : [];
     const matches = socketMatcher(filter);

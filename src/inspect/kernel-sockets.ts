@@ -434,6 +434,12 @@ export class HeldNamespace {
   }
 }
 
+/**
+ * Without owners asked for, the fewest held namespaces worth an owners' walk made for them alone: it visits every
+ * file of the host (~45 ms at 100,000 sockets, BENCHMARKS §7), about what four TCP walks of the shared hash cost.
+ */
+export const HOLD_WITHOUT_OWNERS = 4;
+
 /** The held records of a walk, by namespace (their inode number, at 76 in the record). */
 export class HeldSockets {
   readonly byNetns = new Map<number, HeldNamespace>();

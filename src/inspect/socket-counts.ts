@@ -43,7 +43,7 @@ import {
 import { CachedBtf } from "../sys/btf.js";
 import { close, kernelHz } from "../sys/libc.js";
 import { readFd } from "../sys/read-ahead-ring.js";
-import { type HeldNamespace, HeldSockets } from "./kernel-sockets.js";
+import { type HeldNamespace, HeldSockets, HOLD_WITHOUT_OWNERS } from "./kernel-sockets.js";
 import type { NetNamespace } from "./namespaces.js";
 import { tcpCounts } from "./netstat.js";
 import { fdRecordBuffer, fillHeldNetns, heldNetnsMap, readFdRecords } from "./socket-fds.js";
@@ -70,8 +70,6 @@ const MAX_KEYS = 16_384;
 const MAX_LISTENERS = 16_384;
 /** Namespaces a scrape may hold (src/bpf/socket-fds.ts); beyond, they are walked. */
 const MAX_HELD = 4_096;
-/** Without owners, the fewest namespaces worth the owners' walk that holds them (count()). */
-const HOLD_WITHOUT_OWNERS = 4;
 
 function kernelAtLeast(major: number, minor: number): boolean {
   const [a = 0, b = 0] = release()

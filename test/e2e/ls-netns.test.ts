@@ -277,3 +277,24 @@ test("ls --all-netns holds a namespace with TIME-WAIT sockets unless they are as
     [port],
   );
 });
+
+test("ls --all-netns --no-process holds four namespaces or more: one walk of every process's files, none of theirs", async (t) => {
+  if (!needs(t, { root: true, tools: ["ip", "python3", "strace"] })) return;
+  const spaces = [0, 1, 2, 3].map(() => Netns.create(t));
+  for (const ns of spaces) await ns.spawn(["python3", "-c", WITH_TIME_WAIT]).line();
+  const inums = spaces.map((ns) => Number(/net:\[(\d+)\]/.exec(ns.run(["readlink", "/proc/self/ns/net"]))?.[1]));
+  const { r, entered } = traced(t, [TCPKA, "ls", "--all-netns", "--no-process", "--json"]);
+  const rows = (JSON.parse(r.stdout) as { connections: FullRow[] }).connections;
+  for (const inum of inums) {
+    assert.equal(entered(inum), 0, `namespace ${inum} held, not walked`);
+    const mine = rows.filter((c) => c.netns === inum);
+    assert.deepEqual(
+      mine.map((c) => [c.state, c.source, c.processes.length]),
+      [
+        ["ESTAB", "exact", 0],
+        ["ESTAB", "exact", 0],
+      ],
+      "both ends of its connection, exact, no owner asked for",
+    );
+  }
+});
