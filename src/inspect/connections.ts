@@ -232,12 +232,11 @@ function inspectKernel(
     const processes = opts.processes ?? true;
     const wantOwners = processes || filter.pids.length > 0 || filter.comms.length > 0;
     // Each walk of another namespace scans the one established hash that all namespaces share (bpf_iter_tcp
-    // filters it by net, seq_sk_match() in net/ipv4/tcp_ipv4.c): 10-14 ms at 100,000 sockets elsewhere, for
-    // a pod's handful. The owners' walk visits every socket that a process holds anyway, so it brings a
-    // namespace's sockets whole (held records; where TIME-WAIT is wanted, only with none in it); afterwards, where they are not all of the
-    // namespace's hashed sockets (HeldNamespace.complete), that namespace is walked after all.
-    // TIME-WAIT sockets (and FIN-WAIT-2 orphans, timewait sockets too) are held by no process: a namespace that
-    // has any is walked when the filter wants them.
+    // filters it by net, seq_sk_match() in net/ipv4/tcp_ipv4.c): 10-14 ms at 100,000 sockets elsewhere, for a
+    // pod's handful. The owners' walk visits every socket that a process holds anyway, so it brings the other
+    // namespaces' sockets whole (held records); where they are not all of a namespace's hashed sockets
+    // (HeldNamespace.complete), that namespace is walked after all. TIME-WAIT sockets (and FIN-WAIT-2 orphans,
+    // timewait sockets too) are held by no process: a namespace that has any is walked when the filter wants them.
     const wantTimeWait = (filter.states & ((1 << TCP_STATES.TIME_WAIT) | (1 << TCP_STATES.FIN_WAIT2))) !== 0;
     const toWalk: NetNamespace[] = [];
     const heldNs = new Map<number, { ns: NetNamespace; fd: number; inuse: number }>();
