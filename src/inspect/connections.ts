@@ -267,7 +267,10 @@ function inspectKernel(
     }
     const ownerWalk = wantOwners || heldNs.size > 0 ? TcpOwnerWalk.start(ahead, [...heldNs.keys()]) : null;
     if (ownerWalk) opened.push(ownerWalk);
-    else for (const { ns } of heldNs.values()) toWalk.push(ns);
+    if (!ownerWalk?.holds) {
+      for (const { ns } of heldNs.values()) toWalk.push(ns);
+      heldNs.clear();
+    }
     try {
       ks = KernelSockets.open(filter.states);
     } catch (e) {
@@ -292,7 +295,7 @@ function inspectKernel(
         if (fd !== undefined) closeSync(fd);
       }
     }
-    const heldSockets = ownerWalk && heldNs.size > 0 ? new HeldSockets(heldNs.keys()) : undefined;
+    const heldSockets = heldNs.size > 0 ? new HeldSockets(heldNs.keys()) : undefined;
     const found = ownerWalk?.finish(heldSockets?.add) ?? null;
     let scan: OwnerScan | null = !wantOwners ? { owners: new Map(), unreadable: [] } : found;
     // Without the task_file iterator (before Linux 5.11) the owners come from /proc, once the inodes are known.

@@ -160,6 +160,8 @@ export class TcpOwnerWalk {
   private constructor(
     private readonly lister: SocketFdIterator,
     private readonly walk: FileWalk,
+    /** whether the walk brings the held namespaces' sockets (start()'s `held`) */
+    readonly holds: boolean,
   ) {}
 
   /**
@@ -168,14 +170,22 @@ export class TcpOwnerWalk {
    */
   static start(ahead?: ReadAhead, held: readonly number[] = []): TcpOwnerWalk | null {
     let lister: SocketFdIterator;
+    let holds = held.length > 0;
     try {
       if (!bpfCapable()) return null;
-      lister = SocketFdIterator.open(held);
+      try {
+        lister = SocketFdIterator.open(held);
+      } catch (e) {
+        if (!holds) throw e;
+        // A kernel that refuses the held records' program may still run the plain one: those namespaces are walked.
+        lister = SocketFdIterator.open();
+        holds = false;
+      }
     } catch {
       return null;
     }
     try {
-      return new TcpOwnerWalk(lister, lister.prepareAll(ahead));
+      return new TcpOwnerWalk(lister, lister.prepareAll(ahead), holds);
     } catch (e) {
       lister.close();
       throw e;
