@@ -35,8 +35,9 @@ export function tcpExt(file: string, names: readonly string[]): Map<string, numb
  * The TCP sockets of the namespace of inode `inum` that are in the kernel's hash tables, IPv4 and IPv6 ("inuse"
  * of /proc/PID/net/sockstat's TCP line and sockstat6's TCP6 line: sock_prot_inuse_get of tcp_prot and
  * tcpv6_prot, counted as sockets are hashed and unhashed: every LISTEN to CLOSING one, orphans too), and those in
- * TIME-WAIT ("tw", the namespace's tcp_death_row.tw_refcount, IPv4 and IPv6 alike), read through process `pid`,
- * which must be in that namespace. undefined whenever unsure: the files cannot be read, or the process is no
+ * TIME-WAIT ("tw", the namespace's tcp_death_row.tw_refcount, IPv4 and IPv6 alike; where a kernel keeps one death
+ * row for the host, a namespace shows the host's count, which only makes tcpka walk where it could have held), read
+ * through process `pid`, which must be in that namespace. undefined whenever unsure: the files cannot be read, or the process is no
  * longer in that namespace (setns, or its pid reused) once they have been read. (sockstat's "orphan" is the
  * host's, tcp_orphan_count_sum(), not the namespace's.)
  */
