@@ -239,21 +239,21 @@ function inspectKernel(
     // timewait sockets too) are held by no process: a namespace that has any is walked when the filter wants them.
     const wantTimeWait = (filter.states & ((1 << TCP_STATES.TIME_WAIT) | (1 << TCP_STATES.FIN_WAIT2))) !== 0;
     const toWalk: NetNamespace[] = [];
-    const heldNs = new Map<number, { ns: NetNamespace; fd: number; inuse: number }>();
+    const heldNs = new Map<number, { ns: NetNamespace; fd: number }>();
+    // No TCP socket that the filter could want (a container without connections, a sandbox): no walk.
+    const empty = (ns: NetNamespace): boolean => {
+      const n = ns.pid === undefined ? undefined : tcpCounts(ns.pid, ns.inum);
+      return n !== undefined && n.inuse === 0 && (n.tw === 0 || !wantTimeWait);
+    };
     try {
       for (const ns of namespaces) {
-        if (!ns.own && ns.pid !== undefined) {
-          const n = tcpCounts(ns.pid, ns.inum);
-          // No TCP socket that the filter could want (a container without connections, a sandbox): no walk.
-          if (n && n.inuse === 0 && (n.tw === 0 || !wantTimeWait)) continue;
-          if (n && (n.tw === 0 || !wantTimeWait) && !heldNs.has(ns.inum)) {
-            try {
-              heldNs.set(ns.inum, { ns, fd: openSync(ns.path, constants.O_RDONLY), inuse: n.inuse });
-            } catch {
-              // its last process exited since: nothing of it to list
-            }
-            continue;
+        if (!ns.own && ns.pid !== undefined && !heldNs.has(ns.inum)) {
+          try {
+            heldNs.set(ns.inum, { ns, fd: openSync(ns.path, constants.O_RDONLY) });
+          } catch {
+            // its last process exited since: nothing of it to list
           }
+          continue;
         }
         toWalk.push(ns);
       }
@@ -262,13 +262,13 @@ function inspectKernel(
     }
     // Without owners (--no-process) the owners' walk is made for the held namespaces alone: worth it from a few.
     if (!wantOwners && heldNs.size < HOLD_WITHOUT_OWNERS) {
-      for (const { ns } of heldNs.values()) toWalk.push(ns);
+      for (const { ns } of heldNs.values()) if (!empty(ns)) toWalk.push(ns);
       heldNs.clear();
     }
     const ownerWalk = wantOwners || heldNs.size > 0 ? TcpOwnerWalk.start(ahead, [...heldNs.keys()]) : null;
     if (ownerWalk) opened.push(ownerWalk);
     if (!ownerWalk?.holds) {
-      for (const { ns } of heldNs.values()) toWalk.push(ns);
+      for (const { ns } of heldNs.values()) if (!empty(ns)) toWalk.push(ns);
       heldNs.clear();
     }
     try {
@@ -364,13 +364,13 @@ function inspectKernel(
     if (heldSockets && ks) {
       const wantRequests = (filter.states & (1 << TCP_STATES.SYN_RECV)) !== 0;
       for (const [inum, h] of heldSockets.byNetns) {
-        const { ns, fd, inuse } = heldNs.get(inum) as { ns: NetNamespace; fd: number; inuse: number };
+        const { ns, fd } = heldNs.get(inum) as { ns: NetNamespace; fd: number };
         const listening = new Set<number>();
         const each = (s: KernelSocket) => {
           if (!families.has(s.family) || (matches && !matches(s, () => listening))) return;
           emit(s, ownersOf(s.inode));
         };
-        if (h.complete(ns.pid, ns.inum, inuse, wantTimeWait) && !(wantRequests && h.requests > 0))
+        if (h.complete(ns.pid, ns.inum, wantTimeWait) && !(wantRequests && h.requests > 0))
           ks.readHeld(h, each, { listening, reuse: transient });
         else ks.walk(each, { netnsFd: fd, listening, reuse: transient });
       }

@@ -410,15 +410,16 @@ export class HeldNamespace {
 
   /**
    * Whether these are all the hashed TCP sockets of the namespace `inum` that process `pid` is in: as many as its
-   * sockstat counted hashed before the walk (`inuse`), and the same count after it; with `timeWait`, all its
-   * sockets: still none in TIME-WAIT either. A hashed socket that no process holds (a connection not accepted
-   * yet, an orphan closing, a kernel socket, one held by a thread with a file table of its own or by a process
-   * outside tcpka's pid namespace) makes them fewer.
+   * sockstat counts hashed ("inuse") once the walk is over; with `timeWait`, all its sockets: none in TIME-WAIT
+   * either. A hashed socket that no process holds (a connection not accepted yet, an orphan closing, a kernel
+   * socket, one held by a thread with a file table of its own or by a process outside tcpka's pid namespace)
+   * makes them fewer; one closed during the walk after it was met, more. (One opened during the walk where the walk
+   * had passed, while another closed after it was met, leaves the count equal: a snapshot's race, as in sock_diag's.)
    */
-  complete(pid: number | undefined, inum: number, inuse: number, timeWait: boolean): boolean {
-    if (pid === undefined || this.count !== inuse) return false;
+  complete(pid: number | undefined, inum: number, timeWait: boolean): boolean {
+    if (pid === undefined) return false;
     const after = tcpCounts(pid, inum);
-    return after !== undefined && after.inuse === inuse && (after.tw === 0 || !timeWait);
+    return after !== undefined && after.inuse === this.count && (after.tw === 0 || !timeWait);
   }
 
   add(buf: Buffer, at: number, requests: number, owner?: number): void {

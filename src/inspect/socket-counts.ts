@@ -214,7 +214,7 @@ export class SocketCounter {
     // Each TCP walk of another namespace scans the one established hash that all share (seq_sk_match() in
     // net/ipv4/tcp_ipv4.c): ~12 ms at 100,000 sockets elsewhere. So a namespace is held instead
     // (src/bpf/socket-fds.ts): the owners' walk writes its sockets whole, and they are counted here.
-    const held = new Map<number, { ns: NetNamespace; fd: number; inuse: number }>();
+    const held = new Map<number, { ns: NetNamespace; fd: number; empty: () => boolean }>();
     const js = new JsCounts();
     this.walked.clear();
     try {
@@ -223,18 +223,19 @@ export class SocketCounter {
           this.run(iterCreate(this.tcpLink));
           continue;
         }
-        const n = ns.pid === undefined ? undefined : tcpCounts(ns.pid, ns.inum);
-        // A namespace with no TCP socket hashed (a container without a network; TIME-WAIT ones are not counted):
-        // no walk, which would scan the whole established hash for nothing.
-        if (n && n.inuse === 0) continue;
+        // A namespace with no TCP socket hashed (a container without a network; TIME-WAIT ones are not counted)
+        // needs no walk, which would scan the whole established hash for nothing.
+        const empty = () => ns.pid !== undefined && tcpCounts(ns.pid, ns.inum)?.inuse === 0;
+        const holds = ns.pid !== undefined && this.maps.held >= 0 && held.size < MAX_HELD && !held.has(ns.inum);
+        if (!holds && empty()) continue;
         let fd: number;
         try {
           fd = openSync(ns.path, constants.O_RDONLY);
         } catch {
           continue; // its last process exited since: nothing of it to count
         }
-        if (n && this.maps.held >= 0 && held.size < MAX_HELD && !held.has(ns.inum)) {
-          held.set(ns.inum, { ns, fd, inuse: n.inuse });
+        if (holds) {
+          held.set(ns.inum, { ns, fd, empty });
           continue;
         }
         try {
@@ -246,7 +247,7 @@ export class SocketCounter {
       // Without the process label the owners' walk is made for the held namespaces alone: it visits every file
       // of the host (~45 ms at 100,000 sockets, BENCHMARKS §7), about four TCP walks' worth.
       if (!this.owners && held.size < this.maps.holdFrom) {
-        for (const [inum, { fd }] of held) this.walkIn(fd, inum);
+        for (const [inum, h] of held) if (!h.empty()) this.walkIn(h.fd, inum);
         for (const { fd } of held.values()) closeSync(fd);
         held.clear();
       }
@@ -257,10 +258,10 @@ export class SocketCounter {
       // After the TCP walks: the owners' program finds each namespace's listeners in the map.
       const sockets = held.size > 0 ? new HeldSockets(held.keys()) : undefined;
       if (this.ownersLink !== undefined && (this.owners || sockets)) this.run(iterCreate(this.ownersLink), sockets);
-      for (const [inum, { ns, fd, inuse }] of held) {
+      for (const [inum, { ns, fd }] of held) {
         const h = sockets?.byNetns.get(inum);
         if (!h) continue;
-        const complete = h.complete(ns.pid, inum, inuse, false);
+        const complete = h.complete(ns.pid, inum, false);
         // Not all of them held: the namespace is walked after all, and its held sockets are counted only under
         // their owners (the walk counts them all).
         if (!complete) this.walkIn(fd, inum);
