@@ -27,14 +27,14 @@
  * process's tgid: user space then has, for each key, all its sockets (tgid 0, the TCP walk's) and those of each
  * first owner, and the difference is the sockets that no process showed (comm "", as in the record path). A
  * socket whose file more than one reference holds (several fd tables, a dup) is counted for the first process
- * only, through a mark in socket local
- * storage (bpf_sk_storage_get is allowed in iterators: bpf_sk_storage_tracing_allowed, net/core/bpf_sk_storage.c)
- * that carries the scrape's generation; a socket that one fd alone holds needs no mark (marking every socket,
+ * only, through a mark that carries the scrape's generation: an LRU hash of the socket's inode number (it was
+ * socket local storage until a 6.18 verifier refused bpf_sk_storage_get the file's socket, an untrusted pointer
+ * to it: tcp-sockets.ts TcpSockCast). A socket that one fd alone holds needs no mark (marking every socket,
  * and reading the mark back in the TCP walk, cost ~40 ms more in each walk at 100,000 sockets: BENCHMARKS.md §7).
  *
  * Kernel needs: the TCP iterator and bpf_skc_to_tcp_sock (5.9); for the owners the task_file iterator with
- * bpf_sock_from_file and bpf_sk_storage_get from iterators (5.11); BPF_MAP_LOOKUP_AND_DELETE_BATCH (5.6, else
- * one entry at a time); the kernel's BTF.
+ * bpf_sock_from_file (5.11), and bpf_rdonly_cast (6.2) where the kernel has it; BPF_MAP_LOOKUP_AND_DELETE_BATCH
+ * (5.6, else one entry at a time); the kernel's BTF.
  */
 import { IPPROTO_TCP, SOCK_STREAM } from "../kernel/constants.js";
 import { TCP_STATES } from "../kernel/states.js";
@@ -69,7 +69,7 @@ import {
   ToBE,
 } from "./asm.js";
 import { emitHeld, type HeldOffsets, RECORD_SIZE, type TaskFileOffsets } from "./socket-fds.js";
-import { emitCgroupId, keepOpen, type TcpSocketOffsets } from "./tcp-sockets.js";
+import { emitCgroupId, emitTcpSockOf, keepOpen, type TcpSockCast, type TcpSocketOffsets } from "./tcp-sockets.js";
 
 export const COUNT_KEY_SIZE = 40;
 export const LISTEN_KEY_SIZE = 8;
@@ -80,16 +80,17 @@ const KEY = -COUNT_KEY_SIZE; // the count key on the stack, from r10
 const LKEY = KEY - LISTEN_KEY_SIZE;
 const ONE = LKEY - 8; // a u64 1: a new key's first count; and the listeners' value
 const CFG = ONE - 8; // the config array's key, 0
+const INODE = CFG - 8; // the owners' walk: the mark's key, the socket's inode number (u64)
+const MARK = INODE - 8; // the owners' walk: a new mark's value, the generation (u32)
 const FD_RECORD = -RECORD_SIZE; // the owners' walk: a held socket's fd record (socket-fds.ts), from r10
 
 const BPF_NOEXIST = 1;
-const BPF_SK_STORAGE_GET_F_CREATE = 1;
 
 export interface CountMaps {
   counts: number;
   listeners: number;
   config: number;
-  /** the owners' marks (a socket storage map of the u32 generation that counted the socket) */
+  /** the owners' marks (an LRU hash: a socket's u64 inode number to the u32 generation that counted it) */
   owners?: number;
 }
 
@@ -249,7 +250,8 @@ export interface FileRef {
  * main thread holds, counted under its tgid with the same key as the TCP walk's (the listeners' map filled by
  * it). A socket is counted once, for the first process of the walk: a file that only one fd table holds (its
  * reference count says so) at once; one that more hold (fork, dup, SCM_RIGHTS, a thread in a system call on
- * it) only where the socket's mark (socket local storage) is not of this scrape's generation yet.
+ * it) only where the socket's mark (`maps.owners`, an LRU hash of u64 inode number to u32 generation) is not of
+ * this scrape's generation yet.
  *
  * With `held`, a socket of a namespace in that map is not counted but written whole (socket-fds.ts `emitHeld`:
  * its fd record, then the TCP walk's record of it), for user space to count: those namespaces get no TCP walk
@@ -259,6 +261,7 @@ export function ownerCountsProgram(
   o: TcpSocketOffsets & TaskFileOffsets,
   maps: CountMaps & { owners: number },
   ref: FileRef | undefined,
+  cast: TcpSockCast | undefined,
   held?: { offsets: HeldOffsets; netns: number; only: boolean },
 ): Instruction[] {
   const b = new ProgramBuilder();
@@ -295,19 +298,39 @@ export function ownerCountsProgram(
   for (let at = 0; at < COUNT_KEY_SIZE; at += 8) b.emit(StoreImm(R10, KEY + at, 0, "DW"));
   b.emit(StoreMem(R10, KEY + 16, R8, "W"));
   if (ref) b.emit(LoadMem(R2, R9, ref.offset, "DW"), JEq.Imm(R2, ref.unique, "unique"));
+  // A file that more references hold: counted where its mark (the socket's inode number in the marks' map) is
+  // not of this scrape's generation yet.
   b.emit(
+    LoadMem(R2, R9, o.fileInode, "DW"),
+    JEq.Imm(R2, 0, "out"),
+    LoadMem(R3, R2, o.inodeIno, "DW"),
+    StoreMem(R10, INODE, R3, "DW"),
     ...LoadMapFd(R1, maps.owners),
-    Mov.Reg(R2, R7),
-    Mov.Imm(R3, 0),
-    Mov.Imm(R4, BPF_SK_STORAGE_GET_F_CREATE),
-    Call(Fn.skStorageGet),
-    JEq.Imm(R0, 0, "unique"), // no memory for a mark: counted (user space keeps the total to the TCP walk's)
+    Mov.Reg(R2, R10),
+    Add.Imm(R2, INODE),
+    Call(Fn.mapLookupElem),
+    JEq.Imm(R0, 0, "mark"),
     LoadMem(R2, R0, 0, "W"),
     LoadMem(R3, R6, 0, "W"),
     JEq32.Reg(R2, R3, "out"), // counted in this generation already: the first owner keeps it
     StoreMem(R0, 0, R3, "W"),
+    Ja("unique"),
   );
-  b.label("unique").emit(Mov.Reg(R1, R7), Call(Fn.skcToTcpSock), JEq.Imm(R0, 0, "out"), Mov.Reg(R9, R0));
+  // No mark yet, or (full) none to be had: counted (user space keeps the owners' total to the TCP walk's).
+  b.label("mark").emit(
+    LoadMem(R3, R6, 0, "W"),
+    StoreMem(R10, MARK, R3, "W"),
+    ...LoadMapFd(R1, maps.owners),
+    Mov.Reg(R2, R10),
+    Add.Imm(R2, INODE),
+    Mov.Reg(R3, R10),
+    Add.Imm(R3, MARK),
+    Mov.Imm(R4, 0), // BPF_ANY
+    Call(Fn.mapUpdateElem),
+  );
+  b.label("unique");
+  emitTcpSockOf(b, R7, cast, "out");
+  b.emit(Mov.Reg(R9, R0));
   emitCount(b, o, maps, false);
   b.label("out").emit(Mov.Imm(R0, 0), Return());
   return b.build();

@@ -56,7 +56,15 @@ import {
   StoreMem,
 } from "./asm.js";
 import { type EndpointOffsets, emitAddresses } from "./endpoints.js";
-import { emitTcpRecord, TCP_RECORD_SIZE, type TcpSocketOffsets, tcpSocketOffsets } from "./tcp-sockets.js";
+import {
+  emitTcpRecord,
+  emitTcpSockOf,
+  TCP_RECORD_SIZE,
+  type TcpSockCast,
+  type TcpSocketOffsets,
+  tcpSockCast,
+  tcpSocketOffsets,
+} from "./tcp-sockets.js";
 
 /** Offsets, in bytes, of the members the program reads, from the running kernel's BTF. */
 export interface TaskFileOffsets extends EndpointOffsets {
@@ -102,6 +110,8 @@ export interface HeldOffsets extends TcpSocketOffsets {
   skUid: number;
   /** struct tcp_sock: inet_conn.icsk_accept_queue.qlen */
   tcpRequests: number;
+  /** how the file's socket is read as a tcp_sock (tcp-sockets.ts TcpSockCast) */
+  cast: TcpSockCast | undefined;
 }
 
 /** The held records' offsets from the running kernel's BTF. */
@@ -110,6 +120,7 @@ export function heldOffsets(btf: BtfFacts): HeldOffsets {
     ...tcpSocketOffsets(btf),
     skUid: btf.memberOffset("sock", "sk_uid"),
     tcpRequests: btf.memberOffset("tcp_sock", "inet_conn.icsk_accept_queue.qlen"),
+    cast: tcpSockCast(btf),
   };
 }
 
@@ -143,12 +154,9 @@ export function emitHeld(b: ProgramBuilder, o: HeldOffsets, netns: number, notHe
     // nor the task_file walk counts.
     LoadMem(R2, R7, o.skcState, "B"),
     JNE32.Imm(R2, TCP_STATES.LISTEN, "held_header"),
-    Mov.Reg(R1, R7),
-    Call(Fn.skcToTcpSock),
-    JEq.Imm(R0, 0, "held_header"),
-    LoadMem(R2, R0, o.tcpRequests, "W"),
-    StoreMem(R10, REC + 16, R2, "W"),
   );
+  emitTcpSockOf(b, R7, o.cast, "held_header");
+  b.emit(LoadMem(R2, R0, o.tcpRequests, "W"), StoreMem(R10, REC + 16, R2, "W"));
   b.label("held_header");
   for (let at = 24; at < RECORD_SIZE; at += 8) b.emit(StoreImm(R10, REC + at, 0, "DW"));
   b.emit(
@@ -159,7 +167,7 @@ export function emitHeld(b: ProgramBuilder, o: HeldOffsets, netns: number, notHe
     Call(Fn.seqWrite),
     LoadMem(R8, R7, o.skUid, "W"),
   );
-  emitTcpRecord(b, o, "held_");
+  emitTcpRecord(b, o, "held_", o.cast);
   b.emit(Ja(done));
 }
 

@@ -42,6 +42,7 @@ import {
   JEq,
   JEq32,
   JNE32,
+  KfuncCall,
   LoadMem,
   Lsh,
   Mov,
@@ -249,12 +250,44 @@ export function tcpSocketsProgram(o: TcpSocketOffsets, states: number): Instruct
 }
 
 /**
+ * bpf_rdonly_cast (a kfunc, Linux 6.2) and struct tcp_sock's BTF id, for the task_file walks, whose socket
+ * (socket->sk of bpf_sock_from_file's struct socket) some verifiers mark untrusted: 6.18.44 here refuses it to
+ * bpf_skc_to_tcp_sock and bpf_sk_storage_get ("R2 type=untrusted_ptr_ expected=ptr_, trusted_ptr_, rcu_ptr_"),
+ * where earlier kernels took it as a plain pointer. A read-only cast may be read through on any of them (the loads
+ * become fault-safe probes). Undefined where the kernel has no bpf_rdonly_cast: the helper is called instead.
+ */
+export interface TcpSockCast {
+  rdonlyCast: number;
+  tcpSock: number;
+}
+
+export function tcpSockCast(btf: BtfFacts): TcpSockCast | undefined {
+  try {
+    return { rdonlyCast: btf.typeId("FUNC", "bpf_rdonly_cast"), tcpSock: btf.typeId("STRUCT", "tcp_sock") };
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * r0 = the tcp_sock of `sock`, a full TCP socket (a file's, or the TCP walk's LISTEN to CLOSING one), for reading;
+ * on to `none` where there is none. With `cast`, bpf_rdonly_cast (the caller has checked sk_type and sk_protocol:
+ * it is one); else bpf_skc_to_tcp_sock. Clobbers r1-r5.
+ */
+export function emitTcpSockOf(b: ProgramBuilder, sock: Reg, cast: TcpSockCast | undefined, none: string): void {
+  if (cast) b.emit(Mov.Reg(R1, sock), Mov.Imm(R2, cast.tcpSock), KfuncCall(cast.rdonlyCast));
+  else b.emit(Mov.Reg(R1, sock), Call(Fn.skcToTcpSock));
+  b.emit(JEq.Imm(R0, 0, none));
+}
+
+/**
  * The record of the socket in r7 (a sock_common: any kind of TCP socket) written with bpf_seq_write: r6 is the
  * iterator's meta, r8 the uid to record. Labels are prefixed with `p` (so that a program may hold it beside its
  * own), and it ends with the write: the caller's code follows. Uses every register but r6 and r7; the record
- * takes the TCP_RECORD_SIZE bytes below r10. The task_file walk writes held sockets with it too (socket-fds.ts).
+ * takes the TCP_RECORD_SIZE bytes below r10. The task_file walk writes held sockets with it too (socket-fds.ts),
+ * with `cast` (a full socket of a file: see TcpSockCast).
  */
-export function emitTcpRecord(b: ProgramBuilder, o: TcpSocketOffsets, p: string): void {
+export function emitTcpRecord(b: ProgramBuilder, o: TcpSocketOffsets, p: string, cast?: TcpSockCast): void {
   const l = (name: string) => `${p}${name}`;
   for (let at = 0; at < TCP_RECORD_SIZE; at += 8) b.emit(StoreImm(R10, REC + at, 0, "DW"));
   b.emit(
@@ -283,12 +316,17 @@ export function emitTcpRecord(b: ProgramBuilder, o: TcpSocketOffsets, p: string)
     StoreMem(R10, REC + 7, R3, "B"),
     Call(Fn.jiffies64),
     Mov.Reg(R8, R0), // jiffies now, for the timers
-    LoadMem(R2, R10, REC + 2, "B"),
-    JEq32.Imm(R2, TCP_STATES.TIME_WAIT, l("timewait")),
-    JEq32.Imm(R2, TCP_STATES.NEW_SYN_RECV, l("request")),
-    Mov.Reg(R1, R7),
-    Call(Fn.skcToTcpSock),
-    JEq.Imm(R0, 0, l("write")),
+  );
+  // A file's socket (`cast`) is a full one: no timewait or request socket, whose helpers the verifier would
+  // refuse it.
+  if (!cast)
+    b.emit(
+      LoadMem(R2, R10, REC + 2, "B"),
+      JEq32.Imm(R2, TCP_STATES.TIME_WAIT, l("timewait")),
+      JEq32.Imm(R2, TCP_STATES.NEW_SYN_RECV, l("request")),
+    );
+  emitTcpSockOf(b, R7, cast, l("write"));
+  b.emit(
     Mov.Reg(R9, R0),
     // flags: a full socket, and SO_KEEPALIVE
     ...keepOpen(o, R2, R9),
@@ -352,6 +390,25 @@ export function emitTcpRecord(b: ProgramBuilder, o: TcpSocketOffsets, p: string)
     LoadMem(R1, R9, o.tcpTimeout, "DW"),
     Ja(l("expires")),
   );
+  if (!cast) emitOtherTimers(b, o, l);
+  // r2: the timer's code, r3: its count, r1: when it expires, r8: jiffies now
+  b.label(l("expires")).emit(
+    StoreMem(R10, REC + 3, R2, "B"),
+    StoreMem(R10, REC + 4, R3, "B"),
+    Sub.Reg(R1, R8),
+    StoreMem(R10, REC + 88, R1, "DW"),
+  );
+  b.label(l("write")).emit(
+    LoadMem(R1, R6, o.metaSeq, "DW"),
+    Mov.Reg(R2, R10),
+    Add.Imm(R2, REC),
+    Mov.Imm(R3, TCP_RECORD_SIZE),
+    Call(Fn.seqWrite),
+  );
+}
+
+/** emitTcpRecord's timers of a timewait and a request socket (r7), on to its `expires` or `write`. */
+function emitOtherTimers(b: ProgramBuilder, o: TcpSocketOffsets, l: (name: string) => string): void {
   b.label(l("timewait")).emit(
     Mov.Reg(R1, R7),
     Call(Fn.skcToTcpTimewaitSock),
@@ -371,19 +428,5 @@ export function emitTcpRecord(b: ProgramBuilder, o: TcpSocketOffsets, p: string)
     Mov32.Imm(R2, 1),
     LoadMem(R3, R0, o.reqRetrans, "B"),
     LoadMem(R1, R0, o.reqExpires, "DW"),
-  );
-  // r2: the timer's code, r3: its count, r1: when it expires, r8: jiffies now
-  b.label(l("expires")).emit(
-    StoreMem(R10, REC + 3, R2, "B"),
-    StoreMem(R10, REC + 4, R3, "B"),
-    Sub.Reg(R1, R8),
-    StoreMem(R10, REC + 88, R1, "DW"),
-  );
-  b.label(l("write")).emit(
-    LoadMem(R1, R6, o.metaSeq, "DW"),
-    Mov.Reg(R2, R10),
-    Add.Imm(R2, REC),
-    Mov.Imm(R3, TCP_RECORD_SIZE),
-    Call(Fn.seqWrite),
   );
 }

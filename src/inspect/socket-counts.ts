@@ -24,7 +24,8 @@ import {
   tcpCountsProgram,
 } from "../bpf/socket-counts.js";
 import { heldOffsets, taskFileMembers } from "../bpf/socket-fds.js";
-import { TCP_RECORD_SIZE, tcpSocketOffsets } from "../bpf/tcp-sockets.js";
+import { TCP_RECORD_SIZE, tcpSockCast, tcpSocketOffsets } from "../bpf/tcp-sockets.js";
+import { BPF_MAP_TYPE_LRU_HASH } from "../kernel/constants.js";
 import { TCP_STATES } from "../kernel/states.js";
 import { type EffectiveKeepAlive, SharedSettings } from "../settings.js";
 import {
@@ -38,7 +39,6 @@ import {
   iterLinkCreate,
   iterProgLoad,
   mapDrain,
-  skStorageMapCreate,
 } from "../sys/bpf.js";
 import { CachedBtf } from "../sys/btf.js";
 import { close, kernelHz } from "../sys/libc.js";
@@ -68,6 +68,11 @@ export interface SocketCount {
 /** Distinct keys a scrape may count (label sets × settings × ports): beyond, the scrape takes the record path. */
 const MAX_KEYS = 16_384;
 const MAX_LISTENERS = 16_384;
+/**
+ * Sockets whose file more fds hold that the owners' walk can tell apart in one scrape; beyond, the LRU map forgets
+ * some, which then count twice for their owners (user space cuts them to the TCP walk's totals).
+ */
+const MAX_MARKS = 65_536;
 /** Namespaces a scrape may hold (src/bpf/socket-fds.ts); beyond, they are walked. */
 const MAX_HELD = 4_096;
 
@@ -132,7 +137,9 @@ export class SocketCounter {
       let heldMap = heldNetnsMap(MAX_HELD);
       fds.push(heldMap);
       const loadOwners = (held: boolean): void => {
-        const owners = skStorageMapCreate("tcpka_owners");
+        // the marks of sockets that more fds hold (few: a listener of forked workers, a child's inherited fds);
+        // an LRU map forgets old generations' by itself
+        const owners = hashMapCreate("tcpka_owners", 8, 4, MAX_MARKS, BPF_MAP_TYPE_LRU_HASH);
         fds.push(owners);
         // struct file's reference count: a file_ref_t since Linux 6.13, an atomic_long_t f_count before
         const refcnt = btf.offsetOf("file", "f_ref.refcnt");
@@ -147,6 +154,7 @@ export class SocketCounter {
           { ...offsets, ...taskFileMembers(btf) },
           { counts, listeners, config, owners },
           ref,
+          tcpSockCast(btf),
           held ? { offsets: heldOffsets(btf), netns: heldMap, only: !o.owners } : undefined,
         );
         const prog = iterProgLoad({

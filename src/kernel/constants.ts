@@ -170,6 +170,7 @@ export const BPF_PROG_TYPE_CGROUP_SOCKOPT = 25;
 export const BPF_CGROUP_SOCK_OPS = 3;
 export const BPF_CGROUP_SETSOCKOPT = 22;
 export const BPF_MAP_TYPE_HASH = 1;
+export const BPF_MAP_TYPE_LRU_HASH = 9;
 export const BPF_MAP_TYPE_ARRAY = 2;
 export const BPF_MAP_TYPE_PERCPU_ARRAY = 6;
 export const BPF_MAP_TYPE_SK_STORAGE = 24;

@@ -422,9 +422,15 @@ export function skStorageMapCreate(name: string): number {
  * A hash map (preallocated: the kernel's default, which every program type may use, also before the
  * bpf_mem_alloc of Linux 6.1) of up to `maxEntries` keys of `keySize` bytes with values of `valueSize` bytes.
  */
-export function hashMapCreate(name: string, keySize: number, valueSize: number, maxEntries: number): number {
+export function hashMapCreate(
+  name: string,
+  keySize: number,
+  valueSize: number,
+  maxEntries: number,
+  type = BPF_MAP_TYPE_HASH,
+): number {
   const attr = Buffer.alloc(ATTR_SIZE);
-  attr.writeUInt32LE(BPF_MAP_TYPE_HASH, 0);
+  attr.writeUInt32LE(type, 0);
   attr.writeUInt32LE(keySize, 4);
   attr.writeUInt32LE(valueSize, 8);
   attr.writeUInt32LE(maxEntries, 12);
