@@ -69,7 +69,11 @@ export class HolderPool {
   private readonly script: string;
   private readonly starting = new Set<ChildProcess>();
 
-  constructor(tmpDir: string) {
+  /** `prefix`: the command that the holders run under (e.g. `ip netns exec NAME`, which execs them in place) */
+  constructor(
+    tmpDir: string,
+    private readonly prefix: readonly string[] = [],
+  ) {
     this.script = holderScript(tmpDir);
   }
 
@@ -92,7 +96,8 @@ export class HolderPool {
   }
 
   private start(connections: number): Promise<Holder> {
-    const child = spawn("python3", [this.script, String(connections)], { stdio: ["pipe", "pipe", "inherit"] });
+    const [cmd = "python3", ...args] = [...this.prefix, "python3", this.script, String(connections)];
+    const child = spawn(cmd, args, { stdio: ["pipe", "pipe", "inherit"] });
     this.starting.add(child);
     return new Promise((resolve, reject) => {
       let out = "";

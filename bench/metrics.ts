@@ -13,8 +13,13 @@
  * by a python3 in it: a node's pods. Each is held (its sockets come from the owners' walk), not walked (a scan
  * of the host's whole established hash, ~12 ms each at 100,000 sockets).
  *
+ * With --own-netns, the holders, the endpoint, its scrapes (curl) and ss run in a network namespace of the bench's
+ * own: a host whose every socket a process holds, where the owners' walk counts tcpka's own namespace and its TCP
+ * walk is not made (src/inspect/socket-counts.ts). This machine's own namespace always holds one socket that no
+ * process shows (the sandbox's listener on port 2024), so without it the endpoint walks it every scrape.
+ *
  *   node dist-test/bench/metrics.js [--connections 50000] [--scrapes 7] [--interval 15] [--window 120] [--labels L]
- *                                   [--netns N]
+ *                                   [--netns N] [--own-netns]
  */
 import { spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
@@ -35,6 +40,7 @@ const { values } = parseArgs({
     window: { type: "string", default: "120" },
     labels: { type: "string" },
     netns: { type: "string", default: "0" },
+    "own-netns": { type: "boolean", default: false },
   },
 });
 const CONNECTIONS = Number(values.connections);
@@ -74,7 +80,9 @@ function median(xs: readonly number[]): number {
 async function main(): Promise<void> {
   const log = (s: string) => process.stderr.write(`bench metrics: ${s}\n`);
   const tmp = mkdtempSync(join(tmpdir(), "tcpka-bench-metrics-"));
-  const pool = new HolderPool(tmp);
+  const own = values["own-netns"] ? Netns.create() : undefined;
+  const prefix = own ? ["ip", "netns", "exec", own.name] : [];
+  const pool = new HolderPool(tmp, prefix);
   let endpoint: ReturnType<typeof spawn> | undefined;
   const pods: Netns[] = [];
   try {
@@ -88,9 +96,16 @@ async function main(): Promise<void> {
     if (NETNS > 0) log(`${NETNS} network namespaces with one connection each`);
     const port = await freePort();
     const labels = values.labels === undefined ? [] : ["--labels", values.labels];
-    endpoint = spawn("node", [join(ROOT, "bin", "tcpka.js"), "metrics", "--listen", `127.0.0.1:${port}`, ...labels], {
-      stdio: ["ignore", "ignore", "pipe"],
-    });
+    const [cmd = "node", ...args] = [
+      ...prefix,
+      "node",
+      join(ROOT, "bin", "tcpka.js"),
+      "metrics",
+      "--listen",
+      `127.0.0.1:${port}`,
+      ...labels,
+    ];
+    endpoint = spawn(cmd, args, { stdio: ["ignore", "ignore", "pipe"] }); // ip netns exec execs node in place
     let err = "";
     endpoint.stderr?.on("data", (b: Buffer) => {
       err += b.toString();
@@ -101,6 +116,16 @@ async function main(): Promise<void> {
       await new Promise((r) => setTimeout(r, 50));
     }
     const scrape = async () => {
+      if (own) {
+        // from inside the namespace: curl's own time from the request to the last byte
+        const r = spawnSync(
+          "ip",
+          ["netns", "exec", own.name, "curl", "-sf", "-o", join(tmp, "scrape"), "-w", "%{time_total}", url],
+          { encoding: "latin1" },
+        );
+        if (r.status !== 0) throw new Error(`scrape: curl exited ${r.status}: ${r.stderr}`);
+        return { ms: Number(r.stdout) * 1000, text: readFileSync(join(tmp, "scrape"), "latin1") };
+      }
       const t0 = process.hrtime.bigint();
       const res = await fetch(url);
       const text = await res.text();
@@ -120,7 +145,8 @@ async function main(): Promise<void> {
     for (let i = 0; i < SCRAPES; i++) {
       scrapeMs.push((await scrape()).ms);
       const t0 = process.hrtime.bigint();
-      const r = spawnSync("ss", ["-tnoe"], { stdio: ["ignore", "ignore", "ignore"], maxBuffer: 1 << 30 });
+      const [ss = "ss", ...ssArgs] = [...prefix, "ss", "-tnoe"];
+      const r = spawnSync(ss, ssArgs, { stdio: ["ignore", "ignore", "ignore"], maxBuffer: 1 << 30 });
       if (r.status !== 0) throw new Error("ss -tnoe failed");
       ssMs.push(Number(process.hrtime.bigint() - t0) / 1e6);
       log(`scrape ${scrapeMs.at(-1)?.toFixed(0)} ms, ss -tnoe ${ssMs.at(-1)?.toFixed(0)} ms`);
@@ -147,11 +173,11 @@ async function main(): Promise<void> {
       [
         "### tcpka metrics: a scrape, and the endpoint's cost (bench/metrics.ts)",
         "",
-        `Command: \`node dist-test/bench/metrics.js --connections ${CONNECTIONS} --scrapes ${SCRAPES} --interval ${INTERVAL_S} --window ${WINDOW_S}${values.labels === undefined ? "" : ` --labels ${values.labels}`}${NETNS ? ` --netns ${NETNS}` : ""}\``,
+        `Command: \`node dist-test/bench/metrics.js --connections ${CONNECTIONS} --scrapes ${SCRAPES} --interval ${INTERVAL_S} --window ${WINDOW_S}${values.labels === undefined ? "" : ` --labels ${values.labels}`}${NETNS ? ` --netns ${NETNS}` : ""}${own ? " --own-netns" : ""}\``,
         "",
         "| what | value |",
         "|---|---|",
-        `| sockets on the host (held, idle loopback) | ${CONNECTIONS * 2} |`,
+        `| sockets on the host (held, idle loopback) | ${CONNECTIONS * 2}${own ? " (in a namespace of the bench's own, where tcpka and the scrapes run too)" : ""} |`,
         `| network namespaces beside them, one connection each | ${NETNS} |`,
         `| owner labels | ${values.labels ?? "all (process, container, pod_namespace, pod, unit)"} |`,
         `| established sockets the scrape counted | ${established} (network namespaces on the host: ${namespaces}) |`,
@@ -174,6 +200,7 @@ async function main(): Promise<void> {
     }
     await pool.stopAll();
     for (const ns of pods) ns.destroy();
+    own?.destroy();
     rmSync(tmp, { recursive: true, force: true });
   }
 }

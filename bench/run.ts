@@ -10,7 +10,8 @@
  *   agent    tcpka agent's own CPU, idle with 100,000 connections under it and 200 processes starting a second
  *            (agent.ts, its own process)
  *   metrics  a scrape of 100,000 connections beside `ss -tnoe`, and the endpoint's CPU at one scrape every 15 s
- *            (metrics.ts, its own process); then the same with 50 one-connection network namespaces beside them
+ *            (metrics.ts, its own process); then the same with 50 one-connection network namespaces beside them,
+ *            and with the sockets and the endpoint in a namespace of their own (--own-netns)
  *   walk-floor  the kernel walks under a scrape alone, at 100,000 sockets (walk-floor.ts, its own process)
  *   watch    loopback connections per second with and without `tcpka watch` (watch.ts, its own process)
  *
@@ -149,6 +150,7 @@ async function main(): Promise<number> {
       ["agent", []],
       ["metrics", []],
       ["metrics", ["--netns", "50"]],
+      ["metrics", ["--own-netns"]],
       ["walk-floor", []],
       ["watch", []],
     ];

@@ -19,8 +19,9 @@
  *          keepalive_time_when() and friends in include/net/tcp.h do)
  *
  * The listeners' map: key (u32 namespace inode, u32 port), value u64 1; user space empties both maps after each
- * walk (BPF_MAP_LOOKUP_AND_DELETE_BATCH). The config array's one value: u32 the scrape's generation (the owners'
- * marks of this scrape carry it), u32 how many sockets could not be counted because a map was full.
+ * walk (BPF_MAP_LOOKUP_AND_DELETE_BATCH). The config array's one value (CONFIG_SIZE): u32 the scrape's generation
+ * (the owners' marks of this scrape carry it), u32 how many sockets could not be counted because a map was full,
+ * u32 the counted namespace's inode number (0: none), u32 how many of its hashed sockets the owners' walk saw.
  *
  * The owners (for the process label): after the TCP walks, a task_file iterator program (ownerCountsProgram)
  * counts each ESTABLISHED socket that a process's main thread holds once more, with the same key and the
@@ -31,6 +32,16 @@
  * socket local storage until a 6.18 verifier refused bpf_sk_storage_get the file's socket, an untrusted pointer
  * to it: tcp-sockets.ts TcpSockCast). A socket that one fd alone holds needs no mark (marking every socket,
  * and reading the mark back in the TCP walk, cost ~40 ms more in each walk at 100,000 sockets: BENCHMARKS.md §7).
+ *
+ * The counted namespace (tcpka's own, with the owners): the owners' walk counts each of its ESTABLISHED sockets
+ * under its first owner (as any other namespace's), which user space sums into what the TCP walk's counts would be,
+ * and its LISTEN sockets with the owner field ALL_SOCKETS, as the TCP walk would with 0; and how many of its
+ * hashed sockets (any state but CLOSE, as sockstat's inuse counts them: sock_prot_inuse_add in __inet_hash,
+ * inet_ehash_nolisten and inet_unhash) it met, each once. Where that equals sockstat's inuse, no socket of the
+ * namespace was missed (none unaccepted, orphaned, a kernel's, or held by a thread with a file table of its own)
+ * and its TCP walk, ~45 ms of the kernel's at 100,000 sockets whatever its program does, is not made; the
+ * listeners it would have put into the map come first from tcpListenersProgram. Else user space drops those
+ * counts and walks it after all (src/inspect/socket-counts.ts).
  *
  * Kernel needs: the TCP iterator and bpf_skc_to_tcp_sock (5.9); for the owners the task_file iterator with
  * bpf_sock_from_file (5.11), and bpf_rdonly_cast (6.2) where the kernel has it; BPF_MAP_LOOKUP_AND_DELETE_BATCH
@@ -75,12 +86,18 @@ export const COUNT_KEY_SIZE = 40;
 export const LISTEN_KEY_SIZE = 8;
 export const KIND_ESTABLISHED = 1;
 export const KIND_LISTEN = 2;
+/** The owner field of a count the owners' walk made of a listener of the counted namespace (no tgid is this). */
+export const ALL_SOCKETS = 0xffff_ffff;
+/** The config array's value: generation, overflow, the counted namespace, its hashed sockets seen (u32 each). */
+export const CONFIG_SIZE = 16;
 
 const KEY = -COUNT_KEY_SIZE; // the count key on the stack, from r10
 const LKEY = KEY - LISTEN_KEY_SIZE;
 const ONE = LKEY - 8; // a u64 1: a new key's first count; and the listeners' value
 const CFG = ONE - 8; // the config array's key, 0
-const INODE = CFG - 8; // the owners' walk: the mark's key, the socket's inode number (u64)
+const TGID = CFG - 8; // the owners' walk: the process (u32)
+const COUNTED = TGID - 8; // the owners' walk: u32 1 where the socket is of the counted namespace
+const INODE = COUNTED - 8; // the owners' walk: the mark's key, the socket's inode number (u64)
 const MARK = INODE - 8; // the owners' walk: a new mark's value, the generation (u32)
 const FD_RECORD = -RECORD_SIZE; // the owners' walk: a held socket's fd record (socket-fds.ts), from r10
 
@@ -110,9 +127,9 @@ function loadConfig(b: ProgramBuilder, config: number): void {
 /**
  * The count key of the socket in r7 (sock_common), r9 (its tcp_sock), r8 (its state), then its count added:
  * r6 is the config array's value. With `listeners`, a LISTEN socket goes into the listeners' map and is
- * counted by its own port (the TCP walk); without, only ESTABLISHED sockets reach here (the owners' walk).
+ * counted by its own port; without, only ESTABLISHED sockets may reach here. Then on to `done` (emitBump).
  */
-function emitCount(b: ProgramBuilder, o: TcpSocketOffsets, maps: CountMaps, listeners: boolean): void {
+function emitCount(b: ProgramBuilder, o: TcpSocketOffsets, maps: CountMaps, listeners: boolean, done = "out"): void {
   b.emit(
     LoadMem(R2, R7, o.skcNet, "DW"),
     LoadMem(R3, R2, o.netInum, "W"),
@@ -181,18 +198,26 @@ function emitCount(b: ProgramBuilder, o: TcpSocketOffsets, maps: CountMaps, list
     );
   }
   // r3: the port
-  b.label("count").emit(
-    StoreMem(R10, KEY + 6, R3, "H"),
+  b.label("count").emit(StoreMem(R10, KEY + 6, R3, "H"));
+  emitBump(b, maps, "", done);
+}
+
+/**
+ * The key on the stack counted once more: its entry in the count map added to, or made. Labels carry the prefix
+ * `p`; on to `done`, which the caller emits right after (a map that is full falls through to it as well).
+ */
+function emitBump(b: ProgramBuilder, maps: CountMaps, p: string, done: string): void {
+  b.label(`${p}bump`).emit(
     ...LoadMapFd(R1, maps.counts),
     Mov.Reg(R2, R10),
     Add.Imm(R2, KEY),
     Call(Fn.mapLookupElem),
-    JEq.Imm(R0, 0, "new"),
+    JEq.Imm(R0, 0, `${p}new`),
     Mov.Imm(R2, 1),
     AtomicAdd64(R0, 0, R2),
-    Ja("out"),
+    Ja(done),
   );
-  b.label("new").emit(
+  b.label(`${p}new`).emit(
     StoreImm(R10, ONE, 1, "DW"),
     ...LoadMapFd(R1, maps.counts),
     Mov.Reg(R2, R10),
@@ -201,10 +226,10 @@ function emitCount(b: ProgramBuilder, o: TcpSocketOffsets, maps: CountMaps, list
     Add.Imm(R3, ONE),
     Mov.Imm(R4, BPF_NOEXIST),
     Call(Fn.mapUpdateElem),
-    JEq.Imm(R0, 0, "out"),
+    JEq.Imm(R0, 0, done),
   );
   // A map is full (E2BIG): count it, so that user space takes the record path for this scrape.
-  b.label("full").emit(LoadMem(R2, R6, 4, "W"), Add.Imm(R2, 1), StoreMem(R6, 4, R2, "W"));
+  b.label(`${p}full`).emit(LoadMem(R2, R6, 4, "W"), Add.Imm(R2, 1), StoreMem(R6, 4, R2, "W"));
 }
 
 /**
@@ -234,6 +259,49 @@ export function tcpCountsProgram(o: TcpSocketOffsets, maps: CountMaps): Instruct
   return b.build();
 }
 
+/**
+ * The TCP iterator's listeners-only program: each LISTEN socket of the namespace into the listeners' map, then
+ * the walk stopped at the first socket that is not one. bpf_iter_tcp walks the listening hash before the
+ * established one (bpf_iter_tcp_batch, net/ipv4/tcp_ipv4.c), and a program that returns 1 ends the read with
+ * EAGAIN when it wrote nothing (bpf_iter_run_prog, bpf_seq_read in kernel/bpf/bpf_iter.c), so the walk costs the
+ * listening hash and the established hash up to its first socket of the namespace, not the whole established
+ * hash. For the owners' walk where it counts tcpka's own namespace in the TCP walk's stead (ownerCountsProgram).
+ */
+export function tcpListenersProgram(o: TcpSocketOffsets, maps: CountMaps): Instruction[] {
+  const b = new ProgramBuilder();
+  b.emit(
+    LoadMem(R7, R1, 8, "DW"), // sk_common, NULL once the walk is over
+    JEq.Imm(R7, 0, "out"),
+    LoadMem(R8, R7, o.skcState, "B"),
+    JNE32.Imm(R8, TCP_STATES.LISTEN, "stop"),
+  );
+  loadConfig(b, maps.config);
+  b.emit(
+    LoadMem(R2, R7, o.skcNet, "DW"),
+    LoadMem(R3, R2, o.netInum, "W"),
+    StoreMem(R10, LKEY, R3, "W"),
+    LoadMem(R3, R7, o.skcNum, "H"),
+    StoreMem(R10, LKEY + 4, R3, "W"),
+    StoreImm(R10, ONE, 1, "DW"),
+    ...LoadMapFd(R1, maps.listeners),
+    Mov.Reg(R2, R10),
+    Add.Imm(R2, LKEY),
+    Mov.Reg(R3, R10),
+    Add.Imm(R3, ONE),
+    Mov.Imm(R4, 0), // BPF_ANY
+    Call(Fn.mapUpdateElem),
+    JEq.Imm(R0, 0, "out"),
+    // the map is full: counted, so that user space takes the record path for this scrape
+    LoadMem(R2, R6, 4, "W"),
+    Add.Imm(R2, 1),
+    StoreMem(R6, 4, R2, "W"),
+    Ja("out"),
+  );
+  b.label("stop").emit(Mov.Imm(R0, 1), Return());
+  b.label("out").emit(Mov.Imm(R0, 0), Return());
+  return b.build();
+}
+
 /** How the owners' program tells a file that one fd table alone holds (struct file's reference count). */
 export interface FileRef {
   /** the offset of file->f_ref.refcnt (Linux 6.13) or file->f_count (before), a long */
@@ -252,6 +320,10 @@ export interface FileRef {
  * reference count says so) at once; one that more hold (fork, dup, SCM_RIGHTS, a thread in a system call on
  * it) only where the socket's mark (`maps.owners`, an LRU hash of u64 inode number to u32 generation) is not of
  * this scrape's generation yet.
+ *
+ * A socket of the counted namespace (the config's inode number) is counted under its owner where ESTABLISHED (as
+ * any), under ALL_SOCKETS where LISTEN (its listeners' map entry made once more); each of its hashed sockets adds
+ * one to the config's seen count (see the top of this file).
  *
  * With `held`, a socket of a namespace in that map is not counted but written whole (socket-fds.ts `emitHeld`:
  * its fd record, then the TCP walk's record of it), for user space to count: those namespaces get no TCP walk
@@ -277,6 +349,7 @@ export function ownerCountsProgram(
     LoadMem(R8, R7, o.taskTgid, "W"),
     JNE32.Reg(R2, R8, "out"), // a thread with a file table of its own: not in /proc/PID/fd (socket-fds.ts)
     StoreMem(R10, FD_RECORD + 20, R8, "W"),
+    StoreMem(R10, TGID, R8, "W"),
     Mov.Reg(R1, R9),
     Call(Fn.sockFromFile),
     JEq.Imm(R0, 0, "out"),
@@ -292,11 +365,24 @@ export function ownerCountsProgram(
     b.label("out").emit(Mov.Imm(R0, 0), Return());
     return b.build();
   }
-  b.label("established").emit(LoadMem(R8, R7, o.skcState, "B"), JNE32.Imm(R8, TCP_STATES.ESTABLISHED, "out"));
+  b.label("established");
   loadConfig(b, maps.config);
-  b.emit(LoadMem(R8, R10, FD_RECORD + 20, "W")); // the tgid, before the key's zeroes cover it
+  // The counted namespace (the config's u32 at 8; 0: none): every hashed socket of it, once.
+  b.emit(
+    LoadMem(R2, R7, o.skcNet, "DW"),
+    LoadMem(R3, R2, o.netInum, "W"),
+    LoadMem(R4, R6, 8, "W"),
+    StoreImm(R10, COUNTED, 0, "W"),
+    LoadMem(R8, R7, o.skcState, "B"),
+    JNE32.Reg(R3, R4, "foreign"),
+    StoreImm(R10, COUNTED, 1, "W"),
+    // not hashed: not in sockstat's inuse, and no TCP walk would count it (inet_unhash)
+    JEq32.Imm(R8, TCP_STATES.CLOSE, "out"),
+    Ja("first"),
+  );
+  b.label("foreign").emit(JNE32.Imm(R8, TCP_STATES.ESTABLISHED, "out"));
+  b.label("first");
   for (let at = 0; at < COUNT_KEY_SIZE; at += 8) b.emit(StoreImm(R10, KEY + at, 0, "DW"));
-  b.emit(StoreMem(R10, KEY + 16, R8, "W"));
   if (ref) b.emit(LoadMem(R2, R9, ref.offset, "DW"), JEq.Imm(R2, ref.unique, "unique"));
   // A file that more references hold: counted where its mark (the socket's inode number in the marks' map) is
   // not of this scrape's generation yet.
@@ -328,10 +414,25 @@ export function ownerCountsProgram(
     Mov.Imm(R4, 0), // BPF_ANY
     Call(Fn.mapUpdateElem),
   );
-  b.label("unique");
+  b.label("unique").emit(
+    LoadMem(R2, R10, TGID, "W"),
+    StoreMem(R10, KEY + 16, R2, "W"),
+    LoadMem(R2, R10, COUNTED, "W"),
+    JEq32.Imm(R2, 0, "socket"),
+    // One more hashed socket of the counted namespace seen (the config's u32 at 12), for user space to hold
+    // against sockstat. Its ESTABLISHED ones count under their owner alone (user space sums those into the
+    // totals), its LISTEN ones under ALL_SOCKETS, as the TCP walk would under 0.
+    LoadMem(R2, R6, 12, "W"),
+    Add.Imm(R2, 1),
+    StoreMem(R6, 12, R2, "W"),
+    JEq32.Imm(R8, TCP_STATES.ESTABLISHED, "socket"),
+    JNE32.Imm(R8, TCP_STATES.LISTEN, "out"),
+    StoreImm(R10, KEY + 16, ALL_SOCKETS, "W"),
+  );
+  b.label("socket");
   emitTcpSockOf(b, R7, cast, "out");
   b.emit(Mov.Reg(R9, R0));
-  emitCount(b, o, maps, false);
+  emitCount(b, o, maps, true);
   b.label("out").emit(Mov.Imm(R0, 0), Return());
   return b.build();
 }

@@ -2,19 +2,23 @@
  * The established and listening TCP sockets of every network namespace, counted in the kernel (the programs of
  * src/bpf/socket-counts.ts): what a metrics scrape needs, without a record per socket. One TCP iterator walk
  * per namespace, as the inventory's (kernel-sockets.ts), and, for the owners, one task_file walk of every
- * process's files after them; then a few hundred map entries are read and the maps emptied.
+ * process's files after them; then a few hundred map entries are read and the maps emptied. With the owners,
+ * tcpka's own namespace gets no TCP walk where the owners' walk met every one of its hashed sockets (sockstat's
+ * count), only one of its listeners (tcpListenersProgram); the other namespaces are held (HeldSockets).
  *
  * The answers are those of the record path (KernelSockets with the owners' OwnerTable), which the tests compare
  * them with: the same keepalive flag and effective settings, namespace, cgroup, first owner and service port.
  *
  * Needs what KernelSockets needs (the TCP iterator, Linux 5.9, BTF, CAP_BPF + CAP_PERFMON or root), and for the
- * owners the task_file iterator with bpf_sock_from_file and bpf_sk_storage_get in iterators (5.11). open()
+ * owners the task_file iterator with bpf_sock_from_file (5.11) and bpf_rdonly_cast where there is one. open()
  * throws where the kernel refuses; the caller (metrics/exporter.ts) then scrapes from the records.
  */
-import { closeSync, constants, openSync } from "node:fs";
+import { closeSync, constants, fstatSync, openSync } from "node:fs";
 import { release } from "node:os";
 import { assemble, Listing } from "../bpf/asm.js";
 import {
+  ALL_SOCKETS,
+  CONFIG_SIZE,
   COUNT_KEY_SIZE,
   type FileRef,
   KIND_ESTABLISHED,
@@ -22,6 +26,7 @@ import {
   LISTEN_KEY_SIZE,
   ownerCountsProgram,
   tcpCountsProgram,
+  tcpListenersProgram,
 } from "../bpf/socket-counts.js";
 import { heldOffsets, taskFileMembers } from "../bpf/socket-fds.js";
 import { TCP_RECORD_SIZE, tcpSockCast, tcpSocketOffsets } from "../bpf/tcp-sockets.js";
@@ -70,9 +75,16 @@ const MAX_KEYS = 16_384;
 const MAX_LISTENERS = 16_384;
 /**
  * Sockets whose file more fds hold that the owners' walk can tell apart in one scrape; beyond, the LRU map forgets
- * some, which then count twice for their owners (user space cuts them to the TCP walk's totals).
+ * some, which then count twice for their owners (cut to the TCP walk's totals) and make the own namespace's seen
+ * count exceed sockstat's, so that it is walked.
  */
 const MAX_MARKS = 65_536;
+/**
+ * Once the owners' walk missed a socket of tcpka's own namespace, the scrapes that walk it instead before that
+ * walk counts it again: a socket that no process shows (a kernel's, or one whose holder tcpka cannot see: the
+ * sandbox's own listener here) would make every scrape pay both, where most scrapes then pay the walk alone.
+ */
+const OWN_RETRY = 7;
 /** Namespaces a scrape may hold (src/bpf/socket-fds.ts); beyond, they are walked. */
 const MAX_HELD = 4_096;
 
@@ -91,6 +103,10 @@ export class SocketCounter {
   private records: Buffer | undefined;
   /** the namespaces other than tcpka's own that the last count() walked (the rest it held or skipped) */
   readonly walked = new Set<number>();
+  /** whether the last count() made a TCP walk of tcpka's own namespace (else the owners' walk counted it, or none) */
+  walkedOwn = false;
+  /** scrapes left that walk tcpka's own namespace before the owners' walk counts it again (OWN_RETRY) */
+  private ownRetry = 0;
 
   private constructor(
     private readonly fds: number[],
@@ -105,8 +121,11 @@ export class SocketCounter {
     private readonly tcpLink: number,
     /** the owners' walk: counting owners, or (without `owners`) only writing the held namespaces' sockets */
     private readonly ownersLink: number | undefined,
+    /** with the owners: the listeners of tcpka's own namespace alone, so that the owners' walk counts the rest */
+    private readonly listenersLink: number | undefined,
     private readonly owners: boolean,
     private readonly ownNetns: number,
+    private readonly ownInum: number,
     private readonly hz: number,
   ) {}
 
@@ -129,7 +148,7 @@ export class SocketCounter {
       fds.push(counts);
       const listeners = hashMapCreate("tcpka_listeners", LISTEN_KEY_SIZE, 8, MAX_LISTENERS);
       fds.push(listeners);
-      const config = blobMapCreate("tcpka_count_cfg", 8);
+      const config = blobMapCreate("tcpka_count_cfg", CONFIG_SIZE);
       fds.push(config);
       const offsets = tcpSocketOffsets(btf);
       let ownersLink: number | undefined;
@@ -193,6 +212,19 @@ export class SocketCounter {
       fds.push(prog);
       const tcpLink = iterLinkCreate(prog, Buffer.alloc(0));
       fds.push(tcpLink);
+      let listenersLink: number | undefined;
+      if (o.owners) {
+        const listen = tcpListenersProgram(offsets, { counts, listeners, config });
+        const lprog = iterProgLoad({
+          attachBtfId,
+          insns: assemble(listen),
+          listing: new Listing(listen),
+          name: "tcpka_listeners",
+        });
+        fds.push(lprog);
+        listenersLink = iterLinkCreate(lprog, Buffer.alloc(0));
+        fds.push(listenersLink);
+      }
       const hz = kernelHz();
       const ownNetns = openSync("/proc/thread-self/ns/net", constants.O_RDONLY);
       return new SocketCounter(
@@ -200,8 +232,10 @@ export class SocketCounter {
         { counts, listeners, config, maxKeys, held: heldMap, holdFrom: o.holdFrom ?? HOLD_WITHOUT_OWNERS },
         tcpLink,
         ownersLink,
+        listenersLink,
         o.owners,
         ownNetns,
+        fstatSync(ownNetns).ino,
         hz,
       );
     } catch (e) {
@@ -216,9 +250,21 @@ export class SocketCounter {
    */
   count(namespaces: readonly (NetNamespace | undefined)[]): SocketCount[] | null {
     this.generation = (this.generation + 1) >>> 0 || 1;
-    const cfg = Buffer.alloc(8);
+    // tcpka's own namespace (the host's, where the most sockets are) is counted by the owners' walk, which visits
+    // each of its sockets that a process holds anyway; its TCP walk is made only where that walk missed some.
+    const wantsOwn = namespaces.some((ns) => ns === undefined || ns.own);
+    const countOwn =
+      wantsOwn &&
+      this.owners &&
+      this.ownersLink !== undefined &&
+      this.listenersLink !== undefined &&
+      this.ownRetry === 0;
+    if (wantsOwn && this.ownRetry > 0) this.ownRetry--;
+    const cfg = Buffer.alloc(CONFIG_SIZE);
     cfg.writeUInt32LE(this.generation, 0);
+    if (countOwn) cfg.writeUInt32LE(this.ownInum, 8);
     blobMapWrite(this.maps.config, cfg);
+    this.walkedOwn = false;
     // Each TCP walk of another namespace scans the one established hash that all share (seq_sk_match() in
     // net/ipv4/tcp_ipv4.c): ~12 ms at 100,000 sockets elsewhere. So a namespace is held instead
     // (src/bpf/socket-fds.ts): the owners' walk writes its sockets whole, and they are counted here.
@@ -228,7 +274,11 @@ export class SocketCounter {
     try {
       for (const ns of namespaces) {
         if (ns === undefined || ns.own) {
-          this.run(iterCreate(this.tcpLink));
+          if (countOwn && this.listenersLink !== undefined) this.listen(iterCreate(this.listenersLink));
+          else {
+            this.walkedOwn = true;
+            this.run(iterCreate(this.tcpLink));
+          }
           continue;
         }
         // A namespace with no TCP socket hashed (a container without a network; TIME-WAIT ones are not counted)
@@ -266,6 +316,18 @@ export class SocketCounter {
       // After the TCP walks: the owners' program finds each namespace's listeners in the map.
       const sockets = held.size > 0 ? new HeldSockets(held.keys()) : undefined;
       if (this.ownersLink !== undefined && (this.owners || sockets)) this.run(iterCreate(this.ownersLink), sockets);
+      if (countOwn) {
+        // Every hashed socket of the namespace seen, as sockstat counts them, read once the walk is over: the
+        // owners' walk's counts of it make its TCP walk's (ownTotals). Fewer: some have no file that a
+        // process's main thread holds (not accepted yet, orphaned, a kernel's), or one opened behind the walk;
+        // more: one closed during it. Then the namespace is walked after all and those counts dropped.
+        const seen = blobMapRead(this.maps.config, CONFIG_SIZE).readUInt32LE(12);
+        if (tcpCounts(process.pid, this.ownInum)?.inuse !== seen) {
+          this.walkedOwn = true;
+          this.ownRetry = OWN_RETRY;
+          this.run(iterCreate(this.tcpLink));
+        }
+      }
       for (const [inum, { ns, fd }] of held) {
         const h = sockets?.byNetns.get(inum);
         if (!h) continue;
@@ -284,8 +346,8 @@ export class SocketCounter {
       mapDrain(this.maps.listeners, LISTEN_KEY_SIZE, 8, MAX_LISTENERS);
     }
     const drained = mapDrain(this.maps.counts, COUNT_KEY_SIZE, 8, this.maps.maxKeys);
-    if (blobMapRead(this.maps.config, 8).readUInt32LE(4) !== 0) return null;
-    const { keys, values, count } = js.append(drained);
+    if (blobMapRead(this.maps.config, CONFIG_SIZE).readUInt32LE(4) !== 0) return null;
+    const { keys, values, count } = js.append(countOwn ? ownTotals(drained, this.ownInum, !this.walkedOwn) : drained);
     const out: SocketCount[] = [];
     if (!this.owners) {
       for (let i = 0; i < count; i++) out.push(this.decode(keys, i * COUNT_KEY_SIZE, values, i * 8));
@@ -321,6 +383,19 @@ export class SocketCounter {
       if (left > 0) out.push(left === g.all.count ? g.all : { ...g.all, count: left });
     }
     return out;
+  }
+
+  /** The listeners' walk (tcpListenersProgram), which ends with EAGAIN where it stopped itself. */
+  private listen(iter: number): void {
+    try {
+      for (;;) {
+        const n = readFd(iter, this.scratch);
+        if (n === 0 || n === -11) return;
+        if (n < 0) throw new Error(`reading the kernel's walk of the listeners: errno ${-n}`);
+      }
+    } finally {
+      close(iter);
+    }
   }
 
   /** The TCP walk of namespace `inum`, which the nsfs file `fd` names. */
@@ -391,6 +466,45 @@ export class SocketCounter {
     this.fds.length = 0;
     closeSync(this.ownNetns);
   }
+}
+
+/**
+ * The owners' walk's counts of tcpka's own namespace (`netns`), in the drained entries: where `stand`, they make
+ * the TCP walk's (owner 0): its listeners' (owner ALL_SOCKETS) renamed, its ESTABLISHED sockets' (each under its
+ * first owner) summed, the owner's field aside. Else (the namespace was walked) the listeners' go.
+ */
+function ownTotals(d: { keys: Buffer; values: Buffer; count: number }, netns: number, stand: boolean): typeof d {
+  let n = 0;
+  const totals = new Map<string, bigint>();
+  for (let i = 0; i < d.count; i++) {
+    const at = i * COUNT_KEY_SIZE;
+    const owner = d.keys.readUInt32LE(at + 16);
+    if (owner === ALL_SOCKETS) {
+      if (!stand) continue;
+      d.keys.writeUInt32LE(0, at + 16);
+    } else if (stand && owner !== 0 && d.keys.readUInt32LE(at) === netns) {
+      const id = d.keys.toString("latin1", at, at + 16) + d.keys.toString("latin1", at + 20, at + COUNT_KEY_SIZE);
+      totals.set(id, (totals.get(id) ?? 0n) + d.values.readBigUInt64LE(i * 8));
+    }
+    if (n !== i) {
+      d.keys.copy(d.keys, n * COUNT_KEY_SIZE, at, at + COUNT_KEY_SIZE);
+      d.values.copy(d.values, n * 8, i * 8, i * 8 + 8);
+    }
+    n++;
+  }
+  if (totals.size === 0) return { keys: d.keys, values: d.values, count: n };
+  const keys = Buffer.alloc((n + totals.size) * COUNT_KEY_SIZE);
+  const values = Buffer.alloc((n + totals.size) * 8);
+  d.keys.copy(keys, 0, 0, n * COUNT_KEY_SIZE);
+  d.values.copy(values, 0, 0, n * 8);
+  for (const [id, count] of totals) {
+    const at = n * COUNT_KEY_SIZE;
+    keys.write(id.slice(0, 16), at, "latin1"); // owner 0 at 16 (zeroed)
+    keys.write(id.slice(16), at + 20, "latin1");
+    values.writeBigUInt64LE(count, n * 8);
+    n++;
+  }
+  return { keys, values, count: n };
 }
 
 /**

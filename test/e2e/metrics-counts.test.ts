@@ -15,6 +15,7 @@
 import assert from "node:assert/strict";
 import { statSync } from "node:fs";
 import { test } from "node:test";
+import { fileURLToPath } from "node:url";
 import { DEFAULT_FILTER } from "../../src/filter.js";
 import { type Connection, inspectEach } from "../../src/inspect/connections.js";
 import type { NetNamespace } from "../../src/inspect/namespaces.js";
@@ -37,6 +38,7 @@ import { busyboxImage, needsPodman, startContainer } from "../helpers/podman.js"
 import { uniqueName } from "../helpers/scope.js";
 
 const COUNT_CONNS = fixture("count_conns.py");
+const COUNT_OWN = fileURLToPath(new URL("../helpers/count-own.js", import.meta.url));
 const ESTAB_LISTEN = { ...DEFAULT_FILTER, states: stateMask(["ESTAB", "LISTEN"]) };
 
 function commName(prefix: string): string {
@@ -299,5 +301,33 @@ test("the kernel's counts equal the records and getsockopt, key by key, in two n
     }
   } finally {
     counter.close();
+  }
+});
+
+test("tcpka's own namespace is counted by the owners' walk where it met every socket, else walked", async (t) => {
+  if (!SocketCounter.possible(true)) {
+    t.skip("the counting programs need Linux 5.11 and CAP_BPF + CAP_PERFMON");
+    return;
+  }
+  // The counter runs inside each namespace (test/helpers/count-own.ts), so that it is tcpka's own there: in a every
+  // socket is held by the fixture's processes (and one waits in TIME-WAIT, which sockstat's inuse leaves out), in
+  // b two connections wait in the accept queue, which no file holds.
+  for (const backlog of [false, true]) {
+    const ns = Netns.create(t);
+    const names = [commName("tkoa"), commName("tkob")];
+    const p = ns.spawn([python3(), COUNT_CONNS, ...names, ...(backlog ? [] : ["--no-backlog"])]);
+    t.after(() => p.kill());
+    const started = JSON.parse((await p.waitFor(/^\{.*\}$/m))[0]) as { pid: number };
+    const inum = statSync(`/run/netns/${ns.name}`).ino;
+    const sockstat = tcpCounts(started.pid, inum);
+    assert.ok(sockstat && sockstat.inuse > 0, "the namespace has hashed sockets");
+    const mine = new Set([inum]);
+    const out = JSON.parse(ns.run([process.execPath, COUNT_OWN])) as { walkedOwn: boolean; counts: SocketCount[] };
+    assert.equal(out.walkedOwn, backlog, backlog ? "the accept queue's sockets: walked" : "every socket held: no walk");
+    const got = countsByKey(out.counts, mine);
+    const want = recordsByKey(records(mine, "bpf", true), true);
+    assert.deepEqual(sorted(got), sorted(want), `${backlog ? "walked" : "from the owners' walk"}: counts vs records`);
+    const listeners = out.counts.filter((c) => c.listening).reduce((n, c) => n + c.count, 0);
+    assert.ok(listeners >= 2, "the parent's and the child's listeners, each counted once");
   }
 });
