@@ -33,15 +33,15 @@
  * to it: tcp-sockets.ts TcpSockCast). A socket that one fd alone holds needs no mark (marking every socket,
  * and reading the mark back in the TCP walk, cost ~40 ms more in each walk at 100,000 sockets: BENCHMARKS.md §7).
  *
- * The counted namespace (tcpka's own, with the owners): the owners' walk counts each of its ESTABLISHED sockets
- * under its first owner (as any other namespace's), which user space sums into what the TCP walk's counts would be,
- * and its LISTEN sockets with the owner field ALL_SOCKETS, as the TCP walk would with 0; and how many of its
- * hashed sockets (any state but CLOSE, as sockstat's inuse counts them: sock_prot_inuse_add in __inet_hash,
- * inet_ehash_nolisten and inet_unhash) it met, each once. Where that equals sockstat's inuse, no socket of the
- * namespace was missed (none unaccepted, orphaned, a kernel's, or held by a thread with a file table of its own)
- * and its TCP walk, ~45 ms of the kernel's at 100,000 sockets whatever its program does, is not made; the
- * listeners it would have put into the map come first from tcpListenersProgram. Else user space drops those
- * counts and walks it after all (src/inspect/socket-counts.ts).
+ * The counted namespace (tcpka's own, with the owners): tcpListenersProgram counts its listeners, owned or not,
+ * with the owner field ALL_SOCKETS (as the TCP walk would with 0); the owners' walk counts each of its ESTABLISHED
+ * sockets under its first owner (as any other namespace's), which user space sums into what the TCP walk's counts
+ * would be; and both count how many of its hashed sockets (any state but CLOSE, as sockstat's inuse counts them:
+ * sock_prot_inuse_add in __inet_hash, inet_ehash_nolisten and inet_unhash) they met, each once. Where that equals sockstat's inuse, no socket of the
+ * namespace was missed (none unaccepted, orphaned, a kernel's, or held by a thread with a file table of its own;
+ * a listener that no process shows is the listeners' walk's) and its TCP walk, 45-87 ms of the kernel's at 100,000
+ * sockets whatever its program does, is not made. Else user space drops the listeners' counts and walks it after
+ * all (src/inspect/socket-counts.ts).
  *
  * Kernel needs: the TCP iterator and bpf_skc_to_tcp_sock (5.9); for the owners the task_file iterator with
  * bpf_sock_from_file (5.11), and bpf_rdonly_cast (6.2) where the kernel has it; BPF_MAP_LOOKUP_AND_DELETE_BATCH
@@ -86,7 +86,7 @@ export const COUNT_KEY_SIZE = 40;
 export const LISTEN_KEY_SIZE = 8;
 export const KIND_ESTABLISHED = 1;
 export const KIND_LISTEN = 2;
-/** The owner field of a count the owners' walk made of a listener of the counted namespace (no tgid is this). */
+/** The owner field of the listeners' walk's counts of the counted namespace's listeners (no tgid is this). */
 export const ALL_SOCKETS = 0xffff_ffff;
 /** The config array's value: generation, overflow, the counted namespace, its hashed sockets seen (u32 each). */
 export const CONFIG_SIZE = 16;
@@ -260,8 +260,9 @@ export function tcpCountsProgram(o: TcpSocketOffsets, maps: CountMaps): Instruct
 }
 
 /**
- * The TCP iterator's listeners-only program: each LISTEN socket of the namespace into the listeners' map, then
- * the walk stopped at the first socket that is not one. bpf_iter_tcp walks the listening hash before the
+ * The TCP iterator's listeners-only program: each LISTEN socket of the namespace into the listeners' map and
+ * counted (owner ALL_SOCKETS, one more seen in the config), then the walk stopped at the first socket that is
+ * not one. bpf_iter_tcp walks the listening hash before the
  * established one (bpf_iter_tcp_batch, net/ipv4/tcp_ipv4.c), and a program that returns 1 ends the read with
  * EAGAIN when it wrote nothing (bpf_iter_run_prog, bpf_seq_read in kernel/bpf/bpf_iter.c), so the walk costs the
  * listening hash and the established hash up to its first socket of the namespace, not the whole established
@@ -276,29 +277,21 @@ export function tcpListenersProgram(o: TcpSocketOffsets, maps: CountMaps): Instr
     JNE32.Imm(R8, TCP_STATES.LISTEN, "stop"),
   );
   loadConfig(b, maps.config);
+  for (let at = 0; at < COUNT_KEY_SIZE; at += 8) b.emit(StoreImm(R10, KEY + at, 0, "DW"));
   b.emit(
-    LoadMem(R2, R7, o.skcNet, "DW"),
-    LoadMem(R3, R2, o.netInum, "W"),
-    StoreMem(R10, LKEY, R3, "W"),
-    LoadMem(R3, R7, o.skcNum, "H"),
-    StoreMem(R10, LKEY + 4, R3, "W"),
-    StoreImm(R10, ONE, 1, "DW"),
-    ...LoadMapFd(R1, maps.listeners),
-    Mov.Reg(R2, R10),
-    Add.Imm(R2, LKEY),
-    Mov.Reg(R3, R10),
-    Add.Imm(R3, ONE),
-    Mov.Imm(R4, 0), // BPF_ANY
-    Call(Fn.mapUpdateElem),
+    StoreImm(R10, KEY + 16, ALL_SOCKETS, "W"),
+    Mov.Reg(R1, R7),
+    Call(Fn.skcToTcpSock),
     JEq.Imm(R0, 0, "out"),
-    // the map is full: counted, so that user space takes the record path for this scrape
-    LoadMem(R2, R6, 4, "W"),
+    Mov.Reg(R9, R0),
+    // one more hashed socket of the counted namespace seen (the config's u32 at 12)
+    LoadMem(R2, R6, 12, "W"),
     Add.Imm(R2, 1),
-    StoreMem(R6, 4, R2, "W"),
-    Ja("out"),
+    StoreMem(R6, 12, R2, "W"),
   );
-  b.label("stop").emit(Mov.Imm(R0, 1), Return());
+  emitCount(b, o, maps, true);
   b.label("out").emit(Mov.Imm(R0, 0), Return());
+  b.label("stop").emit(Mov.Imm(R0, 1), Return());
   return b.build();
 }
 
@@ -322,8 +315,8 @@ export interface FileRef {
  * this scrape's generation yet.
  *
  * A socket of the counted namespace (the config's inode number) is counted under its owner where ESTABLISHED (as
- * any), under ALL_SOCKETS where LISTEN (its listeners' map entry made once more); each of its hashed sockets adds
- * one to the config's seen count (see the top of this file).
+ * any), not at all where LISTEN (the listeners' walk's); each of its other hashed sockets adds one to the config's
+ * seen count (see the top of this file).
  *
  * With `held`, a socket of a namespace in that map is not counted but written whole (socket-fds.ts `emitHeld`:
  * its fd record, then the TCP walk's record of it), for user space to count: those namespaces get no TCP walk
@@ -378,6 +371,8 @@ export function ownerCountsProgram(
     StoreImm(R10, COUNTED, 1, "W"),
     // not hashed: not in sockstat's inuse, and no TCP walk would count it (inet_unhash)
     JEq32.Imm(R8, TCP_STATES.CLOSE, "out"),
+    // its listeners are the listeners' walk's (tcpListenersProgram), owned or not
+    JEq32.Imm(R8, TCP_STATES.LISTEN, "out"),
     Ja("first"),
   );
   b.label("foreign").emit(JNE32.Imm(R8, TCP_STATES.ESTABLISHED, "out"));
@@ -421,18 +416,16 @@ export function ownerCountsProgram(
     JEq32.Imm(R2, 0, "socket"),
     // One more hashed socket of the counted namespace seen (the config's u32 at 12), for user space to hold
     // against sockstat. Its ESTABLISHED ones count under their owner alone (user space sums those into the
-    // totals), its LISTEN ones under ALL_SOCKETS, as the TCP walk would under 0.
+    // totals).
     LoadMem(R2, R6, 12, "W"),
     Add.Imm(R2, 1),
     StoreMem(R6, 12, R2, "W"),
-    JEq32.Imm(R8, TCP_STATES.ESTABLISHED, "socket"),
-    JNE32.Imm(R8, TCP_STATES.LISTEN, "out"),
-    StoreImm(R10, KEY + 16, ALL_SOCKETS, "W"),
+    JNE32.Imm(R8, TCP_STATES.ESTABLISHED, "out"),
   );
   b.label("socket");
   emitTcpSockOf(b, R7, cast, "out");
   b.emit(Mov.Reg(R9, R0));
-  emitCount(b, o, maps, true);
+  emitCount(b, o, maps, false);
   b.label("out").emit(Mov.Imm(R0, 0), Return());
   return b.build();
 }
