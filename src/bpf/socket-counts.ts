@@ -33,15 +33,15 @@
  * to it: tcp-sockets.ts TcpSockCast). A socket that one fd alone holds needs no mark (marking every socket,
  * and reading the mark back in the TCP walk, cost ~40 ms more in each walk at 100,000 sockets: BENCHMARKS.md §7).
  *
- * The counted namespace (tcpka's own, with the owners): tcpListenersProgram counts its listeners, owned or not,
- * with the owner field ALL_SOCKETS (as the TCP walk would with 0); the owners' walk counts each of its ESTABLISHED
- * sockets under its first owner (as any other namespace's), which user space sums into what the TCP walk's counts
- * would be; and both count how many of its hashed sockets (any state but CLOSE, as sockstat's inuse counts them:
- * sock_prot_inuse_add in __inet_hash, inet_ehash_nolisten and inet_unhash) they met, each once. Where that equals sockstat's inuse, no socket of the
- * namespace was missed (none unaccepted, orphaned, a kernel's, or held by a thread with a file table of its own;
- * a listener that no process shows is the listeners' walk's) and its TCP walk, 45-87 ms of the kernel's at 100,000
- * sockets whatever its program does, is not made. Else user space drops the listeners' counts and walks it after
- * all (src/inspect/socket-counts.ts).
+ * The counted namespace (tcpka's own, with the owners): tcpCountsProgram's listeners-only variant counts its
+ * listeners, owned or not, with the owner field ALL_SOCKETS (as the TCP walk would with 0); the owners' walk counts
+ * each of its ESTABLISHED sockets under its first owner (as any other namespace's), which user space sums into what
+ * the TCP walk's counts would be; and both count how many of its hashed sockets (any state but CLOSE, as sockstat's
+ * inuse counts them: sock_prot_inuse_add in __inet_hash, inet_ehash_nolisten and inet_unhash) they met, each once.
+ * Where that equals sockstat's inuse, no socket of the namespace was missed (none unaccepted, orphaned, a kernel's,
+ * or held by a thread with a file table of its own; a listener that no process shows is the listeners' walk's) and
+ * its TCP walk, 45-87 ms of the kernel's at 100,000 sockets whatever its program does, is not made. Else user space
+ * drops the listeners' counts and walks it after all (src/inspect/socket-counts.ts).
  *
  * Kernel needs: the TCP iterator and bpf_skc_to_tcp_sock (5.9); for the owners the task_file iterator with
  * bpf_sock_from_file (5.11), and bpf_rdonly_cast (6.2) where the kernel has it; BPF_MAP_LOOKUP_AND_DELETE_BATCH
@@ -235,16 +235,24 @@ function emitBump(b: ProgramBuilder, maps: CountMaps, p: string, done: string): 
 /**
  * The TCP iterator's counting program (bpf_iter_tcp, bpf_iter_tcp_seq_show in net/ipv4/tcp_ipv4.c): every
  * ESTABLISHED and LISTEN socket, with no owner (tgid 0).
+ *
+ * `listenersOnly`: the listeners' program of the counted namespace (tcpka's own, for the owners' walk that counts
+ * it in the TCP walk's stead: ownerCountsProgram). Each LISTEN socket goes into the listeners' map and is counted
+ * (owner ALL_SOCKETS, one more seen in the config); then the walk stops at the first socket that is not one.
+ * bpf_iter_tcp walks the listening hash before the established one (bpf_iter_tcp_batch, net/ipv4/tcp_ipv4.c),
+ * and a program that returns 1 ends the read with EAGAIN when it wrote nothing (bpf_iter_run_prog, bpf_seq_read
+ * in kernel/bpf/bpf_iter.c), so the walk costs the listening hash and the established hash up to its first
+ * socket of the namespace, not the whole established hash.
  */
-export function tcpCountsProgram(o: TcpSocketOffsets, maps: CountMaps): Instruction[] {
+export function tcpCountsProgram(o: TcpSocketOffsets, maps: CountMaps, listenersOnly = false): Instruction[] {
   const b = new ProgramBuilder();
   b.emit(
     LoadMem(R7, R1, 8, "DW"), // sk_common, NULL once the walk is over
     JEq.Imm(R7, 0, "out"),
     LoadMem(R8, R7, o.skcState, "B"),
-    JEq32.Imm(R8, TCP_STATES.ESTABLISHED, "wanted"),
-    JNE32.Imm(R8, TCP_STATES.LISTEN, "out"),
   );
+  if (listenersOnly) b.emit(JNE32.Imm(R8, TCP_STATES.LISTEN, "stop"));
+  else b.emit(JEq32.Imm(R8, TCP_STATES.ESTABLISHED, "wanted"), JNE32.Imm(R8, TCP_STATES.LISTEN, "out"));
   b.label("wanted");
   loadConfig(b, maps.config);
   for (let at = 0; at < COUNT_KEY_SIZE; at += 8) b.emit(StoreImm(R10, KEY + at, 0, "DW"));
@@ -254,44 +262,17 @@ export function tcpCountsProgram(o: TcpSocketOffsets, maps: CountMaps): Instruct
     JEq.Imm(R0, 0, "out"),
     Mov.Reg(R9, R0),
   );
+  if (listenersOnly)
+    b.emit(
+      StoreImm(R10, KEY + 16, ALL_SOCKETS, "W"),
+      // one more hashed socket of the counted namespace seen (the config's u32 at 12)
+      LoadMem(R2, R6, 12, "W"),
+      Add.Imm(R2, 1),
+      StoreMem(R6, 12, R2, "W"),
+    );
   emitCount(b, o, maps, true);
   b.label("out").emit(Mov.Imm(R0, 0), Return());
-  return b.build();
-}
-
-/**
- * The TCP iterator's listeners-only program: each LISTEN socket of the namespace into the listeners' map and
- * counted (owner ALL_SOCKETS, one more seen in the config), then the walk stopped at the first socket that is
- * not one. bpf_iter_tcp walks the listening hash before the
- * established one (bpf_iter_tcp_batch, net/ipv4/tcp_ipv4.c), and a program that returns 1 ends the read with
- * EAGAIN when it wrote nothing (bpf_iter_run_prog, bpf_seq_read in kernel/bpf/bpf_iter.c), so the walk costs the
- * listening hash and the established hash up to its first socket of the namespace, not the whole established
- * hash. For the owners' walk where it counts tcpka's own namespace in the TCP walk's stead (ownerCountsProgram).
- */
-export function tcpListenersProgram(o: TcpSocketOffsets, maps: CountMaps): Instruction[] {
-  const b = new ProgramBuilder();
-  b.emit(
-    LoadMem(R7, R1, 8, "DW"), // sk_common, NULL once the walk is over
-    JEq.Imm(R7, 0, "out"),
-    LoadMem(R8, R7, o.skcState, "B"),
-    JNE32.Imm(R8, TCP_STATES.LISTEN, "stop"),
-  );
-  loadConfig(b, maps.config);
-  for (let at = 0; at < COUNT_KEY_SIZE; at += 8) b.emit(StoreImm(R10, KEY + at, 0, "DW"));
-  b.emit(
-    StoreImm(R10, KEY + 16, ALL_SOCKETS, "W"),
-    Mov.Reg(R1, R7),
-    Call(Fn.skcToTcpSock),
-    JEq.Imm(R0, 0, "out"),
-    Mov.Reg(R9, R0),
-    // one more hashed socket of the counted namespace seen (the config's u32 at 12)
-    LoadMem(R2, R6, 12, "W"),
-    Add.Imm(R2, 1),
-    StoreMem(R6, 12, R2, "W"),
-  );
-  emitCount(b, o, maps, true);
-  b.label("out").emit(Mov.Imm(R0, 0), Return());
-  b.label("stop").emit(Mov.Imm(R0, 1), Return());
+  if (listenersOnly) b.label("stop").emit(Mov.Imm(R0, 1), Return());
   return b.build();
 }
 
@@ -371,7 +352,7 @@ export function ownerCountsProgram(
     StoreImm(R10, COUNTED, 1, "W"),
     // not hashed: not in sockstat's inuse, and no TCP walk would count it (inet_unhash)
     JEq32.Imm(R8, TCP_STATES.CLOSE, "out"),
-    // its listeners are the listeners' walk's (tcpListenersProgram), owned or not
+    // its listeners are the listeners' walk's (tcpCountsProgram, listenersOnly), owned or not
     JEq32.Imm(R8, TCP_STATES.LISTEN, "out"),
     Ja("first"),
   );

@@ -4,7 +4,8 @@
  * per namespace, as the inventory's (kernel-sockets.ts), and, for the owners, one task_file walk of every
  * process's files after them; then a few hundred map entries are read and the maps emptied. With the owners,
  * tcpka's own namespace gets no TCP walk where the owners' walk met every one of its hashed sockets (sockstat's
- * count), only one of its listeners (tcpListenersProgram); the other namespaces are held (HeldSockets).
+ * count), only one of its listeners (tcpCountsProgram's listeners-only variant); the other namespaces are held
+ * (HeldSockets).
  *
  * The answers are those of the record path (KernelSockets with the owners' OwnerTable), which the tests compare
  * them with: the same keepalive flag and effective settings, namespace, cgroup, first owner and service port.
@@ -26,7 +27,6 @@ import {
   LISTEN_KEY_SIZE,
   ownerCountsProgram,
   tcpCountsProgram,
-  tcpListenersProgram,
 } from "../bpf/socket-counts.js";
 import { heldOffsets, taskFileMembers } from "../bpf/socket-fds.js";
 import { TCP_RECORD_SIZE, tcpSockCast, tcpSocketOffsets } from "../bpf/tcp-sockets.js";
@@ -214,7 +214,7 @@ export class SocketCounter {
       fds.push(tcpLink);
       let listenersLink: number | undefined;
       if (o.owners) {
-        const listen = tcpListenersProgram(offsets, { counts, listeners, config });
+        const listen = tcpCountsProgram(offsets, { counts, listeners, config }, true);
         const lprog = iterProgLoad({
           attachBtfId,
           insns: assemble(listen),
@@ -385,7 +385,7 @@ export class SocketCounter {
     return out;
   }
 
-  /** The listeners' walk (tcpListenersProgram), which ends with EAGAIN where it stopped itself. */
+  /** The listeners' walk (tcpCountsProgram, listenersOnly), which ends with EAGAIN where it stopped itself. */
   private listen(iter: number): void {
     try {
       for (;;) {
