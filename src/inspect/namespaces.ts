@@ -32,11 +32,19 @@ function inumOf(path: string): number | undefined {
 
 /**
  * The namespaces of these processes, in their order; by default every namespace: tcpka's own first, then every
- * process's and every named one. /run/netns belongs to root; a file there that is no network namespace fails
- * at setns (EINVAL), harmless.
+ * process's and every named one. /run/netns belongs to root; a file there that is no namespace's (its bind mount
+ * gone: `umount`, or a mount namespace that dropped it, while `ip netns list` still shows the name) is left out,
+ * as one not on the nsfs device that /proc/self/ns/net is on: setns would refuse it (EINVAL), and a metrics
+ * scrape with it failed whole.
  */
 export function networkNamespaces(pids?: readonly number[]): NetNamespace[] {
   const own = inumOf("/proc/self/ns/net");
+  let nsfs: number | undefined;
+  try {
+    nsfs = statSync("/proc/self/ns/net").dev;
+  } catch {
+    // no /proc: nothing below is found either
+  }
   const found = new Map<number, NetNamespace>();
   for (const pid of pids ?? [process.pid, ...listPids()]) {
     const path = `/proc/${pid}/ns/net`;
@@ -52,8 +60,14 @@ export function networkNamespaces(pids?: readonly number[]): NetNamespace[] {
     }
     for (const name of names) {
       const path = `${NETNS_DIR}/${name}`;
-      const inum = inumOf(path);
-      if (inum === undefined) continue;
+      let inum: number;
+      try {
+        const st = statSync(path);
+        if (st.dev !== nsfs) continue; // a file, no longer a namespace's
+        inum = st.ino;
+      } catch {
+        continue;
+      }
       const ns = found.get(inum);
       if (ns) ns.name ??= name;
       else found.set(inum, { inum, path, name, own: false });

@@ -24,7 +24,7 @@ import { compileC } from "../helpers/compile.js";
 import { needs, python3 } from "../helpers/env.js";
 import { LAB_PEER, Lab, SERVER_IP } from "../helpers/lab.js";
 import { Netns } from "../helpers/netns.js";
-import { fixture } from "../helpers/paths.js";
+import { fixture, TCPKA } from "../helpers/paths.js";
 import { busyboxImage, needsPodman, startContainer } from "../helpers/podman.js";
 import { freePort } from "../helpers/ports.js";
 import { type Process, start, until } from "../helpers/processes.js";
@@ -336,4 +336,32 @@ test("the agent's endpoint: its rule's target enforced, the connections set up u
     assert.ok(sum(series(text, "tcpka_connections"), { process: "ka_agent", keepalive: "on" }) >= 1, text);
     await agent.stop();
   });
+});
+
+test("a name in /run/netns whose bind mount is gone fails neither a scrape nor ls --all-netns", async (t) => {
+  if (!needs(t, { root: true, tools: ["unshare"] })) return;
+  const ns = Netns.create(t);
+  const p = ns.spawn([
+    python3(),
+    "-c",
+    "import socket,sys\ns=socket.socket(); s.bind(('127.0.0.1',0)); s.listen()\nprint('up', flush=True); sys.stdin.read()",
+  ]);
+  t.after(() => p.kill());
+  await p.waitFor(/^up$/m);
+  // In a mount namespace of its own the name's bind mount is taken away: /run/netns/NAME is an empty file there,
+  // which `ip netns list` still shows and setns refuses (EINVAL). Every other namespace is counted as before.
+  const run = (args: string) =>
+    spawnSync(
+      "unshare",
+      ["--mount", "--propagation", "private", "--", "sh", "-c", `umount /run/netns/${ns.name} && exec ${args}`],
+      { encoding: "utf8", maxBuffer: 1 << 28 },
+    );
+  const scrape = run(`${process.execPath} ${TCPKA} metrics --once`);
+  assert.equal(scrape.status, 0, scrape.stderr);
+  assert.doesNotMatch(scrape.stderr, /failed/, scrape.stderr);
+  assert.match(scrape.stdout, /^tcpka_scrape_errors_total 0$/m);
+  assert.match(scrape.stdout, /^tcpka_network_namespaces \d+$/m);
+  const ls = run(`${process.execPath} ${TCPKA} ls --all-netns --json`);
+  assert.equal(ls.status, 0, ls.stderr);
+  assert.doesNotMatch(ls.stderr, /EINVAL/);
 });
