@@ -833,7 +833,8 @@ test("a process that starts in, or is moved into, a cgroup that already exists i
       from,
       5000,
     );
-    assert.match(agent.log.slice(from), /^reconciled \(a process moved to another cgroup\)/m);
+    // The pass's summary comes after what it did: waited for, not read at once (CI under load saw it missing).
+    await agent.waitLog(/^reconciled \(a process moved to another cgroup\)/m, from, 5000);
     await agent.stop();
   });
 });
