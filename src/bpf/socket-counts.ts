@@ -378,7 +378,8 @@ export function ownerCountsProgram(
     StoreMem(R0, 0, R3, "W"),
     Ja("unique"),
   );
-  // No mark yet, or (full) none to be had: counted (user space keeps the owners' total to the TCP walk's).
+  // No mark yet, or (full) none to be had: counted (an LRU map that forgot one counts it twice: user space cuts
+  // owners to the TCP walk's totals, and the own namespace's seen count then exceeds sockstat's, so it is walked).
   b.label("mark").emit(
     LoadMem(R3, R6, 0, "W"),
     StoreMem(R10, MARK, R3, "W"),

@@ -81,10 +81,12 @@ const MAX_LISTENERS = 16_384;
 const MAX_MARKS = 65_536;
 /**
  * Once the owners' walk missed a socket of tcpka's own namespace, the scrapes that walk it instead before that
- * walk counts it again: a socket that no process shows (a kernel's, or one whose holder tcpka cannot see: the
- * sandbox's own listener here) would make every scrape pay both, where most scrapes then pay the walk alone.
+ * walk counts it again: a socket that no process shows for long (a kernel's, or a connection held by a thread with
+ * a file table of its own; a listener no longer counts, the listeners' walk sees it) would make every scrape pay
+ * both, where most scrapes then pay the walk alone.
  */
 const OWN_RETRY = 7;
+const EAGAIN = 11;
 /** Namespaces a scrape may hold (src/bpf/socket-fds.ts); beyond, they are walked. */
 const MAX_HELD = 4_096;
 
@@ -390,7 +392,7 @@ export class SocketCounter {
     try {
       for (;;) {
         const n = readFd(iter, this.scratch);
-        if (n === 0 || n === -11) return;
+        if (n === 0 || n === -EAGAIN) return; // the program's stop (it returned 1), or a walk with no socket past them
         if (n < 0) throw new Error(`reading the kernel's walk of the listeners: errno ${-n}`);
       }
     } finally {
