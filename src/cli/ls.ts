@@ -2,11 +2,13 @@
  * `tcpka ls`: one line per socket, like `ss -tanoe` but about keepalive.
  */
 
+import { statSync } from "node:fs";
 import { hostPrefix } from "../addresses.js";
 import { usage } from "../errors.js";
 import type { SocketFilter } from "../filter.js";
 import { type Connection, type InspectionInfo, type InspectOptions, inspectEach } from "../inspect/connections.js";
 import { networkNamespaces } from "../inspect/namespaces.js";
+import { tcpCounts } from "../inspect/netstat.js";
 import { permissionError } from "../inspect/processes.js";
 import { addToSummary, deniedTargets, emptySummary, offOwners, type Summary } from "../inspect/summary.js";
 import { readSystemDefaults } from "../inspect/sysctl.js";
@@ -91,9 +93,11 @@ export function runLs(argv: readonly string[], out: Out): number {
     transient: true, // both outputs keep nothing of a connection but its bytes
   };
   const everywhere = opts.allNetns || opts.container !== undefined || pod !== undefined || opts.unit !== undefined;
+  // `tcpka ls` as it is, no filter: an empty answer says what the default left out.
+  const plain = argv.every((a) => a === "-w" || a === "--wide" || a === "--no-process");
   let denied: number[];
   if (bool(values, "json")) denied = deniedTargets(filter, writeJson(filter, opts, out));
-  else denied = writeTable(filter, opts, out, bool(values, "wide"), everywhere);
+  else denied = writeTable(filter, opts, out, bool(values, "wide"), everywhere, plain);
   // What was asked for by process could not all be read: not "no TCP sockets match", and not exit 0.
   if (denied.length) throw permissionError(denied);
   return 0;
@@ -333,7 +337,14 @@ const WIDE_COLUMNS: readonly Column[] = [
  * kept until the widths are known: at 100,000 sockets the connections themselves would double the memory.
  * Returns the targets that could not be read, which the footer says instead of "no match".
  */
-function writeTable(filter: SocketFilter, opts: InspectOptions, out: Out, wide: boolean, where: boolean): number[] {
+function writeTable(
+  filter: SocketFilter,
+  opts: InspectOptions,
+  out: Out,
+  wide: boolean,
+  where: boolean,
+  plain: boolean,
+): number[] {
   // With every namespace, each row says where it is: its pod, container, unit or namespace.
   const namespaces = where ? new Map(networkNamespaces().map((ns) => [ns.inum, ns])) : new Map();
   const whereColumn = textColumn("WHERE", (c) => whereText(c, namespaces));
@@ -368,13 +379,13 @@ function writeTable(filter: SocketFilter, opts: InspectOptions, out: Out, wide: 
   });
   const denied = deniedTargets(filter, info);
   if (rows.size) rows.write(out);
-  writeFooter(info, sum, out, denied.length > 0);
+  writeFooter(info, sum, out, denied.length > 0, plain);
   return denied;
 }
 
-function writeFooter(r: InspectionInfo, sum: Summary, out: Out, denied: boolean): void {
+function writeFooter(r: InspectionInfo, sum: Summary, out: Out, denied: boolean, plain: boolean): void {
   if (sum.total === 0) {
-    if (!denied) out.write("no TCP sockets match\n");
+    if (!denied) out.write(plain ? `${notEstablishedText()}\n` : "no TCP sockets match\n");
     return;
   }
   if (sum.established) {
@@ -400,6 +411,24 @@ function writeFooter(r: InspectionInfo, sum: Summary, out: Out, denied: boolean)
   }
   // A TIME-WAIT socket has no owner and no options: it can never be read exactly.
   writeExactHint(r, sum.total - sum.exact - (sum.states.get("TIME-WAIT") ?? 0), out);
+}
+
+/**
+ * What a plain `tcpka ls` that found no connection says: that there is none, and how many TCP sockets the default
+ * (established only) left out, as this namespace's sockstat counts them (hashed sockets: listeners, connections
+ * opening or closing; and TIME-WAIT), so that an empty table is not taken for "no TCP here at all".
+ */
+function notEstablishedText(): string {
+  let others = 0;
+  try {
+    const n = tcpCounts(process.pid, statSync("/proc/self/ns/net").ino);
+    if (n) others = n.inuse + n.tw;
+  } catch {
+    // unknown: say only what was found
+  }
+  if (others === 0) return "no established TCP connections";
+  const them = others === 1 ? "it" : "them";
+  return `no established TCP connections; ${plural(others, "other TCP socket")} (listening, opening or closing): tcpka ls -a lists ${them}`;
 }
 
 /** The listeners' keepalive: what the connections they accept start with. */

@@ -528,6 +528,33 @@ test("ls -a counts each state for what it means: only established connections ca
   );
 });
 
+test("a plain ls that finds no connection says what its default left out; a filter's empty answer stays 'no match'", async (t) => {
+  if (!needs(t, NEEDS)) return;
+  const ns = Netns.create(t);
+  const empty = ns.tcpka(["ls"]);
+  assert.deepEqual([empty.status, empty.stdout, empty.stderr], [0, "no established TCP connections\n", ""]);
+  const p = ns.spawn([
+    "python3",
+    "-c",
+    `import socket, sys
+srv = socket.socket(); srv.bind(("127.0.0.1", 7020)); srv.listen()
+print("ready", flush=True); sys.stdin.readline()`,
+  ]);
+  assert.equal(await p.line(), "ready");
+  for (const args of [["ls"], ["ls", "-w"]]) {
+    const r = ns.tcpka(args);
+    assert.deepEqual(
+      [r.status, r.stdout],
+      [0, "no established TCP connections; 1 other TCP socket (listening, opening or closing): tcpka ls -a lists it\n"],
+      args.join(" "),
+    );
+  }
+  const filtered = ns.tcpka(["ls", "--dport", "9"]);
+  assert.deepEqual([filtered.status, filtered.stdout], [0, "no TCP sockets match\n"]);
+  // What the hint points to lists it.
+  assert.match(ns.tcpka(["ls", "-a"]).stdout, /^LISTEN +127\.0\.0\.1:7020 /m);
+});
+
 /** Typical IPv4 connections: addresses of 14 characters, a process name of 15, keepalive on and off. */
 const PY_WIDE = `
 import ctypes, socket, sys
