@@ -2,13 +2,12 @@
  * `tcpka ls`: one line per socket, like `ss -tanoe` but about keepalive.
  */
 
-import { statSync } from "node:fs";
 import { hostPrefix } from "../addresses.js";
 import { usage } from "../errors.js";
 import type { SocketFilter } from "../filter.js";
 import { type Connection, type InspectionInfo, type InspectOptions, inspectEach } from "../inspect/connections.js";
 import { networkNamespaces } from "../inspect/namespaces.js";
-import { tcpCounts } from "../inspect/netstat.js";
+import { sockstat } from "../inspect/netstat.js";
 import { permissionError } from "../inspect/processes.js";
 import { addToSummary, deniedTargets, emptySummary, offOwners, type Summary } from "../inspect/summary.js";
 import { readSystemDefaults } from "../inspect/sysctl.js";
@@ -419,13 +418,8 @@ function writeFooter(r: InspectionInfo, sum: Summary, out: Out, denied: boolean,
  * opening or closing; and TIME-WAIT), so that an empty table is not taken for "no TCP here at all".
  */
 function notEstablishedText(): string {
-  let others = 0;
-  try {
-    const n = tcpCounts(process.pid, statSync("/proc/self/ns/net").ino);
-    if (n) others = n.inuse + n.tw;
-  } catch {
-    // unknown: say only what was found
-  }
+  const n = sockstat(process.pid); // undefined where it cannot be read: say only what was found
+  const others = n ? n.inuse + n.tw : 0;
   if (others === 0) return "no established TCP connections";
   const them = others === 1 ? "it" : "them";
   return `no established TCP connections; ${plural(others, "other TCP socket")} (listening, opening or closing): tcpka ls -a lists ${them}`;

@@ -54,7 +54,8 @@ export function tcpCounts(pid: number, inum: number): { inuse: number; tw: numbe
 const SOCKSTAT = /^TCP: inuse (\d+) orphan \d+ tw (\d+)/m;
 const SOCKSTAT6 = /^TCP6: inuse (\d+)/m;
 
-function sockstat(pid: number): { inuse: number; tw: number } | undefined {
+/** tcpCounts of the namespace that process `pid` is in now (tcpka's own: process.pid), without the check. */
+export function sockstat(pid: number): { inuse: number; tw: number } | undefined {
   try {
     const v4 = SOCKSTAT.exec(readFileSync(`/proc/${pid}/net/sockstat`, "latin1"));
     const v6 = SOCKSTAT6.exec(readFileSync(`/proc/${pid}/net/sockstat6`, "latin1"));
