@@ -9,6 +9,8 @@
  *   ss -tnoep, ss -tnoe              (what ss lists by default: every state but LISTEN, TIME-WAIT, SYN-RECV, CLOSE)
  *   node -e 0                        (node's bare start-up: the floor of any Node CLI)
  *
+ * each without NODE_EXTRA_CA_CERTS (run.ts), and where the bench was started with it, `tcpka ls --json` and
+ * `node -e 0` once more with it set,
  * in interleaved rounds (measure.ts), then where tcpka's time goes (phases.ts, both paths). Then the whole host:
  * `tcpka ls --all-netns --json` with 100,000 sockets spread over 50 network namespaces against the same with
  * 100,000 sockets in one, each layout in a pid and mount namespace of its own (hosts.ts) so that the command
@@ -42,6 +44,11 @@ export interface LsOptions {
    * `childEhash`: tcp_child_ehash_entries while they are made (0: none, they share the host's hash)
    */
   netns: { namespaces: number; sockets: number; childEhash?: number } | null;
+  /**
+   * the NODE_EXTRA_CA_CERTS the bench was started with, which run.ts takes out of every command's environment
+   * (as sudo's env_reset does): where it was set, `tcpka ls --json` and `node -e 0` are timed with it too
+   */
+  extraCaCerts?: string | undefined;
   log: (s: string) => void;
 }
 
@@ -79,6 +86,9 @@ const NETLINK = "tcpka ls --json --via netlink";
 const SS_P = "ss -tnoep";
 const SS = "ss -tnoe";
 const NODE = "node -e 0";
+/** The same two with NODE_EXTRA_CA_CERTS set: Node then builds its whole root store before any code runs. */
+const JSON_CA = "tcpka ls --json, NODE_EXTRA_CA_CERTS set";
+const NODE_CA = "node -e 0, NODE_EXTRA_CA_CERTS set";
 /** The tcpka variants whose peak RSS the issue bounds. */
 const TCPKA_VARIANTS = [JSON_CMD, TABLE, NO_PROCESS, NETLINK];
 
@@ -86,7 +96,8 @@ function tcpka(root: string, ...args: string[]): string[] {
   return ["node", join(root, "bin/tcpka.js"), "ls", ...args];
 }
 
-function commands(root: string): Command[] {
+function commands(root: string, extraCaCerts?: string): Command[] {
+  const ca = extraCaCerts === undefined ? [] : ["env", `NODE_EXTRA_CA_CERTS=${extraCaCerts}`];
   return [
     { name: JSON_CMD, argv: tcpka(root, "--json") },
     { name: TABLE, argv: tcpka(root) },
@@ -95,6 +106,12 @@ function commands(root: string): Command[] {
     { name: SS_P, argv: ["ss", "-tnoep"] },
     { name: SS, argv: ["ss", "-tnoe"] },
     { name: NODE, argv: ["node", "-e", "0"] },
+    ...(ca.length
+      ? [
+          { name: JSON_CA, argv: [...ca, ...tcpka(root, "--json")] },
+          { name: NODE_CA, argv: [...ca, "node", "-e", "0"] },
+        ]
+      : []),
   ];
 }
 
@@ -222,7 +239,7 @@ async function benchSize(o: LsOptions, measurer: Measurer, sockets: number): Pro
   o.log(`${ours} holder sockets established in ${o.pool.holders.length} holders (${Date.now() - t0} ms)`);
   const pool = o.pool.holders.map((h) => ({ port: h.port, connections: h.connections, pid: h.pid }));
   const checks = checkOutputs(o, expected(pool, true));
-  const cmds = commands(o.root);
+  const cmds = commands(o.root, o.extraCaCerts);
   o.log(`measuring ${cmds.length} commands × ${o.runs} rounds`);
   const runs = Object.fromEntries(measurer.run(cmds, o.runs));
   o.log("timing phases");
@@ -428,11 +445,7 @@ export function reportLs(r: LsResult): string {
       `### ls: ${n(s.sockets)} sockets (${n(s.connections)} loopback connections in ${plural(s.holders, "holder process", "holder processes")}; ` +
         `${s.otherEstablished} other established sockets; ss -a sees ${s.allTcp})`,
       "",
-      ...commandTable(
-        s.runs,
-        commands("").map((c) => c.name),
-        SS_P,
-      ),
+      ...commandTable(s.runs, Object.keys(s.runs), SS_P),
       "",
       ...phaseTable(s, "bpf"),
       ...phaseTable(s, "netlink"),
@@ -471,6 +484,10 @@ function summaryTable(r: LsResult): string[] {
     faster(`the same, ${at(large)}`, 0.1, ratio(large.runs, JSON_CMD, SS_P));
     faster(`\`${JSON_CMD}\` vs \`${SS}\` (no owners), ${at(large)}`, 1.2, ratio(large.runs, JSON_CMD, SS));
     faster(`\`${TABLE}\` (table) vs \`${JSON_CMD}\`, ${at(large)}`, 1.05, ratio(large.runs, TABLE, JSON_CMD));
+    if (large.runs[JSON_CA]) {
+      const what = `for reference: \`${JSON_CMD}\` vs \`${SS}\` with NODE_EXTRA_CA_CERTS set, ${at(large)}`;
+      rows.push(`| ${what} | – | ${x(ratio(large.runs, JSON_CA, SS))} | – |`);
+    }
     for (const name of TCPKA_VARIANTS) {
       // A peak is judged on the largest run, not the median.
       const s = rssMb(large.runs, name);

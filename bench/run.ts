@@ -106,7 +106,13 @@ async function main(): Promise<number> {
   process.on("SIGTERM", onSignal);
   process.on("exit", () => pool.killAllSync());
 
+  // NODE_EXTRA_CA_CERTS makes every Node process build its whole root certificate store at start-up (~90 ms
+  // of CPU on a 2-vCPU VM; nodejs/node#40524), before any of tcpka's code runs, and tcpka speaks no TLS. `sudo
+  // tcpka` never sees it (sudo's env_reset), so no command here does; ls also times tcpka and node with it.
+  const extraCaCerts = process.env.NODE_EXTRA_CA_CERTS;
+  delete process.env.NODE_EXTRA_CA_CERTS;
   const info = machine();
+  if (extraCaCerts !== undefined) info.NODE_EXTRA_CA_CERTS = "set here, taken out of every command's environment";
   let ls: LsResult | null = null;
   let shim: ShimResult | null = null;
   try {
@@ -130,6 +136,7 @@ async function main(): Promise<number> {
         sizes: env("BENCH_SOCKETS", "20000,100000").split(",").map(Number),
         runs: Number(env("BENCH_RUNS", "7")),
         phaseRuns: Number(env("BENCH_PHASE_RUNS", "3")),
+        extraCaCerts,
         netns:
           netns > 0
             ? {
