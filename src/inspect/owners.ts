@@ -224,34 +224,126 @@ function openIterator(): SocketFdIterator | null {
 }
 
 /**
- * The owners of every socket on the host, kept as numbers: an open-addressing hash of inode to the slot of its
- * first and last owner, and the owners' pid, fd and next owner of the same socket, all in typed arrays. A
- * SocketOwner is made only when a socket's owners are asked for. At 100,000 sockets a Map of arrays of objects
- * kept 18 MB on the heap, and copying it out of the young generation cost more than building it; a Map of
- * numbers still cost 0.3 µs a socket in growing.
+ * The owners of every socket on the host, kept as numbers: an open-addressing hash of inode to its first owner's
+ * pid and fd, in one typed array, and the further owners of a socket (shared across fork()) in typed arrays of
+ * their own. A SocketOwner is made only when a socket's owners are asked for. At 100,000 sockets a Map of arrays
+ * of objects kept 18 MB on the heap, and copying it out of the young generation cost more than building it; a Map
+ * of numbers still cost 0.3 µs a socket in growing. ls asks for the owners of each socket in the TCP walk's order,
+ * which is not the owners' walk's: each ask is a cache miss, so a slot's key and first owner share one 16-byte
+ * slot (one cache line) rather than five arrays (five misses).
  */
 export class OwnerTable implements OwnerLookup {
-  // the hash: keys[h] is an inode (0: empty; sockfs numbers its inodes from 1, get_next_ino in fs/inode.c),
-  // head[h] and tail[h] the first and last owner of that inode
-  private keys = new Uint32Array(1 << 14);
-  private head = new Int32Array(1 << 14);
-  private tail = new Int32Array(1 << 14);
+  // slots[4h..4h+3]: an inode (0: empty; sockfs numbers its inodes from 1, get_next_ino in fs/inode.c; stored
+  // as int32), its first owner's pid and fd, and its second owner's index in the arrays below (-1: none)
+  private slots = new Int32Array(4 << 14);
   private shift = 32 - 14;
   private inodes = 0;
   /** inodes that do not fit 32 bits (not sockfs's, which numbers them in an unsigned int): never seen so far */
   private readonly wide = new Map<number, number>();
-  // the owners: pid, fd, and the next owner of the same socket (-1: the last)
-  private pids = new Int32Array(1 << 12);
-  private fds = new Int32Array(1 << 12);
-  private next = new Int32Array(1 << 12);
-  private owners = 0;
+  // owners past the first: pid, fd, and the next owner of the same socket (-1: the last); a wide inode's
+  // owners are all here
+  private pids = new Int32Array(1 << 8);
+  private fds = new Int32Array(1 << 8);
+  private next = new Int32Array(1 << 8);
+  private extra = 0;
   private readonly comms = new Map<number, string>();
+  private lastPid = -1;
+  private lastComm = "";
   /** the owner objects that getInto() refills */
   private readonly spare: SocketOwner[] = [];
 
   /** Whether this is the socket's first owner. */
   add(inode: number, pid: number, fd: number): boolean {
-    const i = this.owners++;
+    if (inode === 0 || inode > 0xffff_ffff) {
+      const i = this.more(pid, fd);
+      const first = this.wide.get(inode);
+      if (first === undefined) this.wide.set(inode, i);
+      else this.append(first, i);
+      return first === undefined;
+    }
+    const at = this.slot(inode) * 4;
+    const slots = this.slots;
+    if (slots[at] !== 0) {
+      // A socket shared across fork(): owners in the order the walk met them.
+      const i = this.more(pid, fd);
+      const second = slots[at + 3] as number;
+      if (second < 0) slots[at + 3] = i;
+      else this.append(second, i);
+      return false;
+    }
+    slots[at] = inode | 0;
+    slots[at + 1] = pid;
+    slots[at + 2] = fd;
+    slots[at + 3] = -1;
+    if (++this.inodes * 2 > slots.length / 4) this.rehash();
+    return true;
+  }
+
+  get(inode: number): SocketOwner[] | undefined {
+    const out: SocketOwner[] = [];
+    this.each(inode, (pid, fd) => {
+      out.push({ pid, fd, comm: this.comm(pid) });
+    });
+    return out.length ? out : undefined;
+  }
+
+  /**
+   * get() into `into` (emptied first), whose owner objects are refilled rather than made anew: for a caller
+   * that keeps neither (ls, streaming). Returns `into`.
+   */
+  getInto(inode: number, into: SocketOwner[]): SocketOwner[] {
+    let n = 0;
+    let i = -1;
+    if (inode === 0 || inode > 0xffff_ffff) i = this.wide.get(inode) ?? -1;
+    else {
+      const at = this.slot(inode) * 4;
+      const slots = this.slots;
+      if (slots[at] !== 0) {
+        this.refill(n++, slots[at + 1] as number, slots[at + 2] as number);
+        i = slots[at + 3] as number;
+      }
+    }
+    for (; i >= 0; i = this.next[i] as number) this.refill(n++, this.pids[i] as number, this.fds[i] as number);
+    for (let k = 0; k < n; k++) into[k] = this.spare[k] as SocketOwner;
+    into.length = n;
+    return into;
+  }
+
+  *entries(): IterableIterator<[number, SocketOwner[]]> {
+    const slots = this.slots;
+    for (let at = 0; at < slots.length; at += 4) {
+      const k = (slots[at] as number) >>> 0;
+      if (k !== 0) yield [k, this.get(k) as SocketOwner[]];
+    }
+    for (const k of this.wide.keys()) yield [k, this.get(k) as SocketOwner[]];
+  }
+
+  private each(inode: number, f: (pid: number, fd: number) => void): void {
+    let i = -1;
+    if (inode === 0 || inode > 0xffff_ffff) i = this.wide.get(inode) ?? -1;
+    else {
+      const at = this.slot(inode) * 4;
+      if (this.slots[at] !== 0) {
+        f(this.slots[at + 1] as number, this.slots[at + 2] as number);
+        i = this.slots[at + 3] as number;
+      }
+    }
+    for (; i >= 0; i = this.next[i] as number) f(this.pids[i] as number, this.fds[i] as number);
+  }
+
+  private refill(n: number, pid: number, fd: number): void {
+    const o = this.spare[n];
+    if (o === undefined) this.spare.push({ pid, fd, comm: this.comm(pid) });
+    else {
+      o.pid = pid;
+      o.fd = fd;
+      o.comm = this.comm(pid);
+    }
+  }
+
+  /** A further owner: its index in pids/fds/next. */
+  private more(pid: number, fd: number): number {
+    const i = this.extra++;
     if (i === this.pids.length) {
       this.pids = grown(this.pids);
       this.fds = grown(this.fds);
@@ -260,102 +352,31 @@ export class OwnerTable implements OwnerLookup {
     this.pids[i] = pid;
     this.fds[i] = fd;
     this.next[i] = -1;
-    if (inode === 0 || inode > 0xffff_ffff) {
-      const first = this.wide.get(inode);
-      if (first === undefined) this.wide.set(inode, i);
-      else this.append(first, i);
-      return first === undefined;
-    }
-    const h = this.slot(inode);
-    if (this.keys[h] === inode) {
-      // A socket shared across fork(): owners in the order the walk met them.
-      this.next[this.tail[h] as number] = i;
-      this.tail[h] = i;
-      return false;
-    }
-    this.keys[h] = inode;
-    this.head[h] = i;
-    this.tail[h] = i;
-    if (++this.inodes * 2 > this.keys.length) this.rehash();
-    return true;
+    return i;
   }
 
-  get(inode: number): SocketOwner[] | undefined {
-    let i: number | undefined;
-    if (inode === 0 || inode > 0xffff_ffff) i = this.wide.get(inode);
-    else {
-      const h = this.slot(inode);
-      if (this.keys[h] === inode) i = this.head[h];
-    }
-    if (i === undefined) return undefined;
-    const out: SocketOwner[] = [];
-    for (; i >= 0; i = this.next[i] as number) {
-      const pid = this.pids[i] as number;
-      out.push({ pid, fd: this.fds[i] as number, comm: this.comm(pid) });
-    }
-    return out;
-  }
-
-  /**
-   * get() into `into` (emptied first), whose owner objects are refilled rather than made anew: for a caller
-   * that keeps neither (ls, streaming). Returns `into`.
-   */
-  getInto(inode: number, into: SocketOwner[]): SocketOwner[] {
-    let i: number | undefined;
-    if (inode === 0 || inode > 0xffff_ffff) i = this.wide.get(inode);
-    else {
-      const h = this.slot(inode);
-      if (this.keys[h] === inode) i = this.head[h];
-    }
-    let n = 0;
-    if (i !== undefined)
-      for (; i >= 0; i = this.next[i] as number) {
-        const pid = this.pids[i] as number;
-        const fd = this.fds[i] as number;
-        const o = this.spare[n];
-        if (o === undefined) this.spare.push({ pid, fd, comm: this.comm(pid) });
-        else {
-          o.pid = pid;
-          o.fd = fd;
-          o.comm = this.comm(pid);
-        }
-        into[n] = this.spare[n] as SocketOwner;
-        n++;
-      }
-    into.length = n;
-    return into;
-  }
-
-  *entries(): IterableIterator<[number, SocketOwner[]]> {
-    for (const k of this.keys) if (k !== 0) yield [k, this.get(k) as SocketOwner[]];
-    for (const k of this.wide.keys()) yield [k, this.get(k) as SocketOwner[]];
-  }
-
-  /** Where inode is, or the empty slot where it goes (linear probing from a Fibonacci hash). */
+  /** Where inode is, or the empty slot where it goes (linear probing from a Fibonacci hash), as a slot number. */
   private slot(inode: number): number {
-    const mask = this.keys.length - 1;
+    const key = inode | 0;
+    const mask = (this.slots.length >> 2) - 1;
     let h = Math.imul(inode, 0x9e3779b1) >>> this.shift;
     for (;;) {
-      const k = this.keys[h] as number;
-      if (k === inode || k === 0) return h;
+      const k = this.slots[h * 4] as number;
+      if (k === key || k === 0) return h;
       h = (h + 1) & mask;
     }
   }
 
-  /** Four times larger: a host's hundred thousand sockets then cost three of these, not six. */
+  /** Four times larger: a host's hundred thousand sockets then cost two of these, not five. */
   private rehash(): void {
-    const { keys, head, tail } = this;
-    this.keys = new Uint32Array(keys.length * 4);
-    this.head = new Int32Array(keys.length * 4);
-    this.tail = new Int32Array(keys.length * 4);
+    const old = this.slots;
+    this.slots = new Int32Array(old.length * 4);
     this.shift -= 2;
-    for (let h = 0; h < keys.length; h++) {
-      const k = keys[h] as number;
+    for (let at = 0; at < old.length; at += 4) {
+      const k = old[at] as number;
       if (k === 0) continue;
-      const to = this.slot(k);
-      this.keys[to] = k;
-      this.head[to] = head[h] as number;
-      this.tail[to] = tail[h] as number;
+      const to = this.slot(k >>> 0) * 4;
+      this.slots.set(old.subarray(at, at + 4), to);
     }
   }
 
@@ -365,13 +386,16 @@ export class OwnerTable implements OwnerLookup {
     this.next[last] = i;
   }
 
-  /** Read once per process that holds a socket. */
+  /** Read once per process that holds a socket; the last one kept at hand (most rows, where one process holds most sockets). */
   private comm(pid: number): string {
+    if (pid === this.lastPid) return this.lastComm;
     let comm = this.comms.get(pid);
     if (comm === undefined) {
       comm = commOf(pid);
       this.comms.set(pid, comm);
     }
+    this.lastPid = pid;
+    this.lastComm = comm;
     return comm;
   }
 }
