@@ -21,8 +21,8 @@ test("OwnerTable answers as a Map of the same adds, through growth, shared socke
     list.push({ pid, fd, comm: comm(pid) ?? "" });
     ref.set(inode, list);
   };
-  // 100,000 sockets (past three growths), every 7th shared by a second process and every 50th by a third;
-  // a few at the top of 32 bits and past it
+  // 100,000 sockets (past both growths: at 8,192 and 32,768), every 7th shared by a second process and every
+  // 50th by a third; a few at the top of 32 bits and past it
   const pids = [process.pid, 1, 999_999_999];
   let n = 0;
   for (let inode = 1; n < 100_000; inode += 3, n++) {
