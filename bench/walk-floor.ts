@@ -4,7 +4,7 @@
  *
  *   - the TCP iterator with a program that writes nothing (a state mask that matches no socket): the walk itself
  *     (bpf_iter_tcp_batch taking each bucket's sockets, sock_hold/sock_put, one program run per socket);
- *   - the same program writing its 104-byte record of every ESTABLISHED and LISTEN socket (what `ls` and the
+ *   - the same program writing its 112-byte record of every ESTABLISHED and LISTEN socket (what `ls` and the
  *     scrape before the counting program read);
  *   - the task_file walk of every process's files, with a program that does nothing, and writing a 56-byte
  *     record per TCP socket (the owners);
@@ -144,7 +144,7 @@ async function main(): Promise<void> {
       "|---|---|---|---|---|",
     ];
     rows.push(measured("TCP iterator, program writes nothing (the walk itself)", () => walk(nothing)));
-    rows.push(measured("TCP iterator, 104-byte record per ESTAB/LISTEN socket", () => walk(records)));
+    rows.push(measured("TCP iterator, 112-byte record per ESTAB/LISTEN socket", () => walk(records)));
     rows.push(measured("task_file iterator, program does nothing (every process's every file)", () => walk(nlink)));
     rows.push(measured("task_file iterator, 56-byte record per TCP socket fd", () => walk(flink)));
     const time = (f: () => void): [number, number, number, number] => {

@@ -46,6 +46,7 @@ import {
   R1,
   R2,
   R3,
+  R4,
   R6,
   R7,
   R8,
@@ -171,8 +172,22 @@ export function emitHeld(b: ProgramBuilder, o: HeldOffsets, netns: number, notHe
   b.emit(Ja(done));
 }
 
-/** `held`: the map of namespaces whose sockets get held records (see above), with the offsets they need. */
-export function socketFdsProgram(o: TaskFileOffsets, held?: { offsets: HeldOffsets; netns: number }): Instruction[] {
+/** Below the records and the held namespaces' key: the owners' map value (tgid, fd) being put in. */
+const OWNER_VALUE = NETNS_KEY - 8;
+/** bpf_map_update_elem's flag: only where the key is not there yet (include/uapi/linux/bpf.h) */
+const BPF_NOEXIST = 1;
+
+/**
+ * `held`: the map of namespaces whose sockets get held records (see above), with the offsets they need.
+ * `owners`: the owners' map of tcp-sockets.ts (inode to tgid and fd): a plain socket's first owner goes into it
+ * instead of a record; a record is written for every further owner (the key is there: EEXIST), and for every
+ * socket the map has no room for (E2BIG), so that user space still learns every owner the map does not hold.
+ */
+export function socketFdsProgram(
+  o: TaskFileOffsets,
+  held?: { offsets: HeldOffsets; netns: number },
+  owners?: number,
+): Instruction[] {
   const b = new ProgramBuilder();
   b.emit(
     LoadMem(R6, R1, 0, "DW"), // meta
@@ -202,6 +217,22 @@ export function socketFdsProgram(o: TaskFileOffsets, held?: { offsets: HeldOffse
     JEq.Imm(R2, 0, "out"),
     LoadMem(R3, R2, o.inodeIno, "DW"),
     StoreMem(R10, REC + 8, R3, "DW"),
+  );
+  if (owners !== undefined)
+    b.emit(
+      LoadMem(R3, R10, REC + 20, "W"),
+      StoreMem(R10, OWNER_VALUE, R3, "W"),
+      StoreMem(R10, OWNER_VALUE + 4, R8, "W"),
+      ...LoadMapFd(R1, owners),
+      Mov.Reg(R2, R10),
+      Add.Imm(R2, REC + 8),
+      Mov.Reg(R3, R10),
+      Add.Imm(R3, OWNER_VALUE),
+      Mov.Imm(R4, BPF_NOEXIST),
+      Call(Fn.mapUpdateElem),
+      JEq.Imm(R0, 0, "out"),
+    );
+  b.emit(
     LoadMem(R2, R7, o.skcFamily, "H"),
     StoreMem(R10, REC + 4, R2, "H"),
     LoadMem(R3, R7, o.skcState, "B"),

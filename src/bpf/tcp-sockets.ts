@@ -18,6 +18,11 @@
  *   88 s64 the timer's expiry minus jiffies now (jiffies)
  *   96 u32 receive queue (rcv_nxt - copied_seq; a listener's accept backlog)
  *  100 u32 send queue (write_seq - snd_una; a listener's maximum backlog)
+ *  104 u32 the first owner's tgid, 108 u32 its fd: from the owners' map (below), 0 and 0 when it has none there
+ *
+ * The owners' map (`owners`, optional): a hash of inode (u64) to the tgid and fd (u32 each) of the first process
+ * that the owners' task_file walk (socket-fds.ts) met holding it, filled by that walk, which ran to its end
+ * before this one began. ls then builds no owner table of its own for the sockets a single process holds.
  *
  * The timer is chosen as inet_sk_diag_fill (net/ipv4/inet_diag.c) chooses it, so the two paths agree: 1 for a
  * pending retransmission (ICSK_TIME_RETRANS, REO_TIMEOUT, LOSS_PROBE) with icsk_retransmits, 4 for a zero-window
@@ -43,6 +48,7 @@ import {
   JEq32,
   JNE32,
   KfuncCall,
+  LoadMapFd,
   LoadMem,
   Lsh,
   Mov,
@@ -117,7 +123,7 @@ export interface TcpSocketOffsets extends EndpointOffsets {
   reqRetrans: number;
 }
 
-export const TCP_RECORD_SIZE = 104;
+export const TCP_RECORD_SIZE = 112;
 const REC = -TCP_RECORD_SIZE; // the record on the stack, from r10
 
 // include/net/inet_connection_sock.h: ICSK_TIME_*
@@ -230,8 +236,11 @@ export function emitCgroupId(
   );
 }
 
-/** `states`: a mask of 1 << TCP state; the program writes only those sockets. */
-export function tcpSocketsProgram(o: TcpSocketOffsets, states: number): Instruction[] {
+/**
+ * `states`: a mask of 1 << TCP state; the program writes only those sockets. `owners`: the owners' map (see
+ * above), whose first owner of each socket goes into its record.
+ */
+export function tcpSocketsProgram(o: TcpSocketOffsets, states: number, owners?: number): Instruction[] {
   const b = new ProgramBuilder();
   b.emit(
     LoadMem(R6, R1, 0, "DW"), // meta
@@ -244,7 +253,7 @@ export function tcpSocketsProgram(o: TcpSocketOffsets, states: number): Instruct
     And32.Imm(R3, states),
     JEq32.Imm(R3, 0, "out"),
   );
-  emitTcpRecord(b, o, "");
+  emitTcpRecord(b, o, "", undefined, owners);
   b.label("out").emit(Mov.Imm(R0, 0), Return());
   return b.build();
 }
@@ -287,7 +296,13 @@ export function emitTcpSockOf(b: ProgramBuilder, sock: Reg, cast: TcpSockCast | 
  * takes the TCP_RECORD_SIZE bytes below r10. The task_file walk writes held sockets with it too (socket-fds.ts),
  * with `cast` (a full socket of a file: see TcpSockCast).
  */
-export function emitTcpRecord(b: ProgramBuilder, o: TcpSocketOffsets, p: string, cast?: TcpSockCast): void {
+export function emitTcpRecord(
+  b: ProgramBuilder,
+  o: TcpSocketOffsets,
+  p: string,
+  cast?: TcpSockCast,
+  owners?: number,
+): void {
   const l = (name: string) => `${p}${name}`;
   for (let at = 0; at < TCP_RECORD_SIZE; at += 8) b.emit(StoreImm(R10, REC + at, 0, "DW"));
   b.emit(
@@ -345,6 +360,16 @@ export function emitTcpRecord(b: ProgramBuilder, o: TcpSocketOffsets, p: string,
   emitCgroupId(b, o, R9, REC + 80, l("inode"));
   b.label(l("inode"));
   emitInode(b, o, R9, REC + 16, l("queues"));
+  if (owners !== undefined)
+    b.emit(
+      ...LoadMapFd(R1, owners),
+      Mov.Reg(R2, R10),
+      Add.Imm(R2, REC + 16),
+      Call(Fn.mapLookupElem),
+      JEq.Imm(R0, 0, l("queues")),
+      LoadMem(R3, R0, 0, "DW"), // tgid, fd
+      StoreMem(R10, REC + 104, R3, "DW"),
+    );
   // Queues as tcp_diag_get_info reports them.
   b.label(l("queues")).emit(
     LoadMem(R2, R10, REC + 2, "B"),

@@ -10,9 +10,16 @@ import { SysError } from "../sys/libc.js";
 import { SocketBorrower } from "../sys/pidfd.js";
 import { ReadAhead } from "../sys/read-ahead.js";
 import { readKeepAliveInto } from "./exact.js";
-import { HeldSockets, HOLD_WITHOUT_OWNERS, type KernelSocket, KernelSockets, type TcpWalk } from "./kernel-sockets.js";
+import {
+  HeldSockets,
+  HOLD_WITHOUT_OWNERS,
+  type KernelSocket,
+  KernelSockets,
+  ownersMap,
+  type TcpWalk,
+} from "./kernel-sockets.js";
 import { type NetNamespace, networkNamespaces } from "./namespaces.js";
-import { tcpCounts } from "./netstat.js";
+import { sockstat, tcpCounts } from "./netstat.js";
 import { findOwners, type OwnerLookup, type OwnerScan, OwnerTable, type SocketOwner, TcpOwnerWalk } from "./owners.js";
 import { listPids } from "./processes.js";
 import { listeningPorts, type ReadOptions, readSockets, type TcpSocket } from "./sockets.js";
@@ -265,14 +272,28 @@ function inspectKernel(
       for (const { ns } of heldNs.values()) if (!empty(ns)) toWalk.push(ns);
       heldNs.clear();
     }
-    const ownerWalk = wantOwners || heldNs.size > 0 ? TcpOwnerWalk.start(ahead, [...heldNs.keys()]) : null;
+    // tcpka's own namespace alone: each socket's first owner is joined to it in the kernel (the owners' map of
+    // src/bpf/tcp-sockets.ts), so that this thread builds no table for the sockets one process holds and looks
+    // nothing up. The owners' walk must be read to its end before the TCP walk's first read: both go through
+    // the one reader in the order queued, and with a single TCP walk neither thread takes one out of turn.
+    let joined: number | undefined;
+    if (wantOwners && heldNs.size === 0 && toWalk.length === 1 && toWalk[0]?.own === true) {
+      try {
+        joined = ownersMap(Math.max(1024, Math.ceil((sockstat(process.pid)?.inuse ?? 0) * 1.25)));
+        const map = joined;
+        opened.push({ close: () => closeSync(map) });
+      } catch {
+        joined = undefined; // no map here (an old kernel, a memory limit): the owners come as records, as before
+      }
+    }
+    const ownerWalk = wantOwners || heldNs.size > 0 ? TcpOwnerWalk.start(ahead, [...heldNs.keys()], joined) : null;
     if (ownerWalk) opened.push(ownerWalk);
     if (!ownerWalk?.holds) {
       for (const { ns } of heldNs.values()) if (!empty(ns)) toWalk.push(ns);
       heldNs.clear();
     }
     try {
-      ks = KernelSockets.open(filter.states);
+      ks = KernelSockets.open(filter.states, ownerWalk ? joined : undefined);
     } catch (e) {
       if (opts.via === "bpf") throw e;
       return null;
@@ -346,8 +367,15 @@ function inspectKernel(
     };
     const table = scan?.owners instanceof OwnerTable ? scan.owners : undefined;
     const held: SocketOwner[] = [];
-    const ownersOf = (inode: number): SocketOwner[] =>
-      transient && table ? table.getInto(inode, held) : (scan?.owners.get(inode) ?? none);
+    const kernel = ks;
+    const ownersOf = (inode: number): SocketOwner[] => {
+      const first = kernel.ownerPid;
+      if (first !== 0 && table)
+        return transient
+          ? table.getIntoAfter(first, kernel.ownerFd, inode, held)
+          : table.getAfter(first, kernel.ownerFd, inode);
+      return transient && table ? table.getInto(inode, held) : (scan?.owners.get(inode) ?? none);
+    };
     const families = new Set(filter.families);
     for (const { walk, listening } of walks) {
       const ports = () => listening;

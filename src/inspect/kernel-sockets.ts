@@ -24,6 +24,7 @@ import { TCP_RECORD_SIZE, tcpSocketOffsets, tcpSocketsProgram } from "../bpf/tcp
 import {
   AF_INET,
   AF_INET6,
+  BPF_MAP_TYPE_HASH,
   IP_FREEBIND,
   SOCK_CLOEXEC,
   SOCK_STREAM,
@@ -34,7 +35,7 @@ import {
 } from "../kernel/constants.js";
 import { STATE_NAMES, TCP_STATES } from "../kernel/states.js";
 import { type EffectiveKeepAlive, SharedSettings } from "../settings.js";
-import { bpfCapable, iterCreate, iterCreateIn, iterLinkCreate, iterProgLoad } from "../sys/bpf.js";
+import { bpfCapable, hashMapCreate, iterCreate, iterCreateIn, iterLinkCreate, iterProgLoad } from "../sys/bpf.js";
 import { CachedBtf } from "../sys/btf.js";
 import { bindLoopback4, close, kernelHz, listen, setsockoptInt, socket, sockfsInode } from "../sys/libc.js";
 import { directStream, type ReadAhead, type Stream } from "../sys/read-ahead.js";
@@ -58,6 +59,18 @@ const SPARE = READ_SIZE + TCP_RECORD_SIZE;
 /** The first kernel with everything the program uses: the TCP iterator and bpf_skc_to_tcp_*_sock (5.9). */
 const SINCE: readonly [number, number] = [5, 9];
 
+/**
+ * The owners' map of src/bpf/tcp-sockets.ts for `room` sockets (inode u64 to tgid and fd, u32 each): filled by
+ * the owners' walk, read by the TCP walk. Allocated as it fills (BPF_F_NO_PREALLOC: nothing for the room it does
+ * not use); a socket past the room is still told to user space as a record. Closed by the caller.
+ */
+export function ownersMap(room: number): number {
+  return hashMapCreate("tcpka_owners", 8, 8, room, BPF_MAP_TYPE_HASH, BPF_F_NO_PREALLOC);
+}
+
+/** include/uapi/linux/bpf.h: a hash map's elements allocated as they are put in */
+const BPF_F_NO_PREALLOC = 1;
+
 export class KernelSockets {
   private readonly buf = Buffer.from(new ArrayBuffer(READ_SIZE + 2 * TCP_RECORD_SIZE));
   private readonly u32 = new Uint32Array(this.buf.buffer);
@@ -68,6 +81,12 @@ export class KernelSockets {
   private hzWalkMade = false;
   /** The socket that walks with `reuse` hand out, refilled for each. */
   private reused: KernelSocket | undefined;
+  /**
+   * The first owner of the socket last handed out, from the owners' map (open()'s `owners`; tcp-sockets.ts):
+   * its tgid, 0 where the map had none, and its fd.
+   */
+  ownerPid = 0;
+  ownerFd = 0;
   /** The settings objects that sockets share (settingsOf). */
   private readonly shared = new SharedSettings();
 
@@ -95,14 +114,14 @@ export class KernelSockets {
    * always walked, for HZ and for the rules that tell incoming from outgoing connections. Throws (BtfError,
    * SysError, VerifierError) when this kernel or these rights cannot.
    */
-  static open(states: number): KernelSockets {
+  static open(states: number, owners?: number): KernelSockets {
     // A request socket (TCP_NEW_SYN_RECV) shows as SYN-RECV, as in sock_diag's dump.
     const wanted = states & (1 << TCP_STATES.SYN_RECV) ? states | (1 << TCP_STATES.NEW_SYN_RECV) : states;
     // The kernel's own state of a waiting FIN-WAIT-2 orphan is TIME_WAIT: let both through to the program's end.
     const walked =
       wanted | (1 << TCP_STATES.LISTEN) | (wanted & (1 << TCP_STATES.FIN_WAIT2) ? 1 << TCP_STATES.TIME_WAIT : 0);
     const btf = CachedBtf.open();
-    const program = tcpSocketsProgram(tcpSocketOffsets(btf), walked);
+    const program = tcpSocketsProgram(tcpSocketOffsets(btf), walked, owners);
     const attachBtfId = btf.typeId("FUNC", "bpf_iter_tcp");
     btf.save(); // every question asked: the next run reads no BTF
     const progFd = iterProgLoad({
@@ -283,6 +302,8 @@ export class KernelSockets {
     const inode = this.inode(at);
     const netns = this.u32[w + 19] as number;
     const cgroup = (this.u32[w + 20] as number) + (this.u32[w + 21] as number) * 0x1_0000_0000;
+    this.ownerPid = this.u32[w + 26] as number;
+    this.ownerFd = this.u32[w + 27] as number;
     if (into === undefined) {
       return {
         family,

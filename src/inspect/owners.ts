@@ -168,13 +168,13 @@ export class TcpOwnerWalk {
    * null where the iterator cannot load. With `held` (network namespace inodes), the sockets of those
    * namespaces come whole as well (SocketFdIterator.open), to finish()'s `held`.
    */
-  static start(ahead?: ReadAhead, held: readonly number[] = []): TcpOwnerWalk | null {
+  static start(ahead?: ReadAhead, held: readonly number[] = [], owners?: number): TcpOwnerWalk | null {
     let lister: SocketFdIterator;
     let holds = held.length > 0;
     try {
       if (!bpfCapable()) return null;
       try {
-        lister = SocketFdIterator.open(held);
+        lister = SocketFdIterator.open(held, owners);
       } catch (e) {
         if (!holds) throw e;
         // A kernel that refuses the held records' program may still run the plain one: those namespaces are walked.
@@ -292,7 +292,26 @@ export class OwnerTable implements OwnerLookup {
    * that keeps neither (ls, streaming). Returns `into`.
    */
   getInto(inode: number, into: SocketOwner[]): SocketOwner[] {
-    let n = 0;
+    return this.fill(inode, 0, into);
+  }
+
+  /**
+   * getInto() for a socket whose first owner came from elsewhere (the owners' map of src/bpf/tcp-sockets.ts):
+   * that one, then those this table holds for the inode (the further owners, which the walk wrote as records).
+   */
+  getIntoAfter(pid: number, fd: number, inode: number, into: SocketOwner[]): SocketOwner[] {
+    this.refill(0, pid, fd);
+    return this.fill(inode, 1, into);
+  }
+
+  /** get() for a socket whose first owner came from elsewhere, as getIntoAfter(), in new objects. */
+  getAfter(pid: number, fd: number, inode: number): SocketOwner[] {
+    return [{ pid, fd, comm: this.comm(pid) }, ...(this.get(inode) ?? [])];
+  }
+
+  /** The spare owners from `n` on refilled with inode's owners here; `into` gets the first n + those. */
+  private fill(inode: number, from: number, into: SocketOwner[]): SocketOwner[] {
+    let n = from;
     let i = -1;
     if (inode === 0 || inode > 0xffff_ffff) i = this.wide.get(inode) ?? -1;
     else {

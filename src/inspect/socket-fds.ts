@@ -50,9 +50,11 @@ export class SocketFdIterator {
   /**
    * Load the program; throws (BtfError, SysError, VerifierError) when this kernel or these rights cannot. With
    * `held` (network namespace inode numbers), the hashed sockets of those namespaces come as held records
-   * (src/bpf/socket-fds.ts), which listAll() hands to its `held` callback.
+   * (src/bpf/socket-fds.ts), which listAll() hands to its `held` callback. With `owners` (the owners' map of
+   * src/bpf/tcp-sockets.ts, which stays the caller's), a socket's first owner goes into that map and only the
+   * further ones (and those the map has no room for) come as records.
    */
-  static open(held: readonly number[] = []): SocketFdIterator {
+  static open(held: readonly number[] = [], owners?: number): SocketFdIterator {
     const btf = CachedBtf.open();
     let heldMap = -1;
     try {
@@ -63,6 +65,7 @@ export class SocketFdIterator {
       const program = socketFdsProgram(
         { metaSeq: btf.memberOffset("bpf_iter_meta", "seq"), ...taskFileMembers(btf), ...endpointOffsets(btf) },
         heldMap < 0 ? undefined : { offsets: heldOffsets(btf), netns: heldMap },
+        owners,
       );
       const attachBtfId = btf.typeId("FUNC", "bpf_iter_task_file");
       btf.save(); // every question asked: the next run reads no BTF
