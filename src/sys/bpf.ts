@@ -428,14 +428,12 @@ export function hashMapCreate(
   valueSize: number,
   maxEntries: number,
   type = BPF_MAP_TYPE_HASH,
-  flags = 0,
 ): number {
   const attr = Buffer.alloc(ATTR_SIZE);
   attr.writeUInt32LE(type, 0);
   attr.writeUInt32LE(keySize, 4);
   attr.writeUInt32LE(valueSize, 8);
   attr.writeUInt32LE(maxEntries, 12);
-  attr.writeUInt32LE(flags, 16);
   attr.write(name.slice(0, BPF_OBJ_NAME_LEN - 1), 28, "latin1");
   return bpf("MAP_CREATE", attr);
 }
