@@ -166,7 +166,8 @@ export class TcpOwnerWalk {
 
   /**
    * null where the iterator cannot load. With `held` (network namespace inodes), the sockets of those
-   * namespaces come whole as well (SocketFdIterator.open), to finish()'s `held`.
+   * namespaces come whole as well (SocketFdIterator.open), to finish()'s `held`. With `owners` (the owners' map,
+   * kernel-sockets.ts `ownersMap`), each socket's first owner goes into that map instead of finish()'s table.
    */
   static start(ahead?: ReadAhead, held: readonly number[] = [], owners?: number): TcpOwnerWalk | null {
     let lister: SocketFdIterator;
@@ -176,8 +177,9 @@ export class TcpOwnerWalk {
       try {
         lister = SocketFdIterator.open(held, owners);
       } catch (e) {
-        if (!holds) throw e;
-        // A kernel that refuses the held records' program may still run the plain one: those namespaces are walked.
+        if (!holds && owners === undefined) throw e;
+        // A kernel that refuses the held records' or the owners' map's program may still run the plain one: the
+        // held namespaces are then walked, and every owner comes as a record (the TCP walk finds the map empty).
         lister = SocketFdIterator.open();
         holds = false;
       }
