@@ -352,9 +352,12 @@ function writeTable(
     : wide
       ? WIDE_COLUMNS
       : COLUMNS;
+  // Sized for tcpka's own namespace's sockets, where that is all it lists; the buffers grow beyond if need be.
+  const counted = where ? undefined : sockstat(process.pid);
   const rows = new Table(
     columns.map(([header]) => header),
     out.color,
+    counted ? counted.inuse + counted.tw : 0,
   );
   const sum = emptySummary();
   // The default columns called one by one, each call site with one callee (inlined); the others through the list.

@@ -48,7 +48,7 @@ export class Out {
     if (this.used + piece.length > this.buf.length) {
       this.end();
       if (piece.length > this.buf.length) {
-        writeAll(this.fd, Buffer.from(piece));
+        writeAll(this.fd, piece);
         return;
       }
     }
@@ -71,7 +71,7 @@ export class Out {
     if (this.used + n > this.buf.length) {
       this.end();
       if (n > this.buf.length) {
-        writeAll(this.fd, Buffer.from(src.subarray(from, to)));
+        writeAll(this.fd, src.subarray(from, to));
         return;
       }
     }
@@ -156,7 +156,7 @@ const pause = new Int32Array(new SharedArrayBuffer(4));
  * fds blocking (see Out), so EAGAIN comes only from a pipe that was non-blocking already: wait a millisecond
  * for the reader rather than spin, each failed try costing an exception.
  */
-function writeAll(fd: number, data: Buffer): void {
+function writeAll(fd: number, data: Uint8Array): void {
   let buf = data;
   while (buf.length) {
     try {
@@ -189,33 +189,56 @@ export function visibleWidth(s: string): number {
 const SPACE = 0x20;
 
 /**
- * The rows of a table, added one by one and written once every width is known. Each row is kept as bytes (its
- * cells UTF-8, one after the other) in one growing buffer, with each cell's end and visible width beside it: at
- * 100,000 rows, 100,000 kept strings cost more in the young generation's copying than making them, and cutting
- * them into cells again to pad them cost as much once more (so did finding a separator between cells). Columns
- * are separated by two spaces; the last column is not padded, and a line has no trailing spaces.
+ * The rows of a table, added one by one and written once every width is known. Each row is laid out as it
+ * comes, padded to the widths seen so far, in one growing buffer of bytes, with each cell's start, end and
+ * visible width beside it. Widths stop growing after the first rows (a host's addresses, ports and names are
+ * alike), so at write() every row laid out since the last column grew is final and goes out as it is, in one
+ * block; only the rows before it are padded again from their cells. At 100,000 rows, 100,000 kept strings cost
+ * more in the young generation's copying than making them, and a second pass that copied every cell to pad it
+ * cost a tenth of `tcpka ls`. Columns are separated by two spaces; the last column is not padded, and a line
+ * has no trailing spaces.
  */
 export class Table {
   private bytes = Buffer.allocUnsafe(1 << 16);
   private used = 0;
   private rowEnds = new Uint32Array(256);
-  private cellWidths = new Uint32Array(256);
-  /** where each cell's bytes end (its row's or the cell before's end is where they start) */
+  /** each cell's bytes [start, end) in `bytes` (padding before it excluded), and its visible width */
+  private cellStarts = new Uint32Array(256);
   private cellEnds = new Uint32Array(256);
+  private cellWidths = new Uint32Array(256);
   private rows = 0;
-  /** The row being built with put()/endCell(): its next cell, and that cell's width so far. */
+  /** The row being built with put()/endCell(): its next cell, that cell's width so far, whether it has bytes. */
   private cell = 0;
   private cellWidth = 0;
+  private opened = false;
+  /** spaces owed before the next cell that has something to show (none after a line's last) */
+  private pending = 0;
+  /** the first row laid out with the widths as they are now: the rows before it were padded narrower */
+  private laidOut = 0;
   private readonly widths: number[];
   /** A cell's visible width: its length, unless colour escapes may be in it (paint() adds them only then). */
   private readonly width: (s: string) => number;
 
+  /**
+   * `expectedRows`: how many rows are coming, if known (`tcpka ls`: the namespace's sockstat count), so that the
+   * buffers are made once instead of doubled and copied on the way. Room asked for and never written costs no
+   * memory: the kernel gives a page to a large allocation only when it is first touched.
+   */
   constructor(
     private readonly header: readonly string[],
     color: boolean,
+    expectedRows = 0,
   ) {
     this.widths = header.map((h) => h.length);
     this.width = color ? visibleWidth : (s) => s.length;
+    const rows = Math.min(Math.max(0, Math.floor(expectedRows)), 1 << 22) + 1;
+    if (rows > 256) {
+      this.bytes = Buffer.allocUnsafe(rows * 128);
+      this.rowEnds = new Uint32Array(rows);
+      this.cellStarts = new Uint32Array(rows * header.length);
+      this.cellEnds = new Uint32Array(rows * header.length);
+      this.cellWidths = new Uint32Array(rows * header.length);
+    }
   }
 
   get size(): number {
@@ -223,25 +246,26 @@ export class Table {
   }
 
   add(cells: readonly string[]): void {
-    const n = this.header.length;
-    if ((this.rows + 1) * n > this.cellWidths.length) this.growRows();
-    const w = this.widths;
-    const at = this.rows * n;
-    let length = 0;
-    for (let i = 0; i < n; i++) {
-      const cell = (cells[i] ?? "") as string;
-      const v = this.width(cell);
-      this.cellWidths[at + i] = v;
-      if (v > (w[i] as number)) w[i] = v;
-      length += cell.length;
+    for (let i = 0; i < this.header.length; i++) {
+      this.putText((cells[i] ?? "") as string);
+      this.endCell();
     }
-    // Worst case 3 bytes per UTF-16 unit.
-    this.ensure(length * 3);
-    for (let i = 0; i < n; i++) {
-      this.used += this.bytes.write((cells[i] ?? "") as string, this.used);
-      this.cellEnds[at + i] = this.used;
-    }
-    this.rowEnds[this.rows++] = this.used;
+    this.endRow();
+  }
+
+  /** A cell's first bytes: the padding owed before it goes in first. `n` more bytes will follow. */
+  private open(n: number): void {
+    const columns = this.header.length;
+    if (this.cell === 0 && (this.rows + 1) * columns > this.cellWidths.length) this.growRows();
+    const pad = this.pending;
+    this.ensure(pad + n + 1);
+    const b = this.bytes;
+    let at = this.used;
+    for (let i = 0; i < pad; i++) b[at++] = SPACE;
+    this.used = at;
+    this.pending = 0;
+    this.cellStarts[this.rows * columns + this.cell] = at;
+    this.opened = true;
   }
 
   /**
@@ -252,7 +276,9 @@ export class Table {
    */
   put(bytes: Uint8Array, width = bytes.length): void {
     const n = bytes.length;
-    this.ensure(n + 1);
+    if (n === 0) return;
+    if (this.opened) this.ensure(n + 1);
+    else this.open(n);
     const b = this.bytes;
     let at = this.used;
     if (n > 32) {
@@ -265,7 +291,8 @@ export class Table {
 
   /** A non-negative integer's digits. */
   putNumber(v: number): void {
-    this.ensure(17);
+    if (this.opened) this.ensure(17);
+    else this.open(17);
     let digits = 1;
     for (let p = 10; p <= v; p *= 10) digits++;
     const b = this.bytes;
@@ -281,7 +308,9 @@ export class Table {
 
   /** A text: made printable by the caller (printable()), encoded as UTF-8. */
   putText(text: string): void {
-    this.ensure(text.length * 3 + 1);
+    if (text.length === 0) return;
+    if (this.opened) this.ensure(text.length * 3 + 1);
+    else this.open(text.length * 3);
     this.used += this.bytes.write(text, this.used);
     this.cellWidth += this.width(text);
   }
@@ -292,24 +321,49 @@ export class Table {
     if (this.cell === 0 && (this.rows + 1) * n > this.cellWidths.length) this.growRows();
     const w = this.cellWidth;
     const at = this.rows * n + this.cell;
-    this.cellWidths[at] = w;
+    if (!this.opened) this.cellStarts[at] = this.used;
     this.cellEnds[at] = this.used;
-    if (w > (this.widths[this.cell] as number)) this.widths[this.cell] = w;
+    this.cellWidths[at] = w;
+    let column = this.widths[this.cell] as number;
+    if (w > column) {
+      // The rows before this one were padded narrower; this one's cells before this are as wide as ever.
+      this.widths[this.cell] = column = w;
+      this.laidOut = this.rows;
+    }
+    this.pending += column - w + 2;
     this.cellWidth = 0;
+    this.opened = false;
     this.cell++;
   }
 
   private growRows(): void {
     const n = this.header.length;
-    this.cellWidths = grow(this.cellWidths, (this.rows + 1) * n);
+    this.cellStarts = grow(this.cellStarts, (this.rows + 1) * n);
     this.cellEnds = grow(this.cellEnds, (this.rows + 1) * n);
+    this.cellWidths = grow(this.cellWidths, (this.rows + 1) * n);
     this.rowEnds = grow(this.rowEnds, this.rows + 1);
   }
 
   endRow(): void {
-    if (this.cell !== this.header.length) throw new Error("Table: a row with fewer cells than columns");
-    this.cell = 0;
+    const n = this.header.length;
+    if (this.cell !== n) throw new Error("Table: a row with fewer cells than columns");
+    // No trailing spaces: the last cell's own go, and where nothing is left of it, the padding before it.
+    const last = this.rows * n + n - 1;
+    const start = this.cellStarts[last] as number;
+    const b = this.bytes;
+    let end = this.used;
+    while (end > start && b[end - 1] === SPACE) end--;
+    if (end === start) {
+      end = n > 1 ? (this.cellEnds[last - 1] as number) : this.rows ? (this.rowEnds[this.rows - 1] as number) : 0;
+      this.cellStarts[last] = end;
+    }
+    this.cellEnds[last] = end;
+    this.ensure(1);
+    this.bytes[end] = 0x0a;
+    this.used = end + 1;
     this.rowEnds[this.rows++] = this.used;
+    this.cell = 0;
+    this.pending = 0;
   }
 
   private ensure(n: number): void {
@@ -328,19 +382,24 @@ export class Table {
       pending = (this.widths[i] as number) - h.length + 2;
     }
     out.bytes(NEWLINE_BYTES);
-    this.writeRows(out, indent);
+    // With an indent (the short tables of other commands) every row is laid out again.
+    const fresh = indent ? this.rows : this.laidOut;
+    this.writeRows(out, indent, fresh);
+    if (fresh < this.rows) out.copy(this.bytes, fresh ? (this.rowEnds[fresh - 1] as number) : 0, this.used);
   }
 
   /**
-   * The rows, padded, into a chunk of their own that goes to `out` whole: one loop over the kept bytes with
-   * everything in locals (at 100,000 rows a call per cell into Out cost more than the copying).
+   * Rows [0, count) padded again, into a chunk of their own that goes to `out` whole. A row was laid out with
+   * the widths of its time, which only grew since: its bytes are copied as they are, in spans, and the spaces
+   * its columns now lack go in where a span ends, before the next cell that has something to show.
    */
-  private writeRows(out: Out, indent: string): void {
+  private writeRows(out: Out, indent: string, count: number): void {
     const n = this.header.length;
     const b = this.bytes;
     const widths = this.widths;
-    const cellWidths = this.cellWidths;
+    const cellStarts = this.cellStarts;
     const cellEnds = this.cellEnds;
+    const cellWidths = this.cellWidths;
     const rowEnds = this.rowEnds;
     const lead = Buffer.from(indent);
     // The most a row adds to its own bytes: the indent, every column's padding and the newline.
@@ -348,36 +407,46 @@ export class Table {
     for (let i = 0; i < n; i++) most += (widths[i] as number) + 2;
     let chunk = Buffer.allocUnsafe(1 << 16);
     let at = 0;
-    let from = 0;
-    for (let r = 0; r < this.rows; r++) {
-      const end = rowEnds[r] as number;
+    for (let r = 0; r < count; r++) {
+      const from = r ? (rowEnds[r - 1] as number) : 0;
+      const end = (rowEnds[r] as number) - 1; // without its newline
       if (at + (end - from) + most > chunk.length) {
         out.bytes(chunk.subarray(0, at));
         at = 0;
         if (end - from + most > chunk.length) chunk = Buffer.allocUnsafe(end - from + most);
       }
       for (let k = 0; k < lead.length; k++) chunk[at++] = lead[k] as number;
-      // Padding is written only before a cell that has something to show: no trailing spaces.
-      let pending = 0;
-      let p = from;
-      const widthsAt = r * n;
+      let span = from; // the bytes from here on are still to be copied
+      let before = from; // where the last cell with bytes ended
+      let pad = 0; // the padding the cells since then need now
+      const cells = r * n;
       for (let i = 0; i < n; i++) {
-        const cellEnd = cellEnds[widthsAt + i] as number;
-        let stop = cellEnd;
-        if (i === n - 1) while (stop > p && b[stop - 1] === SPACE) stop--;
-        if (stop > p) {
-          for (let k = 0; k < pending; k++) chunk[at++] = SPACE;
-          while (p < stop) chunk[at++] = b[p++] as number;
-          pending = 0;
+        const start = cellStarts[cells + i] as number;
+        const stop = cellEnds[cells + i] as number;
+        if (stop > start) {
+          const lacking = pad - (start - before);
+          if (lacking > 0) {
+            at = copyInto(b, span, start, chunk, at);
+            for (let k = 0; k < lacking; k++) chunk[at++] = SPACE;
+            span = start;
+          }
+          before = stop;
+          pad = 0;
         }
-        pending += (widths[i] as number) - (cellWidths[widthsAt + i] as number) + 2;
-        p = cellEnd;
+        pad += (widths[i] as number) - (cellWidths[cells + i] as number) + 2;
       }
+      at = copyInto(b, span, end, chunk, at);
       chunk[at++] = 0x0a;
-      from = end;
     }
     if (at) out.bytes(chunk.subarray(0, at));
   }
+}
+
+/** b[from, to) into chunk at `at`; where it ends there. A row's span byte by byte: cheaper than a call. */
+function copyInto(b: Buffer, from: number, to: number, chunk: Buffer, at: number): number {
+  if (to - from > 256) return at + b.copy(chunk, at, from, to);
+  for (let p = from; p < to; p++) chunk[at++] = b[p] as number;
+  return at;
 }
 
 const NEWLINE_BYTES = Buffer.from("\n");

@@ -166,6 +166,62 @@ describe("table", () => {
     assert.throws(() => t.endCell(), /more cells/);
   });
 
+  test("rows laid out before a column grew are padded again: any order of widths reads as a plain layout", () => {
+    // The reference: every cell but the last padded to its column's widest plus two, then no trailing spaces.
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: colour escapes take no columns
+    const visible = (s: string) => s.replace(/\x1b\[\d+m/g, "");
+    const reference = (head: readonly string[], body: readonly (readonly string[])[]) => {
+      const widths = head.map((h, i) => Math.max(h.length, ...body.map((r) => visible(r[i] as string).length)));
+      const line = (r: readonly string[]) =>
+        r
+          .map((c, i) => (i === r.length - 1 ? c : c + " ".repeat((widths[i] as number) - visible(c).length + 2)))
+          .join("")
+          .trimEnd();
+      return `${[head, ...body].map(line).join("\n")}\n`;
+    };
+    let seed = 7;
+    const random = (k: number) => {
+      seed = (seed * 1103515245 + 12345) % 2147483648;
+      return seed % k;
+    };
+    const word = (last: boolean) => {
+      // Mostly short; now and then, anywhere in the table, a wider one (a column grows late or early).
+      const n = random(20) === 0 ? 8 + random(30) : random(6);
+      let w = "";
+      for (let k = 0; k < n; k++) w += "ab é-:"[random(6)];
+      w = w.trim();
+      if (last && random(4) === 0) w += "  "; // the last column's trailing spaces, even a cell of nothing else
+      return w;
+    };
+    const head = ["STATE", "LOCAL", "X", "PROCESS"];
+    for (let run = 0; run < 40; run++) {
+      const color = run % 2 === 1;
+      const body = Array.from({ length: 1 + random(200) }, () =>
+        head.map((_, i) => {
+          const w = word(i === head.length - 1);
+          return color && w && random(3) === 0 ? `\x1b[31m${w}\x1b[0m` : w;
+        }),
+      );
+      const { out, text } = capture(color);
+      table(head, body, out);
+      assert.equal(text(), reference(head, body), `run ${run}`);
+    }
+  });
+
+  test("a table sized for its rows ahead reads as one that grew, with fewer rows or more than it was sized for", () => {
+    const head = ["A", "B", "C"];
+    const body = Array.from({ length: 3000 }, (_, i) => [`r${i}`, i % 7 === 0 ? "" : "x".repeat(i % 13), `${i * 7}`]);
+    const grown = capture(false);
+    table(head, body, grown.out);
+    for (const expected of [300, 3000, 400000]) {
+      const sized = capture(false);
+      const t = new Table(head, false, expected);
+      for (const r of body) t.add(r);
+      t.write(sized.out);
+      assert.equal(sized.text(), grown.text(), `sized for ${expected}`);
+    }
+  });
+
   test("a header alone", () => {
     const { out, text } = capture(false);
     table(header, [], out);
