@@ -31,12 +31,14 @@ import { TCP_STATES } from "../kernel/states.js";
 import type { BtfFacts } from "../sys/btf.js";
 import {
   Add,
+  And,
   Call,
   Fn,
   type Instruction,
   Ja,
   JEq,
   JEq32,
+  JNE,
   JNE32,
   LoadMapFd,
   LoadMem,
@@ -46,7 +48,6 @@ import {
   R1,
   R2,
   R3,
-  R4,
   R6,
   R7,
   R8,
@@ -60,6 +61,7 @@ import { type EndpointOffsets, emitAddresses } from "./endpoints.js";
 import {
   emitTcpRecord,
   emitTcpSockOf,
+  type OwnersMap,
   TCP_RECORD_SIZE,
   type TcpSockCast,
   type TcpSocketOffsets,
@@ -172,21 +174,19 @@ export function emitHeld(b: ProgramBuilder, o: HeldOffsets, netns: number, notHe
   b.emit(Ja(done));
 }
 
-/** Below the records and the held namespaces' key: the owners' map value (tgid, fd) being put in. */
-const OWNER_VALUE = NETNS_KEY - 8;
-/** bpf_map_update_elem's flag: only where the key is not there yet (include/uapi/linux/bpf.h) */
-const BPF_NOEXIST = 1;
+/** Below the records and the held namespaces' key: the owners' map key (a u32, the slot). */
+const OWNER_KEY = NETNS_KEY - 8;
 
 /**
  * `held`: the map of namespaces whose sockets get held records (see above), with the offsets they need.
- * `owners`: the owners' map of tcp-sockets.ts (inode to tgid and fd): a plain socket's first owner goes into it
- * instead of a record; a record is written for every further owner (the key is there: EEXIST), and for every
- * socket the map has no room for (E2BIG), so that user space still learns every owner the map does not hold.
+ * `owners`: the owners' map of tcp-sockets.ts (OwnersMap): a plain socket's first owner goes into its empty slot
+ * instead of a record; a record is written for every further owner (the slot holds this inode) and for every
+ * socket whose slot another one took, so that user space still learns every owner the map does not hold.
  */
 export function socketFdsProgram(
   o: TaskFileOffsets,
   held?: { offsets: HeldOffsets; netns: number },
-  owners?: number,
+  owners?: OwnersMap,
 ): Instruction[] {
   const b = new ProgramBuilder();
   b.emit(
@@ -220,18 +220,23 @@ export function socketFdsProgram(
   );
   if (owners !== undefined)
     b.emit(
-      LoadMem(R3, R10, REC + 20, "W"),
-      StoreMem(R10, OWNER_VALUE, R3, "W"),
-      StoreMem(R10, OWNER_VALUE + 4, R8, "W"),
-      ...LoadMapFd(R1, owners),
+      And.Imm(R3, owners.mask),
+      StoreMem(R10, OWNER_KEY, R3, "W"),
+      ...LoadMapFd(R1, owners.fd),
       Mov.Reg(R2, R10),
-      Add.Imm(R2, REC + 8),
-      Mov.Reg(R3, R10),
-      Add.Imm(R3, OWNER_VALUE),
-      Mov.Imm(R4, BPF_NOEXIST),
-      Call(Fn.mapUpdateElem),
-      JEq.Imm(R0, 0, "out"),
+      Add.Imm(R2, OWNER_KEY),
+      Call(Fn.mapLookupElem),
+      JEq.Imm(R0, 0, "record"),
+      LoadMem(R2, R0, 0, "DW"),
+      JNE.Imm(R2, 0, "record"), // a further owner, or another socket's slot
+      LoadMem(R3, R10, REC + 8, "DW"),
+      StoreMem(R0, 0, R3, "DW"),
+      LoadMem(R3, R10, REC + 20, "W"),
+      StoreMem(R0, 8, R3, "W"),
+      StoreMem(R0, 12, R8, "W"),
+      Ja("out"),
     );
+  b.label("record");
   b.emit(
     LoadMem(R2, R7, o.skcFamily, "H"),
     StoreMem(R10, REC + 4, R2, "H"),

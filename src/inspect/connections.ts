@@ -15,6 +15,7 @@ import {
   HOLD_WITHOUT_OWNERS,
   type KernelSocket,
   KernelSockets,
+  type OwnersMap,
   ownersMap,
   type TcpWalk,
 } from "./kernel-sockets.js";
@@ -276,12 +277,12 @@ function inspectKernel(
     // src/bpf/tcp-sockets.ts), so that this thread builds no table for the sockets one process holds and looks
     // nothing up. The owners' walk must be read to its end before the TCP walk's first read: both go through
     // the one reader in the order queued, and with a single TCP walk neither thread takes one out of turn.
-    let joined: number | undefined;
+    let joined: OwnersMap | undefined;
     if (wantOwners && heldNs.size === 0 && toWalk.length === 1 && toWalk[0]?.own === true) {
       try {
-        joined = ownersMap(Math.max(1024, Math.ceil((sockstat(process.pid)?.inuse ?? 0) * 1.25)));
-        const map = joined;
-        opened.push({ close: () => closeSync(map) });
+        const map = ownersMap(sockstat(process.pid)?.inuse ?? 0);
+        joined = map;
+        opened.push({ close: () => closeSync(map.fd) });
       } catch {
         joined = undefined; // no map here (an old kernel, a memory limit): the owners come as records, as before
       }

@@ -20,11 +20,11 @@ import { closeSync, constants, openSync } from "node:fs";
 import { release } from "node:os";
 import { ipv4, ipv6 } from "../addresses.js";
 import { assemble, Listing } from "../bpf/asm.js";
-import { TCP_RECORD_SIZE, tcpSocketOffsets, tcpSocketsProgram } from "../bpf/tcp-sockets.js";
+import { type OwnersMap, TCP_RECORD_SIZE, tcpSocketOffsets, tcpSocketsProgram } from "../bpf/tcp-sockets.js";
 import {
   AF_INET,
   AF_INET6,
-  BPF_MAP_TYPE_HASH,
+  BPF_MAP_TYPE_ARRAY,
   IP_FREEBIND,
   SOCK_CLOEXEC,
   SOCK_STREAM,
@@ -59,15 +59,18 @@ const SPARE = READ_SIZE + TCP_RECORD_SIZE;
 /** The first kernel with everything the program uses: the TCP iterator and bpf_skc_to_tcp_*_sock (5.9). */
 const SINCE: readonly [number, number] = [5, 9];
 
+export type { OwnersMap };
+
 /**
- * The owners' map of src/bpf/tcp-sockets.ts for `room` sockets (inode u64 to tgid and fd, u32 each): filled by
- * the owners' walk, read by the TCP walk; a socket past the room is still told to user space as a record. Closed
- * by the caller. Preallocated: an update then takes an element off a free list, which at 100,000 sockets made the
- * owners' walk 58-70 ms instead of 77-95 with elements allocated as it fills (BPF_F_NO_PREALLOC), for 4-7 ms more
- * to create the map (about 64 bytes of kernel memory a socket while tcpka runs).
+ * The owners' map of src/bpf/tcp-sockets.ts (OwnersMap) for about `sockets` sockets: four slots a socket (a
+ * power of two; at most 2^22, 64 MiB), so that few sockets' inodes share their low bits with another's (those
+ * come to user space as records). Its fd is closed by the caller. 16 bytes of kernel memory a slot while tcpka
+ * runs, zeroed when made.
  */
-export function ownersMap(room: number): number {
-  return hashMapCreate("tcpka_owners", 8, 8, room, BPF_MAP_TYPE_HASH);
+export function ownersMap(sockets: number): OwnersMap {
+  let slots = 64;
+  while (slots < 4 * sockets && slots < 1 << 22) slots *= 2;
+  return { fd: hashMapCreate("tcpka_owners", 4, 16, slots, BPF_MAP_TYPE_ARRAY), mask: slots - 1 };
 }
 
 export class KernelSockets {
@@ -113,7 +116,7 @@ export class KernelSockets {
    * always walked, for HZ and for the rules that tell incoming from outgoing connections. Throws (BtfError,
    * SysError, VerifierError) when this kernel or these rights cannot.
    */
-  static open(states: number, owners?: number): KernelSockets {
+  static open(states: number, owners?: OwnersMap): KernelSockets {
     // A request socket (TCP_NEW_SYN_RECV) shows as SYN-RECV, as in sock_diag's dump.
     const wanted = states & (1 << TCP_STATES.SYN_RECV) ? states | (1 << TCP_STATES.NEW_SYN_RECV) : states;
     // The kernel's own state of a waiting FIN-WAIT-2 orphan is TIME_WAIT: let both through to the program's end.

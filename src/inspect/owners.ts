@@ -5,6 +5,7 @@
  * are counted, so the caller can say that some owners are unknown and how to see them.
  */
 import { closeSync, constants, openSync, statSync } from "node:fs";
+import type { OwnersMap } from "../bpf/tcp-sockets.js";
 import { bpfCapable } from "../sys/bpf.js";
 import { procFdSockets, procFds, SysError } from "../sys/libc.js";
 import type { ReadAhead } from "../sys/read-ahead.js";
@@ -169,7 +170,7 @@ export class TcpOwnerWalk {
    * namespaces come whole as well (SocketFdIterator.open), to finish()'s `held`. With `owners` (the owners' map,
    * kernel-sockets.ts `ownersMap`), each socket's first owner goes into that map instead of finish()'s table.
    */
-  static start(ahead?: ReadAhead, held: readonly number[] = [], owners?: number): TcpOwnerWalk | null {
+  static start(ahead?: ReadAhead, held: readonly number[] = [], owners?: OwnersMap): TcpOwnerWalk | null {
     let lister: SocketFdIterator;
     let holds = held.length > 0;
     try {

@@ -15,7 +15,7 @@ import { ipv4, ipv6 } from "../addresses.js";
 import { assemble, Listing } from "../bpf/asm.js";
 import { endpointOffsets } from "../bpf/endpoints.js";
 import { HELD, heldOffsets, RECORD_SIZE, socketFdsProgram, taskFileMembers } from "../bpf/socket-fds.js";
-import { TCP_RECORD_SIZE } from "../bpf/tcp-sockets.js";
+import { type OwnersMap, TCP_RECORD_SIZE } from "../bpf/tcp-sockets.js";
 import type { TcpEndpoints } from "../filter.js";
 import { AF_INET, AF_INET6 } from "../kernel/constants.js";
 import { STATE_NAMES } from "../kernel/states.js";
@@ -54,7 +54,7 @@ export class SocketFdIterator {
    * src/bpf/tcp-sockets.ts, which stays the caller's), a socket's first owner goes into that map and only the
    * further ones (and those the map has no room for) come as records.
    */
-  static open(held: readonly number[] = [], owners?: number): SocketFdIterator {
+  static open(held: readonly number[] = [], owners?: OwnersMap): SocketFdIterator {
     const btf = CachedBtf.open();
     let heldMap = -1;
     try {
