@@ -304,6 +304,12 @@ export class OwnerTable implements OwnerLookup {
    */
   getIntoAfter(pid: number, fd: number, inode: number, into: SocketOwner[]): SocketOwner[] {
     this.refill(0, pid, fd);
+    // With the owners joined in the kernel the table holds only shared sockets' further owners, often none.
+    if (this.inodes === 0 && this.wide.size === 0) {
+      into[0] = this.spare[0] as SocketOwner;
+      if (into.length !== 1) into.length = 1;
+      return into;
+    }
     return this.fill(inode, 1, into);
   }
 
@@ -327,7 +333,7 @@ export class OwnerTable implements OwnerLookup {
     }
     for (; i >= 0; i = this.next[i] as number) this.refill(n++, this.pids[i] as number, this.fds[i] as number);
     for (let k = 0; k < n; k++) into[k] = this.spare[k] as SocketOwner;
-    into.length = n;
+    if (into.length !== n) into.length = n; // a store to length is a call into the runtime, even to the same
     return into;
   }
 

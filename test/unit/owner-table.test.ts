@@ -50,3 +50,24 @@ test("OwnerTable answers as a Map of the same adds, through growth, shared socke
   assert.equal(seen.size, ref.size);
   for (const inode of ref.keys()) assert.ok(seen.has(inode), `entries() has ${inode}`);
 });
+
+test("getIntoAfter: a first owner from the kernel, then the table's owners of that socket, into one reused list", () => {
+  const into: SocketOwner[] = [];
+  const empty = new OwnerTable();
+  // Nothing in the table (every socket held by one process): the first owner alone, also after a longer answer.
+  into.push({ pid: 1, fd: 1, comm: "x" }, { pid: 2, fd: 2, comm: "y" });
+  assert.deepEqual(plain(empty.getIntoAfter(process.pid, 9, 12345, into)), [`${process.pid}/9/node`]);
+  assert.equal(into.length, 1);
+  const t = new OwnerTable();
+  t.add(77, 999_999_999, 4); // a further owner of socket 77 (its first came from the kernel); no such pid: "?"
+  t.add(78, 999_999_999, 5);
+  t.add(78, 999_999_998, 6);
+  assert.deepEqual(plain(t.getIntoAfter(process.pid, 3, 78, into)), [
+    `${process.pid}/3/node`,
+    "999999999/5/?",
+    "999999998/6/?",
+  ]);
+  assert.deepEqual(plain(t.getIntoAfter(process.pid, 3, 77, into)), [`${process.pid}/3/node`, "999999999/4/?"]);
+  assert.deepEqual(plain(t.getIntoAfter(process.pid, 8, 79, into)), [`${process.pid}/8/node`]);
+  assert.equal(into.length, 1);
+});
