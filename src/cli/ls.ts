@@ -175,10 +175,22 @@ const textColumn = (header: string, text: (c: Connection, out: Out) => string): 
     },
   ] as const;
 
+/**
+ * One-entry caches in front of the maps below: consecutive rows mostly share a state, a local address, a peer
+ * address, a process and a settings object, and at 100,000 rows a map lookup for each cost more than the cell.
+ */
+let lastState = "";
+let lastStateBytes: Uint8Array = new Uint8Array(0);
+
 const STATE: Column = [
   "STATE",
   (c, t) => {
-    t.put(asciiBytes(c.socket.state));
+    const state = c.socket.state;
+    if (state !== lastState) {
+      lastState = state;
+      lastStateBytes = asciiBytes(state);
+    }
+    t.put(lastStateBytes);
     t.endCell();
   },
 ];
@@ -190,12 +202,20 @@ const STATE: Column = [
 const addressPieces = new Map<string, Uint8Array>();
 const STAR = asciiBytes("*");
 
+let lastAddress = "";
+let lastAddressPiece: Uint8Array = new Uint8Array(0);
+
 function putHostPort(t: Table, address: string, port: number): void {
-  let piece = addressPieces.get(address);
-  if (piece === undefined) {
-    if (addressPieces.size >= 1 << 16) addressPieces.clear();
-    piece = Buffer.from(hostPrefix(address), "latin1");
-    addressPieces.set(address, piece);
+  let piece = lastAddressPiece;
+  if (address !== lastAddress) {
+    let known = addressPieces.get(address);
+    if (known === undefined) {
+      if (addressPieces.size >= 1 << 16) addressPieces.clear();
+      known = Buffer.from(hostPrefix(address), "latin1");
+      addressPieces.set(address, known);
+    }
+    lastAddress = address;
+    lastAddressPiece = piece = known;
   }
   t.put(piece);
   if (port === 0)
@@ -211,6 +231,8 @@ const DEAD_PEER = textColumn("DEAD PEER AFTER", deadPeerCell);
 /** "java[2203] fd " of a process, as UTF-8 with its width: one piece per process, not per socket. Bounded. */
 const ownerPieces = new Map<number, { comm: string; bytes: Uint8Array; width: number }>();
 const NO_OWNER = asciiBytes("-");
+let lastOwner: { comm: string; bytes: Uint8Array; width: number } | undefined;
+let lastOwnerPid = -1;
 const PLUS = asciiBytes(" +");
 
 const PROCESS: Column = [
@@ -219,12 +241,17 @@ const PROCESS: Column = [
     const first = c.owners[0];
     if (!first) t.put(NO_OWNER);
     else {
-      let p = ownerPieces.get(first.pid);
-      if (p === undefined || p.comm !== first.comm) {
-        if (ownerPieces.size >= 1 << 16) ownerPieces.clear();
-        const text = ownerPrefix(first.comm, first.pid);
-        p = { comm: first.comm, bytes: Buffer.from(text), width: text.length };
-        ownerPieces.set(first.pid, p);
+      let p = lastOwner;
+      if (p === undefined || first.pid !== lastOwnerPid || p.comm !== first.comm) {
+        p = ownerPieces.get(first.pid);
+        if (p === undefined || p.comm !== first.comm) {
+          if (ownerPieces.size >= 1 << 16) ownerPieces.clear();
+          const text = ownerPrefix(first.comm, first.pid);
+          p = { comm: first.comm, bytes: Buffer.from(text), width: text.length };
+          ownerPieces.set(first.pid, p);
+        }
+        lastOwner = p;
+        lastOwnerPid = first.pid;
       }
       t.put(p.bytes, p.width);
       t.putNumber(first.fd);
@@ -257,10 +284,15 @@ function piece(text: string): Piece {
  */
 const settingsCells = [new WeakMap<object, readonly [Piece, Piece]>(), new WeakMap<object, readonly [Piece, Piece]>()];
 
+let lastSettings: object | undefined;
+let lastColor = false;
+let lastCells: readonly [Piece, Piece] | undefined;
+
 function exactCells(c: Connection, out: Out): readonly [Piece, Piece] | undefined {
   const e = c.settings;
   // A listener without keepalive shows "-", a connection "never": the cached cells are a connection's.
   if (!e || c.source !== "exact" || c.socket.state === "LISTEN") return undefined;
+  if (e === lastSettings && out.color === lastColor) return lastCells;
   const cache = settingsCells[out.color ? 1 : 0] as WeakMap<object, readonly [Piece, Piece]>;
   let cells = cache.get(e);
   if (cells === undefined) {
@@ -270,6 +302,9 @@ function exactCells(c: Connection, out: Out): readonly [Piece, Piece] | undefine
     ];
     cache.set(e, cells);
   }
+  lastSettings = e;
+  lastColor = out.color;
+  lastCells = cells;
   return cells;
 }
 
