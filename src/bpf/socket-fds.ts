@@ -31,7 +31,6 @@ import { TCP_STATES } from "../kernel/states.js";
 import type { BtfFacts } from "../sys/btf.js";
 import {
   Add,
-  And,
   Call,
   Fn,
   type Instruction,
@@ -59,6 +58,7 @@ import {
 } from "./asm.js";
 import { type EndpointOffsets, emitAddresses } from "./endpoints.js";
 import {
+  emitOwnerSlot,
   emitTcpRecord,
   emitTcpSockOf,
   type OwnersMap,
@@ -220,13 +220,7 @@ export function socketFdsProgram(
   );
   if (owners !== undefined)
     b.emit(
-      And.Imm(R3, owners.mask),
-      StoreMem(R10, OWNER_KEY, R3, "W"),
-      ...LoadMapFd(R1, owners.fd),
-      Mov.Reg(R2, R10),
-      Add.Imm(R2, OWNER_KEY),
-      Call(Fn.mapLookupElem),
-      JEq.Imm(R0, 0, "record"),
+      ...emitOwnerSlot(owners, OWNER_KEY, "record"), // r3: the inode
       LoadMem(R2, R0, 0, "DW"),
       JNE.Imm(R2, 0, "record"), // a further owner, or another socket's slot
       LoadMem(R3, R10, REC + 8, "DW"),

@@ -146,6 +146,23 @@ export interface OwnersMap {
   mask: number;
 }
 
+/**
+ * Find the slot of the inode in r3 (which this clobbers): r0 then points at it, or the program goes to `missing`
+ * (the verifier wants the check; an index under max_entries always has a slot). `key` is a free u32 on the stack.
+ * Clobbers r1-r5.
+ */
+export function emitOwnerSlot(owners: OwnersMap, key: number, missing: string): Instruction[] {
+  return [
+    And.Imm(R3, owners.mask),
+    StoreMem(R10, key, R3, "W"),
+    ...LoadMapFd(R1, owners.fd),
+    Mov.Reg(R2, R10),
+    Add.Imm(R2, key),
+    Call(Fn.mapLookupElem),
+    JEq.Imm(R0, 0, missing),
+  ];
+}
+
 // include/net/inet_connection_sock.h: ICSK_TIME_*
 const ICSK_TIME_RETRANS = 1;
 const ICSK_TIME_PROBE0 = 3;
@@ -383,13 +400,7 @@ export function emitTcpRecord(
   if (owners !== undefined)
     b.emit(
       LoadMem(R3, R10, REC + 16, "DW"),
-      And.Imm(R3, owners.mask),
-      StoreMem(R10, OWNER_KEY, R3, "W"),
-      ...LoadMapFd(R1, owners.fd),
-      Mov.Reg(R2, R10),
-      Add.Imm(R2, OWNER_KEY),
-      Call(Fn.mapLookupElem),
-      JEq.Imm(R0, 0, l("queues")),
+      ...emitOwnerSlot(owners, OWNER_KEY, l("queues")),
       LoadMem(R2, R0, 0, "DW"),
       LoadMem(R3, R10, REC + 16, "DW"),
       JNE.Reg(R2, R3, l("queues")), // another socket's slot: this one's owners are records
