@@ -179,7 +179,7 @@ const textColumn = (header: string, text: (c: Connection, out: Out) => string): 
  * One-entry caches in front of the maps below: consecutive rows mostly share a state, a local address, a peer
  * address, a process and a settings object, and at 100,000 rows a map lookup for each cost more than the cell.
  */
-let lastState = "";
+let lastState: string | undefined;
 let lastStateBytes: Uint8Array = new Uint8Array(0);
 
 const STATE: Column = [
@@ -202,7 +202,7 @@ const STATE: Column = [
 const addressPieces = new Map<string, Uint8Array>();
 const STAR = asciiBytes("*");
 
-let lastAddress = "";
+let lastAddress: string | undefined;
 let lastAddressPiece: Uint8Array = new Uint8Array(0);
 
 function putHostPort(t: Table, address: string, port: number): void {

@@ -238,7 +238,7 @@ export class Table {
       this.cellStarts = new Uint32Array(rows * header.length);
       this.cellEnds = new Uint32Array(rows * header.length);
       this.cellWidths = new Uint32Array(rows * header.length);
-    }
+    } else if (header.length > 256) this.growRows(); // the first row's cells
   }
 
   get size(): number {
@@ -255,8 +255,6 @@ export class Table {
 
   /** A cell's first bytes: the padding owed before it goes in first. `n` more bytes will follow. */
   private open(n: number): void {
-    const columns = this.header.length;
-    if (this.cell === 0 && (this.rows + 1) * columns > this.cellWidths.length) this.growRows();
     const pad = this.pending;
     this.ensure(pad + n + 1);
     const b = this.bytes;
@@ -264,7 +262,7 @@ export class Table {
     for (let i = 0; i < pad; i++) b[at++] = SPACE;
     this.used = at;
     this.pending = 0;
-    this.cellStarts[this.rows * columns + this.cell] = at;
+    this.cellStarts[this.rows * this.header.length + this.cell] = at;
     this.opened = true;
   }
 
@@ -318,7 +316,6 @@ export class Table {
   endCell(): void {
     const n = this.header.length;
     if (this.cell >= n) throw new Error("Table: more cells than columns");
-    if (this.cell === 0 && (this.rows + 1) * n > this.cellWidths.length) this.growRows();
     const w = this.cellWidth;
     const at = this.rows * n + this.cell;
     if (!this.opened) this.cellStarts[at] = this.used;
@@ -364,6 +361,8 @@ export class Table {
     this.rowEnds[this.rows++] = this.used;
     this.cell = 0;
     this.pending = 0;
+    // Room for the next row's cells, so that none of its calls needs to ask.
+    if ((this.rows + 1) * n > this.cellWidths.length) this.growRows();
   }
 
   private ensure(n: number): void {

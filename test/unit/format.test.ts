@@ -222,6 +222,14 @@ describe("table", () => {
     }
   });
 
+  test("more columns than the buffers start with room for", () => {
+    const { out, text } = capture(false);
+    const head = Array.from({ length: 300 }, () => "h");
+    table(head, [head.map(() => "x"), head.map(() => "yy")], out);
+    const line = (c: string) => Array.from({ length: 300 }, () => c).join("   ");
+    assert.equal(text(), `${line("h")}\n${line("x")}\n${Array.from({ length: 300 }, () => "yy").join("  ")}\n`);
+  });
+
   test("a header alone", () => {
     const { out, text } = capture(false);
     table(header, [], out);
