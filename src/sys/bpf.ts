@@ -451,19 +451,19 @@ export function mapUpdateAll(mapFd: number, keys: Buffer, values: Buffer, count:
   attr.writeBigUInt64LE(BigInt(addressOf(values)), 24);
   attr.writeUInt32LE(count, 32);
   attr.writeUInt32LE(mapFd, 36);
-  let done = 0;
   try {
     bpf("MAP_UPDATE_BATCH", attr);
     return;
   } catch (e) {
     // EINVAL: no such command (before 5.6); ENOTSUPP (524)/EOPNOTSUPP: this map type has no batch operations.
+    // Both come before the first entry is put in (generic_map_update_batch checks the command and its flags
+    // first), and then the kernel leaves count as it was given: so nothing is in yet. An entry's own error
+    // (E2BIG, ENOMEM, EFAULT) is thrown.
     if (!(e instanceof SysError) || !["EINVAL", "ENOTSUPP", "EOPNOTSUPP"].includes(e.errnoName)) throw e;
-    done = attr.readUInt32LE(32);
-    if (done > count) done = 0;
   }
   const k = keys.length / count;
   const v = values.length / count;
-  for (let i = done; i < count; i++) {
+  for (let i = 0; i < count; i++) {
     mapUpdate(mapFd, keys.subarray(i * k, (i + 1) * k), values.subarray(i * v, (i + 1) * v));
   }
 }
