@@ -26,7 +26,7 @@
  *   28 u32 keepalive after         32 idle      36 interval      40 count  44 user timeout
  *   48 s32 what bpf_setsockopt returned for SO_KEEPALIVE, 52 TCP_KEEPIDLE, 56 TCP_KEEPINTVL, 60 TCP_KEEPCNT,
  *      64 TCP_USER_TIMEOUT: 0 or -errno; NOT_CALLED where no call was made
- *   68 u32 zero
+ *   68 u32 the target's index: the socket's value in the targets map
  *
  * What it needs of the kernel: the TCP iterator and bpf_skc_to_tcp_sock (5.9, BTF); bpf_setsockopt from a TCP
  * iterator (5.15: bpf_iter_tcp_get_func_proto, which also gives bpf_getsockopt; the iterator holds the socket's
@@ -67,6 +67,8 @@ import { emitApply, emitDecide, emitKeep, emitRead, type RuleOffsets } from "./k
 import { emitInode, type TcpSocketOffsets } from "./tcp-sockets.js";
 
 export const BULK_RECORD_SIZE = 72;
+/** Where a record holds the target's index (its value in the targets map). */
+export const BULK_INDEX = 68;
 /** The return-code slot of an option for which no bpf_setsockopt was made. */
 export const NOT_CALLED = 1;
 
@@ -87,7 +89,7 @@ export type BulkOffsets = RuleOffsets &
   Pick<TcpSocketOffsets, "metaSeq" | "tcpSocket" | "socketFile" | "fileInode" | "inodeIno">;
 
 export interface BulkSpec {
-  /** the targets: a hash map whose keys are socket inodes (u64) */
+  /** the targets: a hash map from socket inode (u64) to the target's index (u32), which its record carries */
   mapFd: number;
   /** jiffies per second (kernelHz in src/sys/libc.ts) */
   hz: number;
@@ -130,13 +132,14 @@ export function bulkKeepaliveProgram(o: BulkOffsets, spec: BulkSpec): Instructio
     Add.Imm(R2, KEY),
     Call(Fn.mapLookupElem),
     JEq.Imm(R0, 0, "out"),
+    LoadMem(R2, R0, 0, "W"), // the target's index, read before its element is deleted (and may be reused)
+    StoreMem(R10, REC + BULK_INDEX, R2, "W"),
     ...LoadMapFd(R1, spec.mapFd),
     Mov.Reg(R2, R10),
     Add.Imm(R2, KEY),
     Call(Fn.mapDeleteElem),
     LoadMem(R2, R10, KEY, "DW"),
     StoreMem(R10, REC, R2, "DW"),
-    StoreImm(R10, REC + 68, 0, "W"),
   );
   for (const option of APPLY_ORDER) b.emit(StoreImm(R10, at(option, "rc"), NOT_CALLED, "W"));
 

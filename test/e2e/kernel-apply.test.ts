@@ -13,7 +13,7 @@ import assert from "node:assert/strict";
 import { closeSync, constants, openSync, readFileSync, rmSync } from "node:fs";
 import { after, test } from "node:test";
 import type { Outcome, PlanSpec } from "../../src/enforce/live/batch.js";
-import { applyInKernel, KernelApply } from "../../src/enforce/live/kernel-apply.js";
+import { applyInKernel, KernelApply, type KernelApplyOptions } from "../../src/enforce/live/kernel-apply.js";
 import { needs, python3 } from "../helpers/env.js";
 import { type Reported, report, ssTimers, UNTOUCHED, WANT, WANT_FLAGS } from "../helpers/keepalive.js";
 import { Netns } from "../helpers/netns.js";
@@ -77,6 +77,21 @@ function netnsFd(ns: Netns): number {
   return openSync(`/run/netns/${ns.name}`, constants.O_RDONLY);
 }
 
+/** applyInKernel over a list of {inode, netnsFd}: its outcomes by inode. */
+async function applyList(
+  list: readonly { inode: number; netnsFd?: number }[],
+  plan: PlanSpec,
+  opts: KernelApplyOptions,
+): Promise<Map<number, Outcome>> {
+  const outcomes = await applyInKernel(
+    { inodes: list.map((t) => t.inode), netnsFds: list.map((t) => t.netnsFd) },
+    plan,
+    opts,
+  );
+  assert.equal(outcomes.length, list.length, "an outcome for every target");
+  return new Map(list.map((t, i) => [t.inode, outcomes[i] as Outcome]));
+}
+
 async function kernel(
   p: Process,
   ns: Netns,
@@ -87,7 +102,7 @@ async function kernel(
   const fd = netnsFd(ns);
   try {
     const targets = (await sockets(p)).filter(which).map((s) => ({ inode: s.inode, netnsFd: fd }));
-    return await applyInKernel(targets, plan, { dryRun, perRead: 64 });
+    return await applyList(targets, plan, { dryRun, perRead: 64 });
   } finally {
     closeSync(fd);
   }
@@ -196,7 +211,7 @@ test("only the targets change, where they are: another namespace, tcpka's own, g
   const fd2 = netnsFd(two);
   let out: Map<number, Outcome>;
   try {
-    out = await applyInKernel(
+    out = await applyList(
       [
         ...targeted.map((s) => ({ inode: s.inode, netnsFd: fd1 })),
         ...s2.map((s) => ({ inode: s.inode, netnsFd: fd2 })),
@@ -238,7 +253,7 @@ test("one read of the walk changes at most perRead sockets, and pace sees each s
   const fd = netnsFd(ns);
   let out: Map<number, Outcome>;
   try {
-    out = await applyInKernel(
+    out = await applyList(
       all.map((s) => ({ inode: s.inode, netnsFd: fd })),
       { disable: false, settings: { idle: 7, interval: 3, count: 4 }, mode: "strengthen" },
       {
@@ -286,7 +301,7 @@ test("keepalive off: the options before SO_KEEPALIVE, so no probe goes earlier t
   const sent = probesSent(ns);
   const fd = netnsFd(ns);
   try {
-    await applyInKernel(
+    await applyList(
       all.map((s) => ({ inode: s.inode, netnsFd: fd })),
       { disable: false, settings: { idle: 1, interval: 30, count: 9 }, mode: "strengthen" },
       { dryRun: false, perRead: 64 },
@@ -317,7 +332,7 @@ test("a bpf_setsockopt that fails: failed with its errno, nothing after it made,
   let out: Map<number, Outcome>;
   try {
     // TCP_KEEPCNT 200 is beyond the kernel's 127 (do_tcp_setsockopt: EINVAL); the command line never asks it.
-    out = await applyInKernel(
+    out = await applyList(
       [{ inode: client.inode, netnsFd: fd }],
       { disable: false, settings: { idle: 7, count: 200 }, mode: "force" },
       { dryRun: false, perRead: 64 },

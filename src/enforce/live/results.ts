@@ -87,10 +87,16 @@ export class Tally {
     for (const p of round.unreadable) this.unreadable.add(p);
     s.filtered += round.filtered;
     for (const pid of round.holders) this.processes.add(pid);
-    // Outcomes share their `before` and `changes` objects (batch.ts): work each pair out once.
+    // Outcomes share their `before` and `changes` objects (batch.ts, kernel-apply.ts): work each pair out once,
+    // and results come in runs of one process and of one outcome: the last of each is kept at hand.
     const times = new Map<EffectiveKeepAlive, Map<readonly Change[], [number, number]>>();
+    let lastPid = -1;
+    let lastOutcome: Outcome | undefined;
     for (const { socket, outcome } of round.results) {
-      this.processes.add(socket.pid);
+      if (socket.pid !== lastPid) {
+        lastPid = socket.pid;
+        this.processes.add(lastPid);
+      }
       if (outcome.result === "gone") {
         s.gone++;
         continue;
@@ -107,6 +113,8 @@ export class Tally {
         s.listening++;
         continue;
       }
+      if (outcome === lastOutcome) continue; // its times are in the worst already
+      lastOutcome = outcome;
       let byChanges = times.get(outcome.before);
       if (!byChanges) {
         byChanges = new Map();

@@ -25,7 +25,7 @@ import { STATE_NAMES, stateMask, type TcpStateName } from "../../kernel/states.j
 import { afterChanges, type Change } from "../../settings.js";
 import { applyPhase, linksPhase, type Outcome, OutcomeReader, type PlanSpec } from "./batch.js";
 import { HelperThread } from "./helper.js";
-import { applyInKernel, KernelApply, type KernelTarget, MAX_PER_READ } from "./kernel-apply.js";
+import { applyInKernel, KernelApply, MAX_PER_READ } from "./kernel-apply.js";
 import { type LiveResult, type LiveSocket, type LiveSummary, type Round, Tally } from "./results.js";
 import { armsTimer, capSpread, probeBound, type Spread, spreadOf } from "./spread.js";
 
@@ -98,6 +98,10 @@ export class LiveSession {
   /** the BPF socket lister: undefined until the first round tried it, null where it cannot load */
   private lister: SocketFdIterator | null | undefined;
   private readonly wanted: Set<TcpStateName>;
+  /** KernelApply.possible(), asked once */
+  private kernelPossible: boolean | undefined;
+  /** the kernel path could not run here (applyKernel gave up before changing anything): pidfd from now on */
+  private kernelFailed = false;
 
   constructor(
     private readonly states: number,
@@ -184,7 +188,10 @@ export class LiveSession {
     // 1. Which fds of each target are TCP sockets: through the BPF iterator where it loads, else /proc and the
     // kernel's TCP tables. A big table starts the helper first, so that its start-up overlaps the listing.
     const iterate = this.lister === undefined ? this.useIterator && SocketFdIterator.possible() : this.lister !== null;
-    if (openFdCount(pids) >= (iterate ? HELP_FROM_WITH_ITERATOR : HELP_FROM)) this.helper.start();
+    // The kernel path changes sockets in its own walk and never gives the helper work: started anyway, it took a
+    // core's 150 ms to come up and be terminated beside a 50,000-socket enable on two vCPUs. Should that path
+    // fail, the pidfd path starts it then (step 4).
+    if (!this.inKernel() && openFdCount(pids) >= (iterate ? HELP_FROM_WITH_ITERATOR : HELP_FROM)) this.helper.start();
     if (this.lister === undefined) {
       try {
         this.lister = iterate ? SocketFdIterator.open() : null;
@@ -281,13 +288,15 @@ export class LiveSession {
         capped: true,
       });
     }
-    if (this.via !== "pidfd" && jobs.length > 0 && KernelApply.possible()) {
+    if (jobs.length > 0 && this.inKernel()) {
       const outcomes = await this.applyKernel(jobs, onSpread);
       if (outcomes) {
         for (let i = 0; i < jobs.length; i++)
           results.push({ socket: jobs[i] as LiveSocket, outcome: outcomes[i] as Outcome });
         return { results, filtered, unreadable, holders };
       }
+      this.kernelFailed = true;
+      if (jobs.length >= HELP_FROM_WITH_ITERATOR) this.helper.start();
     }
     const paced = this.paced(jobs.length);
     const apply = applyPhase(
@@ -304,6 +313,13 @@ export class LiveSession {
     for (let i = 0; i < jobs.length; i++)
       results.push({ socket: jobs[i] as LiveSocket, outcome: outcomes[i] as Outcome });
     return { results, filtered, unreadable, holders };
+  }
+
+  /** Whether this round's changes go to the kernel path first (applyKernel), not to pidfd_getfd and the helper. */
+  private inKernel(): boolean {
+    if (this.via === "pidfd" || this.kernelFailed) return false;
+    this.kernelPossible ??= KernelApply.possible();
+    return this.kernelPossible;
   }
 
   /**
@@ -353,25 +369,28 @@ export class LiveSession {
   ): Promise<Outcome[] | undefined> {
     const netns = new Map<string, number | undefined>(); // a namespace's nsfs fd, by its name; own: undefined
     const own = netnsOf(process.pid);
-    const targets: KernelTarget[] = [];
+    const inodes: number[] = new Array(jobs.length);
+    const netnsFds: (number | undefined)[] = new Array(jobs.length);
     let started = false;
     try {
       let pid = -1; // jobs come grouped by process: its namespace is looked up once (a readlink each)
       let fd: number | undefined;
-      for (const j of jobs) {
+      for (let i = 0; i < jobs.length; i++) {
+        const j = jobs[i] as LiveSocket;
         if (j.pid !== pid) {
           pid = j.pid;
           const ns = netnsOf(pid) ?? own ?? "";
           if (!netns.has(ns)) netns.set(ns, ns === own ? undefined : openNetns(pid));
           fd = netns.get(ns);
         }
-        targets.push({ inode: j.socket.inode, netnsFd: fd });
+        inodes[i] = j.socket.inode;
+        netnsFds[i] = fd;
       }
       const paced = this.paced(jobs.length);
       // The marks go with the first pass too: a paced round changes only what needs it, and the sockets found as
       // strong already are enforce's as well. A dry run of the user's marks nothing.
       const marks = this.dryRun || this.marksFd === undefined ? {} : { marksFd: this.marksFd };
-      const first = await applyInKernel(targets, this.plan, {
+      const outcomes = await applyInKernel({ inodes, netnsFds }, this.plan, {
         dryRun: this.dryRun || paced,
         perRead: MAX_PER_READ,
         ...marks,
@@ -379,7 +398,6 @@ export class LiveSession {
       // From here on sockets may have been changed: a failure is reported, not retried through pidfd_getfd,
       // which would count what the kernel already changed as found so.
       started = true;
-      const outcomes = jobs.map((j) => first.get(j.socket.inode) as Outcome);
       if (!paced) return outcomes;
       const { todo, spread } = spreadFor(outcomes, this.maxSpreadMs);
       if (todo.length === 0) return outcomes;
@@ -392,7 +410,7 @@ export class LiveSession {
         spread.stepMs > 0 ? Math.max(1, Math.min(MAX_PER_READ, Math.floor(1 / spread.stepMs))) : MAX_PER_READ;
       let origin: number | undefined;
       const made = await applyInKernel(
-        todo.map((i) => targets[i] as KernelTarget),
+        { inodes: todo.map((i) => inodes[i] as number), netnsFds: todo.map((i) => netnsFds[i]) },
         this.plan,
         {
           dryRun: false,
@@ -406,7 +424,7 @@ export class LiveSession {
           },
         },
       );
-      for (const i of todo) outcomes[i] = made.get((jobs[i] as LiveSocket).socket.inode) as Outcome;
+      for (const [k, i] of todo.entries()) outcomes[i] = made[k] as Outcome;
       return outcomes;
     } catch (e) {
       if (this.via === "bpf" || started) throw e;
