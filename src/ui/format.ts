@@ -1,10 +1,30 @@
 /**
  * Output helpers: aligned tables, colour (only on a TTY and never with NO_COLOR), address and process text.
  */
-import { writeSync } from "node:fs";
-import { isatty } from "node:tty";
+import { fstatSync, writeSync } from "node:fs";
+import { createRequire } from "node:module";
 import { TcpkaError } from "../errors.js";
 import type { SocketOwner } from "../inspect/owners.js";
+
+const require = createRequire(import.meta.url);
+
+/**
+ * isatty(3), asking node:tty only about a character device that may be a terminal: node:tty loads node:net and
+ * the whole of node:stream (~9 ms of a start-up), which a pipe, a file or /dev/null never needs. Major 1 is the
+ * memory devices (/dev/null, /dev/zero; Documentation/admin-guide/devices.txt), never a terminal.
+ */
+export function isTerminal(fd: number): boolean {
+  let rdev: number;
+  try {
+    const st = fstatSync(fd);
+    if (!st.isCharacterDevice()) return false;
+    rdev = st.rdev;
+  } catch {
+    return false; // not open
+  }
+  if (((rdev >>> 8) & 0xfff) === 1) return false; // the major of new_encode_dev's low 32 bits
+  return (require("node:tty") as typeof import("node:tty")).isatty(fd);
+}
 
 /**
  * Buffered output to fd 1 or 2 (any other fd: only collects colour-free text); call end() once done. Text is
@@ -23,7 +43,7 @@ export class Out {
     // isatty(3), not process.stdout.isTTY: touching process.stdout makes a piped fd 1 non-blocking (libuv's
     // uv_pipe_open), for tcpka and for every other writer of that pipe after it (`(tcpka ls; cat f) | less`),
     // and then each write into a full pipe fails with EAGAIN instead of waiting for the reader.
-    const tty = (fd === 1 || fd === 2) && isatty(fd);
+    const tty = (fd === 1 || fd === 2) && isTerminal(fd);
     this.color = color ?? (tty && !process.env.NO_COLOR && process.env.TERM !== "dumb");
   }
 

@@ -1,9 +1,12 @@
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { after, describe, test } from "node:test";
+import { after, describe, type TestContext, test } from "node:test";
+import { fileURLToPath } from "node:url";
 import { hostPort, Out, ownerText, paint, plural, processText, Table, table } from "../../src/ui/format.js";
+import { needs } from "../helpers/env.js";
 
 const dir = mkdtempSync(join(tmpdir(), "tcpka-format-"));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -235,4 +238,34 @@ describe("table", () => {
     table(header, [], out);
     assert.equal(text(), "State  Local  Peer\n");
   });
+});
+
+/** isTerminal(1) and isTerminal(2) in a child whose stdout is `stdout` (python3 gives it a pty where asked). */
+function terminalIn(t: TestContext, how: "pty" | "pipe" | "devnull" | "file"): string {
+  const mod = fileURLToPath(new URL("../../src/ui/format.js", import.meta.url));
+  const js = `import(${JSON.stringify(mod)}).then((m) => process.stderr.write(m.isTerminal(1) + "," + m.isTerminal(9)))`;
+  const child = `import os, pty, subprocess, sys
+how = sys.argv[1]
+if how == "pty":
+    out = pty.openpty()[1]
+elif how == "devnull":
+    out = os.open("/dev/null", os.O_WRONLY)
+elif how == "file":
+    out = os.open(sys.argv[3], os.O_WRONLY | os.O_CREAT, 0o600)
+else:
+    out = subprocess.PIPE
+r = subprocess.run(["node", "-e", sys.argv[2]], stdout=out, stderr=subprocess.PIPE)
+sys.stdout.write(r.stderr.decode())`;
+  const r = spawnSync("python3", ["-c", child, how, js, join(dir, `tty${files++}`)], { encoding: "utf8" });
+  assert.equal(r.status, 0, r.stderr);
+  t.diagnostic(`${how}: ${r.stdout}`);
+  return r.stdout;
+}
+
+test("isTerminal: true on a pty, false on a pipe, /dev/null, a file and a closed fd", (t) => {
+  if (!needs(t, { tools: ["python3"] })) return;
+  assert.equal(terminalIn(t, "pty"), "true,false");
+  assert.equal(terminalIn(t, "pipe"), "false,false");
+  assert.equal(terminalIn(t, "devnull"), "false,false");
+  assert.equal(terminalIn(t, "file"), "false,false");
 });
