@@ -16,7 +16,8 @@
  * reader must never take). If the reader dies, the main thread reads on where it stopped: the bytes are the same.
  */
 import { readFileSync } from "node:fs";
-import { Worker } from "node:worker_threads";
+import { createRequire } from "node:module";
+import type { Worker } from "node:worker_threads";
 import { SysError } from "./libc.js";
 import {
   BY_MAIN,
@@ -38,6 +39,13 @@ import {
   STOPPED,
   STOPPING,
 } from "./read-ahead-ring.js";
+
+/**
+ * node:worker_threads when a reader is made, not when this module loads: an ES import of it loads the whole of
+ * node:stream (26 of Node's modules, a few ms), which a command that reads few sockets never needs.
+ */
+const require = createRequire(import.meta.url);
+export const workerThreads = () => require("node:worker_threads") as typeof import("node:worker_threads");
 
 /** A reader that holds a slot this long without a word is taken for dead. */
 const STALL_MS = 10_000;
@@ -122,7 +130,7 @@ export class ReadAhead {
     let worker: Worker | undefined;
     try {
       // A small heap: it makes no objects to speak of, and the isolate's default reservation shows in RSS.
-      worker = new Worker(new URL("./read-ahead-worker.js", import.meta.url), {
+      worker = new (workerThreads().Worker)(new URL("./read-ahead-worker.js", import.meta.url), {
         workerData: ring,
         // Its stdio not piped into this process's: that would open process.stdout, which makes a piped fd 1
         // non-blocking (see Out in ui/format.ts). It writes nothing.

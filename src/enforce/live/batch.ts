@@ -15,7 +15,6 @@
  * before its part of a phase returns.
  */
 import { closeSync, constants, openSync } from "node:fs";
-import { isMainThread } from "node:worker_threads";
 import { readKeepAliveInto } from "../../inspect/exact.js";
 import { ESTALE_REUSED } from "../../kernel/errno.js";
 import { SOCKOPTS } from "../../kernel/sockopts.js";
@@ -158,6 +157,14 @@ export function allDone(p: Phase): boolean {
   return true;
 }
 
+/** What a chunk's done slot gets: 1 done by the main thread, 2 by the helper (worker.ts calls asHelper first). */
+let doneMark = 1;
+
+/** Mark this thread as the helper: its chunks are done as 2. worker.ts calls it before any work. */
+export function asHelper(): void {
+  doneMark = 2;
+}
+
 /**
  * This thread's part of a phase: claim chunks until none is left. With `only`, do exactly those chunks instead
  * (the main thread finishing what a helper that died had claimed).
@@ -177,7 +184,7 @@ export function work(p: Phase, only?: readonly number[]): void {
       if (c === undefined || c >= total) break;
       const end = Math.min(p.n, (c + 1) * CHUNK);
       for (let i = c * CHUNK; i < end; i++) run(i);
-      Atomics.store(p.done, c, isMainThread ? 1 : 2);
+      Atomics.store(p.done, c, doneMark);
     }
   } finally {
     // Directories were opened through node:fs (which tracks them in a worker thread), pidfds through syscall(2).

@@ -4,8 +4,9 @@
  * "ready" once loaded.
  */
 import { parentPort } from "node:worker_threads";
-import { type Phase, work } from "./batch.js";
+import { asHelper, type Phase, work } from "./batch.js";
 
+asHelper();
 parentPort?.postMessage({ ready: true });
 parentPort?.on("message", (p: Phase) => {
   try {
