@@ -45,7 +45,7 @@ import {
  * node:stream (26 of Node's modules, a few ms), which a command that reads few sockets never needs.
  */
 const require = createRequire(import.meta.url);
-export const workerThreads = () => require("node:worker_threads") as typeof import("node:worker_threads");
+const workerThreads = () => require("node:worker_threads") as typeof import("node:worker_threads");
 
 /** A reader that holds a slot this long without a word is taken for dead. */
 const STALL_MS = 10_000;

@@ -3,8 +3,8 @@
  * enough to be worth its start-up (about 50 ms of a core), lives as long as an enable run, and never keeps the
  * process alive. If it cannot start, dies or fails, the main thread does its share: the result is the same.
  */
+import { createRequire } from "node:module";
 import type { Worker } from "node:worker_threads";
-import { workerThreads } from "../../sys/read-ahead.js";
 import { allDone, chunks, type Phase, work } from "./batch.js";
 
 /** How long close() waits for a starting helper to finish loading; it takes about 0.1 s. */
@@ -33,7 +33,9 @@ export class HelperThread {
   start(): void {
     if (this.worker || this.broken) return;
     try {
-      const w = new (workerThreads().Worker)(this.script, { stdout: true, stderr: true }); // not piped: see read-ahead.ts
+      // Required here, not imported: an ES import of node:worker_threads loads node:stream (read-ahead.ts).
+      const { Worker } = createRequire(import.meta.url)("node:worker_threads") as typeof import("node:worker_threads");
+      const w = new Worker(this.script, { stdout: true, stderr: true }); // not piped: see read-ahead.ts
       w.unref();
       w.on("message", (m: { id?: number; ready?: boolean; error?: string }) => {
         if (m.ready) this.setReady(true);
