@@ -23,7 +23,37 @@ import { EWOULDBLOCK, errnoName } from "../kernel/errno.js";
 
 // koffi ships as CommonJS with a prebuilt binary for this platform; createRequire keeps this module ESM.
 const require = createRequire(import.meta.url);
-const koffi = require("koffi") as typeof import("koffi");
+let koffiLoadedBy: "native" | "koffi" = "koffi";
+const koffi = loadKoffi();
+
+/** Which loader gave koffi: "native" where its module was loaded directly (a test holds this machine to it). */
+export function koffiLoader(): "native" | "koffi" {
+  return koffiLoadedBy;
+}
+
+/**
+ * koffi's native module. koffi's own loader (koffi/index.cjs, then @koromix/koffi-PLATFORM/index.js) costs 10-15 ms
+ * of every start (node:util, createRequire, reading node's ELF program headers to tell glibc from musl, its
+ * deprecation wrappers), against 2-3 ms for the native module itself, which is all tcpka calls. So the glibc build
+ * of this platform's package is loaded directly; where that is missing or fails to load (musl, another platform,
+ * another layout of the package), koffi's loader decides, as before.
+ */
+function loadKoffi(): typeof import("koffi") {
+  if (process.platform === "linux" && (process.arch === "x64" || process.arch === "arm64")) {
+    try {
+      const native = require(`@koromix/koffi-linux-${process.arch}/linux_${process.arch}/koffi.node`) as {
+        load?: unknown;
+      };
+      if (typeof native.load === "function") {
+        koffiLoadedBy = "native";
+        return native as unknown as typeof import("koffi");
+      }
+    } catch {
+      // not there, or not for this libc: koffi's loader below says why, if it cannot either
+    }
+  }
+  return require("koffi") as typeof import("koffi");
+}
 
 const lib = koffi.load("libc.so.6");
 
