@@ -6,7 +6,8 @@
 import { lstatSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { TcpkaError } from "../errors.js";
-import { Lock, runtimeBase, writeFileAtomic } from "../sys/files.js";
+import { runtimeBase, writeFileAtomic } from "../sys/files.js";
+import { Lock } from "../sys/lock.js";
 
 export const STATUS_VERSION = 1;
 

@@ -67,8 +67,9 @@ import {
   skStorageMapCreate,
 } from "../sys/bpf.js";
 import { CachedBtf } from "../sys/btf.js";
-import { Lock, runtimeBase, sleepSync } from "../sys/files.js";
+import { runtimeBase, sleepSync } from "../sys/files.js";
 import { close, kernelHz, mount, SysError } from "../sys/libc.js";
+import { Lock } from "../sys/lock.js";
 
 export const BPF_FS = "/sys/fs/bpf";
 export const PIN_ROOT = `${BPF_FS}/tcpka`;

@@ -6,7 +6,9 @@
  *    $XDG_RUNTIME_DIR, never at a predictable name in a world-writable directory;
  *  - AtomicFile: a file replaced in one step (a temporary file in the same directory, fsync, rename), so that
  *    a reader sees the old or the new content, and a symlink at the path is replaced, never followed;
- *  - Lock: an flock(2) on a file in root's runtime directory, for what two runs of tcpka must not do at once.
+ *  - Lock (lock.ts): an flock(2) on a file in root's runtime directory, for what two runs of tcpka must not do at
+ *    once.
+ * This module calls no native code (no koffi): the command line's start (cli/boot.ts) uses it before anything else.
  */
 import {
   closeSync,
@@ -26,10 +28,9 @@ import {
 import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
 import { TcpkaError } from "../errors.js";
-import { LOCK_EX, LOCK_SH, O_CLOEXEC } from "../kernel/constants.js";
-import { flockNow } from "./libc.js";
+import { O_CLOEXEC } from "../kernel/constants.js";
 
-const { O_WRONLY, O_RDWR, O_CREAT, O_EXCL, O_NOFOLLOW, O_RDONLY, O_DIRECTORY } = constants;
+const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW, O_RDONLY, O_DIRECTORY } = constants;
 export function euid(): number {
   return process.geteuid?.() ?? 0;
 }
@@ -209,47 +210,6 @@ export function sleepSync(ms: number): void {
 }
 
 /**
- * An flock(2) held on `path` until release() (or until the process ends, when the kernel drops it). Exclusive
- * by default; `shared` for readers. Waits up to `timeoutMs`, then throws; `what` names the work in the error.
- */
-export class Lock {
-  private constructor(private fd: number) {}
-
-  static take(path: string, what: string, opts: { shared?: boolean; timeoutMs?: number } = {}): Lock {
-    const fd = openLockFile(path);
-    const deadline = Date.now() + (opts.timeoutMs ?? 30_000);
-    try {
-      while (!flockNow(fd, opts.shared ? LOCK_SH : LOCK_EX)) {
-        if (Date.now() > deadline) {
-          throw new TcpkaError("system", `${what}: another tcpka still holds ${path}`, {
-            hint: "wait for it to finish, then run this again",
-          });
-        }
-        sleepSync(10);
-      }
-    } catch (e) {
-      closeSync(fd);
-      throw e;
-    }
-    return new Lock(fd);
-  }
-
-  /** The lock if it can be had at once; undefined while another holds it. */
-  static tryTake(path: string, opts: { shared?: boolean } = {}): Lock | undefined {
-    const fd = openLockFile(path);
-    if (flockNow(fd, opts.shared ? LOCK_SH : LOCK_EX)) return new Lock(fd);
-    closeSync(fd);
-    return undefined;
-  }
-
-  release(): void {
-    if (this.fd < 0) return;
-    closeSync(this.fd); // closing the only fd of the open file description drops the lock
-    this.fd = -1;
-  }
-}
-
-/**
  * What `fd` holds, read to its end but never more than `max` bytes plus one: a result longer than `max` says there
  * was more (the caller refuses it), without reading on. Waits out EAGAIN (a non-blocking pipe).
  */
@@ -268,14 +228,6 @@ export function readAtMost(fd: number, max: number): Buffer {
     n += k;
   }
   return buf.subarray(0, n);
-}
-
-function openLockFile(path: string): number {
-  try {
-    return openSync(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o600);
-  } catch (e) {
-    throw fileError(path, e, "open the lock file");
-  }
 }
 
 /** Remove a directory that privateRunDir() made, and everything in it; no error when it is gone. */

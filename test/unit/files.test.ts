@@ -19,7 +19,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type TestContext, test } from "node:test";
 import { TcpkaError } from "../../src/errors.js";
-import { AtomicFile, Lock, privateDir, privateRunDir, writeFileAtomic } from "../../src/sys/files.js";
+import { AtomicFile, privateDir, privateRunDir, writeFileAtomic } from "../../src/sys/files.js";
+import { Lock } from "../../src/sys/lock.js";
 
 function scratch(t: TestContext): string {
   const dir = mkdtempSync(join(tmpdir(), "tcpka-files-"));

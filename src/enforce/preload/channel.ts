@@ -17,8 +17,9 @@ import {
 import { join } from "node:path";
 import { readEvents, type TraceResult } from "../../inspect/events.js";
 import { LOCK_EX, O_CLOEXEC } from "../../kernel/constants.js";
-import { Lock, privateRunDir, removeRunDir, runtimeBase } from "../../sys/files.js";
+import { privateRunDir, removeRunDir, runtimeBase } from "../../sys/files.js";
 import { flockNow } from "../../sys/libc.js";
+import { Lock } from "../../sys/lock.js";
 import type { ShimConfig } from "./environment.js";
 
 const { O_WRONLY, O_RDONLY, O_CREAT, O_EXCL, O_NOFOLLOW } = constants;

@@ -1,0 +1,86 @@
+/**
+ * The command line's code cache (src/cli/boot.ts): made by a command's first run that succeeds, used as it is by
+ * the next, and never read where it could be someone else's. A cache is code this process runs, as root: a file
+ * that others may write, or a symlink, must be ignored and replaced, and a file that is not a cache V8 accepts must
+ * cost nothing but the compile.
+ */
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { chmodSync, existsSync, lstatSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { test } from "node:test";
+import { pathToFileURL } from "node:url";
+import { REPO, TCPKA } from "../helpers/paths.js";
+
+// The built module, whose bundle path is the one bin/tcpka.js runs (dist-test's copy would look beside itself).
+const { cacheKey, cachePath } = (await import(
+  pathToFileURL(join(REPO, "dist", "cli", "boot.js")).href
+)) as typeof import("../../src/cli/boot.js");
+
+function sysctl(): string {
+  const r = spawnSync(process.execPath, [TCPKA, "sysctl"], { encoding: "utf8" });
+  assert.equal(r.status, 0, r.stderr);
+  return r.stdout;
+}
+
+test("the cache's key: the command's first word, summary for tcpka alone, none for help or odd bytes", () => {
+  assert.equal(cacheKey(["ls", "--json"]), "ls");
+  assert.equal(cacheKey(["idle-timeout", "198.18.0.1:80"]), "idle-timeout");
+  assert.equal(cacheKey([]), "summary");
+  assert.equal(cacheKey(["--all-netns"]), "summary");
+  assert.equal(cacheKey(["--all-netns", "-x"]), undefined);
+  assert.equal(cacheKey(["ls", "--help"]), undefined);
+  assert.equal(cacheKey(["--version"]), undefined);
+  assert.equal(cacheKey(["help", "ls"]), undefined);
+  assert.equal(cacheKey(["../../etc/x"]), undefined);
+  assert.equal(cacheKey(["LS"]), undefined);
+});
+
+test("a command's first run makes its cache, the next uses it; one that is not safe or not a cache is replaced", (t) => {
+  const path = cachePath("sysctl");
+  if (path === undefined) {
+    t.skip("no runtime directory for this user (root's is /run/tcpka; others need $XDG_RUNTIME_DIR)");
+    return;
+  }
+  const stale = join(dirname(path), "code-sysctl.0.0.0-1-2-3.v8");
+  const elsewhere = `${path}.test-target`;
+  try {
+    rmSync(path, { force: true });
+    writeFileSync(stale, "an old bundle's cache", { mode: 0o600 });
+    const expected = sysctl();
+    const made = statSync(path);
+    assert.ok(made.isFile() && made.size > 10_000, `${made.size} bytes`);
+    assert.equal(made.mode & 0o777, 0o600);
+    assert.equal(made.uid, process.geteuid?.());
+    assert.equal(existsSync(stale), false, "the cache of another bundle is removed when a new one is made");
+
+    // Used as it is: V8 accepted it, so nothing was written (a new cache would be a new file, by rename).
+    assert.equal(sysctl(), expected);
+    assert.equal(statSync(path).ino, made.ino);
+
+    // Not a cache: V8 refuses it, the command runs the same, and a real one takes its place.
+    writeFileSync(path, Buffer.alloc(made.size, 0x5a), { mode: 0o600 });
+    const garbage = statSync(path).ino;
+    assert.equal(sysctl(), expected);
+    assert.notEqual(statSync(path).ino, garbage);
+    assert.ok(statSync(path).size > 10_000);
+
+    // Writable by others: not read (so not trusted), and replaced by one of mode 0600.
+    chmodSync(path, 0o666);
+    const open = statSync(path).ino;
+    assert.equal(sysctl(), expected);
+    assert.notEqual(statSync(path).ino, open);
+    assert.equal(statSync(path).mode & 0o777, 0o600);
+
+    // A symlink at the name: never followed; replaced by a file, and what it pointed at is left as it was.
+    writeFileSync(elsewhere, "not for tcpka", { mode: 0o600 });
+    rmSync(path);
+    symlinkSync(elsewhere, path);
+    assert.equal(sysctl(), expected);
+    assert.ok(lstatSync(path).isFile());
+    assert.equal(statSync(elsewhere).size, "not for tcpka".length);
+  } finally {
+    rmSync(stale, { force: true });
+    rmSync(elsewhere, { force: true });
+  }
+});
