@@ -30,9 +30,10 @@ export const BUNDLE = fileURLToPath(new URL("../bundle/tcpka.cjs", import.meta.u
 const MAX_CACHE = 64 << 20;
 
 /**
- * The command whose cache a run uses: its first word, or "summary" for `tcpka` and `tcpka --all-netns`; none for
- * help and the version, whose runs compile too little of a command to be worth keeping. The first run of a command
- * that succeeds makes its cache, which later runs use as it is (making one costs 2-4 ms, too much for every run).
+ * The command whose cache a run uses: its first word (and "+json" with --json), or "summary" for `tcpka` and
+ * `tcpka --all-netns`; none for help and the version, whose runs compile too little of a command to be worth
+ * keeping. The first run of a command that succeeds makes its cache, which later runs use as it is (making one
+ * costs 2-4 ms, too much for every run).
  */
 export function cacheKey(argv: readonly string[]): string | undefined {
   if (argv.some((a) => a === "-h" || a === "--help" || a === "-V" || a === "--version")) return undefined;
@@ -40,7 +41,9 @@ export function cacheKey(argv: readonly string[]): string | undefined {
   if (first === undefined || (first === "--all-netns" && argv.length === 1)) return "summary";
   if (first === "help") return undefined;
   // A word that names no command exits non-zero and writes nothing; this keeps any other byte out of the path.
-  return /^[a-z][a-z-]{0,31}$/.test(first) ? first : undefined;
+  if (!/^[a-z][a-z-]{0,31}$/.test(first)) return undefined;
+  // --json runs other code than the table (ls: the JSON pieces instead of the Table): a cache of its own.
+  return argv.includes("--json") ? `${first}+json` : first;
 }
 
 /** Where the cache of `key` is kept for this bundle and this Node, or undefined without a runtime directory. */

@@ -23,8 +23,9 @@ function sysctl(): string {
   return r.stdout;
 }
 
-test("the cache's key: the command's first word, summary for tcpka alone, none for help or odd bytes", () => {
-  assert.equal(cacheKey(["ls", "--json"]), "ls");
+test("the cache's key: the command's first word (+json), summary for tcpka alone, none for help or odd bytes", () => {
+  assert.equal(cacheKey(["ls", "--json"]), "ls+json");
+  assert.equal(cacheKey(["ls", "-w"]), "ls");
   assert.equal(cacheKey(["idle-timeout", "198.18.0.1:80"]), "idle-timeout");
   assert.equal(cacheKey([]), "summary");
   assert.equal(cacheKey(["--all-netns"]), "summary");
