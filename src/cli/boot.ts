@@ -15,7 +15,17 @@
  * a rebuilt or upgraded tcpka never takes an old one; V8 itself refuses a cache of another V8 version, other flags
  * or another source length (cachedDataRejected), and the source is then compiled as without a cache.
  */
-import { closeSync, constants, fstatSync, openSync, readdirSync, readFileSync, statSync, unlinkSync } from "node:fs";
+import {
+  closeSync,
+  constants,
+  fstatSync,
+  lstatSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  statSync,
+  unlinkSync,
+} from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -78,15 +88,25 @@ function readCache(path: string): Buffer | undefined {
   }
 }
 
-/** Keep `data` as the cache at `path`, and remove this command's caches of other bundles or Node versions. */
+/**
+ * Another build's caches of a command that are kept: two installs of tcpka used in turn (a global one and a
+ * project's) keep theirs instead of each removing the other's at every run; older ones are removed.
+ */
+const OTHER_BUILDS = 2;
+
+/** Keep `data` as the cache at `path`, and remove this command's caches of older builds or Node versions. */
 function writeCache(path: string, key: string, data: Buffer): void {
   try {
     writeFileAtomic(path, data, 0o600);
     const dir = dirname(path);
     const own = path.slice(dir.length + 1);
+    const others: { name: string; mtime: number }[] = [];
     for (const name of readdirSync(dir)) {
-      if (name !== own && name.startsWith(`code-${key}.`) && name.endsWith(".v8")) unlinkSync(join(dir, name));
+      if (name === own || !name.startsWith(`code-${key}.`) || !name.endsWith(".v8")) continue;
+      others.push({ name, mtime: lstatSync(join(dir, name)).mtimeMs });
     }
+    others.sort((a, b) => b.mtime - a.mtime);
+    for (const { name } of others.slice(OTHER_BUILDS)) unlinkSync(join(dir, name));
   } catch {
     // a full or read-only runtime directory: the next run compiles again, nothing worse
   }

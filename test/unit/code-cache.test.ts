@@ -6,7 +6,17 @@
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { chmodSync, existsSync, lstatSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  existsSync,
+  lstatSync,
+  readdirSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  utimesSync,
+  writeFileSync,
+} from "node:fs";
 import { dirname, join } from "node:path";
 import { test } from "node:test";
 import { pathToFileURL } from "node:url";
@@ -43,17 +53,28 @@ test("a command's first run makes its cache, the next uses it; one that is not s
     t.skip("no runtime directory for this user (root's is /run/tcpka; others need $XDG_RUNTIME_DIR)");
     return;
   }
-  const stale = join(dirname(path), "code-sysctl.0.0.0-1-2-3.v8");
+  // Other builds' caches (another install, an older build): the two newest are kept, older ones removed.
+  const stale = [1, 2, 3].map((n) => join(dirname(path), `code-sysctl.0.0.0-${n}-2-3.v8`));
   const elsewhere = `${path}.test-target`;
   try {
     rmSync(path, { force: true });
-    writeFileSync(stale, "an old bundle's cache", { mode: 0o600 });
+    stale.forEach((f, i) => {
+      writeFileSync(f, "another build's cache", { mode: 0o600 });
+      utimesSync(f, 1_000_000 + i, 1_000_000 + i); // 1970: older than any real cache here
+    });
+    // Other builds' caches here before this run (other checkouts' too), newest first: the two newest stay.
+    const others = (): string[] =>
+      readdirSync(dirname(path))
+        .filter((n) => n.startsWith("code-sysctl.") && n.endsWith(".v8") && join(dirname(path), n) !== path)
+        .sort((a, b) => statSync(join(dirname(path), b)).mtimeMs - statSync(join(dirname(path), a)).mtimeMs);
+    const kept = others().slice(0, 2);
     const expected = sysctl();
     const made = statSync(path);
     assert.ok(made.isFile() && made.size > 10_000, `${made.size} bytes`);
     assert.equal(made.mode & 0o777, 0o600);
     assert.equal(made.uid, process.geteuid?.());
-    assert.equal(existsSync(stale), false, "the cache of another bundle is removed when a new one is made");
+    assert.deepEqual(others(), kept, "other builds' caches beyond the two newest are removed when one is made");
+    assert.equal(existsSync(stale[0]!), false);
 
     // Used as it is: V8 accepted it, so nothing was written (a new cache would be a new file, by rename).
     assert.equal(sysctl(), expected);
@@ -81,7 +102,7 @@ test("a command's first run makes its cache, the next uses it; one that is not s
     assert.ok(lstatSync(path).isFile());
     assert.equal(statSync(elsewhere).size, "not for tcpka".length);
   } finally {
-    rmSync(stale, { force: true });
+    for (const f of stale) rmSync(f, { force: true });
     rmSync(elsewhere, { force: true });
   }
 });
