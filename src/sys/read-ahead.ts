@@ -49,8 +49,13 @@ const workerThreads = () => require("node:worker_threads") as typeof import("nod
 
 /** A reader that holds a slot this long without a word is taken for dead. */
 const STALL_MS = 10_000;
-/** From this many sockets on a reader saves more than it costs (bench/ls.ts). */
-const READ_AHEAD_FROM = 5000;
+/**
+ * From this many sockets on a reader saves more than it costs: paired `ls --json` with and without it (session 19,
+ * the command line started from its code cache, so the main thread reaches the walks before a worker is up, which
+ * takes 50-100 ms here): 20,000 sockets 1.04-1.08x (the table 1.105x), 30,000 0.994x, 50,000 0.952x, 100,000
+ * 0.817x. --all-netns takes one whatever the count: its walks of other namespaces overlap the decoding.
+ */
+const READ_AHEAD_FROM = 40_000;
 
 let spare: ReadAhead | undefined;
 
