@@ -15,23 +15,12 @@
  * a rebuilt or upgraded tcpka never takes an old one; V8 itself refuses a cache of another V8 version, other flags
  * or another source length (cachedDataRejected), and the source is then compiled as without a cache.
  */
-import {
-  closeSync,
-  constants,
-  fstatSync,
-  lstatSync,
-  openSync,
-  readdirSync,
-  readFileSync,
-  statSync,
-  unlinkSync,
-} from "node:fs";
+import { lstatSync, readdirSync, readFileSync, statSync, unlinkSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Script } from "node:vm";
-import { O_CLOEXEC } from "../kernel/constants.js";
-import { euid, runtimeBase, writeFileAtomic } from "../sys/files.js";
+import { readPrivateFile, runtimeBase, writeFileAtomic } from "../sys/files.js";
 
 /** The bundle of the whole command line, next to this module's bundle in dist/bundle/. */
 export const BUNDLE = fileURLToPath(new URL("../bundle/tcpka.cjs", import.meta.url));
@@ -69,25 +58,6 @@ export function cachePath(key: string): string | undefined {
   return join(base, `code-${key}.${process.versions.v8}-${st.ino}-${st.size}-${st.mtimeNs}.v8`);
 }
 
-/** The cache at `path`, or undefined where there is none that this user alone could have written. */
-function readCache(path: string): Buffer | undefined {
-  let fd: number;
-  try {
-    fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK | O_CLOEXEC);
-  } catch {
-    return undefined;
-  }
-  try {
-    const st = fstatSync(fd);
-    if (!st.isFile() || st.uid !== euid() || (st.mode & 0o022) !== 0 || st.size > MAX_CACHE) return undefined;
-    return readFileSync(fd);
-  } catch {
-    return undefined;
-  } finally {
-    closeSync(fd);
-  }
-}
-
 /**
  * Another build's caches of a command that are kept: two installs of tcpka used in turn (a global one and a
  * project's) keep theirs instead of each removing the other's at every run; older ones are removed.
@@ -120,7 +90,7 @@ interface Bundle {
 export async function boot(argv: readonly string[]): Promise<number> {
   const key = cacheKey(argv);
   const path = key === undefined ? undefined : cachePath(key);
-  const cachedData = path === undefined ? undefined : readCache(path);
+  const cachedData = path === undefined ? undefined : readPrivateFile(path, MAX_CACHE);
   const source = readFileSync(BUNDLE, "utf8");
   // The CommonJS wrapper, as Node's own loader makes it; strict, as the ES modules it was bundled from were.
   const script = new Script(`(function (exports, require, module, __filename, __dirname) {"use strict";${source}\n})`, {

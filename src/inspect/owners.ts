@@ -91,8 +91,8 @@ export function openFdCount(pids: readonly number[]): number {
 
 /**
  * Find the owners of the given socket inodes, in the given pids (default: every process). `comm` is read once
- * per process that owns at least one of them, when its sockets' owners are first asked for (OwnerTable). `via` chooses how (tests compare the two); "auto" takes the BPF
- * iterator from ITERATE_FROM open fds on, where it loads.
+ * per process that owns at least one of them, when its sockets' owners are first asked for (OwnerTable). `via`
+ * chooses how (tests compare the two); "auto" takes the BPF iterator from ITERATE_FROM open fds on, where it loads.
  */
 export function findOwners(
   inodes: ReadonlySet<number>,

@@ -5,9 +5,9 @@
  * Documentation/bpf/btf.rst: a header, then the types (ids from 1, each a 12-byte struct btf_type followed by
  * data whose size depends on its kind), then the names.
  */
-import { closeSync, constants, fstatSync, openSync, readFileSync, statSync } from "node:fs";
+import { readFileSync, statSync } from "node:fs";
 import { TcpkaError } from "../errors.js";
-import { euid, runtimeBase, writeFileAtomic } from "./files.js";
+import { readPrivateFile, runtimeBase, writeFileAtomic } from "./files.js";
 
 const VMLINUX = "/sys/kernel/btf/vmlinux";
 const MAGIC = 0xeb9f;
@@ -313,16 +313,10 @@ export class CachedBtf implements BtfFacts {
 /** The answers in a cache file, or none when it is missing, not this user's alone, too big or not numbers. */
 function readAnswers(path: string): Map<string, number | null> {
   const answers = new Map<string, number | null>();
-  let fd: number;
+  const bytes = readPrivateFile(path, MAX_CACHE);
+  if (!bytes) return answers;
   try {
-    fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
-  } catch {
-    return answers;
-  }
-  try {
-    const st = fstatSync(fd);
-    if (!st.isFile() || st.uid !== euid() || (st.mode & 0o022) !== 0 || st.size > MAX_CACHE) return answers;
-    const parsed: unknown = JSON.parse(readFileSync(fd, "utf8"));
+    const parsed: unknown = JSON.parse(bytes.toString("utf8"));
     if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) return answers;
     for (const [k, v] of Object.entries(parsed)) {
       if (v === null || (typeof v === "number" && Number.isSafeInteger(v))) answers.set(k, v);
@@ -330,8 +324,6 @@ function readAnswers(path: string): Map<string, number | null> {
     }
   } catch {
     return new Map();
-  } finally {
-    closeSync(fd);
   }
   return answers;
 }

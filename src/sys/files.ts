@@ -13,11 +13,13 @@
 import {
   closeSync,
   constants,
+  fstatSync,
   fsyncSync,
   lstatSync,
   mkdirSync,
   mkdtempSync,
   openSync,
+  readFileSync,
   readSync,
   renameSync,
   rmSync,
@@ -30,7 +32,7 @@ import { basename, dirname, join } from "node:path";
 import { TcpkaError } from "../errors.js";
 import { O_CLOEXEC } from "../kernel/constants.js";
 
-const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW, O_RDONLY, O_DIRECTORY } = constants;
+const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW, O_NONBLOCK, O_RDONLY, O_DIRECTORY } = constants;
 export function euid(): number {
   return process.geteuid?.() ?? 0;
 }
@@ -197,6 +199,29 @@ export class AtomicFile {
     } catch {
       /* committed, or removed already */
     }
+  }
+}
+
+/**
+ * A file that this user alone could have written, whole: undefined where it is missing, a symlink (never
+ * followed), not a regular file, another user's, writable by group or others, or bigger than `max` bytes. For what
+ * tcpka keeps in its runtime directory and trusts on the next run (the BTF's answers, the code cache).
+ */
+export function readPrivateFile(path: string, max: number): Buffer | undefined {
+  let fd: number;
+  try {
+    fd = openSync(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  } catch {
+    return undefined;
+  }
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile() || st.uid !== euid() || (st.mode & 0o022) !== 0 || st.size > max) return undefined;
+    return readFileSync(fd);
+  } catch {
+    return undefined;
+  } finally {
+    closeSync(fd);
   }
 }
 
